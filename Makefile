@@ -1,0 +1,44 @@
+# Targets a newcomer can guess: run, test, lint, bench, conformance.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA_DIR ?= vcc-pki-data
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: run init test lint bench conformance system-deps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Demo PKI on the embedded defaults (SQLite, software keys), served on loopback.
+run: $(STAMP)
+	VCC_PKI_DATA_DIR=$(DATA_DIR) $(BIN)/vcc-pki init
+	VCC_PKI_DATA_DIR=$(DATA_DIR) exec $(BIN)/vcc-pki serve
+
+# softhsm2 (the PKCS#11 token of the tests), opensc (pkcs11-tool), openssl and curl.
+system-deps:
+	@if ! command -v softhsm2-util >/dev/null || ! command -v pkcs11-tool >/dev/null \
+	    || ! command -v openssl >/dev/null || ! command -v curl >/dev/null; then \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq softhsm2 opensc openssl curl; \
+	fi
+
+test: $(STAMP) system-deps
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+conformance: $(STAMP) system-deps
+	$(BIN)/pytest -m conformance
+
+bench: $(STAMP) system-deps
+	$(BIN)/python -m conformance.bench.issuance
+
+clean:
+	rm -rf $(VENV) $(DATA_DIR) *.egg-info
