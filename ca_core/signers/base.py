@@ -1,0 +1,230 @@
+"""The Signer contract: every CA signature goes through one of these.
+
+A Signer holds a reference to a private key that lives in a key backend (an encrypted
+PKCS#8 file, or a PKCS#11 token) and signs with it. cryptography's certificate, CRL and OCSP
+builders accept a Python subclass of its private-key ABCs and call its ``sign()``; for a token
+key, ``builder_key()`` returns such a subclass whose ``sign()`` calls the token, so the key
+never leaves it. Such a call blocks: ``Signer.run`` runs a build that signs off the event loop
+for token keys and inline for software keys (a software ECDSA signature takes ~50 µs, less
+than a thread hop).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    CertificateIssuerPublicKeyTypes,
+)
+
+from ca_core.keys import KeyAlgorithm, KeySpec
+
+T = TypeVar("T")
+
+
+class KeyBackendError(Exception):
+    """A key could not be generated, found, unlocked or used."""
+
+
+class Signer(abc.ABC):
+    """One CA private key, usable for X.509 builders and for raw (CMS) signatures."""
+
+    key_ref: str
+    key_spec: KeySpec
+    hsm_backed: bool = False
+
+    @property
+    @abc.abstractmethod
+    def public_key(self) -> CertificateIssuerPublicKeyTypes: ...
+
+    @abc.abstractmethod
+    def builder_key(self) -> CertificateIssuerPrivateKeyTypes:
+        """An object cryptography's builders accept as ``private_key``."""
+
+    @abc.abstractmethod
+    def sign_sync(self, data: bytes) -> bytes:
+        """Sign ``data`` with the key's digest (``key_spec.hash_algorithm``).
+
+        ECDSA signatures are DER (X.509 form); RSA is PKCS#1 v1.5. Blocks for token keys.
+        """
+
+    async def run(self, build: Callable[[], T]) -> T:
+        """Run a build that signs with this key, off the event loop if the key is remote."""
+        return build()
+
+    async def sign(self, data: bytes) -> bytes:
+        return await self.run(lambda: self.sign_sync(data))
+
+
+class KeyBackend(abc.ABC):
+    """Where CA keys are generated and found again by their ``key_ref``."""
+
+    name: str
+
+    @abc.abstractmethod
+    def generate(self, spec: KeySpec, label: str) -> Signer:
+        """Create a new key named ``label``; blocking (call from a thread in async code)."""
+
+    @abc.abstractmethod
+    def load(self, key_ref: str) -> Signer:
+        """Open an existing key; blocking."""
+
+    def check(self) -> dict[str, Any]:
+        """Health details of the backend; raises KeyBackendError when it is unusable."""
+        return {"backend": self.name}
+
+    def close(self) -> None:  # noqa: B027 - most backends hold nothing to release
+        """Release sessions and handles."""
+
+
+class SoftwareSigner(Signer):
+    """A key held in process memory (loaded from an encrypted PKCS#8 file)."""
+
+    def __init__(self, key: CertificateIssuerPrivateKeyTypes, spec: KeySpec, key_ref: str) -> None:
+        self._key = key
+        self.key_spec = spec
+        self.key_ref = key_ref
+
+    @property
+    def public_key(self) -> CertificateIssuerPublicKeyTypes:
+        return self._key.public_key()
+
+    def builder_key(self) -> CertificateIssuerPrivateKeyTypes:
+        return self._key
+
+    def sign_sync(self, data: bytes) -> bytes:
+        key = self._key
+        algorithm = self.key_spec.hash_algorithm
+        if isinstance(key, ec.EllipticCurvePrivateKey) and algorithm is not None:
+            return key.sign(data, ec.ECDSA(algorithm))
+        if isinstance(key, rsa.RSAPrivateKey) and algorithm is not None:
+            return key.sign(data, padding.PKCS1v15(), algorithm)
+        return key.sign(data)  # type: ignore[call-arg]
+
+
+def _no_export() -> NoReturn:
+    raise TypeError("a token key cannot be exported")
+
+
+class RemoteECKey(ec.EllipticCurvePrivateKey):
+    """An EC private key whose ``sign()`` is a call into a token.
+
+    ``sign_digest`` receives the message digest and returns DER ECDSA; hashing here keeps
+    the token call to raw CKM_ECDSA, which every token (SoftHSM2 2.6 included) offers.
+    """
+
+    def __init__(
+        self, public: ec.EllipticCurvePublicKey, sign_digest: Callable[[bytes], bytes]
+    ) -> None:
+        self._public = public
+        self._sign_digest = sign_digest
+
+    def sign(
+        self,
+        data: bytes | bytearray | memoryview,
+        signature_algorithm: ec.EllipticCurveSignatureAlgorithm,
+    ) -> bytes:
+        algorithm = signature_algorithm.algorithm
+        if isinstance(algorithm, utils.Prehashed):
+            return self._sign_digest(bytes(data))
+        digest = hashes.Hash(algorithm)
+        digest.update(bytes(data))
+        return self._sign_digest(digest.finalize())
+
+    def public_key(self) -> ec.EllipticCurvePublicKey:
+        return self._public
+
+    @property
+    def curve(self) -> ec.EllipticCurve:
+        return self._public.curve
+
+    @property
+    def key_size(self) -> int:
+        return self._public.key_size
+
+    def exchange(
+        self, algorithm: ec.ECDH, peer_public_key: ec.EllipticCurvePublicKey
+    ) -> bytes:
+        raise TypeError("CA keys are for signing only")
+
+    def private_numbers(self) -> ec.EllipticCurvePrivateNumbers:
+        _no_export()
+
+    def private_bytes(
+        self,
+        encoding: serialization.Encoding,
+        format: serialization.PrivateFormat,
+        encryption_algorithm: serialization.KeySerializationEncryption,
+    ) -> bytes:
+        _no_export()
+
+    def __copy__(self) -> RemoteECKey:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> RemoteECKey:
+        return self
+
+
+class RemoteRSAKey(rsa.RSAPrivateKey):
+    """An RSA private key whose PKCS#1 v1.5 ``sign()`` is a call into a token.
+
+    ``sign_message`` receives the message and the hash and returns the signature, so a
+    token can use its combined mechanism (CKM_SHA256_RSA_PKCS).
+    """
+
+    def __init__(
+        self,
+        public: rsa.RSAPublicKey,
+        sign_message: Callable[[bytes, hashes.HashAlgorithm], bytes],
+    ) -> None:
+        self._public = public
+        self._sign_message = sign_message
+
+    def sign(
+        self,
+        data: bytes,
+        padding_: padding.AsymmetricPadding,
+        algorithm: utils.Prehashed | hashes.HashAlgorithm | utils.NoDigestInfo,
+    ) -> bytes:
+        if not isinstance(padding_, padding.PKCS1v15) or not isinstance(
+            algorithm, hashes.HashAlgorithm
+        ):
+            raise TypeError("token RSA keys sign PKCS#1 v1.5 over the whole message")
+        return self._sign_message(bytes(data), algorithm)
+
+    def public_key(self) -> rsa.RSAPublicKey:
+        return self._public
+
+    @property
+    def key_size(self) -> int:
+        return self._public.key_size
+
+    def decrypt(self, ciphertext: bytes, padding: padding.AsymmetricPadding) -> bytes:
+        raise TypeError("CA keys are for signing only")
+
+    def private_numbers(self) -> rsa.RSAPrivateNumbers:
+        _no_export()
+
+    def private_bytes(
+        self,
+        encoding: serialization.Encoding,
+        format: serialization.PrivateFormat,
+        encryption_algorithm: serialization.KeySerializationEncryption,
+    ) -> bytes:
+        _no_export()
+
+    def __copy__(self) -> RemoteRSAKey:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> RemoteRSAKey:
+        return self
+
+
+def key_spec_algorithm_ok(spec: KeySpec) -> bool:
+    """Token backends support RSA and ECDSA CA keys; Ed25519 CAs are software only."""
+    return spec.algorithm in (KeyAlgorithm.RSA, KeyAlgorithm.ECDSA)

@@ -1,0 +1,461 @@
+"""SQLite store (the embedded default): WAL mode, one connection on one worker thread.
+
+Every call runs a whole transaction in one hop to the worker thread, so the event loop
+never blocks on disk and writes are serialised the way SQLite wants them anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import sqlite3
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from db.audit_chain import GENESIS_HASH, chain_hash
+from db.migrations import migrations
+from db.records import (
+    ApiToken,
+    AuditEntry,
+    AuditEvent,
+    AuditHead,
+    CARecord,
+    CertificateRecord,
+    Organization,
+    Revocation,
+    TemplateRecord,
+)
+from db.store import Store, StoreConflict, StoreUnavailable
+
+T = TypeVar("T")
+
+_TIME = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def _t(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).strftime(_TIME)
+
+
+def _t_opt(value: dt.datetime | None) -> str | None:
+    return None if value is None else _t(value)
+
+
+def _p(text: str) -> dt.datetime:
+    return dt.datetime.strptime(text, _TIME).replace(tzinfo=dt.UTC)
+
+
+def _p_opt(text: str | None) -> dt.datetime | None:
+    return None if text is None else _p(text)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _org(row: sqlite3.Row) -> Organization:
+    return Organization(
+        org_id=row["org_id"], slug=row["slug"], name=row["name"], status=row["status"],
+        config=json.loads(row["config"]), created_at=_p(row["created_at"]),
+    )
+
+
+def _ca(row: sqlite3.Row) -> CARecord:
+    return CARecord(
+        ca_id=row["ca_id"], name=row["name"], ca_type=row["ca_type"], org_id=row["org_id"],
+        parent_ca_id=row["parent_ca_id"], subject_dn=row["subject_dn"],
+        serial_hex=row["serial_hex"], certificate_der=bytes(row["certificate_der"]),
+        key_ref=row["key_ref"], key_backend=row["key_backend"],
+        key_algorithm=row["key_algorithm"], key_size=row["key_size"],
+        not_before=_p(row["not_before"]), not_after=_p(row["not_after"]),
+        status=row["status"], created_at=_p(row["created_at"]),
+    )
+
+
+def _cert(row: sqlite3.Row) -> CertificateRecord:
+    return CertificateRecord(
+        cert_id=row["cert_id"], issuer_ca_id=row["issuer_ca_id"], org_id=row["org_id"],
+        serial_hex=row["serial_hex"], subject_dn=row["subject_dn"],
+        common_name=row["common_name"], profile=row["profile"],
+        certificate_der=bytes(row["certificate_der"]), key_algorithm=row["key_algorithm"],
+        key_size=row["key_size"], san=json.loads(row["san"]),
+        not_before=_p(row["not_before"]), not_after=_p(row["not_after"]),
+        requester=row["requester"], status=row["status"],
+        revoked_at=_p_opt(row["revoked_at"]), revocation_reason=row["revocation_reason"],
+        invalidity_date=_p_opt(row["invalidity_date"]), created_at=_p(row["created_at"]),
+    )
+
+
+def _revocation(row: sqlite3.Row) -> Revocation:
+    return Revocation(
+        ca_id=row["ca_id"], serial_hex=row["serial_hex"], cert_id=row["cert_id"],
+        revoked_at=_p(row["revoked_at"]), reason=row["reason"],
+        invalidity_date=_p_opt(row["invalidity_date"]),
+    )
+
+
+def _token(row: sqlite3.Row) -> ApiToken:
+    return ApiToken(
+        token_id=row["token_id"], org_id=row["org_id"], role=row["role"],
+        secret_hash=row["secret_hash"], name=row["name"], created_at=_p(row["created_at"]),
+        expires_at=_p_opt(row["expires_at"]), revoked=bool(row["revoked"]),
+    )
+
+
+def _audit(row: sqlite3.Row) -> AuditEntry:
+    event = AuditEvent(
+        event_type=row["event_type"], category=row["category"], action=row["action"],
+        actor_type=row["actor_type"], actor_id=row["actor_id"], org_id=row["org_id"],
+        resource_type=row["resource_type"], resource_id=row["resource_id"],
+        status=row["status"], data=json.loads(row["event_data"]),
+    )
+    return AuditEntry(
+        seq=row["seq"], audit_id=row["audit_id"], timestamp=_p(row["timestamp"]),
+        event=event, previous_hash=row["previous_hash"], audit_hash=row["audit_hash"],
+    )
+
+
+def _append_audit(conn: sqlite3.Connection, event: AuditEvent) -> AuditEntry:
+    head = conn.execute("SELECT seq, audit_hash FROM audit_head WHERE id = 1").fetchone()
+    previous_seq, previous_hash = (head[0], head[1]) if head else (0, GENESIS_HASH)
+    seq = previous_seq + 1
+    audit_id = str(uuid.uuid4())
+    # Round to what the column keeps, so the hash recomputes from the stored row.
+    timestamp = _p(_t(_now()))
+    digest = chain_hash(seq, audit_id, timestamp, event, previous_hash)
+    conn.execute(
+        "INSERT INTO audit_log (seq, audit_id, timestamp, org_id, event_type, category, action,"
+        " actor_type, actor_id, resource_type, resource_id, status, event_data, previous_hash,"
+        " audit_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        (
+            seq, audit_id, _t(timestamp), event.org_id, event.event_type, event.category,
+            event.action, event.actor_type, event.actor_id, event.resource_type,
+            event.resource_id, event.status, json.dumps(event.data, sort_keys=True),
+            previous_hash, digest,
+        ),
+    )
+    conn.execute(
+        "INSERT INTO audit_head (id, seq, audit_hash) VALUES (1, ?, ?)"
+        " ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, audit_hash = excluded.audit_hash",
+        (seq, digest),
+    )
+    return AuditEntry(seq, audit_id, timestamp, event, previous_hash, digest)
+
+
+class SqliteStore(Store):
+    backend = "sqlite"
+
+    def __init__(self, path: Path | str) -> None:
+        self._path = str(path)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._conn: sqlite3.Connection | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> SqliteStore:
+        """SQLAlchemy's convention: ``sqlite:///relative.db``, ``sqlite:////absolute.db``."""
+        if not url.startswith("sqlite:///"):
+            raise ValueError(f"not a sqlite URL: {url!r}")
+        return cls(url.removeprefix("sqlite:///"))
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._conn
+        if conn is None:
+            raise StoreUnavailable("store is not open")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, conn)
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def tx(conn: sqlite3.Connection) -> T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+        try:
+            return await self._run(tx)
+        except sqlite3.IntegrityError as exc:
+            raise StoreConflict(str(exc)) from exc
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return await self._run(fn)
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    async def open(self) -> None:
+        def connect() -> sqlite3.Connection:
+            if self._path != ":memory:":
+                Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False,
+                                   timeout=30)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations"
+                " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+            )
+            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+            for version, name, sql in migrations("sqlite"):
+                if version in done:
+                    continue
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for statement in sql.split(";\n"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute(
+                        "INSERT INTO schema_migrations VALUES (?, ?, ?)",
+                        (version, name, _t(_now())),
+                    )
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            return conn
+
+        loop = asyncio.get_running_loop()
+        try:
+            self._conn = await loop.run_in_executor(self._executor, connect)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open {self._path}: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
+        self._executor.shutdown(wait=True)
+
+    async def ping(self) -> dict[str, object]:
+        started = time.perf_counter()
+        await self._read(lambda c: c.execute("SELECT 1").fetchone())
+        return {"backend": "sqlite", "path": self._path,
+                "query_time_ms": round((time.perf_counter() - started) * 1000, 3)}
+
+    # organizations
+    async def add_organization(self, org: Organization, audit: AuditEvent) -> None:
+        def tx(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT INTO organizations (org_id, slug, name, status, config, created_at)"
+                " VALUES (?,?,?,?,?,?)",
+                (org.org_id, org.slug, org.name, org.status, json.dumps(org.config),
+                 _t(org.created_at or _now())),
+            )
+            _append_audit(c, audit)
+        await self._write(tx)
+
+    async def get_organization(self, slug: str) -> Organization | None:
+        row = await self._read(
+            lambda c: c.execute("SELECT * FROM organizations WHERE slug = ?", (slug,)).fetchone()
+        )
+        return None if row is None else _org(row)
+
+    async def get_organization_by_id(self, org_id: str) -> Organization | None:
+        row = await self._read(
+            lambda c: c.execute(
+                "SELECT * FROM organizations WHERE org_id = ?", (org_id,)
+            ).fetchone()
+        )
+        return None if row is None else _org(row)
+
+    async def list_organizations(self) -> list[Organization]:
+        rows = await self._read(
+            lambda c: c.execute("SELECT * FROM organizations ORDER BY created_at").fetchall()
+        )
+        return [_org(r) for r in rows]
+
+    # certificate authorities
+    async def add_ca(self, ca: CARecord, audit: AuditEvent) -> None:
+        def tx(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT INTO certificate_authorities (ca_id, name, ca_type, org_id, parent_ca_id,"
+                " subject_dn, serial_hex, certificate_der, key_ref, key_backend, key_algorithm,"
+                " key_size, not_before, not_after, status, created_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (ca.ca_id, ca.name, ca.ca_type, ca.org_id, ca.parent_ca_id, ca.subject_dn,
+                 ca.serial_hex, ca.certificate_der, ca.key_ref, ca.key_backend,
+                 ca.key_algorithm, ca.key_size, _t(ca.not_before), _t(ca.not_after),
+                 ca.status, _t(ca.created_at or _now())),
+            )
+            _append_audit(c, audit)
+        await self._write(tx)
+
+    async def get_ca(self, name: str) -> CARecord | None:
+        row = await self._read(
+            lambda c: c.execute(
+                "SELECT * FROM certificate_authorities WHERE name = ?", (name,)
+            ).fetchone()
+        )
+        return None if row is None else _ca(row)
+
+    async def get_ca_by_id(self, ca_id: str) -> CARecord | None:
+        row = await self._read(
+            lambda c: c.execute(
+                "SELECT * FROM certificate_authorities WHERE ca_id = ?", (ca_id,)
+            ).fetchone()
+        )
+        return None if row is None else _ca(row)
+
+    async def list_cas(self) -> list[CARecord]:
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT * FROM certificate_authorities ORDER BY created_at, name"
+            ).fetchall()
+        )
+        return [_ca(r) for r in rows]
+
+    # certificates
+    async def add_certificate(self, cert: CertificateRecord, audit: AuditEvent) -> None:
+        def tx(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT INTO certificates (cert_id, issuer_ca_id, org_id, serial_hex, subject_dn,"
+                " common_name, profile, certificate_der, key_algorithm, key_size, san,"
+                " not_before, not_after, requester, status, created_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (cert.cert_id, cert.issuer_ca_id, cert.org_id, cert.serial_hex,
+                 cert.subject_dn, cert.common_name, cert.profile, cert.certificate_der,
+                 cert.key_algorithm, cert.key_size, json.dumps(cert.san),
+                 _t(cert.not_before), _t(cert.not_after), cert.requester, cert.status,
+                 _t(cert.created_at or _now())),
+            )
+            _append_audit(c, audit)
+        await self._write(tx)
+
+    async def get_certificate(self, issuer_ca_id: str, serial_hex: str) -> CertificateRecord | None:
+        row = await self._read(
+            lambda c: c.execute(
+                "SELECT * FROM certificates WHERE issuer_ca_id = ? AND serial_hex = ?",
+                (issuer_ca_id, serial_hex),
+            ).fetchone()
+        )
+        return None if row is None else _cert(row)
+
+    async def find_certificates_by_serial(self, serial_hex: str) -> list[CertificateRecord]:
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT * FROM certificates WHERE serial_hex = ?", (serial_hex,)
+            ).fetchall()
+        )
+        return [_cert(r) for r in rows]
+
+    async def revoke_certificate(
+        self, revocation: Revocation, audit: AuditEvent
+    ) -> CertificateRecord | None:
+        def tx(c: sqlite3.Connection) -> CertificateRecord | None:
+            updated = c.execute(
+                "UPDATE certificates SET status = 'revoked', revoked_at = ?,"
+                " revocation_reason = ?, invalidity_date = ?"
+                " WHERE issuer_ca_id = ? AND serial_hex = ? AND status = 'active'",
+                (_t(revocation.revoked_at), revocation.reason,
+                 _t_opt(revocation.invalidity_date), revocation.ca_id, revocation.serial_hex),
+            )
+            if updated.rowcount != 1:
+                return None
+            c.execute(
+                "INSERT INTO crl_entries (ca_id, serial_hex, cert_id, revoked_at, reason,"
+                " invalidity_date) VALUES (?,?,?,?,?,?)",
+                (revocation.ca_id, revocation.serial_hex, revocation.cert_id,
+                 _t(revocation.revoked_at), revocation.reason,
+                 _t_opt(revocation.invalidity_date)),
+            )
+            _append_audit(c, audit)
+            row = c.execute(
+                "SELECT * FROM certificates WHERE issuer_ca_id = ? AND serial_hex = ?",
+                (revocation.ca_id, revocation.serial_hex),
+            ).fetchone()
+            return _cert(row)
+        return await self._write(tx)
+
+    async def list_revocations(self, ca_id: str) -> list[Revocation]:
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT * FROM crl_entries WHERE ca_id = ? ORDER BY revoked_at, serial_hex",
+                (ca_id,),
+            ).fetchall()
+        )
+        return [_revocation(r) for r in rows]
+
+    async def count_active_certificates(self, now: dt.datetime) -> list[tuple[str, str, int]]:
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT org_id, profile, COUNT(*) FROM certificates"
+                " WHERE status = 'active' AND not_after > ? GROUP BY org_id, profile",
+                (_t(now),),
+            ).fetchall()
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    # templates
+    async def upsert_template(self, template: TemplateRecord) -> None:
+        def tx(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT INTO certificate_templates (slug, org_id, name, purpose, definition,"
+                " updated_at) VALUES (?,?,?,?,?,?) ON CONFLICT (slug) DO UPDATE SET"
+                " org_id = excluded.org_id, name = excluded.name, purpose = excluded.purpose,"
+                " definition = excluded.definition, updated_at = excluded.updated_at",
+                (template.slug, template.org_id, template.name, template.purpose,
+                 json.dumps(template.definition, sort_keys=True), _t(_now())),
+            )
+        await self._write(tx)
+
+    async def list_templates(self) -> list[TemplateRecord]:
+        rows = await self._read(
+            lambda c: c.execute("SELECT * FROM certificate_templates ORDER BY slug").fetchall()
+        )
+        return [
+            TemplateRecord(slug=r["slug"], name=r["name"], purpose=r["purpose"],
+                           definition=json.loads(r["definition"]), org_id=r["org_id"])
+            for r in rows
+        ]
+
+    # tokens
+    async def add_token(self, token: ApiToken, audit: AuditEvent) -> None:
+        def tx(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT INTO api_tokens (token_id, org_id, role, secret_hash, name, created_at,"
+                " expires_at, revoked) VALUES (?,?,?,?,?,?,?,?)",
+                (token.token_id, token.org_id, token.role, token.secret_hash, token.name,
+                 _t(token.created_at), _t_opt(token.expires_at), int(token.revoked)),
+            )
+            _append_audit(c, audit)
+        await self._write(tx)
+
+    async def get_token(self, token_id: str) -> ApiToken | None:
+        row = await self._read(
+            lambda c: c.execute(
+                "SELECT * FROM api_tokens WHERE token_id = ?", (token_id,)
+            ).fetchone()
+        )
+        return None if row is None else _token(row)
+
+    # audit
+    async def append_audit(self, audit: AuditEvent) -> AuditEntry:
+        return await self._write(lambda c: _append_audit(c, audit))
+
+    async def audit_entries(self, after_seq: int = 0, limit: int = 10_000) -> list[AuditEntry]:
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT * FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)
+            ).fetchall()
+        )
+        return [_audit(r) for r in rows]
+
+    async def audit_head(self) -> AuditHead | None:
+        row = await self._read(
+            lambda c: c.execute("SELECT seq, audit_hash FROM audit_head WHERE id = 1").fetchone()
+        )
+        return None if row is None else AuditHead(row[0], row[1])
+
+

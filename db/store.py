@@ -1,0 +1,136 @@
+"""The Store contract: one async repository, two implementations (SQLite, PostgreSQL).
+
+Every state change takes the audit event that describes it and appends that event to the
+hash-chained audit log in the same transaction, so a change and its audit row are never
+apart. The chain hash itself is computed by ``db.audit_chain`` (shared by both backends).
+
+Errors: ``StoreConflict`` when a uniqueness rule is hit (the caller decides whether to retry,
+e.g. with a fresh serial), ``StoreUnavailable`` when the database cannot be reached.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+
+from db.records import (
+    ApiToken,
+    AuditEntry,
+    AuditEvent,
+    AuditHead,
+    CARecord,
+    CertificateRecord,
+    Organization,
+    Revocation,
+    TemplateRecord,
+)
+
+
+class StoreError(Exception):
+    pass
+
+
+class StoreConflict(StoreError):
+    """A uniqueness constraint was hit (duplicate serial, slug, name ...)."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached or refused the operation."""
+
+
+class Store(abc.ABC):
+    """Async repository of the gateway's state."""
+
+    backend: str
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect and apply pending migrations."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def ping(self) -> dict[str, object]:
+        """Run a trivial query; returns details such as pool size. Raises StoreUnavailable."""
+
+    # organizations
+    @abc.abstractmethod
+    async def add_organization(self, org: Organization, audit: AuditEvent) -> None: ...
+
+    @abc.abstractmethod
+    async def get_organization(self, slug: str) -> Organization | None: ...
+
+    @abc.abstractmethod
+    async def get_organization_by_id(self, org_id: str) -> Organization | None: ...
+
+    @abc.abstractmethod
+    async def list_organizations(self) -> list[Organization]: ...
+
+    # certificate authorities
+    @abc.abstractmethod
+    async def add_ca(self, ca: CARecord, audit: AuditEvent) -> None: ...
+
+    @abc.abstractmethod
+    async def get_ca(self, name: str) -> CARecord | None: ...
+
+    @abc.abstractmethod
+    async def get_ca_by_id(self, ca_id: str) -> CARecord | None: ...
+
+    @abc.abstractmethod
+    async def list_cas(self) -> list[CARecord]: ...
+
+    # certificates
+    @abc.abstractmethod
+    async def add_certificate(self, cert: CertificateRecord, audit: AuditEvent) -> None:
+        """Record an issued certificate; StoreConflict if (issuer, serial) exists."""
+
+    @abc.abstractmethod
+    async def get_certificate(self, issuer_ca_id: str, serial_hex: str) -> CertificateRecord | None:
+        ...
+
+    @abc.abstractmethod
+    async def find_certificates_by_serial(self, serial_hex: str) -> list[CertificateRecord]:
+        """All certificates with this serial, across issuers (serials are random, so
+        normally one)."""
+
+    @abc.abstractmethod
+    async def revoke_certificate(
+        self, revocation: Revocation, audit: AuditEvent
+    ) -> CertificateRecord | None:
+        """Mark revoked and add the CRL entry. Returns the updated record, or None when
+        the certificate is unknown or already revoked (nothing changes then)."""
+
+    @abc.abstractmethod
+    async def list_revocations(self, ca_id: str) -> list[Revocation]: ...
+
+    @abc.abstractmethod
+    async def count_active_certificates(self, now: dt.datetime) -> list[tuple[str, str, int]]:
+        """(org_id, profile, count) of unrevoked, unexpired certificates."""
+
+    # templates (profiles)
+    @abc.abstractmethod
+    async def upsert_template(self, template: TemplateRecord) -> None: ...
+
+    @abc.abstractmethod
+    async def list_templates(self) -> list[TemplateRecord]: ...
+
+    # API tokens
+    @abc.abstractmethod
+    async def add_token(self, token: ApiToken, audit: AuditEvent) -> None: ...
+
+    @abc.abstractmethod
+    async def get_token(self, token_id: str) -> ApiToken | None: ...
+
+    # audit log
+    @abc.abstractmethod
+    async def append_audit(self, audit: AuditEvent) -> AuditEntry:
+        """Append an event that changes no other table (e.g. a failed login)."""
+
+    @abc.abstractmethod
+    async def audit_entries(self, after_seq: int = 0, limit: int = 10_000) -> list[AuditEntry]:
+        """Entries in chain order (by seq), for verification and export."""
+
+    @abc.abstractmethod
+    async def audit_head(self) -> AuditHead | None:
+        """The last seq and hash, kept apart from the rows so that a deleted tail shows."""
