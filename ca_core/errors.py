@@ -9,6 +9,7 @@ meant for the client and never contains internal detail; internal causes are log
     │   ├── BadCSR            not a parseable PKCS#10 request
     │   ├── BadCSRSignature   CSR signature does not verify
     │   ├── BadPublicKey      key type or size not allowed
+    │   ├── UnknownProfile    no profile of that name
     │   ├── PolicyViolation   SAN / extension / profile rule broken
     │   └── ValidityTooLong   requested validity beyond the profile or issuer
     ├── Unauthorized          no or unknown credential
@@ -45,6 +46,10 @@ class BadCSRSignature(BadCSR):
 
 class BadPublicKey(BadRequest):
     kind = "bad_public_key"
+
+
+class UnknownProfile(BadRequest):
+    kind = "unknown_profile"
 
 
 class PolicyViolation(BadRequest):

@@ -1,0 +1,652 @@
+"""The Authority: the one place where certificates are decided, signed and recorded.
+
+Protocol front-ends hand it a decoded request and a Principal; it checks the request
+against the profile and the caller's rights, builds the certificate (``x509build``), signs
+it through the CA's Signer, stores it (with its audit event, in one transaction) and only
+then returns it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import hmac
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
+
+from ca_core import x509build
+from ca_core.errors import (
+    BadCSR,
+    BadCSRSignature,
+    BadPublicKey,
+    BadRequest,
+    CAError,
+    Conflict,
+    Forbidden,
+    NotFound,
+    PolicyViolation,
+    Unauthorized,
+    Unavailable,
+    UnknownProfile,
+    ValidityTooLong,
+)
+from ca_core.keys import KeyAlgorithm, KeySpec, spec_of
+from ca_core.metrics import (
+    CA_KEY_USAGE,
+    CA_SIGNING_OPERATIONS,
+    CERT_ISSUANCE_DURATION,
+    CERT_REQUESTS_TOTAL,
+    CERT_REVOCATIONS_TOTAL,
+)
+from ca_core.principal import ROLES, Principal
+from ca_core.profiles import BUILTIN_PROFILES, Profile
+from ca_core.signers.base import KeyBackend, KeyBackendError, Signer
+from db.records import (
+    ApiToken,
+    AuditEvent,
+    CARecord,
+    CertificateRecord,
+    Organization,
+    Revocation,
+    TemplateRecord,
+)
+from db.store import Store, StoreConflict, StoreError
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], dt.datetime]
+
+# RFC 5280 5.3.1 reason codes, by the names operators type (snake_case) and the RFC's.
+REVOCATION_REASONS: dict[str, x509.ReasonFlags] = {
+    "unspecified": x509.ReasonFlags.unspecified,
+    "key_compromise": x509.ReasonFlags.key_compromise,
+    "ca_compromise": x509.ReasonFlags.ca_compromise,
+    "affiliation_changed": x509.ReasonFlags.affiliation_changed,
+    "superseded": x509.ReasonFlags.superseded,
+    "cessation_of_operation": x509.ReasonFlags.cessation_of_operation,
+    "certificate_hold": x509.ReasonFlags.certificate_hold,
+    "privilege_withdrawn": x509.ReasonFlags.privilege_withdrawn,
+    "aa_compromise": x509.ReasonFlags.aa_compromise,
+}
+_REASON_ALIASES = {flag.value.lower(): name for name, flag in REVOCATION_REASONS.items()}
+
+# Clients' clocks run a little behind ours; backdating notBefore keeps fresh certificates
+# valid for them (Let's Encrypt backdates an hour; a few minutes suffice on a LAN).
+BACKDATE = dt.timedelta(minutes=5)
+TOKEN_CACHE_SECONDS = 10.0
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def serial_hex(serial: int) -> str:
+    """Canonical store form of a serial: lowercase hex, no leading zeros."""
+    return format(serial, "x")
+
+
+def serial_display(serial_hex_value: str) -> str:
+    """The form ``openssl x509 -serial`` prints: uppercase, even length."""
+    text = serial_hex_value.upper()
+    return text if len(text) % 2 == 0 else "0" + text
+
+
+def parse_serial(text: str) -> str:
+    """Accept ``0A:1B``, ``0a1b``, ``0x0A1B`` or ``serial=0A1B``; return the store form."""
+    cleaned = text.strip().removeprefix("serial=").replace(":", "").lower().removeprefix("0x")
+    if not cleaned or len(cleaned) > 64 or any(c not in "0123456789abcdef" for c in cleaned):
+        raise BadRequest(f"not a hexadecimal serial number: {text[:80]!r}")
+    value = int(cleaned, 16)
+    if value <= 0:
+        raise BadRequest("serial numbers are positive")
+    return serial_hex(value)
+
+
+def parse_reason(text: str) -> str:
+    key = text.strip().lower().replace("-", "_")
+    if key in REVOCATION_REASONS:
+        return key
+    alias = _REASON_ALIASES.get(text.strip().lower())
+    if alias is not None:
+        return alias
+    if key == "remove_from_crl":
+        raise BadRequest("removeFromCRL is only meaningful in delta CRLs")
+    raise BadRequest(
+        f"unknown revocation reason {text[:40]!r}; use one of {', '.join(REVOCATION_REASONS)}"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CASettings:
+    """What the CA core needs from configuration."""
+
+    public_http_url: str = "http://127.0.0.1:8080"
+    root_key: KeySpec = field(default_factory=lambda: KeySpec.parse("ec-p384"))
+    intermediate_key: KeySpec = field(default_factory=lambda: KeySpec.parse("ec-p384"))
+    issuing_key: KeySpec = field(default_factory=lambda: KeySpec.parse("ec-p256"))
+    root_validity_days: int = 7305
+    intermediate_validity_days: int = 3652
+    issuing_validity_days: int = 1826
+    organization_name: str = "VCC-PKI"
+    country: str = "DE"
+    default_org: str = "default"
+
+    def crl_url(self, ca_name: str) -> str:
+        return f"{self.public_http_url.rstrip('/')}/crl/{ca_name}.crl"
+
+    def ca_issuers_url(self, ca_name: str) -> str:
+        return f"{self.public_http_url.rstrip('/')}/ca/{ca_name}.der"
+
+    @property
+    def ocsp_url(self) -> str:
+        return f"{self.public_http_url.rstrip('/')}/ocsp"
+
+
+@dataclass(frozen=True, slots=True)
+class IssuanceRequest:
+    csr: bytes  # PEM or DER PKCS#10
+    profile: str
+    org: str | None = None  # organization slug; None: the principal's own
+    validity_days: int | None = None
+    not_before: dt.datetime | None = None
+    not_after: dt.datetime | None = None
+    ca: str | None = None  # issuing CA name; None: the organization's
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCertificate:
+    record: CertificateRecord
+    certificate: x509.Certificate
+    chain: tuple[x509.Certificate, ...]  # issuer first, up to but not including the root
+
+    @property
+    def serial(self) -> str:
+        return serial_display(self.record.serial_hex)
+
+    @property
+    def certificate_pem(self) -> str:
+        return self.certificate.public_bytes(serialization.Encoding.PEM).decode()
+
+    @property
+    def chain_pem(self) -> str:
+        return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in self.chain)
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateStatus:
+    status: str  # good | revoked | unknown
+    record: CertificateRecord | None = None
+
+
+@dataclass(slots=True)
+class LoadedCA:
+    record: CARecord
+    certificate: x509.Certificate
+    signer: Signer
+    chain: tuple[x509.Certificate, ...]  # this CA first, up to but not including the root
+
+    def issuer_context(self, settings: CASettings) -> x509build.IssuerContext:
+        return x509build.IssuerContext(
+            name=self.certificate.subject,
+            public_key=self.signer.public_key,
+            key_spec=self.signer.key_spec,
+            not_after=self.certificate.not_valid_after_utc,
+            crl_url=settings.crl_url(self.record.name),
+            ocsp_url=settings.ocsp_url,
+            ca_issuers_url=settings.ca_issuers_url(self.record.name),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedToken:
+    token: str  # shown once, never stored
+    record: ApiToken
+
+
+def issuing_ca_name(org_slug: str) -> str:
+    return f"{org_slug}-issuing"
+
+
+class Authority:
+    """Issuance, revocation, status and tokens over one Store and one KeyBackend."""
+
+    def __init__(
+        self,
+        store: Store,
+        keys: KeyBackend,
+        settings: CASettings | None = None,
+        clock: Clock = utcnow,
+    ) -> None:
+        self.store = store
+        self.keys = keys
+        self.settings = settings or CASettings()
+        self.clock = clock
+        self._cas: dict[str, LoadedCA] = {}
+        self._ca_lock = asyncio.Lock()
+        self._profiles: dict[str, Profile] = {p.name: p for p in BUILTIN_PROFILES}
+        self._orgs: dict[str, Organization] = {}
+        self._tokens: dict[str, tuple[float, Principal]] = {}
+
+    # ------------------------------------------------------------------ loading
+    async def load(self) -> None:
+        """Read profiles from the store (falling back to the built-ins) and open CA keys."""
+        for template in await self.store.list_templates():
+            try:
+                self._profiles[template.slug] = Profile.from_definition(template.definition)
+            except (TypeError, ValueError) as exc:
+                log.warning("ignoring invalid template %s: %s", template.slug, exc)
+        for record in await self.store.list_cas():
+            await self._load_ca(record)
+
+    async def _load_ca(self, record: CARecord) -> LoadedCA:
+        loaded = self._cas.get(record.name)
+        if loaded is not None:
+            return loaded
+        parent = None
+        if record.parent_ca_id is not None:
+            parent = await self.ca_by_id(record.parent_ca_id)
+        async with self._ca_lock:
+            loaded = self._cas.get(record.name)
+            if loaded is not None:
+                return loaded
+            try:
+                signer = await asyncio.to_thread(self.keys.load, record.key_ref)
+            except KeyBackendError as exc:
+                log.error("cannot open the key of CA %s: %s", record.name, exc)
+                raise Unavailable(f"the key of CA {record.name} is not available") from exc
+            certificate = x509.load_der_x509_certificate(record.certificate_der)
+            # Chains stop below the root: relying parties have the root as a trust anchor.
+            chain: tuple[x509.Certificate, ...] = (certificate,)
+            if parent is not None and parent.record.ca_type != "root":
+                chain = (certificate, *parent.chain)
+            loaded = LoadedCA(record, certificate, signer, chain)
+            self._cas[record.name] = loaded
+            return loaded
+
+    def _ca_by_id(self, ca_id: str | None) -> LoadedCA | None:
+        for loaded in self._cas.values():
+            if loaded.record.ca_id == ca_id:
+                return loaded
+        return None
+
+    async def ca(self, name: str) -> LoadedCA:
+        loaded = self._cas.get(name)
+        if loaded is not None:
+            return loaded
+        record = await self.store.get_ca(name)
+        if record is None:
+            raise NotFound(f"no CA named {name!r}")
+        return await self._load_ca(record)
+
+    async def ca_by_id(self, ca_id: str) -> LoadedCA:
+        loaded = self._ca_by_id(ca_id)
+        if loaded is not None:
+            return loaded
+        record = await self.store.get_ca_by_id(ca_id)
+        if record is None:
+            raise NotFound("unknown CA")
+        return await self._load_ca(record)
+
+    def loaded_cas(self) -> list[LoadedCA]:
+        return list(self._cas.values())
+
+    def profile(self, name: str) -> Profile:
+        try:
+            return self._profiles[name]
+        except KeyError:
+            raise UnknownProfile(
+                f"unknown profile {name!r}; available: {', '.join(sorted(self._profiles))}"
+            ) from None
+
+    def profiles(self) -> list[Profile]:
+        return sorted(self._profiles.values(), key=lambda p: p.name)
+
+    async def organization(self, slug: str) -> Organization:
+        org = self._orgs.get(slug)
+        if org is None:
+            org = await self.store.get_organization(slug)
+            if org is None:
+                raise NotFound(f"no organization {slug!r}")
+            self._orgs[slug] = org
+        return org
+
+    async def organization_by_id(self, org_id: str) -> Organization:
+        for org in self._orgs.values():
+            if org.org_id == org_id:
+                return org
+        found = await self.store.get_organization_by_id(org_id)
+        if found is None:
+            raise NotFound("unknown organization")
+        self._orgs[found.slug] = found
+        return found
+
+    # ------------------------------------------------------------------ issuance
+    async def issue(self, request: IssuanceRequest, principal: Principal) -> IssuedCertificate:
+        started = time.perf_counter()
+        purpose = request.profile if request.profile in self._profiles else "unknown"
+        org_label = request.org or "unknown"
+        try:
+            issued = await self._issue(request, principal)
+        except CAError:
+            CERT_REQUESTS_TOTAL.labels(org_label, purpose, "rejected").inc()
+            raise
+        except Exception:
+            CERT_REQUESTS_TOTAL.labels(org_label, purpose, "error").inc()
+            raise
+        org = (await self.organization_by_id(issued.record.org_id)).slug
+        CERT_REQUESTS_TOTAL.labels(org, purpose, "issued").inc()
+        CERT_ISSUANCE_DURATION.labels(org, purpose).observe(time.perf_counter() - started)
+        return issued
+
+    async def _issue(self, request: IssuanceRequest, principal: Principal) -> IssuedCertificate:
+        if not principal.can("cert:request"):
+            raise Forbidden("this credential may not request certificates")
+        org = await self._org_for(request.org, principal)
+        profile = self.profile(request.profile)
+        if profile.internal_only and principal.actor_type != "system":
+            raise Forbidden(f"profile {profile.name} is issued by the CA itself only")
+        csr = parse_csr(request.csr)
+        subject_key = check_subject_key(csr, profile)
+        sans = x509build.sans_from_csr(csr)
+        common_name = _common_name(csr)
+        if not sans and profile.require_san and common_name and \
+                x509build.valid_dns_name(common_name.lower(), allow_wildcard=True):
+            # Many clients still put the host name only in the CN; carry it into the SAN.
+            sans = x509build.SubjectAltNames(dns=(common_name.lower(),))
+        x509build.check_sans(sans, profile)
+        if not common_name:
+            common_name = (sans.dns or sans.ip or sans.email or sans.uri or ("",))[0]
+        if not common_name and not sans:
+            raise PolicyViolation("the request names no subject: give a CN or a SAN")
+
+        ca = await self.ca(request.ca or issuing_ca_name(org.slug))
+        if ca.record.ca_type != "issuing":
+            raise Forbidden(f"CA {ca.record.name} does not issue end-entity certificates")
+        if ca.record.org_id != org.org_id and principal.org_id is not None:
+            raise Forbidden("that CA belongs to another organization")
+        not_before, not_after = self._validity(request, profile, ca)
+        subject = x509build.name(common_name, org.name)
+        issuer = ca.issuer_context(self.settings)
+        for _attempt in range(3):
+            serial = x509.random_serial_number()
+            template = x509build.LeafTemplate(
+                subject=subject, public_key=csr.public_key(), subject_key=subject_key,
+                sans=sans, not_before=not_before, not_after=not_after, serial=serial,
+                profile=profile,
+            )
+            builder = x509build.leaf_builder(template, issuer)
+            certificate = await self._sign_certificate(ca, builder)
+            record = CertificateRecord(
+                cert_id=str(uuid.uuid4()), issuer_ca_id=ca.record.ca_id, org_id=org.org_id,
+                serial_hex=serial_hex(serial), subject_dn=certificate.subject.rfc4514_string(),
+                common_name=common_name, profile=profile.name,
+                certificate_der=certificate.public_bytes(serialization.Encoding.DER),
+                key_algorithm=subject_key.algorithm.value, key_size=subject_key.size,
+                san=sans.as_dict(), not_before=not_before, not_after=not_after,
+                requester=principal.actor_id, created_at=self.clock(),
+            )
+            event = AuditEvent(
+                event_type="certificate.issued", category="certificate", action="issue",
+                actor_type=principal.actor_type, actor_id=principal.actor_id,
+                org_id=org.org_id, resource_type="certificate", resource_id=record.cert_id,
+                data={"serial": record.serial_hex, "ca": ca.record.name,
+                      "profile": profile.name, "subject": record.subject_dn,
+                      "san": record.san, "not_after": not_after.isoformat()},
+            )
+            try:
+                await self.store.add_certificate(record, event)
+            except StoreConflict:
+                log.warning("serial collision on CA %s; drawing a new serial", ca.record.name)
+                continue
+            except StoreError as exc:
+                log.error("storing an issued certificate failed: %s", exc)
+                raise Unavailable("the certificate store is not available") from exc
+            return IssuedCertificate(record, certificate, ca.chain)
+        raise Unavailable("could not allocate a unique serial number")
+
+    def _validity(
+        self, request: IssuanceRequest, profile: Profile, ca: LoadedCA
+    ) -> tuple[dt.datetime, dt.datetime]:
+        now = self.clock().replace(microsecond=0)
+        not_before = request.not_before or now - BACKDATE
+        if request.not_after is not None:
+            not_after = request.not_after
+        else:
+            days = request.validity_days or profile.default_validity_days
+            if days <= 0:
+                raise BadRequest("validity_days must be positive")
+            if days > profile.max_validity_days:
+                raise ValidityTooLong(
+                    f"profile {profile.name} allows at most {profile.max_validity_days} days"
+                )
+            not_after = now + dt.timedelta(days=days)
+        if not_after - max(not_before, now - BACKDATE) > dt.timedelta(
+            days=profile.max_validity_days) + BACKDATE:
+            raise ValidityTooLong(
+                f"profile {profile.name} allows at most {profile.max_validity_days} days"
+            )
+        if not_after <= now:
+            raise BadRequest("notAfter lies in the past")
+        # Never outlive the issuer: cap rather than refuse (RFC 5280 path validation).
+        not_after = min(not_after, ca.certificate.not_valid_after_utc)
+        return not_before, not_after
+
+    async def _sign_certificate(
+        self, ca: LoadedCA, builder: x509.CertificateBuilder
+    ) -> x509.Certificate:
+        signer = ca.signer
+        try:
+            certificate = await signer.run(
+                lambda: x509build.sign(builder, signer.builder_key(), signer.key_spec)
+            )
+        except Exception:
+            CA_SIGNING_OPERATIONS.labels(ca.record.name, "certificate", "error").inc()
+            raise
+        CA_SIGNING_OPERATIONS.labels(ca.record.name, "certificate", "success").inc()
+        CA_KEY_USAGE.labels(ca.record.name, str(signer.hsm_backed).lower()).inc()
+        return certificate
+
+    async def _org_for(self, slug: str | None, principal: Principal) -> Organization:
+        if slug is None:
+            if principal.org_id is not None:
+                return await self.organization_by_id(principal.org_id)
+            slug = self.settings.default_org
+        try:
+            org = await self.organization(slug)
+        except NotFound:
+            if principal.org_id is not None:
+                raise Forbidden("not permitted for that organization") from None
+            raise
+        if not principal.sees_org(org.org_id):
+            raise Forbidden("not permitted for that organization")
+        return org
+
+    # ------------------------------------------------------------------ lookup, revocation
+    async def find_certificate(self, serial: str, principal: Principal) -> CertificateRecord:
+        """The caller's certificate with this serial; NotFound also for other tenants'."""
+        if not principal.can("cert:read"):
+            raise Forbidden("this credential may not read certificates")
+        wanted = parse_serial(serial)
+        for record in await self.store.find_certificates_by_serial(wanted):
+            if not principal.sees_org(record.org_id):
+                continue
+            if principal.only_own("cert:read") and record.requester != principal.actor_id:
+                continue
+            return record
+        raise NotFound(f"no certificate with serial {serial_display(wanted)}")
+
+    async def revoke(
+        self,
+        serial: str,
+        reason: str,
+        principal: Principal,
+        invalidity_date: dt.datetime | None = None,
+    ) -> CertificateRecord:
+        if not principal.can("cert:revoke"):
+            raise Forbidden("this credential may not revoke certificates")
+        reason_name = parse_reason(reason)
+        wanted = parse_serial(serial)
+        candidates = [
+            r for r in await self.store.find_certificates_by_serial(wanted)
+            if principal.sees_org(r.org_id)
+            and not (principal.only_own("cert:revoke") and r.requester != principal.actor_id)
+        ]
+        if not candidates:
+            raise NotFound(f"no certificate with serial {serial_display(wanted)}")
+        if len(candidates) > 1:
+            raise Conflict("several issuers used this serial; revoke through the issuer")
+        target = candidates[0]
+        if target.status == "revoked":
+            raise Conflict(f"certificate {serial_display(wanted)} is already revoked")
+        now = self.clock()
+        if invalidity_date is not None and invalidity_date > now:
+            raise BadRequest("the invalidity date lies in the future")
+        revocation = Revocation(
+            ca_id=target.issuer_ca_id, serial_hex=target.serial_hex, cert_id=target.cert_id,
+            revoked_at=now.replace(microsecond=0), reason=reason_name,
+            invalidity_date=invalidity_date,
+        )
+        event = AuditEvent(
+            event_type="certificate.revoked", category="certificate", action="revoke",
+            actor_type=principal.actor_type, actor_id=principal.actor_id,
+            org_id=target.org_id, resource_type="certificate", resource_id=target.cert_id,
+            data={"serial": target.serial_hex, "reason": reason_name},
+        )
+        updated = await self.store.revoke_certificate(revocation, event)
+        if updated is None:
+            raise Conflict(f"certificate {serial_display(wanted)} is already revoked")
+        org = await self.organization_by_id(updated.org_id)
+        CERT_REVOCATIONS_TOTAL.labels(org.slug, reason_name).inc()
+        return updated
+
+    async def status(self, issuer_ca_id: str, serial: int) -> CertificateStatus:
+        record = await self.store.get_certificate(issuer_ca_id, serial_hex(serial))
+        if record is None:
+            return CertificateStatus("unknown")
+        return CertificateStatus("revoked" if record.status == "revoked" else "good", record)
+
+    # ------------------------------------------------------------------ API tokens
+    async def create_token(
+        self, org_slug: str, role: str, name: str = "", principal: Principal | None = None,
+        expires_at: dt.datetime | None = None,
+    ) -> CreatedToken:
+        principal = principal or Principal.system()
+        if role not in ROLES:
+            raise BadRequest(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
+        if not principal.can("token:create"):
+            raise Forbidden("this credential may not create tokens")
+        org = await self._org_for(org_slug, principal)
+        if role == "pki_super_admin" and principal.org_id is not None:
+            raise Forbidden("only a super admin creates super-admin tokens")
+        token_id = secrets.token_hex(8)
+        secret = secrets.token_urlsafe(32)
+        record = ApiToken(
+            token_id=token_id, org_id=org.org_id, role=role,
+            secret_hash=_hash_secret(secret), name=name or f"{role}@{org.slug}",
+            created_at=self.clock(), expires_at=expires_at,
+        )
+        event = AuditEvent(
+            event_type="token.created", category="authentication", action="create_token",
+            actor_type=principal.actor_type, actor_id=principal.actor_id, org_id=org.org_id,
+            resource_type="api_token", resource_id=token_id,
+            data={"role": role, "name": record.name},
+        )
+        await self.store.add_token(record, event)
+        return CreatedToken(f"vcc.{token_id}.{secret}", record)
+
+    async def authenticate(self, token: str) -> Principal:
+        """The Principal of a bearer token; Unauthorized for anything not a live token."""
+        now = time.monotonic()
+        cached = self._tokens.get(token)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        parts = token.split(".")
+        if len(parts) != 3 or parts[0] != "vcc" or not parts[1] or not parts[2]:
+            raise Unauthorized("malformed bearer token")
+        record = await self.store.get_token(parts[1])
+        if record is None or not hmac.compare_digest(
+            record.secret_hash, _hash_secret(parts[2])
+        ):
+            raise Unauthorized("unknown bearer token")
+        if record.revoked or (record.expires_at is not None and record.expires_at <= self.clock()):
+            raise Unauthorized("bearer token expired or revoked")
+        # super admins of the default organization act across all organizations
+        org_scope = None if record.role == "pki_super_admin" else record.org_id
+        principal = Principal("api", f"token:{record.token_id}", org_scope, record.role)
+        if len(self._tokens) > 10_000:
+            self._tokens.clear()
+        self._tokens[token] = (now + TOKEN_CACHE_SECONDS, principal)
+        return principal
+
+    # ------------------------------------------------------------------ templates
+    async def publish_profiles(self) -> None:
+        for profile in BUILTIN_PROFILES:
+            await self.store.upsert_template(TemplateRecord(
+                slug=profile.name, name=profile.name, purpose=profile.name,
+                definition=profile.to_definition(),
+            ))
+
+
+def _hash_secret(secret: str) -> str:
+    # The secret is 256 random bits: a fast hash is enough (no dictionary to attack).
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def parse_csr(data: bytes) -> x509.CertificateSigningRequest:
+    if len(data) > 64 * 1024:
+        raise BadCSR("the CSR is larger than 64 KiB")
+    try:
+        if b"-----BEGIN" in data:
+            csr = x509.load_pem_x509_csr(data)
+        else:
+            csr = x509.load_der_x509_csr(data)
+        # Force the lazy parts so malformed input fails here, not later.
+        csr.subject.rfc4514_string()
+        _ = csr.extensions
+        public_key = csr.public_key()
+    except (ValueError, TypeError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) \
+            as exc:
+        raise BadCSR(f"not a valid PKCS#10 request: {exc}") from None
+    try:
+        signature_ok = csr.is_signature_valid
+    except Exception:  # any failure to verify means "does not verify"
+        signature_ok = False
+    if not signature_ok:
+        raise BadCSRSignature("the CSR signature does not verify")
+    del public_key
+    return csr
+
+
+def check_subject_key(csr: x509.CertificateSigningRequest, profile: Profile) -> KeySpec:
+    public_key = csr.public_key()
+    try:
+        spec = spec_of(public_key)
+    except ValueError as exc:
+        raise BadPublicKey(str(exc)) from None
+    if spec.algorithm is KeyAlgorithm.RSA and spec.size < 2048:
+        raise BadPublicKey(f"RSA keys must have at least 2048 bits (got {spec.size})")
+    if spec.algorithm is KeyAlgorithm.RSA and spec.size not in (2048, 3072, 4096):
+        raise BadPublicKey(f"RSA key size {spec.size} is not allowed (2048, 3072, 4096)")
+    if not profile.allows_key(spec):
+        raise BadPublicKey(
+            f"profile {profile.name} does not allow {spec} keys "
+            f"(allowed: {', '.join(profile.allowed_keys)})"
+        )
+    return spec
+
+
+def _common_name(csr: x509.CertificateSigningRequest) -> str:
+    values = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if not values:
+        return ""
+    value = values[0].value
+    return value if isinstance(value, str) else value.decode(errors="replace")

@@ -1,0 +1,54 @@
+"""Who is asking: principals, roles and their permissions (from the seed RBAC matrix).
+
+Roles are scoped to one organization except ``pki_super_admin``. ``*_own`` permissions
+limit a service account to certificates it requested itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
+    "pki_super_admin": frozenset({
+        "ca:*", "cert:request", "cert:read", "cert:revoke", "organization:*",
+        "template:*", "audit:read", "token:create",
+    }),
+    "pki_admin": frozenset({
+        "ca:read", "cert:request", "cert:read", "cert:revoke", "template:manage",
+        "audit:read_own_org", "token:create",
+    }),
+    "cert_manager": frozenset({"cert:request", "cert:read", "cert:revoke", "template:read"}),
+    "service_account": frozenset({"cert:request_own", "cert:read_own", "cert:revoke_own"}),
+    "code_signer": frozenset({"cert:read", "signature:create", "signature:verify"}),
+    "auditor": frozenset({"audit:read", "cert:read"}),
+}
+
+ROLES = tuple(ROLE_PERMISSIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller. ``org_id`` None means every organization."""
+
+    actor_type: str  # api | user | service | system
+    actor_id: str
+    org_id: str | None
+    role: str
+
+    @classmethod
+    def system(cls, actor_id: str = "vcc-pki") -> Principal:
+        return cls("system", actor_id, None, "pki_super_admin")
+
+    @property
+    def permissions(self) -> frozenset[str]:
+        return ROLE_PERMISSIONS.get(self.role, frozenset())
+
+    def can(self, action: str) -> bool:
+        """``action`` like ``cert:revoke``; true for the permission or its ``_own`` form."""
+        return action in self.permissions or f"{action}_own" in self.permissions
+
+    def only_own(self, action: str) -> bool:
+        return action not in self.permissions and f"{action}_own" in self.permissions
+
+    def sees_org(self, org_id: str) -> bool:
+        return self.org_id is None or self.org_id == org_id

@@ -1,0 +1,169 @@
+"""Certificate profiles (templates): what a certificate of each purpose may contain.
+
+The purposes are those of the seed schema (vcc_service, mtls_service, code_signing, admin,
+external_integration, timestamp_authority) plus ocsp_signing for delegated OCSP responders.
+A profile fixes key usages, extended key usages, the maximum validity, the key types a
+subject may use and which SAN types it may carry. Built-in profiles are written to the
+store's certificate_templates table by ``vcc-pki init`` so an operator can read them there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from ca_core.keys import KeyAlgorithm, KeySpec
+
+EKU_NAMES: dict[str, x509.ObjectIdentifier] = {
+    "serverAuth": ExtendedKeyUsageOID.SERVER_AUTH,
+    "clientAuth": ExtendedKeyUsageOID.CLIENT_AUTH,
+    "codeSigning": ExtendedKeyUsageOID.CODE_SIGNING,
+    "emailProtection": ExtendedKeyUsageOID.EMAIL_PROTECTION,
+    "timeStamping": ExtendedKeyUsageOID.TIME_STAMPING,
+    "OCSPSigning": ExtendedKeyUsageOID.OCSP_SIGNING,
+}
+
+KEY_USAGE_NAMES = (
+    "digitalSignature", "contentCommitment", "keyEncipherment", "dataEncipherment",
+    "keyAgreement", "keyCertSign", "cRLSign",
+)
+
+SAN_TYPES = ("dns", "ip", "email", "uri")
+
+_DEFAULT_KEYS = ("rsa-2048", "rsa-3072", "rsa-4096", "ec-p256", "ec-p384")
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    name: str
+    description: str
+    key_usage: tuple[str, ...]
+    extended_key_usage: tuple[str, ...]
+    max_validity_days: int
+    default_validity_days: int
+    allowed_keys: tuple[str, ...] = _DEFAULT_KEYS
+    san_types: tuple[str, ...] = ("dns", "ip")
+    require_san: bool = False
+    eku_critical: bool = False
+    ocsp_no_check: bool = False
+    # Issued by the CA itself (OCSP responders), never on request through a front-end.
+    internal_only: bool = False
+
+    def allows_key(self, spec: KeySpec) -> bool:
+        return str(spec) in self.allowed_keys
+
+    def key_usage_extension(self, subject_key: KeySpec) -> x509.KeyUsage:
+        usages = set(self.key_usage)
+        if subject_key.algorithm is not KeyAlgorithm.RSA:
+            # Key encipherment is meaningless for EC and Ed25519 keys (RFC 8813 / 8410).
+            usages.discard("keyEncipherment")
+        return x509.KeyUsage(
+            digital_signature="digitalSignature" in usages,
+            content_commitment="contentCommitment" in usages,
+            key_encipherment="keyEncipherment" in usages,
+            data_encipherment="dataEncipherment" in usages,
+            key_agreement="keyAgreement" in usages,
+            key_cert_sign="keyCertSign" in usages,
+            crl_sign="cRLSign" in usages,
+            encipher_only=False,
+            decipher_only=False,
+        )
+
+    def extended_key_usage_extension(self) -> x509.ExtendedKeyUsage | None:
+        if not self.extended_key_usage:
+            return None
+        return x509.ExtendedKeyUsage([EKU_NAMES[name] for name in self.extended_key_usage])
+
+    def to_definition(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_definition(cls, data: dict[str, Any]) -> Profile:
+        fields: dict[str, Any] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
+        }
+        profile = cls(**fields)
+        profile.validate()
+        return profile
+
+    def validate(self) -> None:
+        unknown_ku = set(self.key_usage) - set(KEY_USAGE_NAMES)
+        unknown_eku = set(self.extended_key_usage) - set(EKU_NAMES)
+        unknown_san = set(self.san_types) - set(SAN_TYPES)
+        if unknown_ku or unknown_eku or unknown_san:
+            raise ValueError(
+                f"profile {self.name}: unknown names "
+                f"{sorted(unknown_ku | unknown_eku | unknown_san)}"
+            )
+        for key in self.allowed_keys:
+            KeySpec.parse(key)
+        if not 0 < self.default_validity_days <= self.max_validity_days:
+            raise ValueError(f"profile {self.name}: default validity outside 1..max")
+
+
+BUILTIN_PROFILES: tuple[Profile, ...] = (
+    Profile(
+        name="vcc_service",
+        description="TLS server and client certificate of an internal service",
+        key_usage=("digitalSignature", "keyEncipherment"),
+        extended_key_usage=("serverAuth", "clientAuth"),
+        max_validity_days=397, default_validity_days=90,
+        allowed_keys=(*_DEFAULT_KEYS, "ed25519"),
+        san_types=("dns", "ip", "uri"), require_san=True,
+    ),
+    Profile(
+        name="mtls_service",
+        description="Mutual-TLS certificate of a service (server and client)",
+        key_usage=("digitalSignature", "keyEncipherment"),
+        extended_key_usage=("serverAuth", "clientAuth"),
+        max_validity_days=397, default_validity_days=90,
+        allowed_keys=(*_DEFAULT_KEYS, "ed25519"),
+        san_types=("dns", "ip", "uri"), require_san=True,
+    ),
+    Profile(
+        name="code_signing",
+        description="Code signing of packages, adapters, configurations and images",
+        key_usage=("digitalSignature",),
+        extended_key_usage=("codeSigning",),
+        max_validity_days=1095, default_validity_days=365,
+        allowed_keys=("rsa-3072", "rsa-4096", "ec-p256", "ec-p384"),
+        san_types=("email", "uri"),
+    ),
+    Profile(
+        name="admin",
+        description="Client certificate of an administrator",
+        key_usage=("digitalSignature",),
+        extended_key_usage=("clientAuth",),
+        max_validity_days=365, default_validity_days=180,
+        san_types=("email", "uri"),
+    ),
+    Profile(
+        name="external_integration",
+        description="Client certificate of an external partner system",
+        key_usage=("digitalSignature", "keyEncipherment"),
+        extended_key_usage=("clientAuth",),
+        max_validity_days=397, default_validity_days=365,
+        san_types=("dns", "uri", "email"),
+    ),
+    Profile(
+        name="timestamp_authority",
+        description="RFC 3161 time-stamping unit (EKU timeStamping only, critical)",
+        key_usage=("digitalSignature", "contentCommitment"),
+        extended_key_usage=("timeStamping",),
+        eku_critical=True,
+        max_validity_days=1826, default_validity_days=1095,
+        allowed_keys=("rsa-2048", "rsa-3072", "rsa-4096", "ec-p256", "ec-p384"),
+        san_types=(),
+    ),
+    Profile(
+        name="ocsp_signing",
+        description="Delegated OCSP responder of one issuing CA (RFC 6960 4.2.2.2)",
+        key_usage=("digitalSignature",),
+        extended_key_usage=("OCSPSigning",),
+        max_validity_days=90, default_validity_days=30,
+        san_types=(), ocsp_no_check=True, internal_only=True,
+    ),
+)

@@ -1,0 +1,251 @@
+"""X.509 construction: the only place that builds certificates (RFC 5280 profile).
+
+Issuance is two steps, as in Boulder: ``check`` everything about the to-be-signed
+certificate first, then sign. Nothing here touches the store.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import re
+from dataclasses import dataclass, field
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    CertificateIssuerPublicKeyTypes,
+    CertificatePublicKeyTypes,
+)
+from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
+
+from ca_core.errors import PolicyViolation
+from ca_core.keys import KeySpec
+from ca_core.profiles import Profile
+
+_DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectAltNames:
+    dns: tuple[str, ...] = ()
+    ip: tuple[str, ...] = ()
+    email: tuple[str, ...] = ()
+    uri: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {k: list(v) for k, v in
+                (("dns", self.dns), ("ip", self.ip), ("email", self.email), ("uri", self.uri))
+                if v}
+
+    def __bool__(self) -> bool:
+        return bool(self.dns or self.ip or self.email or self.uri)
+
+    def general_names(self) -> list[x509.GeneralName]:
+        names: list[x509.GeneralName] = [x509.DNSName(d) for d in self.dns]
+        names += [x509.IPAddress(ipaddress.ip_address(i)) for i in self.ip]
+        names += [x509.RFC822Name(e) for e in self.email]
+        names += [x509.UniformResourceIdentifier(u) for u in self.uri]
+        return names
+
+
+def valid_dns_name(name: str, allow_wildcard: bool = True) -> bool:
+    if len(name) > 253 or name != name.lower():
+        return False
+    labels = name.split(".")
+    if allow_wildcard and labels[0] == "*":
+        labels = labels[1:]
+        if len(labels) < 2:
+            return False
+    return len(labels) >= 1 and all(_DNS_LABEL.match(label) for label in labels)
+
+
+def sans_from_csr(csr: x509.CertificateSigningRequest) -> SubjectAltNames:
+    """The SANs a CSR asks for; PolicyViolation for names of a kind we never issue."""
+    try:
+        ext = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return SubjectAltNames()
+    dns: list[str] = []
+    ips: list[str] = []
+    emails: list[str] = []
+    uris: list[str] = []
+    for name in ext.value:
+        if isinstance(name, x509.DNSName):
+            dns.append(name.value.lower().rstrip("."))
+        elif isinstance(name, x509.IPAddress):
+            if not isinstance(name.value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+                raise PolicyViolation("IP address ranges are not allowed in a SAN")
+            ips.append(str(name.value))
+        elif isinstance(name, x509.RFC822Name):
+            emails.append(name.value)
+        elif isinstance(name, x509.UniformResourceIdentifier):
+            uris.append(name.value)
+        else:
+            raise PolicyViolation(f"SAN type {type(name).__name__} is not allowed")
+    return SubjectAltNames(
+        tuple(dict.fromkeys(dns)), tuple(dict.fromkeys(ips)),
+        tuple(dict.fromkeys(emails)), tuple(dict.fromkeys(uris)),
+    )
+
+
+def check_sans(sans: SubjectAltNames, profile: Profile) -> None:
+    present = {kind for kind, values in sans.as_dict().items() if values}
+    forbidden = present - set(profile.san_types)
+    if forbidden:
+        raise PolicyViolation(
+            f"profile {profile.name} does not allow SAN types {', '.join(sorted(forbidden))}"
+        )
+    for name in sans.dns:
+        if not valid_dns_name(name):
+            raise PolicyViolation(f"invalid DNS name in SAN: {name!r}")
+    for email in sans.email:
+        if not _EMAIL.match(email):
+            raise PolicyViolation(f"invalid email address in SAN: {email!r}")
+    for uri in sans.uri:
+        if ":" not in uri or uri.startswith(":"):
+            raise PolicyViolation(f"SAN URI must be absolute: {uri!r}")
+    if len(sans.dns) + len(sans.ip) + len(sans.email) + len(sans.uri) > 100:
+        raise PolicyViolation("at most 100 subject alternative names")
+    if profile.require_san and not sans:
+        raise PolicyViolation(f"profile {profile.name} requires a subject alternative name")
+
+
+@dataclass(frozen=True, slots=True)
+class IssuerContext:
+    """What a certificate needs to know about the CA that signs it."""
+
+    name: x509.Name
+    public_key: CertificateIssuerPublicKeyTypes
+    key_spec: KeySpec
+    not_after: dt.datetime
+    crl_url: str | None
+    ocsp_url: str | None
+    ca_issuers_url: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class LeafTemplate:
+    subject: x509.Name
+    public_key: CertificatePublicKeyTypes
+    subject_key: KeySpec
+    sans: SubjectAltNames
+    not_before: dt.datetime
+    not_after: dt.datetime
+    serial: int
+    profile: Profile
+    extra_extensions: tuple[x509.ExtensionType, ...] = field(default=())
+
+
+def _aia_and_cdp(
+    builder: x509.CertificateBuilder, issuer: IssuerContext
+) -> x509.CertificateBuilder:
+    access: list[x509.AccessDescription] = []
+    if issuer.ocsp_url:
+        access.append(x509.AccessDescription(
+            AuthorityInformationAccessOID.OCSP,
+            x509.UniformResourceIdentifier(issuer.ocsp_url)))
+    if issuer.ca_issuers_url:
+        access.append(x509.AccessDescription(
+            AuthorityInformationAccessOID.CA_ISSUERS,
+            x509.UniformResourceIdentifier(issuer.ca_issuers_url)))
+    if access:
+        builder = builder.add_extension(x509.AuthorityInformationAccess(access), critical=False)
+    if issuer.crl_url:
+        builder = builder.add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
+            full_name=[x509.UniformResourceIdentifier(issuer.crl_url)],
+            relative_name=None, reasons=None, crl_issuer=None)]), critical=False)
+    return builder
+
+
+def leaf_builder(template: LeafTemplate, issuer: IssuerContext) -> x509.CertificateBuilder:
+    """The to-be-signed leaf certificate; raises PolicyViolation before any key is used."""
+    if template.not_after <= template.not_before:
+        raise PolicyViolation("notAfter must be after notBefore")
+    if template.not_after > issuer.not_after:
+        raise PolicyViolation("certificate would outlive its issuer")
+    profile = template.profile
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(template.subject)
+        .issuer_name(issuer.name)
+        .public_key(template.public_key)
+        .serial_number(template.serial)
+        .not_valid_before(template.not_before)
+        .not_valid_after(template.not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(profile.key_usage_extension(template.subject_key), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(template.public_key),
+                       critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key),
+                       critical=False)
+    )
+    eku = profile.extended_key_usage_extension()
+    if eku is not None:
+        builder = builder.add_extension(eku, critical=profile.eku_critical)
+    if template.sans:
+        # RFC 5280 4.2.1.6: critical when the subject is empty.
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(template.sans.general_names()),
+            critical=len(template.subject) == 0,
+        )
+    if profile.ocsp_no_check:
+        builder = builder.add_extension(x509.OCSPNoCheck(), critical=False)
+        # A delegated responder's own status is not checked: no AIA OCSP or CDP for it.
+    else:
+        builder = _aia_and_cdp(builder, issuer)
+    for extension in template.extra_extensions:
+        builder = builder.add_extension(extension, critical=False)
+    return builder
+
+
+def ca_builder(
+    subject: x509.Name,
+    public_key: CertificateIssuerPublicKeyTypes,
+    serial: int,
+    not_before: dt.datetime,
+    not_after: dt.datetime,
+    path_length: int | None,
+    issuer: IssuerContext | None,
+) -> x509.CertificateBuilder:
+    """A CA certificate; ``issuer`` None makes it self-signed (a root)."""
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject if issuer is None else issuer.name)
+        .public_key(public_key)
+        .serial_number(serial)
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
+        .add_extension(x509.KeyUsage(
+            digital_signature=True, content_commitment=False, key_encipherment=False,
+            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+            encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    )
+    if issuer is not None:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key),
+            critical=False)
+        builder = _aia_and_cdp(builder, issuer)
+    return builder
+
+
+def sign(
+    builder: x509.CertificateBuilder, key: CertificateIssuerPrivateKeyTypes, spec: KeySpec
+) -> x509.Certificate:
+    return builder.sign(key, spec.hash_algorithm)  # type: ignore[arg-type]
+
+
+def name(common_name: str, organization: str | None = None, country: str | None = None
+         ) -> x509.Name:
+    attributes = []
+    if country:
+        attributes.append(x509.NameAttribute(NameOID.COUNTRY_NAME, country))
+    if organization:
+        attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+    if common_name:
+        attributes.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name[:64]))
+    return x509.Name(attributes)
