@@ -1,0 +1,153 @@
+"""The CA hierarchy: root -> intermediate -> one issuing CA per organization.
+
+``ensure_hierarchy`` is idempotent: it creates what is missing and leaves what exists.
+Keys are generated in the configured key backend (a PKCS#11 token in production), under a
+label that carries a random suffix so that a half-finished earlier run never collides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import re
+import secrets
+import uuid
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ca_core import x509build
+from ca_core.authority import Authority, LoadedCA, issuing_ca_name, serial_hex
+from ca_core.errors import BadRequest, Conflict
+from ca_core.keys import KeySpec
+from ca_core.principal import Principal
+from db.records import AuditEvent, CARecord, Organization
+from db.store import StoreConflict
+
+ROOT = "root"
+INTERMEDIATE = "intermediate"
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+
+# path length: root -> intermediate -> issuing -> leaf
+_PATH_LENGTH = {"root": 2, "intermediate": 1, "issuing": 0}
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedCA:
+    name: str
+    ca_type: str
+    subject: str
+
+
+async def _create_ca(
+    authority: Authority,
+    name: str,
+    ca_type: str,
+    common_name: str,
+    spec: KeySpec,
+    validity_days: int,
+    parent: LoadedCA | None,
+    org: Organization | None,
+    principal: Principal,
+) -> CreatedCA:
+    settings = authority.settings
+    label = f"vcc-{name}-{secrets.token_hex(4)}"
+    signer = await asyncio.to_thread(authority.keys.generate, spec, label)
+    now = authority.clock().replace(microsecond=0)
+    not_after = now + dt.timedelta(days=validity_days)
+    if parent is not None:
+        not_after = min(not_after, parent.certificate.not_valid_after_utc)
+    subject = x509build.name(common_name, settings.organization_name, settings.country)
+    builder = x509build.ca_builder(
+        subject=subject, public_key=signer.public_key, serial=x509.random_serial_number(),
+        not_before=now - dt.timedelta(minutes=5), not_after=not_after,
+        path_length=_PATH_LENGTH[ca_type],
+        issuer=None if parent is None else parent.issuer_context(settings),
+    )
+    issuing_signer = signer if parent is None else parent.signer
+    certificate = await issuing_signer.run(
+        lambda: x509build.sign(builder, issuing_signer.builder_key(), issuing_signer.key_spec)
+    )
+    record = CARecord(
+        ca_id=str(uuid.uuid4()), name=name, ca_type=ca_type,
+        org_id=None if org is None else org.org_id,
+        parent_ca_id=None if parent is None else parent.record.ca_id,
+        subject_dn=certificate.subject.rfc4514_string(),
+        serial_hex=serial_hex(certificate.serial_number),
+        certificate_der=certificate.public_bytes(serialization.Encoding.DER),
+        key_ref=signer.key_ref, key_backend=authority.keys.name,
+        key_algorithm=spec.algorithm.value, key_size=spec.size,
+        not_before=certificate.not_valid_before_utc, not_after=certificate.not_valid_after_utc,
+        created_at=authority.clock(),
+    )
+    event = AuditEvent(
+        event_type="ca.created", category="ca", action="create_ca",
+        actor_type=principal.actor_type, actor_id=principal.actor_id,
+        org_id=record.org_id, resource_type="certificate_authority", resource_id=record.ca_id,
+        data={"name": name, "type": ca_type, "subject": record.subject_dn,
+              "key": str(spec), "key_backend": authority.keys.name,
+              "not_after": record.not_after.isoformat()},
+    )
+    await authority.store.add_ca(record, event)
+    return CreatedCA(name, ca_type, record.subject_dn)
+
+
+async def ensure_organization(
+    authority: Authority, slug: str, name: str | None = None,
+    principal: Principal | None = None, key: KeySpec | None = None,
+) -> list[CreatedCA]:
+    """The organization and its issuing CA, created when missing."""
+    principal = principal or Principal.system()
+    if not _SLUG.match(slug):
+        raise BadRequest("organization slugs are lowercase letters, digits and '-'")
+    created: list[CreatedCA] = []
+    org = await authority.store.get_organization(slug)
+    if org is None:
+        org = Organization(org_id=str(uuid.uuid4()), slug=slug, name=name or slug,
+                           created_at=authority.clock())
+        event = AuditEvent(
+            event_type="organization.created", category="configuration",
+            action="create_organization", actor_type=principal.actor_type,
+            actor_id=principal.actor_id, org_id=org.org_id, resource_type="organization",
+            resource_id=org.org_id, data={"slug": slug, "name": org.name},
+        )
+        try:
+            await authority.store.add_organization(org, event)
+        except StoreConflict:
+            raise Conflict(f"organization {slug} exists") from None
+    ca_name = issuing_ca_name(slug)
+    if await authority.store.get_ca(ca_name) is None:
+        intermediate = await authority.ca(INTERMEDIATE)
+        settings = authority.settings
+        created.append(await _create_ca(
+            authority, ca_name, "issuing", f"{settings.organization_name} Issuing CA {slug}",
+            key or settings.issuing_key, settings.issuing_validity_days, intermediate, org,
+            principal,
+        ))
+    return created
+
+
+async def ensure_hierarchy(authority: Authority) -> list[CreatedCA]:
+    """Root, intermediate and the default organization's issuing CA; idempotent."""
+    settings = authority.settings
+    principal = Principal.system("vcc-pki init")
+    created: list[CreatedCA] = []
+    if await authority.store.get_ca(ROOT) is None:
+        created.append(await _create_ca(
+            authority, ROOT, "root", f"{settings.organization_name} Root CA",
+            settings.root_key, settings.root_validity_days, None, None, principal,
+        ))
+    if await authority.store.get_ca(INTERMEDIATE) is None:
+        root = await authority.ca(ROOT)
+        created.append(await _create_ca(
+            authority, INTERMEDIATE, "intermediate",
+            f"{settings.organization_name} Intermediate CA",
+            settings.intermediate_key, settings.intermediate_validity_days, root, None,
+            principal,
+        ))
+    created += await ensure_organization(
+        authority, settings.default_org, "Default Organization", principal
+    )
+    await authority.publish_profiles()
+    return created

@@ -1,0 +1,95 @@
+"""aiohttp application factory: the HTTP app (OCSP, CRL, CA certificates, health, metrics)
+and the HTTPS app (REST API; ACME and EST join it), sharing one set of Services."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+from prometheus_client import Counter, Histogram
+
+from ca_core.errors import CAError
+from gateway import health
+from gateway.keys import SERVICES
+from gateway.runtime import Services
+from protocols import certs
+from protocols.rest import api as rest_api
+from protocols.rest.problems import problem, problem_from_error
+
+log = logging.getLogger("vcc_pki.gateway")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+HTTP_REQUESTS = Counter(
+    "pki_http_requests_total", "HTTP requests", ["listener", "route", "method", "status"]
+)
+HTTP_DURATION = Histogram(
+    "pki_http_request_duration_seconds", "HTTP request duration", ["listener", "route"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
+)
+
+
+def _route_name(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+def _middleware(listener: str) -> Middleware:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Request ids, metrics and the last line of defence: no traceback on the wire."""
+        started = time.perf_counter()
+        request_id = request.headers.get("X-Request-ID", "")[:64] or uuid.uuid4().hex
+        try:
+            response = await handler(request)
+        except CAError as exc:
+            response = problem_from_error(exc)
+        except web.HTTPException as exc:
+            if exc.status >= 400 and request.path.startswith("/api/"):
+                response = problem(exc.status, "http", exc.reason)
+            else:
+                exc.headers["X-Request-ID"] = request_id
+                _observe(listener, request, exc.status, started)
+                raise
+        except Exception:
+            log.exception("unhandled error in %s %s (request %s)", request.method,
+                          request.path, request_id)
+            response = problem(500, "internal", "internal error", request_id=request_id)
+        response.headers["X-Request-ID"] = request_id
+        _observe(listener, request, response.status, started)
+        return response
+
+    return middleware
+
+
+def _observe(listener: str, request: web.Request, status: int, started: float) -> None:
+    route = _route_name(request)
+    HTTP_REQUESTS.labels(listener, route, request.method, str(status)).inc()
+    HTTP_DURATION.labels(listener, route).observe(time.perf_counter() - started)
+
+
+def build_http_app(services: Services) -> web.Application:
+    app = web.Application(
+        middlewares=[_middleware("http")], client_max_size=services.config.max_body_bytes
+    )
+    app[SERVICES] = services
+    health.add_routes(app, with_api=False)
+    app.router.add_get("/metrics", health.metrics)
+    certs.add_routes(app, services.authority)
+    return app
+
+
+def build_https_app(services: Services) -> web.Application:
+    app = web.Application(
+        middlewares=[_middleware("https")], client_max_size=services.config.max_body_bytes
+    )
+    app[SERVICES] = services
+    app[rest_api.AUTHORITY] = services.authority
+    health.add_routes(app, with_api=True)
+    rest_api.add_routes(app)
+    certs.add_routes(app, services.authority)
+    return app

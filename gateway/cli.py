@@ -1,0 +1,226 @@
+"""The ``vcc-pki`` command line: init, serve, ca, org, issue, revoke, token, audit."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+
+from ca_core.authority import IssuanceRequest, serial_display
+from ca_core.errors import CAError
+from ca_core.hierarchy import ensure_hierarchy, ensure_organization
+from ca_core.keys import KeySpec
+from ca_core.principal import ROLES, Principal
+from db.audit_chain import verify_chain
+from db.store import StoreError
+from gateway.config import Config, ConfigError, load_config
+from gateway.runtime import Services, open_services
+from gateway.tls import ensure_server_certificate, export_ca_files
+
+CLI = Principal.system("vcc-pki cli")
+
+
+async def cmd_init(config: Config, args: argparse.Namespace) -> int:
+    async with open_services(config, create=True) as services:
+        created = await ensure_hierarchy(services.authority)
+        for ca in created:
+            print(f"created {ca.ca_type} CA {ca.name}: {ca.subject}")
+        if not created:
+            print("CA hierarchy already present; nothing to create")
+        await services.authority.load()
+        tls_dir = await ensure_server_certificate(services)
+        root = await export_ca_files(services)
+        print(f"HTTPS server certificate: {tls_dir / 'server.pem'}")
+        print(f"root certificate: {root}")
+    return 0
+
+
+async def cmd_serve(config: Config, args: argparse.Namespace) -> int:
+    from gateway.server import run_server
+
+    await run_server(config)
+    return 0
+
+
+async def _with_services(config: Config, fn: Callable[[Services], Awaitable[int]]) -> int:
+    async with open_services(config) as services:
+        return await fn(services)
+
+
+async def cmd_ca_list(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        print(f"{'NAME':<24} {'TYPE':<13} {'KEY':<9} {'BACKEND':<9} {'NOT AFTER':<20} SUBJECT")
+        for ca in await services.store.list_cas():
+            key = f"{ca.key_algorithm}-{ca.key_size}"
+            print(f"{ca.name:<24} {ca.ca_type:<13} {key:<9} {ca.key_backend:<9} "
+                  f"{ca.not_after:%Y-%m-%d %H:%M}     {ca.subject_dn}")
+        return 0
+    return await _with_services(config, run)
+
+
+async def cmd_ca_export(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        record = await services.store.get_ca(args.name)
+        if record is None:
+            print(f"error: no CA named {args.name!r}", file=sys.stderr)
+            return 1
+        from cryptography import x509
+
+        cert = x509.load_der_x509_certificate(record.certificate_der)
+        encoding = serialization.Encoding.DER if args.der else serialization.Encoding.PEM
+        sys.stdout.buffer.write(cert.public_bytes(encoding))
+        return 0
+    return await _with_services(config, run)
+
+
+async def cmd_org_create(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        await services.authority.load()
+        key = KeySpec.parse(args.key) if args.key else None
+        created = await ensure_organization(services.authority, args.slug, args.name, CLI, key)
+        for ca in created:
+            print(f"created issuing CA {ca.name}: {ca.subject}")
+        if not created:
+            print(f"organization {args.slug} and its issuing CA already exist")
+        await export_ca_files(services)
+        return 0
+    return await _with_services(config, run)
+
+
+async def cmd_issue(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        csr = Path(args.csr).read_bytes() if args.csr != "-" else sys.stdin.buffer.read()
+        issued = await services.authority.issue(
+            IssuanceRequest(csr=csr, profile=args.profile, org=args.org,
+                            validity_days=args.days),
+            CLI,
+        )
+        pem = issued.certificate_pem + (issued.chain_pem if args.chain else "")
+        if args.out:
+            Path(args.out).write_text(pem, encoding="utf-8")
+            print(f"serial {issued.serial} written to {args.out}", file=sys.stderr)
+        else:
+            sys.stdout.write(pem)
+            print(f"serial {issued.serial}", file=sys.stderr)
+        return 0
+    return await _with_services(config, run)
+
+
+async def cmd_revoke(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        record = await services.authority.revoke(args.serial, args.reason, CLI)
+        print(f"revoked {serial_display(record.serial_hex)} ({record.revocation_reason})")
+        return 0
+    return await _with_services(config, run)
+
+
+async def cmd_token_create(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        created = await services.authority.create_token(args.org, args.role, args.name or "",
+                                                        CLI)
+        print(created.token)
+        print(f"token {created.record.token_id} for role {args.role} in {args.org}; "
+              "it is shown only once", file=sys.stderr)
+        return 0
+    return await _with_services(config, run)
+
+
+async def cmd_audit_verify(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        entries = []
+        after = 0
+        while True:
+            batch = await services.store.audit_entries(after_seq=after, limit=10_000)
+            if not batch:
+                break
+            entries.extend(batch)
+            after = batch[-1].seq
+        problems = verify_chain(entries, await services.store.audit_head())
+        if problems:
+            for p in problems:
+                print(f"seq {p.seq}: {p.problem}")
+            print(f"audit log BROKEN: {len(problems)} problem(s) in {len(entries)} entries")
+            return 1
+        print(f"audit log intact: {len(entries)} entries, chain verified")
+        return 0
+    return await _with_services(config, run)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vcc-pki", description=__doc__)
+    parser.add_argument("--config", help="TOML config file (default: $VCC_PKI_CONFIG)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("init", help="create the CA hierarchy and the HTTPS certificate (idempotent)"
+                   ).set_defaults(fn=cmd_init)
+    sub.add_parser("serve", help="serve HTTP and HTTPS listeners").set_defaults(fn=cmd_serve)
+
+    ca = sub.add_parser("ca", help="certificate authorities").add_subparsers(
+        dest="ca_command", required=True)
+    ca.add_parser("list", help="list CAs").set_defaults(fn=cmd_ca_list)
+    export = ca.add_parser("export", help="print a CA certificate (PEM) to stdout")
+    export.add_argument("name", help="root, intermediate, or <org>-issuing")
+    export.add_argument("--der", action="store_true")
+    export.set_defaults(fn=cmd_ca_export)
+
+    org = sub.add_parser("org", help="organizations (tenants)").add_subparsers(
+        dest="org_command", required=True)
+    org_create = org.add_parser("create", help="create an organization and its issuing CA")
+    org_create.add_argument("slug")
+    org_create.add_argument("--name")
+    org_create.add_argument("--key", help="issuing CA key type, e.g. ec-p256, rsa-3072")
+    org_create.set_defaults(fn=cmd_org_create)
+
+    issue = sub.add_parser("issue", help="issue a certificate from a CSR")
+    issue.add_argument("--csr", required=True, help="PEM or DER file, '-' for stdin")
+    issue.add_argument("--profile", default="vcc_service")
+    issue.add_argument("--org")
+    issue.add_argument("--days", type=int)
+    issue.add_argument("--chain", action="store_true", help="append the CA chain")
+    issue.add_argument("--out")
+    issue.set_defaults(fn=cmd_issue)
+
+    revoke = sub.add_parser("revoke", help="revoke a certificate by serial")
+    revoke.add_argument("serial")
+    revoke.add_argument("--reason", default="unspecified")
+    revoke.set_defaults(fn=cmd_revoke)
+
+    token = sub.add_parser("token", help="API bearer tokens").add_subparsers(
+        dest="token_command", required=True)
+    token_create = token.add_parser("create", help="create a token (printed once)")
+    token_create.add_argument("--org", required=True)
+    token_create.add_argument("--role", required=True, choices=ROLES)
+    token_create.add_argument("--name")
+    token_create.set_defaults(fn=cmd_token_create)
+
+    audit = sub.add_parser("audit", help="audit log").add_subparsers(
+        dest="audit_command", required=True)
+    audit.add_parser("verify", help="verify the hash chain").set_defaults(fn=cmd_audit_verify)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = load_config(path=args.config)
+        result: int = asyncio.run(args.fn(config, args))
+        return result
+    except (CAError, ConfigError, StoreError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

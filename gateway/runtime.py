@@ -1,0 +1,93 @@
+"""Wiring: from a Config to an open Store, KeyBackend and Authority."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from ca_core.authority import Authority
+from ca_core.signers.base import KeyBackend, KeyBackendError
+from ca_core.signers.software import SoftwareKeyBackend
+from db.store import Store
+from gateway.config import Config, ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def make_store(config: Config) -> Store:
+    url = config.effective_database_url
+    if url.startswith("sqlite:"):
+        from db.sqlite import SqliteStore
+
+        return SqliteStore.from_url(url)
+    if url.startswith(("postgresql://", "postgres://")):
+        from db.postgres import PostgresStore
+
+        return PostgresStore.from_url(url)
+    raise ConfigError("VCC_PKI_DATABASE_URL must start with sqlite:/// or postgresql://")
+
+
+def _passphrase(config: Config, create: bool) -> bytes:
+    if config.key_passphrase:
+        return config.key_passphrase.encode()
+    path = config.passphrase_path
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip().encode()
+    if not create:
+        raise ConfigError(
+            f"no key passphrase: set VCC_PKI_KEY_PASSPHRASE or create {path} (vcc-pki init does)"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_urlsafe(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(secret + "\n")
+    log.warning("created a random key passphrase in %s (demo setup; use a secret store in "
+                "production)", path)
+    return secret.encode()
+
+
+def make_key_backend(config: Config, create: bool = False) -> KeyBackend:
+    if config.key_backend == "pkcs11":
+        from ca_core.signers.pkcs11 import Pkcs11KeyBackend
+
+        if not config.pkcs11_pin:
+            raise ConfigError("VCC_PKI_PKCS11_PIN is required with the pkcs11 key backend")
+        return Pkcs11KeyBackend(
+            config.pkcs11_module, config.pkcs11_token_label, config.pkcs11_pin,
+            max_sessions=config.pkcs11_max_sessions,
+        )
+    return SoftwareKeyBackend(config.data_dir / "keys", _passphrase(config, create))
+
+
+@dataclass
+class Services:
+    config: Config
+    store: Store
+    keys: KeyBackend
+    authority: Authority
+
+
+@asynccontextmanager
+async def open_services(config: Config, create: bool = False) -> AsyncIterator[Services]:
+    """Open the store and key backend; ``create`` allows making a new passphrase file."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    store = make_store(config)
+    try:
+        keys = await asyncio.to_thread(make_key_backend, config, create)
+    except KeyBackendError as exc:
+        raise ConfigError(f"key backend: {exc}") from exc
+    try:
+        await store.open()
+        try:
+            authority = Authority(store, keys, config.ca_settings())
+            yield Services(config, store, keys, authority)
+        finally:
+            await store.close()
+    finally:
+        await asyncio.to_thread(keys.close)

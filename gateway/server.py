@@ -1,0 +1,95 @@
+"""``vcc-pki serve``: both listeners, background jobs, graceful shutdown on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import ssl
+
+from aiohttp import web
+
+from ca_core.errors import CAError
+from ca_core.metrics import ACTIVE_CERTIFICATES
+from gateway.app import build_http_app, build_https_app
+from gateway.config import Config
+from gateway.runtime import Services, open_services
+from gateway.tls import ensure_server_certificate, export_ca_files
+
+log = logging.getLogger("vcc_pki.server")
+
+ACTIVE_GAUGE_INTERVAL = 60.0
+
+
+async def _refresh_active_gauge(services: Services) -> None:
+    """pki_active_certificates from the store, once a minute (a scrape never queries)."""
+    while True:
+        try:
+            counts = await services.store.count_active_certificates(services.authority.clock())
+            orgs = {o.org_id: o.slug for o in await services.store.list_organizations()}
+            ACTIVE_CERTIFICATES.clear()
+            for org_id, profile, count in counts:
+                ACTIVE_CERTIFICATES.labels(orgs.get(org_id, org_id), profile).set(count)
+        except Exception as exc:  # a failed refresh must not stop the gateway
+            log.warning("refreshing pki_active_certificates failed: %s", exc)
+        await asyncio.sleep(ACTIVE_GAUGE_INTERVAL)
+
+
+def _ssl_context(services: Services) -> ssl.SSLContext:
+    tls_dir = services.config.tls_dir
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(tls_dir / "server.pem", tls_dir / "server.key")
+    return context
+
+
+async def run_server(config: Config, ready: asyncio.Event | None = None) -> None:
+    async with open_services(config) as services:
+        authority = services.authority
+        await authority.load()
+        if not authority.loaded_cas():
+            raise CAError("no CA found: run `vcc-pki init` first")
+        await ensure_server_certificate(services)
+        root_path = await export_ca_files(services)
+
+        http_runner = web.AppRunner(build_http_app(services), access_log=None,
+                                    shutdown_timeout=10)
+        https_runner = web.AppRunner(build_https_app(services), access_log=None,
+                                     shutdown_timeout=10)
+        await http_runner.setup()
+        await https_runner.setup()
+        await web.TCPSite(http_runner, config.bind, config.http_port).start()
+        await web.TCPSite(https_runner, config.bind, config.https_port,
+                          ssl_context=_ssl_context(services)).start()
+        gauge_task = asyncio.create_task(_refresh_active_gauge(services))
+
+        http_url = f"http://{config.bind}:{config.http_port}"
+        https_url = f"https://{config.bind}:{config.https_port}"
+        print("VCC-PKI gateway is serving", flush=True)
+        print(f"  HTTP   {http_url}   CA certificates {http_url}/ca/root.pem, "
+              f"health {http_url}/health, metrics {http_url}/metrics", flush=True)
+        print(f"  HTTPS  {https_url}  REST API {https_url}/api/v1/certificates, "
+              f"health {https_url}/api/v1/health", flush=True)
+        print(f"  Root certificate: {root_path}", flush=True)
+        print(f"  Database: {services.store.backend}; key backend: {services.keys.name}",
+              flush=True)
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        if ready is not None:
+            ready.set()
+        try:
+            await stop.wait()
+        finally:
+            log.info("shutting down")
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            gauge_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await gauge_task
+            # Stop accepting, let in-flight requests finish (shutdown_timeout), then close.
+            await https_runner.cleanup()
+            await http_runner.cleanup()
