@@ -1,0 +1,275 @@
+"""Issuance, revocation and authorization rules of the Authority (SQLite, software keys)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
+
+from ca_core.authority import IssuanceRequest, parse_serial, serial_hex
+from ca_core.errors import (
+    BadCSR,
+    BadCSRSignature,
+    BadPublicKey,
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    PolicyViolation,
+    Unauthorized,
+    UnknownProfile,
+    ValidityTooLong,
+)
+from ca_core.hierarchy import ensure_hierarchy, ensure_organization
+from ca_core.principal import Principal
+from db.audit_chain import verify_chain
+from tests.conftest import Pki
+from tests.helpers import make_csr, make_key
+
+SYSTEM = Principal.system("test")
+
+
+async def _counts(pki: Pki) -> tuple[int, int]:
+    entries = await pki.store.audit_entries()
+    certs = sum(n for _, _, n in await pki.store.count_active_certificates(
+        dt.datetime.now(dt.UTC)))
+    return len(entries), certs
+
+
+def _pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+async def test_issued_certificate_verifies_with_openssl(pki: Pki, tmp_path: Path) -> None:
+    issued = await pki.authority.issue(
+        IssuanceRequest(csr=make_csr(ips=("10.1.2.3",)), profile="vcc_service"), SYSTEM
+    )
+    root = (await pki.authority.ca("root")).certificate
+    (tmp_path / "root.pem").write_bytes(_pem(root))
+    (tmp_path / "chain.pem").write_text(issued.chain_pem)
+    (tmp_path / "leaf.pem").write_text(issued.certificate_pem)
+    result = subprocess.run(
+        ["openssl", "verify", "-purpose", "sslserver", "-CAfile", tmp_path / "root.pem",
+         "-untrusted", tmp_path / "chain.pem", tmp_path / "leaf.pem"],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    # stored before returned
+    stored = await pki.store.get_certificate(issued.record.issuer_ca_id, issued.record.serial_hex)
+    assert stored is not None and stored.certificate_der == issued.record.certificate_der
+
+
+async def test_certificate_contents_follow_the_profile(pki: Pki) -> None:
+    issued = await pki.authority.issue(
+        IssuanceRequest(csr=make_csr(key=make_key("rsa-2048")), profile="vcc_service",
+                        validity_days=30),
+        SYSTEM,
+    )
+    cert = issued.certificate
+    assert 64 <= cert.serial_number.bit_length() <= 160 and cert.serial_number > 0
+    ext = {e.oid: e for e in cert.extensions}
+    assert ext[ExtensionOID.BASIC_CONSTRAINTS].critical
+    assert ext[ExtensionOID.KEY_USAGE].value.key_encipherment  # RSA subject key
+    assert list(ext[ExtensionOID.EXTENDED_KEY_USAGE].value) == [
+        ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    issuer = await pki.authority.ca("default-issuing")
+    aki = ext[ExtensionOID.AUTHORITY_KEY_IDENTIFIER].value
+    ski = issuer.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+    assert aki.key_identifier == ski.value.digest
+    assert ExtensionOID.SUBJECT_KEY_IDENTIFIER in ext
+    aia = ext[ExtensionOID.AUTHORITY_INFORMATION_ACCESS].value
+    assert {d.access_location.value for d in aia} == {
+        "http://127.0.0.1:8080/ocsp", "http://127.0.0.1:8080/ca/default-issuing.der"}
+    cdp = ext[ExtensionOID.CRL_DISTRIBUTION_POINTS].value
+    assert cdp[0].full_name[0].value == "http://127.0.0.1:8080/crl/default-issuing.crl"
+    validity = cert.not_valid_after_utc - cert.not_valid_before_utc
+    assert dt.timedelta(days=30) <= validity <= dt.timedelta(days=30, minutes=6)
+
+
+async def test_ec_subject_keys_get_no_key_encipherment(pki: Pki) -> None:
+    issued = await pki.authority.issue(
+        IssuanceRequest(csr=make_csr(), profile="vcc_service"), SYSTEM)
+    usage = issued.certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert usage.digital_signature and not usage.key_encipherment
+
+
+async def test_cn_only_csr_gets_the_cn_as_san(pki: Pki) -> None:
+    issued = await pki.authority.issue(
+        IssuanceRequest(csr=make_csr(cn="legacy.example.test", dns=()), profile="vcc_service"),
+        SYSTEM)
+    assert issued.record.san == {"dns": ["legacy.example.test"]}
+
+
+async def test_timestamp_profile_has_critical_time_stamping_eku(pki: Pki) -> None:
+    issued = await pki.authority.issue(
+        IssuanceRequest(csr=make_csr(cn="TSA", dns=()), profile="timestamp_authority"), SYSTEM)
+    eku = issued.certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+    assert eku.critical and list(eku.value) == [ExtendedKeyUsageOID.TIME_STAMPING]
+
+
+async def test_ed25519_allowed_only_where_the_profile_says(pki: Pki) -> None:
+    await pki.authority.issue(
+        IssuanceRequest(csr=make_csr(key=make_key("ed25519")), profile="vcc_service"), SYSTEM)
+    with pytest.raises(BadPublicKey):
+        await pki.authority.issue(IssuanceRequest(
+            csr=make_csr(cn="dev", dns=(), key=make_key("ed25519")), profile="code_signing"),
+            SYSTEM)
+
+
+async def test_validity_is_capped_by_the_issuer(pki: Pki) -> None:
+    issuer = (await pki.authority.ca("default-issuing")).certificate
+    late = issuer.not_valid_after_utc - dt.timedelta(days=10)
+    pki.authority.clock = lambda: late
+    issued = await pki.authority.issue(
+        IssuanceRequest(csr=make_csr(), profile="vcc_service", validity_days=90), SYSTEM)
+    assert issued.certificate.not_valid_after_utc == issuer.not_valid_after_utc
+
+
+@pytest.mark.parametrize(
+    ("csr", "profile", "days", "error"),
+    [
+        (b"garbage", "vcc_service", None, BadCSR),
+        (make_csr()[:200], "vcc_service", None, BadCSR),
+        (make_csr(pem=False)[:-20], "vcc_service", None, BadCSR),
+        (make_csr(key=make_key("rsa-1024")), "vcc_service", None, BadPublicKey),
+        (make_csr(key=make_key("ec-p521")), "vcc_service", None, BadPublicKey),
+        (make_csr(), "no_such_profile", None, UnknownProfile),
+        (make_csr(emails=("a@example.test",)), "vcc_service", None, PolicyViolation),
+        (make_csr(dns=("bad_name!.example",)), "vcc_service", None, PolicyViolation),
+        (make_csr(cn=None, dns=()), "vcc_service", None, PolicyViolation),
+        (make_csr(), "vcc_service", 398, ValidityTooLong),
+        (make_csr(), "vcc_service", -1, BadRequest),
+    ],
+    ids=["garbage", "truncated-pem", "truncated-der", "rsa-1024", "p521", "unknown-profile",
+         "email-san", "bad-dns", "no-subject", "too-long", "negative-days"],
+)
+async def test_bad_requests_are_refused_and_store_nothing(
+    pki: Pki, csr: bytes, profile: str, days: int | None, error: type[Exception]
+) -> None:
+    before = await _counts(pki)
+    with pytest.raises(error):
+        await pki.authority.issue(
+            IssuanceRequest(csr=csr, profile=profile, validity_days=days), SYSTEM)
+    assert await _counts(pki) == before
+
+
+async def test_bad_csr_signature(pki: Pki) -> None:
+    der = bytearray(make_csr(pem=False))
+    der[-5] ^= 0x01  # inside the signature BIT STRING
+    with pytest.raises(BadCSRSignature):
+        await pki.authority.issue(IssuanceRequest(csr=bytes(der), profile="vcc_service"),
+                                  SYSTEM)
+
+
+async def test_internal_profiles_are_not_requestable(pki: Pki) -> None:
+    created = await pki.authority.create_token("default", "cert_manager")
+    principal = await pki.authority.authenticate(created.token)
+    with pytest.raises(Forbidden):
+        await pki.authority.issue(
+            IssuanceRequest(csr=make_csr(cn="ocsp", dns=()), profile="ocsp_signing"), principal)
+
+
+async def test_revoke_and_status(pki: Pki) -> None:
+    issued = await pki.authority.issue(
+        IssuanceRequest(csr=make_csr(), profile="vcc_service"), SYSTEM)
+    ca_id = issued.record.issuer_ca_id
+    serial = issued.certificate.serial_number
+    assert (await pki.authority.status(ca_id, serial)).status == "good"
+    assert (await pki.authority.status(ca_id, serial + 1)).status == "unknown"
+    revoked = await pki.authority.revoke(issued.serial, "keyCompromise", SYSTEM)
+    assert revoked.status == "revoked" and revoked.revocation_reason == "key_compromise"
+    status = await pki.authority.status(ca_id, serial)
+    assert status.status == "revoked"
+    assert [r.serial_hex for r in await pki.store.list_revocations(ca_id)] == [
+        serial_hex(serial)]
+    with pytest.raises(Conflict):
+        await pki.authority.revoke(issued.serial, "superseded", SYSTEM)
+    with pytest.raises(NotFound):
+        await pki.authority.revoke("01ABCDEF", "superseded", SYSTEM)
+    with pytest.raises(BadRequest):
+        await pki.authority.revoke(issued.serial, "no-such-reason", SYSTEM)
+    with pytest.raises(BadRequest):
+        await pki.authority.revoke("not-hex", "superseded", SYSTEM)
+
+
+def test_serial_forms() -> None:
+    assert parse_serial("0A:1B") == parse_serial("0a1b") == parse_serial("serial=0A1B") == "a1b"
+    with pytest.raises(BadRequest):
+        parse_serial("0")
+
+
+async def test_tenants_are_isolated(pki: Pki) -> None:
+    await ensure_organization(pki.authority, "health", "Health Ministry")
+    a = await pki.authority.authenticate(
+        (await pki.authority.create_token("default", "cert_manager")).token)
+    b = await pki.authority.authenticate(
+        (await pki.authority.create_token("health", "cert_manager")).token)
+    issued_a = await pki.authority.issue(
+        IssuanceRequest(csr=make_csr(), profile="vcc_service"), a)
+    issued_b = await pki.authority.issue(
+        IssuanceRequest(csr=make_csr(), profile="vcc_service"), b)
+    assert issued_b.chain[0].subject != issued_a.chain[0].subject  # own issuing CA
+    with pytest.raises(NotFound):
+        await pki.authority.find_certificate(issued_a.serial, b)
+    with pytest.raises(NotFound):
+        await pki.authority.revoke(issued_a.serial, "superseded", b)
+    with pytest.raises(Forbidden):
+        await pki.authority.issue(
+            IssuanceRequest(csr=make_csr(), profile="vcc_service", org="default"), b)
+    with pytest.raises(Forbidden):
+        await pki.authority.issue(
+            IssuanceRequest(csr=make_csr(), profile="vcc_service", ca="default-issuing"), b)
+    assert (await pki.authority.find_certificate(issued_a.serial, a)).status == "active"
+
+
+async def test_service_accounts_see_only_their_own(pki: Pki) -> None:
+    one = await pki.authority.authenticate(
+        (await pki.authority.create_token("default", "service_account")).token)
+    two = await pki.authority.authenticate(
+        (await pki.authority.create_token("default", "service_account")).token)
+    issued = await pki.authority.issue(
+        IssuanceRequest(csr=make_csr(), profile="vcc_service"), one)
+    assert (await pki.authority.find_certificate(issued.serial, one)).serial_hex
+    with pytest.raises(NotFound):
+        await pki.authority.find_certificate(issued.serial, two)
+    with pytest.raises(NotFound):
+        await pki.authority.revoke(issued.serial, "superseded", two)
+
+
+async def test_roles_without_the_permission_are_forbidden(pki: Pki) -> None:
+    auditor = await pki.authority.authenticate(
+        (await pki.authority.create_token("default", "auditor")).token)
+    with pytest.raises(Forbidden):
+        await pki.authority.issue(
+            IssuanceRequest(csr=make_csr(), profile="vcc_service"), auditor)
+
+
+async def test_tokens(pki: Pki) -> None:
+    created = await pki.authority.create_token("default", "pki_admin")
+    assert created.record.secret_hash not in created.token  # only the hash is stored
+    principal = await pki.authority.authenticate(created.token)
+    assert principal.role == "pki_admin"
+    for bad in ("", "vcc..", "vcc.x.y", created.token + "x", "Bearer abc"):
+        with pytest.raises(Unauthorized):
+            await pki.authority.authenticate(bad)
+    with pytest.raises(BadRequest):
+        await pki.authority.create_token("default", "emperor")
+    with pytest.raises(NotFound):
+        await pki.authority.create_token("nope", "auditor")
+
+
+async def test_hierarchy_is_idempotent_and_audited(pki: Pki) -> None:
+    assert await ensure_hierarchy(pki.authority) == []
+    cas = {ca.name: ca for ca in await pki.store.list_cas()}
+    assert set(cas) == {"root", "intermediate", "default-issuing"}
+    root = x509.load_der_x509_certificate(cas["root"].certificate_der)
+    bc = root.extensions.get_extension_for_class(x509.BasicConstraints).value
+    assert bc.ca and bc.path_length == 2
+    entries = await pki.store.audit_entries()
+    assert [e.event.event_type for e in entries].count("ca.created") == 3
+    assert verify_chain(entries, await pki.store.audit_head()) == []
