@@ -1,0 +1,84 @@
+"""Start ``vcc-pki init`` + ``vcc-pki serve`` the normal way (subprocesses) for real clients."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+BIN = Path(sys.executable).parent / "vcc-pki"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Gateway:
+    env: dict[str, str]
+    data_dir: Path
+    http_url: str
+    https_url: str
+    process: subprocess.Popen[bytes]
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(BIN), *args], env=self.env, capture_output=True, text=True,
+                              check=check, timeout=120)
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    context = ssl.create_default_context()
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"vcc-pki serve exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2, context=context) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.05)  # polling interval, not a fixed wait
+    raise TimeoutError(f"{url} not ready after {timeout}s")
+
+
+@contextmanager
+def running_gateway(data_dir: Path, extra_env: dict[str, str] | None = None) -> Iterator[Gateway]:
+    http_port, https_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "VCC_PKI_DATA_DIR": str(data_dir),
+        "VCC_PKI_HTTP_PORT": str(http_port),
+        "VCC_PKI_HTTPS_PORT": str(https_port),
+        "PATH": f"{BIN.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        **(extra_env or {}),
+    }
+    subprocess.run([str(BIN), "init"], env=env, check=True, capture_output=True, timeout=300)
+    log = open(data_dir / "serve.log", "wb")
+    process = subprocess.Popen([str(BIN), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_ready(f"http://127.0.0.1:{http_port}/ready", process)
+        yield Gateway(env, data_dir, f"http://127.0.0.1:{http_port}",
+                      f"https://localhost:{https_port}", process)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        log.close()
