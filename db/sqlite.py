@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from db.audit_chain import GENESIS_HASH, chain_hash
 from db.migrations import migrations
@@ -146,6 +146,42 @@ def _append_audit(conn: sqlite3.Connection, event: AuditEvent) -> AuditEntry:
     return AuditEntry(seq, audit_id, timestamp, event, previous_hash, digest)
 
 
+_MAX_BATCH = 256
+
+
+def _map_error(exc: Exception) -> Exception:
+    if isinstance(exc, sqlite3.IntegrityError):
+        return StoreConflict(str(exc))
+    if isinstance(exc, sqlite3.Error | AttributeError):
+        return StoreUnavailable(str(exc))
+    return exc
+
+
+def _run_batch(
+    conn: sqlite3.Connection | None, fns: list[Callable[[sqlite3.Connection], Any]]
+) -> list[tuple[bool, Any]]:
+    """Worker thread: every fn in its own savepoint, one transaction for the batch."""
+    if conn is None:
+        raise StoreUnavailable("store is not open")
+    outcomes: list[tuple[bool, Any]] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for fn in fns:
+            conn.execute("SAVEPOINT write")
+            try:
+                outcomes.append((True, fn(conn)))
+            except Exception as exc:
+                conn.execute("ROLLBACK TO write")
+                outcomes.append((False, _map_error(exc)))
+            conn.execute("RELEASE write")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return outcomes
+
+
 class SqliteStore(Store):
     backend = "sqlite"
 
@@ -153,6 +189,8 @@ class SqliteStore(Store):
         self._path = str(path)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._conn: sqlite3.Connection | None = None
+        self._pending: list[tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
     def from_url(cls, url: str) -> SqliteStore:
@@ -169,22 +207,45 @@ class SqliteStore(Store):
         return await loop.run_in_executor(self._executor, fn, conn)
 
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def tx(conn: sqlite3.Connection) -> T:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return result
+        """Run ``fn`` in a write transaction, committed together with concurrent writes.
 
-        try:
-            return await self._run(tx)
-        except sqlite3.IntegrityError as exc:
-            raise StoreConflict(str(exc)) from exc
-        except sqlite3.OperationalError as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        Group commit: writes that arrive while a batch is on the worker thread wait and go
+        in the next batch, one COMMIT (and one thread hop) for all of them. Each write runs
+        in its own SAVEPOINT, so a conflict in one rolls back only that one.
+        """
+        if self._conn is None:
+            raise StoreUnavailable("store is not open")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((fn, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush())
+        result: T = await future
+        return result
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._pending:
+            batch = self._pending[:_MAX_BATCH]
+            del self._pending[:_MAX_BATCH]
+            try:
+                outcomes = await loop.run_in_executor(
+                    self._executor, _run_batch, self._conn, [fn for fn, _ in batch])
+            except BaseException as exc:  # the whole batch failed (COMMIT, closed store)
+                error = _map_error(exc) if isinstance(exc, Exception) else exc
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(error)
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+                if future.done():
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         try:
@@ -233,6 +294,8 @@ class SqliteStore(Store):
             raise StoreUnavailable(f"cannot open {self._path}: {exc}") from exc
 
     async def close(self) -> None:
+        if self._flusher is not None and not self._flusher.done():
+            await self._flusher
         if self._conn is not None:
             conn, self._conn = self._conn, None
             await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
