@@ -1,0 +1,91 @@
+"""The vcc-pki command line: init is idempotent, audit verify catches tampering."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from gateway.config import ConfigError, load_config
+from tests.helpers import make_csr
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("VCC_PKI_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("VCC_PKI_CONFIG", raising=False)
+    monkeypatch.delenv("VCC_PKI_KEY_PASSPHRASE", raising=False)
+    return tmp_path / "data"
+
+
+def test_init_issue_revoke_and_audit(env: Path, tmp_path: Path,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["init"]) == 0
+    assert "created root CA root" in capsys.readouterr().out
+    assert (env / "passphrase").stat().st_mode & 0o777 == 0o600
+    assert main(["init"]) == 0
+    assert "already present" in capsys.readouterr().out
+
+    assert main(["ca", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "default-issuing" in listing and "intermediate" in listing
+    assert main(["ca", "export", "root"]) == 0
+    assert capsys.readouterr().out.startswith("-----BEGIN CERTIFICATE-----")
+
+    csr = tmp_path / "svc.csr"
+    csr.write_bytes(make_csr())
+    assert main(["issue", "--csr", str(csr), "--profile", "vcc_service",
+                 "--out", str(tmp_path / "svc.pem")]) == 0
+    serial = capsys.readouterr().err.split()[1]
+    assert main(["revoke", serial, "--reason", "superseded"]) == 0
+    assert main(["revoke", serial, "--reason", "superseded"]) == 1  # already revoked
+    assert main(["token", "create", "--org", "default", "--role", "auditor"]) == 0
+    assert capsys.readouterr().out.startswith("revoked")
+    assert main(["org", "create", "health", "--name", "Health"]) == 0
+    assert main(["audit", "verify"]) == 0
+    assert "audit log intact" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("tamper", [
+    "UPDATE audit_log SET event_data = '{\"serial\": \"1\"}' WHERE seq = 2",
+    "DELETE FROM audit_log WHERE seq = 2",
+    "UPDATE audit_log SET seq = -1 WHERE seq = 2; UPDATE audit_log SET seq = 2 WHERE seq = 3;"
+    " UPDATE audit_log SET seq = 3 WHERE seq = -1",
+    "DELETE FROM audit_log WHERE seq = (SELECT MAX(seq) FROM audit_log)",
+], ids=["changed", "deleted", "reordered", "tail-deleted"])
+def test_audit_verify_detects_tampering(env: Path, tamper: str,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["init"]) == 0
+    with sqlite3.connect(env / "vcc-pki.db") as conn:
+        conn.executescript(tamper)
+    capsys.readouterr()
+    assert main(["audit", "verify"]) == 1
+    assert "BROKEN" in capsys.readouterr().out
+
+
+def test_errors_are_one_line(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["init"]) == 0
+    assert main(["revoke", "0123", "--reason", "superseded"]) == 1
+    assert capsys.readouterr().err.startswith("error: no certificate")
+
+
+def test_config_file_and_environment(tmp_path: Path) -> None:
+    config_file = tmp_path / "vcc.toml"
+    config_file.write_text(
+        'data_dir = "/srv/pki"\nhttp_port = 9080\n[pkcs11]\ntoken_label = "prod"\n'
+        '[ca]\nissuing_key_type = "rsa-3072"\n'
+    )
+    config = load_config({"VCC_PKI_CONFIG": str(config_file), "VCC_PKI_HTTP_PORT": "7080"})
+    assert config.data_dir == Path("/srv/pki") and config.http_port == 7080
+    assert config.pkcs11_token_label == "prod"
+    assert str(config.ca_settings().issuing_key) == "rsa-3072"
+    assert config.effective_database_url == "sqlite:////srv/pki/vcc-pki.db"
+    assert config.effective_public_http_url == "http://127.0.0.1:7080"
+    with pytest.raises(ConfigError):
+        load_config({"VCC_PKI_KEY_BACKEND": "magic"})
+    with pytest.raises(ConfigError):
+        load_config({"VCC_PKI_HTTP_PORT": "eighty"})
+    with pytest.raises(ConfigError):
+        load_config({"VCC_PKI_ISSUING_KEY_TYPE": "dsa-1024"})
