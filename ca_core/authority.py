@@ -193,17 +193,20 @@ class LoadedCA:
     certificate: x509.Certificate
     signer: Signer
     chain: tuple[x509.Certificate, ...]  # this CA first, up to but not including the root
+    _context: x509build.IssuerContext | None = None
 
     def issuer_context(self, settings: CASettings) -> x509build.IssuerContext:
-        return x509build.IssuerContext(
-            name=self.certificate.subject,
-            public_key=self.signer.public_key,
-            key_spec=self.signer.key_spec,
-            not_after=self.certificate.not_valid_after_utc,
-            crl_url=settings.crl_url(self.record.name),
-            ocsp_url=settings.ocsp_url,
-            ca_issuers_url=settings.ca_issuers_url(self.record.name),
-        )
+        if self._context is None:
+            self._context = x509build.IssuerContext.create(
+                name=self.certificate.subject,
+                public_key=self.signer.public_key,
+                key_spec=self.signer.key_spec,
+                not_after=self.certificate.not_valid_after_utc,
+                crl_url=settings.crl_url(self.record.name),
+                ocsp_url=settings.ocsp_url,
+                ca_issuers_url=settings.ca_issuers_url(self.record.name),
+            )
+        return self._context
 
 
 @dataclass(frozen=True, slots=True)

@@ -114,15 +114,52 @@ def check_sans(sans: SubjectAltNames, profile: Profile) -> None:
 
 @dataclass(frozen=True, slots=True)
 class IssuerContext:
-    """What a certificate needs to know about the CA that signs it."""
+    """What a certificate needs to know about the CA that signs it.
+
+    The issuer's own extensions (AKI, AIA, CDP) are the same for every certificate it
+    signs: they are built once here, not per issuance.
+    """
 
     name: x509.Name
     public_key: CertificateIssuerPublicKeyTypes
     key_spec: KeySpec
     not_after: dt.datetime
-    crl_url: str | None
-    ocsp_url: str | None
-    ca_issuers_url: str | None
+    authority_key_identifier: x509.Extension[x509.ExtensionType]
+    locations: tuple[x509.Extension[x509.ExtensionType], ...]  # AIA and CDP
+
+    @classmethod
+    def create(
+        cls,
+        name: x509.Name,
+        public_key: CertificateIssuerPublicKeyTypes,
+        key_spec: KeySpec,
+        not_after: dt.datetime,
+        crl_url: str | None,
+        ocsp_url: str | None,
+        ca_issuers_url: str | None,
+    ) -> IssuerContext:
+        locations: list[x509.Extension[x509.ExtensionType]] = []
+        access: list[x509.AccessDescription] = []
+        if ocsp_url:
+            access.append(x509.AccessDescription(
+                AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(ocsp_url)))
+        if ca_issuers_url:
+            access.append(x509.AccessDescription(
+                AuthorityInformationAccessOID.CA_ISSUERS,
+                x509.UniformResourceIdentifier(ca_issuers_url)))
+        if access:
+            locations.append(_extension(x509.AuthorityInformationAccess(access), False))
+        if crl_url:
+            locations.append(_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
+                full_name=[x509.UniformResourceIdentifier(crl_url)],
+                relative_name=None, reasons=None, crl_issuer=None)]), False))
+        aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key)
+        return cls(name, public_key, key_spec, not_after, _extension(aki, False),
+                   tuple(locations))
+
+
+def _extension(value: x509.ExtensionType, critical: bool) -> x509.Extension[x509.ExtensionType]:
+    return x509.Extension(value.oid, critical, value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,27 +175,6 @@ class LeafTemplate:
     extra_extensions: tuple[x509.ExtensionType, ...] = field(default=())
 
 
-def _aia_and_cdp(
-    builder: x509.CertificateBuilder, issuer: IssuerContext
-) -> x509.CertificateBuilder:
-    access: list[x509.AccessDescription] = []
-    if issuer.ocsp_url:
-        access.append(x509.AccessDescription(
-            AuthorityInformationAccessOID.OCSP,
-            x509.UniformResourceIdentifier(issuer.ocsp_url)))
-    if issuer.ca_issuers_url:
-        access.append(x509.AccessDescription(
-            AuthorityInformationAccessOID.CA_ISSUERS,
-            x509.UniformResourceIdentifier(issuer.ca_issuers_url)))
-    if access:
-        builder = builder.add_extension(x509.AuthorityInformationAccess(access), critical=False)
-    if issuer.crl_url:
-        builder = builder.add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
-            full_name=[x509.UniformResourceIdentifier(issuer.crl_url)],
-            relative_name=None, reasons=None, crl_issuer=None)]), critical=False)
-    return builder
-
-
 def leaf_builder(template: LeafTemplate, issuer: IssuerContext) -> x509.CertificateBuilder:
     """The to-be-signed leaf certificate; raises PolicyViolation before any key is used."""
     if template.not_after <= template.not_before:
@@ -166,38 +182,36 @@ def leaf_builder(template: LeafTemplate, issuer: IssuerContext) -> x509.Certific
     if template.not_after > issuer.not_after:
         raise PolicyViolation("certificate would outlive its issuer")
     profile = template.profile
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(template.subject)
-        .issuer_name(issuer.name)
-        .public_key(template.public_key)
-        .serial_number(template.serial)
-        .not_valid_before(template.not_before)
-        .not_valid_after(template.not_after)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(profile.key_usage_extension(template.subject_key), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(template.public_key),
-                       critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key),
-                       critical=False)
-    )
+    extensions: list[x509.Extension[x509.ExtensionType]] = [
+        _extension(x509.BasicConstraints(ca=False, path_length=None), True),
+        _extension(profile.key_usage_extension(template.subject_key), True),
+        _extension(x509.SubjectKeyIdentifier.from_public_key(template.public_key), False),
+        issuer.authority_key_identifier,
+    ]
     eku = profile.extended_key_usage_extension()
     if eku is not None:
-        builder = builder.add_extension(eku, critical=profile.eku_critical)
+        extensions.append(_extension(eku, profile.eku_critical))
     if template.sans:
         # RFC 5280 4.2.1.6: critical when the subject is empty.
-        builder = builder.add_extension(
+        extensions.append(_extension(
             x509.SubjectAlternativeName(template.sans.general_names()),
-            critical=len(template.subject) == 0,
-        )
+            len(template.subject) == 0))
     if profile.ocsp_no_check:
-        builder = builder.add_extension(x509.OCSPNoCheck(), critical=False)
         # A delegated responder's own status is not checked: no AIA OCSP or CDP for it.
+        extensions.append(_extension(x509.OCSPNoCheck(), False))
     else:
-        builder = _aia_and_cdp(builder, issuer)
-    for extension in template.extra_extensions:
-        builder = builder.add_extension(extension, critical=False)
-    return builder
+        extensions.extend(issuer.locations)
+    extensions.extend(_extension(e, False) for e in template.extra_extensions)
+    # One constructor call instead of a chain of add_extension copies.
+    return x509.CertificateBuilder(
+        issuer_name=issuer.name,
+        subject_name=template.subject,
+        public_key=template.public_key,
+        serial_number=template.serial,
+        not_valid_before=template.not_before,
+        not_valid_after=template.not_after,
+        extensions=extensions,
+    )
 
 
 def ca_builder(
@@ -226,10 +240,8 @@ def ca_builder(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     )
     if issuer is not None:
-        builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.public_key),
-            critical=False)
-        builder = _aia_and_cdp(builder, issuer)
+        for extension in (issuer.authority_key_identifier, *issuer.locations):
+            builder = builder.add_extension(extension.value, critical=extension.critical)
     return builder
 
 
