@@ -46,6 +46,7 @@ class Config:
     default_org: str = "default"
     tls_hostnames: tuple[str, ...] = ("localhost",)
     max_body_bytes: int = 256 * 1024
+    workers: int = 1  # serving processes sharing the ports (SO_REUSEPORT)
     log_level: str = "INFO"
     extra: Mapping[str, Any] = field(default_factory=dict)  # sections later features read
 
@@ -92,7 +93,7 @@ def _host(bind: str) -> str:
     return f"[{bind}]" if ":" in bind else bind
 
 
-_INT_FIELDS = {"http_port", "https_port", "pkcs11_max_sessions", "max_body_bytes"}
+_INT_FIELDS = {"http_port", "https_port", "pkcs11_max_sessions", "max_body_bytes", "workers"}
 
 
 def _coerce(name: str, value: Any) -> Any:

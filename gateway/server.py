@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import ssl
+import subprocess
+import sys
 
 from aiohttp import web
 
@@ -20,6 +23,8 @@ from gateway.tls import ensure_server_certificate, export_ca_files
 log = logging.getLogger("vcc_pki.server")
 
 ACTIVE_GAUGE_INTERVAL = 60.0
+# Set in the environment of the extra worker processes that `serve --workers N` starts.
+WORKER_ENV = "VCC_PKI_WORKER_CHILD"
 
 
 async def _refresh_active_gauge(services: Services) -> None:
@@ -44,14 +49,38 @@ def _ssl_context(services: Services) -> ssl.SSLContext:
     return context
 
 
+def _start_workers(count: int) -> list[subprocess.Popen[bytes]]:
+    """Extra serving processes: each opens its own store connection and key sessions and
+    binds the same ports (SO_REUSEPORT); the kernel spreads connections over them."""
+    env = {**os.environ, WORKER_ENV: "1"}
+    return [
+        subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=env)
+        for _ in range(count)
+    ]
+
+
+def _stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
+    for worker in workers:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+    for worker in workers:
+        try:
+            worker.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+
+
 async def run_server(config: Config, ready: asyncio.Event | None = None) -> None:
+    is_child = os.environ.get(WORKER_ENV) == "1"
     async with open_services(config) as services:
         authority = services.authority
         await authority.load()
         if not authority.loaded_cas():
             raise CAError("no CA found: run `vcc-pki init` first")
-        await ensure_server_certificate(services)
-        root_path = await export_ca_files(services)
+        if not is_child:
+            await ensure_server_certificate(services)
+        root_path = await export_ca_files(services) if not is_child else None
+        workers = _start_workers(config.workers - 1) if not is_child else []
 
         http_runner = web.AppRunner(build_http_app(services), access_log=None,
                                     shutdown_timeout=10)
@@ -59,10 +88,19 @@ async def run_server(config: Config, ready: asyncio.Event | None = None) -> None
                                      shutdown_timeout=10)
         await http_runner.setup()
         await https_runner.setup()
-        await web.TCPSite(http_runner, config.bind, config.http_port).start()
+        reuse_port = config.workers > 1 or is_child
+        await web.TCPSite(http_runner, config.bind, config.http_port,
+                          reuse_port=reuse_port).start()
         await web.TCPSite(https_runner, config.bind, config.https_port,
-                          ssl_context=_ssl_context(services)).start()
+                          ssl_context=_ssl_context(services), reuse_port=reuse_port).start()
         gauge_task = asyncio.create_task(_refresh_active_gauge(services))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        if is_child:
+            await _serve_until(stop, http_runner, https_runner, gauge_task, [])
+            return
 
         http_url = f"http://{config.bind}:{config.http_port}"
         https_url = f"https://{config.bind}:{config.https_port}"
@@ -72,24 +110,32 @@ async def run_server(config: Config, ready: asyncio.Event | None = None) -> None
         print(f"  HTTPS  {https_url}  REST API {https_url}/api/v1/certificates, "
               f"health {https_url}/api/v1/health", flush=True)
         print(f"  Root certificate: {root_path}", flush=True)
-        print(f"  Database: {services.store.backend}; key backend: {services.keys.name}",
-              flush=True)
-
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+        print(f"  Database: {services.store.backend}; key backend: {services.keys.name}; "
+              f"workers: {config.workers}", flush=True)
         if ready is not None:
             ready.set()
-        try:
-            await stop.wait()
-        finally:
-            log.info("shutting down")
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-            gauge_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await gauge_task
-            # Stop accepting, let in-flight requests finish (shutdown_timeout), then close.
-            await https_runner.cleanup()
-            await http_runner.cleanup()
+        await _serve_until(stop, http_runner, https_runner, gauge_task, workers)
+
+
+async def _serve_until(
+    stop: asyncio.Event,
+    http_runner: web.AppRunner,
+    https_runner: web.AppRunner,
+    gauge_task: asyncio.Task[None],
+    workers: list[subprocess.Popen[bytes]],
+) -> None:
+    loop = asyncio.get_running_loop()
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        gauge_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await gauge_task
+        stopping = asyncio.create_task(asyncio.to_thread(_stop_workers, workers))
+        # Stop accepting, let in-flight requests finish (shutdown_timeout), then close.
+        await https_runner.cleanup()
+        await http_runner.cleanup()
+        await stopping
