@@ -1,0 +1,368 @@
+"""The PKCS#11 key backend against a real SoftHSM2 token: keys stay in the token, signatures
+verify, certificates built through ``builder_key()`` pass ``openssl verify``, and concurrent
+signing is safe and bounded by the session pool."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pkcs11
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.oid import NameOID
+from pkcs11 import Attribute, ObjectClass
+from pkcs11 import exceptions as p11err
+
+from ca_core.keys import KeySpec
+from ca_core.signers.base import KeyBackendError, Signer
+from ca_core.signers.pkcs11 import Pkcs11KeyBackend, Pkcs11Signer
+from tests.softhsm import SoftHsmToken, session_token
+
+pytestmark = pytest.mark.softhsm
+
+MAX_SESSIONS = 4
+
+
+@pytest.fixture(scope="session")
+def softhsm_token(tmp_path_factory: pytest.TempPathFactory) -> SoftHsmToken:
+    return session_token(tmp_path_factory)
+
+
+def _open(
+    token: SoftHsmToken,
+    *,
+    module_path: str | None = None,
+    token_label: str | None = None,
+    pin: str | None = None,
+) -> Pkcs11KeyBackend:
+    return Pkcs11KeyBackend(
+        module_path or token.module_path,
+        token_label or token.label,
+        pin or token.pin,
+        max_sessions=MAX_SESSIONS,
+    )
+
+
+@pytest.fixture
+def backend(softhsm_token: SoftHsmToken) -> Iterator[Pkcs11KeyBackend]:
+    opened = _open(softhsm_token)
+    yield opened
+    opened.close()
+
+
+def _label(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def _verify(signer: Signer, signature: bytes, data: bytes) -> None:
+    public = signer.public_key
+    algorithm = signer.key_spec.hash_algorithm
+    assert algorithm is not None
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        public.verify(signature, data, ec.ECDSA(algorithm))
+    else:
+        assert isinstance(public, rsa.RSAPublicKey)
+        public.verify(signature, data, padding.PKCS1v15(), algorithm)
+
+
+@pytest.mark.parametrize("spec_text", ["ec-p256", "ec-p384", "rsa-2048", "rsa-3072"])
+def test_generate_then_load_from_new_backend_and_sign(
+    softhsm_token: SoftHsmToken, backend: Pkcs11KeyBackend, spec_text: str
+) -> None:
+    spec = KeySpec.parse(spec_text)
+    label = _label(spec_text)
+    generated = backend.generate(spec, label)
+    assert generated.hsm_backed
+    assert generated.key_spec == spec
+    assert generated.key_ref.startswith("pkcs11:id=")
+    assert generated.key_ref.endswith(f";label={label}")
+
+    other = _open(softhsm_token)
+    try:
+        loaded = other.load(generated.key_ref)
+        assert isinstance(loaded, Pkcs11Signer)
+        assert loaded.key_spec == spec
+        assert loaded.key_ref == generated.key_ref
+        assert loaded.public_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        ) == generated.public_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        data = f"to be signed by {label}".encode()
+        _verify(loaded, loaded.sign_sync(data), data)
+        _verify(generated, loaded.sign_sync(data), data)
+        assert other.check()["keys_loaded"] == 1
+    finally:
+        other.close()
+    # The first backend still works after the second one logged its share of the login out.
+    _verify(generated, generated.sign_sync(b"after close"), b"after close")
+
+
+@pytest.mark.parametrize("spec_text", ["ec-p256", "ec-p384", "rsa-2048"])
+def test_private_key_is_sensitive_and_not_extractable(
+    softhsm_token: SoftHsmToken, backend: Pkcs11KeyBackend, spec_text: str
+) -> None:
+    signer = backend.generate(KeySpec.parse(spec_text), _label("attrs"))
+    assert isinstance(signer, Pkcs11Signer)
+    # A session of our own on the same module: the backend's login covers the whole process.
+    token = pkcs11.lib(softhsm_token.module_path).get_token(token_label=softhsm_token.label)
+    with token.open() as session:
+        (private,) = session.get_objects(
+            {Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.ID: signer.key_id}
+        )
+        assert private[Attribute.SENSITIVE] is True
+        assert private[Attribute.EXTRACTABLE] is False
+        assert private[Attribute.NEVER_EXTRACTABLE] is True
+        assert private[Attribute.TOKEN] is True
+        assert private[Attribute.PRIVATE] is True
+        assert private[Attribute.SIGN] is True
+        assert private[Attribute.LABEL] == signer.key_ref.rsplit("=", 1)[1]
+        secret = Attribute.VALUE if spec_text.startswith("ec") else Attribute.PRIVATE_EXPONENT
+        with pytest.raises(p11err.AttributeSensitive):
+            private[secret]  # reading it must fail
+    with pytest.raises(TypeError):
+        signer.builder_key().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+
+
+@pytest.mark.parametrize("spec_text", ["ec-p256", "ec-p384", "rsa-2048"])
+async def test_self_signed_ca_certificate_verifies_with_openssl(
+    backend: Pkcs11KeyBackend, tmp_path: Path, spec_text: str
+) -> None:
+    signer = backend.generate(KeySpec.parse(spec_text), _label("ca"))
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"PKCS#11 test CA {spec_text}")])
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(signer.public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True, content_commitment=False, key_encipherment=False,
+                data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                crl_sign=True, encipher_only=False, decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(signer.public_key), False)
+    )
+    algorithm = signer.key_spec.hash_algorithm
+    assert isinstance(algorithm, hashes.SHA256 | hashes.SHA384)
+    cert = await signer.run(lambda: builder.sign(signer.builder_key(), algorithm))
+    assert cert.signature_hash_algorithm is not None
+    assert cert.signature_hash_algorithm.name == algorithm.name
+    cert.verify_directly_issued_by(cert)
+
+    pem = tmp_path / "cert.pem"
+    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    result = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(pem), str(pem)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip().endswith(": OK")
+
+
+@pytest.mark.parametrize("spec_text", ["ec-p256", "rsa-2048"])
+async def test_concurrent_async_signatures(backend: Pkcs11KeyBackend, spec_text: str) -> None:
+    signer = backend.generate(KeySpec.parse(spec_text), _label("conc"))
+    threads: set[str] = set()
+    loop_thread = threading.current_thread().name
+
+    async def sign_one(i: int) -> tuple[bytes, bytes]:
+        data = f"message {i}".encode()
+
+        def build() -> bytes:
+            threads.add(threading.current_thread().name)
+            return signer.sign_sync(data)
+
+        if i % 2:
+            return data, await signer.sign(data)
+        return data, await signer.run(build)
+
+    results = await asyncio.gather(*(sign_one(i) for i in range(200)))
+    assert len(results) == 200
+    for data, signature in results:
+        _verify(signer, signature, data)
+    # Token calls ran on the backend's workers, never on the event loop, within the pool.
+    assert loop_thread not in threads
+    assert all(name.startswith("pkcs11-sign") for name in threads)
+    assert 1 <= backend.sessions_open <= MAX_SESSIONS
+
+
+def test_sign_sync_from_more_threads_than_sessions(backend: Pkcs11KeyBackend) -> None:
+    """Callers outside the executor wait for a free session instead of opening more."""
+    signer = backend.generate(KeySpec.parse("ec-p256"), _label("threads"))
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for i in range(25):
+                data = f"{threading.get_ident()}-{i}".encode()
+                _verify(signer, signer.sign_sync(data), data)
+        except BaseException as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work) for _ in range(MAX_SESSIONS * 3)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert errors == []
+    assert backend.sessions_open <= MAX_SESSIONS
+
+
+def test_module_initialised_for_threads(backend: Pkcs11KeyBackend) -> None:
+    # python-pkcs11 initialises with C_Initialize(NULL), which turns SoftHSM2's locks off;
+    # the backend re-initialises with CKF_OS_LOCKING_OK instead of serialising every call.
+    assert backend._module.serial_lock is None
+
+
+def test_check_reports_token(softhsm_token: SoftHsmToken, backend: Pkcs11KeyBackend) -> None:
+    assert backend.check()["keys_loaded"] == 0
+    backend.generate(KeySpec.parse("ec-p256"), _label("check"))
+    health = backend.check()
+    assert health == {
+        "backend": "pkcs11",
+        "module": softhsm_token.module_path,
+        "token_label": softhsm_token.label,
+        "slots_available": health["slots_available"],
+        "keys_loaded": 1,
+    }
+    assert health["slots_available"] >= 1
+
+
+def test_closed_backend_refuses_work(softhsm_token: SoftHsmToken) -> None:
+    closed = _open(softhsm_token)
+    signer = closed.generate(KeySpec.parse("ec-p256"), _label("closed"))
+    closed.close()
+    closed.close()  # idempotent
+    with pytest.raises(KeyBackendError):
+        signer.sign_sync(b"data")
+    with pytest.raises(KeyBackendError):
+        closed.check()
+    with pytest.raises(KeyBackendError):
+        asyncio.run(signer.sign(b"data"))
+
+
+def test_wrong_pin(softhsm_token: SoftHsmToken) -> None:
+    # No other backend open: the token itself rejects the PIN.
+    with pytest.raises(KeyBackendError, match="wrong PIN"):
+        _open(softhsm_token, pin="0000")
+
+
+def test_wrong_pin_while_token_logged_in(
+    softhsm_token: SoftHsmToken, backend: Pkcs11KeyBackend
+) -> None:
+    # The token is logged in for the process already; the PIN must still be checked.
+    with pytest.raises(KeyBackendError, match="wrong PIN"):
+        _open(softhsm_token, pin="0000")
+    backend.check()  # the failed attempt did not log the working backend out
+
+
+def test_unknown_token_label(softhsm_token: SoftHsmToken) -> None:
+    with pytest.raises(KeyBackendError, match="no token labelled 'no-such-token'"):
+        _open(softhsm_token, token_label="no-such-token")
+
+
+def test_bad_module_path(softhsm_token: SoftHsmToken, tmp_path: Path) -> None:
+    with pytest.raises(KeyBackendError, match="does not exist"):
+        _open(softhsm_token, module_path=str(tmp_path / "missing.so"))
+    garbage = tmp_path / "garbage.so"
+    garbage.write_bytes(b"not a shared object")
+    with pytest.raises(KeyBackendError, match="cannot load PKCS#11 module"):
+        _open(softhsm_token, module_path=str(garbage))
+
+
+def test_load_unknown_id(backend: Pkcs11KeyBackend) -> None:
+    with pytest.raises(KeyBackendError, match="no private key"):
+        backend.load(f"pkcs11:id={'ab' * 16};label=nothing")
+
+
+@pytest.mark.parametrize(
+    "key_ref", ["file:ca", "pkcs11:label=x", "pkcs11:id=zz", "pkcs11:id=01;color=red", "pkcs11:"]
+)
+def test_load_malformed_reference(backend: Pkcs11KeyBackend, key_ref: str) -> None:
+    with pytest.raises(KeyBackendError):
+        backend.load(key_ref)
+
+
+def test_duplicate_label(backend: Pkcs11KeyBackend) -> None:
+    label = _label("dup")
+    backend.generate(KeySpec.parse("ec-p256"), label)
+    with pytest.raises(KeyBackendError, match="already exists"):
+        backend.generate(KeySpec.parse("ec-p384"), label)
+
+
+@pytest.mark.parametrize("label", ["", "has space", "semi;colon", "x" * 101])
+def test_invalid_label(backend: Pkcs11KeyBackend, label: str) -> None:
+    with pytest.raises(KeyBackendError, match="invalid key label"):
+        backend.generate(KeySpec.parse("ec-p256"), label)
+
+
+def test_ed25519_is_refused(backend: Pkcs11KeyBackend) -> None:
+    with pytest.raises(KeyBackendError, match="not supported"):
+        backend.generate(KeySpec.parse("ed25519"), _label("ed"))
+
+
+def _destroy(token: SoftHsmToken, key_id: bytes, object_class: ObjectClass) -> None:
+    lib = pkcs11.lib(token.module_path)
+    with lib.get_token(token_label=token.label).open(rw=True) as session:
+        for obj in list(session.get_objects({Attribute.CLASS: object_class, Attribute.ID: key_id})):
+            obj.destroy()
+
+
+def test_load_rsa_without_public_key_object(
+    softhsm_token: SoftHsmToken, backend: Pkcs11KeyBackend
+) -> None:
+    signer = backend.generate(KeySpec.parse("rsa-2048"), _label("nopub"))
+    assert isinstance(signer, Pkcs11Signer)
+    _destroy(softhsm_token, signer.key_id, ObjectClass.PUBLIC_KEY)
+    # RSA private key objects carry the modulus and public exponent.
+    loaded = backend.load(signer.key_ref)
+    _verify(signer, loaded.sign_sync(b"data"), b"data")
+
+
+def test_load_refuses_mismatched_public_key(
+    softhsm_token: SoftHsmToken, backend: Pkcs11KeyBackend
+) -> None:
+    first = backend.generate(KeySpec.parse("ec-p256"), _label("first"))
+    other = backend.generate(KeySpec.parse("ec-p256"), _label("other"))
+    assert isinstance(first, Pkcs11Signer) and isinstance(other, Pkcs11Signer)
+    _destroy(softhsm_token, first.key_id, ObjectClass.PUBLIC_KEY)
+    lib = pkcs11.lib(softhsm_token.module_path)
+    with lib.get_token(token_label=softhsm_token.label).open(rw=True) as session:
+        (other_public,) = session.get_objects(
+            {Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.ID: other.key_id}
+        )
+        other_public.copy({Attribute.ID: first.key_id, Attribute.LABEL: "imposter"})
+    with pytest.raises(KeyBackendError, match="does not match"):
+        backend.load(first.key_ref)
+
+
+def test_deleted_key_fails_cleanly(softhsm_token: SoftHsmToken, backend: Pkcs11KeyBackend) -> None:
+    signer = backend.generate(KeySpec.parse("ec-p256"), _label("deleted"))
+    assert isinstance(signer, Pkcs11Signer)
+    signer.sign_sync(b"warm the handle cache")
+    backend.check()
+    _destroy(softhsm_token, signer.key_id, ObjectClass.PRIVATE_KEY)
+    with pytest.raises(KeyBackendError, match="no private key"):
+        signer.sign_sync(b"data")
+    with pytest.raises(KeyBackendError, match="no private key"):
+        backend.check()
