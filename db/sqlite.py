@@ -284,20 +284,22 @@ class SqliteStore(Store):
             conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False,
                                    timeout=30)
             conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout=30000")
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA busy_timeout=30000")
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS schema_migrations"
-                " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
-            )
-            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-            for version, name, sql in migrations("sqlite"):
-                if version in done:
-                    continue
-                conn.execute("BEGIN IMMEDIATE")
-                try:
+            # Under the write lock, so that processes opening a new file at once apply each
+            # migration exactly once.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations"
+                    " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+                )
+                done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+                for version, name, sql in migrations("sqlite"):
+                    if version in done:
+                        continue
                     for statement in sql.split(";\n"):
                         if statement.strip():
                             conn.execute(statement)
@@ -305,10 +307,10 @@ class SqliteStore(Store):
                         "INSERT INTO schema_migrations VALUES (?, ?, ?)",
                         (version, name, _t(_now())),
                     )
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
             return conn
 
         loop = asyncio.get_running_loop()

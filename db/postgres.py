@@ -1,0 +1,464 @@
+"""PostgreSQL store: an asyncpg pool, for several gateway processes on one database.
+
+Each write is one transaction holding the state change and its audit row. The audit chain
+is serialised across processes by the row lock on ``audit_head`` (id 1, created by the
+migration with seq 0 and the genesis hash): the state change runs first, then the head is
+locked with ``SELECT ... FOR UPDATE``, the entry is hashed (``db.audit_chain``), inserted,
+and the head moved, all before COMMIT. Taking the head lock last keeps it held for as short
+a time as possible, and always in the same order (state rows, then head), so writers cannot
+deadlock on it.
+
+Migrations run at ``open()`` in one transaction under ``pg_advisory_xact_lock``, so gateway
+processes that start together apply them once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import asyncpg
+
+from db.audit_chain import chain_hash
+from db.migrations import migrations
+from db.records import (
+    ApiToken,
+    AuditEntry,
+    AuditEvent,
+    AuditHead,
+    CARecord,
+    CertificateRecord,
+    Organization,
+    Revocation,
+    TemplateRecord,
+)
+from db.store import Store, StoreConflict, StoreUnavailable
+
+T = TypeVar("T")
+
+# Key of the advisory lock that serialises migrations ("vccpki" in ASCII).
+_MIGRATION_LOCK = 0x766363706B69
+
+# Errors meaning "the database cannot be reached or refused the operation". Anything else
+# from asyncpg (syntax, undefined table ...) is a bug and is not disguised.
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,  # refused, reset, unreachable; TimeoutError too
+    asyncpg.PostgresConnectionError,  # 08xxx
+    asyncpg.InterfaceError,  # connection closed, pool closed, ...
+    asyncpg.exceptions.OperatorInterventionError,  # 57xxx: shutdown, cannot connect now
+    asyncpg.exceptions.InsufficientResourcesError,  # 53xxx: too many connections, disk full
+    asyncpg.exceptions.ReadOnlySQLTransactionError,  # a standby after failover
+)
+
+
+def _t(value: dt.datetime) -> dt.datetime:
+    # The same instant the SQLite store writes (naive values are taken as local time).
+    return value.astimezone(dt.UTC)
+
+
+def _t_opt(value: dt.datetime | None) -> dt.datetime | None:
+    return None if value is None else _t(value)
+
+
+def _p(value: dt.datetime) -> dt.datetime:
+    # asyncpg returns TIMESTAMPTZ in UTC already; this only pins the tzinfo object.
+    return value.astimezone(dt.UTC)
+
+
+def _p_opt(value: dt.datetime | None) -> dt.datetime | None:
+    return None if value is None else _p(value)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _org(row: Any) -> Organization:
+    return Organization(
+        org_id=row["org_id"], slug=row["slug"], name=row["name"], status=row["status"],
+        config=row["config"], created_at=_p(row["created_at"]),
+    )
+
+
+def _ca(row: Any) -> CARecord:
+    return CARecord(
+        ca_id=row["ca_id"], name=row["name"], ca_type=row["ca_type"], org_id=row["org_id"],
+        parent_ca_id=row["parent_ca_id"], subject_dn=row["subject_dn"],
+        serial_hex=row["serial_hex"], certificate_der=bytes(row["certificate_der"]),
+        key_ref=row["key_ref"], key_backend=row["key_backend"],
+        key_algorithm=row["key_algorithm"], key_size=row["key_size"],
+        not_before=_p(row["not_before"]), not_after=_p(row["not_after"]),
+        status=row["status"], created_at=_p(row["created_at"]),
+    )
+
+
+def _cert(row: Any) -> CertificateRecord:
+    return CertificateRecord(
+        cert_id=row["cert_id"], issuer_ca_id=row["issuer_ca_id"], org_id=row["org_id"],
+        serial_hex=row["serial_hex"], subject_dn=row["subject_dn"],
+        common_name=row["common_name"], profile=row["profile"],
+        certificate_der=bytes(row["certificate_der"]), key_algorithm=row["key_algorithm"],
+        key_size=row["key_size"], san=row["san"],
+        not_before=_p(row["not_before"]), not_after=_p(row["not_after"]),
+        requester=row["requester"], status=row["status"],
+        revoked_at=_p_opt(row["revoked_at"]), revocation_reason=row["revocation_reason"],
+        invalidity_date=_p_opt(row["invalidity_date"]), created_at=_p(row["created_at"]),
+    )
+
+
+def _revocation(row: Any) -> Revocation:
+    return Revocation(
+        ca_id=row["ca_id"], serial_hex=row["serial_hex"], cert_id=row["cert_id"],
+        revoked_at=_p(row["revoked_at"]), reason=row["reason"],
+        invalidity_date=_p_opt(row["invalidity_date"]),
+    )
+
+
+def _token(row: Any) -> ApiToken:
+    return ApiToken(
+        token_id=row["token_id"], org_id=row["org_id"], role=row["role"],
+        secret_hash=row["secret_hash"], name=row["name"], created_at=_p(row["created_at"]),
+        expires_at=_p_opt(row["expires_at"]), revoked=bool(row["revoked"]),
+    )
+
+
+def _audit(row: Any) -> AuditEntry:
+    event = AuditEvent(
+        event_type=row["event_type"], category=row["category"], action=row["action"],
+        actor_type=row["actor_type"], actor_id=row["actor_id"], org_id=row["org_id"],
+        resource_type=row["resource_type"], resource_id=row["resource_id"],
+        status=row["status"], data=json.loads(row["event_data"]),
+    )
+    return AuditEntry(
+        seq=row["seq"], audit_id=row["audit_id"], timestamp=_p(row["timestamp"]),
+        event=event, previous_hash=row["previous_hash"], audit_hash=row["audit_hash"],
+    )
+
+
+_INSERT_AUDIT = (
+    "WITH entry AS (INSERT INTO audit_log (seq, audit_id, timestamp, org_id, event_type,"
+    " category, action, actor_type, actor_id, resource_type, resource_id, status, event_data,"
+    " previous_hash, audit_hash) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15))"
+    " UPDATE audit_head SET seq = $1, audit_hash = $15 WHERE id = 1"
+)
+
+
+async def _append_audit(conn: Any, event: AuditEvent) -> AuditEntry:
+    """Chain ``event`` onto the log; must run inside the caller's transaction."""
+    head = await conn.fetchrow("SELECT seq, audit_hash FROM audit_head WHERE id = 1 FOR UPDATE")
+    if head is None:
+        raise StoreUnavailable("the audit chain head row is missing: the audit log was altered")
+    previous_hash: str = head["audit_hash"]
+    seq: int = head["seq"] + 1
+    audit_id = str(uuid.uuid4())
+    # TIMESTAMPTZ keeps microseconds, as does datetime: the hashed time is the stored time.
+    timestamp = _now()
+    digest = chain_hash(seq, audit_id, timestamp, event, previous_hash)
+    await conn.execute(
+        _INSERT_AUDIT,
+        seq, audit_id, timestamp, event.org_id, event.event_type, event.category,
+        event.action, event.actor_type, event.actor_id, event.resource_type,
+        event.resource_id, event.status, json.dumps(event.data, sort_keys=True),
+        previous_hash, digest,
+    )
+    return AuditEntry(seq, audit_id, timestamp, event, previous_hash, digest)
+
+
+async def _init_connection(conn: Any) -> None:
+    await conn.set_type_codec(
+        "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+    )
+
+
+class PostgresStore(Store):
+    backend = "postgresql"
+
+    def __init__(self, dsn: str, min_size: int = 2, max_size: int = 10) -> None:
+        self._dsn = dsn
+        self._min_size = min_size
+        self._max_size = max_size
+        self._pool: Any = None
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresStore:
+        """``postgresql://user:password@host:port/database?sslmode=...`` (or ``postgres://``),
+        handed to asyncpg as the DSN."""
+        if not url.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"not a postgresql URL: {url!r}")
+        return cls(url)
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[Any]:
+        """A pooled connection; asyncpg errors become StoreConflict / StoreUnavailable."""
+        pool = self._pool
+        if pool is None:
+            raise StoreUnavailable("store is not open")
+        try:
+            async with pool.acquire() as conn:
+                yield conn
+        except asyncpg.IntegrityConstraintViolationError as exc:
+            raise StoreConflict(str(exc)) from exc
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
+
+    async def _write(self, fn: Callable[[Any], Awaitable[T]]) -> T:
+        """Run ``fn`` in one transaction (state change plus its audit row)."""
+        async with self._connection() as conn, conn.transaction():
+            return await fn(conn)
+
+    async def _fetchrow(self, sql: str, *args: object) -> Any:
+        async with self._connection() as conn:
+            return await conn.fetchrow(sql, *args)
+
+    async def _fetch(self, sql: str, *args: object) -> list[Any]:
+        async with self._connection() as conn:
+            return list(await conn.fetch(sql, *args))
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        try:
+            pool = await asyncpg.create_pool(
+                self._dsn, min_size=self._min_size, max_size=self._max_size,
+                init=_init_connection, server_settings={"application_name": "vcc-pki"},
+            )
+        except _UNAVAILABLE as exc:
+            raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+        except asyncpg.PostgresError as exc:  # e.g. unknown database, authentication failed
+            raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+        self._pool = pool
+        try:
+            await self._migrate()
+        except BaseException:
+            self._pool = None
+            pool.terminate()
+            raise
+
+    async def _migrate(self) -> None:
+        async with self._connection() as conn, conn.transaction():
+            # Processes that start together queue here; the lock ends with the transaction.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
+                " name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
+            )
+            done = {row[0] for row in await conn.fetch("SELECT version FROM schema_migrations")}
+            for version, name, sql in migrations("postgres"):
+                if version in done:
+                    continue
+                await conn.execute(sql)  # no arguments: simple protocol, several statements
+                await conn.execute(
+                    "INSERT INTO schema_migrations (version, name, applied_at)"
+                    " VALUES ($1, $2, $3)",
+                    version, name, _now(),
+                )
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            await asyncio.wait_for(pool.close(), timeout=10)
+        except TimeoutError:
+            pool.terminate()
+
+    async def ping(self) -> dict[str, object]:
+        started = time.perf_counter()
+        await self._fetchrow("SELECT 1")
+        elapsed = round((time.perf_counter() - started) * 1000, 3)
+        pool = self._pool
+        return {
+            "backend": "postgresql",
+            "pool_size": pool.get_size() if pool is not None else 0,
+            "pool_idle": pool.get_idle_size() if pool is not None else 0,
+            "query_time_ms": elapsed,
+        }
+
+    # organizations
+    async def add_organization(self, org: Organization, audit: AuditEvent) -> None:
+        async def tx(c: Any) -> None:
+            await c.execute(
+                "INSERT INTO organizations (org_id, slug, name, status, config, created_at)"
+                " VALUES ($1,$2,$3,$4,$5,$6)",
+                org.org_id, org.slug, org.name, org.status, org.config,
+                _t(org.created_at or _now()),
+            )
+            await _append_audit(c, audit)
+        await self._write(tx)
+
+    async def get_organization(self, slug: str) -> Organization | None:
+        row = await self._fetchrow("SELECT * FROM organizations WHERE slug = $1", slug)
+        return None if row is None else _org(row)
+
+    async def get_organization_by_id(self, org_id: str) -> Organization | None:
+        row = await self._fetchrow("SELECT * FROM organizations WHERE org_id = $1", org_id)
+        return None if row is None else _org(row)
+
+    async def list_organizations(self) -> list[Organization]:
+        rows = await self._fetch(
+            'SELECT * FROM organizations ORDER BY created_at, slug COLLATE "C"'
+        )
+        return [_org(r) for r in rows]
+
+    # certificate authorities
+    async def add_ca(self, ca: CARecord, audit: AuditEvent) -> None:
+        async def tx(c: Any) -> None:
+            await c.execute(
+                "INSERT INTO certificate_authorities (ca_id, name, ca_type, org_id,"
+                " parent_ca_id, subject_dn, serial_hex, certificate_der, key_ref, key_backend,"
+                " key_algorithm, key_size, not_before, not_after, status, created_at)"
+                " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16)",
+                ca.ca_id, ca.name, ca.ca_type, ca.org_id, ca.parent_ca_id, ca.subject_dn,
+                ca.serial_hex, ca.certificate_der, ca.key_ref, ca.key_backend,
+                ca.key_algorithm, ca.key_size, _t(ca.not_before), _t(ca.not_after),
+                ca.status, _t(ca.created_at or _now()),
+            )
+            await _append_audit(c, audit)
+        await self._write(tx)
+
+    async def get_ca(self, name: str) -> CARecord | None:
+        row = await self._fetchrow("SELECT * FROM certificate_authorities WHERE name = $1", name)
+        return None if row is None else _ca(row)
+
+    async def get_ca_by_id(self, ca_id: str) -> CARecord | None:
+        row = await self._fetchrow(
+            "SELECT * FROM certificate_authorities WHERE ca_id = $1", ca_id
+        )
+        return None if row is None else _ca(row)
+
+    async def list_cas(self) -> list[CARecord]:
+        rows = await self._fetch(
+            'SELECT * FROM certificate_authorities ORDER BY created_at, name COLLATE "C"'
+        )
+        return [_ca(r) for r in rows]
+
+    # certificates
+    async def add_certificate(self, cert: CertificateRecord, audit: AuditEvent) -> None:
+        async def tx(c: Any) -> None:
+            await c.execute(
+                "INSERT INTO certificates (cert_id, issuer_ca_id, org_id, serial_hex,"
+                " subject_dn, common_name, profile, certificate_der, key_algorithm, key_size,"
+                " san, not_before, not_after, requester, status, created_at)"
+                " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16)",
+                cert.cert_id, cert.issuer_ca_id, cert.org_id, cert.serial_hex,
+                cert.subject_dn, cert.common_name, cert.profile, cert.certificate_der,
+                cert.key_algorithm, cert.key_size, cert.san,
+                _t(cert.not_before), _t(cert.not_after), cert.requester, cert.status,
+                _t(cert.created_at or _now()),
+            )
+            await _append_audit(c, audit)
+        await self._write(tx)
+
+    async def get_certificate(self, issuer_ca_id: str, serial_hex: str) -> CertificateRecord | None:
+        row = await self._fetchrow(
+            "SELECT * FROM certificates WHERE issuer_ca_id = $1 AND serial_hex = $2",
+            issuer_ca_id, serial_hex,
+        )
+        return None if row is None else _cert(row)
+
+    async def find_certificates_by_serial(self, serial_hex: str) -> list[CertificateRecord]:
+        rows = await self._fetch(
+            "SELECT * FROM certificates WHERE serial_hex = $1 ORDER BY created_at, cert_id",
+            serial_hex,
+        )
+        return [_cert(r) for r in rows]
+
+    async def revoke_certificate(
+        self, revocation: Revocation, audit: AuditEvent
+    ) -> CertificateRecord | None:
+        async def tx(c: Any) -> CertificateRecord | None:
+            row = await c.fetchrow(
+                "UPDATE certificates SET status = 'revoked', revoked_at = $1,"
+                " revocation_reason = $2, invalidity_date = $3"
+                " WHERE issuer_ca_id = $4 AND serial_hex = $5 AND status = 'active'"
+                " RETURNING *",
+                _t(revocation.revoked_at), revocation.reason,
+                _t_opt(revocation.invalidity_date), revocation.ca_id, revocation.serial_hex,
+            )
+            if row is None:
+                return None
+            await c.execute(
+                "INSERT INTO crl_entries (ca_id, serial_hex, cert_id, revoked_at, reason,"
+                " invalidity_date) VALUES ($1,$2,$3,$4,$5,$6)",
+                revocation.ca_id, revocation.serial_hex, revocation.cert_id,
+                _t(revocation.revoked_at), revocation.reason,
+                _t_opt(revocation.invalidity_date),
+            )
+            await _append_audit(c, audit)
+            return _cert(row)
+        return await self._write(tx)
+
+    async def list_revocations(self, ca_id: str) -> list[Revocation]:
+        rows = await self._fetch(
+            "SELECT * FROM crl_entries WHERE ca_id = $1"
+            ' ORDER BY revoked_at, serial_hex COLLATE "C"',
+            ca_id,
+        )
+        return [_revocation(r) for r in rows]
+
+    async def count_active_certificates(self, now: dt.datetime) -> list[tuple[str, str, int]]:
+        rows = await self._fetch(
+            "SELECT org_id, profile, COUNT(*) FROM certificates"
+            " WHERE status = 'active' AND not_after > $1 GROUP BY org_id, profile"
+            ' ORDER BY org_id COLLATE "C", profile COLLATE "C"',
+            _t(now),
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    # templates
+    async def upsert_template(self, template: TemplateRecord) -> None:
+        async def tx(c: Any) -> None:
+            await c.execute(
+                "INSERT INTO certificate_templates (slug, org_id, name, purpose, definition,"
+                " updated_at) VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT (slug) DO UPDATE SET"
+                " org_id = excluded.org_id, name = excluded.name, purpose = excluded.purpose,"
+                " definition = excluded.definition, updated_at = excluded.updated_at",
+                template.slug, template.org_id, template.name, template.purpose,
+                template.definition, _now(),
+            )
+        await self._write(tx)
+
+    async def list_templates(self) -> list[TemplateRecord]:
+        rows = await self._fetch('SELECT * FROM certificate_templates ORDER BY slug COLLATE "C"')
+        return [
+            TemplateRecord(slug=r["slug"], name=r["name"], purpose=r["purpose"],
+                           definition=r["definition"], org_id=r["org_id"])
+            for r in rows
+        ]
+
+    # tokens
+    async def add_token(self, token: ApiToken, audit: AuditEvent) -> None:
+        async def tx(c: Any) -> None:
+            await c.execute(
+                "INSERT INTO api_tokens (token_id, org_id, role, secret_hash, name, created_at,"
+                " expires_at, revoked) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
+                token.token_id, token.org_id, token.role, token.secret_hash, token.name,
+                _t(token.created_at), _t_opt(token.expires_at), token.revoked,
+            )
+            await _append_audit(c, audit)
+        await self._write(tx)
+
+    async def get_token(self, token_id: str) -> ApiToken | None:
+        row = await self._fetchrow("SELECT * FROM api_tokens WHERE token_id = $1", token_id)
+        return None if row is None else _token(row)
+
+    # audit
+    async def append_audit(self, audit: AuditEvent) -> AuditEntry:
+        return await self._write(lambda c: _append_audit(c, audit))
+
+    async def audit_entries(self, after_seq: int = 0, limit: int = 10_000) -> list[AuditEntry]:
+        rows = await self._fetch(
+            "SELECT * FROM audit_log WHERE seq > $1 ORDER BY seq LIMIT $2", after_seq, limit
+        )
+        return [_audit(r) for r in rows]
+
+    async def audit_head(self) -> AuditHead | None:
+        row = await self._fetchrow("SELECT seq, audit_hash FROM audit_head WHERE id = 1")
+        # seq 0 is the genesis row the migration creates: no entry yet, as on SQLite.
+        return None if row is None or row["seq"] == 0 else AuditHead(row["seq"], row["audit_hash"])

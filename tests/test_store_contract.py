@@ -1,0 +1,554 @@
+"""The Store contract, run against both backends: SQLite (a temp file) and PostgreSQL (one
+throwaway database per session, a clean schema per test). Tampering goes through raw SQL
+on the backend's own connection, never through the store."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import secrets
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from db.audit_chain import verify_chain
+from db.postgres import PostgresStore
+from db.records import (
+    ApiToken,
+    AuditEvent,
+    CARecord,
+    CertificateRecord,
+    Organization,
+    Revocation,
+    TemplateRecord,
+)
+from db.sqlite import SqliteStore
+from db.store import Store, StoreConflict, StoreUnavailable
+from tests.pg import create_throwaway_database, drop_database, require_postgres
+
+UTC = dt.UTC
+CEST = dt.timezone(dt.timedelta(hours=2))
+T0 = dt.datetime(2025, 3, 14, 9, 26, 53, 589793, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where a test's store lives: a SQLite file or a PostgreSQL DSN."""
+
+    backend: str
+    target: str
+
+
+# --- fixtures ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """One throwaway database for the whole session (dropped at the end)."""
+    require_postgres()
+    dsn = asyncio.run(create_throwaway_database())
+    yield dsn
+    asyncio.run(drop_database(dsn))
+
+
+@pytest.fixture
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> Location:
+    """Resolved outside the event loop (the session fixture runs asyncio.run)."""
+    backend: str = request.node.callspec.params["store"]
+    if backend == "sqlite":
+        return Location("sqlite", str(tmp_path / "store.db"))
+    return Location("postgresql", request.getfixturevalue("pg_database"))
+
+
+async def reset_schema(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+    finally:
+        await conn.close()
+
+
+def make_store(where: Location) -> Store:
+    if where.backend == "sqlite":
+        return SqliteStore(where.target)
+    return PostgresStore(where.target, min_size=1, max_size=10)
+
+
+@pytest.fixture(
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
+)
+async def store(location: Location) -> AsyncIterator[Store]:
+    if location.backend == "postgresql":
+        await reset_schema(location.target)
+    opened = make_store(location)
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+async def raw_sql(where: Location, sql: str) -> list[tuple[Any, ...]]:
+    """One statement on the backend's own connection, behind the store's back."""
+    if where.backend == "sqlite":
+        def run() -> list[tuple[Any, ...]]:
+            conn = sqlite3.connect(where.target, isolation_level=None)
+            try:
+                return [tuple(row) for row in conn.execute(sql).fetchall()]
+            finally:
+                conn.close()
+        return await asyncio.to_thread(run)
+    conn = await asyncpg.connect(where.target)
+    try:
+        return [tuple(row) for row in await conn.fetch(sql)]
+    finally:
+        await conn.close()
+
+
+# --- records ----------------------------------------------------------------------------
+
+def event(event_type: str = "certificate.issued", **data: Any) -> AuditEvent:
+    category, action = event_type.split(".", 1)
+    return AuditEvent(
+        event_type=event_type, category=category, action=action, actor_type="api",
+        actor_id="token-ops-1", resource_type=category, resource_id=str(uuid.uuid4()),
+        data=data,
+    )
+
+
+def make_org(slug: str = "acme", created_at: dt.datetime = T0) -> Organization:
+    return Organization(
+        org_id=str(uuid.uuid4()), slug=slug, name=f"{slug.title()} Corp.",
+        config={"allowed_domains": [f"{slug}.example", f"*.{slug}.example"],
+                "max_validity_days": 397, "acme": {"eab_required": True}},
+        created_at=created_at,
+    )
+
+
+def make_ca(
+    name: str, ca_type: str, org: Organization | None, parent: CARecord | None,
+    created_at: dt.datetime = T0,
+) -> CARecord:
+    return CARecord(
+        ca_id=str(uuid.uuid4()), name=name, ca_type=ca_type,
+        org_id=org.org_id if org else None, parent_ca_id=parent.ca_id if parent else None,
+        subject_dn=f"CN={name},O=VCC,C=DE", serial_hex=secrets.token_hex(16),
+        certificate_der=b"\x30\x82\x01\x0a" + secrets.token_bytes(262),
+        key_ref=f"pkcs11:token=vcc;object={name}", key_backend="pkcs11",
+        key_algorithm="ec", key_size=384,
+        not_before=T0 - dt.timedelta(days=1), not_after=T0 + dt.timedelta(days=3650),
+        created_at=created_at,
+    )
+
+
+def make_cert(
+    issuer: CARecord, org: Organization, serial_hex: str | None = None,
+    cn: str = "svc.acme.example", profile: str = "tls-server",
+    not_after: dt.datetime | None = None,
+) -> CertificateRecord:
+    return CertificateRecord(
+        cert_id=str(uuid.uuid4()), issuer_ca_id=issuer.ca_id, org_id=org.org_id,
+        serial_hex=serial_hex or secrets.token_hex(16), subject_dn=f"CN={cn}",
+        common_name=cn, profile=profile,
+        certificate_der=b"\x30\x82\x02\x1c" + secrets.token_bytes(540),
+        key_algorithm="ec", key_size=256,
+        san={"dns": [cn, f"www.{cn}"], "ip": ["192.0.2.10", "2001:db8::10"]},
+        not_before=T0, not_after=not_after or T0 + dt.timedelta(days=90),
+        requester="acme:account/42",
+    )
+
+
+@dataclass(frozen=True)
+class Seed:
+    org: Organization
+    root: CARecord
+    issuing: CARecord
+
+
+@pytest.fixture
+async def seed(store: Store) -> Seed:
+    org = make_org()
+    root = make_ca("VCC Root CA 2025", "root", None, None, created_at=T0)
+    issuing = make_ca("VCC Issuing CA 1", "issuing", org, root,
+                      created_at=T0 + dt.timedelta(seconds=1))
+    await store.add_organization(org, event("organization.created", slug=org.slug))
+    await store.add_ca(root, event("ca.created", name=root.name))
+    await store.add_ca(issuing, event("ca.created", name=issuing.name))
+    return Seed(org, root, issuing)
+
+
+async def chain_ok(store: Store) -> int:
+    """Assert the audit chain is intact; returns its length."""
+    entries = await store.audit_entries()
+    head = await store.audit_head()
+    assert verify_chain(entries, head) == []
+    return len(entries)
+
+
+# --- migrations, ping, lifecycle --------------------------------------------------------
+
+async def test_fresh_store_has_empty_chain(store: Store) -> None:
+    assert await store.audit_entries() == []
+    assert await store.audit_head() is None
+    assert verify_chain([], None) == []
+    assert await store.list_organizations() == []
+
+
+async def test_migrations_are_idempotent(store: Store, seed: Seed, location: Location) -> None:
+    again = make_store(location)
+    await again.open()
+    try:
+        assert await again.get_organization("acme") == await store.get_organization("acme")
+        assert await chain_ok(again) == 3
+    finally:
+        await again.close()
+    rows = await raw_sql(location, "SELECT version, name FROM schema_migrations ORDER BY version")
+    assert rows == [(1, "0001_init.sql")]
+
+
+@pytest.mark.postgres
+async def test_concurrent_open_applies_migrations_once() -> None:
+    """Gateway processes starting together: the advisory lock lets one migrate."""
+    require_postgres()
+    dsn = await asyncio.to_thread(asyncio.run, create_throwaway_database())
+    try:
+        stores = [PostgresStore(dsn, min_size=1, max_size=2) for _ in range(4)]
+        await asyncio.gather(*(s.open() for s in stores))
+        for s in stores:
+            await s.close()
+        conn = await asyncpg.connect(dsn)
+        try:
+            rows = await conn.fetch("SELECT version FROM schema_migrations")
+            head = await conn.fetchrow("SELECT seq, audit_hash FROM audit_head")
+        finally:
+            await conn.close()
+        assert [r["version"] for r in rows] == [1]
+        assert head is not None and head["seq"] == 0
+    finally:
+        await asyncio.to_thread(asyncio.run, drop_database(dsn))
+
+
+async def test_ping(store: Store) -> None:
+    info = await store.ping()
+    assert info["backend"] == store.backend
+    assert isinstance(info["query_time_ms"], float)
+    if store.backend == "postgresql":
+        assert isinstance(info["pool_size"], int) and info["pool_size"] >= 1
+        assert isinstance(info["pool_idle"], int)
+
+
+async def test_closed_store_is_unavailable(store: Store, location: Location) -> None:
+    other = make_store(location)
+    await other.open()
+    await other.close()
+    with pytest.raises(StoreUnavailable):
+        await other.ping()
+    with pytest.raises(StoreUnavailable):
+        await other.append_audit(event("authentication.failed"))
+
+
+def test_postgres_from_url() -> None:
+    assert isinstance(PostgresStore.from_url("postgresql://u:p@db:5432/pki"), PostgresStore)
+    assert isinstance(PostgresStore.from_url("postgres://u@db/pki?sslmode=require"),
+                      PostgresStore)
+    with pytest.raises(ValueError):
+        PostgresStore.from_url("mysql://u@db/pki")
+
+
+async def test_postgres_unreachable_is_unavailable() -> None:
+    unreachable = PostgresStore("postgresql://postgres@127.0.0.1:1/postgres", min_size=1)
+    with pytest.raises(StoreUnavailable):
+        await unreachable.open()
+
+
+# --- organizations, CAs -----------------------------------------------------------------
+
+async def test_organizations(store: Store) -> None:
+    acme = make_org("acme", created_at=T0)
+    globex = make_org("globex", created_at=T0 + dt.timedelta(minutes=5))
+    await store.add_organization(acme, event("organization.created", slug="acme"))
+    await store.add_organization(globex, event("organization.created", slug="globex"))
+    assert await store.get_organization("acme") == acme
+    assert await store.get_organization_by_id(globex.org_id) == globex
+    assert await store.get_organization("initech") is None
+    assert await store.get_organization_by_id(str(uuid.uuid4())) is None
+    assert await store.list_organizations() == [acme, globex]
+    with pytest.raises(StoreConflict):
+        await store.add_organization(make_org("acme"), event("organization.created"))
+    assert await chain_ok(store) == 2
+
+
+async def test_organization_created_at_defaults_to_now(store: Store) -> None:
+    before = dt.datetime.now(UTC)
+    await store.add_organization(replace(make_org(), created_at=None), event("organization.x"))
+    got = await store.get_organization("acme")
+    assert got is not None and got.created_at is not None
+    assert before <= got.created_at <= dt.datetime.now(UTC)
+
+
+async def test_certificate_authorities(store: Store, seed: Seed) -> None:
+    assert await store.get_ca(seed.root.name) == seed.root
+    assert await store.get_ca_by_id(seed.issuing.ca_id) == seed.issuing
+    assert await store.get_ca("nope") is None
+    assert await store.get_ca_by_id(str(uuid.uuid4())) is None
+    assert await store.list_cas() == [seed.root, seed.issuing]
+    duplicate = make_ca(seed.root.name, "root", None, None)
+    with pytest.raises(StoreConflict):
+        await store.add_ca(duplicate, event("ca.created"))
+    assert await chain_ok(store) == 3
+
+
+# --- certificates -----------------------------------------------------------------------
+
+async def test_certificates_add_get_find(store: Store, seed: Seed) -> None:
+    cert = make_cert(seed.issuing, seed.org)
+    await store.add_certificate(cert, event(serial=cert.serial_hex))
+    got = await store.get_certificate(seed.issuing.ca_id, cert.serial_hex)
+    assert got is not None
+    assert got == replace(cert, created_at=got.created_at)
+    assert got.created_at is not None and got.created_at.tzinfo is not None
+    assert await store.find_certificates_by_serial(cert.serial_hex) == [got]
+    assert await store.get_certificate(seed.root.ca_id, cert.serial_hex) is None
+    assert await store.find_certificates_by_serial("00" * 16) == []
+    assert await chain_ok(store) == 4
+
+
+async def test_duplicate_serial_conflicts_and_leaves_audit_alone(
+    store: Store, seed: Seed
+) -> None:
+    cert = make_cert(seed.issuing, seed.org)
+    await store.add_certificate(cert, event(serial=cert.serial_hex))
+    entries, head = await store.audit_entries(), await store.audit_head()
+    clash = make_cert(seed.issuing, seed.org, serial_hex=cert.serial_hex, cn="other.example")
+    with pytest.raises(StoreConflict):
+        await store.add_certificate(clash, event(serial=cert.serial_hex))
+    assert await store.audit_entries() == entries
+    assert await store.audit_head() == head
+    assert await store.find_certificates_by_serial(cert.serial_hex) == [
+        await store.get_certificate(seed.issuing.ca_id, cert.serial_hex)
+    ]
+    # The store is still usable after the failed transaction.
+    await store.add_certificate(make_cert(seed.issuing, seed.org), event())
+    assert await chain_ok(store) == 5
+
+
+async def test_unknown_references_conflict(store: Store, seed: Seed) -> None:
+    orphan = make_cert(seed.issuing, make_org("ghost"))
+    with pytest.raises(StoreConflict):
+        await store.add_certificate(orphan, event())
+    assert await chain_ok(store) == 3
+
+
+async def test_same_serial_under_two_issuers(store: Store, seed: Seed) -> None:
+    serial = secrets.token_hex(16)
+    a = make_cert(seed.issuing, seed.org, serial_hex=serial)
+    b = make_cert(seed.root, seed.org, serial_hex=serial, profile="sub-ca")
+    await store.add_certificate(a, event(serial=serial))
+    await store.add_certificate(b, event(serial=serial))
+    found = await store.find_certificates_by_serial(serial)
+    assert sorted(c.cert_id for c in found) == sorted([a.cert_id, b.cert_id])
+    assert await chain_ok(store) == 5
+
+
+async def test_revoke(store: Store, seed: Seed) -> None:
+    cert = make_cert(seed.issuing, seed.org)
+    await store.add_certificate(cert, event(serial=cert.serial_hex))
+    revocation = Revocation(
+        ca_id=seed.issuing.ca_id, serial_hex=cert.serial_hex, cert_id=cert.cert_id,
+        revoked_at=T0 + dt.timedelta(days=3, microseconds=17), reason="key_compromise",
+        invalidity_date=(T0 + dt.timedelta(days=2)).astimezone(CEST),
+    )
+    updated = await store.revoke_certificate(revocation, event("certificate.revoked"))
+    assert updated is not None
+    assert updated.status == "revoked"
+    assert updated.revoked_at == revocation.revoked_at
+    assert updated.revocation_reason == "key_compromise"
+    assert updated.invalidity_date == revocation.invalidity_date
+    assert updated.created_at is not None
+    assert updated == replace(
+        cert, status="revoked", revoked_at=revocation.revoked_at,
+        revocation_reason="key_compromise", invalidity_date=revocation.invalidity_date,
+        created_at=updated.created_at,
+    )
+    assert await store.get_certificate(seed.issuing.ca_id, cert.serial_hex) == updated
+    assert await store.list_revocations(seed.issuing.ca_id) == [revocation]
+    assert await store.list_revocations(seed.root.ca_id) == []
+    assert await chain_ok(store) == 5
+
+    again = replace(revocation, revoked_at=T0 + dt.timedelta(days=9), reason="superseded")
+    assert await store.revoke_certificate(again, event("certificate.revoked")) is None
+    assert await store.get_certificate(seed.issuing.ca_id, cert.serial_hex) == updated
+    assert await store.list_revocations(seed.issuing.ca_id) == [revocation]
+    assert await chain_ok(store) == 5
+
+
+async def test_revoke_unknown(store: Store, seed: Seed) -> None:
+    unknown = Revocation(
+        ca_id=seed.issuing.ca_id, serial_hex=secrets.token_hex(16),
+        cert_id=str(uuid.uuid4()), revoked_at=T0, reason="unspecified",
+    )
+    assert await store.revoke_certificate(unknown, event("certificate.revoked")) is None
+    assert await store.list_revocations(seed.issuing.ca_id) == []
+    assert await chain_ok(store) == 3
+
+
+async def test_count_active_certificates(store: Store, seed: Seed) -> None:
+    now = T0 + dt.timedelta(days=30)
+    other = make_org("globex")
+    await store.add_organization(other, event("organization.created"))
+    certs = [
+        make_cert(seed.issuing, seed.org),
+        make_cert(seed.issuing, seed.org),
+        make_cert(seed.issuing, seed.org, profile="tls-client"),
+        make_cert(seed.issuing, other),
+        # expired (not_after == now counts as expired too)
+        make_cert(seed.issuing, seed.org, not_after=now - dt.timedelta(microseconds=1)),
+        make_cert(seed.issuing, other, not_after=now),
+    ]
+    revoked = make_cert(seed.issuing, seed.org)
+    for cert in [*certs, revoked]:
+        await store.add_certificate(cert, event(serial=cert.serial_hex))
+    await store.revoke_certificate(
+        Revocation(seed.issuing.ca_id, revoked.serial_hex, revoked.cert_id, now, "superseded"),
+        event("certificate.revoked"),
+    )
+    counts = sorted(await store.count_active_certificates(now))
+    assert counts == sorted([
+        (seed.org.org_id, "tls-server", 2),
+        (seed.org.org_id, "tls-client", 1),
+        (other.org_id, "tls-server", 1),
+    ])
+
+
+# --- templates, tokens ------------------------------------------------------------------
+
+async def test_templates_upsert(store: Store, seed: Seed) -> None:
+    server = TemplateRecord(
+        slug="tls-server", name="TLS server", purpose="server",
+        definition={"key_usage": ["digitalSignature"], "eku": ["serverAuth"],
+                    "max_validity_days": 397},
+    )
+    client = TemplateRecord(
+        slug="acme-client", name="Client", purpose="client",
+        definition={"eku": ["clientAuth"]}, org_id=seed.org.org_id,
+    )
+    await store.upsert_template(server)
+    await store.upsert_template(client)
+    assert await store.list_templates() == [client, server]
+    changed = replace(server, name="TLS server (short)",
+                      definition={**server.definition, "max_validity_days": 90})
+    await store.upsert_template(changed)
+    assert await store.list_templates() == [client, changed]
+    assert await chain_ok(store) == 3  # templates are configuration, not audited here
+
+
+async def test_tokens(store: Store, seed: Seed) -> None:
+    token = ApiToken(
+        token_id="tok_" + secrets.token_hex(8), org_id=seed.org.org_id, role="operator",
+        secret_hash="sha256:" + secrets.token_hex(32), name="ci pipeline",
+        created_at=T0, expires_at=(T0 + dt.timedelta(days=365)).astimezone(CEST),
+    )
+    forever = replace(token, token_id="tok_" + secrets.token_hex(8), expires_at=None,
+                      revoked=True, role="auditor")
+    await store.add_token(token, event("authentication.token_created"))
+    await store.add_token(forever, event("authentication.token_created"))
+    assert await store.get_token(token.token_id) == token
+    assert await store.get_token(forever.token_id) == forever
+    assert await store.get_token("tok_missing") is None
+    with pytest.raises(StoreConflict):
+        await store.add_token(token, event("authentication.token_created"))
+    assert await chain_ok(store) == 5
+
+
+# --- audit chain ------------------------------------------------------------------------
+
+async def test_audit_append_and_entries(store: Store, seed: Seed) -> None:
+    failed = AuditEvent(
+        event_type="authentication.failed", category="authentication", action="login",
+        actor_type="user", actor_id="mallory", org_id=seed.org.org_id, status="failure",
+        data={"remote": "198.51.100.7", "reason": "bad token", "attempt": 3,
+              "nested": {"ok": False, "ratio": 0.25, "tags": ["x", "ü"]}},
+    )
+    entry = await store.append_audit(failed)
+    entries = await store.audit_entries()
+    assert [e.seq for e in entries] == [1, 2, 3, 4]
+    assert entries[-1] == entry
+    assert entry.timestamp.tzinfo is not None
+    assert entry.event == failed
+    head = await store.audit_head()
+    assert head is not None and (head.seq, head.audit_hash) == (4, entry.audit_hash)
+    assert verify_chain(entries, head) == []
+    assert [e.seq for e in await store.audit_entries(after_seq=1, limit=2)] == [2, 3]
+
+
+TAMPERING = {
+    "edit": ["UPDATE audit_log SET event_data = '{\"name\": \"Evil CA\"}' WHERE seq = 2"],
+    "delete_middle": ["DELETE FROM audit_log WHERE seq = 3"],
+    "swap": [
+        "UPDATE audit_log SET seq = 1000 WHERE seq = 2",
+        "UPDATE audit_log SET seq = 2 WHERE seq = 3",
+        "UPDATE audit_log SET seq = 3 WHERE seq = 1000",
+    ],
+    "delete_tail": ["DELETE FROM audit_log WHERE seq = (SELECT MAX(seq) FROM audit_log)"],
+}
+
+
+@pytest.mark.parametrize("tampering", list(TAMPERING))
+async def test_tampering_is_detected(
+    store: Store, seed: Seed, location: Location, tampering: str
+) -> None:
+    for n in range(3):
+        await store.append_audit(event("authentication.failed", attempt=n))
+    assert await chain_ok(store) == 6
+    for statement in TAMPERING[tampering]:
+        await raw_sql(location, statement)
+    problems = verify_chain(await store.audit_entries(), await store.audit_head())
+    assert problems, tampering
+
+
+async def test_concurrent_writes_keep_the_chain(store: Store, seed: Seed) -> None:
+    before = await chain_ok(store)
+    certs = [make_cert(seed.issuing, seed.org, cn=f"host{i}.acme.example") for i in range(50)]
+    await asyncio.gather(*(store.add_certificate(c, event(serial=c.serial_hex)) for c in certs))
+    assert await chain_ok(store) == before + 50
+    head = await store.audit_head()
+    assert head is not None and head.seq == before + 50
+    for cert in certs:
+        assert await store.get_certificate(seed.issuing.ca_id, cert.serial_hex) is not None
+
+
+async def test_concurrent_conflicts_keep_the_chain(store: Store, seed: Seed) -> None:
+    serial = secrets.token_hex(16)
+    certs = [make_cert(seed.issuing, seed.org, serial_hex=serial) for _ in range(10)]
+    results = await asyncio.gather(
+        *(store.add_certificate(c, event(serial=serial)) for c in certs),
+        *(store.append_audit(event("authentication.failed", n=n)) for n in range(10)),
+        return_exceptions=True,
+    )
+    assert sum(r is None for r in results[:10]) == 1
+    assert all(isinstance(r, StoreConflict) for r in results[:10] if r is not None)
+    assert await chain_ok(store) == 3 + 1 + 10
+
+
+# --- datetimes --------------------------------------------------------------------------
+
+async def test_datetimes_round_trip(store: Store, seed: Seed) -> None:
+    not_before = dt.datetime(2025, 6, 30, 23, 59, 59, 999999, tzinfo=CEST)
+    not_after = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)  # RFC 5280 "no expiry"
+    created = dt.datetime(2025, 7, 1, 0, 0, 0, 1, tzinfo=dt.timezone(dt.timedelta(hours=-7)))
+    cert = replace(make_cert(seed.issuing, seed.org), not_before=not_before,
+                   not_after=not_after, created_at=created)
+    await store.add_certificate(cert, event())
+    got = await store.get_certificate(seed.issuing.ca_id, cert.serial_hex)
+    assert got is not None
+    assert got == cert
+    for value in (got.not_before, got.not_after, got.created_at):
+        assert value is not None and value.utcoffset() == dt.timedelta(0)
+    assert got.not_before.microsecond == 999999
+    orgs = await store.list_organizations()
+    assert orgs[0].created_at == T0 and orgs[0].created_at.utcoffset() == dt.timedelta(0)
+    entries = await store.audit_entries()
+    assert all(e.timestamp.utcoffset() == dt.timedelta(0) for e in entries)
