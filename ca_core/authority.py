@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import NameOID
 
 from ca_core import x509build
@@ -358,7 +359,8 @@ class Authority:
         if profile.internal_only and principal.actor_type != "system":
             raise Forbidden(f"profile {profile.name} is issued by the CA itself only")
         csr = parse_csr(request.csr)
-        subject_key = check_subject_key(csr, profile)
+        public_key = csr.public_key()
+        subject_key = check_subject_key(public_key, profile)
         sans = x509build.sans_from_csr(csr)
         common_name = _common_name(csr)
         if not sans and profile.require_san and common_name and \
@@ -382,7 +384,7 @@ class Authority:
         for _attempt in range(3):
             serial = x509.random_serial_number()
             template = x509build.LeafTemplate(
-                subject=subject, public_key=csr.public_key(), subject_key=subject_key,
+                subject=subject, public_key=public_key, subject_key=subject_key,
                 sans=sans, not_before=not_before, not_after=not_after, serial=serial,
                 profile=profile,
             )
@@ -615,7 +617,7 @@ def parse_csr(data: bytes) -> x509.CertificateSigningRequest:
         # Force the lazy parts so malformed input fails here, not later.
         csr.subject.rfc4514_string()
         _ = csr.extensions
-        public_key = csr.public_key()
+        csr.public_key()
     except (ValueError, TypeError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) \
             as exc:
         raise BadCSR(f"not a valid PKCS#10 request: {exc}") from None
@@ -625,12 +627,10 @@ def parse_csr(data: bytes) -> x509.CertificateSigningRequest:
         signature_ok = False
     if not signature_ok:
         raise BadCSRSignature("the CSR signature does not verify")
-    del public_key
     return csr
 
 
-def check_subject_key(csr: x509.CertificateSigningRequest, profile: Profile) -> KeySpec:
-    public_key = csr.public_key()
+def check_subject_key(public_key: CertificatePublicKeyTypes, profile: Profile) -> KeySpec:
     try:
         spec = spec_of(public_key)
     except ValueError as exc:
