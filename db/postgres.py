@@ -19,7 +19,7 @@ import datetime as dt
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -34,9 +34,15 @@ from db.records import (
     AuditHead,
     CARecord,
     CertificateRecord,
+    CertificateStatusRecord,
+    CrlHead,
+    CrlRecord,
+    OcspResponderRecord,
     Organization,
     Revocation,
+    RevocationEvent,
     TemplateRecord,
+    TimeStampRecord,
 )
 from db.store import Store, StoreConflict, StoreUnavailable
 
@@ -149,13 +155,33 @@ _INSERT_AUDIT = (
 )
 
 
+class _BatchConnection:
+    """A connection inside a batch transaction that remembers the audit head it locked,
+    so the second and later audit rows of a batch need no SELECT ... FOR UPDATE."""
+
+    __slots__ = ("conn", "head")
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.head: tuple[int, str] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+
 async def _append_audit(conn: Any, event: AuditEvent) -> AuditEntry:
     """Chain ``event`` onto the log; must run inside the caller's transaction."""
-    head = await conn.fetchrow("SELECT seq, audit_hash FROM audit_head WHERE id = 1 FOR UPDATE")
-    if head is None:
-        raise StoreUnavailable("the audit chain head row is missing: the audit log was altered")
-    previous_hash: str = head["audit_hash"]
-    seq: int = head["seq"] + 1
+    cached = conn.head if isinstance(conn, _BatchConnection) else None
+    if cached is not None:
+        previous_seq, previous_hash = cached
+    else:
+        head = await conn.fetchrow(
+            "SELECT seq, audit_hash FROM audit_head WHERE id = 1 FOR UPDATE")
+        if head is None:
+            raise StoreUnavailable(
+                "the audit chain head row is missing: the audit log was altered")
+        previous_seq, previous_hash = head["seq"], head["audit_hash"]
+    seq: int = previous_seq + 1
     audit_id = str(uuid.uuid4())
     # TIMESTAMPTZ keeps microseconds, as does datetime: the hashed time is the stored time.
     timestamp = _now()
@@ -167,6 +193,8 @@ async def _append_audit(conn: Any, event: AuditEvent) -> AuditEntry:
         event.resource_id, event.status, json.dumps(event.data, sort_keys=True),
         previous_hash, digest,
     )
+    if isinstance(conn, _BatchConnection):
+        conn.head = (seq, digest)
     return AuditEntry(seq, audit_id, timestamp, event, previous_hash, digest)
 
 
@@ -174,6 +202,9 @@ async def _init_connection(conn: Any) -> None:
     await conn.set_type_codec(
         "jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
     )
+
+
+_MAX_BATCH = 256
 
 
 class PostgresStore(Store):
@@ -184,6 +215,8 @@ class PostgresStore(Store):
         self._min_size = min_size
         self._max_size = max_size
         self._pool: Any = None
+        self._pending: list[tuple[Callable[[Any], Awaitable[Any]], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
     def from_url(cls, url: str) -> PostgresStore:
@@ -208,9 +241,66 @@ class PostgresStore(Store):
             raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
 
     async def _write(self, fn: Callable[[Any], Awaitable[T]]) -> T:
-        """Run ``fn`` in one transaction (state change plus its audit row)."""
+        """Run ``fn`` (a state change plus its audit row) in a transaction, committed
+        together with the writes that arrive meanwhile.
+
+        Group commit, as in the SQLite store: the audit chain makes every write take the
+        head row's lock, so one transaction per write serialises on it (about 500
+        writes/s here). Batches take the lock and pay the commit once. If any write in a
+        batch fails, the batch is rolled back and each write runs again on its own.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((fn, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush())
+        result: T = await future
+        return result
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch = self._pending[:_MAX_BATCH]
+            del self._pending[:_MAX_BATCH]
+            try:
+                outcomes = await self._run_batch([fn for fn, _ in batch])
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+                if not future.done():
+                    if ok:
+                        future.set_result(value)
+                    else:
+                        future.set_exception(value)
+
+    async def _run_batch(
+        self, fns: list[Callable[[Any], Awaitable[Any]]]
+    ) -> list[tuple[bool, Any]]:
+        try:
+            return await self._in_transaction(fns)
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            if len(fns) == 1:
+                return [(False, exc)]
+        outcomes: list[tuple[bool, Any]] = []
+        for fn in fns:
+            try:
+                outcomes.extend(await self._in_transaction([fn]))
+            except StoreUnavailable:
+                raise
+            except Exception as exc:
+                outcomes.append((False, exc))
+        return outcomes
+
+    async def _in_transaction(
+        self, fns: list[Callable[[Any], Awaitable[Any]]]
+    ) -> list[tuple[bool, Any]]:
         async with self._connection() as conn, conn.transaction():
-            return await fn(conn)
+            batch = _BatchConnection(conn)
+            return [(True, await fn(batch)) for fn in fns]
 
     async def _fetchrow(self, sql: str, *args: object) -> Any:
         async with self._connection() as conn:
@@ -260,6 +350,8 @@ class PostgresStore(Store):
                 )
 
     async def close(self) -> None:
+        if self._flusher is not None and not self._flusher.done():
+            await self._flusher
         pool, self._pool = self._pool, None
         if pool is None:
             return
@@ -462,3 +554,167 @@ class PostgresStore(Store):
         row = await self._fetchrow("SELECT seq, audit_hash FROM audit_head WHERE id = 1")
         # seq 0 is the genesis row the migration creates: no entry yet, as on SQLite.
         return None if row is None or row["seq"] == 0 else AuditHead(row["seq"], row["audit_hash"])
+
+    # OCSP responders, revocation order, CRLs, job leases
+    async def add_ocsp_responder(self, responder: OcspResponderRecord, audit: AuditEvent) -> None:
+        async def tx(c: Any) -> None:
+            await c.execute(
+                "INSERT INTO ocsp_responders (responder_id, ca_id, cert_id, key_ref, key_backend,"
+                " certificate_der, not_before, not_after, created_at)"
+                " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
+                responder.responder_id, responder.ca_id, responder.cert_id, responder.key_ref,
+                responder.key_backend, responder.certificate_der, _t(responder.not_before),
+                _t(responder.not_after), _t(responder.created_at or _now()),
+            )
+            await _append_audit(c, audit)
+        await self._write(tx)
+
+    async def list_ocsp_responders(self, ca_id: str | None = None) -> list[OcspResponderRecord]:
+        if ca_id is None:
+            rows = await self._fetch(
+                "SELECT * FROM ocsp_responders ORDER BY not_after DESC, created_at DESC")
+        else:
+            rows = await self._fetch(
+                "SELECT * FROM ocsp_responders WHERE ca_id = $1"
+                " ORDER BY not_after DESC, created_at DESC", ca_id)
+        return [_ocsp_responder(r) for r in rows]
+
+    async def revocation_generation(self, ca_id: str | None = None) -> int:
+        if ca_id is None:
+            row = await self._fetchrow("SELECT generation FROM revocation_state WHERE id = 1")
+        else:
+            row = await self._fetchrow(
+                "SELECT MAX(generation) FROM crl_entries WHERE ca_id = $1", ca_id)
+        return int(row[0]) if row is not None and row[0] is not None else 0
+
+    async def revocations_since(self, generation: int, limit: int = 1000) -> list[RevocationEvent]:
+        rows = await self._fetch(
+            "SELECT * FROM crl_entries WHERE generation > $1 ORDER BY generation LIMIT $2",
+            generation, limit,
+        )
+        return [RevocationEvent(r["generation"], _revocation(r)) for r in rows]
+
+    async def certificate_statuses(
+        self, issuer_ca_id: str, serial_hexes: Sequence[str]
+    ) -> list[CertificateStatusRecord]:
+        rows = await self._fetch(
+            "SELECT issuer_ca_id, serial_hex, status, not_after, revoked_at, revocation_reason"
+            " FROM certificates WHERE issuer_ca_id = $1 AND serial_hex = ANY($2::text[])",
+            issuer_ca_id, list(dict.fromkeys(serial_hexes)),
+        )
+        return [_status(r) for r in rows]
+
+    async def list_certificate_statuses(
+        self, issuer_ca_id: str, valid_at: dt.datetime, after_serial_hex: str = "",
+        limit: int = 1000,
+    ) -> list[CertificateStatusRecord]:
+        rows = await self._fetch(
+            "SELECT issuer_ca_id, serial_hex, status, not_after, revoked_at, revocation_reason"
+            ' FROM certificates WHERE issuer_ca_id = $1 AND serial_hex COLLATE "C" > $2'
+            ' AND not_after > $3 ORDER BY serial_hex COLLATE "C" LIMIT $4',
+            issuer_ca_id, after_serial_hex, _t(valid_at), limit,
+        )
+        return [_status(r) for r in rows]
+
+    async def save_crl(self, crl: CrlRecord, audit: AuditEvent) -> bool:
+        head = crl.head
+
+        async def tx(c: Any) -> bool:
+            saved = await c.fetchrow(
+                "INSERT INTO crls (ca_id, partition, crl_number, this_update, next_update,"
+                " source_generation, entries, crl_der) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)"
+                " ON CONFLICT (ca_id, partition) DO UPDATE SET crl_number = excluded.crl_number,"
+                " this_update = excluded.this_update, next_update = excluded.next_update,"
+                " source_generation = excluded.source_generation, entries = excluded.entries,"
+                " crl_der = excluded.crl_der WHERE excluded.crl_number > crls.crl_number"
+                " RETURNING crl_number",
+                head.ca_id, head.partition, head.crl_number, _t(head.this_update),
+                _t(head.next_update), head.source_generation, head.entries, crl.crl_der,
+            )
+            if saved is None:
+                return False
+            await _append_audit(c, audit)
+            return True
+        return await self._write(tx)
+
+    async def get_crl(self, ca_id: str, partition: int = 0) -> CrlRecord | None:
+        row = await self._fetchrow(
+            "SELECT * FROM crls WHERE ca_id = $1 AND partition = $2", ca_id, partition)
+        return None if row is None else CrlRecord(_crl_head(row), bytes(row["crl_der"]))
+
+    async def list_crl_heads(self) -> list[CrlHead]:
+        rows = await self._fetch(
+            "SELECT ca_id, partition, crl_number, this_update, next_update, source_generation,"
+            ' entries FROM crls ORDER BY ca_id COLLATE "C", partition'
+        )
+        return [_crl_head(r) for r in rows]
+
+    async def try_lock(self, name: str, holder: str, ttl_seconds: float) -> bool:
+        async def tx(c: Any) -> bool:
+            row = await c.fetchrow(
+                "INSERT INTO job_locks (name, holder, expires_at)"
+                " VALUES ($1, $2, extract(epoch FROM clock_timestamp()) + $3)"
+                " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
+                " expires_at = excluded.expires_at"
+                " WHERE job_locks.expires_at < extract(epoch FROM clock_timestamp())"
+                " OR job_locks.holder = excluded.holder RETURNING holder",
+                name, holder, float(ttl_seconds),
+            )
+            return row is not None
+        return await self._write(tx)
+
+    async def release_lock(self, name: str, holder: str) -> None:
+        async def tx(c: Any) -> None:
+            await c.execute("DELETE FROM job_locks WHERE name = $1 AND holder = $2", name, holder)
+        await self._write(tx)
+
+    # RFC 3161 time-stamp tokens
+    async def add_timestamp(self, record: TimeStampRecord) -> None:
+        # One statement, so autocommit suffices: no BEGIN/COMMIT round trips per stamp.
+        async with self._connection() as conn:
+            await conn.execute(
+                "INSERT INTO timestamp_tokens (serial_hex, tsa_ca_id, policy_oid,"
+                " hash_algorithm, message_imprint, gen_time, has_nonce, cert_req)"
+                " VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
+                record.serial_hex, record.tsa_ca_id, record.policy_oid,
+                record.hash_algorithm, record.message_imprint, _t(record.gen_time),
+                record.has_nonce, record.cert_req,
+            )
+
+    async def get_timestamp(self, serial_hex: str) -> TimeStampRecord | None:
+        row = await self._fetchrow(
+            "SELECT * FROM timestamp_tokens WHERE serial_hex = $1", serial_hex
+        )
+        if row is None:
+            return None
+        return TimeStampRecord(
+            serial_hex=row["serial_hex"], tsa_ca_id=row["tsa_ca_id"],
+            policy_oid=row["policy_oid"], hash_algorithm=row["hash_algorithm"],
+            message_imprint=bytes(row["message_imprint"]), gen_time=_p(row["gen_time"]),
+            has_nonce=row["has_nonce"], cert_req=row["cert_req"],
+        )
+
+
+def _ocsp_responder(row: Any) -> OcspResponderRecord:
+    return OcspResponderRecord(
+        responder_id=row["responder_id"], ca_id=row["ca_id"], cert_id=row["cert_id"],
+        key_ref=row["key_ref"], key_backend=row["key_backend"],
+        certificate_der=bytes(row["certificate_der"]), not_before=_p(row["not_before"]),
+        not_after=_p(row["not_after"]), created_at=_p(row["created_at"]),
+    )
+
+
+def _status(row: Any) -> CertificateStatusRecord:
+    return CertificateStatusRecord(
+        issuer_ca_id=row["issuer_ca_id"], serial_hex=row["serial_hex"], status=row["status"],
+        not_after=_p(row["not_after"]), revoked_at=_p_opt(row["revoked_at"]),
+        revocation_reason=row["revocation_reason"],
+    )
+
+
+def _crl_head(row: Any) -> CrlHead:
+    return CrlHead(
+        ca_id=row["ca_id"], partition=row["partition"], crl_number=row["crl_number"],
+        this_update=_p(row["this_update"]), next_update=_p(row["next_update"]),
+        source_generation=row["source_generation"], entries=row["entries"],
+    )

@@ -123,3 +123,82 @@ class AuditEntry:
 class AuditHead:
     seq: int
     audit_hash: str
+
+
+# --- OCSP responders and CRLs (RFC 6960, RFC 5280) -----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class OcspResponderRecord:
+    """A delegated OCSP signing certificate of one issuing CA (RFC 6960 4.2.2.2).
+
+    The certificate itself is also a row of ``certificates`` (``cert_id``); this row adds the
+    reference to its private key, which lives in the same key backend as the CA's.
+    """
+
+    responder_id: str
+    ca_id: str
+    cert_id: str
+    key_ref: str
+    key_backend: str
+    certificate_der: bytes
+    not_before: dt.datetime
+    not_after: dt.datetime
+    created_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationEvent:
+    """A CRL entry with its place in the store's revocation order.
+
+    ``generation`` grows by one per revocation, in commit order, across all CAs and all
+    processes: a reader that has seen generation g has seen every revocation up to g.
+    """
+
+    generation: int
+    revocation: Revocation
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateStatusRecord:
+    """What an OCSP response needs to know about one certificate."""
+
+    issuer_ca_id: str
+    serial_hex: str
+    status: str  # active | revoked
+    not_after: dt.datetime
+    revoked_at: dt.datetime | None = None
+    revocation_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CrlHead:
+    """The newest CRL of one CA (``partition`` 0: the full CRL; 1..N: a partition)."""
+
+    ca_id: str
+    partition: int
+    crl_number: int
+    this_update: dt.datetime
+    next_update: dt.datetime
+    source_generation: int  # every revocation up to this generation is in it
+    entries: int
+
+
+@dataclass(frozen=True, slots=True)
+class CrlRecord:
+    head: CrlHead
+    crl_der: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TimeStampRecord:
+    """An issued RFC 3161 time-stamp token, as recorded for audit and lookup by serial."""
+
+    serial_hex: str  # TSTInfo serialNumber, lowercase hex (unique across all TSA keys)
+    tsa_ca_id: str  # the certificate_authorities row (ca_type 'tsa') whose key signed it
+    policy_oid: str
+    hash_algorithm: str  # of the message imprint: sha256 | sha384 | sha512 | ...
+    message_imprint: bytes  # hashedMessage as the client sent it
+    gen_time: dt.datetime
+    has_nonce: bool
+    cert_req: bool

@@ -12,7 +12,7 @@ import json
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,9 +26,15 @@ from db.records import (
     AuditHead,
     CARecord,
     CertificateRecord,
+    CertificateStatusRecord,
+    CrlHead,
+    CrlRecord,
+    OcspResponderRecord,
     Organization,
     Revocation,
+    RevocationEvent,
     TemplateRecord,
+    TimeStampRecord,
 )
 from db.store import Store, StoreConflict, StoreUnavailable
 
@@ -177,32 +183,49 @@ def _map_error(exc: Exception) -> Exception:
     return exc
 
 
-def _run_batch(
-    conn: sqlite3.Connection | None, fns: list[Callable[[_Tx], Any]]
+def _run_in_transaction(
+    conn: sqlite3.Connection, fns: list[Callable[[_Tx], Any]]
 ) -> list[tuple[bool, Any]]:
-    """Worker thread: every fn in its own savepoint, one transaction for the batch."""
-    if conn is None:
-        raise StoreUnavailable("store is not open")
-    outcomes: list[tuple[bool, Any]] = []
+    """All fns in one transaction; any failure rolls all of them back and re-raises."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         tx = _Tx(conn)
-        for fn in fns:
-            head = (tx.head_seq, tx.head_hash)
-            conn.execute("SAVEPOINT write")
-            try:
-                outcomes.append((True, fn(tx)))
-            except Exception as exc:
-                conn.execute("ROLLBACK TO write")
-                tx.head_seq, tx.head_hash = head
-                outcomes.append((False, _map_error(exc)))
-            conn.execute("RELEASE write")
+        outcomes = [(True, fn(tx)) for fn in fns]
         tx.save_head()
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+    return outcomes
+
+
+def _run_batch(
+    conn: sqlite3.Connection | None, fns: list[Callable[[_Tx], Any]]
+) -> list[tuple[bool, Any]]:
+    """Worker thread: the batch in one transaction.
+
+    Failures are rare (a duplicate slug, a serial collision), so the batch runs without
+    per-write savepoints; if one write fails, the batch is rolled back and each write is
+    run again in a transaction of its own, so only the failing one fails.
+    """
+    if conn is None:
+        raise StoreUnavailable("store is not open")
+    try:
+        return _run_in_transaction(conn, fns)
+    except sqlite3.OperationalError:
+        raise  # the database itself is unusable: fail the whole batch
+    except Exception as exc:
+        if len(fns) == 1:
+            return [(False, _map_error(exc))]
+    outcomes: list[tuple[bool, Any]] = []
+    for fn in fns:
+        try:
+            outcomes.extend(_run_in_transaction(conn, [fn]))
+        except sqlite3.OperationalError:
+            raise
+        except Exception as exc:
+            outcomes.append((False, _map_error(exc)))
     return outcomes
 
 
@@ -547,4 +570,184 @@ class SqliteStore(Store):
         )
         return None if row is None else AuditHead(row[0], row[1])
 
+    # OCSP responders, revocation order, CRLs, job leases
+    async def add_ocsp_responder(self, responder: OcspResponderRecord, audit: AuditEvent) -> None:
+        def tx(c: _Tx) -> None:
+            c.execute(
+                "INSERT INTO ocsp_responders (responder_id, ca_id, cert_id, key_ref, key_backend,"
+                " certificate_der, not_before, not_after, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                (responder.responder_id, responder.ca_id, responder.cert_id, responder.key_ref,
+                 responder.key_backend, responder.certificate_der, _t(responder.not_before),
+                 _t(responder.not_after), _t(responder.created_at or _now())),
+            )
+            _append_audit(c, audit)
+        await self._write(tx)
 
+    async def list_ocsp_responders(self, ca_id: str | None = None) -> list[OcspResponderRecord]:
+        params: tuple[str, ...] = () if ca_id is None else (ca_id,)
+        where = "" if ca_id is None else "WHERE ca_id = ?"
+        rows = await self._read(
+            lambda c: c.execute(
+                f"SELECT * FROM ocsp_responders {where} ORDER BY not_after DESC, created_at DESC",
+                params,
+            ).fetchall()
+        )
+        return [_ocsp_responder(r) for r in rows]
+
+    async def revocation_generation(self, ca_id: str | None = None) -> int:
+        params: tuple[str, ...] = () if ca_id is None else (ca_id,)
+        sql = ("SELECT generation FROM revocation_state WHERE id = 1" if ca_id is None
+               else "SELECT MAX(generation) FROM crl_entries WHERE ca_id = ?")
+        row = await self._read(lambda c: c.execute(sql, params).fetchone())
+        return int(row[0]) if row is not None and row[0] is not None else 0
+
+    async def revocations_since(self, generation: int, limit: int = 1000) -> list[RevocationEvent]:
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT * FROM crl_entries WHERE generation > ? ORDER BY generation LIMIT ?",
+                (generation, limit),
+            ).fetchall()
+        )
+        return [RevocationEvent(r["generation"], _revocation(r)) for r in rows]
+
+    async def certificate_statuses(
+        self, issuer_ca_id: str, serial_hexes: Sequence[str]
+    ) -> list[CertificateStatusRecord]:
+        wanted = list(dict.fromkeys(serial_hexes))
+
+        def read(c: sqlite3.Connection) -> list[sqlite3.Row]:
+            rows: list[sqlite3.Row] = []
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start:start + 500]
+                rows += c.execute(
+                    "SELECT issuer_ca_id, serial_hex, status, not_after, revoked_at,"
+                    " revocation_reason FROM certificates WHERE issuer_ca_id = ?"
+                    f" AND serial_hex IN ({','.join('?' * len(chunk))})",
+                    (issuer_ca_id, *chunk),
+                ).fetchall()
+            return rows
+        return [_status(r) for r in await self._read(read)]
+
+    async def list_certificate_statuses(
+        self, issuer_ca_id: str, valid_at: dt.datetime, after_serial_hex: str = "",
+        limit: int = 1000,
+    ) -> list[CertificateStatusRecord]:
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT issuer_ca_id, serial_hex, status, not_after, revoked_at,"
+                " revocation_reason FROM certificates WHERE issuer_ca_id = ? AND serial_hex > ?"
+                " AND not_after > ? ORDER BY serial_hex LIMIT ?",
+                (issuer_ca_id, after_serial_hex, _t(valid_at), limit),
+            ).fetchall()
+        )
+        return [_status(r) for r in rows]
+
+    async def save_crl(self, crl: CrlRecord, audit: AuditEvent) -> bool:
+        head = crl.head
+
+        def tx(c: _Tx) -> bool:
+            saved = c.execute(
+                "INSERT INTO crls (ca_id, partition, crl_number, this_update, next_update,"
+                " source_generation, entries, crl_der) VALUES (?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (ca_id, partition) DO UPDATE SET crl_number = excluded.crl_number,"
+                " this_update = excluded.this_update, next_update = excluded.next_update,"
+                " source_generation = excluded.source_generation, entries = excluded.entries,"
+                " crl_der = excluded.crl_der WHERE excluded.crl_number > crls.crl_number",
+                (head.ca_id, head.partition, head.crl_number, _t(head.this_update),
+                 _t(head.next_update), head.source_generation, head.entries, crl.crl_der),
+            )
+            if saved.rowcount != 1:
+                return False
+            _append_audit(c, audit)
+            return True
+        return await self._write(tx)
+
+    async def get_crl(self, ca_id: str, partition: int = 0) -> CrlRecord | None:
+        row = await self._read(
+            lambda c: c.execute(
+                "SELECT * FROM crls WHERE ca_id = ? AND partition = ?", (ca_id, partition)
+            ).fetchone()
+        )
+        return None if row is None else CrlRecord(_crl_head(row), bytes(row["crl_der"]))
+
+    async def list_crl_heads(self) -> list[CrlHead]:
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT ca_id, partition, crl_number, this_update, next_update,"
+                " source_generation, entries FROM crls ORDER BY ca_id, partition"
+            ).fetchall()
+        )
+        return [_crl_head(r) for r in rows]
+
+    async def try_lock(self, name: str, holder: str, ttl_seconds: float) -> bool:
+        def tx(c: _Tx) -> bool:
+            now = time.time()
+            taken = c.execute(
+                "INSERT INTO job_locks (name, holder, expires_at) VALUES (?,?,?)"
+                " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
+                " expires_at = excluded.expires_at"
+                " WHERE job_locks.expires_at < ? OR job_locks.holder = excluded.holder",
+                (name, holder, now + ttl_seconds, now),
+            )
+            return taken.rowcount == 1
+        return await self._write(tx)
+
+    async def release_lock(self, name: str, holder: str) -> None:
+        def tx(c: _Tx) -> None:
+            c.execute("DELETE FROM job_locks WHERE name = ? AND holder = ?", (name, holder))
+        await self._write(tx)
+
+    # RFC 3161 time-stamp tokens
+    async def add_timestamp(self, record: TimeStampRecord) -> None:
+        # One INSERT in the group commit: concurrent stamps share a transaction and a
+        # thread hop, so recording costs no round trip of its own per stamp.
+        def tx(c: _Tx) -> None:
+            c.execute(
+                "INSERT INTO timestamp_tokens (serial_hex, tsa_ca_id, policy_oid,"
+                " hash_algorithm, message_imprint, gen_time, has_nonce, cert_req)"
+                " VALUES (?,?,?,?,?,?,?,?)",
+                (record.serial_hex, record.tsa_ca_id, record.policy_oid,
+                 record.hash_algorithm, record.message_imprint, _t(record.gen_time),
+                 int(record.has_nonce), int(record.cert_req)),
+            )
+        await self._write(tx)
+
+    async def get_timestamp(self, serial_hex: str) -> TimeStampRecord | None:
+        row = await self._read(
+            lambda c: c.execute(
+                "SELECT * FROM timestamp_tokens WHERE serial_hex = ?", (serial_hex,)
+            ).fetchone()
+        )
+        if row is None:
+            return None
+        return TimeStampRecord(
+            serial_hex=row["serial_hex"], tsa_ca_id=row["tsa_ca_id"],
+            policy_oid=row["policy_oid"], hash_algorithm=row["hash_algorithm"],
+            message_imprint=bytes(row["message_imprint"]), gen_time=_p(row["gen_time"]),
+            has_nonce=bool(row["has_nonce"]), cert_req=bool(row["cert_req"]),
+        )
+
+
+def _ocsp_responder(row: sqlite3.Row) -> OcspResponderRecord:
+    return OcspResponderRecord(
+        responder_id=row["responder_id"], ca_id=row["ca_id"], cert_id=row["cert_id"],
+        key_ref=row["key_ref"], key_backend=row["key_backend"],
+        certificate_der=bytes(row["certificate_der"]), not_before=_p(row["not_before"]),
+        not_after=_p(row["not_after"]), created_at=_p(row["created_at"]),
+    )
+
+
+def _status(row: sqlite3.Row) -> CertificateStatusRecord:
+    return CertificateStatusRecord(
+        issuer_ca_id=row["issuer_ca_id"], serial_hex=row["serial_hex"], status=row["status"],
+        not_after=_p(row["not_after"]), revoked_at=_p_opt(row["revoked_at"]),
+        revocation_reason=row["revocation_reason"],
+    )
+
+
+def _crl_head(row: sqlite3.Row) -> CrlHead:
+    return CrlHead(
+        ca_id=row["ca_id"], partition=row["partition"], crl_number=row["crl_number"],
+        this_update=_p(row["this_update"]), next_update=_p(row["next_update"]),
+        source_generation=row["source_generation"], entries=row["entries"],
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import abc
 import datetime as dt
+from collections.abc import Sequence
 
 from db.records import (
     ApiToken,
@@ -20,9 +21,15 @@ from db.records import (
     AuditHead,
     CARecord,
     CertificateRecord,
+    CertificateStatusRecord,
+    CrlHead,
+    CrlRecord,
+    OcspResponderRecord,
     Organization,
     Revocation,
+    RevocationEvent,
     TemplateRecord,
+    TimeStampRecord,
 )
 
 
@@ -134,3 +141,64 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def audit_head(self) -> AuditHead | None:
         """The last seq and hash, kept apart from the rows so that a deleted tail shows."""
+
+    # OCSP responders, revocation order, CRLs, job leases (OCSP/CRL, RFC 6960 and 5280)
+    @abc.abstractmethod
+    async def add_ocsp_responder(self, responder: OcspResponderRecord, audit: AuditEvent) -> None:
+        """Record a delegated OCSP signing certificate (already stored in ``certificates``)."""
+
+    @abc.abstractmethod
+    async def list_ocsp_responders(self, ca_id: str | None = None) -> list[OcspResponderRecord]:
+        """Responders of one CA (or all), the longest-lived first (by not_after)."""
+
+    @abc.abstractmethod
+    async def revocation_generation(self, ca_id: str | None = None) -> int:
+        """Generation of the newest revocation (of one CA, or of any); 0 when there is none."""
+
+    @abc.abstractmethod
+    async def revocations_since(self, generation: int, limit: int = 1000) -> list[RevocationEvent]:
+        """Revocations with a generation above ``generation``, in generation order."""
+
+    @abc.abstractmethod
+    async def certificate_statuses(
+        self, issuer_ca_id: str, serial_hexes: Sequence[str]
+    ) -> list[CertificateStatusRecord]:
+        """Status of the given certificates of one issuer (unknown serials are left out)."""
+
+    @abc.abstractmethod
+    async def list_certificate_statuses(
+        self, issuer_ca_id: str, valid_at: dt.datetime, after_serial_hex: str = "",
+        limit: int = 1000,
+    ) -> list[CertificateStatusRecord]:
+        """One page of the issuer's certificates not expired at ``valid_at``, ordered by
+        serial_hex (byte order) after ``after_serial_hex``."""
+
+    @abc.abstractmethod
+    async def save_crl(self, crl: CrlRecord, audit: AuditEvent) -> bool:
+        """Keep ``crl`` as the newest of its (CA, partition) if its CRL number is higher than
+        the stored one's; False (and nothing changes) otherwise."""
+
+    @abc.abstractmethod
+    async def get_crl(self, ca_id: str, partition: int = 0) -> CrlRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_crl_heads(self) -> list[CrlHead]:
+        """Number, times and source generation of every stored CRL (without the DER)."""
+
+    @abc.abstractmethod
+    async def try_lock(self, name: str, holder: str, ttl_seconds: float) -> bool:
+        """Take (or, for its holder, extend) the lease ``name`` for ``ttl_seconds``; False
+        while another holder's lease has not expired."""
+
+    @abc.abstractmethod
+    async def release_lock(self, name: str, holder: str) -> None:
+        """End the lease if ``holder`` holds it."""
+
+    # RFC 3161 time-stamp tokens
+    @abc.abstractmethod
+    async def add_timestamp(self, record: TimeStampRecord) -> None:
+        """Record an issued time-stamp token; StoreConflict if its serial exists. No audit
+        event per token: this table is the TSA's record of issued tokens (see README)."""
+
+    @abc.abstractmethod
+    async def get_timestamp(self, serial_hex: str) -> TimeStampRecord | None: ...

@@ -18,6 +18,7 @@ import asyncpg
 import pytest
 
 from db.audit_chain import verify_chain
+from db.migrations import migrations
 from db.postgres import PostgresStore
 from db.records import (
     ApiToken,
@@ -27,6 +28,7 @@ from db.records import (
     Organization,
     Revocation,
     TemplateRecord,
+    TimeStampRecord,
 )
 from db.sqlite import SqliteStore
 from db.store import Store, StoreConflict, StoreUnavailable
@@ -206,7 +208,8 @@ async def test_migrations_are_idempotent(store: Store, seed: Seed, location: Loc
     finally:
         await again.close()
     rows = await raw_sql(location, "SELECT version, name FROM schema_migrations ORDER BY version")
-    assert rows == [(1, "0001_init.sql")]
+    dialect = "sqlite" if location.backend == "sqlite" else "postgres"
+    assert rows == [(version, name) for version, name, _ in migrations(dialect)]
 
 
 @pytest.mark.postgres
@@ -225,7 +228,7 @@ async def test_concurrent_open_applies_migrations_once() -> None:
             head = await conn.fetchrow("SELECT seq, audit_hash FROM audit_head")
         finally:
             await conn.close()
-        assert [r["version"] for r in rows] == [1]
+        assert sorted(r["version"] for r in rows) == [v for v, _, _ in migrations("postgres")]
         assert head is not None and head["seq"] == 0
     finally:
         await asyncio.to_thread(asyncio.run, drop_database(dsn))
@@ -552,3 +555,43 @@ async def test_datetimes_round_trip(store: Store, seed: Seed) -> None:
     assert orgs[0].created_at == T0 and orgs[0].created_at.utcoffset() == dt.timedelta(0)
     entries = await store.audit_entries()
     assert all(e.timestamp.utcoffset() == dt.timedelta(0) for e in entries)
+
+
+# --- time-stamp tokens (RFC 3161) -------------------------------------------------------
+
+async def test_timestamps_add_get_conflict(store: Store, seed: Seed) -> None:
+    tsa = make_ca("tsa-20250314092653", "tsa", seed.org, seed.issuing)
+    await store.add_ca(tsa, event("ca.created", name=tsa.name))
+    record = TimeStampRecord(
+        serial_hex=secrets.token_hex(20).lstrip("0") or "1", tsa_ca_id=tsa.ca_id,
+        policy_oid="1.3.6.1.4.1.55555.1.1", hash_algorithm="sha256",
+        message_imprint=secrets.token_bytes(32),
+        gen_time=dt.datetime(2025, 3, 14, 11, 26, 53, 589000, tzinfo=CEST), has_nonce=True,
+        cert_req=False,
+    )
+    entries = await chain_ok(store)
+    await store.add_timestamp(record)
+    got = await store.get_timestamp(record.serial_hex)
+    assert got == record and got.gen_time.utcoffset() == dt.timedelta(0)
+    assert await store.get_timestamp("1234") is None
+    with pytest.raises(StoreConflict):
+        await store.add_timestamp(replace(record, has_nonce=False))
+    with pytest.raises(StoreConflict):  # the signing TSA must exist
+        await store.add_timestamp(replace(record, serial_hex="abc", tsa_ca_id="nope"))
+    assert await store.get_timestamp(record.serial_hex) == record
+    assert await chain_ok(store) == entries  # tokens are their own record, not audit rows
+
+
+async def test_concurrent_timestamps(store: Store, seed: Seed) -> None:
+    tsa = make_ca("tsa-1", "tsa", seed.org, seed.issuing)
+    await store.add_ca(tsa, event("ca.created", name=tsa.name))
+    records = [
+        TimeStampRecord(serial_hex=format(n + 1, "x"), tsa_ca_id=tsa.ca_id, policy_oid="1.2.3",
+                        hash_algorithm="sha512", message_imprint=bytes(64), gen_time=T0,
+                        has_nonce=bool(n % 2), cert_req=True)
+        for n in range(50)
+    ]
+    results = await asyncio.gather(*(store.add_timestamp(r) for r in [*records, records[0]]),
+                                   return_exceptions=True)
+    assert results[:50] == [None] * 50 and isinstance(results[50], StoreConflict)
+    assert [await store.get_timestamp(r.serial_hex) for r in records] == records

@@ -50,10 +50,10 @@ CREATE TABLE certificates (
     revocation_reason TEXT,
     invalidity_date   TIMESTAMPTZ,
     created_at        TIMESTAMPTZ NOT NULL,
-    UNIQUE (issuer_ca_id, serial_hex),
+    -- Serial first: the same index answers lookups by serial alone (OCSP, revocation).
+    UNIQUE (serial_hex, issuer_ca_id),
     CHECK (not_after > not_before)
 );
-CREATE INDEX idx_certificates_serial ON certificates(serial_hex);
 CREATE INDEX idx_certificates_org ON certificates(org_id);
 CREATE INDEX idx_certificates_not_after ON certificates(not_after);
 
@@ -91,7 +91,7 @@ CREATE TABLE api_tokens (
 -- a sequence leaves gaps on rollback, and a gap is what the verifier reports as tampering.
 CREATE TABLE audit_log (
     seq           BIGINT PRIMARY KEY,
-    audit_id      TEXT NOT NULL UNIQUE,
+    audit_id      TEXT NOT NULL,  -- random UUID; seq is the key and the chain its proof
     timestamp     TIMESTAMPTZ NOT NULL,
     org_id        TEXT,
     event_type    TEXT NOT NULL,

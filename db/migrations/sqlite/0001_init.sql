@@ -50,10 +50,10 @@ CREATE TABLE certificates (
     revocation_reason TEXT,
     invalidity_date   TEXT,
     created_at        TEXT NOT NULL,
-    UNIQUE (issuer_ca_id, serial_hex),
+    -- Serial first: the same index answers lookups by serial alone (OCSP, revocation).
+    UNIQUE (serial_hex, issuer_ca_id),
     CHECK (not_after > not_before)
 );
-CREATE INDEX idx_certificates_serial ON certificates(serial_hex);
 CREATE INDEX idx_certificates_org ON certificates(org_id);
 CREATE INDEX idx_certificates_not_after ON certificates(not_after);
 
@@ -89,7 +89,7 @@ CREATE TABLE api_tokens (
 
 CREATE TABLE audit_log (
     seq           INTEGER PRIMARY KEY,
-    audit_id      TEXT NOT NULL UNIQUE,
+    audit_id      TEXT NOT NULL,  -- random UUID; seq is the key and the chain its proof
     timestamp     TEXT NOT NULL,
     org_id        TEXT,
     event_type    TEXT NOT NULL,
