@@ -266,10 +266,13 @@ async def test_tokens(pki: Pki) -> None:
 async def test_hierarchy_is_idempotent_and_audited(pki: Pki) -> None:
     assert await ensure_hierarchy(pki.authority) == []
     cas = {ca.name: ca for ca in await pki.store.list_cas()}
-    assert set(cas) == {"root", "intermediate", "default-issuing"}
+    # ... and the time-stamping authority (ca_core.tsa), named by its creation time
+    (tsa,) = [name for name, ca in cas.items() if ca.ca_type == "tsa"]
+    assert set(cas) == {"root", "intermediate", "default-issuing", tsa}
     root = x509.load_der_x509_certificate(cas["root"].certificate_der)
     bc = root.extensions.get_extension_for_class(x509.BasicConstraints).value
     assert bc.ca and bc.path_length == 2
     entries = await pki.store.audit_entries()
     assert [e.event.event_type for e in entries].count("ca.created") == 3
+    assert [e.event.event_type for e in entries].count("tsa.created") == 1
     assert verify_chain(entries, await pki.store.audit_head()) == []

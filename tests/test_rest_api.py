@@ -152,7 +152,8 @@ async def test_health_endpoints(client: TestClient) -> None:
         assert response.status == 200, path
         assert (await response.json())["status"] in ("healthy", "ready")
     hsm = await (await client.get("/api/v1/health/hsm")).json()
-    assert hsm["backend"] == "software" and hsm["keys_loaded"] == 3
+    # root, intermediate, default-issuing and the time-stamping authority's key
+    assert hsm["backend"] == "software" and hsm["keys_loaded"] == 4
 
 
 async def test_ready_is_503_when_the_store_is_gone(client: TestClient, services: Services) -> None:

@@ -1,0 +1,555 @@
+"""Time-stamping benchmark: RFC 3161 stamps/s of ``vcc-pki serve``, the raw sign rate of
+its TSA key, and ``openssl ts -reply`` invoked per request as the do-it-yourself peer.
+
+Run ``python -m conformance.bench.tsa [--seconds 5] [--rounds 2] [--clients 16 64]
+[--workers 1] [--only software-ec-p256 softhsm2-ec-p256]``. It prints figures and never
+asserts on them (see ``conformance/bench/README.md``).
+
+For every configuration (TSA key: software ECDSA P-256, SoftHSM2 ECDSA P-256 and RSA-2048;
+SQLite store; ``--workers`` serving processes) it starts ``vcc-pki init`` + ``vcc-pki
+serve`` the normal way (``conformance.gateway.running_gateway``) and measures, in rounds
+that visit every configuration in turn (A B A B, because the machine is noisy):
+
+1. the raw sign rate of the TSA's Signer, opened in this process on the served data
+   directory (``sign_sync`` on one thread; for a token key also ``await sign()`` from 16
+   tasks; the higher is the limit a TSA cannot exceed),
+2. stamps/s and p50/p99 latency of ``POST /tsa`` with the query ``openssl ts -query -sha256
+   -cert`` made, from ``--clients`` keep-alive connections of ``wrk`` (a separate process;
+   a reply counts only when it is a TimeStampResp with PKIStatus granted),
+3. the do-it-yourself peer: ``openssl ts -reply -queryfile q.tsq`` run once per request by
+   as many concurrent workers, with the same TSA certificate and key (an unencrypted copy,
+   software keys only; openssl's serial file is the "unlocked counter file" the issue warns
+   about, so duplicate serials among its replies are counted too).
+
+The table gives medians over rounds; ratios are taken within a round, then their median.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+
+from ca_core.signers.base import Signer
+from ca_core.tsa import TimeStampAuthority
+from conformance.bench.issuance import (
+    STOP,
+    Rate,
+    describe,
+    measure_sign_concurrent,
+    measure_sign_sync,
+    percentile,
+    steal_meter,
+)
+from conformance.gateway import Gateway, running_gateway
+from gateway.config import load_config
+from gateway.runtime import open_services
+from protocols.tsa.codec import TimeStampResp
+
+PASSPHRASE = "bench-passphrase"
+HSM_LABEL, HSM_PIN = "vcc-tsa-bench", "1234"
+TARGET_SOFTWARE = 1000.0  # stamps/s, software ECDSA P-256
+TARGET_HSM_RATIO = 0.5  # stamps / raw sign rate, SoftHSM2
+RAW_TASKS = 16
+
+
+@dataclass(frozen=True)
+class KeyConfig:
+    name: str
+    backend: str  # software | pkcs11
+    key: str = "ec-p256"
+
+
+CONFIGS = (
+    KeyConfig("software-ec-p256", "software"),
+    KeyConfig("softhsm2-ec-p256", "pkcs11"),
+    # A key whose signature costs more than the rest of a stamp: where the TSA is bound by
+    # its key, as with a network HSM, and the ratio to the raw rate says how close it gets.
+    KeyConfig("softhsm2-rsa-2048", "pkcs11", "rsa-2048"),
+)
+
+
+@dataclass
+class Setup:
+    config: KeyConfig
+    workers: int
+    skipped: str = ""
+    gateway: Gateway | None = None
+    signer: Signer | None = None
+    query: Path | None = None
+    diy: DiyPeer | None = None
+    diy_skipped: str = ""
+    raw: list[float] = field(default_factory=list)  # the limit, per round
+    stamps: dict[int, list[Rate]] = field(default_factory=dict)
+    ratios: dict[int, list[float]] = field(default_factory=dict)
+    diy_rates: dict[int, list[Rate]] = field(default_factory=dict)
+    diy_duplicates: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.config.name} w{self.workers}"
+
+
+# ---------------------------------------------------------------------------- wrk
+
+_WRK_SCRIPT = """\
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/timestamp-query"
+wrk.body = "{body}"
+
+local threads = {{}}
+function setup(thread)
+  table.insert(threads, thread)
+end
+function init(args)
+  bad = 0
+end
+-- A TimeStampResp granting a token starts SEQUENCE {{ SEQUENCE {{ INTEGER 0 }} ...
+function response(status, headers, body)
+  if status ~= 200 or not string.find(string.sub(body, 1, 12), "\\48\\3\\2\\1\\0", 1, true) then
+    bad = bad + 1
+  end
+end
+function done(summary, latency, requests)
+  local total_bad = 0
+  for _, thread in ipairs(threads) do
+    total_bad = total_bad + thread:get("bad")
+  end
+  local e = summary.errors
+  io.write(string.format(
+    "VCCBENCH requests=%d duration_us=%d p50_us=%d p99_us=%d bad=%d "
+    .. "connect=%d read=%d write=%d timeout=%d\\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    total_bad, e.connect, e.read, e.write, e.timeout))
+end
+"""
+
+
+def run_wrk(url: str, query: bytes, seconds: float, clients: int, work_dir: Path) -> Rate:
+    script = work_dir / f"wrk-{secrets.token_hex(4)}.lua"
+    # Lua decimal escapes keep the binary DER intact in the script text.
+    body = "".join(f"\\{byte}" for byte in query)
+    script.write_text(_WRK_SCRIPT.format(body=body), encoding="utf-8")
+    command = ["wrk", "-t", "2", "-c", str(clients), "-d", f"{seconds:g}s", "--timeout", "10s",
+               "--latency", "-s", str(script), url]
+    try:
+        with steal_meter() as steal:
+            done = subprocess.run(command, capture_output=True, text=True, check=False,
+                                  timeout=seconds + 60)
+    finally:
+        script.unlink(missing_ok=True)
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("VCCBENCH ")), None)
+    if done.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {(done.stderr or done.stdout)[-300:]}")
+    n = {k: int(v) for k, v in (item.split("=", 1) for item in line.split()[1:])}
+    elapsed = n["duration_us"] / 1e6
+    ok = n["requests"] - n["bad"]
+    socket_errors = n["connect"] + n["read"] + n["write"] + n["timeout"]
+    return Rate(ok / elapsed, ok, elapsed, p50_ms=n["p50_us"] / 1000,
+                p99_ms=n["p99_us"] / 1000, errors=n["bad"], steal=steal[0],
+                note=f"socket errors {socket_errors}" if socket_errors else "")
+
+
+def probe(url: str, query: bytes) -> None:
+    """One stamp before measuring: a broken setup fails here, with the server's answer."""
+    request = urllib.request.Request(
+        url, data=query, method="POST",
+        headers={"Content-Type": "application/timestamp-query"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        reply = TimeStampResp.load(response.read())
+    status = reply["status"]
+    if status["status"].native != "granted":
+        raise RuntimeError(f"probe not granted: {status.native}")
+
+
+# ---------------------------------------------------------------------------- DIY peer
+
+_OPENSSL_TSA_CONFIG = """\
+[ tsa ]
+default_tsa = bench_tsa
+
+[ bench_tsa ]
+serial = {dir}/tsaserial
+crypto_device = builtin
+signer_cert = {dir}/tsa.pem
+certs = {dir}/chain.pem
+signer_key = {dir}/tsa.key
+signer_digest = sha256
+default_policy = 1.3.6.1.4.1.55555.1.1
+digests = sha256, sha384, sha512
+accuracy = secs:1
+ordering = no
+tsa_name = no
+ess_cert_id_chain = no
+ess_cert_id_alg = sha256
+"""
+
+
+@dataclass
+class DiyPeer:
+    """``openssl ts -reply`` with the gateway's TSA certificate and (a copy of) its key."""
+
+    directory: Path
+    query: Path
+
+    @classmethod
+    def create(cls, directory: Path, tsa: TimeStampAuthority, query: Path) -> DiyPeer:
+        directory.mkdir(parents=True, exist_ok=True)
+        loaded = tsa.loaded
+        key = loaded.signer.builder_key()
+        # Unencrypted, as a do-it-yourself TSA would keep it: no passphrase work per call.
+        (directory / "tsa.key").write_bytes(key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption()))
+        (directory / "tsa.pem").write_bytes(
+            loaded.certificate.public_bytes(serialization.Encoding.PEM))
+        (directory / "chain.pem").write_bytes(b"".join(
+            c.public_bytes(serialization.Encoding.PEM) for c in loaded.chain[1:]))
+        (directory / "tsaserial").write_text("01\n")
+        (directory / "tsa.cnf").write_text(_OPENSSL_TSA_CONFIG.format(dir=directory))
+        peer = cls(directory, query)
+        reply = peer.stamp(directory / "probe.tsr")
+        serial = _granted_serial(reply)
+        if serial is None:
+            raise RuntimeError("openssl ts -reply did not grant the probe")
+        return peer
+
+    def stamp(self, out: Path) -> bytes:
+        subprocess.run(
+            ["openssl", "ts", "-reply", "-config", str(self.directory / "tsa.cnf"),
+             "-queryfile", str(self.query), "-out", str(out)],
+            check=True, capture_output=True, timeout=60,
+        )
+        return out.read_bytes()
+
+
+def _granted_serial(reply: bytes) -> int | None:
+    response = TimeStampResp.load(reply)
+    if response["status"]["status"].native != "granted":
+        return None
+    tst = response["time_stamp_token"]["content"]["encap_content_info"]["content"].parsed
+    serial: int = tst["serial_number"].native
+    return serial
+
+
+def run_diy(peer: DiyPeer, seconds: float, clients: int) -> tuple[Rate, int]:
+    """``clients`` threads, each running ``openssl ts -reply`` per request until the time is
+    up; returns the rate and how many serials were handed out twice."""
+    latencies: list[float] = []
+    serials: list[int] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        out = peer.directory / f"reply-{n}.tsr"
+        while time.perf_counter() < deadline and not STOP.is_set():
+            t0 = time.perf_counter()
+            try:
+                serial = _granted_serial(peer.stamp(out))
+            except Exception as exc:  # counted and shown; the benchmark goes on
+                with lock:
+                    errors.append(exc)
+                continue
+            with lock:
+                latencies.append(time.perf_counter() - t0)
+                if serial is not None:
+                    serials.append(serial)
+
+    with steal_meter() as steal:
+        started = time.perf_counter()
+        deadline = started + seconds
+        with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+            list(pool.map(worker, range(clients)))
+        elapsed = time.perf_counter() - started
+    latencies.sort()
+    note = f"{len(errors)} errors, first: {errors[0]}"[:160] if errors else ""
+    rate = Rate(len(latencies) / elapsed, len(latencies), elapsed,
+                p50_ms=percentile(latencies, 50) * 1000,
+                p99_ms=percentile(latencies, 99) * 1000, errors=len(errors), steal=steal[0],
+                note=note)
+    return rate, len(serials) - len(set(serials))
+
+
+# ---------------------------------------------------------------------------- setup
+
+
+def _env(config: KeyConfig, data_dir: Path, workers: int, token: Any) -> dict[str, str]:
+    env = {
+        "VCC_PKI_DATA_DIR": str(data_dir),
+        "VCC_PKI_KEY_PASSPHRASE": PASSPHRASE,
+        "VCC_PKI_KEY_BACKEND": config.backend,
+        "VCC_PKI_ROOT_KEY_TYPE": "ec-p256",
+        "VCC_PKI_INTERMEDIATE_KEY_TYPE": "ec-p256",
+        "VCC_PKI_TSA_KEY_TYPE": config.key,
+        "VCC_PKI_WORKERS": str(workers),
+        "VCC_PKI_LOG_LEVEL": "WARNING",
+    }
+    if token is not None:
+        env.update({
+            "VCC_PKI_PKCS11_MODULE": token.module_path,
+            "VCC_PKI_PKCS11_TOKEN_LABEL": token.label,
+            "VCC_PKI_PKCS11_PIN": token.pin,
+            "SOFTHSM2_CONF": str(token.conf_path),
+        })
+    return env
+
+
+def _softhsm_token(base: Path) -> Any:
+    """A token for the server and this process (SoftHSM2 sessions of both processes see
+    the same key files). Raises RuntimeError with the reason when SoftHSM2 is missing."""
+    from tests.softhsm import make_softhsm_token, softhsm_available
+
+    if not softhsm_available():
+        raise RuntimeError("SoftHSM2 is not installed (softhsm2-util, libsofthsm2.so)")
+    # make_softhsm_token also points this process's SOFTHSM2_CONF at it, before python-pkcs11
+    # loads the module (it reads the variable once).
+    return make_softhsm_token(base / "hsm", HSM_LABEL, HSM_PIN)
+
+
+async def setup(target: Setup, stack: contextlib.AsyncExitStack, base: Path,
+                hsm_token: Any) -> None:
+    """The served gateway, the in-process TSA signer (raw rate) and the DIY peer."""
+    slug = f"{target.config.name}-w{target.workers}"
+    directory = base / slug
+    data_dir = directory / "data"
+    data_dir.mkdir(parents=True)
+    token = hsm_token if target.config.backend == "pkcs11" else None
+    env = _env(target.config, data_dir, target.workers, token)
+    gateway = stack.enter_context(running_gateway(data_dir, env))
+    document = directory / "document.bin"
+    document.write_bytes(os.urandom(4096))
+    query = directory / "q.tsq"
+    subprocess.run(["openssl", "ts", "-query", "-data", str(document), "-sha256", "-cert",
+                    "-out", str(query)], check=True, capture_output=True)
+    probe(f"{gateway.http_url}/tsa", query.read_bytes())
+    target.gateway, target.query = gateway, query
+    services = await stack.enter_async_context(open_services(load_config(environ=env)))
+    await services.authority.load()
+    tsa = TimeStampAuthority(services.authority, services.config.tsa_settings())
+    await tsa.open()
+    target.signer = tsa.loaded.signer
+    if target.config.backend != "software":
+        target.diy_skipped = "n/a: openssl ts -reply has no PKCS#11 key here"
+    elif shutil.which("openssl") is None:
+        target.diy_skipped = "openssl not installed"
+    else:
+        target.diy = DiyPeer.create(directory / "diy", tsa, query)
+
+
+# ---------------------------------------------------------------------------- rounds
+
+
+async def run_round(live: list[Setup], args: argparse.Namespace, base: Path, warm: bool
+                    ) -> None:
+    for target in live:
+        if STOP.is_set() or target.signer is None or target.gateway is None:
+            return
+        signer = target.signer
+        sync = measure_sign_sync(signer, args.seconds)
+        print(describe(f"{target.name} raw sign_sync (1 thread)", sync), flush=True)
+        limit = sync.rate
+        if signer.hsm_backed:
+            concurrent_rate = await measure_sign_concurrent(signer, args.seconds, RAW_TASKS)
+            print(describe(f"{target.name} raw sign ({RAW_TASKS} tasks)", concurrent_rate),
+                  flush=True)
+            limit = max(limit, concurrent_rate.rate)
+        target.raw.append(limit)
+        url = f"{target.gateway.http_url}/tsa"
+        assert target.query is not None
+        query = target.query.read_bytes()
+        for clients in args.clients:
+            if STOP.is_set():
+                return
+            if warm:
+                await asyncio.to_thread(run_wrk, url, query, 1.0, clients, base)
+            rate = await asyncio.to_thread(run_wrk, url, query, args.seconds, clients, base)
+            target.stamps.setdefault(clients, []).append(rate)
+            target.ratios.setdefault(clients, []).append(rate.rate / limit)
+            print(describe(f"{target.name} POST /tsa ({clients} clients)", rate)
+                  + f"  stamps/raw {rate.rate / limit:.2f}", flush=True)
+        if target.diy is None:
+            continue
+        for clients in args.clients:
+            if STOP.is_set():
+                return
+            diy, duplicates = await asyncio.to_thread(run_diy, target.diy, args.seconds, clients)
+            target.diy_rates.setdefault(clients, []).append(diy)
+            target.diy_duplicates[clients] = target.diy_duplicates.get(clients, 0) + duplicates
+            print(describe(f"{target.name} DIY openssl ts -reply ({clients})", diy)
+                  + f"  duplicate serials {duplicates}", flush=True)
+
+
+# ---------------------------------------------------------------------------- table
+
+
+def _median(values: Sequence[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def _cell(runs: Sequence[Rate]) -> str:
+    if not runs:
+        return "-"
+    rate = statistics.median(r.rate for r in runs)
+    p50 = statistics.median(r.p50_ms for r in runs if r.p50_ms is not None)
+    p99 = statistics.median(r.p99_ms for r in runs if r.p99_ms is not None)
+    errors = sum(r.errors for r in runs)
+    return f"{rate:,.0f} ({p50:.1f}/{p99:.1f})" + (f" {errors} bad" if errors else "")
+
+
+def _target(target: Setup) -> str:
+    if target.config.backend == "pkcs11":
+        return f">= {TARGET_HSM_RATIO:.0%} of raw"
+    return f">= {TARGET_SOFTWARE:,.0f}/s"
+
+
+def print_table(setups: list[Setup], clients: Sequence[int], rounds_done: int) -> None:
+    header = ["config", "clients", "stamps/s (p50/p99 ms)", "raw sign/s", "stamps/raw",
+              "DIY openssl ts -reply/s (p50/p99 ms)", "stamps/DIY", "DIY dup serials",
+              "target"]
+    rows: list[list[str]] = []
+    for target in setups:
+        if target.skipped:
+            rows.append([target.name, "-", f"skipped: {target.skipped}"])
+            continue
+        raw = _median(target.raw)
+        for n in clients:
+            stamps = target.stamps.get(n, [])
+            diy = target.diy_rates.get(n, [])
+            ratio = _median(target.ratios.get(n, []))
+            versus = (statistics.median(s.rate for s in stamps)
+                      / statistics.median(d.rate for d in diy)) if stamps and diy else None
+            rows.append([
+                target.name, str(n), _cell(stamps),
+                "-" if raw is None else f"{raw:,.0f}",
+                "-" if ratio is None else f"{ratio:.2f}",
+                _cell(diy) if diy else (target.diy_skipped or "-"),
+                "-" if versus is None else f"{versus:.1f}x",
+                str(target.diy_duplicates[n]) if n in target.diy_duplicates else "-",
+                _target(target),
+            ])
+    full = [r for r in rows if len(r) == len(header)]
+    widths = [max(len(r[i]) for r in [header, *full]) for i in range(len(header))]
+    print()
+    partial = " (interrupted: the last round is partial)" if STOP.is_set() else ""
+    print(f"Time-stamping benchmark: median of {rounds_done} round(s); ratios per round, "
+          f"then median{partial}")
+    print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    print("-+-".join("-" * w for w in widths))
+    for row in rows:
+        if len(row) == len(header):
+            print(" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+        else:
+            print(" | ".join([row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2]]))
+
+
+# ---------------------------------------------------------------------------- main
+
+
+async def run(args: argparse.Namespace) -> None:
+    started = time.monotonic()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (apt-get install -y wrk)")
+    names = {c.name for c in CONFIGS}
+    unknown = [n for n in args.only if n not in names]
+    if unknown:
+        raise SystemExit(f"unknown --only value(s) {unknown}; use {sorted(names)}")
+    configs = [c for c in CONFIGS if not args.only or c.name in args.only]
+    # A B A B: every configuration once per round.
+    setups = [Setup(c, w) for w in args.workers for c in configs]
+    base = Path(tempfile.mkdtemp(prefix="vcc-pki-tsa-bench-"))
+    print(f"vcc-pki time-stamping benchmark: {len(setups)} configuration(s), {args.rounds} "
+          f"rounds, {args.seconds:g} s per measurement, clients {args.clients}; "
+          f"CPUs {os.cpu_count()}; work dir {base}", flush=True)
+    rounds_done = 0
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            hsm_token: Any = None
+            hsm_reason = ""
+            if any(s.config.backend == "pkcs11" for s in setups):
+                try:
+                    hsm_token = _softhsm_token(base)
+                except (RuntimeError, ImportError) as exc:
+                    hsm_reason = str(exc)
+            for target in setups:
+                if target.config.backend == "pkcs11" and hsm_reason:
+                    target.skipped = hsm_reason
+                if STOP.is_set():
+                    target.skipped = "interrupted"
+                if target.skipped:
+                    print(f"setup {target.name}: skipped: {target.skipped}", flush=True)
+                    continue
+                t0 = time.monotonic()
+                try:
+                    await setup(target, stack, base, hsm_token)
+                except Exception as exc:
+                    detail = exc.stderr if isinstance(exc, subprocess.CalledProcessError) \
+                        else exc
+                    target.skipped = f"setup failed: {type(exc).__name__}: {detail}"[:300]
+                    print(f"setup {target.name}: {target.skipped}", flush=True)
+                    continue
+                extra = f"; DIY: {target.diy_skipped}" if target.diy_skipped else ""
+                print(f"setup {target.name}: {time.monotonic() - t0:.1f} s{extra}", flush=True)
+            live = [s for s in setups if not s.skipped]
+            for round_no in range(1, args.rounds + 1):
+                if STOP.is_set() or not live:
+                    break
+                print(f"-- round {round_no}/{args.rounds}", flush=True)
+                await run_round(live, args, base, warm=round_no == 1)
+                rounds_done = round_no
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    print_table(setups, args.clients, rounds_done)
+    print(f"wall time {time.monotonic() - started:.0f} s")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m conformance.bench.tsa",
+        description="Time-stamping benchmark (prints figures; never asserts on them).",
+    )
+    parser.add_argument("--seconds", type=float, default=5.0,
+                        help="length of each measurement (default 5)")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="rounds over all configurations, alternating (default 2)")
+    parser.add_argument("--clients", type=int, nargs="+", default=[16, 64],
+                        help="concurrent clients (default 16 64)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1],
+                        help="VCC_PKI_WORKERS of the served gateway; several values are "
+                             "alternated like configurations (default 1)")
+    parser.add_argument("--only", nargs="+", default=[], metavar="NAME",
+                        help="configurations: " + ", ".join(c.name for c in CONFIGS))
+    args = parser.parse_args(argv)
+    if args.seconds <= 0 or args.rounds < 1 or min(args.clients) < 1 or min(args.workers) < 1:
+        parser.error("--seconds, --rounds, --clients and --workers must be positive")
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _on_signal)
+    asyncio.run(run(args))
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    if STOP.is_set():
+        raise KeyboardInterrupt
+    STOP.set()
+    os.write(2, f"\n{signal.Signals(signum).name}: stopping after the current measurement "
+                "(again to interrupt)\n".encode())
+
+
+if __name__ == "__main__":
+    main()
