@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import logging
@@ -18,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -179,7 +181,13 @@ class IssuedCertificate:
 
     @property
     def chain_pem(self) -> str:
-        return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in self.chain)
+        return _chain_pem(self.chain)
+
+
+@functools.lru_cache(maxsize=64)
+def _chain_pem(chain: tuple[x509.Certificate, ...]) -> str:
+    # The same few CA chains for every certificate: encode each once.
+    return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in chain)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +216,19 @@ class LoadedCA:
                 ca_issuers_url=settings.ca_issuers_url(self.record.name),
             )
         return self._context
+
+
+class CertificateListener(Protocol):
+    """Told of every issuance and revocation after it is stored (OCSP precompute, CRLs).
+
+    ``certificate_revoked`` is awaited before ``revoke`` returns, so a listener can make the
+    revocation visible (e.g. re-sign the OCSP response) before the caller hears of it.
+    Listener errors are logged and never undo or fail the stored change.
+    """
+
+    async def certificate_issued(self, issued: IssuedCertificate) -> None: ...
+
+    async def certificate_revoked(self, record: CertificateRecord) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +260,10 @@ class Authority:
         self._profiles: dict[str, Profile] = {p.name: p for p in BUILTIN_PROFILES}
         self._orgs: dict[str, Organization] = {}
         self._tokens: dict[str, tuple[float, Principal]] = {}
+        self._listeners: list[CertificateListener] = []
+
+    def add_listener(self, listener: CertificateListener) -> None:
+        self._listeners.append(listener)
 
     # ------------------------------------------------------------------ loading
     async def load(self) -> None:
@@ -349,6 +374,11 @@ class Authority:
         org = (await self.organization_by_id(issued.record.org_id)).slug
         CERT_REQUESTS_TOTAL.labels(org, purpose, "issued").inc()
         CERT_ISSUANCE_DURATION.labels(org, purpose).observe(time.perf_counter() - started)
+        for listener in self._listeners:
+            try:
+                await listener.certificate_issued(issued)
+            except Exception:
+                log.exception("certificate listener failed after issuing %s", issued.serial)
         return issued
 
     async def _issue(self, request: IssuanceRequest, principal: Principal) -> IssuedCertificate:
@@ -531,6 +561,12 @@ class Authority:
             raise Conflict(f"certificate {serial_display(wanted)} is already revoked")
         org = await self.organization_by_id(updated.org_id)
         CERT_REVOCATIONS_TOTAL.labels(org.slug, reason_name).inc()
+        for listener in self._listeners:
+            try:
+                await listener.certificate_revoked(updated)
+            except Exception:
+                log.exception("certificate listener failed after revoking %s",
+                              serial_display(updated.serial_hex))
         return updated
 
     async def status(self, issuer_ca_id: str, serial: int) -> CertificateStatus:

@@ -18,11 +18,18 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ca_core import x509build
-from ca_core.authority import Authority, LoadedCA, issuing_ca_name, serial_hex
+from ca_core.authority import (
+    Authority,
+    IssuanceRequest,
+    LoadedCA,
+    issuing_ca_name,
+    serial_hex,
+)
 from ca_core.errors import BadRequest, Conflict
 from ca_core.keys import KeySpec
 from ca_core.principal import Principal
-from db.records import AuditEvent, CARecord, Organization
+from ca_core.tsa import TSA_CA_TYPE, TsaSettings, ensure_tsa
+from db.records import AuditEvent, CARecord, OcspResponderRecord, Organization
 from db.store import StoreConflict
 
 ROOT = "root"
@@ -125,11 +132,15 @@ async def ensure_organization(
             key or settings.issuing_key, settings.issuing_validity_days, intermediate, org,
             principal,
         ))
+    await ensure_ocsp_responder(authority, ca_name, principal=principal)
     return created
 
 
-async def ensure_hierarchy(authority: Authority) -> list[CreatedCA]:
-    """Root, intermediate and the default organization's issuing CA; idempotent."""
+async def ensure_hierarchy(
+    authority: Authority, tsa: TsaSettings | None = None
+) -> list[CreatedCA]:
+    """Root, intermediate, the default organization's issuing CA and the time-stamping
+    authority (created, or renewed before expiry); idempotent."""
     settings = authority.settings
     principal = Principal.system("vcc-pki init")
     created: list[CreatedCA] = []
@@ -149,5 +160,69 @@ async def ensure_hierarchy(authority: Authority) -> list[CreatedCA]:
     created += await ensure_organization(
         authority, settings.default_org, "Default Organization", principal
     )
+    created_tsa = await ensure_tsa(authority, tsa)
+    if created_tsa is not None:
+        created.append(CreatedCA(created_tsa.name, TSA_CA_TYPE, created_tsa.subject))
     await authority.publish_profiles()
     return created
+
+
+OCSP_RESPONDER_VALIDITY_DAYS = 30
+
+
+async def ensure_ocsp_responder(
+    authority: Authority,
+    ca_name: str,
+    validity_days: int = OCSP_RESPONDER_VALIDITY_DAYS,
+    renew_before: dt.timedelta | None = None,
+    principal: Principal | None = None,
+) -> tuple[OcspResponderRecord, bool]:
+    """The delegated OCSP responder of an issuing CA (RFC 6960 4.2.2.2); idempotent.
+
+    A new key in the CA's key backend and a certificate for it (profile ``ocsp_signing``:
+    EKU OCSPSigning, id-pkix-ocsp-nocheck) issued by the CA itself, stored like every other
+    certificate, are made only when the CA has no responder whose certificate is valid for
+    longer than ``renew_before`` (default: a third of ``validity_days``). Returns the
+    responder to use and whether it is new.
+    """
+    principal = principal or Principal.system("vcc-pki ocsp")
+    ca = await authority.ca(ca_name)
+    if ca.record.ca_type != "issuing" or ca.record.org_id is None:
+        raise BadRequest(f"CA {ca_name} is not an issuing CA")
+    if renew_before is None:
+        renew_before = dt.timedelta(days=max(1.0, validity_days / 3))
+    now = authority.clock()
+    current = await authority.store.list_ocsp_responders(ca.record.ca_id)
+    if current and current[0].not_after - now > renew_before:
+        return current[0], False
+    spec = ca.signer.key_spec
+    label = f"vcc-ocsp-{ca_name}-{secrets.token_hex(4)}"[:100]
+    signer = await asyncio.to_thread(authority.keys.generate, spec, label)
+    subject = x509build.name(
+        f"{authority.settings.organization_name} OCSP Responder {ca_name}")
+    csr_builder = x509.CertificateSigningRequestBuilder().subject_name(subject)
+    csr = await signer.run(lambda: csr_builder.sign(
+        signer.builder_key(), spec.hash_algorithm))  # type: ignore[arg-type]
+    org = await authority.organization_by_id(ca.record.org_id)
+    issued = await authority.issue(
+        IssuanceRequest(csr=csr.public_bytes(serialization.Encoding.DER),
+                        profile="ocsp_signing", org=org.slug, validity_days=validity_days,
+                        ca=ca_name),
+        principal,
+    )
+    record = OcspResponderRecord(
+        responder_id=str(uuid.uuid4()), ca_id=ca.record.ca_id,
+        cert_id=issued.record.cert_id, key_ref=signer.key_ref,
+        key_backend=authority.keys.name, certificate_der=issued.record.certificate_der,
+        not_before=issued.record.not_before, not_after=issued.record.not_after,
+        created_at=authority.clock(),
+    )
+    event = AuditEvent(
+        event_type="ocsp_responder.created", category="ca", action="create_ocsp_responder",
+        actor_type=principal.actor_type, actor_id=principal.actor_id, org_id=org.org_id,
+        resource_type="ocsp_responder", resource_id=record.responder_id,
+        data={"ca": ca_name, "serial": issued.record.serial_hex, "key": str(spec),
+              "key_backend": authority.keys.name, "not_after": record.not_after.isoformat()},
+    )
+    await authority.store.add_ocsp_responder(record, event)
+    return record, True

@@ -52,14 +52,16 @@ def test_softhsm_keys_sqlite(tmp_path: Path) -> None:
         "VCC_PKI_PKCS11_TOKEN_LABEL": token.label,
         "VCC_PKI_PKCS11_PIN": token.pin,
     })
-    # The CA keys are token objects: sensitive, never extractable.
+    # The CA keys (root, intermediate, issuing), the issuing CA's delegated OCSP
+    # responder key and the time-stamping authority's key are token objects: sensitive,
+    # never extractable.
     listing = subprocess.run(
         ["pkcs11-tool", "--module", token.module_path, "--token-label", token.label,
          "--login", "--pin", token.pin, "--list-objects", "--type", "privkey"],
         env={"SOFTHSM2_CONF": str(token.conf_path)}, capture_output=True, text=True,
         check=True,
     ).stdout
-    assert listing.count("Private Key Object") == 3
+    assert listing.count("Private Key Object") == 5
     assert "never extractable" in listing and "sensitive" in listing
 
 

@@ -13,12 +13,15 @@ from aiohttp.typedefs import Middleware
 from prometheus_client import Counter, Histogram
 
 from ca_core.errors import CAError
+from ca_core.tsa import TimeStampAuthority
 from gateway import health
 from gateway.keys import SERVICES
 from gateway.runtime import Services
 from protocols import certs
+from protocols.ocsp import http as ocsp_http
 from protocols.rest import api as rest_api
 from protocols.rest.problems import problem, problem_from_error
+from protocols.tsa import http as tsa_http
 
 log = logging.getLogger("vcc_pki.gateway")
 
@@ -80,7 +83,21 @@ def build_http_app(services: Services) -> web.Application:
     health.add_routes(app, with_api=False)
     app.router.add_get("/metrics", health.metrics)
     certs.add_routes(app, services.authority)
+    ocsp_http.add_routes(app, services.ocsp)
+    tsa_http.add_routes(app, TimeStampAuthority(services.authority,
+                                                services.config.tsa_settings()))
+    if services.config.bench_routes:
+        app.router.add_get("/bench/fixed", _bench_fixed)
     return app
+
+
+# A fixed body the size of a typical OCSP response: the ceiling of the HTTP stack here.
+_BENCH_BODY = bytes(range(256)) * 2
+
+
+async def _bench_fixed(request: web.Request) -> web.Response:
+    return web.Response(body=_BENCH_BODY, content_type="application/ocsp-response",
+                        headers={"Cache-Control": "max-age=0, no-cache"})
 
 
 def build_https_app(services: Services) -> web.Application:

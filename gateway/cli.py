@@ -16,6 +16,7 @@ from ca_core.errors import CAError
 from ca_core.hierarchy import ensure_hierarchy, ensure_organization
 from ca_core.keys import KeySpec
 from ca_core.principal import ROLES, Principal
+from ca_core.tsa import TimeStampAuthority, find_timestamp
 from db.audit_chain import verify_chain
 from db.store import StoreError
 from gateway.config import Config, ConfigError, load_config
@@ -27,7 +28,7 @@ CLI = Principal.system("vcc-pki cli")
 
 async def cmd_init(config: Config, args: argparse.Namespace) -> int:
     async with open_services(config, create=True) as services:
-        created = await ensure_hierarchy(services.authority)
+        created = await ensure_hierarchy(services.authority, config.tsa_settings())
         for ca in created:
             print(f"created {ca.ca_type} CA {ca.name}: {ca.subject}")
         if not created:
@@ -151,6 +152,33 @@ async def cmd_audit_verify(config: Config, args: argparse.Namespace) -> int:
     return await _with_services(config, run)
 
 
+async def cmd_tsa_show(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        record = await find_timestamp(services.authority, args.serial)
+        tsa = await services.store.get_ca_by_id(record.tsa_ca_id)
+        print(f"serial          {serial_display(record.serial_hex)}")
+        print(f"time            {record.gen_time.isoformat(timespec='milliseconds')}")
+        print(f"policy          {record.policy_oid}")
+        print(f"hash algorithm  {record.hash_algorithm}")
+        print(f"message imprint {record.message_imprint.hex()}")
+        print(f"nonce           {'yes' if record.has_nonce else 'no'}")
+        print(f"certReq         {'yes' if record.cert_req else 'no'}")
+        print(f"signed by       {tsa.name if tsa else record.tsa_ca_id}"
+              f"{f' ({tsa.subject_dn})' if tsa else ''}")
+        return 0
+    return await _with_services(config, run)
+
+
+async def cmd_tsa_chain(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        await services.authority.load()
+        tsa = TimeStampAuthority(services.authority, config.tsa_settings())
+        await tsa.open()
+        sys.stdout.buffer.write(tsa.chain_pem())
+        return 0
+    return await _with_services(config, run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vcc-pki", description=__doc__)
     parser.add_argument("--config", help="TOML config file (default: $VCC_PKI_CONFIG)")
@@ -202,6 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="audit log").add_subparsers(
         dest="audit_command", required=True)
     audit.add_parser("verify", help="verify the hash chain").set_defaults(fn=cmd_audit_verify)
+
+    tsa = sub.add_parser("tsa", help="RFC 3161 time-stamping authority").add_subparsers(
+        dest="tsa_command", required=True)
+    tsa_show = tsa.add_parser("show", help="a recorded time-stamp token, by serial")
+    tsa_show.add_argument("serial", help="hex, as `openssl ts -reply -text` prints it")
+    tsa_show.set_defaults(fn=cmd_tsa_show)
+    tsa.add_parser("chain", help="the TSA certificate and its CAs up to the root (PEM), "
+                   "for `openssl ts -verify -untrusted`").set_defaults(fn=cmd_tsa_chain)
     return parser
 
 

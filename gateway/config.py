@@ -15,6 +15,7 @@ from typing import Any
 
 from ca_core.authority import CASettings
 from ca_core.keys import KeySpec
+from ca_core.tsa import DEFAULT_POLICY_OID, TsaSettings
 
 
 class ConfigError(Exception):
@@ -48,6 +49,29 @@ class Config:
     max_body_bytes: int = 256 * 1024
     workers: int = 1  # serving processes sharing the ports (SO_REUSEPORT)
     log_level: str = "INFO"
+    # OCSP responder and CRLs (RFC 6960, RFC 5019, RFC 5280); [ocsp] and [crl] in TOML
+    redis_key_prefix: str = "vcc-pki:"  # keys of this deployment in a shared Redis
+    ocsp_validity_days: int = 4  # nextUpdate - thisUpdate of OCSP responses
+    ocsp_nonce: bool = False  # True: sign live and echo request nonces (RFC 9654)
+    ocsp_cache_max_entries: int = 200_000  # in-process cache bound (Redis: no bound)
+    ocsp_live_concurrency: int = 16  # cache misses signed at the same time
+    ocsp_responder_validity_days: int = 30  # delegated responder certificates
+    ocsp_refresh_interval_seconds: int = 60  # refresher, responder renewal
+    ocsp_warm: bool = True  # precompute missing responses at start
+    revocation_poll_ms: int = 500  # how often to look for other processes' revocations
+    crl_next_update_hours: int = 24  # CRL nextUpdate - thisUpdate; regenerated at half
+    crl_debounce_ms: int = 1000  # wait for more revocations before regenerating a CRL
+    crl_partitions: int = 0  # >0: also publish that many partitioned CRLs per CA
+    bench_routes: bool = False  # /bench/fixed: the HTTP stack's ceiling (benchmarks only)
+    # RFC 3161 time-stamping authority; [tsa] in TOML
+    tsa_policy_oid: str = DEFAULT_POLICY_OID  # placeholder: use your organisation's own OID
+    tsa_accepted_policies: tuple[str, ...] = ()  # other policies a request may ask for
+    tsa_accuracy_ms: int = 1000  # 0: no accuracy in tokens
+    tsa_hash_algorithms: tuple[str, ...] = ("sha256", "sha384", "sha512")
+    tsa_include_tsa_name: bool = False  # the TSA's subject as TSTInfo.tsa
+    tsa_legacy_ess_cert_id: bool = False  # also the SHA-1 signingCertificate attribute
+    tsa_clock_check: str = ""  # "" | "adjtimex" | "file:/path" (exists = unsynchronised)
+    tsa_key_type: str = "ec-p256"
     extra: Mapping[str, Any] = field(default_factory=dict)  # sections later features read
 
     @property
@@ -86,6 +110,21 @@ class Config:
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
 
+    def tsa_settings(self) -> TsaSettings:
+        try:
+            return TsaSettings(
+                policy_oid=self.tsa_policy_oid,
+                accepted_policies=self.tsa_accepted_policies,
+                accuracy_ms=self.tsa_accuracy_ms,
+                hash_algorithms=self.tsa_hash_algorithms,
+                include_tsa_name=self.tsa_include_tsa_name,
+                legacy_ess_cert_id=self.tsa_legacy_ess_cert_id,
+                clock_check=self.tsa_clock_check,
+                key=KeySpec.parse(self.tsa_key_type),
+            )
+        except ValueError as exc:
+            raise ConfigError(f"TSA settings: {exc}") from exc
+
 
 def _host(bind: str) -> str:
     if bind in ("0.0.0.0", "::", ""):
@@ -93,16 +132,31 @@ def _host(bind: str) -> str:
     return f"[{bind}]" if ":" in bind else bind
 
 
-_INT_FIELDS = {"http_port", "https_port", "pkcs11_max_sessions", "max_body_bytes", "workers"}
+_INT_FIELDS = {"http_port", "https_port", "pkcs11_max_sessions", "max_body_bytes", "workers",
+               "ocsp_validity_days", "ocsp_cache_max_entries", "ocsp_live_concurrency",
+               "ocsp_responder_validity_days", "ocsp_refresh_interval_seconds",
+               "revocation_poll_ms", "crl_next_update_hours", "crl_debounce_ms",
+               "crl_partitions"}
+_BOOL_FIELDS = {"ocsp_nonce", "ocsp_warm", "bench_routes"}
+_INT_FIELDS.add("tsa_accuracy_ms")
+_BOOL_FIELDS |= {"tsa_include_tsa_name", "tsa_legacy_ess_cert_id"}
+_TUPLE_FIELDS = {"tsa_accepted_policies", "tsa_hash_algorithms"}
 
 
 def _coerce(name: str, value: Any) -> Any:
     try:
         if name in _INT_FIELDS:
             return int(value)
+        if name in _BOOL_FIELDS:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                raise ValueError(text)
+            return text in ("1", "true", "yes", "on")
         if name == "data_dir":
             return Path(value)
-        if name == "tls_hostnames":
+        if name == "tls_hostnames" or name in _TUPLE_FIELDS:
             if isinstance(value, str):
                 return tuple(v.strip() for v in value.split(",") if v.strip())
             return tuple(str(v) for v in value)
@@ -117,7 +171,8 @@ def _flatten(document: Mapping[str, Any]) -> dict[str, Any]:
     """``[pkcs11] module = ...`` and ``pkcs11_module = ...`` mean the same."""
     flat: dict[str, Any] = {}
     for key, value in document.items():
-        if isinstance(value, Mapping) and key in ("pkcs11", "ca", "server", "keys", "database"):
+        if isinstance(value, Mapping) and key in ("pkcs11", "ca", "server", "keys", "database",
+                                                  "ocsp", "crl", "tsa"):
             for inner, inner_value in value.items():
                 prefix = {"ca": "", "server": "", "database": "", "keys": "key_"}.get(
                     key, f"{key}_")
@@ -153,4 +208,13 @@ def load_config(environ: Mapping[str, str] | None = None, path: str | None = Non
     if config.key_backend not in ("software", "pkcs11"):
         raise ConfigError("VCC_PKI_KEY_BACKEND must be 'software' or 'pkcs11'")
     config.ca_settings()
+    config.tsa_settings()
+    if not 1 <= config.ocsp_validity_days <= 10:
+        raise ConfigError("VCC_PKI_OCSP_VALIDITY_DAYS must be 1..10 (RFC 5019, CA/B BR)")
+    if not 2 * config.ocsp_validity_days < config.ocsp_responder_validity_days <= 90:
+        raise ConfigError("VCC_PKI_OCSP_RESPONDER_VALIDITY_DAYS must exceed twice the OCSP "
+                          "validity and be at most 90 days")
+    if config.crl_partitions < 0 or config.crl_next_update_hours < 1:
+        raise ConfigError("VCC_PKI_CRL_PARTITIONS must be >= 0 and "
+                          "VCC_PKI_CRL_NEXT_UPDATE_HOURS >= 1")
     return config

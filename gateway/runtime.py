@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
 import secrets
@@ -11,8 +12,10 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from ca_core.authority import Authority
+from ca_core.ocsp import OcspResponder, OcspSettings
 from ca_core.signers.base import KeyBackend, KeyBackendError
 from ca_core.signers.software import SoftwareKeyBackend
+from db.cache import MemoryResponseCache, RedisResponseCache, ResponseCache
 from db.store import Store
 from gateway.config import Config, ConfigError
 
@@ -65,12 +68,30 @@ def make_key_backend(config: Config, create: bool = False) -> KeyBackend:
     return SoftwareKeyBackend(config.data_dir / "keys", _passphrase(config, create))
 
 
+def make_response_cache(config: Config) -> ResponseCache:
+    """Redis when VCC_PKI_REDIS_URL is set (shared by replicas), else in-process."""
+    if config.redis_url:
+        return RedisResponseCache(config.redis_url, prefix=f"{config.redis_key_prefix}ocsp:")
+    return MemoryResponseCache(max_entries=config.ocsp_cache_max_entries)
+
+
+def ocsp_settings(config: Config) -> OcspSettings:
+    return OcspSettings(
+        validity=dt.timedelta(days=config.ocsp_validity_days),
+        nonce=config.ocsp_nonce,
+        live_concurrency=config.ocsp_live_concurrency,
+        responder_validity_days=config.ocsp_responder_validity_days,
+    )
+
+
 @dataclass
 class Services:
     config: Config
     store: Store
     keys: KeyBackend
     authority: Authority
+    cache: ResponseCache
+    ocsp: OcspResponder
 
 
 @asynccontextmanager
@@ -86,7 +107,14 @@ async def open_services(config: Config, create: bool = False) -> AsyncIterator[S
         await store.open()
         try:
             authority = Authority(store, keys, config.ca_settings())
-            yield Services(config, store, keys, authority)
+            cache = make_response_cache(config)
+            ocsp = OcspResponder(authority, cache, ocsp_settings(config))
+            authority.add_listener(ocsp)
+            try:
+                yield Services(config, store, keys, authority, cache, ocsp)
+            finally:
+                await ocsp.aclose()
+                await cache.close()
         finally:
             await store.close()
     finally:

@@ -15,9 +15,11 @@ from aiohttp import web
 
 from ca_core.errors import CAError
 from ca_core.metrics import ACTIVE_CERTIFICATES
+from ca_core.tsa import ensure_tsa
 from gateway.app import build_http_app, build_https_app
 from gateway.config import Config
 from gateway.runtime import Services, open_services
+from gateway.status_jobs import run_status_jobs
 from gateway.tls import ensure_server_certificate, export_ca_files
 
 log = logging.getLogger("vcc_pki.server")
@@ -25,6 +27,10 @@ log = logging.getLogger("vcc_pki.server")
 ACTIVE_GAUGE_INTERVAL = 60.0
 # Set in the environment of the extra worker processes that `serve --workers N` starts.
 WORKER_ENV = "VCC_PKI_WORKER_CHILD"
+
+
+async def _background_jobs(services: Services, primary: bool) -> None:
+    await asyncio.gather(_refresh_active_gauge(services), run_status_jobs(services, primary))
 
 
 async def _refresh_active_gauge(services: Services) -> None:
@@ -77,8 +83,11 @@ async def run_server(config: Config, ready: asyncio.Event | None = None) -> None
         await authority.load()
         if not authority.loaded_cas():
             raise CAError("no CA found: run `vcc-pki init` first")
+        await services.ocsp.load(create=not is_child)
         if not is_child:
             await ensure_server_certificate(services)
+            # Create or renew the TSA before workers start, so that they all load the same.
+            await ensure_tsa(authority, config.tsa_settings())
         root_path = await export_ca_files(services) if not is_child else None
         workers = _start_workers(config.workers - 1) if not is_child else []
 
@@ -93,7 +102,8 @@ async def run_server(config: Config, ready: asyncio.Event | None = None) -> None
                           reuse_port=reuse_port).start()
         await web.TCPSite(https_runner, config.bind, config.https_port,
                           ssl_context=_ssl_context(services), reuse_port=reuse_port).start()
-        gauge_task = asyncio.create_task(_refresh_active_gauge(services))
+        # The gauge and the OCSP/CRL jobs run (and are cancelled) together.
+        gauge_task = asyncio.create_task(_background_jobs(services, primary=not is_child))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -109,6 +119,10 @@ async def run_server(config: Config, ready: asyncio.Event | None = None) -> None
               f"health {http_url}/health, metrics {http_url}/metrics", flush=True)
         print(f"  HTTPS  {https_url}  REST API {https_url}/api/v1/certificates, "
               f"health {https_url}/api/v1/health", flush=True)
+        print(f"  OCSP   {http_url}/ocsp   CRLs {http_url}/crl/<ca>.crl (and .pem)",
+              flush=True)
+        print(f"  TSA    {http_url}/tsa (RFC 3161; openssl ts)   chain {http_url}/tsa/chain.pem",
+              flush=True)
         print(f"  Root certificate: {root_path}", flush=True)
         print(f"  Database: {services.store.backend}; key backend: {services.keys.name}; "
               f"workers: {config.workers}", flush=True)

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import ssl
 from typing import Any
 
 from aiohttp import web
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from ca_core.authority import Authority, IssuanceRequest, serial_display
 from ca_core.errors import BadRequest, Unauthorized
@@ -27,7 +26,6 @@ def _iso(value: dt.datetime | None) -> str | None:
 
 
 def certificate_json(record: CertificateRecord, chain_pem: str | None = None) -> dict[str, Any]:
-    cert = x509.load_der_x509_certificate(record.certificate_der)
     body: dict[str, Any] = {
         "serial": serial_display(record.serial_hex),
         "subject": record.subject_dn,
@@ -39,7 +37,7 @@ def certificate_json(record: CertificateRecord, chain_pem: str | None = None) ->
         "status": record.status,
         "revoked_at": _iso(record.revoked_at),
         "revocation_reason": record.revocation_reason,
-        "certificate_pem": cert.public_bytes(serialization.Encoding.PEM).decode(),
+        "certificate_pem": ssl.DER_cert_to_PEM_cert(record.certificate_der),
     }
     if chain_pem is not None:
         body["chain_pem"] = chain_pem

@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Drive a running gateway's OCSP responder with the real clients: `openssl ocsp` (POST, SHA-1
+# and SHA-256 CertIDs, with and without a nonce) and curl (the RFC 5019 GET form, then
+# `openssl ocsp -respin`); revoke with `vcc-pki revoke` (another process) and see `revoked`
+# with its reason within a second, from every gateway process; foreign issuers and garbage
+# get `unauthorized` and `malformedrequest`.
+#
+#   VCC_PKI_DATA_DIR=vcc-pki-data conformance/ocsp_openssl.sh
+#
+# Needs: openssl, curl, python3 (JSON and URL encoding only), `vcc-pki` on PATH (or
+# VCC_PKI_BIN). Env: HTTP_URL (default http://127.0.0.1:8080), HTTPS_URL (default
+# https://localhost:8443), ORG (default "default"), VCC_PKI_BIN.
+set -euo pipefail
+
+HTTP_URL=${HTTP_URL:-http://127.0.0.1:8080}
+HTTPS_URL=${HTTPS_URL:-https://localhost:8443}
+ORG=${ORG:-default}
+VCC_PKI=${VCC_PKI_BIN:-vcc-pki}
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+
+step() { printf '== %s\n' "$*"; }
+json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
+fail() { echo "FAIL: $*" >&2; exit 1; }
+now() { python3 -c 'import time; print(time.monotonic())'; }
+
+step "trust anchor, token, a certificate from the REST API"
+curl -fsS "$HTTP_URL/ca/root.pem" -o root.pem
+TOKEN=$("$VCC_PKI" token create --org "$ORG" --role cert_manager 2>/dev/null)
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout svc.key \
+  -out svc.csr -subj "/CN=ocsp.example.test" -addext "subjectAltName=DNS:ocsp.example.test" \
+  2>/dev/null
+python3 -c 'import json; print(json.dumps({"csr": open("svc.csr").read(), "profile": "vcc_service", "validity_days": 30}))' > request.json
+curl -fsS --cacert root.pem -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" \
+  --data @request.json "$HTTPS_URL/api/v1/certificates" -o issued.json
+json '["certificate_pem"]' < issued.json > svc.pem
+json '["chain_pem"]' < issued.json > chain.pem      # issuing CA, intermediate
+SERIAL=$(json '["serial"]' < issued.json)
+"$VCC_PKI" ca export "$ORG-issuing" > issuing.pem
+openssl x509 -in svc.pem -noout -ocsp_uri | grep -q "/ocsp$" || fail "no OCSP URL in the AIA"
+OCSP_URL="$HTTP_URL/ocsp"
+echo "serial $SERIAL, responder $OCSP_URL"
+
+# openssl ocsp verifies the responder certificate up to -CAfile, with the CA chain as
+# untrusted intermediates (the delegated responder is issued by the issuing CA).
+ask() {  # ask <extra openssl ocsp options...>  (a digest option must precede -cert)
+  openssl ocsp "$@" -issuer issuing.pem -cert svc.pem -url "$OCSP_URL" -CAfile root.pem \
+    -verify_other chain.pem 2>&1 || true
+}
+expect() {  # expect <pattern> <output>
+  printf '%s\n' "$2" | grep -q "$1" || { printf '%s\n' "$2"; fail "expected '$1'"; }
+}
+
+step "openssl ocsp: good (SHA-1 CertID, with a nonce)"
+out=$(ask); expect "Response verify OK" "$out"; expect "svc.pem: good" "$out"
+expect "Next Update:" "$out"
+step "openssl ocsp -sha256 -no_nonce: good"
+out=$(ask -sha256 -no_nonce); expect "Response verify OK" "$out"; expect "svc.pem: good" "$out"
+step "the responder is the CA's delegated OCSP signer (EKU OCSPSigning, ocsp-nocheck)"
+out=$(ask -no_nonce -resp_text)
+expect "OCSP Signing" "$out"; expect "OCSP No Check" "$out"; expect "Responder Id: " "$out"
+
+step "GET $OCSP_URL/<base64> with curl (RFC 5019), then openssl ocsp -respin"
+openssl ocsp -issuer issuing.pem -cert svc.pem -no_nonce -reqout req.der
+B64=$(openssl base64 -A -in req.der)
+ENCODED=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe=""))' "$B64")
+curl -fsS -D headers.txt "$OCSP_URL/$ENCODED" -o resp.der
+grep -qi "^content-type: application/ocsp-response" headers.txt || fail "content type"
+grep -qi "^cache-control: max-age=[0-9]*, public, no-transform, must-revalidate" headers.txt \
+  || { cat headers.txt; fail "RFC 5019 Cache-Control"; }
+grep -qi "^etag: " headers.txt && grep -qi "^last-modified: " headers.txt \
+  && grep -qi "^expires: " headers.txt || fail "ETag, Last-Modified, Expires"
+out=$(openssl ocsp -respin resp.der -issuer issuing.pem -cert svc.pem -CAfile root.pem \
+  -verify_other chain.pem 2>&1)
+expect "Response verify OK" "$out"; expect "svc.pem: good" "$out"
+ETAG=$(grep -i "^etag: " headers.txt | cut -d' ' -f2- | tr -d '\r')
+# With an in-process cache each gateway process signs its own copy (another ETag, answered
+# with 200 and the full response); the process that made this one answers 304.
+seen=""
+for _ in 1 2 3 4 5 6 7 8 9 10; do
+  CODE=$(curl -sS -o /dev/null -w '%{http_code}' -H "If-None-Match: $ETAG" "$OCSP_URL/$ENCODED")
+  case "$CODE" in 304) seen=1; break ;; 200) ;; *) fail "If-None-Match gave $CODE" ;; esac
+done
+[ -n "$seen" ] || fail "If-None-Match never gave 304"
+
+step "vcc-pki revoke $SERIAL (another process): revoked in OCSP within 1 s"
+"$VCC_PKI" revoke "$SERIAL" --reason key_compromise
+started=$(now)
+while :; do
+  out=$(ask -no_nonce)
+  if printf '%s\n' "$out" | grep -q "svc.pem: revoked"; then break; fi
+  python3 -c "import sys,time; sys.exit(0 if time.monotonic() - $started < 1.0 else 1)" \
+    || { printf '%s\n' "$out"; fail "not revoked 1 s after the revoke call returned"; }
+  sleep 0.05
+done
+echo "revoked after $(python3 -c "import time; print(round(time.monotonic() - $started, 3))") s"
+expect "Reason: keyCompromise" "$out"; expect "Revocation Time:" "$out"
+expect "Response verify OK" "$out"
+step "every gateway process says revoked (new connections spread over the workers)"
+for _ in 1 2 3 4 5 6 7 8; do
+  out=$(ask -sha256 -no_nonce); expect "svc.pem: revoked" "$out"
+  out=$(ask); expect "svc.pem: revoked" "$out"
+done
+step "GET after revocation"
+curl -fsS "$OCSP_URL/$ENCODED" -o resp2.der
+out=$(openssl ocsp -respin resp2.der -issuer issuing.pem -cert svc.pem -CAfile root.pem \
+  -verify_other chain.pem 2>&1)
+expect "svc.pem: revoked" "$out"
+
+step "a certificate of an issuer this responder does not serve: unauthorized"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout other.key \
+  -out other-ca.pem -subj "/CN=Elsewhere CA" -days 2 2>/dev/null
+out=$(openssl ocsp -issuer other-ca.pem -cert other-ca.pem -url "$OCSP_URL" -no_nonce 2>&1 || true)
+expect "Responder Error: unauthorized" "$out"
+
+step "garbage: malformedrequest; wrong media type: 415; 1 MiB body: 413"
+printf 'not an OCSP request' > garbage.der
+curl -fsS -H "Content-Type: application/ocsp-request" --data-binary @garbage.der "$OCSP_URL" \
+  -o bad.der
+out=$(openssl ocsp -respin bad.der -noverify 2>&1 || true)
+expect "Responder Error: malformedrequest" "$out"
+curl -fsS "$OCSP_URL/not-base64!!" -o bad2.der
+out=$(openssl ocsp -respin bad2.der -noverify 2>&1 || true)
+expect "Responder Error: malformedrequest" "$out"
+CODE=$(curl -sS -o /dev/null -w '%{http_code}' -H "Content-Type: text/plain" \
+  --data-binary @req.der "$OCSP_URL")
+[ "$CODE" = 415 ] || fail "wrong media type gave $CODE"
+head -c 1048576 /dev/zero > big.der
+CODE=$(curl -sS -o /dev/null -w '%{http_code}' -H "Content-Type: application/ocsp-request" \
+  --data-binary @big.der "$OCSP_URL")
+[ "$CODE" = 413 ] || fail "a 1 MiB body gave $CODE"
+echo "OK"

@@ -1,0 +1,598 @@
+"""The OCSP responder (RFC 6960, RFC 5019) through the HTTP app, on the in-process cache and
+on Redis: statuses, signatures, precomputation, revocation, caching headers, GET forms,
+several CertIDs, nonces, the refresher, responder renewal, and every kind of bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import urllib.parse
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from asn1crypto import algos as a_algos
+from asn1crypto import ocsp as a_ocsp
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import ocsp
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from ca_core.authority import Authority, IssuanceRequest, IssuedCertificate
+from ca_core.hierarchy import ensure_hierarchy, ensure_organization
+from ca_core.ocsp import OcspResponder, OcspSettings, cache_key
+from ca_core.principal import Principal
+from db.cache import CachedResponse, MemoryResponseCache, RedisResponseCache
+from gateway.app import build_http_app
+from gateway.config import load_config
+from gateway.runtime import Services, open_services
+from gateway.status_jobs import watch_revocations
+from protocols.ocsp.codec import decode_request
+from tests.helpers import make_csr
+from tests.redisutil import REDIS_URL, delete_prefix, require_redis, unique_prefix
+
+ClientFactory = Callable[..., Any]
+SYSTEM = Principal.system("test")
+DER = serialization.Encoding.DER
+
+
+# --- fixtures and helpers ----------------------------------------------------------------
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+async def services(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Services]:
+    """Gateway services with loaded OCSP responders, on either cache backend."""
+    env = {
+        "VCC_PKI_DATA_DIR": str(tmp_path / "data"),
+        "VCC_PKI_KEY_PASSPHRASE": "test-passphrase",
+        "VCC_PKI_ROOT_KEY_TYPE": "ec-p256",
+        "VCC_PKI_INTERMEDIATE_KEY_TYPE": "ec-p256",
+    }
+    prefix = ""
+    if request.param == "redis":
+        require_redis()
+        prefix = unique_prefix()
+        env |= {"VCC_PKI_REDIS_URL": REDIS_URL, "VCC_PKI_REDIS_KEY_PREFIX": prefix}
+    try:
+        async with open_services(load_config(environ=env), create=True) as opened:
+            await ensure_hierarchy(opened.authority)
+            await opened.authority.load()
+            await opened.ocsp.load(create=True)
+            yield opened
+    finally:
+        if prefix:
+            await delete_prefix(prefix)
+
+
+@pytest.fixture
+async def client(services: Services, aiohttp_client: ClientFactory) -> TestClient:
+    return await aiohttp_client(build_http_app(services))  # type: ignore[no-any-return]
+
+
+async def issue(services: Services, org: str | None = None) -> IssuedCertificate:
+    issued = await services.authority.issue(
+        IssuanceRequest(csr=make_csr(), profile="vcc_service", org=org), SYSTEM)
+    await services.ocsp.drain()
+    return issued
+
+
+def ocsp_request(cert: x509.Certificate, issuer: x509.Certificate,
+                 algorithm: hashes.HashAlgorithm | None = None, nonce: bytes | None = None
+                 ) -> bytes:
+    builder = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, algorithm or hashes.SHA1())
+    if nonce is not None:
+        builder = builder.add_extension(x509.OCSPNonce(nonce), critical=False)
+    return builder.build().public_bytes(DER)
+
+
+def _cert_id(cert: x509.Certificate, issuer: x509.Certificate) -> a_ocsp.CertId:
+    request = a_ocsp.OCSPRequest.load(ocsp_request(cert, issuer))
+    return request["tbs_request"]["request_list"][0]["req_cert"]
+
+
+def multi_request(pairs: list[tuple[x509.Certificate, x509.Certificate]]) -> bytes:
+    """Several CertIDs in one request (cryptography can only build one)."""
+    items = [{"req_cert": _cert_id(cert, issuer)} for cert, issuer in pairs]
+    return a_ocsp.OCSPRequest({"tbs_request": {"request_list": items}}).dump()
+
+
+async def post(client: TestClient, body: bytes, content_type: str = "application/ocsp-request"
+               ) -> tuple[Any, bytes]:
+    response = await client.post("/ocsp", data=body, headers={"Content-Type": content_type})
+    return response, await response.read()
+
+
+def verify(der: bytes, ca: x509.Certificate) -> ocsp.OCSPResponse:
+    """Check what a relying party checks (RFC 6960 4.2.2.2, 3.2) and return the response."""
+    response = ocsp.load_der_ocsp_response(der)
+    assert response.response_status is ocsp.OCSPResponseStatus.SUCCESSFUL
+    (responder,) = response.certificates
+    responder.verify_directly_issued_by(ca)
+    eku = responder.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.OCSP_SIGNING]
+    responder.extensions.get_extension_for_class(x509.OCSPNoCheck)
+    public_key = responder.public_key()
+    assert isinstance(public_key, ec.EllipticCurvePublicKey)
+    assert response.signature_hash_algorithm is not None
+    public_key.verify(response.signature, response.tbs_response_bytes,
+                      ec.ECDSA(response.signature_hash_algorithm))
+    assert response.responder_key_hash == \
+        x509.SubjectKeyIdentifier.from_public_key(public_key).digest
+    assert response.responder_name is None  # ResponderID byKey
+    return response
+
+
+def status_of(der: bytes) -> ocsp.OCSPResponseStatus:
+    return ocsp.load_der_ocsp_response(der).response_status
+
+
+def foreign_pair() -> tuple[x509.Certificate, x509.Certificate]:
+    """A certificate and its issuer from a CA this gateway does not run."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Elsewhere CA")])
+    now = dt.datetime.now(dt.UTC)
+    ca = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+          .public_key(key.public_key()).serial_number(1).not_valid_before(now)
+          .not_valid_after(now + dt.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(key, hashes.SHA256()))
+    leaf = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(2).not_valid_before(now)
+            .not_valid_after(now + dt.timedelta(days=1)).sign(key, hashes.SHA256()))
+    return leaf, ca
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = dt.datetime.now(dt.UTC)
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
+# --- statuses and signatures -------------------------------------------------------------
+
+async def test_good_then_revoked(client: TestClient, services: Services) -> None:
+    issued = await issue(services)
+    ca = issued.chain[0]
+    response, body = await post(client, ocsp_request(issued.certificate, ca))
+    assert response.status == 200
+    assert response.content_type == "application/ocsp-response"
+    good = verify(body, ca)
+    assert good.certificate_status is ocsp.OCSPCertStatus.GOOD
+    assert good.serial_number == issued.certificate.serial_number
+    assert good.next_update_utc is not None
+    assert good.next_update_utc - good.this_update_utc == dt.timedelta(days=4)
+    cache_control = response.headers["Cache-Control"]
+    assert cache_control.endswith(", public, no-transform, must-revalidate")
+    assert 345_000 < int(cache_control.split(",")[0].removeprefix("max-age=")) <= 345_600
+    assert response.headers["ETag"].startswith('"')
+    assert response.headers["Last-Modified"].endswith(" GMT")
+    assert response.headers["Expires"].endswith(" GMT")
+
+    await services.authority.revoke(issued.serial, "key_compromise", SYSTEM)
+    for algorithm in (hashes.SHA1(), hashes.SHA256(), hashes.SHA384(), hashes.SHA512()):
+        _, body = await post(client, ocsp_request(issued.certificate, ca, algorithm))
+        revoked = verify(body, ca)
+        assert revoked.certificate_status is ocsp.OCSPCertStatus.REVOKED
+        assert revoked.revocation_reason is x509.ReasonFlags.key_compromise
+        assert revoked.revocation_time_utc is not None
+        assert isinstance(revoked.hash_algorithm, type(algorithm))
+
+
+async def test_unspecified_reason_is_left_out(client: TestClient, services: Services) -> None:
+    issued = await issue(services)
+    await services.authority.revoke(issued.serial, "unspecified", SYSTEM)
+    _, body = await post(client, ocsp_request(issued.certificate, issued.chain[0]))
+    revoked = verify(body, issued.chain[0])
+    assert revoked.certificate_status is ocsp.OCSPCertStatus.REVOKED
+    assert revoked.revocation_reason is None
+
+
+async def test_cache_hit_needs_no_store_and_no_signature(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    issued = await issue(services)
+    request = ocsp_request(issued.certificate, issued.chain[0])
+    _, first = await post(client, request)
+
+    async def fail(*args: object, **kwargs: object) -> Any:
+        raise AssertionError("a cache hit touched the store or a key")
+
+    store = services.store
+    for name in ("certificate_statuses", "get_certificate", "find_certificates_by_serial"):
+        monkeypatch.setattr(store, name, fail)
+    for issuer in services.ocsp._by_ca_id.values():
+        assert issuer.responder is not None
+        monkeypatch.setattr(issuer.responder.signer, "run", fail)
+    for _ in range(3):
+        response, body = await post(client, request)
+        assert response.status == 200 and body == first
+
+
+async def test_precomputed_at_issuance(services: Services) -> None:
+    issued = await issue(services)
+    issuer = services.ocsp._by_ca_id[issued.record.issuer_ca_id]
+    entry = await services.cache.get(cache_key("sha1", issuer.key_id,
+                                               issued.certificate.serial_number))
+    assert entry is not None and entry.der and not entry.revoked
+    assert ocsp.load_der_ocsp_response(entry.der).certificate_status is \
+        ocsp.OCSPCertStatus.GOOD
+
+
+async def test_unknown_serial_and_foreign_issuer_are_unauthorized(
+    client: TestClient, services: Services
+) -> None:
+    issued = await issue(services)
+    ca = issued.chain[0]
+    never_issued = (x509.CertificateBuilder().subject_name(issued.certificate.subject)
+                    .issuer_name(ca.subject).public_key(issued.certificate.public_key())
+                    .serial_number(x509.random_serial_number())
+                    .not_valid_before(issued.certificate.not_valid_before_utc)
+                    .not_valid_after(issued.certificate.not_valid_after_utc)
+                    .sign(ec.generate_private_key(ec.SECP256R1()), hashes.SHA256()))
+    for request in (ocsp_request(never_issued, ca), ocsp_request(*foreign_pair()),
+                    ocsp_request(issued.certificate, issued.chain[1]),  # wrong issuer
+                    ocsp_request(issued.certificate, ca, hashes.SHA224())):  # not indexed
+        response, body = await post(client, request)
+        assert response.status == 200
+        assert status_of(body) is ocsp.OCSPResponseStatus.UNAUTHORIZED
+        assert response.headers["Cache-Control"] == "max-age=0, no-cache"
+
+
+# --- GET (RFC 5019 5) and HTTP caching -----------------------------------------------------
+
+async def test_get_forms_and_if_none_match(client: TestClient, services: Services) -> None:
+    issued = await issue(services)
+    request = ocsp_request(issued.certificate, issued.chain[0])
+    encoded = base64.b64encode(request).decode()
+    # Find a request whose base64 has '+' and '/' (serials are random): try a few.
+    for _ in range(50):
+        if "+" in encoded and "/" in encoded:
+            break
+        issued = await issue(services)
+        request = ocsp_request(issued.certificate, issued.chain[0])
+        encoded = base64.b64encode(request).decode()
+    forms = {
+        "url-encoded": urllib.parse.quote(encoded, safe=""),
+        "raw": encoded,
+        "plus as space": urllib.parse.quote(encoded.replace("+", " "), safe="/="),
+        "doubled slash": "/" + encoded,
+        "no padding": encoded.rstrip("="),
+        "url-safe alphabet": base64.urlsafe_b64encode(request).decode(),
+    }
+    bodies = set()
+    for name, path in forms.items():
+        response = await client.get(f"/ocsp/{path}")
+        body = await response.read()
+        assert response.status == 200, name
+        assert status_of(body) is ocsp.OCSPResponseStatus.SUCCESSFUL, name
+        bodies.add(body)
+    assert len(bodies) == 1  # all served from the same cache entry
+    response = await client.get(f"/ocsp/{forms['url-encoded']}")
+    etag = response.headers["ETag"]
+    again = await client.get(f"/ocsp/{forms['url-encoded']}", headers={"If-None-Match": etag})
+    assert again.status == 304 and await again.read() == b""
+    assert again.headers["ETag"] == etag
+
+
+# --- several CertIDs, exact echo, nonces ---------------------------------------------------
+
+async def test_several_cert_ids_in_one_request(client: TestClient, services: Services) -> None:
+    first, second, third = [await issue(services) for _ in range(3)]
+    ca = first.chain[0]
+    await services.authority.revoke(second.serial, "superseded", SYSTEM)
+    request = multi_request([(first.certificate, ca), (second.certificate, ca),
+                             (third.certificate, ca)])
+    response, body = await post(client, request)
+    assert response.status == 200
+    parsed = verify(body, ca)
+    statuses = {r.serial_number: r.certificate_status for r in parsed.responses}
+    assert statuses == {
+        first.certificate.serial_number: ocsp.OCSPCertStatus.GOOD,
+        second.certificate.serial_number: ocsp.OCSPCertStatus.REVOKED,
+        third.certificate.serial_number: ocsp.OCSPCertStatus.GOOD,
+    }
+    asked = [item["req_cert"].dump() for item in
+             a_ocsp.OCSPRequest.load(request)["tbs_request"]["request_list"]]
+    answered = [single["cert_id"].dump() for single in a_ocsp.OCSPResponse.load(body)
+                .basic_ocsp_response["tbs_response_data"]["responses"]]
+    assert answered == asked
+
+
+async def test_several_cert_ids_limits(client: TestClient, services: Services) -> None:
+    issued = await issue(services)
+    ca = issued.chain[0]
+    await ensure_organization(services.authority, "health", "Health")
+    await services.ocsp.load(create=True)
+    other = await issue(services, org="health")
+    mixed = multi_request([(issued.certificate, ca), (other.certificate, other.chain[0])])
+    _, body = await post(client, mixed)
+    assert status_of(body) is ocsp.OCSPResponseStatus.UNAUTHORIZED
+    foreign = multi_request([(issued.certificate, ca), foreign_pair()])
+    _, body = await post(client, foreign)
+    assert status_of(body) is ocsp.OCSPResponseStatus.UNAUTHORIZED
+    too_many = multi_request([(issued.certificate, ca)] * 33)
+    _, body = await post(client, too_many)
+    assert status_of(body) is ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+    # the second organization's own certificates are answered by its own responder
+    _, body = await post(client, ocsp_request(other.certificate, other.chain[0]))
+    assert verify(body, other.chain[0]).certificate_status is ocsp.OCSPCertStatus.GOOD
+
+
+async def test_cert_id_without_null_parameters_is_echoed_exactly(
+    client: TestClient, services: Services
+) -> None:
+    issued = await issue(services)
+    cert_id = _cert_id(issued.certificate, issued.chain[0])
+    # id-sha1 with the parameters absent (RFC 5754 2: both forms occur); asn1crypto would
+    # add the NULL when building, so the AlgorithmIdentifier is loaded from its DER.
+    sha1_without_null = a_algos.DigestAlgorithm.load(bytes.fromhex("300706052b0e03021a"))
+    bare = a_ocsp.CertId({
+        "hash_algorithm": sha1_without_null,
+        "issuer_name_hash": cert_id["issuer_name_hash"],
+        "issuer_key_hash": cert_id["issuer_key_hash"],
+        "serial_number": cert_id["serial_number"],
+    })
+    request = a_ocsp.OCSPRequest({"tbs_request": {"request_list": [{"req_cert": bare}]}})
+    _, body = await post(client, request.dump())
+    verify(body, issued.chain[0])
+    answered = a_ocsp.OCSPResponse.load(body).basic_ocsp_response[
+        "tbs_response_data"]["responses"][0]["cert_id"]
+    assert answered.dump() == bare.dump() != cert_id.dump()
+
+
+async def test_nonce_ignored_by_default(client: TestClient, services: Services) -> None:
+    issued = await issue(services)
+    ca = issued.chain[0]
+    _, plain = await post(client, ocsp_request(issued.certificate, ca))
+    _, body = await post(client, ocsp_request(issued.certificate, ca, nonce=b"n" * 200))
+    assert body == plain  # the precomputed response, no nonce (RFC 5019)
+    with pytest.raises(x509.ExtensionNotFound):
+        ocsp.load_der_ocsp_response(body).extensions.get_extension_for_class(x509.OCSPNonce)
+
+
+async def test_nonce_echoed_when_enabled(
+    services: Services, aiohttp_client: ClientFactory
+) -> None:
+    issued = await issue(services)
+    ca = issued.chain[0]
+    responder = OcspResponder(services.authority, services.cache, OcspSettings(nonce=True))
+    await responder.load()
+    services.ocsp = responder
+    client = await aiohttp_client(build_http_app(services))
+    for nonce in (b"\x01", b"0123456789abcdef", b"x" * 128):
+        response, body = await post(client, ocsp_request(issued.certificate, ca, nonce=nonce))
+        parsed = verify(body, ca)
+        assert parsed.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce == nonce
+        assert response.headers["Cache-Control"] == "max-age=0, no-cache"
+    _, body = await post(client, ocsp_request(issued.certificate, ca, nonce=b"x" * 129))
+    assert status_of(body) is ocsp.OCSPResponseStatus.MALFORMED_REQUEST
+    # several CertIDs with a nonce: asn1crypto path, nonce echoed
+    request = a_ocsp.OCSPRequest({"tbs_request": {
+        "request_list": [{"req_cert": _cert_id(issued.certificate, ca)}] * 2,
+        "request_extensions": [{"extn_id": "nonce", "extn_value": b"abc"}],
+    }}).dump()
+    _, body = await post(client, request)
+    assert verify(body, ca).extensions.get_extension_for_class(x509.OCSPNonce).value.nonce == \
+        b"abc"
+
+
+# --- bad input ---------------------------------------------------------------------------
+
+async def test_bad_input(client: TestClient, services: Services,
+                         caplog: pytest.LogCaptureFixture) -> None:
+    issued = await issue(services)
+    good = ocsp_request(issued.certificate, issued.chain[0])
+    malformed_posts = {
+        "garbage": b"this is not DER",
+        "truncated": good[:-7],
+        "empty": b"",
+        "trailing bytes": good + b"\x00",
+        "wrong structure": issued.certificate.public_bytes(DER),
+        "no CertID": a_ocsp.OCSPRequest({"tbs_request": {"request_list": []}}).dump(),
+        "deep nesting": b"\x30\x80" * 4000,
+    }
+    for name, body in malformed_posts.items():
+        response, answer = await post(client, body)
+        assert response.status == 200, name
+        assert status_of(answer) is ocsp.OCSPResponseStatus.MALFORMED_REQUEST, name
+        assert response.headers["Cache-Control"] == "max-age=0, no-cache"
+    for path in ("/ocsp/", "/ocsp", "/ocsp/not%20base64!!", "/ocsp/AAAA", "/ocsp/" + "A" * 6000,
+                 "/ocsp/%ZZ", "/ocsp/" + urllib.parse.quote(base64.b64encode(good[:20]))):
+        response = await client.get(path)
+        assert response.status == 200, path
+        assert status_of(await response.read()) is \
+            ocsp.OCSPResponseStatus.MALFORMED_REQUEST, path
+    response, _ = await post(client, good, content_type="text/plain")
+    assert response.status == 415
+    response, _ = await post(client, b"\x30" * (16 * 1024 + 1))
+    assert response.status == 413
+    response, _ = await post(client, b"\x30" * (300 * 1024))
+    assert response.status == 413
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+
+
+async def test_internal_failure_is_internal_error_not_500(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    issued = await issue(services)
+
+    async def broken(query: object) -> CachedResponse:
+        raise RuntimeError("secret internal detail")
+
+    monkeypatch.setattr(services.ocsp, "answer", broken)
+    response, body = await post(client, ocsp_request(issued.certificate, issued.chain[0]))
+    assert response.status == 200
+    assert status_of(body) is ocsp.OCSPResponseStatus.INTERNAL_ERROR
+    assert b"secret" not in body
+    caplog.clear()
+
+
+async def test_busy_responder_answers_try_later(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    issued = await issue(services)
+    request = ocsp_request(issued.certificate, issued.chain[0], hashes.SHA256())  # a miss
+    monkeypatch.setattr(services.ocsp, "settings", OcspSettings(live_timeout=0.05))
+    started = asyncio.Event()
+
+    async def slow(*args: object, **kwargs: object) -> list[object]:
+        started.set()
+        await asyncio.sleep(10)
+        return []
+
+    monkeypatch.setattr(services.store, "certificate_statuses", slow)
+    _, body = await post(client, request)
+    assert started.is_set()
+    assert status_of(body) is ocsp.OCSPResponseStatus.TRY_LATER
+
+
+# --- revocations by other processes, the cache rules ------------------------------------
+
+async def test_revocation_by_another_process_is_seen_within_a_second(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    issued = await issue(services)
+    ca = issued.chain[0]
+    request = ocsp_request(issued.certificate, ca)
+    _, body = await post(client, request)
+    assert verify(body, ca).certificate_status is ocsp.OCSPCertStatus.GOOD
+    monkeypatch.setattr(services, "config", load_config(environ={
+        "VCC_PKI_DATA_DIR": str(services.config.data_dir), "VCC_PKI_REVOCATION_POLL_MS": "50"}))
+    watcher = asyncio.create_task(watch_revocations(services))
+    try:
+        # Another process: its own Authority on the same store, no listener on this cache.
+        other = Authority(services.store, services.keys, services.authority.settings)
+        await asyncio.sleep(0.1)  # the watcher has taken its starting point
+        await other.revoke(issued.serial, "key_compromise", SYSTEM)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 1.0
+        while True:
+            _, body = await post(client, request)
+            if verify(body, ca).certificate_status is ocsp.OCSPCertStatus.REVOKED:
+                break
+            assert loop.time() < deadline, "revocation not visible within 1 s"
+            await asyncio.sleep(0.02)
+    finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
+
+
+async def test_good_never_replaces_revoked(services: Services) -> None:
+    cache = services.cache
+    now = int(dt.datetime.now(dt.UTC).timestamp())
+    good = CachedResponse(b"good", False, now, now + 3600, b"id", '"g"')
+    revoked = CachedResponse(b"revoked", True, now, now + 3600, b"id", '"r"')
+    assert await cache.put("sha1:k:1", good, now + 60)
+    assert await cache.put("sha1:k:1", revoked, now + 60)
+    assert not await cache.put("sha1:k:1", good, now + 60)
+    assert await cache.get("sha1:k:1") == revoked
+    assert await cache.put("sha1:k:2", CachedResponse.tombstone(now + 3600), None)
+    assert not await cache.put("sha1:k:2", good, None)
+    assert await cache.put("sha1:k:2", revoked, None)
+    assert await cache.get("sha1:k:2") == revoked
+    assert await cache.due(now + 61, 10) == ["sha1:k:1"]
+    await cache.forget("sha1:k:1")
+    assert await cache.due(now + 61, 10) == []
+    await cache.set_applied_generation(5)
+    await cache.set_applied_generation(3)
+    assert await cache.applied_generation() == 5
+
+
+async def test_memory_cache_is_bounded_and_expires() -> None:
+    clock = [1000.0]
+    cache = MemoryResponseCache(max_entries=3, clock=lambda: clock[0])
+    for i in range(5):
+        await cache.put(f"k{i}", CachedResponse(b"x", False, 1000, 2000, b"", '""'), None)
+    assert len(cache) == 3 and await cache.get("k0") is None and await cache.get("k4")
+    clock[0] = 2000.0
+    assert await cache.get("k4") is None
+
+
+# --- refresher, responder renewal, warm-up, Redis outage --------------------------------
+
+async def test_refresher_resigns_past_half_validity(services: Services) -> None:
+    clock = Clock()
+    responder = OcspResponder(services.authority, services.cache, clock=clock)
+    await responder.load()
+    issued = await services.authority.issue(
+        IssuanceRequest(csr=make_csr(), profile="vcc_service", validity_days=3), SYSTEM)
+    await responder.certificate_issued(issued)
+    await responder.drain()
+    issuer = responder._by_ca_id[issued.record.issuer_ca_id]
+    key = cache_key("sha1", issuer.key_id, issued.certificate.serial_number)
+    first = await services.cache.get(key)
+    assert first is not None
+    assert await responder.refresh_due() == 0
+    clock.now += dt.timedelta(days=2, minutes=1)
+    assert await responder.refresh_due() >= 1
+    second = await services.cache.get(key)
+    assert second is not None and second.this_update > first.this_update
+    assert second.next_update - second.this_update == 4 * 86400
+    # the certificate expires: its response is no longer kept fresh
+    clock.now += dt.timedelta(days=2)
+    await responder.refresh_due()
+    assert key not in await services.cache.due(int(clock.now.timestamp()) + 10**7, 10**6)
+
+
+async def test_responder_certificate_renewed_before_expiry(services: Services) -> None:
+    clock = Clock()
+    services.authority.clock = clock
+    responder = OcspResponder(services.authority, services.cache, clock=clock)
+    await responder.load()
+    issuer = next(iter(responder._by_ca_id.values()))
+    assert issuer.responder is not None
+    old = issuer.responder.record
+    await responder.maintain()
+    assert issuer.responder.record.responder_id == old.responder_id  # idempotent
+    clock.now = old.not_after - dt.timedelta(days=8)
+    await responder.maintain()
+    assert issuer.responder.record.responder_id != old.responder_id
+    assert issuer.responder.record.not_after > old.not_after
+    issued = await services.authority.issue(
+        IssuanceRequest(csr=make_csr(), profile="vcc_service", validity_days=30), SYSTEM)
+    request = ocsp_request(issued.certificate, issued.chain[0])
+    entry = await responder.answer(decode_request(request))
+    parsed = verify(entry.der, issued.chain[0])
+    assert parsed.certificates[0].serial_number != x509.load_der_x509_certificate(
+        old.certificate_der).serial_number
+
+
+async def test_warm_fills_a_fresh_cache(services: Services) -> None:
+    issued = [await issue(services) for _ in range(3)]
+    responder = OcspResponder(services.authority, MemoryResponseCache())
+    await responder.load()
+    assert await responder.warm() >= 3
+    assert await responder.warm() == 0
+    issuer = responder._by_ca_id[issued[0].record.issuer_ca_id]
+    for item in issued:
+        assert await responder.cache.get(
+            cache_key("sha1", issuer.key_id, item.certificate.serial_number)) is not None
+
+
+async def test_redis_down_answers_live_and_refills(
+    services: Services, aiohttp_client: ClientFactory, unused_tcp_port: int
+) -> None:
+    issued = await issue(services)
+    ca = issued.chain[0]
+    down = RedisResponseCache(f"redis://127.0.0.1:{unused_tcp_port}/0", prefix="vcc-pki-x:",
+                              timeout=0.2)
+    responder = OcspResponder(services.authority, down)
+    await responder.load()
+    services.ocsp = responder
+    services.authority.add_listener(responder)
+    client = await aiohttp_client(build_http_app(services))
+    try:
+        _, body = await post(client, ocsp_request(issued.certificate, ca))
+        assert verify(body, ca).certificate_status is ocsp.OCSPCertStatus.GOOD
+        await services.authority.revoke(issued.serial, "key_compromise", SYSTEM)
+        assert responder.has_pending
+        _, body = await post(client, ocsp_request(issued.certificate, ca))
+        assert verify(body, ca).certificate_status is ocsp.OCSPCertStatus.REVOKED
+    finally:
+        await down.close()
