@@ -142,9 +142,17 @@ class CASettings:
     organization_name: str = "VCC-PKI"
     country: str = "DE"
     default_org: str = "default"
+    crl_partitions: int = 0  # >0: each new certificate names one of that many CRL partitions
 
-    def crl_url(self, ca_name: str) -> str:
-        return f"{self.public_http_url.rstrip('/')}/crl/{ca_name}.crl"
+    def crl_url(self, ca_name: str, partition: int = 0) -> str:
+        """The full CRL of a CA (partition 0), or one of its partitioned CRLs."""
+        base = f"{self.public_http_url.rstrip('/')}/crl/{ca_name}"
+        return f"{base}.crl" if partition == 0 else f"{base}/{partition}.crl"
+
+    def crl_partition_of(self, serial: int) -> int:
+        """The CRL partition a new certificate is put in: by serial, which is random, so the
+        partitions fill evenly; fixed at issuance (stored, and named in its CDP)."""
+        return 0 if self.crl_partitions == 0 else serial % self.crl_partitions + 1
 
     def ca_issuers_url(self, ca_name: str) -> str:
         return f"{self.public_http_url.rstrip('/')}/ca/{ca_name}.der"
@@ -211,7 +219,8 @@ class LoadedCA:
                 public_key=self.signer.public_key,
                 key_spec=self.signer.key_spec,
                 not_after=self.certificate.not_valid_after_utc,
-                crl_url=settings.crl_url(self.record.name),
+                crl_urls=[settings.crl_url(self.record.name, p)
+                          for p in range(settings.crl_partitions + 1)],
                 ocsp_url=settings.ocsp_url,
                 ca_issuers_url=settings.ca_issuers_url(self.record.name),
             )
@@ -416,7 +425,7 @@ class Authority:
             template = x509build.LeafTemplate(
                 subject=subject, public_key=public_key, subject_key=subject_key,
                 sans=sans, not_before=not_before, not_after=not_after, serial=serial,
-                profile=profile,
+                profile=profile, crl_partition=self.settings.crl_partition_of(serial),
             )
             builder = x509build.leaf_builder(template, issuer)
             certificate = await self._sign_certificate(ca, builder)
@@ -428,6 +437,7 @@ class Authority:
                 key_algorithm=subject_key.algorithm.value, key_size=subject_key.size,
                 san=sans.as_dict(), not_before=not_before, not_after=not_after,
                 requester=principal.actor_id, created_at=self.clock(),
+                crl_partition=template.crl_partition,
             )
             event = AuditEvent(
                 event_type="certificate.issued", category="certificate", action="issue",
@@ -548,7 +558,7 @@ class Authority:
         revocation = Revocation(
             ca_id=target.issuer_ca_id, serial_hex=target.serial_hex, cert_id=target.cert_id,
             revoked_at=now.replace(microsecond=0), reason=reason_name,
-            invalidity_date=invalidity_date,
+            invalidity_date=invalidity_date, crl_partition=target.crl_partition,
         )
         event = AuditEvent(
             event_type="certificate.revoked", category="certificate", action="revoke",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -117,7 +118,8 @@ class IssuerContext:
     """What a certificate needs to know about the CA that signs it.
 
     The issuer's own extensions (AKI, AIA, CDP) are the same for every certificate it
-    signs: they are built once here, not per issuance.
+    signs: they are built once here, not per issuance. With partitioned CRLs the CDP names
+    the certificate's partition, so there is one set of locations per partition.
     """
 
     name: x509.Name
@@ -125,7 +127,15 @@ class IssuerContext:
     key_spec: KeySpec
     not_after: dt.datetime
     authority_key_identifier: x509.Extension[x509.ExtensionType]
-    locations: tuple[x509.Extension[x509.ExtensionType], ...]  # AIA and CDP
+    locations_by_partition: tuple[tuple[x509.Extension[x509.ExtensionType], ...], ...]
+
+    @property
+    def locations(self) -> tuple[x509.Extension[x509.ExtensionType], ...]:
+        """AIA and the CDP of the full CRL."""
+        return self.locations_by_partition[0]
+
+    def locations_for(self, crl_partition: int) -> tuple[x509.Extension[x509.ExtensionType], ...]:
+        return self.locations_by_partition[crl_partition]
 
     @classmethod
     def create(
@@ -134,11 +144,11 @@ class IssuerContext:
         public_key: CertificateIssuerPublicKeyTypes,
         key_spec: KeySpec,
         not_after: dt.datetime,
-        crl_url: str | None,
+        crl_urls: Sequence[str],
         ocsp_url: str | None,
         ca_issuers_url: str | None,
     ) -> IssuerContext:
-        locations: list[x509.Extension[x509.ExtensionType]] = []
+        """``crl_urls``: the full CRL's first, then partition 1, 2, ... (may be empty)."""
         access: list[x509.AccessDescription] = []
         if ocsp_url:
             access.append(x509.AccessDescription(
@@ -147,15 +157,20 @@ class IssuerContext:
             access.append(x509.AccessDescription(
                 AuthorityInformationAccessOID.CA_ISSUERS,
                 x509.UniformResourceIdentifier(ca_issuers_url)))
-        if access:
-            locations.append(_extension(x509.AuthorityInformationAccess(access), False))
-        if crl_url:
-            locations.append(_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
-                full_name=[x509.UniformResourceIdentifier(crl_url)],
-                relative_name=None, reasons=None, crl_issuer=None)]), False))
+        aia = (_extension(x509.AuthorityInformationAccess(access), False),) if access else ()
+        by_partition = tuple(
+            (*aia, _extension(x509.CRLDistributionPoints([distribution_point(url)]), False))
+            for url in crl_urls
+        ) or (aia,)
         aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key)
-        return cls(name, public_key, key_spec, not_after, _extension(aki, False),
-                   tuple(locations))
+        return cls(name, public_key, key_spec, not_after, _extension(aki, False), by_partition)
+
+
+def distribution_point(url: str) -> x509.DistributionPoint:
+    """A distribution point by full name (RFC 5280 4.2.1.13); the same value goes into a
+    partitioned CRL's IssuingDistributionPoint, which is how a relying party matches them."""
+    return x509.DistributionPoint(full_name=[x509.UniformResourceIdentifier(url)],
+                                  relative_name=None, reasons=None, crl_issuer=None)
 
 
 def _extension(value: x509.ExtensionType, critical: bool) -> x509.Extension[x509.ExtensionType]:
@@ -173,6 +188,7 @@ class LeafTemplate:
     serial: int
     profile: Profile
     extra_extensions: tuple[x509.ExtensionType, ...] = field(default=())
+    crl_partition: int = 0  # whose CDP the certificate carries (0: the full CRL's)
 
 
 def leaf_builder(template: LeafTemplate, issuer: IssuerContext) -> x509.CertificateBuilder:
@@ -200,7 +216,7 @@ def leaf_builder(template: LeafTemplate, issuer: IssuerContext) -> x509.Certific
         # A delegated responder's own status is not checked: no AIA OCSP or CDP for it.
         extensions.append(_extension(x509.OCSPNoCheck(), False))
     else:
-        extensions.extend(issuer.locations)
+        extensions.extend(issuer.locations_for(template.crl_partition))
     extensions.extend(_extension(e, False) for e in template.extra_extensions)
     # One constructor call instead of a chain of add_extension copies.
     return x509.CertificateBuilder(

@@ -58,6 +58,7 @@ class CertificateRecord:
     revocation_reason: str | None = None
     invalidity_date: dt.datetime | None = None
     created_at: dt.datetime | None = None
+    crl_partition: int = 0  # 0: the full CRL only; n > 0: also partitioned CRL n
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +69,7 @@ class Revocation:
     revoked_at: dt.datetime
     reason: str
     invalidity_date: dt.datetime | None = None
+    crl_partition: int = 0  # the certificate's, fixed at issuance
 
 
 @dataclass(frozen=True, slots=True)

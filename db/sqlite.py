@@ -91,6 +91,7 @@ def _cert(row: sqlite3.Row) -> CertificateRecord:
         requester=row["requester"], status=row["status"],
         revoked_at=_p_opt(row["revoked_at"]), revocation_reason=row["revocation_reason"],
         invalidity_date=_p_opt(row["invalidity_date"]), created_at=_p(row["created_at"]),
+        crl_partition=row["crl_partition"],
     )
 
 
@@ -98,7 +99,7 @@ def _revocation(row: sqlite3.Row) -> Revocation:
     return Revocation(
         ca_id=row["ca_id"], serial_hex=row["serial_hex"], cert_id=row["cert_id"],
         revoked_at=_p(row["revoked_at"]), reason=row["reason"],
-        invalidity_date=_p_opt(row["invalidity_date"]),
+        invalidity_date=_p_opt(row["invalidity_date"]), crl_partition=row["crl_partition"],
     )
 
 
@@ -434,13 +435,13 @@ class SqliteStore(Store):
             c.execute(
                 "INSERT INTO certificates (cert_id, issuer_ca_id, org_id, serial_hex, subject_dn,"
                 " common_name, profile, certificate_der, key_algorithm, key_size, san,"
-                " not_before, not_after, requester, status, created_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " not_before, not_after, requester, status, created_at, crl_partition)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (cert.cert_id, cert.issuer_ca_id, cert.org_id, cert.serial_hex,
                  cert.subject_dn, cert.common_name, cert.profile, cert.certificate_der,
                  cert.key_algorithm, cert.key_size, json.dumps(cert.san),
                  _t(cert.not_before), _t(cert.not_after), cert.requester, cert.status,
-                 _t(cert.created_at or _now())),
+                 _t(cert.created_at or _now()), cert.crl_partition),
             )
             _append_audit(c, audit)
         await self._write(tx)
@@ -477,10 +478,12 @@ class SqliteStore(Store):
                 return None
             c.execute(
                 "INSERT INTO crl_entries (ca_id, serial_hex, cert_id, revoked_at, reason,"
-                " invalidity_date) VALUES (?,?,?,?,?,?)",
+                " invalidity_date, crl_partition)"
+                " SELECT ?,?,?,?,?,?, crl_partition FROM certificates"
+                " WHERE issuer_ca_id = ? AND serial_hex = ?",
                 (revocation.ca_id, revocation.serial_hex, revocation.cert_id,
                  _t(revocation.revoked_at), revocation.reason,
-                 _t_opt(revocation.invalidity_date)),
+                 _t_opt(revocation.invalidity_date), revocation.ca_id, revocation.serial_hex),
             )
             _append_audit(c, audit)
             row = c.execute(

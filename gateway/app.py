@@ -17,7 +17,7 @@ from ca_core.tsa import TimeStampAuthority
 from gateway import health
 from gateway.keys import SERVICES
 from gateway.runtime import Services
-from protocols import certs
+from protocols import certs, crl
 from protocols.ocsp import http as ocsp_http
 from protocols.rest import api as rest_api
 from protocols.rest.problems import problem, problem_from_error
@@ -84,6 +84,7 @@ def build_http_app(services: Services) -> web.Application:
     app.router.add_get("/metrics", health.metrics)
     certs.add_routes(app, services.authority)
     ocsp_http.add_routes(app, services.ocsp)
+    crl.add_routes(app, services.crls)
     tsa_http.add_routes(app, TimeStampAuthority(services.authority,
                                                 services.config.tsa_settings()))
     if services.config.bench_routes:

@@ -152,6 +152,20 @@ async def cmd_audit_verify(config: Config, args: argparse.Namespace) -> int:
     return await _with_services(config, run)
 
 
+async def cmd_crl_publish(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        await services.authority.load()
+        published = await services.crls.publish_all(args.ca, CLI)
+        for crl in published:
+            where = services.authority.settings.crl_url(crl.ca_name, crl.partition)
+            print(f"CRL {crl.crl_number} of {crl.ca_name}"
+                  f"{f' partition {crl.partition}' if crl.partition else ''}: "
+                  f"{crl.entries} entries, next update "
+                  f"{crl.next_update.isoformat(timespec='seconds')}, {where}")
+        return 0
+    return await _with_services(config, run)
+
+
 async def cmd_tsa_show(config: Config, args: argparse.Namespace) -> int:
     async def run(services: Services) -> int:
         record = await find_timestamp(services.authority, args.serial)
@@ -230,6 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="audit log").add_subparsers(
         dest="audit_command", required=True)
     audit.add_parser("verify", help="verify the hash chain").set_defaults(fn=cmd_audit_verify)
+
+    crl = sub.add_parser("crl", help="certificate revocation lists").add_subparsers(
+        dest="crl_command", required=True)
+    crl_publish = crl.add_parser("publish", help="make and store every CRL now "
+                                 "(the gateway also does, after revocations and on schedule)")
+    crl_publish.add_argument("--ca", help="only this CA's CRLs")
+    crl_publish.set_defaults(fn=cmd_crl_publish)
 
     tsa = sub.add_parser("tsa", help="RFC 3161 time-stamping authority").add_subparsers(
         dest="tsa_command", required=True)

@@ -106,6 +106,7 @@ class Config:
                 organization_name=self.organization_name,
                 country=self.country,
                 default_org=self.default_org,
+                crl_partitions=self.crl_partitions,
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc

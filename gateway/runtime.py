@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from ca_core.authority import Authority
+from ca_core.crl import CrlPublisher, CrlSettings
 from ca_core.ocsp import OcspResponder, OcspSettings
 from ca_core.signers.base import KeyBackend, KeyBackendError
 from ca_core.signers.software import SoftwareKeyBackend
@@ -75,6 +76,11 @@ def make_response_cache(config: Config) -> ResponseCache:
     return MemoryResponseCache(max_entries=config.ocsp_cache_max_entries)
 
 
+def crl_settings(config: Config) -> CrlSettings:
+    return CrlSettings(next_update=dt.timedelta(hours=config.crl_next_update_hours),
+                       partitions=config.crl_partitions)
+
+
 def ocsp_settings(config: Config) -> OcspSettings:
     return OcspSettings(
         validity=dt.timedelta(days=config.ocsp_validity_days),
@@ -92,6 +98,7 @@ class Services:
     authority: Authority
     cache: ResponseCache
     ocsp: OcspResponder
+    crls: CrlPublisher
 
 
 @asynccontextmanager
@@ -111,7 +118,8 @@ async def open_services(config: Config, create: bool = False) -> AsyncIterator[S
             ocsp = OcspResponder(authority, cache, ocsp_settings(config))
             authority.add_listener(ocsp)
             try:
-                yield Services(config, store, keys, authority, cache, ocsp)
+                yield Services(config, store, keys, authority, cache, ocsp,
+                               CrlPublisher(authority, crl_settings(config)))
             finally:
                 await ocsp.aclose()
                 await cache.close()

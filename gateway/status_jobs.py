@@ -9,6 +9,9 @@
   past half their validity, and regenerates CRLs before their nextUpdate. With a shared
   (Redis) cache one process at a time refreshes, under a lease in the store.
 - **warm**: once at start, precomputes the responses missing from the cache.
+- **CRLs**: every ``crl_debounce_ms``, makes the CRLs that are missing, behind a revocation
+  (by any process) or past half their validity; revocations within one interval go into one
+  new CRL. One process at a time publishes, under a lease in the store.
 
 Each job logs and carries on after an error: a failed round must not stop the gateway.
 """
@@ -25,6 +28,7 @@ from gateway.runtime import Services
 log = logging.getLogger("vcc_pki.status_jobs")
 
 REFRESH_LOCK = "ocsp-refresh"
+CRL_LOCK = "crl-publish"
 WARM_LOCK = "ocsp-warm"
 REFRESH_BATCH = 500
 
@@ -46,7 +50,7 @@ def _stop_if_cancelled() -> None:
 async def run_status_jobs(services: Services, primary: bool = True) -> None:
     """Run every job until cancelled. ``primary``: the first process of a gateway (extra
     worker processes leave one-off work to it when the cache is shared)."""
-    jobs = [watch_revocations(services), refresh_loop(services)]
+    jobs = [watch_revocations(services), refresh_loop(services), crl_loop(services)]
     if services.config.ocsp_warm and (primary or not services.cache.shared):
         jobs.append(warm(services))
     tasks = [asyncio.create_task(job) for job in jobs]
@@ -168,3 +172,37 @@ async def warm(services: Services) -> None:
         if _cancelling():
             raise asyncio.CancelledError from exc
         log.warning("OCSP cache warm-up: %s", exc)
+
+
+async def publish_crls_once(services: Services) -> int:
+    """One CRL round under the store lease; returns how many CRLs were published."""
+    crls = services.crls
+    if not await crls.due():
+        return 0
+    holder = services.ocsp.instance_id
+    if not await services.store.try_lock(CRL_LOCK, holder, 60):
+        return 0  # another process is publishing; it sees the same revocations
+    try:
+        published = await crls.publish_due()
+    finally:
+        await services.store.release_lock(CRL_LOCK, holder)
+    for crl in published:
+        log.info("published CRL %d of %s%s: %d entries, %d bytes, in %.3f s",
+                 crl.crl_number, crl.ca_name, f" partition {crl.partition}"
+                 if crl.partition else "", crl.entries, crl.der_bytes, crl.seconds)
+    return len(published)
+
+
+async def crl_loop(services: Services) -> None:
+    interval = services.config.crl_debounce_ms / 1000
+    while True:
+        _stop_if_cancelled()
+        try:
+            await publish_crls_once(services)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if _cancelling():
+                raise asyncio.CancelledError from exc
+            log.warning("CRL publisher: %s", exc)
+        await asyncio.sleep(interval)

@@ -1,0 +1,247 @@
+"""CRLs (RFC 5280 section 5): contents, signatures, numbering, when they are made again,
+partitioned CRLs with their IssuingDistributionPoint, the HTTP endpoint and bad requests."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ca_core.authority import IssuanceRequest, IssuedCertificate
+from ca_core.crl import CrlPublisher
+from ca_core.hierarchy import ensure_hierarchy
+from ca_core.principal import Principal
+from db.records import AuditEvent, CrlHead, CrlRecord
+from gateway.app import build_http_app
+from gateway.cli import main
+from gateway.config import load_config
+from gateway.runtime import Services, open_services
+from gateway.status_jobs import publish_crls_once
+from tests.helpers import make_csr
+
+SYSTEM = Principal.system("test")
+ClientFactory = Callable[..., Any]
+
+
+async def _open(tmp_path: Path, **env: str) -> AsyncIterator[Services]:
+    config = load_config(environ={
+        "VCC_PKI_DATA_DIR": str(tmp_path / "data"),
+        "VCC_PKI_KEY_PASSPHRASE": "test-passphrase",
+        "VCC_PKI_ROOT_KEY_TYPE": "ec-p256",
+        "VCC_PKI_INTERMEDIATE_KEY_TYPE": "ec-p256",
+        **env,
+    })
+    async with open_services(config, create=True) as opened:
+        await ensure_hierarchy(opened.authority)
+        await opened.authority.load()
+        yield opened
+
+
+@pytest.fixture
+async def services(tmp_path: Path) -> AsyncIterator[Services]:
+    async for opened in _open(tmp_path):
+        yield opened
+
+
+@pytest.fixture
+async def partitioned(tmp_path: Path) -> AsyncIterator[Services]:
+    async for opened in _open(tmp_path, VCC_PKI_CRL_PARTITIONS="4"):
+        yield opened
+
+
+@pytest.fixture
+async def client(aiohttp_client: ClientFactory, services: Services) -> TestClient:
+    client: TestClient = await aiohttp_client(build_http_app(services))
+    return client
+
+
+async def _issue(services: Services, name: str = "svc.example.org") -> IssuedCertificate:
+    return await services.authority.issue(
+        IssuanceRequest(csr=make_csr(name), profile="vcc_service"), SYSTEM)
+
+
+def _issuing_key(services: Services) -> ec.EllipticCurvePublicKey:
+    key = services.authority.loaded_cas()[0].signer.public_key
+    for ca in services.authority.loaded_cas():
+        if ca.record.name == "default-issuing":
+            key = ca.signer.public_key
+    assert isinstance(key, ec.EllipticCurvePublicKey)
+    return key
+
+
+async def _crl(services: Services, ca: str = "default-issuing", partition: int = 0
+               ) -> x509.CertificateRevocationList:
+    record = await services.crls.get(ca, partition)
+    return x509.load_der_x509_crl(record.crl_der)
+
+
+async def test_full_crl_lists_revocations_with_reasons(services: Services) -> None:
+    kept, compromised, plain = [await _issue(services) for _ in range(3)]
+    when = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    await services.authority.revoke(compromised.serial, "key_compromise", SYSTEM,
+                                    invalidity_date=when)
+    await services.authority.revoke(plain.serial, "unspecified", SYSTEM)
+    published = await services.crls.publish_all()
+    # root, intermediate and the issuing CA each publish their full CRL
+    assert {(p.ca_name, p.partition) for p in published} == {
+        ("root", 0), ("intermediate", 0), ("default-issuing", 0)}
+
+    crl = await _crl(services)
+    issuing = await services.authority.ca("default-issuing")
+    assert crl.issuer == issuing.certificate.subject
+    assert crl.is_signature_valid(_issuing_key(services))
+    assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == 1
+    aki = crl.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    ski = issuing.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+    assert aki.key_identifier == ski.value.digest
+    assert crl.next_update_utc is not None
+    assert crl.next_update_utc - crl.last_update_utc == dt.timedelta(hours=24)
+    assert len(crl) == 2
+    assert crl.get_revoked_certificate_by_serial_number(kept.certificate.serial_number) is None
+    entry = crl.get_revoked_certificate_by_serial_number(
+        compromised.certificate.serial_number)
+    assert entry is not None
+    assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason == \
+        x509.ReasonFlags.key_compromise
+    assert entry.extensions.get_extension_for_class(x509.InvalidityDate).value \
+        .invalidity_date_utc == when
+    entry = crl.get_revoked_certificate_by_serial_number(plain.certificate.serial_number)
+    assert entry is not None and len(entry.extensions) == 0  # no "unspecified" reason code
+
+    # the issued certificate's CDP is where the CRL is served
+    cdp = kept.certificate.extensions.get_extension_for_class(x509.CRLDistributionPoints)
+    assert cdp.value[0].full_name == [
+        x509.UniformResourceIdentifier("http://127.0.0.1:8080/crl/default-issuing.crl")]
+    # the root's CRL is signed by the root
+    root = await services.authority.ca("root")
+    root_crl = await _crl(services, "root")
+    assert root_crl.is_signature_valid(root.signer.public_key) and len(root_crl) == 0  # type: ignore[arg-type]
+
+
+async def test_numbers_grow_and_a_stale_crl_is_refused(services: Services) -> None:
+    await services.crls.publish_all("default-issuing")
+    await services.crls.publish_all("default-issuing")
+    current = await services.crls.get("default-issuing")
+    assert current.head.crl_number == 2
+    stale = CrlRecord(CrlHead(current.head.ca_id, 0, 1, current.head.this_update,
+                              current.head.next_update, 0, 0), b"stale")
+    event = AuditEvent(event_type="crl.published", category="ca", action="publish_crl",
+                       actor_type="system", actor_id="test")
+    assert not await services.store.save_crl(stale, event)
+    assert (await services.crls.get("default-issuing")).crl_der == current.crl_der
+    entries = [e.event.event_type for e in await services.store.audit_entries()]
+    assert entries.count("crl.published") == 2
+
+
+async def test_due_after_revocation_by_anyone_and_after_half_validity(
+        services: Services) -> None:
+    assert {(ca.record.name, p) for ca, p in await services.crls.due()} == {
+        ("root", 0), ("intermediate", 0), ("default-issuing", 0)}
+    assert await publish_crls_once(services) == 3
+    assert await services.crls.due() == []
+    issued = await _issue(services)
+    assert await services.crls.due() == []  # issuing changes no CRL
+
+    # A revocation made by another process (another publisher on the same store).
+    other = CrlPublisher(services.authority, services.crls.settings)
+    await other.due()
+    await services.authority.revoke(issued.serial, "superseded", SYSTEM)
+    assert [(ca.record.name, p) for ca, p in await services.crls.due()] == [
+        ("default-issuing", 0)]
+    assert await publish_crls_once(services) == 1
+    crl = await _crl(services)
+    assert crl.get_revoked_certificate_by_serial_number(issued.certificate.serial_number)
+    # the other publisher saw the revocation too, and sees that the CRL is already made
+    assert await other.due() == []
+
+    later = services.authority.clock() + dt.timedelta(hours=12, seconds=1)
+    services.authority.clock = lambda: later
+    assert len(await services.crls.due()) == 3
+
+
+async def test_partitioned_crls(partitioned: Services) -> None:
+    services = partitioned
+    issued = [await _issue(services, f"host{i}.example.org") for i in range(12)]
+    for cert in issued[:6]:
+        await services.authority.revoke(cert.serial, "cessation_of_operation", SYSTEM)
+    published = await services.crls.publish_all("default-issuing")
+    assert sorted(p.partition for p in published) == [0, 1, 2, 3, 4]
+
+    full = await _crl(services)
+    assert len(full) == 6
+    total = 0
+    for partition in range(1, 5):
+        crl = await _crl(services, partition=partition)
+        url = f"http://127.0.0.1:8080/crl/default-issuing/{partition}.crl"
+        idp = crl.extensions.get_extension_for_class(x509.IssuingDistributionPoint)
+        assert idp.critical
+        assert idp.value.full_name == [x509.UniformResourceIdentifier(url)]
+        assert idp.value.only_contains_user_certs
+        assert crl.is_signature_valid(_issuing_key(services))
+        for entry in crl:
+            assert entry.serial_number % 4 + 1 == partition
+        total += len(crl)
+    assert total == 6
+    for cert in issued:
+        partition = cert.certificate.serial_number % 4 + 1
+        assert cert.record.crl_partition == partition
+        cdp = cert.certificate.extensions.get_extension_for_class(x509.CRLDistributionPoints)
+        assert cdp.value[0].full_name == [x509.UniformResourceIdentifier(
+            f"http://127.0.0.1:8080/crl/default-issuing/{partition}.crl")]
+
+    # A revocation makes only its own partition (and the full CRL) due.
+    await services.crls.due()
+    await services.authority.revoke(issued[6].serial, "superseded", SYSTEM)
+    due = sorted(p for ca, p in await services.crls.due() if ca.record.name == "default-issuing")
+    assert due == [0, issued[6].certificate.serial_number % 4 + 1]
+
+
+async def test_http_endpoint(client: TestClient, services: Services) -> None:
+    assert (await client.get("/crl/default-issuing.crl")).status == 404  # not yet published
+    await services.crls.publish_all()
+    response = await client.get("/crl/default-issuing.crl")
+    assert response.status == 200
+    assert response.content_type == "application/pkix-crl"
+    der = await response.read()
+    assert x509.load_der_x509_crl(der).is_signature_valid(_issuing_key(services))
+    assert "max-age=" in response.headers["Cache-Control"]
+    assert response.headers["Last-Modified"] and response.headers["Expires"]
+    etag = response.headers["ETag"]
+    assert (await client.get("/crl/default-issuing.crl",
+                             headers={"If-None-Match": etag})).status == 304
+
+    pem = await client.get("/crl/intermediate.pem")
+    assert pem.status == 200
+    body = await pem.read()
+    assert body.startswith(b"-----BEGIN X509 CRL-----\n")
+    x509.load_pem_x509_crl(body)
+
+
+@pytest.mark.parametrize("path", [
+    "/crl/nosuch.crl", "/crl/default-issuing.txt", "/crl/.crl", "/crl/default-issuing/0.crl",
+    "/crl/default-issuing/x.crl", "/crl/default-issuing/1.crl", "/crl/default-issuing/-1.crl",
+    "/crl/%00.crl",
+])
+async def test_bad_paths_are_404(client: TestClient, services: Services, path: str) -> None:
+    await services.crls.publish_all()
+    response = await client.get(path)
+    assert response.status == 404
+    assert "Traceback" not in await response.text()
+
+
+def test_crl_publish_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                         capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("VCC_PKI_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("VCC_PKI_KEY_PASSPHRASE", "test-passphrase")
+    assert main(["init"]) == 0
+    assert main(["crl", "publish"]) == 0
+    assert "CRL 1 of default-issuing: 0 entries" in capsys.readouterr().out
+    assert main(["crl", "publish", "--ca", "root"]) == 0
+    assert "CRL 2 of root" in capsys.readouterr().out
+    assert main(["crl", "publish", "--ca", "nosuch"]) == 1
