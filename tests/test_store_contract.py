@@ -388,6 +388,23 @@ async def test_revoke(store: Store, seed: Seed) -> None:
     assert await chain_ok(store) == 5
 
 
+async def test_crl_partition_is_kept_and_copied_into_the_crl_entry(
+        store: Store, seed: Seed) -> None:
+    cert = replace(make_cert(seed.issuing, seed.org), crl_partition=7)
+    await store.add_certificate(cert, event(serial=cert.serial_hex))
+    stored = await store.get_certificate(seed.issuing.ca_id, cert.serial_hex)
+    assert stored is not None and stored.crl_partition == 7
+    # The store takes the partition from the certificate, whatever the caller says.
+    revocation = Revocation(seed.issuing.ca_id, cert.serial_hex, cert.cert_id, T0,
+                            "superseded")
+    updated = await store.revoke_certificate(revocation, event("certificate.revoked"))
+    assert updated is not None and updated.crl_partition == 7
+    (entry,) = await store.list_revocations(seed.issuing.ca_id)
+    assert entry.crl_partition == 7
+    (since,) = await store.revocations_since(0)
+    assert since.revocation.crl_partition == 7
+
+
 async def test_revoke_unknown(store: Store, seed: Seed) -> None:
     unknown = Revocation(
         ca_id=seed.issuing.ca_id, serial_hex=secrets.token_hex(16),
