@@ -487,12 +487,21 @@ class PostgresStore(Store):
             return _cert(row)
         return await self._write(tx)
 
-    async def list_revocations(self, ca_id: str) -> list[Revocation]:
-        rows = await self._fetch(
-            "SELECT * FROM crl_entries WHERE ca_id = $1"
-            ' ORDER BY revoked_at, serial_hex COLLATE "C"',
-            ca_id,
-        )
+    async def list_revocations(
+        self, ca_id: str, crl_partition: int | None = None
+    ) -> list[Revocation]:
+        if crl_partition is None:
+            rows = await self._fetch(
+                "SELECT * FROM crl_entries WHERE ca_id = $1"
+                ' ORDER BY revoked_at, serial_hex COLLATE "C"',
+                ca_id,
+            )
+        else:
+            rows = await self._fetch(
+                "SELECT * FROM crl_entries WHERE ca_id = $1 AND crl_partition = $2"
+                ' ORDER BY revoked_at, serial_hex COLLATE "C"',
+                ca_id, crl_partition,
+            )
         return [_revocation(r) for r in rows]
 
     async def count_active_certificates(self, now: dt.datetime) -> list[tuple[str, str, int]]:

@@ -493,11 +493,18 @@ class SqliteStore(Store):
             return _cert(row)
         return await self._write(tx)
 
-    async def list_revocations(self, ca_id: str) -> list[Revocation]:
+    async def list_revocations(
+        self, ca_id: str, crl_partition: int | None = None
+    ) -> list[Revocation]:
+        where = "ca_id = ?"
+        params: list[object] = [ca_id]
+        if crl_partition is not None:
+            where += " AND crl_partition = ?"
+            params.append(crl_partition)
         rows = await self._read(
             lambda c: c.execute(
-                "SELECT * FROM crl_entries WHERE ca_id = ? ORDER BY revoked_at, serial_hex",
-                (ca_id,),
+                f"SELECT * FROM crl_entries WHERE {where} ORDER BY revoked_at, serial_hex",
+                params,
             ).fetchall()
         )
         return [_revocation(r) for r in rows]

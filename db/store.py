@@ -109,7 +109,10 @@ class Store(abc.ABC):
         the certificate is unknown or already revoked (nothing changes then)."""
 
     @abc.abstractmethod
-    async def list_revocations(self, ca_id: str) -> list[Revocation]: ...
+    async def list_revocations(
+        self, ca_id: str, crl_partition: int | None = None
+    ) -> list[Revocation]:
+        """CRL entries of a CA (or of one CRL partition of it), oldest first."""
 
     @abc.abstractmethod
     async def count_active_certificates(self, now: dt.datetime) -> list[tuple[str, str, int]]:

@@ -245,3 +245,19 @@ def test_crl_publish_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert main(["crl", "publish", "--ca", "root"]) == 0
     assert "CRL 2 of root" in capsys.readouterr().out
     assert main(["crl", "publish", "--ca", "nosuch"]) == 1
+
+
+async def test_a_slow_crl_is_not_remade_back_to_back(services: Services) -> None:
+    await services.crls.publish_all("default-issuing")
+    issuing = await services.authority.ca("default-issuing")
+    # As if the last CRL had taken 2 s to make: after a revocation, wait 20 s (busy share 0.1).
+    services.crls._took[(issuing.record.ca_id, 0)] = 2.0
+    issued = await _issue(services)
+    await services.crls.due()
+    await services.authority.revoke(issued.serial, "superseded", SYSTEM)
+    assert [(ca.record.name, p) for ca, p in await services.crls.due()
+            if ca.record.name == "default-issuing"] == []
+    later = services.authority.clock() + dt.timedelta(seconds=21)
+    services.authority.clock = lambda: later
+    assert [(ca.record.name, p) for ca, p in await services.crls.due()
+            if ca.record.name == "default-issuing"] == [("default-issuing", 0)]

@@ -401,6 +401,8 @@ async def test_crl_partition_is_kept_and_copied_into_the_crl_entry(
     assert updated is not None and updated.crl_partition == 7
     (entry,) = await store.list_revocations(seed.issuing.ca_id)
     assert entry.crl_partition == 7
+    assert await store.list_revocations(seed.issuing.ca_id, 7) == [entry]
+    assert await store.list_revocations(seed.issuing.ca_id, 3) == []
     (since,) = await store.revocations_since(0)
     assert since.revocation.crl_partition == 7
 

@@ -3,3 +3,4 @@
 -- entry. 0: the full CRL only.
 ALTER TABLE certificates ADD COLUMN crl_partition INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE crl_entries ADD COLUMN crl_partition INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX idx_crl_entries_ca_partition ON crl_entries(ca_id, crl_partition);
