@@ -25,9 +25,18 @@ from typing import Any, TypeVar
 
 import asyncpg
 
+from db.acme_rows import (
+    challenges_from_json,
+    challenges_to_json,
+    identifiers_from_json,
+    identifiers_to_json,
+)
 from db.audit_chain import chain_hash
 from db.migrations import migrations
 from db.records import (
+    AcmeAccount,
+    AcmeAuthorization,
+    AcmeOrder,
     ApiToken,
     AuditEntry,
     AuditEvent,
@@ -37,6 +46,7 @@ from db.records import (
     CertificateStatusRecord,
     CrlHead,
     CrlRecord,
+    EabKey,
     OcspResponderRecord,
     Organization,
     Revocation,
@@ -704,6 +714,152 @@ class PostgresStore(Store):
             has_nonce=row["has_nonce"], cert_req=row["cert_req"],
         )
 
+    # organizations' settings
+    async def update_organization_config(
+        self, org_id: str, config: dict[str, Any], audit: AuditEvent
+    ) -> None:
+        async def tx(c: Any) -> None:
+            found = await c.fetchval(
+                "UPDATE organizations SET config = $1 WHERE org_id = $2 RETURNING 1",
+                config, org_id)
+            if found is None:
+                raise StoreConflict(f"no organization {org_id}")
+            await _append_audit(c, audit)
+        await self._write(tx)
+
+    # ACME
+    async def add_acme_account(self, account: AcmeAccount, audit: AuditEvent) -> None:
+        async def tx(c: Any) -> None:
+            if account.eab_kid is not None:
+                bound = await c.fetchval(
+                    "UPDATE acme_eab_keys SET account_id = $1"
+                    " WHERE kid = $2 AND account_id IS NULL AND org_id = $3 RETURNING 1",
+                    account.account_id, account.eab_kid, account.org_id)
+                if bound is None:
+                    raise StoreConflict("the EAB key is unknown or used already")
+            await c.execute(
+                "INSERT INTO acme_accounts (account_id, org_id, key_thumbprint, jwk, status,"
+                " contact, tos_agreed, eab_kid, created_at)"
+                " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
+                account.account_id, account.org_id, account.key_thumbprint, account.jwk,
+                account.status, list(account.contact), account.tos_agreed, account.eab_kid,
+                _t(account.created_at or _now()))
+            await _append_audit(c, audit)
+        await self._write(tx)
+
+    async def get_acme_account(self, account_id: str) -> AcmeAccount | None:
+        row = await self._fetchrow(
+            "SELECT * FROM acme_accounts WHERE account_id = $1", account_id)
+        return None if row is None else _acme_account(row)
+
+    async def find_acme_account(self, key_thumbprint: str) -> AcmeAccount | None:
+        row = await self._fetchrow(
+            "SELECT * FROM acme_accounts WHERE key_thumbprint = $1", key_thumbprint)
+        return None if row is None else _acme_account(row)
+
+    async def update_acme_account(self, account: AcmeAccount, audit: AuditEvent) -> None:
+        async def tx(c: Any) -> None:
+            found = await c.fetchval(
+                "UPDATE acme_accounts SET key_thumbprint = $1, jwk = $2, status = $3,"
+                " contact = $4, tos_agreed = $5 WHERE account_id = $6 RETURNING 1",
+                account.key_thumbprint, account.jwk, account.status, list(account.contact),
+                account.tos_agreed, account.account_id)
+            if found is None:
+                raise StoreConflict(f"no ACME account {account.account_id}")
+            await _append_audit(c, audit)
+        await self._write(tx)
+
+    async def add_eab_key(self, key: EabKey, audit: AuditEvent) -> None:
+        async def tx(c: Any) -> None:
+            await c.execute(
+                "INSERT INTO acme_eab_keys (kid, org_id, hmac_key, account_id, created_at)"
+                " VALUES ($1,$2,$3,$4,$5)",
+                key.kid, key.org_id, key.hmac_key, key.account_id, _t(key.created_at))
+            await _append_audit(c, audit)
+        await self._write(tx)
+
+    async def get_eab_key(self, kid: str) -> EabKey | None:
+        row = await self._fetchrow("SELECT * FROM acme_eab_keys WHERE kid = $1", kid)
+        if row is None:
+            return None
+        return EabKey(kid=row["kid"], org_id=row["org_id"], hmac_key=bytes(row["hmac_key"]),
+                      created_at=_p(row["created_at"]), account_id=row["account_id"])
+
+    async def add_acme_order(
+        self, order: AcmeOrder, new_authorizations: Sequence[AcmeAuthorization]
+    ) -> None:
+        async def tx(c: Any) -> None:
+            for authz in new_authorizations:
+                await c.execute(
+                    "INSERT INTO acme_authorizations (authz_id, account_id, identifier_type,"
+                    " identifier_value, wildcard, status, expires, challenges, created_at)"
+                    " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
+                    authz.authz_id, authz.account_id, authz.identifier_type,
+                    authz.identifier_value, authz.wildcard, authz.status, _t(authz.expires),
+                    challenges_to_json(authz.challenges), _t(authz.created_at or _now()))
+            await c.execute(
+                "INSERT INTO acme_orders (order_id, account_id, org_id, status, expires,"
+                " identifiers, authz_ids, profile, not_before, not_after, replaces, error,"
+                " cert_id, created_at)"
+                " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14)",
+                order.order_id, order.account_id, order.org_id, order.status,
+                _t(order.expires), identifiers_to_json(order.identifiers),
+                list(order.authz_ids), order.profile, _t_opt(order.not_before),
+                _t_opt(order.not_after), order.replaces, order.error, order.cert_id,
+                _t(order.created_at or _now()))
+        await self._write(tx)
+
+    async def get_acme_order(self, order_id: str) -> AcmeOrder | None:
+        row = await self._fetchrow("SELECT * FROM acme_orders WHERE order_id = $1", order_id)
+        return None if row is None else _acme_order(row)
+
+    async def update_acme_order(self, order: AcmeOrder, expect_status: str) -> bool:
+        async def tx(c: Any) -> bool:
+            found = await c.fetchval(
+                "UPDATE acme_orders SET status = $1, error = $2, cert_id = $3"
+                " WHERE order_id = $4 AND status = $5 RETURNING 1",
+                order.status, order.error, order.cert_id, order.order_id, expect_status)
+            return found is not None
+        return await self._write(tx)
+
+    async def find_acme_order_by_cert(self, cert_id: str) -> AcmeOrder | None:
+        row = await self._fetchrow("SELECT * FROM acme_orders WHERE cert_id = $1", cert_id)
+        return None if row is None else _acme_order(row)
+
+    async def get_acme_authorizations(
+        self, authz_ids: Sequence[str]
+    ) -> list[AcmeAuthorization]:
+        if not authz_ids:
+            return []
+        rows = await self._fetch(
+            "SELECT * FROM acme_authorizations WHERE authz_id = ANY($1::text[])",
+            list(authz_ids))
+        found = {row["authz_id"]: _acme_authz(row) for row in rows}
+        return [found[i] for i in authz_ids if i in found]
+
+    async def update_acme_authorization(
+        self, authz: AcmeAuthorization, expect_status: str
+    ) -> bool:
+        async def tx(c: Any) -> bool:
+            found = await c.fetchval(
+                "UPDATE acme_authorizations SET status = $1, expires = $2, challenges = $3"
+                " WHERE authz_id = $4 AND status = $5 RETURNING 1",
+                authz.status, _t(authz.expires), challenges_to_json(authz.challenges),
+                authz.authz_id, expect_status)
+            return found is not None
+        return await self._write(tx)
+
+    async def find_valid_acme_authorization(
+        self, account_id: str, identifier_type: str, identifier_value: str, wildcard: bool,
+        valid_at: dt.datetime,
+    ) -> AcmeAuthorization | None:
+        row = await self._fetchrow(
+            "SELECT * FROM acme_authorizations WHERE account_id = $1 AND identifier_type = $2"
+            " AND identifier_value = $3 AND wildcard = $4 AND status = 'valid' AND expires > $5"
+            " ORDER BY expires DESC LIMIT 1",
+            account_id, identifier_type, identifier_value, wildcard, _t(valid_at))
+        return None if row is None else _acme_authz(row)
+
 
 def _ocsp_responder(row: Any) -> OcspResponderRecord:
     return OcspResponderRecord(
@@ -727,4 +883,34 @@ def _crl_head(row: Any) -> CrlHead:
         ca_id=row["ca_id"], partition=row["partition"], crl_number=row["crl_number"],
         this_update=_p(row["this_update"]), next_update=_p(row["next_update"]),
         source_generation=row["source_generation"], entries=row["entries"],
+    )
+
+
+def _acme_account(row: Any) -> AcmeAccount:
+    return AcmeAccount(
+        account_id=row["account_id"], org_id=row["org_id"],
+        key_thumbprint=row["key_thumbprint"], jwk=row["jwk"], status=row["status"],
+        contact=tuple(row["contact"]), tos_agreed=row["tos_agreed"], eab_kid=row["eab_kid"],
+        created_at=_p(row["created_at"]),
+    )
+
+
+def _acme_authz(row: Any) -> AcmeAuthorization:
+    return AcmeAuthorization(
+        authz_id=row["authz_id"], account_id=row["account_id"],
+        identifier_type=row["identifier_type"], identifier_value=row["identifier_value"],
+        wildcard=row["wildcard"], status=row["status"], expires=_p(row["expires"]),
+        challenges=challenges_from_json(row["challenges"]), created_at=_p(row["created_at"]),
+    )
+
+
+def _acme_order(row: Any) -> AcmeOrder:
+    return AcmeOrder(
+        order_id=row["order_id"], account_id=row["account_id"], org_id=row["org_id"],
+        status=row["status"], expires=_p(row["expires"]),
+        identifiers=identifiers_from_json(row["identifiers"]),
+        authz_ids=tuple(row["authz_ids"]), profile=row["profile"],
+        not_before=_p_opt(row["not_before"]), not_after=_p_opt(row["not_after"]),
+        replaces=row["replaces"], error=row["error"], cert_id=row["cert_id"],
+        created_at=_p(row["created_at"]),
     )

@@ -204,3 +204,70 @@ class TimeStampRecord:
     gen_time: dt.datetime
     has_nonce: bool
     cert_req: bool
+
+
+# --- ACME (RFC 8555) -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AcmeAccount:
+    account_id: str
+    org_id: str  # from the directory it registered at, or from its EAB key
+    key_thumbprint: str  # RFC 7638 SHA-256 of the account key, base64url: unique
+    jwk: dict[str, Any]  # the public key as the client sent it
+    status: str = "valid"  # valid | deactivated | revoked
+    contact: tuple[str, ...] = ()
+    tos_agreed: bool = False
+    eab_kid: str | None = None
+    created_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EabKey:
+    """An External Account Binding key (RFC 8555 7.3.4): binds one account to an org."""
+
+    kid: str
+    org_id: str
+    hmac_key: bytes
+    created_at: dt.datetime
+    account_id: str | None = None  # the account it bound, once used (single use)
+
+
+@dataclass(frozen=True, slots=True)
+class AcmeChallenge:
+    type: str  # http-01 | dns-01 | tls-alpn-01
+    token: str
+    status: str = "pending"  # pending | processing | valid | invalid
+    validated: dt.datetime | None = None
+    error: dict[str, Any] | None = None  # an RFC 8555 problem document
+
+
+@dataclass(frozen=True, slots=True)
+class AcmeAuthorization:
+    authz_id: str
+    account_id: str
+    identifier_type: str  # dns | ip
+    identifier_value: str
+    wildcard: bool
+    status: str  # pending | valid | invalid | deactivated | expired | revoked
+    expires: dt.datetime
+    challenges: tuple[AcmeChallenge, ...]
+    created_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AcmeOrder:
+    order_id: str
+    account_id: str
+    org_id: str
+    status: str  # pending | ready | processing | valid | invalid
+    expires: dt.datetime
+    identifiers: tuple[tuple[str, str], ...]  # (type, value), as the client asked
+    authz_ids: tuple[str, ...]
+    profile: str
+    not_before: dt.datetime | None = None
+    not_after: dt.datetime | None = None
+    replaces: str | None = None  # ARI certID of the certificate this order renews
+    error: dict[str, Any] | None = None
+    cert_id: str | None = None
+    created_at: dt.datetime | None = None

@@ -17,9 +17,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from db.acme_rows import (
+    challenges_from_json,
+    challenges_to_json,
+    identifiers_from_json,
+    identifiers_to_json,
+)
 from db.audit_chain import GENESIS_HASH, chain_hash
 from db.migrations import migrations
 from db.records import (
+    AcmeAccount,
+    AcmeAuthorization,
+    AcmeOrder,
     ApiToken,
     AuditEntry,
     AuditEvent,
@@ -29,6 +38,7 @@ from db.records import (
     CertificateStatusRecord,
     CrlHead,
     CrlRecord,
+    EabKey,
     OcspResponderRecord,
     Organization,
     Revocation,
@@ -737,6 +747,160 @@ class SqliteStore(Store):
             has_nonce=bool(row["has_nonce"]), cert_req=bool(row["cert_req"]),
         )
 
+    # organizations' settings
+    async def update_organization_config(
+        self, org_id: str, config: dict[str, Any], audit: AuditEvent
+    ) -> None:
+        def tx(c: _Tx) -> None:
+            updated = c.execute("UPDATE organizations SET config = ? WHERE org_id = ?",
+                                (json.dumps(config), org_id))
+            if updated.rowcount != 1:
+                raise StoreConflict(f"no organization {org_id}")
+            _append_audit(c, audit)
+        await self._write(tx)
+
+    # ACME
+    async def add_acme_account(self, account: AcmeAccount, audit: AuditEvent) -> None:
+        def tx(c: _Tx) -> None:
+            if account.eab_kid is not None:
+                bound = c.execute(
+                    "UPDATE acme_eab_keys SET account_id = ?"
+                    " WHERE kid = ? AND account_id IS NULL AND org_id = ?",
+                    (account.account_id, account.eab_kid, account.org_id))
+                if bound.rowcount != 1:
+                    raise StoreConflict("the EAB key is unknown or used already")
+            c.execute(
+                "INSERT INTO acme_accounts (account_id, org_id, key_thumbprint, jwk, status,"
+                " contact, tos_agreed, eab_kid, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                (account.account_id, account.org_id, account.key_thumbprint,
+                 json.dumps(account.jwk), account.status, json.dumps(list(account.contact)),
+                 int(account.tos_agreed), account.eab_kid, _t(account.created_at or _now())))
+            _append_audit(c, audit)
+        await self._write(tx)
+
+    async def get_acme_account(self, account_id: str) -> AcmeAccount | None:
+        row = await self._read(lambda c: c.execute(
+            "SELECT * FROM acme_accounts WHERE account_id = ?", (account_id,)).fetchone())
+        return None if row is None else _acme_account(row)
+
+    async def find_acme_account(self, key_thumbprint: str) -> AcmeAccount | None:
+        row = await self._read(lambda c: c.execute(
+            "SELECT * FROM acme_accounts WHERE key_thumbprint = ?", (key_thumbprint,)
+        ).fetchone())
+        return None if row is None else _acme_account(row)
+
+    async def update_acme_account(self, account: AcmeAccount, audit: AuditEvent) -> None:
+        def tx(c: _Tx) -> None:
+            updated = c.execute(
+                "UPDATE acme_accounts SET key_thumbprint = ?, jwk = ?, status = ?, contact = ?,"
+                " tos_agreed = ? WHERE account_id = ?",
+                (account.key_thumbprint, json.dumps(account.jwk), account.status,
+                 json.dumps(list(account.contact)), int(account.tos_agreed),
+                 account.account_id))
+            if updated.rowcount != 1:
+                raise StoreConflict(f"no ACME account {account.account_id}")
+            _append_audit(c, audit)
+        await self._write(tx)
+
+    async def add_eab_key(self, key: EabKey, audit: AuditEvent) -> None:
+        def tx(c: _Tx) -> None:
+            c.execute(
+                "INSERT INTO acme_eab_keys (kid, org_id, hmac_key, account_id, created_at)"
+                " VALUES (?,?,?,?,?)",
+                (key.kid, key.org_id, key.hmac_key, key.account_id, _t(key.created_at)))
+            _append_audit(c, audit)
+        await self._write(tx)
+
+    async def get_eab_key(self, kid: str) -> EabKey | None:
+        row = await self._read(lambda c: c.execute(
+            "SELECT * FROM acme_eab_keys WHERE kid = ?", (kid,)).fetchone())
+        if row is None:
+            return None
+        return EabKey(kid=row["kid"], org_id=row["org_id"], hmac_key=bytes(row["hmac_key"]),
+                      created_at=_p(row["created_at"]), account_id=row["account_id"])
+
+    async def add_acme_order(
+        self, order: AcmeOrder, new_authorizations: Sequence[AcmeAuthorization]
+    ) -> None:
+        def tx(c: _Tx) -> None:
+            for authz in new_authorizations:
+                c.execute(
+                    "INSERT INTO acme_authorizations (authz_id, account_id, identifier_type,"
+                    " identifier_value, wildcard, status, expires, challenges, created_at)"
+                    " VALUES (?,?,?,?,?,?,?,?,?)",
+                    (authz.authz_id, authz.account_id, authz.identifier_type,
+                     authz.identifier_value, int(authz.wildcard), authz.status,
+                     _t(authz.expires), json.dumps(challenges_to_json(authz.challenges)),
+                     _t(authz.created_at or _now())))
+            c.execute(
+                "INSERT INTO acme_orders (order_id, account_id, org_id, status, expires,"
+                " identifiers, authz_ids, profile, not_before, not_after, replaces, error,"
+                " cert_id, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (order.order_id, order.account_id, order.org_id, order.status,
+                 _t(order.expires), json.dumps(identifiers_to_json(order.identifiers)),
+                 json.dumps(list(order.authz_ids)), order.profile, _t_opt(order.not_before),
+                 _t_opt(order.not_after), order.replaces,
+                 None if order.error is None else json.dumps(order.error), order.cert_id,
+                 _t(order.created_at or _now())))
+        await self._write(tx)
+
+    async def get_acme_order(self, order_id: str) -> AcmeOrder | None:
+        row = await self._read(lambda c: c.execute(
+            "SELECT * FROM acme_orders WHERE order_id = ?", (order_id,)).fetchone())
+        return None if row is None else _acme_order(row)
+
+    async def update_acme_order(self, order: AcmeOrder, expect_status: str) -> bool:
+        def tx(c: _Tx) -> bool:
+            updated = c.execute(
+                "UPDATE acme_orders SET status = ?, error = ?, cert_id = ?"
+                " WHERE order_id = ? AND status = ?",
+                (order.status, None if order.error is None else json.dumps(order.error),
+                 order.cert_id, order.order_id, expect_status))
+            return bool(updated.rowcount == 1)
+        return await self._write(tx)
+
+    async def find_acme_order_by_cert(self, cert_id: str) -> AcmeOrder | None:
+        row = await self._read(lambda c: c.execute(
+            "SELECT * FROM acme_orders WHERE cert_id = ?", (cert_id,)).fetchone())
+        return None if row is None else _acme_order(row)
+
+    async def get_acme_authorizations(
+        self, authz_ids: Sequence[str]
+    ) -> list[AcmeAuthorization]:
+        if not authz_ids:
+            return []
+        marks = ",".join("?" * len(authz_ids))
+        rows = await self._read(lambda c: c.execute(
+            f"SELECT * FROM acme_authorizations WHERE authz_id IN ({marks})",
+            tuple(authz_ids)).fetchall())
+        found = {row["authz_id"]: _acme_authz(row) for row in rows}
+        return [found[i] for i in authz_ids if i in found]
+
+    async def update_acme_authorization(
+        self, authz: AcmeAuthorization, expect_status: str
+    ) -> bool:
+        def tx(c: _Tx) -> bool:
+            updated = c.execute(
+                "UPDATE acme_authorizations SET status = ?, expires = ?, challenges = ?"
+                " WHERE authz_id = ? AND status = ?",
+                (authz.status, _t(authz.expires),
+                 json.dumps(challenges_to_json(authz.challenges)), authz.authz_id,
+                 expect_status))
+            return bool(updated.rowcount == 1)
+        return await self._write(tx)
+
+    async def find_valid_acme_authorization(
+        self, account_id: str, identifier_type: str, identifier_value: str, wildcard: bool,
+        valid_at: dt.datetime,
+    ) -> AcmeAuthorization | None:
+        row = await self._read(lambda c: c.execute(
+            "SELECT * FROM acme_authorizations WHERE account_id = ? AND identifier_type = ?"
+            " AND identifier_value = ? AND wildcard = ? AND status = 'valid' AND expires > ?"
+            " ORDER BY expires DESC LIMIT 1",
+            (account_id, identifier_type, identifier_value, int(wildcard), _t(valid_at)),
+        ).fetchone())
+        return None if row is None else _acme_authz(row)
+
 
 def _ocsp_responder(row: sqlite3.Row) -> OcspResponderRecord:
     return OcspResponderRecord(
@@ -760,4 +924,37 @@ def _crl_head(row: sqlite3.Row) -> CrlHead:
         ca_id=row["ca_id"], partition=row["partition"], crl_number=row["crl_number"],
         this_update=_p(row["this_update"]), next_update=_p(row["next_update"]),
         source_generation=row["source_generation"], entries=row["entries"],
+    )
+
+
+def _acme_account(row: sqlite3.Row) -> AcmeAccount:
+    return AcmeAccount(
+        account_id=row["account_id"], org_id=row["org_id"],
+        key_thumbprint=row["key_thumbprint"], jwk=json.loads(row["jwk"]),
+        status=row["status"], contact=tuple(json.loads(row["contact"])),
+        tos_agreed=bool(row["tos_agreed"]), eab_kid=row["eab_kid"],
+        created_at=_p(row["created_at"]),
+    )
+
+
+def _acme_authz(row: sqlite3.Row) -> AcmeAuthorization:
+    return AcmeAuthorization(
+        authz_id=row["authz_id"], account_id=row["account_id"],
+        identifier_type=row["identifier_type"], identifier_value=row["identifier_value"],
+        wildcard=bool(row["wildcard"]), status=row["status"], expires=_p(row["expires"]),
+        challenges=challenges_from_json(json.loads(row["challenges"])),
+        created_at=_p(row["created_at"]),
+    )
+
+
+def _acme_order(row: sqlite3.Row) -> AcmeOrder:
+    return AcmeOrder(
+        order_id=row["order_id"], account_id=row["account_id"], org_id=row["org_id"],
+        status=row["status"], expires=_p(row["expires"]),
+        identifiers=identifiers_from_json(json.loads(row["identifiers"])),
+        authz_ids=tuple(json.loads(row["authz_ids"])), profile=row["profile"],
+        not_before=_p_opt(row["not_before"]), not_after=_p_opt(row["not_after"]),
+        replaces=row["replaces"],
+        error=None if row["error"] is None else json.loads(row["error"]),
+        cert_id=row["cert_id"], created_at=_p(row["created_at"]),
     )

@@ -13,8 +13,12 @@ from __future__ import annotations
 import abc
 import datetime as dt
 from collections.abc import Sequence
+from typing import Any
 
 from db.records import (
+    AcmeAccount,
+    AcmeAuthorization,
+    AcmeOrder,
     ApiToken,
     AuditEntry,
     AuditEvent,
@@ -24,6 +28,7 @@ from db.records import (
     CertificateStatusRecord,
     CrlHead,
     CrlRecord,
+    EabKey,
     OcspResponderRecord,
     Organization,
     Revocation,
@@ -205,3 +210,67 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def get_timestamp(self, serial_hex: str) -> TimeStampRecord | None: ...
+
+    # Organizations' own settings (e.g. the ACME identifier policy)
+    @abc.abstractmethod
+    async def update_organization_config(
+        self, org_id: str, config: dict[str, Any], audit: AuditEvent
+    ) -> None:
+        """Replace the organization's config document; StoreConflict if it does not exist."""
+
+    # ACME (RFC 8555): accounts, EAB keys, orders and authorizations
+    @abc.abstractmethod
+    async def add_acme_account(self, account: AcmeAccount, audit: AuditEvent) -> None:
+        """StoreConflict if the key is already an account's, or if ``account.eab_kid`` names
+        a key that is unknown or bound already (it is bound to this account atomically)."""
+
+    @abc.abstractmethod
+    async def get_acme_account(self, account_id: str) -> AcmeAccount | None: ...
+
+    @abc.abstractmethod
+    async def find_acme_account(self, key_thumbprint: str) -> AcmeAccount | None: ...
+
+    @abc.abstractmethod
+    async def update_acme_account(self, account: AcmeAccount, audit: AuditEvent) -> None:
+        """Contact, status, key (StoreConflict if the new key is another account's)."""
+
+    @abc.abstractmethod
+    async def add_eab_key(self, key: EabKey, audit: AuditEvent) -> None: ...
+
+    @abc.abstractmethod
+    async def get_eab_key(self, kid: str) -> EabKey | None: ...
+
+    @abc.abstractmethod
+    async def add_acme_order(
+        self, order: AcmeOrder, new_authorizations: Sequence[AcmeAuthorization]
+    ) -> None: ...
+
+    @abc.abstractmethod
+    async def get_acme_order(self, order_id: str) -> AcmeOrder | None: ...
+
+    @abc.abstractmethod
+    async def update_acme_order(self, order: AcmeOrder, expect_status: str) -> bool:
+        """Store ``order`` if the stored one still has ``expect_status``; False otherwise."""
+
+    @abc.abstractmethod
+    async def find_acme_order_by_cert(self, cert_id: str) -> AcmeOrder | None: ...
+
+    @abc.abstractmethod
+    async def get_acme_authorizations(
+        self, authz_ids: Sequence[str]
+    ) -> list[AcmeAuthorization]:
+        """The authorizations that exist among ``authz_ids``, in that order."""
+
+    @abc.abstractmethod
+    async def update_acme_authorization(
+        self, authz: AcmeAuthorization, expect_status: str
+    ) -> bool:
+        """Store ``authz`` if the stored one still has ``expect_status``; False otherwise."""
+
+    @abc.abstractmethod
+    async def find_valid_acme_authorization(
+        self, account_id: str, identifier_type: str, identifier_value: str, wildcard: bool,
+        valid_at: dt.datetime,
+    ) -> AcmeAuthorization | None:
+        """A valid authorization of the account for the identifier, unexpired at
+        ``valid_at`` (the one that expires last), for reuse in new orders."""

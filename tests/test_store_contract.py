@@ -21,10 +21,15 @@ from db.audit_chain import verify_chain
 from db.migrations import migrations
 from db.postgres import PostgresStore
 from db.records import (
+    AcmeAccount,
+    AcmeAuthorization,
+    AcmeChallenge,
+    AcmeOrder,
     ApiToken,
     AuditEvent,
     CARecord,
     CertificateRecord,
+    EabKey,
     Organization,
     Revocation,
     TemplateRecord,
@@ -614,3 +619,112 @@ async def test_concurrent_timestamps(store: Store, seed: Seed) -> None:
                                    return_exceptions=True)
     assert results[:50] == [None] * 50 and isinstance(results[50], StoreConflict)
     assert [await store.get_timestamp(r.serial_hex) for r in records] == records
+
+
+# --- ACME -------------------------------------------------------------------------------
+
+def make_account(org: Organization, eab_kid: str | None = None) -> AcmeAccount:
+    return AcmeAccount(
+        account_id=secrets.token_urlsafe(12), org_id=org.org_id,
+        key_thumbprint=secrets.token_urlsafe(32),
+        jwk={"kty": "EC", "crv": "P-256", "x": "eA", "y": "eQ"},
+        contact=("mailto:ops@acme.example",), tos_agreed=True, eab_kid=eab_kid,
+        created_at=T0,
+    )
+
+
+def make_authz(account: AcmeAccount, value: str, status: str = "pending",
+               expires: dt.datetime = T0 + dt.timedelta(days=7)) -> AcmeAuthorization:
+    return AcmeAuthorization(
+        authz_id=secrets.token_urlsafe(12), account_id=account.account_id,
+        identifier_type="dns", identifier_value=value, wildcard=False, status=status,
+        expires=expires, created_at=T0,
+        challenges=(AcmeChallenge("http-01", secrets.token_urlsafe(32)),
+                    AcmeChallenge("dns-01", secrets.token_urlsafe(32))),
+    )
+
+
+async def test_update_organization_config(store: Store, seed: Seed) -> None:
+    config = {"acme": {"allowed_domains": ["example.org"], "allowed_ips": ["10.0.0.0/8"]}}
+    await store.update_organization_config(seed.org.org_id, config, event("organization.updated"))
+    org = await store.get_organization_by_id(seed.org.org_id)
+    assert org is not None and org.config == config
+    with pytest.raises(StoreConflict):
+        await store.update_organization_config("nope", config, event("organization.updated"))
+    assert await chain_ok(store) == 4
+
+
+async def test_acme_accounts_and_eab(store: Store, seed: Seed) -> None:
+    account = make_account(seed.org)
+    await store.add_acme_account(account, event("acme.account_created"))
+    assert await store.get_acme_account(account.account_id) == account
+    assert await store.find_acme_account(account.key_thumbprint) == account
+    assert await store.find_acme_account("unknown") is None
+    with pytest.raises(StoreConflict):  # the same key twice
+        await store.add_acme_account(replace(account, account_id="other"),
+                                     event("acme.account_created"))
+
+    key = EabKey(kid="kid-1", org_id=seed.org.org_id, hmac_key=secrets.token_bytes(32),
+                 created_at=T0)
+    await store.add_eab_key(key, event("acme.eab_created"))
+    assert await store.get_eab_key("kid-1") == key
+    bound = make_account(seed.org, eab_kid="kid-1")
+    await store.add_acme_account(bound, event("acme.account_created"))
+    stored_key = await store.get_eab_key("kid-1")
+    assert stored_key is not None and stored_key.account_id == bound.account_id
+    for eab_kid in ("kid-1", "no-such-kid"):  # single use; unknown
+        with pytest.raises(StoreConflict):
+            await store.add_acme_account(make_account(seed.org, eab_kid=eab_kid),
+                                         event("acme.account_created"))
+
+    rolled = replace(account, key_thumbprint="new-thumbprint", jwk={"kty": "OKP"},
+                     contact=(), status="deactivated")
+    await store.update_acme_account(rolled, event("acme.account_updated"))
+    assert await store.get_acme_account(account.account_id) == rolled
+    with pytest.raises(StoreConflict):  # another account's key
+        await store.update_acme_account(replace(rolled, key_thumbprint=bound.key_thumbprint),
+                                        event("acme.account_updated"))
+    assert await chain_ok(store) == 3 + 4
+
+
+async def test_acme_orders_and_authorizations(store: Store, seed: Seed) -> None:
+    account = make_account(seed.org)
+    await store.add_acme_account(account, event("acme.account_created"))
+    first, second = make_authz(account, "a.acme.example"), make_authz(account, "b.acme.example")
+    order = AcmeOrder(
+        order_id=secrets.token_urlsafe(12), account_id=account.account_id,
+        org_id=seed.org.org_id, status="pending", expires=T0 + dt.timedelta(days=7),
+        identifiers=(("dns", "a.acme.example"), ("dns", "b.acme.example")),
+        authz_ids=(first.authz_id, second.authz_id), profile="vcc_service",
+        not_after=T0 + dt.timedelta(days=30), replaces="aki.serial", created_at=T0,
+    )
+    await store.add_acme_order(order, [first, second])
+    assert await store.get_acme_order(order.order_id) == order
+    assert await store.get_acme_authorizations([second.authz_id, "nope", first.authz_id]) == [
+        second, first]
+
+    done = replace(first, status="valid", challenges=(
+        replace(first.challenges[0], status="valid", validated=T0 + dt.timedelta(minutes=1)),
+        replace(first.challenges[1], error={"type": "urn:ietf:params:acme:error:dns"})))
+    assert await store.update_acme_authorization(done, "pending")
+    assert not await store.update_acme_authorization(done, "pending")  # compare and set
+    assert await store.get_acme_authorizations([first.authz_id]) == [done]
+    assert await store.find_valid_acme_authorization(
+        account.account_id, "dns", "a.acme.example", False, T0) == done
+    assert await store.find_valid_acme_authorization(
+        account.account_id, "dns", "a.acme.example", True, T0) is None
+    assert await store.find_valid_acme_authorization(
+        account.account_id, "dns", "a.acme.example", False, T0 + dt.timedelta(days=8)) is None
+    assert await store.find_valid_acme_authorization(
+        account.account_id, "dns", "b.acme.example", False, T0) is None
+
+    cert = make_cert(seed.issuing, seed.org)
+    await store.add_certificate(cert, event(serial=cert.serial_hex))
+    valid = replace(order, status="valid", cert_id=cert.cert_id)
+    assert not await store.update_acme_order(valid, "ready")
+    assert await store.update_acme_order(valid, "pending")
+    assert await store.get_acme_order(order.order_id) == valid
+    assert await store.find_acme_order_by_cert(cert.cert_id) == valid
+    failed = replace(valid, status="invalid", error={"type": "x", "detail": "y"})
+    assert await store.update_acme_order(failed, "valid")
+    assert (await store.get_acme_order(order.order_id)) == failed
