@@ -18,6 +18,7 @@ from gateway import health
 from gateway.keys import SERVICES
 from gateway.runtime import Services
 from protocols import certs, crl
+from protocols.acme import wfe as acme_wfe
 from protocols.ocsp import http as ocsp_http
 from protocols.rest import api as rest_api
 from protocols.rest.problems import problem, problem_from_error
@@ -110,4 +111,5 @@ def build_https_app(services: Services) -> web.Application:
     health.add_routes(app, with_api=True)
     rest_api.add_routes(app)
     certs.add_routes(app, services.authority)
+    acme_wfe.add_routes(app, services.acme, services.config.effective_public_https_url)
     return app

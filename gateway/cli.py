@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import ipaddress
+import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable
@@ -18,6 +21,7 @@ from ca_core.keys import KeySpec
 from ca_core.principal import ROLES, Principal
 from ca_core.tsa import TimeStampAuthority, find_timestamp
 from db.audit_chain import verify_chain
+from db.records import AuditEvent
 from db.store import StoreError
 from gateway.config import Config, ConfigError, load_config
 from gateway.runtime import Services, open_services
@@ -152,6 +156,52 @@ async def cmd_audit_verify(config: Config, args: argparse.Namespace) -> int:
     return await _with_services(config, run)
 
 
+async def cmd_acme_eab_create(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        key = await services.acme.create_eab_key(args.org)
+        secret = base64.urlsafe_b64encode(key.hmac_key).rstrip(b"=").decode("ascii")
+        if args.json:
+            print(json.dumps({"kid": key.kid, "hmac_key": secret, "org": args.org}))
+        else:
+            print(f"kid      {key.kid}")
+            print(f"hmac_key {secret}")
+            print(f"# certbot --eab-kid {key.kid} --eab-hmac-key {secret}", file=sys.stderr)
+        return 0
+    return await _with_services(config, run)
+
+
+async def cmd_acme_policy(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        org = await services.authority.organization(args.org)
+        current = dict(org.config)
+        policy = dict(current.get("acme") or {})
+        if args.allow_all is not None:
+            policy["allow_all"] = args.allow_all == "yes"
+        if args.domains is not None:
+            policy["allowed_domains"] = [d for d in args.domains.split(",") if d]
+        if args.ip_ranges is not None:
+            ranges = [r for r in args.ip_ranges.split(",") if r]
+            for item in ranges:
+                ipaddress.ip_network(item, strict=False)  # ValueError: refused below
+            policy["allowed_ip_ranges"] = ranges
+        if args.prevalidated is not None:
+            policy["prevalidated_domains"] = [d for d in args.prevalidated.split(",") if d]
+        current["acme"] = policy
+        if policy != (org.config.get("acme") or {}):
+            await services.store.update_organization_config(org.org_id, current, AuditEvent(
+                event_type="organization.acme_policy", category="organization",
+                action="update", actor_type=CLI.actor_type, actor_id=CLI.actor_id,
+                org_id=org.org_id, resource_type="organization", resource_id=org.org_id,
+                data={"acme": policy}))
+        print(json.dumps({"org": org.slug, "acme": policy}, indent=2))
+        return 0
+    try:
+        return await _with_services(config, run)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
 async def cmd_crl_publish(config: Config, args: argparse.Namespace) -> int:
     async def run(services: Services) -> int:
         await services.authority.load()
@@ -244,6 +294,22 @@ def build_parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="audit log").add_subparsers(
         dest="audit_command", required=True)
     audit.add_parser("verify", help="verify the hash chain").set_defaults(fn=cmd_audit_verify)
+
+    acme = sub.add_parser("acme", help="ACME (RFC 8555)").add_subparsers(
+        dest="acme_command", required=True)
+    eab = acme.add_parser("eab", help="External Account Binding keys").add_subparsers(
+        dest="eab_command", required=True)
+    eab_create = eab.add_parser("create", help="a new EAB key id and HMAC key for an org")
+    eab_create.add_argument("--org", required=True)
+    eab_create.add_argument("--json", action="store_true")
+    eab_create.set_defaults(fn=cmd_acme_eab_create)
+    policy = acme.add_parser("policy", help="show or set an organization's identifier policy")
+    policy.add_argument("--org", required=True)
+    policy.add_argument("--domains", help="allowed domain suffixes, comma-separated")
+    policy.add_argument("--ip-ranges", help="allowed IP ranges (CIDR), comma-separated")
+    policy.add_argument("--prevalidated", help="domain suffixes authorized without challenge")
+    policy.add_argument("--allow-all", choices=("yes", "no"))
+    policy.set_defaults(fn=cmd_acme_policy)
 
     crl = sub.add_parser("crl", help="certificate revocation lists").add_subparsers(
         dest="crl_command", required=True)

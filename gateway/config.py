@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from ca_core.acme import AcmeSettings
+from ca_core.acme_validation import ValidationSettings
 from ca_core.authority import CASettings
 from ca_core.keys import KeySpec
 from ca_core.tsa import DEFAULT_POLICY_OID, TsaSettings
@@ -72,6 +74,17 @@ class Config:
     tsa_legacy_ess_cert_id: bool = False  # also the SHA-1 signingCertificate attribute
     tsa_clock_check: str = ""  # "" | "adjtimex" | "file:/path" (exists = unsynchronised)
     tsa_key_type: str = "ec-p256"
+    # ACME (RFC 8555); [acme] in TOML
+    acme_eab_required: bool = False  # newAccount needs External Account Binding
+    acme_terms_of_service: str = ""  # URL; when set, accounts must agree to it
+    acme_website: str = ""
+    acme_caa_identities: tuple[str, ...] = ()
+    acme_http01_port: int = 80  # where http-01 challenges are fetched
+    acme_tlsalpn01_port: int = 443  # where tls-alpn-01 handshakes go
+    acme_dns_resolver: str = ""  # host:port for TXT lookups and name resolution
+    acme_validation_attempts: int = 3
+    acme_orders_per_account_per_hour: int = 300
+    acme_orders_per_org_per_hour: int = 3000
     extra: Mapping[str, Any] = field(default_factory=dict)  # sections later features read
 
     @property
@@ -111,6 +124,22 @@ class Config:
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
 
+    def acme_settings(self) -> AcmeSettings:
+        return AcmeSettings(
+            eab_required=self.acme_eab_required,
+            terms_of_service=self.acme_terms_of_service or None,
+            website=self.acme_website or None,
+            caa_identities=self.acme_caa_identities,
+            validation_attempts=max(1, self.acme_validation_attempts),
+            orders_per_account_per_hour=self.acme_orders_per_account_per_hour,
+            orders_per_org_per_hour=self.acme_orders_per_org_per_hour,
+        )
+
+    def acme_validation_settings(self) -> ValidationSettings:
+        return ValidationSettings(http01_port=self.acme_http01_port,
+                                  tlsalpn01_port=self.acme_tlsalpn01_port,
+                                  dns_resolver=self.acme_dns_resolver or None)
+
     def tsa_settings(self) -> TsaSettings:
         try:
             return TsaSettings(
@@ -141,7 +170,10 @@ _INT_FIELDS = {"http_port", "https_port", "pkcs11_max_sessions", "max_body_bytes
 _BOOL_FIELDS = {"ocsp_nonce", "ocsp_warm", "bench_routes"}
 _INT_FIELDS.add("tsa_accuracy_ms")
 _BOOL_FIELDS |= {"tsa_include_tsa_name", "tsa_legacy_ess_cert_id"}
-_TUPLE_FIELDS = {"tsa_accepted_policies", "tsa_hash_algorithms"}
+_TUPLE_FIELDS = {"tsa_accepted_policies", "tsa_hash_algorithms", "acme_caa_identities"}
+_INT_FIELDS |= {"acme_http01_port", "acme_tlsalpn01_port", "acme_validation_attempts",
+                "acme_orders_per_account_per_hour", "acme_orders_per_org_per_hour"}
+_BOOL_FIELDS.add("acme_eab_required")
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -173,7 +205,7 @@ def _flatten(document: Mapping[str, Any]) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in document.items():
         if isinstance(value, Mapping) and key in ("pkcs11", "ca", "server", "keys", "database",
-                                                  "ocsp", "crl", "tsa"):
+                                                  "ocsp", "crl", "tsa", "acme"):
             for inner, inner_value in value.items():
                 prefix = {"ca": "", "server": "", "database": "", "keys": "key_"}.get(
                     key, f"{key}_")
@@ -215,6 +247,8 @@ def load_config(environ: Mapping[str, str] | None = None, path: str | None = Non
     if not 2 * config.ocsp_validity_days < config.ocsp_responder_validity_days <= 90:
         raise ConfigError("VCC_PKI_OCSP_RESPONDER_VALIDITY_DAYS must exceed twice the OCSP "
                           "validity and be at most 90 days")
+    if config.acme_dns_resolver and not config.acme_dns_resolver.rpartition(":")[2].isdigit():
+        raise ConfigError("VCC_PKI_ACME_DNS_RESOLVER must be host:port")
     if config.crl_partitions < 0 or config.crl_next_update_hours < 1:
         raise ConfigError("VCC_PKI_CRL_PARTITIONS must be >= 0 and "
                           "VCC_PKI_CRL_NEXT_UPDATE_HOURS >= 1")

@@ -11,11 +11,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+from ca_core.acme import AcmeService
+from ca_core.acme_validation import Validator
 from ca_core.authority import Authority
 from ca_core.crl import CrlPublisher, CrlSettings
 from ca_core.ocsp import OcspResponder, OcspSettings
 from ca_core.signers.base import KeyBackend, KeyBackendError
 from ca_core.signers.software import SoftwareKeyBackend
+from db.acme_state import AcmeState, MemoryAcmeState, RedisAcmeState
 from db.cache import MemoryResponseCache, RedisResponseCache, ResponseCache
 from db.store import Store
 from gateway.config import Config, ConfigError
@@ -76,6 +79,13 @@ def make_response_cache(config: Config) -> ResponseCache:
     return MemoryResponseCache(max_entries=config.ocsp_cache_max_entries)
 
 
+def make_acme_state(config: Config) -> AcmeState:
+    """Nonces and rate-limit counters: in Redis when set (shared by replicas)."""
+    if config.redis_url:
+        return RedisAcmeState(config.redis_url, prefix=f"{config.redis_key_prefix}acme:")
+    return MemoryAcmeState()
+
+
 def crl_settings(config: Config) -> CrlSettings:
     return CrlSettings(next_update=dt.timedelta(hours=config.crl_next_update_hours),
                        partitions=config.crl_partitions)
@@ -99,6 +109,7 @@ class Services:
     cache: ResponseCache
     ocsp: OcspResponder
     crls: CrlPublisher
+    acme: AcmeService
 
 
 @asynccontextmanager
@@ -117,10 +128,16 @@ async def open_services(config: Config, create: bool = False) -> AsyncIterator[S
             cache = make_response_cache(config)
             ocsp = OcspResponder(authority, cache, ocsp_settings(config))
             authority.add_listener(ocsp)
+            acme_state = make_acme_state(config)
+            acme = AcmeService(authority, acme_state,
+                               Validator(config.acme_validation_settings()),
+                               config.acme_settings())
             try:
                 yield Services(config, store, keys, authority, cache, ocsp,
-                               CrlPublisher(authority, crl_settings(config)))
+                               CrlPublisher(authority, crl_settings(config)), acme)
             finally:
+                await acme.aclose()
+                await acme_state.close()
                 await ocsp.aclose()
                 await cache.close()
         finally:

@@ -1,0 +1,235 @@
+"""ACME challenge validation (RFC 8555 section 8, RFC 8737 tls-alpn-01, RFC 8738 IP).
+
+Each validator fetches what the applicant published and compares it with the key
+authorization (``token || '.' || base64url(JWK thumbprint)``). Targets are configurable for
+internal networks and tests: the HTTP and TLS ports, and one DNS resolver (host:port) used
+both for TXT lookups and for resolving names. A failure raises ``ValidationFailed`` with the
+RFC 8555 error type and a message for the client; nothing internal leaks into it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import ipaddress
+import logging
+import socket
+import ssl
+from dataclasses import dataclass
+
+import aiohttp
+import dns.asyncresolver
+import dns.exception
+import dns.resolver
+import dns.reversename
+from cryptography import x509
+from cryptography.x509.oid import ObjectIdentifier
+
+log = logging.getLogger(__name__)
+
+ACME_IDENTIFIER_OID = ObjectIdentifier("1.3.6.1.5.5.7.1.31")  # id-pe-acmeIdentifier
+ACME_TLS_ALPN = "acme-tls/1"
+MAX_HTTP_BODY = 8 * 1024
+
+
+class ValidationFailed(Exception):
+    def __init__(self, acme_type: str, detail: str) -> None:
+        super().__init__(detail)
+        self.acme_type = acme_type  # e.g. "connection", "unauthorized", "dns", "tls"
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class ValidationSettings:
+    http01_port: int = 80
+    tlsalpn01_port: int = 443
+    dns_resolver: str | None = None  # host:port; None: the system resolver
+    timeout: float = 5.0
+
+
+def dns01_digest(key_authorization: str) -> str:
+    digest = hashlib.sha256(key_authorization.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+class Validator:
+    def __init__(self, settings: ValidationSettings) -> None:
+        self.settings = settings
+        self._resolver: dns.asyncresolver.Resolver | None = None
+        if settings.dns_resolver:
+            host, _, port = settings.dns_resolver.rpartition(":")
+            resolver = dns.asyncresolver.Resolver(configure=False)
+            resolver.nameservers = [host.strip("[]") or "127.0.0.1"]
+            resolver.port = int(port)
+            resolver.lifetime = settings.timeout
+            self._resolver = resolver
+
+    async def validate(self, challenge_type: str, identifier_type: str, value: str,
+                       token: str, key_authorization: str) -> None:
+        if challenge_type == "http-01":
+            await self._http01(identifier_type, value, token, key_authorization)
+        elif challenge_type == "dns-01":
+            await self._dns01(value, key_authorization)
+        elif challenge_type == "tls-alpn-01":
+            await self._tls_alpn01(identifier_type, value, key_authorization)
+        else:  # the RA never offers another type
+            raise ValidationFailed("malformed", f"unsupported challenge type {challenge_type}")
+
+    # ------------------------------------------------------------------ resolution
+    async def _addresses(self, identifier_type: str, value: str) -> list[str]:
+        if identifier_type == "ip":
+            return [value]
+        if self._resolver is None:
+            loop = asyncio.get_running_loop()
+            try:
+                infos = await asyncio.wait_for(
+                    loop.getaddrinfo(value, None, type=socket.SOCK_STREAM),
+                    self.settings.timeout)
+            except (OSError, TimeoutError) as exc:
+                raise ValidationFailed("dns", f"cannot resolve {value}") from exc
+            return list(dict.fromkeys(str(info[4][0]) for info in infos))
+        addresses: list[str] = []
+        for rdtype in ("A", "AAAA"):
+            try:
+                answer = await self._resolver.resolve(value, rdtype)
+            except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, dns.resolver.NoNameservers):
+                continue
+            except dns.exception.DNSException as exc:
+                raise ValidationFailed("dns", f"DNS lookup of {value} failed") from exc
+            addresses.extend(r.to_text() for r in answer)
+        if not addresses:
+            raise ValidationFailed("dns", f"no A or AAAA record for {value}")
+        return addresses
+
+    # ------------------------------------------------------------------ http-01
+    async def _http01(self, identifier_type: str, value: str, token: str,
+                      key_authorization: str) -> None:
+        port = self.settings.http01_port
+        host = f"[{value}]" if identifier_type == "ip" and ":" in value else value
+        url = f"http://{host}:{port}/.well-known/acme-challenge/{token}"
+        last: ValidationFailed | None = None
+        for address in await self._addresses(identifier_type, value):
+            target = f"[{address}]" if ":" in address else address
+            try:
+                body = await self._fetch(f"http://{target}:{port}"
+                                         f"/.well-known/acme-challenge/{token}", host)
+            except ValidationFailed as exc:
+                last = exc
+                continue
+            if body.strip() != key_authorization:
+                raise ValidationFailed(
+                    "unauthorized", f"the key authorization at {url} does not match")
+            return
+        raise last or ValidationFailed("connection", f"no address to fetch {url}")
+
+    async def _fetch(self, url: str, host: str) -> str:
+        timeout = aiohttp.ClientTimeout(total=self.settings.timeout)
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as session, session.get(
+                    url, headers={"Host": host}, allow_redirects=True,
+                    max_redirects=10) as response:
+                if response.status != 200:
+                    raise ValidationFailed(
+                        "unauthorized", f"fetching the challenge gave HTTP {response.status}")
+                data = await response.content.read(MAX_HTTP_BODY + 1)
+        except ValidationFailed:
+            raise
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise ValidationFailed("connection",
+                                   f"cannot fetch the challenge from {host}: "
+                                   f"{type(exc).__name__}") from exc
+        if len(data) > MAX_HTTP_BODY:
+            raise ValidationFailed("unauthorized", "the challenge response is too large")
+        return data.decode("utf-8", "replace")
+
+    # ------------------------------------------------------------------ dns-01
+    async def _dns01(self, value: str, key_authorization: str) -> None:
+        name = f"_acme-challenge.{value}"
+        expected = dns01_digest(key_authorization)
+        resolver = self._resolver or dns.asyncresolver.Resolver()
+        try:
+            answer = await resolver.resolve(name, "TXT", lifetime=self.settings.timeout)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer) as exc:
+            raise ValidationFailed("unauthorized", f"no TXT record at {name}") from exc
+        except dns.exception.DNSException as exc:
+            raise ValidationFailed("dns", f"DNS lookup of {name} failed") from exc
+        found = [b"".join(r.strings).decode("ascii", "replace") for r in answer]
+        if expected not in found:
+            raise ValidationFailed("unauthorized",
+                                   f"no TXT record at {name} matches the key authorization")
+
+    # ------------------------------------------------------------------ tls-alpn-01
+    async def _tls_alpn01(self, identifier_type: str, value: str,
+                          key_authorization: str) -> None:
+        # RFC 8738 section 6: an IP identifier is named by its reverse-DNS name in SNI.
+        server_name = (dns.reversename.from_address(value).to_text(omit_final_dot=True)
+                       if identifier_type == "ip" else value)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # the certificate is self-signed by design
+        context.set_alpn_protocols([ACME_TLS_ALPN])
+        last: ValidationFailed | None = None
+        for address in await self._addresses(identifier_type, value):
+            try:
+                der = await self._handshake(address, server_name, context)
+            except ValidationFailed as exc:
+                last = exc
+                continue
+            self._check_alpn_certificate(der, identifier_type, value, key_authorization)
+            return
+        raise last or ValidationFailed("connection", f"no address for {value}")
+
+    async def _handshake(self, address: str, server_name: str,
+                         context: ssl.SSLContext) -> bytes:
+        try:
+            _reader, writer = await asyncio.wait_for(asyncio.open_connection(
+                address, self.settings.tlsalpn01_port, ssl=context,
+                server_hostname=server_name), self.settings.timeout)
+        except (OSError, ssl.SSLError, TimeoutError) as exc:
+            raise ValidationFailed("tls", f"TLS handshake with {server_name} failed: "
+                                          f"{type(exc).__name__}") from exc
+        try:
+            ssl_object = writer.get_extra_info("ssl_object")
+            if ssl_object is None or ssl_object.selected_alpn_protocol() != ACME_TLS_ALPN:
+                raise ValidationFailed("tls", f"{server_name} did not negotiate {ACME_TLS_ALPN}")
+            der = ssl_object.getpeercert(binary_form=True)
+            if not der:
+                raise ValidationFailed("tls", f"{server_name} sent no certificate")
+            return bytes(der)
+        finally:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (OSError, ssl.SSLError):
+                pass
+
+    @staticmethod
+    def _check_alpn_certificate(der: bytes, identifier_type: str, value: str,
+                                key_authorization: str) -> None:
+        try:
+            certificate = x509.load_der_x509_certificate(der)
+            sans = certificate.extensions.get_extension_for_class(
+                x509.SubjectAlternativeName).value
+            acme = certificate.extensions.get_extension_for_oid(ACME_IDENTIFIER_OID)
+        except (ValueError, x509.ExtensionNotFound) as exc:
+            raise ValidationFailed(
+                "unauthorized", "the tls-alpn-01 certificate lacks the SAN or the "
+                "acmeIdentifier extension") from exc
+        if identifier_type == "ip":
+            names = {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
+            wanted = str(ipaddress.ip_address(value))
+        else:
+            names = set(sans.get_values_for_type(x509.DNSName))
+            wanted = value
+        if names != {wanted} or len(list(sans)) != 1:
+            raise ValidationFailed("unauthorized",
+                                   "the tls-alpn-01 certificate must name exactly the identifier")
+        if not acme.critical:
+            raise ValidationFailed("unauthorized", "the acmeIdentifier extension must be critical")
+        expected = hashlib.sha256(key_authorization.encode("ascii")).digest()
+        raw = acme.value.value if isinstance(acme.value, x509.UnrecognizedExtension) else b""
+        # The extension value is an OCTET STRING (04 20 ...) holding the SHA-256 digest.
+        if raw != b"\x04\x20" + expected:
+            raise ValidationFailed("unauthorized",
+                                   "the acmeIdentifier does not match the key authorization")
