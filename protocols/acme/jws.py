@@ -30,7 +30,7 @@ def b64decode(text: Any, what: str) -> bytes:
     if not isinstance(text, str) or "=" in text or "+" in text or "/" in text:
         raise AcmeProblem("malformed", f"{what} is not base64url without padding")
     try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
         raise AcmeProblem("malformed", f"{what} is not base64url") from None
 

@@ -1,0 +1,524 @@
+"""ACME (RFC 8555) through the HTTPS app with a test client: whole flows with real
+http-01, dns-01 and tls-alpn-01 validation against servers on loopback, EAB, key rollover,
+ARI, revocation, and every kind of bad request with its RFC 8555 error type."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import hashlib
+import json
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ca_core.acme import ari_cert_id, key_authorization
+from ca_core.hierarchy import ensure_hierarchy
+from conformance import testdns
+from gateway.app import build_https_app
+from gateway.config import load_config
+from gateway.runtime import Services, open_services
+from tests.acme_client import AccountKey, Client, b64, csr_for, jws, mac_jws
+
+ClientFactory = Callable[..., Any]
+ERR = "urn:ietf:params:acme:error:"
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port free for ``kind``; for UDP also free for TCP (the DNS server takes both)."""
+    while True:
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if kind == socket.SOCK_STREAM:
+            return port
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            try:
+                t.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+
+
+@dataclass
+class World:
+    services: Services
+    http: TestClient
+    tokens: dict[str, str]  # http-01 token -> key authorization
+    txt: Path  # dns-01 records directory of the test DNS server
+
+    def client(self, kind: str = "ec-p256", directory: str = "/acme/directory") -> Client:
+        return Client(self.http, AccountKey.make(kind), directory)
+
+
+async def _challenge_server(tokens: dict[str, str], port: int) -> web.AppRunner:
+    async def serve(request: web.Request) -> web.Response:
+        value = tokens.get(request.match_info["token"])
+        return web.Response(text=value) if value else web.Response(status=404)
+
+    app = web.Application()
+    app.router.add_get("/.well-known/acme-challenge/{token}", serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner
+
+
+async def _world(tmp_path: Path, aiohttp_client: ClientFactory, **env: str
+                 ) -> AsyncIterator[World]:
+    http_port, dns_port = free_port(), free_port(socket.SOCK_DGRAM)
+    txt = tmp_path / "txt"
+    txt.mkdir()
+    tokens: dict[str, str] = {}
+    runner = await _challenge_server(tokens, http_port)
+    config = load_config(environ={
+        "VCC_PKI_DATA_DIR": str(tmp_path / "data"),
+        "VCC_PKI_KEY_PASSPHRASE": "test-passphrase",
+        "VCC_PKI_ROOT_KEY_TYPE": "ec-p256",
+        "VCC_PKI_INTERMEDIATE_KEY_TYPE": "ec-p256",
+        "VCC_PKI_ACME_HTTP01_PORT": str(http_port),
+        "VCC_PKI_ACME_DNS_RESOLVER": f"127.0.0.1:{dns_port}",
+        "VCC_PKI_ACME_VALIDATION_ATTEMPTS": "1",
+        **env,
+    })
+    with testdns.running(dns_port, txt):
+        async with open_services(config, create=True) as services:
+            await ensure_hierarchy(services.authority)
+            await services.authority.load()
+            client: TestClient = await aiohttp_client(build_https_app(services))
+            yield World(services, client, tokens, txt)
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def world(tmp_path: Path, aiohttp_client: ClientFactory) -> AsyncIterator[World]:
+    async for w in _world(tmp_path, aiohttp_client):
+        yield w
+
+
+async def _problem(response: Any, acme_type: str, status: int | None = None) -> dict[str, Any]:
+    body = await response.json(content_type=None)
+    assert response.headers.get("Content-Type", "").startswith("application/problem+json"), body
+    assert body["type"] == ERR + acme_type, body
+    if status is not None:
+        assert response.status == status, body
+    assert response.headers.get("Replay-Nonce"), "every error carries a fresh nonce"
+    return dict(body)
+
+
+async def _poll(client: Client, url: str, until: Callable[[dict[str, Any]], bool]
+                ) -> dict[str, Any]:
+    for _ in range(200):
+        response = await client.post(url, None)
+        document: dict[str, Any] = await response.json()
+        if until(document):
+            return document
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{url} never reached the state: {document}")
+
+
+async def _authorize(world: World, client: Client, order: dict[str, Any],
+                     kind: str = "http-01") -> None:
+    for authz_url in order["authorizations"]:
+        authz = await (await client.post(authz_url, None)).json()
+        if authz["status"] == "valid":
+            continue
+        challenge = next(c for c in authz["challenges"] if c["type"] == kind)
+        key_auth = key_authorization(challenge["token"], client.key.jwk)
+        if kind == "http-01":
+            world.tokens[challenge["token"]] = key_auth
+        elif kind == "dns-01":
+            digest = b64(hashlib.sha256(key_auth.encode()).digest())
+            name = authz["identifier"]["value"]
+            (world.txt / f"_acme-challenge.{name}").write_text(digest + "\n")
+        response = await client.post(challenge["url"], {})
+        assert response.status == 200, await response.text()
+        assert f'<{authz_url}>;rel="up"' in response.headers.getall("Link")
+        await _poll(client, authz_url, lambda d: d["status"] != "pending")
+
+
+async def _order(client: Client, *names: str, ips: tuple[str, ...] = (),
+                 **extra: Any) -> tuple[str, dict[str, Any]]:
+    identifiers = [{"type": "dns", "value": n} for n in names]
+    identifiers += [{"type": "ip", "value": i} for i in ips]
+    response = await client.post(client.directory["newOrder"],
+                                 {"identifiers": identifiers, **extra})
+    assert response.status == 201, await response.text()
+    return response.headers["Location"], await response.json()
+
+
+async def _issue(world: World, client: Client, *names: str, kind: str = "http-01",
+                 ips: tuple[str, ...] = ()) -> tuple[str, dict[str, Any], bytes]:
+    order_url, order = await _order(client, *names, ips=ips)
+    await _authorize(world, client, order, kind)
+    order = await _poll(client, order_url, lambda d: d["status"] != "pending")
+    assert order["status"] == "ready", order
+    csr = csr_for([n for n in names], ips=list(ips))
+    response = await client.post(order["finalize"], {"csr": b64(csr)})
+    assert response.status == 200, await response.text()
+    order = await _poll(client, order_url, lambda d: d["status"] != "processing")
+    assert order["status"] == "valid", order
+    response = await client.post(order["certificate"], None)
+    assert response.status == 200
+    assert response.content_type == "application/pem-certificate-chain"
+    return order_url, order, await response.read()
+
+
+# --- whole flows --------------------------------------------------------------------------
+
+async def test_directory_and_nonces(world: World) -> None:
+    client = world.client()
+    directory = await client.load()
+    assert set(directory) >= {"newNonce", "newAccount", "newOrder", "revokeCert", "keyChange",
+                              "renewalInfo", "meta"}
+    assert directory["newAccount"] == "https://127.0.0.1:8443/acme/default/new-account"
+    assert directory["meta"]["externalAccountRequired"] is False
+    assert "tlsserver" in directory["meta"]["profiles"]
+    head = await world.http.head("/acme/default/new-nonce")
+    get = await world.http.get("/acme/default/new-nonce")
+    assert (head.status, get.status) == (200, 204)
+    nonces = {head.headers["Replay-Nonce"], get.headers["Replay-Nonce"]}
+    assert len(nonces) == 2 and all(len(n) >= 22 for n in nonces)
+    assert head.headers["Cache-Control"] == "no-store"
+    assert (await world.http.get("/acme/nosuch/directory")).status == 404
+
+
+@pytest.mark.parametrize("kind", ["ec-p256", "ec-p384", "rsa", "ed25519"])
+async def test_account_keys_register_and_reregister(world: World, kind: str) -> None:
+    client = world.client(kind)
+    await client.load()
+    first = await client.register()
+    assert first.status == 201, await first.text()
+    account = await first.json()
+    assert account["status"] == "valid" and account["contact"] == ["mailto:ops@example.org"]
+    url = first.headers["Location"]
+    assert url.startswith("https://127.0.0.1:8443/acme/acct/")
+    again = await client.register()
+    assert again.status == 200 and again.headers["Location"] == url
+    existing = await client.post(client.directory["newAccount"], {"onlyReturnExisting": True},
+                                 use_jwk=True)
+    assert existing.status == 200 and existing.headers["Location"] == url
+
+
+async def test_http01_order_certificate_ari_and_revocation(world: World) -> None:
+    client = world.client()
+    await client.load()
+    await client.register()
+    _, _, chain_pem = await _issue(world, client, "svc.test", "www.svc.test")
+    certificates = x509.load_pem_x509_certificates(chain_pem)
+    leaf = certificates[0]
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sorted(sans.get_values_for_type(x509.DNSName)) == ["svc.test", "www.svc.test"]
+    assert len(certificates) == 3  # leaf, issuing, intermediate
+    assert certificates[1].subject == leaf.issuer
+
+    # a new order for the same names reuses the valid authorizations
+    _, reordered = await _order(client, "svc.test")
+    assert reordered["status"] == "ready"
+
+    # ARI: the suggested window lies within the certificate's lifetime
+    cert_id = ari_cert_id(leaf)
+    response = await world.http.get(f"/acme/default/renewal-info/{cert_id}")
+    assert response.status == 200 and response.headers["Retry-After"]
+    window = (await response.json())["suggestedWindow"]
+    start = dt.datetime.fromisoformat(window["start"].replace("Z", "+00:00"))
+    assert leaf.not_valid_before_utc < start < leaf.not_valid_after_utc
+    # an order may name the certificate it replaces
+    _, renewal = await _order(client, "svc.test", replaces=cert_id)
+    assert renewal["replaces"] == cert_id
+
+    from cryptography.hazmat.primitives import serialization
+    der = leaf.public_bytes(serialization.Encoding.DER)
+    other = world.client()
+    await other.load()
+    await other.register()
+    response = await other.post(other.directory["revokeCert"], {"certificate": b64(der)})
+    await _problem(response, "unauthorized", 403)
+    response = await client.post(client.directory["revokeCert"],
+                                 {"certificate": b64(der), "reason": 4})
+    assert response.status == 200, await response.text()
+    response = await client.post(client.directory["revokeCert"], {"certificate": b64(der)})
+    await _problem(response, "alreadyRevoked")
+    record = (await world.services.store.find_certificates_by_serial(
+        format(leaf.serial_number, "x").rjust(2, "0")))
+    assert record and record[0].status == "revoked" and record[0].revocation_reason == \
+        "superseded"
+    # ARI for a revoked certificate: renew now
+    window = (await (await world.http.get(
+        f"/acme/default/renewal-info/{cert_id}")).json())["suggestedWindow"]
+    end = dt.datetime.fromisoformat(window["end"].replace("Z", "+00:00"))
+    assert end <= dt.datetime.now(dt.UTC)
+
+
+async def test_dns01_wildcard_and_ip_identifier(world: World) -> None:
+    client = world.client("ed25519")
+    await client.load()
+    await client.register()
+    _, order = await _order(client, "*.wild.test")
+    authz = await (await client.post(order["authorizations"][0], None)).json()
+    assert authz["wildcard"] is True and authz["identifier"]["value"] == "wild.test"
+    assert [c["type"] for c in authz["challenges"]] == ["dns-01"]
+    _, _, chain = await _issue(world, client, "*.wild.test", kind="dns-01")
+    leaf = x509.load_pem_x509_certificates(chain)[0]
+    assert leaf.extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName) == ["*.wild.test"]
+
+    _, order = await _order(client, ips=("127.0.0.1",))
+    authz = await (await client.post(order["authorizations"][0], None)).json()
+    assert sorted(c["type"] for c in authz["challenges"]) == ["http-01", "tls-alpn-01"]
+    _, _, chain = await _issue(world, client, ips=("127.0.0.1",))
+
+
+async def test_revocation_by_certificate_key(world: World) -> None:
+    client = world.client()
+    await client.load()
+    await client.register()
+    order_url, order = await _order(client, "keyholder.test")
+    await _authorize(world, client, order)
+    await _poll(client, order_url, lambda d: d["status"] == "ready")
+    cert_key = ec.generate_private_key(ec.SECP256R1())
+    await client.post(order["finalize"], {"csr": b64(csr_for(["keyholder.test"], cert_key))})
+    order = await _poll(client, order_url, lambda d: d["status"] == "valid")
+    pem = await (await client.post(order["certificate"], None)).read()
+    from cryptography.hazmat.primitives import serialization
+    der = x509.load_pem_x509_certificates(pem)[0].public_bytes(serialization.Encoding.DER)
+    holder = Client(world.http, AccountKey(cert_key, "ES256"))
+    await holder.load()
+    response = await holder.post(holder.directory["revokeCert"],
+                                 {"certificate": b64(der), "reason": 1}, use_jwk=True)
+    assert response.status == 200, await response.text()
+
+
+async def test_key_rollover_and_deactivation(world: World) -> None:
+    client = world.client()
+    await client.load()
+    await client.register()
+    new_key = AccountKey.make("ed25519")
+    url = client.directory["keyChange"]
+    inner = jws(new_key, {"account": client.account_url, "oldKey": client.key.jwk},
+                {"jwk": new_key.jwk, "url": url})
+    response = await client.post(url, inner)
+    assert response.status == 200, await response.text()
+    old = client.key
+    client.key = new_key
+    assert (await client.post(client.account_url or "", None)).status == 200
+    # the old key no longer signs for the account (an EC key for an Ed25519 account)
+    response = await client.post(client.account_url or "", None, key=old)
+    await _problem(response, "badSignatureAlgorithm", 400)
+    # a rollover to a key that is another account's is a conflict
+    other = world.client()
+    await other.load()
+    await other.register()
+    inner = jws(other.key, {"account": client.account_url, "oldKey": client.key.jwk},
+                {"jwk": other.key.jwk, "url": url})
+    await _problem(await client.post(url, inner), "conflict", 409)
+
+    response = await client.post(client.account_url or "", {"status": "deactivated"})
+    assert (await response.json())["status"] == "deactivated"
+    await _problem(await client.post(client.account_url or "", None), "unauthorized", 401)
+
+
+# --- External Account Binding -------------------------------------------------------------
+
+@pytest.fixture
+async def eab_world(tmp_path: Path, aiohttp_client: ClientFactory) -> AsyncIterator[World]:
+    async for w in _world(tmp_path, aiohttp_client, VCC_PKI_ACME_EAB_REQUIRED="true"):
+        yield w
+
+
+async def test_external_account_binding(eab_world: World) -> None:
+    world = eab_world
+    client = world.client()
+    directory = await client.load()
+    assert directory["meta"]["externalAccountRequired"] is True
+    await _problem(await client.register(), "externalAccountRequired", 400)
+
+    key = await world.services.acme.create_eab_key("default")
+    url = directory["newAccount"]
+    for alg in ("HS256", "HS512"):
+        binding = mac_jws(key.kid, b"wrong-key" * 4, client.key.jwk, url, alg)
+        await _problem(await client.register(externalAccountBinding=binding),
+                       "unauthorized", 401)
+    binding = mac_jws(key.kid, key.hmac_key, world.client().key.jwk, url)  # another key
+    await _problem(await client.register(externalAccountBinding=binding), "unauthorized", 401)
+    binding = mac_jws(key.kid, key.hmac_key, client.key.jwk, url, "HS384")
+    response = await client.register(externalAccountBinding=binding)
+    assert response.status == 201, await response.text()
+    assert (await response.json())["externalAccountBinding"] == {"kid": key.kid}
+    # single use: another account cannot take the same key id
+    second = world.client()
+    await second.load()
+    binding = mac_jws(key.kid, key.hmac_key, second.key.jwk, url)
+    await _problem(await second.register(externalAccountBinding=binding), "unauthorized", 401)
+
+
+# --- bad requests -------------------------------------------------------------------------
+
+async def test_bad_jws_requests(world: World) -> None:
+    client = world.client()
+    await client.load()
+    await client.register()
+    url = client.directory["newOrder"]
+    payload = {"identifiers": [{"type": "dns", "value": "x.test"}]}
+
+    await _problem(await client.post(url, payload, content_type="application/json"),
+                   "malformed", 415)
+    await _problem(await client.post(url, payload, nonce="bogus"), "badNonce", 400)
+    nonce = await client.nonce()
+    assert (await client.post(url, payload, nonce=nonce)).status == 201
+    await _problem(await client.post(url, payload, nonce=nonce), "badNonce", 400)  # replay
+    await _problem(await client.post(url, payload, header={"url": url + "x"}),
+                   "unauthorized", 401)
+    await _problem(await client.post(url, payload, header={"jwk": client.key.jwk}),
+                   "malformed")  # both jwk and kid
+    await _problem(await client.post(
+        url, payload, header={"kid": "https://127.0.0.1:8443/acme/acct/nope"}),
+        "accountDoesNotExist")
+    await _problem(await client.post(url, payload, key=AccountKey.make()), "malformed")
+    for alg in ("none", "HS256", "RS256"):  # RS256 with an EC key does not fit either
+        await _problem(await client.post(url, payload, alg=alg), "badSignatureAlgorithm")
+    for body in (b"garbage", b"{}", b'{"protected": "!!", "payload": "", "signature": ""}',
+                 json.dumps({"signatures": []}).encode()):
+        response = await world.http.post("/acme/default/new-order", data=body,
+                                         headers={"Content-Type": "application/jose+json"})
+        await _problem(response, "malformed")
+    big = b"{" + b" " * (70 * 1024) + b"}"
+    response = await world.http.post("/acme/default/new-order", data=big,
+                                     headers={"Content-Type": "application/jose+json"})
+    await _problem(response, "malformed", 413)
+    # newAccount must carry the key; other requests the account
+    await _problem(await client.post(url, payload, use_jwk=True), "malformed")
+    await _problem(await client.post(
+        client.directory["newAccount"], {"termsOfServiceAgreed": True}), "malformed")
+    stranger = world.client()
+    await stranger.load()
+    await _problem(await stranger.post(client.directory["newAccount"],
+                                       {"onlyReturnExisting": True}, use_jwk=True),
+                   "accountDoesNotExist")
+    await _problem(await stranger.post(client.directory["newAccount"],
+                                       {"contact": ["tel:+4912345"]}, use_jwk=True),
+                   "unsupportedContact")
+
+
+async def test_bad_orders_and_finalize(world: World) -> None:
+    client = world.client()
+    await client.load()
+    await client.register()
+    new_order = client.directory["newOrder"]
+    for identifiers, acme_type in (
+        ([], "malformed"), ([{"type": "email", "value": "a@b.test"}], "unsupportedIdentifier"),
+        ([{"type": "dns", "value": "not a name"}], "rejectedIdentifier"),
+        ([{"type": "dns", "value": "a.*.test"}], "rejectedIdentifier"),
+        ([{"type": "ip", "value": "999.1.1.1"}], "malformed"),
+    ):
+        await _problem(await client.post(new_order, {"identifiers": identifiers}), acme_type)
+    await _problem(await client.post(new_order, {
+        "identifiers": [{"type": "dns", "value": "x.test"}], "profile": "nope"}),
+        "invalidProfile")
+
+    order_url, order = await _order(client, "finalize.test")
+    csr = csr_for(["finalize.test"])
+    await _problem(await client.post(order["finalize"], {"csr": b64(csr)}),
+                   "orderNotReady", 403)
+    await _authorize(world, client, order)
+    await _poll(client, order_url, lambda d: d["status"] == "ready")
+    for bad, acme_type in ((csr_for(["other.test"]), "badCSR"),
+                           (csr_for(["finalize.test", "extra.test"]), "badCSR"),
+                           (b"not a csr", "badCSR")):
+        await _problem(await client.post(order["finalize"], {"csr": b64(bad)}), acme_type)
+    await _problem(await client.post(order["finalize"], {"csr": "***"}), "malformed")
+    # nothing changed: the order is still ready and finalizes
+    still = await (await client.post(order_url, None)).json()
+    assert still["status"] == "ready"
+    assert (await client.post(order["finalize"], {"csr": b64(csr)})).status == 200
+
+    # another account sees none of it
+    other = world.client()
+    await other.load()
+    await other.register()
+    await _problem(await other.post(order_url, None), "malformed", 404)
+    await _problem(await other.post(order["authorizations"][0], None), "malformed", 404)
+
+
+async def test_wrong_challenge_response_invalidates(world: World) -> None:
+    client = world.client()
+    await client.load()
+    await client.register()
+    order_url, order = await _order(client, "wrong.test")
+    authz_url = order["authorizations"][0]
+    authz = await (await client.post(authz_url, None)).json()
+    challenge = next(c for c in authz["challenges"] if c["type"] == "http-01")
+    world.tokens[challenge["token"]] = "not-the-key-authorization"
+    await client.post(challenge["url"], {})
+    authz = await _poll(client, authz_url, lambda d: d["status"] != "pending")
+    assert authz["status"] == "invalid"
+    failed = next(c for c in authz["challenges"] if c["type"] == "http-01")
+    assert failed["error"]["type"] == ERR + "unauthorized"
+    order = await (await client.post(order_url, None)).json()
+    assert order["status"] == "invalid" and order["error"]["type"] == ERR + "unauthorized"
+    # answering again changes nothing
+    again = await client.post(challenge["url"], {})
+    assert (await again.json())["status"] == "invalid"
+
+
+async def test_identifier_policy_of_an_organization(world: World) -> None:
+    from ca_core.hierarchy import ensure_organization
+    from ca_core.principal import Principal
+
+    await ensure_organization(world.services.authority, "health", "Health",
+                              Principal.system("test"))
+    org = await world.services.authority.organization("health")
+    from db.records import AuditEvent
+    await world.services.store.update_organization_config(
+        org.org_id, {"acme": {"allowed_domains": ["health.test"],
+                              "prevalidated_domains": ["intern.health.test"]}},
+        AuditEvent(event_type="organization.updated", category="organization",
+                   action="update", actor_type="system", actor_id="test"))
+    world.services.authority._orgs.pop("health", None)
+    client = world.client(directory="/acme/health/directory")
+    directory = await client.load()
+    assert directory["newOrder"].endswith("/acme/health/new-order")
+    assert (await client.register()).status == 201
+    response = await client.post(directory["newOrder"], {"identifiers": [
+        {"type": "dns", "value": "a.health.test"}, {"type": "dns", "value": "evil.test"},
+        {"type": "ip", "value": "10.1.2.3"}]})
+    problem = await _problem(response, "rejectedIdentifier")
+    assert sorted(s["identifier"]["value"] for s in problem["subproblems"]) == [
+        "10.1.2.3", "evil.test"]
+    _, order = await _order(client, "db.intern.health.test")
+    assert order["status"] == "ready"  # pre-validated by policy
+    _, _, chain = await _issue(world, client, "db.intern.health.test")
+    leaf = x509.load_pem_x509_certificates(chain)[0]
+    assert "Issuing CA health" in leaf.issuer.rfc4514_string()
+
+
+async def test_rate_limit(tmp_path: Path, aiohttp_client: ClientFactory) -> None:
+    async for world in _world(tmp_path, aiohttp_client,
+                              VCC_PKI_ACME_ORDERS_PER_ACCOUNT_PER_HOUR="2"):
+        client = world.client()
+        await client.load()
+        await client.register()
+        await _order(client, "a.test")
+        await _order(client, "b.test")
+        response = await client.post(client.directory["newOrder"],
+                                     {"identifiers": [{"type": "dns", "value": "c.test"}]})
+        await _problem(response, "rateLimited", 429)
+        assert int(response.headers["Retry-After"]) > 0
+
+
+def test_base64_helper_rejects_padding() -> None:
+    from ca_core.acme import AcmeProblem
+    from protocols.acme.jws import b64decode
+
+    assert b64decode(base64.urlsafe_b64encode(b"ab").decode().rstrip("="), "x") == b"ab"
+    with pytest.raises(AcmeProblem):
+        b64decode("YWI=", "x")
