@@ -18,10 +18,13 @@ that visit every configuration in turn (A B A B, because the machine is noisy):
    a reply counts only when it is a TimeStampResp with PKIStatus granted),
 3. the do-it-yourself peer: ``openssl ts -reply -queryfile q.tsq`` run once per request by
    as many concurrent workers, with the same TSA certificate and key (an unencrypted copy,
-   software keys only; openssl's serial file is the "unlocked counter file" the issue warns
-   about, so duplicate serials among its replies are counted too).
+   software keys only). Its rate is measured with a serial file per worker, so that it is
+   openssl's own cost; openssl's serial file is the "unlocked counter file" the issue warns
+   about, so a shorter run with one shared file counts the replies it does not grant (it
+   reads a half-written file) and the serials it hands out twice.
 
 The table gives medians over rounds; ratios are taken within a round, then their median.
+Only granted replies count as stamps, from the gateway and from openssl alike.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from ca_core.tsa import TimeStampAuthority
 from conformance.bench.issuance import (
     STOP,
     Rate,
+    _cpu_times,
     describe,
     measure_sign_concurrent,
     measure_sign_sync,
@@ -99,8 +103,9 @@ class Setup:
     raw: list[float] = field(default_factory=list)  # the limit, per round
     stamps: dict[int, list[Rate]] = field(default_factory=dict)
     ratios: dict[int, list[float]] = field(default_factory=dict)
-    diy_rates: dict[int, list[Rate]] = field(default_factory=dict)
-    diy_duplicates: dict[int, int] = field(default_factory=dict)
+    diy_rates: dict[int, list[Rate]] = field(default_factory=dict)  # own serial files
+    diy_ratios: dict[int, list[float]] = field(default_factory=dict)  # stamps / DIY per round
+    diy_shared: dict[int, list[DiyRun]] = field(default_factory=dict)  # one serial file
 
     @property
     def name(self) -> str:
@@ -186,7 +191,7 @@ _OPENSSL_TSA_CONFIG = """\
 default_tsa = bench_tsa
 
 [ bench_tsa ]
-serial = {dir}/tsaserial
+serial = {serial}
 crypto_device = builtin
 signer_cert = {dir}/tsa.pem
 certs = {dir}/chain.pem
@@ -200,11 +205,19 @@ tsa_name = no
 ess_cert_id_chain = no
 ess_cert_id_alg = sha256
 """
+SHARED_SECONDS = 2.0  # the shared-serial-file run: long enough to show the race
 
 
 @dataclass
 class DiyPeer:
-    """``openssl ts -reply`` with the gateway's TSA certificate and (a copy of) its key."""
+    """``openssl ts -reply`` with the gateway's TSA certificate and (a copy of) its key.
+
+    openssl keeps the last serial in a file that it reads and rewrites without a lock, so
+    concurrent ``openssl ts -reply`` processes sharing one file hand out a serial twice or
+    read a half-written file and reply "rejection" (exit status 0). The throughput figure
+    therefore gives every client its own serial file (disjoint ranges): what openssl itself
+    costs per request; a separate, shorter run with one shared file counts what goes wrong.
+    """
 
     directory: Path
     query: Path
@@ -222,54 +235,83 @@ class DiyPeer:
             loaded.certificate.public_bytes(serialization.Encoding.PEM))
         (directory / "chain.pem").write_bytes(b"".join(
             c.public_bytes(serialization.Encoding.PEM) for c in loaded.chain[1:]))
-        (directory / "tsaserial").write_text("01\n")
-        (directory / "tsa.cnf").write_text(_OPENSSL_TSA_CONFIG.format(dir=directory))
         peer = cls(directory, query)
-        reply = peer.stamp(directory / "probe.tsr")
-        serial = _granted_serial(reply)
+        serial, status = _reply_serial(peer.stamp(directory / "probe.tsr", peer.config(None)))
         if serial is None:
-            raise RuntimeError("openssl ts -reply did not grant the probe")
+            raise RuntimeError(f"openssl ts -reply did not grant the probe ({status})")
         return peer
 
-    def stamp(self, out: Path) -> bytes:
+    def config(self, client: int | None) -> Path:
+        """The openssl config with the shared serial file (None) or the client's own."""
+        name = "tsa.cnf" if client is None else f"tsa-{client}.cnf"
+        path = self.directory / name
+        if not path.exists():
+            serial = self.directory / ("tsaserial" if client is None else f"tsaserial-{client}")
+            # openssl reads the file as hex with an even number of digits (it rejects
+            # "10000000000000000"); each client counts from its own 2**64 block.
+            first = 1 if client is None else (client + 1) << 64
+            digits = f"{first:X}"
+            serial.write_text(digits.zfill(len(digits) + len(digits) % 2) + "\n")
+            path.write_text(_OPENSSL_TSA_CONFIG.format(dir=self.directory, serial=serial))
+        return path
+
+    def stamp(self, out: Path, config: Path) -> bytes:
         subprocess.run(
-            ["openssl", "ts", "-reply", "-config", str(self.directory / "tsa.cnf"),
+            ["openssl", "ts", "-reply", "-config", str(config),
              "-queryfile", str(self.query), "-out", str(out)],
             check=True, capture_output=True, timeout=60,
         )
         return out.read_bytes()
 
 
-def _granted_serial(reply: bytes) -> int | None:
+def _reply_serial(reply: bytes) -> tuple[int | None, str]:
+    """The token's serial and the PKIStatus of a TimeStampResp (serial None unless granted)."""
     response = TimeStampResp.load(reply)
-    if response["status"]["status"].native != "granted":
-        return None
+    status = response["status"]
+    if status["status"].native != "granted":
+        text = status["status_string"].native or []
+        return None, f"{status['status'].native}: {' '.join(text)}".strip()
     tst = response["time_stamp_token"]["content"]["encap_content_info"]["content"].parsed
     serial: int = tst["serial_number"].native
-    return serial
+    return serial, "granted"
 
 
-def run_diy(peer: DiyPeer, seconds: float, clients: int) -> tuple[Rate, int]:
+@dataclass
+class DiyRun:
+    rate: Rate  # granted replies only
+    not_granted: int  # replies with another PKIStatus (openssl still exits 0)
+    duplicates: int  # granted serials handed out more than once
+
+    @property
+    def replies(self) -> int:
+        return self.rate.count + self.not_granted
+
+
+def run_diy(peer: DiyPeer, seconds: float, clients: int, shared: bool) -> DiyRun:
     """``clients`` threads, each running ``openssl ts -reply`` per request until the time is
-    up; returns the rate and how many serials were handed out twice."""
+    up, with one serial file for all (``shared``) or one per client."""
     latencies: list[float] = []
     serials: list[int] = []
     errors: list[BaseException] = []
+    rejected: list[str] = []
     lock = threading.Lock()
 
     def worker(n: int) -> None:
         out = peer.directory / f"reply-{n}.tsr"
+        config = peer.config(None if shared else n)
         while time.perf_counter() < deadline and not STOP.is_set():
             t0 = time.perf_counter()
             try:
-                serial = _granted_serial(peer.stamp(out))
+                serial, status = _reply_serial(peer.stamp(out, config))
             except Exception as exc:  # counted and shown; the benchmark goes on
                 with lock:
                     errors.append(exc)
                 continue
             with lock:
-                latencies.append(time.perf_counter() - t0)
-                if serial is not None:
+                if serial is None:
+                    rejected.append(status)
+                else:
+                    latencies.append(time.perf_counter() - t0)
                     serials.append(serial)
 
     with steal_meter() as steal:
@@ -279,12 +321,16 @@ def run_diy(peer: DiyPeer, seconds: float, clients: int) -> tuple[Rate, int]:
             list(pool.map(worker, range(clients)))
         elapsed = time.perf_counter() - started
     latencies.sort()
-    note = f"{len(errors)} errors, first: {errors[0]}"[:160] if errors else ""
+    notes = []
+    if rejected:
+        notes.append(f"{len(rejected)} not granted, first: {rejected[0]}")
+    if errors:
+        notes.append(f"{len(errors)} errors, first: {errors[0]}")
     rate = Rate(len(latencies) / elapsed, len(latencies), elapsed,
                 p50_ms=percentile(latencies, 50) * 1000,
-                p99_ms=percentile(latencies, 99) * 1000, errors=len(errors), steal=steal[0],
-                note=note)
-    return rate, len(serials) - len(set(serials))
+                p99_ms=percentile(latencies, 99) * 1000, errors=len(errors) + len(rejected),
+                steal=steal[0], note="; ".join(notes)[:200])
+    return DiyRun(rate, len(rejected), len(serials) - len(set(serials)))
 
 
 # ---------------------------------------------------------------------------- setup
@@ -309,6 +355,11 @@ def _env(config: KeyConfig, data_dir: Path, workers: int, token: Any) -> dict[st
             "SOFTHSM2_CONF": str(token.conf_path),
         })
     return env
+
+
+def _stderr(exc: subprocess.CalledProcessError) -> str:
+    err = exc.stderr
+    return err.decode(errors="replace") if isinstance(err, bytes) else str(err)
 
 
 def _softhsm_token(base: Path) -> Any:
@@ -346,11 +397,16 @@ async def setup(target: Setup, stack: contextlib.AsyncExitStack, base: Path,
     await tsa.open()
     target.signer = tsa.loaded.signer
     if target.config.backend != "software":
-        target.diy_skipped = "n/a: openssl ts -reply has no PKCS#11 key here"
+        target.diy_skipped = "n/a (token key)"
     elif shutil.which("openssl") is None:
         target.diy_skipped = "openssl not installed"
     else:
-        target.diy = DiyPeer.create(directory / "diy", tsa, query)
+        try:
+            target.diy = DiyPeer.create(directory / "diy", tsa, query)
+        except Exception as exc:  # the gateway's figures do not need the peer
+            detail = _stderr(exc) if isinstance(exc, subprocess.CalledProcessError) \
+                else str(exc)
+            target.diy_skipped = f"failed: {type(exc).__name__}: {detail}"[:120]
 
 
 # ---------------------------------------------------------------------------- rounds
@@ -359,8 +415,10 @@ async def setup(target: Setup, stack: contextlib.AsyncExitStack, base: Path,
 async def run_round(live: list[Setup], args: argparse.Namespace, base: Path, warm: bool
                     ) -> None:
     for target in live:
-        if STOP.is_set() or target.signer is None or target.gateway is None:
+        if STOP.is_set():
             return
+        if target.signer is None or target.gateway is None:
+            continue  # set up without a signer, or its gateway failed in an earlier round
         signer = target.signer
         sync = measure_sign_sync(signer, args.seconds)
         print(describe(f"{target.name} raw sign_sync (1 thread)", sync), flush=True)
@@ -374,12 +432,20 @@ async def run_round(live: list[Setup], args: argparse.Namespace, base: Path, war
         url = f"{target.gateway.http_url}/tsa"
         assert target.query is not None
         query = target.query.read_bytes()
+        this_round: dict[int, float] = {}
         for clients in args.clients:
             if STOP.is_set():
                 return
-            if warm:
-                await asyncio.to_thread(run_wrk, url, query, 1.0, clients, base)
-            rate = await asyncio.to_thread(run_wrk, url, query, args.seconds, clients, base)
+            try:
+                if warm:
+                    await asyncio.to_thread(run_wrk, url, query, 1.0, clients, base)
+                rate = await asyncio.to_thread(run_wrk, url, query, args.seconds, clients, base)
+            except Exception as exc:  # shown, and this gateway is left out from now on
+                print(f"{target.name} POST /tsa ({clients} clients) failed: "
+                      f"{type(exc).__name__}: {exc}"[:300], flush=True)
+                target.gateway = None
+                break
+            this_round[clients] = rate.rate
             target.stamps.setdefault(clients, []).append(rate)
             target.ratios.setdefault(clients, []).append(rate.rate / limit)
             print(describe(f"{target.name} POST /tsa ({clients} clients)", rate)
@@ -389,11 +455,21 @@ async def run_round(live: list[Setup], args: argparse.Namespace, base: Path, war
         for clients in args.clients:
             if STOP.is_set():
                 return
-            diy, duplicates = await asyncio.to_thread(run_diy, target.diy, args.seconds, clients)
-            target.diy_rates.setdefault(clients, []).append(diy)
-            target.diy_duplicates[clients] = target.diy_duplicates.get(clients, 0) + duplicates
-            print(describe(f"{target.name} DIY openssl ts -reply ({clients})", diy)
-                  + f"  duplicate serials {duplicates}", flush=True)
+            diy = await asyncio.to_thread(run_diy, target.diy, args.seconds, clients, False)
+            target.diy_rates.setdefault(clients, []).append(diy.rate)
+            if diy.rate.rate > 0 and clients in this_round:
+                target.diy_ratios.setdefault(clients, []).append(
+                    this_round[clients] / diy.rate.rate)
+            print(describe(f"{target.name} DIY openssl ts -reply ({clients})", diy.rate),
+                  flush=True)
+            if STOP.is_set():
+                return
+            shared = await asyncio.to_thread(
+                run_diy, target.diy, min(SHARED_SECONDS, args.seconds), clients, True)
+            target.diy_shared.setdefault(clients, []).append(shared)
+            print(f"{target.name} DIY, one serial file ({clients}): {shared.replies} replies, "
+                  f"{shared.not_granted} not granted, {shared.duplicates} duplicate serials",
+                  flush=True)
 
 
 # ---------------------------------------------------------------------------- table
@@ -419,9 +495,18 @@ def _target(target: Setup) -> str:
     return f">= {TARGET_SOFTWARE:,.0f}/s"
 
 
+def _shared_cell(runs: Sequence[DiyRun]) -> str:
+    """Over all rounds: the share of replies not granted, and duplicate serials."""
+    replies = sum(r.replies for r in runs)
+    if not replies:
+        return "-"
+    not_granted = sum(r.not_granted for r in runs)
+    return f"{not_granted / replies:.0%} / {sum(r.duplicates for r in runs)}"
+
+
 def print_table(setups: list[Setup], clients: Sequence[int], rounds_done: int) -> None:
     header = ["config", "clients", "stamps/s (p50/p99 ms)", "raw sign/s", "stamps/raw",
-              "DIY openssl ts -reply/s (p50/p99 ms)", "stamps/DIY", "DIY dup serials",
+              "DIY openssl/s (p50/p99 ms)", "stamps/DIY", "DIY 1 serial file: rejected/dup",
               "target"]
     rows: list[list[str]] = []
     for target in setups:
@@ -433,19 +518,19 @@ def print_table(setups: list[Setup], clients: Sequence[int], rounds_done: int) -
             stamps = target.stamps.get(n, [])
             diy = target.diy_rates.get(n, [])
             ratio = _median(target.ratios.get(n, []))
-            versus = (statistics.median(s.rate for s in stamps)
-                      / statistics.median(d.rate for d in diy)) if stamps and diy else None
+            versus = _median(target.diy_ratios.get(n, []))
             rows.append([
                 target.name, str(n), _cell(stamps),
                 "-" if raw is None else f"{raw:,.0f}",
                 "-" if ratio is None else f"{ratio:.2f}",
                 _cell(diy) if diy else (target.diy_skipped or "-"),
                 "-" if versus is None else f"{versus:.1f}x",
-                str(target.diy_duplicates[n]) if n in target.diy_duplicates else "-",
+                _shared_cell(target.diy_shared.get(n, [])) if diy else "-",
                 _target(target),
             ])
     full = [r for r in rows if len(r) == len(header)]
     widths = [max(len(r[i]) for r in [header, *full]) for i in range(len(header))]
+    widths[:2] = [max(widths[i], *(len(r[i]) for r in rows)) for i in range(2)]
     print()
     partial = " (interrupted: the last round is partial)" if STOP.is_set() else ""
     print(f"Time-stamping benchmark: median of {rounds_done} round(s); ratios per round, "
@@ -478,6 +563,7 @@ async def run(args: argparse.Namespace) -> None:
           f"rounds, {args.seconds:g} s per measurement, clients {args.clients}; "
           f"CPUs {os.cpu_count()}; work dir {base}", flush=True)
     rounds_done = 0
+    total0, steal0 = _cpu_times()
     try:
         async with contextlib.AsyncExitStack() as stack:
             hsm_token: Any = None
@@ -499,7 +585,7 @@ async def run(args: argparse.Namespace) -> None:
                 try:
                     await setup(target, stack, base, hsm_token)
                 except Exception as exc:
-                    detail = exc.stderr if isinstance(exc, subprocess.CalledProcessError) \
+                    detail = _stderr(exc) if isinstance(exc, subprocess.CalledProcessError) \
                         else exc
                     target.skipped = f"setup failed: {type(exc).__name__}: {detail}"[:300]
                     print(f"setup {target.name}: {target.skipped}", flush=True)
@@ -515,7 +601,10 @@ async def run(args: argparse.Namespace) -> None:
                 rounds_done = round_no
     finally:
         shutil.rmtree(base, ignore_errors=True)
+    total1, steal1 = _cpu_times()
     print_table(setups, args.clients, rounds_done)
+    if total1 > total0:
+        print(f"CPU steal over the whole run: {(steal1 - steal0) / (total1 - total0):.0%}")
     print(f"wall time {time.monotonic() - started:.0f} s")
 
 
