@@ -323,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     tsa_show = tsa.add_parser("show", help="a recorded time-stamp token, by serial")
     tsa_show.add_argument("serial", help="hex, as `openssl ts -reply -text` prints it")
     tsa_show.set_defaults(fn=cmd_tsa_show)
-    tsa.add_parser("chain", help="the TSA certificate and its CAs up to the root (PEM), "
+    tsa.add_parser("chain", help="the TSA certificate and its CAs below the root (PEM), "
                    "for `openssl ts -verify -untrusted`").set_defaults(fn=cmd_tsa_chain)
     return parser
 
