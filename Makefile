@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA_DIR ?= vcc-pki-data
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run init test lint bench conformance system-deps clean
+.PHONY: run init test lint bench bench-deps conformance system-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,12 +19,16 @@ run: $(STAMP)
 	VCC_PKI_DATA_DIR=$(DATA_DIR) $(BIN)/vcc-pki init
 	VCC_PKI_DATA_DIR=$(DATA_DIR) exec $(BIN)/vcc-pki serve
 
-# softhsm2 (the PKCS#11 token of the tests), opensc (pkcs11-tool), openssl and curl.
+# softhsm2 (the PKCS#11 token of the tests), opensc (pkcs11-tool), openssl and curl;
+# the ACME clients of the conformance tests: certbot, lego, dehydrated.
 system-deps:
 	@if ! command -v softhsm2-util >/dev/null || ! command -v pkcs11-tool >/dev/null \
-	    || ! command -v openssl >/dev/null || ! command -v curl >/dev/null; then \
+	    || ! command -v openssl >/dev/null || ! command -v curl >/dev/null \
+	    || ! command -v certbot >/dev/null || ! command -v lego >/dev/null \
+	    || ! command -v dehydrated >/dev/null; then \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq softhsm2 opensc openssl curl; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq softhsm2 opensc openssl \
+	    curl certbot lego dehydrated; \
 	fi
 
 test: $(STAMP) system-deps
@@ -37,8 +41,20 @@ lint: $(STAMP)
 conformance: $(STAMP) system-deps
 	$(BIN)/pytest -m conformance
 
-bench: $(STAMP) system-deps
+# Load generators and peer OCSP responders of the benchmarks: hey drives `openssl ocsp`
+# (which hangs on wrk's connection probe), ab is a fallback, cfssl ocspserve is a peer.
+bench-deps:
+	@if ! command -v wrk >/dev/null || ! command -v cfssl >/dev/null \
+	    || ! command -v hey >/dev/null || ! command -v ab >/dev/null; then \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk golang-cfssl hey apache2-utils; \
+	fi
+
+bench: $(STAMP) system-deps bench-deps
 	$(BIN)/python -m conformance.bench.issuance
+	$(BIN)/python -m conformance.bench.ocsp
+	$(BIN)/python -m conformance.bench.crl
+	$(BIN)/python -m conformance.bench.tsa
 
 clean:
 	rm -rf $(VENV) $(DATA_DIR) *.egg-info

@@ -465,6 +465,10 @@ class PostgresStore(Store):
         )
         return None if row is None else _cert(row)
 
+    async def get_certificate_by_id(self, cert_id: str) -> CertificateRecord | None:
+        row = await self._fetchrow("SELECT * FROM certificates WHERE cert_id = $1", cert_id)
+        return None if row is None else _cert(row)
+
     async def find_certificates_by_serial(self, serial_hex: str) -> list[CertificateRecord]:
         rows = await self._fetch(
             "SELECT * FROM certificates WHERE serial_hex = $1 ORDER BY created_at, cert_id",

@@ -465,6 +465,11 @@ class SqliteStore(Store):
         )
         return None if row is None else _cert(row)
 
+    async def get_certificate_by_id(self, cert_id: str) -> CertificateRecord | None:
+        row = await self._read(lambda c: c.execute(
+            "SELECT * FROM certificates WHERE cert_id = ?", (cert_id,)).fetchone())
+        return None if row is None else _cert(row)
+
     async def find_certificates_by_serial(self, serial_hex: str) -> list[CertificateRecord]:
         rows = await self._read(
             lambda c: c.execute(

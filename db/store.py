@@ -102,6 +102,9 @@ class Store(abc.ABC):
         ...
 
     @abc.abstractmethod
+    async def get_certificate_by_id(self, cert_id: str) -> CertificateRecord | None: ...
+
+    @abc.abstractmethod
     async def find_certificates_by_serial(self, serial_hex: str) -> list[CertificateRecord]:
         """All certificates with this serial, across issuers (serials are random, so
         normally one)."""

@@ -725,6 +725,9 @@ async def test_acme_orders_and_authorizations(store: Store, seed: Seed) -> None:
     assert await store.update_acme_order(valid, "pending")
     assert await store.get_acme_order(order.order_id) == valid
     assert await store.find_acme_order_by_cert(cert.cert_id) == valid
+    stored = await store.get_certificate_by_id(cert.cert_id)
+    assert stored is not None and stored.serial_hex == cert.serial_hex
+    assert await store.get_certificate_by_id("nope") is None
     failed = replace(valid, status="invalid", error={"type": "x", "detail": "y"})
     assert await store.update_acme_order(failed, "valid")
     assert (await store.get_acme_order(order.order_id)) == failed

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# certbot against the gateway's ACME server: register, certonly --standalone (http-01) with
+# ECDSA and RSA keys, renew --force-renewal, revoke, and registration with EAB.
+source "$(dirname "$0")/common.sh"
+export REQUESTS_CA_BUNDLE=$ROOT_CA
+cb() {  # cb <config name> <certbot args...>
+  local dir="$WORK/certbot-$1"; shift
+  certbot --server "$DIRECTORY_URL" --config-dir "$dir/config" --work-dir "$dir/work" \
+    --logs-dir "$dir/logs" --non-interactive "$@"
+}
+step "certbot register"
+run_expect "Account registered" cb main register --agree-tos -m ops@example.org
+step "certbot certonly --standalone, ECDSA key, two names"
+cb main certonly --standalone --http-01-port "$HTTP01_PORT" --key-type ecdsa \
+  -d certbot.svc.test -d www.certbot.svc.test
+verify_chain "$WORK/certbot-main/config/live/certbot.svc.test/fullchain.pem" certbot.svc.test
+run_expect "id-ecPublicKey" openssl x509 -in "$WORK/leaf.pem" -noout -text
+step "certbot certonly --standalone, RSA-2048 key"
+cb main certonly --standalone --http-01-port "$HTTP01_PORT" --key-type rsa \
+  --rsa-key-size 2048 -d rsa.certbot.svc.test
+verify_chain "$WORK/certbot-main/config/live/rsa.certbot.svc.test/fullchain.pem" \
+  rsa.certbot.svc.test
+run_expect "rsaEncryption" openssl x509 -in "$WORK/leaf.pem" -noout -text
+step "certbot renew --force-renewal"
+before=$(openssl x509 -in "$WORK/certbot-main/config/live/certbot.svc.test/cert.pem" -noout -serial)
+run_expect "all renewals succeeded" cb main renew --force-renewal --no-random-sleep-on-renew \
+  --http-01-port "$HTTP01_PORT"
+after=$(openssl x509 -in "$WORK/certbot-main/config/live/certbot.svc.test/cert.pem" -noout -serial)
+[ "$before" != "$after" ] || fail "renew kept the old certificate"
+step "certbot revoke"
+run_expect "successfully revoked" cb main revoke --cert-name rsa.certbot.svc.test \
+  --reason keycompromise --no-delete-after-revoke
+step "certbot register with External Account Binding"
+read -r KID HMAC < <(eab_key)
+run_expect "Account registered" cb eab register --agree-tos -m eab@example.org \
+  --eab-kid "$KID" --eab-hmac-key "$HMAC"
+cb eab certonly --standalone --http-01-port "$HTTP01_PORT" -d eab.certbot.svc.test
+verify_chain "$WORK/certbot-eab/config/live/eab.certbot.svc.test/fullchain.pem" \
+  eab.certbot.svc.test
+step "the same EAB key cannot bind a second account"
+if cb eab2 register --agree-tos -m x@example.org --eab-kid "$KID" --eab-hmac-key "$HMAC" \
+    > "$WORK/eab2.log" 2>&1; then fail "a used EAB key bound another account"; fi
+grep -qi "unauthorized\|EAB" "$WORK/eab2.log" || { cat "$WORK/eab2.log"; fail "error text"; }
+echo OK

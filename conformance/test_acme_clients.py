@@ -1,0 +1,96 @@
+"""ACME with real clients against `vcc-pki serve` started the normal way: certbot, lego and
+dehydrated (conformance/acme/*.sh). The gateway validates against the ports the clients
+listen on, and resolves every name through the test DNS server (conformance/testdns.py),
+which answers 127.0.0.1 and serves the dns-01 TXT records lego's exec hook writes."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from conformance.gateway import BIN, Gateway, free_port, running_gateway
+
+HERE = Path(__file__).parent / "acme"
+
+
+def _free_udp_tcp_port() -> int:
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port: int = udp.getsockname()[1]
+        with socket.socket() as tcp:
+            try:
+                tcp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+
+
+@dataclass
+class AcmeSetup:
+    gateway: Gateway
+    env: dict[str, str]
+
+
+@pytest.fixture
+def acme(tmp_path: Path) -> Iterator[AcmeSetup]:
+    dns_port, http01, tlsalpn01 = _free_udp_tcp_port(), free_port(), free_port()
+    txt = tmp_path / "txt"
+    txt.mkdir()
+    dns = subprocess.Popen([sys.executable, "-m", "conformance.testdns", "--port",
+                            str(dns_port), "--records", str(txt)],
+                           cwd=Path(__file__).parent.parent)
+    try:
+        env = {"VCC_PKI_KEY_PASSPHRASE": "conformance",
+               "VCC_PKI_ACME_HTTP01_PORT": str(http01),
+               "VCC_PKI_ACME_TLSALPN01_PORT": str(tlsalpn01),
+               "VCC_PKI_ACME_DNS_RESOLVER": f"127.0.0.1:{dns_port}"}
+        with running_gateway(tmp_path / "data", env) as gateway:
+            https_port = gateway.https_url.rsplit(":", 1)[1]
+            yield AcmeSetup(gateway, {
+                **gateway.env,
+                "DIRECTORY_URL": f"https://127.0.0.1:{https_port}/acme/directory",
+                "ROOT_CA": str(tmp_path / "data" / "ca" / "root.pem"),
+                "HTTP01_PORT": str(http01), "TLSALPN01_PORT": str(tlsalpn01),
+                "DNS_PORT": str(dns_port), "TXT_DIR": str(txt),
+                "VCC_PKI_BIN": str(BIN), "WORK": str(tmp_path / "work"),
+            })
+        log = (tmp_path / "data" / "serve.log").read_text()
+        assert "Traceback" not in log and " ERROR " not in log, log
+    finally:
+        dns.terminate()
+        dns.wait(10)
+
+
+def _run(client: str, setup: AcmeSetup) -> None:
+    if shutil.which(client) is None:
+        pytest.skip(f"{client} is not installed (make system-deps)")
+    started = time.monotonic()
+    result = subprocess.run(["bash", str(HERE / f"{client}.sh")], env=setup.env,
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, f"{result.stdout[-6000:]}\n{result.stderr[-6000:]}"
+    assert result.stdout.rstrip().endswith("OK")
+    print(f"{client}: {time.monotonic() - started:.1f} s")
+
+
+@pytest.mark.timeout(600)
+def test_certbot(acme: AcmeSetup) -> None:
+    _run("certbot", acme)
+
+
+@pytest.mark.timeout(600)
+def test_lego(acme: AcmeSetup) -> None:
+    _run("lego", acme)
+
+
+@pytest.mark.timeout(600)
+def test_dehydrated(acme: AcmeSetup) -> None:
+    _run("dehydrated", acme)
