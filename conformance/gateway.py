@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 BIN = Path(sys.executable).parent / "vcc-pki"
 
@@ -82,3 +83,33 @@ def running_gateway(data_dir: Path, extra_env: dict[str, str] | None = None) -> 
                 process.kill()
                 process.wait()
         log.close()
+
+
+def run_script(script: Path, gateway: Gateway, **extra_env: str) -> str:
+    """Run a conformance shell script against ``gateway``; it must end by printing OK."""
+    result = subprocess.run(
+        ["bash", str(script)],
+        env={**gateway.env, "HTTP_URL": gateway.http_url, "HTTPS_URL": gateway.https_url,
+             "VCC_PKI_BIN": str(BIN), **extra_env},
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
+    assert result.stdout.rstrip().endswith("OK")
+    return result.stdout
+
+
+def assert_clean_log(data_dir: Path) -> None:
+    """Bad input is logged as one INFO line at most: no traceback, no ERROR."""
+    log = (data_dir / "serve.log").read_text()
+    assert "Traceback" not in log and " ERROR " not in log, log
+
+
+def softhsm_env(token: Any) -> dict[str, str]:
+    """The environment that points the gateway at a SoftHSM2 token (tests.softhsm)."""
+    return {
+        "SOFTHSM2_CONF": str(token.conf_path),
+        "VCC_PKI_KEY_BACKEND": "pkcs11",
+        "VCC_PKI_PKCS11_MODULE": token.module_path,
+        "VCC_PKI_PKCS11_TOKEN_LABEL": token.label,
+        "VCC_PKI_PKCS11_PIN": token.pin,
+    }

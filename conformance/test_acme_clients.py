@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance.gateway import BIN, Gateway, free_port, running_gateway
+from conformance.gateway import BIN, Gateway, assert_clean_log, free_port, running_gateway
 
 HERE = Path(__file__).parent / "acme"
 
@@ -63,8 +63,7 @@ def acme(tmp_path: Path) -> Iterator[AcmeSetup]:
                 "DNS_PORT": str(dns_port), "TXT_DIR": str(txt),
                 "VCC_PKI_BIN": str(BIN), "WORK": str(tmp_path / "work"),
             })
-        log = (tmp_path / "data" / "serve.log").read_text()
-        assert "Traceback" not in log and " ERROR " not in log, log
+        assert_clean_log(tmp_path / "data")
     finally:
         dns.terminate()
         dns.wait(10)

@@ -4,29 +4,20 @@ and SoftHSM2 keys."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from conformance.gateway import BIN, running_gateway
+from conformance.gateway import assert_clean_log, run_script, running_gateway, softhsm_env
 
 SCRIPT = Path(__file__).with_name("crl_openssl.sh")
 
 
 def _serve_and_check(data_dir: Path, env: dict[str, str]) -> str:
     with running_gateway(data_dir, env) as gateway:
-        result = subprocess.run(
-            ["bash", str(SCRIPT)],
-            env={**gateway.env, "HTTP_URL": gateway.http_url, "HTTPS_URL": gateway.https_url,
-                 "VCC_PKI_BIN": str(BIN)},
-            capture_output=True, text=True, timeout=300, check=False,
-        )
-        assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
-        assert result.stdout.rstrip().endswith("OK")
-    log = (data_dir / "serve.log").read_text()
-    assert "Traceback" not in log and " ERROR " not in log, log
-    return result.stdout
+        out = run_script(SCRIPT, gateway)
+    assert_clean_log(data_dir)
+    return out
 
 
 def test_software_keys_two_workers(tmp_path: Path) -> None:
@@ -47,10 +38,4 @@ def test_softhsm_keys(tmp_path: Path) -> None:
 
     require_softhsm()
     token = make_softhsm_token(tmp_path / "hsm", label="vcc-crl")
-    _serve_and_check(tmp_path / "data", {
-        "SOFTHSM2_CONF": str(token.conf_path),
-        "VCC_PKI_KEY_BACKEND": "pkcs11",
-        "VCC_PKI_PKCS11_MODULE": token.module_path,
-        "VCC_PKI_PKCS11_TOKEN_LABEL": token.label,
-        "VCC_PKI_PKCS11_PIN": token.pin,
-    })
+    _serve_and_check(tmp_path / "data", softhsm_env(token))

@@ -10,27 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from conformance.gateway import BIN, running_gateway
+from conformance.gateway import run_script, running_gateway, softhsm_env
 
 SCRIPT = Path(__file__).with_name("rest_openssl.sh")
 
 
-def _run_script(gateway_env: dict[str, str], http_url: str, https_url: str, key_alg: str
-                ) -> None:
-    result = subprocess.run(
-        ["bash", str(SCRIPT)],
-        env={**gateway_env, "HTTP_URL": http_url, "HTTPS_URL": https_url, "KEY_ALG": key_alg,
-             "VCC_PKI_BIN": str(BIN)},
-        capture_output=True, text=True, timeout=300, check=False,
-    )
-    assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
-    assert result.stdout.rstrip().endswith("OK")
-
-
 def _serve_and_check(data_dir: Path, env: dict[str, str]) -> None:
     with running_gateway(data_dir, env) as gateway:
-        _run_script(gateway.env, gateway.http_url, gateway.https_url, "ec")
-        _run_script(gateway.env, gateway.http_url, gateway.https_url, "rsa")
+        run_script(SCRIPT, gateway, KEY_ALG="ec")
+        run_script(SCRIPT, gateway, KEY_ALG="rsa")
         gateway.process.send_signal(signal.SIGTERM)
         assert gateway.process.wait(timeout=30) == 0  # graceful shutdown
 
@@ -45,13 +33,7 @@ def test_softhsm_keys_sqlite(tmp_path: Path) -> None:
 
     require_softhsm()
     token = make_softhsm_token(tmp_path / "hsm", label="vcc-conformance")
-    _serve_and_check(tmp_path / "data", {
-        "SOFTHSM2_CONF": str(token.conf_path),
-        "VCC_PKI_KEY_BACKEND": "pkcs11",
-        "VCC_PKI_PKCS11_MODULE": token.module_path,
-        "VCC_PKI_PKCS11_TOKEN_LABEL": token.label,
-        "VCC_PKI_PKCS11_PIN": token.pin,
-    })
+    _serve_and_check(tmp_path / "data", softhsm_env(token))
     # The CA keys (root, intermediate, issuing), the issuing CA's delegated OCSP
     # responder key and the time-stamping authority's key are token objects: sensitive,
     # never extractable.

@@ -11,20 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from conformance.gateway import BIN, running_gateway
+from conformance.gateway import run_script, running_gateway, softhsm_env
 
 SCRIPT = Path(__file__).with_name("tsa_openssl.sh")
 
 
 def _serve_and_check(data_dir: Path, env: dict[str, str]) -> str:
     with running_gateway(data_dir, env) as gateway:
-        result = subprocess.run(
-            ["bash", str(SCRIPT)],
-            env={**gateway.env, "HTTP_URL": gateway.http_url, "VCC_PKI_BIN": str(BIN)},
-            capture_output=True, text=True, timeout=300, check=False,
-        )
-        assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
-        assert result.stdout.rstrip().endswith("OK")
+        run_script(SCRIPT, gateway)
         listing = gateway.cli("ca", "list").stdout
     assert " tsa " in listing
     return listing
@@ -40,13 +34,7 @@ def test_softhsm_keys_sqlite(tmp_path: Path) -> None:
 
     require_softhsm()
     token = make_softhsm_token(tmp_path / "hsm", label="vcc-tsa-conformance")
-    listing = _serve_and_check(tmp_path / "data", {
-        "SOFTHSM2_CONF": str(token.conf_path),
-        "VCC_PKI_KEY_BACKEND": "pkcs11",
-        "VCC_PKI_PKCS11_MODULE": token.module_path,
-        "VCC_PKI_PKCS11_TOKEN_LABEL": token.label,
-        "VCC_PKI_PKCS11_PIN": token.pin,
-    })
+    listing = _serve_and_check(tmp_path / "data", softhsm_env(token))
     assert "pkcs11" in listing.split(" tsa ", 1)[1].splitlines()[0]
     # The TSA key is a token object like the CA keys: sensitive, never extractable.
     objects = subprocess.run(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from db.cache import CacheUnavailable
 from gateway.runtime import Services
@@ -130,23 +131,34 @@ async def refresh_once(services: Services) -> int:
     return refreshed
 
 
-async def refresh_loop(services: Services) -> None:
-    interval = services.config.ocsp_refresh_interval_seconds
+async def _every(interval: float, job: str, round_: Callable[[], Awaitable[object]],
+                 first_after: float | None = None) -> None:
+    """Run ``round_`` every ``interval`` seconds (the first after ``first_after``) until
+    cancelled; a failed round is logged and the next one comes as usual."""
+    delay = interval if first_after is None else first_after
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(delay)
+        delay = interval
         _stop_if_cancelled()
-        started = time.perf_counter()
         try:
-            refreshed = await refresh_once(services)
-            if refreshed:
-                log.info("re-signed %d OCSP responses in %.2f s", refreshed,
-                         time.perf_counter() - started)
+            await round_()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             if _cancelling():
                 raise asyncio.CancelledError from exc
-            log.warning("OCSP refresher: %s", exc)
+            log.warning("%s: %s", job, exc)
+
+
+async def refresh_loop(services: Services) -> None:
+    async def round_() -> None:
+        started = time.perf_counter()
+        refreshed = await refresh_once(services)
+        if refreshed:
+            log.info("re-signed %d OCSP responses in %.2f s", refreshed,
+                     time.perf_counter() - started)
+
+    await _every(services.config.ocsp_refresh_interval_seconds, "OCSP refresher", round_)
 
 
 async def warm(services: Services) -> None:
@@ -194,15 +206,6 @@ async def publish_crls_once(services: Services) -> int:
 
 
 async def crl_loop(services: Services) -> None:
-    interval = services.config.crl_debounce_ms / 1000
-    while True:
-        _stop_if_cancelled()
-        try:
-            await publish_crls_once(services)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if _cancelling():
-                raise asyncio.CancelledError from exc
-            log.warning("CRL publisher: %s", exc)
-        await asyncio.sleep(interval)
+    # The first round runs at once: a new gateway publishes its CRLs right away.
+    await _every(services.config.crl_debounce_ms / 1000, "CRL publisher",
+                 lambda: publish_crls_once(services), first_after=0)
