@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from ca_core import x509build
 from ca_core.acme_validation import ValidationFailed, Validator
 from ca_core.authority import Authority, IssuanceRequest, parse_csr, serial_hex
-from ca_core.errors import BadCSR, CAError, NotFound, PolicyViolation, Unavailable
+from ca_core.errors import BadCSR, CAError, NotFound, PolicyViolation
 from ca_core.principal import Principal
 from db.acme_state import AcmeState, StateUnavailable
 from db.records import (
@@ -235,8 +235,7 @@ class AcmeService:
         return [name for name, _ in self.settings.profiles]
 
     def profile_description(self, name: str) -> str:
-        profile = self.authority.profile(self._profiles[name])
-        return profile.description if hasattr(profile, "description") else profile.name
+        return self.authority.profile(self._profiles[name]).description
 
     # ------------------------------------------------------------------ helpers
     async def organization(self, slug: str) -> Organization:
@@ -653,7 +652,10 @@ class AcmeService:
         return valid
 
     # ------------------------------------------------------------------ certificates
-    async def certificate_chain(self, account: AcmeAccount, cert_id: str) -> bytes:
+    async def certificate_chain(self, account: AcmeAccount, cert_id: str
+                                ) -> tuple[bytes, str]:
+        """The PEM chain (leaf, then its CAs below the root) and the issuer's caIssuers URL
+        (for ``Link: rel="up"``)."""
         order = await self.store.find_acme_order_by_cert(cert_id)
         if order is None or order.account_id != account.account_id:
             raise AcmeProblem("malformed", "no such certificate", 404)
@@ -663,7 +665,8 @@ class AcmeService:
         issuer = await self.authority.ca_by_id(record.issuer_ca_id)
         pem = x509.load_der_x509_certificate(record.certificate_der).public_bytes(
             serialization.Encoding.PEM)
-        return pem + b"".join(c.public_bytes(serialization.Encoding.PEM) for c in issuer.chain)
+        chain = pem + b"".join(c.public_bytes(serialization.Encoding.PEM) for c in issuer.chain)
+        return chain, self.authority.settings.ca_issuers_url(issuer.record.name)
 
     async def revoke(self, certificate_der: bytes, reason: int | None,
                      account: AcmeAccount | None, jwk_public_key: PublicKeyTypes | None) -> None:
@@ -742,12 +745,3 @@ class AcmeService:
 def _spki(key: PublicKeyTypes) -> bytes:
     return key.public_bytes(serialization.Encoding.DER,
                             serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def unavailable() -> AcmeProblem:
-    return AcmeProblem("serverInternal", "the service is unavailable", 503)
-
-
-__all__ = ["AcmeProblem", "AcmeService", "AcmeSettings", "IdentifierPolicy", "RenewalWindow",
-           "Unavailable", "ari_cert_id", "jwk_thumbprint", "key_authorization",
-           "normalize_identifier"]

@@ -170,6 +170,7 @@ async def _issue(world: World, client: Client, *names: str, kind: str = "http-01
     response = await client.post(order["certificate"], None)
     assert response.status == 200
     assert response.content_type == "application/pem-certificate-chain"
+    assert any(link.endswith('.der>;rel="up"') for link in response.headers.getall("Link"))
     return order_url, order, await response.read()
 
 

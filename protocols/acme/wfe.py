@@ -507,8 +507,10 @@ async def certificate(request: web.Request) -> web.StreamResponse:
     signed = await _verified(request)
     assert signed.account is not None
     service = _service(request)
-    chain = await service.certificate_chain(signed.account, request.match_info["id"])
+    chain, issuer_url = await service.certificate_chain(signed.account, request.match_info["id"])
     response = web.Response(body=chain, content_type="application/pem-certificate-chain")
+    # RFC 8555 7.4.2: the issuer's certificate. No rel="alternate": this CA has one chain.
+    response.headers.add("Link", f'<{issuer_url}>;rel="up"')
     return response
 
 
