@@ -41,13 +41,16 @@ lint: $(STAMP)
 conformance: $(STAMP) system-deps
 	$(BIN)/pytest -m conformance
 
-# Load generators and peer OCSP responders of the benchmarks: hey drives `openssl ocsp`
-# (which hangs on wrk's connection probe), ab is a fallback, cfssl ocspserve is a peer.
+# Load generators and peers of the benchmarks: hey drives `openssl ocsp` (which hangs on
+# wrk's connection probe), ab is a fallback, cfssl ocspserve is an OCSP peer, pebble the
+# ACME peer.
 bench-deps:
 	@if ! command -v wrk >/dev/null || ! command -v cfssl >/dev/null \
-	    || ! command -v hey >/dev/null || ! command -v ab >/dev/null; then \
+	    || ! command -v hey >/dev/null || ! command -v ab >/dev/null \
+	    || ! command -v pebble >/dev/null; then \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk golang-cfssl hey apache2-utils; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wrk golang-cfssl hey \
+	    apache2-utils pebble; \
 	fi
 
 bench: $(STAMP) system-deps bench-deps
@@ -55,6 +58,7 @@ bench: $(STAMP) system-deps bench-deps
 	$(BIN)/python -m conformance.bench.ocsp
 	$(BIN)/python -m conformance.bench.crl
 	$(BIN)/python -m conformance.bench.tsa
+	$(BIN)/python -m conformance.bench.acme
 
 clean:
 	rm -rf $(VENV) $(DATA_DIR) *.egg-info

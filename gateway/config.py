@@ -85,6 +85,7 @@ class Config:
     acme_validation_attempts: int = 3
     acme_orders_per_account_per_hour: int = 300
     acme_orders_per_org_per_hour: int = 3000
+    acme_accounts_per_org_per_hour: int = 300
     extra: Mapping[str, Any] = field(default_factory=dict)  # sections later features read
 
     @property
@@ -133,6 +134,7 @@ class Config:
             validation_attempts=max(1, self.acme_validation_attempts),
             orders_per_account_per_hour=self.acme_orders_per_account_per_hour,
             orders_per_org_per_hour=self.acme_orders_per_org_per_hour,
+            accounts_per_org_per_hour=self.acme_accounts_per_org_per_hour,
         )
 
     def acme_validation_settings(self) -> ValidationSettings:
@@ -172,7 +174,8 @@ _INT_FIELDS.add("tsa_accuracy_ms")
 _BOOL_FIELDS |= {"tsa_include_tsa_name", "tsa_legacy_ess_cert_id"}
 _TUPLE_FIELDS = {"tsa_accepted_policies", "tsa_hash_algorithms", "acme_caa_identities"}
 _INT_FIELDS |= {"acme_http01_port", "acme_tlsalpn01_port", "acme_validation_attempts",
-                "acme_orders_per_account_per_hour", "acme_orders_per_org_per_hour"}
+                "acme_orders_per_account_per_hour", "acme_orders_per_org_per_hour",
+                "acme_accounts_per_org_per_hour"}
 _BOOL_FIELDS.add("acme_eab_required")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -91,6 +92,18 @@ def public_key(jwk: Any) -> PublicKeyTypes:
     """The public key of a JWK; badPublicKey for what we do not accept."""
     if not isinstance(jwk, dict) or "d" in jwk or "k" in jwk:
         raise AcmeProblem("badPublicKey", "the JWK must be a public key")
+    try:
+        canonical = json.dumps(jwk, sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError):
+        raise AcmeProblem("badPublicKey", "the JWK cannot be read") from None
+    return _public_key(canonical)
+
+
+@functools.lru_cache(maxsize=4096)
+def _public_key(canonical: str) -> PublicKeyTypes:
+    # Every signed request of an account carries or names the same key: parse it once.
+    # A failure raises, and exceptions are not cached.
+    jwk = json.loads(canonical)
     if jwk.get("kty") == "OKP":
         if jwk.get("crv") != "Ed25519":
             raise AcmeProblem("badPublicKey", "only Ed25519 OKP keys are supported")
