@@ -247,6 +247,11 @@ class SqliteStore(Store):
         self._path = str(path)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._conn: sqlite3.Connection | None = None
+        # Reads on a second connection and thread (WAL: readers never wait for the writer),
+        # so a slow read (a count over a million rows) does not hold up the write batches,
+        # nor a write batch the reads. A read sees every write whose call has returned.
+        self._read_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-r")
+        self._read_conn: sqlite3.Connection | None = None
         self._pending: list[tuple[Callable[[_Tx], Any], asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -307,7 +312,11 @@ class SqliteStore(Store):
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         try:
-            return await self._run(fn)
+            conn = self._read_conn
+            if conn is None:  # ":memory:" has one connection only
+                return await self._run(fn)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._read_executor, fn, conn)
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(str(exc)) from exc
 
@@ -347,18 +356,34 @@ class SqliteStore(Store):
             conn.execute("COMMIT")
             return conn
 
+        def connect_reader() -> sqlite3.Connection:
+            conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False,
+                                   timeout=30)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute("PRAGMA query_only=ON")
+            return conn
+
         loop = asyncio.get_running_loop()
         try:
             self._conn = await loop.run_in_executor(self._executor, connect)
+            if self._path != ":memory:":
+                self._read_conn = await loop.run_in_executor(self._read_executor,
+                                                             connect_reader)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open {self._path}: {exc}") from exc
 
     async def close(self) -> None:
         if self._flusher is not None and not self._flusher.done():
             await self._flusher
+        loop = asyncio.get_running_loop()
+        if self._read_conn is not None:
+            reader, self._read_conn = self._read_conn, None
+            await loop.run_in_executor(self._read_executor, reader.close)
         if self._conn is not None:
             conn, self._conn = self._conn, None
-            await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
+            await loop.run_in_executor(self._executor, conn.close)
+        self._read_executor.shutdown(wait=True)
         self._executor.shutdown(wait=True)
 
     async def ping(self) -> dict[str, object]:
