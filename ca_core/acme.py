@@ -740,6 +740,7 @@ class AcmeService:
         for task in list(self._tasks.running):
             task.cancel()
         await asyncio.gather(*self._tasks.running, return_exceptions=True)
+        await self.validator.aclose()
 
 
 def _spki(key: PublicKeyTypes) -> bytes:

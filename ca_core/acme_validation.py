@@ -56,6 +56,7 @@ def dns01_digest(key_authorization: str) -> str:
 class Validator:
     def __init__(self, settings: ValidationSettings) -> None:
         self.settings = settings
+        self._session: aiohttp.ClientSession | None = None
         self._resolver: dns.asyncresolver.Resolver | None = None
         if settings.dns_resolver:
             host, _, port = settings.dns_resolver.rpartition(":")
@@ -123,12 +124,24 @@ class Validator:
             return
         raise last or ValidationFailed("connection", f"no address to fetch {url}")
 
+    def _http(self) -> aiohttp.ClientSession:
+        # One session for all validations; no keep-alive, so that every validation makes
+        # its own connection to the applicant's server, as if from a fresh client.
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
+                connector=aiohttp.TCPConnector(force_close=True, limit=64))
+        return self._session
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
     async def _fetch(self, url: str, host: str) -> str:
-        timeout = aiohttp.ClientTimeout(total=self.settings.timeout)
         try:
-            async with aiohttp.ClientSession(timeout=timeout) as session, session.get(
-                    url, headers={"Host": host}, allow_redirects=True,
-                    max_redirects=10) as response:
+            async with self._http().get(url, headers={"Host": host}, allow_redirects=True,
+                                        max_redirects=10) as response:
                 if response.status != 200:
                     raise ValidationFailed(
                         "unauthorized", f"fetching the challenge gave HTTP {response.status}")
