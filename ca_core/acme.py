@@ -52,6 +52,9 @@ CHALLENGE_TYPES_DNS = ("http-01", "dns-01", "tls-alpn-01")
 CHALLENGE_TYPES_WILDCARD = ("dns-01",)
 CHALLENGE_TYPES_IP = ("http-01", "tls-alpn-01")  # RFC 8738 section 7
 MAX_IDENTIFIERS = 100
+# A validation still "processing" this long after it began lost its process (a restart, a
+# crash): the next read of its authorization starts it again.
+STALE_VALIDATION = dt.timedelta(seconds=60)
 
 
 class AcmeProblem(CAError):
@@ -228,6 +231,7 @@ class AcmeService:
         self.validator = validator
         self.settings = settings
         self._tasks = _Tasks()
+        self._validating: set[tuple[str, str]] = set()  # (authz id, type) in this process
         self._profiles = dict(settings.profiles)
 
     @property
@@ -514,8 +518,17 @@ class AcmeService:
         if not found or found[0].account_id != account.account_id:
             raise AcmeProblem("malformed", "no such authorization", 404)
         authz = found[0]
-        if authz.status in ("pending", "valid") and authz.expires <= self._now():
-            authz = replace(authz, status="expired")
+        now = self._now()
+        if authz.status in ("pending", "valid") and authz.expires <= now:
+            return replace(authz, status="expired")
+        if authz.status == "pending":
+            for challenge in authz.challenges:
+                if challenge.status == "processing" and (
+                        authz.authz_id, challenge.type) not in self._validating and (
+                        challenge.started is None or now - challenge.started > STALE_VALIDATION):
+                    log.info("restarting the %s validation of %s", challenge.type,
+                             authz.identifier_value)
+                    self._start_validation(account, authz, challenge)
         return authz
 
     async def deactivate_authorization(self, account: AcmeAccount, authz_id: str
@@ -537,15 +550,22 @@ class AcmeService:
             raise AcmeProblem("malformed", "no such challenge", 404)
         if authz.status != "pending" or challenge.status != "pending":
             return authz, challenge  # RFC 8555 7.5.1: answering again changes nothing
-        processing = replace(challenge, status="processing")
+        processing = replace(challenge, status="processing", started=self._now())
         updated = replace(authz, challenges=tuple(
             processing if c.type == challenge_type else c for c in authz.challenges))
         if not await self.store.update_acme_authorization(updated, "pending"):
             fresh = await self.authorization(account, authz_id)
             return fresh, next(c for c in fresh.challenges if c.type == challenge_type)
         # Later requests see "processing" until the validator decides.
-        self._tasks.spawn(self._validate(account, updated, processing))
+        self._start_validation(account, updated, processing)
         return updated, processing
+
+    def _start_validation(self, account: AcmeAccount, authz: AcmeAuthorization,
+                          challenge: AcmeChallenge) -> None:
+        key = (authz.authz_id, challenge.type)
+        self._validating.add(key)
+        task = self._tasks.spawn(self._validate(account, authz, challenge))
+        task.add_done_callback(lambda _: self._validating.discard(key))
 
     async def _validate(self, account: AcmeAccount, authz: AcmeAuthorization,
                         challenge: AcmeChallenge) -> None:

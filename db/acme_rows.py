@@ -13,7 +13,8 @@ def challenges_to_json(challenges: Sequence[AcmeChallenge]) -> list[dict[str, An
     return [
         {"type": c.type, "token": c.token, "status": c.status,
          "validated": None if c.validated is None else c.validated.isoformat(),
-         "error": c.error}
+         "error": c.error,
+         "started": None if c.started is None else c.started.isoformat()}
         for c in challenges
     ]
 
@@ -25,6 +26,8 @@ def challenges_from_json(items: Sequence[dict[str, Any]]) -> tuple[AcmeChallenge
             validated=None if item.get("validated") is None
             else dt.datetime.fromisoformat(item["validated"]),
             error=item.get("error"),
+            started=None if item.get("started") is None
+            else dt.datetime.fromisoformat(item["started"]),
         )
         for item in items
     )

@@ -240,6 +240,7 @@ class AcmeChallenge:
     status: str = "pending"  # pending | processing | valid | invalid
     validated: dt.datetime | None = None
     error: dict[str, Any] | None = None  # an RFC 8555 problem document
+    started: dt.datetime | None = None  # when validation began (processing)
 
 
 @dataclass(frozen=True, slots=True)

@@ -523,3 +523,25 @@ def test_base64_helper_rejects_padding() -> None:
     assert b64decode(base64.urlsafe_b64encode(b"ab").decode().rstrip("="), "x") == b"ab"
     with pytest.raises(AcmeProblem):
         b64decode("YWI=", "x")
+
+
+async def test_a_validation_lost_with_its_process_is_restarted(world: World) -> None:
+    from dataclasses import replace as dc_replace
+
+    client = world.client()
+    await client.load()
+    await client.register()
+    _, order = await _order(client, "restart.test")
+    authz_url = order["authorizations"][0]
+    authz_id = authz_url.rsplit("/", 1)[1]
+    (authz,) = await world.services.store.get_acme_authorizations([authz_id])
+    # As if a process had set the challenge to processing and died before deciding.
+    lost = tuple(dc_replace(c, status="processing",
+                            started=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5))
+                 if c.type == "http-01" else c for c in authz.challenges)
+    assert await world.services.store.update_acme_authorization(
+        dc_replace(authz, challenges=lost), "pending")
+    token = next(c.token for c in lost if c.type == "http-01")
+    world.tokens[token] = key_authorization(token, client.key.jwk)
+    done = await _poll(client, authz_url, lambda d: d["status"] != "pending")
+    assert done["status"] == "valid"

@@ -704,7 +704,8 @@ async def test_acme_orders_and_authorizations(store: Store, seed: Seed) -> None:
         second, first]
 
     done = replace(first, status="valid", challenges=(
-        replace(first.challenges[0], status="valid", validated=T0 + dt.timedelta(minutes=1)),
+        replace(first.challenges[0], status="valid", validated=T0 + dt.timedelta(minutes=1),
+                started=T0),
         replace(first.challenges[1], error={"type": "urn:ietf:params:acme:error:dns"})))
     assert await store.update_acme_authorization(done, "pending")
     assert not await store.update_acme_authorization(done, "pending")  # compare and set
