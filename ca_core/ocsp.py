@@ -99,6 +99,11 @@ class OcspSettings:
     live_timeout: float = 5.0  # seconds a live answer may take before tryLater
     responder_validity_days: int = OCSP_RESPONDER_VALIDITY_DAYS
     precompute_concurrency: int = 4
+    # With a shared (Redis) cache: keep hits in this process this long (0: off). A
+    # revocation by another process is then seen at most this much later; this process's
+    # own writes replace its entries at once.
+    front_cache_seconds: float = 0.25
+    front_cache_max_entries: int = 50_000
 
     @property
     def responder_renew_before(self) -> dt.timedelta:
@@ -223,6 +228,12 @@ class OcspResponder:
         # Revocations whose responses could not be written (cache down): retried.
         self._pending: dict[str, _Status] = {}
         self._pending_retry_at = 0.0
+        # key -> (monotonic expiry, entry): a few hundred ms of hits without a Redis trip.
+        self._front: dict[str, tuple[float, CachedResponse]] = {}
+        self._front_ttl = self.settings.front_cache_seconds if cache.shared else 0.0
+        # Counts this process's cache writes: a read that overlapped a write does not go
+        # into the front cache (it may hold what the write replaced).
+        self._writes = 0
 
     # ------------------------------------------------------------------ loading
     async def load(self, create: bool = False) -> None:
@@ -338,10 +349,15 @@ class OcspResponder:
             if issuer is None:
                 raise UnknownIssuer("this responder does not serve that issuer")
             key = cache_key(cid.algorithm, issuer.key_id, cid.serial)
-            try:
-                entry = await self.cache.get(key)
-            except CacheUnavailable:
-                entry = None
+            entry = self._front_get(key)
+            if entry is None:
+                writes = self._writes
+                try:
+                    entry = await self.cache.get(key)
+                except CacheUnavailable:
+                    entry = None
+                if entry is not None and entry.der and writes == self._writes:
+                    self._front_put(key, entry)
             if entry is not None and entry.der and entry.cert_id in query.request_der \
                     and entry.next_update > self.clock().timestamp():
                 return entry
@@ -510,12 +526,38 @@ class OcspResponder:
         CA_KEY_USAGE.labels(ca_name, str(signer.hsm_backed).lower()).inc()
         return result
 
+    def _front_get(self, key: str) -> CachedResponse | None:
+        if not self._front_ttl:
+            return None
+        found = self._front.get(key)
+        if found is None:
+            return None
+        if found[0] < time.monotonic():
+            del self._front[key]
+            return None
+        return found[1]
+
+    def _front_put(self, key: str, entry: CachedResponse) -> None:
+        if not self._front_ttl:
+            return
+        if len(self._front) >= self.settings.front_cache_max_entries:
+            self._front.clear()  # entries live a fraction of a second: start over
+        self._front[key] = (time.monotonic() + self._front_ttl, entry)
+
     async def _put(self, items: Sequence[tuple[str, CachedResponse, int | None]]) -> bool:
+        self._writes += 1
+        for key, _, _ in items:
+            self._front.pop(key, None)
         try:
             await self.cache.put_many(items)
         except CacheUnavailable as exc:
             log.debug("OCSP cache write skipped: %s", exc)
             return False
+        finally:
+            # This process's own writes show at once: nothing read before them stays.
+            self._writes += 1
+            for key, _, _ in items:
+                self._front.pop(key, None)
         return True
 
     # ------------------------------------------------------------------ precompute, revoke
@@ -653,6 +695,8 @@ class OcspResponder:
         return refreshed
 
     async def _forget(self, key: str) -> None:
+        self._writes += 1
+        self._front.pop(key, None)
         try:
             await self.cache.forget(key)
         except CacheUnavailable:

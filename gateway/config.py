@@ -60,6 +60,7 @@ class Config:
     ocsp_responder_validity_days: int = 30  # delegated responder certificates
     ocsp_refresh_interval_seconds: int = 60  # refresher, responder renewal
     ocsp_warm: bool = True  # precompute missing responses at start
+    ocsp_front_cache_ms: int = 250  # with Redis: hits kept this long in-process (0: off)
     revocation_poll_ms: int = 500  # how often to look for other processes' revocations
     crl_next_update_hours: int = 24  # CRL nextUpdate - thisUpdate; regenerated at half
     crl_debounce_ms: int = 1000  # wait for more revocations before regenerating a CRL
@@ -168,7 +169,7 @@ _INT_FIELDS = {"http_port", "https_port", "pkcs11_max_sessions", "max_body_bytes
                "ocsp_validity_days", "ocsp_cache_max_entries", "ocsp_live_concurrency",
                "ocsp_responder_validity_days", "ocsp_refresh_interval_seconds",
                "revocation_poll_ms", "crl_next_update_hours", "crl_debounce_ms",
-               "crl_partitions"}
+               "crl_partitions", "ocsp_front_cache_ms"}
 _BOOL_FIELDS = {"ocsp_nonce", "ocsp_warm", "bench_routes"}
 _INT_FIELDS.add("tsa_accuracy_ms")
 _BOOL_FIELDS |= {"tsa_include_tsa_name", "tsa_legacy_ess_cert_id"}

@@ -97,6 +97,7 @@ def ocsp_settings(config: Config) -> OcspSettings:
         nonce=config.ocsp_nonce,
         live_concurrency=config.ocsp_live_concurrency,
         responder_validity_days=config.ocsp_responder_validity_days,
+        front_cache_seconds=config.ocsp_front_cache_ms / 1000,
     )
 
 

@@ -27,6 +27,7 @@ from ca_core.hierarchy import ensure_hierarchy, ensure_organization
 from ca_core.ocsp import OcspResponder, OcspSettings, cache_key
 from ca_core.principal import Principal
 from db.cache import CachedResponse, MemoryResponseCache, RedisResponseCache
+from db.records import AuditEvent, Revocation
 from gateway.app import build_http_app
 from gateway.config import load_config
 from gateway.runtime import Services, open_services
@@ -596,3 +597,44 @@ async def test_redis_down_answers_live_and_refills(
         assert verify(body, ca).certificate_status is ocsp.OCSPCertStatus.REVOKED
     finally:
         await down.close()
+
+
+async def test_front_cache_over_redis_shows_another_process_revocation_quickly(
+    client: TestClient, services: Services
+) -> None:
+    """With Redis, hits are kept a quarter second in the process; a revocation written to
+    Redis by another process is answered from Redis once that time has passed."""
+    if not services.cache.shared:
+        assert services.ocsp._front_ttl == 0  # in-process: the cache itself is in memory
+        return
+    issued = await issue(services)
+    ca = issued.chain[0]
+    request = ocsp_request(issued.certificate, ca)
+    for _ in range(3):
+        _, body = await post(client, request)
+        assert verify(body, ca).certificate_status is ocsp.OCSPCertStatus.GOOD
+    # Another process: its own responder on the same Redis, revoking.
+    prefix = services.cache.prefix  # type: ignore[attr-defined]
+    other_cache = RedisResponseCache(REDIS_URL, prefix=prefix)
+    other = OcspResponder(services.authority, other_cache, services.ocsp.settings)
+    try:
+        await other.load()
+        record = await services.store.revoke_certificate(
+            Revocation(issued.record.issuer_ca_id, issued.record.serial_hex,
+                       issued.record.cert_id, dt.datetime.now(dt.UTC).replace(microsecond=0),
+                       "key_compromise"),
+            AuditEvent(event_type="certificate.revoked", category="certificate",
+                       action="revoke", actor_type="system", actor_id="test"))
+        assert record is not None
+        await other.certificate_revoked(record)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + services.ocsp.settings.front_cache_seconds + 0.2
+        while True:
+            _, body = await post(client, request)
+            if verify(body, ca).certificate_status is ocsp.OCSPCertStatus.REVOKED:
+                break
+            assert loop.time() < deadline, "the front cache kept a good answer too long"
+            await asyncio.sleep(0.02)
+    finally:
+        await other.aclose()
+        await other_cache.close()
