@@ -75,6 +75,7 @@ from conformance.bench.issuance import (
     Postgres,
     _cpu_times,
     _env,
+    install_stop_handlers,
     percentile,
     steal_meter,
 )
@@ -1403,17 +1404,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--seconds, --rounds, --load-procs, --poll-ms and --clients must be "
                      "positive")
     args.variants = list(dict.fromkeys(args.variants))
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _on_signal)
+    install_stop_handlers()
     asyncio.run(run(args))
-
-
-def _on_signal(signum: int, _frame: object) -> None:
-    if STOP.is_set():
-        raise KeyboardInterrupt
-    STOP.set()
-    os.write(2, f"\n{signal.Signals(signum).name}: stopping after the current measurement "
-                "(again to interrupt)\n".encode())
 
 
 if __name__ == "__main__":

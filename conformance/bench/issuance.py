@@ -813,9 +813,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.concurrency < 1 or args.rounds < 1:
         parser.error("--seconds, --concurrency and --rounds must be positive")
+    install_stop_handlers()
+    asyncio.run(run(args))
+
+
+def install_stop_handlers() -> None:
+    """The first SIGINT/SIGTERM sets STOP (the run ends after the current measurement and
+    prints what it has); a second one interrupts. Shared by every benchmark here."""
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, _on_signal)
-    asyncio.run(run(args))
 
 
 def _on_signal(signum: int, _frame: object) -> None:

@@ -80,7 +80,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import NameOID
 
-from conformance.bench.issuance import STOP, Rate, describe, percentile, steal_meter
+from conformance.bench.issuance import (
+    STOP,
+    Rate,
+    describe,
+    install_stop_handlers,
+    percentile,
+    steal_meter,
+)
 from conformance.gateway import BIN, Gateway, free_port, running_gateway
 from gateway.config import load_config
 from gateway.runtime import make_key_backend, make_store
@@ -1344,18 +1351,8 @@ def main(argv: list[str] | None = None) -> None:
                      "must be positive")
     if max(args.store_sizes) >= 2**32:
         parser.error("--store-sizes: at most 2**32 - 1 (4 varying serial bytes)")
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _on_signal)
+    install_stop_handlers()
     run(args)
-
-
-def _on_signal(signum: int, _frame: object) -> None:
-    if STOP.is_set():
-        raise KeyboardInterrupt
-    STOP.set()
-    # os.write: print() may be in the middle of a write to the same stream.
-    os.write(2, f"\n{signal.Signals(signum).name}: stopping after the current measurement "
-                "(again to interrupt)\n".encode())
 
 
 if __name__ == "__main__":

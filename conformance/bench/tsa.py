@@ -36,7 +36,6 @@ import contextlib
 import os
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import tempfile
@@ -57,6 +56,7 @@ from conformance.bench.issuance import (
     Rate,
     _cpu_times,
     describe,
+    install_stop_handlers,
     measure_sign_concurrent,
     measure_sign_sync,
     percentile,
@@ -627,17 +627,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.rounds < 1 or min(args.clients) < 1 or min(args.workers) < 1:
         parser.error("--seconds, --rounds, --clients and --workers must be positive")
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, _on_signal)
+    install_stop_handlers()
     asyncio.run(run(args))
-
-
-def _on_signal(signum: int, _frame: object) -> None:
-    if STOP.is_set():
-        raise KeyboardInterrupt
-    STOP.set()
-    os.write(2, f"\n{signal.Signals(signum).name}: stopping after the current measurement "
-                "(again to interrupt)\n".encode())
 
 
 if __name__ == "__main__":
