@@ -396,6 +396,10 @@ async def test_bad_input(client: TestClient, services: Services,
         "wrong structure": issued.certificate.public_bytes(DER),
         "no CertID": a_ocsp.OCSPRequest({"tbs_request": {"request_list": []}}).dump(),
         "deep nesting": b"\x30\x80" * 4000,
+        "nonce twice": a_ocsp.OCSPRequest({"tbs_request": {
+            "request_list": [{"req_cert": _cert_id(issued.certificate, issued.chain[0])}],
+            "request_extensions": [{"extn_id": "nonce", "critical": False,
+                                    "extn_value": b"12345678"}] * 2}}).dump(),
     }
     for name, body in malformed_posts.items():
         response, answer = await post(client, body)

@@ -58,6 +58,8 @@ def decode_request(der: bytes) -> OcspQuery:
         name_hash = request.issuer_name_hash
         key_hash = request.issuer_key_hash
         extensions = request.extensions
+    except x509.DuplicateExtension as exc:  # RFC 5280 4.2: each extension at most once
+        raise MalformedOcspRequest("an extension appears twice") from exc
     except (ValueError, NotImplementedError):  # several (or no) CertIDs, or not DER
         return _decode_with_asn1crypto(der)
     try:
@@ -90,7 +92,9 @@ def _decode_with_asn1crypto(der: bytes) -> OcspQuery:
         for extension in tbs["request_extensions"] or []:
             if extension["extn_id"].native == "nonce":
                 nonce = bytes(extension["extn_value"].parsed.native)
-    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+    except Exception as exc:
+        # asn1crypto parses lazily and reports malformed input with whichever exception
+        # its parser trips on: all of them mean "not an OCSPRequest", never internalError.
         raise MalformedOcspRequest("not a DER OCSPRequest") from exc
     if not cert_ids:
         raise MalformedOcspRequest("the request names no certificate")
