@@ -392,6 +392,16 @@ async def test_bad_jws_requests(world: World) -> None:
         response = await world.http.post("/acme/default/new-order", data=body,
                                          headers={"Content-Type": "application/jose+json"})
         await _problem(response, "malformed")
+    for jwk in ({"kty": "EC", "crv": "P-256", "x": 1, "y": "AA"},
+                {"kty": "RSA", "n": ["x"], "e": "AQAB"}, {"kty": "OKP", "crv": "Ed25519"},
+                {"kty": "oct", "k": "AAAA"}, "not an object"):
+        header = {"alg": "ES256", "nonce": await client.nonce(),
+                  "url": client.directory["newAccount"], "jwk": jwk}
+        body = {"protected": b64(json.dumps(header).encode()), "payload": b64(b"{}"),
+                "signature": b64(b"x" * 64)}
+        response = await world.http.post("/acme/default/new-account", data=json.dumps(body),
+                                         headers={"Content-Type": "application/jose+json"})
+        await _problem(response, "badPublicKey", 400)
     big = b"{" + b" " * (70 * 1024) + b"}"
     response = await world.http.post("/acme/default/new-order", data=big,
                                      headers={"Content-Type": "application/jose+json"})

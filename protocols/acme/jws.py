@@ -20,7 +20,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
-from ca_core.acme import AcmeProblem
+from ca_core.acme import AcmeProblem, jwk_thumbprint
 
 ACCOUNT_ALGORITHMS = ("RS256", "ES256", "ES384", "EdDSA")
 MAC_ALGORITHMS = ("HS256", "HS384", "HS512")
@@ -92,6 +92,7 @@ def public_key(jwk: Any) -> PublicKeyTypes:
     """The public key of a JWK; badPublicKey for what we do not accept."""
     if not isinstance(jwk, dict) or "d" in jwk or "k" in jwk:
         raise AcmeProblem("badPublicKey", "the JWK must be a public key")
+    jwk_thumbprint(jwk)  # badPublicKey unless the RFC 7638 members are there, as strings
     try:
         canonical = json.dumps(jwk, sort_keys=True, separators=(",", ":"))
     except (TypeError, ValueError):
@@ -116,7 +117,8 @@ def _public_key(canonical: str) -> PublicKeyTypes:
         raise AcmeProblem("badPublicKey", f"unsupported key type {jwk.get('kty')!r}")
     try:
         parsed: Any = josepy.jwk.JWK.from_json(jwk)
-    except (josepy.errors.DeserializationError, ValueError, TypeError, KeyError):
+    except (josepy.errors.DeserializationError, ValueError, TypeError, KeyError,
+            AttributeError):
         raise AcmeProblem("badPublicKey", "the JWK cannot be read") from None
     # josepy wraps the cryptography key to make it comparable.
     key = getattr(parsed.key, "_wrapped", parsed.key)
