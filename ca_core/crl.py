@@ -31,10 +31,11 @@ from cryptography.hazmat.primitives import serialization
 
 from ca_core import x509build
 from ca_core.authority import REVOCATION_REASONS, Authority, LoadedCA
-from ca_core.errors import NotFound
+from ca_core.errors import NotFound, Unavailable
 from ca_core.metrics import CA_SIGNING_OPERATIONS
 from ca_core.principal import Principal
 from db.records import AuditEvent, CrlHead, CrlRecord, Revocation, RevocationEvent
+from db.store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +133,13 @@ class CrlPublisher:
 
     # ------------------------------------------------------------------ reading
     async def get(self, ca_name: str, partition: int = 0) -> CrlRecord:
-        ca = await self.authority.ca(ca_name)
-        if ca.record.ca_type not in PUBLISHING_CA_TYPES:
-            raise NotFound(f"CA {ca_name} publishes no CRL")
-        crl = await self.authority.store.get_crl(ca.record.ca_id, partition)
+        try:
+            ca = await self.authority.ca(ca_name)
+            if ca.record.ca_type not in PUBLISHING_CA_TYPES:
+                raise NotFound(f"CA {ca_name} publishes no CRL")
+            crl = await self.authority.store.get_crl(ca.record.ca_id, partition)
+        except StoreError as exc:
+            raise Unavailable("the CRL store is not available") from exc
         if crl is None:
             raise NotFound(f"no CRL {partition} of CA {ca_name} has been published yet"
                            if partition else f"no CRL of CA {ca_name} has been published yet")

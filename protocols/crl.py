@@ -15,7 +15,7 @@ from email.utils import formatdate
 from aiohttp import web
 
 from ca_core.crl import CrlPublisher
-from ca_core.errors import CAError
+from ca_core.errors import CAError, Unavailable
 from db.records import CrlRecord
 
 PUBLISHER = web.AppKey("crl_publisher", CrlPublisher)
@@ -39,6 +39,9 @@ async def _serve(request: web.Request, ca_name: str, partition: int, extension: 
                  ) -> web.Response:
     try:
         crl: CrlRecord = await request.app[PUBLISHER].get(ca_name, partition)
+    except Unavailable as exc:
+        raise web.HTTPServiceUnavailable(text=f"{exc.detail}\n",
+                                         headers={"Retry-After": "5"}) from None
     except CAError as exc:
         raise web.HTTPNotFound(text=f"{exc.detail}\n") from None
     head = crl.head

@@ -222,6 +222,11 @@ async def test_http_endpoint(client: TestClient, services: Services) -> None:
     assert body.startswith(b"-----BEGIN X509 CRL-----\n")
     x509.load_pem_x509_crl(body)
 
+    await services.store.close()  # the database goes away: 503, not 500 or 404
+    gone = await client.get("/crl/default-issuing.crl")
+    assert gone.status == 503 and gone.headers["Retry-After"]
+    assert "Traceback" not in await gone.text()
+
 
 @pytest.mark.parametrize("path", [
     "/crl/nosuch.crl", "/crl/default-issuing.txt", "/crl/.crl", "/crl/default-issuing/0.crl",
