@@ -555,3 +555,15 @@ async def test_a_validation_lost_with_its_process_is_restarted(world: World) -> 
     world.tokens[token] = key_authorization(token, client.key.jwk)
     done = await _poll(client, authz_url, lambda d: d["status"] != "pending")
     assert done["status"] == "valid"
+
+
+async def test_store_down_is_server_internal_503(world: World,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    client = world.client()
+    await client.load()
+    await client.register()
+    await world.services.store.close()
+    response = await client.post(client.directory["newOrder"],
+                                 {"identifiers": [{"type": "dns", "value": "down.test"}]})
+    await _problem(response, "serverInternal", 503)
+    assert not [r for r in caplog.records if r.exc_info]

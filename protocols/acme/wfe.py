@@ -28,6 +28,7 @@ from aiohttp import web
 from ca_core.acme import AcmeProblem, AcmeService, jwk_thumbprint
 from ca_core.errors import CAError
 from db.records import AcmeAccount, AcmeAuthorization, AcmeChallenge, AcmeOrder, Organization
+from db.store import StoreError
 from protocols.acme import jws as jose
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,10 @@ def acme_handler(handler: Handler) -> Handler:
             response = _problem_response(problem)
         except CAError as exc:
             response = _problem_response(_from_ca_error(exc))
+        except StoreError as exc:  # the database is down: say so, without a traceback
+            log.warning("ACME %s %s: store unavailable: %s", request.method, request.path, exc)
+            response = _problem_response(
+                AcmeProblem("serverInternal", "the service is unavailable", 503))
         except web.HTTPException:
             raise
         except Exception:
