@@ -28,6 +28,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from josepy import json_util
 
 from ca_core import x509build
 from ca_core.acme_validation import ValidationFailed, Validator
@@ -93,16 +94,17 @@ def jwk_thumbprint(jwk: dict[str, Any]) -> str:
         raise AcmeProblem("badPublicKey", "unsupported or incomplete JWK")
     canonical = json.dumps({m: jwk[m] for m in required}, separators=(",", ":"),
                            sort_keys=True)
-    digest = hashlib.sha256(canonical.encode("utf-8")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    return b64url(hashlib.sha256(canonical.encode("utf-8")).digest())
 
 
 def key_authorization(token: str, jwk: dict[str, Any]) -> str:
     return f"{token}.{jwk_thumbprint(jwk)}"
 
 
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+def b64url(data: bytes) -> str:
+    """base64url without padding (RFC 7515 2), as josepy writes it."""
+    text: str = json_util.encode_b64jose(data)
+    return text
 
 
 def _unb64(text: str) -> bytes:
@@ -114,7 +116,7 @@ def ari_cert_id(certificate: x509.Certificate) -> str:
     aki = certificate.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
     serial = certificate.serial_number
     raw = serial.to_bytes((serial.bit_length() + 8) // 8, "big")  # DER: leading 0 if high bit
-    return f"{_b64(aki.key_identifier or b'')}.{_b64(raw)}"
+    return f"{b64url(aki.key_identifier or b'')}.{b64url(raw)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -456,7 +458,7 @@ class AcmeService:
                     authz_id=secrets.token_urlsafe(12), account_id=account.account_id,
                     identifier_type=kind, identifier_value=base, wildcard=wildcard,
                     status="pending", expires=now + self.settings.order_lifetime,
-                    challenges=tuple(AcmeChallenge(t, _b64(secrets.token_bytes(32)))
+                    challenges=tuple(AcmeChallenge(t, b64url(secrets.token_bytes(32)))
                                      for t in types),
                     created_at=now)
             new_authzs.append(authz)

@@ -10,7 +10,6 @@ RFC 8555 error type and a message for the client; nothing internal leaks into it
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import ipaddress
 import logging
@@ -25,6 +24,7 @@ import dns.resolver
 import dns.reversename
 from cryptography import x509
 from cryptography.x509.oid import ObjectIdentifier
+from josepy import json_util
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,8 @@ class ValidationSettings:
 
 
 def dns01_digest(key_authorization: str) -> str:
-    digest = hashlib.sha256(key_authorization.encode("ascii")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    text: str = json_util.encode_b64jose(hashlib.sha256(key_authorization.encode("ascii")).digest())
+    return text
 
 
 class Validator:

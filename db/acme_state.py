@@ -10,7 +10,6 @@ Errors::
 from __future__ import annotations
 
 import abc
-import base64
 import secrets
 import time
 from collections import OrderedDict
@@ -28,7 +27,7 @@ class StateUnavailable(Exception):
 
 def new_nonce() -> str:
     # 128 bits from the CSPRNG, base64url without padding (RFC 8555 6.5.1).
-    return base64.urlsafe_b64encode(secrets.token_bytes(16)).rstrip(b"=").decode("ascii")
+    return secrets.token_urlsafe(16)
 
 
 class AcmeState(abc.ABC):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import ipaddress
 import json
 import logging
@@ -14,6 +13,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 
+from ca_core.acme import b64url
 from ca_core.authority import IssuanceRequest, serial_display
 from ca_core.errors import CAError
 from ca_core.hierarchy import ensure_hierarchy, ensure_organization
@@ -159,7 +159,7 @@ async def cmd_audit_verify(config: Config, args: argparse.Namespace) -> int:
 async def cmd_acme_eab_create(config: Config, args: argparse.Namespace) -> int:
     async def run(services: Services) -> int:
         key = await services.acme.create_eab_key(args.org)
-        secret = base64.urlsafe_b64encode(key.hmac_key).rstrip(b"=").decode("ascii")
+        secret = b64url(key.hmac_key)
         if args.json:
             print(json.dumps({"kid": key.kid, "hmac_key": secret, "org": args.org}))
         else:
