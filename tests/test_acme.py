@@ -22,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ca_core.acme import ari_cert_id, key_authorization
+from ca_core.authority import serial_hex
 from ca_core.hierarchy import ensure_hierarchy
 from conformance import testdns
 from gateway.app import build_https_app
@@ -249,8 +250,8 @@ async def test_http01_order_certificate_ari_and_revocation(world: World) -> None
     assert response.status == 200, await response.text()
     response = await client.post(client.directory["revokeCert"], {"certificate": b64(der)})
     await _problem(response, "alreadyRevoked")
-    record = (await world.services.store.find_certificates_by_serial(
-        format(leaf.serial_number, "x").rjust(2, "0")))
+    record = await world.services.store.find_certificates_by_serial(
+        serial_hex(leaf.serial_number))
     assert record and record[0].status == "revoked" and record[0].revocation_reason == \
         "superseded"
     # ARI for a revoked certificate: renew now

@@ -614,9 +614,19 @@ async def test_front_cache_over_redis_shows_another_process_revocation_quickly(
     issued = await issue(services)
     ca = issued.chain[0]
     request = ocsp_request(issued.certificate, ca)
+    reads = 0
+    redis_get = services.cache.get
+
+    async def counted_get(key: str) -> CachedResponse | None:
+        nonlocal reads
+        reads += 1
+        return await redis_get(key)
+
+    services.cache.get = counted_get  # type: ignore[method-assign]
     for _ in range(3):
         _, body = await post(client, request)
         assert verify(body, ca).certificate_status is ocsp.OCSPCertStatus.GOOD
+    assert reads == 1  # the second and third hits came from the process
     # Another process: its own responder on the same Redis, revoking.
     prefix = services.cache.prefix  # type: ignore[attr-defined]
     other_cache = RedisResponseCache(REDIS_URL, prefix=prefix)
