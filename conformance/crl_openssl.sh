@@ -14,20 +14,7 @@
 # ORG (default "default"), VCC_PKI_BIN.
 set -euo pipefail
 
-HTTP_URL=${HTTP_URL:-http://127.0.0.1:8080}
-HTTPS_URL=${HTTPS_URL:-https://localhost:8443}
-ORG=${ORG:-default}
-VCC_PKI=${VCC_PKI_BIN:-vcc-pki}
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-cd "$work"
-
-step() { printf '== %s\n' "$*"; }
-json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
-fail() { echo "FAIL: $*" >&2; exit 1; }
-expect() {  # expect <pattern> <output>
-  printf '%s\n' "$2" | grep -q "$1" || { printf '%s\n' "$2"; fail "expected '$1'"; }
-}
+source "$(dirname "$0")/lib.sh"
 fetch_crl() {  # fetch_crl <url> <out.pem>: poll until the gateway has published it
   for _ in $(seq 1 200); do
     if curl -fsS "$1" -o crl.der 2>/dev/null; then
@@ -39,19 +26,7 @@ fetch_crl() {  # fetch_crl <url> <out.pem>: poll until the gateway has published
 }
 crl_number() { openssl crl -in "$1" -noout -crlnumber | cut -d= -f2; }
 
-step "trust anchor, token, a certificate from the REST API"
-curl -fsS "$HTTP_URL/ca/root.pem" -o root.pem
-TOKEN=$("$VCC_PKI" token create --org "$ORG" --role cert_manager 2>/dev/null)
-openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout svc.key \
-  -out svc.csr -subj "/CN=crl.example.test" -addext "subjectAltName=DNS:crl.example.test" \
-  2>/dev/null
-python3 -c 'import json; print(json.dumps({"csr": open("svc.csr").read(), "profile": "vcc_service", "validity_days": 30}))' > request.json
-curl -fsS --cacert root.pem -H "Authorization: Bearer $TOKEN" -H "Content-Type: application/json" \
-  --data @request.json "$HTTPS_URL/api/v1/certificates" -o issued.json
-json '["certificate_pem"]' < issued.json > svc.pem
-json '["chain_pem"]' < issued.json > chain.pem      # issuing CA, intermediate
-SERIAL=$(json '["serial"]' < issued.json)
-"$VCC_PKI" ca export "$ORG-issuing" > issuing.pem
+issue_from_rest crl.example.test
 "$VCC_PKI" ca export intermediate > intermediate.pem
 
 step "the CRL distribution point of the certificate"
