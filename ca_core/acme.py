@@ -33,7 +33,7 @@ from josepy import json_util
 from ca_core import x509build
 from ca_core.acme_validation import ValidationFailed, Validator
 from ca_core.authority import Authority, IssuanceRequest, parse_csr, serial_hex
-from ca_core.errors import BadCSR, CAError, NotFound, PolicyViolation
+from ca_core.errors import BadCSR, BadRequest, CAError, NotFound, PolicyViolation
 from ca_core.principal import Principal
 from db.acme_state import AcmeState, StateUnavailable
 from db.records import (
@@ -305,6 +305,42 @@ class AcmeService:
                               401)
         return key
 
+    async def set_policy(self, org_slug: str, allow_all: bool | None = None,
+                         domains: Sequence[str] | None = None,
+                         ip_ranges: Sequence[str] | None = None,
+                         prevalidated: Sequence[str] | None = None,
+                         actor: str = "vcc-pki cli") -> dict[str, Any]:
+        """Change an organization's identifier policy (``None``: leave that part); returns
+        the policy now in force. BadRequest for a range or name that is not one."""
+        org = await self.store.get_organization(org_slug)
+        if org is None:
+            raise NotFound(f"no organization {org_slug!r}")
+        policy = dict(org.config.get("acme") or {})
+        if allow_all is not None:
+            policy["allow_all"] = allow_all
+        for key, names in (("allowed_domains", domains), ("prevalidated_domains", prevalidated)):
+            if names is not None:
+                checked = [n.strip().lower().lstrip(".") for n in names if n.strip()]
+                for name in checked:
+                    if not x509build.valid_dns_name(name, allow_wildcard=False):
+                        raise BadRequest(f"{name!r} is not a DNS name")
+                policy[key] = checked
+        if ip_ranges is not None:
+            try:
+                policy["allowed_ip_ranges"] = [
+                    str(ipaddress.ip_network(r.strip(), strict=False))
+                    for r in ip_ranges if r.strip()]
+            except ValueError as exc:
+                raise BadRequest(str(exc)) from None
+        if policy != (org.config.get("acme") or {}):
+            await self.store.update_organization_config(
+                org.org_id, {**org.config, "acme": policy}, AuditEvent(
+                    event_type="organization.acme_policy", category="organization",
+                    action="update", actor_type="system", actor_id=actor, org_id=org.org_id,
+                    resource_type="organization", resource_id=org.org_id,
+                    data={"acme": policy}))
+        return policy
+
     # ------------------------------------------------------------------ accounts
     async def find_account(self, jwk: dict[str, Any]) -> AcmeAccount | None:
         return await self.store.find_acme_account(jwk_thumbprint(jwk))
@@ -403,7 +439,11 @@ class AcmeService:
             pair = normalize_identifier(item.get("type"), item.get("value"))
             if pair not in wanted:
                 wanted.append(pair)
-        org = await self.authority.organization_by_id(account.org_id)
+        # From the store, not the Authority's cache: `vcc-pki acme policy` in another process
+        # applies to the next order.
+        org = await self.store.get_organization_by_id(account.org_id)
+        if org is None:
+            raise AcmeProblem("unauthorized", "the account's organization is gone", 403)
         policy = IdentifierPolicy.of(org, self.authority.settings.default_org)
         refused = [problem_document("rejectedIdentifier",
                                     f"{value} is not allowed for organization {org.slug}",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import json
 import logging
 import sys
@@ -21,7 +20,6 @@ from ca_core.keys import KeySpec
 from ca_core.principal import ROLES, Principal
 from ca_core.tsa import TimeStampAuthority, find_timestamp
 from db.audit_chain import verify_chain
-from db.records import AuditEvent
 from db.store import StoreError
 from gateway.config import Config, ConfigError, load_config
 from gateway.runtime import Services, open_services
@@ -171,35 +169,17 @@ async def cmd_acme_eab_create(config: Config, args: argparse.Namespace) -> int:
 
 
 async def cmd_acme_policy(config: Config, args: argparse.Namespace) -> int:
+    def names(text: str | None) -> list[str] | None:
+        return None if text is None else text.split(",")
+
     async def run(services: Services) -> int:
-        org = await services.authority.organization(args.org)
-        current = dict(org.config)
-        policy = dict(current.get("acme") or {})
-        if args.allow_all is not None:
-            policy["allow_all"] = args.allow_all == "yes"
-        if args.domains is not None:
-            policy["allowed_domains"] = [d for d in args.domains.split(",") if d]
-        if args.ip_ranges is not None:
-            ranges = [r for r in args.ip_ranges.split(",") if r]
-            for item in ranges:
-                ipaddress.ip_network(item, strict=False)  # ValueError: refused below
-            policy["allowed_ip_ranges"] = ranges
-        if args.prevalidated is not None:
-            policy["prevalidated_domains"] = [d for d in args.prevalidated.split(",") if d]
-        current["acme"] = policy
-        if policy != (org.config.get("acme") or {}):
-            await services.store.update_organization_config(org.org_id, current, AuditEvent(
-                event_type="organization.acme_policy", category="organization",
-                action="update", actor_type=CLI.actor_type, actor_id=CLI.actor_id,
-                org_id=org.org_id, resource_type="organization", resource_id=org.org_id,
-                data={"acme": policy}))
-        print(json.dumps({"org": org.slug, "acme": policy}, indent=2))
+        policy = await services.acme.set_policy(
+            args.org, allow_all=None if args.allow_all is None else args.allow_all == "yes",
+            domains=names(args.domains), ip_ranges=names(args.ip_ranges),
+            prevalidated=names(args.prevalidated), actor=CLI.actor_id)
+        print(json.dumps({"org": args.org, "acme": policy}, indent=2))
         return 0
-    try:
-        return await _with_services(config, run)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    return await _with_services(config, run)
 
 
 async def cmd_crl_publish(config: Config, args: argparse.Namespace) -> int:

@@ -488,14 +488,15 @@ async def test_identifier_policy_of_an_organization(world: World) -> None:
 
     await ensure_organization(world.services.authority, "health", "Health",
                               Principal.system("test"))
-    org = await world.services.authority.organization("health")
-    from db.records import AuditEvent
-    await world.services.store.update_organization_config(
-        org.org_id, {"acme": {"allowed_domains": ["health.test"],
-                              "prevalidated_domains": ["intern.health.test"]}},
-        AuditEvent(event_type="organization.updated", category="organization",
-                   action="update", actor_type="system", actor_id="test"))
-    world.services.authority._orgs.pop("health", None)
+    # The Authority has the organization cached already: the policy must apply anyway.
+    await world.services.acme.set_policy(
+        "health", domains=["health.test"], prevalidated=["intern.health.test"])
+    from ca_core.errors import BadRequest, NotFound
+    for bad in ({"ip_ranges": ["10.0.0.0/33"]}, {"domains": ["not a name"]}):
+        with pytest.raises(BadRequest):
+            await world.services.acme.set_policy("health", **bad)  # type: ignore[arg-type]
+    with pytest.raises(NotFound):
+        await world.services.acme.set_policy("nosuch", allow_all=True)
     client = world.client(directory="/acme/health/directory")
     directory = await client.load()
     assert directory["newOrder"].endswith("/acme/health/new-order")
