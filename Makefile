@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA_DIR ?= vcc-pki-data
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run init test lint bench bench-deps conformance system-deps clean
+.PHONY: run init test lint bench bench-deps conformance system-deps test-services clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,14 +31,18 @@ system-deps:
 	    curl certbot lego dehydrated; \
 	fi
 
-test: $(STAMP) system-deps
+# PostgreSQL and Redis on loopback, started when one is down (they normally run already).
+test-services:
+	bash scripts/test-services.sh
+
+test: $(STAMP) system-deps test-services
 	$(BIN)/pytest
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-conformance: $(STAMP) system-deps
+conformance: $(STAMP) system-deps test-services
 	$(BIN)/pytest -m conformance
 
 # Load generators and peers of the benchmarks: hey drives `openssl ocsp` (which hangs on
