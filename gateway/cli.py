@@ -7,8 +7,9 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
@@ -308,6 +309,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_loop(config: Config, main: Coroutine[Any, Any, int]) -> int:
+    """uvloop where installed (VCC_PKI_EVENT_LOOP=auto): its C event loop and TLS transport
+    take about a tenth off the CPU of every request; asyncio otherwise."""
+    if config.event_loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if config.event_loop == "uvloop":
+                main.close()
+                raise ConfigError("VCC_PKI_EVENT_LOOP=uvloop but uvloop is not installed"
+                                  ) from None
+        else:
+            result: int = uvloop.run(main)
+            return result
+    return asyncio.run(main)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -316,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         config = load_config(path=args.config)
-        result: int = asyncio.run(args.fn(config, args))
+        result: int = run_loop(config, args.fn(config, args))
         return result
     except (CAError, ConfigError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)

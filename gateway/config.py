@@ -50,6 +50,7 @@ class Config:
     tls_hostnames: tuple[str, ...] = ("localhost",)
     max_body_bytes: int = 256 * 1024
     workers: int = 1  # serving processes sharing the ports (SO_REUSEPORT)
+    event_loop: str = "auto"  # auto (uvloop when installed) | uvloop | asyncio
     log_level: str = "INFO"
     # OCSP responder and CRLs (RFC 6960, RFC 5019, RFC 5280); [ocsp] and [crl] in TOML
     redis_key_prefix: str = "vcc-pki:"  # keys of this deployment in a shared Redis
@@ -251,6 +252,8 @@ def load_config(environ: Mapping[str, str] | None = None, path: str | None = Non
     if not 2 * config.ocsp_validity_days < config.ocsp_responder_validity_days <= 90:
         raise ConfigError("VCC_PKI_OCSP_RESPONDER_VALIDITY_DAYS must exceed twice the OCSP "
                           "validity and be at most 90 days")
+    if config.event_loop not in ("auto", "uvloop", "asyncio"):
+        raise ConfigError("VCC_PKI_EVENT_LOOP must be auto, uvloop or asyncio")
     if config.acme_dns_resolver and not config.acme_dns_resolver.rpartition(":")[2].isdigit():
         raise ConfigError("VCC_PKI_ACME_DNS_RESOLVER must be host:port")
     if config.crl_partitions < 0 or config.crl_next_update_hours < 1:

@@ -89,3 +89,6 @@ def test_config_file_and_environment(tmp_path: Path) -> None:
         load_config({"VCC_PKI_HTTP_PORT": "eighty"})
     with pytest.raises(ConfigError):
         load_config({"VCC_PKI_ISSUING_KEY_TYPE": "dsa-1024"})
+    assert load_config({}).event_loop == "auto"
+    with pytest.raises(ConfigError):
+        load_config({"VCC_PKI_EVENT_LOOP": "trio"})
