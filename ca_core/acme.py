@@ -33,6 +33,7 @@ from josepy import json_util
 from ca_core import x509build
 from ca_core.acme_validation import ValidationFailed, Validator
 from ca_core.authority import Authority, IssuanceRequest, parse_csr, serial_hex
+from ca_core.cross import alternate_chains
 from ca_core.errors import BadCSR, BadRequest, CAError, NotFound, PolicyViolation
 from ca_core.principal import Principal
 from db.acme_state import AcmeState, StateUnavailable
@@ -714,10 +715,11 @@ class AcmeService:
         return valid
 
     # ------------------------------------------------------------------ certificates
-    async def certificate_chain(self, account: AcmeAccount, cert_id: str
-                                ) -> tuple[bytes, str]:
-        """The PEM chain (leaf, then its CAs below the root) and the issuer's caIssuers URL
-        (for ``Link: rel="up"``)."""
+    async def certificate_chains(self, account: AcmeAccount, cert_id: str
+                                 ) -> tuple[list[bytes], str]:
+        """The PEM chains of a certificate (leaf, then CAs below the root): the issuer's own
+        chain first, then one per cross-certificate (RFC 8555 7.4.2 rel="alternate"); and
+        the issuer's caIssuers URL (for ``Link: rel="up"``)."""
         order = await self.store.find_acme_order_by_cert(cert_id)
         if order is None or order.account_id != account.account_id:
             raise AcmeProblem("malformed", "no such certificate", 404)
@@ -727,8 +729,10 @@ class AcmeService:
         issuer = await self.authority.ca_by_id(record.issuer_ca_id)
         pem = x509.load_der_x509_certificate(record.certificate_der).public_bytes(
             serialization.Encoding.PEM)
-        chain = pem + b"".join(c.public_bytes(serialization.Encoding.PEM) for c in issuer.chain)
-        return chain, self.authority.settings.ca_issuers_url(issuer.record.name)
+        chains = [issuer.chain, *await alternate_chains(self.authority, issuer)]
+        return ([pem + b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
+                 for chain in chains],
+                self.authority.settings.ca_issuers_url(issuer.record.name))
 
     async def revoke(self, certificate_der: bytes, reason: int | None,
                      account: AcmeAccount | None, jwk_public_key: PublicKeyTypes | None) -> None:

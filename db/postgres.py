@@ -46,6 +46,7 @@ from db.records import (
     CertificateStatusRecord,
     CrlHead,
     CrlRecord,
+    CrossCertificateRecord,
     EabKey,
     OcspResponderRecord,
     Organization,
@@ -580,6 +581,34 @@ class PostgresStore(Store):
         return None if row is None or row["seq"] == 0 else AuditHead(row["seq"], row["audit_hash"])
 
     # OCSP responders, revocation order, CRLs, job leases
+    async def add_cross_certificate(self, cross: CrossCertificateRecord,
+                                    audit: AuditEvent) -> None:
+        async def tx(c: Any) -> None:
+            await c.execute(  # a duplicate fingerprint: StoreConflict, from _connection
+                "INSERT INTO ca_cross_certificates (cross_id, ca_id, fingerprint, chain_pem,"
+                " top_issuer, not_after, created_at) VALUES ($1,$2,$3,$4,$5,$6,$7)",
+                cross.cross_id, cross.ca_id, cross.fingerprint, cross.chain_pem,
+                cross.top_issuer, _t(cross.not_after), _t(cross.created_at or _now()))
+            await _append_audit(c, audit)
+        await self._write(tx)
+
+    async def list_cross_certificates(
+        self, ca_ids: Sequence[str] | None = None
+    ) -> list[CrossCertificateRecord]:
+        if ca_ids is None:
+            rows = await self._fetch(
+                "SELECT * FROM ca_cross_certificates ORDER BY created_at, cross_id")
+        elif not ca_ids:
+            return []
+        else:
+            rows = await self._fetch(
+                "SELECT * FROM ca_cross_certificates WHERE ca_id = ANY($1::text[])"
+                " ORDER BY created_at, cross_id", list(ca_ids))
+        return [CrossCertificateRecord(
+            cross_id=r["cross_id"], ca_id=r["ca_id"], fingerprint=r["fingerprint"],
+            chain_pem=r["chain_pem"], top_issuer=r["top_issuer"],
+            not_after=_p(r["not_after"]), created_at=_p(r["created_at"])) for r in rows]
+
     async def add_ocsp_responder(self, responder: OcspResponderRecord, audit: AuditEvent) -> None:
         async def tx(c: Any) -> None:
             await c.execute(

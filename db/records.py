@@ -131,6 +131,20 @@ class AuditHead:
 
 
 @dataclass(frozen=True, slots=True)
+class CrossCertificateRecord:
+    """A cross-certificate of one of our CAs and the certificates above it (PEM, the
+    cross-certificate first, up to but not including the other issuer's root)."""
+
+    cross_id: str
+    ca_id: str
+    fingerprint: str  # SHA-256 of the cross-certificate, hex
+    chain_pem: str
+    top_issuer: str  # RFC 4514 issuer name of the last certificate: the other root
+    not_after: dt.datetime  # the earliest notAfter in the chain
+    created_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class OcspResponderRecord:
     """A delegated OCSP signing certificate of one issuing CA (RFC 6960 4.2.2.2).
 

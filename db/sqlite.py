@@ -38,6 +38,7 @@ from db.records import (
     CertificateStatusRecord,
     CrlHead,
     CrlRecord,
+    CrossCertificateRecord,
     EabKey,
     OcspResponderRecord,
     Organization,
@@ -621,6 +622,32 @@ class SqliteStore(Store):
         return None if row is None else AuditHead(row[0], row[1])
 
     # OCSP responders, revocation order, CRLs, job leases
+    async def add_cross_certificate(self, cross: CrossCertificateRecord,
+                                    audit: AuditEvent) -> None:
+        def tx(c: _Tx) -> None:
+            c.execute(  # a duplicate fingerprint is an IntegrityError: StoreConflict
+                "INSERT INTO ca_cross_certificates (cross_id, ca_id, fingerprint, chain_pem,"
+                " top_issuer, not_after, created_at) VALUES (?,?,?,?,?,?,?)",
+                (cross.cross_id, cross.ca_id, cross.fingerprint, cross.chain_pem,
+                 cross.top_issuer, _t(cross.not_after), _t(cross.created_at or _now())))
+            _append_audit(c, audit)
+        await self._write(tx)
+
+    async def list_cross_certificates(
+        self, ca_ids: Sequence[str] | None = None
+    ) -> list[CrossCertificateRecord]:
+        if ca_ids is not None and not ca_ids:
+            return []
+        where = "" if ca_ids is None else f"WHERE ca_id IN ({','.join('?' * len(ca_ids))})"
+        params = () if ca_ids is None else tuple(ca_ids)
+        rows = await self._read(lambda c: c.execute(
+            f"SELECT * FROM ca_cross_certificates {where} ORDER BY created_at, cross_id",
+            params).fetchall())
+        return [CrossCertificateRecord(
+            cross_id=r["cross_id"], ca_id=r["ca_id"], fingerprint=r["fingerprint"],
+            chain_pem=r["chain_pem"], top_issuer=r["top_issuer"],
+            not_after=_p(r["not_after"]), created_at=_p(r["created_at"])) for r in rows]
+
     async def add_ocsp_responder(self, responder: OcspResponderRecord, audit: AuditEvent) -> None:
         def tx(c: _Tx) -> None:
             c.execute(

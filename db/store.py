@@ -28,6 +28,7 @@ from db.records import (
     CertificateStatusRecord,
     CrlHead,
     CrlRecord,
+    CrossCertificateRecord,
     EabKey,
     OcspResponderRecord,
     Organization,
@@ -152,6 +153,19 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def audit_head(self) -> AuditHead | None:
         """The last seq and hash, kept apart from the rows so that a deleted tail shows."""
+
+    # Cross-certificates: alternate chains of our CAs under other roots
+    @abc.abstractmethod
+    async def add_cross_certificate(self, cross: CrossCertificateRecord,
+                                    audit: AuditEvent) -> None:
+        """Record a cross-certificate chain; StoreConflict when that cross-certificate is
+        recorded already."""
+
+    @abc.abstractmethod
+    async def list_cross_certificates(
+        self, ca_ids: Sequence[str] | None = None
+    ) -> list[CrossCertificateRecord]:
+        """Cross-certificates of these CAs (or of all), oldest first."""
 
     # OCSP responders, revocation order, CRLs, job leases (OCSP/CRL, RFC 6960 and 5280)
     @abc.abstractmethod

@@ -15,6 +15,11 @@ from cryptography.hazmat.primitives import serialization
 
 from ca_core.acme import b64url
 from ca_core.authority import IssuanceRequest, serial_display
+from ca_core.cross import (
+    add_cross_certificate,
+    alternate_chains,
+    cross_certification_request,
+)
 from ca_core.errors import CAError
 from ca_core.hierarchy import ensure_hierarchy, ensure_organization
 from ca_core.keys import KeySpec
@@ -78,6 +83,38 @@ async def cmd_ca_export(config: Config, args: argparse.Namespace) -> int:
         cert = x509.load_der_x509_certificate(record.certificate_der)
         encoding = serialization.Encoding.DER if args.der else serialization.Encoding.PEM
         sys.stdout.buffer.write(cert.public_bytes(encoding))
+        return 0
+    return await _with_services(config, run)
+
+
+async def cmd_ca_add_cross(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        pem = Path(args.file).read_bytes() if args.file != "-" else sys.stdin.buffer.read()
+        record = await add_cross_certificate(services.authority, args.name, pem, CLI)
+        print(f"cross-certificate of {args.name} recorded: sha256 {record.fingerprint}")
+        print(f"  alternate chain up to {record.top_issuer}, until "
+              f"{record.not_after:%Y-%m-%d %H:%M} UTC")
+        return 0
+    return await _with_services(config, run)
+
+
+async def cmd_ca_csr(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        sys.stdout.buffer.write(await cross_certification_request(services.authority, args.name))
+        return 0
+    return await _with_services(config, run)
+
+
+async def cmd_ca_chains(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        ca = await services.authority.ca(args.name)
+        chains = [ca.chain, *await alternate_chains(services.authority, ca)]
+        for number, chain in enumerate(chains):
+            label = "default" if number == 0 else f"alternate {number}"
+            print(f"chain {number} ({label}): up to {chain[-1].issuer.rfc4514_string()}")
+            for certificate in chain:
+                print(f"  {certificate.subject.rfc4514_string()}  "
+                      f"<- {certificate.issuer.rfc4514_string()}")
         return 0
     return await _with_services(config, run)
 
@@ -241,6 +278,19 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("name", help="root, intermediate, or <org>-issuing")
     export.add_argument("--der", action="store_true")
     export.set_defaults(fn=cmd_ca_export)
+    csr = ca.add_parser("csr", help="a CSR of a CA, signed by its key, for another CA to "
+                        "cross-certify it (PEM to stdout)")
+    csr.add_argument("name")
+    csr.set_defaults(fn=cmd_ca_csr)
+    add_cross = ca.add_parser(
+        "add-cross", help="record a cross-certificate of a CA (PEM: the cross-certificate, "
+        "then the certificates above it); certificates below that CA get an alternate chain")
+    add_cross.add_argument("name", help="the CA the cross-certificate certifies")
+    add_cross.add_argument("file", help="PEM file, or - for standard input")
+    add_cross.set_defaults(fn=cmd_ca_add_cross)
+    chains = ca.add_parser("chains", help="the chains of the certificates a CA issues")
+    chains.add_argument("name")
+    chains.set_defaults(fn=cmd_ca_chains)
 
     org = sub.add_parser("org", help="organizations (tenants)").add_subparsers(
         dest="org_command", required=True)

@@ -29,6 +29,7 @@ from db.records import (
     AuditEvent,
     CARecord,
     CertificateRecord,
+    CrossCertificateRecord,
     EabKey,
     Organization,
     Revocation,
@@ -307,6 +308,26 @@ async def test_certificate_authorities(store: Store, seed: Seed) -> None:
     with pytest.raises(StoreConflict):
         await store.add_ca(duplicate, event("ca.created"))
     assert await chain_ok(store) == 3
+
+
+async def test_cross_certificates(store: Store, seed: Seed) -> None:
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    cross = CrossCertificateRecord(
+        cross_id=str(uuid.uuid4()), ca_id=seed.issuing.ca_id, fingerprint="ab" * 32,
+        chain_pem="-----BEGIN CERTIFICATE-----\n...\n-----END CERTIFICATE-----\n",
+        top_issuer="CN=Bridge Root", not_after=now + dt.timedelta(days=365))
+    assert await store.list_cross_certificates() == []
+    await store.add_cross_certificate(cross, event("ca.cross_certificate_added"))
+    got = await store.list_cross_certificates([seed.issuing.ca_id])
+    assert len(got) == 1 and got[0] == replace(cross, created_at=got[0].created_at)
+    assert got[0].not_after == cross.not_after and got[0].created_at is not None
+    assert await store.list_cross_certificates([seed.root.ca_id]) == []
+    assert await store.list_cross_certificates([]) == []
+    assert await store.list_cross_certificates() == got
+    with pytest.raises(StoreConflict):  # the same cross-certificate twice
+        await store.add_cross_certificate(replace(cross, cross_id=str(uuid.uuid4())),
+                                          event("ca.cross_certificate_added"))
+    assert await chain_ok(store) == 4
 
 
 # --- certificates -----------------------------------------------------------------------

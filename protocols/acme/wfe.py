@@ -87,8 +87,9 @@ class Urls:
     def challenge(self, authz_id: str, kind: str) -> str:
         return f"{self.base}/acme/chall/{authz_id}/{kind}"
 
-    def certificate(self, cert_id: str) -> str:
-        return f"{self.base}/acme/cert/{cert_id}"
+    def certificate(self, cert_id: str, chain: int = 0) -> str:
+        url = f"{self.base}/acme/cert/{cert_id}"
+        return url if chain == 0 else f"{url}/{chain}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -509,13 +510,23 @@ async def challenge(request: web.Request) -> web.StreamResponse:
 
 @acme_handler
 async def certificate(request: web.Request) -> web.StreamResponse:
+    """The certificate with its default chain at /acme/cert/{id}, alternate chains (from
+    cross-certificates) at /acme/cert/{id}/{n}; each links to the others (RFC 8555 7.4.2)."""
     signed = await _verified(request)
     assert signed.account is not None
     service = _service(request)
-    chain, issuer_url = await service.certificate_chain(signed.account, request.match_info["id"])
-    response = web.Response(body=chain, content_type="application/pem-certificate-chain")
-    # RFC 8555 7.4.2: the issuer's certificate. No rel="alternate": this CA has one chain.
+    cert_id = request.match_info["id"]
+    chains, issuer_url = await service.certificate_chains(signed.account, cert_id)
+    wanted = request.match_info.get("alt", "0")
+    if not wanted.isdigit() or not int(wanted) < len(chains):
+        raise AcmeProblem("malformed", "no such certificate chain", 404)
+    response = web.Response(body=chains[int(wanted)],
+                            content_type="application/pem-certificate-chain")
     response.headers.add("Link", f'<{issuer_url}>;rel="up"')
+    urls = _urls(request)
+    for number in range(len(chains)):
+        if number != int(wanted):
+            response.headers.add("Link", f'<{urls.certificate(cert_id, number)}>;rel="alternate"')
     return response
 
 
@@ -554,6 +565,7 @@ def add_routes(app: web.Application, service: AcmeService, public_https_url: str
     router.add_post("/acme/authz/{id}", authorization)
     router.add_post("/acme/chall/{authz}/{type}", challenge)
     router.add_post("/acme/cert/{id}", certificate)
+    router.add_post("/acme/cert/{id}/{alt}", certificate)
     router.add_get("/acme/directory", directory)
     for prefix in ("/acme", "/acme/{org}"):
         if prefix != "/acme":
