@@ -44,3 +44,52 @@ def make_csr(
     algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
     csr = builder.sign(key, algorithm)  # type: ignore[arg-type]
     return csr.public_bytes(serialization.Encoding.PEM if pem else serialization.Encoding.DER)
+
+
+def bridge_root(common_name: str = "State Bridge Root",
+                key: CertificateIssuerPrivateKeyTypes | None = None
+                ) -> tuple[CertificateIssuerPrivateKeyTypes, x509.Certificate]:
+    """Another authority's self-signed root, to cross-certify our CAs in tests."""
+    import datetime as dt
+
+    key = key or make_key("ec-p256")
+    subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "State Bridge"),
+                         x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                       critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return key, certificate
+
+
+def cross_certify(csr_pem: bytes, issuer_key: CertificateIssuerPrivateKeyTypes,
+                  issuer: x509.Certificate, days: int = 365, ca: bool = True
+                  ) -> x509.Certificate:
+    """What the other authority does with our CA's CSR: a CA certificate for its key."""
+    import datetime as dt
+
+    csr = x509.load_pem_x509_csr(csr_pem)
+    now = dt.datetime.now(dt.UTC)
+    return (
+        x509.CertificateBuilder().subject_name(csr.subject).issuer_name(issuer.subject)
+        .public_key(csr.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(csr.public_key()),
+                       critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+            issuer.public_key()), critical=False)  # type: ignore[arg-type]
+        .sign(issuer_key, hashes.SHA256())
+    )
+
+
+def pem(*certificates: x509.Certificate) -> bytes:
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates)

@@ -569,3 +569,43 @@ async def test_store_down_is_server_internal_503(world: World,
                                  {"identifiers": [{"type": "dns", "value": "down.test"}]})
     await _problem(response, "serverInternal", 503)
     assert not [r for r in caplog.records if r.exc_info]
+
+
+async def test_alternate_chain_from_a_cross_certificate(world: World) -> None:
+    """RFC 8555 7.4.2: rel="alternate" links to the chain through a cross-certificate,
+    fetched by POST-as-GET, each chain linking back to the others."""
+    from ca_core.cross import add_cross_certificate, cross_certification_request
+    from ca_core.principal import Principal
+    from tests.helpers import bridge_root, cross_certify, pem
+
+    authority = world.services.authority
+    bridge_key, bridge = bridge_root()
+    cross = cross_certify(await cross_certification_request(authority, "intermediate"),
+                          bridge_key, bridge)
+    await add_cross_certificate(authority, "intermediate", pem(cross, bridge),
+                                Principal.system("test"))
+    client = world.client()
+    await client.load()
+    await client.register()
+    _, order, default_pem = await _issue(world, client, "alt.test")
+    default = x509.load_pem_x509_certificates(default_pem)
+    response = await client.post(order["certificate"], None)
+    alternates = [link.split(">")[0][1:] for link in response.headers.getall("Link")
+                  if link.endswith('rel="alternate"')]
+    assert alternates == [order["certificate"] + "/1"]
+
+    response = await client.post(alternates[0], None)
+    assert response.status == 200 and response.content_type == \
+        "application/pem-certificate-chain"
+    alternate = x509.load_pem_x509_certificates(await response.read())
+    assert alternate[:2] == default[:2] and alternate[2] == cross
+    assert alternate[-1].issuer == bridge.subject  # what --preferred-chain matches
+    assert f'<{order["certificate"]}>;rel="alternate"' in response.headers.getall("Link")
+
+    for wrong in ("/2", "/x", "/-1"):
+        response = await client.post(order["certificate"] + wrong, None)
+        await _problem(response, "malformed", 404)
+    other = world.client()
+    await other.load()
+    await other.register()
+    await _problem(await other.post(alternates[0], None), "malformed", 404)
