@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # certbot against the gateway's ACME server: register, certonly --standalone (http-01) with
-# ECDSA and RSA keys, renew --force-renewal, revoke, and registration with EAB.
+# ECDSA and RSA keys, renew --force-renewal, revoke, --preferred-chain (an alternate chain
+# through a cross-certificate), and registration with EAB.
 source "$(dirname "$0")/common.sh"
 export REQUESTS_CA_BUNDLE=$ROOT_CA
 cb() {  # cb <config name> <certbot args...>
@@ -30,6 +31,15 @@ after=$(openssl x509 -in "$WORK/certbot-main/config/live/certbot.svc.test/cert.p
 step "certbot revoke"
 run_expect "successfully revoked" cb main revoke --cert-name rsa.certbot.svc.test \
   --reason keycompromise --no-delete-after-revoke
+step "certbot --preferred-chain: the alternate chain through a cross-certificate"
+cross_certify "Certbot Bridge Root"
+cb main certonly --standalone --http-01-port "$HTTP01_PORT" -d chain.certbot.svc.test \
+  --preferred-chain "Certbot Bridge Root"
+verify_alternate_chain "$WORK/certbot-main/config/live/chain.certbot.svc.test/fullchain.pem" \
+  "Certbot Bridge Root"
+cb main certonly --standalone --http-01-port "$HTTP01_PORT" -d default.certbot.svc.test
+verify_chain "$WORK/certbot-main/config/live/default.certbot.svc.test/fullchain.pem" \
+  default.certbot.svc.test
 step "certbot register with External Account Binding"
 read -r KID HMAC < <(eab_key)
 run_expect "Account registered" cb eab register --agree-tos -m eab@example.org \

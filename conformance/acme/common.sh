@@ -28,3 +28,35 @@ eab_key() {  # eab_key -> "KID HMAC"
   "$VCC_PKI" acme eab create --org "${ORG:-default}" --json 2>/dev/null \
     | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["kid"], d["hmac_key"])'
 }
+# Another authority's root ("bridge", made with openssl) cross-certifies the gateway's
+# intermediate from `vcc-pki ca csr`; `vcc-pki ca add-cross` records it, and from then on
+# the ACME server offers a second chain (rel="alternate") up to that root.
+cross_certify() {  # cross_certify <bridge root CN>; leaves $WORK/bridge.pem
+  local cn=$1
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 \
+    -keyout "$WORK/bridge.key" -out "$WORK/bridge.pem" -subj "/O=State Bridge/CN=$cn" \
+    2>/dev/null
+  "$VCC_PKI" ca csr intermediate > "$WORK/intermediate.csr"
+  openssl req -in "$WORK/intermediate.csr" -noout -verify 2>/dev/null \
+    || fail "the intermediate's CSR does not verify"
+  printf '%s\n' "basicConstraints=critical,CA:TRUE" "keyUsage=critical,keyCertSign,cRLSign" \
+    "subjectKeyIdentifier=hash" "authorityKeyIdentifier=keyid" > "$WORK/cross.ext"
+  openssl x509 -req -in "$WORK/intermediate.csr" -CA "$WORK/bridge.pem" \
+    -CAkey "$WORK/bridge.key" -set_serial "0x$(openssl rand -hex 16)" -days 365 \
+    -extfile "$WORK/cross.ext" -out "$WORK/cross.pem" 2>/dev/null
+  cat "$WORK/cross.pem" "$WORK/bridge.pem" > "$WORK/cross-chain.pem"
+  run_expect "alternate chain up to CN=$cn" "$VCC_PKI" ca add-cross intermediate \
+    "$WORK/cross-chain.pem"
+}
+# The chain a client saved leads to the bridge root: its topmost certificate's issuer is the
+# bridge, and the leaf verifies with the bridge root as the only trust anchor.
+verify_alternate_chain() {  # verify_alternate_chain <fullchain.pem> <bridge root CN>
+  local full=$1 cn=$2
+  awk 'BEGIN{n=0} /BEGIN CERT/{n++} n==1' "$full" > "$WORK/leaf.pem"
+  awk 'BEGIN{n=0} /BEGIN CERT/{n++} n>1' "$full" > "$WORK/chain.pem"
+  openssl verify -CAfile "$WORK/bridge.pem" -untrusted "$WORK/chain.pem" "$WORK/leaf.pem" \
+    >/dev/null || fail "$full does not verify up to the bridge root $cn"
+  if openssl verify -CAfile "$ROOT_CA" "$WORK/chain.pem" >/dev/null 2>&1; then
+    fail "$full still holds the default chain"
+  fi
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # lego against the gateway's ACME server: http-01, tls-alpn-01, dns-01 (wildcard, through
-# the `exec` provider and the test DNS server), EAB, renew, revoke.
+# the `exec` provider and the test DNS server), EAB, renew, revoke, --preferred-chain (an
+# alternate chain through a cross-certificate).
 # Extra env: TLSALPN01_PORT, DNS_PORT (the test DNS server), TXT_DIR (its records).
 source "$(dirname "$0")/common.sh"
 : "${TLSALPN01_PORT:?}" "${DNS_PORT:?}" "${TXT_DIR:?}"
@@ -29,6 +30,11 @@ after=$(openssl x509 -in "$WORK/lego-main/certificates/http.lego.svc.test.crt" -
 [ "$before" != "$after" ] || fail "renew kept the old certificate"
 step "lego revoke"
 run_expect "revoked" lg main --domains alpn.lego.svc.test revoke
+step "lego run --preferred-chain: the alternate chain through a cross-certificate"
+cross_certify "Lego Bridge Root"
+lg main --domains chain.lego.svc.test --http --http.port ":$HTTP01_PORT" run \
+  --preferred-chain "Lego Bridge Root"
+verify_alternate_chain "$WORK/lego-main/certificates/chain.lego.svc.test.crt" "Lego Bridge Root"
 step "lego run with EAB"
 read -r KID HMAC < <(eab_key)
 lg eab --eab --kid "$KID" --hmac "$HMAC" --domains eab.lego.svc.test --http \
