@@ -13,6 +13,7 @@ Routes (``{org}`` is an organization slug; ``/acme/directory`` is the default or
     GET  /acme/{org}/renewal-info/{certID}
     POST /acme/acct/{id}, /acme/order/{id}, /acme/order/{id}/finalize,
          /acme/authz/{id}, /acme/chall/{authz}/{type}, /acme/cert/{id}
+    POST /acme/cert/{id}/{n}    alternate chain n (from a cross-certificate)
 """
 
 from __future__ import annotations
