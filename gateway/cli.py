@@ -89,7 +89,11 @@ async def cmd_ca_export(config: Config, args: argparse.Namespace) -> int:
 
 async def cmd_ca_add_cross(config: Config, args: argparse.Namespace) -> int:
     async def run(services: Services) -> int:
-        pem = Path(args.file).read_bytes() if args.file != "-" else sys.stdin.buffer.read()
+        try:
+            pem = Path(args.file).read_bytes() if args.file != "-" else sys.stdin.buffer.read()
+        except OSError as exc:
+            print(f"error: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+            return 1
         record = await add_cross_certificate(services.authority, args.name, pem, CLI)
         print(f"cross-certificate of {args.name} recorded: sha256 {record.fingerprint}")
         print(f"  alternate chain up to {record.top_issuer}, until "

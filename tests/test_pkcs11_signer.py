@@ -366,3 +366,29 @@ def test_deleted_key_fails_cleanly(softhsm_token: SoftHsmToken, backend: Pkcs11K
         signer.sign_sync(b"data")
     with pytest.raises(KeyBackendError, match="no private key"):
         backend.check()
+
+
+async def test_cross_certification_csr_is_signed_in_the_token(
+    backend: Pkcs11KeyBackend, tmp_path: Path
+) -> None:
+    """`vcc-pki ca csr` with the CA key in the token: the CSR verifies, the key stays."""
+    from ca_core.authority import Authority, CASettings
+    from ca_core.cross import cross_certification_request
+    from ca_core.hierarchy import ensure_hierarchy
+    from db.sqlite import SqliteStore
+
+    store = SqliteStore(tmp_path / "pki.db")
+    await store.open()
+    try:
+        authority = Authority(store, backend, CASettings(
+            root_key=KeySpec.parse("ec-p256"), intermediate_key=KeySpec.parse("ec-p256")))
+        await ensure_hierarchy(authority)
+        await authority.load()
+        csr = x509.load_pem_x509_csr(await cross_certification_request(authority,
+                                                                        "intermediate"))
+        intermediate = await authority.ca("intermediate")
+        assert csr.is_signature_valid
+        assert csr.public_key() == intermediate.certificate.public_key()
+        assert intermediate.signer.hsm_backed
+    finally:
+        await store.close()
