@@ -253,6 +253,7 @@ class SqliteStore(Store):
         # nor a write batch the reads. A read sees every write whose call has returned.
         self._read_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-r")
         self._read_conn: sqlite3.Connection | None = None
+        self._lookup_conn: sqlite3.Connection | None = None
         self._pending: list[tuple[Callable[[_Tx], Any], asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -321,6 +322,23 @@ class SqliteStore(Store):
         except sqlite3.OperationalError as exc:
             raise StoreUnavailable(str(exc)) from exc
 
+    async def _lookup(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """A bounded read by key (one row, or a few) on the event loop's own thread.
+
+        An indexed lookup costs about 8 µs here; handing it to the reader thread and back
+        costs about 130 µs of CPU, most of a small request's store time. WAL readers do not
+        wait for the writer, so this does not stall the loop; should the database be busy
+        anyway (a checkpoint, another process's exclusive lock), the read goes to the
+        reader thread, which may wait. Scans and large rows always use ``_read``.
+        """
+        conn = self._lookup_conn
+        if conn is None:
+            return await self._read(fn)
+        try:
+            return fn(conn)
+        except sqlite3.OperationalError:
+            return await self._read(fn)
+
     async def open(self) -> None:
         def connect() -> sqlite3.Connection:
             if self._path != ":memory:":
@@ -357,11 +375,11 @@ class SqliteStore(Store):
             conn.execute("COMMIT")
             return conn
 
-        def connect_reader() -> sqlite3.Connection:
+        def connect_reader(busy_timeout_ms: int = 30000) -> sqlite3.Connection:
             conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False,
-                                   timeout=30)
+                                   timeout=busy_timeout_ms / 1000)
             conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
             conn.execute("PRAGMA query_only=ON")
             return conn
 
@@ -371,6 +389,7 @@ class SqliteStore(Store):
             if self._path != ":memory:":
                 self._read_conn = await loop.run_in_executor(self._read_executor,
                                                              connect_reader)
+                self._lookup_conn = connect_reader(0)  # busy: fall back, never wait here
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open {self._path}: {exc}") from exc
 
@@ -378,6 +397,9 @@ class SqliteStore(Store):
         if self._flusher is not None and not self._flusher.done():
             await self._flusher
         loop = asyncio.get_running_loop()
+        if self._lookup_conn is not None:
+            lookup, self._lookup_conn = self._lookup_conn, None
+            lookup.close()
         if self._read_conn is not None:
             reader, self._read_conn = self._read_conn, None
             await loop.run_in_executor(self._read_executor, reader.close)
@@ -406,13 +428,13 @@ class SqliteStore(Store):
         await self._write(tx)
 
     async def get_organization(self, slug: str) -> Organization | None:
-        row = await self._read(
+        row = await self._lookup(
             lambda c: c.execute("SELECT * FROM organizations WHERE slug = ?", (slug,)).fetchone()
         )
         return None if row is None else _org(row)
 
     async def get_organization_by_id(self, org_id: str) -> Organization | None:
-        row = await self._read(
+        row = await self._lookup(
             lambda c: c.execute(
                 "SELECT * FROM organizations WHERE org_id = ?", (org_id,)
             ).fetchone()
@@ -442,7 +464,7 @@ class SqliteStore(Store):
         await self._write(tx)
 
     async def get_ca(self, name: str) -> CARecord | None:
-        row = await self._read(
+        row = await self._lookup(
             lambda c: c.execute(
                 "SELECT * FROM certificate_authorities WHERE name = ?", (name,)
             ).fetchone()
@@ -450,7 +472,7 @@ class SqliteStore(Store):
         return None if row is None else _ca(row)
 
     async def get_ca_by_id(self, ca_id: str) -> CARecord | None:
-        row = await self._read(
+        row = await self._lookup(
             lambda c: c.execute(
                 "SELECT * FROM certificate_authorities WHERE ca_id = ?", (ca_id,)
             ).fetchone()
@@ -483,7 +505,7 @@ class SqliteStore(Store):
         await self._write(tx)
 
     async def get_certificate(self, issuer_ca_id: str, serial_hex: str) -> CertificateRecord | None:
-        row = await self._read(
+        row = await self._lookup(
             lambda c: c.execute(
                 "SELECT * FROM certificates WHERE issuer_ca_id = ? AND serial_hex = ?",
                 (issuer_ca_id, serial_hex),
@@ -492,12 +514,12 @@ class SqliteStore(Store):
         return None if row is None else _cert(row)
 
     async def get_certificate_by_id(self, cert_id: str) -> CertificateRecord | None:
-        row = await self._read(lambda c: c.execute(
+        row = await self._lookup(lambda c: c.execute(
             "SELECT * FROM certificates WHERE cert_id = ?", (cert_id,)).fetchone())
         return None if row is None else _cert(row)
 
     async def find_certificates_by_serial(self, serial_hex: str) -> list[CertificateRecord]:
-        rows = await self._read(
+        rows = await self._lookup(
             lambda c: c.execute(
                 "SELECT * FROM certificates WHERE serial_hex = ?", (serial_hex,)
             ).fetchall()
@@ -596,7 +618,7 @@ class SqliteStore(Store):
         await self._write(tx)
 
     async def get_token(self, token_id: str) -> ApiToken | None:
-        row = await self._read(
+        row = await self._lookup(
             lambda c: c.execute(
                 "SELECT * FROM api_tokens WHERE token_id = ?", (token_id,)
             ).fetchone()
@@ -640,7 +662,7 @@ class SqliteStore(Store):
             return []
         where = "" if ca_ids is None else f"WHERE ca_id IN ({','.join('?' * len(ca_ids))})"
         params = () if ca_ids is None else tuple(ca_ids)
-        rows = await self._read(lambda c: c.execute(
+        rows = await self._lookup(lambda c: c.execute(
             f"SELECT * FROM ca_cross_certificates {where} ORDER BY created_at, cross_id",
             params).fetchall())
         return [CrossCertificateRecord(
@@ -703,7 +725,9 @@ class SqliteStore(Store):
                     (issuer_ca_id, *chunk),
                 ).fetchall()
             return rows
-        return [_status(r) for r in await self._read(read)]
+        # An OCSP request's few serials are a lookup; the refresher's thousands are not.
+        rows = await (self._lookup(read) if len(wanted) <= 16 else self._read(read))
+        return [_status(r) for r in rows]
 
     async def list_certificate_statuses(
         self, issuer_ca_id: str, valid_at: dt.datetime, after_serial_hex: str = "",
@@ -790,7 +814,7 @@ class SqliteStore(Store):
         await self._write(tx)
 
     async def get_timestamp(self, serial_hex: str) -> TimeStampRecord | None:
-        row = await self._read(
+        row = await self._lookup(
             lambda c: c.execute(
                 "SELECT * FROM timestamp_tokens WHERE serial_hex = ?", (serial_hex,)
             ).fetchone()
@@ -836,12 +860,12 @@ class SqliteStore(Store):
         await self._write(tx)
 
     async def get_acme_account(self, account_id: str) -> AcmeAccount | None:
-        row = await self._read(lambda c: c.execute(
+        row = await self._lookup(lambda c: c.execute(
             "SELECT * FROM acme_accounts WHERE account_id = ?", (account_id,)).fetchone())
         return None if row is None else _acme_account(row)
 
     async def find_acme_account(self, key_thumbprint: str) -> AcmeAccount | None:
-        row = await self._read(lambda c: c.execute(
+        row = await self._lookup(lambda c: c.execute(
             "SELECT * FROM acme_accounts WHERE key_thumbprint = ?", (key_thumbprint,)
         ).fetchone())
         return None if row is None else _acme_account(row)
@@ -869,7 +893,7 @@ class SqliteStore(Store):
         await self._write(tx)
 
     async def get_eab_key(self, kid: str) -> EabKey | None:
-        row = await self._read(lambda c: c.execute(
+        row = await self._lookup(lambda c: c.execute(
             "SELECT * FROM acme_eab_keys WHERE kid = ?", (kid,)).fetchone())
         if row is None:
             return None
@@ -902,7 +926,7 @@ class SqliteStore(Store):
         await self._write(tx)
 
     async def get_acme_order(self, order_id: str) -> AcmeOrder | None:
-        row = await self._read(lambda c: c.execute(
+        row = await self._lookup(lambda c: c.execute(
             "SELECT * FROM acme_orders WHERE order_id = ?", (order_id,)).fetchone())
         return None if row is None else _acme_order(row)
 
@@ -917,7 +941,7 @@ class SqliteStore(Store):
         return await self._write(tx)
 
     async def find_acme_order_by_cert(self, cert_id: str) -> AcmeOrder | None:
-        row = await self._read(lambda c: c.execute(
+        row = await self._lookup(lambda c: c.execute(
             "SELECT * FROM acme_orders WHERE cert_id = ?", (cert_id,)).fetchone())
         return None if row is None else _acme_order(row)
 
@@ -927,7 +951,7 @@ class SqliteStore(Store):
         if not authz_ids:
             return []
         marks = ",".join("?" * len(authz_ids))
-        rows = await self._read(lambda c: c.execute(
+        rows = await self._lookup(lambda c: c.execute(
             f"SELECT * FROM acme_authorizations WHERE authz_id IN ({marks})",
             tuple(authz_ids)).fetchall())
         found = {row["authz_id"]: _acme_authz(row) for row in rows}
@@ -950,7 +974,7 @@ class SqliteStore(Store):
         self, account_id: str, identifier_type: str, identifier_value: str, wildcard: bool,
         valid_at: dt.datetime,
     ) -> AcmeAuthorization | None:
-        row = await self._read(lambda c: c.execute(
+        row = await self._lookup(lambda c: c.execute(
             "SELECT * FROM acme_authorizations WHERE account_id = ? AND identifier_type = ?"
             " AND identifier_value = ? AND wildcard = ? AND status = 'valid' AND expires > ?"
             " ORDER BY expires DESC LIMIT 1",

@@ -8,6 +8,7 @@ import asyncio
 import datetime as dt
 import secrets
 import sqlite3
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
@@ -753,3 +754,33 @@ async def test_acme_orders_and_authorizations(store: Store, seed: Seed) -> None:
     failed = replace(valid, status="invalid", error={"type": "x", "detail": "y"})
     assert await store.update_acme_order(failed, "valid")
     assert (await store.get_acme_order(order.order_id)) == failed
+
+
+async def test_sqlite_busy_lookup_moves_to_the_reader_thread(tmp_path: Path) -> None:
+    """Key lookups run on the event loop's thread but never wait there: when SQLite says
+    busy (in WAL mode only a checkpoint or another process's exclusive lock does), the
+    lookup is retried on the reader thread, which may wait."""
+    store = SqliteStore(tmp_path / "busy.db")
+    await store.open()
+    try:
+        org = Organization(org_id=str(uuid.uuid4()), slug="busy", name="Busy")
+        await store.add_organization(org, event("org.created"))
+        assert await store.get_organization("busy") == replace(
+            org, created_at=(await store.get_organization("busy") or org).created_at)
+        loop_thread = threading.get_ident()
+        threads: list[int] = []
+
+        class Busy:
+            def execute(self, *args: object) -> None:
+                threads.append(threading.get_ident())
+                raise sqlite3.OperationalError("database is locked")
+
+        real, store._lookup_conn = store._lookup_conn, Busy()  # type: ignore[assignment]
+        try:
+            found = await store.get_organization("busy")
+        finally:
+            store._lookup_conn = real
+        assert found is not None and found.org_id == org.org_id
+        assert threads == [loop_thread]  # tried on the loop once, then read elsewhere
+    finally:
+        await store.close()
