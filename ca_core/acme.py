@@ -659,7 +659,7 @@ class AcmeService:
         processing = replace(order, status="processing")
         if not await self.store.update_acme_order(processing, "ready"):
             raise AcmeProblem("orderNotReady", "the order is being finalized already", 403)
-        task = self._tasks.spawn(self._issue(processing, csr_der))
+        task = self._tasks.spawn(self._issue(processing, csr))
         try:
             result: AcmeOrder = await asyncio.wait_for(asyncio.shield(task),
                                                        self.settings.finalize_wait_seconds)
@@ -688,13 +688,13 @@ class AcmeService:
         if asked != set(order.identifiers):
             raise AcmeProblem("badCSR", "the CSR must name exactly the order's identifiers")
 
-    async def _issue(self, order: AcmeOrder, csr_der: bytes) -> AcmeOrder:
+    async def _issue(self, order: AcmeOrder, csr: x509.CertificateSigningRequest) -> AcmeOrder:
         org = await self.authority.organization_by_id(order.org_id)
         principal = Principal("service", f"acme:{order.account_id}", org.org_id,
                               "cert_manager")
         try:
             issued = await self.authority.issue(IssuanceRequest(
-                csr=csr_der, profile=self._profiles[order.profile], org=org.slug,
+                csr=csr, profile=self._profiles[order.profile], org=org.slug,
                 not_before=order.not_before, not_after=order.not_after), principal)
         except CAError as exc:
             # The CSR or its key broke a rule of the profile; anything else is ours.

@@ -164,7 +164,8 @@ class CASettings:
 
 @dataclass(frozen=True, slots=True)
 class IssuanceRequest:
-    csr: bytes  # PEM or DER PKCS#10
+    # PEM or DER PKCS#10, or a request parse_csr returned (checked; not parsed again)
+    csr: bytes | x509.CertificateSigningRequest
     profile: str
     org: str | None = None  # organization slug; None: the principal's own
     validity_days: int | None = None
@@ -397,7 +398,8 @@ class Authority:
         profile = self.profile(request.profile)
         if profile.internal_only and principal.actor_type != "system":
             raise Forbidden(f"profile {profile.name} is issued by the CA itself only")
-        csr = parse_csr(request.csr)
+        csr = request.csr if isinstance(request.csr, x509.CertificateSigningRequest) \
+            else parse_csr(request.csr)
         public_key = csr.public_key()
         subject_key = check_subject_key(public_key, profile)
         sans = x509build.sans_from_csr(csr)

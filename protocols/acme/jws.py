@@ -12,6 +12,7 @@ import base64
 import binascii
 import functools
 import json
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,6 +99,22 @@ def public_key(jwk: Any) -> PublicKeyTypes:
     except (TypeError, ValueError):
         raise AcmeProblem("badPublicKey", "the JWK cannot be read") from None
     return _public_key(canonical)
+
+
+_ACCOUNT_KEYS: OrderedDict[str, PublicKeyTypes] = OrderedDict()
+_ACCOUNT_KEYS_MAX = 4096
+
+
+def account_public_key(key_thumbprint: str, jwk: dict[str, Any]) -> PublicKeyTypes:
+    """The key of a stored account, by its RFC 7638 thumbprint (computed when the key was
+    registered or changed): no JSON canonicalisation or hashing on each request."""
+    key = _ACCOUNT_KEYS.get(key_thumbprint)
+    if key is None:
+        key = public_key(jwk)
+        _ACCOUNT_KEYS[key_thumbprint] = key
+        if len(_ACCOUNT_KEYS) > _ACCOUNT_KEYS_MAX:
+            _ACCOUNT_KEYS.popitem(last=False)
+    return key
 
 
 @functools.lru_cache(maxsize=4096)

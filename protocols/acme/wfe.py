@@ -222,7 +222,7 @@ async def _verified(request: web.Request, allow_jwk: bool = False,
     if not isinstance(kid, str) or not kid.startswith(prefix):
         raise AcmeProblem("accountDoesNotExist", "the kid is not an account URL of this server")
     account = await service.account(kid[len(prefix):])
-    key = jose.public_key(account.jwk)
+    key = jose.account_public_key(account.key_thumbprint, account.jwk)
     jose.verify(parsed, key)
     await service.use_nonce(nonce)
     return Signed(parsed, account, None, key)
