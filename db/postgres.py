@@ -216,6 +216,13 @@ async def _init_connection(conn: Any) -> None:
     )
 
 
+async def _keep_session(conn: Any) -> None:
+    """Pool release without asyncpg's default reset query (advisory unlock, CLOSE ALL,
+    UNLISTEN, RESET ALL): that is one more round trip per query, and this store keeps no
+    session state (its only advisory lock is transaction-scoped; no SET, LISTEN or
+    cursors). An open transaction is still rolled back by the pool before this runs."""
+
+
 _MAX_BATCH = 256
 
 
@@ -328,7 +335,8 @@ class PostgresStore(Store):
         try:
             pool = await asyncpg.create_pool(
                 self._dsn, min_size=self._min_size, max_size=self._max_size,
-                init=_init_connection, server_settings={"application_name": "vcc-pki"},
+                init=_init_connection, reset=_keep_session,
+                server_settings={"application_name": "vcc-pki"},
             )
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
