@@ -20,10 +20,20 @@ from typing import Any
 BIN = Path(sys.executable).parent / "vcc-pki"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A free loopback port for ``kind``; for UDP also free for TCP (a DNS server takes
+    both)."""
+    while True:
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if kind == socket.SOCK_STREAM:
+            return port
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+            try:
+                t.bind(("127.0.0.1", port))
+            except OSError:
+                continue
         return port
 
 

@@ -25,6 +25,7 @@ from ca_core.acme import ari_cert_id, key_authorization
 from ca_core.authority import serial_hex
 from ca_core.hierarchy import ensure_hierarchy
 from conformance import testdns
+from conformance.gateway import free_port
 from gateway.app import build_https_app
 from gateway.config import load_config
 from gateway.runtime import Services, open_services
@@ -32,22 +33,6 @@ from tests.acme_client import AccountKey, Client, b64, csr_for, jws, mac_jws
 
 ClientFactory = Callable[..., Any]
 ERR = "urn:ietf:params:acme:error:"
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A port free for ``kind``; for UDP also free for TCP (the DNS server takes both)."""
-    while True:
-        with socket.socket(socket.AF_INET, kind) as s:
-            s.bind(("127.0.0.1", 0))
-            port: int = s.getsockname()[1]
-        if kind == socket.SOCK_STREAM:
-            return port
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            try:
-                t.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
 
 
 @dataclass

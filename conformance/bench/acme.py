@@ -79,7 +79,7 @@ from conformance.bench.issuance import (
     percentile,
     steal_meter,
 )
-from conformance.gateway import Gateway, running_gateway
+from conformance.gateway import Gateway, free_port, running_gateway
 
 DOMAIN = "bench.test"
 ACCOUNTS_PER_ORG = 290  # the gateway allows 300 new accounts per organization and hour
@@ -145,20 +145,6 @@ class Target:
 # ---------------------------------------------------------------------------- helpers
 
 
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A free port for ``kind``; for UDP also free for TCP (the DNS server takes both)."""
-    while True:
-        with socket.socket(socket.AF_INET, kind) as s:
-            s.bind(("127.0.0.1", 0))
-            port: int = s.getsockname()[1]
-        if kind == socket.SOCK_STREAM:
-            return port
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            try:
-                t.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
 
 
 def _proc_cpu(pid: int | None) -> float | None:
