@@ -269,6 +269,60 @@ async def measure_direct(
 
 # --- REST load generators (separate processes) -----------------------------------------------
 
+# Every wrk script of the benchmarks ends with this: each thread counts the responses it
+# found wrong in a global ``bad``, and ``done`` prints one line that run_wrk_script reads.
+WRK_DONE = """\
+function done(summary, latency, requests)
+  local total_bad = 0
+  for _, thread in ipairs(threads) do
+    total_bad = total_bad + thread:get("bad")
+  end
+  local e = summary.errors
+  io.write(string.format(
+    "VCCBENCH requests=%d duration_us=%d p50_us=%d p99_us=%d bad=%d "
+    .. "connect=%d read=%d write=%d timeout=%d\\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    total_bad, e.connect, e.read, e.write, e.timeout))
+end
+"""
+
+
+def lua_bytes(data: bytes) -> str:
+    """Three-digit decimal escapes keep any bytes intact in a Lua string literal."""
+    return "".join(f"\\{byte:03d}" for byte in data)
+
+
+def wrk_threads(connections: int) -> int:
+    """wrk's -t for a number of connections (a walk script needs the same number)."""
+    return max(1, min(2, connections))
+
+
+def run_wrk_script(script_text: str, url: str, seconds: float, connections: int,
+                   work_dir: Path) -> tuple[Rate, dict[str, int]]:
+    """wrk with a script that ends in WRK_DONE (and keeps its threads in ``threads``): the
+    rate of good responses, and wrk's raw counts."""
+    script = work_dir / f"wrk-{secrets.token_hex(4)}.lua"
+    script.write_text(script_text + WRK_DONE, encoding="utf-8")
+    command = ["wrk", "-t", str(wrk_threads(connections)), "-c", str(connections),
+               "-d", f"{seconds:g}s", "--timeout", "10s", "--latency", "-s", str(script), url]
+    try:
+        with steal_meter() as steal:
+            done = subprocess.run(command, capture_output=True, text=True, check=False,
+                                  timeout=seconds + 60)
+    finally:
+        script.unlink(missing_ok=True)
+    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("VCCBENCH ")), None)
+    if done.returncode != 0 or line is None:
+        raise RuntimeError(f"wrk failed ({done.returncode}): {(done.stderr or done.stdout)[-300:]}")
+    n = {key: int(value) for key, value in (item.split("=", 1) for item in line.split()[1:])}
+    elapsed = n["duration_us"] / 1e6
+    ok = n["requests"] - n["bad"]
+    socket_errors = n["connect"] + n["read"] + n["write"] + n["timeout"]
+    return Rate(ok / elapsed, ok, elapsed, p50_ms=n["p50_us"] / 1000,
+                p99_ms=n["p99_us"] / 1000, errors=n["bad"], steal=steal[0],
+                note=f"socket errors {socket_errors}" if socket_errors else ""), n
+
+
 _WRK_SCRIPT = """\
 wrk.method = "POST"
 wrk.headers["Authorization"] = "Bearer {token}"
@@ -280,24 +334,12 @@ function setup(thread)
   table.insert(threads, thread)
 end
 function init(args)
-  non2xx = 0
+  bad = 0
 end
 function response(status, headers, body)
   if status < 200 or status > 299 then
-    non2xx = non2xx + 1
+    bad = bad + 1
   end
-end
-function done(summary, latency, requests)
-  local bad = 0
-  for _, thread in ipairs(threads) do
-    bad = bad + thread:get("non2xx")
-  end
-  local e = summary.errors
-  io.write(string.format(
-    "VCCBENCH requests=%d duration_us=%d p50_us=%d p99_us=%d non2xx=%d "
-    .. "connect=%d read=%d write=%d timeout=%d\\n",
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    bad, e.connect, e.read, e.write, e.timeout))
 end
 """
 
@@ -308,28 +350,9 @@ def rest_body(csr: bytes) -> str:
 
 def run_wrk(url: str, token: str, body: str, seconds: float, concurrency: int,
             work_dir: Path) -> Rate:
-    script = work_dir / f"wrk-{secrets.token_hex(4)}.lua"
-    script.write_text(_WRK_SCRIPT.format(token=token, body=body), encoding="utf-8")
-    threads = max(1, min(2, concurrency))
-    command = ["wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{seconds:g}s",
-               "--timeout", "10s", "--latency", "-s", str(script), url]
-    try:
-        with steal_meter() as steal:
-            done = subprocess.run(command, capture_output=True, text=True, check=False,
-                                  timeout=seconds + 60)
-    finally:
-        script.unlink(missing_ok=True)
-    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("VCCBENCH ")), None)
-    if done.returncode != 0 or line is None:
-        raise RuntimeError(f"wrk failed ({done.returncode}): {(done.stderr or done.stdout)[-300:]}")
-    values = dict(item.split("=", 1) for item in line.split()[1:])
-    n = {key: int(value) for key, value in values.items()}
-    elapsed = n["duration_us"] / 1e6
-    socket_errors = n["connect"] + n["read"] + n["write"] + n["timeout"]
-    ok = n["requests"] - n["non2xx"]
-    note = f"socket errors {socket_errors}" if socket_errors else ""
-    return Rate(ok / elapsed, ok, elapsed, p50_ms=n["p50_us"] / 1000,
-                p99_ms=n["p99_us"] / 1000, errors=n["non2xx"], steal=steal[0], note=note)
+    rate, _ = run_wrk_script(_WRK_SCRIPT.format(token=token, body=body), url, seconds,
+                             concurrency, work_dir)
+    return rate
 
 
 def _aiohttp_load(conn: Connection, url: str, token: str, body: str, seconds: float,

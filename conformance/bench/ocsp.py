@@ -85,8 +85,11 @@ from conformance.bench.issuance import (
     Rate,
     describe,
     install_stop_handlers,
+    lua_bytes,
     percentile,
+    run_wrk_script,
     steal_meter,
+    wrk_threads,
 )
 from conformance.gateway import BIN, Gateway, free_port, running_gateway
 from gateway.config import load_config
@@ -415,18 +418,6 @@ function response(status, headers, body)
     bad = bad + 1
   end
 end
-function done(summary, latency, requests)
-  local total_bad = 0
-  for _, thread in ipairs(threads) do
-    total_bad = total_bad + thread:get("bad")
-  end
-  local e = summary.errors
-  io.write(string.format(
-    "VCCBENCH requests=%d duration_us=%d p50_us=%d p99_us=%d bad=%d "
-    .. "connect=%d read=%d write=%d timeout=%d\\n",
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    total_bad, e.connect, e.read, e.write, e.timeout))
-end
 """
 
 _CHECKS = {
@@ -457,50 +448,27 @@ function request()
 end"""
 
 
-def _lua(data: bytes) -> str:
-    # Three-digit decimal escapes keep any bytes intact in a Lua string literal.
-    return "".join(f"\\{byte:03d}" for byte in data)
-
-
 def run_wrk(base_url: str, load: Load, seconds: float, connections: int, work_dir: Path
             ) -> Rate:
-    threads = max(1, min(2, connections))
+    threads = wrk_threads(connections)
     request = ""
     if load.walk is not None:
         walk = load.walk
         request = _WALK_REQUEST.format(
-            head=_lua(walk.head), tail=_lua(walk.tail), offset=walk.next_i, size=walk.size,
-            mult=WALK_MULTIPLIER, threads=threads, path=load.path)
-    script = work_dir / f"wrk-{secrets.token_hex(4)}.lua"
-    script.write_text(_WRK_SCRIPT.format(
-        method=load.method, body=f'wrk.body = "{_lua(load.body)}"' if load.body else "",
-        expect=_lua(load.expect),
-        expect2=_lua(load.expect2), fixed_len=load.fixed_len, request=request,
+            head=lua_bytes(walk.head), tail=lua_bytes(walk.tail), offset=walk.next_i,
+            size=walk.size, mult=WALK_MULTIPLIER, threads=threads, path=load.path)
+    rate, n = run_wrk_script(_WRK_SCRIPT.format(
+        method=load.method, body=f'wrk.body = "{lua_bytes(load.body)}"' if load.body else "",
+        expect=lua_bytes(load.expect),
+        expect2=lua_bytes(load.expect2), fixed_len=load.fixed_len, request=request,
         check=_CHECKS[load.check],
         content_type='wrk.headers["Content-Type"] = "application/ocsp-request"'
         if load.method == "POST" else "",
-    ), encoding="utf-8")
-    command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s",
-               "--timeout", "10s", "--latency", "-s", str(script), base_url + load.path]
-    try:
-        with steal_meter() as steal:
-            done = subprocess.run(command, capture_output=True, text=True, check=False,
-                                  timeout=seconds + 60)
-    finally:
-        script.unlink(missing_ok=True)
-    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("VCCBENCH ")), None)
-    if done.returncode != 0 or line is None:
-        raise RuntimeError(f"wrk failed ({done.returncode}): {(done.stderr or done.stdout)[-300:]}")
-    n = {k: int(v) for k, v in (item.split("=", 1) for item in line.split()[1:])}
+    ), base_url + load.path, seconds, connections, work_dir)
     if load.walk is not None:
         # Requests in flight at the end were sent too: skip past them.
         load.walk.next_i += n["requests"] + connections
-    elapsed = n["duration_us"] / 1e6
-    ok = n["requests"] - n["bad"]
-    socket_errors = n["connect"] + n["read"] + n["write"] + n["timeout"]
-    return Rate(ok / elapsed, ok, elapsed, p50_ms=n["p50_us"] / 1000,
-                p99_ms=n["p99_us"] / 1000, errors=n["bad"], steal=steal[0],
-                note=f"socket errors {socket_errors}" if socket_errors else "")
+    return rate
 
 
 def run_hey(base_url: str, load: Load, seconds: float, connections: int, work_dir: Path

@@ -34,7 +34,6 @@ import asyncio
 import concurrent.futures
 import contextlib
 import os
-import secrets
 import shutil
 import statistics
 import subprocess
@@ -57,9 +56,11 @@ from conformance.bench.issuance import (
     _cpu_times,
     describe,
     install_stop_handlers,
+    lua_bytes,
     measure_sign_concurrent,
     measure_sign_sync,
     percentile,
+    run_wrk_script,
     steal_meter,
 )
 from conformance.gateway import Gateway, running_gateway
@@ -132,44 +133,13 @@ function response(status, headers, body)
     bad = bad + 1
   end
 end
-function done(summary, latency, requests)
-  local total_bad = 0
-  for _, thread in ipairs(threads) do
-    total_bad = total_bad + thread:get("bad")
-  end
-  local e = summary.errors
-  io.write(string.format(
-    "VCCBENCH requests=%d duration_us=%d p50_us=%d p99_us=%d bad=%d "
-    .. "connect=%d read=%d write=%d timeout=%d\\n",
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
-    total_bad, e.connect, e.read, e.write, e.timeout))
-end
 """
 
 
 def run_wrk(url: str, query: bytes, seconds: float, clients: int, work_dir: Path) -> Rate:
-    script = work_dir / f"wrk-{secrets.token_hex(4)}.lua"
-    # Lua decimal escapes keep the binary DER intact in the script text.
-    body = "".join(f"\\{byte}" for byte in query)
-    script.write_text(_WRK_SCRIPT.format(body=body), encoding="utf-8")
-    command = ["wrk", "-t", "2", "-c", str(clients), "-d", f"{seconds:g}s", "--timeout", "10s",
-               "--latency", "-s", str(script), url]
-    try:
-        with steal_meter() as steal:
-            done = subprocess.run(command, capture_output=True, text=True, check=False,
-                                  timeout=seconds + 60)
-    finally:
-        script.unlink(missing_ok=True)
-    line = next((ln for ln in done.stdout.splitlines() if ln.startswith("VCCBENCH ")), None)
-    if done.returncode != 0 or line is None:
-        raise RuntimeError(f"wrk failed ({done.returncode}): {(done.stderr or done.stdout)[-300:]}")
-    n = {k: int(v) for k, v in (item.split("=", 1) for item in line.split()[1:])}
-    elapsed = n["duration_us"] / 1e6
-    ok = n["requests"] - n["bad"]
-    socket_errors = n["connect"] + n["read"] + n["write"] + n["timeout"]
-    return Rate(ok / elapsed, ok, elapsed, p50_ms=n["p50_us"] / 1000,
-                p99_ms=n["p99_us"] / 1000, errors=n["bad"], steal=steal[0],
-                note=f"socket errors {socket_errors}" if socket_errors else "")
+    rate, _ = run_wrk_script(_WRK_SCRIPT.format(body=lua_bytes(query)), url, seconds, clients,
+                             work_dir)
+    return rate
 
 
 def probe(url: str, query: bytes) -> None:
