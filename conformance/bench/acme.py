@@ -77,6 +77,7 @@ from conformance.bench.issuance import (
     _env,
     install_stop_handlers,
     percentile,
+    print_grid,
     steal_meter,
 )
 from conformance.gateway import Gateway, free_port, running_gateway
@@ -1215,20 +1216,11 @@ def print_table(targets: list[Target], variants: Sequence[str], clients_list: Se
                     _fmt(_median([r.client_cpu for r in runs]), 2),
                     target_text,
                 ])
-    full = [r for r in rows if len(r) == len(header)]
-    widths = [max(len(r[i]) for r in [header, *full]) for i in range(len(header))]
-    widths[:3] = [max(widths[i], *(len(r[i]) for r in rows)) for i in range(3)]
     print()
     interrupted = " (interrupted: the last round is partial)" if STOP.is_set() else ""
     print(f"ACME benchmark: complete orders (whole flows) per second, median of {rounds_done} "
           f"round(s); vcc/pebble per round, then median{interrupted}")
-    print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-    print("-+-".join("-" * w for w in widths))
-    for row in rows:
-        if len(row) == len(header):
-            print(" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
-        else:
-            print(" | ".join([*(row[i].ljust(widths[i]) for i in range(3)), row[3]]))
+    print_grid(header, rows)
     if deadlocked:
         print("* Pebble deadlocked during at least one of these measurements; its rate is "
               "counted until the last flow that completed before (see the lines above)")

@@ -628,6 +628,25 @@ def targets(combo: Combo) -> tuple[str, str]:
     return "-", "-"
 
 
+def print_grid(header: list[str], rows: list[list[str]]) -> None:
+    """An aligned text table. A row with fewer cells than the header (a skipped
+    measurement) aligns its leading cells and lets its last one run past the rest."""
+    full = [r for r in rows if len(r) == len(header)]
+    widths = [max(len(r[i]) for r in [header, *full]) for i in range(len(header))]
+    for row in rows:
+        if len(row) < len(header):
+            for i in range(len(row) - 1):
+                widths[i] = max(widths[i], len(row[i]))
+    print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
+    print("-+-".join("-" * w for w in widths))
+    for row in rows:
+        if len(row) == len(header):
+            cells = [c.ljust(w) for c, w in zip(row, widths, strict=True)]
+        else:
+            cells = [*(row[i].ljust(widths[i]) for i in range(len(row) - 1)), row[-1]]
+        print(" | ".join(cells).rstrip())
+
+
 def print_table(combos: list[Combo], raw: dict[str, RawSign], rounds_done: int) -> None:
     header = ["config", "store", "raw sign/s", "direct certs/s (p50/p99 ms)", "direct/raw",
               "direct target", "REST certs/s (p50/p99 ms)", "REST/raw", "REST target",
@@ -651,20 +670,11 @@ def print_table(combos: list[Combo], raw: dict[str, RawSign], rounds_done: int) 
             rest_cell[:60], "-" if r_ratio is None else f"{r_ratio:.2f}", t_rest,
             "-" if combo.rss_kb is None else f"{combo.rss_kb / 1024:.0f}",
         ])
-    full = [r for r in rows if len(r) == len(header)]
-    widths = [max(len(r[i]) for r in [header, *full]) for i in range(len(header))]
-    widths[:2] = [max(widths[i], *(len(r[i]) for r in rows)) for i in range(2)]
     print()
     interrupted = " (interrupted: the last round is partial)" if STOP.is_set() else ""
     print(f"Issuance benchmark: median of {rounds_done} round(s); ratios per round, then "
           f"median{interrupted}")
-    print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-    print("-+-".join("-" * w for w in widths))
-    for row in rows:
-        if len(row) == len(header):
-            print(" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
-        else:
-            print(" | ".join([row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2]]))
+    print_grid(header, rows)
 
 
 # ---------------------------------------------------------------------------- main

@@ -87,6 +87,7 @@ from conformance.bench.issuance import (
     install_stop_handlers,
     lua_bytes,
     percentile,
+    print_grid,
     run_wrk_script,
     steal_meter,
     wrk_threads,
@@ -1039,17 +1040,6 @@ def _mb(kb: int | None) -> str:
     return "-" if kb is None else f"{kb / 1024:.0f}"
 
 
-def _print_grid(header: list[str], rows: list[list[str]]) -> None:
-    """Rows with fewer cells than the header (skipped ones) run past the last column."""
-    full = [r for r in rows if len(r) == len(header)]
-    widths = [max(len(r[i]) for r in [header, *full]) for i in range(len(header))]
-    print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip())
-    print("-+-".join("-" * w for w in widths))
-    for row in rows:
-        cells = [c.ljust(w) for c, w in zip(row, widths, strict=False)]
-        print(" | ".join(cells).rstrip())
-
-
 def print_table(targets: list[Target], connections: Sequence[int], rounds_done: int) -> None:
     header = ["target", "request", "tool",
               *[f"{c} conns: resp/s (p50/p99 ms)" for c in connections], "bad", "signed/resp",
@@ -1076,7 +1066,7 @@ def print_table(targets: list[Target], connections: Sequence[int], rounds_done: 
     print()
     partial = " (interrupted: the last round is partial)" if STOP.is_set() else ""
     print(f"OCSP benchmark: median of {rounds_done} round(s){partial}")
-    _print_grid(header, rows)
+    print_grid(header, rows)
 
 
 def _ratio(targets: dict[str, Target], top: tuple[str, str], bottom: tuple[str, str],
@@ -1119,7 +1109,7 @@ def print_ratios(targets: list[Target], connections: Sequence[int]) -> None:
             continue
         rows.append([label, *["-" if v is None else f"{v:.2f}" for v in values]])
     print()
-    _print_grid(header, rows)
+    print_grid(header, rows)
 
 
 def print_targets(targets: list[Target], connections: Sequence[int]) -> None:
@@ -1167,7 +1157,7 @@ def print_memory(targets: list[Target], redis_note: str) -> None:
     rows = [[t.name, _mb(t.rss_before), _mb(t.rss_after), _mb(t.hwm), t.note]
             for t in targets if not t.skipped and t.measured]
     print()
-    _print_grid(header, rows)
+    print_grid(header, rows)
     if redis_note:
         print(redis_note)
     for target in targets:

@@ -60,6 +60,7 @@ from conformance.bench.issuance import (
     measure_sign_concurrent,
     measure_sign_sync,
     percentile,
+    print_grid,
     run_wrk_script,
     steal_meter,
 )
@@ -498,20 +499,11 @@ def print_table(setups: list[Setup], clients: Sequence[int], rounds_done: int) -
                 _shared_cell(target.diy_shared.get(n, [])) if diy else "-",
                 _target(target),
             ])
-    full = [r for r in rows if len(r) == len(header)]
-    widths = [max(len(r[i]) for r in [header, *full]) for i in range(len(header))]
-    widths[:2] = [max(widths[i], *(len(r[i]) for r in rows)) for i in range(2)]
     print()
     partial = " (interrupted: the last round is partial)" if STOP.is_set() else ""
     print(f"Time-stamping benchmark: median of {rounds_done} round(s); ratios per round, "
           f"then median{partial}")
-    print(" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-    print("-+-".join("-" * w for w in widths))
-    for row in rows:
-        if len(row) == len(header):
-            print(" | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
-        else:
-            print(" | ".join([row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2]]))
+    print_grid(header, rows)
 
 
 # ---------------------------------------------------------------------------- main
