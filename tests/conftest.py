@@ -13,8 +13,8 @@ from ca_core.hierarchy import ensure_hierarchy
 from ca_core.keys import KeySpec
 from ca_core.signers.software import SoftwareKeyBackend
 from db.sqlite import SqliteStore
-from gateway.config import load_config
-from gateway.runtime import Services, open_services
+from gateway.runtime import Services
+from tests.helpers import fresh_services
 
 
 @dataclass
@@ -42,13 +42,5 @@ async def pki(tmp_path: Path) -> AsyncIterator[Pki]:
 @pytest.fixture
 async def services(tmp_path: Path) -> AsyncIterator[Services]:
     """Gateway services on a fresh PKI (SQLite, software keys), as `vcc-pki init` makes it."""
-    config = load_config(environ={
-        "VCC_PKI_DATA_DIR": str(tmp_path / "data"),
-        "VCC_PKI_KEY_PASSPHRASE": "test-passphrase",
-        "VCC_PKI_ROOT_KEY_TYPE": "ec-p256",
-        "VCC_PKI_INTERMEDIATE_KEY_TYPE": "ec-p256",
-    })
-    async with open_services(config, create=True) as opened:
-        await ensure_hierarchy(opened.authority)
-        await opened.authority.load()
+    async with fresh_services(tmp_path) as opened:
         yield opened

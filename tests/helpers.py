@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import NameOID
+
+from ca_core.hierarchy import ensure_hierarchy
+from gateway.config import load_config
+from gateway.runtime import Services, open_services
 
 
 def make_key(kind: str = "ec-p256") -> CertificateIssuerPrivateKeyTypes:
@@ -93,3 +100,20 @@ def cross_certify(csr_pem: bytes, issuer_key: CertificateIssuerPrivateKeyTypes,
 
 def pem(*certificates: x509.Certificate) -> bytes:
     return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates)
+
+
+@contextlib.asynccontextmanager
+async def fresh_services(tmp_path: Path, **env: str) -> AsyncIterator[Services]:
+    """Gateway services on a fresh PKI in ``tmp_path`` as `vcc-pki init` makes it (SQLite,
+    software keys, P-256 root and intermediate); ``env`` adds or overrides VCC_PKI_*."""
+    config = load_config(environ={
+        "VCC_PKI_DATA_DIR": str(tmp_path / "data"),
+        "VCC_PKI_KEY_PASSPHRASE": "test-passphrase",
+        "VCC_PKI_ROOT_KEY_TYPE": "ec-p256",
+        "VCC_PKI_INTERMEDIATE_KEY_TYPE": "ec-p256",
+        **env,
+    })
+    async with open_services(config, create=True) as opened:
+        await ensure_hierarchy(opened.authority, config.tsa_settings())
+        await opened.authority.load()
+        yield opened

@@ -23,13 +23,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ca_core.acme import ari_cert_id, key_authorization
 from ca_core.authority import serial_hex
-from ca_core.hierarchy import ensure_hierarchy
 from conformance import testdns
 from conformance.gateway import free_port
 from gateway.app import build_https_app
-from gateway.config import load_config
-from gateway.runtime import Services, open_services
+from gateway.runtime import Services
 from tests.acme_client import AccountKey, Client, b64, csr_for, jws, mac_jws
+from tests.helpers import fresh_services
 
 ClientFactory = Callable[..., Any]
 ERR = "urn:ietf:params:acme:error:"
@@ -66,20 +65,11 @@ async def _world(tmp_path: Path, aiohttp_client: ClientFactory, **env: str
     txt.mkdir()
     tokens: dict[str, str] = {}
     runner = await _challenge_server(tokens, http_port)
-    config = load_config(environ={
-        "VCC_PKI_DATA_DIR": str(tmp_path / "data"),
-        "VCC_PKI_KEY_PASSPHRASE": "test-passphrase",
-        "VCC_PKI_ROOT_KEY_TYPE": "ec-p256",
-        "VCC_PKI_INTERMEDIATE_KEY_TYPE": "ec-p256",
-        "VCC_PKI_ACME_HTTP01_PORT": str(http_port),
-        "VCC_PKI_ACME_DNS_RESOLVER": f"127.0.0.1:{dns_port}",
-        "VCC_PKI_ACME_VALIDATION_ATTEMPTS": "1",
-        **env,
-    })
     with testdns.running(dns_port, txt):
-        async with open_services(config, create=True) as services:
-            await ensure_hierarchy(services.authority)
-            await services.authority.load()
+        async with fresh_services(
+                tmp_path, VCC_PKI_ACME_HTTP01_PORT=str(http_port),
+                VCC_PKI_ACME_DNS_RESOLVER=f"127.0.0.1:{dns_port}",
+                VCC_PKI_ACME_VALIDATION_ATTEMPTS="1", **env) as services:
             client: TestClient = await aiohttp_client(build_https_app(services))
             yield World(services, client, tokens, txt)
     await runner.cleanup()

@@ -15,31 +15,20 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ca_core.authority import IssuanceRequest, IssuedCertificate
 from ca_core.crl import CrlPublisher
-from ca_core.hierarchy import ensure_hierarchy
 from ca_core.principal import Principal
 from db.records import AuditEvent, CrlHead, CrlRecord
 from gateway.app import build_http_app
 from gateway.cli import main
-from gateway.config import load_config
-from gateway.runtime import Services, open_services
+from gateway.runtime import Services
 from gateway.status_jobs import publish_crls_once
-from tests.helpers import make_csr
+from tests.helpers import fresh_services, make_csr
 
 SYSTEM = Principal.system("test")
 ClientFactory = Callable[..., Any]
 
 
 async def _open(tmp_path: Path, **env: str) -> AsyncIterator[Services]:
-    config = load_config(environ={
-        "VCC_PKI_DATA_DIR": str(tmp_path / "data"),
-        "VCC_PKI_KEY_PASSPHRASE": "test-passphrase",
-        "VCC_PKI_ROOT_KEY_TYPE": "ec-p256",
-        "VCC_PKI_INTERMEDIATE_KEY_TYPE": "ec-p256",
-        **env,
-    })
-    async with open_services(config, create=True) as opened:
-        await ensure_hierarchy(opened.authority)
-        await opened.authority.load()
+    async with fresh_services(tmp_path, **env) as opened:
         yield opened
 
 

@@ -23,17 +23,17 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ca_core.authority import Authority, IssuanceRequest, IssuedCertificate
-from ca_core.hierarchy import ensure_hierarchy, ensure_organization
+from ca_core.hierarchy import ensure_organization
 from ca_core.ocsp import OcspResponder, OcspSettings, cache_key
 from ca_core.principal import Principal
 from db.cache import CachedResponse, MemoryResponseCache, RedisResponseCache
 from db.records import AuditEvent, Revocation
 from gateway.app import build_http_app
 from gateway.config import load_config
-from gateway.runtime import Services, open_services
+from gateway.runtime import Services
 from gateway.status_jobs import watch_revocations
 from protocols.ocsp.codec import decode_request
-from tests.helpers import make_csr
+from tests.helpers import fresh_services, make_csr
 from tests.redisutil import REDIS_URL, delete_prefix, require_redis, unique_prefix
 
 ClientFactory = Callable[..., Any]
@@ -46,21 +46,14 @@ DER = serialization.Encoding.DER
 @pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 async def services(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Services]:
     """Gateway services with loaded OCSP responders, on either cache backend."""
-    env = {
-        "VCC_PKI_DATA_DIR": str(tmp_path / "data"),
-        "VCC_PKI_KEY_PASSPHRASE": "test-passphrase",
-        "VCC_PKI_ROOT_KEY_TYPE": "ec-p256",
-        "VCC_PKI_INTERMEDIATE_KEY_TYPE": "ec-p256",
-    }
+    env: dict[str, str] = {}
     prefix = ""
     if request.param == "redis":
         require_redis()
         prefix = unique_prefix()
         env |= {"VCC_PKI_REDIS_URL": REDIS_URL, "VCC_PKI_REDIS_KEY_PREFIX": prefix}
     try:
-        async with open_services(load_config(environ=env), create=True) as opened:
-            await ensure_hierarchy(opened.authority)
-            await opened.authority.load()
+        async with fresh_services(tmp_path, **env) as opened:
             await opened.ocsp.load(create=True)
             yield opened
     finally:

@@ -29,7 +29,6 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ca_core import tsa as tsa_core
 from ca_core.authority import serial_hex
-from ca_core.hierarchy import ensure_hierarchy
 from ca_core.keys import KeySpec
 from ca_core.tsa import (
     DEFAULT_POLICY_OID,
@@ -50,6 +49,7 @@ from gateway.config import ConfigError, load_config
 from gateway.runtime import Services, open_services
 from protocols.tsa import http as tsa_http
 from protocols.tsa.codec import TimeStampResp
+from tests.helpers import fresh_services
 
 ClientFactory = Callable[..., Any]
 QUERY = "application/timestamp-query"
@@ -341,14 +341,7 @@ async def test_served_by_the_gateway_http_app(services: Services,
 
 
 async def test_rsa_tsa_key(tmp_path: Path, aiohttp_client: ClientFactory) -> None:
-    config = load_config(environ={
-        "VCC_PKI_DATA_DIR": str(tmp_path / "data"), "VCC_PKI_KEY_PASSPHRASE": "test",
-        "VCC_PKI_ROOT_KEY_TYPE": "ec-p256", "VCC_PKI_INTERMEDIATE_KEY_TYPE": "ec-p256",
-        "VCC_PKI_TSA_KEY_TYPE": "rsa-2048",
-    })
-    async with open_services(config, create=True) as services:
-        await ensure_hierarchy(services.authority, config.tsa_settings())
-        await services.authority.load()
+    async with fresh_services(tmp_path, VCC_PKI_TSA_KEY_TYPE="rsa-2048") as services:
         client = await aiohttp_client(tsa_app(services))
         reply = await post(client, request_der(algorithm="sha512"))
         tsa_cert, _ = await tsa_loaded(services)
