@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import datetime as dt
 import hashlib
 import ipaddress
@@ -25,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import josepy
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
@@ -88,14 +90,26 @@ def problem_document(acme_type: str, detail: str, identifier: tuple[str, str] | 
 
 
 def jwk_thumbprint(jwk: dict[str, Any]) -> str:
-    """RFC 7638: SHA-256 over the required members, sorted, without whitespace."""
-    required = {"RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", "y"),
-                "OKP": ("crv", "kty", "x")}.get(str(jwk.get("kty")))
+    """RFC 7638 thumbprint (SHA-256, base64url) of the key itself: RSA and EC keys through
+    josepy, which re-encodes the members from the key, so two spellings of one key (a
+    leading zero octet in ``n``, say) have one thumbprint and so one account. josepy has no
+    OKP keys: Ed25519's ``x`` is decoded and encoded again for the same reason."""
+    kty = jwk.get("kty") if isinstance(jwk, dict) else None
+    required = {"RSA": ("e", "n"), "EC": ("crv", "x", "y"), "OKP": ("crv", "x")}.get(str(kty))
     if required is None or any(not isinstance(jwk.get(m), str) for m in required):
         raise AcmeProblem("badPublicKey", "unsupported or incomplete JWK")
-    canonical = json.dumps({m: jwk[m] for m in required}, separators=(",", ":"),
-                           sort_keys=True)
-    return b64url(hashlib.sha256(canonical.encode("utf-8")).digest())
+    if kty == "OKP":
+        canonical = json.dumps(
+            {"crv": jwk["crv"], "kty": "OKP", "x": b64url(b64url_decode(jwk["x"], "the JWK's x"))},
+            separators=(",", ":"), sort_keys=True)
+        return b64url(hashlib.sha256(canonical.encode("utf-8")).digest())
+    try:
+        key: josepy.jwk.JWK = josepy.jwk.JWK.from_json(  # type: ignore[assignment]
+            {m: jwk[m] for m in ("kty", *required)})
+        return b64url(key.thumbprint())
+    except (josepy.errors.DeserializationError, ValueError, TypeError, KeyError,
+            AttributeError):
+        raise AcmeProblem("badPublicKey", "the JWK cannot be read") from None
 
 
 def key_authorization(token: str, jwk: dict[str, Any]) -> str:
@@ -108,8 +122,15 @@ def b64url(data: bytes) -> str:
     return text
 
 
-def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+def b64url_decode(text: Any, what: str) -> bytes:
+    """Strict base64url without padding (RFC 7515 2): josepy's decoder accepts padding and
+    drops characters outside the alphabet, which an ACME server must refuse (malformed)."""
+    if not isinstance(text, str) or "=" in text or "+" in text or "/" in text:
+        raise AcmeProblem("malformed", f"{what} is not base64url without padding")
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError):
+        raise AcmeProblem("malformed", f"{what} is not base64url") from None
 
 
 def ari_cert_id(certificate: x509.Certificate) -> str:
@@ -751,7 +772,7 @@ class AcmeService:
             if order is None or order.account_id != account.account_id:
                 raise AcmeProblem("unauthorized",
                                   "the account did not order this certificate", 403)
-        elif jwk_public_key is None or _spki(jwk_public_key) != _spki(certificate.public_key()):
+        elif jwk_public_key is None or jwk_public_key != certificate.public_key():
             raise AcmeProblem("unauthorized", "the JWS key is not the certificate's key", 403)
         reasons = {0: "unspecified", 1: "key_compromise", 3: "affiliation_changed",
                    4: "superseded", 5: "cessation_of_operation", 9: "privilege_withdrawn"}
@@ -773,8 +794,9 @@ class AcmeService:
     async def _certificate_by_ari_id(self, cert_id: str) -> Any:
         try:
             aki_text, serial_text = cert_id.split(".")
-            aki, serial = _unb64(aki_text), int.from_bytes(_unb64(serial_text), "big")
-        except ValueError:
+            aki = b64url_decode(aki_text, "the key identifier")
+            serial = int.from_bytes(b64url_decode(serial_text, "the serial"), "big")
+        except (ValueError, AcmeProblem):
             raise AcmeProblem("malformed", "not an ARI certificate identifier") from None
         for record in await self.store.find_certificates_by_serial(serial_hex(serial)):
             try:
@@ -808,7 +830,3 @@ class AcmeService:
         await asyncio.gather(*self._tasks.running, return_exceptions=True)
         await self.validator.aclose()
 
-
-def _spki(key: PublicKeyTypes) -> bytes:
-    return key.public_bytes(serialization.Encoding.DER,
-                            serialization.PublicFormat.SubjectPublicKeyInfo)

@@ -504,12 +504,45 @@ async def test_rate_limit(tmp_path: Path, aiohttp_client: ClientFactory) -> None
 
 
 def test_base64_helper_rejects_padding() -> None:
-    from ca_core.acme import AcmeProblem
-    from protocols.acme.jws import b64decode
+    from ca_core.acme import AcmeProblem, b64url_decode
 
-    assert b64decode(base64.urlsafe_b64encode(b"ab").decode().rstrip("="), "x") == b"ab"
-    with pytest.raises(AcmeProblem):
-        b64decode("YWI=", "x")
+    assert b64url_decode(base64.urlsafe_b64encode(b"ab").decode().rstrip("="), "x") == b"ab"
+    for bad in ("YWI=", "!!", "YW I", "YW+/", 5):
+        with pytest.raises(AcmeProblem):
+            b64url_decode(bad, "x")
+
+
+def test_one_key_has_one_thumbprint_however_it_is_spelled() -> None:
+    """RFC 7638 over the key, not the client's strings: an RSA modulus sent with a leading
+    zero octet is the same key, so the same thumbprint (and account)."""
+    import josepy
+
+    from ca_core.acme import jwk_thumbprint
+
+    key = AccountKey.make("rsa")
+    jwk = key.jwk
+    padded = dict(jwk, n=b64(b"\x00" + base64.urlsafe_b64decode(jwk["n"] + "==")))
+    assert padded["n"] != jwk["n"]
+    expected = b64(josepy.JWKRSA(key=key.private.public_key()).thumbprint())
+    assert jwk_thumbprint(padded) == jwk_thumbprint(jwk) == expected
+    ed = AccountKey.make("ed25519")
+    rfc8037 = json.dumps({"crv": "Ed25519", "kty": "OKP", "x": ed.jwk["x"]},
+                         separators=(",", ":"))
+    assert jwk_thumbprint(ed.jwk) == b64(hashlib.sha256(rfc8037.encode()).digest())
+
+
+async def test_same_rsa_key_spelled_twice_is_one_account(world: World) -> None:
+    client = world.client("rsa")
+    await client.load()
+    first = await client.register()
+    assert first.status == 201
+    jwk = client.key.jwk
+    padded = dict(jwk, n=b64(b"\x00" + base64.urlsafe_b64decode(jwk["n"] + "==")))
+    response = await client.post(client.directory["newAccount"],
+                                 {"termsOfServiceAgreed": True}, use_jwk=True,
+                                 header={"jwk": padded})
+    assert response.status == 200, await response.text()
+    assert response.headers["Location"] == first.headers["Location"]
 
 
 async def test_a_validation_lost_with_its_process_is_restarted(world: World) -> None:

@@ -8,8 +8,6 @@ members, read from it directly.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import json
 from collections import OrderedDict
@@ -21,20 +19,11 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
-from ca_core.acme import AcmeProblem, jwk_thumbprint
+from ca_core.acme import AcmeProblem, b64url_decode, jwk_thumbprint
 
 ACCOUNT_ALGORITHMS = ("RS256", "ES256", "ES384", "EdDSA")
 MAC_ALGORITHMS = ("HS256", "HS384", "HS512")
 _CURVES = {"ES256": "secp256r1", "ES384": "secp384r1"}
-
-
-def b64decode(text: Any, what: str) -> bytes:
-    if not isinstance(text, str) or "=" in text or "+" in text or "/" in text:
-        raise AcmeProblem("malformed", f"{what} is not base64url without padding")
-    try:
-        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
-    except (binascii.Error, ValueError):
-        raise AcmeProblem("malformed", f"{what} is not base64url") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,15 +65,15 @@ def parse(body: bytes | dict[str, Any]) -> Jws:
     if not isinstance(protected_b64, str) or not isinstance(payload_b64, str):
         raise AcmeProblem("malformed", "the JWS lacks protected or payload")
     try:
-        protected = json.loads(b64decode(protected_b64, "protected"))
+        protected = json.loads(b64url_decode(protected_b64, "protected"))
     except (ValueError, UnicodeDecodeError):
         raise AcmeProblem("malformed", "the protected header is not JSON") from None
     if not isinstance(protected, dict):
         raise AcmeProblem("malformed", "the protected header is not an object")
     return Jws(
         protected=protected,
-        payload=b64decode(payload_b64, "payload") if payload_b64 else b"",
-        signature=b64decode(document.get("signature"), "signature"),
+        payload=b64url_decode(payload_b64, "payload") if payload_b64 else b"",
+        signature=b64url_decode(document.get("signature"), "signature"),
         signing_input=f"{protected_b64}.{payload_b64}".encode("ascii"),
     )
 
@@ -125,7 +114,7 @@ def _public_key(canonical: str) -> PublicKeyTypes:
     if jwk.get("kty") == "OKP":
         if jwk.get("crv") != "Ed25519":
             raise AcmeProblem("badPublicKey", "only Ed25519 OKP keys are supported")
-        raw = b64decode(jwk.get("x"), "the JWK's x")
+        raw = b64url_decode(jwk.get("x"), "the JWK's x")
         try:
             return ed25519.Ed25519PublicKey.from_public_bytes(raw)
         except ValueError:

@@ -26,7 +26,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ca_core.acme import AcmeProblem, AcmeService, jwk_thumbprint
+from ca_core.acme import AcmeProblem, AcmeService, b64url_decode, jwk_thumbprint
 from ca_core.errors import CAError
 from db.records import AcmeAccount, AcmeAuthorization, AcmeChallenge, AcmeOrder, Organization
 from db.store import StoreError
@@ -458,7 +458,7 @@ async def finalize(request: web.Request) -> web.StreamResponse:
     signed = await _verified(request)
     assert signed.account is not None
     payload = signed.jws.payload_json()
-    csr = jose.b64decode(payload.get("csr"), "csr")
+    csr = b64url_decode(payload.get("csr"), "csr")
     done = await _service(request).finalize(signed.account, request.match_info["id"], csr)
     urls = _urls(request)
     response = _json(request, order_json(urls, done), 200, urls.order(done.order_id))
@@ -536,7 +536,7 @@ async def revoke_cert(request: web.Request) -> web.StreamResponse:
     await _org(request)
     signed = await _verified(request, allow_jwk=True)
     payload = signed.jws.payload_json()
-    der = jose.b64decode(payload.get("certificate"), "certificate")
+    der = b64url_decode(payload.get("certificate"), "certificate")
     reason = payload.get("reason")
     if reason is not None and (not isinstance(reason, int) or isinstance(reason, bool)):
         raise AcmeProblem("badRevocationReason", "reason must be an integer")
