@@ -361,10 +361,12 @@ async def test_bad_jws_requests(world: World) -> None:
         url, payload, header={"kid": "https://127.0.0.1:8443/acme/acct/nope"}),
         "accountDoesNotExist")
     await _problem(await client.post(url, payload, key=AccountKey.make()), "malformed")
+    # a correctly signed payload nested deeper than Python's recursion limit
+    await _problem(await client.post(url, b"[" * 20_000), "malformed")
     for alg in ("none", "HS256", "RS256"):  # RS256 with an EC key does not fit either
         await _problem(await client.post(url, payload, alg=alg), "badSignatureAlgorithm")
     for body in (b"garbage", b"{}", b'{"protected": "!!", "payload": "", "signature": ""}',
-                 json.dumps({"signatures": []}).encode()):
+                 json.dumps({"signatures": []}).encode(), b"[" * 20_000):
         response = await world.http.post("/acme/default/new-order", data=body,
                                          headers={"Content-Type": "application/jose+json"})
         await _problem(response, "malformed")

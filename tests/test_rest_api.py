@@ -80,9 +80,12 @@ async def test_issue_fetch_revoke(client: TestClient, services: Services) -> Non
         ({"csr": make_csr().decode(), "validity_days": 4000}, 400, "validity_too_long"),
         ({"csr": make_csr().decode(), "validity_days": "ten"}, 400, "bad_request"),
         ({"csr": make_csr().decode(), "organization": "elsewhere"}, 403, "forbidden"),
+        ({"csr": "\ud800"}, 400, "bad_request"),
+        ({"csr": make_csr().decode(), "organization": "\ud800"}, 400, "bad_request"),
     ],
     ids=["garbage-csr", "missing-csr", "csr-not-string", "weak-key", "unknown-profile",
-         "san-not-allowed", "validity-too-long", "days-not-int", "foreign-org"],
+         "san-not-allowed", "validity-too-long", "days-not-int", "foreign-org",
+         "lone-surrogate-csr", "lone-surrogate-org"],
 )
 async def test_bad_issue_requests(
     client: TestClient, services: Services, body: dict[str, Any], status: int, kind: str
@@ -106,6 +109,9 @@ async def test_http_level_faults(client: TestClient, services: Services) -> None
     await _problem(await client.post(
         "/api/v1/certificates", headers={**_auth(token), "Content-Type": "application/json"},
         data=b"[1, 2]"), 400)
+    await _problem(await client.post(  # deeper than Python's recursion limit
+        "/api/v1/certificates", headers={**_auth(token), "Content-Type": "application/json"},
+        data=b"[" * 100_000), 400)
     await _problem(await client.post(
         "/api/v1/certificates", headers={**_auth(token), "Content-Type": "application/json"},
         data=b"x" * (services.config.max_body_bytes + 10)), 413)

@@ -40,7 +40,7 @@ class Jws:
     def payload_json(self) -> dict[str, Any]:
         try:
             value = json.loads(self.payload)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise AcmeProblem("malformed", "the payload is not JSON") from None
         if not isinstance(value, dict):
             raise AcmeProblem("malformed", "the payload is not a JSON object")
@@ -54,7 +54,7 @@ def parse(body: bytes | dict[str, Any]) -> Jws:
     else:
         try:
             document = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise AcmeProblem("malformed", "the request body is not JSON") from None
     if not isinstance(document, dict) or "signatures" in document:
         raise AcmeProblem("malformed", "send a flattened JWS")
@@ -66,7 +66,7 @@ def parse(body: bytes | dict[str, Any]) -> Jws:
         raise AcmeProblem("malformed", "the JWS lacks protected or payload")
     try:
         protected = json.loads(b64url_decode(protected_b64, "protected"))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise AcmeProblem("malformed", "the protected header is not JSON") from None
     if not isinstance(protected, dict):
         raise AcmeProblem("malformed", "the protected header is not an object")

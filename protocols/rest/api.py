@@ -57,7 +57,7 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
         raise web.HTTPUnsupportedMediaType(text="application/json required")
     try:
         body = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise BadRequest("the body is not valid JSON") from None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
@@ -72,6 +72,11 @@ def _field(body: dict[str, Any], name: str, kind: type, required: bool = False) 
         return None
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise BadRequest(f"field {name!r} must be a {kind.__name__}")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate from a \ud800 escape
+            raise BadRequest(f"field {name!r} is not valid Unicode text") from None
     return value
 
 
