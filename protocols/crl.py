@@ -71,7 +71,9 @@ async def full_crl(request: web.Request) -> web.Response:
 
 async def partitioned_crl(request: web.Request) -> web.Response:
     number, extension = _split(request.match_info["file"])
-    if not number.isdigit() or not 0 < int(number) < 1_000_000:
+    # isdigit() alone admits other scripts' digits (Arabic-Indic one) and superscripts,
+    # which int() refuses: ASCII digits only, and few of them.
+    if not (number.isascii() and number.isdigit() and len(number) <= 6) or int(number) == 0:
         raise web.HTTPNotFound(text="a CRL partition is a positive number\n")
     return await _serve(request, request.match_info["ca"], int(number), extension)
 

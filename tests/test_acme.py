@@ -612,7 +612,7 @@ async def test_alternate_chain_from_a_cross_certificate(world: World) -> None:
     assert alternate[-1].issuer == bridge.subject  # what --preferred-chain matches
     assert f'<{order["certificate"]}>;rel="alternate"' in response.headers.getall("Link")
 
-    for wrong in ("/2", "/x", "/-1"):
+    for wrong in ("/2", "/x", "/-1", "/%C2%B2", "/" + "9" * 5000):
         response = await client.post(order["certificate"] + wrong, None)
         await _problem(response, "malformed", 404)
     other = world.client()

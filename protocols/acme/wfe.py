@@ -518,15 +518,17 @@ async def certificate(request: web.Request) -> web.StreamResponse:
     service = _service(request)
     cert_id = request.match_info["id"]
     chains, issuer_url = await service.certificate_chains(signed.account, cert_id)
-    wanted = request.match_info.get("alt", "0")
-    if not wanted.isdigit() or not int(wanted) < len(chains):
+    alt = request.match_info.get("alt", "0")
+    # ASCII digits only: str.isdigit() admits "²", which int() refuses.
+    if not (alt.isascii() and alt.isdigit() and len(alt) <= 3) or int(alt) >= len(chains):
         raise AcmeProblem("malformed", "no such certificate chain", 404)
-    response = web.Response(body=chains[int(wanted)],
+    wanted = int(alt)
+    response = web.Response(body=chains[wanted],
                             content_type="application/pem-certificate-chain")
     response.headers.add("Link", f'<{issuer_url}>;rel="up"')
     urls = _urls(request)
     for number in range(len(chains)):
-        if number != int(wanted):
+        if number != wanted:
             response.headers.add("Link", f'<{urls.certificate(cert_id, number)}>;rel="alternate"')
     return response
 
