@@ -238,9 +238,14 @@ def normalize_identifier(kind: Any, value: Any) -> tuple[str, str]:
         raise AcmeProblem("malformed", f"{value} is an IP address: use type ip")
     if kind == "ip" and isinstance(value, str):
         try:
-            return "ip", str(ipaddress.ip_address(value.strip()))
+            address = ipaddress.ip_address(value.strip())
         except ValueError:
             raise AcmeProblem("malformed", f"{value!r} is not an IP address") from None
+        if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+            raise AcmeProblem("malformed", "an IP identifier has no zone (RFC 8738)")
+        return "ip", str(address)
+    if kind in ("dns", "ip"):
+        raise AcmeProblem("malformed", f"the value of a {kind} identifier is a string")
     raise AcmeProblem("unsupportedIdentifier", f"identifiers of type {kind!r} are not supported")
 
 
@@ -481,12 +486,10 @@ class AcmeService:
                               f"offered: {', '.join(self.profile_names)}")
         ca_profile = self.authority.profile(self._profiles[profile_name])
         now = self._now()
-        if not_after is not None and not_after <= (not_before or now):
-            raise AcmeProblem("malformed", "notAfter must be after notBefore")
-        if not_after is not None and not_after - (not_before or now) > dt.timedelta(
-                days=ca_profile.max_validity_days):
-            raise AcmeProblem("malformed", f"profile {profile_name} allows at most "
-                              f"{ca_profile.max_validity_days} days")
+        try:
+            self.authority.check_requested_validity(ca_profile, not_before, not_after)
+        except CAError as exc:
+            raise AcmeProblem("malformed", exc.detail) from None
         if replaces is not None:
             await self._check_replaces(account, replaces)
         await self._rate(f"orders:account:{account.account_id}",
@@ -716,7 +719,8 @@ class AcmeService:
         try:
             issued = await self.authority.issue(IssuanceRequest(
                 csr=csr, profile=self._profiles[order.profile], org=org.slug,
-                not_before=order.not_before, not_after=order.not_after), principal)
+                not_before=order.not_before, not_after=order.not_after,
+                requested_at=order.created_at), principal)
         except CAError as exc:
             # The CSR or its key broke a rule of the profile; anything else is ours.
             kind = "badCSR" if exc.kind.startswith("bad") or exc.kind in (

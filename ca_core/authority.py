@@ -85,6 +85,9 @@ _REASON_ALIASES = {flag.value.lower(): name for name, flag in REVOCATION_REASONS
 # Clients' clocks run a little behind ours; backdating notBefore keeps fresh certificates
 # valid for them (Let's Encrypt backdates an hour; a few minutes suffice on a LAN).
 BACKDATE = dt.timedelta(minutes=5)
+# How far a requested notBefore may lie in the past (client clocks run behind) or the future.
+MAX_REQUESTED_BACKDATE = dt.timedelta(hours=1)
+MAX_REQUESTED_POSTDATE = dt.timedelta(days=90)
 TOKEN_CACHE_SECONDS = 10.0
 
 
@@ -172,6 +175,8 @@ class IssuanceRequest:
     not_before: dt.datetime | None = None
     not_after: dt.datetime | None = None
     ca: str | None = None  # issuing CA name; None: the organization's
+    # When not_before/not_after were asked for (an ACME order's creation); None: now
+    requested_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -460,9 +465,30 @@ class Authority:
             return IssuedCertificate(record, certificate, ca.chain)
         raise Unavailable("could not allocate a unique serial number")
 
+    def check_requested_validity(self, profile: Profile, not_before: dt.datetime | None,
+                                 not_after: dt.datetime | None,
+                                 requested_at: dt.datetime | None = None) -> None:
+        """A requested notBefore/notAfter (ACME orders, API callers): BadRequest unless
+        notBefore lies between an hour before the request and 90 days after it, and before
+        notAfter; ValidityTooLong beyond the profile's maximum. Checked before anything is
+        stored, so no backdated certificate and no date the store or encoder cannot hold."""
+        now = min(requested_at, self.clock()) if requested_at is not None else self.clock()
+        if not_before is not None and not (
+                now - MAX_REQUESTED_BACKDATE <= not_before <= now + MAX_REQUESTED_POSTDATE):
+            raise BadRequest("notBefore must lie between an hour ago and 90 days from now")
+        start = not_before or now
+        if not_after is not None:
+            if not_after <= start:
+                raise BadRequest("notAfter must be after notBefore")
+            if not_after - start > dt.timedelta(days=profile.max_validity_days):
+                raise ValidityTooLong(
+                    f"profile {profile.name} allows at most {profile.max_validity_days} days")
+
     def _validity(
         self, request: IssuanceRequest, profile: Profile, ca: LoadedCA
     ) -> tuple[dt.datetime, dt.datetime]:
+        self.check_requested_validity(profile, request.not_before, request.not_after,
+                                      request.requested_at)
         now = self.clock().replace(microsecond=0)
         not_before = request.not_before or now - BACKDATE
         if request.not_after is not None:

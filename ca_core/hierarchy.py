@@ -35,6 +35,11 @@ from db.store import StoreConflict
 ROOT = "root"
 INTERMEDIATE = "intermediate"
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+# Path segments the ACME server uses after /acme/: an organization of that name would have
+# its directory shadowed (/acme/cert/new-order is a certificate URL).
+RESERVED_SLUGS = frozenset({"acct", "order", "authz", "chall", "cert", "directory",
+                            "new-nonce", "new-account", "new-order", "revoke-cert",
+                            "key-change", "renewal-info"})
 
 # path length: root -> intermediate -> issuing -> leaf
 _PATH_LENGTH = {"root": 2, "intermediate": 1, "issuing": 0}
@@ -108,6 +113,8 @@ async def ensure_organization(
     principal = principal or Principal.system()
     if not _SLUG.match(slug):
         raise BadRequest("organization slugs are lowercase letters, digits and '-'")
+    if slug in RESERVED_SLUGS and await authority.store.get_organization(slug) is None:
+        raise BadRequest(f"{slug!r} is reserved (an ACME path); choose another slug")
     created: list[CreatedCA] = []
     org = await authority.store.get_organization(slug)
     if org is None:

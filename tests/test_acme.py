@@ -413,6 +413,22 @@ async def test_bad_orders_and_finalize(world: World) -> None:
     await _problem(await client.post(new_order, {
         "identifiers": [{"type": "dns", "value": "x.test"}], "profile": "nope"}),
         "invalidProfile")
+    # identifiers of the right type but the wrong shape
+    for identifiers in ([{"type": "dns", "value": 5}], [{"type": "ip", "value": ["1.2.3.4"]}],
+                        [{"type": "ip", "value": "fe80::1%eth0"}], ["x.test"]):
+        await _problem(await client.post(new_order, {"identifiers": identifiers}), "malformed")
+    # notBefore: never backdated, never a date the store or the encoder cannot hold
+    x_test = [{"type": "dns", "value": "x.test"}]
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).isoformat()
+    for times in ({"notBefore": "1960-01-01T00:00:00Z"}, {"notBefore": "1900-01-01T00:00:00Z"},
+                  {"notBefore": "0001-01-01T00:00:00+01:00"},
+                  {"notBefore": "9999-12-31T23:59:59-01:00"},
+                  {"notBefore": "2100-01-01T00:00:00Z"},
+                  {"notBefore": later, "notAfter": later},
+                  {"notAfter": "1999-01-01T00:00:00Z"}):
+        await _problem(await client.post(new_order, {"identifiers": x_test, **times}),
+                       "malformed")
+    assert not await world.services.store.find_certificates_by_serial("00")
 
     order_url, order = await _order(client, "finalize.test")
     csr = csr_for(["finalize.test"])
@@ -429,6 +445,17 @@ async def test_bad_orders_and_finalize(world: World) -> None:
     still = await (await client.post(order_url, None)).json()
     assert still["status"] == "ready"
     assert (await client.post(order["finalize"], {"csr": b64(csr)})).status == 200
+
+    # a notBefore a day ahead is honoured
+    future_url, future = await _order(client, "future.test", notBefore=later)
+    await _authorize(world, client, future)
+    await _poll(client, future_url, lambda d: d["status"] == "ready")
+    assert (await client.post(future["finalize"],
+                              {"csr": b64(csr_for(["future.test"]))})).status == 200
+    done = await _poll(client, future_url, lambda d: d["status"] != "processing")
+    chain = await (await client.post(done["certificate"], None)).read()
+    leaf = x509.load_pem_x509_certificates(chain)[0]
+    assert abs((leaf.not_valid_before_utc - dt.datetime.fromisoformat(later)).total_seconds()) < 2
 
     # another account sees none of it
     other = world.client()

@@ -276,3 +276,15 @@ async def test_hierarchy_is_idempotent_and_audited(pki: Pki) -> None:
     assert [e.event.event_type for e in entries].count("ca.created") == 3
     assert [e.event.event_type for e in entries].count("tsa.created") == 1
     assert verify_chain(entries, await pki.store.audit_head()) == []
+
+
+async def test_reserved_and_malformed_organization_slugs_are_refused(pki: Pki) -> None:
+    """An organization named like an ACME path segment would have its directory shadowed
+    (/acme/cert/new-order is a certificate URL)."""
+    from ca_core.hierarchy import ensure_organization
+
+    for slug in ("cert", "acct", "new-order", "directory", "Upper", "-dash", ""):
+        with pytest.raises(BadRequest):
+            await ensure_organization(pki.authority, slug)
+    assert await pki.store.get_organization("cert") is None
+    assert await ensure_organization(pki.authority, "certs")  # only the exact words

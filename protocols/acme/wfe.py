@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,7 +41,6 @@ BASE_URL = web.AppKey("acme_base_url", str)
 JOSE_JSON = "application/jose+json"
 PROBLEM_JSON = "application/problem+json"
 MAX_BODY = 64 * 1024
-RESERVED = {"acct", "order", "authz", "chall", "cert", "directory", "new-nonce"}
 
 
 def _time(value: dt.datetime | None) -> str | None:
@@ -116,6 +116,18 @@ async def _org(request: web.Request) -> Organization:
     if not slug:
         slug = _service(request).authority.settings.default_org
     return await _service(request).organization(slug)
+
+
+_RESOURCE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _resource_id(request: web.Request, name: str = "id") -> str:
+    """An account, order, authorization or certificate id from the URL path: ids are
+    base64url or UUIDs, so anything else (a lone surrogate, a NUL) is no resource."""
+    value = request.match_info[name]
+    if not _RESOURCE_ID.fullmatch(value):
+        raise AcmeProblem("malformed", "no such resource", 404)
+    return value
 
 
 def _org_slug(request: web.Request) -> str:
@@ -221,7 +233,10 @@ async def _verified(request: web.Request, allow_jwk: bool = False,
     prefix = _urls(request).account("")
     if not isinstance(kid, str) or not kid.startswith(prefix):
         raise AcmeProblem("accountDoesNotExist", "the kid is not an account URL of this server")
-    account = await service.account(kid[len(prefix):])
+    account_id = kid[len(prefix):]
+    if not _RESOURCE_ID.fullmatch(account_id):
+        raise AcmeProblem("accountDoesNotExist", "the kid is not an account URL of this server")
+    account = await service.account(account_id)
     key = jose.account_public_key(account.key_thumbprint, account.jwk)
     jose.verify(parsed, key)
     await service.use_nonce(nonce)
@@ -379,7 +394,7 @@ async def _check_eab(request: web.Request, org: Organization, binding: Any,
 async def account(request: web.Request) -> web.StreamResponse:
     signed = await _verified(request)
     assert signed.account is not None
-    if signed.account.account_id != request.match_info["id"]:
+    if signed.account.account_id != _resource_id(request):
         raise AcmeProblem("unauthorized", "this is another account", 403)
     service = _service(request)
     updated = signed.account
@@ -445,7 +460,7 @@ async def new_order(request: web.Request) -> web.StreamResponse:
 async def order(request: web.Request) -> web.StreamResponse:
     signed = await _verified(request)
     assert signed.account is not None
-    found, _ = await _service(request).order(signed.account, request.match_info["id"])
+    found, _ = await _service(request).order(signed.account, _resource_id(request))
     urls = _urls(request)
     response = _json(request, order_json(urls, found), 200, urls.order(found.order_id))
     if found.status == "processing":
@@ -459,7 +474,7 @@ async def finalize(request: web.Request) -> web.StreamResponse:
     assert signed.account is not None
     payload = signed.jws.payload_json()
     csr = b64url_decode(payload.get("csr"), "csr")
-    done = await _service(request).finalize(signed.account, request.match_info["id"], csr)
+    done = await _service(request).finalize(signed.account, _resource_id(request), csr)
     urls = _urls(request)
     response = _json(request, order_json(urls, done), 200, urls.order(done.order_id))
     if done.status == "processing":
@@ -472,7 +487,7 @@ async def authorization(request: web.Request) -> web.StreamResponse:
     signed = await _verified(request)
     assert signed.account is not None
     service = _service(request)
-    authz_id = request.match_info["id"]
+    authz_id = _resource_id(request)
     if signed.jws.payload:
         payload = signed.jws.payload_json()
         if payload.get("status") != "deactivated":
@@ -491,7 +506,7 @@ async def challenge(request: web.Request) -> web.StreamResponse:
     signed = await _verified(request)
     assert signed.account is not None
     service = _service(request)
-    authz_id, kind = request.match_info["authz"], request.match_info["type"]
+    authz_id, kind = _resource_id(request, "authz"), request.match_info["type"]
     found: AcmeChallenge | None
     if signed.jws.payload:  # "{}": the client is ready (RFC 8555 7.5.1)
         signed.jws.payload_json()
@@ -516,7 +531,7 @@ async def certificate(request: web.Request) -> web.StreamResponse:
     signed = await _verified(request)
     assert signed.account is not None
     service = _service(request)
-    cert_id = request.match_info["id"]
+    cert_id = _resource_id(request)
     chains, issuer_url = await service.certificate_chains(signed.account, cert_id)
     alt = request.match_info.get("alt", "0")
     # ASCII digits only: str.isdigit() admits "²", which int() refuses.
