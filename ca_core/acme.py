@@ -27,14 +27,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import josepy
+from asn1crypto import pem
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from josepy import json_util
 
 from ca_core import x509build
 from ca_core.acme_validation import ValidationFailed, Validator
-from ca_core.authority import Authority, IssuanceRequest, parse_csr, serial_hex
+from ca_core.authority import Authority, IssuanceRequest, chain_pem, parse_csr, serial_hex
 from ca_core.cross import alternate_chains
 from ca_core.errors import BadCSR, BadRequest, CAError, NotFound, PolicyViolation
 from ca_core.principal import Principal
@@ -752,11 +752,9 @@ class AcmeService:
         if record is None:
             raise AcmeProblem("malformed", "no such certificate", 404)
         issuer = await self.authority.ca_by_id(record.issuer_ca_id)
-        pem = x509.load_der_x509_certificate(record.certificate_der).public_bytes(
-            serialization.Encoding.PEM)
+        leaf = pem.armor("CERTIFICATE", record.certificate_der)
         chains = [issuer.chain, *await alternate_chains(self.authority, issuer)]
-        return ([pem + b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain)
-                 for chain in chains],
+        return ([leaf + chain_pem(chain).encode() for chain in chains],
                 self.authority.settings.ca_issuers_url(issuer.record.name))
 
     async def revoke(self, certificate_der: bytes, reason: int | None,

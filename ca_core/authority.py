@@ -195,11 +195,11 @@ class IssuedCertificate:
 
     @property
     def chain_pem(self) -> str:
-        return _chain_pem(self.chain)
+        return chain_pem(self.chain)
 
 
 @functools.lru_cache(maxsize=64)
-def _chain_pem(chain: tuple[x509.Certificate, ...]) -> str:
+def chain_pem(chain: tuple[x509.Certificate, ...]) -> str:
     # The same few CA chains for every certificate: encode each once.
     return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in chain)
 

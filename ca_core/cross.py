@@ -24,7 +24,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
-from ca_core.authority import Authority, LoadedCA
+from ca_core.authority import Authority, LoadedCA, chain_pem
 from ca_core.errors import BadRequest, Conflict
 from ca_core.principal import Principal
 from db.records import AuditEvent, CrossCertificateRecord
@@ -60,8 +60,6 @@ def check_cross_chain(ca_certificate: x509.Certificate, pem: bytes, now: dt.date
         certificates = x509.load_pem_x509_certificates(pem)
     except ValueError:
         raise BadRequest("the file holds no PEM certificates") from None
-    if certificates and _self_signed(certificates[-1]) and len(certificates) > 1:
-        certificates = certificates[:-1]
     if not certificates or len(certificates) > MAX_CHAIN:
         raise BadRequest(f"give the cross-certificate and at most {MAX_CHAIN - 1} "
                          "certificates above it")
@@ -87,11 +85,19 @@ def check_cross_chain(ca_certificate: x509.Certificate, pem: bytes, now: dt.date
         except (ValueError, TypeError, InvalidSignature):
             raise BadRequest(f"{lower.subject.rfc4514_string()} is not issued by the next "
                              f"certificate ({upper.subject.rfc4514_string()})") from None
+    # The other root, once it has vouched for the certificate below it, stays out.
+    if len(certificates) > 1 and _self_signed(certificates[-1]):
+        certificates = certificates[:-1]
     return tuple(certificates)
 
 
-def _pem(certificates: tuple[x509.Certificate, ...]) -> str:
-    return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certificates)
+async def _certifying_ca(authority: Authority, ca_name: str) -> LoadedCA:
+    """A CA that certifies others (root, intermediate, issuing): the time-stamping key is
+    stored as a CA record too, but must never become a CA key."""
+    ca = await authority.ca(ca_name)
+    if ca.record.ca_type not in ("root", "intermediate", "issuing"):
+        raise BadRequest(f"{ca_name} is a {ca.record.ca_type} key, not a certificate authority")
+    return ca
 
 
 @functools.lru_cache(maxsize=256)
@@ -103,14 +109,14 @@ async def add_cross_certificate(authority: Authority, ca_name: str, pem: bytes,
                                 principal: Principal) -> CrossCertificateRecord:
     """Record a cross-certificate of CA ``ca_name``; BadRequest when the chain does not
     hold together, Conflict when it is recorded already."""
-    ca = await authority.ca(ca_name)
+    ca = await _certifying_ca(authority, ca_name)
     now = authority.clock()
     chain = check_cross_chain(ca.certificate, pem, now)
     fingerprint = hashlib.sha256(
         chain[0].public_bytes(serialization.Encoding.DER)).hexdigest()
     record = CrossCertificateRecord(
         cross_id=secrets.token_hex(8), ca_id=ca.record.ca_id, fingerprint=fingerprint,
-        chain_pem=_pem(chain), top_issuer=chain[-1].issuer.rfc4514_string(),
+        chain_pem=chain_pem(chain), top_issuer=chain[-1].issuer.rfc4514_string(),
         not_after=min(c.not_valid_after_utc for c in chain), created_at=now)
     event = AuditEvent(
         event_type="ca.cross_certificate_added", category="ca", action="add_cross_certificate",
@@ -129,7 +135,7 @@ async def add_cross_certificate(authority: Authority, ca_name: str, pem: bytes,
 async def cross_certification_request(authority: Authority, ca_name: str) -> bytes:
     """A PKCS#10 request (PEM) for the other CA to cross-certify CA ``ca_name``: its subject
     and key, signed by its key through the Signer (so a token key stays in the token)."""
-    ca = await authority.ca(ca_name)
+    ca = await _certifying_ca(authority, ca_name)
     path_length = ca.certificate.extensions.get_extension_for_class(
         x509.BasicConstraints).value.path_length
     builder = (

@@ -270,9 +270,18 @@ async def test_revocation_by_certificate_key(world: World) -> None:
     der = x509.load_pem_x509_certificates(pem)[0].public_bytes(serialization.Encoding.DER)
     holder = Client(world.http, AccountKey(cert_key, "ES256"))
     await holder.load()
+    # a key that is not the certificate's, signing with jwk, may not revoke it
+    stranger = Client(world.http, AccountKey.make())
+    await stranger.load()
+    await _problem(await stranger.post(stranger.directory["revokeCert"],
+                                       {"certificate": b64(der), "reason": 1}, use_jwk=True),
+                   "unauthorized", 403)
     response = await holder.post(holder.directory["revokeCert"],
                                  {"certificate": b64(der), "reason": 1}, use_jwk=True)
     assert response.status == 200, await response.text()
+    records = await world.services.store.find_certificates_by_serial(
+        serial_hex(x509.load_der_x509_certificate(der).serial_number))
+    assert records[0].status == "revoked" and records[0].revocation_reason == "key_compromise"
 
 
 async def test_key_rollover_and_deactivation(world: World) -> None:
@@ -635,7 +644,9 @@ async def test_alternate_chain_from_a_cross_certificate(world: World) -> None:
     assert response.status == 200 and response.content_type == \
         "application/pem-certificate-chain"
     alternate = x509.load_pem_x509_certificates(await response.read())
-    assert alternate[:2] == default[:2] and alternate[2] == cross
+    assert alternate == [*default[:2], cross]  # the bridge root itself stays out
+    for lower, upper in zip(alternate, [*alternate[1:], bridge], strict=True):
+        lower.verify_directly_issued_by(upper)
     assert alternate[-1].issuer == bridge.subject  # what --preferred-chain matches
     assert f'<{order["certificate"]}>;rel="alternate"' in response.headers.getall("Link")
 

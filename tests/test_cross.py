@@ -117,6 +117,24 @@ async def test_bad_cross_chains_are_refused(pki: Pki) -> None:
     _, stranger_ca = bridge_root("Stranger CA")
     refused(pem(good, stranger_ca, stranger), "is not issued by")
     refused(pem(*[good] * 9), "at most")
+    # a trailing root must have issued the certificate before it, though it is left out
+    refused(pem(good, stranger), "is not issued by")
+    forged_key, _ = bridge_root()  # claims to be the bridge, signed by another key
+    forged = cross_certify(csr, forged_key, bridge)
+    refused(pem(forged, bridge), "is not issued by")
     # the good one passes, and nothing was recorded by the refusals
     assert check_cross_chain(intermediate.certificate, pem(good, bridge), now) == (good,)
     assert await pki.store.list_cross_certificates() == []
+
+
+async def test_the_time_stamping_key_is_no_certificate_authority(pki: Pki) -> None:
+    """The TSA is stored as a CA record; it must get no CA CSR and no cross-certificate."""
+    from ca_core.hierarchy import ensure_hierarchy
+
+    await ensure_hierarchy(pki.authority)  # the fixture's hierarchy has the TSA too
+    tsa = next(r for r in await pki.store.list_cas() if r.ca_type == "tsa")
+    with pytest.raises(BadRequest, match="not a certificate authority"):
+        await cross_certification_request(pki.authority, tsa.name)
+    _, bridge = bridge_root()
+    with pytest.raises(BadRequest, match="not a certificate authority"):
+        await add_cross_certificate(pki.authority, tsa.name, pem(bridge), ADMIN)

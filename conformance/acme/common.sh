@@ -56,7 +56,11 @@ verify_alternate_chain() {  # verify_alternate_chain <fullchain.pem> <bridge roo
   awk 'BEGIN{n=0} /BEGIN CERT/{n++} n>1' "$full" > "$WORK/chain.pem"
   openssl verify -CAfile "$WORK/bridge.pem" -untrusted "$WORK/chain.pem" "$WORK/leaf.pem" \
     >/dev/null || fail "$full does not verify up to the bridge root $cn"
-  if openssl verify -CAfile "$ROOT_CA" "$WORK/chain.pem" >/dev/null 2>&1; then
+  # and not the default chain: the same leaf and chain do not lead up to our root
+  if openssl verify -CAfile "$ROOT_CA" -untrusted "$WORK/chain.pem" "$WORK/leaf.pem" \
+      >/dev/null 2>&1; then
     fail "$full still holds the default chain"
   fi
+  run_expect "issuer=.*CN *= *$cn" openssl x509 -noout -issuer \
+    -in <(awk 'BEGIN{n=0} /BEGIN CERT/{n++} {c[n]=c[n] $0 "\n"} END{printf "%s", c[n]}' "$full")
 }
