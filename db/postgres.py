@@ -1,12 +1,13 @@
 """PostgreSQL store: an asyncpg pool, for several gateway processes on one database.
 
-Each write is one transaction holding the state change and its audit row. The audit chain
-is serialised across processes by the row lock on ``audit_head`` (id 1, created by the
-migration with seq 0 and the genesis hash): the state change runs first, then the head is
-locked with ``SELECT ... FOR UPDATE``, the entry is hashed (``db.audit_chain``), inserted,
-and the head moved, all before COMMIT. Taking the head lock last keeps it held for as short
-a time as possible, and always in the same order (state rows, then head), so writers cannot
-deadlock on it.
+Each write is one transaction holding the state change and its audit row; writes that
+arrive together share one transaction (group commit). The audit chain is serialised across
+processes by the row lock on ``audit_head`` (id 1, created by the migration with seq 0 and
+the genesis hash). Every write transaction takes that lock first (``SELECT ... FOR
+UPDATE``), before any state row: a batch holds the head while it goes on to later writes'
+rows, so taking it last in a lone write elsewhere (rows, then head) would be the opposite
+order and deadlock. Each entry is hashed (``db.audit_chain``), inserted, and the head moved
+before COMMIT.
 
 Migrations run at ``open()`` in one transaction under ``pg_advisory_xact_lock``, so gateway
 processes that start together apply them once.
@@ -55,7 +56,7 @@ from db.records import (
     TemplateRecord,
     TimeStampRecord,
 )
-from db.store import Store, StoreConflict, StoreUnavailable
+from db.store import Store, StoreConflict, StoreInvalid, StoreUnavailable
 
 T = TypeVar("T")
 
@@ -256,6 +257,8 @@ class PostgresStore(Store):
                 yield conn
         except asyncpg.IntegrityConstraintViolationError as exc:
             raise StoreConflict(str(exc)) from exc
+        except asyncpg.DataError as exc:  # 22xxx: a NUL byte, bad encoding, out of range
+            raise StoreInvalid(str(exc)) from exc
         except _UNAVAILABLE as exc:
             raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
 
@@ -319,6 +322,15 @@ class PostgresStore(Store):
     ) -> list[tuple[bool, Any]]:
         async with self._connection() as conn, conn.transaction():
             batch = _BatchConnection(conn)
+            # The head first, in every write transaction: a batch holds it while it takes
+            # later writes' row locks, so a lone write elsewhere taking a row lock first
+            # and the head second would deadlock with it (and wait out deadlock_timeout).
+            head = await conn.fetchrow(
+                "SELECT seq, audit_hash FROM audit_head WHERE id = 1 FOR UPDATE")
+            if head is None:
+                raise StoreUnavailable(
+                    "the audit chain head row is missing: the audit log was altered")
+            batch.head = (head["seq"], head["audit_hash"])
             return [(True, await fn(batch)) for fn in fns]
 
     async def _fetchrow(self, sql: str, *args: object) -> Any:

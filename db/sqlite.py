@@ -47,7 +47,7 @@ from db.records import (
     TemplateRecord,
     TimeStampRecord,
 )
-from db.store import Store, StoreConflict, StoreUnavailable
+from db.store import Store, StoreConflict, StoreInvalid, StoreUnavailable
 
 T = TypeVar("T")
 
@@ -192,6 +192,8 @@ def _map_error(exc: Exception) -> Exception:
         return StoreConflict(str(exc))
     if isinstance(exc, sqlite3.Error | AttributeError):
         return StoreUnavailable(str(exc))
+    if isinstance(exc, UnicodeError | OverflowError):  # a lone surrogate, an int >= 2**63
+        return StoreInvalid(str(exc))
     return exc
 
 
@@ -319,8 +321,8 @@ class SqliteStore(Store):
                 return await self._run(fn)
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._read_executor, fn, conn)
-        except sqlite3.OperationalError as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        except (sqlite3.Error, UnicodeError, OverflowError) as exc:
+            raise _map_error(exc) from exc
 
     async def _lookup(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """A bounded read by key (one row, or a few) on the event loop's own thread.
@@ -338,6 +340,8 @@ class SqliteStore(Store):
             return fn(conn)
         except sqlite3.OperationalError:
             return await self._read(fn)
+        except (sqlite3.Error, UnicodeError, OverflowError) as exc:
+            raise _map_error(exc) from exc
 
     async def open(self) -> None:
         def connect() -> sqlite3.Connection:
@@ -662,9 +666,12 @@ class SqliteStore(Store):
             return []
         where = "" if ca_ids is None else f"WHERE ca_id IN ({','.join('?' * len(ca_ids))})"
         params = () if ca_ids is None else tuple(ca_ids)
-        rows = await self._lookup(lambda c: c.execute(
-            f"SELECT * FROM ca_cross_certificates {where} ORDER BY created_at, cross_id",
-            params).fetchall())
+        def read(c: sqlite3.Connection) -> list[sqlite3.Row]:
+            return c.execute(
+                f"SELECT * FROM ca_cross_certificates {where} ORDER BY created_at, cross_id",
+                params).fetchall()
+        # Some CAs' cross-certificates are a lookup; all of them a scan.
+        rows = await (self._read(read) if ca_ids is None else self._lookup(read))
         return [CrossCertificateRecord(
             cross_id=r["cross_id"], ca_id=r["ca_id"], fingerprint=r["fingerprint"],
             chain_pem=r["chain_pem"], top_issuer=r["top_issuer"],

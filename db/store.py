@@ -51,6 +51,11 @@ class StoreUnavailable(StoreError):
     """The database cannot be reached or refused the operation."""
 
 
+class StoreInvalid(StoreError):
+    """The database cannot hold a value it was given (a lone surrogate, a NUL byte, an
+    integer or date out of range): the caller's input, not the store's state."""
+
+
 class Store(abc.ABC):
     """Async repository of the gateway's state."""
 

@@ -15,6 +15,7 @@ from prometheus_client import Counter, Histogram
 
 from ca_core.errors import CAError
 from ca_core.tsa import TimeStampAuthority
+from db.store import StoreError, StoreInvalid
 from gateway import health
 from gateway.keys import SERVICES
 from gateway.runtime import Services
@@ -63,6 +64,14 @@ def _middleware(listener: str) -> Middleware:
             response = await handler(request)
         except CAError as exc:
             response = problem_from_error(exc)
+        except StoreInvalid:
+            response = problem(400, "bad_request", "the request holds a value that cannot be "
+                               "stored (invalid text or out of range)")
+        except StoreError as exc:  # the database is down: say so, without a traceback
+            log.warning("%s %s (request %s): store unavailable: %s", request.method,
+                        request.path, request_id, exc)
+            response = problem(503, "unavailable", "the service is unavailable")
+            response.headers["Retry-After"] = "5"
         except web.HTTPException as exc:
             if exc.status >= 400 and request.path.startswith("/api/"):
                 response = problem(exc.status, "http", exc.reason)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -183,3 +184,18 @@ async def test_http_listener_serves_ca_certificates_and_metrics(
     for name in ("pki_cert_requests_total", "pki_cert_issuance_duration_seconds",
                  "pki_active_certificates", "pki_ca_signing_operations_total"):
         assert name in metrics
+
+
+async def test_store_gone_is_503_without_a_traceback(
+    client: TestClient, services: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = await _token(services)
+    await services.store.close()
+    for response in (
+        await client.get("/api/v1/certificates/0123456789abcdef", headers=_auth(token)),
+        await client.post("/api/v1/certificates", headers=_auth(token),
+                          json={"csr": make_csr().decode()}),
+    ):
+        assert response.status == 503, await response.text()
+        assert response.headers["Retry-After"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

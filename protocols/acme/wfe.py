@@ -30,7 +30,7 @@ from aiohttp import web
 from ca_core.acme import AcmeProblem, AcmeService, b64url_decode, jwk_thumbprint
 from ca_core.errors import CAError
 from db.records import AcmeAccount, AcmeAuthorization, AcmeChallenge, AcmeOrder, Organization
-from db.store import StoreError
+from db.store import StoreError, StoreInvalid
 from protocols.acme import jws as jose
 
 log = logging.getLogger(__name__)
@@ -164,6 +164,9 @@ def acme_handler(handler: Handler) -> Handler:
             response = _problem_response(problem)
         except CAError as exc:
             response = _problem_response(_from_ca_error(exc))
+        except StoreInvalid:  # e.g. a lone surrogate in an id: the client's input
+            response = _problem_response(
+                AcmeProblem("malformed", "the request holds a value that cannot be stored"))
         except StoreError as exc:  # the database is down: say so, without a traceback
             log.warning("ACME %s %s: store unavailable: %s", request.method, request.path, exc)
             response = _problem_response(
