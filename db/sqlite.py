@@ -138,23 +138,32 @@ def _audit(row: sqlite3.Row) -> AuditEntry:
 class _Tx:
     """A write inside a batch: the connection plus the audit chain head of the batch.
 
-    The head is read once per batch (under BEGIN IMMEDIATE nobody else can move it) and
-    written back once at the end, instead of a read and a write per audit row.
+    The head is read at the batch's first audit row (under BEGIN IMMEDIATE nobody else can
+    move it) and written back once at the end, instead of a read and a write per audit
+    row; a batch without audit rows (time-stamps, leases, ACME state) touches it not at all.
     """
 
-    __slots__ = ("conn", "head_hash", "head_seq")
+    __slots__ = ("conn", "head_hash", "head_loaded", "head_seq")
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
-        row = conn.execute("SELECT seq, audit_hash FROM audit_head WHERE id = 1").fetchone()
-        self.head_seq: int = row[0] if row else 0
-        self.head_hash: str = row[1] if row else GENESIS_HASH
+        self.head_seq = 0
+        self.head_hash = GENESIS_HASH
+        self.head_loaded = False
 
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         return self.conn.execute(sql, params)
 
+    def load_head(self) -> None:
+        if not self.head_loaded:
+            row = self.conn.execute(
+                "SELECT seq, audit_hash FROM audit_head WHERE id = 1").fetchone()
+            if row:
+                self.head_seq, self.head_hash = row[0], row[1]
+            self.head_loaded = True
+
     def save_head(self) -> None:
-        if self.head_seq:
+        if self.head_loaded:
             self.conn.execute(
                 "INSERT INTO audit_head (id, seq, audit_hash) VALUES (1, ?, ?) ON CONFLICT (id)"
                 " DO UPDATE SET seq = excluded.seq, audit_hash = excluded.audit_hash",
@@ -163,6 +172,7 @@ class _Tx:
 
 
 def _append_audit(tx: _Tx, event: AuditEvent) -> AuditEntry:
+    tx.load_head()
     previous_hash = tx.head_hash
     seq = tx.head_seq + 1
     audit_id = str(uuid.uuid4())
