@@ -153,10 +153,16 @@ class TsaCertificateRejected(CAError):
 
 
 def _check_oid(text: str) -> str:
-    parts = text.strip().split(".")
-    if len(parts) < 2 or not all(p.isdigit() for p in parts) or parts[0] not in ("0", "1", "2"):
+    """The dotted OID as asn1crypto encodes and reads it back (it refuses 1.40.5 and the
+    like); at least two arcs."""
+    try:
+        dotted: str = core.ObjectIdentifier.load(
+            core.ObjectIdentifier(text.strip()).dump()).dotted
+    except (ValueError, TypeError):
+        dotted = ""
+    if dotted.count(".") < 1:
         raise ValueError(f"not an object identifier: {text!r}")
-    return ".".join(str(int(p)) for p in parts)
+    return dotted
 
 
 def hash_algorithm(name: str) -> HashAlgorithm:
@@ -680,8 +686,8 @@ class TimeStampAuthority:
             label = known.name if known else query.hash_oid
             raise BadAlg(f"hash algorithm {label} is not accepted; use one of "
                          f"{', '.join(h.name for h in self._hashes.values())}")
-        if query.hash_parameters not in (None, _NULL):
-            raise BadAlg(f"{algorithm.name} takes no parameters")
+        if query.hash_parameters not in (None, _NULL):  # e.g. a NULL with content octets
+            raise BadDataFormat(f"{algorithm.name} takes no parameters, or a DER NULL")
         if len(query.hashed_message) != algorithm.length:
             raise BadDataFormat(f"a {algorithm.name} imprint has {algorithm.length} octets, "
                                 f"not {len(query.hashed_message)}")
@@ -693,10 +699,17 @@ class TimeStampAuthority:
         nonce = None
         if query.nonce is not None:
             try:
-                nonce = core.Integer.load(query.nonce, strict=True)
+                loaded = core.Integer.load(query.nonce, strict=True)
+                # DER INTEGERs are minimal (X.690 8.3.2): echoing "02 00" or "02 03 00 00 01"
+                # would make a token that `openssl ts` refuses to read.
+                contents: bytes = loaded.contents or b""
+                minimal = bool(contents) and core.Integer(loaded.native).dump() == query.nonce
             except ValueError:
-                raise BadDataFormat("the nonce is not a DER INTEGER") from None
-            if len(nonce.contents or b"") > MAX_NONCE_OCTETS:
+                minimal = False
+            if not minimal:
+                raise BadDataFormat("the nonce is not a DER INTEGER")
+            nonce = loaded
+            if len(contents) > MAX_NONCE_OCTETS:
                 raise BadTimeStampRequest(f"the nonce is longer than {MAX_NONCE_OCTETS} octets")
         return algorithm, nonce
 

@@ -43,7 +43,8 @@ for hash in sha256 sha384 sha512; do
   stamp "$hash" "-$hash" -cert
   grep -q '^Status: Granted.' "$hash.txt" || fail "$hash not granted: $(cat "$hash.txt")"
   grep -q "^Hash Algorithm: $hash" "$hash.txt" || fail "$hash: wrong hash algorithm"
-  grep -q '^Policy OID: ' "$hash.txt" && grep -q '^Accuracy: 0x01 seconds' "$hash.txt"
+  grep -q '^Policy OID: ' "$hash.txt" || fail "$hash: no policy OID"
+  grep -q '^Accuracy: 0x01 seconds' "$hash.txt" || fail "$hash: accuracy is not 1 s"
   # the nonce came back as it was sent
   sent=$(openssl ts -query -in "$hash.tsq" -text 2>/dev/null | sed -n 's/^Nonce: //p')
   [ -n "$sent" ] && [ "$sent" = "$(sed -n 's/^Nonce: //p' "$hash.txt")" ] \

@@ -13,7 +13,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -279,16 +279,57 @@ async def test_nonce_echoed_bit_exact(client: TestClient, nonce: int) -> None:
     assert echoed.native == nonce
 
 
-async def test_non_minimal_nonce_encoding_is_echoed_as_sent(client: TestClient) -> None:
-    """BER-ish nonce octets (a redundant leading zero) come back exactly as sent."""
-    template = tsp.TimeStampReq.load(request_der(nonce=1))
-    request = tsp.TimeStampReq({
-        "version": 1, "message_imprint": template["message_imprint"],
-        "nonce": core.Integer.load(b"\x02\x03\x00\x00\x01"), "cert_req": True,
-    }).dump()
-    reply = await post(client, request)
-    assert reply.status == "granted"
-    assert reply.tst_info["nonce"].dump() == b"\x02\x03\x00\x00\x01"
+def _tlv(tag: int, content: bytes) -> bytes:
+    """One DER TLV, for requests asn1crypto would not build (malformed on purpose)."""
+    size = len(content)
+    length = bytes([size]) if size < 128 else b"\x81" + bytes([size]) if size < 256 \
+        else b"\x82" + size.to_bytes(2, "big")
+    return bytes([tag]) + length + content
+
+
+def raw_request(*, parameters: bytes = b"\x05\x00", policy: bytes = b"",
+                nonce: bytes = b"", extensions: bytes | None = None) -> bytes:
+    """A sha256 TimeStampReq from raw parts: the NULL parameters, a reqPolicy TLV, a nonce
+    TLV and the [0] extensions contents as given."""
+    digest = hashlib.sha256(b"archived document\n").digest()
+    algorithm = _tlv(0x30, _tlv(0x06, bytes.fromhex("608648016503040201")) + parameters)
+    imprint = _tlv(0x30, algorithm + _tlv(0x04, digest))
+    body = b"\x02\x01\x01" + imprint + policy + nonce + b"\x01\x01\xff"
+    if extensions is not None:
+        body += _tlv(0xA0, extensions)
+    return _tlv(0x30, body)
+
+
+async def test_raw_request_helper_builds_a_valid_request(client: TestClient) -> None:
+    assert (await post(client, raw_request(nonce=b"\x02\x01\x07"))).status == "granted"
+
+
+async def test_nonce_length_limit_is_128_octets(client: TestClient) -> None:
+    at_limit = _tlv(0x02, b"\x01" + b"\x00" * 127)
+    reply = await post(client, raw_request(nonce=at_limit))
+    assert reply.status == "granted" and reply.tst_info["nonce"].dump() == at_limit
+    over = await post(client, raw_request(nonce=_tlv(0x02, b"\x01" + b"\x00" * 128)))
+    assert over.fail_info == {"bad_request"}
+
+
+@pytest.mark.parametrize(("body", "fail_info"), [
+    (raw_request(nonce=b"\x02\x00"), "bad_data_format"),  # an INTEGER with no octets
+    (raw_request(nonce=b"\x02\x03\x00\x00\x01"), "bad_data_format"),  # redundant zeros
+    (raw_request(nonce=b"\x02\x02\xff\x80"), "bad_data_format"),  # redundant 0xff
+    (raw_request(policy=b"\x06\x00"), "bad_data_format"),  # an OID with no arcs
+    (raw_request(parameters=b"\x05\x01\x00"), "bad_data_format"),  # a NULL with content
+    (raw_request(parameters=b"\x05\x81\x00"), "bad_data_format"),  # a NULL, long form
+    (raw_request(extensions=b""), "bad_data_format"),  # extensions SIZE (1..MAX)
+], ids=["empty-nonce", "nonce-leading-zeros", "nonce-leading-ff", "empty-policy",
+        "null-with-content", "null-long-length", "empty-extensions"])
+async def test_malformed_fields_are_bad_data_format_and_not_recorded(
+        client: TestClient, recorder: Recorder, body: bytes, fail_info: str) -> None:
+    """Each of these would make a token that `openssl ts` cannot read (DER INTEGERs and
+    OIDs are minimal), or breaks the syntax RFC 3161 gives the request."""
+    reply = await post(client, body)
+    assert reply.status == "rejection", reply.status
+    assert reply.fail_info == {fail_info}
+    assert recorder.records == []
 
 
 async def test_no_nonce(client: TestClient, recorder: Recorder) -> None:
@@ -499,6 +540,18 @@ async def test_wrong_content_type_is_415(client: TestClient, recorder: Recorder,
 async def test_oversized_body_is_413(client: TestClient, recorder: Recorder, size: int) -> None:
     body = VALID + b"\x00" * (size - len(VALID))
     response = await client.post("/tsa", data=body, headers={"Content-Type": QUERY})
+    assert response.status == 413
+    assert recorder.records == []
+
+
+async def test_oversized_chunked_body_is_413(client: TestClient, recorder: Recorder) -> None:
+    """No Content-Length (chunked transfer): the size is checked on what arrives."""
+    async def chunks() -> AsyncIterator[bytes]:
+        yield VALID
+        for _ in range(20):
+            yield b"\x00" * 1024
+
+    response = await client.post("/tsa", data=chunks(), headers={"Content-Type": QUERY})
     assert response.status == 413
     assert recorder.records == []
 
@@ -721,6 +774,8 @@ def test_config_from_toml(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("name", "value"), [
     ("VCC_PKI_TSA_POLICY_OID", "not-an-oid"),
+    ("VCC_PKI_TSA_POLICY_OID", "1.40.5"),  # second arc under 1 must be below 40
+    ("VCC_PKI_TSA_POLICY_OID", "3.1"),
     ("VCC_PKI_TSA_ACCEPTED_POLICIES", "1.2.3,01x"),
     ("VCC_PKI_TSA_HASH_ALGORITHMS", "sha256,md5"),
     ("VCC_PKI_TSA_HASH_ALGORITHMS", "whirlpool"),

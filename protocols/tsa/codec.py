@@ -92,6 +92,10 @@ def decode_request(der: bytes) -> TimeStampQuery:
         raise BadDataFormat("the body is not a DER TimeStampReq") from exc
     if not isinstance(query.hashed_message, bytes):
         raise BadDataFormat("the body is not a DER TimeStampReq")
+    if not isinstance(policy, core.Void) and not policy.contents:
+        raise BadDataFormat("reqPolicy is an object identifier with no arcs")
+    if not isinstance(extensions, core.Void) and not query.extensions:
+        raise BadDataFormat("extensions, when present, hold at least one (RFC 3161 2.4.1)")
     return query
 
 

@@ -55,18 +55,21 @@ def _reply(body: bytes) -> web.Response:
                         headers={"Cache-Control": "no-store"})
 
 
+def _too_large() -> web.Response:
+    return web.Response(status=413, text="time-stamp requests are at most 16 KiB\n")
+
+
 async def timestamp(request: web.Request) -> web.Response:
     if request.content_type != TIMESTAMP_QUERY:
         return web.Response(status=415, text=f"send the request as {TIMESTAMP_QUERY}\n")
-    too_large = web.Response(status=413, text="time-stamp requests are at most 16 KiB\n")
     if (request.content_length or 0) > MAX_REQUEST_BYTES:
-        return too_large
+        return _too_large()
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge:
-        return too_large
-    if len(body) > MAX_REQUEST_BYTES:
-        return too_large
+        return _too_large()
+    if len(body) > MAX_REQUEST_BYTES:  # chunked: no Content-Length to check first
+        return _too_large()
     try:
         issued = await request.app[STAMPER].timestamp(decode_request(body))
     except CAError as exc:
