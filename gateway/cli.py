@@ -6,7 +6,9 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -140,19 +142,35 @@ async def cmd_org_create(config: Config, args: argparse.Namespace) -> int:
 async def cmd_issue(config: Config, args: argparse.Namespace) -> int:
     async def run(services: Services) -> int:
         csr = Path(args.csr).read_bytes() if args.csr != "-" else sys.stdin.buffer.read()
-        issued = await services.authority.issue(
-            IssuanceRequest(csr=csr, profile=args.profile, org=args.org,
-                            validity_days=args.days),
-            CLI,
-        )
-        pem = issued.certificate_pem + (issued.chain_pem if args.chain else "")
+        # A certificate is recorded once issued, so an --out that cannot be written must
+        # fail before issuing, not lose the PEM after: a temporary file beside it is made
+        # first and renamed over it at the end (an existing file survives a failed issue).
+        staged = None
         if args.out:
-            Path(args.out).write_text(pem, encoding="utf-8")
+            target = Path(args.out)
+            staged = tempfile.NamedTemporaryFile(
+                "w", encoding="utf-8", dir=target.parent, prefix=f".{target.name}.",
+                delete=False)
+        try:
+            issued = await services.authority.issue(
+                IssuanceRequest(csr=csr, profile=args.profile, org=args.org,
+                                validity_days=args.days),
+                CLI,
+            )
+            pem = issued.certificate_pem + (issued.chain_pem if args.chain else "")
+            if staged is None:
+                sys.stdout.write(pem)
+                print(f"serial {issued.serial}", file=sys.stderr)
+                return 0
+            staged.write(pem)
+            staged.close()
+            os.replace(staged.name, args.out)
             print(f"serial {issued.serial} written to {args.out}", file=sys.stderr)
-        else:
-            sys.stdout.write(pem)
-            print(f"serial {issued.serial}", file=sys.stderr)
-        return 0
+            return 0
+        finally:
+            if staged is not None and not staged.closed:
+                staged.close()
+                Path(staged.name).unlink(missing_ok=True)
     return await _with_services(config, run)
 
 
@@ -392,6 +410,10 @@ def main(argv: list[str] | None = None) -> int:
         return result
     except (CAError, ConfigError, StoreError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:  # a file named on the command line, the data directory
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -92,3 +92,40 @@ def test_config_file_and_environment(tmp_path: Path) -> None:
     assert load_config({}).event_loop == "auto"
     with pytest.raises(ConfigError):
         load_config({"VCC_PKI_EVENT_LOOP": "trio"})
+
+
+def test_file_errors_are_one_line_and_issue_nothing(
+        env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["init"]) == 0
+    csr = tmp_path / "svc.csr"
+    csr.write_bytes(make_csr())
+    capsys.readouterr()
+    database = env / "vcc-pki.db"
+
+    def certificates() -> int:
+        import sqlite3
+
+        with sqlite3.connect(database) as conn:
+            count: int = conn.execute("SELECT COUNT(*) FROM certificates").fetchone()[0]
+        return count
+
+    before = certificates()
+    for argv in (["issue", "--csr", str(tmp_path / "missing.csr")],
+                 ["issue", "--csr", str(tmp_path)],
+                 ["issue", "--csr", str(csr), "--out", str(tmp_path / "no" / "dir.pem")],
+                 ["ca", "add-cross", "intermediate", str(tmp_path / "missing.pem")]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+    assert certificates() == before  # the unwritable --out failed before issuing
+
+    # an existing --out survives a failed issue and is replaced by a good one
+    out = tmp_path / "svc.pem"
+    out.write_text("previous\n")
+    bad = tmp_path / "bad.csr"
+    bad.write_bytes(b"not a csr")
+    assert main(["issue", "--csr", str(bad), "--out", str(out)]) == 1
+    assert out.read_text() == "previous\n"
+    assert main(["issue", "--csr", str(csr), "--out", str(out)]) == 0
+    assert out.read_text().startswith("-----BEGIN CERTIFICATE-----")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".svc.pem")] == []
