@@ -128,6 +128,10 @@ class IssuerContext:
     not_after: dt.datetime
     authority_key_identifier: x509.Extension[x509.ExtensionType]
     locations_by_partition: tuple[tuple[x509.Extension[x509.ExtensionType], ...], ...]
+    # For CA certificates it signs: caIssuers and the full CRL, no OCSP URL. The responder
+    # answers for end-entity certificates of issuing CAs only, so an OCSP URL in a CA
+    # certificate would send chain-checking clients to an "unauthorized" answer.
+    ca_locations: tuple[x509.Extension[x509.ExtensionType], ...] = ()
 
     @property
     def locations(self) -> tuple[x509.Extension[x509.ExtensionType], ...]:
@@ -162,8 +166,15 @@ class IssuerContext:
             (*aia, _extension(x509.CRLDistributionPoints([distribution_point(url)]), False))
             for url in crl_urls
         ) or (aia,)
+        issuers_only = [a for a in access if a.access_method != AuthorityInformationAccessOID.OCSP]
+        ca_locations = tuple(
+            [_extension(x509.AuthorityInformationAccess(issuers_only), False)]
+            if issuers_only else []) + tuple(
+            [_extension(x509.CRLDistributionPoints([distribution_point(crl_urls[0])]), False)]
+            if crl_urls else [])
         aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(public_key)
-        return cls(name, public_key, key_spec, not_after, _extension(aki, False), by_partition)
+        return cls(name, public_key, key_spec, not_after, _extension(aki, False), by_partition,
+                   ca_locations)
 
 
 def distribution_point(url: str) -> x509.DistributionPoint:
@@ -256,7 +267,7 @@ def ca_builder(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     )
     if issuer is not None:
-        for extension in (issuer.authority_key_identifier, *issuer.locations):
+        for extension in (issuer.authority_key_identifier, *issuer.ca_locations):
             builder = builder.add_extension(extension.value, critical=extension.critical)
     return builder
 

@@ -288,3 +288,22 @@ async def test_reserved_and_malformed_organization_slugs_are_refused(pki: Pki) -
             await ensure_organization(pki.authority, slug)
     assert await pki.store.get_organization("cert") is None
     assert await ensure_organization(pki.authority, "certs")  # only the exact words
+
+
+async def test_only_end_entity_certificates_name_the_ocsp_responder(pki: Pki) -> None:
+    """The responder answers for the issuing CAs' certificates; a CA certificate that
+    named it would get "unauthorized" from it. CA certificates keep caIssuers and the CDP."""
+    from cryptography.x509.oid import AuthorityInformationAccessOID
+
+    def access(certificate: x509.Certificate) -> set[x509.ObjectIdentifier]:
+        aia = certificate.extensions.get_extension_for_class(x509.AuthorityInformationAccess)
+        return {a.access_method for a in aia.value}
+
+    for name in ("intermediate", "default-issuing"):
+        ca = (await pki.authority.ca(name)).certificate
+        assert access(ca) == {AuthorityInformationAccessOID.CA_ISSUERS}, name
+        ca.extensions.get_extension_for_class(x509.CRLDistributionPoints)
+    issued = await pki.authority.issue(
+        IssuanceRequest(csr=make_csr(), profile="vcc_service"), Principal.system("test"))
+    assert access(issued.certificate) == {AuthorityInformationAccessOID.OCSP,
+                                          AuthorityInformationAccessOID.CA_ISSUERS}
