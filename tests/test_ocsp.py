@@ -393,7 +393,29 @@ async def test_bad_input(client: TestClient, services: Services,
             "request_list": [{"req_cert": _cert_id(issued.certificate, issued.chain[0])}],
             "request_extensions": [{"extn_id": "nonce", "critical": False,
                                     "extn_value": b"12345678"}] * 2}}).dump(),
+        # RFC 6960 4.4: a critical extension the responder does not know is not ignored
+        "critical unknown request extension": a_ocsp.OCSPRequest({"tbs_request": {
+            "request_list": [{"req_cert": _cert_id(issued.certificate, issued.chain[0])}],
+            "request_extensions": [{"extn_id": "1.2.3.4", "critical": True,
+                                    "extn_value": b"\x05\x00"}]}}).dump(),
+        "critical unknown single-request extension": a_ocsp.OCSPRequest({"tbs_request": {
+            "request_list": [{
+                "req_cert": _cert_id(issued.certificate, issued.chain[0]),
+                "single_request_extensions": [{"extn_id": "1.2.3.4", "critical": True,
+                                               "extn_value": b"\x05\x00"}]}]}}).dump(),
     }
+    # the same extensions, not critical, are ignored: the answer is the status
+    for critical_free in (
+        {"request_extensions": [{"extn_id": "1.2.3.4", "critical": False,
+                                 "extn_value": b"\x05\x00"}],
+         "request_list": [{"req_cert": _cert_id(issued.certificate, issued.chain[0])}]},
+        {"request_list": [{"req_cert": _cert_id(issued.certificate, issued.chain[0]),
+                           "single_request_extensions": [{"extn_id": "1.2.3.4",
+                                                          "critical": False,
+                                                          "extn_value": b"\x05\x00"}]}]},
+    ):
+        _, answer = await post(client, a_ocsp.OCSPRequest({"tbs_request": critical_free}).dump())
+        assert status_of(answer) is ocsp.OCSPResponseStatus.SUCCESSFUL
     for name, body in malformed_posts.items():
         response, answer = await post(client, body)
         assert response.status == 200, name

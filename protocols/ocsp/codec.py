@@ -14,6 +14,8 @@ The one mapping from CA-core errors to OCSP response statuses lives here::
 
 from __future__ import annotations
 
+from typing import Any
+
 from asn1crypto import ocsp as a_ocsp
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -70,7 +72,26 @@ def decode_request(der: bytes) -> OcspQuery:
     for extension in extensions:
         if isinstance(extension.value, x509.OCSPNonce):
             nonce = extension.value.nonce
+        elif extension.critical:
+            raise MalformedOcspRequest(
+                f"unsupported critical extension {extension.oid.dotted_string}")
+    # cryptography does not show singleRequestExtensions; a critical one needs a DER TRUE
+    # (01 01 FF), which plain requests never hold, so only those are parsed again.
+    if _CRITICAL in der:
+        _decode_with_asn1crypto(der)
     return OcspQuery(der, (CertId(algorithm, name_hash, key_hash, serial),), nonce)
+
+
+_CRITICAL = b"\x01\x01\xff"
+
+
+def _refuse_critical(extensions: Any, allowed: tuple[str, ...] = ()) -> None:
+    """RFC 6960 4.4 / RFC 5280 4.2: a critical extension the responder does not know means
+    it cannot answer as asked."""
+    for extension in extensions or []:
+        if extension["critical"].native and extension["extn_id"].native not in allowed:
+            raise MalformedOcspRequest(
+                f"unsupported critical extension {extension['extn_id'].dotted}")
 
 
 def _decode_with_asn1crypto(der: bytes) -> OcspQuery:
@@ -88,10 +109,14 @@ def _decode_with_asn1crypto(der: bytes) -> OcspQuery:
                 int(cert_id["serial_number"].native),
                 cert_id.dump(),
             ))
+            _refuse_critical(item["single_request_extensions"])
         nonce = None
         for extension in tbs["request_extensions"] or []:
             if extension["extn_id"].native == "nonce":
                 nonce = bytes(extension["extn_value"].parsed.native)
+        _refuse_critical(tbs["request_extensions"], allowed=("nonce",))
+    except MalformedOcspRequest:
+        raise
     except Exception as exc:
         # asn1crypto parses lazily and reports malformed input with whichever exception
         # its parser trips on: all of them mean "not an OCSPRequest", never internalError.
