@@ -26,6 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from asn1crypto import pem as asn1_pem
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
@@ -120,6 +121,21 @@ class _Dirty:
         self.wanted[key] = max(self.wanted.get(key, 0), generation)
 
 
+@dataclass
+class ServedCrl:
+    """A stored CRL as the HTTP endpoint serves it; the PEM form is made once, on demand."""
+
+    head: CrlHead
+    crl_der: bytes
+    _pem: bytes | None = None
+
+    @property
+    def pem(self) -> bytes:
+        if self._pem is None:
+            self._pem = asn1_pem.armor("X509 CRL", self.crl_der)
+        return self._pem
+
+
 class CrlPublisher:
     """Makes and stores the CRLs of every CA; reads them back for the HTTP endpoint."""
 
@@ -130,20 +146,30 @@ class CrlPublisher:
         self._dirty = _Dirty()
         self._lock = asyncio.Lock()  # one publishing run at a time in this process
         self._took: dict[tuple[str, int], float] = {}  # seconds the last making took
+        self._served: dict[tuple[str, int], ServedCrl] = {}  # the last CRL read, per key
 
     # ------------------------------------------------------------------ reading
-    async def get(self, ca_name: str, partition: int = 0) -> CrlRecord:
+    async def get(self, ca_name: str, partition: int = 0) -> ServedCrl:
+        """The newest stored CRL. Its DER (which runs to megabytes) is read from the store
+        only when the stored CRL number has moved; each request reads just the head."""
         try:
             ca = await self.authority.ca(ca_name)
             if ca.record.ca_type not in PUBLISHING_CA_TYPES:
                 raise NotFound(f"CA {ca_name} publishes no CRL")
-            crl = await self.authority.store.get_crl(ca.record.ca_id, partition)
+            key = (ca.record.ca_id, partition)
+            head = await self.authority.store.get_crl_head(*key)
+            served = self._served.get(key)
+            if head is not None and (served is None or served.head != head):
+                crl = await self.authority.store.get_crl(*key)
+                if crl is not None:
+                    served = self._served[key] = ServedCrl(crl.head, crl.crl_der)
+                    head = crl.head
         except StoreError as exc:
             raise Unavailable("the CRL store is not available") from exc
-        if crl is None:
+        if head is None or served is None:
             raise NotFound(f"no CRL {partition} of CA {ca_name} has been published yet"
                            if partition else f"no CRL of CA {ca_name} has been published yet")
-        return crl
+        return served
 
     # ------------------------------------------------------------------ making
     def _publishing_cas(self, only: str | None = None) -> list[LoadedCA]:

@@ -715,6 +715,12 @@ class PostgresStore(Store):
             "SELECT * FROM crls WHERE ca_id = $1 AND partition = $2", ca_id, partition)
         return None if row is None else CrlRecord(_crl_head(row), bytes(row["crl_der"]))
 
+    async def get_crl_head(self, ca_id: str, partition: int = 0) -> CrlHead | None:
+        row = await self._fetchrow(
+            "SELECT ca_id, partition, crl_number, this_update, next_update, source_generation,"
+            " entries FROM crls WHERE ca_id = $1 AND partition = $2", ca_id, partition)
+        return None if row is None else _crl_head(row)
+
     async def list_crl_heads(self) -> list[CrlHead]:
         rows = await self._fetch(
             "SELECT ca_id, partition, crl_number, this_update, next_update, source_generation,"

@@ -212,6 +212,10 @@ class Store(abc.ABC):
     async def get_crl(self, ca_id: str, partition: int = 0) -> CrlRecord | None: ...
 
     @abc.abstractmethod
+    async def get_crl_head(self, ca_id: str, partition: int = 0) -> CrlHead | None:
+        """The head of one stored CRL, without the DER (a cheap freshness check)."""
+
+    @abc.abstractmethod
     async def list_crl_heads(self) -> list[CrlHead]:
         """Number, times and source generation of every stored CRL (without the DER)."""
 

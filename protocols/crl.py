@@ -8,24 +8,16 @@ sees a new revocation soon even though nextUpdate is hours away.
 
 from __future__ import annotations
 
-import base64
 import time
 from email.utils import formatdate
 
 from aiohttp import web
 
-from ca_core.crl import CrlPublisher
+from ca_core.crl import CrlPublisher, ServedCrl
 from ca_core.errors import CAError, Unavailable
-from db.records import CrlRecord
 
 PUBLISHER = web.AppKey("crl_publisher", CrlPublisher)
 MAX_AGE_SECONDS = 300
-
-
-def _pem(der: bytes) -> bytes:
-    text = base64.b64encode(der)
-    lines = [text[i:i + 64] for i in range(0, len(text), 64)]
-    return b"-----BEGIN X509 CRL-----\n" + b"\n".join(lines) + b"\n-----END X509 CRL-----\n"
 
 
 def _split(file: str) -> tuple[str, str]:
@@ -38,7 +30,7 @@ def _split(file: str) -> tuple[str, str]:
 async def _serve(request: web.Request, ca_name: str, partition: int, extension: str
                  ) -> web.Response:
     try:
-        crl: CrlRecord = await request.app[PUBLISHER].get(ca_name, partition)
+        crl: ServedCrl = await request.app[PUBLISHER].get(ca_name, partition)
     except Unavailable as exc:
         raise web.HTTPServiceUnavailable(text=f"{exc.detail}\n",
                                          headers={"Retry-After": "5"}) from None
@@ -58,7 +50,7 @@ async def _serve(request: web.Request, ca_name: str, partition: int, extension: 
     if match is not None and (match.strip() == "*" or etag in match):
         return web.Response(status=304, headers=headers)
     if extension == "pem":
-        return web.Response(body=_pem(crl.crl_der), content_type="application/x-pem-file",
+        return web.Response(body=crl.pem, content_type="application/x-pem-file",
                             headers=headers)
     return web.Response(body=crl.crl_der, content_type="application/pkix-crl",
                         headers=headers)

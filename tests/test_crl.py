@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ca_core.authority import IssuanceRequest, IssuedCertificate
@@ -259,3 +260,30 @@ async def test_a_slow_crl_is_not_remade_back_to_back(services: Services) -> None
     services.authority.clock = lambda: later
     assert [(ca.record.name, p) for ca, p in await services.crls.due()
             if ca.record.name == "default-issuing"] == [("default-issuing", 0)]
+
+
+async def test_served_crl_der_is_read_once_per_crl_number(
+        client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each request reads the CRL's head; the DER (megabytes for a large CA) only when the
+    number moved, and a new CRL is served at once."""
+    await services.crls.publish_all("default-issuing")
+    store = services.store
+    reads: list[tuple[str, int]] = []
+    real_get_crl = store.get_crl
+
+    async def counting(ca_id: str, partition: int = 0) -> CrlRecord | None:
+        reads.append((ca_id, partition))
+        return await real_get_crl(ca_id, partition)
+
+    monkeypatch.setattr(store, "get_crl", counting)
+    bodies = [await (await client.get(path)).read() for path in
+              ("/crl/default-issuing.crl", "/crl/default-issuing.crl",
+               "/crl/default-issuing.pem", "/crl/default-issuing.pem")]
+    assert len(reads) == 1
+    assert bodies[0] == bodies[1] and bodies[2] == bodies[3]
+    assert x509.load_pem_x509_crl(bodies[2]).public_bytes(serialization.Encoding.DER) == \
+        bodies[0]
+    await services.crls.publish_all("default-issuing")  # CRL number 2
+    newer = x509.load_der_x509_crl(await (await client.get("/crl/default-issuing.crl")).read())
+    assert newer.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == 2
+    assert len(reads) == 2

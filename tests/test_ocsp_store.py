@@ -144,6 +144,7 @@ async def test_crl_numbers_only_go_up(store: Store) -> None:
                                  number * 10, number), f"crl-{number}".encode())
 
     assert await store.get_crl(ca_id) is None
+    assert await store.get_crl_head(ca_id) is None
     assert await store.save_crl(crl(1), event("crl.published"))
     assert await store.save_crl(crl(2), event("crl.published"))
     assert not await store.save_crl(crl(2), event("crl.published"))
@@ -152,6 +153,9 @@ async def test_crl_numbers_only_go_up(store: Store) -> None:
     assert await store.get_crl(ca_id) == crl(2)
     assert await store.get_crl(ca_id, 3) == crl(1, partition=3)
     assert await store.list_crl_heads() == [crl(2).head, crl(1, partition=3).head]
+    assert await store.get_crl_head(ca_id) == crl(2).head
+    assert await store.get_crl_head(ca_id, 3) == crl(1, partition=3).head
+    assert await store.get_crl_head(ca_id, 4) is None
     assert await chain_ok(store) == 1 + 3 + 3  # organization, three CAs, three saved CRLs
 
 
