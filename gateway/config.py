@@ -256,7 +256,8 @@ def load_config(environ: Mapping[str, str] | None = None, path: str | None = Non
         raise ConfigError("VCC_PKI_EVENT_LOOP must be auto, uvloop or asyncio")
     if config.acme_dns_resolver and not config.acme_dns_resolver.rpartition(":")[2].isdigit():
         raise ConfigError("VCC_PKI_ACME_DNS_RESOLVER must be host:port")
-    if config.crl_partitions < 0 or config.crl_next_update_hours < 1:
-        raise ConfigError("VCC_PKI_CRL_PARTITIONS must be >= 0 and "
+    if not 0 <= config.crl_partitions <= 1024 or config.crl_next_update_hours < 1:
+        # Each partition is one more distribution point built into every issuing context.
+        raise ConfigError("VCC_PKI_CRL_PARTITIONS must be 0..1024 and "
                           "VCC_PKI_CRL_NEXT_UPDATE_HOURS >= 1")
     return config

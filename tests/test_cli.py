@@ -92,6 +92,8 @@ def test_config_file_and_environment(tmp_path: Path) -> None:
     assert load_config({}).event_loop == "auto"
     with pytest.raises(ConfigError):
         load_config({"VCC_PKI_EVENT_LOOP": "trio"})
+    with pytest.raises(ConfigError):
+        load_config({"VCC_PKI_CRL_PARTITIONS": "100000"})
 
 
 def test_file_errors_are_one_line_and_issue_nothing(

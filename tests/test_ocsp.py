@@ -10,7 +10,7 @@ import datetime as dt
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -26,7 +26,13 @@ from ca_core.authority import Authority, IssuanceRequest, IssuedCertificate
 from ca_core.hierarchy import ensure_organization
 from ca_core.ocsp import OcspResponder, OcspSettings, cache_key
 from ca_core.principal import Principal
-from db.cache import CachedResponse, MemoryResponseCache, RedisResponseCache
+from db.cache import (
+    CachedResponse,
+    CacheUnavailable,
+    MemoryResponseCache,
+    RedisResponseCache,
+    ResponseCache,
+)
 from db.records import AuditEvent, Revocation
 from gateway.app import build_http_app
 from gateway.config import load_config
@@ -250,6 +256,8 @@ async def test_get_forms_and_if_none_match(client: TestClient, services: Service
         issued = await issue(services)
         request = ocsp_request(issued.certificate, issued.chain[0])
         encoded = base64.b64encode(request).decode()
+    else:
+        pytest.fail("no request with '+' and '/' in its base64 in 50 tries")
     forms = {
         "url-encoded": urllib.parse.quote(encoded, safe=""),
         "raw": encoded,
@@ -616,6 +624,60 @@ async def test_redis_down_answers_live_and_refills(
         assert verify(body, ca).certificate_status is ocsp.OCSPCertStatus.REVOKED
     finally:
         await down.close()
+
+
+class _Outage:
+    """The real cache (in-process or Redis) behind a switch that makes every call fail as
+    an unreachable Redis would: the outage is simulated, the cache is not."""
+
+    def __init__(self, inner: ResponseCache) -> None:
+        self.inner = inner
+        self.down = False
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self.inner, name)
+        if not callable(attribute):
+            return attribute
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if self.down:
+                raise CacheUnavailable("simulated outage")
+            return await attribute(*args, **kwargs)
+        return call
+
+
+async def test_revocation_during_a_cache_outage_reaches_the_cache_when_it_returns(
+    services: Services, aiohttp_client: ClientFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    issued = await issue(services)
+    ca = issued.chain[0]
+    outage = _Outage(services.cache)
+    responder = OcspResponder(services.authority, cast(ResponseCache, outage))
+    await responder.load()
+    await responder.warm()
+    services.ocsp = responder
+    services.authority.add_listener(responder)
+    client = await aiohttp_client(build_http_app(services))
+    request = ocsp_request(issued.certificate, ca)
+
+    outage.down = True
+    await services.authority.revoke(issued.serial, "key_compromise", SYSTEM)
+    assert responder.has_pending
+    _, body = await post(client, request)  # answered live meanwhile
+    assert verify(body, ca).certificate_status is ocsp.OCSPCertStatus.REVOKED
+
+    outage.down = False
+    responder._pending_retry_at = 0.0  # as if the retry pause (5 s) had passed
+    await responder.apply_revocations([])
+    assert not responder.has_pending
+    # Now the cache alone must say revoked: live answers are made impossible.
+    async def no_store(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a cache hit needs no store")
+
+    monkeypatch.setattr(services.store, "certificate_statuses", no_store)
+    responder._front.clear()
+    _, body = await post(client, request)
+    assert verify(body, ca).certificate_status is ocsp.OCSPCertStatus.REVOKED
 
 
 async def test_front_cache_over_redis_shows_another_process_revocation_quickly(

@@ -257,6 +257,10 @@ async def test_closed_store_is_unavailable(store: Store, location: Location) -> 
         await other.ping()
     with pytest.raises(StoreUnavailable):
         await other.append_audit(event("authentication.failed"))
+    with pytest.raises(StoreUnavailable):  # a key lookup (inline on SQLite) as well
+        await other.get_organization("acme")
+    with pytest.raises(StoreUnavailable):
+        await other.list_organizations()
 
 
 def test_postgres_from_url() -> None:
