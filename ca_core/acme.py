@@ -500,6 +500,7 @@ class AcmeService:
 
         authz_ids: list[str] = []
         new_authzs: list[AcmeAuthorization] = []
+        reused: list[AcmeAuthorization] = []
         expires = now + self.settings.order_lifetime
         for kind, value in wanted:
             wildcard = value.startswith("*.")
@@ -508,6 +509,7 @@ class AcmeService:
                 account.account_id, kind, base, wildcard, now)
             if reuse is not None:
                 authz_ids.append(reuse.authz_id)
+                reused.append(reuse)
                 expires = min(expires, reuse.expires)
                 continue
             if policy.prevalidated(kind, value):
@@ -534,7 +536,8 @@ class AcmeService:
             identifiers=tuple(wanted), authz_ids=tuple(authz_ids), profile=profile_name,
             not_before=not_before, not_after=not_after, replaces=replaces, created_at=now)
         await self.store.add_acme_order(order, new_authzs)
-        return await self._refresh_order(order)
+        by_id = {a.authz_id: a for a in (*reused, *new_authzs)}
+        return await self._refresh_order(order, [by_id[i] for i in authz_ids])
 
     async def _check_replaces(self, account: AcmeAccount, cert_id: str) -> None:
         record = await self._certificate_by_ari_id(cert_id)
@@ -545,10 +548,15 @@ class AcmeService:
             raise AcmeProblem("unauthorized", "replaces names a certificate of another account",
                               403)
 
-    async def _refresh_order(self, order: AcmeOrder
+    async def _refresh_order(self, order: AcmeOrder,
+                             authzs: list[AcmeAuthorization] | None = None
                              ) -> tuple[AcmeOrder, list[AcmeAuthorization]]:
-        """The order with its status brought up to date from its authorizations."""
-        authzs = await self.store.get_acme_authorizations(order.authz_ids)
+        """The order with its status brought up to date from its authorizations (read from
+        the store unless the caller has them). Only a pending order's status depends on
+        them: for any other, they are not read and the list is empty."""
+        if authzs is None:
+            authzs = await self.store.get_acme_authorizations(order.authz_ids) \
+                if order.status == "pending" else []
         now = self._now()
         authzs = [replace(a, status="expired") if a.status in ("pending", "valid")
                   and a.expires <= now else a for a in authzs]
