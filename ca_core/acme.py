@@ -33,13 +33,13 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from josepy import json_util
 
 from ca_core import x509build
+from ca_core.acme_state import AcmeState, StateUnavailable
 from ca_core.acme_validation import ValidationFailed, Validator
 from ca_core.authority import Authority, IssuanceRequest, chain_pem, parse_csr, serial_hex
 from ca_core.cross import alternate_chains
 from ca_core.errors import BadCSR, BadRequest, CAError, NotFound, PolicyViolation
 from ca_core.principal import Principal
-from db.acme_state import AcmeState, StateUnavailable
-from db.records import (
+from ca_core.records import (
     AcmeAccount,
     AcmeAuthorization,
     AcmeChallenge,
@@ -48,7 +48,7 @@ from db.records import (
     EabKey,
     Organization,
 )
-from db.store import StoreConflict, StoreError
+from ca_core.storage import StoreConflict, StoreError
 
 log = logging.getLogger(__name__)
 

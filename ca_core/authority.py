@@ -52,8 +52,7 @@ from ca_core.metrics import (
 )
 from ca_core.principal import ROLES, Principal
 from ca_core.profiles import BUILTIN_PROFILES, Profile
-from ca_core.signers.base import KeyBackend, KeyBackendError, Signer
-from db.records import (
+from ca_core.records import (
     ApiToken,
     AuditEvent,
     CARecord,
@@ -62,7 +61,9 @@ from db.records import (
     Revocation,
     TemplateRecord,
 )
-from db.store import Store, StoreConflict, StoreError
+from ca_core.signers.base import KeyBackend, KeyBackendError, Signer
+from ca_core.storage import StoreConflict, StoreError
+from db.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -35,8 +35,8 @@ from ca_core.authority import REVOCATION_REASONS, Authority, LoadedCA
 from ca_core.errors import NotFound, Unavailable
 from ca_core.metrics import CA_SIGNING_OPERATIONS
 from ca_core.principal import Principal
-from db.records import AuditEvent, CrlHead, CrlRecord, Revocation, RevocationEvent
-from db.store import StoreError
+from ca_core.records import AuditEvent, CrlHead, CrlRecord, Revocation, RevocationEvent
+from ca_core.storage import StoreError
 
 log = logging.getLogger(__name__)
 

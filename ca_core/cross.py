@@ -27,8 +27,8 @@ from cryptography.hazmat.primitives import serialization
 from ca_core.authority import Authority, LoadedCA, chain_pem
 from ca_core.errors import BadRequest, Conflict
 from ca_core.principal import Principal
-from db.records import AuditEvent, CrossCertificateRecord
-from db.store import StoreConflict
+from ca_core.records import AuditEvent, CrossCertificateRecord
+from ca_core.storage import StoreConflict
 
 MAX_CHAIN = 8
 

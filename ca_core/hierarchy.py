@@ -28,9 +28,9 @@ from ca_core.authority import (
 from ca_core.errors import BadRequest, Conflict
 from ca_core.keys import KeySpec
 from ca_core.principal import Principal
+from ca_core.records import AuditEvent, CARecord, OcspResponderRecord, Organization
+from ca_core.storage import StoreConflict
 from ca_core.tsa import TSA_CA_TYPE, TsaSettings, ensure_tsa
-from db.records import AuditEvent, CARecord, OcspResponderRecord, Organization
-from db.store import StoreConflict
 
 ROOT = "root"
 INTERMEDIATE = "intermediate"

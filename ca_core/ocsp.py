@@ -55,10 +55,10 @@ from ca_core.errors import BadRequest, NotFound, Unavailable
 from ca_core.hierarchy import OCSP_RESPONDER_VALIDITY_DAYS, ensure_ocsp_responder
 from ca_core.keys import KeyAlgorithm
 from ca_core.metrics import CA_KEY_USAGE, CA_SIGNING_OPERATIONS
+from ca_core.records import CertificateRecord, OcspResponderRecord, RevocationEvent
+from ca_core.response_cache import CachedResponse, CacheUnavailable, ResponseCache
 from ca_core.signers.base import KeyBackendError, Signer
-from db.cache import CachedResponse, CacheUnavailable, ResponseCache
-from db.records import CertificateRecord, OcspResponderRecord, RevocationEvent
-from db.store import StoreError
+from ca_core.storage import StoreError
 
 log = logging.getLogger(__name__)
 

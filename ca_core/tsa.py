@@ -67,8 +67,8 @@ from ca_core.errors import BadRequest, CAError, NotFound, Unavailable
 from ca_core.keys import KeyAlgorithm, KeySpec
 from ca_core.metrics import CA_KEY_USAGE, CA_SIGNING_OPERATIONS
 from ca_core.principal import Principal
-from db.records import AuditEvent, CARecord, TimeStampRecord
-from db.store import StoreConflict, StoreError
+from ca_core.records import AuditEvent, CARecord, TimeStampRecord
+from ca_core.storage import StoreConflict, StoreError
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from db.records import AcmeChallenge
+from ca_core.records import AcmeChallenge
 
 
 def challenges_to_json(challenges: Sequence[AcmeChallenge]) -> list[dict[str, Any]]:

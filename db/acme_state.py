@@ -9,44 +9,16 @@ Errors::
 
 from __future__ import annotations
 
-import abc
-import secrets
 import time
 from collections import OrderedDict
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from ca_core.acme_state import AcmeState, StateUnavailable, new_nonce
+
 NONCE_TTL_SECONDS = 3600
 MAX_MEMORY_NONCES = 100_000
-
-
-class StateUnavailable(Exception):
-    """The shared state backend cannot be reached."""
-
-
-def new_nonce() -> str:
-    # 128 bits from the CSPRNG, base64url without padding (RFC 8555 6.5.1).
-    return secrets.token_urlsafe(16)
-
-
-class AcmeState(abc.ABC):
-    name = "abstract"
-
-    @abc.abstractmethod
-    async def issue_nonce(self) -> str: ...
-
-    @abc.abstractmethod
-    async def consume_nonce(self, nonce: str) -> bool:
-        """True exactly once for a nonce this deployment issued and that has not expired."""
-
-    @abc.abstractmethod
-    async def hit(self, key: str, limit: int, window_seconds: int) -> float | None:
-        """Count one event under ``key``; None while under ``limit`` per window, else the
-        seconds until the window ends (for Retry-After)."""
-
-    async def close(self) -> None:  # noqa: B027 - the in-process backend holds nothing
-        pass
 
 
 class MemoryAcmeState(AcmeState):

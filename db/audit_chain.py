@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from db.records import AuditEntry, AuditEvent, AuditHead
+from ca_core.records import AuditEntry, AuditEvent, AuditHead
 
 GENESIS_HASH = "0" * 64
 

@@ -26,15 +26,7 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from db.acme_rows import (
-    challenges_from_json,
-    challenges_to_json,
-    identifiers_from_json,
-    identifiers_to_json,
-)
-from db.audit_chain import chain_hash
-from db.migrations import migrations
-from db.records import (
+from ca_core.records import (
     AcmeAccount,
     AcmeAuthorization,
     AcmeOrder,
@@ -56,7 +48,16 @@ from db.records import (
     TemplateRecord,
     TimeStampRecord,
 )
-from db.store import Store, StoreConflict, StoreInvalid, StoreUnavailable
+from ca_core.storage import StoreConflict, StoreInvalid, StoreUnavailable
+from db.acme_rows import (
+    challenges_from_json,
+    challenges_to_json,
+    identifiers_from_json,
+    identifiers_to_json,
+)
+from db.audit_chain import chain_hash
+from db.migrations import migrations
+from db.store import Store
 
 T = TypeVar("T")
 

@@ -17,15 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
-from db.acme_rows import (
-    challenges_from_json,
-    challenges_to_json,
-    identifiers_from_json,
-    identifiers_to_json,
-)
-from db.audit_chain import GENESIS_HASH, chain_hash
-from db.migrations import migrations
-from db.records import (
+from ca_core.records import (
     AcmeAccount,
     AcmeAuthorization,
     AcmeOrder,
@@ -47,7 +39,16 @@ from db.records import (
     TemplateRecord,
     TimeStampRecord,
 )
-from db.store import Store, StoreConflict, StoreInvalid, StoreUnavailable
+from ca_core.storage import StoreConflict, StoreInvalid, StoreUnavailable
+from db.acme_rows import (
+    challenges_from_json,
+    challenges_to_json,
+    identifiers_from_json,
+    identifiers_to_json,
+)
+from db.audit_chain import GENESIS_HASH, chain_hash
+from db.migrations import migrations
+from db.store import Store
 
 T = TypeVar("T")
 

@@ -15,7 +15,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from db.records import (
+from ca_core.records import (
     AcmeAccount,
     AcmeAuthorization,
     AcmeOrder,
@@ -37,23 +37,6 @@ from db.records import (
     TemplateRecord,
     TimeStampRecord,
 )
-
-
-class StoreError(Exception):
-    pass
-
-
-class StoreConflict(StoreError):
-    """A uniqueness constraint was hit (duplicate serial, slug, name ...)."""
-
-
-class StoreUnavailable(StoreError):
-    """The database cannot be reached or refused the operation."""
-
-
-class StoreInvalid(StoreError):
-    """The database cannot hold a value it was given (a lone surrogate, a NUL byte, an
-    integer or date out of range): the caller's input, not the store's state."""
 
 
 class Store(abc.ABC):

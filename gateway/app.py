@@ -13,9 +13,8 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import Counter, Histogram
 
-from ca_core.errors import CAError
+from ca_core.errors import CAError, Unavailable
 from ca_core.tsa import TimeStampAuthority
-from db.store import StoreError, StoreInvalid
 from gateway import health
 from gateway.keys import SERVICES
 from gateway.runtime import Services
@@ -63,15 +62,12 @@ def _middleware(listener: str) -> Middleware:
         try:
             response = await handler(request)
         except CAError as exc:
+            if isinstance(exc, Unavailable):  # the store or key backend is down: say so
+                log.warning("%s %s (request %s): unavailable: %s", request.method,
+                            request.path, request_id, exc)
             response = problem_from_error(exc)
-        except StoreInvalid:
-            response = problem(400, "bad_request", "the request holds a value that cannot be "
-                               "stored (invalid text or out of range)")
-        except StoreError as exc:  # the database is down: say so, without a traceback
-            log.warning("%s %s (request %s): store unavailable: %s", request.method,
-                        request.path, request_id, exc)
-            response = problem(503, "unavailable", "the service is unavailable")
-            response.headers["Retry-After"] = "5"
+            if response.status == 503:
+                response.headers["Retry-After"] = "5"
         except web.HTTPException as exc:
             if exc.status >= 400 and request.path.startswith("/api/"):
                 response = problem(exc.status, "http", exc.reason)

@@ -28,7 +28,6 @@ from ca_core.keys import KeySpec
 from ca_core.principal import ROLES, Principal
 from ca_core.tsa import TimeStampAuthority, find_timestamp
 from db.audit_chain import verify_chain
-from db.store import StoreError
 from gateway.config import Config, ConfigError, load_config
 from gateway.runtime import Services, open_services
 from gateway.tls import ensure_server_certificate, export_ca_files
@@ -408,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(path=args.config)
         result: int = run_loop(config, args.fn(config, args))
         return result
-    except (CAError, ConfigError, StoreError) as exc:
+    except (CAError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:  # a file named on the command line, the data directory

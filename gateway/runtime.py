@@ -12,14 +12,16 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from ca_core.acme import AcmeService
+from ca_core.acme_state import AcmeState
 from ca_core.acme_validation import Validator
 from ca_core.authority import Authority
 from ca_core.crl import CrlPublisher, CrlSettings
 from ca_core.ocsp import OcspResponder, OcspSettings
+from ca_core.response_cache import ResponseCache
 from ca_core.signers.base import KeyBackend, KeyBackendError
 from ca_core.signers.software import SoftwareKeyBackend
-from db.acme_state import AcmeState, MemoryAcmeState, RedisAcmeState
-from db.cache import MemoryResponseCache, RedisResponseCache, ResponseCache
+from db.acme_state import MemoryAcmeState, RedisAcmeState
+from db.cache import MemoryResponseCache, RedisResponseCache
 from db.store import Store
 from gateway.config import Config, ConfigError
 

@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from db.cache import CacheUnavailable
+from ca_core.response_cache import CacheUnavailable
 from gateway.runtime import Services
 
 log = logging.getLogger("vcc_pki.status_jobs")

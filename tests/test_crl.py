@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ca_core.authority import IssuanceRequest, IssuedCertificate
 from ca_core.crl import CrlPublisher
 from ca_core.principal import Principal
-from db.records import AuditEvent, CrlHead, CrlRecord
+from ca_core.records import AuditEvent, CrlHead, CrlRecord
 from gateway.app import build_http_app
 from gateway.cli import main
 from gateway.runtime import Services

@@ -26,14 +26,9 @@ from ca_core.authority import Authority, IssuanceRequest, IssuedCertificate
 from ca_core.hierarchy import ensure_organization
 from ca_core.ocsp import OcspResponder, OcspSettings, cache_key
 from ca_core.principal import Principal
-from db.cache import (
-    CachedResponse,
-    CacheUnavailable,
-    MemoryResponseCache,
-    RedisResponseCache,
-    ResponseCache,
-)
-from db.records import AuditEvent, Revocation
+from ca_core.records import AuditEvent, Revocation
+from ca_core.response_cache import CachedResponse, CacheUnavailable, ResponseCache
+from db.cache import MemoryResponseCache, RedisResponseCache
 from gateway.app import build_http_app
 from gateway.config import load_config
 from gateway.runtime import Services

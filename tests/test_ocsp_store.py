@@ -13,12 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from db.records import (
-    CrlHead,
-    CrlRecord,
-    OcspResponderRecord,
-    Revocation,
-)
+from ca_core.records import CrlHead, CrlRecord, OcspResponderRecord, Revocation
 from db.store import Store
 from tests.pg import create_throwaway_database, drop_database, require_postgres
 from tests.test_store_contract import (

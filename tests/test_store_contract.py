@@ -18,10 +18,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from db.audit_chain import verify_chain
-from db.migrations import migrations
-from db.postgres import PostgresStore
-from db.records import (
+from ca_core.records import (
     AcmeAccount,
     AcmeAuthorization,
     AcmeChallenge,
@@ -37,8 +34,12 @@ from db.records import (
     TemplateRecord,
     TimeStampRecord,
 )
+from ca_core.storage import StoreConflict, StoreInvalid, StoreUnavailable
+from db.audit_chain import verify_chain
+from db.migrations import migrations
+from db.postgres import PostgresStore
 from db.sqlite import SqliteStore
-from db.store import Store, StoreConflict, StoreInvalid, StoreUnavailable
+from db.store import Store
 from tests.pg import create_throwaway_database, drop_database, require_postgres
 
 UTC = dt.UTC

@@ -30,6 +30,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from ca_core import tsa as tsa_core
 from ca_core.authority import serial_hex
 from ca_core.keys import KeySpec
+from ca_core.records import TimeStampRecord
+from ca_core.storage import StoreUnavailable
 from ca_core.tsa import (
     DEFAULT_POLICY_OID,
     RENEW_BEFORE,
@@ -41,8 +43,6 @@ from ca_core.tsa import (
     current_tsa,
     ensure_tsa,
 )
-from db.records import TimeStampRecord
-from db.store import StoreUnavailable
 from gateway.app import build_http_app
 from gateway.cli import main
 from gateway.config import ConfigError, load_config

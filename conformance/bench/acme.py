@@ -673,7 +673,7 @@ class OrgPool:
 async def _make_orgs(env: dict[str, str], slugs: Sequence[str]) -> None:
     from ca_core.hierarchy import ensure_organization
     from ca_core.principal import Principal
-    from db.records import AuditEvent
+    from ca_core.records import AuditEvent
     from gateway.config import load_config
     from gateway.runtime import open_services
 

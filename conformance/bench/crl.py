@@ -46,8 +46,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ca_core.authority import LoadedCA, issuing_ca_name
 from ca_core.crl import crl_builder
 from ca_core.hierarchy import ensure_hierarchy
+from ca_core.records import AuditEvent, CertificateRecord, Revocation
 from conformance.bench.issuance import CONFIGS, HsmTokens, KeyConfig, Postgres, _env
-from db.records import AuditEvent, CertificateRecord, Revocation
 from gateway.config import load_config
 from gateway.runtime import Services, open_services
 

@@ -28,9 +28,8 @@ from typing import Any
 from aiohttp import web
 
 from ca_core.acme import AcmeProblem, AcmeService, b64url_decode, jwk_thumbprint
-from ca_core.errors import CAError
-from db.records import AcmeAccount, AcmeAuthorization, AcmeChallenge, AcmeOrder, Organization
-from db.store import StoreError, StoreInvalid
+from ca_core.errors import CAError, Unavailable
+from ca_core.records import AcmeAccount, AcmeAuthorization, AcmeChallenge, AcmeOrder, Organization
 from protocols.acme import jws as jose
 
 log = logging.getLogger(__name__)
@@ -163,14 +162,9 @@ def acme_handler(handler: Handler) -> Handler:
                 log.warning("ACME %s %s: %s", request.method, request.path, problem.detail)
             response = _problem_response(problem)
         except CAError as exc:
+            if isinstance(exc, Unavailable):  # the store is down: say so, no traceback
+                log.warning("ACME %s %s: unavailable: %s", request.method, request.path, exc)
             response = _problem_response(_from_ca_error(exc))
-        except StoreInvalid:  # e.g. a lone surrogate in an id: the client's input
-            response = _problem_response(
-                AcmeProblem("malformed", "the request holds a value that cannot be stored"))
-        except StoreError as exc:  # the database is down: say so, without a traceback
-            log.warning("ACME %s %s: store unavailable: %s", request.method, request.path, exc)
-            response = _problem_response(
-                AcmeProblem("serverInternal", "the service is unavailable", 503))
         except web.HTTPException:
             raise
         except Exception:
@@ -192,7 +186,8 @@ def _from_ca_error(exc: CAError) -> AcmeProblem:
              "forbidden": ("unauthorized", 403), "not_found": ("malformed", 404),
              "conflict": ("malformed", 409), "unavailable": ("serverInternal", 503)}
     acme_type, status = kinds.get(exc.kind, ("serverInternal", 500))
-    return AcmeProblem(acme_type, exc.detail if status < 500 else "internal error", status)
+    detail = exc.detail if status < 500 or status == 503 else "internal error"
+    return AcmeProblem(acme_type, detail, status)
 
 
 async def _verified(request: web.Request, allow_jwk: bool = False,

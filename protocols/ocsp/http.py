@@ -22,7 +22,7 @@ from prometheus_client import Counter
 
 from ca_core.errors import CAError
 from ca_core.ocsp import MalformedOcspRequest, OcspQuery, OcspResponder
-from db.cache import CachedResponse
+from ca_core.response_cache import CachedResponse
 from protocols.ocsp.codec import ERROR_RESPONSES, decode_request, response_status_for
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from aiohttp import web
 from ca_core.authority import Authority, IssuanceRequest, serial_display
 from ca_core.errors import BadRequest, Unauthorized
 from ca_core.principal import Principal
-from db.records import CertificateRecord
+from ca_core.records import CertificateRecord
 
 AUTHORITY = web.AppKey("authority", Authority)
 
