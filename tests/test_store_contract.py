@@ -830,11 +830,11 @@ async def test_sqlite_busy_lookup_moves_to_the_reader_thread(tmp_path: Path) -> 
                 threads.append(threading.get_ident())
                 raise sqlite3.OperationalError("database is locked")
 
-        real, store._lookup_conn = store._lookup_conn, Busy()  # type: ignore[assignment]
+        real, store.dialect._lookup_conn = store.dialect._lookup_conn, Busy()  # type: ignore[assignment]
         try:
             found = await store.get_organization("busy")
         finally:
-            store._lookup_conn = real
+            store.dialect._lookup_conn = real
         assert found is not None and found.org_id == org.org_id
         assert threads == [loop_thread]  # tried on the loop once, then read elsewhere
     finally:

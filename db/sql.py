@@ -1,0 +1,903 @@
+"""The store: one SQL implementation of every storage interface the core declares
+(``ca_core.storage``), over a dialect (``db.dialect``: SQLite or PostgreSQL).
+
+Queries are written here once, in SQLite's spelling; the dialect adapts placeholders, time
+values, list membership, locking and how a transaction or read runs. A write is a
+transaction body (a generator of statements, see ``db.dialect``) that takes the audit event
+describing the change and appends it to the hash-chained audit log in the same transaction,
+so a change and its audit row are never apart.
+
+Group commit: writes that arrive while a batch is in flight wait and go in the next batch,
+one transaction (and on SQLite one thread hop) for all of them. Failures are rare (a
+duplicate slug, a serial collision), so a batch runs without savepoints; if one write
+fails, the batch is rolled back and each write runs again in a transaction of its own, so
+only the failing one fails. When the database itself is unavailable the whole batch fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from ca_core.records import (
+    AcmeAccount,
+    AcmeAuthorization,
+    AcmeOrder,
+    ApiToken,
+    AuditEntry,
+    AuditEvent,
+    AuditHead,
+    CARecord,
+    CertificateRecord,
+    CertificateStatusRecord,
+    CrlHead,
+    CrlRecord,
+    CrossCertificateRecord,
+    EabKey,
+    OcspResponderRecord,
+    Organization,
+    Revocation,
+    RevocationEvent,
+    TemplateRecord,
+    TimeStampRecord,
+)
+from ca_core.storage import StoreConflict, StoreUnavailable
+from db.acme_rows import (
+    challenges_from_json,
+    challenges_to_json,
+    identifiers_from_json,
+    identifiers_to_json,
+)
+from db.audit_chain import chain_hash
+from db.dialect import Body, Dialect, Stmt, one, rows, run
+
+T = TypeVar("T")
+
+# A write: given the batch's transaction state, a body that yields statements.
+Write = Callable[["Tx"], Body[T]]
+
+_MAX_BATCH = 256
+
+_HEAD = "SELECT seq, audit_hash FROM audit_head WHERE id = 1 FOR UPDATE"
+_APPEND_AUDIT = (
+    "INSERT INTO audit_log (seq, audit_id, timestamp, org_id, event_type, category, action,"
+    " actor_type, actor_id, resource_type, resource_id, status, event_data, previous_hash,"
+    " audit_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value)
+
+
+class Tx:
+    """The audit chain head as one write transaction (a batch) sees it.
+
+    The head is read (and on PostgreSQL locked) once per batch, then kept here: each
+    appended entry moves it, and a trigger moves the stored head row with every INSERT.
+    """
+
+    __slots__ = ("d", "head_hash", "head_seq", "loaded")
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.d = dialect
+        self.loaded = False
+        self.head_seq = 0
+        self.head_hash = ""
+
+    def load_head(self) -> Body[None]:
+        if self.loaded:
+            return
+        row = yield one(_HEAD)
+        if row is None:
+            raise StoreUnavailable("the audit chain head row is missing: the log was altered")
+        self.head_seq, self.head_hash, self.loaded = row[0], row[1], True
+
+    def append_audit(self, event: AuditEvent) -> Body[AuditEntry]:
+        """Chain ``event`` onto the log inside this transaction."""
+        yield from self.load_head()
+        previous_hash = self.head_hash
+        seq = self.head_seq + 1
+        audit_id = str(uuid.uuid4())
+        # Both dialects keep microseconds, as datetime does: the hashed time is the stored one.
+        timestamp = _now()
+        digest = chain_hash(seq, audit_id, timestamp, event, previous_hash)
+        yield run(
+            _APPEND_AUDIT, seq, audit_id, self.d.t(timestamp), event.org_id, event.event_type,
+            event.category, event.action, event.actor_type, event.actor_id,
+            event.resource_type, event.resource_id, event.status,
+            json.dumps(event.data, sort_keys=True), previous_hash, digest,
+        )
+        self.head_seq, self.head_hash = seq, digest
+        return AuditEntry(seq, audit_id, timestamp, event, previous_hash, digest)
+
+
+class SqlStore:
+    """Every aggregate's storage on one database; see the module docstring."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self._d = dialect
+        self.backend = dialect.backend
+        self._pending: list[tuple[Write[Any], asyncio.Future[Any]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._open = False
+
+    # lifecycle -----------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect and apply pending migrations."""
+        await self._d.open()
+        self._open = True
+
+    async def close(self) -> None:
+        self._open = False
+        if self._flusher is not None and not self._flusher.done():
+            await self._flusher
+        await self._d.close()
+
+    async def ping(self) -> dict[str, object]:
+        """Run a trivial query; returns details such as pool size. Raises StoreUnavailable."""
+        return await self._d.ping()
+
+    # group commit --------------------------------------------------------------------
+
+    async def _write(self, write: Write[T]) -> T:
+        if not self._open:
+            raise StoreUnavailable("store is not open")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._pending.append((write, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush())
+        result: T = await future
+        return result
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch = self._pending[:_MAX_BATCH]
+            del self._pending[:_MAX_BATCH]
+            try:
+                outcomes = await self._run_batch([write for write, _ in batch])
+            except Exception as exc:  # the whole batch failed (unavailable, closed store)
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), (ok, value) in zip(batch, outcomes, strict=True):
+                if future.done():
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+
+    def _batch(self, writes: Sequence[Write[Any]]) -> Callable[[], Body[list[Any]]]:
+        def body() -> Body[list[Any]]:
+            tx = Tx(self._d)
+            if self._d.lock_head_first:
+                # The head first, in every write transaction: see db.postgres.
+                yield from tx.load_head()
+            results = []
+            for write in writes:
+                results.append((yield from write(tx)))
+            return results
+        return body
+
+    async def _run_batch(self, writes: list[Write[Any]]) -> list[tuple[bool, Any]]:
+        try:
+            return [(True, r) for r in await self._d.transaction(self._batch(writes))]
+        except StoreUnavailable:
+            raise
+        except Exception as exc:
+            if len(writes) == 1:
+                return [(False, exc)]
+        outcomes: list[tuple[bool, Any]] = []
+        for write in writes:
+            try:
+                outcomes.append((True, (await self._d.transaction(self._batch([write])))[0]))
+            except StoreUnavailable:
+                raise
+            except Exception as exc:
+                outcomes.append((False, exc))
+        return outcomes
+
+    async def _lookup(self, stmt: Stmt) -> Any:
+        if not self._open:
+            raise StoreUnavailable("store is not open")
+        return await self._d.lookup(stmt)
+
+    async def _read(self, stmt: Stmt) -> Any:
+        if not self._open:
+            raise StoreUnavailable("store is not open")
+        return await self._d.read(stmt)
+
+    # row mappers ---------------------------------------------------------------------
+
+    def _org(self, row: Any) -> Organization:
+        return Organization(
+            org_id=row["org_id"], slug=row["slug"], name=row["name"], status=row["status"],
+            config=json.loads(row["config"]), created_at=self._d.time(row["created_at"]),
+        )
+
+    def _ca(self, row: Any) -> CARecord:
+        d = self._d
+        return CARecord(
+            ca_id=row["ca_id"], name=row["name"], ca_type=row["ca_type"],
+            org_id=row["org_id"], parent_ca_id=row["parent_ca_id"],
+            subject_dn=row["subject_dn"], serial_hex=row["serial_hex"],
+            certificate_der=bytes(row["certificate_der"]), key_ref=row["key_ref"],
+            key_backend=row["key_backend"], key_algorithm=row["key_algorithm"],
+            key_size=row["key_size"], not_before=d.time(row["not_before"]),
+            not_after=d.time(row["not_after"]), status=row["status"],
+            created_at=d.time(row["created_at"]),
+        )
+
+    def _cert(self, row: Any) -> CertificateRecord:
+        d = self._d
+        return CertificateRecord(
+            cert_id=row["cert_id"], issuer_ca_id=row["issuer_ca_id"], org_id=row["org_id"],
+            serial_hex=row["serial_hex"], subject_dn=row["subject_dn"],
+            common_name=row["common_name"], profile=row["profile"],
+            certificate_der=bytes(row["certificate_der"]), key_algorithm=row["key_algorithm"],
+            key_size=row["key_size"], san=json.loads(row["san"]),
+            not_before=d.time(row["not_before"]), not_after=d.time(row["not_after"]),
+            requester=row["requester"], status=row["status"],
+            revoked_at=d.time_opt(row["revoked_at"]),
+            revocation_reason=row["revocation_reason"],
+            invalidity_date=d.time_opt(row["invalidity_date"]),
+            created_at=d.time(row["created_at"]), crl_partition=row["crl_partition"],
+        )
+
+    def _revocation(self, row: Any) -> Revocation:
+        return Revocation(
+            ca_id=row["ca_id"], serial_hex=row["serial_hex"], cert_id=row["cert_id"],
+            revoked_at=self._d.time(row["revoked_at"]), reason=row["reason"],
+            invalidity_date=self._d.time_opt(row["invalidity_date"]),
+            crl_partition=row["crl_partition"],
+        )
+
+    def _token(self, row: Any) -> ApiToken:
+        return ApiToken(
+            token_id=row["token_id"], org_id=row["org_id"], role=row["role"],
+            secret_hash=row["secret_hash"], name=row["name"],
+            created_at=self._d.time(row["created_at"]),
+            expires_at=self._d.time_opt(row["expires_at"]), revoked=bool(row["revoked"]),
+        )
+
+    def _audit(self, row: Any) -> AuditEntry:
+        event = AuditEvent(
+            event_type=row["event_type"], category=row["category"], action=row["action"],
+            actor_type=row["actor_type"], actor_id=row["actor_id"], org_id=row["org_id"],
+            resource_type=row["resource_type"], resource_id=row["resource_id"],
+            status=row["status"], data=json.loads(row["event_data"]),
+        )
+        return AuditEntry(
+            seq=row["seq"], audit_id=row["audit_id"], timestamp=self._d.time(row["timestamp"]),
+            event=event, previous_hash=row["previous_hash"], audit_hash=row["audit_hash"],
+        )
+
+    def _ocsp_responder(self, row: Any) -> OcspResponderRecord:
+        d = self._d
+        return OcspResponderRecord(
+            responder_id=row["responder_id"], ca_id=row["ca_id"], cert_id=row["cert_id"],
+            key_ref=row["key_ref"], key_backend=row["key_backend"],
+            certificate_der=bytes(row["certificate_der"]),
+            not_before=d.time(row["not_before"]), not_after=d.time(row["not_after"]),
+            created_at=d.time(row["created_at"]),
+        )
+
+    def _status(self, row: Any) -> CertificateStatusRecord:
+        return CertificateStatusRecord(
+            issuer_ca_id=row["issuer_ca_id"], serial_hex=row["serial_hex"],
+            status=row["status"], not_after=self._d.time(row["not_after"]),
+            revoked_at=self._d.time_opt(row["revoked_at"]),
+            revocation_reason=row["revocation_reason"],
+        )
+
+    def _crl_head(self, row: Any) -> CrlHead:
+        return CrlHead(
+            ca_id=row["ca_id"], partition=row["partition"], crl_number=row["crl_number"],
+            this_update=self._d.time(row["this_update"]),
+            next_update=self._d.time(row["next_update"]),
+            source_generation=row["source_generation"], entries=row["entries"],
+        )
+
+    def _acme_account(self, row: Any) -> AcmeAccount:
+        return AcmeAccount(
+            account_id=row["account_id"], org_id=row["org_id"],
+            key_thumbprint=row["key_thumbprint"], jwk=json.loads(row["jwk"]),
+            status=row["status"], contact=tuple(json.loads(row["contact"])),
+            tos_agreed=bool(row["tos_agreed"]), eab_kid=row["eab_kid"],
+            created_at=self._d.time(row["created_at"]),
+        )
+
+    def _acme_authz(self, row: Any) -> AcmeAuthorization:
+        return AcmeAuthorization(
+            authz_id=row["authz_id"], account_id=row["account_id"],
+            identifier_type=row["identifier_type"], identifier_value=row["identifier_value"],
+            wildcard=bool(row["wildcard"]), status=row["status"],
+            expires=self._d.time(row["expires"]),
+            challenges=challenges_from_json(json.loads(row["challenges"])),
+            created_at=self._d.time(row["created_at"]),
+        )
+
+    def _acme_order(self, row: Any) -> AcmeOrder:
+        d = self._d
+        return AcmeOrder(
+            order_id=row["order_id"], account_id=row["account_id"], org_id=row["org_id"],
+            status=row["status"], expires=d.time(row["expires"]),
+            identifiers=identifiers_from_json(json.loads(row["identifiers"])),
+            authz_ids=tuple(json.loads(row["authz_ids"])), profile=row["profile"],
+            not_before=d.time_opt(row["not_before"]), not_after=d.time_opt(row["not_after"]),
+            replaces=row["replaces"],
+            error=None if row["error"] is None else json.loads(row["error"]),
+            cert_id=row["cert_id"], created_at=d.time(row["created_at"]),
+        )
+
+    # organizations (tenants) -----------------------------------------------------------
+
+    async def add_organization(self, org: Organization, audit: AuditEvent) -> None:
+        def write(tx: Tx) -> Body[None]:
+            yield run(
+                "INSERT INTO organizations (org_id, slug, name, status, config, created_at)"
+                " VALUES (?,?,?,?,?,?)",
+                org.org_id, org.slug, org.name, org.status, _json(org.config),
+                self._d.t(org.created_at or _now()))
+            yield from tx.append_audit(audit)
+        await self._write(write)
+
+    async def get_organization(self, slug: str) -> Organization | None:
+        row = await self._lookup(one("SELECT * FROM organizations WHERE slug = ?", slug))
+        return None if row is None else self._org(row)
+
+    async def get_organization_by_id(self, org_id: str) -> Organization | None:
+        row = await self._lookup(one("SELECT * FROM organizations WHERE org_id = ?", org_id))
+        return None if row is None else self._org(row)
+
+    async def list_organizations(self) -> list[Organization]:
+        found = await self._read(rows(
+            'SELECT * FROM organizations ORDER BY created_at, slug COLLATE "C"'))
+        return [self._org(r) for r in found]
+
+    async def update_organization_config(
+        self, org_id: str, config: dict[str, Any], audit: AuditEvent
+    ) -> None:
+        """Replace the organization's config document; StoreConflict if it does not exist."""
+        def write(tx: Tx) -> Body[None]:
+            found = yield one("UPDATE organizations SET config = ? WHERE org_id = ? RETURNING 1",
+                              _json(config), org_id)
+            if found is None:
+                raise StoreConflict(f"no organization {org_id}")
+            yield from tx.append_audit(audit)
+        await self._write(write)
+
+    # certificate authorities and cross-certificates ------------------------------------
+
+    async def add_ca(self, ca: CARecord, audit: AuditEvent) -> None:
+        d = self._d
+
+        def write(tx: Tx) -> Body[None]:
+            yield run(
+                "INSERT INTO certificate_authorities (ca_id, name, ca_type, org_id,"
+                " parent_ca_id, subject_dn, serial_hex, certificate_der, key_ref, key_backend,"
+                " key_algorithm, key_size, not_before, not_after, status, created_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                ca.ca_id, ca.name, ca.ca_type, ca.org_id, ca.parent_ca_id, ca.subject_dn,
+                ca.serial_hex, ca.certificate_der, ca.key_ref, ca.key_backend,
+                ca.key_algorithm, ca.key_size, d.t(ca.not_before), d.t(ca.not_after),
+                ca.status, d.t(ca.created_at or _now()))
+            yield from tx.append_audit(audit)
+        await self._write(write)
+
+    async def get_ca(self, name: str) -> CARecord | None:
+        row = await self._lookup(
+            one("SELECT * FROM certificate_authorities WHERE name = ?", name))
+        return None if row is None else self._ca(row)
+
+    async def get_ca_by_id(self, ca_id: str) -> CARecord | None:
+        row = await self._lookup(
+            one("SELECT * FROM certificate_authorities WHERE ca_id = ?", ca_id))
+        return None if row is None else self._ca(row)
+
+    async def list_cas(self) -> list[CARecord]:
+        found = await self._read(rows(
+            'SELECT * FROM certificate_authorities ORDER BY created_at, name COLLATE "C"'))
+        return [self._ca(r) for r in found]
+
+    async def add_cross_certificate(self, cross: CrossCertificateRecord,
+                                    audit: AuditEvent) -> None:
+        """Record a cross-certificate chain; StoreConflict when that cross-certificate is
+        recorded already (a duplicate fingerprint)."""
+        d = self._d
+
+        def write(tx: Tx) -> Body[None]:
+            yield run(
+                "INSERT INTO ca_cross_certificates (cross_id, ca_id, fingerprint, chain_pem,"
+                " top_issuer, not_after, created_at) VALUES (?,?,?,?,?,?,?)",
+                cross.cross_id, cross.ca_id, cross.fingerprint, cross.chain_pem,
+                cross.top_issuer, d.t(cross.not_after), d.t(cross.created_at or _now()))
+            yield from tx.append_audit(audit)
+        await self._write(write)
+
+    async def list_cross_certificates(
+        self, ca_ids: Sequence[str] | None = None
+    ) -> list[CrossCertificateRecord]:
+        """Cross-certificates of these CAs (or of all), oldest first."""
+        order = " ORDER BY created_at, cross_id"
+        if ca_ids is None:  # all of them: a scan
+            found = await self._read(rows("SELECT * FROM ca_cross_certificates" + order))
+        elif not ca_ids:
+            return []
+        else:  # some CAs' cross-certificates: a lookup
+            where, params = self._d.any_of("ca_id", ca_ids)
+            found = await self._lookup(rows(
+                f"SELECT * FROM ca_cross_certificates WHERE {where}{order}", *params))
+        return [CrossCertificateRecord(
+            cross_id=r["cross_id"], ca_id=r["ca_id"], fingerprint=r["fingerprint"],
+            chain_pem=r["chain_pem"], top_issuer=r["top_issuer"],
+            not_after=self._d.time(r["not_after"]), created_at=self._d.time(r["created_at"]))
+            for r in found]
+
+    # certificates and revocation ---------------------------------------------------------
+
+    async def add_certificate(self, cert: CertificateRecord, audit: AuditEvent) -> None:
+        """Record an issued certificate; StoreConflict if (issuer, serial) exists."""
+        d = self._d
+
+        def write(tx: Tx) -> Body[None]:
+            yield run(
+                "INSERT INTO certificates (cert_id, issuer_ca_id, org_id, serial_hex,"
+                " subject_dn, common_name, profile, certificate_der, key_algorithm, key_size,"
+                " san, not_before, not_after, requester, status, created_at, crl_partition)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                cert.cert_id, cert.issuer_ca_id, cert.org_id, cert.serial_hex,
+                cert.subject_dn, cert.common_name, cert.profile, cert.certificate_der,
+                cert.key_algorithm, cert.key_size, _json(cert.san), d.t(cert.not_before),
+                d.t(cert.not_after), cert.requester, cert.status,
+                d.t(cert.created_at or _now()), cert.crl_partition)
+            yield from tx.append_audit(audit)
+        await self._write(write)
+
+    async def get_certificate(self, issuer_ca_id: str, serial_hex: str) -> CertificateRecord | None:
+        row = await self._lookup(one(
+            "SELECT * FROM certificates WHERE issuer_ca_id = ? AND serial_hex = ?",
+            issuer_ca_id, serial_hex))
+        return None if row is None else self._cert(row)
+
+    async def get_certificate_by_id(self, cert_id: str) -> CertificateRecord | None:
+        row = await self._lookup(one("SELECT * FROM certificates WHERE cert_id = ?", cert_id))
+        return None if row is None else self._cert(row)
+
+    async def find_certificates_by_serial(self, serial_hex: str) -> list[CertificateRecord]:
+        """All certificates with this serial, across issuers (serials are random, so
+        normally one)."""
+        found = await self._lookup(rows(
+            "SELECT * FROM certificates WHERE serial_hex = ? ORDER BY created_at, cert_id",
+            serial_hex))
+        return [self._cert(r) for r in found]
+
+    async def revoke_certificate(
+        self, revocation: Revocation, audit: AuditEvent
+    ) -> CertificateRecord | None:
+        """Mark revoked and add the CRL entry. Returns the updated record, or None when
+        the certificate is unknown or already revoked (nothing changes then)."""
+        d = self._d
+
+        def write(tx: Tx) -> Body[CertificateRecord | None]:
+            row = yield one(
+                "UPDATE certificates SET status = 'revoked', revoked_at = ?,"
+                " revocation_reason = ?, invalidity_date = ?"
+                " WHERE issuer_ca_id = ? AND serial_hex = ? AND status = 'active' RETURNING *",
+                d.t(revocation.revoked_at), revocation.reason,
+                d.t_opt(revocation.invalidity_date), revocation.ca_id, revocation.serial_hex)
+            if row is None:
+                return None
+            yield run(
+                "INSERT INTO crl_entries (ca_id, serial_hex, cert_id, revoked_at, reason,"
+                " invalidity_date, crl_partition) VALUES (?,?,?,?,?,?,?)",
+                revocation.ca_id, revocation.serial_hex, revocation.cert_id,
+                d.t(revocation.revoked_at), revocation.reason,
+                d.t_opt(revocation.invalidity_date), row["crl_partition"])
+            yield from tx.append_audit(audit)
+            return self._cert(row)
+        return await self._write(write)
+
+    async def list_revocations(
+        self, ca_id: str, crl_partition: int | None = None
+    ) -> list[Revocation]:
+        """CRL entries of a CA (or of one CRL partition of it), oldest first."""
+        order = ' ORDER BY revoked_at, serial_hex COLLATE "C"'
+        if crl_partition is None:
+            stmt = rows("SELECT * FROM crl_entries WHERE ca_id = ?" + order, ca_id)
+        else:
+            stmt = rows("SELECT * FROM crl_entries WHERE ca_id = ? AND crl_partition = ?"
+                        + order, ca_id, crl_partition)
+        return [self._revocation(r) for r in await self._read(stmt)]
+
+    async def count_active_certificates(self, now: dt.datetime) -> list[tuple[str, str, int]]:
+        """(org_id, profile, count) of unrevoked, unexpired certificates."""
+        found = await self._read(rows(
+            "SELECT org_id, profile, COUNT(*) FROM certificates"
+            " WHERE status = 'active' AND not_after > ? GROUP BY org_id, profile"
+            ' ORDER BY org_id COLLATE "C", profile COLLATE "C"', self._d.t(now)))
+        return [(r[0], r[1], r[2]) for r in found]
+
+    async def revocation_generation(self, ca_id: str | None = None) -> int:
+        """Generation of the newest revocation (of one CA, or of any); 0 when there is none."""
+        if ca_id is None:
+            row = await self._read(one("SELECT generation FROM revocation_state WHERE id = 1"))
+        else:
+            row = await self._read(one(
+                "SELECT MAX(generation) FROM crl_entries WHERE ca_id = ?", ca_id))
+        return int(row[0]) if row is not None and row[0] is not None else 0
+
+    async def revocations_since(self, generation: int, limit: int = 1000) -> list[RevocationEvent]:
+        """Revocations with a generation above ``generation``, in generation order."""
+        found = await self._read(rows(
+            "SELECT * FROM crl_entries WHERE generation > ? ORDER BY generation LIMIT ?",
+            generation, limit))
+        return [RevocationEvent(r["generation"], self._revocation(r)) for r in found]
+
+    async def certificate_statuses(
+        self, issuer_ca_id: str, serial_hexes: Sequence[str]
+    ) -> list[CertificateStatusRecord]:
+        """Status of the given certificates of one issuer (unknown serials are left out)."""
+        wanted = list(dict.fromkeys(serial_hexes))
+        # An OCSP request's few serials are a lookup; the refresher's thousands are not.
+        fetch = self._lookup if len(wanted) <= 16 else self._read
+        found: list[Any] = []
+        for start in range(0, len(wanted), self._d.max_list):
+            where, params = self._d.any_of("serial_hex", wanted[start:start + self._d.max_list])
+            found += await fetch(rows(
+                "SELECT issuer_ca_id, serial_hex, status, not_after, revoked_at,"
+                f" revocation_reason FROM certificates WHERE issuer_ca_id = ? AND {where}",
+                issuer_ca_id, *params))
+        return [self._status(r) for r in found]
+
+    async def list_certificate_statuses(
+        self, issuer_ca_id: str, valid_at: dt.datetime, after_serial_hex: str = "",
+        limit: int = 1000,
+    ) -> list[CertificateStatusRecord]:
+        """One page of the issuer's certificates not expired at ``valid_at``, ordered by
+        serial_hex (byte order) after ``after_serial_hex``."""
+        found = await self._read(rows(
+            "SELECT issuer_ca_id, serial_hex, status, not_after, revoked_at, revocation_reason"
+            ' FROM certificates WHERE issuer_ca_id = ? AND serial_hex COLLATE "C" > ?'
+            ' AND not_after > ? ORDER BY serial_hex COLLATE "C" LIMIT ?',
+            issuer_ca_id, after_serial_hex, self._d.t(valid_at), limit))
+        return [self._status(r) for r in found]
+
+    # OCSP responders ---------------------------------------------------------------------
+
+    async def add_ocsp_responder(self, responder: OcspResponderRecord, audit: AuditEvent) -> None:
+        """Record a delegated OCSP signing certificate (already stored in ``certificates``)."""
+        d = self._d
+
+        def write(tx: Tx) -> Body[None]:
+            yield run(
+                "INSERT INTO ocsp_responders (responder_id, ca_id, cert_id, key_ref,"
+                " key_backend, certificate_der, not_before, not_after, created_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?)",
+                responder.responder_id, responder.ca_id, responder.cert_id, responder.key_ref,
+                responder.key_backend, responder.certificate_der, d.t(responder.not_before),
+                d.t(responder.not_after), d.t(responder.created_at or _now()))
+            yield from tx.append_audit(audit)
+        await self._write(write)
+
+    async def list_ocsp_responders(self, ca_id: str | None = None) -> list[OcspResponderRecord]:
+        """Responders of one CA (or all), the longest-lived first (by not_after)."""
+        order = " ORDER BY not_after DESC, created_at DESC"
+        if ca_id is None:
+            stmt = rows("SELECT * FROM ocsp_responders" + order)
+        else:
+            stmt = rows("SELECT * FROM ocsp_responders WHERE ca_id = ?" + order, ca_id)
+        return [self._ocsp_responder(r) for r in await self._read(stmt)]
+
+    # CRLs --------------------------------------------------------------------------------
+
+    async def save_crl(self, crl: CrlRecord, audit: AuditEvent) -> bool:
+        """Keep ``crl`` as the newest of its (CA, partition) if its CRL number is higher than
+        the stored one's; False (and nothing changes) otherwise."""
+        head, d = crl.head, self._d
+
+        def write(tx: Tx) -> Body[bool]:
+            saved = yield one(
+                "INSERT INTO crls (ca_id, partition, crl_number, this_update, next_update,"
+                " source_generation, entries, crl_der) VALUES (?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (ca_id, partition) DO UPDATE SET crl_number = excluded.crl_number,"
+                " this_update = excluded.this_update, next_update = excluded.next_update,"
+                " source_generation = excluded.source_generation, entries = excluded.entries,"
+                " crl_der = excluded.crl_der WHERE excluded.crl_number > crls.crl_number"
+                " RETURNING crl_number",
+                head.ca_id, head.partition, head.crl_number, d.t(head.this_update),
+                d.t(head.next_update), head.source_generation, head.entries, crl.crl_der)
+            if saved is None:
+                return False
+            yield from tx.append_audit(audit)
+            return True
+        return await self._write(write)
+
+    async def get_crl(self, ca_id: str, partition: int = 0) -> CrlRecord | None:
+        row = await self._read(one(
+            "SELECT * FROM crls WHERE ca_id = ? AND partition = ?", ca_id, partition))
+        return None if row is None else CrlRecord(self._crl_head(row), bytes(row["crl_der"]))
+
+    async def get_crl_head(self, ca_id: str, partition: int = 0) -> CrlHead | None:
+        """The head of one stored CRL, without the DER (a cheap freshness check)."""
+        row = await self._lookup(one(
+            "SELECT ca_id, partition, crl_number, this_update, next_update, source_generation,"
+            " entries FROM crls WHERE ca_id = ? AND partition = ?", ca_id, partition))
+        return None if row is None else self._crl_head(row)
+
+    async def list_crl_heads(self) -> list[CrlHead]:
+        """Number, times and source generation of every stored CRL (without the DER)."""
+        found = await self._read(rows(
+            "SELECT ca_id, partition, crl_number, this_update, next_update, source_generation,"
+            ' entries FROM crls ORDER BY ca_id COLLATE "C", partition'))
+        return [self._crl_head(r) for r in found]
+
+    # job leases --------------------------------------------------------------------------
+
+    async def try_lock(self, name: str, holder: str, ttl_seconds: float) -> bool:
+        """Take (or, for its holder, extend) the lease ``name`` for ``ttl_seconds``; False
+        while another holder's lease has not expired. Times are the database's clock."""
+        def write(tx: Tx) -> Body[bool]:
+            row = yield one(
+                "INSERT INTO job_locks (name, holder, expires_at) VALUES (?, ?, now_epoch() + ?)"
+                " ON CONFLICT (name) DO UPDATE SET holder = excluded.holder,"
+                " expires_at = excluded.expires_at"
+                " WHERE job_locks.expires_at < now_epoch() OR job_locks.holder = excluded.holder"
+                " RETURNING holder",
+                name, holder, float(ttl_seconds))
+            return row is not None
+        return await self._write(write)
+
+    async def release_lock(self, name: str, holder: str) -> None:
+        """End the lease if ``holder`` holds it."""
+        def write(tx: Tx) -> Body[None]:
+            yield run("DELETE FROM job_locks WHERE name = ? AND holder = ?", name, holder)
+        await self._write(write)
+
+    # templates and API tokens ------------------------------------------------------------
+
+    async def upsert_template(self, template: TemplateRecord) -> None:
+        def write(tx: Tx) -> Body[None]:
+            yield run(
+                "INSERT INTO certificate_templates (slug, org_id, name, purpose, definition,"
+                " updated_at) VALUES (?,?,?,?,?,?) ON CONFLICT (slug) DO UPDATE SET"
+                " org_id = excluded.org_id, name = excluded.name, purpose = excluded.purpose,"
+                " definition = excluded.definition, updated_at = excluded.updated_at",
+                template.slug, template.org_id, template.name, template.purpose,
+                json.dumps(template.definition, sort_keys=True), self._d.t(_now()))
+        await self._write(write)
+
+    async def list_templates(self) -> list[TemplateRecord]:
+        found = await self._read(rows(
+            'SELECT * FROM certificate_templates ORDER BY slug COLLATE "C"'))
+        return [TemplateRecord(slug=r["slug"], name=r["name"], purpose=r["purpose"],
+                               definition=json.loads(r["definition"]), org_id=r["org_id"])
+                for r in found]
+
+    async def add_token(self, token: ApiToken, audit: AuditEvent) -> None:
+        d = self._d
+
+        def write(tx: Tx) -> Body[None]:
+            yield run(
+                "INSERT INTO api_tokens (token_id, org_id, role, secret_hash, name, created_at,"
+                " expires_at, revoked) VALUES (?,?,?,?,?,?,?,?)",
+                token.token_id, token.org_id, token.role, token.secret_hash, token.name,
+                d.t(token.created_at), d.t_opt(token.expires_at), token.revoked)
+            yield from tx.append_audit(audit)
+        await self._write(write)
+
+    async def get_token(self, token_id: str) -> ApiToken | None:
+        row = await self._lookup(one("SELECT * FROM api_tokens WHERE token_id = ?", token_id))
+        return None if row is None else self._token(row)
+
+    # audit log ---------------------------------------------------------------------------
+
+    async def append_audit(self, audit: AuditEvent) -> AuditEntry:
+        """Append an event that changes no other table (e.g. a failed login)."""
+        def write(tx: Tx) -> Body[AuditEntry]:
+            return (yield from tx.append_audit(audit))
+        return await self._write(write)
+
+    async def audit_entries(self, after_seq: int = 0, limit: int = 10_000) -> list[AuditEntry]:
+        """Entries in chain order (by seq), for verification and export."""
+        found = await self._read(rows(
+            "SELECT * FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?", after_seq, limit))
+        return [self._audit(r) for r in found]
+
+    async def audit_head(self) -> AuditHead | None:
+        """The last seq and hash, kept apart from the rows so that a deleted tail shows."""
+        row = await self._read(one("SELECT seq, audit_hash FROM audit_head WHERE id = 1"))
+        # seq 0 is the genesis row the migrations create: no entry yet.
+        return None if row is None or row[0] == 0 else AuditHead(row[0], row[1])
+
+    # RFC 3161 time-stamp tokens ----------------------------------------------------------
+
+    async def add_timestamp(self, record: TimeStampRecord) -> None:
+        """Record an issued time-stamp token; StoreConflict if its serial exists. No audit
+        event per token: this table is the TSA's record of issued tokens (see README)."""
+        stmt = run(
+            "INSERT INTO timestamp_tokens (serial_hex, tsa_ca_id, policy_oid, hash_algorithm,"
+            " message_imprint, gen_time, has_nonce, cert_req) VALUES (?,?,?,?,?,?,?,?)",
+            record.serial_hex, record.tsa_ca_id, record.policy_oid, record.hash_algorithm,
+            record.message_imprint, self._d.t(record.gen_time), record.has_nonce,
+            record.cert_req)
+        if self._d.autocommit_single:
+            if not self._open:
+                raise StoreUnavailable("store is not open")
+            await self._d.autocommit(stmt)
+            return
+
+        def write(tx: Tx) -> Body[None]:
+            yield stmt
+        await self._write(write)
+
+    async def get_timestamp(self, serial_hex: str) -> TimeStampRecord | None:
+        row = await self._lookup(one(
+            "SELECT * FROM timestamp_tokens WHERE serial_hex = ?", serial_hex))
+        if row is None:
+            return None
+        return TimeStampRecord(
+            serial_hex=row["serial_hex"], tsa_ca_id=row["tsa_ca_id"],
+            policy_oid=row["policy_oid"], hash_algorithm=row["hash_algorithm"],
+            message_imprint=bytes(row["message_imprint"]),
+            gen_time=self._d.time(row["gen_time"]), has_nonce=bool(row["has_nonce"]),
+            cert_req=bool(row["cert_req"]),
+        )
+
+    # ACME (RFC 8555): accounts, EAB keys, orders and authorizations ----------------------
+
+    async def add_acme_account(self, account: AcmeAccount, audit: AuditEvent) -> None:
+        """StoreConflict if the key is already an account's, or if ``account.eab_kid`` names
+        a key that is unknown or bound already (it is bound to this account atomically)."""
+        def write(tx: Tx) -> Body[None]:
+            if account.eab_kid is not None:
+                bound = yield one(
+                    "UPDATE acme_eab_keys SET account_id = ?"
+                    " WHERE kid = ? AND account_id IS NULL AND org_id = ? RETURNING 1",
+                    account.account_id, account.eab_kid, account.org_id)
+                if bound is None:
+                    raise StoreConflict("the EAB key is unknown or used already")
+            yield run(
+                "INSERT INTO acme_accounts (account_id, org_id, key_thumbprint, jwk, status,"
+                " contact, tos_agreed, eab_kid, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                account.account_id, account.org_id, account.key_thumbprint,
+                _json(account.jwk), account.status, _json(list(account.contact)),
+                account.tos_agreed, account.eab_kid,
+                self._d.t(account.created_at or _now()))
+            yield from tx.append_audit(audit)
+        await self._write(write)
+
+    async def get_acme_account(self, account_id: str) -> AcmeAccount | None:
+        row = await self._lookup(one(
+            "SELECT * FROM acme_accounts WHERE account_id = ?", account_id))
+        return None if row is None else self._acme_account(row)
+
+    async def find_acme_account(self, key_thumbprint: str) -> AcmeAccount | None:
+        row = await self._lookup(one(
+            "SELECT * FROM acme_accounts WHERE key_thumbprint = ?", key_thumbprint))
+        return None if row is None else self._acme_account(row)
+
+    async def update_acme_account(self, account: AcmeAccount, audit: AuditEvent) -> None:
+        """Contact, status, key (StoreConflict if the new key is another account's)."""
+        def write(tx: Tx) -> Body[None]:
+            found = yield one(
+                "UPDATE acme_accounts SET key_thumbprint = ?, jwk = ?, status = ?,"
+                " contact = ?, tos_agreed = ? WHERE account_id = ? RETURNING 1",
+                account.key_thumbprint, _json(account.jwk), account.status,
+                _json(list(account.contact)), account.tos_agreed, account.account_id)
+            if found is None:
+                raise StoreConflict(f"no ACME account {account.account_id}")
+            yield from tx.append_audit(audit)
+        await self._write(write)
+
+    async def add_eab_key(self, key: EabKey, audit: AuditEvent) -> None:
+        def write(tx: Tx) -> Body[None]:
+            yield run(
+                "INSERT INTO acme_eab_keys (kid, org_id, hmac_key, account_id, created_at)"
+                " VALUES (?,?,?,?,?)",
+                key.kid, key.org_id, key.hmac_key, key.account_id, self._d.t(key.created_at))
+            yield from tx.append_audit(audit)
+        await self._write(write)
+
+    async def get_eab_key(self, kid: str) -> EabKey | None:
+        row = await self._lookup(one("SELECT * FROM acme_eab_keys WHERE kid = ?", kid))
+        if row is None:
+            return None
+        return EabKey(kid=row["kid"], org_id=row["org_id"], hmac_key=bytes(row["hmac_key"]),
+                      created_at=self._d.time(row["created_at"]), account_id=row["account_id"])
+
+    async def add_acme_order(
+        self, order: AcmeOrder, new_authorizations: Sequence[AcmeAuthorization]
+    ) -> None:
+        d = self._d
+
+        def write(tx: Tx) -> Body[None]:
+            for authz in new_authorizations:
+                yield run(
+                    "INSERT INTO acme_authorizations (authz_id, account_id, identifier_type,"
+                    " identifier_value, wildcard, status, expires, challenges, created_at)"
+                    " VALUES (?,?,?,?,?,?,?,?,?)",
+                    authz.authz_id, authz.account_id, authz.identifier_type,
+                    authz.identifier_value, authz.wildcard, authz.status, d.t(authz.expires),
+                    _json(challenges_to_json(authz.challenges)),
+                    d.t(authz.created_at or _now()))
+            yield run(
+                "INSERT INTO acme_orders (order_id, account_id, org_id, status, expires,"
+                " identifiers, authz_ids, profile, not_before, not_after, replaces, error,"
+                " cert_id, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                order.order_id, order.account_id, order.org_id, order.status,
+                d.t(order.expires), _json(identifiers_to_json(order.identifiers)),
+                _json(list(order.authz_ids)), order.profile, d.t_opt(order.not_before),
+                d.t_opt(order.not_after), order.replaces,
+                None if order.error is None else _json(order.error), order.cert_id,
+                d.t(order.created_at or _now()))
+        await self._write(write)
+
+    async def get_acme_order(self, order_id: str) -> AcmeOrder | None:
+        row = await self._lookup(one("SELECT * FROM acme_orders WHERE order_id = ?", order_id))
+        return None if row is None else self._acme_order(row)
+
+    async def update_acme_order(self, order: AcmeOrder, expect_status: str) -> bool:
+        """Store ``order`` if the stored one still has ``expect_status``; False otherwise."""
+        def write(tx: Tx) -> Body[bool]:
+            found = yield one(
+                "UPDATE acme_orders SET status = ?, error = ?, cert_id = ?"
+                " WHERE order_id = ? AND status = ? RETURNING 1",
+                order.status, None if order.error is None else _json(order.error),
+                order.cert_id, order.order_id, expect_status)
+            return found is not None
+        return await self._write(write)
+
+    async def find_acme_order_by_cert(self, cert_id: str) -> AcmeOrder | None:
+        row = await self._lookup(one("SELECT * FROM acme_orders WHERE cert_id = ?", cert_id))
+        return None if row is None else self._acme_order(row)
+
+    async def get_acme_authorizations(
+        self, authz_ids: Sequence[str]
+    ) -> list[AcmeAuthorization]:
+        """The authorizations that exist among ``authz_ids``, in that order."""
+        if not authz_ids:
+            return []
+        where, params = self._d.any_of("authz_id", authz_ids)
+        found = await self._lookup(rows(
+            f"SELECT * FROM acme_authorizations WHERE {where}", *params))
+        by_id = {row["authz_id"]: self._acme_authz(row) for row in found}
+        return [by_id[i] for i in authz_ids if i in by_id]
+
+    async def update_acme_authorization(
+        self, authz: AcmeAuthorization, expect_status: str
+    ) -> bool:
+        """Store ``authz`` if the stored one still has ``expect_status``; False otherwise."""
+        def write(tx: Tx) -> Body[bool]:
+            found = yield one(
+                "UPDATE acme_authorizations SET status = ?, expires = ?, challenges = ?"
+                " WHERE authz_id = ? AND status = ? RETURNING 1",
+                authz.status, self._d.t(authz.expires),
+                _json(challenges_to_json(authz.challenges)), authz.authz_id, expect_status)
+            return found is not None
+        return await self._write(write)
+
+    async def find_valid_acme_authorization(
+        self, account_id: str, identifier_type: str, identifier_value: str, wildcard: bool,
+        valid_at: dt.datetime,
+    ) -> AcmeAuthorization | None:
+        """A valid authorization of the account for the identifier, unexpired at
+        ``valid_at`` (the one that expires last), for reuse in new orders."""
+        row = await self._lookup(one(
+            "SELECT * FROM acme_authorizations WHERE account_id = ? AND identifier_type = ?"
+            " AND identifier_value = ? AND wildcard = ? AND status = 'valid' AND expires > ?"
+            " ORDER BY expires DESC LIMIT 1",
+            account_id, identifier_type, identifier_value, wildcard, self._d.t(valid_at)))
+        return None if row is None else self._acme_authz(row)
