@@ -62,8 +62,7 @@ from ca_core.records import (
     TemplateRecord,
 )
 from ca_core.signers.base import KeyBackend, KeyBackendError, Signer
-from ca_core.storage import StoreConflict, StoreError
-from db.store import Store
+from ca_core.storage import Store, StoreConflict, StoreError
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from ca_core.ocsp import OcspResponder, OcspSettings
 from ca_core.response_cache import ResponseCache
 from ca_core.signers.base import KeyBackend, KeyBackendError
 from ca_core.signers.software import SoftwareKeyBackend
+from ca_core.storage import Store
 from db.acme_state import MemoryAcmeState, RedisAcmeState
 from db.cache import MemoryResponseCache, RedisResponseCache
-from db.store import Store
 from gateway.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
