@@ -44,8 +44,6 @@ from ca_core.errors import (
 )
 from ca_core.keys import KeyAlgorithm, KeySpec, spec_of
 from ca_core.metrics import (
-    CA_KEY_USAGE,
-    CA_SIGNING_OPERATIONS,
     CERT_ISSUANCE_DURATION,
     CERT_REQUESTS_TOTAL,
     CERT_REVOCATIONS_TOTAL,
@@ -62,6 +60,7 @@ from ca_core.records import (
     TemplateRecord,
 )
 from ca_core.signers.base import KeyBackend, KeyBackendError, Signer
+from ca_core.signing import Purpose, SigningKey
 from ca_core.storage import Store, StoreConflict, StoreError
 
 log = logging.getLogger(__name__)
@@ -217,6 +216,14 @@ class LoadedCA:
     signer: Signer
     chain: tuple[x509.Certificate, ...]  # this CA first, up to but not including the root
     _context: x509build.IssuerContext | None = None
+    _signing_key: SigningKey | None = None
+
+    @property
+    def signing_key(self) -> SigningKey:
+        """The one signing path of this CA's key (ca_core.signing)."""
+        if self._signing_key is None:
+            self._signing_key = SigningKey(self.record.name, self.signer, self.certificate)
+        return self._signing_key
 
     def issuer_context(self, settings: CASettings) -> x509build.IssuerContext:
         if self._context is None:
@@ -517,16 +524,9 @@ class Authority:
         self, ca: LoadedCA, builder: x509.CertificateBuilder
     ) -> x509.Certificate:
         signer = ca.signer
-        try:
-            certificate = await signer.run(
-                lambda: x509build.sign(builder, signer.builder_key(), signer.key_spec)
-            )
-        except Exception:
-            CA_SIGNING_OPERATIONS.labels(ca.record.name, "certificate", "error").inc()
-            raise
-        CA_SIGNING_OPERATIONS.labels(ca.record.name, "certificate", "success").inc()
-        CA_KEY_USAGE.labels(ca.record.name, str(signer.hsm_backed).lower()).inc()
-        return certificate
+        return await ca.signing_key.sign(
+            Purpose.CERTIFICATE,
+            lambda: x509build.sign(builder, signer.builder_key(), signer.key_spec))
 
     async def _org_for(self, slug: str | None, principal: Principal) -> Organization:
         if slug is None:

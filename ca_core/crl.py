@@ -33,9 +33,9 @@ from cryptography.hazmat.primitives import serialization
 from ca_core import x509build
 from ca_core.authority import REVOCATION_REASONS, Authority, LoadedCA
 from ca_core.errors import NotFound, Unavailable
-from ca_core.metrics import CA_SIGNING_OPERATIONS
 from ca_core.principal import Principal
 from ca_core.records import AuditEvent, CrlHead, CrlRecord, Revocation, RevocationEvent
+from ca_core.signing import Purpose
 from ca_core.storage import StoreError
 
 log = logging.getLogger(__name__)
@@ -216,12 +216,7 @@ class CrlPublisher:
                                signer.key_spec.hash_algorithm)  # type: ignore[arg-type]
             return crl.public_bytes(serialization.Encoding.DER)
 
-        try:
-            der = await signer.run(build)
-        except Exception:
-            CA_SIGNING_OPERATIONS.labels(ca.record.name, "crl", "error").inc()
-            raise
-        CA_SIGNING_OPERATIONS.labels(ca.record.name, "crl", "success").inc()
+        der = await ca.signing_key.sign(Purpose.CRL, build)
         head = CrlHead(ca_id=ca.record.ca_id, partition=partition, crl_number=number,
                        this_update=now, next_update=next_update,
                        source_generation=generation, entries=len(revocations))

@@ -54,10 +54,10 @@ from ca_core.authority import REVOCATION_REASONS, Authority, IssuedCertificate, 
 from ca_core.errors import BadRequest, NotFound, Unavailable
 from ca_core.hierarchy import OCSP_RESPONDER_VALIDITY_DAYS, ensure_ocsp_responder
 from ca_core.keys import KeyAlgorithm
-from ca_core.metrics import CA_KEY_USAGE, CA_SIGNING_OPERATIONS
 from ca_core.records import CertificateRecord, OcspResponderRecord, RevocationEvent
 from ca_core.response_cache import CachedResponse, CacheUnavailable, ResponseCache
 from ca_core.signers.base import KeyBackendError, Signer
+from ca_core.signing import Purpose, SigningKey
 from ca_core.storage import StoreError
 
 log = logging.getLogger(__name__)
@@ -142,6 +142,7 @@ class _Responder:
     signer: Signer
     asn1_certificate: a_x509.Certificate
     key_hash: bytes  # SHA-1 of the responder's public key: the ResponderID byKey
+    signing_key: SigningKey  # the responder's key, counted under the issuing CA's name
 
 
 @dataclass(slots=True)
@@ -322,6 +323,7 @@ class OcspResponder:
         issuer.responder = _Responder(
             record, certificate, signer, asn1_certificate,
             asn1_certificate.public_key.sha1,
+            SigningKey(issuer.ca.record.name, signer, certificate),
         )
 
     async def maintain(self) -> None:
@@ -459,8 +461,8 @@ class OcspResponder:
         if nonce is not None:
             builder = builder.add_extension(x509.OCSPNonce(nonce), critical=False)
         signer = responder.signer
-        response = await self._run_signing(
-            issuer, signer,
+        response = await responder.signing_key.sign(
+            Purpose.OCSP,
             lambda: builder.sign(signer.builder_key(), signer.key_spec.hash_algorithm))
         der = response.public_bytes(serialization.Encoding.DER)
         return CachedResponse(
@@ -499,7 +501,8 @@ class OcspResponder:
         tbs_data = a_ocsp.ResponseData(tbs)
         tbs_der = tbs_data.dump()
         signer = responder.signer
-        signature = await self._run_signing(issuer, signer, lambda: signer.sign_sync(tbs_der))
+        signature = await responder.signing_key.sign(
+            Purpose.OCSP, lambda: signer.sign_sync(tbs_der))
         basic = a_ocsp.BasicOCSPResponse({
             "tbs_response_data": tbs_data,
             "signature_algorithm": {"algorithm": _signature_algorithm(signer)},
@@ -513,18 +516,6 @@ class OcspResponder:
         return CachedResponse(
             der, any(s.revoked_at is not None for s in statuses),
             int(this_update.timestamp()), int(next_update.timestamp()), b"", _etag(der))
-
-    async def _run_signing(self, issuer: _Issuer, signer: Signer, build: Callable[[], T]
-                           ) -> T:
-        ca_name = issuer.ca.record.name
-        try:
-            result = await signer.run(build)
-        except Exception:
-            CA_SIGNING_OPERATIONS.labels(ca_name, "ocsp", "error").inc()
-            raise
-        CA_SIGNING_OPERATIONS.labels(ca_name, "ocsp", "success").inc()
-        CA_KEY_USAGE.labels(ca_name, str(signer.hsm_backed).lower()).inc()
-        return result
 
     def _front_get(self, key: str) -> CachedResponse | None:
         if not self._front_ttl:

@@ -1,0 +1,110 @@
+"""One signing path for every CA signature: certificates, CRLs, OCSP responses and time-stamp
+tokens all go through ``SigningKey.sign``.
+
+It checks that the certificate of the key allows the use (RFC 5280 4.2.1.3 key usage,
+4.2.1.9 basic constraints, 4.2.1.12 extended key usage; RFC 6960 4.2.2.2 for a delegated
+OCSP responder, RFC 3161 2.3 for a TSA), runs the build off the event loop when the key is
+in a token (``Signer.run``), and counts it (``pki_ca_signing_operations_total``,
+``pki_ca_key_usage_total``). The allowed uses are read from the certificate once.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import TypeVar
+
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from prometheus_client import Counter
+
+from ca_core.errors import Unavailable
+from ca_core.metrics import CA_KEY_USAGE, CA_SIGNING_OPERATIONS
+from ca_core.signers.base import Signer
+
+T = TypeVar("T")
+
+
+class Purpose(enum.StrEnum):
+    CERTIFICATE = "certificate"
+    CRL = "crl"
+    OCSP = "ocsp"
+    TIMESTAMP = "timestamp"
+
+
+class KeyUsageRefused(Unavailable):
+    """The key's certificate does not allow this signature: a configuration fault of this
+    CA, so the request is refused as unavailable (and logged), never signed."""
+
+
+def allowed_purposes(certificate: x509.Certificate) -> frozenset[Purpose]:
+    """The signatures the certificate's key may make. An absent key usage extension allows
+    every key usage (RFC 5280 4.2.1.3); an absent extended key usage allows no EKU-bound use
+    but a CA's own (a CA may sign OCSP responses itself, RFC 6960 4.2.2.2)."""
+    try:
+        usage: x509.KeyUsage | None = certificate.extensions.get_extension_for_class(
+            x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        usage = None
+    try:
+        extended = set(certificate.extensions.get_extension_for_class(
+            x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        extended = set()
+    try:
+        is_ca = certificate.extensions.get_extension_for_class(
+            x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    allowed: set[Purpose] = set()
+    if is_ca and (usage is None or usage.key_cert_sign):
+        allowed.add(Purpose.CERTIFICATE)
+    if usage is None or usage.crl_sign:
+        allowed.add(Purpose.CRL)
+    signs = usage is None or usage.digital_signature
+    if (signs and ExtendedKeyUsageOID.OCSP_SIGNING in extended) or (
+            is_ca and (signs or usage is None or usage.key_cert_sign)):
+        allowed.add(Purpose.OCSP)
+    if (signs or (usage is not None and usage.content_commitment)) and \
+            ExtendedKeyUsageOID.TIME_STAMPING in extended:
+        allowed.add(Purpose.TIMESTAMP)
+    return frozenset(allowed)
+
+
+class SigningKey:
+    """A signer bound to its certificate, under the name its metrics carry (the CA's)."""
+
+    __slots__ = ("_counters", "_key_usage", "allowed", "certificate", "name", "signer")
+
+    def __init__(self, name: str, signer: Signer, certificate: x509.Certificate) -> None:
+        self.name = name
+        self.signer = signer
+        self.certificate = certificate
+        self.allowed = allowed_purposes(certificate)
+        # labels() looks the children up by string each time: once per purpose suffices.
+        self._counters: dict[Purpose, tuple[Counter, Counter]] = {}
+
+    def check(self, purpose: Purpose) -> None:
+        """Raise KeyUsageRefused unless the certificate allows ``purpose``."""
+        if purpose not in self.allowed:
+            raise KeyUsageRefused(
+                f"the key of {self.name} may not sign {purpose.value}s (its certificate's "
+                "key usage does not allow it)")
+
+    async def sign(self, purpose: Purpose, build: Callable[[], T]) -> T:
+        """Run ``build`` (which signs with ``self.signer``) as a ``purpose`` signature."""
+        counters = self._counters.get(purpose)
+        if counters is None:
+            self.check(purpose)
+            counters = self._counters[purpose] = (
+                CA_SIGNING_OPERATIONS.labels(self.name, purpose.value, "success"),
+                CA_SIGNING_OPERATIONS.labels(self.name, purpose.value, "error"))
+            self._key_usage = CA_KEY_USAGE.labels(self.name, str(self.signer.hsm_backed).lower())
+        try:
+            result = await self.signer.run(build)
+        except Exception:
+            counters[1].inc()
+            raise
+        counters[0].inc()
+        self._key_usage.inc()
+        return result
