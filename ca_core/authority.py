@@ -615,10 +615,11 @@ class Authority:
 
     # ------------------------------------------------------------------ API tokens
     async def create_token(
-        self, org_slug: str, role: str, name: str = "", principal: Principal | None = None,
+        self, org_slug: str, role: str, name: str = "", *, principal: Principal,
         expires_at: dt.datetime | None = None,
     ) -> CreatedToken:
-        principal = principal or Principal.system()
+        """A bearer token for ``role`` in an organization, made by ``principal``: who acts is
+        always named by the caller (it is checked and audited), never assumed."""
         if role not in ROLES:
             raise BadRequest(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
         if not principal.can("token:create"):

@@ -185,7 +185,7 @@ async def cmd_revoke(config: Config, args: argparse.Namespace) -> int:
 async def cmd_token_create(config: Config, args: argparse.Namespace) -> int:
     async def run(services: Services) -> int:
         created = await services.authority.create_token(args.org, args.role, args.name or "",
-                                                        CLI)
+                                                        principal=CLI)
         print(created.token)
         print(f"token {created.record.token_id} for role {args.role} in {args.org}; "
               "it is shown only once", file=sys.stderr)
