@@ -24,7 +24,7 @@ import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import josepy
 from asn1crypto import pem
@@ -33,7 +33,6 @@ from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from josepy import json_util
 
 from ca_core import x509build
-from ca_core.acme_validation import ValidationFailed, Validator
 from ca_core.authority import Authority, IssuanceRequest, chain_pem, parse_csr, serial_hex
 from ca_core.cross import alternate_chains
 from ca_core.errors import BadCSR, BadRequest, CAError, NotFound, PolicyViolation
@@ -59,6 +58,30 @@ MAX_IDENTIFIERS = 100
 # A validation still "processing" this long after it began lost its process (a restart, a
 # crash): the next read of its authorization starts it again.
 STALE_VALIDATION = dt.timedelta(seconds=60)
+
+
+class ValidationFailed(Exception):
+    """A challenge was not met: ``acme_type`` is the RFC 8555 error type (connection, dns,
+    tls, unauthorized, ...) and ``detail`` a message for the client, nothing internal."""
+
+    def __init__(self, acme_type: str, detail: str) -> None:
+        super().__init__(detail)
+        self.acme_type = acme_type
+        self.detail = detail
+
+
+class ChallengeValidator(Protocol):
+    """The validation authority the RA asks (RFC 8555 section 8, RFC 8737, RFC 8738): it
+    fetches what the applicant published for a challenge and compares it with the key
+    authorization. That takes network I/O, so it lives outside ca_core (``va``), as
+    Boulder's VA is apart from its RA; tests can hand the RA a fake."""
+
+    async def validate(self, challenge_type: str, identifier_type: str, value: str,
+                       token: str, key_authorization: str) -> None:
+        """Return when the challenge is met; ValidationFailed when it is not."""
+
+    async def aclose(self) -> None:
+        """Release connections; called once, when the service stops."""
 
 
 class AcmeProblem(CAError):
@@ -252,7 +275,7 @@ def normalize_identifier(kind: Any, value: Any) -> tuple[str, str]:
 class AcmeService:
     """The ACME RA: accounts, orders, authorizations, validation, issuance."""
 
-    def __init__(self, authority: Authority, state: AcmeState, validator: Validator,
+    def __init__(self, authority: Authority, state: AcmeState, validator: ChallengeValidator,
                  settings: AcmeSettings) -> None:
         self.authority = authority
         self.store = authority.store

@@ -12,7 +12,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from ca_core.acme import AcmeService
-from ca_core.acme_validation import Validator
 from ca_core.authority import Authority
 from ca_core.crl import CrlPublisher, CrlSettings
 from ca_core.ocsp import OcspResponder, OcspSettings
@@ -22,6 +21,7 @@ from db.acme_state import AcmeState, MemoryAcmeState, RedisAcmeState
 from db.cache import MemoryResponseCache, RedisResponseCache, ResponseCache
 from db.store import Store
 from gateway.config import Config, ConfigError
+from va.validator import Validator
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,12 @@
 """ACME challenge validation (RFC 8555 section 8, RFC 8737 tls-alpn-01, RFC 8738 IP).
 
-Each validator fetches what the applicant published and compares it with the key
-authorization (``token || '.' || base64url(JWK thumbprint)``). Targets are configurable for
-internal networks and tests: the HTTP and TLS ports, and one DNS resolver (host:port) used
-both for TXT lookups and for resolving names. A failure raises ``ValidationFailed`` with the
-RFC 8555 error type and a message for the client; nothing internal leaks into it.
+The ``ChallengeValidator`` that ca_core.acme declares, over the network: HTTP (aiohttp),
+DNS (dnspython) and TLS-ALPN connections to the applicant. Each validator fetches what the
+applicant published and compares it with the key authorization
+(``token || '.' || base64url(JWK thumbprint)``). Targets are configurable for internal
+networks and tests: the HTTP and TLS ports, and one DNS resolver (host:port) used both for
+TXT lookups and for resolving names. A failure raises ``ValidationFailed`` with the RFC 8555
+error type and a message for the client; nothing internal leaks into it.
 """
 
 from __future__ import annotations
@@ -26,18 +28,13 @@ from cryptography import x509
 from cryptography.x509.oid import ObjectIdentifier
 from josepy import json_util
 
+from ca_core.acme import ValidationFailed
+
 log = logging.getLogger(__name__)
 
 ACME_IDENTIFIER_OID = ObjectIdentifier("1.3.6.1.5.5.7.1.31")  # id-pe-acmeIdentifier
 ACME_TLS_ALPN = "acme-tls/1"
 MAX_HTTP_BODY = 8 * 1024
-
-
-class ValidationFailed(Exception):
-    def __init__(self, acme_type: str, detail: str) -> None:
-        super().__init__(detail)
-        self.acme_type = acme_type  # e.g. "connection", "unauthorized", "dns", "tls"
-        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)
