@@ -14,23 +14,17 @@ without the prefix), optional subproblems per identifier, and an HTTP status.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import datetime as dt
-import hashlib
 import ipaddress
-import json
 import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-import josepy
 from asn1crypto import pem
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
-from josepy import json_util
 
 from ca_core import x509build
 from ca_core.authority import Authority, IssuanceRequest, chain_pem, parse_csr, serial_hex
@@ -112,56 +106,29 @@ def problem_document(acme_type: str, detail: str, identifier: tuple[str, str] | 
     return doc
 
 
-def jwk_thumbprint(jwk: dict[str, Any]) -> str:
-    """RFC 7638 thumbprint (SHA-256, base64url) of the key itself: RSA and EC keys through
-    josepy, which re-encodes the members from the key, so two spellings of one key (a
-    leading zero octet in ``n``, say) have one thumbprint and so one account. josepy has no
-    OKP keys: Ed25519's ``x`` is decoded and encoded again for the same reason."""
-    kty = jwk.get("kty") if isinstance(jwk, dict) else None
-    required = {"RSA": ("e", "n"), "EC": ("crv", "x", "y"), "OKP": ("crv", "x")}.get(str(kty))
-    if required is None or any(not isinstance(jwk.get(m), str) for m in required):
-        raise AcmeProblem("badPublicKey", "unsupported or incomplete JWK")
-    if kty == "OKP":
-        canonical = json.dumps(
-            {"crv": jwk["crv"], "kty": "OKP", "x": b64url(b64url_decode(jwk["x"], "the JWK's x"))},
-            separators=(",", ":"), sort_keys=True)
-        return b64url(hashlib.sha256(canonical.encode("utf-8")).digest())
-    try:
-        key: josepy.jwk.JWK = josepy.jwk.JWK.from_json(  # type: ignore[assignment]
-            {m: jwk[m] for m in ("kty", *required)})
-        return b64url(key.thumbprint())
-    except (josepy.errors.DeserializationError, ValueError, TypeError, KeyError,
-            AttributeError):
-        raise AcmeProblem("badPublicKey", "the JWK cannot be read") from None
+def key_authorization(token: str, thumbprint: str) -> str:
+    """RFC 8555 8.1: what a challenge's response must hold, from the account key's RFC 7638
+    thumbprint (the front-end computes it when the key is registered)."""
+    return f"{token}.{thumbprint}"
 
 
-def key_authorization(token: str, jwk: dict[str, Any]) -> str:
-    return f"{token}.{jwk_thumbprint(jwk)}"
+@dataclass(frozen=True, slots=True)
+class AccountKey:
+    """An account key as the front-end verified it: the public JWK (RFC 7517) and its
+    RFC 7638 thumbprint, which names the account."""
+
+    jwk: dict[str, Any]
+    thumbprint: str
 
 
-def b64url(data: bytes) -> str:
-    """base64url without padding (RFC 7515 2), as josepy writes it."""
-    text: str = json_util.encode_b64jose(data)
-    return text
+@dataclass(frozen=True, slots=True)
+class AriCertId:
+    """A certificate as RFC 9773 4.1 names it (the front-end decodes the text): its
+    issuer's key identifier and its serial, and the text as the client wrote it."""
 
-
-def b64url_decode(text: Any, what: str) -> bytes:
-    """Strict base64url without padding (RFC 7515 2): josepy's decoder accepts padding and
-    drops characters outside the alphabet, which an ACME server must refuse (malformed)."""
-    if not isinstance(text, str) or "=" in text or "+" in text or "/" in text:
-        raise AcmeProblem("malformed", f"{what} is not base64url without padding")
-    try:
-        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
-    except (binascii.Error, ValueError):
-        raise AcmeProblem("malformed", f"{what} is not base64url") from None
-
-
-def ari_cert_id(certificate: x509.Certificate) -> str:
-    """RFC 9773 4.1: base64url(AKI keyIdentifier) '.' base64url(serial DER content)."""
-    aki = certificate.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
-    serial = certificate.serial_number
-    raw = serial.to_bytes((serial.bit_length() + 8) // 8, "big")  # DER: leading 0 if high bit
-    return f"{b64url(aki.key_identifier or b'')}.{b64url(raw)}"
+    text: str
+    key_identifier: bytes
+    serial: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -392,8 +359,8 @@ class AcmeService:
         return policy
 
     # ------------------------------------------------------------------ accounts
-    async def find_account(self, jwk: dict[str, Any]) -> AcmeAccount | None:
-        return await self.store.find_acme_account(jwk_thumbprint(jwk))
+    async def find_account(self, thumbprint: str) -> AcmeAccount | None:
+        return await self.store.find_acme_account(thumbprint)
 
     async def account(self, account_id: str) -> AcmeAccount:
         account = await self.store.get_acme_account(account_id)
@@ -403,10 +370,10 @@ class AcmeService:
             raise AcmeProblem("unauthorized", f"the account is {account.status}", 401)
         return account
 
-    async def new_account(self, org: Organization, jwk: dict[str, Any],
+    async def new_account(self, org: Organization, key: AccountKey,
                           contact: Sequence[str], tos_agreed: bool,
                           eab: EabKey | None) -> tuple[AcmeAccount, bool]:
-        existing = await self.find_account(jwk)
+        existing = await self.find_account(key.thumbprint)
         if existing is not None:
             return existing, False
         if self.settings.eab_required and eab is None:
@@ -420,14 +387,14 @@ class AcmeService:
                          "new accounts for this organization")
         account = AcmeAccount(
             account_id=secrets.token_urlsafe(12), org_id=org_id,
-            key_thumbprint=jwk_thumbprint(jwk), jwk=dict(jwk), contact=checked,
+            key_thumbprint=key.thumbprint, jwk=dict(key.jwk), contact=checked,
             tos_agreed=tos_agreed, eab_kid=None if eab is None else eab.kid,
             created_at=self._now())
         try:
             await self.store.add_acme_account(account, self._audit(
                 "account_created", account, eab_kid=account.eab_kid, contact=list(checked)))
         except StoreConflict:
-            again = await self.find_account(jwk)
+            again = await self.find_account(key.thumbprint)
             if again is not None:  # the same key registered concurrently
                 return again, False
             raise AcmeProblem("unauthorized", "the EAB key was used meanwhile", 401) from None
@@ -460,12 +427,12 @@ class AcmeService:
                 contact=list(updated.contact)))
         return updated
 
-    async def change_key(self, account: AcmeAccount, new_jwk: dict[str, Any]) -> AcmeAccount:
-        thumbprint = jwk_thumbprint(new_jwk)
+    async def change_key(self, account: AcmeAccount, new_key: AccountKey) -> AcmeAccount:
+        thumbprint = new_key.thumbprint
         other = await self.store.find_acme_account(thumbprint)
         if other is not None:
             raise AcmeProblem("conflict", "the new key is another account's", 409)
-        updated = replace(account, jwk=dict(new_jwk), key_thumbprint=thumbprint)
+        updated = replace(account, jwk=dict(new_key.jwk), key_thumbprint=thumbprint)
         try:
             await self.store.update_acme_account(updated, self._audit(
                 "account_key_changed", updated, old=account.key_thumbprint, new=thumbprint))
@@ -476,7 +443,7 @@ class AcmeService:
     # ------------------------------------------------------------------ orders
     async def new_order(self, account: AcmeAccount, identifiers: Any,
                         not_before: dt.datetime | None, not_after: dt.datetime | None,
-                        profile: str | None, replaces: str | None
+                        profile: str | None, replaces: AriCertId | None
                         ) -> tuple[AcmeOrder, list[AcmeAuthorization]]:
         if not isinstance(identifiers, list) or not identifiers:
             raise AcmeProblem("malformed", "an order needs identifiers")
@@ -548,7 +515,7 @@ class AcmeService:
                     authz_id=secrets.token_urlsafe(12), account_id=account.account_id,
                     identifier_type=kind, identifier_value=base, wildcard=wildcard,
                     status="pending", expires=now + self.settings.order_lifetime,
-                    challenges=tuple(AcmeChallenge(t, b64url(secrets.token_bytes(32)))
+                    challenges=tuple(AcmeChallenge(t, secrets.token_urlsafe(32))
                                      for t in types),
                     created_at=now)
             new_authzs.append(authz)
@@ -557,12 +524,13 @@ class AcmeService:
             order_id=secrets.token_urlsafe(12), account_id=account.account_id,
             org_id=account.org_id, status="pending", expires=expires,
             identifiers=tuple(wanted), authz_ids=tuple(authz_ids), profile=profile_name,
-            not_before=not_before, not_after=not_after, replaces=replaces, created_at=now)
+            not_before=not_before, not_after=not_after,
+            replaces=None if replaces is None else replaces.text, created_at=now)
         await self.store.add_acme_order(order, new_authzs)
         by_id = {a.authz_id: a for a in (*reused, *new_authzs)}
         return await self._refresh_order(order, [by_id[i] for i in authz_ids])
 
-    async def _check_replaces(self, account: AcmeAccount, cert_id: str) -> None:
+    async def _check_replaces(self, account: AcmeAccount, cert_id: AriCertId) -> None:
         record = await self._certificate_by_ari_id(cert_id)
         if record is None:
             raise AcmeProblem("malformed", "replaces names no certificate of this CA")
@@ -668,7 +636,7 @@ class AcmeService:
     async def _validate(self, account: AcmeAccount, authz: AcmeAuthorization,
                         challenge: AcmeChallenge) -> None:
         identifier = (authz.identifier_type, authz.identifier_value)
-        key_auth = key_authorization(challenge.token, account.jwk)
+        key_auth = key_authorization(challenge.token, account.key_thumbprint)
         error: dict[str, Any] | None = None
         for attempt in range(self.settings.validation_attempts):
             try:
@@ -824,25 +792,19 @@ class AcmeService:
             raise
 
     # ------------------------------------------------------------------ ARI (RFC 9773)
-    async def _certificate_by_ari_id(self, cert_id: str) -> Any:
-        try:
-            aki_text, serial_text = cert_id.split(".")
-            aki = b64url_decode(aki_text, "the key identifier")
-            serial = int.from_bytes(b64url_decode(serial_text, "the serial"), "big")
-        except (ValueError, AcmeProblem):
-            raise AcmeProblem("malformed", "not an ARI certificate identifier") from None
-        for record in await self.store.find_certificates_by_serial(serial_hex(serial)):
+    async def _certificate_by_ari_id(self, cert_id: AriCertId) -> Any:
+        for record in await self.store.find_certificates_by_serial(serial_hex(cert_id.serial)):
             try:
                 issuer = await self.authority.ca_by_id(record.issuer_ca_id)
             except CAError:
                 continue
             ski = issuer.certificate.extensions.get_extension_for_class(
                 x509.SubjectKeyIdentifier).value.digest
-            if ski == aki:
+            if ski == cert_id.key_identifier:
                 return record
         return None
 
-    async def renewal_info(self, cert_id: str) -> RenewalWindow:
+    async def renewal_info(self, cert_id: AriCertId) -> RenewalWindow:
         record = await self._certificate_by_ari_id(cert_id)
         if record is None:
             raise AcmeProblem("malformed", "no certificate with that identifier", 404)

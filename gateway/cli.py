@@ -15,7 +15,6 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
-from ca_core.acme import b64url
 from ca_core.authority import IssuanceRequest, serial_display
 from ca_core.cross import (
     add_cross_certificate,
@@ -32,6 +31,7 @@ from db.store import StoreError
 from gateway.config import Config, ConfigError, load_config
 from gateway.runtime import Services, open_services
 from gateway.tls import ensure_server_certificate, export_ca_files
+from protocols.acme.jws import b64url
 
 CLI = Principal.system("vcc-pki cli")
 

@@ -21,12 +21,13 @@ from aiohttp.test_utils import TestClient
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ca_core.acme import ari_cert_id, key_authorization
+from ca_core.acme import key_authorization
 from ca_core.authority import serial_hex
 from conformance import testdns
 from conformance.gateway import free_port
 from gateway.app import build_https_app
 from gateway.runtime import Services
+from protocols.acme.ari import cert_id as ari_cert_id
 from tests.acme_client import AccountKey, Client, b64, csr_for, jws, mac_jws
 from tests.helpers import fresh_services
 
@@ -109,7 +110,7 @@ async def _authorize(world: World, client: Client, order: dict[str, Any],
         if authz["status"] == "valid":
             continue
         challenge = next(c for c in authz["challenges"] if c["type"] == kind)
-        key_auth = key_authorization(challenge["token"], client.key.jwk)
+        key_auth = key_authorization(challenge["token"], client.key.thumbprint)
         if kind == "http-01":
             world.tokens[challenge["token"]] = key_auth
         elif kind == "dns-01":
@@ -542,7 +543,8 @@ async def test_rate_limit(tmp_path: Path, aiohttp_client: ClientFactory) -> None
 
 
 def test_base64_helper_rejects_padding() -> None:
-    from ca_core.acme import AcmeProblem, b64url_decode
+    from ca_core.acme import AcmeProblem
+    from protocols.acme.jws import b64url_decode
 
     assert b64url_decode(base64.urlsafe_b64encode(b"ab").decode().rstrip("="), "x") == b"ab"
     for bad in ("YWI=", "!!", "YW I", "YW+/", 5):
@@ -555,7 +557,7 @@ def test_one_key_has_one_thumbprint_however_it_is_spelled() -> None:
     zero octet is the same key, so the same thumbprint (and account)."""
     import josepy
 
-    from ca_core.acme import jwk_thumbprint
+    from protocols.acme.jws import jwk_thumbprint
 
     key = AccountKey.make("rsa")
     jwk = key.jwk
@@ -600,7 +602,7 @@ async def test_a_validation_lost_with_its_process_is_restarted(world: World) -> 
     assert await world.services.store.update_acme_authorization(
         dc_replace(authz, challenges=lost), "pending")
     token = next(c.token for c in lost if c.type == "http-01")
-    world.tokens[token] = key_authorization(token, client.key.jwk)
+    world.tokens[token] = key_authorization(token, client.key.thumbprint)
     done = await _poll(client, authz_url, lambda d: d["status"] != "pending")
     assert done["status"] == "valid"
 

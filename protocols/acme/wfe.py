@@ -27,11 +27,13 @@ from typing import Any
 
 from aiohttp import web
 
-from ca_core.acme import AcmeProblem, AcmeService, b64url_decode, jwk_thumbprint
+from ca_core.acme import AccountKey, AcmeProblem, AcmeService
 from ca_core.errors import CAError
 from db.records import AcmeAccount, AcmeAuthorization, AcmeChallenge, AcmeOrder, Organization
 from db.store import StoreError, StoreInvalid
+from protocols.acme import ari
 from protocols.acme import jws as jose
+from protocols.acme.jws import b64url_decode, jwk_thumbprint
 
 log = logging.getLogger(__name__)
 
@@ -351,8 +353,9 @@ async def new_account(request: web.Request) -> web.StreamResponse:
     payload = signed.jws.payload_json()
     service = _service(request)
     urls = _urls(request)
+    key = AccountKey(signed.jwk, jwk_thumbprint(signed.jwk))
     if payload.get("onlyReturnExisting") is True:
-        existing = await service.find_account(signed.jwk)
+        existing = await service.find_account(key.thumbprint)
         if existing is None:
             raise AcmeProblem("accountDoesNotExist", "no account has this key")
         return _json(request, account_json(existing), 200, urls.account(existing.account_id))
@@ -361,16 +364,16 @@ async def new_account(request: web.Request) -> web.StreamResponse:
         raise AcmeProblem("malformed", "contact must be a list")
     eab = None
     binding = payload.get("externalAccountBinding")
-    if binding is not None and await service.find_account(signed.jwk) is None:
-        eab = await _check_eab(request, org, binding, signed.jwk)
+    if binding is not None and await service.find_account(key.thumbprint) is None:
+        eab = await _check_eab(request, org, binding, key)
     account, created = await service.new_account(
-        org, signed.jwk, contact, payload.get("termsOfServiceAgreed") is True, eab)
+        org, key, contact, payload.get("termsOfServiceAgreed") is True, eab)
     return _json(request, account_json(account), 201 if created else 200,
                  urls.account(account.account_id))
 
 
 async def _check_eab(request: web.Request, org: Organization, binding: Any,
-                     jwk: dict[str, Any]) -> Any:
+                     account_key: AccountKey) -> Any:
     if not isinstance(binding, dict):
         raise AcmeProblem("malformed", "externalAccountBinding must be a JWS")
     inner = jose.parse(binding)
@@ -388,7 +391,7 @@ async def _check_eab(request: web.Request, org: Organization, binding: Any,
         bound = inner.payload_json()
     except AcmeProblem:
         raise AcmeProblem("malformed", "the EAB payload must be the account key") from None
-    if jwk_thumbprint(bound) != jwk_thumbprint(jwk):
+    if jwk_thumbprint(bound) != account_key.thumbprint:
         raise AcmeProblem("unauthorized", "the EAB binds another key", 401)
     return key
 
@@ -435,7 +438,8 @@ async def key_change(request: web.Request) -> web.StreamResponse:
     old = payload.get("oldKey")
     if not isinstance(old, dict) or jwk_thumbprint(old) != signed.account.key_thumbprint:
         raise AcmeProblem("malformed", "oldKey is not the account's key")
-    updated = await _service(request).change_key(signed.account, new_jwk)
+    updated = await _service(request).change_key(
+        signed.account, AccountKey(new_jwk, jwk_thumbprint(new_jwk)))
     return _json(request, account_json(updated), 200, urls.account(updated.account_id))
 
 
@@ -454,7 +458,8 @@ async def new_order(request: web.Request) -> web.StreamResponse:
     order, _ = await _service(request).new_order(
         signed.account, payload.get("identifiers"),
         _parse_time(payload.get("notBefore"), "notBefore"),
-        _parse_time(payload.get("notAfter"), "notAfter"), profile, replaces)
+        _parse_time(payload.get("notAfter"), "notAfter"), profile,
+        None if replaces is None else ari.parse_cert_id(replaces))
     urls = _urls(request)
     return _json(request, order_json(urls, order), 201, urls.order(order.order_id))
 
@@ -568,7 +573,8 @@ async def revoke_cert(request: web.Request) -> web.StreamResponse:
 @acme_handler
 async def renewal_info(request: web.Request) -> web.StreamResponse:
     await _org(request)
-    window = await _service(request).renewal_info(request.match_info["cert_id"])
+    window = await _service(request).renewal_info(
+        ari.parse_cert_id(request.match_info["cert_id"]))
     document: dict[str, Any] = {"suggestedWindow": {"start": _time(window.start),
                                                     "end": _time(window.end)}}
     response = web.json_response(document)
