@@ -543,8 +543,8 @@ async def test_rate_limit(tmp_path: Path, aiohttp_client: ClientFactory) -> None
 
 
 def test_base64_helper_rejects_padding() -> None:
-    from ca_core.acme import AcmeProblem
     from protocols.acme.jws import b64url_decode
+    from protocols.acme.problems import AcmeProblem
 
     assert b64url_decode(base64.urlsafe_b64encode(b"ab").decode().rstrip("="), "x") == b"ab"
     for bad in ("YWI=", "!!", "YW I", "YW+/", 5):
@@ -659,3 +659,84 @@ async def test_alternate_chain_from_a_cross_certificate(world: World) -> None:
     await other.load()
     await other.register()
     await _problem(await other.post(alternates[0], None), "malformed", 404)
+
+
+def test_every_core_error_has_its_acme_problem() -> None:
+    """protocols/acme/problems.py is the one mapping: every kind ca_core.errors declares is
+    in it (a new kind must be placed there, not fall through to serverInternal)."""
+    import inspect
+
+    from ca_core import errors
+    from protocols.acme import problems
+
+    kinds = {cls.kind for _, cls in inspect.getmembers(errors, inspect.isclass)
+             if issubclass(cls, errors.CAError)}
+    assert kinds - set(problems._PROBLEMS) == set()
+    cases = {
+        errors.BadCSRSignature("x"): ("badCSR", 400),
+        errors.RejectedIdentifier("x", [("dns", "a.test", "why")]): ("rejectedIdentifier", 400),
+        errors.AccountDoesNotExist("x"): ("accountDoesNotExist", 400),
+        errors.AlreadyRevoked("x"): ("alreadyRevoked", 400),
+        errors.AccountKeyInUse("x"): ("conflict", 409),
+        errors.OrderNotReady("x"): ("orderNotReady", 403),
+        errors.Forbidden("x"): ("unauthorized", 403),
+        errors.NotFound("x"): ("malformed", 404),
+        errors.RateLimited("x", 7.0): ("rateLimited", 429),
+        errors.Unavailable("x"): ("serverInternal", 503),
+        errors.CAError("secret"): ("serverInternal", 500),
+    }
+    for error, (acme_type, status) in cases.items():
+        problem = problems.from_error(error)
+        assert (problem.acme_type, problem.status) == (acme_type, status), error
+    assert problems.from_error(errors.CAError("secret")).detail == "internal error"
+    assert problems.from_error(errors.RateLimited("x", 7.0)).retry_after == 7.0
+    rejected = problems.from_error(errors.RejectedIdentifier("x", [("ip", "10.0.0.1", "no")]))
+    assert rejected.document()["subproblems"] == [
+        {"type": ERR + "rejectedIdentifier", "detail": "no",
+         "identifier": {"type": "ip", "value": "10.0.0.1"}}]
+
+
+def test_stored_failures_render_as_problem_documents() -> None:
+    from ca_core.acme import error_record
+    from ca_core.errors import ConnectionFailed, IncorrectResponse
+    from protocols.acme.problems import stored
+
+    record = error_record(IncorrectResponse("no match"), ("dns", "a.test"))
+    assert stored(record) == {"type": ERR + "unauthorized", "detail": "no match",
+                              "identifier": {"type": "dns", "value": "a.test"}}
+    assert stored(error_record(ConnectionFailed("refused"))) == {
+        "type": ERR + "connection", "detail": "refused"}
+    # a document kept before the RA stored kinds is shown as it was
+    legacy = {"type": ERR + "dns", "detail": "lookup failed"}
+    assert stored(legacy) == legacy
+
+
+async def test_nonce_state_down_is_server_internal_503(world: World) -> None:
+    """The nonce store cannot be reached (as Redis down would make it: the outage is
+    simulated, the RA is not): a signed request is answered serverInternal 503 with what is
+    unavailable, without a nonce and without a traceback."""
+    from db.acme_state import AcmeState, StateUnavailable
+
+    class Down(AcmeState):
+        async def issue_nonce(self) -> str:
+            raise StateUnavailable("simulated outage")
+
+        async def consume_nonce(self, nonce: str) -> bool:
+            raise StateUnavailable("simulated outage")
+
+        async def hit(self, key: str, limit: int, window_seconds: int) -> float | None:
+            raise StateUnavailable("simulated outage")
+
+    client = world.client()
+    await client.load()
+    world.services.acme.state = Down()
+    url = client.directory["newAccount"]
+    body = jws(client.key, {"termsOfServiceAgreed": True},
+               {"nonce": "any", "url": url, "jwk": client.key.jwk})
+    response = await world.http.post("/acme/default/new-account", data=json.dumps(body),
+                                     headers={"Content-Type": "application/jose+json"})
+    problem = await response.json(content_type=None)
+    assert (response.status, problem["type"]) == (503, ERR + "serverInternal"), problem
+    assert problem["detail"] == "nonces are unavailable"
+    assert "Replay-Nonce" not in response.headers
+    assert await world.services.store.find_acme_account(client.key.thumbprint) is None

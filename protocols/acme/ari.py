@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from cryptography import x509
 
-from ca_core.acme import AcmeProblem, AriCertId
+from ca_core.acme import AriCertId
 from protocols.acme.jws import b64url, b64url_decode
+from protocols.acme.problems import AcmeProblem
 
 
 def cert_id(certificate: x509.Certificate) -> str:

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from josepy import json_util
 
-from ca_core.acme import AcmeProblem
+from protocols.acme.problems import AcmeProblem
 
 ACCOUNT_ALGORITHMS = ("RS256", "ES256", "ES384", "EdDSA")
 MAC_ALGORITHMS = ("HS256", "HS384", "HS512")

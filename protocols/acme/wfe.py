@@ -27,13 +27,14 @@ from typing import Any
 
 from aiohttp import web
 
-from ca_core.acme import AccountKey, AcmeProblem, AcmeService
-from ca_core.errors import CAError
+from ca_core.acme import AccountKey, AcmeService
+from ca_core.errors import CAError, Unavailable
 from db.records import AcmeAccount, AcmeAuthorization, AcmeChallenge, AcmeOrder, Organization
 from db.store import StoreError, StoreInvalid
-from protocols.acme import ari
+from protocols.acme import ari, problems
 from protocols.acme import jws as jose
 from protocols.acme.jws import b64url_decode, jwk_thumbprint
+from protocols.acme.problems import AcmeProblem
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,10 @@ def acme_handler(handler: Handler) -> Handler:
                 log.warning("ACME %s %s: %s", request.method, request.path, problem.detail)
             response = _problem_response(problem)
         except CAError as exc:
-            response = _problem_response(_from_ca_error(exc))
+            mapped = problems.from_error(exc)
+            if mapped.status >= 500:
+                log.warning("ACME %s %s: %s", request.method, request.path, exc.detail)
+            response = _problem_response(mapped)
         except StoreInvalid:  # e.g. a lone surrogate in an id: the client's input
             response = _problem_response(
                 AcmeProblem("malformed", "the request holds a value that cannot be stored"))
@@ -180,21 +184,10 @@ def acme_handler(handler: Handler) -> Handler:
             response = _problem_response(AcmeProblem("serverInternal", "internal error", 500))
         try:
             return await _with_nonce(request, response)
-        except AcmeProblem:
+        except Unavailable:
             return response  # no nonce store: the problem itself is the answer
 
     return wrapped
-
-
-def _from_ca_error(exc: CAError) -> AcmeProblem:
-    kinds = {"bad_csr": ("badCSR", 400), "bad_csr_signature": ("badCSR", 400),
-             "bad_public_key": ("badCSR", 400), "policy_violation": ("rejectedIdentifier", 400),
-             "validity_too_long": ("malformed", 400), "unknown_profile": ("invalidProfile", 400),
-             "bad_request": ("malformed", 400), "unauthorized": ("unauthorized", 401),
-             "forbidden": ("unauthorized", 403), "not_found": ("malformed", 404),
-             "conflict": ("malformed", 409), "unavailable": ("serverInternal", 503)}
-    acme_type, status = kinds.get(exc.kind, ("serverInternal", 500))
-    return AcmeProblem(acme_type, exc.detail if status < 500 else "internal error", status)
 
 
 async def _verified(request: web.Request, allow_jwk: bool = False,
@@ -274,7 +267,7 @@ def challenge_json(urls: Urls, authz: AcmeAuthorization, challenge: AcmeChalleng
     if challenge.validated is not None:
         document["validated"] = _time(challenge.validated)
     if challenge.error is not None:
-        document["error"] = challenge.error
+        document["error"] = problems.stored(challenge.error)
     return document
 
 
@@ -304,7 +297,7 @@ def order_json(urls: Urls, order: AcmeOrder) -> dict[str, Any]:
     if order.replaces is not None:
         document["replaces"] = order.replaces
     if order.error is not None:
-        document["error"] = order.error
+        document["error"] = problems.stored(order.error)
     if order.status == "valid" and order.cert_id is not None:
         document["certificate"] = urls.certificate(order.cert_id)
     return document
