@@ -211,6 +211,12 @@ class _Tasks:
         return task
 
 
+def acting_account(account_id: str, org_id: str) -> Principal:
+    """Who an ACME account is to the Authority: a certificate manager of its own
+    organization (never the system), so the Authority's tenant checks apply to it."""
+    return Principal("service", f"acme:{account_id}", org_id, "cert_manager")
+
+
 def normalize_identifier(kind: Any, value: Any) -> tuple[str, str]:
     """The canonical (type, value) of an identifier; BadRequest or its kinds if none."""
     if kind == "dns" and isinstance(value, str):
@@ -698,8 +704,7 @@ class AcmeService:
 
     async def _issue(self, order: AcmeOrder, csr: x509.CertificateSigningRequest) -> AcmeOrder:
         org = await self.authority.organization_by_id(order.org_id)
-        principal = Principal("service", f"acme:{order.account_id}", org.org_id,
-                              "cert_manager")
+        principal = acting_account(order.account_id, org.org_id)
         try:
             issued = await self.authority.issue(IssuanceRequest(
                 csr=csr, profile=self._profiles[order.profile], org=org.slug,
@@ -747,7 +752,10 @@ class AcmeService:
 
     async def revoke(self, certificate_der: bytes, reason: int | None,
                      account: AcmeAccount | None, jwk_public_key: PublicKeyTypes | None) -> None:
-        """Revoke by the account that ordered it, or by the holder of its private key."""
+        """Revoke by the account that ordered it, or by the holder of its private key
+        (RFC 8555 7.6). Neither is the system: the Authority sees an account as a caller in
+        the account's organization, and the key holder as one in the organization of the
+        certificate whose key it proved, so its tenant checks apply as to any caller."""
         try:
             certificate = x509.load_der_x509_certificate(certificate_der)
         except ValueError:
@@ -770,10 +778,12 @@ class AcmeService:
             raise BadRevocationReason(f"reason code {code} is not allowed")
         if record.status == "revoked":
             raise AlreadyRevoked("the certificate is revoked already")
-        principal = Principal.system(
-            f"acme:{account.account_id}" if account else "acme:certificate-key")
+        principal = acting_account(account.account_id, account.org_id) if account else \
+            Principal("service", "acme:certificate-key", record.org_id, "cert_manager")
         try:
             await self.authority.revoke(record.serial_hex, reasons[code], principal)
+        except NotFound:  # not in the caller's organization: not the caller's to revoke
+            raise Forbidden("the account may not revoke this certificate") from None
         except Conflict as exc:  # revoked meanwhile (or, as before, a serial two CAs used)
             raise AlreadyRevoked(exc.detail) from None
 

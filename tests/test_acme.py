@@ -740,3 +740,60 @@ async def test_nonce_state_down_is_server_internal_503(world: World) -> None:
     assert problem["detail"] == "nonces are unavailable"
     assert "Replay-Nonce" not in response.headers
     assert await world.services.store.find_acme_account(client.key.thumbprint) is None
+
+
+async def test_revocation_acts_in_the_accounts_organization(world: World) -> None:
+    """RFC 8555 7.6 with tenants: an account revokes as a caller of its own organization,
+    never as the system, so a certificate of another organization stays out of its reach
+    even where the RA's own check is passed (here: an order row naming that certificate,
+    as a damaged or migrated store could hold)."""
+    import secrets
+
+    from cryptography.hazmat.primitives import serialization
+
+    from ca_core.authority import IssuanceRequest
+    from ca_core.hierarchy import ensure_organization
+    from ca_core.principal import Principal
+    from db.records import AcmeOrder
+    from tests.helpers import make_csr
+
+    authority = world.services.authority
+    await ensure_organization(authority, "health", "Health", Principal.system("test"))
+    theirs = await authority.issue(IssuanceRequest(csr=make_csr(), profile="vcc_service",
+                                                   org="default"), Principal.system("test"))
+    client = world.client(directory="/acme/health/directory")
+    await client.load()
+    assert (await client.register()).status == 201
+    account = await world.services.store.get_acme_account(
+        (client.account_url or "").rsplit("/", 1)[1])
+    assert account is not None and account.org_id != theirs.record.org_id
+    der = theirs.certificate.public_bytes(serialization.Encoding.DER)
+    revoke = client.directory["revokeCert"]
+    await _problem(await client.post(revoke, {"certificate": b64(der)}), "unauthorized", 403)
+    now = dt.datetime.now(dt.UTC)
+    await world.services.store.add_acme_order(AcmeOrder(
+        order_id=secrets.token_urlsafe(12), account_id=account.account_id,
+        org_id=account.org_id, status="valid", expires=now + dt.timedelta(days=1),
+        identifiers=(("dns", "svc.example.org"),), authz_ids=(), profile="tlsserver",
+        cert_id=theirs.record.cert_id, created_at=now), [])
+    await _problem(await client.post(revoke, {"certificate": b64(der)}), "unauthorized", 403)
+    (record,) = await world.services.store.find_certificates_by_serial(
+        theirs.record.serial_hex)
+    assert record.status == "active"
+
+
+async def test_acme_revocations_are_audited_as_the_account(world: World) -> None:
+    client = world.client()
+    await client.load()
+    await client.register()
+    _, _, chain = await _issue(world, client, "audited.test")
+    from cryptography.hazmat.primitives import serialization
+
+    leaf = x509.load_pem_x509_certificates(chain)[0]
+    response = await client.post(client.directory["revokeCert"], {
+        "certificate": b64(leaf.public_bytes(serialization.Encoding.DER))})
+    assert response.status == 200, await response.text()
+    account_id = (client.account_url or "").rsplit("/", 1)[1]
+    (event,) = [e.event for e in await world.services.store.audit_entries()
+                if e.event.event_type == "certificate.revoked"]
+    assert (event.actor_type, event.actor_id) == ("service", f"acme:{account_id}")
