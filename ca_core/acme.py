@@ -691,14 +691,11 @@ class AcmeService:
             raise BadCSR("the CSR names email or URI SANs the order does not")
         asked = {("dns", d.lower()) for d in sans.dns} | \
             {("ip", str(ipaddress.ip_address(i))) for i in sans.ip}
-        cns = csr.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-        for cn in cns:
-            value = str(cn.value).lower()
-            try:
-                value = str(ipaddress.ip_address(value))
-                asked.add(("ip", value))
-            except ValueError:
-                asked.add(("dns", value))
+        for cn in csr.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME):
+            named = x509build.common_name_identifier(str(cn.value))
+            if named is None:
+                raise BadCSR("the CSR must name exactly the order's identifiers")
+            asked.add(named)
         if asked != set(order.identifiers):
             raise BadCSR("the CSR must name exactly the order's identifiers")
 

@@ -797,3 +797,44 @@ async def test_acme_revocations_are_audited_as_the_account(world: World) -> None
     (event,) = [e.event for e in await world.services.store.audit_entries()
                 if e.event.event_type == "certificate.revoked"]
     assert (event.actor_type, event.actor_id) == ("service", f"acme:{account_id}")
+
+
+async def test_a_common_name_holding_an_ip_address_is_one_rule(world: World) -> None:
+    """A CSR naming 127.0.0.1 only in its CN: ACME finalization reads it as the order's IP
+    identifier, and the Authority carries it into an iPAddress SAN (never a dNSName), the
+    same through an ACME order and through the REST API."""
+    from ca_core.principal import Principal
+    from tests.helpers import make_csr
+
+    def sans_of(leaf: x509.Certificate) -> tuple[list[str], list[str]]:
+        sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        return (sans.get_values_for_type(x509.DNSName),
+                [str(i) for i in sans.get_values_for_type(x509.IPAddress)])
+
+    client = world.client()
+    await client.load()
+    await client.register()
+    order_url, order = await _order(client, ips=("127.0.0.1",))
+    await _authorize(world, client, order)
+    await _poll(client, order_url, lambda d: d["status"] == "ready")
+    csr = make_csr(cn="127.0.0.1", dns=(), pem=False)
+    response = await client.post(order["finalize"], {"csr": b64(csr)})
+    assert response.status == 200, await response.text()
+    order = await _poll(client, order_url, lambda d: d["status"] != "processing")
+    assert order["status"] == "valid", order
+    acme_leaf = x509.load_pem_x509_certificates(
+        await (await client.post(order["certificate"], None)).read())[0]
+
+    created = await world.services.authority.create_token(
+        "default", "cert_manager", principal=Principal.system("test"))
+    response = await world.http.post(
+        "/api/v1/certificates", headers={"Authorization": f"Bearer {created.token}"},
+        json={"csr": make_csr(cn="127.0.0.1", dns=()).decode(), "profile": "vcc_service"})
+    assert response.status == 201, await response.text()
+    rest_leaf = x509.load_pem_x509_certificate(
+        (await response.json())["certificate_pem"].encode())
+
+    assert sans_of(acme_leaf) == sans_of(rest_leaf) == ([], ["127.0.0.1"])
+    assert acme_leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == \
+        rest_leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == \
+        "127.0.0.1"

@@ -322,3 +322,26 @@ async def test_only_end_entity_certificates_name_the_ocsp_responder(pki: Pki) ->
         IssuanceRequest(csr=make_csr(), profile="vcc_service"), Principal.system("test"))
     assert access(issued.certificate) == {AuthorityInformationAccessOID.OCSP,
                                           AuthorityInformationAccessOID.CA_ISSUERS}
+
+
+def test_what_a_common_name_names() -> None:
+    from ca_core.x509build import common_name_identifier
+
+    assert common_name_identifier("192.0.2.1") == ("ip", "192.0.2.1")
+    assert common_name_identifier("2001:DB8::1") == ("ip", "2001:db8::1")
+    assert common_name_identifier("Svc.Example.Test") == ("dns", "svc.example.test")
+    assert common_name_identifier("*.example.test") == ("dns", "*.example.test")
+    for neither in ("fe80::1%eth0", "not a name", "example.test.", "Jane Doe"):
+        assert common_name_identifier(neither) is None, neither
+
+
+@pytest.mark.parametrize("address", ["192.0.2.7", "2001:db8::7"])
+async def test_an_address_only_in_the_common_name_becomes_an_ip_san(pki: Pki,
+                                                                    address: str) -> None:
+    issued = await pki.authority.issue(
+        IssuanceRequest(csr=make_csr(cn=address, dns=()), profile="vcc_service"), SYSTEM)
+    sans = issued.certificate.extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == []
+    assert [str(i) for i in sans.get_values_for_type(x509.IPAddress)] == [address]
+    assert issued.record.san == {"ip": [address]}
