@@ -7,37 +7,57 @@ policy per organization, orders and authorizations with their state machine, cha
 validation in the background, finalization through ``Authority.issue``, revocation, and
 ARI renewal windows (RFC 9773). Storage goes through the Store; signing through Authority.
 
-Errors are ``AcmeProblem`` with an RFC 8555 error type (``urn:ietf:params:acme:error:*``
-without the prefix), optional subproblems per identifier, and an HTTP status.
+Failures are ca_core's typed errors (``ca_core.errors``); protocols/acme turns them into
+RFC 8555 problem documents, in one place. A failure kept in an order or a challenge (their
+``error`` member) is stored as ``error_record``: the error's kind and detail, rendered by
+the front-end the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import datetime as dt
-import hashlib
 import ipaddress
-import json
 import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
-import josepy
 from asn1crypto import pem
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
-from josepy import json_util
 
 from ca_core import x509build
 from ca_core.acme_state import AcmeState, StateUnavailable
-from ca_core.acme_validation import ValidationFailed, Validator
 from ca_core.authority import Authority, IssuanceRequest, chain_pem, parse_csr, serial_hex
 from ca_core.cross import alternate_chains
-from ca_core.errors import BadCSR, BadRequest, CAError, NotFound, PolicyViolation
+from ca_core.errors import (
+    AccountDoesNotExist,
+    AccountKeyInUse,
+    AlreadyRevoked,
+    BadCSR,
+    BadNonce,
+    BadRequest,
+    BadRevocationReason,
+    CAError,
+    Conflict,
+    ExternalAccountRequired,
+    Forbidden,
+    InvalidContact,
+    NotFound,
+    OrderNotReady,
+    PolicyViolation,
+    RateLimited,
+    RejectedIdentifier,
+    Unauthorized,
+    Unavailable,
+    UnknownProfile,
+    UnsupportedContact,
+    UnsupportedIdentifier,
+    UserActionRequired,
+    ValidationFailed,
+)
 from ca_core.principal import Principal
 from ca_core.records import (
     AcmeAccount,
@@ -61,84 +81,54 @@ MAX_IDENTIFIERS = 100
 STALE_VALIDATION = dt.timedelta(seconds=60)
 
 
-class AcmeProblem(CAError):
-    """An RFC 8555 problem: ``acme_type`` is the part after ``urn:ietf:params:acme:error:``."""
+class ChallengeValidator(Protocol):
+    """The validation authority the RA asks (RFC 8555 section 8, RFC 8737, RFC 8738): it
+    fetches what the applicant published for a challenge and compares it with the key
+    authorization. That takes network I/O, so it lives outside ca_core (``va``), as
+    Boulder's VA is apart from its RA; tests can hand the RA a fake."""
 
-    def __init__(self, acme_type: str, detail: str, status: int = 400,
-                 subproblems: Sequence[dict[str, Any]] = (),
-                 retry_after: float | None = None) -> None:
-        super().__init__(detail)
-        self.acme_type = acme_type
-        self.status = status
-        self.subproblems = list(subproblems)
-        self.retry_after = retry_after
+    async def validate(self, challenge_type: str, identifier_type: str, value: str,
+                       token: str, key_authorization: str) -> None:
+        """Return when the challenge is met; ValidationFailed (ca_core.errors) when not."""
 
-    def document(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"type": f"urn:ietf:params:acme:error:{self.acme_type}",
-                               "detail": self.detail, "status": self.status}
-        if self.subproblems:
-            doc["subproblems"] = self.subproblems
-        return doc
+    async def aclose(self) -> None:
+        """Release connections; called once, when the service stops."""
 
 
-def problem_document(acme_type: str, detail: str, identifier: tuple[str, str] | None = None
-                     ) -> dict[str, Any]:
-    doc: dict[str, Any] = {"type": f"urn:ietf:params:acme:error:{acme_type}", "detail": detail}
+def error_record(error: CAError, identifier: tuple[str, str] | None = None
+                 ) -> dict[str, Any]:
+    """How a failure is kept in an order or a challenge (RFC 8555 7.1.3, 7.1.5 ``error``):
+    the domain kind, the client's message and the identifier it concerns; the front-end
+    renders it as a problem document."""
+    record: dict[str, Any] = {"kind": error.kind, "detail": error.detail}
     if identifier is not None:
-        doc["identifier"] = {"type": identifier[0], "value": identifier[1]}
-    return doc
+        record["identifier"] = {"type": identifier[0], "value": identifier[1]}
+    return record
 
 
-def jwk_thumbprint(jwk: dict[str, Any]) -> str:
-    """RFC 7638 thumbprint (SHA-256, base64url) of the key itself: RSA and EC keys through
-    josepy, which re-encodes the members from the key, so two spellings of one key (a
-    leading zero octet in ``n``, say) have one thumbprint and so one account. josepy has no
-    OKP keys: Ed25519's ``x`` is decoded and encoded again for the same reason."""
-    kty = jwk.get("kty") if isinstance(jwk, dict) else None
-    required = {"RSA": ("e", "n"), "EC": ("crv", "x", "y"), "OKP": ("crv", "x")}.get(str(kty))
-    if required is None or any(not isinstance(jwk.get(m), str) for m in required):
-        raise AcmeProblem("badPublicKey", "unsupported or incomplete JWK")
-    if kty == "OKP":
-        canonical = json.dumps(
-            {"crv": jwk["crv"], "kty": "OKP", "x": b64url(b64url_decode(jwk["x"], "the JWK's x"))},
-            separators=(",", ":"), sort_keys=True)
-        return b64url(hashlib.sha256(canonical.encode("utf-8")).digest())
-    try:
-        key: josepy.jwk.JWK = josepy.jwk.JWK.from_json(  # type: ignore[assignment]
-            {m: jwk[m] for m in ("kty", *required)})
-        return b64url(key.thumbprint())
-    except (josepy.errors.DeserializationError, ValueError, TypeError, KeyError,
-            AttributeError):
-        raise AcmeProblem("badPublicKey", "the JWK cannot be read") from None
+def key_authorization(token: str, thumbprint: str) -> str:
+    """RFC 8555 8.1: what a challenge's response must hold, from the account key's RFC 7638
+    thumbprint (the front-end computes it when the key is registered)."""
+    return f"{token}.{thumbprint}"
 
 
-def key_authorization(token: str, jwk: dict[str, Any]) -> str:
-    return f"{token}.{jwk_thumbprint(jwk)}"
+@dataclass(frozen=True, slots=True)
+class AccountKey:
+    """An account key as the front-end verified it: the public JWK (RFC 7517) and its
+    RFC 7638 thumbprint, which names the account."""
+
+    jwk: dict[str, Any]
+    thumbprint: str
 
 
-def b64url(data: bytes) -> str:
-    """base64url without padding (RFC 7515 2), as josepy writes it."""
-    text: str = json_util.encode_b64jose(data)
-    return text
+@dataclass(frozen=True, slots=True)
+class AriCertId:
+    """A certificate as RFC 9773 4.1 names it (the front-end decodes the text): its
+    issuer's key identifier and its serial, and the text as the client wrote it."""
 
-
-def b64url_decode(text: Any, what: str) -> bytes:
-    """Strict base64url without padding (RFC 7515 2): josepy's decoder accepts padding and
-    drops characters outside the alphabet, which an ACME server must refuse (malformed)."""
-    if not isinstance(text, str) or "=" in text or "+" in text or "/" in text:
-        raise AcmeProblem("malformed", f"{what} is not base64url without padding")
-    try:
-        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
-    except (binascii.Error, ValueError):
-        raise AcmeProblem("malformed", f"{what} is not base64url") from None
-
-
-def ari_cert_id(certificate: x509.Certificate) -> str:
-    """RFC 9773 4.1: base64url(AKI keyIdentifier) '.' base64url(serial DER content)."""
-    aki = certificate.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
-    serial = certificate.serial_number
-    raw = serial.to_bytes((serial.bit_length() + 8) // 8, "big")  # DER: leading 0 if high bit
-    return f"{b64url(aki.key_identifier or b'')}.{b64url(raw)}"
+    text: str
+    key_identifier: bytes
+    serial: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,38 +211,42 @@ class _Tasks:
         return task
 
 
+def acting_account(account_id: str, org_id: str) -> Principal:
+    """Who an ACME account is to the Authority: a certificate manager of its own
+    organization (never the system), so the Authority's tenant checks apply to it."""
+    return Principal("service", f"acme:{account_id}", org_id, "cert_manager")
+
+
 def normalize_identifier(kind: Any, value: Any) -> tuple[str, str]:
-    """The canonical (type, value) of an identifier, or AcmeProblem."""
+    """The canonical (type, value) of an identifier; BadRequest or its kinds if none."""
     if kind == "dns" and isinstance(value, str):
         name = value.strip().lower().rstrip(".")
         if not x509build.valid_dns_name(name, allow_wildcard=True) or "." not in name \
                 or name.count("*") > 1 or ("*" in name and not name.startswith("*.")):
-            raise AcmeProblem("rejectedIdentifier", f"{value!r} is not a valid DNS name",
-                              subproblems=[problem_document(
-                                  "rejectedIdentifier", "not a valid DNS name",
-                                  ("dns", str(value)))])
+            raise RejectedIdentifier(f"{value!r} is not a valid DNS name",
+                                     [("dns", str(value), "not a valid DNS name")])
         try:
             ipaddress.ip_address(name)
         except ValueError:
             return "dns", name
-        raise AcmeProblem("malformed", f"{value} is an IP address: use type ip")
+        raise BadRequest(f"{value} is an IP address: use type ip")
     if kind == "ip" and isinstance(value, str):
         try:
             address = ipaddress.ip_address(value.strip())
         except ValueError:
-            raise AcmeProblem("malformed", f"{value!r} is not an IP address") from None
+            raise BadRequest(f"{value!r} is not an IP address") from None
         if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
-            raise AcmeProblem("malformed", "an IP identifier has no zone (RFC 8738)")
+            raise BadRequest("an IP identifier has no zone (RFC 8738)")
         return "ip", str(address)
     if kind in ("dns", "ip"):
-        raise AcmeProblem("malformed", f"the value of a {kind} identifier is a string")
-    raise AcmeProblem("unsupportedIdentifier", f"identifiers of type {kind!r} are not supported")
+        raise BadRequest(f"the value of a {kind} identifier is a string")
+    raise UnsupportedIdentifier(f"identifiers of type {kind!r} are not supported")
 
 
 class AcmeService:
     """The ACME RA: accounts, orders, authorizations, validation, issuance."""
 
-    def __init__(self, authority: Authority, state: AcmeState, validator: Validator,
+    def __init__(self, authority: Authority, state: AcmeState, validator: ChallengeValidator,
                  settings: AcmeSettings) -> None:
         self.authority = authority
         self.store = authority.store
@@ -275,7 +269,7 @@ class AcmeService:
         try:
             return await self.authority.organization(slug)
         except NotFound:
-            raise AcmeProblem("malformed", f"no ACME directory for {slug!r}", 404) from None
+            raise NotFound(f"no ACME directory for {slug!r}") from None
 
     def _now(self) -> dt.datetime:
         return self.authority.clock()
@@ -287,8 +281,7 @@ class AcmeService:
             log.warning("ACME rate limiter unavailable: %s", exc)
             return  # fail open: the limit protects capacity, not security
         if retry is not None:
-            raise AcmeProblem("rateLimited", f"too many {what}; retry later", 429,
-                              retry_after=retry)
+            raise RateLimited(f"too many {what}; retry later", retry_after=retry)
 
     def _audit(self, kind: str, account: AcmeAccount, **data: Any) -> AuditEvent:
         return AuditEvent(
@@ -301,15 +294,15 @@ class AcmeService:
         try:
             return await self.state.issue_nonce()
         except StateUnavailable as exc:
-            raise AcmeProblem("serverInternal", "nonces are unavailable", 503) from exc
+            raise Unavailable("nonces are unavailable") from exc
 
     async def use_nonce(self, nonce: str) -> None:
         try:
             ok = await self.state.consume_nonce(nonce)
         except StateUnavailable as exc:
-            raise AcmeProblem("serverInternal", "nonces are unavailable", 503) from exc
+            raise Unavailable("nonces are unavailable") from exc
         if not ok:
-            raise AcmeProblem("badNonce", "the nonce is unknown, used or expired")
+            raise BadNonce("the nonce is unknown, used or expired")
 
     # ------------------------------------------------------------------ EAB
     async def create_eab_key(self, org_slug: str, actor: str = "vcc-pki cli") -> EabKey:
@@ -325,11 +318,10 @@ class AcmeService:
     async def eab_key(self, kid: str, org: Organization) -> EabKey:
         key = await self.store.get_eab_key(kid)
         if key is None or key.account_id is not None:
-            raise AcmeProblem("unauthorized", "unknown or already used EAB key id", 401)
+            raise Unauthorized("unknown or already used EAB key id")
         default = org.slug == self.authority.settings.default_org
         if key.org_id != org.org_id and not default:
-            raise AcmeProblem("unauthorized", "the EAB key belongs to another organization",
-                              401)
+            raise Unauthorized("the EAB key belongs to another organization")
         return key
 
     async def set_policy(self, org_slug: str, allow_all: bool | None = None,
@@ -369,45 +361,44 @@ class AcmeService:
         return policy
 
     # ------------------------------------------------------------------ accounts
-    async def find_account(self, jwk: dict[str, Any]) -> AcmeAccount | None:
-        return await self.store.find_acme_account(jwk_thumbprint(jwk))
+    async def find_account(self, thumbprint: str) -> AcmeAccount | None:
+        return await self.store.find_acme_account(thumbprint)
 
     async def account(self, account_id: str) -> AcmeAccount:
         account = await self.store.get_acme_account(account_id)
         if account is None:
-            raise AcmeProblem("accountDoesNotExist", "no such account", 400)
+            raise AccountDoesNotExist("no such account")
         if account.status != "valid":
-            raise AcmeProblem("unauthorized", f"the account is {account.status}", 401)
+            raise Unauthorized(f"the account is {account.status}")
         return account
 
-    async def new_account(self, org: Organization, jwk: dict[str, Any],
+    async def new_account(self, org: Organization, key: AccountKey,
                           contact: Sequence[str], tos_agreed: bool,
                           eab: EabKey | None) -> tuple[AcmeAccount, bool]:
-        existing = await self.find_account(jwk)
+        existing = await self.find_account(key.thumbprint)
         if existing is not None:
             return existing, False
         if self.settings.eab_required and eab is None:
-            raise AcmeProblem("externalAccountRequired",
-                              "this server requires External Account Binding")
+            raise ExternalAccountRequired("this server requires External Account Binding")
         if self.settings.terms_of_service and not tos_agreed:
-            raise AcmeProblem("userActionRequired", "agree to the terms of service", 403)
+            raise UserActionRequired("agree to the terms of service")
         checked = self._check_contact(contact)
         org_id = eab.org_id if eab is not None else org.org_id
         await self._rate(f"accounts:{org_id}", self.settings.accounts_per_org_per_hour,
                          "new accounts for this organization")
         account = AcmeAccount(
             account_id=secrets.token_urlsafe(12), org_id=org_id,
-            key_thumbprint=jwk_thumbprint(jwk), jwk=dict(jwk), contact=checked,
+            key_thumbprint=key.thumbprint, jwk=dict(key.jwk), contact=checked,
             tos_agreed=tos_agreed, eab_kid=None if eab is None else eab.kid,
             created_at=self._now())
         try:
             await self.store.add_acme_account(account, self._audit(
                 "account_created", account, eab_kid=account.eab_kid, contact=list(checked)))
         except StoreConflict:
-            again = await self.find_account(jwk)
+            again = await self.find_account(key.thumbprint)
             if again is not None:  # the same key registered concurrently
                 return again, False
-            raise AcmeProblem("unauthorized", "the EAB key was used meanwhile", 401) from None
+            raise Unauthorized("the EAB key was used meanwhile") from None
         return account, True
 
     @staticmethod
@@ -415,13 +406,13 @@ class AcmeService:
         checked = []
         for item in contact:
             if not isinstance(item, str) or not item.startswith("mailto:"):
-                raise AcmeProblem("unsupportedContact", "only mailto: contacts are supported")
+                raise UnsupportedContact("only mailto: contacts are supported")
             address = item[len("mailto:"):]
             if "," in address or "?" in address or "@" not in address or len(address) > 254:
-                raise AcmeProblem("invalidContact", f"{item!r} is not a valid contact")
+                raise InvalidContact(f"{item!r} is not a valid contact")
             checked.append(item)
         if len(checked) > 10:
-            raise AcmeProblem("malformed", "at most 10 contacts")
+            raise BadRequest("at most 10 contacts")
         return tuple(checked)
 
     async def update_account(self, account: AcmeAccount, contact: Sequence[str] | None,
@@ -437,32 +428,32 @@ class AcmeService:
                 contact=list(updated.contact)))
         return updated
 
-    async def change_key(self, account: AcmeAccount, new_jwk: dict[str, Any]) -> AcmeAccount:
-        thumbprint = jwk_thumbprint(new_jwk)
+    async def change_key(self, account: AcmeAccount, new_key: AccountKey) -> AcmeAccount:
+        thumbprint = new_key.thumbprint
         other = await self.store.find_acme_account(thumbprint)
         if other is not None:
-            raise AcmeProblem("conflict", "the new key is another account's", 409)
-        updated = replace(account, jwk=dict(new_jwk), key_thumbprint=thumbprint)
+            raise AccountKeyInUse("the new key is another account's")
+        updated = replace(account, jwk=dict(new_key.jwk), key_thumbprint=thumbprint)
         try:
             await self.store.update_acme_account(updated, self._audit(
                 "account_key_changed", updated, old=account.key_thumbprint, new=thumbprint))
         except StoreConflict:
-            raise AcmeProblem("conflict", "the new key is another account's", 409) from None
+            raise AccountKeyInUse("the new key is another account's") from None
         return updated
 
     # ------------------------------------------------------------------ orders
     async def new_order(self, account: AcmeAccount, identifiers: Any,
                         not_before: dt.datetime | None, not_after: dt.datetime | None,
-                        profile: str | None, replaces: str | None
+                        profile: str | None, replaces: AriCertId | None
                         ) -> tuple[AcmeOrder, list[AcmeAuthorization]]:
         if not isinstance(identifiers, list) or not identifiers:
-            raise AcmeProblem("malformed", "an order needs identifiers")
+            raise BadRequest("an order needs identifiers")
         if len(identifiers) > MAX_IDENTIFIERS:
-            raise AcmeProblem("rejectedIdentifier", f"at most {MAX_IDENTIFIERS} identifiers")
+            raise RejectedIdentifier(f"at most {MAX_IDENTIFIERS} identifiers")
         wanted: list[tuple[str, str]] = []
         for item in identifiers:
             if not isinstance(item, dict):
-                raise AcmeProblem("malformed", "an identifier is an object")
+                raise BadRequest("an identifier is an object")
             pair = normalize_identifier(item.get("type"), item.get("value"))
             if pair not in wanted:
                 wanted.append(pair)
@@ -470,26 +461,20 @@ class AcmeService:
         # applies to the next order.
         org = await self.store.get_organization_by_id(account.org_id)
         if org is None:
-            raise AcmeProblem("unauthorized", "the account's organization is gone", 403)
+            raise Forbidden("the account's organization is gone")
         policy = IdentifierPolicy.of(org, self.authority.settings.default_org)
-        refused = [problem_document("rejectedIdentifier",
-                                    f"{value} is not allowed for organization {org.slug}",
-                                    (kind, value))
+        refused = [(kind, value, f"{value} is not allowed for organization {org.slug}")
                    for kind, value in wanted if not policy.allows(kind, value)]
         if refused:
-            raise AcmeProblem("rejectedIdentifier",
-                              "the organization's policy forbids some identifiers",
-                              subproblems=refused)
+            raise RejectedIdentifier("the organization's policy forbids some identifiers",
+                                     refused)
         profile_name = profile or self.profile_names[0]
         if profile_name not in self._profiles:
-            raise AcmeProblem("invalidProfile", f"unknown profile {profile_name!r}; "
-                              f"offered: {', '.join(self.profile_names)}")
+            raise UnknownProfile(f"unknown profile {profile_name!r}; "
+                                 f"offered: {', '.join(self.profile_names)}")
         ca_profile = self.authority.profile(self._profiles[profile_name])
         now = self._now()
-        try:
-            self.authority.check_requested_validity(ca_profile, not_before, not_after)
-        except CAError as exc:
-            raise AcmeProblem("malformed", exc.detail) from None
+        self.authority.check_requested_validity(ca_profile, not_before, not_after)
         if replaces is not None:
             await self._check_replaces(account, replaces)
         await self._rate(f"orders:account:{account.account_id}",
@@ -525,7 +510,7 @@ class AcmeService:
                     authz_id=secrets.token_urlsafe(12), account_id=account.account_id,
                     identifier_type=kind, identifier_value=base, wildcard=wildcard,
                     status="pending", expires=now + self.settings.order_lifetime,
-                    challenges=tuple(AcmeChallenge(t, b64url(secrets.token_bytes(32)))
+                    challenges=tuple(AcmeChallenge(t, secrets.token_urlsafe(32))
                                      for t in types),
                     created_at=now)
             new_authzs.append(authz)
@@ -534,19 +519,19 @@ class AcmeService:
             order_id=secrets.token_urlsafe(12), account_id=account.account_id,
             org_id=account.org_id, status="pending", expires=expires,
             identifiers=tuple(wanted), authz_ids=tuple(authz_ids), profile=profile_name,
-            not_before=not_before, not_after=not_after, replaces=replaces, created_at=now)
+            not_before=not_before, not_after=not_after,
+            replaces=None if replaces is None else replaces.text, created_at=now)
         await self.store.add_acme_order(order, new_authzs)
         by_id = {a.authz_id: a for a in (*reused, *new_authzs)}
         return await self._refresh_order(order, [by_id[i] for i in authz_ids])
 
-    async def _check_replaces(self, account: AcmeAccount, cert_id: str) -> None:
+    async def _check_replaces(self, account: AcmeAccount, cert_id: AriCertId) -> None:
         record = await self._certificate_by_ari_id(cert_id)
         if record is None:
-            raise AcmeProblem("malformed", "replaces names no certificate of this CA")
+            raise BadRequest("replaces names no certificate of this CA")
         order = await self.store.find_acme_order_by_cert(record.cert_id)
         if order is None or order.account_id != account.account_id:
-            raise AcmeProblem("unauthorized", "replaces names a certificate of another account",
-                              403)
+            raise Forbidden("replaces names a certificate of another account")
 
     async def _refresh_order(self, order: AcmeOrder,
                              authzs: list[AcmeAuthorization] | None = None
@@ -563,13 +548,13 @@ class AcmeService:
         status = order.status
         error = order.error
         if status in ("pending", "ready", "processing") and order.expires <= now:
-            status, error = "invalid", problem_document("malformed", "the order expired")
+            status, error = "invalid", error_record(BadRequest("the order expired"))
         elif status == "pending":
             if any(a.status in ("invalid", "deactivated", "expired", "revoked") for a in authzs):
                 failed = next(a for a in authzs if a.status != "valid" and a.status != "pending")
                 status = "invalid"
                 error = next((c.error for c in failed.challenges if c.error), None) or \
-                    problem_document("unauthorized", f"authorization {failed.status}")
+                    error_record(Unauthorized(f"authorization {failed.status}"))
             elif authzs and all(a.status == "valid" for a in authzs):
                 status = "ready"
         if status != order.status:
@@ -584,14 +569,14 @@ class AcmeService:
                     ) -> tuple[AcmeOrder, list[AcmeAuthorization]]:
         order = await self.store.get_acme_order(order_id)
         if order is None or order.account_id != account.account_id:
-            raise AcmeProblem("malformed", "no such order", 404)
+            raise NotFound("no such order")
         return await self._refresh_order(order)
 
     # ------------------------------------------------------------------ authorizations
     async def authorization(self, account: AcmeAccount, authz_id: str) -> AcmeAuthorization:
         found = await self.store.get_acme_authorizations([authz_id])
         if not found or found[0].account_id != account.account_id:
-            raise AcmeProblem("malformed", "no such authorization", 404)
+            raise NotFound("no such authorization")
         authz = found[0]
         now = self._now()
         if authz.status in ("pending", "valid") and authz.expires <= now:
@@ -610,10 +595,10 @@ class AcmeService:
                                        ) -> AcmeAuthorization:
         authz = await self.authorization(account, authz_id)
         if authz.status not in ("pending", "valid"):
-            raise AcmeProblem("malformed", f"the authorization is {authz.status}", 400)
+            raise BadRequest(f"the authorization is {authz.status}")
         updated = replace(authz, status="deactivated")
         if not await self.store.update_acme_authorization(updated, authz.status):
-            raise AcmeProblem("malformed", "the authorization changed meanwhile", 409)
+            raise Conflict("the authorization changed meanwhile")
         return updated
 
     async def respond_to_challenge(self, account: AcmeAccount, authz_id: str,
@@ -622,7 +607,7 @@ class AcmeService:
         authz = await self.authorization(account, authz_id)
         challenge = next((c for c in authz.challenges if c.type == challenge_type), None)
         if challenge is None:
-            raise AcmeProblem("malformed", "no such challenge", 404)
+            raise NotFound("no such challenge")
         if authz.status != "pending" or challenge.status != "pending":
             return authz, challenge  # RFC 8555 7.5.1: answering again changes nothing
         processing = replace(challenge, status="processing", started=self._now())
@@ -645,7 +630,7 @@ class AcmeService:
     async def _validate(self, account: AcmeAccount, authz: AcmeAuthorization,
                         challenge: AcmeChallenge) -> None:
         identifier = (authz.identifier_type, authz.identifier_value)
-        key_auth = key_authorization(challenge.token, account.jwk)
+        key_auth = key_authorization(challenge.token, account.key_thumbprint)
         error: dict[str, Any] | None = None
         for attempt in range(self.settings.validation_attempts):
             try:
@@ -654,12 +639,12 @@ class AcmeService:
                 error = None
                 break
             except ValidationFailed as exc:
-                error = problem_document(exc.acme_type, exc.detail, identifier)
+                error = error_record(exc, identifier)
                 log.info("ACME %s for %s failed (attempt %d): %s", challenge.type,
                          authz.identifier_value, attempt + 1, exc.detail)
             except Exception:
                 log.exception("ACME validation of %s crashed", authz.identifier_value)
-                error = problem_document("serverInternal", "validation failed", identifier)
+                error = error_record(CAError("validation failed"), identifier)
                 break
             if attempt + 1 < self.settings.validation_attempts:
                 await asyncio.sleep(self.settings.validation_retry_seconds * (attempt + 1))
@@ -682,15 +667,12 @@ class AcmeService:
                        ) -> AcmeOrder:
         order, _ = await self.order(account, order_id)
         if order.status != "ready":
-            raise AcmeProblem("orderNotReady", f"the order is {order.status}, not ready", 403)
-        try:
-            csr = parse_csr(csr_der)
-        except BadCSR as exc:
-            raise AcmeProblem("badCSR", exc.detail) from None
+            raise OrderNotReady(f"the order is {order.status}, not ready")
+        csr = parse_csr(csr_der)
         self._check_csr_identifiers(csr, order)
         processing = replace(order, status="processing")
         if not await self.store.update_acme_order(processing, "ready"):
-            raise AcmeProblem("orderNotReady", "the order is being finalized already", 403)
+            raise OrderNotReady("the order is being finalized already")
         task = self._tasks.spawn(self._issue(processing, csr))
         try:
             result: AcmeOrder = await asyncio.wait_for(asyncio.shield(task),
@@ -703,49 +685,49 @@ class AcmeService:
     def _check_csr_identifiers(csr: x509.CertificateSigningRequest, order: AcmeOrder) -> None:
         try:
             sans = x509build.sans_from_csr(csr)
-        except PolicyViolation as exc:
-            raise AcmeProblem("badCSR", exc.detail) from None
+        except PolicyViolation as exc:  # a SAN of a kind never issued: the CSR is at fault
+            raise BadCSR(exc.detail) from None
         if sans.email or sans.uri:
-            raise AcmeProblem("badCSR", "the CSR names email or URI SANs the order does not")
+            raise BadCSR("the CSR names email or URI SANs the order does not")
         asked = {("dns", d.lower()) for d in sans.dns} | \
             {("ip", str(ipaddress.ip_address(i))) for i in sans.ip}
-        cns = csr.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-        for cn in cns:
-            value = str(cn.value).lower()
-            try:
-                value = str(ipaddress.ip_address(value))
-                asked.add(("ip", value))
-            except ValueError:
-                asked.add(("dns", value))
+        for cn in csr.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME):
+            named = x509build.common_name_identifier(str(cn.value))
+            if named is None:
+                raise BadCSR("the CSR must name exactly the order's identifiers")
+            asked.add(named)
         if asked != set(order.identifiers):
-            raise AcmeProblem("badCSR", "the CSR must name exactly the order's identifiers")
+            raise BadCSR("the CSR must name exactly the order's identifiers")
 
     async def _issue(self, order: AcmeOrder, csr: x509.CertificateSigningRequest) -> AcmeOrder:
         org = await self.authority.organization_by_id(order.org_id)
-        principal = Principal("service", f"acme:{order.account_id}", org.org_id,
-                              "cert_manager")
+        principal = acting_account(order.account_id, org.org_id)
         try:
             issued = await self.authority.issue(IssuanceRequest(
                 csr=csr, profile=self._profiles[order.profile], org=org.slug,
                 not_before=order.not_before, not_after=order.not_after,
                 requested_at=order.created_at), principal)
-        except CAError as exc:
-            # The CSR or its key broke a rule of the profile; anything else is ours.
-            kind = "badCSR" if exc.kind.startswith("bad") or exc.kind in (
-                "policy_violation", "validity_too_long") else "serverInternal"
-            failed = replace(order, status="invalid", error=problem_document(kind, exc.detail))
-            await self.store.update_acme_order(failed, "processing")
-            raise AcmeProblem(kind, exc.detail) from None
+        except UnknownProfile as exc:  # the ACME profile names no CA profile: ours
+            log.error("ACME issuance for order %s: %s", order.order_id, exc.detail)
+            error: CAError = CAError("issuance failed")
+        except BadRequest as exc:  # the CSR or its key broke a rule of the profile
+            error = exc if isinstance(exc, BadCSR) else BadCSR(exc.detail)
+        except Unavailable as exc:
+            error = exc
+        except CAError as exc:  # anything else is ours, not the client's
+            log.error("ACME issuance for order %s refused: %s", order.order_id, exc.detail)
+            error = CAError("issuance failed")
         except Exception:
             log.exception("ACME issuance for order %s failed", order.order_id)
-            failed = replace(order, status="invalid", error=problem_document(
-                "serverInternal", "issuance failed"))
-            await self.store.update_acme_order(failed, "processing")
-            raise AcmeProblem("serverInternal", "issuance failed", 500) from None
-        valid = replace(order, status="valid", cert_id=issued.record.cert_id)
-        if not await self.store.update_acme_order(valid, "processing"):
-            log.error("order %s changed while it was being finalized", order.order_id)
-        return valid
+            error = CAError("issuance failed")
+        else:
+            valid = replace(order, status="valid", cert_id=issued.record.cert_id)
+            if not await self.store.update_acme_order(valid, "processing"):
+                log.error("order %s changed while it was being finalized", order.order_id)
+            return valid
+        failed = replace(order, status="invalid", error=error_record(error))
+        await self.store.update_acme_order(failed, "processing")
+        raise error
 
     # ------------------------------------------------------------------ certificates
     async def certificate_chains(self, account: AcmeAccount, cert_id: str
@@ -755,10 +737,10 @@ class AcmeService:
         the issuer's caIssuers URL (for ``Link: rel="up"``)."""
         order = await self.store.find_acme_order_by_cert(cert_id)
         if order is None or order.account_id != account.account_id:
-            raise AcmeProblem("malformed", "no such certificate", 404)
+            raise NotFound("no such certificate")
         record = await self.store.get_certificate_by_id(cert_id)
         if record is None:
-            raise AcmeProblem("malformed", "no such certificate", 404)
+            raise NotFound("no such certificate")
         issuer = await self.authority.ca_by_id(record.issuer_ca_id)
         leaf = pem.armor("CERTIFICATE", record.certificate_der)
         chains = [issuer.chain, *await alternate_chains(self.authority, issuer)]
@@ -767,62 +749,58 @@ class AcmeService:
 
     async def revoke(self, certificate_der: bytes, reason: int | None,
                      account: AcmeAccount | None, jwk_public_key: PublicKeyTypes | None) -> None:
-        """Revoke by the account that ordered it, or by the holder of its private key."""
+        """Revoke by the account that ordered it, or by the holder of its private key
+        (RFC 8555 7.6). Neither is the system: the Authority sees an account as a caller in
+        the account's organization, and the key holder as one in the organization of the
+        certificate whose key it proved, so its tenant checks apply as to any caller."""
         try:
             certificate = x509.load_der_x509_certificate(certificate_der)
         except ValueError:
-            raise AcmeProblem("malformed", "not a DER certificate") from None
+            raise BadRequest("not a DER certificate") from None
         candidates = await self.store.find_certificates_by_serial(
             serial_hex(certificate.serial_number))
         record = next((r for r in candidates if r.certificate_der == certificate_der), None)
         if record is None:
-            raise AcmeProblem("malformed", "this CA did not issue that certificate", 404)
+            raise NotFound("this CA did not issue that certificate")
         if account is not None:
             order = await self.store.find_acme_order_by_cert(record.cert_id)
             if order is None or order.account_id != account.account_id:
-                raise AcmeProblem("unauthorized",
-                                  "the account did not order this certificate", 403)
+                raise Forbidden("the account did not order this certificate")
         elif jwk_public_key is None or jwk_public_key != certificate.public_key():
-            raise AcmeProblem("unauthorized", "the JWS key is not the certificate's key", 403)
+            raise Forbidden("the JWS key is not the certificate's key")
         reasons = {0: "unspecified", 1: "key_compromise", 3: "affiliation_changed",
                    4: "superseded", 5: "cessation_of_operation", 9: "privilege_withdrawn"}
         code = 0 if reason is None else reason
         if code not in reasons:
-            raise AcmeProblem("badRevocationReason", f"reason code {code} is not allowed")
+            raise BadRevocationReason(f"reason code {code} is not allowed")
         if record.status == "revoked":
-            raise AcmeProblem("alreadyRevoked", "the certificate is revoked already")
-        principal = Principal.system(
-            f"acme:{account.account_id}" if account else "acme:certificate-key")
+            raise AlreadyRevoked("the certificate is revoked already")
+        principal = acting_account(account.account_id, account.org_id) if account else \
+            Principal("service", "acme:certificate-key", record.org_id, "cert_manager")
         try:
             await self.authority.revoke(record.serial_hex, reasons[code], principal)
-        except CAError as exc:
-            if exc.kind == "conflict":
-                raise AcmeProblem("alreadyRevoked", exc.detail) from None
-            raise
+        except NotFound:  # not in the caller's organization: not the caller's to revoke
+            raise Forbidden("the account may not revoke this certificate") from None
+        except Conflict as exc:  # revoked meanwhile (or, as before, a serial two CAs used)
+            raise AlreadyRevoked(exc.detail) from None
 
     # ------------------------------------------------------------------ ARI (RFC 9773)
-    async def _certificate_by_ari_id(self, cert_id: str) -> Any:
-        try:
-            aki_text, serial_text = cert_id.split(".")
-            aki = b64url_decode(aki_text, "the key identifier")
-            serial = int.from_bytes(b64url_decode(serial_text, "the serial"), "big")
-        except (ValueError, AcmeProblem):
-            raise AcmeProblem("malformed", "not an ARI certificate identifier") from None
-        for record in await self.store.find_certificates_by_serial(serial_hex(serial)):
+    async def _certificate_by_ari_id(self, cert_id: AriCertId) -> Any:
+        for record in await self.store.find_certificates_by_serial(serial_hex(cert_id.serial)):
             try:
                 issuer = await self.authority.ca_by_id(record.issuer_ca_id)
             except CAError:
                 continue
             ski = issuer.certificate.extensions.get_extension_for_class(
                 x509.SubjectKeyIdentifier).value.digest
-            if ski == aki:
+            if ski == cert_id.key_identifier:
                 return record
         return None
 
-    async def renewal_info(self, cert_id: str) -> RenewalWindow:
+    async def renewal_info(self, cert_id: AriCertId) -> RenewalWindow:
         record = await self._certificate_by_ari_id(cert_id)
         if record is None:
-            raise AcmeProblem("malformed", "no certificate with that identifier", 404)
+            raise NotFound("no certificate with that identifier")
         now = self._now()
         if record.status == "revoked":
             return RenewalWindow(now - dt.timedelta(hours=1), now - dt.timedelta(minutes=1),

@@ -416,10 +416,12 @@ class Authority:
         subject_key = check_subject_key(public_key, profile)
         sans = x509build.sans_from_csr(csr)
         common_name = _common_name(csr)
-        if not sans and profile.require_san and common_name and \
-                x509build.valid_dns_name(common_name.lower(), allow_wildcard=True):
-            # Many clients still put the host name only in the CN; carry it into the SAN.
-            sans = x509build.SubjectAltNames(dns=(common_name.lower(),))
+        named = x509build.common_name_identifier(common_name) if common_name else None
+        if not sans and profile.require_san and named is not None:
+            # Many clients still put the host name (or address) only in the CN; carry it
+            # into the SAN of its kind, as ACME finalization reads it.
+            sans = x509build.SubjectAltNames(dns=(named[1],)) if named[0] == "dns" \
+                else x509build.SubjectAltNames(ip=(named[1],))
         x509build.check_sans(sans, profile)
         if not common_name:
             common_name = (sans.dns or sans.ip or sans.email or sans.uri or ("",))[0]
@@ -615,10 +617,11 @@ class Authority:
 
     # ------------------------------------------------------------------ API tokens
     async def create_token(
-        self, org_slug: str, role: str, name: str = "", principal: Principal | None = None,
+        self, org_slug: str, role: str, name: str = "", *, principal: Principal,
         expires_at: dt.datetime | None = None,
     ) -> CreatedToken:
-        principal = principal or Principal.system()
+        """A bearer token for ``role`` in an organization, made by ``principal``: who acts is
+        always named by the caller (it is checked and audited), never assumed."""
         if role not in ROLES:
             raise BadRequest(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
         if not principal.can("token:create"):

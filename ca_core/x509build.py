@@ -62,6 +62,21 @@ def valid_dns_name(name: str, allow_wildcard: bool = True) -> bool:
     return len(labels) >= 1 and all(_DNS_LABEL.match(label) for label in labels)
 
 
+def common_name_identifier(common_name: str) -> tuple[str, str] | None:
+    """What a subject common name names, by the one rule that ACME finalization and the
+    Authority share: ("ip", canonical text) for an IP address (RFC 8738 identifiers; so
+    "192.0.2.1" is never taken for a DNS name), ("dns", lowercase) for a DNS name, None for
+    anything else (an IPv6 zone has no meaning in a certificate)."""
+    text = common_name.lower()
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return ("dns", text) if valid_dns_name(text, allow_wildcard=True) else None
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        return None
+    return "ip", str(address)
+
+
 def sans_from_csr(csr: x509.CertificateSigningRequest) -> SubjectAltNames:
     """The SANs a CSR asks for; PolicyViolation for names of a kind we never issue."""
     try:

@@ -15,7 +15,6 @@ from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 
-from ca_core.acme import b64url
 from ca_core.authority import IssuanceRequest, serial_display
 from ca_core.cross import (
     add_cross_certificate,
@@ -31,6 +30,7 @@ from db.audit_chain import verify_chain
 from gateway.config import Config, ConfigError, load_config
 from gateway.runtime import Services, open_services
 from gateway.tls import ensure_server_certificate, export_ca_files
+from protocols.acme.jws import b64url
 
 CLI = Principal.system("vcc-pki cli")
 
@@ -184,7 +184,7 @@ async def cmd_revoke(config: Config, args: argparse.Namespace) -> int:
 async def cmd_token_create(config: Config, args: argparse.Namespace) -> int:
     async def run(services: Services) -> int:
         created = await services.authority.create_token(args.org, args.role, args.name or "",
-                                                        CLI)
+                                                        principal=CLI)
         print(created.token)
         print(f"token {created.record.token_id} for role {args.role} in {args.org}; "
               "it is shown only once", file=sys.stderr)

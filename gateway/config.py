@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from ca_core.acme import AcmeSettings
-from ca_core.acme_validation import ValidationSettings
 from ca_core.authority import CASettings
 from ca_core.keys import KeySpec
 from ca_core.tsa import DEFAULT_POLICY_OID, TsaSettings
+from va.validator import ValidationSettings
 
 
 class ConfigError(Exception):

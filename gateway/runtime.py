@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 from ca_core.acme import AcmeService
 from ca_core.acme_state import AcmeState
-from ca_core.acme_validation import Validator
 from ca_core.authority import Authority
 from ca_core.crl import CrlPublisher, CrlSettings
 from ca_core.ocsp import OcspResponder, OcspSettings
@@ -24,6 +23,7 @@ from ca_core.storage import Store
 from db.acme_state import MemoryAcmeState, RedisAcmeState
 from db.cache import MemoryResponseCache, RedisResponseCache
 from gateway.config import Config, ConfigError
+from va.validator import Validator
 
 log = logging.getLogger(__name__)
 

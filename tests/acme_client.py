@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
-from ca_core.acme import jwk_thumbprint
+from protocols.acme.jws import jwk_thumbprint
 
 JOSE = "application/jose+json"
 

@@ -21,12 +21,13 @@ from aiohttp.test_utils import TestClient
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ca_core.acme import ari_cert_id, key_authorization
+from ca_core.acme import key_authorization
 from ca_core.authority import serial_hex
 from conformance import testdns
 from conformance.gateway import free_port
 from gateway.app import build_https_app
 from gateway.runtime import Services
+from protocols.acme.ari import cert_id as ari_cert_id
 from tests.acme_client import AccountKey, Client, b64, csr_for, jws, mac_jws
 from tests.helpers import fresh_services
 
@@ -109,7 +110,7 @@ async def _authorize(world: World, client: Client, order: dict[str, Any],
         if authz["status"] == "valid":
             continue
         challenge = next(c for c in authz["challenges"] if c["type"] == kind)
-        key_auth = key_authorization(challenge["token"], client.key.jwk)
+        key_auth = key_authorization(challenge["token"], client.key.thumbprint)
         if kind == "http-01":
             world.tokens[challenge["token"]] = key_auth
         elif kind == "dns-01":
@@ -542,7 +543,8 @@ async def test_rate_limit(tmp_path: Path, aiohttp_client: ClientFactory) -> None
 
 
 def test_base64_helper_rejects_padding() -> None:
-    from ca_core.acme import AcmeProblem, b64url_decode
+    from protocols.acme.jws import b64url_decode
+    from protocols.acme.problems import AcmeProblem
 
     assert b64url_decode(base64.urlsafe_b64encode(b"ab").decode().rstrip("="), "x") == b"ab"
     for bad in ("YWI=", "!!", "YW I", "YW+/", 5):
@@ -555,7 +557,7 @@ def test_one_key_has_one_thumbprint_however_it_is_spelled() -> None:
     zero octet is the same key, so the same thumbprint (and account)."""
     import josepy
 
-    from ca_core.acme import jwk_thumbprint
+    from protocols.acme.jws import jwk_thumbprint
 
     key = AccountKey.make("rsa")
     jwk = key.jwk
@@ -600,7 +602,7 @@ async def test_a_validation_lost_with_its_process_is_restarted(world: World) -> 
     assert await world.services.store.update_acme_authorization(
         dc_replace(authz, challenges=lost), "pending")
     token = next(c.token for c in lost if c.type == "http-01")
-    world.tokens[token] = key_authorization(token, client.key.jwk)
+    world.tokens[token] = key_authorization(token, client.key.thumbprint)
     done = await _poll(client, authz_url, lambda d: d["status"] != "pending")
     assert done["status"] == "valid"
 
@@ -657,3 +659,182 @@ async def test_alternate_chain_from_a_cross_certificate(world: World) -> None:
     await other.load()
     await other.register()
     await _problem(await other.post(alternates[0], None), "malformed", 404)
+
+
+def test_every_core_error_has_its_acme_problem() -> None:
+    """protocols/acme/problems.py is the one mapping: every kind ca_core.errors declares is
+    in it (a new kind must be placed there, not fall through to serverInternal)."""
+    import inspect
+
+    from ca_core import errors
+    from protocols.acme import problems
+
+    kinds = {cls.kind for _, cls in inspect.getmembers(errors, inspect.isclass)
+             if issubclass(cls, errors.CAError)}
+    assert kinds - set(problems._PROBLEMS) == set()
+    cases = {
+        errors.BadCSRSignature("x"): ("badCSR", 400),
+        errors.RejectedIdentifier("x", [("dns", "a.test", "why")]): ("rejectedIdentifier", 400),
+        errors.AccountDoesNotExist("x"): ("accountDoesNotExist", 400),
+        errors.AlreadyRevoked("x"): ("alreadyRevoked", 400),
+        errors.AccountKeyInUse("x"): ("conflict", 409),
+        errors.OrderNotReady("x"): ("orderNotReady", 403),
+        errors.Forbidden("x"): ("unauthorized", 403),
+        errors.NotFound("x"): ("malformed", 404),
+        errors.RateLimited("x", 7.0): ("rateLimited", 429),
+        errors.Unavailable("x"): ("serverInternal", 503),
+        errors.CAError("secret"): ("serverInternal", 500),
+    }
+    for error, (acme_type, status) in cases.items():
+        problem = problems.from_error(error)
+        assert (problem.acme_type, problem.status) == (acme_type, status), error
+    assert problems.from_error(errors.CAError("secret")).detail == "internal error"
+    assert problems.from_error(errors.RateLimited("x", 7.0)).retry_after == 7.0
+    rejected = problems.from_error(errors.RejectedIdentifier("x", [("ip", "10.0.0.1", "no")]))
+    assert rejected.document()["subproblems"] == [
+        {"type": ERR + "rejectedIdentifier", "detail": "no",
+         "identifier": {"type": "ip", "value": "10.0.0.1"}}]
+
+
+def test_stored_failures_render_as_problem_documents() -> None:
+    from ca_core.acme import error_record
+    from ca_core.errors import ConnectionFailed, IncorrectResponse
+    from protocols.acme.problems import stored
+
+    record = error_record(IncorrectResponse("no match"), ("dns", "a.test"))
+    assert stored(record) == {"type": ERR + "unauthorized", "detail": "no match",
+                              "identifier": {"type": "dns", "value": "a.test"}}
+    assert stored(error_record(ConnectionFailed("refused"))) == {
+        "type": ERR + "connection", "detail": "refused"}
+    # a document kept before the RA stored kinds is shown as it was
+    legacy = {"type": ERR + "dns", "detail": "lookup failed"}
+    assert stored(legacy) == legacy
+
+
+async def test_nonce_state_down_is_server_internal_503(world: World) -> None:
+    """The nonce store cannot be reached (as Redis down would make it: the outage is
+    simulated, the RA is not): a signed request is answered serverInternal 503 with what is
+    unavailable, without a nonce and without a traceback."""
+    from db.acme_state import AcmeState, StateUnavailable
+
+    class Down(AcmeState):
+        async def issue_nonce(self) -> str:
+            raise StateUnavailable("simulated outage")
+
+        async def consume_nonce(self, nonce: str) -> bool:
+            raise StateUnavailable("simulated outage")
+
+        async def hit(self, key: str, limit: int, window_seconds: int) -> float | None:
+            raise StateUnavailable("simulated outage")
+
+    client = world.client()
+    await client.load()
+    world.services.acme.state = Down()
+    url = client.directory["newAccount"]
+    body = jws(client.key, {"termsOfServiceAgreed": True},
+               {"nonce": "any", "url": url, "jwk": client.key.jwk})
+    response = await world.http.post("/acme/default/new-account", data=json.dumps(body),
+                                     headers={"Content-Type": "application/jose+json"})
+    problem = await response.json(content_type=None)
+    assert (response.status, problem["type"]) == (503, ERR + "serverInternal"), problem
+    assert problem["detail"] == "nonces are unavailable"
+    assert "Replay-Nonce" not in response.headers
+    assert await world.services.store.find_acme_account(client.key.thumbprint) is None
+
+
+async def test_revocation_acts_in_the_accounts_organization(world: World) -> None:
+    """RFC 8555 7.6 with tenants: an account revokes as a caller of its own organization,
+    never as the system, so a certificate of another organization stays out of its reach
+    even where the RA's own check is passed (here: an order row naming that certificate,
+    as a damaged or migrated store could hold)."""
+    import secrets
+
+    from cryptography.hazmat.primitives import serialization
+    from ca_core.records import AcmeOrder
+
+    from ca_core.authority import IssuanceRequest
+    from ca_core.hierarchy import ensure_organization
+    from ca_core.principal import Principal
+    from tests.helpers import make_csr
+
+    authority = world.services.authority
+    await ensure_organization(authority, "health", "Health", Principal.system("test"))
+    theirs = await authority.issue(IssuanceRequest(csr=make_csr(), profile="vcc_service",
+                                                   org="default"), Principal.system("test"))
+    client = world.client(directory="/acme/health/directory")
+    await client.load()
+    assert (await client.register()).status == 201
+    account = await world.services.store.get_acme_account(
+        (client.account_url or "").rsplit("/", 1)[1])
+    assert account is not None and account.org_id != theirs.record.org_id
+    der = theirs.certificate.public_bytes(serialization.Encoding.DER)
+    revoke = client.directory["revokeCert"]
+    await _problem(await client.post(revoke, {"certificate": b64(der)}), "unauthorized", 403)
+    now = dt.datetime.now(dt.UTC)
+    await world.services.store.add_acme_order(AcmeOrder(
+        order_id=secrets.token_urlsafe(12), account_id=account.account_id,
+        org_id=account.org_id, status="valid", expires=now + dt.timedelta(days=1),
+        identifiers=(("dns", "svc.example.org"),), authz_ids=(), profile="tlsserver",
+        cert_id=theirs.record.cert_id, created_at=now), [])
+    await _problem(await client.post(revoke, {"certificate": b64(der)}), "unauthorized", 403)
+    (record,) = await world.services.store.find_certificates_by_serial(
+        theirs.record.serial_hex)
+    assert record.status == "active"
+
+
+async def test_acme_revocations_are_audited_as_the_account(world: World) -> None:
+    client = world.client()
+    await client.load()
+    await client.register()
+    _, _, chain = await _issue(world, client, "audited.test")
+    from cryptography.hazmat.primitives import serialization
+
+    leaf = x509.load_pem_x509_certificates(chain)[0]
+    response = await client.post(client.directory["revokeCert"], {
+        "certificate": b64(leaf.public_bytes(serialization.Encoding.DER))})
+    assert response.status == 200, await response.text()
+    account_id = (client.account_url or "").rsplit("/", 1)[1]
+    (event,) = [e.event for e in await world.services.store.audit_entries()
+                if e.event.event_type == "certificate.revoked"]
+    assert (event.actor_type, event.actor_id) == ("service", f"acme:{account_id}")
+
+
+async def test_a_common_name_holding_an_ip_address_is_one_rule(world: World) -> None:
+    """A CSR naming 127.0.0.1 only in its CN: ACME finalization reads it as the order's IP
+    identifier, and the Authority carries it into an iPAddress SAN (never a dNSName), the
+    same through an ACME order and through the REST API."""
+    from ca_core.principal import Principal
+    from tests.helpers import make_csr
+
+    def sans_of(leaf: x509.Certificate) -> tuple[list[str], list[str]]:
+        sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        return (sans.get_values_for_type(x509.DNSName),
+                [str(i) for i in sans.get_values_for_type(x509.IPAddress)])
+
+    client = world.client()
+    await client.load()
+    await client.register()
+    order_url, order = await _order(client, ips=("127.0.0.1",))
+    await _authorize(world, client, order)
+    await _poll(client, order_url, lambda d: d["status"] == "ready")
+    csr = make_csr(cn="127.0.0.1", dns=(), pem=False)
+    response = await client.post(order["finalize"], {"csr": b64(csr)})
+    assert response.status == 200, await response.text()
+    order = await _poll(client, order_url, lambda d: d["status"] != "processing")
+    assert order["status"] == "valid", order
+    acme_leaf = x509.load_pem_x509_certificates(
+        await (await client.post(order["certificate"], None)).read())[0]
+
+    created = await world.services.authority.create_token(
+        "default", "cert_manager", principal=Principal.system("test"))
+    response = await world.http.post(
+        "/api/v1/certificates", headers={"Authorization": f"Bearer {created.token}"},
+        json={"csr": make_csr(cn="127.0.0.1", dns=()).decode(), "profile": "vcc_service"})
+    assert response.status == 201, await response.text()
+    rest_leaf = x509.load_pem_x509_certificate(
+        (await response.json())["certificate_pem"].encode())
+
+    assert sans_of(acme_leaf) == sans_of(rest_leaf) == ([], ["127.0.0.1"])
+    assert acme_leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == \
+        rest_leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == \
+        "127.0.0.1"

@@ -167,7 +167,7 @@ async def test_bad_csr_signature(pki: Pki) -> None:
 
 
 async def test_internal_profiles_are_not_requestable(pki: Pki) -> None:
-    created = await pki.authority.create_token("default", "cert_manager")
+    created = await pki.authority.create_token("default", "cert_manager", principal=SYSTEM)
     principal = await pki.authority.authenticate(created.token)
     with pytest.raises(Forbidden):
         await pki.authority.issue(
@@ -203,12 +203,16 @@ def test_serial_forms() -> None:
         parse_serial("0")
 
 
+async def _caller(pki: Pki, org: str, role: str) -> Principal:
+    """The principal of a fresh API token for ``role`` in ``org``."""
+    created = await pki.authority.create_token(org, role, principal=SYSTEM)
+    return await pki.authority.authenticate(created.token)
+
+
 async def test_tenants_are_isolated(pki: Pki) -> None:
     await ensure_organization(pki.authority, "health", "Health Ministry")
-    a = await pki.authority.authenticate(
-        (await pki.authority.create_token("default", "cert_manager")).token)
-    b = await pki.authority.authenticate(
-        (await pki.authority.create_token("health", "cert_manager")).token)
+    a = await _caller(pki, "default", "cert_manager")
+    b = await _caller(pki, "health", "cert_manager")
     issued_a = await pki.authority.issue(
         IssuanceRequest(csr=make_csr(), profile="vcc_service"), a)
     issued_b = await pki.authority.issue(
@@ -228,10 +232,8 @@ async def test_tenants_are_isolated(pki: Pki) -> None:
 
 
 async def test_service_accounts_see_only_their_own(pki: Pki) -> None:
-    one = await pki.authority.authenticate(
-        (await pki.authority.create_token("default", "service_account")).token)
-    two = await pki.authority.authenticate(
-        (await pki.authority.create_token("default", "service_account")).token)
+    one = await _caller(pki, "default", "service_account")
+    two = await _caller(pki, "default", "service_account")
     issued = await pki.authority.issue(
         IssuanceRequest(csr=make_csr(), profile="vcc_service"), one)
     assert (await pki.authority.find_certificate(issued.serial, one)).serial_hex
@@ -242,15 +244,14 @@ async def test_service_accounts_see_only_their_own(pki: Pki) -> None:
 
 
 async def test_roles_without_the_permission_are_forbidden(pki: Pki) -> None:
-    auditor = await pki.authority.authenticate(
-        (await pki.authority.create_token("default", "auditor")).token)
+    auditor = await _caller(pki, "default", "auditor")
     with pytest.raises(Forbidden):
         await pki.authority.issue(
             IssuanceRequest(csr=make_csr(), profile="vcc_service"), auditor)
 
 
 async def test_tokens(pki: Pki) -> None:
-    created = await pki.authority.create_token("default", "pki_admin")
+    created = await pki.authority.create_token("default", "pki_admin", principal=SYSTEM)
     assert created.record.secret_hash not in created.token  # only the hash is stored
     principal = await pki.authority.authenticate(created.token)
     assert principal.role == "pki_admin"
@@ -258,9 +259,23 @@ async def test_tokens(pki: Pki) -> None:
         with pytest.raises(Unauthorized):
             await pki.authority.authenticate(bad)
     with pytest.raises(BadRequest):
-        await pki.authority.create_token("default", "emperor")
+        await pki.authority.create_token("default", "emperor", principal=SYSTEM)
     with pytest.raises(NotFound):
-        await pki.authority.create_token("nope", "auditor")
+        await pki.authority.create_token("nope", "auditor", principal=SYSTEM)
+
+
+async def test_a_token_is_made_by_the_principal_its_caller_names(pki: Pki) -> None:
+    """No default creator: the caller's principal is checked and recorded in the audit log."""
+    admin = await _caller(pki, "default", "pki_admin")
+    created = await pki.authority.create_token("default", "auditor", principal=admin)
+    (event,) = [e.event for e in await pki.store.audit_entries()
+                if e.event.resource_id == created.record.token_id]
+    assert (event.actor_type, event.actor_id) == (admin.actor_type, admin.actor_id)
+    with pytest.raises(Forbidden):  # an organization's admin makes no super admins
+        await pki.authority.create_token("default", "pki_super_admin", principal=admin)
+    manager = await _caller(pki, "default", "cert_manager")
+    with pytest.raises(Forbidden):  # nor does a role without token:create
+        await pki.authority.create_token("default", "auditor", principal=manager)
 
 
 async def test_hierarchy_is_idempotent_and_audited(pki: Pki) -> None:
@@ -307,3 +322,26 @@ async def test_only_end_entity_certificates_name_the_ocsp_responder(pki: Pki) ->
         IssuanceRequest(csr=make_csr(), profile="vcc_service"), Principal.system("test"))
     assert access(issued.certificate) == {AuthorityInformationAccessOID.OCSP,
                                           AuthorityInformationAccessOID.CA_ISSUERS}
+
+
+def test_what_a_common_name_names() -> None:
+    from ca_core.x509build import common_name_identifier
+
+    assert common_name_identifier("192.0.2.1") == ("ip", "192.0.2.1")
+    assert common_name_identifier("2001:DB8::1") == ("ip", "2001:db8::1")
+    assert common_name_identifier("Svc.Example.Test") == ("dns", "svc.example.test")
+    assert common_name_identifier("*.example.test") == ("dns", "*.example.test")
+    for neither in ("fe80::1%eth0", "not a name", "example.test.", "Jane Doe"):
+        assert common_name_identifier(neither) is None, neither
+
+
+@pytest.mark.parametrize("address", ["192.0.2.7", "2001:db8::7"])
+async def test_an_address_only_in_the_common_name_becomes_an_ip_san(pki: Pki,
+                                                                    address: str) -> None:
+    issued = await pki.authority.issue(
+        IssuanceRequest(csr=make_csr(cn=address, dns=()), profile="vcc_service"), SYSTEM)
+    sans = issued.certificate.extensions.get_extension_for_class(
+        x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == []
+    assert [str(i) for i in sans.get_values_for_type(x509.IPAddress)] == [address]
+    assert issued.record.san == {"ip": [address]}

@@ -11,11 +11,13 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from ca_core.hierarchy import ensure_organization
+from ca_core.principal import Principal
 from gateway.app import build_http_app, build_https_app
 from gateway.runtime import Services
 from tests.helpers import make_csr, make_key
 
 ClientFactory = Callable[..., Any]
+ADMIN = Principal.system("test")
 
 
 @pytest.fixture
@@ -24,7 +26,7 @@ async def client(services: Services, aiohttp_client: ClientFactory) -> TestClien
 
 
 async def _token(services: Services, role: str = "cert_manager", org: str = "default") -> str:
-    return (await services.authority.create_token(org, role)).token
+    return (await services.authority.create_token(org, role, principal=ADMIN)).token
 
 
 def _auth(token: str) -> dict[str, str]:

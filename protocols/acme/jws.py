@@ -3,12 +3,16 @@
 josepy parses the JWKs and checks RS256/ES256/ES384 and HMAC signatures (raw r||s ECDSA
 included); josepy 2.2 has no EdDSA, so Ed25519 (RFC 8037) is checked here with
 cryptography. The protected header is plain JSON: ``nonce`` and ``url`` are ACME's own
-members, read from it directly.
+members, read from it directly. Here too: strict base64url (RFC 7515 section 2) and the
+JWK thumbprint (RFC 7638) that names an account.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
+import hashlib
 import json
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -18,12 +22,53 @@ import josepy
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from josepy import json_util
 
-from ca_core.acme import AcmeProblem, b64url_decode, jwk_thumbprint
+from protocols.acme.problems import AcmeProblem
 
 ACCOUNT_ALGORITHMS = ("RS256", "ES256", "ES384", "EdDSA")
 MAC_ALGORITHMS = ("HS256", "HS384", "HS512")
 _CURVES = {"ES256": "secp256r1", "ES384": "secp384r1"}
+
+
+def jwk_thumbprint(jwk: dict[str, Any]) -> str:
+    """RFC 7638 thumbprint (SHA-256, base64url) of the key itself: RSA and EC keys through
+    josepy, which re-encodes the members from the key, so two spellings of one key (a
+    leading zero octet in ``n``, say) have one thumbprint and so one account. josepy has no
+    OKP keys: Ed25519's ``x`` is decoded and encoded again for the same reason."""
+    kty = jwk.get("kty") if isinstance(jwk, dict) else None
+    required = {"RSA": ("e", "n"), "EC": ("crv", "x", "y"), "OKP": ("crv", "x")}.get(str(kty))
+    if required is None or any(not isinstance(jwk.get(m), str) for m in required):
+        raise AcmeProblem("badPublicKey", "unsupported or incomplete JWK")
+    if kty == "OKP":
+        canonical = json.dumps(
+            {"crv": jwk["crv"], "kty": "OKP", "x": b64url(b64url_decode(jwk["x"], "the JWK's x"))},
+            separators=(",", ":"), sort_keys=True)
+        return b64url(hashlib.sha256(canonical.encode("utf-8")).digest())
+    try:
+        key: josepy.jwk.JWK = josepy.jwk.JWK.from_json(  # type: ignore[assignment]
+            {m: jwk[m] for m in ("kty", *required)})
+        return b64url(key.thumbprint())
+    except (josepy.errors.DeserializationError, ValueError, TypeError, KeyError,
+            AttributeError):
+        raise AcmeProblem("badPublicKey", "the JWK cannot be read") from None
+
+
+def b64url(data: bytes) -> str:
+    """base64url without padding (RFC 7515 2), as josepy writes it."""
+    text: str = json_util.encode_b64jose(data)
+    return text
+
+
+def b64url_decode(text: Any, what: str) -> bytes:
+    """Strict base64url without padding (RFC 7515 2): josepy's decoder accepts padding and
+    drops characters outside the alphabet, which an ACME server must refuse (malformed)."""
+    if not isinstance(text, str) or "=" in text or "+" in text or "/" in text:
+        raise AcmeProblem("malformed", f"{what} is not base64url without padding")
+    try:
+        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError):
+        raise AcmeProblem("malformed", f"{what} is not base64url") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,10 +27,13 @@ from typing import Any
 
 from aiohttp import web
 
-from ca_core.acme import AcmeProblem, AcmeService, b64url_decode, jwk_thumbprint
+from ca_core.acme import AccountKey, AcmeService
 from ca_core.errors import CAError, Unavailable
 from ca_core.records import AcmeAccount, AcmeAuthorization, AcmeChallenge, AcmeOrder, Organization
+from protocols.acme import ari, problems
 from protocols.acme import jws as jose
+from protocols.acme.jws import b64url_decode, jwk_thumbprint
+from protocols.acme.problems import AcmeProblem
 
 log = logging.getLogger(__name__)
 
@@ -162,9 +165,10 @@ def acme_handler(handler: Handler) -> Handler:
                 log.warning("ACME %s %s: %s", request.method, request.path, problem.detail)
             response = _problem_response(problem)
         except CAError as exc:
-            if isinstance(exc, Unavailable):  # the store is down: say so, no traceback
-                log.warning("ACME %s %s: unavailable: %s", request.method, request.path, exc)
-            response = _problem_response(_from_ca_error(exc))
+            mapped = problems.from_error(exc)
+            if mapped.status >= 500:
+                log.warning("ACME %s %s: %s", request.method, request.path, exc)
+            response = _problem_response(mapped)
         except web.HTTPException:
             raise
         except Exception:
@@ -172,22 +176,10 @@ def acme_handler(handler: Handler) -> Handler:
             response = _problem_response(AcmeProblem("serverInternal", "internal error", 500))
         try:
             return await _with_nonce(request, response)
-        except AcmeProblem:
+        except Unavailable:
             return response  # no nonce store: the problem itself is the answer
 
     return wrapped
-
-
-def _from_ca_error(exc: CAError) -> AcmeProblem:
-    kinds = {"bad_csr": ("badCSR", 400), "bad_csr_signature": ("badCSR", 400),
-             "bad_public_key": ("badCSR", 400), "policy_violation": ("rejectedIdentifier", 400),
-             "validity_too_long": ("malformed", 400), "unknown_profile": ("invalidProfile", 400),
-             "bad_request": ("malformed", 400), "unauthorized": ("unauthorized", 401),
-             "forbidden": ("unauthorized", 403), "not_found": ("malformed", 404),
-             "conflict": ("malformed", 409), "unavailable": ("serverInternal", 503)}
-    acme_type, status = kinds.get(exc.kind, ("serverInternal", 500))
-    detail = exc.detail if status < 500 or status == 503 else "internal error"
-    return AcmeProblem(acme_type, detail, status)
 
 
 async def _verified(request: web.Request, allow_jwk: bool = False,
@@ -267,7 +259,7 @@ def challenge_json(urls: Urls, authz: AcmeAuthorization, challenge: AcmeChalleng
     if challenge.validated is not None:
         document["validated"] = _time(challenge.validated)
     if challenge.error is not None:
-        document["error"] = challenge.error
+        document["error"] = problems.stored(challenge.error)
     return document
 
 
@@ -297,7 +289,7 @@ def order_json(urls: Urls, order: AcmeOrder) -> dict[str, Any]:
     if order.replaces is not None:
         document["replaces"] = order.replaces
     if order.error is not None:
-        document["error"] = order.error
+        document["error"] = problems.stored(order.error)
     if order.status == "valid" and order.cert_id is not None:
         document["certificate"] = urls.certificate(order.cert_id)
     return document
@@ -346,8 +338,9 @@ async def new_account(request: web.Request) -> web.StreamResponse:
     payload = signed.jws.payload_json()
     service = _service(request)
     urls = _urls(request)
+    key = AccountKey(signed.jwk, jwk_thumbprint(signed.jwk))
     if payload.get("onlyReturnExisting") is True:
-        existing = await service.find_account(signed.jwk)
+        existing = await service.find_account(key.thumbprint)
         if existing is None:
             raise AcmeProblem("accountDoesNotExist", "no account has this key")
         return _json(request, account_json(existing), 200, urls.account(existing.account_id))
@@ -356,16 +349,16 @@ async def new_account(request: web.Request) -> web.StreamResponse:
         raise AcmeProblem("malformed", "contact must be a list")
     eab = None
     binding = payload.get("externalAccountBinding")
-    if binding is not None and await service.find_account(signed.jwk) is None:
-        eab = await _check_eab(request, org, binding, signed.jwk)
+    if binding is not None and await service.find_account(key.thumbprint) is None:
+        eab = await _check_eab(request, org, binding, key)
     account, created = await service.new_account(
-        org, signed.jwk, contact, payload.get("termsOfServiceAgreed") is True, eab)
+        org, key, contact, payload.get("termsOfServiceAgreed") is True, eab)
     return _json(request, account_json(account), 201 if created else 200,
                  urls.account(account.account_id))
 
 
 async def _check_eab(request: web.Request, org: Organization, binding: Any,
-                     jwk: dict[str, Any]) -> Any:
+                     account_key: AccountKey) -> Any:
     if not isinstance(binding, dict):
         raise AcmeProblem("malformed", "externalAccountBinding must be a JWS")
     inner = jose.parse(binding)
@@ -383,7 +376,7 @@ async def _check_eab(request: web.Request, org: Organization, binding: Any,
         bound = inner.payload_json()
     except AcmeProblem:
         raise AcmeProblem("malformed", "the EAB payload must be the account key") from None
-    if jwk_thumbprint(bound) != jwk_thumbprint(jwk):
+    if jwk_thumbprint(bound) != account_key.thumbprint:
         raise AcmeProblem("unauthorized", "the EAB binds another key", 401)
     return key
 
@@ -430,7 +423,8 @@ async def key_change(request: web.Request) -> web.StreamResponse:
     old = payload.get("oldKey")
     if not isinstance(old, dict) or jwk_thumbprint(old) != signed.account.key_thumbprint:
         raise AcmeProblem("malformed", "oldKey is not the account's key")
-    updated = await _service(request).change_key(signed.account, new_jwk)
+    updated = await _service(request).change_key(
+        signed.account, AccountKey(new_jwk, jwk_thumbprint(new_jwk)))
     return _json(request, account_json(updated), 200, urls.account(updated.account_id))
 
 
@@ -449,7 +443,8 @@ async def new_order(request: web.Request) -> web.StreamResponse:
     order, _ = await _service(request).new_order(
         signed.account, payload.get("identifiers"),
         _parse_time(payload.get("notBefore"), "notBefore"),
-        _parse_time(payload.get("notAfter"), "notAfter"), profile, replaces)
+        _parse_time(payload.get("notAfter"), "notAfter"), profile,
+        None if replaces is None else ari.parse_cert_id(replaces))
     urls = _urls(request)
     return _json(request, order_json(urls, order), 201, urls.order(order.order_id))
 
@@ -563,7 +558,8 @@ async def revoke_cert(request: web.Request) -> web.StreamResponse:
 @acme_handler
 async def renewal_info(request: web.Request) -> web.StreamResponse:
     await _org(request)
-    window = await _service(request).renewal_info(request.match_info["cert_id"])
+    window = await _service(request).renewal_info(
+        ari.parse_cert_id(request.match_info["cert_id"]))
     document: dict[str, Any] = {"suggestedWindow": {"start": _time(window.start),
                                                     "end": _time(window.end)}}
     response = web.json_response(document)

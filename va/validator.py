@@ -1,10 +1,13 @@
 """ACME challenge validation (RFC 8555 section 8, RFC 8737 tls-alpn-01, RFC 8738 IP).
 
-Each validator fetches what the applicant published and compares it with the key
-authorization (``token || '.' || base64url(JWK thumbprint)``). Targets are configurable for
-internal networks and tests: the HTTP and TLS ports, and one DNS resolver (host:port) used
-both for TXT lookups and for resolving names. A failure raises ``ValidationFailed`` with the
-RFC 8555 error type and a message for the client; nothing internal leaks into it.
+The ``ChallengeValidator`` that ca_core.acme declares, over the network: HTTP (aiohttp),
+DNS (dnspython) and TLS-ALPN connections to the applicant. Each validator fetches what the
+applicant published and compares it with the key authorization
+(``token || '.' || base64url(JWK thumbprint)``). Targets are configurable for internal
+networks and tests: the HTTP and TLS ports, and one DNS resolver (host:port) used both for
+TXT lookups and for resolving names. A failure raises a ``ValidationFailed`` of ca_core
+(ConnectionFailed, DnsFailed, TlsFailed, IncorrectResponse) with a message for the client;
+nothing internal leaks into it.
 """
 
 from __future__ import annotations
@@ -26,18 +29,19 @@ from cryptography import x509
 from cryptography.x509.oid import ObjectIdentifier
 from josepy import json_util
 
+from ca_core.errors import (
+    ConnectionFailed,
+    DnsFailed,
+    IncorrectResponse,
+    TlsFailed,
+    ValidationFailed,
+)
+
 log = logging.getLogger(__name__)
 
 ACME_IDENTIFIER_OID = ObjectIdentifier("1.3.6.1.5.5.7.1.31")  # id-pe-acmeIdentifier
 ACME_TLS_ALPN = "acme-tls/1"
 MAX_HTTP_BODY = 8 * 1024
-
-
-class ValidationFailed(Exception):
-    def __init__(self, acme_type: str, detail: str) -> None:
-        super().__init__(detail)
-        self.acme_type = acme_type  # e.g. "connection", "unauthorized", "dns", "tls"
-        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +79,7 @@ class Validator:
         elif challenge_type == "tls-alpn-01":
             await self._tls_alpn01(identifier_type, value, key_authorization)
         else:  # the RA never offers another type
-            raise ValidationFailed("malformed", f"unsupported challenge type {challenge_type}")
+            raise ValidationFailed(f"unsupported challenge type {challenge_type}")
 
     # ------------------------------------------------------------------ resolution
     async def _addresses(self, identifier_type: str, value: str) -> list[str]:
@@ -88,7 +92,7 @@ class Validator:
                     loop.getaddrinfo(value, None, type=socket.SOCK_STREAM),
                     self.settings.timeout)
             except (OSError, TimeoutError) as exc:
-                raise ValidationFailed("dns", f"cannot resolve {value}") from exc
+                raise DnsFailed(f"cannot resolve {value}") from exc
             return list(dict.fromkeys(str(info[4][0]) for info in infos))
         resolver = self._resolver
 
@@ -98,7 +102,7 @@ class Validator:
             except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, dns.resolver.NoNameservers):
                 return []
             except dns.exception.DNSException as exc:
-                raise ValidationFailed("dns", f"DNS lookup of {value} failed") from exc
+                raise DnsFailed(f"DNS lookup of {value} failed") from exc
             return [r.to_text() for r in answer]
 
         # Both at once: the validation waits for one round trip, not two.
@@ -109,7 +113,7 @@ class Validator:
                 raise result
             addresses.extend(result)
         if not addresses:
-            raise ValidationFailed("dns", f"no A or AAAA record for {value}")
+            raise DnsFailed(f"no A or AAAA record for {value}")
         return addresses
 
     # ------------------------------------------------------------------ http-01
@@ -128,10 +132,9 @@ class Validator:
                 last = exc
                 continue
             if body.strip() != key_authorization:
-                raise ValidationFailed(
-                    "unauthorized", f"the key authorization at {url} does not match")
+                raise IncorrectResponse(f"the key authorization at {url} does not match")
             return
-        raise last or ValidationFailed("connection", f"no address to fetch {url}")
+        raise last or ConnectionFailed(f"no address to fetch {url}")
 
     def _http(self) -> aiohttp.ClientSession:
         # One session for all validations; no keep-alive, so that every validation makes
@@ -152,17 +155,15 @@ class Validator:
             async with self._http().get(url, headers={"Host": host}, allow_redirects=True,
                                         max_redirects=10) as response:
                 if response.status != 200:
-                    raise ValidationFailed(
-                        "unauthorized", f"fetching the challenge gave HTTP {response.status}")
+                    raise IncorrectResponse(f"fetching the challenge gave HTTP {response.status}")
                 data = await response.content.read(MAX_HTTP_BODY + 1)
         except ValidationFailed:
             raise
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise ValidationFailed("connection",
-                                   f"cannot fetch the challenge from {host}: "
+            raise ConnectionFailed(f"cannot fetch the challenge from {host}: "
                                    f"{type(exc).__name__}") from exc
         if len(data) > MAX_HTTP_BODY:
-            raise ValidationFailed("unauthorized", "the challenge response is too large")
+            raise IncorrectResponse("the challenge response is too large")
         return data.decode("utf-8", "replace")
 
     # ------------------------------------------------------------------ dns-01
@@ -173,13 +174,12 @@ class Validator:
         try:
             answer = await resolver.resolve(name, "TXT", lifetime=self.settings.timeout)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer) as exc:
-            raise ValidationFailed("unauthorized", f"no TXT record at {name}") from exc
+            raise IncorrectResponse(f"no TXT record at {name}") from exc
         except dns.exception.DNSException as exc:
-            raise ValidationFailed("dns", f"DNS lookup of {name} failed") from exc
+            raise DnsFailed(f"DNS lookup of {name} failed") from exc
         found = [b"".join(r.strings).decode("ascii", "replace") for r in answer]
         if expected not in found:
-            raise ValidationFailed("unauthorized",
-                                   f"no TXT record at {name} matches the key authorization")
+            raise IncorrectResponse(f"no TXT record at {name} matches the key authorization")
 
     # ------------------------------------------------------------------ tls-alpn-01
     async def _tls_alpn01(self, identifier_type: str, value: str,
@@ -200,7 +200,7 @@ class Validator:
                 continue
             self._check_alpn_certificate(der, identifier_type, value, key_authorization)
             return
-        raise last or ValidationFailed("connection", f"no address for {value}")
+        raise last or ConnectionFailed(f"no address for {value}")
 
     async def _handshake(self, address: str, server_name: str,
                          context: ssl.SSLContext) -> bytes:
@@ -209,15 +209,15 @@ class Validator:
                 address, self.settings.tlsalpn01_port, ssl=context,
                 server_hostname=server_name), self.settings.timeout)
         except (OSError, ssl.SSLError, TimeoutError) as exc:
-            raise ValidationFailed("tls", f"TLS handshake with {server_name} failed: "
-                                          f"{type(exc).__name__}") from exc
+            raise TlsFailed(f"TLS handshake with {server_name} failed: "
+                            f"{type(exc).__name__}") from exc
         try:
             ssl_object = writer.get_extra_info("ssl_object")
             if ssl_object is None or ssl_object.selected_alpn_protocol() != ACME_TLS_ALPN:
-                raise ValidationFailed("tls", f"{server_name} did not negotiate {ACME_TLS_ALPN}")
+                raise TlsFailed(f"{server_name} did not negotiate {ACME_TLS_ALPN}")
             der = ssl_object.getpeercert(binary_form=True)
             if not der:
-                raise ValidationFailed("tls", f"{server_name} sent no certificate")
+                raise TlsFailed(f"{server_name} sent no certificate")
             return bytes(der)
         finally:
             writer.close()
@@ -235,9 +235,8 @@ class Validator:
                 x509.SubjectAlternativeName).value
             acme = certificate.extensions.get_extension_for_oid(ACME_IDENTIFIER_OID)
         except (ValueError, x509.ExtensionNotFound) as exc:
-            raise ValidationFailed(
-                "unauthorized", "the tls-alpn-01 certificate lacks the SAN or the "
-                "acmeIdentifier extension") from exc
+            raise IncorrectResponse("the tls-alpn-01 certificate lacks the SAN or the "
+                                    "acmeIdentifier extension") from exc
         if identifier_type == "ip":
             names = {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)}
             wanted = str(ipaddress.ip_address(value))
@@ -245,13 +244,11 @@ class Validator:
             names = set(sans.get_values_for_type(x509.DNSName))
             wanted = value
         if names != {wanted} or len(list(sans)) != 1:
-            raise ValidationFailed("unauthorized",
-                                   "the tls-alpn-01 certificate must name exactly the identifier")
+            raise IncorrectResponse("the tls-alpn-01 certificate must name exactly the identifier")
         if not acme.critical:
-            raise ValidationFailed("unauthorized", "the acmeIdentifier extension must be critical")
+            raise IncorrectResponse("the acmeIdentifier extension must be critical")
         expected = hashlib.sha256(key_authorization.encode("ascii")).digest()
         raw = acme.value.value if isinstance(acme.value, x509.UnrecognizedExtension) else b""
         # The extension value is an OCTET STRING (04 20 ...) holding the SHA-256 digest.
         if raw != b"\x04\x20" + expected:
-            raise ValidationFailed("unauthorized",
-                                   "the acmeIdentifier does not match the key authorization")
+            raise IncorrectResponse("the acmeIdentifier does not match the key authorization")
