@@ -39,7 +39,7 @@ from ca_core.tsa import TimeStampAuthority, find_timestamp
 from db.audit_chain import verify_chain
 from db.store import StoreError
 from gateway.config import Config, ConfigError, load_config
-from gateway.runtime import Services, open_services
+from gateway.runtime import Services, open_services, require_cas
 from gateway.tls import ensure_server_certificate, export_ca_files
 
 CLI = Principal.system("vcc-pki cli")
@@ -69,6 +69,7 @@ async def cmd_serve(config: Config, args: argparse.Namespace) -> int:
 
 async def _with_services(config: Config, fn: Callable[[Services], Awaitable[int]]) -> int:
     async with open_services(config) as services:
+        await require_cas(services.store)
         return await fn(services)
 
 

@@ -155,3 +155,39 @@ def test_a_port_in_use_names_its_setting(env: Path, busy: str, monkeypatch: pyte
         assert len(err.strip().splitlines()) == 1
         with socket.socket() as again:  # the listener that did start was closed
             again.bind(("127.0.0.1", free))
+
+
+@pytest.mark.parametrize("argv", [
+    ["ca", "list"], ["issue", "--csr", "svc.csr"], ["revoke", "0A"], ["serve"],
+    ["tsa", "chain"], ["crl", "publish"], ["acme", "eab", "create", "--org", "default"],
+    ["token", "create", "--org", "default", "--role", "auditor"],
+], ids=lambda argv: "-".join(argv[:2]))
+def test_no_pki_here_creates_nothing(env: Path, tmp_path: Path, argv: list[str],
+                                     monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VCC_PKI_KEY_PASSPHRASE", "set, so it cannot be what is missing")
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: no PKI here: ") and "run `vcc-pki init`" in err.lower(), err
+    assert len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+    assert main(["init"]) == 0  # init still creates
+    assert (env / "vcc-pki.db").exists()
+
+
+def test_a_database_without_cas_is_no_pki(env: Path, capsys: pytest.CaptureFixture[str]
+                                          ) -> None:
+    import asyncio
+
+    from db.sqlite import SqliteStore
+
+    async def empty() -> None:
+        store = SqliteStore(env / "vcc-pki.db")
+        await store.open()
+        await store.close()
+
+    asyncio.run(empty())
+    (env / "passphrase").write_text("x\n")
+    assert main(["ca", "list"]) == 1
+    assert capsys.readouterr().err.startswith("error: no PKI in this database")
