@@ -16,6 +16,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from ca_core.acme import b64url
@@ -30,7 +32,7 @@ from ca_core.cross import (
     alternate_chains,
     cross_certification_request,
 )
-from ca_core.errors import CAError
+from ca_core.errors import BadCSR, BadPublicKey, BadRequest, CAError
 from ca_core.hierarchy import ensure_hierarchy, ensure_organization
 from ca_core.keys import KeySpec
 from ca_core.principal import ROLES, Principal
@@ -90,13 +92,41 @@ async def cmd_ca_export(config: Config, args: argparse.Namespace) -> int:
         if record is None:
             print(f"error: no CA named {args.name!r}", file=sys.stderr)
             return 1
-        from cryptography import x509
-
         cert = x509.load_der_x509_certificate(record.certificate_der)
         encoding = serialization.Encoding.DER if args.der else serialization.Encoding.PEM
         sys.stdout.buffer.write(cert.public_bytes(encoding))
         return 0
     return await _with_services(config, run)
+
+
+def _file_name(path: str) -> str:
+    return "standard input" if path == "-" else path
+
+
+def _about_file(path: str, detail: str) -> str:
+    """``x.txt is not a ...`` / ``x.txt: the CSR signature does not verify``."""
+    name = _file_name(path)
+    return f"{name} is {detail}" if detail.startswith("not ") else f"{name}: {detail}"
+
+
+def _check_certificates(pem: bytes, path: str) -> None:
+    """Parse every certificate in ``pem`` whole (the library parses extensions and keys
+    lazily), so that a damaged one is one line naming the file, not a traceback or the
+    parser's own text."""
+    try:
+        certificates = x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        raise BadRequest(f"{_file_name(path)} holds no PEM certificates") from None
+    for number, certificate in enumerate(certificates, 1):
+        try:
+            certificate.subject.rfc4514_string()
+            certificate.issuer.rfc4514_string()
+            _ = certificate.extensions
+            certificate.public_key()
+        except (ValueError, TypeError, UnsupportedAlgorithm, x509.DuplicateExtension,
+                x509.UnsupportedGeneralNameType):
+            raise BadRequest(f"{_file_name(path)}: certificate {number} is damaged or uses "
+                             "an algorithm this CA does not support") from None
 
 
 async def cmd_ca_add_cross(config: Config, args: argparse.Namespace) -> int:
@@ -106,7 +136,11 @@ async def cmd_ca_add_cross(config: Config, args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"error: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
             return 1
-        record = await add_cross_certificate(services.authority, args.name, pem, CLI)
+        _check_certificates(pem, args.file)
+        try:
+            record = await add_cross_certificate(services.authority, args.name, pem, CLI)
+        except BadRequest as exc:
+            raise BadRequest(_about_file(args.file, exc.detail)) from None
         print(f"cross-certificate of {args.name} recorded: sha256 {record.fingerprint}")
         print(f"  alternate chain up to {record.top_issuer}, until "
               f"{record.not_after:%Y-%m-%d %H:%M} UTC")
@@ -162,11 +196,14 @@ async def cmd_issue(config: Config, args: argparse.Namespace) -> int:
                 "w", encoding="utf-8", dir=target.parent, prefix=f".{target.name}.",
                 delete=False)
         try:
-            issued = await services.authority.issue(
-                IssuanceRequest(csr=csr, profile=args.profile, org=args.org,
-                                validity_days=args.days),
-                CLI,
-            )
+            try:
+                issued = await services.authority.issue(
+                    IssuanceRequest(csr=csr, profile=args.profile, org=args.org,
+                                    validity_days=args.days),
+                    CLI,
+                )
+            except (BadCSR, BadPublicKey) as exc:
+                raise type(exc)(_about_file(args.csr, exc.detail)) from None
             pem = issued.certificate_pem + (issued.chain_pem if args.chain else "")
             if staged is None:
                 sys.stdout.write(pem)

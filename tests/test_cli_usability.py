@@ -8,14 +8,21 @@ import re
 import socket
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import pytest
+from asn1crypto.pem import armor as pem_armor
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from ca_core.authority import REVOCATION_REASONS
 from ca_core.profiles import BUILTIN_PROFILES
+from gateway.app import build_https_app
 from gateway.cli import build_parser, main
 from gateway.config import Config, load_config
+from gateway.runtime import Services
 from gateway.server import banner
+from tests.helpers import make_csr
 
 
 def _parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
@@ -191,3 +198,99 @@ def test_a_database_without_cas_is_no_pki(env: Path, capsys: pytest.CaptureFixtu
     (env / "passphrase").write_text("x\n")
     assert main(["ca", "list"]) == 1
     assert capsys.readouterr().err.startswith("error: no PKI in this database")
+
+
+# --- files that are not what they should be ------------------------------------------------
+
+_EC_PUBLIC_KEY = bytes.fromhex("06072A8648CE3D0201")  # the OID id-ecPublicKey, DER
+_UNKNOWN_KEY = bytes.fromhex("06072A8648CE3D0209")  # an OID no library knows
+_LIBRARY_TEXT = ("ParseError", "asn1", "Valid PEM", "Tag {", "kind:", "Unknown key type")
+
+
+def _armor(label: str, der: bytes) -> bytes:
+    armored: bytes = pem_armor(label, der)
+    return armored
+
+
+def _unknown_key_csr() -> bytes:
+    der = make_csr(pem=False)
+    assert der.count(_EC_PUBLIC_KEY) == 1
+    return der.replace(_EC_PUBLIC_KEY, _UNKNOWN_KEY)
+
+
+def _damaged_certificate(certificate_pem: bytes) -> bytes:
+    """The certificate with its basicConstraints' cA BOOLEAN re-tagged as an OCTET STRING:
+    it loads, and fails once the extensions are read."""
+    der = x509.load_pem_x509_certificate(certificate_pem).public_bytes(
+        serialization.Encoding.DER)
+    inner = bytes.fromhex("040830060101ff")  # OCTET STRING { SEQUENCE { BOOLEAN TRUE ...
+    at = der.index(inner) + len(inner) - 3
+    return _armor("CERTIFICATE", der[:at] + bytes.fromhex("0401ff") + der[at + 3:])
+
+
+def test_files_that_are_not_a_csr_or_a_certificate(
+        env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["init"]) == 0
+    intermediate = (env / "ca" / "intermediate.pem").read_bytes()
+    files = {
+        "x.txt": b"hello\n",
+        "int.der": bytes.fromhex("3003020101"),
+        "short.csr": make_csr(pem=False)[:-20],
+        "svc.pem": intermediate,
+        "crl.pem": _armor("X509 CRL", bytes.fromhex("3003020101")),
+        "alien.csr": _unknown_key_csr(),
+        "damaged.pem": _damaged_certificate(intermediate),
+        "alien.pem": _armor("CERTIFICATE", x509.load_pem_x509_certificate(intermediate)
+                            .public_bytes(serialization.Encoding.DER)
+                            .replace(_EC_PUBLIC_KEY, _UNKNOWN_KEY, 1)),
+    }
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    capsys.readouterr()
+    expected = {
+        ("issue", "x.txt"): "x.txt is not a PEM or DER PKCS#10 certificate request",
+        ("issue", "int.der"): "int.der is not a PEM or DER PKCS#10 certificate request",
+        ("issue", "short.csr"): "short.csr is not a PEM or DER PKCS#10 certificate request",
+        ("issue", "svc.pem"): "svc.pem is not a PEM or DER PKCS#10 certificate request "
+                              "(its PEM label is CERTIFICATE)",
+        ("issue", "crl.pem"): "(its PEM label is X509 CRL)",
+        ("issue", "alien.csr"): "alien.csr: the CSR's public key is of an unsupported "
+                                "algorithm",
+        ("add-cross", "x.txt"): "x.txt holds no PEM certificates",
+        ("add-cross", "damaged.pem"): "damaged.pem: certificate 1 is damaged",
+        ("add-cross", "alien.pem"): "alien.pem: certificate 1 is damaged or uses an "
+                                    "algorithm this CA does not support",
+        ("add-cross", "svc.pem"): "svc.pem: this is the CA's own certificate",
+    }
+    for (command, name), message in expected.items():
+        path = str(tmp_path / name)
+        argv = (["issue", "--csr", path] if command == "issue"
+                else ["ca", "add-cross", "intermediate", path])
+        assert main(argv) == 1, argv
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+        assert message in err, err
+        assert not any(text in err for text in _LIBRARY_TEXT), err
+
+
+@pytest.mark.parametrize(("csr", "kind", "detail"), [
+    ("garbage", "bad_csr", "not a PEM or DER PKCS#10 certificate request"),
+    ("-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n",
+     "bad_csr", "not a PEM or DER PKCS#10 certificate request"),
+    ("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n", "bad_csr",
+     "(its PEM label is CERTIFICATE)"),
+    ("UNKNOWN_KEY", "bad_public_key", "unsupported algorithm"),
+], ids=["garbage", "truncated-pem", "certificate", "unknown-key-algorithm"])
+async def test_rest_bad_csr_detail_has_no_library_text(
+        services: Services, aiohttp_client: Any, csr: str, kind: str, detail: str) -> None:
+    if csr == "UNKNOWN_KEY":
+        csr = _armor("CERTIFICATE REQUEST", _unknown_key_csr()).decode()
+    client = await aiohttp_client(build_https_app(services))
+    token = (await services.authority.create_token("default", "cert_manager")).token
+    response = await client.post("/api/v1/certificates", json={"csr": csr},
+                                 headers={"Authorization": f"Bearer {token}"})
+    assert response.status == 400, await response.text()
+    problem = await response.json(content_type=None)
+    assert problem["type"] == f"urn:vcc-pki:problem:{kind}"
+    assert detail in problem["detail"]
+    assert not any(text in problem["detail"] for text in _LIBRARY_TEXT), problem
