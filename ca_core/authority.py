@@ -14,6 +14,7 @@ import functools
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import time
 import uuid
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import NameOID
@@ -683,7 +685,13 @@ def _hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+NOT_A_CSR = "not a PEM or DER PKCS#10 certificate request"
+_PEM_LABEL = re.compile(rb"-----BEGIN ([A-Z0-9 ]{1,40})-----")
+
+
 def parse_csr(data: bytes) -> x509.CertificateSigningRequest:
+    """The request, checked; BadCSR in words a requester can act on. The parser's own text
+    (Rust ParseError structures, "Valid PEM but no BEGIN ...") is logged, never returned."""
     if len(data) > 64 * 1024:
         raise BadCSR("the CSR is larger than 64 KiB")
     try:
@@ -695,9 +703,21 @@ def parse_csr(data: bytes) -> x509.CertificateSigningRequest:
         csr.subject.rfc4514_string()
         _ = csr.extensions
         csr.public_key()
-    except (ValueError, TypeError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) \
-            as exc:
-        raise BadCSR(f"not a valid PKCS#10 request: {exc}") from None
+    except x509.DuplicateExtension as exc:
+        raise BadCSR(f"the CSR has the extension {exc.oid.dotted_string} twice") from None
+    except x509.UnsupportedGeneralNameType:
+        raise BadCSR("the CSR has a subjectAltName of an unsupported type") from None
+    except UnsupportedAlgorithm:
+        raise BadPublicKey("the CSR's public key is of an unsupported algorithm "
+                           "(use RSA, ECDSA P-256/P-384 or Ed25519)") from None
+    except (ValueError, TypeError) as exc:
+        log.debug("unparseable CSR: %s", exc)
+        label = _PEM_LABEL.search(data)
+        if label is not None and label.group(1) not in (b"CERTIFICATE REQUEST",
+                                                         b"NEW CERTIFICATE REQUEST"):
+            raise BadCSR(f"{NOT_A_CSR} (its PEM label is {label.group(1).decode()})"
+                         ) from None
+        raise BadCSR(NOT_A_CSR) from None
     try:
         signature_ok = csr.is_signature_valid
     except Exception:  # any failure to verify means "does not verify"

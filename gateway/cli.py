@@ -1,4 +1,5 @@
-"""The ``vcc-pki`` command line: init, serve, ca, org, issue, revoke, token, audit."""
+"""The ``vcc-pki`` command line: init, serve, and the operator's commands (ca, org, issue,
+revoke, token, audit, acme, crl, tsa). ``DESCRIPTION`` is what ``vcc-pki --help`` says."""
 
 from __future__ import annotations
 
@@ -9,26 +10,36 @@ import logging
 import os
 import sys
 import tempfile
+import textwrap
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-from ca_core.authority import IssuanceRequest, serial_display
+from ca_core.authority import (
+    REVOCATION_REASONS,
+    IssuanceRequest,
+    parse_reason,
+    serial_display,
+)
 from ca_core.cross import (
     add_cross_certificate,
     alternate_chains,
     cross_certification_request,
 )
-from ca_core.errors import CAError
+from ca_core.errors import BadCSR, BadPublicKey, BadRequest, CAError
 from ca_core.hierarchy import ensure_hierarchy, ensure_organization
 from ca_core.keys import KeySpec
 from ca_core.principal import ROLES, Principal
+from ca_core.profiles import BUILTIN_PROFILES
 from ca_core.tsa import TimeStampAuthority, find_timestamp
 from db.audit_chain import verify_chain
 from gateway.config import Config, ConfigError, load_config
-from gateway.runtime import Services, open_services
+from gateway.runtime import Services, open_services, require_cas
 from gateway.tls import ensure_server_certificate, export_ca_files
 from protocols.acme.jws import b64url
 
@@ -59,6 +70,7 @@ async def cmd_serve(config: Config, args: argparse.Namespace) -> int:
 
 async def _with_services(config: Config, fn: Callable[[Services], Awaitable[int]]) -> int:
     async with open_services(config) as services:
+        await require_cas(services.store)
         return await fn(services)
 
 
@@ -79,13 +91,41 @@ async def cmd_ca_export(config: Config, args: argparse.Namespace) -> int:
         if record is None:
             print(f"error: no CA named {args.name!r}", file=sys.stderr)
             return 1
-        from cryptography import x509
-
         cert = x509.load_der_x509_certificate(record.certificate_der)
         encoding = serialization.Encoding.DER if args.der else serialization.Encoding.PEM
         sys.stdout.buffer.write(cert.public_bytes(encoding))
         return 0
     return await _with_services(config, run)
+
+
+def _file_name(path: str) -> str:
+    return "standard input" if path == "-" else path
+
+
+def _about_file(path: str, detail: str) -> str:
+    """``x.txt is not a ...`` / ``x.txt: the CSR signature does not verify``."""
+    name = _file_name(path)
+    return f"{name} is {detail}" if detail.startswith("not ") else f"{name}: {detail}"
+
+
+def _check_certificates(pem: bytes, path: str) -> None:
+    """Parse every certificate in ``pem`` whole (the library parses extensions and keys
+    lazily), so that a damaged one is one line naming the file, not a traceback or the
+    parser's own text."""
+    try:
+        certificates = x509.load_pem_x509_certificates(pem)
+    except ValueError:
+        raise BadRequest(f"{_file_name(path)} holds no PEM certificates") from None
+    for number, certificate in enumerate(certificates, 1):
+        try:
+            certificate.subject.rfc4514_string()
+            certificate.issuer.rfc4514_string()
+            _ = certificate.extensions
+            certificate.public_key()
+        except (ValueError, TypeError, UnsupportedAlgorithm, x509.DuplicateExtension,
+                x509.UnsupportedGeneralNameType):
+            raise BadRequest(f"{_file_name(path)}: certificate {number} is damaged or uses "
+                             "an algorithm this CA does not support") from None
 
 
 async def cmd_ca_add_cross(config: Config, args: argparse.Namespace) -> int:
@@ -95,7 +135,11 @@ async def cmd_ca_add_cross(config: Config, args: argparse.Namespace) -> int:
         except OSError as exc:
             print(f"error: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
             return 1
-        record = await add_cross_certificate(services.authority, args.name, pem, CLI)
+        _check_certificates(pem, args.file)
+        try:
+            record = await add_cross_certificate(services.authority, args.name, pem, CLI)
+        except BadRequest as exc:
+            raise BadRequest(_about_file(args.file, exc.detail)) from None
         print(f"cross-certificate of {args.name} recorded: sha256 {record.fingerprint}")
         print(f"  alternate chain up to {record.top_issuer}, until "
               f"{record.not_after:%Y-%m-%d %H:%M} UTC")
@@ -127,8 +171,8 @@ async def cmd_ca_chains(config: Config, args: argparse.Namespace) -> int:
 async def cmd_org_create(config: Config, args: argparse.Namespace) -> int:
     async def run(services: Services) -> int:
         await services.authority.load()
-        key = KeySpec.parse(args.key) if args.key else None
-        created = await ensure_organization(services.authority, args.slug, args.name, CLI, key)
+        created = await ensure_organization(services.authority, args.slug, args.name, CLI,
+                                            args.key)
         for ca in created:
             print(f"created issuing CA {ca.name}: {ca.subject}")
         if not created:
@@ -151,11 +195,14 @@ async def cmd_issue(config: Config, args: argparse.Namespace) -> int:
                 "w", encoding="utf-8", dir=target.parent, prefix=f".{target.name}.",
                 delete=False)
         try:
-            issued = await services.authority.issue(
-                IssuanceRequest(csr=csr, profile=args.profile, org=args.org,
-                                validity_days=args.days),
-                CLI,
-            )
+            try:
+                issued = await services.authority.issue(
+                    IssuanceRequest(csr=csr, profile=args.profile, org=args.org,
+                                    validity_days=args.days),
+                    CLI,
+                )
+            except (BadCSR, BadPublicKey) as exc:
+                raise type(exc)(_about_file(args.csr, exc.detail)) from None
             pem = issued.certificate_pem + (issued.chain_pem if args.chain else "")
             if staged is None:
                 sys.stdout.write(pem)
@@ -282,101 +329,236 @@ async def cmd_tsa_chain(config: Config, args: argparse.Namespace) -> int:
     return await _with_services(config, run)
 
 
+DESCRIPTION = """\
+Run and operate a VCC-PKI gateway: an on-premise CA (root -> intermediate -> one issuing CA
+per organization) with REST, ACME, OCSP, CRL and RFC 3161 time-stamping front-ends.
+
+Start with `vcc-pki init` (creates the PKI in ./vcc-pki-data, or $VCC_PKI_DATA_DIR), then
+`vcc-pki serve`. Every other command works on the PKI that init made, whether or not the
+gateway is serving. Settings come from VCC_PKI_* environment variables or a TOML file
+(--config); `vcc-pki serve --help` lists them."""
+
+EPILOG = """\
+`vcc-pki COMMAND --help` shows a command's options, `vcc-pki ca --help` (and so on) the
+subcommands of a group."""
+
+# Shown in `serve --help`: the settings a first run is most likely to change, with the
+# defaults read from Config so that help and behaviour cannot drift apart.
+_SERVE_SETTINGS: tuple[tuple[str, str, str | None], ...] = (
+    ("http_port", "HTTP listener: CA certificates, OCSP, CRLs, TSA, /metrics", None),
+    ("https_port", "HTTPS listener: REST API, ACME", None),
+    ("bind", "listen address (0.0.0.0: every IPv4 interface)", None),
+    ("public_http_url", "base of the OCSP, CA-issuer and CRL URLs put into certificates",
+     "http://<bind>:<http_port>"),
+    ("public_https_url", "base of the REST API and ACME URLs", "https://<bind>:<https_port>"),
+    ("data_dir", "keys, SQLite file, TLS certificate, exported CA certificates", None),
+    ("database_url", "sqlite:///FILE or postgresql://USER@HOST/DB",
+     "sqlite:///<data_dir>/vcc-pki.db"),
+    ("redis_url", "Redis for caches shared by several processes", "unset: in-process"),
+    ("key_backend", "software (encrypted key files) or pkcs11 (an HSM)", None),
+    ("key_passphrase", "passphrase of software keys", "read from <data_dir>/passphrase"),
+    ("workers", "serving processes sharing the ports (SO_REUSEPORT)", None),
+    ("event_loop", "auto (uvloop when installed), uvloop or asyncio", None),
+)
+# Accepted by load_config but read by nothing: not offered in help.
+_UNUSED_SETTINGS = frozenset({"log_level", "extra"})
+
+
+_WIDTH = 92
+
+
+def _serve_epilog() -> str:
+    defaults = Config()
+    paragraphs = [textwrap.fill(
+        "settings: environment variables, or the same names in lowercase without VCC_PKI_ "
+        "in the TOML file of --config (VCC_PKI_CONFIG); the environment wins. "
+        "Read at start: restart serve after changing one.", _WIDTH)]
+    for name, meaning, shown in _SERVE_SETTINGS:
+        default = shown if shown is not None else str(getattr(defaults, name))
+        paragraphs.append(textwrap.fill(
+            f"{meaning} (default: {default})", _WIDTH,
+            initial_indent=f"  VCC_PKI_{name.upper():<18} ", subsequent_indent=" " * 29))
+    listed = {name for name, _, _ in _SERVE_SETTINGS}
+    others = [f"VCC_PKI_{f.name.upper()}" for f in fields(Config)
+              if f.name not in listed and f.name not in _UNUSED_SETTINGS]
+    paragraphs.append("\n" + textwrap.fill(
+        "more (meanings and defaults in README.md and deploy/vcc-pki.example.toml): "
+        + ", ".join(others), _WIDTH))
+    return "\n".join(paragraphs)
+
+
+def _key_spec(text: str) -> KeySpec:
+    try:
+        return KeySpec.parse(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"unknown key type {text!r}; use one of "
+                                         f"{', '.join(KEY_TYPES)}") from None
+
+
+def _reason(text: str) -> str:
+    """RFC 5280 names (keyCompromise) and dashes are accepted too, as the REST API does."""
+    try:
+        return parse_reason(text)
+    except CAError:
+        return text  # argparse then lists the choices
+
+
+KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096", "ed25519")
+_PROFILES = [p for p in BUILTIN_PROFILES if not p.internal_only]
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vcc-pki", description=__doc__)
-    parser.add_argument("--config", help="TOML config file (default: $VCC_PKI_CONFIG)")
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="vcc-pki", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=raw)
+    parser.add_argument("--config", metavar="FILE",
+                        help="TOML config file (default: $VCC_PKI_CONFIG; none: environment "
+                        "and defaults only)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    # Not required=True: argparse would then report a missing command before an unknown
+    # option (`vcc-pki --bogus`); main() asks for the command once the rest parsed.
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    parser.set_defaults(parser=parser)
 
-    sub.add_parser("init", help="create the CA hierarchy and the HTTPS certificate (idempotent)"
-                   ).set_defaults(fn=cmd_init)
-    sub.add_parser("serve", help="serve HTTP and HTTPS listeners").set_defaults(fn=cmd_serve)
+    def group(name: str, help_text: str) -> argparse._SubParsersAction[
+            argparse.ArgumentParser]:
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        command.set_defaults(parser=command)
+        return command.add_subparsers(dest=f"{name}_command", metavar="SUBCOMMAND",
+                                      title="subcommands")
 
-    ca = sub.add_parser("ca", help="certificate authorities").add_subparsers(
-        dest="ca_command", required=True)
-    ca.add_parser("list", help="list CAs").set_defaults(fn=cmd_ca_list)
-    export = ca.add_parser("export", help="print a CA certificate (PEM) to stdout")
-    export.add_argument("name", help="root, intermediate, or <org>-issuing")
-    export.add_argument("--der", action="store_true")
-    export.set_defaults(fn=cmd_ca_export)
-    csr = ca.add_parser("csr", help="a CSR of a CA, signed by its key, for another CA to "
-                        "cross-certify it (PEM to stdout)")
-    csr.add_argument("name")
-    csr.set_defaults(fn=cmd_ca_csr)
-    add_cross = ca.add_parser(
-        "add-cross", help="record a cross-certificate of a CA (PEM: the cross-certificate, "
-        "then the certificates above it); certificates below that CA get an alternate chain")
+    def command(parent: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
+                help_text: str, fn: Callable[[Config, argparse.Namespace], Awaitable[int]],
+                **kwargs: Any) -> argparse.ArgumentParser:
+        cmd: argparse.ArgumentParser = parent.add_parser(name, help=help_text,
+                                                         description=help_text, **kwargs)
+        cmd.set_defaults(fn=fn, parser=cmd)
+        return cmd
+
+    command(sub, "init", "create the PKI: root, intermediate, the default organization's "
+            "issuing CA, the TSA and the HTTPS server certificate, in VCC_PKI_DATA_DIR "
+            "(default ./vcc-pki-data) and VCC_PKI_DATABASE_URL; running it again creates only "
+            "what is missing", cmd_init)
+    defaults = Config()
+    serve_help = (f"serve the gateway: HTTP on port {defaults.http_port} (VCC_PKI_HTTP_PORT) "
+                  f"and HTTPS on port {defaults.https_port} (VCC_PKI_HTTPS_PORT) of "
+                  f"{defaults.bind} (VCC_PKI_BIND); SIGTERM or Ctrl-C stops it gracefully")
+    serve = command(sub, "serve", serve_help, cmd_serve, epilog=_serve_epilog(),
+                    formatter_class=raw)
+    serve.description = textwrap.fill(serve_help, _WIDTH)
+
+    ca = group("ca", "certificate authorities: list, export, cross-certification")
+    command(ca, "list", "list the CAs: name, type, key, key backend, expiry, subject",
+            cmd_ca_list)
+    export = command(ca, "export", "print a CA certificate (PEM, or DER with --der)",
+                     cmd_ca_export)
+    export.add_argument("name", help="CA name as `vcc-pki ca list` shows it: root, "
+                        "intermediate, <org>-issuing, tsa-...")
+    export.add_argument("--der", action="store_true", help="DER instead of PEM")
+    csr = command(ca, "csr", "a CSR of a CA, signed by its key, for another CA to "
+                  "cross-certify it (PEM to stdout)", cmd_ca_csr)
+    csr.add_argument("name", help="the CA, e.g. intermediate or root")
+    add_cross = command(
+        ca, "add-cross", "record a cross-certificate of a CA (PEM: the cross-certificate, "
+        "then the certificates above it); certificates below that CA get an alternate chain",
+        cmd_ca_add_cross)
     add_cross.add_argument("name", help="the CA the cross-certificate certifies")
     add_cross.add_argument("file", help="PEM file, or - for standard input")
-    add_cross.set_defaults(fn=cmd_ca_add_cross)
-    chains = ca.add_parser("chains", help="the chains of the certificates a CA issues")
-    chains.add_argument("name")
-    chains.set_defaults(fn=cmd_ca_chains)
+    chains = command(ca, "chains", "the chains (default and alternate) of the certificates "
+                     "a CA issues", cmd_ca_chains)
+    chains.add_argument("name", help="an issuing CA, e.g. default-issuing")
 
-    org = sub.add_parser("org", help="organizations (tenants)").add_subparsers(
-        dest="org_command", required=True)
-    org_create = org.add_parser("create", help="create an organization and its issuing CA")
-    org_create.add_argument("slug")
-    org_create.add_argument("--name")
-    org_create.add_argument("--key", help="issuing CA key type, e.g. ec-p256, rsa-3072")
-    org_create.set_defaults(fn=cmd_org_create)
+    org = group("org", "organizations (tenants), each with its own issuing CA")
+    org_create = command(org, "create", "create an organization and its issuing CA "
+                         "(<slug>-issuing); nothing if they exist", cmd_org_create)
+    org_create.add_argument("slug", help="short name used in CA names and URLs: lowercase "
+                            "letters, digits and '-', e.g. health")
+    org_create.add_argument("--name", help="display name, e.g. \"Health Department\" "
+                            "(default: the slug)")
+    org_create.add_argument("--key", type=_key_spec, metavar="TYPE",
+                            help=f"issuing CA key: {', '.join(KEY_TYPES)} (default: "
+                            f"VCC_PKI_ISSUING_KEY_TYPE, {defaults.issuing_key_type})")
 
-    issue = sub.add_parser("issue", help="issue a certificate from a CSR")
-    issue.add_argument("--csr", required=True, help="PEM or DER file, '-' for stdin")
-    issue.add_argument("--profile", default="vcc_service")
-    issue.add_argument("--org")
-    issue.add_argument("--days", type=int)
-    issue.add_argument("--chain", action="store_true", help="append the CA chain")
-    issue.add_argument("--out")
-    issue.set_defaults(fn=cmd_issue)
+    service = BUILTIN_PROFILES[0]
+    issue = command(sub, "issue", "issue a certificate from a PKCS#10 CSR (the certificate "
+                    "PEM to stdout or --out, its serial to stderr)", cmd_issue)
+    issue.add_argument("--csr", required=True, metavar="FILE",
+                       help="the CSR, PEM or DER; - for standard input")
+    issue.add_argument("--profile", default=service.name, metavar="PROFILE",
+                       help=f"certificate profile (default: {service.name}); built in: "
+                       + ", ".join(f"{p.name} ({', '.join(p.extended_key_usage)})"
+                                   for p in _PROFILES)
+                       + "; profiles defined in the store are accepted too")
+    issue.add_argument("--org", metavar="SLUG",
+                       help="organization whose issuing CA signs (default: "
+                       f"VCC_PKI_DEFAULT_ORG, {defaults.default_org})")
+    issue.add_argument("--days", type=int, metavar="N",
+                       help="validity in days (default: the profile's, e.g. "
+                       f"{service.default_validity_days} for {service.name}; at most its "
+                       f"maximum, {service.max_validity_days} for {service.name})")
+    issue.add_argument("--chain", action="store_true",
+                       help="append the issuing and intermediate CA certificates")
+    issue.add_argument("--out", metavar="FILE",
+                       help="write the PEM here (replaced only once issued) instead of stdout")
 
-    revoke = sub.add_parser("revoke", help="revoke a certificate by serial")
-    revoke.add_argument("serial")
-    revoke.add_argument("--reason", default="unspecified")
-    revoke.set_defaults(fn=cmd_revoke)
+    revoke = command(sub, "revoke", "revoke a certificate (a serving gateway's OCSP answers "
+                     "and CRLs follow within seconds)", cmd_revoke)
+    revoke.add_argument("serial", help="hex serial as `openssl x509 -serial` prints it "
+                        "(0A1B..., 0a:1b:..., 0x0a1b... or serial=0A1B...)")
+    revoke.add_argument("--reason", default="unspecified", type=_reason,
+                        choices=tuple(REVOCATION_REASONS), metavar="REASON",
+                        help="RFC 5280 reason: " + ", ".join(REVOCATION_REASONS)
+                        + " (default: unspecified; keyCompromise-style names work too)")
 
-    token = sub.add_parser("token", help="API bearer tokens").add_subparsers(
-        dest="token_command", required=True)
-    token_create = token.add_parser("create", help="create a token (printed once)")
-    token_create.add_argument("--org", required=True)
-    token_create.add_argument("--role", required=True, choices=ROLES)
-    token_create.add_argument("--name")
-    token_create.set_defaults(fn=cmd_token_create)
+    token = group("token", "API bearer tokens for the REST API")
+    token_create = command(token, "create", "create a token; it is printed once (stdout) "
+                           "and stored hashed", cmd_token_create)
+    token_create.add_argument("--org", required=True, metavar="SLUG",
+                              help="organization the token acts in")
+    token_create.add_argument("--role", required=True, choices=ROLES, metavar="ROLE",
+                              help="what it may do: " + ", ".join(ROLES))
+    token_create.add_argument("--name", help="a label to recognise the token by")
 
-    audit = sub.add_parser("audit", help="audit log").add_subparsers(
-        dest="audit_command", required=True)
-    audit.add_parser("verify", help="verify the hash chain").set_defaults(fn=cmd_audit_verify)
+    audit = group("audit", "the hash-chained audit log")
+    command(audit, "verify", "verify the audit log's hash chain (exit 1 when broken)",
+            cmd_audit_verify)
 
-    acme = sub.add_parser("acme", help="ACME (RFC 8555)").add_subparsers(
-        dest="acme_command", required=True)
-    eab = acme.add_parser("eab", help="External Account Binding keys").add_subparsers(
-        dest="eab_command", required=True)
-    eab_create = eab.add_parser("create", help="a new EAB key id and HMAC key for an org")
-    eab_create.add_argument("--org", required=True)
-    eab_create.add_argument("--json", action="store_true")
-    eab_create.set_defaults(fn=cmd_acme_eab_create)
-    policy = acme.add_parser("policy", help="show or set an organization's identifier policy")
-    policy.add_argument("--org", required=True)
-    policy.add_argument("--domains", help="allowed domain suffixes, comma-separated")
-    policy.add_argument("--ip-ranges", help="allowed IP ranges (CIDR), comma-separated")
-    policy.add_argument("--prevalidated", help="domain suffixes authorized without challenge")
-    policy.add_argument("--allow-all", choices=("yes", "no"))
-    policy.set_defaults(fn=cmd_acme_policy)
+    acme = group("acme", "ACME (RFC 8555): External Account Binding keys, identifier "
+                 "policies")
+    eab = acme.add_parser("eab", help="External Account Binding keys",
+                          description="External Account Binding keys")
+    eab.set_defaults(parser=eab)
+    eab_sub = eab.add_subparsers(dest="eab_command", metavar="SUBCOMMAND", title="subcommands")
+    eab_create = command(eab_sub, "create", "a new EAB key id and HMAC key that bind an ACME "
+                         "account to an organization", cmd_acme_eab_create)
+    eab_create.add_argument("--org", required=True, metavar="SLUG",
+                            help="organization the accounts will belong to")
+    eab_create.add_argument("--json", action="store_true",
+                            help="print {kid, hmac_key, org} as JSON")
+    policy = command(acme, "policy", "show or set the identifiers an organization's ACME "
+                     "accounts may order (the options given replace those lists)",
+                     cmd_acme_policy)
+    policy.add_argument("--org", required=True, metavar="SLUG", help="the organization")
+    policy.add_argument("--domains", metavar="D,..",
+                        help="allowed domain suffixes, comma-separated")
+    policy.add_argument("--ip-ranges", metavar="CIDR,..",
+                        help="allowed IP ranges (CIDR), comma-separated")
+    policy.add_argument("--prevalidated", metavar="D,..",
+                        help="domain suffixes authorized without a challenge, comma-separated")
+    policy.add_argument("--allow-all", choices=("yes", "no"),
+                        help="yes: every identifier is allowed (the demo default "
+                        "organization's setting)")
 
-    crl = sub.add_parser("crl", help="certificate revocation lists").add_subparsers(
-        dest="crl_command", required=True)
-    crl_publish = crl.add_parser("publish", help="make and store every CRL now "
-                                 "(the gateway also does, after revocations and on schedule)")
-    crl_publish.add_argument("--ca", help="only this CA's CRLs")
-    crl_publish.set_defaults(fn=cmd_crl_publish)
+    crl = group("crl", "certificate revocation lists")
+    crl_publish = command(crl, "publish", "make and store every CRL now (the gateway also "
+                          "does, after revocations and on schedule)", cmd_crl_publish)
+    crl_publish.add_argument("--ca", metavar="NAME", help="only this CA's CRLs")
 
-    tsa = sub.add_parser("tsa", help="RFC 3161 time-stamping authority").add_subparsers(
-        dest="tsa_command", required=True)
-    tsa_show = tsa.add_parser("show", help="a recorded time-stamp token, by serial")
+    tsa = group("tsa", "RFC 3161 time-stamping authority")
+    tsa_show = command(tsa, "show", "a recorded time-stamp token, by serial", cmd_tsa_show)
     tsa_show.add_argument("serial", help="hex, as `openssl ts -reply -text` prints it")
-    tsa_show.set_defaults(fn=cmd_tsa_show)
-    tsa.add_parser("chain", help="the TSA certificate and its CAs below the root (PEM), "
-                   "for `openssl ts -verify -untrusted`").set_defaults(fn=cmd_tsa_chain)
+    command(tsa, "chain", "the TSA certificate and its CAs below the root (PEM), for "
+            "`openssl ts -verify -untrusted`", cmd_tsa_chain)
     return parser
 
 
@@ -399,6 +581,14 @@ def run_loop(config: Config, main: Coroutine[Any, Any, int]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not hasattr(args, "fn"):  # `vcc-pki`, `vcc-pki ca`: a command (group) without one
+        chosen: argparse.ArgumentParser = args.parser
+        chosen.print_usage(sys.stderr)
+        choices = next(a for a in chosen._actions
+                       if isinstance(a, argparse._SubParsersAction)).choices
+        print(f"{chosen.prog}: error: choose a command: {', '.join(choices)} "
+              f"(`{chosen.prog} --help` says what each does)", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -10,6 +10,7 @@ import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from ca_core.acme import AcmeService
 from ca_core.acme_state import AcmeState
@@ -26,6 +27,29 @@ from gateway.config import Config, ConfigError
 from va.validator import Validator
 
 log = logging.getLogger(__name__)
+
+
+class NoPki(ConfigError):
+    """Nothing where the configuration points: ``vcc-pki init`` makes a PKI there."""
+
+
+def require_pki(config: Config) -> None:
+    """Refuse, before anything is created, a SQLite database that does not exist: a command
+    run in the wrong directory must not leave an empty data directory behind. (A PostgreSQL
+    database is looked at once open: see ``require_cas``.)"""
+    url = config.effective_database_url
+    if not url.startswith("sqlite:///"):
+        return
+    path = url.removeprefix("sqlite:///")
+    if path != ":memory:" and not Path(path).exists():
+        raise NoPki(f"no PKI here: {path} does not exist. Run `vcc-pki init` to create one, "
+                    "or point VCC_PKI_DATA_DIR (or VCC_PKI_DATABASE_URL) at an existing one")
+
+
+async def require_cas(store: Store) -> None:
+    if not await store.list_cas():
+        raise NoPki("no PKI in this database (VCC_PKI_DATABASE_URL): it holds no CA. "
+                    "Run `vcc-pki init` to create one")
 
 
 def make_store(config: Config) -> Store:
@@ -117,8 +141,12 @@ class Services:
 
 @asynccontextmanager
 async def open_services(config: Config, create: bool = False) -> AsyncIterator[Services]:
-    """Open the store and key backend; ``create`` allows making a new passphrase file."""
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    """Open the store and key backend; ``create`` (init) allows making a new PKI: the data
+    directory, the database, the passphrase file. Without it, NoPki where there is none."""
+    if create:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        require_pki(config)
     store = make_store(config)
     try:
         keys = await asyncio.to_thread(make_key_backend, config, create)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
 import ssl
 import subprocess
 import sys
+from pathlib import Path
 
 from aiohttp import web
 
@@ -17,7 +19,7 @@ from ca_core.errors import CAError
 from ca_core.metrics import ACTIVE_CERTIFICATES
 from ca_core.tsa import ensure_tsa
 from gateway.app import build_http_app, build_https_app
-from gateway.config import Config
+from gateway.config import Config, ConfigError
 from gateway.runtime import Services, open_services
 from gateway.status_jobs import run_status_jobs
 from gateway.tls import ensure_server_certificate, export_ca_files
@@ -55,6 +57,57 @@ def _ssl_context(services: Services) -> ssl.SSLContext:
     return context
 
 
+def _listener_url(scheme: str, bind: str, port: int) -> str:
+    return f"{scheme}://{f'[{bind}]' if ':' in bind else bind}:{port}"
+
+
+def banner(config: Config, root_path: Path | None, database: str, key_backend: str
+           ) -> list[str]:
+    """What ``serve`` prints once it listens: where each service is. The listeners are where
+    this process binds; the service URLs are the public ones (``VCC_PKI_PUBLIC_*``), which
+    certificates and the ACME directory name, and which clients must use."""
+    http = _listener_url("http", config.bind, config.http_port)
+    https = _listener_url("https", config.bind, config.https_port)
+    public_http = config.effective_public_http_url
+    public_https = config.effective_public_https_url
+    return [
+        "VCC-PKI gateway is serving",
+        f"  HTTP   {http}   CA certificates {public_http}/ca/root.pem, "
+        f"health {http}/health, metrics {http}/metrics",
+        f"  HTTPS  {https}  REST API {public_https}/api/v1/certificates, "
+        f"health {https}/api/v1/health",
+        f"  ACME   {public_https}/acme/directory (RFC 8555; another organization's: "
+        "/acme/<org>/directory)",
+        f"  OCSP   {public_http}/ocsp   CRLs {public_http}/crl/<ca>.crl (and .pem)",
+        f"  TSA    {public_http}/tsa (RFC 3161; openssl ts)   chain {public_http}/tsa/chain.pem",
+        f"  Root certificate: {root_path}",
+        f"  Database: {database}; key backend: {key_backend}; workers: {config.workers}",
+    ]
+
+
+async def _listen(runner: web.AppRunner, config: Config, port: int, setting: str,
+                  ssl_context: ssl.SSLContext | None, reuse_port: bool) -> None:
+    """Bind one listener; a port that cannot be had is a configuration error naming the
+    setting that chose it (the OSError alone says only "address already in use")."""
+    try:
+        await web.TCPSite(runner, config.bind, port, ssl_context=ssl_context,
+                          reuse_port=reuse_port).start()
+    except OSError as exc:
+        where = f"{config.bind}:{port}"
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"port {port} is in use on {config.bind} (another vcc-pki serve?): "
+                              f"stop it, or set {setting} to a free port") from None
+        if exc.errno == errno.EACCES:
+            raise ConfigError(f"no permission to listen on {where} (ports below 1024 need "
+                              f"privileges): set {setting} to a port above 1023") from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise ConfigError(f"cannot listen on {config.bind}: not an address of this "
+                              "machine; set VCC_PKI_BIND") from None
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"cannot listen on {where} ({reason}); check VCC_PKI_BIND and "
+                          f"{setting}") from None
+
+
 def _start_workers(count: int) -> list[subprocess.Popen[bytes]]:
     """Extra serving processes: each opens its own store connection and key sessions and
     binds the same ports (SO_REUSEPORT); the kernel spreads connections over them."""
@@ -89,7 +142,6 @@ async def run_server(config: Config, ready: asyncio.Event | None = None) -> None
             # Create or renew the TSA before workers start, so that they all load the same.
             await ensure_tsa(authority, config.tsa_settings())
         root_path = await export_ca_files(services) if not is_child else None
-        workers = _start_workers(config.workers - 1) if not is_child else []
 
         http_runner = web.AppRunner(build_http_app(services), access_log=None,
                                     shutdown_timeout=10)
@@ -98,10 +150,18 @@ async def run_server(config: Config, ready: asyncio.Event | None = None) -> None
         await http_runner.setup()
         await https_runner.setup()
         reuse_port = config.workers > 1 or is_child
-        await web.TCPSite(http_runner, config.bind, config.http_port,
-                          reuse_port=reuse_port).start()
-        await web.TCPSite(https_runner, config.bind, config.https_port,
-                          ssl_context=_ssl_context(services), reuse_port=reuse_port).start()
+        try:
+            await _listen(http_runner, config, config.http_port, "VCC_PKI_HTTP_PORT", None,
+                          reuse_port)
+            await _listen(https_runner, config, config.https_port, "VCC_PKI_HTTPS_PORT",
+                          _ssl_context(services), reuse_port)
+        except BaseException:
+            await https_runner.cleanup()
+            await http_runner.cleanup()
+            raise
+        # The other processes start once this one holds both ports (SO_REUSEPORT lets them
+        # bind too), so that a port in use stops one process, not a family of them.
+        workers = _start_workers(config.workers - 1) if not is_child else []
         # The gauge and the OCSP/CRL jobs run (and are cancelled) together.
         gauge_task = asyncio.create_task(_background_jobs(services, primary=not is_child))
         stop = asyncio.Event()
@@ -112,20 +172,8 @@ async def run_server(config: Config, ready: asyncio.Event | None = None) -> None
             await _serve_until(stop, http_runner, https_runner, gauge_task, [])
             return
 
-        http_url = f"http://{config.bind}:{config.http_port}"
-        https_url = f"https://{config.bind}:{config.https_port}"
-        print("VCC-PKI gateway is serving", flush=True)
-        print(f"  HTTP   {http_url}   CA certificates {http_url}/ca/root.pem, "
-              f"health {http_url}/health, metrics {http_url}/metrics", flush=True)
-        print(f"  HTTPS  {https_url}  REST API {https_url}/api/v1/certificates, "
-              f"health {https_url}/api/v1/health", flush=True)
-        print(f"  OCSP   {http_url}/ocsp   CRLs {http_url}/crl/<ca>.crl (and .pem)",
-              flush=True)
-        print(f"  TSA    {http_url}/tsa (RFC 3161; openssl ts)   chain {http_url}/tsa/chain.pem",
-              flush=True)
-        print(f"  Root certificate: {root_path}", flush=True)
-        print(f"  Database: {services.store.backend}; key backend: {services.keys.name}; "
-              f"workers: {config.workers}", flush=True)
+        for line in banner(config, root_path, services.store.backend, services.keys.name):
+            print(line, flush=True)
         if ready is not None:
             ready.set()
         await _serve_until(stop, http_runner, https_runner, gauge_task, workers)

@@ -750,11 +750,11 @@ async def test_revocation_acts_in_the_accounts_organization(world: World) -> Non
     import secrets
 
     from cryptography.hazmat.primitives import serialization
-    from ca_core.records import AcmeOrder
 
     from ca_core.authority import IssuanceRequest
     from ca_core.hierarchy import ensure_organization
     from ca_core.principal import Principal
+    from ca_core.records import AcmeOrder
     from tests.helpers import make_csr
 
     authority = world.services.authority
