@@ -1,11 +1,14 @@
 """ACME registration authority (RFC 8555): the rules behind the ACME front-end.
 
 The front-end (protocols/acme) verifies JWS signatures, nonces and URLs and hands this
-module verified facts: "the holder of this key asks for ...". Here live the decisions:
-accounts and their organization (directory or External Account Binding), identifier
-policy per organization, orders and authorizations with their state machine, challenge
-validation in the background, finalization through ``Authority.issue``, revocation, and
+module verified facts: "the holder of this key (``AccountKey``: JWK and RFC 7638
+thumbprint) asks for ...", with wire values decoded (``AriCertId``). Here live the
+decisions: accounts and their organization (directory or External Account Binding),
+identifier policy per organization, orders and authorizations with their state machine,
+challenge validation in the background (through a ``ChallengeValidator``: the network
+I/O is the ``va`` package's), finalization through ``Authority.issue``, revocation, and
 ARI renewal windows (RFC 9773). Storage goes through the Store; signing through Authority.
+An account acts towards the Authority as a caller of its own organization.
 
 Failures are ca_core's typed errors (``ca_core.errors``); protocols/acme turns them into
 RFC 8555 problem documents, in one place. A failure kept in an order or a challenge (their

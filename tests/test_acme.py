@@ -838,3 +838,42 @@ async def test_a_common_name_holding_an_ip_address_is_one_rule(world: World) -> 
     assert acme_leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == \
         rest_leaf.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == \
         "127.0.0.1"
+
+
+async def test_the_ra_takes_any_challenge_validator(world: World) -> None:
+    """ca_core.acme declares the validator it needs (ChallengeValidator); a fake stands in
+    for the network one, and its verdict (a DnsFailed) reaches the client as RFC 8555's
+    dns error, with the identifier."""
+    from ca_core.errors import DnsFailed
+
+    calls: list[tuple[str, ...]] = []
+
+    class Refusing:
+        async def validate(self, challenge_type: str, identifier_type: str, value: str,
+                           token: str, key_authorization: str) -> None:
+            calls.append((challenge_type, identifier_type, value, token, key_authorization))
+            raise DnsFailed("no TXT answer in this test")
+
+        async def aclose(self) -> None:
+            pass
+
+    real = world.services.acme.validator
+    world.services.acme.validator = Refusing()
+    try:
+        client = world.client()
+        await client.load()
+        await client.register()
+        _, order = await _order(client, "fake.test")
+        authz_url = order["authorizations"][0]
+        authz = await (await client.post(authz_url, None)).json()
+        challenge = next(c for c in authz["challenges"] if c["type"] == "dns-01")
+        await client.post(challenge["url"], {})
+        authz = await _poll(client, authz_url, lambda d: d["status"] != "pending")
+    finally:
+        world.services.acme.validator = real
+    assert calls == [("dns-01", "dns", "fake.test", challenge["token"],
+                      key_authorization(challenge["token"], client.key.thumbprint))]
+    failed = next(c for c in authz["challenges"] if c["type"] == "dns-01")
+    assert authz["status"] == "invalid"
+    assert failed["error"] == {"type": ERR + "dns", "detail": "no TXT answer in this test",
+                               "identifier": {"type": "dns", "value": "fake.test"}}
