@@ -730,12 +730,15 @@ class AcmeService:
                 not_before=order.not_before, not_after=order.not_after,
                 requested_at=order.created_at), principal)
         except CAError as exc:
-            # The CSR or its key broke a rule of the profile; anything else is ours.
-            kind = "badCSR" if exc.kind.startswith("bad") or exc.kind in (
-                "policy_violation", "validity_too_long") else "serverInternal"
+            # The CSR or its key broke a rule of the profile (400); anything else is ours:
+            # 503 while the store or a key is unavailable, as everywhere else, not a 400.
+            bad_csr = exc.kind.startswith("bad") or exc.kind in (
+                "policy_violation", "validity_too_long")
+            kind = "badCSR" if bad_csr else "serverInternal"
+            status = 400 if bad_csr else 503 if exc.kind == "unavailable" else 500
             failed = replace(order, status="invalid", error=problem_document(kind, exc.detail))
             await self.store.update_acme_order(failed, "processing")
-            raise AcmeProblem(kind, exc.detail) from None
+            raise AcmeProblem(kind, exc.detail, status) from None
         except Exception:
             log.exception("ACME issuance for order %s failed", order.order_id)
             failed = replace(order, status="invalid", error=problem_document(
