@@ -183,6 +183,72 @@ async def test_good_then_revoked(client: TestClient, services: Services) -> None
         assert isinstance(revoked.hash_algorithm, type(algorithm))
 
 
+async def test_revocation_time_and_reason_are_the_revocations_in_every_response(
+    client: TestClient, services: Services
+) -> None:
+    """Every way a revoked response is built (live for one CertID, live for several, the
+    refresher, warm-up and the revocation watcher of a process with an empty cache) says
+    the time and reason of the revoke call, not the time it was built: the clock is moved
+    hours and days between revoking and building, past the refresh point."""
+    clock = Clock()
+    services.authority.clock = clock
+    services.ocsp.clock = clock
+    compromised, superseded, good = [await issue(services) for _ in range(3)]
+    ca = good.chain[0]
+    clock.now += dt.timedelta(hours=1, microseconds=250_000)
+    first = await services.authority.revoke(compromised.serial, "key_compromise", SYSTEM)
+    clock.now += dt.timedelta(minutes=37, seconds=11)
+    second = await services.authority.revoke(superseded.serial, "superseded", SYSTEM)
+    expected = {
+        compromised.certificate.serial_number: (first.revoked_at,
+                                                x509.ReasonFlags.key_compromise),
+        superseded.certificate.serial_number: (second.revoked_at,
+                                               x509.ReasonFlags.superseded),
+    }
+    assert first.revoked_at == (clock.now - dt.timedelta(minutes=37, seconds=11)).replace(
+        microsecond=0)
+    assert second.revoked_at == clock.now.replace(microsecond=0)
+    clock.now += dt.timedelta(days=2, hours=5)  # past half of the 4-day validity
+    built_at = clock.now.replace(microsecond=0)
+
+    def check(single: Any, what: str) -> None:
+        revoked_at, reason = expected[single.serial_number]
+        assert single.certificate_status is ocsp.OCSPCertStatus.REVOKED, what
+        assert single.this_update_utc == built_at, what  # built now, not at revocation
+        assert (single.revocation_time_utc, single.revocation_reason) == (revoked_at, reason), \
+            what
+
+    for issued in (compromised, superseded):  # SHA-384 CertIDs: not precomputed, signed live
+        _, body = await post(client, ocsp_request(issued.certificate, ca, hashes.SHA384()))
+        check(verify(body, ca), "live, one CertID")
+    _, body = await post(client, multi_request(
+        [(good.certificate, ca), (compromised.certificate, ca), (superseded.certificate, ca)]))
+    several = [r for r in verify(body, ca).responses
+               if r.certificate_status is ocsp.OCSPCertStatus.REVOKED]
+    assert len(several) == 2
+    for single in several:
+        check(single, "live, several CertIDs")
+
+    assert await services.ocsp.refresh_due() >= 2
+    issuer = services.ocsp._by_ca_id[good.record.issuer_ca_id]
+    for serial in expected:
+        entry = await services.cache.get(cache_key("sha1", issuer.key_id, serial))
+        assert entry is not None
+        check(verify(entry.der, ca), "refreshed")
+
+    warmed = OcspResponder(services.authority, MemoryResponseCache(), clock=clock)
+    await warmed.load()
+    assert await warmed.warm() >= 3
+    watcher = OcspResponder(services.authority, MemoryResponseCache(), clock=clock)
+    await watcher.load()
+    await watcher.apply_revocations(await services.store.revocations_since(0))
+    for responder, what in ((warmed, "warm-up"), (watcher, "watcher")):
+        for serial in expected:
+            entry = await responder.cache.get(cache_key("sha1", issuer.key_id, serial))
+            assert entry is not None, what
+            check(verify(entry.der, ca), what)
+
+
 async def test_unspecified_reason_is_left_out(client: TestClient, services: Services) -> None:
     issued = await issue(services)
     await services.authority.revoke(issued.serial, "unspecified", SYSTEM)
