@@ -558,11 +558,21 @@ async def test_revocation_by_another_process_is_seen_within_a_second(
     assert verify(body, ca).certificate_status is ocsp.OCSPCertStatus.GOOD
     monkeypatch.setattr(services, "config", load_config(environ={
         "VCC_PKI_DATA_DIR": str(services.config.data_dir), "VCC_PKI_REVOCATION_POLL_MS": "50"}))
+    # The watcher's first look for revocations comes after it has taken its starting
+    # point: a revocation made after that is one it must find.
+    polling = asyncio.Event()
+    revocations_since = services.store.revocations_since
+
+    async def first_poll_seen(generation: int, limit: int = 1000) -> Any:
+        polling.set()
+        return await revocations_since(generation, limit)
+
+    monkeypatch.setattr(services.store, "revocations_since", first_poll_seen)
     watcher = asyncio.create_task(watch_revocations(services))
     try:
         # Another process: its own Authority on the same store, no listener on this cache.
         other = Authority(services.store, services.keys, services.authority.settings)
-        await asyncio.sleep(0.1)  # the watcher has taken its starting point
+        await asyncio.wait_for(polling.wait(), timeout=10)
         await other.revoke(issued.serial, "key_compromise", SYSTEM)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 1.0
@@ -746,14 +756,49 @@ async def test_revocation_during_a_cache_outage_reaches_the_cache_when_it_return
     assert verify(body, ca).certificate_status is ocsp.OCSPCertStatus.REVOKED
 
 
+def _revoke_behind_the_responder(services: Services, issued: IssuedCertificate) -> Any:
+    """A revocation written to the store by another process (no listener of ours)."""
+    return services.store.revoke_certificate(
+        Revocation(issued.record.issuer_ca_id, issued.record.serial_hex,
+                   issued.record.cert_id, dt.datetime.now(dt.UTC).replace(microsecond=0),
+                   "key_compromise"),
+        AuditEvent(event_type="certificate.revoked", category="certificate",
+                   action="revoke", actor_type="system", actor_id="test"))
+
+
+@pytest.mark.parametrize("services", ["memory"], indirect=True)
+async def test_in_process_cache_has_no_front_cache(
+    client: TestClient, services: Services
+) -> None:
+    """In-process, the cache itself is in memory: no front cache is kept before it, so a
+    revocation another responder writes into it is answered by the very next request."""
+    assert services.ocsp._front_ttl == 0
+    issued = await issue(services)
+    ca = issued.chain[0]
+    request = ocsp_request(issued.certificate, ca)
+    for _ in range(2):
+        _, body = await post(client, request)
+        assert verify(body, ca).certificate_status is ocsp.OCSPCertStatus.GOOD
+    other = OcspResponder(services.authority, services.cache, services.ocsp.settings)
+    try:
+        await other.load()
+        record = await _revoke_behind_the_responder(services, issued)
+        assert record is not None
+        await other.certificate_revoked(record)
+        _, body = await post(client, request)
+        assert verify(body, ca).certificate_status is ocsp.OCSPCertStatus.REVOKED
+    finally:
+        await other.aclose()
+
+
+@pytest.mark.parametrize("services", [pytest.param("redis", marks=pytest.mark.redis)],
+                         indirect=True)
 async def test_front_cache_over_redis_shows_another_process_revocation_quickly(
     client: TestClient, services: Services
 ) -> None:
     """With Redis, hits are kept a quarter second in the process; a revocation written to
     Redis by another process is answered from Redis once that time has passed."""
-    if not services.cache.shared:
-        assert services.ocsp._front_ttl == 0  # in-process: the cache itself is in memory
-        return
+    assert services.cache.shared and services.ocsp._front_ttl == 0.25
     issued = await issue(services)
     ca = issued.chain[0]
     request = ocsp_request(issued.certificate, ca)
@@ -776,12 +821,7 @@ async def test_front_cache_over_redis_shows_another_process_revocation_quickly(
     other = OcspResponder(services.authority, other_cache, services.ocsp.settings)
     try:
         await other.load()
-        record = await services.store.revoke_certificate(
-            Revocation(issued.record.issuer_ca_id, issued.record.serial_hex,
-                       issued.record.cert_id, dt.datetime.now(dt.UTC).replace(microsecond=0),
-                       "key_compromise"),
-            AuditEvent(event_type="certificate.revoked", category="certificate",
-                       action="revoke", actor_type="system", actor_id="test"))
+        record = await _revoke_behind_the_responder(services, issued)
         assert record is not None
         await other.certificate_revoked(record)
         loop = asyncio.get_running_loop()
