@@ -83,9 +83,15 @@ done
 [ "$(crl_number issuing-crl.pem)" != "$BEFORE" ] || fail "no new CRL after the revocation"
 echo "new CRL $(crl_number issuing-crl.pem) after" \
   "$(python3 -c "import time; print(round(time.monotonic() - $started, 3))") s"
-out=$(openssl crl -in issuing-crl.pem -noout -text)
 HEX=$(openssl x509 -in svc.pem -noout -serial | cut -d= -f2)
-expect "Serial Number: $HEX" "$out"; expect "Key Compromise" "$out"
+# The certificate's own entry: its serial line up to the next entry or the signature.
+entry=$(openssl crl -in issuing-crl.pem -noout -text | awk -v serial="Serial Number: $HEX" '
+  index($0, serial) { found = 1; print; next }
+  found && (/Serial Number:/ || /Signature Algorithm:/) { exit }
+  found { print }')
+[ -n "$entry" ] || fail "serial $HEX is not in the CRL"
+WHEN=$(openssl_time "$(revoked_at "$SERIAL")")  # the time the revocation was stored
+expect_line "Revocation Date: $WHEN" "$entry"; expect_line "Key Compromise" "$entry"
 out=$(openssl crl -in issuing-crl.pem -CAfile issuing.pem -noout -verify 2>&1)
 expect "verify OK" "$out"
 

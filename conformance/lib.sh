@@ -14,20 +14,33 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 expect() {  # expect <pattern> <output>
   printf '%s\n' "$2" | grep -q "$1" || { printf '%s\n' "$2"; fail "expected '$1'"; }
 }
+expect_line() {  # expect_line <line> <output>: a line that is exactly <line> (outer blanks aside)
+  printf '%s\n' "$2" | sed 's/^[[:space:]]*//; s/[[:space:]]*$//' | grep -qxF -- "$1" \
+    || { printf '%s\n' "$2"; fail "expected the line '$1'"; }
+}
+openssl_time() {  # openssl_time <ISO 8601 UTC>: the form openssl prints ("Mar  4 09:26:53 2025 GMT")
+  python3 -c 'import datetime as d, sys
+t = d.datetime.fromisoformat(sys.argv[1].replace("Z", "+00:00")).astimezone(d.timezone.utc)
+print(f"{t:%b} {t.day:2d} {t:%H:%M:%S %Y} GMT")' "$1"
+}
 
-issue_from_rest() {  # issue_from_rest <dns name>: root.pem, svc.pem, chain.pem, issuing.pem, $SERIAL
+issue_from_rest() {  # issue_from_rest <dns name>: root.pem, svc.pem, chain.pem, issuing.pem,
+                    # $SERIAL, $TOKEN (a cert_manager's)
   step "trust anchor, token, a certificate from the REST API"
   curl -fsS "$HTTP_URL/ca/root.pem" -o root.pem
-  local token
-  token=$("$VCC_PKI" token create --org "$ORG" --role cert_manager 2>/dev/null)
+  TOKEN=$("$VCC_PKI" token create --org "$ORG" --role cert_manager 2>/dev/null)
   openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout svc.key \
     -out svc.csr -subj "/CN=$1" -addext "subjectAltName=DNS:$1" 2>/dev/null
   python3 -c 'import json; print(json.dumps({"csr": open("svc.csr").read(), "profile": "vcc_service", "validity_days": 30}))' > request.json
-  curl -fsS --cacert root.pem -H "Authorization: Bearer $token" \
+  curl -fsS --cacert root.pem -H "Authorization: Bearer $TOKEN" \
     -H "Content-Type: application/json" --data @request.json \
     "$HTTPS_URL/api/v1/certificates" -o issued.json
   json '["certificate_pem"]' < issued.json > svc.pem
   json '["chain_pem"]' < issued.json > chain.pem      # issuing CA, intermediate
   SERIAL=$(json '["serial"]' < issued.json)
   "$VCC_PKI" ca export "$ORG-issuing" > issuing.pem
+}
+revoked_at() {  # revoked_at <serial>: the stored revocation time (ISO 8601) from the REST API
+  curl -fsS --cacert root.pem -H "Authorization: Bearer $TOKEN" \
+    "$HTTPS_URL/api/v1/certificates/$1" | json '["revoked_at"]'
 }

@@ -5,6 +5,7 @@ which answers 127.0.0.1 and serves the dns-01 TXT records lego's exec hook write
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -69,9 +70,19 @@ def acme(tmp_path: Path) -> Iterator[AcmeSetup]:
         dns.wait(10)
 
 
+def require_client(client: str) -> None:
+    """Skip without the client; in CI (CI=true) a test that cannot run is a failure, as
+    for PostgreSQL, Redis and SoftHSM2, so a missing client cannot leave CI green."""
+    if shutil.which(client) is not None:
+        return
+    message = f"{client} is not installed (make system-deps)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message, pytrace=False)
+    pytest.skip(message)
+
+
 def _run(client: str, setup: AcmeSetup) -> None:
-    if shutil.which(client) is None:
-        pytest.skip(f"{client} is not installed (make system-deps)")
+    require_client(client)
     started = time.monotonic()
     result = subprocess.run(["bash", str(HERE / f"{client}.sh")], env=setup.env,
                             capture_output=True, text=True, timeout=600, check=False)
@@ -93,3 +104,13 @@ def test_lego(acme: AcmeSetup) -> None:
 @pytest.mark.timeout(600)
 def test_dehydrated(acme: AcmeSetup) -> None:
     _run("dehydrated", acme)
+
+
+def test_a_missing_client_skips_here_and_fails_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="certbot is not installed"):
+        require_client("certbot")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="certbot is not installed"):
+        require_client("certbot")

@@ -6,14 +6,18 @@ import contextlib
 import ipaddress
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.x509.oid import NameOID
 
+from ca_core.authority import IssuedCertificate
 from ca_core.hierarchy import ensure_hierarchy
+from ca_core.storage import StoreUnavailable
 from gateway.config import load_config
 from gateway.runtime import Services, open_services
 
@@ -117,3 +121,33 @@ async def fresh_services(tmp_path: Path, **env: str) -> AsyncIterator[Services]:
         await ensure_hierarchy(opened.authority, config.tsa_settings())
         await opened.authority.load()
         yield opened
+
+
+def fail_certificate_writes(monkeypatch: pytest.MonkeyPatch, store: Any) -> list[Any]:
+    """Make ``store.add_certificate`` raise StoreUnavailable, as a database lost at exactly
+    the issuance write would, while every other call of the store keeps working (closing
+    the store instead fails the request long before it reaches that write). Returns the
+    records whose write was attempted, so a test can see that issuance got that far."""
+    attempts: list[Any] = []
+
+    async def unavailable(cert: Any, audit: Any) -> None:
+        attempts.append(cert)
+        raise StoreUnavailable("simulated: the database went away at the certificate write")
+
+    monkeypatch.setattr(store, "add_certificate", unavailable)
+    return attempts
+
+
+class ListenerRecorder:
+    """A CertificateListener that keeps what it is told: the OCSP precompute and everything
+    else that hears of an issuance hear of it through this interface."""
+
+    def __init__(self) -> None:
+        self.issued: list[IssuedCertificate] = []
+        self.revoked: list[Any] = []
+
+    async def certificate_issued(self, issued: IssuedCertificate) -> None:
+        self.issued.append(issued)
+
+    async def certificate_revoked(self, record: Any) -> None:
+        self.revoked.append(record)

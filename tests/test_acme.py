@@ -29,7 +29,7 @@ from gateway.app import build_https_app
 from gateway.runtime import Services
 from protocols.acme.ari import cert_id as ari_cert_id
 from tests.acme_client import AccountKey, Client, b64, csr_for, jws, mac_jws
-from tests.helpers import fresh_services
+from tests.helpers import ListenerRecorder, fail_certificate_writes, fresh_services
 
 ClientFactory = Callable[..., Any]
 ERR = "urn:ietf:params:acme:error:"
@@ -617,6 +617,34 @@ async def test_store_down_is_server_internal_503(world: World,
                                  {"identifiers": [{"type": "dns", "value": "down.test"}]})
     await _problem(response, "serverInternal", 503)
     assert not [r for r in caplog.records if r.exc_info]
+
+
+async def test_certificate_write_failing_at_finalize_is_server_internal_503(
+        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recorded before returned (DESIGN.md): finalize reaches the certificate write and the
+    store fails there (nonces, account, order and authorizations still work). The client
+    gets serverInternal with 503, its order turns invalid without a certificate URL, and
+    nothing in the process hears of a certificate."""
+    client = world.client()
+    await client.load()
+    await client.register()
+    order_url, order = await _order(client, "down.svc.test")
+    await _authorize(world, client, order)
+    order = await _poll(client, order_url, lambda d: d["status"] != "pending")
+    assert order["status"] == "ready", order
+    listener = ListenerRecorder()
+    world.services.authority.add_listener(listener)
+    attempts = fail_certificate_writes(monkeypatch, world.services.store)
+    response = await client.post(order["finalize"], {"csr": b64(csr_for(["down.svc.test"]))})
+    problem = await _problem(response, "serverInternal", 503)
+    assert "CERTIFICATE" not in json.dumps(problem)
+    assert len(attempts) == 1
+    order = await (await client.post(order_url, None)).json()
+    assert order["status"] == "invalid" and "certificate" not in order, order
+    assert order["error"]["type"] == ERR + "serverInternal"
+    assert listener.issued == []
+    monkeypatch.undo()
+    assert await world.services.store.find_certificates_by_serial(attempts[0].serial_hex) == []
 
 
 async def test_alternate_chain_from_a_cross_certificate(world: World) -> None:

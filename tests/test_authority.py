@@ -22,6 +22,7 @@ from ca_core.errors import (
     NotFound,
     PolicyViolation,
     Unauthorized,
+    Unavailable,
     UnknownProfile,
     ValidityTooLong,
 )
@@ -29,7 +30,7 @@ from ca_core.hierarchy import ensure_hierarchy, ensure_organization
 from ca_core.principal import Principal
 from db.audit_chain import verify_chain
 from tests.conftest import Pki
-from tests.helpers import make_csr, make_key
+from tests.helpers import ListenerRecorder, fail_certificate_writes, make_csr, make_key
 
 SYSTEM = Principal.system("test")
 
@@ -62,6 +63,26 @@ async def test_issued_certificate_verifies_with_openssl(pki: Pki, tmp_path: Path
     # stored before returned
     stored = await pki.store.get_certificate(issued.record.issuer_ca_id, issued.record.serial_hex)
     assert stored is not None and stored.certificate_der == issued.record.certificate_der
+
+
+async def test_a_failed_certificate_write_returns_no_certificate(
+        pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DESIGN.md's first invariant, recorded before returned: when the store fails at the
+    certificate write itself (everything before it worked), issue raises Unavailable and
+    neither the caller nor any listener (OCSP precompute) gets the certificate."""
+    listener = ListenerRecorder()
+    pki.authority.add_listener(listener)
+    audit_before, certs_before = await _counts(pki)
+    attempts = fail_certificate_writes(monkeypatch, pki.store)
+    with pytest.raises(Unavailable) as raised:
+        await pki.authority.issue(
+            IssuanceRequest(csr=make_csr(), profile="vcc_service"), SYSTEM)
+    assert len(attempts) == 1  # the write was reached, and not retried as a serial clash
+    assert raised.value.detail == "the certificate store is not available"
+    assert listener.issued == []
+    monkeypatch.undo()  # the store works again: nothing of the failed issuance is in it
+    assert await pki.store.find_certificates_by_serial(attempts[0].serial_hex) == []
+    assert await _counts(pki) == (audit_before, certs_before)
 
 
 async def test_certificate_contents_follow_the_profile(pki: Pki) -> None:

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from gateway import runtime
 from gateway.cli import main
 from gateway.config import ConfigError, load_config
-from tests.helpers import make_csr
+from tests.helpers import fail_certificate_writes, make_csr
 
 
 @pytest.fixture
@@ -54,7 +55,9 @@ def test_init_issue_revoke_and_audit(env: Path, tmp_path: Path,
     "UPDATE audit_log SET seq = -1 WHERE seq = 2; UPDATE audit_log SET seq = 2 WHERE seq = 3;"
     " UPDATE audit_log SET seq = 3 WHERE seq = -1",
     "DELETE FROM audit_log WHERE seq = (SELECT MAX(seq) FROM audit_log)",
-], ids=["changed", "deleted", "reordered", "tail-deleted"])
+    "UPDATE audit_log SET actor_id = 'mallory' WHERE seq = 2",
+    "UPDATE audit_log SET timestamp = '2000-01-01T00:00:00.000000Z' WHERE seq = 2",
+], ids=["changed", "deleted", "reordered", "tail-deleted", "actor-changed", "time-changed"])
 def test_audit_verify_detects_tampering(env: Path, tamper: str,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["init"]) == 0
@@ -130,4 +133,34 @@ def test_file_errors_are_one_line_and_issue_nothing(
     assert out.read_text() == "previous\n"
     assert main(["issue", "--csr", str(csr), "--out", str(out)]) == 0
     assert out.read_text().startswith("-----BEGIN CERTIFICATE-----")
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".svc.pem")] == []
+
+
+def test_certificate_write_failing_is_an_error_and_no_certificate(
+        env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Recorded before returned (DESIGN.md): `vcc-pki issue` whose certificate write fails
+    (the rest of the store works) prints one error line, exits non-zero, and writes no
+    certificate, neither to stdout nor to --out."""
+    assert main(["init"]) == 0
+    csr = tmp_path / "svc.csr"
+    csr.write_bytes(make_csr())
+    attempts: list[object] = []
+    opened = runtime.make_store
+
+    def failing_store(config: object) -> object:
+        store = opened(config)  # type: ignore[arg-type]
+        attempts.append(fail_certificate_writes(monkeypatch, store))
+        return store
+
+    monkeypatch.setattr(runtime, "make_store", failing_store)
+    out = tmp_path / "svc.pem"
+    for argv in (["issue", "--csr", str(csr)], ["issue", "--csr", str(csr), "--out", str(out)]):
+        capsys.readouterr()
+        assert main(argv) == 1
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        assert captured.err == "error: the certificate store is not available\n"
+    assert [len(a) for a in attempts] == [1, 1]  # type: ignore[arg-type]
+    assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".svc.pem")] == []

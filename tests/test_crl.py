@@ -115,6 +115,54 @@ async def test_full_crl_lists_revocations_with_reasons(services: Services) -> No
     assert root_crl.is_signature_valid(root.signer.public_key) and len(root_crl) == 0  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("partitions", ["0", "4"])
+async def test_crl_entries_carry_the_revocations_time_and_reason(
+        tmp_path: Path, partitions: str) -> None:
+    """Each entry's revocationDate and reasonCode are those of the revoke call, not the
+    time the CRL is made: the clock is moved hours between revoking and publishing."""
+    async with fresh_services(tmp_path, VCC_PKI_CRL_PARTITIONS=partitions) as services:
+        clock = _MovingClock()
+        services.authority.clock = clock
+        compromised, superseded, _kept = [await _issue(services) for _ in range(3)]
+        clock.now += dt.timedelta(hours=1, microseconds=250_000)
+        first = await services.authority.revoke(compromised.serial, "key_compromise", SYSTEM)
+        clock.now += dt.timedelta(minutes=37, seconds=11)
+        second = await services.authority.revoke(superseded.serial, "superseded", SYSTEM)
+        assert first.revoked_at == (clock.now - dt.timedelta(minutes=37, seconds=11)
+                                    ).replace(microsecond=0)
+        assert second.revoked_at == clock.now.replace(microsecond=0)
+        expected = {
+            compromised.certificate.serial_number: (first.revoked_at,
+                                                    x509.ReasonFlags.key_compromise),
+            superseded.certificate.serial_number: (second.revoked_at,
+                                                   x509.ReasonFlags.superseded),
+        }
+        clock.now += dt.timedelta(hours=5, minutes=3)
+        await services.crls.publish_all("default-issuing")
+        crls = [await _crl(services)]
+        if partitions != "0":
+            crls += [await _crl(services, partition=p) for p in
+                     {c.record.crl_partition for c in (compromised, superseded)}]
+        for crl in crls:
+            assert crl.last_update_utc == clock.now.replace(microsecond=0)
+            listed = {entry.serial_number: (
+                entry.revocation_date_utc,
+                entry.extensions.get_extension_for_class(x509.CRLReason).value.reason)
+                for entry in crl}
+            if crl is crls[0]:
+                assert listed == expected
+            else:
+                assert listed.items() <= expected.items() and listed
+
+
+class _MovingClock:
+    def __init__(self) -> None:
+        self.now = dt.datetime.now(dt.UTC)
+
+    def __call__(self) -> dt.datetime:
+        return self.now
+
+
 async def test_numbers_grow_and_a_stale_crl_is_refused(services: Services) -> None:
     await services.crls.publish_all("default-issuing")
     await services.crls.publish_all("default-issuing")

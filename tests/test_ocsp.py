@@ -178,6 +178,72 @@ async def test_good_then_revoked(client: TestClient, services: Services) -> None
         assert isinstance(revoked.hash_algorithm, type(algorithm))
 
 
+async def test_revocation_time_and_reason_are_the_revocations_in_every_response(
+    client: TestClient, services: Services
+) -> None:
+    """Every way a revoked response is built (live for one CertID, live for several, the
+    refresher, warm-up and the revocation watcher of a process with an empty cache) says
+    the time and reason of the revoke call, not the time it was built: the clock is moved
+    hours and days between revoking and building, past the refresh point."""
+    clock = Clock()
+    services.authority.clock = clock
+    services.ocsp.clock = clock
+    compromised, superseded, good = [await issue(services) for _ in range(3)]
+    ca = good.chain[0]
+    clock.now += dt.timedelta(hours=1, microseconds=250_000)
+    first = await services.authority.revoke(compromised.serial, "key_compromise", SYSTEM)
+    clock.now += dt.timedelta(minutes=37, seconds=11)
+    second = await services.authority.revoke(superseded.serial, "superseded", SYSTEM)
+    expected = {
+        compromised.certificate.serial_number: (first.revoked_at,
+                                                x509.ReasonFlags.key_compromise),
+        superseded.certificate.serial_number: (second.revoked_at,
+                                               x509.ReasonFlags.superseded),
+    }
+    assert first.revoked_at == (clock.now - dt.timedelta(minutes=37, seconds=11)).replace(
+        microsecond=0)
+    assert second.revoked_at == clock.now.replace(microsecond=0)
+    clock.now += dt.timedelta(days=2, hours=5)  # past half of the 4-day validity
+    built_at = clock.now.replace(microsecond=0)
+
+    def check(single: Any, what: str) -> None:
+        revoked_at, reason = expected[single.serial_number]
+        assert single.certificate_status is ocsp.OCSPCertStatus.REVOKED, what
+        assert single.this_update_utc == built_at, what  # built now, not at revocation
+        assert (single.revocation_time_utc, single.revocation_reason) == (revoked_at, reason), \
+            what
+
+    for issued in (compromised, superseded):  # SHA-384 CertIDs: not precomputed, signed live
+        _, body = await post(client, ocsp_request(issued.certificate, ca, hashes.SHA384()))
+        check(verify(body, ca), "live, one CertID")
+    _, body = await post(client, multi_request(
+        [(good.certificate, ca), (compromised.certificate, ca), (superseded.certificate, ca)]))
+    several = [r for r in verify(body, ca).responses
+               if r.certificate_status is ocsp.OCSPCertStatus.REVOKED]
+    assert len(several) == 2
+    for single in several:
+        check(single, "live, several CertIDs")
+
+    assert await services.ocsp.refresh_due() >= 2
+    issuer = services.ocsp._by_ca_id[good.record.issuer_ca_id]
+    for serial in expected:
+        entry = await services.cache.get(cache_key("sha1", issuer.key_id, serial))
+        assert entry is not None
+        check(verify(entry.der, ca), "refreshed")
+
+    warmed = OcspResponder(services.authority, MemoryResponseCache(), clock=clock)
+    await warmed.load()
+    assert await warmed.warm() >= 3
+    watcher = OcspResponder(services.authority, MemoryResponseCache(), clock=clock)
+    await watcher.load()
+    await watcher.apply_revocations(await services.store.revocations_since(0))
+    for responder, what in ((warmed, "warm-up"), (watcher, "watcher")):
+        for serial in expected:
+            entry = await responder.cache.get(cache_key("sha1", issuer.key_id, serial))
+            assert entry is not None, what
+            check(verify(entry.der, ca), what)
+
+
 async def test_unspecified_reason_is_left_out(client: TestClient, services: Services) -> None:
     issued = await issue(services)
     await services.authority.revoke(issued.serial, "unspecified", SYSTEM)
@@ -487,11 +553,21 @@ async def test_revocation_by_another_process_is_seen_within_a_second(
     assert verify(body, ca).certificate_status is ocsp.OCSPCertStatus.GOOD
     monkeypatch.setattr(services, "config", load_config(environ={
         "VCC_PKI_DATA_DIR": str(services.config.data_dir), "VCC_PKI_REVOCATION_POLL_MS": "50"}))
+    # The watcher's first look for revocations comes after it has taken its starting
+    # point: a revocation made after that is one it must find.
+    polling = asyncio.Event()
+    revocations_since = services.store.revocations_since
+
+    async def first_poll_seen(generation: int, limit: int = 1000) -> Any:
+        polling.set()
+        return await revocations_since(generation, limit)
+
+    monkeypatch.setattr(services.store, "revocations_since", first_poll_seen)
     watcher = asyncio.create_task(watch_revocations(services))
     try:
         # Another process: its own Authority on the same store, no listener on this cache.
         other = Authority(services.store, services.keys, services.authority.settings)
-        await asyncio.sleep(0.1)  # the watcher has taken its starting point
+        await asyncio.wait_for(polling.wait(), timeout=10)
         await other.revoke(issued.serial, "key_compromise", SYSTEM)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 1.0
@@ -675,14 +751,49 @@ async def test_revocation_during_a_cache_outage_reaches_the_cache_when_it_return
     assert verify(body, ca).certificate_status is ocsp.OCSPCertStatus.REVOKED
 
 
+def _revoke_behind_the_responder(services: Services, issued: IssuedCertificate) -> Any:
+    """A revocation written to the store by another process (no listener of ours)."""
+    return services.store.revoke_certificate(
+        Revocation(issued.record.issuer_ca_id, issued.record.serial_hex,
+                   issued.record.cert_id, dt.datetime.now(dt.UTC).replace(microsecond=0),
+                   "key_compromise"),
+        AuditEvent(event_type="certificate.revoked", category="certificate",
+                   action="revoke", actor_type="system", actor_id="test"))
+
+
+@pytest.mark.parametrize("services", ["memory"], indirect=True)
+async def test_in_process_cache_has_no_front_cache(
+    client: TestClient, services: Services
+) -> None:
+    """In-process, the cache itself is in memory: no front cache is kept before it, so a
+    revocation another responder writes into it is answered by the very next request."""
+    assert services.ocsp._front_ttl == 0
+    issued = await issue(services)
+    ca = issued.chain[0]
+    request = ocsp_request(issued.certificate, ca)
+    for _ in range(2):
+        _, body = await post(client, request)
+        assert verify(body, ca).certificate_status is ocsp.OCSPCertStatus.GOOD
+    other = OcspResponder(services.authority, services.cache, services.ocsp.settings)
+    try:
+        await other.load()
+        record = await _revoke_behind_the_responder(services, issued)
+        assert record is not None
+        await other.certificate_revoked(record)
+        _, body = await post(client, request)
+        assert verify(body, ca).certificate_status is ocsp.OCSPCertStatus.REVOKED
+    finally:
+        await other.aclose()
+
+
+@pytest.mark.parametrize("services", [pytest.param("redis", marks=pytest.mark.redis)],
+                         indirect=True)
 async def test_front_cache_over_redis_shows_another_process_revocation_quickly(
     client: TestClient, services: Services
 ) -> None:
     """With Redis, hits are kept a quarter second in the process; a revocation written to
     Redis by another process is answered from Redis once that time has passed."""
-    if not services.cache.shared:
-        assert services.ocsp._front_ttl == 0  # in-process: the cache itself is in memory
-        return
+    assert services.cache.shared and services.ocsp._front_ttl == 0.25
     issued = await issue(services)
     ca = issued.chain[0]
     request = ocsp_request(issued.certificate, ca)
@@ -705,12 +816,7 @@ async def test_front_cache_over_redis_shows_another_process_revocation_quickly(
     other = OcspResponder(services.authority, other_cache, services.ocsp.settings)
     try:
         await other.load()
-        record = await services.store.revoke_certificate(
-            Revocation(issued.record.issuer_ca_id, issued.record.serial_hex,
-                       issued.record.cert_id, dt.datetime.now(dt.UTC).replace(microsecond=0),
-                       "key_compromise"),
-            AuditEvent(event_type="certificate.revoked", category="certificate",
-                       action="revoke", actor_type="system", actor_id="test"))
+        record = await _revoke_behind_the_responder(services, issued)
         assert record is not None
         await other.certificate_revoked(record)
         loop = asyncio.get_running_loop()

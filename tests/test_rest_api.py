@@ -14,7 +14,7 @@ from ca_core.hierarchy import ensure_organization
 from ca_core.principal import Principal
 from gateway.app import build_http_app, build_https_app
 from gateway.runtime import Services
-from tests.helpers import make_csr, make_key
+from tests.helpers import ListenerRecorder, fail_certificate_writes, make_csr, make_key
 
 ClientFactory = Callable[..., Any]
 ADMIN = Principal.system("test")
@@ -201,3 +201,29 @@ async def test_store_gone_is_503_without_a_traceback(
         assert response.status == 503, await response.text()
         assert response.headers["Retry-After"]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_certificate_write_failing_is_503_and_returns_no_certificate(
+    client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recorded before returned (DESIGN.md): the store fails at the certificate write
+    itself, after authentication, the organization and the CA were read. The answer is a
+    503 problem with no certificate in it, and nothing else in the process hears of one."""
+    token = await _token(services)
+    listener = ListenerRecorder()
+    services.authority.add_listener(listener)
+    before = await _audit_len(services)
+    attempts = fail_certificate_writes(monkeypatch, services.store)
+    response = await client.post("/api/v1/certificates", headers=_auth(token),
+                                 json={"csr": make_csr().decode(), "profile": "vcc_service"})
+    body = await _problem(response, 503)
+    assert body["type"] == "urn:vcc-pki:problem:unavailable"
+    assert response.headers["Retry-After"]
+    assert len(attempts) == 1
+    text = json.dumps(body)
+    assert "CERTIFICATE" not in text and "Location" not in response.headers
+    assert attempts[0].serial_hex not in text.lower()
+    assert listener.issued == []
+    monkeypatch.undo()
+    assert await _audit_len(services) == before
+    assert await services.store.find_certificates_by_serial(attempts[0].serial_hex) == []

@@ -562,6 +562,91 @@ async def test_tampering_is_detected(
     assert problems, tampering
 
 
+# One edit of every column of audit_log, made to one row in the middle of the chain (seq 4
+# of 6): each must be caught by verify_chain. Nullable columns are also set to NULL. A
+# column added to the table without a case here fails test_every_audit_column_is_tampered.
+AUDIT_COLUMN_EDITS: dict[str, str | None] = {
+    "seq": "seq = 1000",
+    "audit_id": "audit_id = '00000000-0000-4000-8000-000000000000'",
+    "timestamp": None,  # one microsecond later, in the backend's own form (below)
+    "org_id": "org_id = 'another-organization'",
+    "event_type": "event_type = 'certificate.revoked'",
+    "category": "category = 'ca'",
+    "action": "action = 'revoke'",
+    "actor_type": "actor_type = 'user'",
+    "actor_id": "actor_id = 'mallory'",
+    "resource_type": "resource_type = 'api_token'",
+    "resource_id": "resource_id = 'another-resource'",
+    "status": "status = 'failure'",
+    "event_data": "event_data = '{\"attempt\": 99}'",
+    "previous_hash": f"previous_hash = '{'1' * 64}'",
+    "audit_hash": f"audit_hash = '{'1' * 64}'",
+}
+AUDIT_NULLABLE = ("org_id", "actor_id", "resource_type", "resource_id")
+AUDIT_CASES = [*AUDIT_COLUMN_EDITS, *(f"{c}=NULL" for c in AUDIT_NULLABLE)]
+TAMPERED_SEQ = 4
+
+
+async def _audit_columns(where: Location) -> set[str]:
+    if where.backend == "sqlite":
+        return {row[1] for row in await raw_sql(where, "PRAGMA table_info(audit_log)")}
+    return {row[0] for row in await raw_sql(
+        where, "SELECT column_name FROM information_schema.columns"
+               " WHERE table_schema = 'public' AND table_name = 'audit_log'")}
+
+
+async def test_every_audit_column_is_tampered(store: Store, location: Location) -> None:
+    assert await _audit_columns(location) == set(AUDIT_COLUMN_EDITS)
+
+
+async def _tamper_audit_column(where: Location, case: str) -> None:
+    row = f"WHERE seq = {TAMPERED_SEQ}"
+    if case.endswith("=NULL"):
+        await raw_sql(where, f"UPDATE audit_log SET {case.removesuffix('=NULL')} = NULL {row}")
+        return
+    edit = AUDIT_COLUMN_EDITS[case]
+    if edit is not None:
+        await raw_sql(where, f"UPDATE audit_log SET {edit} {row}")
+    elif where.backend == "postgresql":
+        await raw_sql(where, f"UPDATE audit_log SET timestamp = timestamp"
+                             f" + interval '1 microsecond' {row}")
+    else:
+        ((text,),) = await raw_sql(where, f"SELECT timestamp FROM audit_log {row}")
+        later = dt.datetime.fromisoformat(text) + dt.timedelta(microseconds=1)
+        new = later.astimezone(UTC).isoformat(timespec="microseconds")
+        if text.endswith("Z"):
+            new = new.removesuffix("+00:00") + "Z"
+        await raw_sql(where, f"UPDATE audit_log SET timestamp = '{new}' {row}")
+
+
+@pytest.mark.parametrize("case", AUDIT_CASES)
+async def test_an_edit_of_any_audit_column_is_detected(
+    store: Store, seed: Seed, location: Location, case: str
+) -> None:
+    """A row whose every field is set (seed wrote seq 1-3), edited in one column behind the
+    store's back: verify_chain must report it, and only at that row when the column is
+    hashed content (the link and sequence columns also break their neighbours' checks)."""
+    full = AuditEvent(
+        event_type="certificate.issued", category="certificate", action="issue",
+        actor_type="api", actor_id="token-ops-1", org_id=seed.org.org_id,
+        resource_type="certificate", resource_id=str(uuid.uuid4()), status="success",
+        data={"attempt": 1, "serial": "0a1b"},
+    )
+    entry = await store.append_audit(full)
+    assert entry.seq == TAMPERED_SEQ
+    for n in range(2):
+        await store.append_audit(event("authentication.failed", attempt=n))
+    before = await store.audit_entries()
+    assert verify_chain(before, await store.audit_head()) == []
+    await _tamper_audit_column(location, case)
+    after = await store.audit_entries()
+    assert after != before, "the edit changed nothing the store reads"
+    problems = verify_chain(after, await store.audit_head())
+    assert problems, case
+    if case not in ("seq", "previous_hash", "audit_hash"):
+        assert {p.seq for p in problems} == {TAMPERED_SEQ}, problems
+
+
 async def test_concurrent_writes_keep_the_chain(store: Store, seed: Seed) -> None:
     before = await chain_ok(store)
     certs = [make_cert(seed.issuing, seed.org, cn=f"host{i}.acme.example") for i in range(50)]
@@ -616,9 +701,9 @@ async def test_two_processes_writing_at_once_neither_deadlock_nor_fork_the_chain
                 await other.revoke_certificate(revocation(cert), event())
 
         await asyncio.gather(batches(), lone_writes())
-        assert all(r.status == "revoked" for r in [
-            await store.get_certificate(seed.issuing.ca_id, c.serial_hex) for c in certs]
-            if r is not None)
+        stored = [await store.get_certificate(seed.issuing.ca_id, c.serial_hex) for c in certs]
+        # every certificate is still there (a lost row is a failure, not skipped), revoked
+        assert [r.status if r is not None else None for r in stored] == ["revoked"] * 80
         assert await chain_ok(store) == 3 + 80 + 40 * 2 + 40
     finally:
         await other.close()

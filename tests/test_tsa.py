@@ -9,6 +9,7 @@ TSA certificate. ``conformance/test_tsa_openssl.py`` does the same with the real
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import datetime as dt
 import hashlib
@@ -789,10 +790,35 @@ def test_bad_config_is_refused(tmp_path: Path, name: str, value: str) -> None:
         load_config(environ={"VCC_PKI_DATA_DIR": str(tmp_path), name: value})
 
 
-def test_adjtimex_clock_check_runs() -> None:
-    """Whatever this machine's NTP state, the kernel answers (no privilege needed)."""
+def test_adjtimex_clock_check_agrees_with_the_kernel() -> None:
+    """The check says what the kernel says, read independently through glibc's
+    ntp_adjtime (the same system call): unsynchronised is TIME_ERROR (5). No privilege."""
     check = tsa_core.make_clock_check("adjtimex")
-    assert check is not None and check() in (True, False)
+    assert check is not None
+    buffer = ctypes.create_string_buffer(512)  # struct timex, modes = 0: read only
+    state = ctypes.CDLL(None, use_errno=True).ntp_adjtime(buffer)
+    assert check() is (state >= 0 and state != 5)
+
+
+@pytest.mark.parametrize(("state", "synchronised"), [
+    (0, True), (1, True), (2, True), (3, True), (4, True),  # TIME_OK .. TIME_WAIT
+    (5, False),  # TIME_ERROR: STA_UNSYNC or STA_CLOCKERR set
+    (-1, False),  # the call failed
+])
+def test_adjtimex_clock_check_maps_the_clock_state(
+        monkeypatch: pytest.MonkeyPatch, state: int, synchronised: bool) -> None:
+    seen: list[bytes] = []
+
+    class Libc:
+        def adjtimex(self, buffer: Any) -> int:
+            seen.append(bytes(buffer.raw[:4]))
+            return state
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda *args, **kwargs: Libc())
+    check = tsa_core.make_clock_check("adjtimex")
+    assert check is not None
+    assert check() is synchronised
+    assert seen and all(modes == bytes(4) for modes in seen)  # it never sets the clock
 
 
 # --- CLI ------------------------------------------------------------------------------------

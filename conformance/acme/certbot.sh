@@ -10,18 +10,20 @@ cb() {  # cb <config name> <certbot args...>
     --logs-dir "$dir/logs" --non-interactive "$@"
 }
 step "certbot register"
-run_expect "Account registered" cb main register --agree-tos -m ops@example.org
+run_expect_line "Account registered." cb main register --agree-tos -m ops@example.org
 step "certbot certonly --standalone, ECDSA key, two names"
 cb main certonly --standalone --http-01-port "$HTTP01_PORT" --key-type ecdsa \
   -d certbot.svc.test -d www.certbot.svc.test
 verify_chain "$WORK/certbot-main/config/live/certbot.svc.test/fullchain.pem" certbot.svc.test
-run_expect "id-ecPublicKey" openssl x509 -in "$WORK/leaf.pem" -noout -text
+run_expect_line "Public Key Algorithm: id-ecPublicKey" openssl x509 -in "$WORK/leaf.pem" -noout \
+  -text
 step "certbot certonly --standalone, RSA-2048 key"
 cb main certonly --standalone --http-01-port "$HTTP01_PORT" --key-type rsa \
   --rsa-key-size 2048 -d rsa.certbot.svc.test
 verify_chain "$WORK/certbot-main/config/live/rsa.certbot.svc.test/fullchain.pem" \
   rsa.certbot.svc.test
-run_expect "rsaEncryption" openssl x509 -in "$WORK/leaf.pem" -noout -text
+run_expect_line "Public Key Algorithm: rsaEncryption" openssl x509 -in "$WORK/leaf.pem" -noout \
+  -text
 step "certbot renew --force-renewal"
 before=$(openssl x509 -in "$WORK/certbot-main/config/live/certbot.svc.test/cert.pem" -noout -serial)
 run_expect "all renewals succeeded" cb main renew --force-renewal --no-random-sleep-on-renew \
@@ -29,8 +31,10 @@ run_expect "all renewals succeeded" cb main renew --force-renewal --no-random-sl
 after=$(openssl x509 -in "$WORK/certbot-main/config/live/certbot.svc.test/cert.pem" -noout -serial)
 [ "$before" != "$after" ] || fail "renew kept the old certificate"
 step "certbot revoke"
-run_expect "successfully revoked" cb main revoke --cert-name rsa.certbot.svc.test \
-  --reason keycompromise --no-delete-after-revoke
+cb main revoke --cert-name rsa.certbot.svc.test --reason keycompromise \
+  --no-delete-after-revoke
+live="$WORK/certbot-main/config/live/rsa.certbot.svc.test"
+expect_revoked "$live/cert.pem" "$live/chain.pem" keyCompromise
 step "certbot --preferred-chain: the alternate chain through a cross-certificate"
 cross_certify "Certbot Bridge Root"
 cb main certonly --standalone --http-01-port "$HTTP01_PORT" -d chain.certbot.svc.test \
@@ -42,7 +46,7 @@ verify_chain "$WORK/certbot-main/config/live/default.certbot.svc.test/fullchain.
   default.certbot.svc.test
 step "certbot register with External Account Binding"
 read -r KID HMAC < <(eab_key)
-run_expect "Account registered" cb eab register --agree-tos -m eab@example.org \
+run_expect_line "Account registered." cb eab register --agree-tos -m eab@example.org \
   --eab-kid "$KID" --eab-hmac-key "$HMAC"
 cb eab certonly --standalone --http-01-port "$HTTP01_PORT" -d eab.certbot.svc.test
 verify_chain "$WORK/certbot-eab/config/live/eab.certbot.svc.test/fullchain.pem" \
@@ -50,5 +54,8 @@ verify_chain "$WORK/certbot-eab/config/live/eab.certbot.svc.test/fullchain.pem" 
 step "the same EAB key cannot bind a second account"
 if cb eab2 register --agree-tos -m x@example.org --eab-kid "$KID" --eab-hmac-key "$HMAC" \
     > "$WORK/eab2.log" 2>&1; then fail "a used EAB key bound another account"; fi
-grep -qi "unauthorized\|EAB" "$WORK/eab2.log" || { cat "$WORK/eab2.log"; fail "error text"; }
+grep -qxF "Unable to register an account with ACME server. Error returned by the ACME server:\
+ unknown or already used EAB key id" "$WORK/eab2.log" || { cat "$WORK/eab2.log"; fail "error text"; }
+grep -qF '"type": "urn:ietf:params:acme:error:unauthorized"' \
+  "$WORK"/certbot-eab2/logs/letsencrypt.log || fail "not the unauthorized problem"
 echo OK

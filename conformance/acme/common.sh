@@ -24,6 +24,37 @@ run_expect() {  # run_expect <pattern> <command...>: run it, fail unless its out
   out=$("$@" 2>&1) || { printf '%s\n' "$out"; fail "$* failed"; }
   grep -q -- "$pattern" <<<"$out" || { printf '%s\n' "$out"; fail "expected '$pattern'"; }
 }
+run_expect_line() {  # run_expect_line <line> <command...>: fail unless it prints exactly <line>
+  local line=$1; shift
+  local out
+  out=$("$@" 2>&1) || { printf '%s\n' "$out"; fail "$* failed"; }
+  sed 's/^[[:space:]]*//; s/[[:space:]]*$//' <<<"$out" | grep -qxF -- "$line" \
+    || { printf '%s\n' "$out"; fail "expected the line '$line'"; }
+}
+# The gateway's OCSP responder (the URL in the certificate) answers revoked, with exactly
+# this reason ("" for none: an unspecified reason is left out, RFC 5280 5.3.1). Polled for
+# up to 5 s: another gateway process learns of a revocation up to a second later.
+expect_revoked() {  # expect_revoked <cert.pem> <chain.pem (issuer first)> <reason or "">
+  local cert=$1 chain=$2 reason=$3 url out deadline
+  url=$(openssl x509 -in "$cert" -noout -ocsp_uri)
+  awk '/BEGIN CERT/{n++} n==1' "$chain" > "$WORK/issuer.pem"
+  deadline=$(( ${EPOCHREALTIME/./} / 1000 + 5000 ))
+  while :; do
+    out=$(openssl ocsp -issuer "$WORK/issuer.pem" -cert "$cert" -url "$url" -CAfile "$ROOT_CA" \
+      -verify_other "$chain" -no_nonce 2>&1) || true
+    grep -qxF "$cert: revoked" <<<"$out" && break
+    (( ${EPOCHREALTIME/./} / 1000 < deadline )) \
+      || { printf '%s\n' "$out"; fail "$cert is not revoked in OCSP"; }
+    sleep 0.1
+  done
+  grep -qxF "Response verify OK" <<<"$out" || { printf '%s\n' "$out"; fail "OCSP verify"; }
+  if [ -n "$reason" ]; then
+    grep -qx "[[:space:]]*Reason: $reason" <<<"$out" \
+      || { printf '%s\n' "$out"; fail "not revoked for $reason"; }
+  elif grep -q "Reason:" <<<"$out"; then
+    printf '%s\n' "$out"; fail "a reason where none was given"
+  fi
+}
 eab_key() {  # eab_key -> "KID HMAC"
   "$VCC_PKI" acme eab create --org "${ORG:-default}" --json 2>/dev/null \
     | python3 -c 'import json,sys; d=json.load(sys.stdin); print(d["kid"], d["hmac_key"])'

@@ -23,11 +23,16 @@ for _ in $(seq 1 100); do
   sleep 0.05
 done
 step "dehydrated --register"
-run_expect "Done" dehydrated --config "$base/config" --register --accept-terms
+run_expect_line "+ Done!" dehydrated --config "$base/config" --register --accept-terms
+grep -qF '"status": "valid"' "$base"/accounts/*/registration_info.json \
+  || fail "the server did not answer with a valid account"
 step "dehydrated --cron (http-01)"
 dehydrated --config "$base/config" --cron --domain dehydrated.svc.test
 verify_chain "$base/certs/dehydrated.svc.test/fullchain.pem" dehydrated.svc.test
 step "dehydrated --revoke"
-run_expect "Done" dehydrated --config "$base/config" --revoke \
-  "$base/certs/dehydrated.svc.test/cert.pem"
+# dehydrated renames what it revoked: check copies.
+cp "$base/certs/dehydrated.svc.test/cert.pem" "$WORK/dehydrated-cert.pem"
+cp "$base/certs/dehydrated.svc.test/chain.pem" "$WORK/dehydrated-chain.pem"
+dehydrated --config "$base/config" --revoke "$base/certs/dehydrated.svc.test/cert.pem"
+expect_revoked "$WORK/dehydrated-cert.pem" "$WORK/dehydrated-chain.pem" ""
 echo OK

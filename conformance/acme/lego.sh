@@ -28,8 +28,10 @@ lg main --domains http.lego.svc.test --http --http.port ":$HTTP01_PORT" renew --
   --no-random-sleep
 after=$(openssl x509 -in "$WORK/lego-main/certificates/http.lego.svc.test.crt" -noout -serial)
 [ "$before" != "$after" ] || fail "renew kept the old certificate"
-step "lego revoke"
-run_expect "revoked" lg main --domains alpn.lego.svc.test revoke
+step "lego revoke --reason 4 (superseded)"
+lg main --domains alpn.lego.svc.test revoke --reason 4 --keep
+certs="$WORK/lego-main/certificates"
+expect_revoked "$certs/alpn.lego.svc.test.crt" "$certs/alpn.lego.svc.test.issuer.crt" superseded
 step "lego run --preferred-chain: the alternate chain through a cross-certificate"
 cross_certify "Lego Bridge Root"
 lg main --domains chain.lego.svc.test --http --http.port ":$HTTP01_PORT" run \
