@@ -1,25 +1,7 @@
-"""ResponseCache: precomputed DER OCSP responses (RFC 6960, RFC 5019), by issuer and serial.
-
-Two backends behind one small interface, chosen by configuration: ``MemoryResponseCache``
-(in-process, the default) and ``RedisResponseCache`` (``VCC_PKI_REDIS_URL``; shared by every
-gateway process). Keys are opaque strings the OCSP responder makes from the CertID's hash
-algorithm, the issuer's key hash and the serial number.
-
-Rules every backend keeps:
-
-- An entry disappears at its nextUpdate; nobody is served a stale response from a cache.
-- A response that says "good" never replaces one that says "revoked" (``put`` checks it
-  atomically). Revocation is final in this CA, so whatever order a revocation re-sign, a
-  refresh and a cache-miss write-back land in, the cache cannot go back to "good".
-- A *tombstone* (an entry without a response, flagged revoked) blocks "good" responses the
-  same way; the responder treats it as a miss and signs the revoked answer live.
-- Every entry may carry a refresh time; ``due`` lists the keys whose time has come until
-  ``put`` gives them a new one or ``forget`` drops them from the schedule.
-
-Errors::
-
-    CacheUnavailable   the backend cannot be reached (callers fall back to the store)
-"""
+"""The backends of the OCSP response cache that ``ca_core.response_cache`` declares (its
+docstring states the rules every backend keeps): ``MemoryResponseCache`` (in-process, the
+default) and ``RedisResponseCache`` (``VCC_PKI_REDIS_URL``; shared by every gateway
+process), chosen by configuration."""
 
 from __future__ import annotations
 
