@@ -286,6 +286,23 @@ class AcmeService:
         if retry is not None:
             raise RateLimited(f"too many {what}; retry later", retry_after=retry)
 
+    @staticmethod
+    def _order_event(order: AcmeOrder, **data: Any) -> AuditEvent:
+        """An order's state change, recorded with it (DESIGN: every state change)."""
+        return AuditEvent(
+            event_type=f"acme.order.{order.status}", category="acme", action=order.status,
+            actor_type="acme_account", actor_id=order.account_id, org_id=order.org_id,
+            resource_type="acme_order", resource_id=order.order_id, data=data)
+
+    @staticmethod
+    def _authz_event(authz: AcmeAuthorization, org_id: str | None, **data: Any) -> AuditEvent:
+        """An authorization's (or its challenge's) state change, recorded with it."""
+        return AuditEvent(
+            event_type=f"acme.authorization.{authz.status}", category="acme",
+            action=authz.status, actor_type="acme_account", actor_id=authz.account_id,
+            org_id=org_id, resource_type="acme_authorization", resource_id=authz.authz_id,
+            data={"identifier": f"{authz.identifier_type}:{authz.identifier_value}", **data})
+
     def _audit(self, kind: str, account: AcmeAccount, **data: Any) -> AuditEvent:
         return AuditEvent(
             event_type=f"acme.{kind}", category="acme", action=kind,
@@ -524,7 +541,9 @@ class AcmeService:
             identifiers=tuple(wanted), authz_ids=tuple(authz_ids), profile=profile_name,
             not_before=not_before, not_after=not_after,
             replaces=None if replaces is None else replaces.text, created_at=now)
-        await self.store.add_acme_order(order, new_authzs)
+        await self.store.add_acme_order(order, new_authzs, self._order_event(
+            order, identifiers=[f"{t}:{v}" for t, v in order.identifiers],
+            new_authorizations=[a.authz_id for a in new_authzs]))
         by_id = {a.authz_id: a for a in (*reused, *new_authzs)}
         return await self._refresh_order(order, [by_id[i] for i in authz_ids])
 
@@ -562,7 +581,8 @@ class AcmeService:
                 status = "ready"
         if status != order.status:
             updated = replace(order, status=status, error=error)
-            if await self.store.update_acme_order(updated, order.status):
+            if await self.store.update_acme_order(updated, order.status,
+                                                  self._order_event(updated)):
                 order = updated
             else:
                 order = await self.store.get_acme_order(order.order_id) or order
@@ -600,7 +620,8 @@ class AcmeService:
         if authz.status not in ("pending", "valid"):
             raise BadRequest(f"the authorization is {authz.status}")
         updated = replace(authz, status="deactivated")
-        if not await self.store.update_acme_authorization(updated, authz.status):
+        if not await self.store.update_acme_authorization(
+                updated, authz.status, self._authz_event(updated, account.org_id)):
             raise Conflict("the authorization changed meanwhile")
         return updated
 
@@ -616,7 +637,10 @@ class AcmeService:
         processing = replace(challenge, status="processing", started=self._now())
         updated = replace(authz, challenges=tuple(
             processing if c.type == challenge_type else c for c in authz.challenges))
-        if not await self.store.update_acme_authorization(updated, "pending"):
+        if not await self.store.update_acme_authorization(
+                updated, "pending", self._authz_event(
+                    updated, account.org_id, challenge=challenge_type,
+                    challenge_status="processing")):
             fresh = await self.authorization(account, authz_id)
             return fresh, next(c for c in fresh.challenges if c.type == challenge_type)
         # Later requests see "processing" until the validator decides.
@@ -661,7 +685,8 @@ class AcmeService:
         final = replace(final, challenges=tuple(
             done if c.type == challenge.type else c for c in authz.challenges))
         try:
-            await self.store.update_acme_authorization(final, "pending")
+            await self.store.update_acme_authorization(final, "pending", self._authz_event(
+                final, account.org_id, challenge=challenge.type))
         except StoreError:
             log.exception("storing the validation of %s failed", authz.authz_id)
 
@@ -674,7 +699,8 @@ class AcmeService:
         csr = parse_csr(csr_der)
         self._check_csr_identifiers(csr, order)
         processing = replace(order, status="processing")
-        if not await self.store.update_acme_order(processing, "ready"):
+        if not await self.store.update_acme_order(processing, "ready",
+                                                  self._order_event(processing)):
             raise OrderNotReady("the order is being finalized already")
         task = self._tasks.spawn(self._issue(processing, csr))
         try:
@@ -725,11 +751,13 @@ class AcmeService:
             error = CAError("issuance failed")
         else:
             valid = replace(order, status="valid", cert_id=issued.record.cert_id)
-            if not await self.store.update_acme_order(valid, "processing"):
+            if not await self.store.update_acme_order(
+                    valid, "processing", self._order_event(
+                        valid, cert_id=issued.record.cert_id, serial=issued.record.serial_hex)):
                 log.error("order %s changed while it was being finalized", order.order_id)
             return valid
         failed = replace(order, status="invalid", error=error_record(error))
-        await self.store.update_acme_order(failed, "processing")
+        await self.store.update_acme_order(failed, "processing", self._order_event(failed))
         raise error
 
     # ------------------------------------------------------------------ certificates

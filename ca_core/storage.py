@@ -86,8 +86,8 @@ class TenantStore(Protocol):
     async def list_organizations(self) -> list[Organization]: ...
 
     async def update_organization_config(
-            self, org_id: str, config: dict[str, Any], audit: AuditEvent
-        ) -> None:
+        self, org_id: str, config: dict[str, Any], audit: AuditEvent
+    ) -> None:
         """Replace the organization's config document; StoreConflict if it does not exist."""
 
     async def add_token(self, token: ApiToken, audit: AuditEvent) -> None: ...
@@ -113,8 +113,8 @@ class CaStore(Protocol):
         recorded already (a duplicate fingerprint)."""
 
     async def list_cross_certificates(
-            self, ca_ids: Sequence[str] | None = None
-        ) -> list[CrossCertificateRecord]:
+        self, ca_ids: Sequence[str] | None = None
+    ) -> list[CrossCertificateRecord]:
         """Cross-certificates of these CAs (or of all), oldest first."""
 
     async def add_ocsp_responder(self, responder: OcspResponderRecord, audit: AuditEvent) -> None:
@@ -146,14 +146,14 @@ class CertificateStore(Protocol):
         normally one)."""
 
     async def revoke_certificate(
-            self, revocation: Revocation, audit: AuditEvent
-        ) -> CertificateRecord | None:
+        self, revocation: Revocation, audit: AuditEvent
+    ) -> CertificateRecord | None:
         """Mark revoked and add the CRL entry. Returns the updated record, or None when
         the certificate is unknown or already revoked (nothing changes then)."""
 
     async def list_revocations(
-            self, ca_id: str, crl_partition: int | None = None
-        ) -> list[Revocation]:
+        self, ca_id: str, crl_partition: int | None = None
+    ) -> list[Revocation]:
         """CRL entries of a CA (or of one CRL partition of it), oldest first."""
 
     async def count_active_certificates(self, now: dt.datetime) -> list[tuple[str, str, int]]:
@@ -166,14 +166,14 @@ class CertificateStore(Protocol):
         """Revocations with a generation above ``generation``, in generation order."""
 
     async def certificate_statuses(
-            self, issuer_ca_id: str, serial_hexes: Sequence[str]
-        ) -> list[CertificateStatusRecord]:
+        self, issuer_ca_id: str, serial_hexes: Sequence[str]
+    ) -> list[CertificateStatusRecord]:
         """Status of the given certificates of one issuer (unknown serials are left out)."""
 
     async def list_certificate_statuses(
-            self, issuer_ca_id: str, valid_at: dt.datetime, after_serial_hex: str = "",
-            limit: int = 1000,
-        ) -> list[CertificateStatusRecord]:
+        self, issuer_ca_id: str, valid_at: dt.datetime, after_serial_hex: str = "",
+        limit: int = 1000,
+    ) -> list[CertificateStatusRecord]:
         """One page of the issuer's certificates not expired at ``valid_at``, ordered by
         serial_hex (byte order) after ``after_serial_hex``."""
 
@@ -247,30 +247,34 @@ class AcmeStore(Protocol):
     async def get_eab_key(self, kid: str) -> EabKey | None: ...
 
     async def add_acme_order(
-            self, order: AcmeOrder, new_authorizations: Sequence[AcmeAuthorization]
-        ) -> None: ...
+        self, order: AcmeOrder, new_authorizations: Sequence[AcmeAuthorization],
+        audit: AuditEvent | None = None,
+    ) -> None: ...
 
     async def get_acme_order(self, order_id: str) -> AcmeOrder | None: ...
 
-    async def update_acme_order(self, order: AcmeOrder, expect_status: str) -> bool:
-        """Store ``order`` if the stored one still has ``expect_status``; False otherwise."""
+    async def update_acme_order(self, order: AcmeOrder, expect_status: str,
+                                audit: AuditEvent | None = None) -> bool:
+        """Store ``order`` (and append ``audit``) if the stored one still has
+        ``expect_status``; False (and nothing changes) otherwise."""
 
     async def find_acme_order_by_cert(self, cert_id: str) -> AcmeOrder | None: ...
 
     async def get_acme_authorizations(
-            self, authz_ids: Sequence[str]
-        ) -> list[AcmeAuthorization]:
+        self, authz_ids: Sequence[str]
+    ) -> list[AcmeAuthorization]:
         """The authorizations that exist among ``authz_ids``, in that order."""
 
     async def update_acme_authorization(
-            self, authz: AcmeAuthorization, expect_status: str
-        ) -> bool:
-        """Store ``authz`` if the stored one still has ``expect_status``; False otherwise."""
+        self, authz: AcmeAuthorization, expect_status: str, audit: AuditEvent | None = None
+    ) -> bool:
+        """Store ``authz`` (and append ``audit``) if the stored one still has
+        ``expect_status``; False (and nothing changes) otherwise."""
 
     async def find_valid_acme_authorization(
-            self, account_id: str, identifier_type: str, identifier_value: str, wildcard: bool,
-            valid_at: dt.datetime,
-        ) -> AcmeAuthorization | None:
+        self, account_id: str, identifier_type: str, identifier_value: str, wildcard: bool,
+        valid_at: dt.datetime,
+    ) -> AcmeAuthorization | None:
         """A valid authorization of the account for the identifier, unexpired at
         ``valid_at`` (the one that expires last), for reuse in new orders."""
 

@@ -819,7 +819,8 @@ class SqlStore:
                       created_at=self._d.time(row["created_at"]), account_id=row["account_id"])
 
     async def add_acme_order(
-        self, order: AcmeOrder, new_authorizations: Sequence[AcmeAuthorization]
+        self, order: AcmeOrder, new_authorizations: Sequence[AcmeAuthorization],
+        audit: AuditEvent | None = None,
     ) -> None:
         d = self._d
 
@@ -843,20 +844,26 @@ class SqlStore:
                 d.t_opt(order.not_after), order.replaces,
                 None if order.error is None else _json(order.error), order.cert_id,
                 d.t(order.created_at or _now()))
+            if audit is not None:
+                yield from tx.append_audit(audit)
         await self._write(write)
 
     async def get_acme_order(self, order_id: str) -> AcmeOrder | None:
         row = await self._lookup(one("SELECT * FROM acme_orders WHERE order_id = ?", order_id))
         return None if row is None else self._acme_order(row)
 
-    async def update_acme_order(self, order: AcmeOrder, expect_status: str) -> bool:
-        """Store ``order`` if the stored one still has ``expect_status``; False otherwise."""
+    async def update_acme_order(self, order: AcmeOrder, expect_status: str,
+                                audit: AuditEvent | None = None) -> bool:
+        """Store ``order`` (and append ``audit``) if the stored one still has
+        ``expect_status``; False (and nothing changes) otherwise."""
         def write(tx: Tx) -> Body[bool]:
             found = yield one(
                 "UPDATE acme_orders SET status = ?, error = ?, cert_id = ?"
                 " WHERE order_id = ? AND status = ? RETURNING 1",
                 order.status, None if order.error is None else _json(order.error),
                 order.cert_id, order.order_id, expect_status)
+            if found is not None and audit is not None:
+                yield from tx.append_audit(audit)
             return found is not None
         return await self._write(write)
 
@@ -877,15 +884,18 @@ class SqlStore:
         return [by_id[i] for i in authz_ids if i in by_id]
 
     async def update_acme_authorization(
-        self, authz: AcmeAuthorization, expect_status: str
+        self, authz: AcmeAuthorization, expect_status: str, audit: AuditEvent | None = None
     ) -> bool:
-        """Store ``authz`` if the stored one still has ``expect_status``; False otherwise."""
+        """Store ``authz`` (and append ``audit``) if the stored one still has
+        ``expect_status``; False (and nothing changes) otherwise."""
         def write(tx: Tx) -> Body[bool]:
             found = yield one(
                 "UPDATE acme_authorizations SET status = ?, expires = ?, challenges = ?"
                 " WHERE authz_id = ? AND status = ? RETURNING 1",
                 authz.status, self._d.t(authz.expires),
                 _json(challenges_to_json(authz.challenges)), authz.authz_id, expect_status)
+            if found is not None and audit is not None:
+                yield from tx.append_audit(audit)
             return found is not None
         return await self._write(write)
 

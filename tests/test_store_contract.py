@@ -924,3 +924,31 @@ async def test_sqlite_busy_lookup_moves_to_the_reader_thread(tmp_path: Path) -> 
         assert threads == [loop_thread]  # tried on the loop once, then read elsewhere
     finally:
         await store.close()
+
+
+async def test_acme_state_changes_are_audited_only_when_they_happen(
+        store: Store, seed: Seed) -> None:
+    """Order and authorization transitions carry their audit event into the same
+    transaction: one entry per change that happened, none for a lost compare-and-set."""
+    account = make_account(seed.org)
+    await store.add_acme_account(account, event("acme.account_created"))
+    authz = make_authz(account, "audited.acme.example")
+    order = AcmeOrder(
+        order_id=secrets.token_urlsafe(12), account_id=account.account_id,
+        org_id=seed.org.org_id, status="pending", expires=T0 + dt.timedelta(days=7),
+        identifiers=(("dns", "audited.acme.example"),), authz_ids=(authz.authz_id,),
+        profile="vcc_service", created_at=T0)
+    before = len(await store.audit_entries())
+    await store.add_acme_order(order, [authz], event("acme.order.pending"))
+    valid = replace(authz, status="valid")
+    assert await store.update_acme_authorization(valid, "pending",
+                                                 event("acme.authorization.valid"))
+    assert not await store.update_acme_authorization(valid, "pending",
+                                                     event("acme.authorization.lost"))
+    ready = replace(order, status="ready")
+    assert await store.update_acme_order(ready, "pending", event("acme.order.ready"))
+    assert not await store.update_acme_order(ready, "pending", event("acme.order.lost"))
+    entries = (await store.audit_entries())[before:]
+    assert [e.event.event_type for e in entries] == [
+        "acme.order.pending", "acme.authorization.valid", "acme.order.ready"]
+    await chain_ok(store)
