@@ -11,7 +11,7 @@ in a token (``Signer.run``), and counts it (``pki_ca_signing_operations_total``,
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from cryptography import x509
@@ -93,6 +93,11 @@ class SigningKey:
 
     async def sign(self, purpose: Purpose, build: Callable[[], T]) -> T:
         """Run ``build`` (which signs with ``self.signer``) as a ``purpose`` signature."""
+        return await self.signing(purpose, lambda: self.signer.run(build))
+
+    async def signing(self, purpose: Purpose, work: Callable[[], Awaitable[T]]) -> T:
+        """Await ``work`` (which signs with ``self.signer`` through its async calls, e.g. a
+        CMS SignedData) as a ``purpose`` signature: checked first, counted after."""
         counters = self._counters.get(purpose)
         if counters is None:
             self.check(purpose)
@@ -101,7 +106,7 @@ class SigningKey:
                 CA_SIGNING_OPERATIONS.labels(self.name, purpose.value, "error"))
             self._key_usage = CA_KEY_USAGE.labels(self.name, str(self.signer.hsm_backed).lower())
         try:
-            result = await self.signer.run(build)
+            result = await work()
         except Exception:
             counters[1].inc()
             raise

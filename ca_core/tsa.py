@@ -3,11 +3,11 @@
 The protocol front-end (``protocols/tsa``) decodes a TimeStampReq into a ``TimeStampQuery``;
 ``TimeStampAuthority.timestamp`` checks it against the policy (hash algorithms, imprint
 length, requested policy, extensions, nonce size, clock state), builds the TSTInfo
-(RFC 3161 2.4.2) and the CMS SignedData around it (RFC 5652 5; RFC 3161 2.4.2: signed
-attributes contentType, messageDigest, signingTime and signingCertificateV2 from RFC 5816,
-optionally the legacy signingCertificate), signs the signed attributes through the TSA's
-``Signer`` (so a PKCS#11 key never leaves its token), records the token in the store and
-only then returns it.
+(RFC 3161 2.4.2) and, through ``ca_core.cms``, the CMS SignedData around it (RFC 5652 5;
+RFC 3161 2.4.2: signed attributes contentType, messageDigest, signingTime and
+signingCertificateV2 from RFC 5816, optionally the legacy signingCertificate), signed
+through the TSA's ``Signer`` (so a PKCS#11 key never leaves its token), records the token
+in the store and only then returns it.
 
 The TSA is a CA-like record (``certificate_authorities.ca_type = 'tsa'``, named
 ``tsa-<UTC time of creation>``) whose certificate comes from the ``timestamp_authority``
@@ -37,23 +37,23 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import datetime as dt
-import hashlib
 import logging
 import os
 import secrets
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from asn1crypto import algos, cms, core, tsp
+from asn1crypto import algos, core, tsp
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from ca_core import x509build
+from ca_core import cms as cms_core
+from ca_core import der, x509build
 from ca_core.authority import (
     Authority,
     IssuanceRequest,
@@ -65,9 +65,9 @@ from ca_core.authority import (
 )
 from ca_core.errors import BadRequest, CAError, NotFound, Unavailable
 from ca_core.keys import KeyAlgorithm, KeySpec
-from ca_core.metrics import CA_KEY_USAGE, CA_SIGNING_OPERATIONS
 from ca_core.principal import Principal
 from ca_core.records import AuditEvent, CARecord, TimeStampRecord
+from ca_core.signing import Purpose, SigningKey
 from ca_core.storage import StoreConflict, StoreError
 
 log = logging.getLogger(__name__)
@@ -419,52 +419,11 @@ async def _create_tsa(authority: Authority, settings: TsaSettings, issuer: Loade
 # ---------------------------------------------------------------------------- tokens
 
 
-def _general_name(name: asn1_x509.Name) -> asn1_x509.GeneralName:
-    return asn1_x509.GeneralName({"directory_name": name})
-
-
-def _encoded(value: Any) -> Any:
-    """``value`` as asn1crypto holds a value read from DER.
-
-    asn1crypto encodes a value it built from Python data again each time it is placed into
-    a new structure (~10 ms per token for the certificates and ESS attributes); a value
-    loaded from DER keeps its encoding and costs nothing when it is reused.
-    """
-    return type(value).load(value.dump())
-
-
-def set_contents(values: Iterable[Any]) -> bytes:
-    """The contents of a DER SET OF ``values``: their encodings in ascending order."""
-    return b"".join(sorted(value.dump() for value in values))
-
-
-def compose(spec: Any, fields: Mapping[str, Any], **tagging: Any) -> Any:
-    """``spec(fields)`` -- the asn1crypto SEQUENCE with these field values -- built from
-    values that are already asn1crypto objects, tagged as ``spec._fields`` declares them.
-
-    asn1crypto's constructor checks, converts and re-tags every field (re-tagging deep-copies
-    the value) at ~10-20 µs a field, which for the dozen structures of a token was most of
-    the cost of a stamp. The DER contents of a SEQUENCE are its present fields' encodings in
-    declaration order, which is what asn1crypto itself writes (``Sequence._set_contents``);
-    asn1crypto still encodes every value and every header. ``None`` is an absent field.
-    tests/test_tsa.py checks the result byte for byte against the plain constructors.
-    """
-    contents = b"".join(
-        value.dump() for name, *_ in spec._fields
-        if (value := fields.get(name)) is not None
-    )
-    return spec(contents=contents, **tagging)
-
-
-def compose_set(spec: Any, values: Iterable[Any], **tagging: Any) -> Any:
-    """``spec(values)`` for a SET OF spec, from asn1crypto values (see ``compose``)."""
-    return spec(contents=set_contents(values), **tagging)
-
-
 class _TokenSigner:
-    """One TSA key and certificate; every part of a token that does not change from stamp
-    to stamp (certificates, signer id, ESS attributes, algorithms, policy OIDs) is encoded
-    once here, and the parts that do are built from typed asn1crypto values."""
+    """One TSA key and certificate. The CMS layer (ca_core.cms) encodes the SignedData parts
+    that never change once (certificates, signer id, algorithms, the ESS attributes); the
+    TSTInfo parts that never change (policy OIDs, accuracy, the TSA name) are encoded once
+    here, and each token adds only its own values."""
 
     def __init__(self, loaded: LoadedCA, settings: TsaSettings) -> None:
         self.loaded = loaded
@@ -474,75 +433,36 @@ class _TokenSigner:
         self.not_before = loaded.certificate.not_valid_before_utc
         self.not_after = loaded.certificate.not_valid_after_utc
         spec = self.signer.key_spec
-        digest = spec.hash_algorithm
-        if digest is None or spec.algorithm is KeyAlgorithm.ED25519:
+        if spec.hash_algorithm is None or spec.algorithm is KeyAlgorithm.ED25519:
             raise TsaCertificateRejected("the TSA key must be RSA or ECDSA")
-        # Signer.sign_sync hashes with the key's digest, so the CMS digest is that one.
-        self.digest_name = digest.name
-        cert_der = loaded.record.certificate_der
-        tbs = asn1_x509.Certificate.load(cert_der)["tbs_certificate"]
-        self.digest_algorithm = _encoded(algos.DigestAlgorithm({"algorithm": digest.name}))
-        self.digest_algorithms = _encoded(cms.DigestAlgorithms([self.digest_algorithm]))
-        self.signature_algorithm = _encoded(algos.SignedDigestAlgorithm(
-            {"algorithm": f"{digest.name}_ecdsa"} if spec.algorithm is KeyAlgorithm.ECDSA
-            # rsaEncryption: what RFC 3370 3.2 says signers use, and PKCS#7 tools expect.
-            else {"algorithm": "rsassa_pkcs1v15", "parameters": core.Null()}
-        ))
-        # issuerAndSerialNumber (SignerInfo v1): OpenSSL reads tokens as PKCS#7, which
-        # knows no subjectKeyIdentifier signer ids.
-        self.sid = _encoded(cms.SignerIdentifier({"issuer_and_serial_number": {
-            "issuer": tbs["issuer"], "serial_number": tbs["serial_number"]}}))
-        # certReq: the TSA certificate and its CAs up to, not including, the root, so that
-        # a verifier needs only the root as trust anchor (RFC 3161 2.4.1).
-        self.certificates = _encoded(cms.CertificateSet([
-            cms.CertificateChoices({"certificate": asn1_x509.Certificate.load(
-                c.public_bytes(serialization.Encoding.DER))})
-            for c in loaded.chain
-        ])).retag({"implicit": 0})  # as SignedData.certificates is tagged: no copy per use
-        issuer_serial = {"issuer": [_general_name(tbs["issuer"])],
-                         "serial_number": tbs["serial_number"]}
-        # RFC 5816: ESSCertIDv2 with SHA-256 (the DEFAULT, hence absent from the encoding).
-        self.ess_cert_hash = hashlib.sha256(cert_der).digest()
-        ess_v2 = tsp.ESSCertIDv2({"cert_hash": self.ess_cert_hash,
-                                  "issuer_serial": issuer_serial})
-        constant = [
-            cms.CMSAttribute({"type": "content_type", "values": ["tst_info"]}),
-            cms.CMSAttribute({"type": "signing_certificate_v2",
-                              "values": [{"certs": [ess_v2]}]}),
-        ]
+        # RFC 5816: ESSCertIDv2 (SHA-256, the DEFAULT); ESSCertID (RFC 2634 5.4.1, SHA-1 by
+        # definition) only for old verifiers.
+        ess = [cms_core.signing_certificate_v2(loaded.certificate)]
         if settings.legacy_ess_cert_id:
-            # ESSCertID (RFC 2634 5.4.1) is defined as a SHA-1 hash; only old verifiers want it.
-            ess_v1 = tsp.ESSCertID({"cert_hash": hashlib.sha1(cert_der).digest(),
-                                    "issuer_serial": issuer_serial})
-            constant.append(cms.CMSAttribute({"type": "signing_certificate",
-                                              "values": [{"certs": [ess_v1]}]}))
-        self.constant_attributes = [_encoded(a) for a in constant]
+            ess.append(cms_core.signing_certificate(loaded.certificate))
+        # Signer id issuerAndSerialNumber (SignerInfo v1): OpenSSL reads tokens as PKCS#7,
+        # which knows no subjectKeyIdentifier signer ids. certReq: the TSA certificate and
+        # its CAs up to, not including, the root, so that a verifier needs only the root as
+        # trust anchor (RFC 3161 2.4.1).
+        self.signed_data = cms_core.SignedDataSigner(
+            self.signer, loaded.certificate, certificates=loaded.chain, signed_attrs=ess,
+            signer_id="issuer_and_serial_number")
         accuracy: dict[str, int] = {}
         seconds, millis = divmod(settings.accuracy_ms, 1000)
         if seconds:
             accuracy["seconds"] = seconds
         if millis:
             accuracy["millis"] = millis
-        self.accuracy = _encoded(tsp.Accuracy(accuracy)) if accuracy else None
-        self.tsa_name = (_encoded(_general_name(tbs["subject"])).retag({"explicit": 0})
-                         if settings.include_tsa_name else None)
-        self.policies = {oid: _encoded(core.ObjectIdentifier(oid)) for oid in settings.policies}
-        self.imprint_algorithms: dict[tuple[str, bytes | None], Any] = {}
-        self.v1 = _encoded(tsp.Version(1))
-        self.cms_v1 = _encoded(cms.CMSVersion(1))
-        self.cms_v3 = _encoded(cms.CMSVersion(3))
-        self.message_digest = _encoded(cms.CMSAttributeType("message_digest"))
-        self.signing_time = _encoded(cms.CMSAttributeType("signing_time"))
-        # signingTime has whole seconds: one attribute serves every token of that second.
-        self._signing_time_attribute: tuple[dt.datetime, Any] | None = None
-        self.tst_info_type = _encoded(cms.ContentType("tst_info"))
-        self.signed_data_type = _encoded(cms.ContentType("signed_data"))
-        labels = (self.name, "timestamp")
-        self._ok = CA_SIGNING_OPERATIONS.labels(*labels, "success")
-        self._failed = CA_SIGNING_OPERATIONS.labels(*labels, "error")
-        self._key_usage = CA_KEY_USAGE.labels(self.name, str(self.signer.hsm_backed).lower())
+        self.accuracy = tsp.Accuracy(accuracy).dump() if accuracy else None
+        subject = asn1_x509.Certificate.load(loaded.record.certificate_der).subject
+        self.tsa_name = der.explicit(0, asn1_x509.GeneralName(
+            {"directory_name": subject}).dump()) if settings.include_tsa_name else None
+        self.policies = {oid: core.ObjectIdentifier(oid).dump() for oid in settings.policies}
+        self.imprint_algorithms: dict[tuple[str, bytes | None], bytes] = {}
+        self.v1 = tsp.Version(1).dump()
+        self.signing_key = SigningKey(self.name, self.signer, loaded.certificate)
 
-    def _imprint_algorithm(self, oid: str, parameters: bytes | None) -> Any:
+    def _imprint_algorithm(self, oid: str, parameters: bytes | None) -> bytes:
         # Only allowed hashes with absent or NULL parameters get here: a handful of keys.
         key = (oid, parameters)
         algorithm = self.imprint_algorithms.get(key)
@@ -550,84 +470,36 @@ class _TokenSigner:
             fields: dict[str, Any] = {"algorithm": oid}
             if parameters is not None:
                 fields["parameters"] = core.Any.load(parameters)
-            algorithm = self.imprint_algorithms[key] = _encoded(algos.DigestAlgorithm(fields))
+            algorithm = self.imprint_algorithms[key] = algos.DigestAlgorithm(fields).dump()
         return algorithm
 
     def tst_info(self, query: TimeStampQuery, nonce: core.Integer | None, policy: str,
                  serial: int, gen_time: dt.datetime) -> bytes:
-        """The DER TSTInfo (RFC 3161 2.4.2)."""
-        imprint = compose(tsp.MessageImprint, {
+        """The DER TSTInfo (RFC 3161 2.4.2), its fields in the declaration's order."""
+        imprint = der.sequence(
             # RFC 3161 2.4.2: the same value as in the request.
-            "hash_algorithm": self._imprint_algorithm(query.hash_oid, query.hash_parameters),
-            "hashed_message": core.OctetString(query.hashed_message),
-        })
-        tst_info: bytes = compose(tsp.TSTInfo, {
-            "version": self.v1,
-            "policy": self.policies[policy],
-            "message_imprint": imprint,
-            "serial_number": core.Integer(serial),
-            "gen_time": core.GeneralizedTime(gen_time),
-            "accuracy": self.accuracy,
-            # ordering: FALSE is the DEFAULT, so it is absent (DER)
+            self._imprint_algorithm(query.hash_oid, query.hash_parameters),
+            der.octet_string(query.hashed_message),
+        )
+        return der.sequence(
+            self.v1,
+            self.policies[policy],
+            imprint,
+            core.Integer(serial).dump(),
+            core.GeneralizedTime(gen_time).dump(),
+            self.accuracy,
+            None,  # ordering: FALSE is the DEFAULT, so it is absent (DER)
             # The request's own encoding: a client compares the nonce it sent bit for bit.
-            "nonce": nonce,
-            "tsa": self.tsa_name,
-        }).dump()
-        return tst_info
-
-    def _signing_time_of(self, signing_time: dt.datetime) -> Any:
-        cached = self._signing_time_attribute
-        if cached is None or cached[0] != signing_time:
-            attribute = _encoded(cms.CMSAttribute({
-                "type": self.signing_time,
-                "values": cms.SetOfTime([
-                    cms.Time(name="utc_time", value=core.UTCTime(signing_time))]),
-            }))
-            cached = self._signing_time_attribute = (signing_time, attribute)
-        return cached[1]
+            None if nonce is None else nonce.dump(),
+            self.tsa_name,
+        )
 
     async def sign(self, tst_info: bytes, signing_time: dt.datetime, cert_req: bool) -> bytes:
-        """The DER TimeStampToken: ContentInfo(SignedData) around ``tst_info`` (RFC 5652 5,
-        RFC 3161 2.4.2), signed through the TSA's Signer."""
-        digest = hashlib.new(self.digest_name, tst_info).digest()
-        message_digest = compose(cms.CMSAttribute, {
-            "type": self.message_digest,
-            "values": compose_set(cms.SetOfOctetString, [core.OctetString(digest)]),
-        })
-        attributes = set_contents(
-            [*self.constant_attributes, message_digest, self._signing_time_of(signing_time)])
-        try:
-            # RFC 5652 5.4: the signature covers the DER of the SET OF signed attributes.
-            signature = await self.signer.sign(cms.CMSAttributes(contents=attributes).dump())
-        except Exception:
-            self._failed.inc()
-            raise
-        self._ok.inc()
-        self._key_usage.inc()
-        signer_info = compose(cms.SignerInfo, {
-            "version": self.cms_v1,
-            "sid": self.sid,
-            "digest_algorithm": self.digest_algorithm,
-            # The same octets under SignerInfo's [0] IMPLICIT tag.
-            "signed_attrs": cms.CMSAttributes(contents=attributes, implicit=0),
-            "signature_algorithm": self.signature_algorithm,
-            "signature": core.OctetString(signature),
-        })
-        signed_data = compose(cms.SignedData, {
-            "version": self.cms_v3,  # eContentType is not id-data (RFC 5652 5.1)
-            "digest_algorithms": self.digest_algorithms,
-            "encap_content_info": compose(cms.EncapsulatedContentInfo, {
-                "content_type": self.tst_info_type,
-                "content": core.OctetString(tst_info, explicit=0),
-            }),
-            "certificates": self.certificates if cert_req else None,
-            "signer_infos": compose_set(cms.SignerInfos, [signer_info]),
-        }, explicit=0)
-        token: bytes = compose(cms.ContentInfo, {
-            "content_type": self.signed_data_type,
-            "content": signed_data,
-        }).dump()
-        return token
+        """The DER TimeStampToken: ContentInfo(SignedData) around ``tst_info`` (RFC 3161
+        2.4.2; signed attributes contentType, messageDigest, signingTime and the ESS
+        signing certificate), signed through the TSA's Signer."""
+        return await self.signing_key.signing(Purpose.TIMESTAMP, lambda: self.signed_data.sign(
+            tst_info, "tst_info", signing_time=signing_time, include_certificates=cert_req))
 
 
 class TimeStampAuthority:

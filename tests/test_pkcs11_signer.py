@@ -11,6 +11,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pkcs11
 import pytest
@@ -22,7 +23,13 @@ from pkcs11 import Attribute, ObjectClass
 from pkcs11 import exceptions as p11err
 
 from ca_core.keys import KeySpec
-from ca_core.signers.base import KeyBackendError, Signer
+from ca_core.signers.base import (
+    DecryptionFailed,
+    KeyBackendError,
+    RsaOaep,
+    Signer,
+    UnsupportedKeyOperation,
+)
 from ca_core.signers.pkcs11 import Pkcs11KeyBackend, Pkcs11Signer
 from tests.softhsm import SoftHsmToken, session_token
 
@@ -124,6 +131,7 @@ def test_private_key_is_sensitive_and_not_extractable(
         assert private[Attribute.TOKEN] is True
         assert private[Attribute.PRIVATE] is True
         assert private[Attribute.SIGN] is True
+        assert private[Attribute.DECRYPT] is False  # a CA key is never a decryption oracle
         assert private[Attribute.LABEL] == signer.key_ref.rsplit("=", 1)[1]
         secret = Attribute.VALUE if spec_text.startswith("ec") else Attribute.PRIVATE_EXPONENT
         with pytest.raises(p11err.AttributeSensitive):
@@ -319,6 +327,102 @@ def test_invalid_label(backend: Pkcs11KeyBackend, label: str) -> None:
 def test_ed25519_is_refused(backend: Pkcs11KeyBackend) -> None:
     with pytest.raises(KeyBackendError, match="not supported"):
         backend.generate(KeySpec.parse("ed25519"), _label("ed"))
+
+
+# --- decryption (an RA key's; CMS key transport) ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ra_key_ref(softhsm_token: SoftHsmToken) -> Iterator[str]:
+    """One RSA key generated for decryption, shared by the decryption tests (RSA key
+    generation in SoftHSM2 takes a while)."""
+    opened = _open(softhsm_token)
+    try:
+        yield opened.generate(KeySpec.parse("rsa-2048"), _label("ra"), decrypt=True).key_ref
+    finally:
+        opened.close()
+
+
+def _oaep(name: str) -> padding.OAEP:
+    algorithm = {"sha1": hashes.SHA1(), "sha256": hashes.SHA256()}[name]
+    return padding.OAEP(mgf=padding.MGF1(algorithm), algorithm=algorithm, label=None)
+
+
+async def test_ra_key_decrypts_pkcs1v15_and_oaep_in_the_token(
+    softhsm_token: SoftHsmToken, backend: Pkcs11KeyBackend, ra_key_ref: str
+) -> None:
+    signer = backend.load(ra_key_ref)
+    assert isinstance(signer, Pkcs11Signer) and signer.can_decrypt
+    public = signer.public_key
+    assert isinstance(public, rsa.RSAPublicKey)
+    secret = b"a content-encryption key \x00\xff"
+    assert signer.decrypt_sync(public.encrypt(secret, padding.PKCS1v15()), "pkcs1v15") == secret
+    assert await signer.decrypt(public.encrypt(secret, _oaep("sha1")), RsaOaep()) == secret
+    # The key still signs (an RA certificate signs its replies too).
+    _verify(signer, signer.sign_sync(b"reply"), b"reply")
+    token = pkcs11.lib(softhsm_token.module_path).get_token(token_label=softhsm_token.label)
+    with token.open() as session:
+        (private,) = session.get_objects(
+            {Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.ID: signer.key_id})
+        assert private[Attribute.DECRYPT] is True
+        assert private[Attribute.SENSITIVE] is True and private[Attribute.EXTRACTABLE] is False
+
+
+async def test_ra_key_oaep_sha256(backend: Pkcs11KeyBackend, ra_key_ref: str) -> None:
+    """SoftHSM2 2.6 implements OAEP with SHA-1 only: another hash is refused as an unsupported
+    operation (not a decryption failure); a token that offers it decrypts."""
+    signer = backend.load(ra_key_ref)
+    public = signer.public_key
+    assert isinstance(public, rsa.RSAPublicKey)
+    ciphertext = public.encrypt(b"key", _oaep("sha256"))
+    try:
+        plaintext = await signer.decrypt(ciphertext, RsaOaep("sha256", "sha256"))
+    except UnsupportedKeyOperation as exc:
+        assert "RSA_PKCS_OAEP" in str(exc)
+    else:
+        assert plaintext == b"key"
+
+
+@pytest.mark.parametrize("case", ["pkcs1v15-corrupted", "oaep-corrupted", "oaep-wrong-hash",
+                                  "short", "empty"])
+async def test_ra_key_bad_ciphertext_is_decryption_failed(
+    backend: Pkcs11KeyBackend, ra_key_ref: str, case: str
+) -> None:
+    signer = backend.load(ra_key_ref)
+    public = signer.public_key
+    assert isinstance(public, rsa.RSAPublicKey)
+    chosen: Any = "pkcs1v15" if case.startswith("pkcs1v15") else RsaOaep()
+    if case == "pkcs1v15-corrupted":
+        # PKCS#1 v1.5 padding of a random block: the token checks it and refuses.
+        ciphertext = public.encrypt(b"key", padding.PKCS1v15())
+        ciphertext = (int.from_bytes(ciphertext, "big") ^ 1).to_bytes(len(ciphertext), "big")
+    elif case == "oaep-corrupted":
+        ciphertext = bytearray(public.encrypt(b"key", _oaep("sha1")))
+        ciphertext[-1] ^= 1
+        ciphertext = bytes(ciphertext)
+    elif case == "oaep-wrong-hash":
+        ciphertext = public.encrypt(b"key", _oaep("sha1"))
+        chosen = "pkcs1v15"
+    else:
+        ciphertext = b"\x01" * 16 if case == "short" else b""
+    with pytest.raises(DecryptionFailed):
+        await signer.decrypt(ciphertext, chosen)
+    # The session that failed goes back to the pool and works.
+    assert await signer.decrypt(public.encrypt(b"ok", padding.PKCS1v15()), "pkcs1v15") == b"ok"
+
+
+@pytest.mark.parametrize("spec_text", ["rsa-2048", "ec-p256"])
+async def test_ca_keys_do_not_decrypt(backend: Pkcs11KeyBackend, spec_text: str) -> None:
+    signer = backend.generate(KeySpec.parse(spec_text), _label("nodecrypt"))
+    assert not signer.can_decrypt
+    assert not backend.load(signer.key_ref).can_decrypt
+    with pytest.raises(UnsupportedKeyOperation):
+        await signer.decrypt(b"\x00" * 256, "pkcs1v15")
+
+
+def test_ec_key_cannot_be_generated_for_decryption(backend: Pkcs11KeyBackend) -> None:
+    with pytest.raises(UnsupportedKeyOperation, match="RSA only"):
+        backend.generate(KeySpec.parse("ec-p256"), _label("ecdec"), decrypt=True)
 
 
 def _destroy(token: SoftHsmToken, key_id: bytes, object_class: ObjectClass) -> None:

@@ -7,13 +7,26 @@ key, ``builder_key()`` returns such a subclass whose ``sign()`` calls the token,
 never leaves it. Such a call blocks: ``Signer.run`` runs a build that signs off the event loop
 for token keys and inline for software keys (a software ECDSA signature takes ~50 µs, less
 than a thread hop).
+
+RSA keys also decrypt (``Signer.decrypt``: RSAES-PKCS1-v1_5 or RSAES-OAEP, RFC 8017 7), for
+CMS key transport (RFC 5652 6.2.1) to an RA key such as SCEP's. A token key decrypts only
+when it was generated for it (``KeyBackend.generate(..., decrypt=True)`` sets CKA_DECRYPT):
+a CA signing key never becomes a decryption oracle. Software keys carry no usage flags, so
+for them the caller alone decides which key decrypts.
+
+    KeyBackendError                a key could not be generated, found, unlocked or used
+    ├── UnsupportedKeyOperation    this key (or backend) cannot do that: not RSA, not
+    │                              generated for decryption, a padding/hash it lacks
+    └── DecryptionFailed           the ciphertext does not decrypt under this key (wrong
+                                   key, bad padding, wrong length)
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from typing import Any, NoReturn, TypeVar
+from dataclasses import dataclass
+from typing import Any, Literal, NoReturn, TypeAlias, TypeVar
 
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
@@ -29,6 +42,56 @@ T = TypeVar("T")
 
 class KeyBackendError(Exception):
     """A key could not be generated, found, unlocked or used."""
+
+
+class UnsupportedKeyOperation(KeyBackendError):
+    """The key or its backend cannot perform this operation (see the module docstring)."""
+
+
+class DecryptionFailed(KeyBackendError):
+    """The ciphertext does not decrypt under this key.
+
+    Deliberately one error for every cause (padding, length, wrong key): telling them apart
+    to a client is the padding oracle of Bleichenbacher's attack (RFC 3218 2.3).
+    """
+
+
+# RSAES-OAEP hashes by hashlib name (RFC 8017 B.1; the ones RFC 4055 2.1 names for CMS).
+OAEP_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
+    "sha1": hashes.SHA1,
+    "sha224": hashes.SHA224,
+    "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RsaOaep:
+    """RSAES-OAEP (RFC 8017 7.1) with these hashes (hashlib names) and an empty label, as
+    CMS uses it (RFC 3560 3); SHA-1 for both is the RFC 4055 default."""
+
+    hash: str = "sha1"
+    mgf1_hash: str = "sha1"
+
+    def __post_init__(self) -> None:
+        for name in (self.hash, self.mgf1_hash):
+            if name not in OAEP_HASHES:
+                raise ValueError(f"OAEP with {name} is not supported; use {', '.join(OAEP_HASHES)}")
+
+
+# How an RSA ciphertext is padded: "pkcs1v15" (RSAES-PKCS1-v1_5, RFC 8017 7.2) or RsaOaep.
+RsaPadding: TypeAlias = Literal["pkcs1v15"] | RsaOaep
+
+
+def software_padding(padding_: RsaPadding) -> padding.AsymmetricPadding:
+    """cryptography's padding object for ``padding_``."""
+    if padding_ == "pkcs1v15":
+        return padding.PKCS1v15()
+    if isinstance(padding_, RsaOaep):
+        return padding.OAEP(mgf=padding.MGF1(OAEP_HASHES[padding_.mgf1_hash]()),
+                            algorithm=OAEP_HASHES[padding_.hash](), label=None)
+    raise ValueError(f"unknown RSA padding {padding_!r}")
 
 
 class Signer(abc.ABC):
@@ -60,6 +123,20 @@ class Signer(abc.ABC):
     async def sign(self, data: bytes) -> bytes:
         return await self.run(lambda: self.sign_sync(data))
 
+    @property
+    def can_decrypt(self) -> bool:
+        """Whether ``decrypt`` can work with this key (RSA, and allowed to decrypt)."""
+        return False
+
+    def decrypt_sync(self, ciphertext: bytes, padding: RsaPadding) -> bytes:
+        """RSA-decrypt ``ciphertext``; blocks for token keys. Raises DecryptionFailed when it
+        does not decrypt, UnsupportedKeyOperation when this key cannot decrypt so."""
+        raise UnsupportedKeyOperation(f"{self.key_spec} key {self.key_ref} cannot decrypt")
+
+    async def decrypt(self, ciphertext: bytes, padding: RsaPadding) -> bytes:
+        """``decrypt_sync`` off the event loop if the key is remote (like ``sign``)."""
+        return await self.run(lambda: self.decrypt_sync(ciphertext, padding))
+
 
 class KeyBackend(abc.ABC):
     """Where CA keys are generated and found again by their ``key_ref``."""
@@ -67,8 +144,10 @@ class KeyBackend(abc.ABC):
     name: str
 
     @abc.abstractmethod
-    def generate(self, spec: KeySpec, label: str) -> Signer:
-        """Create a new key named ``label``; blocking (call from a thread in async code)."""
+    def generate(self, spec: KeySpec, label: str, *, decrypt: bool = False) -> Signer:
+        """Create a new key named ``label``; blocking (call from a thread in async code).
+
+        ``decrypt``: the key will also decrypt (RSA only; an RA key, never a CA key)."""
 
     @abc.abstractmethod
     def load(self, key_ref: str) -> Signer:
@@ -105,6 +184,22 @@ class SoftwareSigner(Signer):
         if isinstance(key, rsa.RSAPrivateKey) and algorithm is not None:
             return key.sign(data, padding.PKCS1v15(), algorithm)
         return key.sign(data)  # type: ignore[call-arg]
+
+    @property
+    def can_decrypt(self) -> bool:
+        return isinstance(self._key, rsa.RSAPrivateKey)
+
+    def decrypt_sync(self, ciphertext: bytes, padding: RsaPadding) -> bytes:
+        key = self._key
+        if not isinstance(key, rsa.RSAPrivateKey):
+            raise UnsupportedKeyOperation(f"{self.key_spec} keys cannot decrypt (RSA only)")
+        chosen = software_padding(padding)
+        try:
+            return key.decrypt(ciphertext, chosen)
+        except ValueError:
+            # OpenSSL >= 3.2 answers a bad PKCS#1 v1.5 padding with a pseudo-random plaintext
+            # (implicit rejection) rather than an error; OAEP and lengths still fail here.
+            raise DecryptionFailed("the ciphertext does not decrypt under this key") from None
 
 
 def _no_export() -> NoReturn:

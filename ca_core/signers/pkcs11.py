@@ -3,7 +3,9 @@
 Private keys are created on the token as sensitive, non-extractable signing keys and never
 leave it; a ``Pkcs11Signer`` hands cryptography's builders a ``RemoteECKey``/``RemoteRSAKey``
 whose ``sign()`` calls the token. Keys are found again by their CKA_ID, written into the
-key reference as ``pkcs11:id=<hex>;label=<label>``.
+key reference as ``pkcs11:id=<hex>;label=<label>``. An RSA key generated with
+``decrypt=True`` (an RA key) also has CKA_DECRYPT and decrypts in the token with CKM_RSA_PKCS
+or CKM_RSA_PKCS_OAEP (PKCS#11 2.40 2.1.6, 2.1.8); CA keys are generated without it.
 
 Concurrency model: the backend logs in once, keeps a small pool of sessions (a session is
 used by one thread at a time), and runs signing builds in its own thread pool with as many
@@ -35,17 +37,21 @@ from cryptography.hazmat.primitives.asymmetric.types import (
     CertificateIssuerPublicKeyTypes,
 )
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass, TokenFlag
+from pkcs11 import MGF, Attribute, KeyType, Mechanism, ObjectClass, TokenFlag
 from pkcs11 import exceptions as p11err
-from pkcs11.types import Object, Session, SignMixin, Token
+from pkcs11.types import DecryptMixin, Object, PrivateKey, Session, SignMixin, Token
 
 from ca_core.keys import KeyAlgorithm, KeySpec, spec_of
 from ca_core.signers.base import (
+    DecryptionFailed,
     KeyBackend,
     KeyBackendError,
     RemoteECKey,
     RemoteRSAKey,
+    RsaOaep,
+    RsaPadding,
     Signer,
+    UnsupportedKeyOperation,
     key_spec_algorithm_ok,
 )
 
@@ -72,6 +78,33 @@ _RSA_MECHANISMS: dict[str, Mechanism] = {
     "sha384": Mechanism.SHA384_RSA_PKCS,
     "sha512": Mechanism.SHA512_RSA_PKCS,
 }
+# CK_RSA_PKCS_OAEP_PARAMS hashAlg and mgf by hashlib name.
+_OAEP_HASHES: dict[str, tuple[Mechanism, MGF]] = {
+    "sha1": (Mechanism.SHA_1, MGF.SHA1),
+    "sha224": (Mechanism.SHA224, MGF.SHA224),
+    "sha256": (Mechanism.SHA256, MGF.SHA256),
+    "sha384": (Mechanism.SHA384, MGF.SHA384),
+    "sha512": (Mechanism.SHA512, MGF.SHA512),
+}
+# Decryption errors that mean "this ciphertext does not decrypt under this key". Tokens
+# report a failed padding check variously: SoftHSM2 2.6 answers CKR_GENERAL_ERROR for a bad
+# PKCS#1 v1.5 or OAEP block (its OpenSSL call failed), others CKR_ENCRYPTED_DATA_INVALID or
+# CKR_FUNCTION_FAILED. A token that really broke fails the next signature loudly.
+_NOT_DECRYPTABLE = (
+    p11err.EncryptedDataInvalid,
+    p11err.EncryptedDataLenRange,
+    p11err.DataInvalid,
+    p11err.DataLenRange,
+    p11err.GeneralError,
+    p11err.FunctionFailed,
+)
+# Errors of a token that lacks the mechanism or these OAEP parameters (SoftHSM2 2.6: OAEP
+# with SHA-1 only).
+_MECHANISM_REFUSED = (
+    p11err.MechanismInvalid,
+    p11err.MechanismParamInvalid,
+    p11err.ArgumentsBad,
+)
 # Errors after which a session is dead and must not go back into the pool.
 _DEAD_SESSION = (
     p11err.SessionHandleInvalid,
@@ -292,7 +325,7 @@ class _PooledSession:
     session: Session
     # Key objects found in this session, by CKA_ID (object handles are per session in
     # python-pkcs11's API, and a search per signature would double the token round trips).
-    keys: dict[bytes, SignMixin] = field(default_factory=dict)
+    keys: dict[bytes, PrivateKey] = field(default_factory=dict)
 
 
 # --- signer --------------------------------------------------------------------------------
@@ -310,8 +343,10 @@ class Pkcs11Signer(Signer):
         key_ref: str,
         spec: KeySpec,
         public_key: CertificateIssuerPublicKeyTypes,
+        can_decrypt: bool = False,
     ) -> None:
         self._backend = backend
+        self._can_decrypt = can_decrypt and isinstance(public_key, rsa.RSAPublicKey)
         self.key_id = key_id
         self.key_spec = spec
         self.key_ref = key_ref
@@ -343,6 +378,23 @@ class Pkcs11Signer(Signer):
 
     async def run(self, build: Callable[[], T]) -> T:
         return await self._backend.run_in_executor(build)
+
+    @property
+    def can_decrypt(self) -> bool:
+        return self._can_decrypt
+
+    def decrypt_sync(self, ciphertext: bytes, padding: RsaPadding) -> bytes:
+        if not self._can_decrypt:
+            raise UnsupportedKeyOperation(
+                f"key {self.key_ref} may not decrypt (RSA keys generated with decrypt=True)")
+        if padding == "pkcs1v15":
+            return self._backend.decrypt_with(self.key_id, ciphertext, Mechanism.RSA_PKCS, None)
+        if isinstance(padding, RsaOaep):
+            hash_mechanism, _ = _OAEP_HASHES[padding.hash]
+            _, mgf = _OAEP_HASHES[padding.mgf1_hash]
+            return self._backend.decrypt_with(
+                self.key_id, ciphertext, Mechanism.RSA_PKCS_OAEP, (hash_mechanism, mgf, None))
+        raise ValueError(f"unknown RSA padding {padding!r}")
 
     def _sign_digest(self, digest: bytes) -> bytes:
         # SoftHSM2 2.6 has no CKM_ECDSA_SHA256/384: hash here, sign the digest with CKM_ECDSA.
@@ -518,22 +570,50 @@ class Pkcs11KeyBackend(KeyBackend):
 
     # -- operations used by signers --
 
+    def _with_key(self, key_id: bytes, operation: Callable[[PrivateKey], bytes]) -> bytes:
+        """``operation`` on the private key ``key_id`` in a pooled session (blocking)."""
+        with self._session() as pooled:
+            key = pooled.keys.get(key_id)
+            if key is not None:
+                try:
+                    return operation(key)
+                except _STALE_HANDLE:
+                    del pooled.keys[key_id]
+            key = self._find_private_key(pooled.session, key_id)
+            pooled.keys[key_id] = key
+            return operation(key)
+
     def sign_with(self, key_id: bytes, data: bytes, mechanism: Mechanism) -> bytes:
         """Sign ``data`` with the private key ``key_id`` (blocking)."""
         try:
-            with self._session() as pooled:
-                key = pooled.keys.get(key_id)
-                if key is not None:
-                    try:
-                        return key.sign(data, mechanism=mechanism)
-                    except _STALE_HANDLE:
-                        del pooled.keys[key_id]
-                key = self._find_private_key(pooled.session, key_id)
-                pooled.keys[key_id] = key
-                return key.sign(data, mechanism=mechanism)
+            return self._with_key(
+                key_id, lambda key: cast(SignMixin, key).sign(data, mechanism=mechanism))
         except p11err.PKCS11Error as exc:
             raise KeyBackendError(
                 f"token signature with key {key_id.hex()} failed: {_describe(exc)}"
+            ) from exc
+
+    def decrypt_with(self, key_id: bytes, ciphertext: bytes, mechanism: Mechanism,
+                     parameters: tuple[Mechanism, MGF, None] | None) -> bytes:
+        """Decrypt ``ciphertext`` with the private key ``key_id`` (blocking)."""
+
+        def decrypt(key: PrivateKey) -> bytes:
+            if not isinstance(key, DecryptMixin):  # python-pkcs11 mixes it in for CKA_DECRYPT
+                raise UnsupportedKeyOperation(f"key {key_id.hex()} has no CKA_DECRYPT")
+            return cast(bytes, key.decrypt(ciphertext, mechanism=mechanism,
+                                           mechanism_param=parameters))
+
+        try:
+            return self._with_key(key_id, decrypt)
+        except _NOT_DECRYPTABLE:
+            raise DecryptionFailed("the ciphertext does not decrypt under this key") from None
+        except _MECHANISM_REFUSED as exc:
+            raise UnsupportedKeyOperation(
+                f"the token refuses {mechanism.name} with these parameters: {_describe(exc)}"
+            ) from exc
+        except p11err.PKCS11Error as exc:
+            raise KeyBackendError(
+                f"token decryption with key {key_id.hex()} failed: {_describe(exc)}"
             ) from exc
 
     async def run_in_executor(self, build: Callable[[], T]) -> T:
@@ -546,7 +626,7 @@ class Pkcs11KeyBackend(KeyBackend):
         return await future
 
     @staticmethod
-    def _find_private_key(session: Session, key_id: bytes) -> SignMixin:
+    def _find_private_key(session: Session, key_id: bytes) -> PrivateKey:
         found = list(
             session.get_objects({Attribute.CLASS: ObjectClass.PRIVATE_KEY, Attribute.ID: key_id})
         )
@@ -554,12 +634,14 @@ class Pkcs11KeyBackend(KeyBackend):
             raise KeyBackendError(f"no private key with id {key_id.hex()} on the token")
         if len(found) > 1:
             raise KeyBackendError(f"several private keys have id {key_id.hex()}")
-        return cast(SignMixin, found[0])
+        return cast(PrivateKey, found[0])
 
     # -- KeyBackend --
 
-    def generate(self, spec: KeySpec, label: str) -> Signer:
+    def generate(self, spec: KeySpec, label: str, *, decrypt: bool = False) -> Signer:
         _check_spec(spec)
+        if decrypt and spec.algorithm is not KeyAlgorithm.RSA:
+            raise UnsupportedKeyOperation(f"{spec} keys cannot decrypt (RSA only)")
         if not _LABEL.match(label):
             raise KeyBackendError(f"invalid key label {label!r}")
         key_id = os.urandom(_KEY_ID_BYTES)
@@ -576,7 +658,9 @@ class Pkcs11KeyBackend(KeyBackend):
             Attribute.SENSITIVE: True,
             Attribute.EXTRACTABLE: False,
             Attribute.SIGN: True,
-            Attribute.DECRYPT: False,
+            # Only an RA key decrypts: a CA key that decrypted PKCS#1 v1.5 would be an oracle
+            # for Bleichenbacher-style forgeries of its signatures.
+            Attribute.DECRYPT: decrypt,
             Attribute.UNWRAP: False,
             Attribute.DERIVE: False,
         }
@@ -600,18 +684,22 @@ class Pkcs11KeyBackend(KeyBackend):
                     public_template=public_template,
                     private_template=private_template,
                 )
-                # A token may ignore template attributes; never hand out a key it would export.
-                flags = private.get_attributes([Attribute.SENSITIVE, Attribute.EXTRACTABLE])
-                if not flags[Attribute.SENSITIVE] or flags[Attribute.EXTRACTABLE]:
+                # A token may ignore template attributes; never hand out a key it would export,
+                # nor a CA key that decrypts.
+                flags = private.get_attributes(
+                    [Attribute.SENSITIVE, Attribute.EXTRACTABLE, Attribute.DECRYPT])
+                if not flags[Attribute.SENSITIVE] or flags[Attribute.EXTRACTABLE] or \
+                        bool(flags[Attribute.DECRYPT]) != decrypt:
                     public.destroy()
                     private.destroy()
-                    raise KeyBackendError("the token did not create a sensitive, unexportable key")
+                    raise KeyBackendError("the token did not create a sensitive, unexportable key "
+                                          "with the requested usage")
                 public_key = _public_key_from(public, key_type)
             except p11err.PKCS11Error as exc:
                 raise KeyBackendError(
                     f"cannot generate {spec} key {label!r}: {_describe(exc)}"
                 ) from exc
-        signer = Pkcs11Signer(self, key_id, _key_ref(key_id, label), spec, public_key)
+        signer = Pkcs11Signer(self, key_id, _key_ref(key_id, label), spec, public_key, decrypt)
         self._loaded.add(key_id)
         return signer
 
@@ -622,6 +710,7 @@ class Pkcs11KeyBackend(KeyBackend):
             try:
                 private = self._find_private_key(session, key_id)
                 key_type = KeyType(private[Attribute.KEY_TYPE])
+                can_decrypt = bool(private[Attribute.DECRYPT])
                 publics = list(
                     session.get_objects(
                         {Attribute.CLASS: ObjectClass.PUBLIC_KEY, Attribute.ID: key_id}
@@ -641,7 +730,7 @@ class Pkcs11KeyBackend(KeyBackend):
             raise KeyBackendError(f"key {key_id.hex()}: {exc}") from exc
         _check_spec(spec)
         # The reference stays as given: the id finds the key, the label is only a hint.
-        signer = Pkcs11Signer(self, key_id, key_ref, spec, public_key)
+        signer = Pkcs11Signer(self, key_id, key_ref, spec, public_key, can_decrypt)
         self._self_test(signer)
         self._loaded.add(key_id)
         return signer

@@ -16,7 +16,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 
 from ca_core.keys import KeyAlgorithm, KeySpec, spec_of
-from ca_core.signers.base import KeyBackend, KeyBackendError, Signer, SoftwareSigner
+from ca_core.signers.base import (
+    KeyBackend,
+    KeyBackendError,
+    Signer,
+    SoftwareSigner,
+    UnsupportedKeyOperation,
+)
 
 _LABEL = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 
@@ -43,7 +49,10 @@ class SoftwareKeyBackend(KeyBackend):
             raise KeyBackendError(f"invalid key label {label!r}")
         return self._dir / f"{label}.key.pem"
 
-    def generate(self, spec: KeySpec, label: str) -> Signer:
+    def generate(self, spec: KeySpec, label: str, *, decrypt: bool = False) -> Signer:
+        # A PKCS#8 file records no usage: ``decrypt`` only checks that the key can decrypt.
+        if decrypt and spec.algorithm is not KeyAlgorithm.RSA:
+            raise UnsupportedKeyOperation(f"{spec} keys cannot decrypt (RSA only)")
         path = self._path(label)
         if path.exists():
             raise KeyBackendError(f"key {label!r} already exists at {path}")

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 from asn1crypto import cms, core, tsp
 
+from ca_core import der
 from ca_core.errors import BadRequest, CAError
-from ca_core.tsa import BadDataFormat, TimeStampQuery, compose
+from ca_core.tsa import BadDataFormat, TimeStampQuery
 
 MAX_REQUEST_BYTES = 16 * 1024  # a TimeStampReq is ~60-100 bytes; extensions stay small
 
@@ -47,8 +48,8 @@ _FAIL_INFO = {
 }
 SYSTEM_FAILURE = "system_failure"
 
-# Encoded once: asn1crypto re-encodes built values whenever they are reused.
-_GRANTED = tsp.PKIStatusInfo.load(tsp.PKIStatusInfo({"status": "granted"}).dump())
+# Encoded once: every granted response starts with it.
+_GRANTED = tsp.PKIStatusInfo({"status": "granted"}).dump()
 
 
 def fail_info_for(error: BaseException) -> str:
@@ -100,12 +101,9 @@ def decode_request(der: bytes) -> TimeStampQuery:
 
 
 def granted(token: bytes) -> bytes:
-    """A TimeStampResp granting ``token`` (a DER ContentInfo that ca_core built)."""
-    response: bytes = compose(TimeStampResp, {
-        "status": _GRANTED,
-        "time_stamp_token": cms.ContentInfo.load(token),
-    }).dump()
-    return response
+    """A TimeStampResp granting ``token`` (a DER ContentInfo that ca_core built): the
+    SEQUENCE of status and token, written around the token's own octets (ca_core.der)."""
+    return der.sequence(_GRANTED, token)
 
 
 def rejection(fail_info: str, text: str | None = None) -> bytes:
