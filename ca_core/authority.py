@@ -17,10 +17,11 @@ import logging
 import re
 import secrets
 import time
+import unicodedata
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NoReturn, Protocol
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -406,14 +407,15 @@ class Authority:
         return issued
 
     async def _issue(self, request: IssuanceRequest, principal: Principal) -> IssuedCertificate:
-        if not principal.can("cert:request"):
-            raise Forbidden("this credential may not request certificates")
-        org = await self._org_for(request.org, principal)
         profile = self.profile(request.profile)
+        if not profile.allows_role(principal.role, principal.can("cert:request")):
+            await self._refused(principal, profile, request.org)
+        org = await self._org_for(request.org, principal)
         if profile.internal_only and principal.actor_type != "system":
             raise Forbidden(f"profile {profile.name} is issued by the CA itself only")
         csr = request.csr if isinstance(request.csr, x509.CertificateSigningRequest) \
             else parse_csr(request.csr)
+        reject_control_characters(csr)
         public_key = csr.public_key()
         subject_key = check_subject_key(public_key, profile)
         sans = x509build.sans_from_csr(csr)
@@ -531,6 +533,17 @@ class Authority:
         return await ca.signing_key.sign(
             Purpose.CERTIFICATE,
             lambda: x509build.sign(builder, signer.builder_key(), signer.key_spec))
+
+    async def _refused(self, principal: Principal, profile: Profile, org: str | None) -> NoReturn:
+        """A profile the principal's role may not request: audited, then 403."""
+        await self.store.append_audit(AuditEvent(
+            event_type="certificate.refused", category="certificate", action="issue",
+            actor_type=principal.actor_type, actor_id=principal.actor_id,
+            org_id=principal.org_id, resource_type="profile", resource_id=profile.name,
+            status="denied", data={"role": principal.role, "organization": org}))
+        if principal.can("cert:request") or profile.allowed_roles:
+            raise Forbidden(f"role {principal.role} may not request profile {profile.name}")
+        raise Forbidden("this credential may not request certificates")
 
     async def _org_for(self, slug: str | None, principal: Principal) -> Organization:
         if slug is None:
@@ -687,6 +700,28 @@ def _hash_secret(secret: str) -> str:
 
 NOT_A_CSR = "not a PEM or DER PKCS#10 certificate request"
 _PEM_LABEL = re.compile(rb"-----BEGIN ([A-Z0-9 ]{1,40})-----")
+
+
+def reject_control_characters(csr: x509.CertificateSigningRequest) -> None:
+    """Control characters (Unicode Cc: C0, DEL, C1) in any subject attribute or SAN are
+    refused before anything is signed: RFC 5280 names have no place for them, and a NUL
+    truncates the name in C-string consumers (the null-prefix attack, ``good.test\\0.evil``)."""
+    values: list[str] = [value for attribute in csr.subject
+                         if isinstance(value := attribute.value, str)]
+    try:
+        names = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        names = None
+    except ValueError as exc:  # an undecodable extension: not our CSR to sign
+        raise BadCSR("the CSR's extensions cannot be read") from exc
+    if names is not None:
+        for general_name in names:
+            value = general_name.value
+            if isinstance(value, str):
+                values.append(value)
+    for value in values:
+        if any(unicodedata.category(char) == "Cc" for char in value):
+            raise BadCSR(f"a name in the CSR holds a control character: {value!r}")
 
 
 def parse_csr(data: bytes) -> x509.CertificateSigningRequest:

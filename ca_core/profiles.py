@@ -16,6 +16,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from ca_core.keys import KeyAlgorithm, KeySpec
+from ca_core.principal import ROLES
 
 EKU_NAMES: dict[str, x509.ObjectIdentifier] = {
     "serverAuth": ExtendedKeyUsageOID.SERVER_AUTH,
@@ -51,6 +52,18 @@ class Profile:
     ocsp_no_check: bool = False
     # Issued by the CA itself (OCSP responders), never on request through a front-end.
     internal_only: bool = False
+    # The roles that may request it (the seed's role matrix); empty: every role that may
+    # request certificates. pki_super_admin may request every profile.
+    allowed_roles: tuple[str, ...] = ()
+
+    def allows_role(self, role: str, may_request: bool) -> bool:
+        """Whether a principal of ``role`` may request this profile (``may_request``: its
+        role has the generic cert:request permission)."""
+        if role == "pki_super_admin":
+            return True
+        if self.allowed_roles:
+            return role in self.allowed_roles
+        return may_request
 
     def allows_key(self, spec: KeySpec) -> bool:
         return str(spec) in self.allowed_keys
@@ -85,6 +98,11 @@ class Profile:
         fields: dict[str, Any] = {
             k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
         }
+        if "allowed_roles" not in fields:
+            # A definition stored before profiles carried roles: the built-in's roles, so
+            # that an old store does not open the TSA profile to everyone.
+            builtin = next((p for p in BUILTIN_PROFILES if p.name == fields.get("name")), None)
+            fields["allowed_roles"] = builtin.allowed_roles if builtin else ()
         profile = cls(**fields)
         profile.validate()
         return profile
@@ -100,6 +118,9 @@ class Profile:
             )
         for key in self.allowed_keys:
             KeySpec.parse(key)
+        unknown_roles = set(self.allowed_roles) - set(ROLES)
+        if unknown_roles:
+            raise ValueError(f"profile {self.name}: unknown roles {sorted(unknown_roles)}")
         if not 0 < self.default_validity_days <= self.max_validity_days:
             raise ValueError(f"profile {self.name}: default validity outside 1..max")
 
@@ -131,6 +152,7 @@ BUILTIN_PROFILES: tuple[Profile, ...] = (
         max_validity_days=1095, default_validity_days=365,
         allowed_keys=("rsa-3072", "rsa-4096", "ec-p256", "ec-p384"),
         san_types=("email", "uri"),
+        allowed_roles=("code_signer", "pki_admin"),
     ),
     Profile(
         name="admin",
@@ -139,6 +161,7 @@ BUILTIN_PROFILES: tuple[Profile, ...] = (
         extended_key_usage=("clientAuth",),
         max_validity_days=365, default_validity_days=180,
         san_types=("email", "uri"),
+        allowed_roles=("pki_admin",),
     ),
     Profile(
         name="external_integration",
@@ -157,6 +180,8 @@ BUILTIN_PROFILES: tuple[Profile, ...] = (
         max_validity_days=1826, default_validity_days=1095,
         allowed_keys=("rsa-2048", "rsa-3072", "rsa-4096", "ec-p256", "ec-p384"),
         san_types=(),
+        # Whoever holds such a key sets the time in tokens that relying parties trust.
+        allowed_roles=("pki_super_admin",),
     ),
     Profile(
         name="ocsp_signing",
