@@ -743,8 +743,10 @@ def parse_csr(data: bytes) -> x509.CertificateSigningRequest:
     except x509.UnsupportedGeneralNameType:
         raise BadCSR("the CSR has a subjectAltName of an unsupported type") from None
     except UnsupportedAlgorithm:
-        raise BadPublicKey("the CSR's public key is of an unsupported algorithm "
-                           "(use RSA, ECDSA P-256/P-384 or Ed25519)") from None
+        # The key cannot even be read (an unknown algorithm or curve OID): the request is
+        # broken as a whole, not merely a key type the profile refuses.
+        raise BadCSR("the CSR's public key is of an unsupported algorithm "
+                     "(use RSA, ECDSA P-256/P-384 or Ed25519)") from None
     except (ValueError, TypeError) as exc:
         log.debug("unparseable CSR: %s", exc)
         label = _PEM_LABEL.search(data)

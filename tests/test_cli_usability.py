@@ -280,7 +280,7 @@ def test_files_that_are_not_a_csr_or_a_certificate(
      "bad_csr", "not a PEM or DER PKCS#10 certificate request"),
     ("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n", "bad_csr",
      "(its PEM label is CERTIFICATE)"),
-    ("UNKNOWN_KEY", "bad_public_key", "unsupported algorithm"),
+    ("UNKNOWN_KEY", "bad_csr", "unsupported algorithm"),
 ], ids=["garbage", "truncated-pem", "certificate", "unknown-key-algorithm"])
 async def test_rest_bad_csr_detail_has_no_library_text(
         services: Services, aiohttp_client: Any, csr: str, kind: str, detail: str) -> None:

@@ -5,6 +5,7 @@ and the Authority, on SQLite and PostgreSQL alike (issue 10)."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -134,3 +135,22 @@ async def test_a_refused_role_gets_forbidden_from_the_authority(services: Servic
         await services.authority.issue(
             IssuanceRequest(csr_for("timestamp_authority"), "timestamp_authority", "default"),
             manager)
+
+
+async def test_a_csr_with_an_unknown_curve_is_bad_csr(client: TestClient,
+                                                      services: Services) -> None:
+    """A P-256 CSR with one byte of the curve OID changed: cryptography raises
+    UnsupportedAlgorithm, which was a 500 (REST) and serverInternal (ACME)."""
+    der = make_csr(pem=False)
+    oid = bytes.fromhex("06082a8648ce3d030107")  # prime256v1
+    at = der.index(oid)
+    broken = der[:at] + oid[:-1] + b"\x09" + der[at + len(oid):]
+    token = (await services.authority.create_token("default", "cert_manager",
+                                                   principal=ADMIN)).token
+    pem = (b"-----BEGIN CERTIFICATE REQUEST-----\n" + base64.encodebytes(broken)
+           + b"-----END CERTIFICATE REQUEST-----\n")
+    response = await client.post(
+        "/api/v1/certificates", headers={"Authorization": f"Bearer {token}"},
+        json={"csr": pem.decode(), "profile": "vcc_service"})
+    assert response.status == 400, await response.text()
+    assert json.loads(await response.text())["type"] == "urn:vcc-pki:problem:bad_csr"
