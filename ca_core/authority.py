@@ -64,7 +64,7 @@ from ca_core.records import (
 )
 from ca_core.signers.base import KeyBackend, KeyBackendError, Signer
 from ca_core.signing import Purpose, SigningKey
-from ca_core.storage import Store, StoreConflict, StoreError
+from ca_core.storage import Store, StoreConflict, StoreError, StoreInvalid
 
 log = logging.getLogger(__name__)
 
@@ -336,7 +336,10 @@ class Authority:
         loaded = self._cas.get(name)
         if loaded is not None:
             return loaded
-        record = await self.store.get_ca(name)
+        try:
+            record = await self.store.get_ca(name)
+        except StoreInvalid:  # a name the store cannot hold (a NUL) names no CA
+            record = None
         if record is None:
             raise NotFound(f"no CA named {name!r}")
         return await self._load_ca(record)

@@ -36,7 +36,7 @@ from ca_core.errors import NotFound, Unavailable
 from ca_core.principal import Principal
 from ca_core.records import AuditEvent, CrlHead, CrlRecord, Revocation, RevocationEvent
 from ca_core.signing import Purpose
-from ca_core.storage import StoreError
+from ca_core.storage import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class CrlPublisher:
                 if crl is not None:
                     served = self._served[key] = ServedCrl(crl.head, crl.crl_der)
                     head = crl.head
-        except StoreError as exc:
+        except StoreUnavailable as exc:
             raise Unavailable("the CRL store is not available") from exc
         if head is None or served is None:
             raise NotFound(f"no CRL {partition} of CA {ca_name} has been published yet"

@@ -21,7 +21,7 @@ from ca_core.authority import IssuanceRequest
 from ca_core.errors import BadCSR, Forbidden
 from ca_core.principal import Principal
 from ca_core.profiles import BUILTIN_PROFILES, Profile
-from gateway.app import build_https_app
+from gateway.app import build_http_app, build_https_app
 from gateway.runtime import Services
 from tests.helpers import fresh_services, make_csr, make_key
 from tests.pg import create_throwaway_database, drop_database, require_postgres
@@ -154,3 +154,14 @@ async def test_a_csr_with_an_unknown_curve_is_bad_csr(client: TestClient,
         json={"csr": pem.decode(), "profile": "vcc_service"})
     assert response.status == 400, await response.text()
     assert json.loads(await response.text())["type"] == "urn:vcc-pki:problem:bad_csr"
+
+
+async def test_a_crl_path_holding_a_nul_is_404_on_every_store(
+        any_store_services: Services, aiohttp_client: ClientFactory) -> None:
+    """PostgreSQL cannot hold a NUL in TEXT: the CA lookup failed as unavailable (503).
+    A name the store cannot hold names no CA: 404, as on SQLite."""
+    client = await aiohttp_client(build_http_app(any_store_services))
+    await any_store_services.crls.publish_all()
+    for path in ("/crl/%00.crl", "/crl/%00/1.crl", "/crl/default-issuing%00.pem"):
+        response = await client.get(path)
+        assert response.status == 404, (path, response.status, await response.text())
