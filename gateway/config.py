@@ -49,6 +49,11 @@ class Config:
     default_org: str = "default"
     tls_hostnames: tuple[str, ...] = ("localhost",)
     max_body_bytes: int = 256 * 1024
+    # HTTP/1.1 parsing limits of every listener: a longer request line (URL) or header
+    # field, or more header fields, is answered 400 before any handler runs.
+    http_max_line_bytes: int = 8190
+    http_max_field_bytes: int = 8190
+    http_max_headers: int = 128
     workers: int = 1  # serving processes sharing the ports (SO_REUSEPORT)
     event_loop: str = "auto"  # auto (uvloop when installed) | uvloop | asyncio
     log_level: str = "INFO"
@@ -170,7 +175,8 @@ _INT_FIELDS = {"http_port", "https_port", "pkcs11_max_sessions", "max_body_bytes
                "ocsp_validity_days", "ocsp_cache_max_entries", "ocsp_live_concurrency",
                "ocsp_responder_validity_days", "ocsp_refresh_interval_seconds",
                "revocation_poll_ms", "crl_next_update_hours", "crl_debounce_ms",
-               "crl_partitions", "ocsp_front_cache_ms"}
+               "crl_partitions", "ocsp_front_cache_ms", "http_max_line_bytes",
+               "http_max_field_bytes", "http_max_headers"}
 _BOOL_FIELDS = {"ocsp_nonce", "ocsp_warm", "bench_routes"}
 _INT_FIELDS.add("tsa_accuracy_ms")
 _BOOL_FIELDS |= {"tsa_include_tsa_name", "tsa_legacy_ess_cert_id"}
@@ -260,4 +266,9 @@ def load_config(environ: Mapping[str, str] | None = None, path: str | None = Non
         # Each partition is one more distribution point built into every issuing context.
         raise ConfigError("VCC_PKI_CRL_PARTITIONS must be 0..1024 and "
                           "VCC_PKI_CRL_NEXT_UPDATE_HOURS >= 1")
+    for name in ("http_max_line_bytes", "http_max_field_bytes"):
+        if not 1024 <= getattr(config, name) <= 65536:
+            raise ConfigError(f"VCC_PKI_{name.upper()} must be 1024..65536")
+    if not 16 <= config.http_max_headers <= 1024:
+        raise ConfigError("VCC_PKI_HTTP_MAX_HEADERS must be 16..1024")
     return config

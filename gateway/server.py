@@ -12,8 +12,10 @@ import ssl
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ca_core.errors import CAError
 from ca_core.metrics import ACTIVE_CERTIFICATES
@@ -47,6 +49,36 @@ async def _refresh_active_gauge(services: Services) -> None:
         except Exception as exc:  # a failed refresh must not stop the gateway
             log.warning("refreshing pki_active_certificates failed: %s", exc)
         await asyncio.sleep(ACTIVE_GAUGE_INTERVAL)
+
+
+class _BadRequestLines(logging.Filter):
+    """aiohttp logs every request it cannot parse (a request line or header over the
+    limits, non-ASCII in the URL) at ERROR with a traceback, before it answers 400: any
+    client could flood the log. Such a record becomes one INFO line without the traceback;
+    every other record passes unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            said = record.getMessage()
+            record.msg = "%s: answered %s (%s)"
+            record.args = (said, exc.code, type(exc).__name__)
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+HTTP_PROTOCOL_LOG = logging.getLogger("vcc_pki.http")
+HTTP_PROTOCOL_LOG.addFilter(_BadRequestLines())
+
+
+def runner_options(config: Config) -> dict[str, Any]:
+    """What every listener's AppRunner gets: no access log, a bounded shutdown, the
+    parsing limits of the configuration and the quiet protocol logger."""
+    return {"access_log": None, "shutdown_timeout": 10, "logger": HTTP_PROTOCOL_LOG,
+            "max_line_size": config.http_max_line_bytes,
+            "max_field_size": config.http_max_field_bytes,
+            "max_headers": config.http_max_headers}
 
 
 def _ssl_context(services: Services) -> ssl.SSLContext:
@@ -143,10 +175,8 @@ async def run_server(config: Config, ready: asyncio.Event | None = None) -> None
             await ensure_tsa(authority, config.tsa_settings())
         root_path = await export_ca_files(services) if not is_child else None
 
-        http_runner = web.AppRunner(build_http_app(services), access_log=None,
-                                    shutdown_timeout=10)
-        https_runner = web.AppRunner(build_https_app(services), access_log=None,
-                                     shutdown_timeout=10)
+        http_runner = web.AppRunner(build_http_app(services), **runner_options(config))
+        https_runner = web.AppRunner(build_https_app(services), **runner_options(config))
         await http_runner.setup()
         await https_runner.setup()
         reuse_port = config.workers > 1 or is_child
