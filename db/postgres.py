@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -42,9 +43,48 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError,  # 57xxx: shutdown, cannot connect now
     asyncpg.exceptions.InsufficientResourcesError,  # 53xxx: too many connections, disk full
     asyncpg.exceptions.ReadOnlySQLTransactionError,  # a standby after failover
+    asyncpg.InternalClientError,  # a connection terminated in the middle of an operation
 )
 
 _PLACEHOLDER = re.compile(r"\?")
+
+log = logging.getLogger(__name__)
+
+
+class _Outage(logging.Filter):
+    """One WARNING line per change of PostgreSQL's reachability (down, back), instead of
+    a traceback for every connection the pool fails to restore while it is down.
+
+    It filters asyncpg's pool logger (whose "Failed to restore the pool connection floor"
+    carries a traceback per attempt) and is told by the dialect of failures and successes.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.suppressed = 0  # reconnect failures logged by the pool and kept out of the log
+
+    def failed(self, cause: object) -> None:
+        if not self.down:
+            self.down = True
+            log.warning("PostgreSQL is unavailable (%s); retrying", cause)
+
+    def succeeded(self) -> None:
+        if self.down:
+            self.down = False
+            log.warning("PostgreSQL is available again")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith("Failed to restore the pool connection floor"):
+            exc = record.exc_info[1] if record.exc_info else None
+            self.failed(exc or "the pool cannot reconnect")
+            self.suppressed += 1
+            return False
+        return True
+
+
+OUTAGE = _Outage()
+logging.getLogger("asyncpg.pool").addFilter(OUTAGE)
 
 
 async def _keep_session(conn: Any) -> None:
@@ -101,14 +141,25 @@ class PostgresDialect(Dialect):
         if pool is None:
             raise StoreUnavailable("store is not open")
         try:
-            async with pool.acquire() as conn:
-                yield conn
+            conn = await pool.acquire()
+        except (asyncpg.PostgresError, *_UNAVAILABLE) as exc:
+            # Any refusal while connecting (shut down, not accepting connections, too
+            # many clients, authentication) means the database cannot be used now.
+            OUTAGE.failed(exc)
+            raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
+        try:
+            yield conn
         except asyncpg.IntegrityConstraintViolationError as exc:
             raise StoreConflict(str(exc)) from exc
         except asyncpg.DataError as exc:  # 22xxx: a NUL byte, bad encoding, out of range
             raise StoreInvalid(str(exc)) from exc
         except _UNAVAILABLE as exc:
+            OUTAGE.failed(exc)
             raise StoreUnavailable(str(exc) or type(exc).__name__) from exc
+        finally:
+            await pool.release(conn)
+        if OUTAGE.down:
+            OUTAGE.succeeded()
 
     async def transaction(self, body: Callable[[], Body[T]]) -> T:
         async with self._connection() as conn, conn.transaction():

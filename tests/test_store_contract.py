@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import secrets
 import sqlite3
 import threading
@@ -37,7 +38,7 @@ from ca_core.records import (
 from ca_core.storage import StoreConflict, StoreInvalid, StoreUnavailable
 from db.audit_chain import verify_chain
 from db.migrations import migrations
-from db.postgres import PostgresStore
+from db.postgres import OUTAGE, PostgresStore
 from db.sqlite import SqliteStore
 from db.store import Store
 from tests.pg import create_throwaway_database, drop_database, require_postgres
@@ -952,3 +953,43 @@ async def test_acme_state_changes_are_audited_only_when_they_happen(
     assert [e.event.event_type for e in entries] == [
         "acme.order.pending", "acme.authorization.valid", "acme.order.ready"]
     await chain_ok(store)
+
+
+@pytest.mark.postgres
+async def test_a_postgresql_outage_is_one_warning_each_way_and_no_traceback(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """While the database refuses connections, every call is StoreUnavailable, the log
+    gets one WARNING when it goes and one when it is back, and the pool's reconnect
+    attempts leave no traceback (asyncpg logs one per attempt)."""
+    require_postgres()
+    dsn = await asyncio.to_thread(asyncio.run, create_throwaway_database())
+    name = dsn.rsplit("/", 1)[1]
+    store = PostgresStore(dsn, min_size=2, max_size=4)
+    await store.open()
+    admin = await asyncpg.connect(dsn.rsplit("/", 1)[0] + "/postgres")
+    caplog.set_level(logging.INFO)
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        await admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                            " WHERE datname = $1", name)
+        deadline = asyncio.get_running_loop().time() + 10
+        suppressed = OUTAGE.suppressed
+        # Until the pool has tried (and failed) to restore its floor at least once.
+        while OUTAGE.suppressed == suppressed:
+            assert asyncio.get_running_loop().time() < deadline, "the pool never retried"
+            with pytest.raises(StoreUnavailable):
+                await store.get_organization("x")
+            await asyncio.sleep(0.2)
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        assert await store.get_organization("x") is None
+        assert await store.get_organization("x") is None
+    finally:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await admin.close()
+        await store.close()
+        await asyncio.to_thread(asyncio.run, drop_database(dsn))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith("PostgreSQL is unavailable")
+    assert warnings[1] == "PostgreSQL is available again"
+    assert not [r for r in caplog.records if r.exc_info]
