@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import os
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -330,6 +331,34 @@ async def test_malformed_fields_are_bad_data_format_and_not_recorded(
     reply = await post(client, body)
     assert reply.status == "rejection", reply.status
     assert reply.fail_info == {fail_info}
+    assert recorder.records == []
+
+
+def _with_cert_req(replacement: bytes, trailing: bytes = b"") -> bytes:
+    """raw_request() with its certReq BOOLEAN replaced and elements appended."""
+    der = raw_request()
+    body = der[2:].replace(b"\x01\x01\xff", replacement) + trailing
+    return _tlv(0x30, body)
+
+
+@pytest.mark.parametrize("body", [
+    _with_cert_req(b"\x03\x02\x00\xff"),  # a BIT STRING where certReq belongs
+    _with_cert_req(b"\x09\x01\x00"),  # a REAL where certReq belongs
+    _with_cert_req(b"\x01\x01\xff", b"\x03\x01\x00"),  # certReq, then a BIT STRING
+    _with_cert_req(b"\x01\x01\xff", b"\x02\x01\x05"),  # certReq, then an INTEGER
+], ids=["bitstring-certreq", "real-certreq", "trailing-bitstring", "trailing-integer"])
+async def test_elements_rfc3161_does_not_declare_are_bad_data_format(
+        client: TestClient, recorder: Recorder, body: bytes, tmp_path: Path) -> None:
+    """asn1crypto keeps trailing elements of no declared type as extra children; OpenSSL
+    refuses such requests (`openssl ts -query -in`), so the TSA must not grant them."""
+    query = tmp_path / "q.tsq"
+    query.write_bytes(body)
+    refused = subprocess.run(["openssl", "ts", "-query", "-in", str(query), "-text"],
+                             capture_output=True, check=False)
+    assert refused.returncode != 0
+    reply = await post(client, body)
+    assert reply.status == "rejection", reply.status
+    assert reply.fail_info == {"bad_data_format"}
     assert recorder.records == []
 
 

@@ -19,7 +19,7 @@ The statusString carries the CAError's client-facing detail (never internal text
 
 from __future__ import annotations
 
-from asn1crypto import cms, core, tsp
+from asn1crypto import algos, cms, core, tsp
 
 from ca_core import der
 from ca_core.errors import BadRequest, CAError
@@ -63,6 +63,13 @@ def fail_info_for(error: BaseException) -> str:
     return SYSTEM_FAILURE
 
 
+# How many fields each structure declares: a parsed value with more children carries
+# trailing elements of no declared type (asn1crypto keeps them), which OpenSSL refuses.
+_DECLARED = {tsp.TimeStampReq: len(tsp.TimeStampReq()),
+             tsp.MessageImprint: len(tsp.MessageImprint()),
+             algos.DigestAlgorithm: len(algos.DigestAlgorithm())}
+
+
 def decode_request(der: bytes) -> TimeStampQuery:
     """A TimeStampReq (DER) as a query; BadDataFormat for anything that is not one."""
     if not der:
@@ -93,6 +100,9 @@ def decode_request(der: bytes) -> TimeStampQuery:
         raise BadDataFormat("the body is not a DER TimeStampReq") from exc
     if not isinstance(query.hashed_message, bytes):
         raise BadDataFormat("the body is not a DER TimeStampReq")
+    for value in (request, imprint, algorithm):
+        if len(value) != _DECLARED[type(value)]:
+            raise BadDataFormat("the TimeStampReq holds elements RFC 3161 does not declare")
     if not isinstance(policy, core.Void) and not policy.contents:
         raise BadDataFormat("reqPolicy is an object identifier with no arcs")
     if not isinstance(extensions, core.Void) and not query.extensions:
