@@ -350,6 +350,24 @@ async def test_external_account_binding(eab_world: World) -> None:
 
 # --- bad requests -------------------------------------------------------------------------
 
+@pytest.mark.parametrize("crit", [["nonexistent"], ["b64"], 5, [], None],
+                         ids=["unknown", "b64", "number", "empty", "null"])
+async def test_a_crit_header_is_malformed(world: World, crit: Any) -> None:
+    """RFC 7515 4.1.11: an unknown or malformed crit must be rejected; nothing changes."""
+    client = world.client()
+    await client.load()
+    await client.register()
+    url = client.directory["newOrder"]
+    header: dict[str, Any] = {"crit": crit}
+    if crit == ["b64"]:
+        header["b64"] = False
+    before = len(await world.services.store.audit_entries())
+    await _problem(await client.post(
+        url, {"identifiers": [{"type": "dns", "value": "x.test"}]}, header=header),
+        "malformed", 400)
+    assert len(await world.services.store.audit_entries()) == before
+
+
 async def test_bad_jws_requests(world: World) -> None:
     client = world.client()
     await client.load()

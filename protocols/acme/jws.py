@@ -115,6 +115,12 @@ def parse(body: bytes | dict[str, Any]) -> Jws:
         raise AcmeProblem("malformed", "the protected header is not JSON") from None
     if not isinstance(protected, dict):
         raise AcmeProblem("malformed", "the protected header is not an object")
+    if "crit" in protected:
+        # RFC 7515 4.1.11: a recipient must reject a JWS whose crit names an extension it
+        # does not understand, or is malformed (empty, not a list of names). ACME defines
+        # none and this server understands none (b64 of RFC 7797 included).
+        raise AcmeProblem("malformed", "the protected header names critical extensions "
+                          "(crit) this server does not understand")
     return Jws(
         protected=protected,
         payload=b64url_decode(payload_b64, "payload") if payload_b64 else b"",
