@@ -165,3 +165,32 @@ async def test_a_crl_path_holding_a_nul_is_404_on_every_store(
     for path in ("/crl/%00.crl", "/crl/%00/1.crl", "/crl/default-issuing%00.pem"):
         response = await client.get(path)
         assert response.status == 404, (path, response.status, await response.text())
+
+
+@pytest.mark.parametrize(("method", "path", "body", "content_type"), [
+    ("POST", "/api/v1/certificates", b"\xff\xfe{}", "application/json"),  # not UTF-8
+    ("POST", "/api/v1/certificates", b"{}", "text/plain"),
+    ("POST", "/api/v1/certificates", b"not json", "application/json"),
+    ("POST", "/api/v1/certificates", b"[]", "application/json"),
+    ("POST", "/api/v1/certificates", b'{"csr": 5}', "application/json"),
+    ("POST", "/api/v1/certificates", b"{}", "application/json; charset=latin-1"),
+    ("GET", "/api/v1/certificates/%ff", None, None),
+    ("GET", "/api/v1/certificates/zz", None, None),
+    ("GET", "/api/v1/nope", None, None),
+    ("DELETE", "/api/v1/certificates", None, None),
+    ("POST", "/api/v1/certificates/abc/revoke", b"\xff", "application/json"),
+    ("POST", "/api/v1/certificates/abc/revoke", b'{"reason": 7}', "application/json"),
+])
+async def test_every_api_error_is_problem_json(
+        client: TestClient, services: Services, method: str, path: str,
+        body: bytes | None, content_type: str | None) -> None:
+    token = (await services.authority.create_token("default", "cert_manager",
+                                                   principal=ADMIN)).token
+    headers = {"Authorization": f"Bearer {token}"}
+    if content_type:
+        headers["Content-Type"] = content_type
+    response = await client.request(method, path, data=body, headers=headers)
+    assert 400 <= response.status < 500, response.status
+    assert response.content_type == "application/problem+json", await response.text()
+    problem = json.loads(await response.text())
+    assert problem["status"] == response.status
