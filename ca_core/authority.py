@@ -745,6 +745,8 @@ def parse_csr(data: bytes) -> x509.CertificateSigningRequest:
         raise BadCSR(f"the CSR has the extension {exc.oid.dotted_string} twice") from None
     except x509.UnsupportedGeneralNameType:
         raise BadCSR("the CSR has a subjectAltName of an unsupported type") from None
+    except x509.InvalidVersion:  # not a ValueError: a version other than v1 (0)
+        raise BadCSR("the CSR's version is not v1 (PKCS#10 knows no other)") from None
     except UnsupportedAlgorithm:
         # The key cannot even be read (an unknown algorithm or curve OID): the request is
         # broken as a whole, not merely a key type the profile refuses.

@@ -1,7 +1,8 @@
 """A mutation probe against a gateway started the normal way: every surface gets mutated
 requests (bit flips, truncations, insertions, repeated chunks, random bytes, oversized and
 empty bodies, wrong content types, mangled paths) grown from valid seeds, and must answer
-each in its own error form: no 500, no 503 for bad input, no traceback or ERROR in the log.
+each in its own error form (problem+json for every /api/ error): no 500, no 503 for bad
+input, no traceback or ERROR in the log.
 
     python -m conformance.hostile_probe --per-surface 5000            # SQLite
     python -m conformance.hostile_probe --per-surface 5000 --postgres  # a throwaway database
@@ -163,6 +164,7 @@ async def _probe_one(session: aiohttp.ClientSession, gateway: Gateway, surface: 
                                    headers=headers) as response:
             await response.read()
             status = response.status
+            kind = response.content_type
     except (aiohttp.ClientError, ValueError) as exc:
         # The client refused to send it (a header it considers invalid), or the server
         # closed the connection on an oversized body: not an answer to count as an error.
@@ -171,6 +173,8 @@ async def _probe_one(session: aiohttp.ClientSession, gateway: Gateway, surface: 
             surface.failures.append(f"disconnected: {surface.method} {path[:80]}")
         return
     surface.counts[status] += 1
+    if path.startswith("/api/") and status >= 400 and kind != "application/problem+json":
+        surface.failures.append(f"{status} as {kind}, not problem+json: {path[:80]}")
     if status >= 500:
         surface.failures.append(f"{status}: {surface.method} {path[:80]} ({len(body)} bytes)")
 
@@ -209,6 +213,9 @@ def report(surfaces: list[Surface], log_text: str, seconds: float) -> int:
           f"ERROR lines: {errors}")
     for failure in failures[:20]:
         print("  ", failure)
+    if tracebacks:
+        at = log_text.index("Traceback")
+        print(log_text[max(0, log_text.rfind("\n", 0, at - 200)):at + 3000])
     return 1 if failures or tracebacks or errors else 0
 
 

@@ -194,3 +194,22 @@ async def test_every_api_error_is_problem_json(
     assert response.content_type == "application/problem+json", await response.text()
     problem = json.loads(await response.text())
     assert problem["status"] == response.status
+
+
+async def test_a_csr_of_another_version_is_bad_csr(client: TestClient,
+                                                   services: Services) -> None:
+    """Found by the probe: cryptography raises InvalidVersion (not a ValueError) for a
+    CSR whose version INTEGER is not 0; that was a 500."""
+    der = make_csr(pem=False)
+    version = bytes.fromhex("020100")  # the first INTEGER: the CSR's version, 0
+    at = der.index(version)
+    broken = der[:at] + bytes.fromhex("020120") + der[at + len(version):]
+    pem = (b"-----BEGIN CERTIFICATE REQUEST-----\n" + base64.encodebytes(broken)
+           + b"-----END CERTIFICATE REQUEST-----\n")
+    token = (await services.authority.create_token("default", "cert_manager",
+                                                   principal=ADMIN)).token
+    response = await client.post(
+        "/api/v1/certificates", headers={"Authorization": f"Bearer {token}"},
+        json={"csr": pem.decode(), "profile": "vcc_service"})
+    assert response.status == 400, await response.text()
+    assert json.loads(await response.text())["type"] == "urn:vcc-pki:problem:bad_csr"
