@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography import x509
 
@@ -50,6 +51,33 @@ class EstLabel:
     allow_subject_change: bool = False  # on simplereenroll
     key_type: str = "ec-p256"  # csrattrs and serverkeygen
     created_at: dt.datetime | None = None
+
+    def policy(self) -> dict[str, Any]:
+        """The policy fields as the store keeps them (one JSON document)."""
+        return {
+            "accept": sorted(m.value for m in self.accept),
+            "require_both": self.require_both,
+            "require_channel_binding": self.require_channel_binding,
+            "require_approval": self.require_approval,
+            "allow_subject_change": self.allow_subject_change,
+            "key_type": self.key_type,
+        }
+
+    @classmethod
+    def from_policy(cls, label: str, org_id: str, profile: str, policy: dict[str, Any],
+                    created_at: dt.datetime | None = None) -> EstLabel:
+        """The inverse of ``policy``; absent fields take their defaults."""
+        defaults = cls(label, org_id, profile)
+        return cls(
+            label=label, org_id=org_id, profile=profile,
+            accept=frozenset(AuthMethod(m) for m in policy.get("accept", defaults.accept)),
+            require_both=bool(policy.get("require_both", False)),
+            require_channel_binding=bool(policy.get("require_channel_binding", False)),
+            require_approval=bool(policy.get("require_approval", False)),
+            allow_subject_change=bool(policy.get("allow_subject_change", False)),
+            key_type=str(policy.get("key_type", defaults.key_type)),
+            created_at=created_at,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,11 +109,13 @@ class PendingEnrollment:
     label: str
     org_id: str
     csr_der: bytes
-    requester: str  # who asked (secret id, client certificate subject)
-    status: str  # pending | approved | rejected | issued
+    requester: str  # who asked: "secret:<id>" or "certificate:<SHA-256 of it>"
+    status: str  # pending | rejected | issued
     cert_id: str | None = None
     created_at: dt.datetime | None = None
     decided_at: dt.datetime | None = None
+    # SHA-256 (hex) of the CSR's DER: the same request (with the same requester) finds it
+    csr_fingerprint: str = ""
 
 
 @dataclass(frozen=True, slots=True)
