@@ -13,8 +13,11 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+
 from ca_core.acme import AcmeSettings
 from ca_core.authority import CASettings
+from ca_core.est import EstSettings
 from ca_core.keys import KeySpec
 from ca_core.tsa import DEFAULT_POLICY_OID, TsaSettings
 from va.validator import ValidationSettings
@@ -93,6 +96,9 @@ class Config:
     acme_orders_per_account_per_hour: int = 300
     acme_orders_per_org_per_hour: int = 3000
     acme_accounts_per_org_per_hour: int = 300
+    est_port: int = 8444  # the EST listener (RFC 7030): requests a client certificate
+    est_trust_store: str = ""  # PEM file of manufacturer/bootstrap CAs trusted for EST
+    est_trusted_proxies: tuple[str, ...] = ()  # addresses whose client-certificate header counts
     extra: Mapping[str, Any] = field(default_factory=dict)  # sections later features read
 
     @property
@@ -165,6 +171,24 @@ class Config:
             raise ConfigError(f"TSA settings: {exc}") from exc
 
 
+    def est_settings(self) -> EstSettings:
+        """EST settings; the trust store file (VCC_PKI_EST_TRUST_STORE) is read here, so a
+        missing or damaged one stops the start with a one-line reason."""
+        trusted: tuple[x509.Certificate, ...] = ()
+        if self.est_trust_store:
+            try:
+                pem = Path(self.est_trust_store).read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"VCC_PKI_EST_TRUST_STORE {self.est_trust_store}: "
+                                  f"{exc.strerror}") from None
+            try:
+                trusted = tuple(x509.load_pem_x509_certificates(pem))
+            except ValueError:
+                raise ConfigError(f"VCC_PKI_EST_TRUST_STORE {self.est_trust_store} holds no "
+                                  "PEM certificates") from None
+        return EstSettings(trust_store=trusted, trusted_proxies=self.est_trusted_proxies)
+
+
 def _host(bind: str) -> str:
     if bind in ("0.0.0.0", "::", ""):
         return "localhost"
@@ -185,6 +209,8 @@ _INT_FIELDS |= {"acme_http01_port", "acme_tlsalpn01_port", "acme_validation_atte
                 "acme_orders_per_account_per_hour", "acme_orders_per_org_per_hour",
                 "acme_accounts_per_org_per_hour"}
 _BOOL_FIELDS.add("acme_eab_required")
+_INT_FIELDS.add("est_port")
+_TUPLE_FIELDS.add("est_trusted_proxies")
 
 
 def _coerce(name: str, value: Any) -> Any:
