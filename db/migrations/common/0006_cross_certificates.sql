@@ -7,7 +7,7 @@ CREATE TABLE ca_cross_certificates (
     fingerprint   TEXT NOT NULL UNIQUE,  -- SHA-256 of the cross-certificate
     chain_pem     TEXT NOT NULL,         -- the cross-certificate, then its issuers (PEM)
     top_issuer    TEXT NOT NULL,         -- RFC 4514 issuer of the last certificate
-    not_after     TEXT NOT NULL,
-    created_at    TEXT NOT NULL
+    not_after     {time} NOT NULL,
+    created_at    {time} NOT NULL
 );
 CREATE INDEX idx_ca_cross_certificates_ca ON ca_cross_certificates(ca_id);

@@ -1,14 +1,15 @@
--- Initial schema (PostgreSQL). The same tables as sqlite/0001_init.sql: organizations,
--- certificate authorities, certificates, CRL entries, templates, API tokens, hash-chained
--- audit log. Times are TIMESTAMPTZ (microsecond precision, the same as the audit hash).
+-- Initial schema, written once for both dialects (db/migrations/__init__.py renders the
+-- type tokens): organizations, certificate authorities, certificates, CRL entries,
+-- templates, API tokens, hash-chained audit log. Times keep microseconds, as the audit
+-- hash does: UTC text that sorts like the instant on SQLite, TIMESTAMPTZ on PostgreSQL.
 
 CREATE TABLE organizations (
     org_id      TEXT PRIMARY KEY,
     slug        TEXT NOT NULL UNIQUE,
     name        TEXT NOT NULL,
     status      TEXT NOT NULL DEFAULT 'active',
-    config      JSONB NOT NULL DEFAULT '{}',
-    created_at  TIMESTAMPTZ NOT NULL
+    config      {json} NOT NULL DEFAULT '{}',
+    created_at  {time} NOT NULL
 );
 
 CREATE TABLE certificate_authorities (
@@ -19,15 +20,15 @@ CREATE TABLE certificate_authorities (
     parent_ca_id    TEXT REFERENCES certificate_authorities(ca_id),
     subject_dn      TEXT NOT NULL,
     serial_hex      TEXT NOT NULL,
-    certificate_der BYTEA NOT NULL,
+    certificate_der {bytes} NOT NULL,
     key_ref         TEXT NOT NULL,
     key_backend     TEXT NOT NULL,
     key_algorithm   TEXT NOT NULL,
     key_size        INTEGER NOT NULL,
-    not_before      TIMESTAMPTZ NOT NULL,
-    not_after       TIMESTAMPTZ NOT NULL,
+    not_before      {time} NOT NULL,
+    not_after       {time} NOT NULL,
     status          TEXT NOT NULL DEFAULT 'active',
-    created_at      TIMESTAMPTZ NOT NULL
+    created_at      {time} NOT NULL
 );
 
 CREATE TABLE certificates (
@@ -38,18 +39,18 @@ CREATE TABLE certificates (
     subject_dn        TEXT NOT NULL,
     common_name       TEXT NOT NULL,
     profile           TEXT NOT NULL,
-    certificate_der   BYTEA NOT NULL,
+    certificate_der   {bytes} NOT NULL,
     key_algorithm     TEXT NOT NULL,
     key_size          INTEGER NOT NULL,
-    san               JSONB NOT NULL DEFAULT '{}',
-    not_before        TIMESTAMPTZ NOT NULL,
-    not_after         TIMESTAMPTZ NOT NULL,
+    san               {json} NOT NULL DEFAULT '{}',
+    not_before        {time} NOT NULL,
+    not_after         {time} NOT NULL,
     requester         TEXT NOT NULL,
     status            TEXT NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'revoked')),
-    revoked_at        TIMESTAMPTZ,
+    revoked_at        {time},
     revocation_reason TEXT,
-    invalidity_date   TIMESTAMPTZ,
-    created_at        TIMESTAMPTZ NOT NULL,
+    invalidity_date   {time},
+    created_at        {time} NOT NULL,
     -- Serial first: the same index answers lookups by serial alone (OCSP, revocation).
     UNIQUE (serial_hex, issuer_ca_id),
     CHECK (not_after > not_before)
@@ -61,9 +62,9 @@ CREATE TABLE crl_entries (
     ca_id           TEXT NOT NULL REFERENCES certificate_authorities(ca_id),
     serial_hex      TEXT NOT NULL,
     cert_id         TEXT NOT NULL REFERENCES certificates(cert_id),
-    revoked_at      TIMESTAMPTZ NOT NULL,
+    revoked_at      {time} NOT NULL,
     reason          TEXT NOT NULL,
-    invalidity_date TIMESTAMPTZ,
+    invalidity_date {time},
     PRIMARY KEY (ca_id, serial_hex)
 );
 
@@ -72,8 +73,8 @@ CREATE TABLE certificate_templates (
     org_id      TEXT REFERENCES organizations(org_id),
     name        TEXT NOT NULL,
     purpose     TEXT NOT NULL,
-    definition  JSONB NOT NULL,
-    updated_at  TIMESTAMPTZ NOT NULL
+    definition  {json} NOT NULL,
+    updated_at  {time} NOT NULL
 );
 
 CREATE TABLE api_tokens (
@@ -82,17 +83,17 @@ CREATE TABLE api_tokens (
     role        TEXT NOT NULL,
     secret_hash TEXT NOT NULL,
     name        TEXT NOT NULL,
-    created_at  TIMESTAMPTZ NOT NULL,
-    expires_at  TIMESTAMPTZ,
-    revoked     BOOLEAN NOT NULL DEFAULT FALSE
+    created_at  {time} NOT NULL,
+    expires_at  {time},
+    revoked     {bool} NOT NULL DEFAULT {false}
 );
 
 -- seq is assigned by the writer from audit_head (under its row lock), not by a sequence:
 -- a sequence leaves gaps on rollback, and a gap is what the verifier reports as tampering.
 CREATE TABLE audit_log (
-    seq           BIGINT PRIMARY KEY,
+    seq           {bigint} PRIMARY KEY,
     audit_id      TEXT NOT NULL,  -- random UUID; seq is the key and the chain its proof
-    timestamp     TIMESTAMPTZ NOT NULL,
+    timestamp     {time} NOT NULL,
     org_id        TEXT,
     event_type    TEXT NOT NULL,
     category      TEXT NOT NULL,
@@ -102,19 +103,20 @@ CREATE TABLE audit_log (
     resource_type TEXT,
     resource_id   TEXT,
     status        TEXT NOT NULL,
-    -- TEXT, not JSONB: the hashed event must read back byte-for-byte (JSONB normalises).
+    -- TEXT, not {json}: the hashed event must read back byte-for-byte ({json} normalises).
     event_data    TEXT NOT NULL,
     previous_hash TEXT NOT NULL,
     audit_hash    TEXT NOT NULL
 );
 CREATE INDEX idx_audit_org ON audit_log(org_id);
 
--- The chain head, kept apart from the rows so that a deleted tail is detected. Unlike the
--- SQLite schema the row exists from the start (seq 0, the genesis hash), so every append
--- can lock it with SELECT ... FOR UPDATE; the store reports seq 0 as "no head".
+-- The chain head, kept apart from the rows so that a deleted tail is detected. The row
+-- exists from the start (seq 0, the genesis hash), so every append on PostgreSQL can lock
+-- it with SELECT ... FOR UPDATE; the store reports seq 0 as "no head". (SQLite stores made
+-- before this file was shared got the row from migration 0008.)
 CREATE TABLE audit_head (
     id          INTEGER PRIMARY KEY CHECK (id = 1),
-    seq         BIGINT NOT NULL CHECK (seq >= 0),
+    seq         {bigint} NOT NULL CHECK (seq >= 0),
     audit_hash  TEXT NOT NULL
 );
 INSERT INTO audit_head (id, seq, audit_hash)
