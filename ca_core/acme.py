@@ -71,7 +71,13 @@ from ca_core.records import (
     EabKey,
     Organization,
 )
-from ca_core.storage import StoreConflict, StoreError
+from ca_core.storage import (
+    AcmeStore,
+    CertificateStore,
+    StoreConflict,
+    StoreError,
+    TenantStore,
+)
 
 log = logging.getLogger(__name__)
 
@@ -246,13 +252,19 @@ def normalize_identifier(kind: Any, value: Any) -> tuple[str, str]:
     raise UnsupportedIdentifier(f"identifiers of type {kind!r} are not supported")
 
 
+class AcmeServiceStore(AcmeStore, CertificateStore, TenantStore, Protocol):
+    """What the ACME service reads and writes (step-ca's acme/db.go): its accounts, EAB
+    keys, orders and authorizations, the certificates orders name, the organization's ACME
+    policy."""
+
+
 class AcmeService:
     """The ACME RA: accounts, orders, authorizations, validation, issuance."""
 
     def __init__(self, authority: Authority, state: AcmeState, validator: ChallengeValidator,
                  settings: AcmeSettings) -> None:
         self.authority = authority
-        self.store = authority.store
+        self.store: AcmeServiceStore = authority.store
         self.state = state
         self.validator = validator
         self.settings = settings

@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from asn1crypto import pem as asn1_pem
 from cryptography import x509
@@ -36,7 +37,7 @@ from ca_core.errors import NotFound, Unavailable
 from ca_core.principal import Principal
 from ca_core.records import AuditEvent, CrlHead, CrlRecord, Revocation, RevocationEvent
 from ca_core.signing import Purpose
-from ca_core.storage import StoreUnavailable
+from ca_core.storage import CertificateStore, CrlStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +137,16 @@ class ServedCrl:
         return self._pem
 
 
+class CrlPublisherStore(CrlStore, CertificateStore, Protocol):
+    """What the CRL publisher reads and writes: CRLs, and the revocations they list."""
+
+
 class CrlPublisher:
     """Makes and stores the CRLs of every CA; reads them back for the HTTP endpoint."""
 
     def __init__(self, authority: Authority, settings: CrlSettings) -> None:
         self.authority = authority
+        self.store: CrlPublisherStore = authority.store
         self.settings = settings
         self._cursor: int | None = None  # revocation generation seen by this publisher
         self._dirty = _Dirty()
@@ -157,10 +163,10 @@ class CrlPublisher:
             if ca.record.ca_type not in PUBLISHING_CA_TYPES:
                 raise NotFound(f"CA {ca_name} publishes no CRL")
             key = (ca.record.ca_id, partition)
-            head = await self.authority.store.get_crl_head(*key)
+            head = await self.store.get_crl_head(*key)
             served = self._served.get(key)
             if head is not None and (served is None or served.head != head):
-                crl = await self.authority.store.get_crl(*key)
+                crl = await self.store.get_crl(*key)
                 if crl is not None:
                     served = self._served[key] = ServedCrl(crl.head, crl.crl_der)
                     head = crl.head
@@ -195,7 +201,7 @@ class CrlPublisher:
     ) -> PublishedCrl | None:
         """Make, sign and store one CRL; None if a newer one was stored meanwhile."""
         started = time.perf_counter()
-        store = self.authority.store
+        store = self.store
         # Read the generation first: every revocation up to it is then in the list below.
         generation = await store.revocation_generation()
         previous = next((h for h in await store.list_crl_heads()
@@ -242,7 +248,7 @@ class CrlPublisher:
         """Make every CRL (of one CA, or of all) now, whether due or not."""
         async with self._lock:
             heads = {(h.ca_id, h.partition): h
-                     for h in await self.authority.store.list_crl_heads()}
+                     for h in await self.store.list_crl_heads()}
             published = []
             for ca in self._publishing_cas(ca_name):
                 for partition in self._partitions(ca, heads):
@@ -252,7 +258,7 @@ class CrlPublisher:
             return published
 
     async def _follow_revocations(self, heads: dict[tuple[str, int], CrlHead]) -> None:
-        store = self.authority.store
+        store = self.store
         if self._cursor is None:
             # Start at the oldest source among the stored CRLs: what came after may be missing.
             self._cursor = min((h.source_generation for h in heads.values()), default=0)
@@ -273,7 +279,7 @@ class CrlPublisher:
     async def due(self) -> list[tuple[LoadedCA, int]]:
         """The CRLs to make now: missing, past half their validity, or behind a revocation."""
         heads = {(h.ca_id, h.partition): h
-                 for h in await self.authority.store.list_crl_heads()}
+                 for h in await self.store.list_crl_heads()}
         await self._follow_revocations(heads)
         now = self.authority.clock()
         result = []

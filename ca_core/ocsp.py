@@ -40,7 +40,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 from asn1crypto import algos as a_algos
 from asn1crypto import core as a_core
@@ -58,7 +58,7 @@ from ca_core.records import CertificateRecord, OcspResponderRecord, RevocationEv
 from ca_core.response_cache import CachedResponse, CacheUnavailable, ResponseCache
 from ca_core.signers.base import KeyBackendError, Signer
 from ca_core.signing import Purpose, SigningKey
-from ca_core.storage import StoreError
+from ca_core.storage import CaStore, CertificateStore, LeaseStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +133,11 @@ class _Status:
     serial: int
     revoked_at: dt.datetime | None = None
     reason: str | None = None
+
+
+class OcspStore(CertificateStore, CaStore, LeaseStore, Protocol):
+    """What the OCSP responder reads: certificate statuses and the revocation feed, its CAs
+    and delegated responders, and the leases of its background jobs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +218,7 @@ class OcspResponder:
         clock: Callable[[], dt.datetime] | None = None,
     ) -> None:
         self.authority = authority
+        self.store: OcspStore = authority.store
         self.cache = cache
         self.settings = settings or OcspSettings()
         self.clock = clock or authority.clock
@@ -241,7 +247,7 @@ class OcspResponder:
         """Index every issuing CA and open its newest responder; ``create`` makes or renews
         responders that are missing or about to expire (see ``maintain``)."""
         async with self._load_lock:
-            for record in await self.authority.store.list_cas():
+            for record in await self.store.list_cas():
                 if record.ca_type != "issuing" or record.status != "active":
                     continue
                 ca = await self.authority.ca(record.name)
@@ -285,7 +291,7 @@ class OcspResponder:
 
     async def _ensure_responder(self, issuer: _Issuer) -> None:
         lock = f"ocsp-responder:{issuer.ca_id}"
-        store = self.authority.store
+        store = self.store
         if not await store.try_lock(lock, self.instance_id, 120):
             return
         try:
@@ -300,7 +306,7 @@ class OcspResponder:
             await store.release_lock(lock, self.instance_id)
 
     async def _load_responder(self, issuer: _Issuer) -> None:
-        records = await self.authority.store.list_ocsp_responders(issuer.ca_id)
+        records = await self.store.list_ocsp_responders(issuer.ca_id)
         now = self.clock()
         usable = [r for r in records if r.not_before <= now < r.not_after]
         if not usable:
@@ -391,7 +397,7 @@ class OcspResponder:
             raise Unavailable("no OCSP responder key is available for that issuer")
         try:
             async with asyncio.timeout(self.settings.live_timeout), self._live:
-                statuses = await self.authority.store.certificate_statuses(
+                statuses = await self.store.certificate_statuses(
                     issuer.ca_id, [format(c.serial, "x") for c in cert_ids])
                 by_serial = {s.serial_hex: s for s in statuses}
                 wanted: list[_Status] = []
@@ -667,7 +673,7 @@ class OcspResponder:
                     await self._forget(key)
                 continue
             statuses = {
-                s.serial_hex: s for s in await self.authority.store.certificate_statuses(
+                s.serial_hex: s for s in await self.store.certificate_statuses(
                     issuer.ca_id, [format(serial, "x") for _, serial in members])
             }
             items: list[tuple[str, CachedResponse, int | None]] = []
@@ -704,7 +710,7 @@ class OcspResponder:
                 if responder is None:
                     break
                 now = self.clock()
-                rows = await self.authority.store.list_certificate_statuses(
+                rows = await self.store.list_certificate_statuses(
                     issuer.ca_id, now, after, page)
                 if not rows:
                     break

@@ -43,7 +43,7 @@ import secrets
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from asn1crypto import algos, core, tsp
 from asn1crypto import x509 as asn1_x509
@@ -68,7 +68,7 @@ from ca_core.keys import KeyAlgorithm, KeySpec
 from ca_core.principal import Principal
 from ca_core.records import AuditEvent, CARecord, TimeStampRecord
 from ca_core.signing import Purpose, SigningKey
-from ca_core.storage import StoreConflict, StoreError
+from ca_core.storage import CaStore, StoreConflict, StoreError, TimestampStore
 
 log = logging.getLogger(__name__)
 
@@ -502,6 +502,10 @@ class _TokenSigner:
             tst_info, "tst_info", signing_time=signing_time, include_certificates=cert_req))
 
 
+class TsaStore(TimestampStore, CaStore, Protocol):
+    """What the TSA reads and writes: its issued tokens, and the TSA certificates."""
+
+
 class TimeStampAuthority:
     """Grants time-stamps: checks a query, signs its token through the TSA key, records it."""
 
@@ -512,6 +516,7 @@ class TimeStampAuthority:
         clock_check: ClockCheck | None = None,
     ) -> None:
         self.authority = authority
+        self.store: TsaStore = authority.store
         self.settings = settings or TsaSettings()
         self.clock = authority.clock
         self._clock_check = clock_check if clock_check is not None else make_clock_check(
@@ -525,7 +530,7 @@ class TimeStampAuthority:
         """Load the current TSA key and certificate; TsaCertificateRejected when there is
         none usable (then the gateway must not start: `vcc-pki init` creates or renews it)."""
         now = self.clock()
-        record = current_tsa(await self.authority.store.list_cas(), now)
+        record = current_tsa(await self.store.list_cas(), now)
         if record is None:
             raise TsaCertificateRejected(
                 "no valid TSA certificate: run `vcc-pki init` (it creates and renews it)")
@@ -623,7 +628,7 @@ class TimeStampAuthority:
                 gen_time=gen_time, has_nonce=query.nonce is not None, cert_req=query.cert_req,
             )
             try:
-                await self.authority.store.add_timestamp(record)
+                await self.store.add_timestamp(record)
             except StoreConflict:
                 log.warning("time-stamp serial collision; drawing a new serial")
                 continue
