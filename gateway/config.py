@@ -13,10 +13,14 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+
 from ca_core.acme import AcmeSettings
 from ca_core.authority import CASettings
+from ca_core.est import EstSettings
 from ca_core.keys import KeySpec
 from ca_core.tsa import DEFAULT_POLICY_OID, TsaSettings
+from protocols.est.codec import parse_networks
 from va.validator import ValidationSettings
 
 
@@ -88,6 +92,11 @@ class Config:
     acme_orders_per_account_per_hour: int = 300
     acme_orders_per_org_per_hour: int = 3000
     acme_accounts_per_org_per_hour: int = 300
+    # EST (RFC 7030, RFC 8951); [est] in TOML
+    est_port: int = 8444  # the EST listener (requests, never requires, a client certificate)
+    est_trust_store: str = ""  # PEM file: manufacturer/bootstrap CAs whose devices may enroll
+    est_trusted_proxies: tuple[str, ...] = ()  # addresses/networks whose cert header counts
+    est_max_body_bytes: int = 64 * 1024
     extra: Mapping[str, Any] = field(default_factory=dict)  # sections later features read
 
     @property
@@ -144,6 +153,25 @@ class Config:
                                   tlsalpn01_port=self.acme_tlsalpn01_port,
                                   dns_resolver=self.acme_dns_resolver or None)
 
+    def est_trust_anchors(self) -> tuple[x509.Certificate, ...]:
+        """The certificates of ``VCC_PKI_EST_TRUST_STORE`` (none when unset)."""
+        if not self.est_trust_store:
+            return ()
+        try:
+            return tuple(x509.load_pem_x509_certificates(
+                Path(self.est_trust_store).read_bytes()))
+        except OSError as exc:
+            raise ConfigError(f"VCC_PKI_EST_TRUST_STORE: {exc.strerror}: "
+                              f"{self.est_trust_store}") from None
+        except ValueError:
+            raise ConfigError(f"VCC_PKI_EST_TRUST_STORE: {self.est_trust_store} holds no "
+                              "PEM certificate") from None
+
+    def est_settings(self) -> EstSettings:
+        return EstSettings(trust_store=self.est_trust_anchors(),
+                           trusted_proxies=self.est_trusted_proxies,
+                           max_body_bytes=self.est_max_body_bytes)
+
     def tsa_settings(self) -> TsaSettings:
         try:
             return TsaSettings(
@@ -179,6 +207,8 @@ _INT_FIELDS |= {"acme_http01_port", "acme_tlsalpn01_port", "acme_validation_atte
                 "acme_orders_per_account_per_hour", "acme_orders_per_org_per_hour",
                 "acme_accounts_per_org_per_hour"}
 _BOOL_FIELDS.add("acme_eab_required")
+_INT_FIELDS |= {"est_port", "est_max_body_bytes"}
+_TUPLE_FIELDS.add("est_trusted_proxies")
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -210,7 +240,7 @@ def _flatten(document: Mapping[str, Any]) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in document.items():
         if isinstance(value, Mapping) and key in ("pkcs11", "ca", "server", "keys", "database",
-                                                  "ocsp", "crl", "tsa", "acme"):
+                                                  "ocsp", "crl", "tsa", "acme", "est"):
             for inner, inner_value in value.items():
                 prefix = {"ca": "", "server": "", "database": "", "keys": "key_"}.get(
                     key, f"{key}_")
@@ -260,4 +290,10 @@ def load_config(environ: Mapping[str, str] | None = None, path: str | None = Non
         # Each partition is one more distribution point built into every issuing context.
         raise ConfigError("VCC_PKI_CRL_PARTITIONS must be 0..1024 and "
                           "VCC_PKI_CRL_NEXT_UPDATE_HOURS >= 1")
+    if not 1024 <= config.est_max_body_bytes <= config.max_body_bytes:
+        raise ConfigError("VCC_PKI_EST_MAX_BODY_BYTES must be 1024..VCC_PKI_MAX_BODY_BYTES")
+    try:
+        parse_networks(config.est_trusted_proxies)
+    except ValueError as exc:
+        raise ConfigError(f"VCC_PKI_EST_TRUSTED_PROXIES: {exc}") from None
     return config
