@@ -18,7 +18,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -68,6 +68,9 @@ from ca_core.storage import Store, StoreConflict, StoreError
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], dt.datetime]
+# Writes an issued certificate and its audit event (by default Store.add_certificate); a
+# caller may put its own state change into the same transaction (EST spends a secret).
+RecordCertificate = Callable[[CertificateRecord, AuditEvent], Awaitable[None]]
 
 # RFC 5280 5.3.1 reason codes, by the names operators type (snake_case) and the RFC's.
 REVOCATION_REASONS: dict[str, x509.ReasonFlags] = {
@@ -383,12 +386,17 @@ class Authority:
         return found
 
     # ------------------------------------------------------------------ issuance
-    async def issue(self, request: IssuanceRequest, principal: Principal) -> IssuedCertificate:
+    async def issue(self, request: IssuanceRequest, principal: Principal,
+                    record_with: RecordCertificate | None = None) -> IssuedCertificate:
+        """Check, sign, record (through ``record_with`` when given: it raises a CAError
+        that is not a StoreError to refuse, and the certificate is then never returned),
+        tell the listeners, return."""
         started = time.perf_counter()
         purpose = request.profile if request.profile in self._profiles else "unknown"
         org_label = request.org or "unknown"
         try:
-            issued = await self._issue(request, principal)
+            issued = await self._issue(request, principal, record_with or
+                                       self.store.add_certificate)
         except CAError:
             CERT_REQUESTS_TOTAL.labels(org_label, purpose, "rejected").inc()
             raise
@@ -405,7 +413,8 @@ class Authority:
                 log.exception("certificate listener failed after issuing %s", issued.serial)
         return issued
 
-    async def _issue(self, request: IssuanceRequest, principal: Principal) -> IssuedCertificate:
+    async def _issue(self, request: IssuanceRequest, principal: Principal,
+                     record_with: RecordCertificate) -> IssuedCertificate:
         if not principal.can("cert:request"):
             raise Forbidden("this credential may not request certificates")
         org = await self._org_for(request.org, principal)
@@ -466,7 +475,7 @@ class Authority:
                       "san": record.san, "not_after": not_after.isoformat()},
             )
             try:
-                await self.store.add_certificate(record, event)
+                await record_with(record, event)
             except StoreConflict:
                 log.warning("serial collision on CA %s; drawing a new serial", ca.record.name)
                 continue
@@ -635,7 +644,7 @@ class Authority:
         secret = secrets.token_urlsafe(32)
         record = ApiToken(
             token_id=token_id, org_id=org.org_id, role=role,
-            secret_hash=_hash_secret(secret), name=name or f"{role}@{org.slug}",
+            secret_hash=hash_secret(secret), name=name or f"{role}@{org.slug}",
             created_at=self.clock(), expires_at=expires_at,
         )
         event = AuditEvent(
@@ -658,7 +667,7 @@ class Authority:
             raise Unauthorized("malformed bearer token")
         record = await self.store.get_token(parts[1])
         if record is None or not hmac.compare_digest(
-            record.secret_hash, _hash_secret(parts[2])
+            record.secret_hash, hash_secret(parts[2])
         ):
             raise Unauthorized("unknown bearer token")
         if record.revoked or (record.expires_at is not None and record.expires_at <= self.clock()):
@@ -680,8 +689,10 @@ class Authority:
             ))
 
 
-def _hash_secret(secret: str) -> str:
-    # The secret is 256 random bits: a fast hash is enough (no dictionary to attack).
+def hash_secret(secret: str) -> str:
+    """The stored form of a generated secret (API tokens, EST enrollment secrets). The
+    secret is 256 random bits (``secrets.token_urlsafe(32)``): a fast unsalted hash is
+    enough, as there is no dictionary to attack and no two secrets share a hash."""
     return hashlib.sha256(secret.encode()).hexdigest()
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ca_core.errors import BadRequest, CAError, Conflict, Unavailable
 from ca_core.records import (
@@ -46,6 +46,9 @@ from ca_core.records import (
     TemplateRecord,
     TimeStampRecord,
 )
+
+if TYPE_CHECKING:  # ca_core.est imports this module
+    from ca_core.est import EnrollmentSecretRecord, EstLabel, PendingEnrollment
 
 
 class StoreError(CAError):
@@ -279,8 +282,78 @@ class AcmeStore(Protocol):
         ``valid_at`` (the one that expires last), for reuse in new orders."""
 
 
+class EnrollmentStore(Protocol):
+    """EST (RFC 7030) labels, one-time enrollment secrets and requests waiting for approval:
+    the EST service (``ca_core.est``).
+
+    A secret is spent, or a pending request moved to issued, by a conditional UPDATE in the
+    same transaction as the certificate's INSERT (``add_certificate_*``): a failed write
+    (store unavailable, serial collision) leaves the secret unused, and of two requests
+    with one secret at most one certificate is recorded (the other's UPDATE finds
+    ``used_at`` set and nothing is written)."""
+
+    async def set_est_label(self, label: EstLabel, audit: AuditEvent) -> None:
+        """Create or replace a label (its organization must exist: StoreConflict)."""
+
+    async def get_est_label(self, label: str) -> EstLabel | None: ...
+
+    async def list_est_labels(self) -> list[EstLabel]:
+        """Every label, by name."""
+
+    async def add_enrollment_secret(self, secret: EnrollmentSecretRecord,
+                                    audit: AuditEvent) -> None:
+        """StoreConflict if the id exists or the organization does not."""
+
+    async def get_enrollment_secret(self, secret_id: str) -> EnrollmentSecretRecord | None: ...
+
+    async def consume_secret(self, secret_id: str, now: dt.datetime, audit: AuditEvent
+                             ) -> EnrollmentSecretRecord | None:
+        """Mark the secret used at ``now`` if it is unused and unexpired at ``now``; the
+        used record, or None (and nothing changes, no audit) otherwise."""
+
+    async def add_certificate_consuming_secret(
+        self, cert: CertificateRecord, audit: AuditEvent, secret_id: str, now: dt.datetime,
+        secret_audit: AuditEvent,
+    ) -> bool:
+        """``consume_secret`` and ``add_certificate`` in one transaction: False (nothing
+        written) when the secret is used or expired; StoreConflict (nothing written, the
+        secret unused) when (issuer, serial) exists."""
+
+    async def add_pending_enrollment(
+        self, pending: PendingEnrollment, audit: AuditEvent,
+        consume: tuple[str, dt.datetime, AuditEvent] | None = None,
+    ) -> bool:
+        """Record a request waiting for approval, spending the secret ``consume`` names
+        (secret id, now, its audit event) in the same transaction: False (nothing written)
+        when that secret is used or expired; StoreConflict when a request with the same
+        CSR fingerprint and requester exists."""
+
+    async def get_pending_enrollment(self, request_id: str) -> PendingEnrollment | None: ...
+
+    async def find_pending_enrollment(self, csr_fingerprint: str, requester: str
+                                      ) -> PendingEnrollment | None:
+        """The request with this CSR and requester, whatever its status."""
+
+    async def list_pending_enrollments(
+        self, org_id: str | None = None, status: str | None = "pending",
+    ) -> list[PendingEnrollment]:
+        """Requests (of one organization, in one status; None: all), oldest first."""
+
+    async def add_certificate_for_pending(
+        self, cert: CertificateRecord, audit: AuditEvent, request_id: str,
+        now: dt.datetime, pending_audit: AuditEvent,
+    ) -> bool:
+        """Move a pending request to issued (with ``cert``'s id, decided at ``now``) and
+        add ``cert`` in one transaction; False (nothing written) when it is not pending."""
+
+    async def reject_pending_enrollment(self, request_id: str, now: dt.datetime,
+                                        audit: AuditEvent) -> PendingEnrollment | None:
+        """Move a pending request to rejected; the updated request, or None (nothing
+        changes) when it is not pending."""
+
+
 class Store(TenantStore, CaStore, CertificateStore, CrlStore, LeaseStore, AuditStore,
-            TimestampStore, AcmeStore, Protocol):
+            TimestampStore, AcmeStore, EnrollmentStore, Protocol):
     """Every aggregate at once, as the gateway wires it (``db.store`` implements it), plus
     the lifecycle."""
 

@@ -23,6 +23,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from ca_core.est import EnrollmentSecretRecord, EstLabel, PendingEnrollment
 from ca_core.records import (
     AcmeAccount,
     AcmeAuthorization,
@@ -62,6 +63,10 @@ Write = Callable[["Tx"], Body[T]]
 
 _MAX_BATCH = 256
 
+_CONSUME_SECRET = (
+    "UPDATE est_secrets SET used_at = ? WHERE secret_id = ? AND used_at IS NULL"
+    " AND expires_at > ? RETURNING *"
+)
 _HEAD = "SELECT seq, audit_hash FROM audit_head WHERE id = 1 FOR UPDATE"
 _APPEND_AUDIT = (
     "INSERT INTO audit_log (seq, audit_id, timestamp, org_id, event_type, category, action,"
@@ -450,21 +455,23 @@ class SqlStore:
 
     async def add_certificate(self, cert: CertificateRecord, audit: AuditEvent) -> None:
         """Record an issued certificate; StoreConflict if (issuer, serial) exists."""
-        d = self._d
-
         def write(tx: Tx) -> Body[None]:
-            yield run(
-                "INSERT INTO certificates (cert_id, issuer_ca_id, org_id, serial_hex,"
-                " subject_dn, common_name, profile, certificate_der, key_algorithm, key_size,"
-                " san, not_before, not_after, requester, status, created_at, crl_partition)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                cert.cert_id, cert.issuer_ca_id, cert.org_id, cert.serial_hex,
-                cert.subject_dn, cert.common_name, cert.profile, cert.certificate_der,
-                cert.key_algorithm, cert.key_size, _json(cert.san), d.t(cert.not_before),
-                d.t(cert.not_after), cert.requester, cert.status,
-                d.t(cert.created_at or _now()), cert.crl_partition)
+            yield self._insert_certificate(cert)
             yield from tx.append_audit(audit)
         await self._write(write)
+
+    def _insert_certificate(self, cert: CertificateRecord) -> Stmt:
+        d = self._d
+        return run(
+            "INSERT INTO certificates (cert_id, issuer_ca_id, org_id, serial_hex,"
+            " subject_dn, common_name, profile, certificate_der, key_algorithm, key_size,"
+            " san, not_before, not_after, requester, status, created_at, crl_partition)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            cert.cert_id, cert.issuer_ca_id, cert.org_id, cert.serial_hex,
+            cert.subject_dn, cert.common_name, cert.profile, cert.certificate_der,
+            cert.key_algorithm, cert.key_size, _json(cert.san), d.t(cert.not_before),
+            d.t(cert.not_after), cert.requester, cert.status,
+            d.t(cert.created_at or _now()), cert.crl_partition)
 
     async def get_certificate(self, issuer_ca_id: str, serial_hex: str) -> CertificateRecord | None:
         row = await self._lookup(one(
@@ -911,3 +918,191 @@ class SqlStore:
             " ORDER BY expires DESC LIMIT 1",
             account_id, identifier_type, identifier_value, wildcard, self._d.t(valid_at)))
         return None if row is None else self._acme_authz(row)
+
+    # EST (RFC 7030): labels, one-time enrollment secrets, requests awaiting approval -----
+
+    def _est_label(self, row: Any) -> EstLabel:
+        return EstLabel.from_policy(row["label"], row["org_id"], row["profile"],
+                                    json.loads(row["policy"]), self._d.time(row["created_at"]))
+
+    def _secret(self, row: Any) -> EnrollmentSecretRecord:
+        d = self._d
+        return EnrollmentSecretRecord(
+            secret_id=row["secret_id"], org_id=row["org_id"], label=row["label"],
+            secret_hash=row["secret_hash"], expires_at=d.time(row["expires_at"]),
+            subject=row["subject"], used_at=d.time_opt(row["used_at"]),
+            created_at=d.time(row["created_at"]),
+        )
+
+    def _pending_row(self, row: Any) -> PendingEnrollment:
+        d = self._d
+        return PendingEnrollment(
+            request_id=row["request_id"], label=row["label"], org_id=row["org_id"],
+            csr_der=bytes(row["csr_der"]), requester=row["requester"], status=row["status"],
+            cert_id=row["cert_id"], created_at=d.time(row["created_at"]),
+            decided_at=d.time_opt(row["decided_at"]), csr_fingerprint=row["csr_fingerprint"],
+        )
+
+    async def set_est_label(self, label: EstLabel, audit: AuditEvent) -> None:
+        """Create or replace a label (its organization must exist: StoreConflict)."""
+        def write(tx: Tx) -> Body[None]:
+            yield run(
+                "INSERT INTO est_labels (label, org_id, profile, policy, created_at)"
+                " VALUES (?,?,?,?,?) ON CONFLICT (label) DO UPDATE SET"
+                " org_id = excluded.org_id, profile = excluded.profile,"
+                " policy = excluded.policy",
+                label.label, label.org_id, label.profile,
+                json.dumps(label.policy(), sort_keys=True),
+                self._d.t(label.created_at or _now()))
+            yield from tx.append_audit(audit)
+        await self._write(write)
+
+    async def get_est_label(self, label: str) -> EstLabel | None:
+        row = await self._lookup(one("SELECT * FROM est_labels WHERE label = ?", label))
+        return None if row is None else self._est_label(row)
+
+    async def list_est_labels(self) -> list[EstLabel]:
+        """Every label, by name."""
+        found = await self._read(rows('SELECT * FROM est_labels ORDER BY label COLLATE "C"'))
+        return [self._est_label(r) for r in found]
+
+    async def add_enrollment_secret(self, secret: EnrollmentSecretRecord,
+                                    audit: AuditEvent) -> None:
+        """StoreConflict if the id exists or the organization does not."""
+        d = self._d
+
+        def write(tx: Tx) -> Body[None]:
+            yield run(
+                "INSERT INTO est_secrets (secret_id, org_id, label, secret_hash, subject,"
+                " expires_at, used_at, created_at) VALUES (?,?,?,?,?,?,?,?)",
+                secret.secret_id, secret.org_id, secret.label, secret.secret_hash,
+                secret.subject, d.t(secret.expires_at), d.t_opt(secret.used_at),
+                d.t(secret.created_at or _now()))
+            yield from tx.append_audit(audit)
+        await self._write(write)
+
+    async def get_enrollment_secret(self, secret_id: str) -> EnrollmentSecretRecord | None:
+        row = await self._lookup(one("SELECT * FROM est_secrets WHERE secret_id = ?",
+                                     secret_id))
+        return None if row is None else self._secret(row)
+
+    def _consume(self, tx: Tx, secret_id: str, now: dt.datetime, audit: AuditEvent
+                 ) -> Body[EnrollmentSecretRecord | None]:
+        # The conditional UPDATE is the lock: of two transactions spending one secret, the
+        # second finds used_at set (SQLite: writers are serial; PostgreSQL: it waits for the
+        # row lock, then re-checks the WHERE against the committed row).
+        row = yield one(_CONSUME_SECRET, self._d.t(now), secret_id, self._d.t(now))
+        if row is None:
+            return None
+        yield from tx.append_audit(audit)
+        return self._secret(row)
+
+    async def consume_secret(self, secret_id: str, now: dt.datetime, audit: AuditEvent
+                             ) -> EnrollmentSecretRecord | None:
+        """Mark the secret used at ``now`` if it is unused and unexpired at ``now``; the
+        used record, or None (and nothing changes, no audit) otherwise."""
+        def write(tx: Tx) -> Body[EnrollmentSecretRecord | None]:
+            return (yield from self._consume(tx, secret_id, now, audit))
+        return await self._write(write)
+
+    async def add_certificate_consuming_secret(
+        self, cert: CertificateRecord, audit: AuditEvent, secret_id: str, now: dt.datetime,
+        secret_audit: AuditEvent,
+    ) -> bool:
+        """``consume_secret`` and ``add_certificate`` in one transaction: False (nothing
+        written) when the secret is used or expired; StoreConflict (nothing written, the
+        secret unused) when (issuer, serial) exists."""
+        def write(tx: Tx) -> Body[bool]:
+            if (yield from self._consume(tx, secret_id, now, secret_audit)) is None:
+                return False
+            yield self._insert_certificate(cert)
+            yield from tx.append_audit(audit)
+            return True
+        return await self._write(write)
+
+    async def add_pending_enrollment(
+        self, pending: PendingEnrollment, audit: AuditEvent,
+        consume: tuple[str, dt.datetime, AuditEvent] | None = None,
+    ) -> bool:
+        """Record a request waiting for approval, spending the secret ``consume`` names
+        (secret id, now, its audit event) in the same transaction: False (nothing written)
+        when that secret is used or expired; StoreConflict when a request with the same
+        CSR fingerprint and requester exists."""
+        d = self._d
+
+        def write(tx: Tx) -> Body[bool]:
+            if consume is not None and (yield from self._consume(tx, *consume)) is None:
+                return False
+            yield run(
+                "INSERT INTO est_pending (request_id, label, org_id, csr_der,"
+                " csr_fingerprint, requester, status, cert_id, created_at, decided_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?)",
+                pending.request_id, pending.label, pending.org_id, pending.csr_der,
+                pending.csr_fingerprint, pending.requester, pending.status, pending.cert_id,
+                d.t(pending.created_at or _now()), d.t_opt(pending.decided_at))
+            yield from tx.append_audit(audit)
+            return True
+        return await self._write(write)
+
+    async def get_pending_enrollment(self, request_id: str) -> PendingEnrollment | None:
+        row = await self._lookup(one("SELECT * FROM est_pending WHERE request_id = ?",
+                                     request_id))
+        return None if row is None else self._pending_row(row)
+
+    async def find_pending_enrollment(self, csr_fingerprint: str, requester: str
+                                      ) -> PendingEnrollment | None:
+        """The request with this CSR and requester, whatever its status."""
+        row = await self._lookup(one(
+            "SELECT * FROM est_pending WHERE csr_fingerprint = ? AND requester = ?",
+            csr_fingerprint, requester))
+        return None if row is None else self._pending_row(row)
+
+    async def list_pending_enrollments(
+        self, org_id: str | None = None, status: str | None = "pending",
+    ) -> list[PendingEnrollment]:
+        """Requests (of one organization, in one status; None: all), oldest first."""
+        where, params = ["1 = 1"], []
+        if org_id is not None:
+            where.append("org_id = ?")
+            params.append(org_id)
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        found = await self._read(rows(
+            f"SELECT * FROM est_pending WHERE {' AND '.join(where)}"
+            " ORDER BY created_at, request_id", *params))
+        return [self._pending_row(r) for r in found]
+
+    async def add_certificate_for_pending(
+        self, cert: CertificateRecord, audit: AuditEvent, request_id: str,
+        now: dt.datetime, pending_audit: AuditEvent,
+    ) -> bool:
+        """Move a pending request to issued (with ``cert``'s id, decided at ``now``) and
+        add ``cert`` in one transaction; False (nothing written) when it is not pending."""
+        def write(tx: Tx) -> Body[bool]:
+            moved = yield one(
+                "UPDATE est_pending SET status = 'issued', cert_id = ?, decided_at = ?"
+                " WHERE request_id = ? AND status = 'pending' RETURNING 1",
+                cert.cert_id, self._d.t(now), request_id)
+            if moved is None:
+                return False
+            yield from tx.append_audit(pending_audit)
+            yield self._insert_certificate(cert)
+            yield from tx.append_audit(audit)
+            return True
+        return await self._write(write)
+
+    async def reject_pending_enrollment(self, request_id: str, now: dt.datetime,
+                                        audit: AuditEvent) -> PendingEnrollment | None:
+        """Move a pending request to rejected; the updated request, or None (nothing
+        changes) when it is not pending."""
+        def write(tx: Tx) -> Body[PendingEnrollment | None]:
+            row = yield one(
+                "UPDATE est_pending SET status = 'rejected', decided_at = ?"
+                " WHERE request_id = ? AND status = 'pending' RETURNING *",
+                self._d.t(now), request_id)
+            if row is None:
+                return None
+            yield from tx.append_audit(audit)
+            return self._pending_row(row)
+        return await self._write(write)

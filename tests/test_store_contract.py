@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import secrets
 import sqlite3
 import threading
@@ -18,6 +19,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from ca_core.est import AuthMethod, EnrollmentSecretRecord, EstLabel, PendingEnrollment
 from ca_core.records import (
     AcmeAccount,
     AcmeAuthorization,
@@ -952,3 +954,165 @@ async def test_acme_state_changes_are_audited_only_when_they_happen(
     assert [e.event.event_type for e in entries] == [
         "acme.order.pending", "acme.authorization.valid", "acme.order.ready"]
     await chain_ok(store)
+
+
+# --- EST (RFC 7030): labels, one-time secrets, requests awaiting approval ---------------
+
+def make_secret(org: Organization, label: str = "", expires_at: dt.datetime | None = None,
+                subject: str | None = None) -> EnrollmentSecretRecord:
+    return EnrollmentSecretRecord(
+        secret_id=secrets.token_hex(8), org_id=org.org_id, label=label,
+        secret_hash=secrets.token_hex(32), expires_at=expires_at or T0 + dt.timedelta(days=1),
+        subject=subject, created_at=T0)
+
+
+def make_pending(org: Organization, requester: str = "secret:abc", label: str = "routers"
+                 ) -> PendingEnrollment:
+    csr = secrets.token_bytes(300)
+    return PendingEnrollment(
+        request_id=secrets.token_hex(8), label=label, org_id=org.org_id, csr_der=csr,
+        requester=requester, status="pending", created_at=T0,
+        csr_fingerprint=hashlib.sha256(csr).hexdigest())
+
+
+async def test_est_labels(store: Store, seed: Seed) -> None:
+    before = await chain_ok(store)
+    routers = EstLabel("routers", seed.org.org_id, "vcc_service",
+                       accept=frozenset({AuthMethod.CERTIFICATE}), require_both=False,
+                       require_channel_binding=True, require_approval=True,
+                       allow_subject_change=True, key_type="rsa-3072", created_at=T0)
+    default = EstLabel("", seed.org.org_id, "mtls_service", created_at=T0)
+    await store.set_est_label(routers, event("est.label_set", label="routers"))
+    await store.set_est_label(default, event("est.label_set", label=""))
+    assert await store.get_est_label("routers") == routers
+    assert await store.get_est_label("") == default
+    assert await store.get_est_label("nope") is None
+    changed = replace(routers, profile="external_integration", require_approval=False,
+                      accept=frozenset(AuthMethod), created_at=T0 + dt.timedelta(days=1))
+    await store.set_est_label(changed, event("est.label_set", label="routers"))
+    # replaced, but it keeps its creation time
+    assert await store.get_est_label("routers") == replace(changed, created_at=T0)
+    assert [x.label for x in await store.list_est_labels()] == ["", "routers"]
+    with pytest.raises(StoreConflict):  # no such organization
+        await store.set_est_label(replace(routers, label="x", org_id=str(uuid.uuid4())),
+                                  event("est.label_set"))
+    assert await chain_ok(store) == before + 3
+
+
+async def test_est_secret_is_spent_once_and_not_after_expiry(store: Store, seed: Seed) -> None:
+    before = await chain_ok(store)
+    secret = make_secret(seed.org, label="routers", subject="CN=dev-1")
+    await store.add_enrollment_secret(secret, event("est.secret_created"))
+    assert await store.get_enrollment_secret(secret.secret_id) == secret
+    assert await store.get_enrollment_secret("nope") is None
+    with pytest.raises(StoreConflict):
+        await store.add_enrollment_secret(secret, event("est.secret_created"))
+    expired = make_secret(seed.org, expires_at=T0 + dt.timedelta(minutes=1))
+    await store.add_enrollment_secret(expired, event("est.secret_created"))
+    now = T0 + dt.timedelta(minutes=1)  # expires_at is exclusive
+    assert await store.consume_secret(expired.secret_id, now, event("est.secret_used")) is None
+    used = await store.consume_secret(secret.secret_id, now, event("est.secret_used"))
+    assert used == replace(secret, used_at=now)
+    assert await store.consume_secret(secret.secret_id, now, event("est.secret_used")) is None
+    assert await store.consume_secret("nope", now, event("est.secret_used")) is None
+    assert await store.get_enrollment_secret(secret.secret_id) == used
+    # two secret inserts and one spend; the refused spends left no audit entry
+    assert await chain_ok(store) == before + 3
+
+
+async def test_est_secret_race_yields_one_certificate(
+        store: Store, seed: Seed, location: Location) -> None:
+    """Twenty requests spend one secret at once, half through a second store (another
+    gateway process): exactly one certificate is recorded."""
+    other = make_store(location)
+    await other.open()
+    try:
+        secret = make_secret(seed.org)
+        await store.add_enrollment_secret(secret, event("est.secret_created"))
+        before = await chain_ok(store)
+        certs = [make_cert(seed.issuing, seed.org, cn=f"dev{i}.acme.example")
+                 for i in range(20)]
+        results = await asyncio.gather(*(
+            (store if i % 2 else other).add_certificate_consuming_secret(
+                cert, event(serial=cert.serial_hex), secret.secret_id, T0,
+                event("est.secret_used"))
+            for i, cert in enumerate(certs)))
+        assert sum(results) == 1
+        winner = certs[results.index(True)]
+        recorded = [c for c in certs
+                    if await store.get_certificate(seed.issuing.ca_id, c.serial_hex)]
+        assert recorded == [winner]
+        stored = await store.get_enrollment_secret(secret.secret_id)
+        assert stored is not None and stored.used_at == T0
+        assert await chain_ok(store) == before + 2
+    finally:
+        await other.close()
+
+
+async def test_est_failed_certificate_write_leaves_the_secret_unused(
+        store: Store, seed: Seed) -> None:
+    secret = make_secret(seed.org)
+    await store.add_enrollment_secret(secret, event("est.secret_created"))
+    taken = make_cert(seed.issuing, seed.org)
+    await store.add_certificate(taken, event())
+    before = await chain_ok(store)
+    clash = make_cert(seed.issuing, seed.org, serial_hex=taken.serial_hex)
+    with pytest.raises(StoreConflict):
+        await store.add_certificate_consuming_secret(
+            clash, event(), secret.secret_id, T0, event("est.secret_used"))
+    assert await store.get_enrollment_secret(secret.secret_id) == secret  # still unused
+    assert await chain_ok(store) == before
+    fresh = make_cert(seed.issuing, seed.org)
+    assert await store.add_certificate_consuming_secret(
+        fresh, event(), secret.secret_id, T0, event("est.secret_used"))
+    assert await store.get_certificate_by_id(fresh.cert_id) is not None
+
+
+async def test_est_pending_requests(store: Store, seed: Seed) -> None:
+    secret = make_secret(seed.org)
+    await store.add_enrollment_secret(secret, event("est.secret_created"))
+    before = await chain_ok(store)
+    first = make_pending(seed.org, requester=f"secret:{secret.secret_id}")
+    consume = (secret.secret_id, T0, event("est.secret_used"))
+    assert await store.add_pending_enrollment(first, event("est.pending"), consume)
+    # the secret is spent now: a second request with it records nothing
+    second = make_pending(seed.org, requester=f"secret:{secret.secret_id}")
+    assert not await store.add_pending_enrollment(second, event("est.pending"), consume)
+    assert await store.get_pending_enrollment(second.request_id) is None
+    with pytest.raises(StoreConflict):  # the same CSR from the same requester: one row
+        await store.add_pending_enrollment(
+            replace(first, request_id="other"), event("est.pending"))
+    by_cert = make_pending(seed.org, requester="certificate:ab12")
+    assert await store.add_pending_enrollment(by_cert, event("est.pending"))
+    assert await store.get_pending_enrollment(first.request_id) == first
+    assert await store.find_pending_enrollment(first.csr_fingerprint, first.requester) == first
+    assert await store.find_pending_enrollment(first.csr_fingerprint, "secret:x") is None
+    assert [p.request_id for p in await store.list_pending_enrollments()] == sorted(
+        [first.request_id, by_cert.request_id])
+    assert await store.list_pending_enrollments(org_id=str(uuid.uuid4())) == []
+    assert await chain_ok(store) == before + 3  # pending, secret used, pending
+
+    decided = T0 + dt.timedelta(hours=1)
+    certs = [make_cert(seed.issuing, seed.org) for _ in range(4)]
+    results = await asyncio.gather(*(
+        store.add_certificate_for_pending(c, event(), first.request_id, decided,
+                                          event("est.pending_issued")) for c in certs))
+    assert sum(results) == 1  # concurrent approvals: one certificate
+    winner = certs[results.index(True)]
+    assert await store.get_pending_enrollment(first.request_id) == replace(
+        first, status="issued", cert_id=winner.cert_id, decided_at=decided)
+    assert [c.cert_id for c in certs
+            if await store.get_certificate_by_id(c.cert_id)] == [winner.cert_id]
+    assert await store.reject_pending_enrollment(first.request_id, decided,
+                                                 event("est.rejected")) is None
+    rejected = await store.reject_pending_enrollment(by_cert.request_id, decided,
+                                                     event("est.rejected"))
+    assert rejected == replace(by_cert, status="rejected", decided_at=decided)
+    assert not await store.add_certificate_for_pending(
+        make_cert(seed.issuing, seed.org), event(), by_cert.request_id, decided, event())
+    assert await store.list_pending_enrollments() == []
+    everything = await store.list_pending_enrollments(org_id=seed.org.org_id, status=None)
+    assert {(p.request_id, p.status) for p in everything} == {
+        (first.request_id, "issued"), (by_cert.request_id, "rejected")}
+    assert [p.request_id for p in everything] == sorted(p.request_id for p in everything)
+    assert await chain_ok(store) == before + 3 + 2 + 1
