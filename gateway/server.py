@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ca_core.errors import CAError
-from ca_core.est import EstService
+from ca_core.est import EstService, EstSettings
 from ca_core.metrics import ACTIVE_CERTIFICATES
 from ca_core.tsa import ensure_tsa
 from gateway.app import build_est_app, build_http_app, build_https_app
@@ -88,8 +88,9 @@ def _is_ca(certificate: x509.Certificate) -> bool:
         return False
 
 
-def _est_registrar(services: Services) -> EstRegistrar:
-    return EstService()  # interim: the core's service joins Services (services.est)
+def _est_registrar(services: Services, settings: EstSettings) -> EstRegistrar:
+    # interim, until the core's service joins Services (services.est)
+    return EstService(services.authority, settings=settings)
 
 
 def _listener_url(scheme: str, bind: str, port: int) -> str:
@@ -187,7 +188,7 @@ async def run_server(config: Config, ready: asyncio.Event | None = None) -> None
                                      shutdown_timeout=10)
         est_settings = config.est_settings()
         est_runner = web.AppRunner(
-            build_est_app(services, _est_registrar(services), est_settings),
+            build_est_app(services, _est_registrar(services, est_settings), est_settings),
             access_log=None, shutdown_timeout=10)
         runners = [http_runner, https_runner, est_runner]
         for runner in runners:
