@@ -1,10 +1,11 @@
 """The ``vcc-pki`` command line: init, serve, and the operator's commands (ca, org, issue,
-revoke, token, audit, acme, crl, tsa). ``DESCRIPTION`` is what ``vcc-pki --help`` says."""
+revoke, token, audit, acme, est, crl, tsa). ``DESCRIPTION`` is what ``vcc-pki --help`` says."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from ca_core.cross import (
     cross_certification_request,
 )
 from ca_core.errors import BadCSR, BadPublicKey, BadRequest, CAError
+from ca_core.est import AuthMethod, EstLabel
 from ca_core.hierarchy import ensure_hierarchy, ensure_organization
 from ca_core.keys import KeySpec
 from ca_core.principal import ROLES, Principal
@@ -288,6 +290,88 @@ async def cmd_acme_policy(config: Config, args: argparse.Namespace) -> int:
     return await _with_services(config, run)
 
 
+async def cmd_est_label_set(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        org = await services.authority.organization(args.org)
+        label = EstLabel(
+            label=args.label, org_id=org.org_id, profile=args.profile, accept=args.accept,
+            require_both=args.require_both, require_channel_binding=args.require_channel_binding,
+            require_approval=args.require_approval,
+            allow_subject_change=args.allow_subject_change, key_type=args.key_type)
+        await services.est.set_label(label, CLI)
+        stored = await services.est.resolve_label(args.label)
+        print(json.dumps({"label": stored.label, "org": org.slug, "profile": stored.profile,
+                          **stored.policy()}, indent=2))
+        return 0
+    return await _with_services(config, run)
+
+
+async def cmd_est_label_list(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        print(f"{'LABEL':<20} {'ORG':<16} {'PROFILE':<22} {'ACCEPT':<18} POLICY")
+        for label in await services.est.list_labels():
+            org = await services.authority.organization_by_id(label.org_id)
+            flags = [name for name in ("require_both", "require_channel_binding",
+                                       "require_approval", "allow_subject_change")
+                     if getattr(label, name)]
+            accept = ",".join(sorted(m.value for m in label.accept))
+            print(f"{label.label or '(default)':<20} {org.slug:<16} {label.profile:<22} "
+                  f"{accept:<18} key {label.key_type}{''.join(' ' + f for f in flags)}")
+        return 0
+    return await _with_services(config, run)
+
+
+async def cmd_est_secret_create(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        created = await services.est.create_secret(args.org, args.label or "", args.subject,
+                                                   args.expires, CLI)
+        print(f"user     {created.user}")
+        print(f"password {created.password}")
+        print(f"# one use, until {created.record.expires_at.isoformat(timespec='seconds')}"
+              f"{f', for {created.record.subject}' if created.record.subject else ''}; "
+              "shown only once", file=sys.stderr)
+        return 0
+    return await _with_services(config, run)
+
+
+async def cmd_est_pending_list(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        print(f"{'REQUEST':<18} {'LABEL':<16} {'CREATED':<20} {'REQUESTER':<30} SUBJECT")
+        for pending in await services.est.pending(args.org):
+            try:
+                subject = x509.load_der_x509_csr(pending.csr_der).subject.rfc4514_string()
+            except ValueError:
+                subject = "(unreadable)"
+            created = f"{pending.created_at:%Y-%m-%d %H:%M:%S}" if pending.created_at else ""
+            print(f"{pending.request_id:<18} {pending.label or '(default)':<16} "
+                  f"{created:<20} {pending.requester[:30]:<30} {subject}")
+        return 0
+    return await _with_services(config, run)
+
+
+async def _est_decide(config: Config, args: argparse.Namespace, approve: bool) -> int:
+    async def run(services: Services) -> int:
+        await services.authority.load()
+        decided = await services.est.decide(args.request_id, approve, CLI)
+        if decided.status == "issued":
+            record = await services.store.get_certificate_by_id(decided.cert_id or "")
+            serial = serial_display(record.serial_hex) if record else decided.cert_id
+            print(f"request {decided.request_id} approved: certificate {serial} issued; the "
+                  "client receives it on its next identical request")
+        else:
+            print(f"request {decided.request_id} rejected")
+        return 0
+    return await _with_services(config, run)
+
+
+async def cmd_est_pending_approve(config: Config, args: argparse.Namespace) -> int:
+    return await _est_decide(config, args, True)
+
+
+async def cmd_est_pending_reject(config: Config, args: argparse.Namespace) -> int:
+    return await _est_decide(config, args, False)
+
+
 async def cmd_crl_publish(config: Config, args: argparse.Namespace) -> int:
     async def run(services: Services) -> int:
         await services.authority.load()
@@ -395,6 +479,28 @@ def _key_spec(text: str) -> KeySpec:
     except ValueError:
         raise argparse.ArgumentTypeError(f"unknown key type {text!r}; use one of "
                                          f"{', '.join(KEY_TYPES)}") from None
+
+
+def _accept(text: str) -> frozenset[AuthMethod]:
+    try:
+        return frozenset(AuthMethod(m.strip()) for m in text.split(",") if m.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"unknown method in {text!r}; use basic, certificate or basic,certificate"
+        ) from None
+
+
+def _duration(text: str) -> dt.timedelta:
+    """``90m``, ``24h``, ``7d`` (or plain seconds)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    value = text.strip().lower()
+    try:
+        if value and value[-1] in units:
+            return dt.timedelta(seconds=float(value[:-1]) * units[value[-1]])
+        return dt.timedelta(seconds=float(value))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"not a duration: {text!r} (use e.g. 90m, 24h or 7d)") from None
 
 
 def _reason(text: str) -> str:
@@ -550,6 +656,74 @@ def build_parser() -> argparse.ArgumentParser:
     policy.add_argument("--allow-all", choices=("yes", "no"),
                         help="yes: every identifier is allowed (the demo default "
                         "organization's setting)")
+
+    est = group("est", "EST (RFC 7030) device enrollment: labels, one-time secrets, requests "
+                "awaiting approval")
+    est_label = est.add_parser("label", help="labels: /.well-known/est/LABEL/ maps to an "
+                               "organization, a profile and a policy",
+                               description="EST labels (RFC 7030 3.2.2)")
+    est_label.set_defaults(parser=est_label)
+    est_label_sub = est_label.add_subparsers(dest="label_command", metavar="SUBCOMMAND",
+                                             title="subcommands")
+    label_set = command(est_label_sub, "set", "create or replace a label", cmd_est_label_set)
+    label_set.add_argument("label", metavar="LABEL",
+                           help="the path segment (letters, digits, . _ -); \"\" for the "
+                           "unlabelled /.well-known/est/ paths")
+    label_set.add_argument("--org", required=True, metavar="SLUG",
+                           help="organization its certificates belong to")
+    label_set.add_argument("--profile", required=True, metavar="PROFILE",
+                           choices=[p.name for p in _PROFILES],
+                           help="certificate profile: " + ", ".join(p.name for p in _PROFILES))
+    label_set.add_argument("--accept", type=_accept, metavar="METHODS",
+                           default=frozenset(AuthMethod),
+                           help="authentication accepted: basic (one-time secret), "
+                           "certificate (TLS client certificate) or basic,certificate "
+                           "(default)")
+    label_set.add_argument("--require-both", action="store_true",
+                           help="a secret and a client certificate on every enrollment")
+    label_set.add_argument("--require-channel-binding", action="store_true",
+                           help="the CSR's challengePassword must hold the TLS 1.2 "
+                           "tls-unique value (RFC 7030 3.5); refuses TLS 1.3 clients")
+    label_set.add_argument("--require-approval", action="store_true",
+                           help="answer 202 until an operator runs `vcc-pki est pending "
+                           "approve`")
+    label_set.add_argument("--allow-subject-change", action="store_true",
+                           help="let simplereenroll change subject and subjectAltName")
+    label_set.add_argument("--key-type", default="ec-p256", choices=KEY_TYPES,
+                           metavar="TYPE", help="key type of csrattrs and serverkeygen: "
+                           + ", ".join(KEY_TYPES) + " (default ec-p256)")
+    command(est_label_sub, "list", "every label with its organization, profile and policy",
+            cmd_est_label_list)
+    est_secret = est.add_parser("secret", help="one-time enrollment secrets (HTTP Basic)",
+                                description="one-time enrollment secrets (HTTP Basic)")
+    est_secret.set_defaults(parser=est_secret)
+    est_secret_sub = est_secret.add_subparsers(dest="secret_command", metavar="SUBCOMMAND",
+                                               title="subcommands")
+    secret_create = command(est_secret_sub, "create", "a user and a password for one "
+                            "enrollment; stored hashed, shown once", cmd_est_secret_create)
+    secret_create.add_argument("--org", required=True, metavar="SLUG",
+                               help="organization the device enrolls in")
+    secret_create.add_argument("--label", metavar="LABEL",
+                               help="only this label (default: any label of the organization)")
+    secret_create.add_argument("--subject", metavar="DN",
+                               help="the CSR's subject must be exactly this (RFC 4514, e.g. "
+                               "CN=dev1.example)")
+    secret_create.add_argument("--expires", type=_duration, metavar="DURATION",
+                               help="lifetime, e.g. 90m, 24h, 7d (default 24h, at most 90d)")
+    est_pending = est.add_parser("pending", help="requests waiting for approval",
+                                 description="requests waiting for approval")
+    est_pending.set_defaults(parser=est_pending)
+    est_pending_sub = est_pending.add_subparsers(dest="pending_command", metavar="SUBCOMMAND",
+                                                 title="subcommands")
+    pending_list = command(est_pending_sub, "list", "requests waiting for approval, oldest "
+                           "first", cmd_est_pending_list)
+    pending_list.add_argument("--org", metavar="SLUG", help="only this organization's")
+    approve = command(est_pending_sub, "approve", "issue the certificate; the client gets it "
+                      "on its next identical request", cmd_est_pending_approve)
+    approve.add_argument("request_id", metavar="ID", help="as `est pending list` shows it")
+    reject = command(est_pending_sub, "reject", "refuse the request; the client's retries "
+                     "get 403", cmd_est_pending_reject)
+    reject.add_argument("request_id", metavar="ID", help="as `est pending list` shows it")
 
     crl = group("crl", "certificate revocation lists")
     crl_publish = command(crl, "publish", "make and store every CRL now (the gateway also "

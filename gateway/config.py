@@ -153,25 +153,6 @@ class Config:
                                   tlsalpn01_port=self.acme_tlsalpn01_port,
                                   dns_resolver=self.acme_dns_resolver or None)
 
-    def est_trust_anchors(self) -> tuple[x509.Certificate, ...]:
-        """The certificates of ``VCC_PKI_EST_TRUST_STORE`` (none when unset)."""
-        if not self.est_trust_store:
-            return ()
-        try:
-            return tuple(x509.load_pem_x509_certificates(
-                Path(self.est_trust_store).read_bytes()))
-        except OSError as exc:
-            raise ConfigError(f"VCC_PKI_EST_TRUST_STORE: {exc.strerror}: "
-                              f"{self.est_trust_store}") from None
-        except ValueError:
-            raise ConfigError(f"VCC_PKI_EST_TRUST_STORE: {self.est_trust_store} holds no "
-                              "PEM certificate") from None
-
-    def est_settings(self) -> EstSettings:
-        return EstSettings(trust_store=self.est_trust_anchors(),
-                           trusted_proxies=self.est_trusted_proxies,
-                           max_body_bytes=self.est_max_body_bytes)
-
     def tsa_settings(self) -> TsaSettings:
         try:
             return TsaSettings(
@@ -186,6 +167,25 @@ class Config:
             )
         except ValueError as exc:
             raise ConfigError(f"TSA settings: {exc}") from exc
+
+
+    def est_settings(self) -> EstSettings:
+        """EST settings; the trust store file (VCC_PKI_EST_TRUST_STORE) is read here, so a
+        missing or damaged one stops the start with a one-line reason."""
+        trusted: tuple[x509.Certificate, ...] = ()
+        if self.est_trust_store:
+            try:
+                pem = Path(self.est_trust_store).read_bytes()
+            except OSError as exc:
+                raise ConfigError(f"VCC_PKI_EST_TRUST_STORE {self.est_trust_store}: "
+                                  f"{exc.strerror}") from None
+            try:
+                trusted = tuple(x509.load_pem_x509_certificates(pem))
+            except ValueError:
+                raise ConfigError(f"VCC_PKI_EST_TRUST_STORE {self.est_trust_store} holds no "
+                                  "PEM certificates") from None
+        return EstSettings(trust_store=trusted, trusted_proxies=self.est_trusted_proxies,
+                           max_body_bytes=self.est_max_body_bytes)
 
 
 def _host(bind: str) -> str:

@@ -16,6 +16,7 @@ from ca_core.acme import AcmeService
 from ca_core.acme_state import AcmeState
 from ca_core.authority import Authority
 from ca_core.crl import CrlPublisher, CrlSettings
+from ca_core.est import EstService
 from ca_core.ocsp import OcspResponder, OcspSettings
 from ca_core.response_cache import ResponseCache
 from ca_core.signers.base import KeyBackend, KeyBackendError
@@ -137,6 +138,7 @@ class Services:
     ocsp: OcspResponder
     crls: CrlPublisher
     acme: AcmeService
+    est: EstService
 
 
 @asynccontextmanager
@@ -163,9 +165,10 @@ async def open_services(config: Config, create: bool = False) -> AsyncIterator[S
             acme = AcmeService(authority, acme_state,
                                Validator(config.acme_validation_settings()),
                                config.acme_settings())
+            est = EstService(authority, store, config.est_settings())
             try:
                 yield Services(config, store, keys, authority, cache, ocsp,
-                               CrlPublisher(authority, crl_settings(config)), acme)
+                               CrlPublisher(authority, crl_settings(config)), acme, est)
             finally:
                 await acme.aclose()
                 await acme_state.close()

@@ -20,7 +20,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ca_core.errors import CAError
-from ca_core.est import EstService, EstSettings
 from ca_core.metrics import ACTIVE_CERTIFICATES
 from ca_core.tsa import ensure_tsa
 from gateway.app import build_est_app, build_http_app, build_https_app
@@ -28,7 +27,6 @@ from gateway.config import Config, ConfigError
 from gateway.runtime import Services, open_services
 from gateway.status_jobs import run_status_jobs
 from gateway.tls import ensure_server_certificate, export_ca_files
-from protocols.est.http import EstRegistrar
 
 log = logging.getLogger("vcc_pki.server")
 
@@ -86,11 +84,6 @@ def _is_ca(certificate: x509.Certificate) -> bool:
         return certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     except x509.ExtensionNotFound:
         return False
-
-
-def _est_registrar(services: Services, settings: EstSettings) -> EstRegistrar:
-    # interim, until the core's service joins Services (services.est)
-    return EstService(services.authority, settings=settings)
 
 
 def _listener_url(scheme: str, bind: str, port: int) -> str:
@@ -186,10 +179,9 @@ async def run_server(config: Config, ready: asyncio.Event | None = None) -> None
                                     shutdown_timeout=10)
         https_runner = web.AppRunner(build_https_app(services), access_log=None,
                                      shutdown_timeout=10)
-        est_settings = config.est_settings()
-        est_runner = web.AppRunner(
-            build_est_app(services, _est_registrar(services, est_settings), est_settings),
-            access_log=None, shutdown_timeout=10)
+        est_settings = services.est.settings
+        est_runner = web.AppRunner(build_est_app(services, services.est, est_settings),
+                                   access_log=None, shutdown_timeout=10)
         runners = [http_runner, https_runner, est_runner]
         for runner in runners:
             await runner.setup()
