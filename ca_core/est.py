@@ -11,10 +11,22 @@ and to 401 with ``WWW-Authenticate: Basic`` for ``Unauthorized``)::
 
     Unauthorized   no credential, an unknown/used/expired secret, an untrusted, revoked or
                    expired client certificate, a method the label does not accept
-    NotFound       an unknown label
-    BadRequest     a CSR that does not parse or verify, a re-enroll whose subject or SAN
-                   differs when the label does not allow it, a missing channel binding
-    Forbidden      a credential of another organization than the label's
+    NotFound       an unknown label (or pending request)
+    BadRequest     a CSR that does not parse or verify (BadCSR...), breaks the profile
+                   (PolicyViolation...) or a secret's subject pin, a re-enroll whose
+                   subject or SAN differs when the label does not allow it, a missing or
+                   wrong channel binding (and binding required on TLS 1.3), a key
+                   encryption request that cannot be met
+    Forbidden      a credential of another organization (or label) than the label's, a
+                   request an operator rejected, serverkeygen on a label with approval
+    Conflict       (operators) a pending request decided already
+    Unavailable    the store or key backend failed; a secret is then left unused
+
+Channel binding is checked whenever the session has a tls-unique value and the CSR carries
+a challengePassword, and required on labels that say so. A queued request's retry is not
+checked again (its new TLS session has a new tls-unique; the binding was checked when it
+was queued). ``reenroll`` is authenticated by a certificate issued here only (not Basic,
+not the label's ``accept``).
 """
 
 from __future__ import annotations
