@@ -416,3 +416,66 @@ async def test_header_certificate_from_trusted_proxy(aiohttp_client: ClientFacto
         **PKCS10, "X-SSL-Client-Cert": "garbage"})
     await _refused(response, 400)
     assert len(registrar.calls) == 2
+
+
+# ------------------------------------------------- through the real registrar (ca_core.est)
+
+@pytest.fixture
+async def real(aiohttp_client: ClientFactory, services: Any) -> TestClient[Any, Any]:
+    from gateway.app import build_est_app
+
+    result: TestClient[Any, Any] = await aiohttp_client(
+        build_est_app(services, services.est, services.est.settings))
+    return result
+
+
+async def _secret(services: Any, **kwargs: Any) -> str:
+    from ca_core.principal import Principal
+
+    created = await services.est.create_secret("default", kwargs.get("label", ""),
+                                               kwargs.get("subject"), None,
+                                               Principal.system("test"))
+    return encode_basic_auth(created.user, created.password)
+
+
+async def test_real_cacerts_and_csrattrs(real: TestClient[Any, Any], services: Any) -> None:
+    response = await real.get(f"{EST}/cacerts")
+    assert response.status == 200
+    ours = {ca.certificate.public_bytes(serialization.Encoding.DER)
+            for ca in services.authority.loaded_cas()}
+    assert set(_certs_in(await response.read())) <= ours
+    response = await real.get(f"{EST}/csrattrs")
+    assert response.status == 200 and response.content_type == "application/csrattrs"
+    response = await real.get(f"{EST}/nope/cacerts")
+    assert await _refused(response, 404) == "no EST label 'nope'\n"
+
+
+async def test_real_enroll_once_per_secret(real: TestClient[Any, Any], services: Any) -> None:
+    authorization = await _secret(services)
+    headers = {**PKCS10, "Authorization": authorization}
+    response = await real.post(f"{EST}/simpleenroll", data=CSR_B64, headers=headers)
+    assert response.status == 200
+    issued = x509.load_der_x509_certificate(_certs_in(await response.read())[0])
+    csr = x509.load_der_x509_csr(CSR_DER)
+    assert issued.public_key() == csr.public_key()
+    # the secret is spent: the same request is a 401 with the Basic challenge
+    response = await real.post(f"{EST}/simpleenroll", data=CSR_B64, headers=headers)
+    assert (await _refused(response, 401)).startswith("the enrollment secret")
+    assert response.headers["WWW-Authenticate"] == 'Basic realm="vcc-pki EST"'
+    # no credentials at all
+    response = await real.post(f"{EST}/simpleenroll", data=CSR_B64, headers=PKCS10)
+    await _refused(response, 401)
+
+
+async def test_real_serverkeygen_key_matches_certificate(real: TestClient[Any, Any],
+                                                         services: Any) -> None:
+    response = await real.post(f"{EST}/serverkeygen", data=CSR_B64, headers={
+        **PKCS10, "Authorization": await _secret(services)})
+    assert response.status == 200
+    key_part, cert_part = _multipart(await response.read(), response.headers["Content-Type"])
+    assert key_part["Content-Type"] == "application/pkcs8"
+    key = serialization.load_der_private_key(base64.b64decode(key_part.get_payload()), None)
+    certificate = x509.load_der_x509_certificate(
+        _certs_in(cert_part.get_payload().encode())[0])
+    assert certificate.public_key() == key.public_key()
+    assert certificate.public_key() != x509.load_der_x509_csr(CSR_DER).public_key()
