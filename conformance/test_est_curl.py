@@ -53,3 +53,23 @@ def test_est_with_curl_and_openssl(tmp_path: Path) -> None:
     # the one pending request was approved and issued: none left waiting
     assert pending.strip().splitlines()[1:] == []
     assert_clean_log(tmp_path / "data")
+
+
+def test_every_worker_serves_est(tmp_path: Path) -> None:
+    """``VCC_PKI_WORKERS=2``: both processes bind the EST port (SO_REUSEPORT), like the
+    others. Request ids start with a prefix per process, so two prefixes are two workers."""
+    import ssl
+    import urllib.request
+
+    with running_gateway(tmp_path / "data", {"VCC_PKI_KEY_PASSPHRASE": "conformance",
+                                             "VCC_PKI_WORKERS": "2"}) as gateway:
+        context = ssl.create_default_context(cafile=str(tmp_path / "data" / "ca" / "root.pem"))
+        prefixes: set[str] = set()
+        for _ in range(400):  # the second worker starts after the first one listens
+            with urllib.request.urlopen(f"{gateway.est_url}/.well-known/est/cacerts",
+                                        context=context, timeout=10) as response:
+                assert response.status == 200
+                prefixes.add(response.headers["X-Request-ID"][:16])
+            if len(prefixes) == 2:
+                break
+    assert len(prefixes) == 2
