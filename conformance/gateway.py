@@ -43,6 +43,7 @@ class Gateway:
     data_dir: Path
     http_url: str
     https_url: str
+    est_url: str  # the EST listener (https://localhost:PORT), without /.well-known/est
     process: subprocess.Popen[bytes]
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -68,12 +69,13 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60)
 
 @contextmanager
 def running_gateway(data_dir: Path, extra_env: dict[str, str] | None = None) -> Iterator[Gateway]:
-    http_port, https_port = free_port(), free_port()
+    http_port, https_port, est_port = free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "VCC_PKI_DATA_DIR": str(data_dir),
         "VCC_PKI_HTTP_PORT": str(http_port),
         "VCC_PKI_HTTPS_PORT": str(https_port),
+        "VCC_PKI_EST_PORT": str(est_port),
         "PATH": f"{BIN.parent}{os.pathsep}{os.environ.get('PATH', '')}",
         **(extra_env or {}),
     }
@@ -83,7 +85,8 @@ def running_gateway(data_dir: Path, extra_env: dict[str, str] | None = None) -> 
     try:
         _wait_ready(f"http://127.0.0.1:{http_port}/ready", process)
         yield Gateway(env, data_dir, f"http://127.0.0.1:{http_port}",
-                      f"https://localhost:{https_port}", process)
+                      f"https://localhost:{https_port}", f"https://localhost:{est_port}",
+                      process)
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -100,6 +103,7 @@ def run_script(script: Path, gateway: Gateway, **extra_env: str) -> str:
     result = subprocess.run(
         ["bash", str(script)],
         env={**gateway.env, "HTTP_URL": gateway.http_url, "HTTPS_URL": gateway.https_url,
+             "EST_URL": gateway.est_url,
              "VCC_PKI_BIN": str(BIN), **extra_env},
         capture_output=True, text=True, timeout=300, check=False,
     )

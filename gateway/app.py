@@ -1,5 +1,6 @@
-"""aiohttp application factory: the HTTP app (OCSP, CRL, CA certificates, health, metrics)
-and the HTTPS app (REST API; ACME and EST join it), sharing one set of Services."""
+"""aiohttp application factory: the HTTP app (OCSP, CRL, CA certificates, health, metrics),
+the HTTPS app (REST API, ACME) and the EST app (its own listener, which requests client
+certificates), sharing one set of Services."""
 
 from __future__ import annotations
 
@@ -14,12 +15,14 @@ from aiohttp.typedefs import Middleware
 from prometheus_client import Counter, Histogram
 
 from ca_core.errors import CAError, Unavailable
+from ca_core.est import EstSettings
 from ca_core.tsa import TimeStampAuthority
 from gateway import health
 from gateway.keys import SERVICES
 from gateway.runtime import Services
 from protocols import certs, crl
 from protocols.acme import wfe as acme_wfe
+from protocols.est import http as est_http
 from protocols.ocsp import http as ocsp_http
 from protocols.rest import api as rest_api
 from protocols.rest.problems import problem, problem_from_error
@@ -53,6 +56,12 @@ def _route_name(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+def _internal_error(listener: str, request_id: str) -> web.Response:
+    if listener == "est":  # EST answers in plain text (RFC 7030 4.2.3), never problem+json
+        return web.Response(status=500, text=f"internal error (request {request_id})\n")
+    return problem(500, "internal", "internal error", request_id=request_id)
+
+
 def _middleware(listener: str) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -78,7 +87,7 @@ def _middleware(listener: str) -> Middleware:
         except Exception:
             log.exception("unhandled error in %s %s (request %s)", request.method,
                           request.path, request_id)
-            response = problem(500, "internal", "internal error", request_id=request_id)
+            response = _internal_error(listener, request_id)
         response.headers["X-Request-ID"] = request_id
         _observe(listener, request, response.status, started)
         return response
@@ -128,4 +137,15 @@ def build_https_app(services: Services) -> web.Application:
     rest_api.add_routes(app)
     certs.add_routes(app, services.authority)
     acme_wfe.add_routes(app, services.acme, services.config.effective_public_https_url)
+    return app
+
+
+def build_est_app(services: Services, registrar: est_http.EstRegistrar,
+                  settings: EstSettings) -> web.Application:
+    """The EST listener's app (RFC 7030): only ``/.well-known/est/``, on a port of its own so
+    that only EST clients are asked for a certificate."""
+    app = web.Application(middlewares=[_middleware("est")],
+                          client_max_size=settings.max_body_bytes)
+    app[SERVICES] = services
+    est_http.add_routes(app, registrar, settings)
     return app

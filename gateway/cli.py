@@ -431,6 +431,8 @@ subcommands of a group."""
 _SERVE_SETTINGS: tuple[tuple[str, str, str | None], ...] = (
     ("http_port", "HTTP listener: CA certificates, OCSP, CRLs, TSA, /metrics", None),
     ("https_port", "HTTPS listener: REST API, ACME", None),
+    ("est_port", "HTTPS listener for EST (RFC 7030), the only one asking for client "
+     "certificates", None),
     ("bind", "listen address (0.0.0.0: every IPv4 interface)", None),
     ("public_http_url", "base of the OCSP, CA-issuer and CRL URLs put into certificates",
      "http://<bind>:<http_port>"),

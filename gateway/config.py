@@ -20,6 +20,7 @@ from ca_core.authority import CASettings
 from ca_core.est import EstSettings
 from ca_core.keys import KeySpec
 from ca_core.tsa import DEFAULT_POLICY_OID, TsaSettings
+from protocols.est.codec import parse_networks
 from va.validator import ValidationSettings
 
 
@@ -96,9 +97,11 @@ class Config:
     acme_orders_per_account_per_hour: int = 300
     acme_orders_per_org_per_hour: int = 3000
     acme_accounts_per_org_per_hour: int = 300
-    est_port: int = 8444  # the EST listener (RFC 7030): requests a client certificate
-    est_trust_store: str = ""  # PEM file of manufacturer/bootstrap CAs trusted for EST
-    est_trusted_proxies: tuple[str, ...] = ()  # addresses whose client-certificate header counts
+    # EST (RFC 7030, RFC 8951); [est] in TOML
+    est_port: int = 8444  # the EST listener (requests, never requires, a client certificate)
+    est_trust_store: str = ""  # PEM file: manufacturer/bootstrap CAs whose devices may enroll
+    est_trusted_proxies: tuple[str, ...] = ()  # addresses/networks whose cert header counts
+    est_max_body_bytes: int = 64 * 1024
     extra: Mapping[str, Any] = field(default_factory=dict)  # sections later features read
 
     @property
@@ -186,7 +189,8 @@ class Config:
             except ValueError:
                 raise ConfigError(f"VCC_PKI_EST_TRUST_STORE {self.est_trust_store} holds no "
                                   "PEM certificates") from None
-        return EstSettings(trust_store=trusted, trusted_proxies=self.est_trusted_proxies)
+        return EstSettings(trust_store=trusted, trusted_proxies=self.est_trusted_proxies,
+                           max_body_bytes=self.est_max_body_bytes)
 
 
 def _host(bind: str) -> str:
@@ -209,7 +213,7 @@ _INT_FIELDS |= {"acme_http01_port", "acme_tlsalpn01_port", "acme_validation_atte
                 "acme_orders_per_account_per_hour", "acme_orders_per_org_per_hour",
                 "acme_accounts_per_org_per_hour"}
 _BOOL_FIELDS.add("acme_eab_required")
-_INT_FIELDS.add("est_port")
+_INT_FIELDS |= {"est_port", "est_max_body_bytes"}
 _TUPLE_FIELDS.add("est_trusted_proxies")
 
 
@@ -242,7 +246,7 @@ def _flatten(document: Mapping[str, Any]) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in document.items():
         if isinstance(value, Mapping) and key in ("pkcs11", "ca", "server", "keys", "database",
-                                                  "ocsp", "crl", "tsa", "acme"):
+                                                  "ocsp", "crl", "tsa", "acme", "est"):
             for inner, inner_value in value.items():
                 prefix = {"ca": "", "server": "", "database": "", "keys": "key_"}.get(
                     key, f"{key}_")
@@ -297,4 +301,10 @@ def load_config(environ: Mapping[str, str] | None = None, path: str | None = Non
             raise ConfigError(f"VCC_PKI_{name.upper()} must be 1024..65536")
     if not 16 <= config.http_max_headers <= 1024:
         raise ConfigError("VCC_PKI_HTTP_MAX_HEADERS must be 16..1024")
+    if not 1024 <= config.est_max_body_bytes <= config.max_body_bytes:
+        raise ConfigError("VCC_PKI_EST_MAX_BODY_BYTES must be 1024..VCC_PKI_MAX_BODY_BYTES")
+    try:
+        parse_networks(config.est_trusted_proxies)
+    except ValueError as exc:
+        raise ConfigError(f"VCC_PKI_EST_TRUSTED_PROXIES: {exc}") from None
     return config

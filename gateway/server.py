@@ -1,4 +1,5 @@
-"""``vcc-pki serve``: both listeners, background jobs, graceful shutdown on SIGTERM."""
+"""``vcc-pki serve``: the HTTP, HTTPS and EST listeners, background jobs, graceful shutdown on
+SIGTERM."""
 
 from __future__ import annotations
 
@@ -11,16 +12,19 @@ import signal
 import ssl
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from ca_core.errors import CAError
 from ca_core.metrics import ACTIVE_CERTIFICATES
 from ca_core.tsa import ensure_tsa
-from gateway.app import build_http_app, build_https_app
+from gateway.app import build_est_app, build_http_app, build_https_app
 from gateway.config import Config, ConfigError
 from gateway.runtime import Services, open_services
 from gateway.status_jobs import run_status_jobs
@@ -89,6 +93,31 @@ def _ssl_context(services: Services) -> ssl.SSLContext:
     return context
 
 
+async def est_ssl_context(services: Services,
+                          trust_store: Sequence[x509.Certificate] = ()) -> ssl.SSLContext:
+    """The EST listener's TLS (RFC 7030 3.3): TLS 1.2 and 1.3, the same server certificate,
+    and a client certificate *requested* (CERT_OPTIONAL), never required. OpenSSL verifies
+    a presented certificate against this PKI's CAs (re-enrollment) and the EST trust store
+    (manufacturer and bootstrap CAs) and ends the handshake on one that does not chain (an
+    "unknown ca" or "certificate expired" alert); the core re-checks revocation and expiry.
+    The 8443 listener's context never asks for a certificate."""
+    context = _ssl_context(services)
+    anchors = [x509.load_der_x509_certificate(r.certificate_der)
+               for r in await services.store.list_cas()]
+    anchors = [c for c in anchors if _is_ca(c)] + list(trust_store)
+    context.load_verify_locations(
+        cadata="".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in anchors))
+    context.verify_mode = ssl.CERT_OPTIONAL
+    return context
+
+
+def _is_ca(certificate: x509.Certificate) -> bool:
+    try:
+        return certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
+
+
 def _listener_url(scheme: str, bind: str, port: int) -> str:
     return f"{scheme}://{f'[{bind}]' if ':' in bind else bind}:{port}"
 
@@ -100,6 +129,7 @@ def banner(config: Config, root_path: Path | None, database: str, key_backend: s
     certificates and the ACME directory name, and which clients must use."""
     http = _listener_url("http", config.bind, config.http_port)
     https = _listener_url("https", config.bind, config.https_port)
+    est = _listener_url("https", config.bind, config.est_port)
     public_http = config.effective_public_http_url
     public_https = config.effective_public_https_url
     return [
@@ -110,6 +140,8 @@ def banner(config: Config, root_path: Path | None, database: str, key_backend: s
         f"health {https}/api/v1/health",
         f"  ACME   {public_https}/acme/directory (RFC 8555; another organization's: "
         "/acme/<org>/directory)",
+        f"  EST    {est}/.well-known/est/ (RFC 7030; labels: /.well-known/est/<label>/; "
+        "client certificates are requested on this port only)",
         f"  OCSP   {public_http}/ocsp   CRLs {public_http}/crl/<ca>.crl (and .pem)",
         f"  TSA    {public_http}/tsa (RFC 3161; openssl ts)   chain {public_http}/tsa/chain.pem",
         f"  Root certificate: {root_path}",
@@ -177,19 +209,26 @@ async def run_server(config: Config, ready: asyncio.Event | None = None) -> None
 
         http_runner = web.AppRunner(build_http_app(services), **runner_options(config))
         https_runner = web.AppRunner(build_https_app(services), **runner_options(config))
-        await http_runner.setup()
-        await https_runner.setup()
+        est_settings = services.est.settings
+        est_runner = web.AppRunner(build_est_app(services, services.est, est_settings),
+                                   **runner_options(config))
+        runners = [http_runner, https_runner, est_runner]
+        for runner in runners:
+            await runner.setup()
         reuse_port = config.workers > 1 or is_child
         try:
             await _listen(http_runner, config, config.http_port, "VCC_PKI_HTTP_PORT", None,
                           reuse_port)
             await _listen(https_runner, config, config.https_port, "VCC_PKI_HTTPS_PORT",
                           _ssl_context(services), reuse_port)
+            await _listen(est_runner, config, config.est_port, "VCC_PKI_EST_PORT",
+                          await est_ssl_context(services, est_settings.trust_store),
+                          reuse_port)
         except BaseException:
-            await https_runner.cleanup()
-            await http_runner.cleanup()
+            for runner in reversed(runners):
+                await runner.cleanup()
             raise
-        # The other processes start once this one holds both ports (SO_REUSEPORT lets them
+        # The other processes start once this one holds its ports (SO_REUSEPORT lets them
         # bind too), so that a port in use stops one process, not a family of them.
         workers = _start_workers(config.workers - 1) if not is_child else []
         # The gauge and the OCSP/CRL jobs run (and are cancelled) together.
@@ -199,20 +238,19 @@ async def run_server(config: Config, ready: asyncio.Event | None = None) -> None
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         if is_child:
-            await _serve_until(stop, http_runner, https_runner, gauge_task, [])
+            await _serve_until(stop, runners, gauge_task, [])
             return
 
         for line in banner(config, root_path, services.store.backend, services.keys.name):
             print(line, flush=True)
         if ready is not None:
             ready.set()
-        await _serve_until(stop, http_runner, https_runner, gauge_task, workers)
+        await _serve_until(stop, runners, gauge_task, workers)
 
 
 async def _serve_until(
     stop: asyncio.Event,
-    http_runner: web.AppRunner,
-    https_runner: web.AppRunner,
+    runners: list[web.AppRunner],
     gauge_task: asyncio.Task[None],
     workers: list[subprocess.Popen[bytes]],
 ) -> None:
@@ -228,6 +266,6 @@ async def _serve_until(
             await gauge_task
         stopping = asyncio.create_task(asyncio.to_thread(_stop_workers, workers))
         # Stop accepting, let in-flight requests finish (shutdown_timeout), then close.
-        await https_runner.cleanup()
-        await http_runner.cleanup()
+        for runner in reversed(runners):
+            await runner.cleanup()
         await stopping

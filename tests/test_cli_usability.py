@@ -118,7 +118,8 @@ def test_banner_names_every_service() -> None:
     for url in ("http://127.0.0.1:8080/ocsp", "http://127.0.0.1:8080/crl/<ca>.crl",
                 "http://127.0.0.1:8080/tsa", "http://127.0.0.1:8080/ca/root.pem",
                 "https://127.0.0.1:8443/acme/directory",
-                "https://127.0.0.1:8443/api/v1/certificates"):
+                "https://127.0.0.1:8443/api/v1/certificates",
+                "https://127.0.0.1:8444/.well-known/est/"):
         assert url in lines, url
     # clients must use the public URLs (the ACME directory's own), the listener is where
     # the process binds
@@ -145,15 +146,19 @@ def _listening() -> socket.socket:
     return taken
 
 
-@pytest.mark.parametrize("busy", ["VCC_PKI_HTTP_PORT", "VCC_PKI_HTTPS_PORT"])
+@pytest.mark.parametrize("busy", ["VCC_PKI_HTTP_PORT", "VCC_PKI_HTTPS_PORT",
+                                  "VCC_PKI_EST_PORT"])
 def test_a_port_in_use_names_its_setting(env: Path, busy: str, monkeypatch: pytest.MonkeyPatch,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["init"]) == 0
-    with _listening() as taken, _listening() as other:
-        free = other.getsockname()[1]
-        other.close()  # free again: serve binds it, and must let it go when the other fails
+    with _listening() as taken, _listening() as other, _listening() as third:
+        free, free2 = other.getsockname()[1], third.getsockname()[1]
+        other.close()  # free again: serve binds them, and must let them go when one fails
+        third.close()
         port = taken.getsockname()[1]
-        ports = {"VCC_PKI_HTTP_PORT": free, "VCC_PKI_HTTPS_PORT": free, busy: port}
+        others = [n for n in ("VCC_PKI_HTTP_PORT", "VCC_PKI_HTTPS_PORT", "VCC_PKI_EST_PORT")
+                  if n != busy]
+        ports = {others[0]: free, others[1]: free2, busy: port}
         for name, value in ports.items():
             monkeypatch.setenv(name, str(value))
         capsys.readouterr()
@@ -161,8 +166,9 @@ def test_a_port_in_use_names_its_setting(env: Path, busy: str, monkeypatch: pyte
         err = capsys.readouterr().err
         assert err.startswith(f"error: port {port} is in use on 127.0.0.1") and busy in err, err
         assert len(err.strip().splitlines()) == 1
-        with socket.socket() as again:  # the listener that did start was closed
-            again.bind(("127.0.0.1", free))
+        for value in {free, free2}:  # the listeners that did start were closed
+            with socket.socket() as again:
+                again.bind(("127.0.0.1", value))
 
 
 @pytest.mark.parametrize("argv", [
