@@ -16,7 +16,9 @@ CA certificate lists (RFC 7030 4.1.3, 4.4.2) and code signatures are CMS. This m
   key transport (6.2.1; recipient by issuerAndSerialNumber), the content-encryption key
   wrapped with RSAES-PKCS1-v1_5 (RFC 3370 4.2.1) or RSAES-OAEP (RFC 3560 3), the content
   with AES-CBC (RFC 3565 4.1) and PKCS #7 padding (RFC 5652 6.3). ``decrypt_enveloped``
-  reads the same and DES-EDE3-CBC (RFC 3370 5.1, still sent by old SCEP clients), the RSA
+  reads the same and DES-EDE3-CBC (RFC 3370 5.1, still sent by old SCEP clients), and
+  ``open_enveloped`` also says which key transport and cipher it used (a SCEP reply is
+  encrypted in kind: ``encrypt_enveloped`` writes DES-EDE3-CBC for that alone), the RSA
   step through ``Signer.decrypt`` (in the token for an HSM key).
 
 Algorithms of the signatures made here follow the key: ECDSA with SHA-256/384 (RFC 5753 7,
@@ -108,7 +110,7 @@ class BadSignature(CmsError):
 # ---------------------------------------------------------------------------- attributes
 
 SignerIdKind = Literal["issuer_and_serial_number", "subject_key_identifier"]
-ContentCipher = Literal["aes128_cbc", "aes192_cbc", "aes256_cbc"]
+ContentCipher = Literal["aes128_cbc", "aes192_cbc", "aes256_cbc", "tripledes_3key"]
 
 # Set by SignedDataSigner itself (RFC 5652 11: one instance each).
 _RESERVED_ATTRIBUTES = frozenset({
@@ -476,6 +478,13 @@ def _parse_signed(data: bytes, detached_content: bytes | None
     return content_type, content, certificates, parsed
 
 
+def unverified_signed_attributes(data: bytes) -> Mapping[str, tuple[Any, ...]]:
+    """The signed attributes of a SignedData with one SignerInfo, NOT verified: only to
+    address a reply to a message whose signature failed (SCEP's FAILURE badMessageCheck,
+    RFC 8894 3.3.2.2). CmsError when the structure cannot be read."""
+    return _parse_signed(data, b"")[3].signed_attrs
+
+
 def _matches(certificate: x509.Certificate, issuer: Any, serial: int | None,
              key_id: bytes | None) -> bool:
     if key_id is not None:
@@ -565,7 +574,7 @@ _CIPHERS: dict[str, tuple[int, int]] = {  # name: (key octets, block octets)
     "aes128_cbc": (16, 16),
     "aes192_cbc": (24, 16),
     "aes256_cbc": (32, 16),
-    "tripledes_3key": (24, 8),  # DES-EDE3-CBC: decryption only
+    "tripledes_3key": (24, 8),  # DES-EDE3-CBC: old SCEP clients, answered in kind
 }
 
 
@@ -598,13 +607,14 @@ def encrypt_enveloped(
     content_type: str = "data",
 ) -> bytes:
     """EnvelopedData (DER ContentInfo, RFC 5652 6) of ``content`` for RSA ``recipients``:
-    a fresh content-encryption key and IV, the content AES-CBC encrypted with PKCS #7
+    a fresh content-encryption key and IV, the content AES-CBC (or, to answer an old SCEP
+    client in its own cipher, DES-EDE3-CBC) encrypted with PKCS #7
     padding, the key RSA-encrypted for each recipient (``"pkcs1v15"`` or ``RsaOaep(...)``),
     recipients named by issuerAndSerialNumber. UnsupportedAlgorithm for a non-RSA
     recipient (a key-transport recipient needs an RSA key)."""
     if not recipients:
         raise ValueError("EnvelopedData needs at least one recipient")
-    if cipher not in ("aes128_cbc", "aes192_cbc", "aes256_cbc"):
+    if cipher not in ("aes128_cbc", "aes192_cbc", "aes256_cbc", "tripledes_3key"):
         raise ValueError(f"unknown content cipher {cipher!r}")
     key_size, block = _CIPHERS[cipher]
     key, iv = os.urandom(key_size), os.urandom(block)
@@ -721,8 +731,24 @@ def _parse_enveloped(data: bytes, certificate: x509.Certificate) -> _Envelope:
         raise CmsError("malformed EnvelopedData") from exc
 
 
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A decrypted EnvelopedData and how it was protected (to answer in kind)."""
+
+    content: bytes
+    key_transport: RsaPadding
+    cipher: str  # asn1crypto's name: aes128_cbc, aes192_cbc, aes256_cbc, tripledes_3key
+
+
 async def decrypt_enveloped(data: bytes, signer: Signer, certificate: x509.Certificate
                             ) -> bytes:
+    """The content of an EnvelopedData encrypted for ``certificate`` (see
+    ``open_enveloped``)."""
+    return (await open_enveloped(data, signer, certificate)).content
+
+
+async def open_enveloped(data: bytes, signer: Signer, certificate: x509.Certificate
+                         ) -> Opened:
     """The content of an EnvelopedData (DER or BER ContentInfo) encrypted for
     ``certificate``, whose RSA key ``signer`` holds (RFC 5652 6.2.1 key transport).
 
@@ -757,4 +783,4 @@ async def decrypt_enveloped(data: bytes, signer: Signer, certificate: x509.Certi
             content = None
     if not key_ok or content is None:
         raise DecryptFailed("the message does not decrypt with this recipient's key")
-    return content
+    return Opened(content, envelope.key_transport, envelope.cipher)
