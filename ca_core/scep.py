@@ -152,6 +152,9 @@ class ScepSettings:
     ra_validity_days: int = 365
     default_challenge_lifetime: dt.timedelta = dt.timedelta(hours=1)
     max_challenge_lifetime: dt.timedelta = dt.timedelta(days=30)
+    # Read requests encrypted with single DES (micromdm's scepclient 2.1 sends nothing
+    # else, whatever GetCACaps says). Never offered, never used in a reply.
+    accept_single_des: bool = False
 
 
 CAPABILITIES = ("POSTPKIOperation", "SHA-256", "SHA-512", "AES", "SCEPStandard", "Renewal")
@@ -416,7 +419,8 @@ class ScepService:
 
     async def _open(self, ra: _Ra, content: bytes) -> Opened:
         try:
-            return await open_enveloped(content, ra.signer, ra.certificate)
+            return await open_enveloped(content, ra.signer, ra.certificate,
+                                        allow_des=self.settings.accept_single_des)
         except UnsupportedAlgorithm as exc:
             raise ScepFailure(FailInfo.BAD_ALG, str(exc)) from None
         except (NoRecipient, DecryptFailed, CmsError) as exc:

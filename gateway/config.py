@@ -19,6 +19,7 @@ from ca_core.acme import AcmeSettings
 from ca_core.authority import CASettings
 from ca_core.est import EstSettings
 from ca_core.keys import KeySpec
+from ca_core.scep import ScepSettings
 from ca_core.tsa import DEFAULT_POLICY_OID, TsaSettings
 from va.validator import ValidationSettings
 
@@ -99,6 +100,12 @@ class Config:
     est_port: int = 8444  # the EST listener (RFC 7030): requests a client certificate
     est_trust_store: str = ""  # PEM file of manufacturer/bootstrap CAs trusted for EST
     est_trusted_proxies: tuple[str, ...] = ()  # addresses whose client-certificate header counts
+    # SCEP (RFC 8894): the static challengePassword of the default organization and SCEP
+    # profile at /scep ("": none; one-time challenges come from `vcc-pki scep challenge`)
+    scep_challenge: str = ""
+    # accept SCEP requests encrypted with single DES (legacy clients such as micromdm's
+    # scepclient 2.1); replies are AES-256 then, never single DES
+    scep_accept_single_des: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)  # sections later features read
 
     @property
@@ -188,6 +195,10 @@ class Config:
                                   "PEM certificates") from None
         return EstSettings(trust_store=trusted, trusted_proxies=self.est_trusted_proxies)
 
+    def scep_settings(self) -> ScepSettings:
+        return ScepSettings(static_challenge=self.scep_challenge,
+                            accept_single_des=self.scep_accept_single_des)
+
 
 def _host(bind: str) -> str:
     if bind in ("0.0.0.0", "::", ""):
@@ -209,6 +220,7 @@ _INT_FIELDS |= {"acme_http01_port", "acme_tlsalpn01_port", "acme_validation_atte
                 "acme_orders_per_account_per_hour", "acme_orders_per_org_per_hour",
                 "acme_accounts_per_org_per_hour"}
 _BOOL_FIELDS.add("acme_eab_required")
+_BOOL_FIELDS.add("scep_accept_single_des")
 _INT_FIELDS.add("est_port")
 _TUPLE_FIELDS.add("est_trusted_proxies")
 
