@@ -81,7 +81,7 @@ def _raw_query_value(query_string: str, name: str) -> str | None:
 
 
 def _message_from_query(request: web.Request) -> bytes:
-    raw = _raw_query_value(request.query_string, "message")
+    raw = _raw_query_value(request.rel_url.raw_query_string, "message")
     if raw is None:
         raise BadRequest("PKIOperation over GET needs the message parameter")
     text = "".join(raw.split())  # line breaks some encoders insert
@@ -108,7 +108,7 @@ class _TooLarge(Exception):
 
 
 async def scep(request: web.Request) -> web.Response:
-    operation = _raw_query_value(request.query_string, "operation") or ""
+    operation = _raw_query_value(request.rel_url.raw_query_string, "operation") or ""
     label = operation if operation in ("GetCACaps", "GetCACert", "PKIOperation") else "other"
     try:
         response = await _operate(request, operation)
