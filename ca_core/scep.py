@@ -16,7 +16,9 @@ the new certificate encrypted to the requester's certificate in the request's ci
     badAlg            an algorithm (digest, signature, key transport, cipher) not supported
     badMessageCheck   the signature does not verify, or the envelope does not decrypt with
                       the RA key (encrypted to another certificate, or damaged)
-    badRequest        not a PKCS#10 request, a wrong/used/expired challenge, a request the
+    badRequest        not a PKCS#10 request, a wrong/used/expired challenge (a RenewalReq
+                      signed by a live certificate of the endpoint's CA and organization
+                      needs none), a request the
                       profile refuses, a transactionID that is another key's, an operation
                       this server does not perform
     badCertId         (GetCert, GetCRL: not implemented yet)
@@ -26,9 +28,11 @@ are ``BadRequest``/``NotFound`` for the front-end to answer with a 4xx; a failin
 key backend is ``Unavailable``. Nothing is issued on any failure.
 
 Transactions: a transactionID is bound to the key that signed its first message. The same
-request (same transactionID, key and PKCS#10) sent again gets the certificate issued for
-it; the same transactionID from another key is refused (badRequest). A challenge is spent
-in the same store transaction as the certificate's INSERT.
+request (same transactionID, signer certificate and PKCS#10) sent again gets the
+certificate issued for it (a RenewalReq signed by that certificate is a new request); the
+same transactionID from another key is refused (badRequest). A challenge is spent in the
+same store transaction as the certificate's INSERT. RenewalReq (3.3.1.2) signed by a live
+certificate that the endpoint's CA issued to its organization needs no challenge.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from cryptography.x509.oid import AttributeOID
 from ca_core import scep_attributes as attrs
 from ca_core import x509build
 from ca_core.authority import (
+    BACKDATE,
     Authority,
     Clock,
     IssuanceRequest,
@@ -57,6 +62,7 @@ from ca_core.authority import (
     hash_secret,
     issuing_ca_name,
     parse_csr,
+    serial_hex,
 )
 from ca_core.cms import (
     BadSignature,
@@ -124,7 +130,7 @@ class ScepTransaction:
 
     transaction_id: str
     key_fingerprint: str  # SHA-256 of the signer's SubjectPublicKeyInfo
-    request_fingerprint: str  # SHA-256 of the PKCS#10 request
+    request_fingerprint: str  # SHA-256 of the PKCS#10 request and the signer certificate
     org_id: str
     status: str  # "success" (pending, failure: not recorded yet)
     cert_id: str | None = None
@@ -336,12 +342,22 @@ class ScepService:
         transaction = ScepTransaction(
             transaction_id=request.transaction_id,
             key_fingerprint=hashlib.sha256(requester_key).hexdigest(),
-            request_fingerprint=hashlib.sha256(opened.content).hexdigest(),
+            # The same request is the same PKCS#10 under the same signer certificate: a
+            # RenewalReq of the certificate this transaction got is a new request.
+            request_fingerprint=hashlib.sha256(
+                opened.content + signed.signer.public_bytes(serialization.Encoding.DER)
+            ).hexdigest(),
             org_id=endpoint.org_id, status="success")
         again = await self._answered(transaction)
         if again is not None:  # the same request sent again: the same certificate
             return await self._success(ra, request, signed.signer, opened, again)
-        consume, requester = await self._authenticate(endpoint, csr, request, signed)
+        renewing = None
+        if request.message_type == MessageType.RENEWAL_REQ:
+            renewing = await self._renewable(endpoint, signed.signer)
+        if renewing is not None:  # signed by a live certificate of ours: no challenge
+            consume, requester = None, f"certificate:{renewing.serial_hex}"
+        else:
+            consume, requester = await self._authenticate(endpoint, csr, request, signed)
         store = self.store
         principal = Principal("service", f"scep:{requester}", endpoint.org_id,
                               "service_account")
@@ -387,6 +403,25 @@ class ScepService:
         if record is None:
             return None
         return x509.load_der_x509_certificate(record.certificate_der)
+
+    async def _renewable(self, endpoint: Endpoint, signer: x509.Certificate
+                         ) -> CertificateRecord | None:
+        """RenewalReq (RFC 8894 3.3.1.2): the record of the signer certificate when this
+        endpoint's CA issued it (the stored DER is the presented one) to this organization
+        and it is neither revoked nor expired; None otherwise (a challenge is then needed,
+        as for PKCSReq)."""
+        ca = await self.authority.ca(endpoint.ca_name)
+        if signer.issuer != ca.certificate.subject:
+            return None
+        record = await self.authority.store.get_certificate(
+            ca.record.ca_id, serial_hex(signer.serial_number))
+        der = signer.public_bytes(serialization.Encoding.DER)
+        now = self.clock()
+        if record is None or record.certificate_der != der or \
+                record.org_id != endpoint.org_id or record.status == "revoked" or \
+                not record.not_before - BACKDATE <= now < record.not_after:
+            return None
+        return record
 
     async def _authenticate(self, endpoint: Endpoint, csr: x509.CertificateSigningRequest,
                             request: _Request, signed: SignedContent

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Enroll with a real SCEP client (RFC 8894): Debian's `scep` package (micromdm's
-# scepclient) against a running gateway, then verify the certificate with openssl.
+# Enroll and renew with a real SCEP client (RFC 8894): Debian's `scep` package (micromdm's
+# scepclient) against a running gateway, verifying the certificates with openssl.
 #
 #   VCC_PKI_SCEP_ACCEPT_SINGLE_DES=true vcc-pki serve &
 #   HTTP_URL=http://127.0.0.1:8080 conformance/scep_client.sh
@@ -40,11 +40,12 @@ ra_fp=$(openssl x509 -in "$ra" -outform DER | sha256sum | cut -d' ' -f1)
 curl -fsS "$HTTP_URL/ca/root.pem" -o root.pem
 openssl verify -CAfile root.pem -untrusted cacerts.pem "$ra" >/dev/null
 
-enroll() {  # enroll <name> <challenge>: scepclient's output; key.pem/cert.pem in ./<name>/
+enroll() {  # enroll <name> [challenge]: scepclient's output; key.pem/cert.pem in ./<name>/
   mkdir -p "$1"
   scepclient -server-url "$SCEP_URL" -private-key "$1/key.pem" -certificate "$1/cert.pem" \
-    -challenge "$2" -cn "$1" -ca-fingerprint "$ra_fp" 2>&1 || true
+    ${2:+-challenge "$2"} -cn "$1" -ca-fingerprint "$ra_fp" 2>&1 || true
 }
+der() { openssl x509 -in "$1" -outform DER | sha256sum; }
 
 step "enroll with a one-time challenge"
 challenge=$("$VCC_PKI" scep challenge create --org "$ORG" --expires 10m 2>/dev/null)
@@ -56,14 +57,6 @@ expect "CN = device-1" "$subject"
 openssl x509 -in device-1/cert.pem -noout -ext extendedKeyUsage | grep -q "Client Authentication" \
   || fail "no clientAuth"
 
-step "the same request again (same key, same transactionID): the same certificate"
-mv device-1/cert.pem device-1/first.pem
-rm -f device-1/csr.pem device-1/self.pem
-out=$(enroll device-1 "$challenge")
-expect "server returned a certificate" "$out"
-cmp <(openssl x509 -in device-1/first.pem -outform DER) \
-    <(openssl x509 -in device-1/cert.pem -outform DER) || fail "a second certificate was issued"
-
 step "the spent challenge with a new key: FAILURE badRequest, nothing issued"
 out=$(enroll device-2 "$challenge")
 expect "failInfo: badRequest" "$out"
@@ -73,6 +66,21 @@ step "a wrong challenge: FAILURE badRequest"
 out=$(enroll device-3 "not-the-challenge")
 expect "failInfo: badRequest" "$out"
 [ ! -s device-3/cert.pem ] || fail "a certificate was issued for a wrong challenge"
+
+step "renew: RenewalReq signed by the certificate, no challenge, a new certificate"
+cp device-1/cert.pem device-1/first.pem
+out=$(enroll device-1)
+expect "server returned a certificate" "$out"
+[ "$(der device-1/cert.pem)" != "$(der device-1/first.pem)" ] || fail "not renewed"
+openssl verify -CAfile root.pem -untrusted cacerts.pem device-1/cert.pem
+cp device-1/cert.pem device-1/renewed.pem
+
+step "the same renewal again (same signer, key and transactionID): the same certificate"
+cp device-1/first.pem device-1/cert.pem
+out=$(enroll device-1)
+expect "server returned a certificate" "$out"
+[ "$(der device-1/cert.pem)" = "$(der device-1/renewed.pem)" ] \
+  || fail "a second certificate was issued for the same request"
 
 if [ -n "${STATIC_CHALLENGE:-}" ]; then
   step "the static challenge (VCC_PKI_SCEP_CHALLENGE), twice"

@@ -1,6 +1,6 @@
 """SCEP (RFC 8894) with a real client, Debian's `scep` package (micromdm's scepclient),
 against `vcc-pki serve`: GetCACaps, GetCACert, enrollment with a one-time challenge and
-the static one, the same request again, spent and wrong challenges
+the static one, spent and wrong challenges, renewal and the same renewal again
 (conformance/scep_client.sh); with software keys on SQLite and PostgreSQL, and with the
 RA key in SoftHSM2."""
 
@@ -38,7 +38,7 @@ def _enroll(data_dir: Path, env: dict[str, str]) -> None:
     with running_gateway(data_dir, {**env, **SCEP_ENV}) as gateway:
         output = run_script(SCRIPT, gateway, STATIC_CHALLENGE=STATIC)
         assert "device-1/cert.pem: OK" in output  # openssl verified it against the root
-        assert output.count("== ") == 7
+        assert output.count("== ") == 8
     assert_clean_log(data_dir)
 
 

@@ -422,3 +422,27 @@ async def test_other_profile_path_uses_its_challenge(world: World) -> None:
     response = await post(world, await pki_message(
         other, world.ra, csr_for(other, STATIC, dns="dev2.example")), "/scep/default/vcc_service")
     assert (await read_reply(world, other, await response.read())).fail_info == "2"
+
+
+async def test_renewal_signed_by_a_live_certificate_needs_no_challenge(world: World) -> None:
+    who = requester()
+    first = await enroll(world, who, await pki_message(who, world.ra, csr_for(who, STATIC)))
+    assert first.status == "0" and first.certificate is not None
+    holder = Requester(who.key, first.certificate)  # the issued certificate signs now
+    renewal = await pki_message(holder, world.ra, csr_for(holder, None), message_type="17")
+    renewed = await enroll(world, holder, renewal)
+    assert renewed.status == "0" and renewed.certificate is not None
+    assert renewed.certificate.serial_number != first.certificate.serial_number
+    assert await issued(world) == 2
+    # a self-signed certificate is no credential, nor a revoked one of ours
+    stranger = requester()
+    reply = await enroll(world, stranger, await pki_message(
+        stranger, world.ra, csr_for(stranger, None), message_type="17"))
+    assert (reply.status, reply.fail_info) == ("2", "2")
+    await world.services.authority.revoke(
+        format(renewed.certificate.serial_number, "x"), "key_compromise", _ADMIN)
+    revoked = Requester(who.key, renewed.certificate)
+    reply = await enroll(world, revoked, await pki_message(
+        revoked, world.ra, csr_for(revoked, None, cn="again"), message_type="17"))
+    assert (reply.status, reply.fail_info) == ("2", "2")
+    assert await issued(world) == 1  # the revoked one no longer counts as active
