@@ -1,5 +1,6 @@
 """SCEP (RFC 8894) decisions: the RA certificate of each issuing CA, capabilities, challenge
-passwords, PKCSReq and RenewalReq, transactions and the CertRep.
+passwords, PKCSReq, RenewalReq, GetCert and GetCRL, transactions and the CertRep (CertPoll
+and PENDING: not yet, a FAILURE badRequest).
 
 ``protocols/scep`` decodes HTTP (operation, message in a query or body) into the calls
 below and sends their bytes back; every rule lives here, every record in the store
@@ -21,7 +22,8 @@ the new certificate encrypted to the requester's certificate in the request's ci
                       needs none), a request the
                       profile refuses, a transactionID that is another key's, an operation
                       this server does not perform
-    badCertId         (GetCert, GetCRL: not implemented yet)
+    badCertId         GetCert or GetCRL naming no certificate of the endpoint's CA and
+                      organization
 
 Faults below SCEP (a message that is not CMS at all, an unknown organization or profile)
 are ``BadRequest``/``NotFound`` for the front-end to answer with a 4xx; a failing store or
@@ -47,6 +49,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from asn1crypto import cms as asn1_cms
+from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import AttributeOID
@@ -278,6 +282,8 @@ class ScepService:
         try:
             if request.message_type in (MessageType.PKCS_REQ, MessageType.RENEWAL_REQ):
                 return await self._enroll(endpoint, ra, signed, request)
+            if request.message_type in (MessageType.GET_CERT, MessageType.GET_CRL):
+                return await self._get(endpoint, ra, signed, request)
             raise ScepFailure(FailInfo.BAD_REQUEST,
                               f"messageType {request.message_type[:8]!r} is not supported")
         except ScepFailure as failure:
@@ -387,6 +393,36 @@ class ScepService:
             raise ScepFailure(FailInfo.BAD_REQUEST, str(exc)) from None
         return await self._success(ra, request, signed.signer, opened, issued.certificate)
 
+    async def _get(self, endpoint: Endpoint, ra: _Ra, signed: SignedContent,
+                   request: _Request) -> bytes:
+        """GetCert (3.3.3): the certificate an IssuerAndSerialNumber names; GetCRL
+        (3.3.4): the full CRL of the CA that issued it. Both are public information, as on
+        /ca and /crl; the reply is encrypted to the requester all the same (3.3.2)."""
+        opened = await self._open(ra, signed.content)
+        try:
+            wanted = asn1_cms.IssuerAndSerialNumber.load(opened.content, strict=True)
+            issuer, serial = wanted["issuer"], wanted["serial_number"].native
+        except Exception:  # asn1crypto reports malformed input in many types
+            raise ScepFailure(FailInfo.BAD_REQUEST,
+                              "not an IssuerAndSerialNumber") from None
+        ca = await self.authority.ca(endpoint.ca_name)
+        ca_name = asn1_x509.Name.load(
+            ca.certificate.subject.public_bytes(serialization.Encoding.DER))
+        record = None
+        if issuer == ca_name and isinstance(serial, int) and serial > 0:
+            record = await self.authority.store.get_certificate(ca.record.ca_id,
+                                                                serial_hex(serial))
+        if record is None or record.org_id != endpoint.org_id:
+            raise ScepFailure(FailInfo.BAD_CERT_ID, "no such certificate of this CA")
+        if request.message_type == MessageType.GET_CERT:
+            content = certs_only([x509.load_der_x509_certificate(record.certificate_der)])
+        else:
+            crl = await self.authority.store.get_crl(ca.record.ca_id)
+            if crl is None:
+                raise ScepFailure(FailInfo.BAD_REQUEST, "no CRL is published yet")
+            content = certs_only([], [x509.load_der_x509_crl(crl.crl_der)])
+        return await self._envelope_reply(ra, request, signed.signer, opened, content)
+
     async def _answered(self, transaction: ScepTransaction) -> x509.Certificate | None:
         """The certificate a transaction got for this very request; None when it is new;
         ScepFailure when the transactionID belongs to another key."""
@@ -463,11 +499,17 @@ class ScepService:
 
     async def _success(self, ra: _Ra, request: _Request, requester: x509.Certificate,
                        opened: Opened, certificate: x509.Certificate) -> bytes:
-        # Replies use the request's cipher; single DES never (AES-256 instead).
+        return await self._envelope_reply(ra, request, requester, opened,
+                                          certs_only([certificate]))
+
+    async def _envelope_reply(self, ra: _Ra, request: _Request, requester: x509.Certificate,
+                              opened: Opened, degenerate: bytes) -> bytes:
+        """SUCCESS: ``degenerate`` (a certs-only SignedData) encrypted to the requester.
+        Replies use the request's cipher; single DES never (AES-256 instead)."""
         cipher: Any = opened.cipher if opened.cipher in (
             "aes128_cbc", "aes192_cbc", "aes256_cbc", "tripledes_3key") else "aes256_cbc"
         try:
-            envelope = encrypt_enveloped(certs_only([certificate]), [requester],
+            envelope = encrypt_enveloped(degenerate, [requester],
                                          key_transport=opened.key_transport, cipher=cipher)
         except UnsupportedAlgorithm:  # a non-RSA signer certificate: nothing to encrypt to
             return await self._failure(ra, request, FailInfo.BAD_ALG)

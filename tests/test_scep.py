@@ -446,3 +446,39 @@ async def test_renewal_signed_by_a_live_certificate_needs_no_challenge(world: Wo
         revoked, world.ra, csr_for(revoked, None, cn="again"), message_type="17"))
     assert (reply.status, reply.fail_info) == ("2", "2")
     assert await issued(world) == 1  # the revoked one no longer counts as active
+
+
+def issuer_and_serial(certificate: x509.Certificate, serial: int | None = None) -> bytes:
+    loaded = asn1_x509.Certificate.load(certificate.public_bytes(serialization.Encoding.DER))
+    return bytes(asn1_cms.IssuerAndSerialNumber({
+        "issuer": loaded.issuer,
+        "serial_number": serial if serial is not None else loaded.serial_number}).dump())
+
+
+async def test_get_cert_and_get_crl(world: World) -> None:
+    who = requester()
+    first = await enroll(world, who, await pki_message(who, world.ra, csr_for(who, STATIC)))
+    assert first.certificate is not None
+    await world.services.authority.revoke(
+        format(first.certificate.serial_number, "x"), "superseded", _ADMIN)
+    await world.services.crls.publish_all()
+    asker = requester("asker")  # public information: any requester may ask
+    reply = await enroll(world, asker, await pki_message(
+        asker, world.ra, issuer_and_serial(first.certificate), message_type="21"))
+    assert reply.status == "0" and reply.certificate == first.certificate
+    response = await post(world, await pki_message(
+        asker, world.ra, issuer_and_serial(first.certificate), message_type="22"))
+    signed = verify_signed(await response.read())
+    assert sa.read_text(signed.signed_attrs, sa.PKI_STATUS) == "0"
+    inner = await decrypt_enveloped(signed.content, asker.signer, asker.certificate)
+    (crl_choice,) = asn1_cms.ContentInfo.load(inner)["content"]["crls"]
+    crl = x509.load_der_x509_crl(crl_choice.chosen.dump())
+    assert crl.issuer == world.chain[0].subject
+    assert crl.get_revoked_certificate_by_serial_number(first.certificate.serial_number)
+    # an unknown serial, or a certificate of another CA: badCertId; garbage: badRequest
+    for content, fail in [(issuer_and_serial(first.certificate, 12345), "4"),
+                          (issuer_and_serial(world.chain[0]), "4"),
+                          (b"\x30\x00", "2")]:
+        reply = await enroll(world, asker, await pki_message(
+            asker, world.ra, content, message_type="21"))
+        assert (reply.status, reply.fail_info) == ("2", fail)
