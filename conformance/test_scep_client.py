@@ -1,8 +1,9 @@
-"""SCEP (RFC 8894) with a real client, Debian's `scep` package (micromdm's scepclient),
-against `vcc-pki serve`: GetCACaps, GetCACert, enrollment with a one-time challenge and
-the static one, spent and wrong challenges, renewal and the same renewal again
-(conformance/scep_client.sh); with software keys on SQLite and PostgreSQL, and with the
-RA key in SoftHSM2."""
+"""SCEP (RFC 8894) with real clients against `vcc-pki serve`: certmonger (scep-submit,
+and a full enrollment by the daemon: conformance/scep_certmonger.sh) and Debian's `scep`
+package (micromdm's scepclient): GetCACaps, GetCACert, enrollment with a one-time
+challenge and the static one, spent and wrong challenges, renewal and the same renewal
+again (conformance/scep_client.sh); with software keys on SQLite and PostgreSQL, and with
+the RA key in SoftHSM2."""
 
 from __future__ import annotations
 
@@ -17,28 +18,32 @@ import pytest
 from conformance.gateway import assert_clean_log, run_script, running_gateway, softhsm_env
 
 SCRIPT = Path(__file__).with_name("scep_client.sh")
+CERTMONGER = Path(__file__).with_name("scep_certmonger.sh")
 STATIC = "static-scep-secret"
 # scepclient 2.1 encrypts with single DES only; the gateway opts in (replies are AES-256).
 SCEP_ENV = {"VCC_PKI_SCEP_ACCEPT_SINGLE_DES": "true", "VCC_PKI_SCEP_CHALLENGE": STATIC}
 
 
-def _require_scepclient() -> None:
-    """Skip without the client; in CI (CI=true) that is a failure, as for the ACME
+def _require(*tools: str) -> None:
+    """Skip without the clients; in CI (CI=true) that is a failure, as for the ACME
     clients."""
-    if shutil.which("scepclient") is not None:
+    missing = [t for t in tools if shutil.which(t) is None]
+    if not missing:
         return
-    message = "scepclient not installed (apt-get install scep; `make system-deps`)"
+    message = f"{', '.join(missing)} not installed (`make system-deps`)"
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
 
 
 def _enroll(data_dir: Path, env: dict[str, str]) -> None:
-    _require_scepclient()
+    _require("scepclient", "certmonger", "getcert", "dbus-run-session")
     with running_gateway(data_dir, {**env, **SCEP_ENV}) as gateway:
         output = run_script(SCRIPT, gateway, STATIC_CHALLENGE=STATIC)
         assert "device-1/cert.pem: OK" in output  # openssl verified it against the root
         assert output.count("== ") == 8
+        output = run_script(CERTMONGER, gateway)
+        assert "device.pem: OK" in output
     assert_clean_log(data_dir)
 
 
