@@ -64,6 +64,7 @@ bench: $(STAMP) system-deps bench-deps
 	$(BIN)/python -m conformance.bench.crl
 	$(BIN)/python -m conformance.bench.tsa
 	$(BIN)/python -m conformance.bench.acme
+	$(BIN)/python -m conformance.bench.scep
 
 clean:
 	rm -rf $(VENV) $(DATA_DIR) *.egg-info
