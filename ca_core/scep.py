@@ -225,6 +225,7 @@ class ScepService:
         self.clock: Clock = clock or authority.clock
         self._ras: dict[str, _Ra] = {}
         self._ra_locks: dict[str, asyncio.Lock] = {}
+        self._older: dict[str, tuple[x509.Certificate, Signer]] = {}  # by ra_id
 
     # --- wire operations (protocols/scep calls these) ---------------------------------
 
@@ -489,13 +490,41 @@ class ScepService:
         return (challenge.challenge_id, now, event), requester
 
     async def _open(self, ra: _Ra, content: bytes) -> Opened:
+        """The envelope decrypted by the current RA key, or by an older RA certificate of
+        the CA that is still valid (a client that fetched GetCACert before a renewal)."""
         try:
-            return await open_enveloped(content, ra.signer, ra.certificate,
-                                        allow_des=self.settings.accept_single_des)
+            try:
+                return await open_enveloped(content, ra.signer, ra.certificate,
+                                            allow_des=self.settings.accept_single_des)
+            except NoRecipient:
+                for older, signer in await self._older_ras(ra):
+                    try:
+                        return await open_enveloped(
+                            content, signer, older,
+                            allow_des=self.settings.accept_single_des)
+                    except NoRecipient:
+                        continue
+                raise
         except UnsupportedAlgorithm as exc:
             raise ScepFailure(FailInfo.BAD_ALG, str(exc)) from None
         except (NoRecipient, DecryptFailed, CmsError) as exc:
             raise ScepFailure(FailInfo.BAD_MESSAGE_CHECK, str(exc)) from None
+
+    async def _older_ras(self, ra: _Ra) -> list[tuple[x509.Certificate, Signer]]:
+        backend = self.authority.keys
+        now = self.clock()
+        found = []
+        for record in await self.store.list_scep_ra(ra.record.ca_id):
+            if record.ra_id == ra.record.ra_id or record.key_backend != backend.name or \
+                    record.not_after <= now:
+                continue
+            loaded = self._older.get(record.ra_id)
+            if loaded is None:
+                signer = await asyncio.to_thread(backend.load, record.key_ref)
+                loaded = self._older[record.ra_id] = (
+                    x509.load_der_x509_certificate(record.certificate_der), signer)
+            found.append(loaded)
+        return found
 
     async def _success(self, ra: _Ra, request: _Request, requester: x509.Certificate,
                        opened: Opened, certificate: x509.Certificate) -> bytes:

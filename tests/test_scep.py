@@ -9,7 +9,7 @@ import base64
 import datetime as dt
 import secrets
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -482,3 +482,18 @@ async def test_get_cert_and_get_crl(world: World) -> None:
         reply = await enroll(world, asker, await pki_message(
             asker, world.ra, content, message_type="21"))
         assert (reply.status, reply.fail_info) == ("2", fail)
+
+
+async def test_request_to_the_previous_ra_certificate_still_decrypts(world: World) -> None:
+    """A client that fetched GetCACert before the RA was renewed encrypts to the old one."""
+    service = world.services.scep
+    ca = await world.services.authority.ca("default-issuing")
+    await service._new_ra(ca)  # a renewal: a newer, longer-lived RA
+    service._ras.clear()
+    response = await world.client.get("/scep", params={"operation": "GetCACert"})
+    (current,) = [c for c in _certs(await response.read()) if not _is_ca(c)]
+    assert current != world.ra
+    who = requester()
+    reply = await enroll(replace(world, ra=current), who,
+                         await pki_message(who, world.ra, csr_for(who, STATIC)))
+    assert reply.status == "0"  # signed by the current RA, decrypted by the old one
