@@ -25,10 +25,11 @@ system-deps:
 	@if ! command -v softhsm2-util >/dev/null || ! command -v pkcs11-tool >/dev/null \
 	    || ! command -v openssl >/dev/null || ! command -v curl >/dev/null \
 	    || ! command -v certbot >/dev/null || ! command -v lego >/dev/null \
-	    || ! command -v dehydrated >/dev/null; then \
+	    || ! command -v dehydrated >/dev/null || ! command -v scepclient >/dev/null \
+	    || ! command -v certmonger >/dev/null || ! command -v dbus-run-session >/dev/null; then \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq softhsm2 opensc openssl \
-	    curl certbot lego dehydrated; \
+	    curl certbot lego dehydrated scep certmonger dbus; \
 	fi
 
 # PostgreSQL and Redis on loopback, started when one is down (they normally run already).
@@ -63,6 +64,7 @@ bench: $(STAMP) system-deps bench-deps
 	$(BIN)/python -m conformance.bench.crl
 	$(BIN)/python -m conformance.bench.tsa
 	$(BIN)/python -m conformance.bench.acme
+	$(BIN)/python -m conformance.bench.scep
 
 clean:
 	rm -rf $(VENV) $(DATA_DIR) *.egg-info

@@ -16,7 +16,9 @@ CA certificate lists (RFC 7030 4.1.3, 4.4.2) and code signatures are CMS. This m
   key transport (6.2.1; recipient by issuerAndSerialNumber), the content-encryption key
   wrapped with RSAES-PKCS1-v1_5 (RFC 3370 4.2.1) or RSAES-OAEP (RFC 3560 3), the content
   with AES-CBC (RFC 3565 4.1) and PKCS #7 padding (RFC 5652 6.3). ``decrypt_enveloped``
-  reads the same and DES-EDE3-CBC (RFC 3370 5.1, still sent by old SCEP clients), the RSA
+  reads the same and DES-EDE3-CBC (RFC 3370 5.1, still sent by old SCEP clients), and
+  ``open_enveloped`` also says which key transport and cipher it used (a SCEP reply is
+  encrypted in kind: ``encrypt_enveloped`` writes DES-EDE3-CBC for that alone), the RSA
   step through ``Signer.decrypt`` (in the token for an HSM key).
 
 Algorithms of the signatures made here follow the key: ECDSA with SHA-256/384 (RFC 5753 7,
@@ -55,7 +57,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from asn1crypto import algos, cms, core, tsp
+from asn1crypto import algos, cms, core, parser, tsp
 from asn1crypto import crl as asn1_crl
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
@@ -108,7 +110,7 @@ class BadSignature(CmsError):
 # ---------------------------------------------------------------------------- attributes
 
 SignerIdKind = Literal["issuer_and_serial_number", "subject_key_identifier"]
-ContentCipher = Literal["aes128_cbc", "aes192_cbc", "aes256_cbc"]
+ContentCipher = Literal["aes128_cbc", "aes192_cbc", "aes256_cbc", "tripledes_3key"]
 
 # Set by SignedDataSigner itself (RFC 5652 11: one instance each).
 _RESERVED_ATTRIBUTES = frozenset({
@@ -476,6 +478,13 @@ def _parse_signed(data: bytes, detached_content: bytes | None
     return content_type, content, certificates, parsed
 
 
+def unverified_signed_attributes(data: bytes) -> Mapping[str, tuple[Any, ...]]:
+    """The signed attributes of a SignedData with one SignerInfo, NOT verified: only to
+    address a reply to a message whose signature failed (SCEP's FAILURE badMessageCheck,
+    RFC 8894 3.3.2.2). CmsError when the structure cannot be read."""
+    return _parse_signed(data, b"")[3].signed_attrs
+
+
 def _matches(certificate: x509.Certificate, issuer: Any, serial: int | None,
              key_id: bytes | None) -> bool:
     if key_id is not None:
@@ -565,11 +574,14 @@ _CIPHERS: dict[str, tuple[int, int]] = {  # name: (key octets, block octets)
     "aes128_cbc": (16, 16),
     "aes192_cbc": (24, 16),
     "aes256_cbc": (32, 16),
-    "tripledes_3key": (24, 8),  # DES-EDE3-CBC: decryption only
+    "tripledes_3key": (24, 8),  # DES-EDE3-CBC: old SCEP clients, answered in kind
+    "des": (8, 8),  # single DES-CBC: read only when the caller allows it (open_enveloped)
 }
 
 
 def _cbc(name: str, key: bytes, iv: bytes) -> Cipher[modes.CBC]:
+    if name == "des":  # a DES key is the DES-EDE3 key K1 = K2 = K3
+        return Cipher(TripleDES(key * 3), modes.CBC(iv))
     if name == "tripledes_3key":
         return Cipher(TripleDES(key), modes.CBC(iv))
     return Cipher(algorithms.AES(key), modes.CBC(iv))
@@ -598,13 +610,14 @@ def encrypt_enveloped(
     content_type: str = "data",
 ) -> bytes:
     """EnvelopedData (DER ContentInfo, RFC 5652 6) of ``content`` for RSA ``recipients``:
-    a fresh content-encryption key and IV, the content AES-CBC encrypted with PKCS #7
+    a fresh content-encryption key and IV, the content AES-CBC (or, to answer an old SCEP
+    client in its own cipher, DES-EDE3-CBC) encrypted with PKCS #7
     padding, the key RSA-encrypted for each recipient (``"pkcs1v15"`` or ``RsaOaep(...)``),
     recipients named by issuerAndSerialNumber. UnsupportedAlgorithm for a non-RSA
     recipient (a key-transport recipient needs an RSA key)."""
     if not recipients:
         raise ValueError("EnvelopedData needs at least one recipient")
-    if cipher not in ("aes128_cbc", "aes192_cbc", "aes256_cbc"):
+    if cipher not in ("aes128_cbc", "aes192_cbc", "aes256_cbc", "tripledes_3key"):
         raise ValueError(f"unknown content cipher {cipher!r}")
     key_size, block = _CIPHERS[cipher]
     key, iv = os.urandom(key_size), os.urandom(block)
@@ -669,7 +682,30 @@ def _oaep_of(parameters: Any) -> RsaOaep:
     return RsaOaep(hash_name, mgf_hash)
 
 
-def _parse_enveloped(data: bytes, certificate: x509.Certificate) -> _Envelope:
+def _elements(contents: bytes) -> list[bytes]:
+    """The encoded elements of a constructed value's contents (BER)."""
+    found = []
+    while contents:
+        _, _, _, header, inner, trailer = parser.parse(contents)
+        size = len(header) + len(inner) + len(trailer)
+        found.append(contents[:size])
+        contents = contents[size:]
+    return found
+
+
+def _ber_octets(encoded: bytes, depth: int = 0) -> bytes:
+    """The octets of a BER OCTET STRING whatever its tag: primitive, or constructed of
+    segments (X.690 8.7.3), definite or indefinite length."""
+    _, method, _, _, contents, _ = parser.parse(encoded)
+    if method == 0:
+        return bytes(contents)
+    if depth > 8:
+        raise CmsError("an OCTET STRING nested too deeply")
+    return b"".join(_ber_octets(e, depth + 1) for e in _elements(contents))
+
+
+def _parse_enveloped(data: bytes, certificate: x509.Certificate, allow_des: bool = False
+                     ) -> _Envelope:
     enveloped = _content_info(data, "enveloped_data")
     try:
         recipient = None
@@ -700,20 +736,23 @@ def _parse_enveloped(data: bytes, certificate: x509.Certificate) -> _Envelope:
         content_info = enveloped["encrypted_content_info"]
         cipher_algorithm = content_info["content_encryption_algorithm"]
         cipher = cipher_algorithm["algorithm"].native
-        if cipher not in _CIPHERS:
+        if cipher not in _CIPHERS or (cipher == "des" and not allow_des):
             raise UnsupportedAlgorithm(f"content encryption {cipher} is not supported")
         iv = cipher_algorithm["parameters"].native
         if not isinstance(iv, bytes) or len(iv) != _CIPHERS[cipher][1]:
             raise CmsError(f"the {cipher} IV is not an OCTET STRING of one block")
-        encrypted = content_info["encrypted_content"]
-        if isinstance(encrypted, core.Void):
+        # Read from the encoding: the [0] IMPLICIT OCTET STRING may be constructed (BER),
+        # as Go's pkcs7 (micromdm's scepclient) writes it even with a definite length, and
+        # asn1crypto refuses that form of a tagged OCTET STRING.
+        children = _elements(content_info.contents or b"")
+        if len(children) < 3:
             raise CmsError("the EnvelopedData has no encrypted content")
         return _Envelope(
             encrypted_key=recipient["encrypted_key"].native,
             key_transport=key_transport,
             cipher=cipher,
             iv=iv,
-            encrypted_content=encrypted.native,
+            encrypted_content=_ber_octets(children[2]),
         )
     except CmsError:
         raise
@@ -721,8 +760,24 @@ def _parse_enveloped(data: bytes, certificate: x509.Certificate) -> _Envelope:
         raise CmsError("malformed EnvelopedData") from exc
 
 
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A decrypted EnvelopedData and how it was protected (to answer in kind)."""
+
+    content: bytes
+    key_transport: RsaPadding
+    cipher: str  # asn1crypto's name: aes128_cbc, aes192_cbc, aes256_cbc, tripledes_3key
+
+
 async def decrypt_enveloped(data: bytes, signer: Signer, certificate: x509.Certificate
                             ) -> bytes:
+    """The content of an EnvelopedData encrypted for ``certificate`` (see
+    ``open_enveloped``)."""
+    return (await open_enveloped(data, signer, certificate)).content
+
+
+async def open_enveloped(data: bytes, signer: Signer, certificate: x509.Certificate, *,
+                         allow_des: bool = False) -> Opened:
     """The content of an EnvelopedData (DER or BER ContentInfo) encrypted for
     ``certificate``, whose RSA key ``signer`` holds (RFC 5652 6.2.1 key transport).
 
@@ -732,9 +787,10 @@ async def decrypt_enveloped(data: bytes, signer: Signer, certificate: x509.Certi
     random one and the content decrypted all the same, so the failure takes the same path
     and time as a bad content padding. PKCS #1 v1.5 and CBC carry no integrity check: a
     damaged message may, rarely, decrypt to garbage instead, which the content's own
-    parser must reject.
+    parser must reject. Single DES-CBC (56-bit keys) is UnsupportedAlgorithm unless
+    ``allow_des``: a SCEP RA that must serve clients sending nothing else opts in.
     """
-    envelope = _parse_enveloped(data, certificate)
+    envelope = _parse_enveloped(data, certificate, allow_des)
     key_size, block = _CIPHERS[envelope.cipher]
     try:
         key = await signer.decrypt(envelope.encrypted_key, envelope.key_transport)
@@ -757,4 +813,4 @@ async def decrypt_enveloped(data: bytes, signer: Signer, certificate: x509.Certi
             content = None
     if not key_ok or content is None:
         raise DecryptFailed("the message does not decrypt with this recipient's key")
-    return content
+    return Opened(content, envelope.key_transport, envelope.cipher)

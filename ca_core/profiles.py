@@ -191,4 +191,15 @@ BUILTIN_PROFILES: tuple[Profile, ...] = (
         max_validity_days=90, default_validity_days=30,
         san_types=(), ocsp_no_check=True, internal_only=True,
     ),
+    Profile(
+        name="scep_ra",
+        description="SCEP RA of one issuing CA (RFC 8894 2.2): signs replies, decrypts requests",
+        # digitalSignature: strict clients (certmonger) check the reply signer's purpose;
+        # keyEncipherment: clients encrypt their requests to this certificate.
+        key_usage=("digitalSignature", "keyEncipherment"),
+        extended_key_usage=(),
+        max_validity_days=397, default_validity_days=365,
+        allowed_keys=("rsa-2048", "rsa-3072", "rsa-4096"),
+        san_types=(), internal_only=True,
+    ),
 )

@@ -47,8 +47,9 @@ from ca_core.records import (
     TimeStampRecord,
 )
 
-if TYPE_CHECKING:  # ca_core.est imports this module
+if TYPE_CHECKING:  # ca_core.est and ca_core.scep import this module
     from ca_core.est import EnrollmentSecretRecord, EstLabel, PendingEnrollment
+    from ca_core.scep import ScepChallenge, ScepRaRecord, ScepRecorded, ScepTransaction
 
 
 class StoreError(CAError):
@@ -352,8 +353,42 @@ class EnrollmentStore(Protocol):
         changes) when it is not pending."""
 
 
+class ScepStore(Protocol):
+    """SCEP (RFC 8894): the RA certificates of the issuing CAs, one-time challenge
+    passwords and transactions (``ca_core.scep``).
+
+    A challenge is spent, and the transaction recorded, by conditional writes in the same
+    transaction as the certificate's INSERT (``add_certificate_for_scep``): a failed write
+    leaves the challenge unused, and of two requests with one challenge (or one
+    transactionID) at most one certificate is recorded."""
+
+    async def add_scep_ra(self, ra: ScepRaRecord, audit: AuditEvent) -> None:
+        """Record an RA certificate (already stored in ``certificates``)."""
+
+    async def list_scep_ra(self, ca_id: str) -> list[ScepRaRecord]:
+        """The RA certificates of one CA, the longest-lived first."""
+
+    async def add_scep_challenge(self, challenge: ScepChallenge, audit: AuditEvent) -> None:
+        """StoreConflict if the id or hash exists, or the organization does not."""
+
+    async def find_scep_challenge(self, secret_hash: str) -> ScepChallenge | None:
+        """The challenge with this password hash, whatever its state."""
+
+    async def get_scep_transaction(self, transaction_id: str) -> ScepTransaction | None: ...
+
+    async def add_certificate_for_scep(
+        self, cert: CertificateRecord, audit: AuditEvent, transaction: ScepTransaction,
+        consume: tuple[str, dt.datetime, AuditEvent] | None = None,
+    ) -> ScepRecorded:
+        """In one transaction: spend the challenge ``consume`` names (id, now, its audit
+        event; "challenge_spent" and nothing written when it is used or expired), record
+        ``transaction`` (new, or replacing a row of the same transactionID and key for
+        another request; "transaction_taken" and nothing written otherwise) and add
+        ``cert``. StoreConflict (nothing written) when (issuer, serial) exists."""
+
+
 class Store(TenantStore, CaStore, CertificateStore, CrlStore, LeaseStore, AuditStore,
-            TimestampStore, AcmeStore, EnrollmentStore, Protocol):
+            TimestampStore, AcmeStore, EnrollmentStore, ScepStore, Protocol):
     """Every aggregate at once, as the gateway wires it (``db.store`` implements it), plus
     the lifecycle."""
 

@@ -136,6 +136,16 @@ refused 400 "the CSR's subject 'CN=other.example.test' differs from the certific
 
 step "simplereenroll with a revoked certificate: 401, nothing issued"
 "$VCC_PKI" revoke "$(serial_of dev2.pem)" --reason key_compromise >/dev/null
+# The gateway publishes a new CRL (an audit event) shortly after a revocation: wait until
+# the CRL lists it, so that the audit count below measures the refused request alone.
+for _ in $(seq 1 100); do
+  curl -fsS "$HTTP_URL/crl/$ORG-issuing.crl" -o dev2.crl \
+    && openssl crl -inform DER -in dev2.crl -noout -text | grep -qi "$(serial_of dev2.pem)" \
+    && break
+  sleep 0.1  # polling interval
+done
+openssl crl -inform DER -in dev2.crl -noout -text | grep -qi "$(serial_of dev2.pem)" \
+  || fail "the revocation never reached the CRL"
 csr dev2r dev2.example.test dev2.key
 refused 401 "the client certificate is revoked" \
   "${POST[@]}" --cert dev2.pem --key dev2.key --data-binary @dev2r.b64 "$EST/simplereenroll"

@@ -46,6 +46,7 @@ from ca_core.records import (
     TemplateRecord,
     TimeStampRecord,
 )
+from ca_core.scep import ScepChallenge, ScepRaRecord, ScepRecorded, ScepTransaction
 from ca_core.storage import StoreConflict, StoreUnavailable
 from db.acme_rows import (
     challenges_from_json,
@@ -73,6 +74,14 @@ _APPEND_AUDIT = (
     " actor_type, actor_id, resource_type, resource_id, status, event_data, previous_hash,"
     " audit_hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
+
+
+class _Refused(Exception):
+    """Raised inside a write body to roll back what it wrote and report ``outcome``."""
+
+    def __init__(self, outcome: str) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
 
 
 def _now() -> dt.datetime:
@@ -1106,3 +1115,129 @@ class SqlStore:
             yield from tx.append_audit(audit)
             return self._pending_row(row)
         return await self._write(write)
+
+    # SCEP (RFC 8894): RA certificates, one-time challenges, transactions -----------------
+
+    def _scep_ra(self, row: Any) -> ScepRaRecord:
+        d = self._d
+        return ScepRaRecord(
+            ra_id=row["ra_id"], ca_id=row["ca_id"], cert_id=row["cert_id"],
+            key_ref=row["key_ref"], key_backend=row["key_backend"],
+            certificate_der=bytes(row["certificate_der"]),
+            not_before=d.time(row["not_before"]), not_after=d.time(row["not_after"]),
+            created_at=d.time(row["created_at"]),
+        )
+
+    def _scep_challenge(self, row: Any) -> ScepChallenge:
+        d = self._d
+        return ScepChallenge(
+            challenge_id=row["challenge_id"], org_id=row["org_id"], profile=row["profile"],
+            secret_hash=row["secret_hash"], expires_at=d.time(row["expires_at"]),
+            used_at=d.time_opt(row["used_at"]), created_at=d.time(row["created_at"]),
+        )
+
+    def _scep_transaction(self, row: Any) -> ScepTransaction:
+        d = self._d
+        return ScepTransaction(
+            transaction_id=row["transaction_id"], key_fingerprint=row["key_fingerprint"],
+            request_fingerprint=row["request_fingerprint"], org_id=row["org_id"],
+            status=row["status"], cert_id=row["cert_id"], fail_info=row["fail_info"],
+            created_at=d.time(row["created_at"]), updated_at=d.time(row["updated_at"]),
+        )
+
+    async def add_scep_ra(self, ra: ScepRaRecord, audit: AuditEvent) -> None:
+        """Record an RA certificate (already stored in ``certificates``)."""
+        d = self._d
+
+        def write(tx: Tx) -> Body[None]:
+            yield run(
+                "INSERT INTO scep_ra_certificates (ra_id, ca_id, cert_id, key_ref,"
+                " key_backend, certificate_der, not_before, not_after, created_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?)",
+                ra.ra_id, ra.ca_id, ra.cert_id, ra.key_ref, ra.key_backend,
+                ra.certificate_der, d.t(ra.not_before), d.t(ra.not_after),
+                d.t(ra.created_at or _now()))
+            yield from tx.append_audit(audit)
+        await self._write(write)
+
+    async def list_scep_ra(self, ca_id: str) -> list[ScepRaRecord]:
+        """The RA certificates of one CA, the longest-lived first."""
+        found = await self._read(rows(
+            "SELECT * FROM scep_ra_certificates WHERE ca_id = ?"
+            " ORDER BY not_after DESC, created_at DESC", ca_id))
+        return [self._scep_ra(r) for r in found]
+
+    async def add_scep_challenge(self, challenge: ScepChallenge, audit: AuditEvent) -> None:
+        """StoreConflict if the id or hash exists, or the organization does not."""
+        d = self._d
+
+        def write(tx: Tx) -> Body[None]:
+            yield run(
+                "INSERT INTO scep_challenges (challenge_id, org_id, profile, secret_hash,"
+                " expires_at, used_at, created_at) VALUES (?,?,?,?,?,?,?)",
+                challenge.challenge_id, challenge.org_id, challenge.profile,
+                challenge.secret_hash, d.t(challenge.expires_at), d.t_opt(challenge.used_at),
+                d.t(challenge.created_at or _now()))
+            yield from tx.append_audit(audit)
+        await self._write(write)
+
+    async def find_scep_challenge(self, secret_hash: str) -> ScepChallenge | None:
+        """The challenge with this password hash, whatever its state."""
+        row = await self._lookup(one("SELECT * FROM scep_challenges WHERE secret_hash = ?",
+                                     secret_hash))
+        return None if row is None else self._scep_challenge(row)
+
+    async def get_scep_transaction(self, transaction_id: str) -> ScepTransaction | None:
+        row = await self._lookup(one(
+            "SELECT * FROM scep_transactions WHERE transaction_id = ?", transaction_id))
+        return None if row is None else self._scep_transaction(row)
+
+    async def add_certificate_for_scep(
+        self, cert: CertificateRecord, audit: AuditEvent, transaction: ScepTransaction,
+        consume: tuple[str, dt.datetime, AuditEvent] | None = None,
+    ) -> ScepRecorded:
+        """In one transaction: spend the challenge ``consume`` names (id, now, its audit
+        event; "challenge_spent" and nothing written when it is used or expired), record
+        ``transaction`` (new, or replacing a row of the same transactionID and key for
+        another request; "transaction_taken" and nothing written otherwise) and add
+        ``cert``. StoreConflict (nothing written) when (issuer, serial) exists."""
+        d, t = self._d, transaction
+
+        def write(tx: Tx) -> Body[ScepRecorded]:
+            if consume is not None:
+                challenge_id, now, challenge_audit = consume
+                # The conditional UPDATE is the lock (see _consume).
+                spent = yield one(
+                    "UPDATE scep_challenges SET used_at = ? WHERE challenge_id = ?"
+                    " AND used_at IS NULL AND expires_at > ? RETURNING 1",
+                    d.t(now), challenge_id, d.t(now))
+                if spent is None:
+                    return "challenge_spent"
+                yield from tx.append_audit(challenge_audit)
+            # A transactionID is its key's: a row of another key, or of this very request
+            # (recorded by a concurrent twin), is left alone and nothing here is kept.
+            kept = yield one(
+                "INSERT INTO scep_transactions (transaction_id, key_fingerprint,"
+                " request_fingerprint, org_id, status, cert_id, fail_info, created_at,"
+                " updated_at) VALUES (?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (transaction_id) DO UPDATE SET"
+                " request_fingerprint = excluded.request_fingerprint,"
+                " org_id = excluded.org_id, status = excluded.status,"
+                " cert_id = excluded.cert_id, fail_info = excluded.fail_info,"
+                " updated_at = excluded.updated_at"
+                " WHERE scep_transactions.key_fingerprint = excluded.key_fingerprint"
+                " AND scep_transactions.request_fingerprint <> excluded.request_fingerprint"
+                " RETURNING 1",
+                t.transaction_id, t.key_fingerprint, t.request_fingerprint, t.org_id,
+                t.status, t.cert_id, t.fail_info, d.t(t.created_at or _now()),
+                d.t(t.updated_at or _now()))
+            if kept is None:
+                raise _Refused("transaction_taken")  # rolls the challenge's spend back
+            yield self._insert_certificate(cert)
+            yield from tx.append_audit(audit)
+            return "recorded"
+        try:
+            return await self._write(write)
+        except _Refused as refused:
+            return "transaction_taken" if refused.outcome == "transaction_taken" \
+                else "challenge_spent"

@@ -26,6 +26,7 @@ from protocols.est import http as est_http
 from protocols.ocsp import http as ocsp_http
 from protocols.rest import api as rest_api
 from protocols.rest.problems import problem, problem_from_error
+from protocols.scep import http as scep_http
 from protocols.tsa import http as tsa_http
 
 log = logging.getLogger("vcc_pki.gateway")
@@ -113,6 +114,7 @@ def build_http_app(services: Services) -> web.Application:
     crl.add_routes(app, services.crls)
     tsa_http.add_routes(app, TimeStampAuthority(services.authority,
                                                 services.config.tsa_settings()))
+    scep_http.add_routes(app, services.scep)
     if services.config.bench_routes:
         app.router.add_get("/bench/fixed", _bench_fixed)
     return app

@@ -334,6 +334,18 @@ async def cmd_est_secret_create(config: Config, args: argparse.Namespace) -> int
     return await _with_services(config, run)
 
 
+async def cmd_scep_challenge_create(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        created = await services.scep.create_challenge(args.org, args.profile, args.expires,
+                                                       CLI)
+        print(created.password)
+        print(f"# challenge {created.challenge_id}: one use, for {created.record.profile}, "
+              f"until {created.record.expires_at.isoformat(timespec='seconds')}; shown "
+              "only once", file=sys.stderr)
+        return 0
+    return await _with_services(config, run)
+
+
 async def cmd_est_pending_list(config: Config, args: argparse.Namespace) -> int:
     async def run(services: Services) -> int:
         print(f"{'REQUEST':<18} {'LABEL':<16} {'CREATED':<20} {'REQUESTER':<30} SUBJECT")
@@ -724,6 +736,23 @@ def build_parser() -> argparse.ArgumentParser:
     reject = command(est_pending_sub, "reject", "refuse the request; the client's retries "
                      "get 403", cmd_est_pending_reject)
     reject.add_argument("request_id", metavar="ID", help="as `est pending list` shows it")
+
+    scep = group("scep", "SCEP (RFC 8894) enrollment: one-time challenge passwords")
+    scep_challenge = scep.add_parser("challenge", help="one-time challenge passwords",
+                                     description="one-time challenge passwords (the CSR's "
+                                     "challengePassword)")
+    scep_challenge.set_defaults(parser=scep_challenge)
+    scep_challenge_sub = scep_challenge.add_subparsers(
+        dest="challenge_command", metavar="SUBCOMMAND", title="subcommands")
+    challenge_create = command(scep_challenge_sub, "create", "a password for one enrollment; "
+                               "stored hashed, printed once", cmd_scep_challenge_create)
+    challenge_create.add_argument("--org", required=True, metavar="SLUG",
+                                  help="organization the device enrolls in (its path: "
+                                  "/scep/SLUG/PROFILE; /scep is the default organization)")
+    challenge_create.add_argument("--profile", metavar="PROFILE",
+                                  help="certificate profile (default external_integration)")
+    challenge_create.add_argument("--expires", type=_duration, metavar="DURATION",
+                                  help="lifetime, e.g. 90m, 24h, 7d (default 1h, at most 30d)")
 
     crl = group("crl", "certificate revocation lists")
     crl_publish = command(crl, "publish", "make and store every CRL now (the gateway also "

@@ -19,6 +19,7 @@ from ca_core.acme import AcmeSettings
 from ca_core.authority import CASettings
 from ca_core.est import EstSettings
 from ca_core.keys import KeySpec
+from ca_core.scep import ScepSettings
 from ca_core.tsa import DEFAULT_POLICY_OID, TsaSettings
 from protocols.est.codec import parse_networks
 from va.validator import ValidationSettings
@@ -102,6 +103,12 @@ class Config:
     est_trust_store: str = ""  # PEM file: manufacturer/bootstrap CAs whose devices may enroll
     est_trusted_proxies: tuple[str, ...] = ()  # addresses/networks whose cert header counts
     est_max_body_bytes: int = 64 * 1024
+    # SCEP (RFC 8894): the static challengePassword of the default organization and SCEP
+    # profile at /scep ("": none; one-time challenges come from `vcc-pki scep challenge`)
+    scep_challenge: str = ""
+    # accept SCEP requests encrypted with single DES (legacy clients such as micromdm's
+    # scepclient 2.1); replies are AES-256 then, never single DES
+    scep_accept_single_des: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)  # sections later features read
 
     @property
@@ -192,6 +199,10 @@ class Config:
         return EstSettings(trust_store=trusted, trusted_proxies=self.est_trusted_proxies,
                            max_body_bytes=self.est_max_body_bytes)
 
+    def scep_settings(self) -> ScepSettings:
+        return ScepSettings(static_challenge=self.scep_challenge,
+                            accept_single_des=self.scep_accept_single_des)
+
 
 def _host(bind: str) -> str:
     if bind in ("0.0.0.0", "::", ""):
@@ -214,6 +225,7 @@ _INT_FIELDS |= {"acme_http01_port", "acme_tlsalpn01_port", "acme_validation_atte
                 "acme_accounts_per_org_per_hour"}
 _BOOL_FIELDS.add("acme_eab_required")
 _INT_FIELDS |= {"est_port", "est_max_body_bytes"}
+_BOOL_FIELDS.add("scep_accept_single_des")
 _TUPLE_FIELDS.add("est_trusted_proxies")
 
 

@@ -19,6 +19,7 @@ from ca_core.crl import CrlPublisher, CrlSettings
 from ca_core.est import EstService
 from ca_core.ocsp import OcspResponder, OcspSettings
 from ca_core.response_cache import ResponseCache
+from ca_core.scep import ScepService
 from ca_core.signers.base import KeyBackend, KeyBackendError
 from ca_core.signers.software import SoftwareKeyBackend
 from ca_core.storage import Store
@@ -139,6 +140,7 @@ class Services:
     crls: CrlPublisher
     acme: AcmeService
     est: EstService
+    scep: ScepService
 
 
 @asynccontextmanager
@@ -166,9 +168,10 @@ async def open_services(config: Config, create: bool = False) -> AsyncIterator[S
                                Validator(config.acme_validation_settings()),
                                config.acme_settings())
             est = EstService(authority, store, config.est_settings())
+            scep = ScepService(authority, store, config.scep_settings())
             try:
                 yield Services(config, store, keys, authority, cache, ocsp,
-                               CrlPublisher(authority, crl_settings(config)), acme, est)
+                               CrlPublisher(authority, crl_settings(config)), acme, est, scep)
             finally:
                 await acme.aclose()
                 await acme_state.close()

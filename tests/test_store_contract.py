@@ -38,6 +38,7 @@ from ca_core.records import (
     TemplateRecord,
     TimeStampRecord,
 )
+from ca_core.scep import ScepChallenge, ScepRaRecord, ScepTransaction
 from ca_core.storage import StoreConflict, StoreInvalid, StoreUnavailable
 from db.audit_chain import verify_chain
 from db.migrations import migrations
@@ -1169,3 +1170,124 @@ def test_common_migrations_render_every_token_for_both_dialects() -> None:
                              r"without_rowid|collate_c)\}", sql) is None
     assert [(v, n) for v, n, _ in migrations("sqlite")] == [
         (v, n) for v, n, _ in migrations("postgres")]
+
+
+# --- SCEP (RFC 8894): RA certificates, one-time challenges, transactions ------------------
+
+def make_challenge(org: Organization, expires_at: dt.datetime | None = None
+                   ) -> ScepChallenge:
+    return ScepChallenge(
+        challenge_id=secrets.token_hex(8), org_id=org.org_id, profile="external_integration",
+        secret_hash=secrets.token_hex(32), expires_at=expires_at or T0 + dt.timedelta(hours=1),
+        created_at=T0)
+
+
+def make_transaction(org: Organization, tid: str = "tid-1", key: str = "key-a",
+                     request: str = "req-1") -> ScepTransaction:
+    return ScepTransaction(transaction_id=tid, key_fingerprint=key,
+                           request_fingerprint=request, org_id=org.org_id, status="success",
+                           created_at=T0, updated_at=T0)
+
+
+async def test_scep_ra_certificates(store: Store, seed: Seed) -> None:
+    before = await chain_ok(store)
+    certs = [make_cert(seed.issuing, seed.org, profile="scep_ra") for _ in range(2)]
+    ras = []
+    for i, cert in enumerate(certs):
+        await store.add_certificate(cert, event())
+        ra = ScepRaRecord(
+            ra_id=str(uuid.uuid4()), ca_id=seed.issuing.ca_id, cert_id=cert.cert_id,
+            key_ref=f"ra-{i}", key_backend="software", certificate_der=cert.certificate_der,
+            not_before=T0, not_after=T0 + dt.timedelta(days=100 + i), created_at=T0)
+        await store.add_scep_ra(ra, event("scep_ra.created"))
+        ras.append(ra)
+    assert await store.list_scep_ra(seed.issuing.ca_id) == [ras[1], ras[0]]  # longest first
+    assert await store.list_scep_ra(seed.root.ca_id) == []
+    with pytest.raises(StoreConflict):  # no such CA
+        await store.add_scep_ra(replace(ras[0], ra_id="x", ca_id=str(uuid.uuid4())),
+                                event("scep_ra.created"))
+    assert await chain_ok(store) == before + 4
+
+
+async def test_scep_challenge_is_spent_once_with_its_certificate(
+        store: Store, seed: Seed) -> None:
+    challenge = make_challenge(seed.org)
+    await store.add_scep_challenge(challenge, event("scep.challenge_created"))
+    assert await store.find_scep_challenge(challenge.secret_hash) == challenge
+    assert await store.find_scep_challenge("nope") is None
+    with pytest.raises(StoreConflict):  # the same hash twice
+        await store.add_scep_challenge(replace(challenge, challenge_id="other"),
+                                       event("scep.challenge_created"))
+    before = await chain_ok(store)
+    now = T0 + dt.timedelta(minutes=5)
+    first = make_cert(seed.issuing, seed.org)
+    assert await store.add_certificate_for_scep(
+        first, event(), make_transaction(seed.org),
+        (challenge.challenge_id, now, event("scep.challenge_used"))) == "recorded"
+    assert await store.find_scep_challenge(challenge.secret_hash) == replace(
+        challenge, used_at=now)
+    stored = await store.get_scep_transaction("tid-1")
+    assert stored is not None and stored.cert_id is None and stored.key_fingerprint == "key-a"
+    # spent: another transaction with the same challenge writes nothing
+    second = make_cert(seed.issuing, seed.org)
+    assert await store.add_certificate_for_scep(
+        second, event(), make_transaction(seed.org, tid="tid-2"),
+        (challenge.challenge_id, now, event("scep.challenge_used"))) == "challenge_spent"
+    assert await store.get_certificate_by_id(second.cert_id) is None
+    assert await store.get_scep_transaction("tid-2") is None
+    # expired (expires_at is exclusive)
+    expired = make_challenge(seed.org, expires_at=now)
+    await store.add_scep_challenge(expired, event("scep.challenge_created"))
+    assert await store.add_certificate_for_scep(
+        second, event(), make_transaction(seed.org, tid="tid-2"),
+        (expired.challenge_id, now, event("scep.challenge_used"))) == "challenge_spent"
+    assert await chain_ok(store) == before + 3  # used, certificate, created
+
+
+async def test_scep_transaction_is_bound_to_its_key(store: Store, seed: Seed) -> None:
+    first = make_cert(seed.issuing, seed.org)
+    transaction = replace(make_transaction(seed.org), cert_id=first.cert_id)
+    assert await store.add_certificate_for_scep(first, event(), transaction) == "recorded"
+    assert await store.get_scep_transaction("tid-1") == transaction
+    before = await chain_ok(store)
+    challenge = make_challenge(seed.org)
+    await store.add_scep_challenge(challenge, event("scep.challenge_created"))
+    # another key: refused, and the challenge it came with stays unused
+    other = make_cert(seed.issuing, seed.org)
+    assert await store.add_certificate_for_scep(
+        other, event(), replace(transaction, key_fingerprint="key-b", cert_id=other.cert_id),
+        (challenge.challenge_id, T0, event("scep.challenge_used"))) == "transaction_taken"
+    assert await store.get_certificate_by_id(other.cert_id) is None
+    unused = await store.find_scep_challenge(challenge.secret_hash)
+    assert unused is not None and unused.used_at is None
+    # the same request again (a concurrent twin): nothing recorded
+    assert await store.add_certificate_for_scep(
+        other, event(), replace(transaction, cert_id=other.cert_id)) == "transaction_taken"
+    # the same key with another request (a renewal): the row follows the new certificate
+    later = T0 + dt.timedelta(days=1)
+    renewed = replace(transaction, request_fingerprint="req-2", cert_id=other.cert_id,
+                      created_at=later, updated_at=later)
+    assert await store.add_certificate_for_scep(other, event(), renewed) == "recorded"
+    assert await store.get_scep_transaction("tid-1") == replace(renewed, created_at=T0)
+    assert await chain_ok(store) == before + 2  # challenge created, renewed certificate
+
+
+async def test_scep_transaction_race_yields_one_certificate(
+        store: Store, seed: Seed, location: Location) -> None:
+    """Ten copies of one request at once, half through a second store: one certificate."""
+    other = make_store(location)
+    await other.open()
+    try:
+        certs = [make_cert(seed.issuing, seed.org) for _ in range(10)]
+        results = await asyncio.gather(*(
+            (store if i % 2 else other).add_certificate_for_scep(
+                cert, event(), replace(make_transaction(seed.org), cert_id=cert.cert_id))
+            for i, cert in enumerate(certs)))
+        assert results.count("recorded") == 1
+        assert results.count("transaction_taken") == 9
+        recorded = [c for c in certs if await store.get_certificate_by_id(c.cert_id)]
+        assert len(recorded) == 1
+        stored = await store.get_scep_transaction("tid-1")
+        assert stored is not None and stored.cert_id == recorded[0].cert_id
+    finally:
+        await other.close()

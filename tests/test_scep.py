@@ -1,0 +1,499 @@
+"""SCEP (RFC 8894) through the HTTP front-end: GetCACaps, GetCACert, PKIOperation over POST
+and GET, and every bad input answered with a FAILURE CertRep of the right failInfo or a
+4xx, nothing issued. Requests are made here with ca_core.cms, as an OpenSSL- or Go-based
+client makes them (self-signed signer certificate, envelope to the RA certificate)."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from asn1crypto import cms as asn1_cms
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import padding as block_padding
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.ciphers import Cipher, modes
+from cryptography.x509.oid import AttributeOID, NameOID
+
+from ca_core import scep_attributes as sa
+from ca_core.cms import (
+    ContentCipher,
+    decrypt_enveloped,
+    encrypt_enveloped,
+    sign_data,
+    verify_signed,
+)
+from ca_core.keys import spec_of
+from ca_core.principal import Principal
+from ca_core.signers.base import RsaOaep, RsaPadding, SoftwareSigner
+from gateway.app import build_http_app
+from gateway.runtime import Services
+from tests.helpers import fresh_services
+
+STATIC = "static-secret"
+
+
+@dataclass
+class World:
+    services: Services
+    client: TestClient
+    ra: x509.Certificate
+    chain: list[x509.Certificate]
+
+
+def _certs(der: bytes) -> list[x509.Certificate]:
+    signed = asn1_cms.ContentInfo.load(der)["content"]
+    return [x509.load_der_x509_certificate(c.chosen.dump()) for c in signed["certificates"]]
+
+
+@pytest.fixture
+async def world(tmp_path: Any, aiohttp_client: Any) -> AsyncIterator[World]:
+    async with fresh_services(tmp_path, VCC_PKI_SCEP_CHALLENGE=STATIC) as services:
+        client = await aiohttp_client(build_http_app(services))
+        response = await client.get("/scep", params={"operation": "GetCACert"})
+        assert response.status == 200
+        assert response.content_type == "application/x-x509-ca-ra-cert"
+        certificates = _certs(await response.read())  # a SET: in DER order
+        (ra,) = [c for c in certificates if not _is_ca(c)]
+        issuing = await services.authority.ca("default-issuing")
+        assert issuing.certificate in certificates and len(certificates) == 4
+        chain = [issuing.certificate, *[c for c in certificates
+                                        if c not in (ra, issuing.certificate)]]
+        yield World(services, client, ra, chain)
+
+
+def _is_ca(certificate: x509.Certificate) -> bool:
+    return bool(certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+
+
+@dataclass
+class Requester:
+    key: rsa.RSAPrivateKey
+    certificate: x509.Certificate  # self-signed, as RFC 8894 2.3 allows
+
+    @property
+    def signer(self) -> SoftwareSigner:
+        return SoftwareSigner(self.key, spec_of(self.key.public_key()), "file:client")
+
+
+def requester(cn: str = "device") -> Requester:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - dt.timedelta(minutes=5))
+                   .not_valid_after(now + dt.timedelta(days=1)).sign(key, hashes.SHA256()))
+    return Requester(key, certificate)
+
+
+def csr_for(who: Requester, challenge: str | None, cn: str = "device",
+            dns: str | None = None) -> bytes:
+    builder = x509.CertificateSigningRequestBuilder().subject_name(
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+    if dns is not None:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(dns)]), critical=False)
+    if challenge is not None:
+        builder = builder.add_attribute(AttributeOID.CHALLENGE_PASSWORD, challenge.encode())
+    return builder.sign(who.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+async def pki_message(who: Requester, recipient: x509.Certificate, content: bytes, *,
+                      transaction_id: str | None = None, nonce: bytes | None = None,
+                      message_type: str = "19", cipher: ContentCipher = "aes256_cbc",
+                      key_transport: RsaPadding = "pkcs1v15") -> bytes:
+    envelope = encrypt_enveloped(content, [recipient], key_transport=key_transport,
+                                 cipher=cipher)
+    return await sign_data(
+        who.signer, who.certificate, envelope, certificates=[who.certificate],
+        signed_attrs=[
+            sa.printable(sa.TRANSACTION_ID, transaction_id or secrets.token_hex(16)),
+            sa.printable(sa.MESSAGE_TYPE, message_type),
+            sa.octets(sa.SENDER_NONCE, nonce or secrets.token_bytes(16)),
+        ])
+
+
+@dataclass
+class CertRep:
+    status: str
+    fail_info: str | None
+    recipient_nonce: bytes | None
+    certificate: x509.Certificate | None
+    cipher: str | None
+
+
+async def read_reply(world: World, who: Requester, der: bytes) -> CertRep:
+    signed = verify_signed(der, content=b"")  # FAILURE and PENDING carry no content
+    assert signed.signer == world.ra  # the RA key signs every reply
+    attrs = signed.signed_attrs
+    assert sa.read_text(attrs, sa.MESSAGE_TYPE) == "3"
+    status = sa.read_text(attrs, sa.PKI_STATUS)
+    assert status is not None
+    certificate, cipher = None, None
+    if status == "0":
+        envelope = asn1_cms.ContentInfo.load(signed.content)["content"]
+        cipher = envelope["encrypted_content_info"]["content_encryption_algorithm"][
+            "algorithm"].native
+        inner = await decrypt_enveloped(signed.content, who.signer, who.certificate)
+        (certificate,) = _certs(inner)
+    return CertRep(status, sa.read_text(attrs, sa.FAIL_INFO),
+                   sa.read_octets(attrs, sa.RECIPIENT_NONCE), certificate, cipher)
+
+
+async def post(world: World, message: bytes, path: str = "/scep") -> Any:
+    return await world.client.post(path, params={"operation": "PKIOperation"}, data=message,
+                                   headers={"Content-Type": "application/x-pki-message"})
+
+
+async def enroll(world: World, who: Requester, message: bytes) -> CertRep:
+    response = await post(world, message)
+    assert response.status == 200
+    assert response.content_type == "application/x-pki-message"
+    return await read_reply(world, who, await response.read())
+
+
+async def issued(world: World) -> int:
+    """End-entity certificates issued (not the PKI's own)."""
+    return sum(n for _, profile, n in await world.services.store.count_active_certificates(
+        dt.datetime.now(dt.UTC)) if profile == "external_integration")
+
+
+async def challenge(world: World, **kwargs: Any) -> str:
+    created = await world.services.scep.create_challenge(
+        "default", kwargs.pop("profile", None), kwargs.pop("lifetime", None),
+        kwargs.pop("principal", _ADMIN))
+    return created.password
+
+
+_ADMIN = Principal.system("test")
+
+
+# --- the operations ---------------------------------------------------------------------
+
+async def test_caps_and_ca_certificates(world: World) -> None:
+    response = await world.client.get("/scep", params={"operation": "GetCACaps"})
+    caps = (await response.text()).split("\n")
+    assert {"POSTPKIOperation", "SHA-256", "SHA-512", "AES", "SCEPStandard"} <= set(caps)
+    assert "DES" not in caps
+    usage = world.ra.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert usage.digital_signature and usage.key_encipherment and not usage.key_cert_sign
+    assert isinstance(world.ra.public_key(), rsa.RSAPublicKey)
+    issuing = world.chain[0]
+    assert world.ra.issuer == issuing.subject
+    assert any("Root" in c.subject.rfc4514_string() for c in world.chain)
+
+
+async def test_enroll_with_a_one_time_challenge_oaep_aes256(world: World) -> None:
+    who = requester()
+    nonce = secrets.token_bytes(16)
+    message = await pki_message(who, world.ra, csr_for(who, await challenge(world)),
+                                nonce=nonce, key_transport=RsaOaep("sha256", "sha256"))
+    reply = await enroll(world, who, message)
+    assert (reply.status, reply.fail_info) == ("0", None)
+    assert reply.recipient_nonce == nonce
+    assert reply.cipher == "aes256_cbc"  # the request's
+    assert reply.certificate is not None
+    assert reply.certificate.issuer == world.chain[0].subject
+    assert reply.certificate.public_key() == who.key.public_key()
+    assert await issued(world) == 1
+
+
+async def test_pki_operation_over_get_with_unescaped_base64(world: World) -> None:
+    """Clients send the message's + and / unescaped: a form decoder would read a space."""
+    for _ in range(20):  # until the base64 holds both (almost always the first)
+        who = requester()
+        message = await pki_message(who, world.ra, csr_for(who, STATIC), cipher="aes128_cbc")
+        text = base64.b64encode(message).decode()
+        if "+" in text and "/" in text:
+            break
+    response = await world.client.get(f"/scep?operation=PKIOperation&message={text}")
+    assert response.status == 200, await response.text()
+    reply = await read_reply(world, who, await response.read())
+    assert reply.status == "0" and reply.cipher == "aes128_cbc"
+
+
+async def test_des3_request_gets_a_des3_reply(world: World) -> None:
+    who = requester()
+    message = await pki_message(who, world.ra, csr_for(who, STATIC), cipher="tripledes_3key")
+    reply = await enroll(world, who, message)
+    assert reply.status == "0" and reply.cipher == "tripledes_3key"
+
+
+async def test_same_request_again_gets_the_same_certificate(world: World) -> None:
+    who = requester()
+    message = await pki_message(who, world.ra, csr_for(who, await challenge(world)),
+                                transaction_id="tid-again")
+    first = await enroll(world, who, message)
+    second = await enroll(world, who, message)  # the challenge is spent by now
+    assert first.status == second.status == "0"
+    assert first.certificate == second.certificate
+    assert await issued(world) == 1
+
+
+# --- bad input: a FAILURE with its failInfo, or a 4xx; nothing issued ---------------------
+
+@pytest.mark.parametrize("body", [b"", b"garbage", b"\x30\x03\x02\x01\x01"])
+async def test_garbage_is_400(world: World, body: bytes) -> None:
+    response = await post(world, body)
+    assert response.status == 400
+    assert response.content_type == "text/plain"
+    assert await issued(world) == 0
+
+
+async def test_wrong_challenge_is_bad_request(world: World) -> None:
+    who = requester()
+    reply = await enroll(world, who, await pki_message(who, world.ra,
+                                                       csr_for(who, "not-it")))
+    assert (reply.status, reply.fail_info) == ("2", "2")
+    reply = await enroll(world, who, await pki_message(who, world.ra, csr_for(who, None)))
+    assert (reply.status, reply.fail_info) == ("2", "2")
+    assert await issued(world) == 0
+
+
+async def test_reused_challenge_is_bad_request(world: World) -> None:
+    password = await challenge(world)
+    first, second = requester(), requester()
+    assert (await enroll(world, first, await pki_message(
+        first, world.ra, csr_for(first, password)))).status == "0"
+    reply = await enroll(world, second, await pki_message(
+        second, world.ra, csr_for(second, password)))
+    assert (reply.status, reply.fail_info) == ("2", "2")
+    assert await issued(world) == 1
+
+
+async def test_challenge_of_another_profile_is_bad_request(world: World) -> None:
+    who = requester()
+    other = await challenge(world, profile="vcc_service")  # for /scep/default/vcc_service
+    reply = await enroll(world, who, await pki_message(who, world.ra, csr_for(who, other)))
+    assert (reply.status, reply.fail_info) == ("2", "2")
+    assert await issued(world) == 0
+
+
+async def test_encrypted_to_another_certificate_is_bad_message_check(world: World) -> None:
+    who, stranger = requester(), requester("stranger")
+    message = await pki_message(who, stranger.certificate, csr_for(who, STATIC))
+    reply = await enroll(world, who, message)
+    assert (reply.status, reply.fail_info) == ("2", "1")
+    assert await issued(world) == 0
+
+
+async def test_signature_that_does_not_match_is_bad_message_check(world: World) -> None:
+    who = requester()
+    message = bytearray(await pki_message(who, world.ra, csr_for(who, STATIC)))
+    message[-5] ^= 0x01  # inside the signature, the last field of the SignerInfo
+    reply = await enroll(world, who, bytes(message))
+    assert (reply.status, reply.fail_info) == ("2", "1")
+    assert await issued(world) == 0
+
+
+async def test_unsupported_cipher_is_bad_alg(world: World) -> None:
+    who = requester()
+    envelope = bytearray(encrypt_enveloped(csr_for(who, STATIC), [world.ra],
+                                           cipher="aes128_cbc"))
+    # aes128-CBC (2.16.840.1.101.3.4.1.2) becomes aes128-OFB (...1.3), same length.
+    oid = bytes.fromhex("608648016503040102")
+    at = envelope.index(oid)
+    envelope[at + len(oid) - 1] = 0x03
+    message = await sign_data(
+        who.signer, who.certificate, bytes(envelope), certificates=[who.certificate],
+        signed_attrs=[sa.printable(sa.TRANSACTION_ID, "t-alg"),
+                      sa.printable(sa.MESSAGE_TYPE, "19"),
+                      sa.octets(sa.SENDER_NONCE, b"n" * 16)])
+    reply = await enroll(world, who, message)
+    assert (reply.status, reply.fail_info) == ("2", "0")
+    assert await issued(world) == 0
+
+
+def des_envelope(content: bytes, recipient: x509.Certificate) -> bytes:
+    """EnvelopedData in single DES-CBC, as micromdm's scepclient writes it."""
+    key, iv = secrets.token_bytes(8), secrets.token_bytes(8)
+    padder = block_padding.PKCS7(64).padder()
+    padded = padder.update(content) + padder.finalize()
+    encryptor = Cipher(TripleDES(key * 3), modes.CBC(iv)).encryptor()
+    public_key = recipient.public_key()
+    assert isinstance(public_key, rsa.RSAPublicKey)
+    cert = asn1_x509.Certificate.load(recipient.public_bytes(serialization.Encoding.DER))
+    return bytes(asn1_cms.ContentInfo({"content_type": "enveloped_data", "content": {
+        "version": "v0",
+        "recipient_infos": [asn1_cms.RecipientInfo({"ktri": {
+            "version": "v0",
+            "rid": {"issuer_and_serial_number": {"issuer": cert.issuer,
+                                                 "serial_number": cert.serial_number}},
+            "key_encryption_algorithm": {"algorithm": "rsaes_pkcs1v15"},
+            "encrypted_key": public_key.encrypt(key, padding.PKCS1v15()),
+        }})],
+        "encrypted_content_info": {
+            "content_type": "data",
+            "content_encryption_algorithm": {"algorithm": "des", "parameters": iv},
+            "encrypted_content": encryptor.update(padded) + encryptor.finalize(),
+        },
+    }}).dump())
+
+
+async def des_message(who: Requester, world: World) -> bytes:
+    return await sign_data(
+        who.signer, who.certificate, des_envelope(csr_for(who, STATIC), world.ra),
+        certificates=[who.certificate],
+        signed_attrs=[sa.printable(sa.TRANSACTION_ID, secrets.token_hex(8)),
+                      sa.printable(sa.MESSAGE_TYPE, "19"),
+                      sa.octets(sa.SENDER_NONCE, b"n" * 16)])
+
+
+async def test_single_des_is_bad_alg_unless_configured(world: World) -> None:
+    who = requester()
+    reply = await enroll(world, who, await des_message(who, world))
+    assert (reply.status, reply.fail_info) == ("2", "0")
+    assert await issued(world) == 0
+
+
+async def test_single_des_when_configured_gets_an_aes256_reply(
+        tmp_path: Any, aiohttp_client: Any) -> None:
+    async with fresh_services(tmp_path, VCC_PKI_SCEP_CHALLENGE=STATIC,
+                              VCC_PKI_SCEP_ACCEPT_SINGLE_DES="true") as services:
+        client = await aiohttp_client(build_http_app(services))
+        response = await client.get("/scep", params={"operation": "GetCACert"})
+        (ra,) = [c for c in _certs(await response.read()) if not _is_ca(c)]
+        world = World(services, client, ra, [])
+        who = requester()
+        reply = await enroll(world, who, await des_message(who, world))
+        assert (reply.status, reply.cipher) == ("0", "aes256_cbc")  # never DES in a reply
+        assert await issued(world) == 1
+
+
+async def test_replayed_transaction_id_with_another_key_is_refused(world: World) -> None:
+    first, second = requester(), requester()
+    assert (await enroll(world, first, await pki_message(
+        first, world.ra, csr_for(first, STATIC), transaction_id="tid-1"))).status == "0"
+    reply = await enroll(world, second, await pki_message(
+        second, world.ra, csr_for(second, STATIC), transaction_id="tid-1"))
+    assert (reply.status, reply.fail_info) == ("2", "2")
+    assert await issued(world) == 1
+
+
+async def test_unsupported_message_type_is_bad_request(world: World) -> None:
+    who = requester()
+    reply = await enroll(world, who, await pki_message(
+        who, world.ra, csr_for(who, STATIC), message_type="99"))
+    assert (reply.status, reply.fail_info) == ("2", "2")
+
+
+async def test_oversized_body_is_413(world: World) -> None:
+    response = await post(world, b"\x30" * (64 * 1024 + 1))
+    assert response.status == 413
+    assert await issued(world) == 0
+
+
+@pytest.mark.parametrize(("path", "query", "status"), [
+    ("/scep", "operation=Nope", 400),
+    ("/scep", "", 400),
+    ("/scep/nope/external_integration", "operation=GetCACaps", 404),
+    ("/scep/default/nope", "operation=GetCACert", 404),
+    ("/scep/default/scep_ra", "operation=GetCACert", 404),  # internal profiles are not served
+    ("/scep", "operation=PKIOperation&message=%%%", 400),
+    ("/scep", "operation=PKIOperation", 400),
+])
+async def test_http_level_faults(world: World, path: str, query: str, status: int) -> None:
+    response = await world.client.get(f"{path}?{query}")
+    assert response.status == status
+    assert response.content_type == "text/plain"
+
+
+async def test_other_profile_path_uses_its_challenge(world: World) -> None:
+    who = requester()
+    password = await challenge(world, profile="vcc_service")
+    message = await pki_message(who, world.ra, csr_for(who, password, dns="dev.example"))
+    response = await post(world, message, "/scep/default/vcc_service")
+    reply = await read_reply(world, who, await response.read())
+    assert reply.status == "0" and reply.certificate is not None
+    eku = reply.certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert x509.oid.ExtendedKeyUsageOID.SERVER_AUTH in eku  # vcc_service's, not the default
+    # the static challenge belongs to /scep only
+    other = requester()
+    response = await post(world, await pki_message(
+        other, world.ra, csr_for(other, STATIC, dns="dev2.example")), "/scep/default/vcc_service")
+    assert (await read_reply(world, other, await response.read())).fail_info == "2"
+
+
+async def test_renewal_signed_by_a_live_certificate_needs_no_challenge(world: World) -> None:
+    who = requester()
+    first = await enroll(world, who, await pki_message(who, world.ra, csr_for(who, STATIC)))
+    assert first.status == "0" and first.certificate is not None
+    holder = Requester(who.key, first.certificate)  # the issued certificate signs now
+    renewal = await pki_message(holder, world.ra, csr_for(holder, None), message_type="17")
+    renewed = await enroll(world, holder, renewal)
+    assert renewed.status == "0" and renewed.certificate is not None
+    assert renewed.certificate.serial_number != first.certificate.serial_number
+    assert await issued(world) == 2
+    # a self-signed certificate is no credential, nor a revoked one of ours
+    stranger = requester()
+    reply = await enroll(world, stranger, await pki_message(
+        stranger, world.ra, csr_for(stranger, None), message_type="17"))
+    assert (reply.status, reply.fail_info) == ("2", "2")
+    await world.services.authority.revoke(
+        format(renewed.certificate.serial_number, "x"), "key_compromise", _ADMIN)
+    revoked = Requester(who.key, renewed.certificate)
+    reply = await enroll(world, revoked, await pki_message(
+        revoked, world.ra, csr_for(revoked, None, cn="again"), message_type="17"))
+    assert (reply.status, reply.fail_info) == ("2", "2")
+    assert await issued(world) == 1  # the revoked one no longer counts as active
+
+
+def issuer_and_serial(certificate: x509.Certificate, serial: int | None = None) -> bytes:
+    loaded = asn1_x509.Certificate.load(certificate.public_bytes(serialization.Encoding.DER))
+    return bytes(asn1_cms.IssuerAndSerialNumber({
+        "issuer": loaded.issuer,
+        "serial_number": serial if serial is not None else loaded.serial_number}).dump())
+
+
+async def test_get_cert_and_get_crl(world: World) -> None:
+    who = requester()
+    first = await enroll(world, who, await pki_message(who, world.ra, csr_for(who, STATIC)))
+    assert first.certificate is not None
+    await world.services.authority.revoke(
+        format(first.certificate.serial_number, "x"), "superseded", _ADMIN)
+    await world.services.crls.publish_all()
+    asker = requester("asker")  # public information: any requester may ask
+    reply = await enroll(world, asker, await pki_message(
+        asker, world.ra, issuer_and_serial(first.certificate), message_type="21"))
+    assert reply.status == "0" and reply.certificate == first.certificate
+    response = await post(world, await pki_message(
+        asker, world.ra, issuer_and_serial(first.certificate), message_type="22"))
+    signed = verify_signed(await response.read())
+    assert sa.read_text(signed.signed_attrs, sa.PKI_STATUS) == "0"
+    inner = await decrypt_enveloped(signed.content, asker.signer, asker.certificate)
+    (crl_choice,) = asn1_cms.ContentInfo.load(inner)["content"]["crls"]
+    crl = x509.load_der_x509_crl(crl_choice.chosen.dump())
+    assert crl.issuer == world.chain[0].subject
+    assert crl.get_revoked_certificate_by_serial_number(first.certificate.serial_number)
+    # an unknown serial, or a certificate of another CA: badCertId; garbage: badRequest
+    for content, fail in [(issuer_and_serial(first.certificate, 12345), "4"),
+                          (issuer_and_serial(world.chain[0]), "4"),
+                          (b"\x30\x00", "2")]:
+        reply = await enroll(world, asker, await pki_message(
+            asker, world.ra, content, message_type="21"))
+        assert (reply.status, reply.fail_info) == ("2", fail)
+
+
+async def test_request_to_the_previous_ra_certificate_still_decrypts(world: World) -> None:
+    """A client that fetched GetCACert before the RA was renewed encrypts to the old one."""
+    service = world.services.scep
+    ca = await world.services.authority.ca("default-issuing")
+    await service._new_ra(ca)  # a renewal: a newer, longer-lived RA
+    service._ras.clear()
+    response = await world.client.get("/scep", params={"operation": "GetCACert"})
+    (current,) = [c for c in _certs(await response.read()) if not _is_ca(c)]
+    assert current != world.ra
+    who = requester()
+    reply = await enroll(replace(world, ra=current), who,
+                         await pki_message(who, world.ra, csr_for(who, STATIC)))
+    assert reply.status == "0"  # signed by the current RA, decrypted by the old one
