@@ -17,7 +17,6 @@ import logging
 import re
 import secrets
 import time
-import unicodedata
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -427,13 +426,14 @@ class Authority:
             raise Forbidden(f"profile {profile.name} is issued by the CA itself only")
         csr = request.csr if isinstance(request.csr, x509.CertificateSigningRequest) \
             else parse_csr(request.csr)
-        reject_control_characters(csr)
         public_key = csr.public_key()
         subject_key = check_subject_key(public_key, profile)
         sans = x509build.sans_from_csr(csr)
+        reject_control_characters(csr, sans)
         common_name = _common_name(csr)
-        named = x509build.common_name_identifier(common_name) if common_name else None
-        if not sans and profile.require_san and named is not None:
+        named = x509build.common_name_identifier(common_name) \
+            if common_name and not sans and profile.require_san else None
+        if named is not None:
             # Many clients still put the host name (or address) only in the CN; carry it
             # into the SAN of its kind, as ACME finalization reads it.
             sans = x509build.SubjectAltNames(dns=(named[1],)) if named[0] == "dns" \
@@ -716,25 +716,17 @@ NOT_A_CSR = "not a PEM or DER PKCS#10 certificate request"
 _PEM_LABEL = re.compile(rb"-----BEGIN ([A-Z0-9 ]{1,40})-----")
 
 
-def reject_control_characters(csr: x509.CertificateSigningRequest) -> None:
-    """Control characters (Unicode Cc: C0, DEL, C1) in any subject attribute or SAN are
-    refused before anything is signed: RFC 5280 names have no place for them, and a NUL
-    truncates the name in C-string consumers (the null-prefix attack, ``good.test\\0.evil``)."""
-    values: list[str] = [value for attribute in csr.subject
-                         if isinstance(value := attribute.value, str)]
-    try:
-        names = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        names = None
-    except ValueError as exc:  # an undecodable extension: not our CSR to sign
-        raise BadCSR("the CSR's extensions cannot be read") from exc
-    if names is not None:
-        for general_name in names:
-            value = general_name.value
-            if isinstance(value, str):
-                values.append(value)
-    for value in values:
-        if any(unicodedata.category(char) == "Cc" for char in value):
+# Unicode category Cc: C0 controls, DEL and C1 controls.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def reject_control_characters(csr: x509.CertificateSigningRequest,
+                              sans: x509build.SubjectAltNames) -> None:
+    """Control characters (C0, DEL, C1) in any subject attribute or SAN are refused before
+    anything is signed: RFC 5280 names have no place for them, and a NUL truncates the
+    name in C-string consumers (the null-prefix attack, ``good.test\\0.evil``)."""
+    for value in (*(a.value for a in csr.subject), *sans.dns, *sans.email, *sans.uri):
+        if isinstance(value, str) and _CONTROL.search(value):
             raise BadCSR(f"a name in the CSR holds a control character: {value!r}")
 
 
