@@ -28,17 +28,16 @@ from __future__ import annotations
 import abc
 import datetime as dt
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 T = TypeVar("T")
 
 Fetch = Literal["none", "one", "all"]
 
 
-@dataclass(frozen=True, slots=True)
-class Stmt:
-    """One statement: SQL in the store's spelling, its parameters, and what to fetch."""
+class Stmt(NamedTuple):
+    """One statement: SQL in the store's spelling, its parameters, and what to fetch. (A
+    tuple: made for every query, it must cost next to nothing.)"""
 
     sql: str
     params: Sequence[Any] = ()
