@@ -348,6 +348,76 @@ async def test_external_account_binding(eab_world: World) -> None:
     await _problem(await second.register(externalAccountBinding=binding), "unauthorized", 401)
 
 
+def _mac_binding(protected: dict[str, Any], payload: bytes, secret: bytes) -> dict[str, str]:
+    """An EAB JWS with any protected header and payload bytes (mac_jws makes the good one)."""
+    import josepy
+
+    protected_b64, payload_b64 = b64(json.dumps(protected).encode()), b64(payload)
+    algorithm = josepy.jwa.JWASignature.from_json(protected.get("alg", "HS256"))
+    signature = algorithm.sign(secret, f"{protected_b64}.{payload_b64}".encode())
+    return {"protected": protected_b64, "payload": payload_b64, "signature": b64(signature)}
+
+
+async def test_external_account_binding_checks(eab_world: World) -> None:
+    """RFC 8555 7.3.4: each check of the EAB JWS refuses on its own, with its problem."""
+    from ca_core.hierarchy import ensure_organization
+    from ca_core.principal import Principal
+
+    world = eab_world
+    await ensure_organization(world.services.authority, "health", "Health",
+                              Principal.system("test"))
+    health = await world.services.authority.organization("health")
+    key = await world.services.acme.create_eab_key("default", actor="ops-desk")
+    assert key.kid.startswith("kid-") and len(key.hmac_key) == 32 and key.account_id is None
+    (event,) = [e.event for e in await world.services.store.audit_entries()
+                if e.event.event_type == "acme.eab_created"]
+    assert (event.category, event.action, event.actor_type, event.actor_id, event.org_id,
+            event.resource_type, event.resource_id, event.data) == (
+        "acme", "eab_created", "system", "ops-desk", key.org_id, "acme_eab_key", key.kid,
+        {"org": "default"})
+    health_key = await world.services.acme.create_eab_key("health")
+    assert health_key.org_id == health.org_id != key.org_id
+
+    client = world.client()
+    directory = await client.load()
+    url = directory["newAccount"]
+    jwk = json.dumps(client.key.jwk).encode()
+    good = {"alg": "HS256", "kid": key.kid, "url": url}
+    refused: list[tuple[Any, str, int]] = [
+        ([mac_jws(key.kid, key.hmac_key, client.key.jwk, url)], "malformed", 400),
+        (_mac_binding({"alg": "HS256", "url": url}, jwk, key.hmac_key), "malformed", 400),
+        (_mac_binding({**good, "kid": 7}, jwk, key.hmac_key), "malformed", 400),
+        (_mac_binding({**good, "url": url + "x"}, jwk, key.hmac_key), "unauthorized", 401),
+        (_mac_binding({**good, "nonce": "n"}, jwk, key.hmac_key), "malformed", 400),
+        (_mac_binding({**good, "kid": "kid-unknown"}, jwk, key.hmac_key), "unauthorized", 401),
+        (_mac_binding(good, b"not json", key.hmac_key), "malformed", 400),
+        (_mac_binding(good, b"[1]", key.hmac_key), "malformed", 400),
+        ({**mac_jws(key.kid, key.hmac_key, client.key.jwk, url), "signature": ""},
+         "unauthorized", 401),
+    ]
+    for binding, problem, status in refused:
+        await _problem(await client.register(externalAccountBinding=binding), problem, status)
+    for alg in ("RS256", "none", "EdDSA"):
+        binding = {**mac_jws(key.kid, key.hmac_key, client.key.jwk, url),
+                   "protected": b64(json.dumps({**good, "alg": alg}).encode())}
+        await _problem(await client.register(externalAccountBinding=binding),
+                       "badSignatureAlgorithm", 400)
+
+    # An organization's directory takes only its own keys; the default organization's takes
+    # any organization's, and the account belongs to the key's organization.
+    tenant = world.client(directory="/acme/health/directory")
+    health_url = (await tenant.load())["newAccount"]
+    binding = mac_jws(key.kid, key.hmac_key, tenant.key.jwk, health_url)
+    await _problem(await tenant.register(externalAccountBinding=binding), "unauthorized", 401)
+    binding = mac_jws(health_key.kid, health_key.hmac_key, client.key.jwk, url)
+    response = await client.register(externalAccountBinding=binding)
+    assert response.status == 201, await response.text()
+    account = await world.services.store.get_acme_account(
+        (client.account_url or "").rsplit("/", 1)[1])
+    assert account is not None and account.org_id == health.org_id
+    assert account.eab_kid == health_key.kid
+
+
 # --- bad requests -------------------------------------------------------------------------
 
 async def test_bad_jws_requests(world: World) -> None:
