@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -28,6 +29,7 @@ from ca_core.errors import (
 )
 from ca_core.hierarchy import ensure_hierarchy, ensure_organization
 from ca_core.principal import Principal
+from ca_core.records import AuditEvent
 from db.audit_chain import verify_chain
 from tests.conftest import Pki
 from tests.helpers import ListenerRecorder, fail_certificate_writes, make_csr, make_key
@@ -366,3 +368,101 @@ async def test_an_address_only_in_the_common_name_becomes_an_ip_san(pki: Pki,
     assert sans.get_values_for_type(x509.DNSName) == []
     assert [str(i) for i in sans.get_values_for_type(x509.IPAddress)] == [address]
     assert issued.record.san == {"ip": [address]}
+
+
+def _sample(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+class _FailingListener(ListenerRecorder):
+    async def certificate_issued(self, issued: Any) -> None:
+        raise RuntimeError("listener down")
+
+    async def certificate_revoked(self, record: Any) -> None:
+        raise RuntimeError("listener down")
+
+
+async def test_issue_and_revoke_count_audit_and_tell_listeners(
+        pki: Pki, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The pki_* metrics carry organization, profile and outcome; every listener hears of
+    the certificate even after one fails (the failure is logged with the serial); the
+    revocation is stored and audited exactly as asked."""
+    issued_name = "pki_cert_requests_total"
+    before = {status: _sample(issued_name, org_id=org, purpose=purpose, status=status)
+              for org, purpose, status in [("default", "vcc_service", "issued"),
+                                           ("unknown", "unknown", "rejected"),
+                                           ("default", "vcc_service", "error")]}
+    timings = _sample("pki_cert_issuance_duration_seconds_count", org_id="default",
+                      purpose="vcc_service")
+    listener = ListenerRecorder()
+    pki.authority.add_listener(_FailingListener())
+    pki.authority.add_listener(listener)
+    with caplog.at_level("ERROR", logger="ca_core.authority"):
+        issued = await pki.authority.issue(
+            IssuanceRequest(csr=make_csr(), profile="vcc_service"), SYSTEM)
+    assert listener.issued == [issued]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"certificate listener failed after issuing {issued.serial}"]
+    with pytest.raises(UnknownProfile):
+        await pki.authority.issue(IssuanceRequest(csr=make_csr(), profile="nope"), SYSTEM)
+
+    async def broken(*args: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(pki.authority, "_issue", broken)
+    with pytest.raises(RuntimeError):
+        await pki.authority.issue(
+            IssuanceRequest(csr=make_csr(), profile="vcc_service", org="default"), SYSTEM)
+    monkeypatch.undo()
+    assert _sample(issued_name, org_id="default", purpose="vcc_service", status="issued") \
+        == before["issued"] + 1
+    assert _sample(issued_name, org_id="unknown", purpose="unknown", status="rejected") \
+        == before["rejected"] + 1
+    assert _sample(issued_name, org_id="default", purpose="vcc_service", status="error") \
+        == before["error"] + 1
+    assert _sample("pki_cert_issuance_duration_seconds_count", org_id="default",
+                   purpose="vcc_service") == timings + 1
+    # A duration, not a point in time: well below the 10 s bucket.
+    assert _sample("pki_cert_issuance_duration_seconds_bucket", org_id="default",
+                   purpose="vcc_service", le="10.0") == timings + 1
+
+    now = dt.datetime(2026, 3, 4, 5, 6, 7, 890, tzinfo=dt.UTC)
+    pki.authority.clock = lambda: now
+    revocations = _sample("pki_cert_revocations_total", org_id="default",
+                          reason="key_compromise")
+    caplog.clear()
+    with caplog.at_level("ERROR", logger="ca_core.authority"):
+        # an invalidity date of exactly now is not in the future
+        revoked = await pki.authority.revoke(issued.serial, "keyCompromise", SYSTEM,
+                                             invalidity_date=now)
+    assert listener.revoked == [revoked]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"certificate listener failed after revoking {issued.serial}"]
+    assert _sample("pki_cert_revocations_total", org_id="default",
+                   reason="key_compromise") == revocations + 1
+    ca_id = issued.record.issuer_ca_id
+    (stored,) = await pki.store.list_revocations(ca_id)
+    assert stored.revoked_at == now.replace(microsecond=0)
+    assert (stored.ca_id, stored.serial_hex, stored.cert_id, stored.reason,
+            stored.invalidity_date, stored.crl_partition) == (
+        ca_id, issued.record.serial_hex, issued.record.cert_id, "key_compromise", now, 0)
+    (event,) = [e.event for e in await pki.store.audit_entries()
+                if e.event.event_type == "certificate.revoked"]
+    assert event == AuditEvent(
+        event_type="certificate.revoked", category="certificate", action="revoke",
+        actor_type="system", actor_id="test", org_id=issued.record.org_id,
+        resource_type="certificate", resource_id=issued.record.cert_id,
+        data={"serial": issued.record.serial_hex, "reason": "key_compromise"})
+
+    with pytest.raises(Conflict, match=f"certificate {issued.serial} is already revoked"):
+        await pki.authority.revoke(issued.serial, "superseded", SYSTEM)
+    other = await pki.authority.issue(
+        IssuanceRequest(csr=make_csr(), profile="vcc_service"), SYSTEM)
+    with pytest.raises(BadRequest, match="^the invalidity date lies in the future$"):
+        await pki.authority.revoke(other.serial, "superseded", SYSTEM,
+                                   invalidity_date=now + dt.timedelta(seconds=1))
+    auditor = await _caller(pki, "default", "auditor")
+    with pytest.raises(Forbidden, match="^this credential may not revoke certificates$"):
+        await pki.authority.revoke(other.serial, "superseded", auditor)
