@@ -460,9 +460,84 @@ async def test_issue_and_revoke_count_audit_and_tell_listeners(
         await pki.authority.revoke(issued.serial, "superseded", SYSTEM)
     other = await pki.authority.issue(
         IssuanceRequest(csr=make_csr(), profile="vcc_service"), SYSTEM)
-    with pytest.raises(BadRequest, match="^the invalidity date lies in the future$"):
+    with pytest.raises(BadRequest, match=r"^the invalidity date lies in the future$"):
         await pki.authority.revoke(other.serial, "superseded", SYSTEM,
                                    invalidity_date=now + dt.timedelta(seconds=1))
     auditor = await _caller(pki, "default", "auditor")
-    with pytest.raises(Forbidden, match="^this credential may not revoke certificates$"):
+    with pytest.raises(Forbidden, match=r"^this credential may not revoke certificates$"):
         await pki.authority.revoke(other.serial, "superseded", auditor)
+
+
+async def test_issuance_audit_subject_and_serial_collisions(
+        pki: Pki, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The certificate.issued event names what was issued; a CSR without CN is named by its
+    first SAN under the organization's name; a serial clash draws a new serial, three
+    times at most; a failed write is logged."""
+    issued = await pki.authority.issue(
+        IssuanceRequest(csr=make_csr(cn=None, dns=("a.example.test", "b.example.test")),
+                        profile="vcc_service"), SYSTEM)
+    record = issued.record
+    assert record.common_name == "a.example.test"
+    assert issued.certificate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0] \
+        .value == "a.example.test"
+    org = await pki.authority.organization("default")
+    assert issued.certificate.subject.get_attributes_for_oid(
+        x509.NameOID.ORGANIZATION_NAME)[0].value == org.name
+    assert record.created_at is not None and record.crl_partition == 0
+    (event,) = [e.event for e in await pki.store.audit_entries()
+                if e.event.resource_id == record.cert_id]
+    assert event == AuditEvent(
+        event_type="certificate.issued", category="certificate", action="issue",
+        actor_type="system", actor_id="test", org_id=org.org_id,
+        resource_type="certificate", resource_id=record.cert_id,
+        data={"serial": record.serial_hex, "ca": "default-issuing", "profile": "vcc_service",
+              "subject": record.subject_dn, "san": record.san,
+              "not_after": record.not_after.isoformat()})
+    ip_only = await pki.authority.issue(
+        IssuanceRequest(csr=make_csr(cn=None, dns=(), ips=("10.9.8.7",)),
+                        profile="vcc_service"), SYSTEM)
+    assert ip_only.record.common_name == "10.9.8.7"
+    with pytest.raises(PolicyViolation,
+                       match=r"^the request names no subject: give a CN or a SAN$"):
+        await pki.authority.issue(
+            IssuanceRequest(csr=make_csr(cn=None, dns=()), profile="code_signing"), SYSTEM)
+
+    from ca_core.storage import StoreConflict
+
+    store_add = pki.store.add_certificate
+    attempts: list[Any] = []
+
+    async def clashing(cert: Any, audit: Any, clashes: int = 2) -> None:
+        attempts.append(cert)
+        if len(attempts) <= clashes:
+            raise StoreConflict("serial taken")
+        await store_add(cert, audit)
+
+    monkeypatch.setattr(pki.store, "add_certificate", clashing)
+    with caplog.at_level("WARNING", logger="ca_core.authority"):
+        third = await pki.authority.issue(
+            IssuanceRequest(csr=make_csr(), profile="vcc_service"), SYSTEM)
+    assert len(attempts) == 3 and len({a.serial_hex for a in attempts}) == 3
+    assert third.record == attempts[2]
+    assert [r.getMessage() for r in caplog.records] == [
+        "serial collision on CA default-issuing; drawing a new serial"] * 2
+    attempts.clear()
+    monkeypatch.setattr(pki.store, "add_certificate",
+                        lambda cert, audit: clashing(cert, audit, clashes=99))
+    with pytest.raises(Unavailable, match=r"^could not allocate a unique serial number$"):
+        await pki.authority.issue(IssuanceRequest(csr=make_csr(), profile="vcc_service"),
+                                  SYSTEM)
+    assert len(attempts) == 3
+
+    caplog.clear()
+    fail_certificate_writes(monkeypatch, pki.store)
+    with caplog.at_level("ERROR", logger="ca_core.authority"), pytest.raises(Unavailable):
+        await pki.authority.issue(IssuanceRequest(csr=make_csr(), profile="vcc_service"),
+                                  SYSTEM)
+    assert [r.getMessage() for r in caplog.records] == [
+        "storing an issued certificate failed: "
+        "simulated: the database went away at the certificate write"]
+    auditor = await _caller(pki, "default", "auditor")
+    with pytest.raises(Forbidden, match=r"^this credential may not request certificates$"):
+        await pki.authority.issue(IssuanceRequest(csr=make_csr(), profile="vcc_service"),
+                                  auditor)
