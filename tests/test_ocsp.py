@@ -18,7 +18,7 @@ from asn1crypto import algos as a_algos
 from asn1crypto import ocsp as a_ocsp
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -830,3 +830,39 @@ async def test_front_cache_over_redis_shows_another_process_revocation_quickly(
     finally:
         await other.aclose()
         await other_cache.close()
+
+
+@pytest.mark.parametrize(("key_type", "algorithm"), [
+    ("rsa-2048", x509.SignatureAlgorithmOID.RSA_WITH_SHA256),
+    ("ec-p384", x509.SignatureAlgorithmOID.ECDSA_WITH_SHA384),
+])
+async def test_several_cert_ids_signed_with_each_key_type(
+        tmp_path: Path, aiohttp_client: ClientFactory, key_type: str,
+        algorithm: x509.ObjectIdentifier) -> None:
+    """The asn1crypto path (several CertIDs) names the signature algorithm of the
+    responder's key (RFC 6960 4.2.1) and encodes good as [0] NULL and the nonce as a
+    non-critical extension. (Responder keys are RSA or EC: profile ocsp_signing.)"""
+    async with fresh_services(tmp_path, VCC_PKI_ISSUING_KEY_TYPE=key_type,
+                              VCC_PKI_OCSP_NONCE="true") as services:
+        await services.ocsp.load(create=True)
+        first, second = await issue(services), await issue(services)
+        ca = first.chain[0]
+        request = a_ocsp.OCSPRequest({"tbs_request": {
+            "request_list": [{"req_cert": _cert_id(c.certificate, ca)} for c in (first, second)],
+            "request_extensions": [{"extn_id": "nonce", "extn_value": b"abc"}],
+        }}).dump()
+        _, body = await post(await aiohttp_client(build_http_app(services)), request)
+    parsed = ocsp.load_der_ocsp_response(body)
+    assert parsed.signature_algorithm_oid == algorithm
+    (responder,) = parsed.certificates
+    key = responder.public_key()
+    if isinstance(key, rsa.RSAPublicKey):
+        key.verify(parsed.signature, parsed.tbs_response_bytes, padding.PKCS1v15(),
+                   hashes.SHA256())
+    else:
+        assert isinstance(key, ec.EllipticCurvePublicKey)
+        key.verify(parsed.signature, parsed.tbs_response_bytes, ec.ECDSA(hashes.SHA384()))
+    nonce = parsed.extensions.get_extension_for_class(x509.OCSPNonce)
+    assert nonce.critical is False and nonce.value.nonce == b"abc"
+    data = a_ocsp.OCSPResponse.load(body).basic_ocsp_response["tbs_response_data"]
+    assert [single["cert_status"].dump() for single in data["responses"]] == [b"\x80\x00"] * 2
