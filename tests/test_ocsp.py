@@ -9,6 +9,7 @@ import base64
 import datetime as dt
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any, cast
 
@@ -851,7 +852,14 @@ async def test_several_cert_ids_signed_with_each_key_type(
             "request_list": [{"req_cert": _cert_id(c.certificate, ca)} for c in (first, second)],
             "request_extensions": [{"extn_id": "nonce", "extn_value": b"abc"}],
         }}).dump()
-        _, body = await post(await aiohttp_client(build_http_app(services)), request)
+        client = await aiohttp_client(build_http_app(services))
+        _, body = await post(client, request)
+        # Without a nonce the HTTP caching headers are the response's own times.
+        past = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=30)
+        services.ocsp.clock = lambda: past
+        response, _ = await post(client, multi_request(
+            [(c.certificate, ca) for c in (first, second)]))
+        assert response.headers["Last-Modified"] == formatdate(past.timestamp(), usegmt=True)
     parsed = ocsp.load_der_ocsp_response(body)
     assert parsed.signature_algorithm_oid == algorithm
     (responder,) = parsed.certificates
