@@ -383,32 +383,45 @@ async def test_external_account_binding_checks(eab_world: World) -> None:
     url = directory["newAccount"]
     jwk = json.dumps(client.key.jwk).encode()
     good = {"alg": "HS256", "kid": key.kid, "url": url}
-    refused: list[tuple[Any, str, int]] = [
-        ([mac_jws(key.kid, key.hmac_key, client.key.jwk, url)], "malformed", 400),
-        (_mac_binding({"alg": "HS256", "url": url}, jwk, key.hmac_key), "malformed", 400),
-        (_mac_binding({**good, "kid": 7}, jwk, key.hmac_key), "malformed", 400),
-        (_mac_binding({**good, "url": url + "x"}, jwk, key.hmac_key), "unauthorized", 401),
-        (_mac_binding({**good, "nonce": "n"}, jwk, key.hmac_key), "malformed", 400),
-        (_mac_binding({**good, "kid": "kid-unknown"}, jwk, key.hmac_key), "unauthorized", 401),
-        (_mac_binding(good, b"not json", key.hmac_key), "malformed", 400),
-        (_mac_binding(good, b"[1]", key.hmac_key), "malformed", 400),
+    not_jws = "externalAccountBinding must be a JWS"
+    no_kid = "the EAB JWS needs a kid"
+    payload = "the EAB payload must be the account key"
+    bad_mac = "the External Account Binding MAC is invalid"
+    refused: list[tuple[Any, str, int, str]] = [
+        ([mac_jws(key.kid, key.hmac_key, client.key.jwk, url)], "malformed", 400, not_jws),
+        (_mac_binding({"alg": "HS256", "url": url}, jwk, key.hmac_key), "malformed", 400,
+         no_kid),
+        (_mac_binding({**good, "kid": 7}, jwk, key.hmac_key), "malformed", 400, no_kid),
+        (_mac_binding({**good, "url": url + "x"}, jwk, key.hmac_key), "unauthorized", 401,
+         "the EAB url must be the newAccount URL"),
+        (_mac_binding({**good, "nonce": "n"}, jwk, key.hmac_key), "malformed", 400,
+         "the EAB JWS must not carry a nonce"),
+        (_mac_binding({**good, "kid": "kid-unknown"}, jwk, key.hmac_key), "unauthorized", 401,
+         "unknown or already used EAB key id"),
+        (_mac_binding(good, b"not json", key.hmac_key), "malformed", 400, payload),
+        (_mac_binding(good, b"[1]", key.hmac_key), "malformed", 400, payload),
         ({**mac_jws(key.kid, key.hmac_key, client.key.jwk, url), "signature": ""},
-         "unauthorized", 401),
+         "unauthorized", 401, bad_mac),
     ]
-    for binding, problem, status in refused:
-        await _problem(await client.register(externalAccountBinding=binding), problem, status)
+    for binding, problem, status, detail in refused:
+        body = await _problem(await client.register(externalAccountBinding=binding),
+                              problem, status)
+        assert body["detail"] == detail
     for alg in ("RS256", "none", "EdDSA"):
         binding = {**mac_jws(key.kid, key.hmac_key, client.key.jwk, url),
                    "protected": b64(json.dumps({**good, "alg": alg}).encode())}
-        await _problem(await client.register(externalAccountBinding=binding),
-                       "badSignatureAlgorithm", 400)
+        body = await _problem(await client.register(externalAccountBinding=binding),
+                              "badSignatureAlgorithm", 400)
+        assert body["detail"] == "EAB must use one of HS256, HS384, HS512"
 
     # An organization's directory takes only its own keys; the default organization's takes
     # any organization's, and the account belongs to the key's organization.
     tenant = world.client(directory="/acme/health/directory")
     health_url = (await tenant.load())["newAccount"]
     binding = mac_jws(key.kid, key.hmac_key, tenant.key.jwk, health_url)
-    await _problem(await tenant.register(externalAccountBinding=binding), "unauthorized", 401)
+    body = await _problem(await tenant.register(externalAccountBinding=binding),
+                          "unauthorized", 401)
+    assert body["detail"] == "the EAB key belongs to another organization"
     binding = mac_jws(health_key.kid, health_key.hmac_key, client.key.jwk, url)
     response = await client.register(externalAccountBinding=binding)
     assert response.status == 201, await response.text()
