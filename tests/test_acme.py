@@ -10,6 +10,7 @@ import datetime as dt
 import hashlib
 import json
 import socket
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -429,6 +430,16 @@ async def test_external_account_binding_checks(eab_world: World) -> None:
         (client.account_url or "").rsplit("/", 1)[1])
     assert account is not None and account.org_id == health.org_id
     assert account.eab_kid == health_key.kid
+    # The EAB url may also name the URL the request reached (a gateway behind a proxy
+    # whose public URL differs).
+    third = world.client()
+    await third.load()
+    reached = str(world.http.make_url(urllib.parse.urlsplit(url).path))
+    assert reached != url
+    spare = await world.services.acme.create_eab_key("default")
+    binding = mac_jws(spare.kid, spare.hmac_key, third.key.jwk, reached)
+    response = await third.register(externalAccountBinding=binding)
+    assert response.status == 201, await response.text()
 
 
 # --- bad requests -------------------------------------------------------------------------
