@@ -376,8 +376,13 @@ async def test_external_account_binding_checks(eab_world: World) -> None:
             event.resource_type, event.resource_id, event.data) == (
         "acme", "eab_created", "system", "ops-desk", key.org_id, "acme_eab_key", key.kid,
         {"org": "default"})
+    assert len(key.kid) == len("kid-") + 16
     health_key = await world.services.acme.create_eab_key("health")
     assert health_key.org_id == health.org_id != key.org_id
+    (event,) = [e.event for e in await world.services.store.audit_entries()
+                if e.event.resource_id == health_key.kid]
+    assert (event.actor_id, event.org_id, event.data) == (
+        "vcc-pki cli", health.org_id, {"org": "health"})
 
     client = world.client()
     directory = await client.load()
