@@ -541,3 +541,131 @@ async def test_issuance_audit_subject_and_serial_collisions(
     with pytest.raises(Forbidden, match=r"^this credential may not request certificates$"):
         await pki.authority.issue(IssuanceRequest(csr=make_csr(), profile="vcc_service"),
                                   auditor)
+
+
+def test_san_rules() -> None:
+    """x509build.check_sans: the profile's SAN types, well-formed names, at most 100."""
+    import dataclasses
+
+    from ca_core.profiles import BUILTIN_PROFILES
+    from ca_core.x509build import SubjectAltNames, check_sans
+
+    service = next(p for p in BUILTIN_PROFILES if p.name == "vcc_service")
+    every = dataclasses.replace(service, name="every", san_types=("dns", "ip", "email", "uri"))
+    check_sans(SubjectAltNames(dns=("a.test",), email=("ops@a.test",), uri=("urn:x:1",),
+                               ip=("10.0.0.1",)), every)
+    refused = [
+        (SubjectAltNames(email=("a@b.test",), uri=("urn:a",)),
+         dataclasses.replace(service, san_types=("dns",)),
+         "profile vcc_service does not allow SAN types email, uri"),
+        (SubjectAltNames(dns=("bad name",)), every, "invalid DNS name in SAN: 'bad name'"),
+        (SubjectAltNames(email=("not-an-address",)), every,
+         "invalid email address in SAN: 'not-an-address'"),
+        (SubjectAltNames(uri=("relative/path",)), every,
+         "SAN URI must be absolute: 'relative/path'"),
+        (SubjectAltNames(uri=(":nothing",)), every, "SAN URI must be absolute: ':nothing'"),
+        (SubjectAltNames(), every, "profile every requires a subject alternative name"),
+    ]
+    # 101 names, of every kind: the count is their sum
+    many = SubjectAltNames(dns=tuple(f"h{i}.test" for i in range(25)),
+                           ip=tuple(f"10.0.0.{i}" for i in range(25)),
+                           email=tuple(f"u{i}@a.test" for i in range(25)),
+                           uri=tuple(f"urn:x:{i}" for i in range(26)))
+    refused.append((many, every, "at most 100 subject alternative names"))
+    for sans, profile, message in refused:
+        with pytest.raises(PolicyViolation) as raised:
+            check_sans(sans, profile)
+        assert raised.value.detail == message
+    check_sans(dataclasses.replace(many, uri=many.uri[:25]), every)  # exactly 100
+    assert SubjectAltNames(email=("a@b.test",), uri=("urn:a",)).general_names() == [
+        x509.RFC822Name("a@b.test"), x509.UniformResourceIdentifier("urn:a")]
+
+
+async def test_leaf_builder_rules(pki: Pki) -> None:
+    """x509build.leaf_builder: a positive validity within the issuer's, a critical
+    keyUsage, a SAN that is critical only under an empty subject (RFC 5280 4.2.1.6), a
+    non-critical OCSP no-check, and any extra extension non-critical."""
+    import dataclasses
+
+    from ca_core.keys import KeySpec
+    from ca_core.profiles import BUILTIN_PROFILES
+    from ca_core.x509build import LeafTemplate, SubjectAltNames, leaf_builder
+
+    ca = await pki.authority.ca("default-issuing")
+    issuer = ca.issuer_context(pki.authority.settings)
+    key = make_key()
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    profiles = {p.name: p for p in BUILTIN_PROFILES}
+    template = LeafTemplate(
+        subject=x509.Name([]), public_key=key.public_key(),
+        subject_key=KeySpec.parse("ec-p256"), sans=SubjectAltNames(dns=("a.test",)),
+        not_before=now, not_after=now + dt.timedelta(days=1), serial=12345,
+        profile=profiles["vcc_service"], extra_extensions=(x509.TLSFeature(
+            [x509.TLSFeatureType.status_request]),))
+    certificate = leaf_builder(template, issuer).sign(
+        ca.signer.builder_key(), ca.signer.key_spec.hash_algorithm)  # type: ignore[arg-type]
+    critical = {e.oid: e.critical for e in certificate.extensions}
+    assert critical[ExtensionOID.KEY_USAGE] is True
+    assert critical[ExtensionOID.SUBJECT_ALTERNATIVE_NAME] is True
+    assert critical[ExtensionOID.TLS_FEATURE] is False
+    named = dataclasses.replace(template, subject=x509.Name(
+        [x509.NameAttribute(x509.NameOID.COMMON_NAME, "a.test")]))
+    certificate = leaf_builder(named, issuer).sign(
+        ca.signer.builder_key(), ca.signer.key_spec.hash_algorithm)  # type: ignore[arg-type]
+    assert certificate.extensions.get_extension_for_oid(
+        ExtensionOID.SUBJECT_ALTERNATIVE_NAME).critical is False
+    responder = dataclasses.replace(named, profile=profiles["ocsp_signing"],
+                                    sans=SubjectAltNames())
+    certificate = leaf_builder(responder, issuer).sign(
+        ca.signer.builder_key(), ca.signer.key_spec.hash_algorithm)  # type: ignore[arg-type]
+    assert certificate.extensions.get_extension_for_oid(ExtensionOID.OCSP_NO_CHECK) \
+        .critical is False
+    for bad, message in [
+            (dataclasses.replace(named, not_after=now), "notAfter must be after notBefore"),
+            (dataclasses.replace(named, not_after=ca.certificate.not_valid_after_utc
+                                 + dt.timedelta(seconds=1)),
+             "certificate would outlive its issuer")]:
+        with pytest.raises(PolicyViolation) as raised:
+            leaf_builder(bad, issuer)
+        assert raised.value.detail == message
+
+
+async def test_find_certificate_skips_only_what_the_caller_may_not_see(
+        pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several records can share a serial (one per issuing CA): the caller's is found past
+    another tenant's or another service account's; status carries the record."""
+    await ensure_organization(pki.authority, "health", "Health Ministry")
+    a = await _caller(pki, "default", "cert_manager")
+    b = await _caller(pki, "health", "cert_manager")
+    mine_a = await pki.authority.issue(IssuanceRequest(csr=make_csr(), profile="vcc_service"), a)
+    mine_b = await pki.authority.issue(IssuanceRequest(csr=make_csr(), profile="vcc_service"), b)
+    one = await _caller(pki, "default", "service_account")
+    two = await _caller(pki, "default", "service_account")
+    of_one = await pki.authority.issue(IssuanceRequest(csr=make_csr(), profile="vcc_service"),
+                                       one)
+    of_two = await pki.authority.issue(IssuanceRequest(csr=make_csr(), profile="vcc_service"),
+                                       two)
+    shared = [mine_a.record, of_one.record, mine_b.record, of_two.record]
+
+    async def same_serial(serial: str) -> list[Any]:
+        return shared
+
+    monkeypatch.setattr(pki.store, "find_certificates_by_serial", same_serial)
+    assert await pki.authority.find_certificate(mine_a.serial, b) == mine_b.record
+    assert await pki.authority.find_certificate(mine_a.serial, two) == of_two.record
+    assert await pki.authority.find_certificate(mine_a.serial, a) == mine_a.record
+    shared[:] = [mine_a.record, of_one.record]
+    with pytest.raises(Conflict) as conflict:
+        await pki.authority.revoke(mine_a.serial, "superseded", SYSTEM)
+    assert conflict.value.detail == "several issuers used this serial; revoke through the issuer"
+    nobody = Principal("api", "nobody", None, "no_such_role")
+    with pytest.raises(Forbidden) as raised:
+        await pki.authority.find_certificate(mine_a.serial, nobody)
+    assert raised.value.detail == "this credential may not read certificates"
+    monkeypatch.undo()
+    status = await pki.authority.status(mine_a.record.issuer_ca_id,
+                                        mine_a.certificate.serial_number)
+    assert (status.status, status.record) == ("good", mine_a.record)
+    # a cert_manager revokes what a service account of its organization requested
+    revoked = await pki.authority.revoke(of_one.serial, "superseded", a)
+    assert revoked.cert_id == of_one.record.cert_id and revoked.status == "revoked"
