@@ -392,3 +392,17 @@ async def test_generate_makes_the_full_crl_by_default(services: Services) -> Non
     made = await services.crls.generate(issuing)
     assert made is not None and made.partition == 0
     assert (await services.crls.get("default-issuing")).head.crl_number == 1
+
+
+async def test_a_crl_that_lost_the_race_is_logged_and_not_returned(
+        services: Services, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def newer_stored(record: Any, event: Any) -> bool:
+        return False
+
+    monkeypatch.setattr(services.store, "save_crl", newer_stored)
+    issuing = await services.authority.ca("default-issuing")
+    with caplog.at_level("INFO", logger="ca_core.crl"):
+        assert await services.crls.generate(issuing, 0) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "CRL 1 of default-issuing/0 lost a race to a newer one"]
