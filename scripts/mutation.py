@@ -95,10 +95,15 @@ def narrow_stats(modules: list[Module]) -> None:
     path.write_text(json.dumps(stats, indent=4))
 
 
-def forget_results() -> None:
+def forget_results(only_survivors: bool = False) -> None:
+    """Step 1's mutant is run again in step 3 against its narrowed tests; so are survivors
+    when ./mutants is reused (new tests may kill them)."""
     for meta in MUTANTS.rglob("*.meta"):
         data = json.loads(meta.read_text())
-        data["exit_code_by_key"] = dict.fromkeys(data["exit_code_by_key"])
+        data["exit_code_by_key"] = {
+            name: None if (not only_survivors or name == FIRST_MUTANT
+                           or code in SURVIVED | NO_TESTS) else code
+            for name, code in data["exit_code_by_key"].items()}
         meta.write_text(json.dumps(data, indent=4))
 
 
@@ -115,31 +120,30 @@ def mutant_function(mutant: str) -> str:
 
 def report(modules: list[Module], show_survivors: bool) -> list[str]:
     exit_codes = results()
-    rows = []
+    rows: list[tuple[str, int, int, int, int, int]] = []
     survivors: list[str] = []
-    totals = [0, 0, 0, 0, 0]
     for module in modules:
         codes = [(name, code) for name, code in sorted(exit_codes.items())
-                 if module.owns(mutant_function(name)) and code is not None]
+                 if module.owns(mutant_function(name))]
         killed = sum(code in KILLED for _, code in codes)
-        survived = [name for name, code in codes if code in SURVIVED]
-        no_tests = [name for name, code in codes if code in NO_TESTS]
-        other = len(codes) - killed - len(survived) - len(no_tests)
-        survivors += survived + no_tests
-        counts = [len(codes), killed, len(survived) + len(no_tests), other, 0]
-        totals = [t + c for t, c in zip(totals, counts, strict=True)]
-        rows.append((module.name, *counts[:4]))
-    rows.append(("TOTAL", *totals[:4]))
-    header = f"{'module':<10} | {'mutants':>7} | {'killed':>6} | {'survived':>8} | " \
-             f"{'timeout/suspicious':>18} | {'score%':>6}"
+        # A mutant that no selected test reaches survives too: nothing would notice it.
+        survived = [name for name, code in codes if code in SURVIVED | NO_TESTS]
+        unchecked = sum(code is None for _, code in codes)
+        other = len(codes) - killed - len(survived) - unchecked
+        survivors += survived
+        rows.append((module.name, len(codes), killed, len(survived), other, unchecked))
+    sums = [sum(row[i] for row in rows) for i in range(1, 6)]
+    rows.append(("TOTAL", sums[0], sums[1], sums[2], sums[3], sums[4]))
+    header = (f"{'module':<10} | {'mutants':>7} | {'killed':>6} | {'survived':>8} | "
+              f"{'timeout/suspicious':>18} | {'score%':>6}")
     print(header)
     print("-" * len(header))
-    for name, total, killed, survived, other in rows:
-        # A timeout is a mutant the tests noticed (it hung); suspicious ones count against.
-        score = 100.0 * killed / total if total else 0.0
-        print(f"{name:<10} | {total:>7} | {killed:>6} | {survived:>8} | {other:>18} | "
-              f"{score:>6.1f}")
-    print("(survived includes mutants no selected test reaches; score = killed / mutants)")
+    for name, total, killed, survived, other, unchecked in rows:
+        # score = killed / checked mutants; a timeout or crash counts against it.
+        checked = total - unchecked
+        score = f"{100.0 * killed / checked:6.1f}" if checked else "     -"
+        print(f"{name:<10} | {total:>7} | {killed:>6} | {survived:>8} | {other:>18} | {score}"
+              + (f"   ({unchecked} not run)" if unchecked else ""))
     if show_survivors:
         for name in survivors:
             print(name)
@@ -151,7 +155,8 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="only print the last run's table")
     parser.add_argument("--survivors", action="store_true", help="list the surviving mutants")
     parser.add_argument("--keep", action="store_true",
-                        help="reuse ./mutants (mutmut skips mutants it already ran)")
+                        help="reuse ./mutants: keep the killed, run the survivors and the "
+                             "unchecked again (after adding tests)")
     args = parser.parse_args()
     modules, max_children = load_modules()
     if not args.report:
@@ -160,9 +165,10 @@ def main() -> None:
             shutil.rmtree(MUTANTS, ignore_errors=True)
         (MUTANTS.parent / "mutants.log").unlink(missing_ok=True)
         print("mutation: generating mutants and collecting stats", flush=True)
+        # With --keep mutmut collects stats only for tests it has not seen yet.
         mutmut("run", "--max-children", str(max_children), FIRST_MUTANT)
         narrow_stats(modules)
-        forget_results()
+        forget_results(only_survivors=args.keep)
         print("mutation: running the mutants", flush=True)
         patterns = [f"{p}__mutmut_*" for m in modules for p in m.patterns]
         mutmut("run", "--max-children", str(max_children), *patterns)
