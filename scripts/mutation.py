@@ -120,7 +120,7 @@ def mutant_function(mutant: str) -> str:
 
 def report(modules: list[Module], show_survivors: bool) -> list[str]:
     exit_codes = results()
-    rows: list[tuple[str, int, int, int, int, int]] = []
+    rows: list[tuple[str, list[int]]] = []
     survivors: list[str] = []
     for module in modules:
         codes = [(name, code) for name, code in sorted(exit_codes.items())
@@ -131,19 +131,18 @@ def report(modules: list[Module], show_survivors: bool) -> list[str]:
         unchecked = sum(code is None for _, code in codes)
         other = len(codes) - killed - len(survived) - unchecked
         survivors += survived
-        rows.append((module.name, len(codes), killed, len(survived), other, unchecked))
-    sums = [sum(row[i] for row in rows) for i in range(1, 6)]
-    rows.append(("TOTAL", sums[0], sums[1], sums[2], sums[3], sums[4]))
+        rows.append((module.name, [len(codes), killed, len(survived), other, unchecked]))
+    rows.append(("TOTAL", [sum(counts[i] for _, counts in rows) for i in range(5)]))
     header = (f"{'module':<10} | {'mutants':>7} | {'killed':>6} | {'survived':>8} | "
               f"{'timeout/suspicious':>18} | {'score%':>6}")
     print(header)
     print("-" * len(header))
-    for name, total, killed, survived, other, unchecked in rows:
-        # score = killed / checked mutants; a timeout or crash counts against it.
-        checked = total - unchecked
-        score = f"{100.0 * killed / checked:6.1f}" if checked else "     -"
-        print(f"{name:<10} | {total:>7} | {killed:>6} | {survived:>8} | {other:>18} | {score}"
-              + (f"   ({unchecked} not run)" if unchecked else ""))
+    for name, (total, dead, alive, odd, not_run) in rows:
+        # score = killed / mutants run; a timeout or crash counts against it.
+        checked = total - not_run
+        score = f"{100.0 * dead / checked:6.1f}" if checked else "     -"
+        print(f"{name:<10} | {total:>7} | {dead:>6} | {alive:>8} | {odd:>18} | {score}"
+              + (f"   ({not_run} not run)" if not_run else ""))
     if show_survivors:
         for name in survivors:
             print(name)
