@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import datetime as dt
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
@@ -874,3 +875,79 @@ async def test_several_cert_ids_signed_with_each_key_type(
     assert nonce.critical is False and nonce.value.nonce == b"abc"
     data = a_ocsp.OCSPResponse.load(body).basic_ocsp_response["tbs_response_data"]
     assert [single["cert_status"].dump() for single in data["responses"]] == [b"\x80\x00"] * 2
+
+
+async def test_a_live_answer_is_cached_for_the_next_request(
+        services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CertID hashed with SHA-256 is not precomputed: signed live on the first request,
+    the response is stored, and the next request is answered without the store."""
+    issued = await issue(services)
+    request = ocsp_request(issued.certificate, issued.chain[0], hashes.SHA256())
+    first = await services.ocsp.answer(decode_request(request))
+
+    async def fail(*args: object, **kwargs: object) -> Any:
+        raise AssertionError("a cached answer touched the store")
+
+    monkeypatch.setattr(services.store, "certificate_statuses", fail)
+    again = await services.ocsp.answer(decode_request(request))
+    assert again.der == first.der and not again.revoked
+    # a live answer to a nonce is never stored
+    nonce = ocsp_request(issued.certificate, issued.chain[0], hashes.SHA384(), nonce=b"n")
+    monkeypatch.undo()
+    services.ocsp.settings = dataclasses.replace(services.ocsp.settings, nonce=True)
+    await services.ocsp.answer(decode_request(nonce))
+    services.ocsp.settings = dataclasses.replace(services.ocsp.settings, nonce=False)
+    monkeypatch.setattr(services.store, "certificate_statuses", fail)
+    with pytest.raises(AssertionError, match="touched the store"):
+        await services.ocsp.answer(decode_request(
+            ocsp_request(issued.certificate, issued.chain[0], hashes.SHA384())))
+
+
+async def test_live_refusals_say_why(services: Services,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the OCSP log line carries for each refused request (the wire has only the
+    status code)."""
+    from ca_core.errors import CAError
+    from ca_core.ocsp import OcspQuery
+
+    issued = await issue(services)
+    ca = issued.chain[0]
+    await ensure_organization(services.authority, "health", "Health")
+    await services.ocsp.load(create=True)
+    other = await issue(services, org="health")
+    limit = services.ocsp.settings.max_cert_ids
+    own = decode_request(ocsp_request(issued.certificate, ca)).cert_ids[0]
+    unknown_serial = dataclasses.replace(own, serial=own.serial + 1)
+    leaf, foreign = foreign_pair()
+    cases: list[tuple[OcspQuery, str]] = [
+        (OcspQuery(b"", ()), "the request names no certificate"),
+        (OcspQuery(b"", (own,) * (limit + 1)), f"at most {limit} certificates per request"),
+        (decode_request(multi_request([(issued.certificate, ca), (leaf, foreign)])),
+         "this responder does not serve that issuer"),
+        (decode_request(multi_request([(issued.certificate, ca),
+                                       (other.certificate, other.chain[0])])),
+         "ask about one issuer's certificates per request"),
+        (OcspQuery(b"", (own, unknown_serial)), "no certificate with that serial was issued"),
+    ]
+    for query, detail in cases:
+        with pytest.raises(CAError) as raised:
+            await services.ocsp.answer(query)
+        assert raised.value.detail == detail
+    full = await services.ocsp.answer(  # the limit itself
+        decode_request(multi_request([(issued.certificate, ca)] * limit)))
+    assert len(list(ocsp.load_der_ocsp_response(full.der).responses)) == limit
+
+    from ca_core.storage import StoreUnavailable
+
+    async def down(*args: object) -> Any:
+        raise StoreUnavailable("simulated outage")
+
+    monkeypatch.setattr(services.store, "certificate_statuses", down)
+    with pytest.raises(CAError) as raised:
+        await services.ocsp.answer(OcspQuery(b"", (own, own)))
+    assert raised.value.detail == "the certificate store is not available"
+    for issuer in services.ocsp._by_ca_id.values():
+        monkeypatch.setattr(issuer, "responder", None)
+    with pytest.raises(CAError) as raised:
+        await services.ocsp.answer(OcspQuery(b"", (own, own)))
+    assert raised.value.detail == "no OCSP responder key is available for that issuer"
