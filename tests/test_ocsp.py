@@ -432,7 +432,8 @@ async def test_nonce_echoed_when_enabled(
     for nonce in (b"\x01", b"0123456789abcdef", b"x" * 128):
         response, body = await post(client, ocsp_request(issued.certificate, ca, nonce=nonce))
         parsed = verify(body, ca)
-        assert parsed.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce == nonce
+        echoed = parsed.extensions.get_extension_for_class(x509.OCSPNonce)
+        assert echoed.value.nonce == nonce and echoed.critical is False
         assert response.headers["Cache-Control"] == "max-age=0, no-cache"
     _, body = await post(client, ocsp_request(issued.certificate, ca, nonce=b"x" * 129))
     assert status_of(body) is ocsp.OCSPResponseStatus.MALFORMED_REQUEST
