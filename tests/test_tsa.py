@@ -851,3 +851,18 @@ def test_cli_tsa_show_and_chain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert capsys.readouterr().out.count("BEGIN CERTIFICATE") == 3
     assert main(["ca", "list"]) == 0
     assert " tsa " in capsys.readouterr().out
+
+
+async def test_imprint_algorithm_is_the_requests_each_time(client: TestClient) -> None:
+    """RFC 3161 2.4.2: the token's messageImprint is the request's, hash algorithm and its
+    parameters (absent or NULL) included, for each request in turn (the TSA keeps the
+    encoded forms it has seen)."""
+    seen = []
+    for algorithm, parameters in [("sha256", NULL), ("sha384", NULL), ("sha256", None),
+                                  ("sha512", None), ("sha384", NULL)]:
+        request = tsp.TimeStampReq.load(request_der(algorithm=algorithm, parameters=parameters))
+        reply = await post(client, request.dump())
+        imprint = reply.tst_info["message_imprint"]
+        assert imprint.dump() == request["message_imprint"].dump()
+        seen.append(imprint["hash_algorithm"].dump())
+    assert len(set(seen)) == 4
