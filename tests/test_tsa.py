@@ -866,3 +866,29 @@ async def test_imprint_algorithm_is_the_requests_each_time(client: TestClient) -
         assert imprint.dump() == request["message_imprint"].dump()
         seen.append(imprint["hash_algorithm"].dump())
     assert len(set(seen)) == 4
+
+
+def test_refusals_say_why(services: Services) -> None:
+    """The statusString of a rejection (RFC 3161 2.4.2 PKIFreeText) names the problem."""
+    stamper = TimeStampAuthority(services.authority, services.config.tsa_settings())
+    sha256 = OIDS["sha256"]
+    cases = [
+        (TimeStampQuery(OIDS["sha1"], b"\x00" * 20),
+         "hash algorithm sha1 is not accepted; use one of sha256, sha384, sha512"),
+        (TimeStampQuery("1.2.3.4.5", b"\x00" * 32),
+         "hash algorithm 1.2.3.4.5 is not accepted; use one of sha256, sha384, sha512"),
+        (TimeStampQuery(sha256, b"\x00" * 32, hash_parameters=b"\x04\x01x"),
+         "sha256 takes no parameters, or a DER NULL"),
+        (TimeStampQuery(sha256, b"\x00" * 20), "a sha256 imprint has 32 octets, not 20"),
+        (TimeStampQuery(sha256, b"\x00" * 32, version=2), "unsupported TimeStampReq version 2"),
+        (TimeStampQuery(sha256, b"\x00" * 32, policy="1.2.3"),
+         "policy 1.2.3 is not offered by this TSA"),
+        (TimeStampQuery(sha256, b"\x00" * 32, extensions=("1.2.3.4",)),
+         "unsupported extension 1.2.3.4"),
+        (TimeStampQuery(sha256, b"\x00" * 32, nonce=b"\x02\x02\x00\x01"),
+         "the nonce is not a DER INTEGER"),
+    ]
+    for query, detail in cases:
+        with pytest.raises(tsa_core.TimeStampRejected) as raised:
+            stamper.check(query)
+        assert raised.value.detail == detail
