@@ -892,3 +892,37 @@ def test_refusals_say_why(services: Services) -> None:
         with pytest.raises(tsa_core.TimeStampRejected) as raised:
             stamper.check(query)
         assert raised.value.detail == detail
+
+
+async def test_gen_time_and_the_certificates_validity_bounds(
+        services: Services, caplog: pytest.LogCaptureFixture) -> None:
+    """genTime keeps milliseconds (RFC 3161 2.4.2 accuracy) and drops the rest; a token is
+    granted from the TSA certificate's notBefore up to, not including, its notAfter."""
+    stamper = TimeStampAuthority(services.authority, services.config.tsa_settings(),
+                                 clock_check=lambda: True)
+    with pytest.raises(tsa_core.Unavailable) as raised:
+        await stamper.timestamp(TimeStampQuery(OIDS["sha256"], b"\x00" * 32))
+    assert raised.value.detail == "the time-stamping authority is not open"
+    await stamper.open()
+    certificate = stamper.loaded.certificate
+    start, end = certificate.not_valid_before_utc, certificate.not_valid_after_utc
+    query = TimeStampQuery(OIDS["sha256"], b"\x00" * 32)
+    stamper.clock = lambda: start + dt.timedelta(microseconds=1000)
+    issued = await stamper.timestamp(query)
+    assert issued.record.gen_time == start + dt.timedelta(microseconds=1000)
+    stamper.clock = lambda: start + dt.timedelta(microseconds=1999)
+    assert (await stamper.timestamp(query)).record.gen_time == \
+        start + dt.timedelta(microseconds=1000)
+    stamper.clock = lambda: start
+    await stamper.timestamp(query)
+    stamper.clock = lambda: end
+    with caplog.at_level("ERROR", logger="ca_core.tsa"), \
+            pytest.raises(tsa_core.Unavailable) as raised:
+        await stamper.timestamp(query)
+    assert raised.value.detail == "the TSA certificate is not valid now"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"TSA certificate {stamper.loaded.record.name} is not valid at {end}"]
+    stamper._clock_check = lambda: False
+    with pytest.raises(tsa_core.TimeNotAvailable) as not_synced:
+        await stamper.timestamp(query)
+    assert not_synced.value.detail == "the TSA clock is not synchronised; try again later"
