@@ -887,6 +887,12 @@ def test_refusals_say_why(services: Services) -> None:
          "unsupported extension 1.2.3.4"),
         (TimeStampQuery(sha256, b"\x00" * 32, nonce=b"\x02\x02\x00\x01"),
          "the nonce is not a DER INTEGER"),
+        (TimeStampQuery(sha256, b"\x00" * 32, nonce=b"\x04\x01x"),
+         "the nonce is not a DER INTEGER"),
+        (TimeStampQuery(sha256, b"\x00" * 32, nonce=b"\x02\x05\x01"),
+         "the nonce is not a DER INTEGER"),
+        (TimeStampQuery(sha256, b"\x00" * 32, nonce=b"\x02\x00"),
+         "the nonce is not a DER INTEGER"),
     ]
     for query, detail in cases:
         with pytest.raises(tsa_core.TimeStampRejected) as raised:
