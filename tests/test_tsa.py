@@ -932,3 +932,24 @@ async def test_gen_time_and_the_certificates_validity_bounds(
     with pytest.raises(tsa_core.TimeNotAvailable) as not_synced:
         await stamper.timestamp(query)
     assert not_synced.value.detail == "the TSA clock is not synchronised; try again later"
+
+
+def test_hash_algorithm_names() -> None:
+    """Configured hash names: any case, with or without '-' or '_'; broken ones refused."""
+    assert tsa_core.hash_algorithm(" SHA_256 ") == tsa_core.hash_algorithm("sha-256") \
+        == tsa_core.HASH_ALGORITHMS["sha256"]
+    assert tsa_core.hash_algorithm("Sha3_256") == tsa_core.HASH_ALGORITHMS["sha3_256"]
+    with pytest.raises(ValueError, match=r"^MD5 is broken and never accepted for time-stamps$"):
+        tsa_core.hash_algorithm("MD5")
+    with pytest.raises(ValueError) as raised:
+        tsa_core.hash_algorithm("whirlpool")
+    assert str(raised.value) == ("unknown hash algorithm 'whirlpool'; use some of "
+                                 + ", ".join(tsa_core.HASH_ALGORITHMS))
+
+
+def test_der_tags_need_the_low_tag_number_form() -> None:
+    from ca_core import der
+
+    assert der.implicit(30, b"\x04\x00") == b"\x9e\x00"
+    with pytest.raises(ValueError, match=r"^tag number 31 needs the high-tag-number form$"):
+        der.explicit(31, b"\x04\x00")
