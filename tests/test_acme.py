@@ -1004,3 +1004,126 @@ async def test_the_ra_takes_any_challenge_validator(world: World) -> None:
     assert authz["status"] == "invalid"
     assert failed["error"] == {"type": ERR + "dns", "detail": "no TXT answer in this test",
                                "identifier": {"type": "dns", "value": "fake.test"}}
+
+
+# --- the JWS checks themselves (protocols/acme/jws.py) ---------------------------------------
+
+def _refused(call: Callable[[], Any], acme_type: str, detail: str) -> None:
+    from protocols.acme.problems import AcmeProblem
+
+    with pytest.raises(AcmeProblem) as raised:
+        call()
+    assert (raised.value.acme_type, raised.value.detail) == (acme_type, detail)
+
+
+def test_jws_parse_refusals_and_fields() -> None:
+    """RFC 8555 6.2 / RFC 7515 7.2.2: a flattened JWS with a protected header only."""
+    from protocols.acme import jws as jose
+
+    protected = b64(json.dumps({"alg": "ES256", "nonce": "n"}).encode())
+    payload = b64(b'{"a": 1}')
+    parsed = jose.parse(json.dumps({"protected": protected, "payload": payload,
+                                    "signature": b64(b"sig")}).encode())
+    assert parsed.protected == {"alg": "ES256", "nonce": "n"} and parsed.alg == "ES256"
+    assert (parsed.payload, parsed.signature) == (b'{"a": 1}', b"sig")
+    assert parsed.signing_input == f"{protected}.{payload}".encode()
+    assert parsed.payload_json() == {"a": 1}
+    as_get = jose.parse({"protected": protected, "payload": "", "signature": b64(b"s")})
+    assert as_get.payload == b""
+    good = {"protected": protected, "payload": payload, "signature": b64(b"s")}
+    cases: list[tuple[Any, str]] = [
+        (b"not json", "the request body is not JSON"),
+        (b"[" * 5000, "the request body is not JSON"),
+        (b"[]", "send a flattened JWS"),
+        ({**good, "signatures": []}, "send a flattened JWS"),
+        ({**good, "header": {}}, "unprotected JWS headers are not allowed"),
+        ({"payload": payload, "signature": ""}, "the JWS lacks protected or payload"),
+        ({"protected": protected, "signature": ""}, "the JWS lacks protected or payload"),
+        ({**good, "payload": 7}, "the JWS lacks protected or payload"),
+        ({**good, "protected": b64(b"{")}, "the protected header is not JSON"),
+        ({**good, "protected": b64(b"[1]")}, "the protected header is not an object"),
+        ({**good, "protected": protected + "="}, "protected is not base64url without padding"),
+        ({**good, "payload": "a+b"}, "payload is not base64url without padding"),
+        ({**good, "signature": "a/b"}, "signature is not base64url without padding"),
+        ({**good, "signature": None}, "signature is not base64url without padding"),
+        ({**good, "signature": "a"}, "signature is not base64url"),
+        ({**good, "signature": "ab!c"}, "signature is not base64url"),
+    ]
+    for body, detail in cases:
+        _refused(lambda body=body: jose.parse(body), "malformed", detail)
+    for payload_bytes, detail in [(b"{", "the payload is not JSON"),
+                                  (b"[1]", "the payload is not a JSON object")]:
+        one = jose.Jws({}, payload_bytes, b"", b"")
+        _refused(one.payload_json, "malformed", detail)
+
+
+def test_jwk_thumbprints_and_public_keys() -> None:
+    """RFC 7638 thumbprints (the RFC's own example for RSA) and the keys we accept."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa, x25519
+
+    from protocols.acme import jws as jose
+
+    rfc7638 = {
+        "kty": "RSA", "e": "AQAB", "alg": "RS256", "kid": "2011-04-29",
+        "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6"
+             "tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5"
+             "v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD0"
+             "8qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU"
+             "8awapJzKnqDKgw"}
+    assert jose.jwk_thumbprint(rfc7638) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+    okp = ed25519.Ed25519PrivateKey.generate().public_key()
+    raw = okp.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    okp_jwk = {"kty": "OKP", "crv": "Ed25519", "x": b64(raw)}
+    canonical = json.dumps({"crv": "Ed25519", "kty": "OKP", "x": b64(raw)},
+                           separators=(",", ":"), sort_keys=True)
+    assert jose.jwk_thumbprint(okp_jwk) == b64(hashlib.sha256(canonical.encode()).digest())
+    assert isinstance(jose.public_key(okp_jwk), ed25519.Ed25519PublicKey)
+    ec_jwk = AccountKey.make("ec-p256").jwk
+    assert jose.jwk_thumbprint({**ec_jwk, "kid": "x"}) == jose.jwk_thumbprint(ec_jwk)
+    for bad in ({"kty": "RSA", "e": "AQAB"}, {"kty": "EC", "crv": "P-256", "x": "AA"},
+                {"kty": "oct", "k": "AA"}, {"kty": "OKP", "crv": "Ed25519", "x": 5}, "jwk"):
+        _refused(lambda bad=bad: jose.jwk_thumbprint(bad),
+                 "badPublicKey", "unsupported or incomplete JWK")
+    _refused(lambda: jose.jwk_thumbprint({"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}),
+             "badPublicKey", "the JWK cannot be read")
+
+    def rsa_jwk(bits: int) -> dict[str, str]:
+        numbers = rsa.generate_private_key(65537, bits).public_key().public_numbers()
+        return {"kty": "RSA", "e": b64(numbers.e.to_bytes(3, "big")),
+                "n": b64(numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big"))}
+
+    assert isinstance(jose.public_key(rsa_jwk(2048)), rsa.RSAPublicKey)
+    x25519_raw = x25519.X25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    p521 = ec.generate_private_key(ec.SECP521R1()).public_key().public_numbers()
+    refusals: list[tuple[Any, str]] = [
+        ({**ec_jwk, "d": "AA"}, "the JWK must be a public key"),
+        ({"kty": "oct", "k": "AA"}, "the JWK must be a public key"),
+        ([ec_jwk], "the JWK must be a public key"),
+        (rsa_jwk(1024), "RSA account keys must be 2048 to 8192 bits"),
+        ({"kty": "EC", "crv": "P-521", "x": b64(p521.x.to_bytes(66, "big")),
+          "y": b64(p521.y.to_bytes(66, "big"))}, "EC account keys must be P-256 or P-384"),
+        ({"kty": "OKP", "crv": "X25519", "x": b64(x25519_raw)},
+         "only Ed25519 OKP keys are supported"),
+        ({"kty": "OKP", "crv": "Ed25519", "x": b64(b"short")}, "not an Ed25519 public key"),
+    ]
+    for jwk, detail in refusals:
+        _refused(lambda jwk=jwk: jose.public_key(jwk), "badPublicKey", detail)
+
+
+def test_account_key_memo_is_bounded_first_in_first_out(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from collections import OrderedDict
+
+    from protocols.acme import jws as jose
+
+    memo: OrderedDict[str, Any] = OrderedDict()
+    monkeypatch.setattr(jose, "_ACCOUNT_KEYS", memo)
+    monkeypatch.setattr(jose, "_ACCOUNT_KEYS_MAX", 3)
+    jwk = AccountKey.make("ec-p256").jwk
+    key = jose.account_public_key("t0", jwk)
+    assert memo == {"t0": key}
+    for n in range(1, 4):
+        jose.account_public_key(f"t{n}", jwk)
+    assert list(memo) == ["t1", "t2", "t3"]
