@@ -669,3 +669,36 @@ async def test_find_certificate_skips_only_what_the_caller_may_not_see(
     # a cert_manager revokes what a service account of its organization requested
     revoked = await pki.authority.revoke(of_one.serial, "superseded", a)
     assert revoked.cert_id == of_one.record.cert_id and revoked.status == "revoked"
+
+
+async def test_subject_of_email_and_uri_only_requests_and_crl_partitions(pki: Pki) -> None:
+    """Without CN the subject is named by the first SAN of any kind; a parsed CSR object is
+    taken as it is; with CRL partitions a certificate is fixed to its serial's partition
+    and names that partition's CRL."""
+    import dataclasses
+
+    from cryptography.hazmat.primitives import hashes
+
+    def csr_with(*names: x509.GeneralName) -> x509.CertificateSigningRequest:
+        return (x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+                .add_extension(x509.SubjectAlternativeName(list(names)), critical=False)
+                .sign(make_key(), hashes.SHA256()))
+
+    by_email = await pki.authority.issue(IssuanceRequest(
+        csr=csr_with(x509.RFC822Name("signer@example.test")), profile="code_signing"), SYSTEM)
+    assert by_email.record.common_name == "signer@example.test"
+    by_uri = await pki.authority.issue(IssuanceRequest(
+        csr=csr_with(x509.UniformResourceIdentifier("spiffe://example.test/svc")),
+        profile="code_signing"), SYSTEM)
+    assert by_uri.record.common_name == "spiffe://example.test/svc"
+
+    pki.authority.settings = dataclasses.replace(pki.authority.settings, crl_partitions=4)
+    (await pki.authority.ca("default-issuing"))._context = None  # made again with them
+    for _ in range(3):
+        issued = await pki.authority.issue(
+            IssuanceRequest(csr=make_csr(), profile="vcc_service"), SYSTEM)
+        partition = issued.certificate.serial_number % 4 + 1
+        assert issued.record.crl_partition == partition
+        cdp = issued.certificate.extensions.get_extension_for_class(x509.CRLDistributionPoints)
+        assert cdp.value[0].full_name == [x509.UniformResourceIdentifier(
+            pki.authority.settings.crl_url("default-issuing", partition))]
