@@ -904,8 +904,8 @@ async def test_a_live_answer_is_cached_for_the_next_request(
             ocsp_request(issued.certificate, issued.chain[0], hashes.SHA384())))
 
 
-async def test_live_refusals_say_why(services: Services,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_live_refusals_say_why(services: Services, monkeypatch: pytest.MonkeyPatch,
+                                     caplog: pytest.LogCaptureFixture) -> None:
     """What the OCSP log line carries for each refused request (the wire has only the
     status code)."""
     from ca_core.errors import CAError
@@ -944,9 +944,12 @@ async def test_live_refusals_say_why(services: Services,
         raise StoreUnavailable("simulated outage")
 
     monkeypatch.setattr(services.store, "certificate_statuses", down)
-    with pytest.raises(CAError) as raised:
+    with caplog.at_level("WARNING", logger="ca_core.ocsp"), \
+            pytest.raises(CAError) as raised:
         await services.ocsp.answer(OcspQuery(b"", (own, own)))
     assert raised.value.detail == "the certificate store is not available"
+    assert [r.getMessage() for r in caplog.records] == [
+        "OCSP live answer: store unavailable: simulated outage"]
     for issuer in services.ocsp._by_ca_id.values():
         monkeypatch.setattr(issuer, "responder", None)
     with pytest.raises(CAError) as raised:
