@@ -1127,3 +1127,32 @@ def test_account_key_memo_is_bounded_first_in_first_out(
     for n in range(1, 4):
         jose.account_public_key(f"t{n}", jwk)
     assert list(memo) == ["t1", "t2", "t3"]
+
+
+def test_jws_verify_refusals() -> None:
+    """RFC 8555 6.2: only RS256/ES256/ES384/EdDSA, each with a key of its kind; a bad
+    signature (of any length) is malformed."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from protocols.acme import jws as jose
+
+    def signed(alg: str, key: AccountKey) -> Any:
+        return jose.parse(jws(key, {"a": 1}, {"alg": alg, "nonce": "n", "url": "u"}))
+
+    ec_key, okp_key = AccountKey.make("ec-p256"), AccountKey.make("ed25519")
+    ec_public = jose.public_key(ec_key.jwk)
+    okp_public = jose.public_key(okp_key.jwk)
+    assert isinstance(okp_public, ed25519.Ed25519PublicKey)
+    jose.verify(signed("ES256", ec_key), ec_public)
+    jose.verify(signed("EdDSA", okp_key), okp_public)
+    _refused(lambda: jose.verify(signed("HS256", ec_key), ec_public), "badSignatureAlgorithm",
+             "algorithm 'HS256' is not accepted; use one of RS256, ES256, ES384, EdDSA")
+    _refused(lambda: jose.verify(signed("ES256", ec_key), okp_public), "badSignatureAlgorithm",
+             "algorithm ES256 does not fit the key")
+    for key, public, alg in [(ec_key, ec_public, "ES256"), (okp_key, okp_public, "EdDSA")]:
+        good = signed(alg, key)
+        for signature in (b"", b"\x00" * 7, bytes(64), good.signature[:-1] + b"\x00",
+                          good.signature + b"\x00"):
+            forged = jose.Jws(good.protected, good.payload, signature, good.signing_input)
+            _refused(lambda forged=forged, public=public: jose.verify(forged, public),
+                     "malformed", "the JWS signature is invalid")

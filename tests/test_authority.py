@@ -702,3 +702,30 @@ async def test_subject_of_email_and_uri_only_requests_and_crl_partitions(pki: Pk
         cdp = issued.certificate.extensions.get_extension_for_class(x509.CRLDistributionPoints)
         assert cdp.value[0].full_name == [x509.UniformResourceIdentifier(
             pki.authority.settings.crl_url("default-issuing", partition))]
+
+
+async def test_principals_and_organization_scope(pki: Pki) -> None:
+    """The system principal is a super admin of every organization; ``only_own`` is true
+    only for a role whose permission is the ``_own`` form; another organization, named or
+    unknown, is refused alike to a scoped caller."""
+    assert Principal.system() == Principal("system", "vcc-pki", None, "pki_super_admin")
+    assert Principal.system("cron") == Principal("system", "cron", None, "pki_super_admin")
+    service = Principal("api", "s", "org", "service_account")
+    auditor = Principal("api", "a", "org", "auditor")
+    admin = Principal("api", "m", "org", "pki_admin")
+    assert service.only_own("cert:revoke") and service.can("cert:revoke")
+    assert not auditor.only_own("cert:revoke") and not auditor.can("cert:revoke")
+    assert not admin.only_own("cert:revoke") and admin.can("cert:revoke")
+    assert admin.sees_org("org") and not admin.sees_org("other")
+    assert Principal.system().sees_org("any")
+
+    await ensure_organization(pki.authority, "health", "Health Ministry")
+    scoped = await _caller(pki, "health", "cert_manager")
+    for org in ("default", "no-such-org"):
+        with pytest.raises(Forbidden) as raised:
+            await pki.authority.issue(
+                IssuanceRequest(csr=make_csr(), profile="vcc_service", org=org), scoped)
+        assert raised.value.detail == "not permitted for that organization"
+    with pytest.raises(NotFound):  # the system is told the truth
+        await pki.authority.issue(
+            IssuanceRequest(csr=make_csr(), profile="vcc_service", org="no-such-org"), SYSTEM)
