@@ -337,7 +337,9 @@ async def test_external_account_binding(eab_world: World) -> None:
         await _problem(await client.register(externalAccountBinding=binding),
                        "unauthorized", 401)
     binding = mac_jws(key.kid, key.hmac_key, world.client().key.jwk, url)  # another key
-    await _problem(await client.register(externalAccountBinding=binding), "unauthorized", 401)
+    body = await _problem(await client.register(externalAccountBinding=binding),
+                          "unauthorized", 401)
+    assert body["detail"] == "the EAB binds another key"
     binding = mac_jws(key.kid, key.hmac_key, client.key.jwk, url, "HS384")
     response = await client.register(externalAccountBinding=binding)
     assert response.status == 201, await response.text()

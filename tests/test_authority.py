@@ -192,9 +192,14 @@ async def test_bad_csr_signature(pki: Pki) -> None:
 async def test_internal_profiles_are_not_requestable(pki: Pki) -> None:
     created = await pki.authority.create_token("default", "cert_manager", principal=SYSTEM)
     principal = await pki.authority.authenticate(created.token)
-    with pytest.raises(Forbidden):
+    with pytest.raises(Forbidden) as raised:
         await pki.authority.issue(
             IssuanceRequest(csr=make_csr(cn="ocsp", dns=()), profile="ocsp_signing"), principal)
+    assert raised.value.detail == "profile ocsp_signing is issued by the CA itself only"
+    with pytest.raises(Forbidden) as raised:
+        await pki.authority.issue(
+            IssuanceRequest(csr=make_csr(), profile="vcc_service", ca="intermediate"), SYSTEM)
+    assert raised.value.detail == "CA intermediate does not issue end-entity certificates"
 
 
 async def test_revoke_and_status(pki: Pki) -> None:
@@ -248,9 +253,13 @@ async def test_tenants_are_isolated(pki: Pki) -> None:
     with pytest.raises(Forbidden):
         await pki.authority.issue(
             IssuanceRequest(csr=make_csr(), profile="vcc_service", org="default"), b)
-    with pytest.raises(Forbidden):
+    with pytest.raises(Forbidden) as raised:
         await pki.authority.issue(
             IssuanceRequest(csr=make_csr(), profile="vcc_service", ca="default-issuing"), b)
+    assert raised.value.detail == "that CA belongs to another organization"
+    # who acted is recorded as the caller it was (an API token), not as the system
+    events = {e.event.resource_id: e.event for e in await pki.store.audit_entries()}
+    assert events[issued_b.record.cert_id].actor_type == b.actor_type == "api"
     assert (await pki.authority.find_certificate(issued_a.serial, a)).status == "active"
 
 
@@ -669,6 +678,17 @@ async def test_find_certificate_skips_only_what_the_caller_may_not_see(
     # a cert_manager revokes what a service account of its organization requested
     revoked = await pki.authority.revoke(of_one.serial, "superseded", a)
     assert revoked.cert_id == of_one.record.cert_id and revoked.status == "revoked"
+    (event,) = [e.event for e in await pki.store.audit_entries()
+                if e.event.event_type == "certificate.revoked"]
+    assert (event.actor_type, event.actor_id) == ("api", a.actor_id)
+
+    async def lost_race(*args: Any) -> None:
+        return None  # another process revoked it between the read and the write
+
+    monkeypatch.setattr(pki.store, "revoke_certificate", lost_race)
+    with pytest.raises(Conflict) as lost:
+        await pki.authority.revoke(of_two.serial, "superseded", SYSTEM)
+    assert lost.value.detail == f"certificate {of_two.serial} is already revoked"
 
 
 async def test_subject_of_email_and_uri_only_requests_and_crl_partitions(pki: Pki) -> None:
@@ -702,6 +722,10 @@ async def test_subject_of_email_and_uri_only_requests_and_crl_partitions(pki: Pk
         cdp = issued.certificate.extensions.get_extension_for_class(x509.CRLDistributionPoints)
         assert cdp.value[0].full_name == [x509.UniformResourceIdentifier(
             pki.authority.settings.crl_url("default-issuing", partition))]
+    # the revocation keeps the certificate's partition: its CRL is the one that lists it
+    await pki.authority.revoke(issued.serial, "superseded", SYSTEM)
+    (revocation,) = await pki.store.list_revocations(issued.record.issuer_ca_id, partition)
+    assert revocation.crl_partition == partition and revocation.cert_id == issued.record.cert_id
 
 
 async def test_principals_and_organization_scope(pki: Pki) -> None:
