@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import time
+
+import pytest
 
 from ca_core.records import AuditEntry, AuditEvent, AuditHead
 from db.audit_chain import GENESIS_HASH, ChainProblem, canonical_entry, chain_hash, verify_chain
@@ -57,6 +60,21 @@ def test_each_break_is_reported_with_its_seq() -> None:
         ChainProblem(3, "head says seq 3 but the log ends at 3")]
     assert verify_chain(entries, AuditHead(2, entries[2].audit_hash)) == [
         ChainProblem(2, "head says seq 2 but the log ends at 3")]
+
+
+def test_the_canonical_time_is_utc_on_any_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host whose local time is not UTC hashes the same entry to the same value."""
+    event = AuditEvent(event_type="e", category="c", action="a")
+    expected = chain_hash(1, "id", T0, event, GENESIS_HASH)
+    monkeypatch.setenv("TZ", "Asia/Tokyo")
+    time.tzset()
+    try:
+        assert chain_hash(1, "id", T0, event, GENESIS_HASH) == expected
+        assert b'"timestamp":"2026-01-02T03:04:05.006789Z"' in canonical_entry(
+            1, "id", T0.astimezone(dt.timezone(dt.timedelta(hours=-5))), event, GENESIS_HASH)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
 
 
 def test_every_field_is_in_the_hash() -> None:

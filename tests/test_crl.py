@@ -345,7 +345,7 @@ async def test_crl_extensions_flags_and_the_audit_event(partitioned: Services) -
     cert = await _issue(services)
     when = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
     await services.authority.revoke(cert.serial, "key_compromise", SYSTEM, invalidity_date=when)
-    operator = Principal.system("crl-operator")
+    operator = Principal("api", "crl-operator", None, "pki_super_admin")
     published = await services.crls.publish_all(principal=operator)
     # The second run also makes every stored partition again, and only the issuing CA's.
     again = await services.crls.publish_all()
@@ -367,8 +367,11 @@ async def test_crl_extensions_flags_and_the_audit_event(partitioned: Services) -
             idp.only_contains_attribute_certs, idp.relative_name) == (
         False, False, None, False, None)
     # The published record's thisUpdate is the CRL's, to the second.
-    made = next(p for p in published if (p.ca_name, p.partition) == ("default-issuing", 0))
+    # (the stored full CRL is the second run's)
+    made = next(p for p in again if (p.ca_name, p.partition) == ("default-issuing", 0))
     assert made.this_update == full.last_update_utc
+    assert made.der_bytes == len(full.public_bytes(serialization.Encoding.DER))
+    assert all(0 <= p.seconds < 60 for p in published)
 
     issuing = await services.authority.ca("default-issuing")
     events = [e.event for e in await services.authority.store.audit_entries()

@@ -408,6 +408,12 @@ async def test_cert_id_without_null_parameters_is_echoed_exactly(
     answered = a_ocsp.OCSPResponse.load(body).basic_ocsp_response[
         "tbs_response_data"]["responses"][0]["cert_id"]
     assert answered.dump() == bare.dump() != cert_id.dump()
+    # That answer is not stored for the CertID's usual form: a canonical request still
+    # gets its own CertID back.
+    _, body = await post(client, ocsp_request(issued.certificate, issued.chain[0]))
+    answered = a_ocsp.OCSPResponse.load(body).basic_ocsp_response[
+        "tbs_response_data"]["responses"][0]["cert_id"]
+    assert answered.dump() == cert_id.dump()
 
 
 async def test_nonce_ignored_by_default(client: TestClient, services: Services) -> None:
@@ -542,6 +548,11 @@ async def test_busy_responder_answers_try_later(
     _, body = await post(client, request)
     assert started.is_set()
     assert status_of(body) is ocsp.OCSPResponseStatus.TRY_LATER
+    from ca_core.errors import Unavailable
+
+    with pytest.raises(Unavailable) as raised:
+        await services.ocsp.answer(decode_request(request))
+    assert raised.value.detail == "the responder is busy"
 
 
 # --- revocations by other processes, the cache rules ------------------------------------
