@@ -953,3 +953,52 @@ def test_der_tags_need_the_low_tag_number_form() -> None:
     assert der.implicit(30, b"\x04\x00") == b"\x9e\x00"
     with pytest.raises(ValueError, match=r"^tag number 31 needs the high-tag-number form$"):
         der.explicit(31, b"\x04\x00")
+
+
+async def test_failures_are_logged_and_say_why(
+        services: Services, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A failed signature or store write is logged with its cause and refused with a
+    reason; serial clashes are logged and retried until the attempts run out."""
+    from ca_core.storage import StoreConflict
+
+    stamper = TimeStampAuthority(services.authority, services.config.tsa_settings(),
+                                 clock_check=lambda: True)
+    await stamper.open()
+    unit = stamper._unit
+    assert unit is not None
+    query = TimeStampQuery(OIDS["sha256"], b"\x00" * 32)
+
+    async def broken_key(*args: Any, **kwargs: Any) -> bytes:
+        raise RuntimeError("token removed")
+
+    with monkeypatch.context() as patch, caplog.at_level("ERROR", logger="ca_core.tsa"):
+        patch.setattr(unit, "sign", broken_key)
+        with pytest.raises(tsa_core.Unavailable) as raised:
+            await stamper.timestamp(query)
+    assert raised.value.detail == "the TSA key is not available"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"signing a time-stamp with {unit.name} failed: token removed"]
+    caplog.clear()
+
+    async def store_down(record: Any) -> None:
+        raise StoreUnavailable("disk gone")
+
+    with monkeypatch.context() as patch, caplog.at_level("ERROR", logger="ca_core.tsa"):
+        patch.setattr(services.store, "add_timestamp", store_down)
+        with pytest.raises(tsa_core.Unavailable) as raised:
+            await stamper.timestamp(query)
+    assert raised.value.detail == "the time-stamp store is not available"
+    assert [r.getMessage() for r in caplog.records] == ["recording a time-stamp failed: disk gone"]
+    caplog.clear()
+
+    async def taken(record: Any) -> None:
+        raise StoreConflict("serial taken")
+
+    with monkeypatch.context() as patch, caplog.at_level("WARNING", logger="ca_core.tsa"):
+        patch.setattr(services.store, "add_timestamp", taken)
+        with pytest.raises(tsa_core.Unavailable) as raised:
+            await stamper.timestamp(query)
+    assert raised.value.detail == "could not allocate a unique serial number"
+    assert [r.getMessage() for r in caplog.records] == [
+        "time-stamp serial collision; drawing a new serial"] * tsa_core._MAX_SERIAL_ATTEMPTS
