@@ -1109,6 +1109,7 @@ def test_jwk_thumbprints_and_public_keys() -> None:
         ({"kty": "OKP", "crv": "X25519", "x": b64(x25519_raw)},
          "only Ed25519 OKP keys are supported"),
         ({"kty": "OKP", "crv": "Ed25519", "x": b64(b"short")}, "not an Ed25519 public key"),
+        ({**ec_jwk, "use": b"not JSON"}, "the JWK cannot be read"),
     ]
     for jwk, detail in refusals:
         _refused(lambda jwk=jwk: jose.public_key(jwk), "badPublicKey", detail)
