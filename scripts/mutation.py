@@ -143,6 +143,12 @@ def report(modules: list[Module], show_survivors: bool) -> list[str]:
         score = f"{100.0 * dead / checked:6.1f}" if checked else "     -"
         print(f"{name:<10} | {total:>7} | {dead:>6} | {alive:>8} | {odd:>18} | {score}"
               + (f"   ({not_run} not run)" if not_run else ""))
+    # A misspelt function would silently leave its code unmutated.
+    functions = {mutant_function(name) for name in exit_codes}
+    for module in modules:
+        for pattern in module.patterns:
+            if not any(fnmatch.fnmatchcase(f, pattern) for f in functions):
+                print(f"warning: {module.name}: no mutant matches {pattern}")
     if show_survivors:
         for name in survivors:
             print(name)
