@@ -43,9 +43,9 @@ import secrets
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-from asn1crypto import algos, core, tsp
+from asn1crypto import core, tsp
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -467,10 +467,11 @@ class _TokenSigner:
         key = (oid, parameters)
         algorithm = self.imprint_algorithms.get(key)
         if algorithm is None:
-            fields: dict[str, Any] = {"algorithm": oid}
-            if parameters is not None:
-                fields["parameters"] = core.Any.load(parameters)
-            algorithm = self.imprint_algorithms[key] = algos.DigestAlgorithm(fields).dump()
+            # Encoded by hand: asn1crypto's DigestAlgorithm adds NULL parameters to a known
+            # hash whose request left them absent, and RFC 3161 2.4.2 wants the request's
+            # own value.
+            algorithm = self.imprint_algorithms[key] = der.sequence(
+                core.ObjectIdentifier(oid).dump(), parameters)
         return algorithm
 
     def tst_info(self, query: TimeStampQuery, nonce: core.Integer | None, policy: str,

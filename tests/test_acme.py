@@ -10,6 +10,7 @@ import datetime as dt
 import hashlib
 import json
 import socket
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -336,7 +337,9 @@ async def test_external_account_binding(eab_world: World) -> None:
         await _problem(await client.register(externalAccountBinding=binding),
                        "unauthorized", 401)
     binding = mac_jws(key.kid, key.hmac_key, world.client().key.jwk, url)  # another key
-    await _problem(await client.register(externalAccountBinding=binding), "unauthorized", 401)
+    body = await _problem(await client.register(externalAccountBinding=binding),
+                          "unauthorized", 401)
+    assert body["detail"] == "the EAB binds another key"
     binding = mac_jws(key.kid, key.hmac_key, client.key.jwk, url, "HS384")
     response = await client.register(externalAccountBinding=binding)
     assert response.status == 201, await response.text()
@@ -346,6 +349,104 @@ async def test_external_account_binding(eab_world: World) -> None:
     await second.load()
     binding = mac_jws(key.kid, key.hmac_key, second.key.jwk, url)
     await _problem(await second.register(externalAccountBinding=binding), "unauthorized", 401)
+
+
+def _mac_binding(protected: dict[str, Any], payload: bytes, secret: bytes) -> dict[str, str]:
+    """An EAB JWS with any protected header and payload bytes (mac_jws makes the good one)."""
+    import josepy
+
+    protected_b64, payload_b64 = b64(json.dumps(protected).encode()), b64(payload)
+    algorithm = josepy.jwa.JWASignature.from_json(protected.get("alg", "HS256"))
+    signature = algorithm.sign(secret, f"{protected_b64}.{payload_b64}".encode())
+    return {"protected": protected_b64, "payload": payload_b64, "signature": b64(signature)}
+
+
+async def test_external_account_binding_checks(eab_world: World) -> None:
+    """RFC 8555 7.3.4: each check of the EAB JWS refuses on its own, with its problem."""
+    from ca_core.hierarchy import ensure_organization
+    from ca_core.principal import Principal
+
+    world = eab_world
+    await ensure_organization(world.services.authority, "health", "Health",
+                              Principal.system("test"))
+    health = await world.services.authority.organization("health")
+    key = await world.services.acme.create_eab_key("default", actor="ops-desk")
+    assert key.kid.startswith("kid-") and len(key.hmac_key) == 32 and key.account_id is None
+    (event,) = [e.event for e in await world.services.store.audit_entries()
+                if e.event.event_type == "acme.eab_created"]
+    assert (event.category, event.action, event.actor_type, event.actor_id, event.org_id,
+            event.resource_type, event.resource_id, event.data) == (
+        "acme", "eab_created", "system", "ops-desk", key.org_id, "acme_eab_key", key.kid,
+        {"org": "default"})
+    assert len(key.kid) == len("kid-") + 16
+    health_key = await world.services.acme.create_eab_key("health")
+    assert health_key.org_id == health.org_id != key.org_id
+    (event,) = [e.event for e in await world.services.store.audit_entries()
+                if e.event.resource_id == health_key.kid]
+    assert (event.actor_id, event.org_id, event.data) == (
+        "vcc-pki cli", health.org_id, {"org": "health"})
+
+    client = world.client()
+    directory = await client.load()
+    url = directory["newAccount"]
+    jwk = json.dumps(client.key.jwk).encode()
+    good = {"alg": "HS256", "kid": key.kid, "url": url}
+    not_jws = "externalAccountBinding must be a JWS"
+    no_kid = "the EAB JWS needs a kid"
+    payload = "the EAB payload must be the account key"
+    bad_mac = "the External Account Binding MAC is invalid"
+    refused: list[tuple[Any, str, int, str]] = [
+        ([mac_jws(key.kid, key.hmac_key, client.key.jwk, url)], "malformed", 400, not_jws),
+        (_mac_binding({"alg": "HS256", "url": url}, jwk, key.hmac_key), "malformed", 400,
+         no_kid),
+        (_mac_binding({**good, "kid": 7}, jwk, key.hmac_key), "malformed", 400, no_kid),
+        (_mac_binding({**good, "url": url + "x"}, jwk, key.hmac_key), "unauthorized", 401,
+         "the EAB url must be the newAccount URL"),
+        (_mac_binding({**good, "nonce": "n"}, jwk, key.hmac_key), "malformed", 400,
+         "the EAB JWS must not carry a nonce"),
+        (_mac_binding({**good, "kid": "kid-unknown"}, jwk, key.hmac_key), "unauthorized", 401,
+         "unknown or already used EAB key id"),
+        (_mac_binding(good, b"not json", key.hmac_key), "malformed", 400, payload),
+        (_mac_binding(good, b"[1]", key.hmac_key), "malformed", 400, payload),
+        ({**mac_jws(key.kid, key.hmac_key, client.key.jwk, url), "signature": ""},
+         "unauthorized", 401, bad_mac),
+    ]
+    for binding, problem, status, detail in refused:
+        body = await _problem(await client.register(externalAccountBinding=binding),
+                              problem, status)
+        assert body["detail"] == detail
+    for alg in ("RS256", "none", "EdDSA"):
+        binding = {**mac_jws(key.kid, key.hmac_key, client.key.jwk, url),
+                   "protected": b64(json.dumps({**good, "alg": alg}).encode())}
+        body = await _problem(await client.register(externalAccountBinding=binding),
+                              "badSignatureAlgorithm", 400)
+        assert body["detail"] == "EAB must use one of HS256, HS384, HS512"
+
+    # An organization's directory takes only its own keys; the default organization's takes
+    # any organization's, and the account belongs to the key's organization.
+    tenant = world.client(directory="/acme/health/directory")
+    health_url = (await tenant.load())["newAccount"]
+    binding = mac_jws(key.kid, key.hmac_key, tenant.key.jwk, health_url)
+    body = await _problem(await tenant.register(externalAccountBinding=binding),
+                          "unauthorized", 401)
+    assert body["detail"] == "the EAB key belongs to another organization"
+    binding = mac_jws(health_key.kid, health_key.hmac_key, client.key.jwk, url)
+    response = await client.register(externalAccountBinding=binding)
+    assert response.status == 201, await response.text()
+    account = await world.services.store.get_acme_account(
+        (client.account_url or "").rsplit("/", 1)[1])
+    assert account is not None and account.org_id == health.org_id
+    assert account.eab_kid == health_key.kid
+    # The EAB url may also name the URL the request reached (a gateway behind a proxy
+    # whose public URL differs).
+    third = world.client()
+    await third.load()
+    reached = str(world.http.make_url(urllib.parse.urlsplit(url).path))
+    assert reached != url
+    spare = await world.services.acme.create_eab_key("default")
+    binding = mac_jws(spare.kid, spare.hmac_key, third.key.jwk, reached)
+    response = await third.register(externalAccountBinding=binding)
+    assert response.status == 201, await response.text()
 
 
 # --- bad requests -------------------------------------------------------------------------
@@ -923,3 +1024,156 @@ async def test_the_ra_takes_any_challenge_validator(world: World) -> None:
     assert authz["status"] == "invalid"
     assert failed["error"] == {"type": ERR + "dns", "detail": "no TXT answer in this test",
                                "identifier": {"type": "dns", "value": "fake.test"}}
+
+
+# --- the JWS checks themselves (protocols/acme/jws.py) ---------------------------------------
+
+def _refused(call: Callable[[], Any], acme_type: str, detail: str) -> None:
+    from protocols.acme.problems import AcmeProblem
+
+    with pytest.raises(AcmeProblem) as raised:
+        call()
+    assert (raised.value.acme_type, raised.value.detail) == (acme_type, detail)
+
+
+def test_jws_parse_refusals_and_fields() -> None:
+    """RFC 8555 6.2 / RFC 7515 7.2.2: a flattened JWS with a protected header only."""
+    from protocols.acme import jws as jose
+
+    protected = b64(json.dumps({"alg": "ES256", "nonce": "n"}).encode())
+    payload = b64(b'{"a": 1}')
+    parsed = jose.parse(json.dumps({"protected": protected, "payload": payload,
+                                    "signature": b64(b"sig")}).encode())
+    assert parsed.protected == {"alg": "ES256", "nonce": "n"} and parsed.alg == "ES256"
+    assert (parsed.payload, parsed.signature) == (b'{"a": 1}', b"sig")
+    assert parsed.signing_input == f"{protected}.{payload}".encode()
+    assert parsed.payload_json() == {"a": 1}
+    as_get = jose.parse({"protected": protected, "payload": "", "signature": b64(b"s")})
+    assert as_get.payload == b""
+    good = {"protected": protected, "payload": payload, "signature": b64(b"s")}
+    cases: list[tuple[Any, str]] = [
+        (b"not json", "the request body is not JSON"),
+        (b"[" * 5000, "the request body is not JSON"),
+        (b"[]", "send a flattened JWS"),
+        ({**good, "signatures": []}, "send a flattened JWS"),
+        ({**good, "header": {}}, "unprotected JWS headers are not allowed"),
+        ({"payload": payload, "signature": ""}, "the JWS lacks protected or payload"),
+        ({"protected": protected, "signature": ""}, "the JWS lacks protected or payload"),
+        ({**good, "payload": 7}, "the JWS lacks protected or payload"),
+        ({**good, "protected": b64(b"{")}, "the protected header is not JSON"),
+        ({**good, "protected": b64(b"[1]")}, "the protected header is not an object"),
+        ({**good, "protected": protected + "="}, "protected is not base64url without padding"),
+        ({**good, "payload": "a+b"}, "payload is not base64url without padding"),
+        ({**good, "signature": "a/b"}, "signature is not base64url without padding"),
+        ({**good, "signature": None}, "signature is not base64url without padding"),
+        ({**good, "signature": "a"}, "signature is not base64url"),
+        ({**good, "signature": "ab!c"}, "signature is not base64url"),
+    ]
+    for body, detail in cases:
+        _refused(lambda body=body: jose.parse(body), "malformed", detail)
+    for payload_bytes, detail in [(b"{", "the payload is not JSON"),
+                                  (b"[1]", "the payload is not a JSON object")]:
+        one = jose.Jws({}, payload_bytes, b"", b"")
+        _refused(one.payload_json, "malformed", detail)
+
+
+def test_jwk_thumbprints_and_public_keys() -> None:
+    """RFC 7638 thumbprints (the RFC's own example for RSA) and the keys we accept."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa, x25519
+
+    from protocols.acme import jws as jose
+
+    rfc7638 = {
+        "kty": "RSA", "e": "AQAB", "alg": "RS256", "kid": "2011-04-29",
+        "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6"
+             "tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5"
+             "v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD0"
+             "8qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU"
+             "8awapJzKnqDKgw"}
+    assert jose.jwk_thumbprint(rfc7638) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+    okp = ed25519.Ed25519PrivateKey.generate().public_key()
+    raw = okp.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    okp_jwk = {"kty": "OKP", "crv": "Ed25519", "x": b64(raw)}
+    canonical = json.dumps({"crv": "Ed25519", "kty": "OKP", "x": b64(raw)},
+                           separators=(",", ":"), sort_keys=True)
+    assert jose.jwk_thumbprint(okp_jwk) == b64(hashlib.sha256(canonical.encode()).digest())
+    assert isinstance(jose.public_key(okp_jwk), ed25519.Ed25519PublicKey)
+    ec_jwk = AccountKey.make("ec-p256").jwk
+    assert jose.jwk_thumbprint({**ec_jwk, "kid": "x"}) == jose.jwk_thumbprint(ec_jwk)
+    for bad in ({"kty": "RSA", "e": "AQAB"}, {"kty": "EC", "crv": "P-256", "x": "AA"},
+                {"kty": "oct", "k": "AA"}, {"kty": "OKP", "crv": "Ed25519", "x": 5}, "jwk"):
+        _refused(lambda bad=bad: jose.jwk_thumbprint(bad),
+                 "badPublicKey", "unsupported or incomplete JWK")
+    _refused(lambda: jose.jwk_thumbprint({"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}),
+             "badPublicKey", "the JWK cannot be read")
+
+    def rsa_jwk(bits: int) -> dict[str, str]:
+        numbers = rsa.generate_private_key(65537, bits).public_key().public_numbers()
+        return {"kty": "RSA", "e": b64(numbers.e.to_bytes(3, "big")),
+                "n": b64(numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big"))}
+
+    assert isinstance(jose.public_key(rsa_jwk(2048)), rsa.RSAPublicKey)
+    x25519_raw = x25519.X25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    p521 = ec.generate_private_key(ec.SECP521R1()).public_key().public_numbers()
+    refusals: list[tuple[Any, str]] = [
+        ({**ec_jwk, "d": "AA"}, "the JWK must be a public key"),
+        ({"kty": "oct", "k": "AA"}, "the JWK must be a public key"),
+        ([ec_jwk], "the JWK must be a public key"),
+        (rsa_jwk(1024), "RSA account keys must be 2048 to 8192 bits"),
+        ({"kty": "EC", "crv": "P-521", "x": b64(p521.x.to_bytes(66, "big")),
+          "y": b64(p521.y.to_bytes(66, "big"))}, "EC account keys must be P-256 or P-384"),
+        ({"kty": "OKP", "crv": "X25519", "x": b64(x25519_raw)},
+         "only Ed25519 OKP keys are supported"),
+        ({"kty": "OKP", "crv": "Ed25519", "x": b64(b"short")}, "not an Ed25519 public key"),
+        ({**ec_jwk, "use": b"not JSON"}, "the JWK cannot be read"),
+    ]
+    for jwk, detail in refusals:
+        _refused(lambda jwk=jwk: jose.public_key(jwk), "badPublicKey", detail)
+
+
+def test_account_key_memo_is_bounded_first_in_first_out(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from collections import OrderedDict
+
+    from protocols.acme import jws as jose
+
+    memo: OrderedDict[str, Any] = OrderedDict()
+    monkeypatch.setattr(jose, "_ACCOUNT_KEYS", memo)
+    monkeypatch.setattr(jose, "_ACCOUNT_KEYS_MAX", 3)
+    jwk = AccountKey.make("ec-p256").jwk
+    key = jose.account_public_key("t0", jwk)
+    assert memo == {"t0": key}
+    for n in range(1, 4):
+        jose.account_public_key(f"t{n}", jwk)
+    assert list(memo) == ["t1", "t2", "t3"]
+
+
+def test_jws_verify_refusals() -> None:
+    """RFC 8555 6.2: only RS256/ES256/ES384/EdDSA, each with a key of its kind; a bad
+    signature (of any length) is malformed."""
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from protocols.acme import jws as jose
+
+    def signed(alg: str, key: AccountKey) -> Any:
+        return jose.parse(jws(key, {"a": 1}, {"alg": alg, "nonce": "n", "url": "u"}))
+
+    ec_key, okp_key = AccountKey.make("ec-p256"), AccountKey.make("ed25519")
+    ec_public = jose.public_key(ec_key.jwk)
+    okp_public = jose.public_key(okp_key.jwk)
+    assert isinstance(okp_public, ed25519.Ed25519PublicKey)
+    jose.verify(signed("ES256", ec_key), ec_public)
+    jose.verify(signed("EdDSA", okp_key), okp_public)
+    _refused(lambda: jose.verify(signed("HS256", ec_key), ec_public), "badSignatureAlgorithm",
+             "algorithm 'HS256' is not accepted; use one of RS256, ES256, ES384, EdDSA")
+    _refused(lambda: jose.verify(signed("ES256", ec_key), okp_public), "badSignatureAlgorithm",
+             "algorithm ES256 does not fit the key")
+    for key, public, alg in [(ec_key, ec_public, "ES256"), (okp_key, okp_public, "EdDSA")]:
+        good = signed(alg, key)
+        for signature in (b"", b"\x00" * 7, bytes(64), good.signature[:-1] + b"\x00",
+                          good.signature + b"\x00"):
+            forged = jose.Jws(good.protected, good.payload, signature, good.signing_input)
+            _refused(lambda forged=forged, public=public: jose.verify(forged, public),
+                     "malformed", "the JWS signature is invalid")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -28,6 +29,7 @@ from ca_core.errors import (
 )
 from ca_core.hierarchy import ensure_hierarchy, ensure_organization
 from ca_core.principal import Principal
+from ca_core.records import AuditEvent
 from db.audit_chain import verify_chain
 from tests.conftest import Pki
 from tests.helpers import ListenerRecorder, fail_certificate_writes, make_csr, make_key
@@ -190,9 +192,14 @@ async def test_bad_csr_signature(pki: Pki) -> None:
 async def test_internal_profiles_are_not_requestable(pki: Pki) -> None:
     created = await pki.authority.create_token("default", "cert_manager", principal=SYSTEM)
     principal = await pki.authority.authenticate(created.token)
-    with pytest.raises(Forbidden):
+    with pytest.raises(Forbidden) as raised:
         await pki.authority.issue(
             IssuanceRequest(csr=make_csr(cn="ocsp", dns=()), profile="ocsp_signing"), principal)
+    assert raised.value.detail == "profile ocsp_signing is issued by the CA itself only"
+    with pytest.raises(Forbidden) as raised:
+        await pki.authority.issue(
+            IssuanceRequest(csr=make_csr(), profile="vcc_service", ca="intermediate"), SYSTEM)
+    assert raised.value.detail == "CA intermediate does not issue end-entity certificates"
 
 
 async def test_revoke_and_status(pki: Pki) -> None:
@@ -246,9 +253,13 @@ async def test_tenants_are_isolated(pki: Pki) -> None:
     with pytest.raises(Forbidden):
         await pki.authority.issue(
             IssuanceRequest(csr=make_csr(), profile="vcc_service", org="default"), b)
-    with pytest.raises(Forbidden):
+    with pytest.raises(Forbidden) as raised:
         await pki.authority.issue(
             IssuanceRequest(csr=make_csr(), profile="vcc_service", ca="default-issuing"), b)
+    assert raised.value.detail == "that CA belongs to another organization"
+    # who acted is recorded as the caller it was (an API token), not as the system
+    events = {e.event.resource_id: e.event for e in await pki.store.audit_entries()}
+    assert events[issued_b.record.cert_id].actor_type == b.actor_type == "api"
     assert (await pki.authority.find_certificate(issued_a.serial, a)).status == "active"
 
 
@@ -366,3 +377,379 @@ async def test_an_address_only_in_the_common_name_becomes_an_ip_san(pki: Pki,
     assert sans.get_values_for_type(x509.DNSName) == []
     assert [str(i) for i in sans.get_values_for_type(x509.IPAddress)] == [address]
     assert issued.record.san == {"ip": [address]}
+
+
+def _sample(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+class _FailingListener(ListenerRecorder):
+    async def certificate_issued(self, issued: Any) -> None:
+        raise RuntimeError("listener down")
+
+    async def certificate_revoked(self, record: Any) -> None:
+        raise RuntimeError("listener down")
+
+
+async def test_issue_and_revoke_count_audit_and_tell_listeners(
+        pki: Pki, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The pki_* metrics carry organization, profile and outcome; every listener hears of
+    the certificate even after one fails (the failure is logged with the serial); the
+    revocation is stored and audited exactly as asked."""
+    issued_name = "pki_cert_requests_total"
+    before = {status: _sample(issued_name, org_id=org, purpose=purpose, status=status)
+              for org, purpose, status in [("default", "vcc_service", "issued"),
+                                           ("unknown", "unknown", "rejected"),
+                                           ("default", "vcc_service", "error")]}
+    timings = _sample("pki_cert_issuance_duration_seconds_count", org_id="default",
+                      purpose="vcc_service")
+    listener = ListenerRecorder()
+    pki.authority.add_listener(_FailingListener())
+    pki.authority.add_listener(listener)
+    with caplog.at_level("ERROR", logger="ca_core.authority"):
+        issued = await pki.authority.issue(
+            IssuanceRequest(csr=make_csr(), profile="vcc_service"), SYSTEM)
+    assert listener.issued == [issued]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"certificate listener failed after issuing {issued.serial}"]
+    with pytest.raises(UnknownProfile):
+        await pki.authority.issue(IssuanceRequest(csr=make_csr(), profile="nope"), SYSTEM)
+
+    async def broken(*args: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(pki.authority, "_issue", broken)
+    with pytest.raises(RuntimeError):
+        await pki.authority.issue(
+            IssuanceRequest(csr=make_csr(), profile="vcc_service", org="default"), SYSTEM)
+    monkeypatch.undo()
+    assert _sample(issued_name, org_id="default", purpose="vcc_service", status="issued") \
+        == before["issued"] + 1
+    assert _sample(issued_name, org_id="unknown", purpose="unknown", status="rejected") \
+        == before["rejected"] + 1
+    assert _sample(issued_name, org_id="default", purpose="vcc_service", status="error") \
+        == before["error"] + 1
+    assert _sample("pki_cert_issuance_duration_seconds_count", org_id="default",
+                   purpose="vcc_service") == timings + 1
+    # A duration, not a point in time: well below the 10 s bucket.
+    assert _sample("pki_cert_issuance_duration_seconds_bucket", org_id="default",
+                   purpose="vcc_service", le="10.0") == timings + 1
+
+    now = dt.datetime(2026, 3, 4, 5, 6, 7, 890, tzinfo=dt.UTC)
+    pki.authority.clock = lambda: now
+    revocations = _sample("pki_cert_revocations_total", org_id="default",
+                          reason="key_compromise")
+    caplog.clear()
+    with caplog.at_level("ERROR", logger="ca_core.authority"):
+        # an invalidity date of exactly now is not in the future
+        revoked = await pki.authority.revoke(issued.serial, "keyCompromise", SYSTEM,
+                                             invalidity_date=now)
+    assert listener.revoked == [revoked]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"certificate listener failed after revoking {issued.serial}"]
+    assert _sample("pki_cert_revocations_total", org_id="default",
+                   reason="key_compromise") == revocations + 1
+    ca_id = issued.record.issuer_ca_id
+    (stored,) = await pki.store.list_revocations(ca_id)
+    assert stored.revoked_at == now.replace(microsecond=0)
+    assert (stored.ca_id, stored.serial_hex, stored.cert_id, stored.reason,
+            stored.invalidity_date, stored.crl_partition) == (
+        ca_id, issued.record.serial_hex, issued.record.cert_id, "key_compromise", now, 0)
+    (event,) = [e.event for e in await pki.store.audit_entries()
+                if e.event.event_type == "certificate.revoked"]
+    assert event == AuditEvent(
+        event_type="certificate.revoked", category="certificate", action="revoke",
+        actor_type="system", actor_id="test", org_id=issued.record.org_id,
+        resource_type="certificate", resource_id=issued.record.cert_id,
+        data={"serial": issued.record.serial_hex, "reason": "key_compromise"})
+
+    with pytest.raises(Conflict, match=f"certificate {issued.serial} is already revoked"):
+        await pki.authority.revoke(issued.serial, "superseded", SYSTEM)
+    other = await pki.authority.issue(
+        IssuanceRequest(csr=make_csr(), profile="vcc_service"), SYSTEM)
+    with pytest.raises(BadRequest, match=r"^the invalidity date lies in the future$"):
+        await pki.authority.revoke(other.serial, "superseded", SYSTEM,
+                                   invalidity_date=now + dt.timedelta(seconds=1))
+    auditor = await _caller(pki, "default", "auditor")
+    with pytest.raises(Forbidden, match=r"^this credential may not revoke certificates$"):
+        await pki.authority.revoke(other.serial, "superseded", auditor)
+
+
+async def test_issuance_audit_subject_and_serial_collisions(
+        pki: Pki, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """The certificate.issued event names what was issued; a CSR without CN is named by its
+    first SAN under the organization's name; a serial clash draws a new serial, three
+    times at most; a failed write is logged."""
+    issued = await pki.authority.issue(
+        IssuanceRequest(csr=make_csr(cn=None, dns=("a.example.test", "b.example.test")),
+                        profile="vcc_service"), SYSTEM)
+    record = issued.record
+    assert record.common_name == "a.example.test"
+    assert issued.certificate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0] \
+        .value == "a.example.test"
+    org = await pki.authority.organization("default")
+    assert issued.certificate.subject.get_attributes_for_oid(
+        x509.NameOID.ORGANIZATION_NAME)[0].value == org.name
+    assert record.created_at is not None and record.crl_partition == 0
+    (event,) = [e.event for e in await pki.store.audit_entries()
+                if e.event.resource_id == record.cert_id]
+    assert event == AuditEvent(
+        event_type="certificate.issued", category="certificate", action="issue",
+        actor_type="system", actor_id="test", org_id=org.org_id,
+        resource_type="certificate", resource_id=record.cert_id,
+        data={"serial": record.serial_hex, "ca": "default-issuing", "profile": "vcc_service",
+              "subject": record.subject_dn, "san": record.san,
+              "not_after": record.not_after.isoformat()})
+    ip_only = await pki.authority.issue(
+        IssuanceRequest(csr=make_csr(cn=None, dns=(), ips=("10.9.8.7",)),
+                        profile="vcc_service"), SYSTEM)
+    assert ip_only.record.common_name == "10.9.8.7"
+    with pytest.raises(PolicyViolation,
+                       match=r"^the request names no subject: give a CN or a SAN$"):
+        await pki.authority.issue(
+            IssuanceRequest(csr=make_csr(cn=None, dns=()), profile="code_signing"), SYSTEM)
+
+    from ca_core.storage import StoreConflict
+
+    store_add = pki.store.add_certificate
+    attempts: list[Any] = []
+
+    async def clashing(cert: Any, audit: Any, clashes: int = 2) -> None:
+        attempts.append(cert)
+        if len(attempts) <= clashes:
+            raise StoreConflict("serial taken")
+        await store_add(cert, audit)
+
+    monkeypatch.setattr(pki.store, "add_certificate", clashing)
+    with caplog.at_level("WARNING", logger="ca_core.authority"):
+        third = await pki.authority.issue(
+            IssuanceRequest(csr=make_csr(), profile="vcc_service"), SYSTEM)
+    assert len(attempts) == 3 and len({a.serial_hex for a in attempts}) == 3
+    assert third.record == attempts[2]
+    assert [r.getMessage() for r in caplog.records] == [
+        "serial collision on CA default-issuing; drawing a new serial"] * 2
+    attempts.clear()
+    monkeypatch.setattr(pki.store, "add_certificate",
+                        lambda cert, audit: clashing(cert, audit, clashes=99))
+    with pytest.raises(Unavailable, match=r"^could not allocate a unique serial number$"):
+        await pki.authority.issue(IssuanceRequest(csr=make_csr(), profile="vcc_service"),
+                                  SYSTEM)
+    assert len(attempts) == 3
+
+    caplog.clear()
+    fail_certificate_writes(monkeypatch, pki.store)
+    with caplog.at_level("ERROR", logger="ca_core.authority"), pytest.raises(Unavailable):
+        await pki.authority.issue(IssuanceRequest(csr=make_csr(), profile="vcc_service"),
+                                  SYSTEM)
+    assert [r.getMessage() for r in caplog.records] == [
+        "storing an issued certificate failed: "
+        "simulated: the database went away at the certificate write"]
+    auditor = await _caller(pki, "default", "auditor")
+    with pytest.raises(Forbidden, match=r"^this credential may not request certificates$"):
+        await pki.authority.issue(IssuanceRequest(csr=make_csr(), profile="vcc_service"),
+                                  auditor)
+
+
+def test_san_rules() -> None:
+    """x509build.check_sans: the profile's SAN types, well-formed names, at most 100."""
+    import dataclasses
+
+    from ca_core.profiles import BUILTIN_PROFILES
+    from ca_core.x509build import SubjectAltNames, check_sans
+
+    service = next(p for p in BUILTIN_PROFILES if p.name == "vcc_service")
+    every = dataclasses.replace(service, name="every", san_types=("dns", "ip", "email", "uri"))
+    check_sans(SubjectAltNames(dns=("a.test",), email=("ops@a.test",), uri=("urn:x:1",),
+                               ip=("10.0.0.1",)), every)
+    refused = [
+        (SubjectAltNames(email=("a@b.test",), uri=("urn:a",)),
+         dataclasses.replace(service, san_types=("dns",)),
+         "profile vcc_service does not allow SAN types email, uri"),
+        (SubjectAltNames(dns=("bad name",)), every, "invalid DNS name in SAN: 'bad name'"),
+        (SubjectAltNames(email=("not-an-address",)), every,
+         "invalid email address in SAN: 'not-an-address'"),
+        (SubjectAltNames(uri=("relative/path",)), every,
+         "SAN URI must be absolute: 'relative/path'"),
+        (SubjectAltNames(uri=(":nothing",)), every, "SAN URI must be absolute: ':nothing'"),
+        (SubjectAltNames(), every, "profile every requires a subject alternative name"),
+    ]
+    # 101 names, of every kind: the count is their sum
+    many = SubjectAltNames(dns=tuple(f"h{i}.test" for i in range(25)),
+                           ip=tuple(f"10.0.0.{i}" for i in range(25)),
+                           email=tuple(f"u{i}@a.test" for i in range(25)),
+                           uri=tuple(f"urn:x:{i}" for i in range(26)))
+    refused.append((many, every, "at most 100 subject alternative names"))
+    for sans, profile, message in refused:
+        with pytest.raises(PolicyViolation) as raised:
+            check_sans(sans, profile)
+        assert raised.value.detail == message
+    check_sans(dataclasses.replace(many, uri=many.uri[:25]), every)  # exactly 100
+    assert SubjectAltNames(email=("a@b.test",), uri=("urn:a",)).general_names() == [
+        x509.RFC822Name("a@b.test"), x509.UniformResourceIdentifier("urn:a")]
+
+
+async def test_leaf_builder_rules(pki: Pki) -> None:
+    """x509build.leaf_builder: a positive validity within the issuer's, a critical
+    keyUsage, a SAN that is critical only under an empty subject (RFC 5280 4.2.1.6), a
+    non-critical OCSP no-check, and any extra extension non-critical."""
+    import dataclasses
+
+    from ca_core.keys import KeySpec
+    from ca_core.profiles import BUILTIN_PROFILES
+    from ca_core.x509build import LeafTemplate, SubjectAltNames, leaf_builder
+
+    ca = await pki.authority.ca("default-issuing")
+    issuer = ca.issuer_context(pki.authority.settings)
+    key = make_key()
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    profiles = {p.name: p for p in BUILTIN_PROFILES}
+    template = LeafTemplate(
+        subject=x509.Name([]), public_key=key.public_key(),
+        subject_key=KeySpec.parse("ec-p256"), sans=SubjectAltNames(dns=("a.test",)),
+        not_before=now, not_after=now + dt.timedelta(days=1), serial=12345,
+        profile=profiles["vcc_service"], extra_extensions=(x509.TLSFeature(
+            [x509.TLSFeatureType.status_request]),))
+    certificate = leaf_builder(template, issuer).sign(
+        ca.signer.builder_key(), ca.signer.key_spec.hash_algorithm)  # type: ignore[arg-type]
+    critical = {e.oid: e.critical for e in certificate.extensions}
+    assert critical[ExtensionOID.KEY_USAGE] is True
+    assert critical[ExtensionOID.SUBJECT_ALTERNATIVE_NAME] is True
+    assert critical[ExtensionOID.TLS_FEATURE] is False
+    named = dataclasses.replace(template, subject=x509.Name(
+        [x509.NameAttribute(x509.NameOID.COMMON_NAME, "a.test")]))
+    certificate = leaf_builder(named, issuer).sign(
+        ca.signer.builder_key(), ca.signer.key_spec.hash_algorithm)  # type: ignore[arg-type]
+    assert certificate.extensions.get_extension_for_oid(
+        ExtensionOID.SUBJECT_ALTERNATIVE_NAME).critical is False
+    responder = dataclasses.replace(named, profile=profiles["ocsp_signing"],
+                                    sans=SubjectAltNames())
+    certificate = leaf_builder(responder, issuer).sign(
+        ca.signer.builder_key(), ca.signer.key_spec.hash_algorithm)  # type: ignore[arg-type]
+    assert certificate.extensions.get_extension_for_oid(ExtensionOID.OCSP_NO_CHECK) \
+        .critical is False
+    for bad, message in [
+            (dataclasses.replace(named, not_after=now), "notAfter must be after notBefore"),
+            (dataclasses.replace(named, not_after=ca.certificate.not_valid_after_utc
+                                 + dt.timedelta(seconds=1)),
+             "certificate would outlive its issuer")]:
+        with pytest.raises(PolicyViolation) as raised:
+            leaf_builder(bad, issuer)
+        assert raised.value.detail == message
+
+
+async def test_find_certificate_skips_only_what_the_caller_may_not_see(
+        pki: Pki, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Several records can share a serial (one per issuing CA): the caller's is found past
+    another tenant's or another service account's; status carries the record."""
+    await ensure_organization(pki.authority, "health", "Health Ministry")
+    a = await _caller(pki, "default", "cert_manager")
+    b = await _caller(pki, "health", "cert_manager")
+    mine_a = await pki.authority.issue(IssuanceRequest(csr=make_csr(), profile="vcc_service"), a)
+    mine_b = await pki.authority.issue(IssuanceRequest(csr=make_csr(), profile="vcc_service"), b)
+    one = await _caller(pki, "default", "service_account")
+    two = await _caller(pki, "default", "service_account")
+    of_one = await pki.authority.issue(IssuanceRequest(csr=make_csr(), profile="vcc_service"),
+                                       one)
+    of_two = await pki.authority.issue(IssuanceRequest(csr=make_csr(), profile="vcc_service"),
+                                       two)
+    shared = [mine_a.record, of_one.record, mine_b.record, of_two.record]
+
+    async def same_serial(serial: str) -> list[Any]:
+        return shared
+
+    monkeypatch.setattr(pki.store, "find_certificates_by_serial", same_serial)
+    assert await pki.authority.find_certificate(mine_a.serial, b) == mine_b.record
+    assert await pki.authority.find_certificate(mine_a.serial, two) == of_two.record
+    assert await pki.authority.find_certificate(mine_a.serial, a) == mine_a.record
+    shared[:] = [mine_a.record, of_one.record]
+    with pytest.raises(Conflict) as conflict:
+        await pki.authority.revoke(mine_a.serial, "superseded", SYSTEM)
+    assert conflict.value.detail == "several issuers used this serial; revoke through the issuer"
+    nobody = Principal("api", "nobody", None, "no_such_role")
+    with pytest.raises(Forbidden) as raised:
+        await pki.authority.find_certificate(mine_a.serial, nobody)
+    assert raised.value.detail == "this credential may not read certificates"
+    monkeypatch.undo()
+    status = await pki.authority.status(mine_a.record.issuer_ca_id,
+                                        mine_a.certificate.serial_number)
+    assert (status.status, status.record) == ("good", mine_a.record)
+    # a cert_manager revokes what a service account of its organization requested
+    revoked = await pki.authority.revoke(of_one.serial, "superseded", a)
+    assert revoked.cert_id == of_one.record.cert_id and revoked.status == "revoked"
+    (event,) = [e.event for e in await pki.store.audit_entries()
+                if e.event.event_type == "certificate.revoked"]
+    assert (event.actor_type, event.actor_id) == ("api", a.actor_id)
+
+    async def lost_race(*args: Any) -> None:
+        return None  # another process revoked it between the read and the write
+
+    monkeypatch.setattr(pki.store, "revoke_certificate", lost_race)
+    with pytest.raises(Conflict) as lost:
+        await pki.authority.revoke(of_two.serial, "superseded", SYSTEM)
+    assert lost.value.detail == f"certificate {of_two.serial} is already revoked"
+
+
+async def test_subject_of_email_and_uri_only_requests_and_crl_partitions(pki: Pki) -> None:
+    """Without CN the subject is named by the first SAN of any kind; a parsed CSR object is
+    taken as it is; with CRL partitions a certificate is fixed to its serial's partition
+    and names that partition's CRL."""
+    import dataclasses
+
+    from cryptography.hazmat.primitives import hashes
+
+    def csr_with(*names: x509.GeneralName) -> x509.CertificateSigningRequest:
+        return (x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+                .add_extension(x509.SubjectAlternativeName(list(names)), critical=False)
+                .sign(make_key(), hashes.SHA256()))
+
+    by_email = await pki.authority.issue(IssuanceRequest(
+        csr=csr_with(x509.RFC822Name("signer@example.test")), profile="code_signing"), SYSTEM)
+    assert by_email.record.common_name == "signer@example.test"
+    by_uri = await pki.authority.issue(IssuanceRequest(
+        csr=csr_with(x509.UniformResourceIdentifier("spiffe://example.test/svc")),
+        profile="code_signing"), SYSTEM)
+    assert by_uri.record.common_name == "spiffe://example.test/svc"
+
+    pki.authority.settings = dataclasses.replace(pki.authority.settings, crl_partitions=4)
+    (await pki.authority.ca("default-issuing"))._context = None  # made again with them
+    for _ in range(3):
+        issued = await pki.authority.issue(
+            IssuanceRequest(csr=make_csr(), profile="vcc_service"), SYSTEM)
+        partition = issued.certificate.serial_number % 4 + 1
+        assert issued.record.crl_partition == partition
+        cdp = issued.certificate.extensions.get_extension_for_class(x509.CRLDistributionPoints)
+        assert cdp.value[0].full_name == [x509.UniformResourceIdentifier(
+            pki.authority.settings.crl_url("default-issuing", partition))]
+    # the revocation keeps the certificate's partition: its CRL is the one that lists it
+    await pki.authority.revoke(issued.serial, "superseded", SYSTEM)
+    (revocation,) = await pki.store.list_revocations(issued.record.issuer_ca_id, partition)
+    assert revocation.crl_partition == partition and revocation.cert_id == issued.record.cert_id
+
+
+async def test_principals_and_organization_scope(pki: Pki) -> None:
+    """The system principal is a super admin of every organization; ``only_own`` is true
+    only for a role whose permission is the ``_own`` form; another organization, named or
+    unknown, is refused alike to a scoped caller."""
+    assert Principal.system() == Principal("system", "vcc-pki", None, "pki_super_admin")
+    assert Principal.system("cron") == Principal("system", "cron", None, "pki_super_admin")
+    service = Principal("api", "s", "org", "service_account")
+    auditor = Principal("api", "a", "org", "auditor")
+    admin = Principal("api", "m", "org", "pki_admin")
+    assert service.only_own("cert:revoke") and service.can("cert:revoke")
+    assert not auditor.only_own("cert:revoke") and not auditor.can("cert:revoke")
+    assert not admin.only_own("cert:revoke") and admin.can("cert:revoke")
+    assert admin.sees_org("org") and not admin.sees_org("other")
+    assert Principal.system().sees_org("any")
+
+    await ensure_organization(pki.authority, "health", "Health Ministry")
+    scoped = await _caller(pki, "health", "cert_manager")
+    for org in ("default", "no-such-org"):
+        with pytest.raises(Forbidden) as raised:
+            await pki.authority.issue(
+                IssuanceRequest(csr=make_csr(), profile="vcc_service", org=org), scoped)
+        assert raised.value.detail == "not permitted for that organization"
+    with pytest.raises(NotFound):  # the system is told the truth
+        await pki.authority.issue(
+            IssuanceRequest(csr=make_csr(), profile="vcc_service", org="no-such-org"), SYSTEM)

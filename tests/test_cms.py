@@ -684,3 +684,33 @@ async def test_token_ra_key_bad_messages_are_cms_errors(
     # The token still decrypts afterwards (no session left broken).
     good = encrypt_enveloped(b"still fine", [certificate])
     assert await decrypt_enveloped(good, signer, certificate) == b"still fine"
+
+
+async def test_signing_time_encoding_and_each_messages_own_time(pki: Pki) -> None:
+    """RFC 5652 11.3: signingTime is UTCTime for 1950 through 2049 and GeneralizedTime
+    otherwise, in whole seconds; each message carries its own time (the signer keeps the
+    encoded attribute of the last second only)."""
+    party = pki.parties["ec-p256"]
+    signer = SignedDataSigner(party.signer, party.certificate)
+
+    def signing_time(token: bytes) -> tuple[str, dt.datetime]:
+        (info,) = cms.ContentInfo.load(token)["content"]["signer_infos"]
+        (attr,) = [a for a in info["signed_attrs"] if a["type"].native == "signing_time"]
+        (value,) = attr["values"]
+        return value.name, value.native
+
+    plus_two = dt.timezone(dt.timedelta(hours=2))
+    cases = [
+        (dt.datetime(1950, 1, 1, 0, 0, 0, tzinfo=dt.UTC), "utc_time"),
+        (dt.datetime(1949, 12, 31, 23, 59, 59, tzinfo=dt.UTC), "generalized_time"),
+        (dt.datetime(2049, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC), "utc_time"),
+        (dt.datetime(2050, 1, 1, 0, 0, 0, tzinfo=dt.UTC), "generalized_time"),
+        (dt.datetime(2050, 1, 1, 1, 30, 0, 500, tzinfo=plus_two), "utc_time"),
+        (dt.datetime(2051, 6, 1, 12, 0, 0, tzinfo=dt.UTC), "generalized_time"),
+    ]
+    for when, choice in cases:
+        token = await signer.sign(b"x", signing_time=when)
+        assert signing_time(token) == (choice, when.astimezone(dt.UTC).replace(microsecond=0))
+        # the same second again: the same attribute
+        assert signing_time(await signer.sign(b"y", signing_time=when.replace(
+            microsecond=0)))[1] == when.astimezone(dt.UTC).replace(microsecond=0)

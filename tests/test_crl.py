@@ -335,3 +335,77 @@ async def test_served_crl_der_is_read_once_per_crl_number(
     newer = x509.load_der_x509_crl(await (await client.get("/crl/default-issuing.crl")).read())
     assert newer.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == 2
     assert len(reads) == 2
+
+
+async def test_crl_extensions_flags_and_the_audit_event(partitioned: Services) -> None:
+    """RFC 5280 5.2.3/5.3: CRLNumber, reasonCode and invalidityDate are non-critical; the
+    full CRL has no IssuingDistributionPoint and a partition's is not an indirect CRL. Each
+    CRL made writes its crl.published event, naming the CA, partition, number and actor."""
+    services = partitioned
+    cert = await _issue(services)
+    when = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    await services.authority.revoke(cert.serial, "key_compromise", SYSTEM, invalidity_date=when)
+    operator = Principal("api", "crl-operator", None, "pki_super_admin")
+    published = await services.crls.publish_all(principal=operator)
+    # The second run also makes every stored partition again, and only the issuing CA's.
+    again = await services.crls.publish_all()
+    assert sorted((p.ca_name, p.partition) for p in again) == sorted(
+        (p.ca_name, p.partition) for p in published) == [
+        ("default-issuing", 0), ("default-issuing", 1), ("default-issuing", 2),
+        ("default-issuing", 3), ("default-issuing", 4), ("intermediate", 0), ("root", 0)]
+
+    full = await _crl(services)
+    assert full.extensions.get_extension_for_class(x509.CRLNumber).critical is False
+    with pytest.raises(x509.ExtensionNotFound):
+        full.extensions.get_extension_for_class(x509.IssuingDistributionPoint)
+    (entry,) = list(full)
+    assert [e.critical for e in entry.extensions] == [False, False]
+    partition = cert.certificate.serial_number % 4 + 1
+    idp = (await _crl(services, partition=partition)).extensions.get_extension_for_class(
+        x509.IssuingDistributionPoint).value
+    assert (idp.indirect_crl, idp.only_contains_ca_certs, idp.only_some_reasons,
+            idp.only_contains_attribute_certs, idp.relative_name) == (
+        False, False, None, False, None)
+    # The published record's thisUpdate is the CRL's, to the second.
+    # (the stored full CRL is the second run's)
+    made = next(p for p in again if (p.ca_name, p.partition) == ("default-issuing", 0))
+    assert made.this_update == full.last_update_utc
+    assert made.der_bytes == len(full.public_bytes(serialization.Encoding.DER))
+    assert all(0 <= p.seconds < 60 for p in published)
+
+    issuing = await services.authority.ca("default-issuing")
+    events = [e.event for e in await services.authority.store.audit_entries()
+              if e.event.event_type == "crl.published"]
+    assert len(events) == 14
+    first = next(e for e in events if e.resource_id == f"default-issuing/{partition}")
+    assert first == AuditEvent(
+        event_type="crl.published", category="ca", action="publish_crl",
+        actor_type=operator.actor_type, actor_id="crl-operator", org_id=issuing.record.org_id,
+        resource_type="crl", resource_id=f"default-issuing/{partition}",
+        data={"ca": "default-issuing", "partition": partition, "crl_number": 1, "entries": 1,
+              "next_update": next(p.next_update for p in published
+                                  if p.partition == partition).isoformat()})
+    second = [e for e in events if e.resource_id == "root/0"][1]
+    assert (second.actor_type, second.actor_id) == ("system", "vcc-pki crl")
+    assert second.data["crl_number"] == 2
+
+
+async def test_generate_makes_the_full_crl_by_default(services: Services) -> None:
+    issuing = await services.authority.ca("default-issuing")
+    made = await services.crls.generate(issuing)
+    assert made is not None and made.partition == 0
+    assert (await services.crls.get("default-issuing")).head.crl_number == 1
+
+
+async def test_a_crl_that_lost_the_race_is_logged_and_not_returned(
+        services: Services, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def newer_stored(record: Any, event: Any) -> bool:
+        return False
+
+    monkeypatch.setattr(services.store, "save_crl", newer_stored)
+    issuing = await services.authority.ca("default-issuing")
+    with caplog.at_level("INFO", logger="ca_core.crl"):
+        assert await services.crls.generate(issuing, 0) is None
+    assert [r.getMessage() for r in caplog.records] == [
+        "CRL 1 of default-issuing/0 lost a race to a newer one"]

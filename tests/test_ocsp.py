@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import datetime as dt
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any, cast
 
@@ -18,7 +20,7 @@ from asn1crypto import algos as a_algos
 from asn1crypto import ocsp as a_ocsp
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -406,6 +408,12 @@ async def test_cert_id_without_null_parameters_is_echoed_exactly(
     answered = a_ocsp.OCSPResponse.load(body).basic_ocsp_response[
         "tbs_response_data"]["responses"][0]["cert_id"]
     assert answered.dump() == bare.dump() != cert_id.dump()
+    # That answer is not stored for the CertID's usual form: a canonical request still
+    # gets its own CertID back.
+    _, body = await post(client, ocsp_request(issued.certificate, issued.chain[0]))
+    answered = a_ocsp.OCSPResponse.load(body).basic_ocsp_response[
+        "tbs_response_data"]["responses"][0]["cert_id"]
+    assert answered.dump() == cert_id.dump()
 
 
 async def test_nonce_ignored_by_default(client: TestClient, services: Services) -> None:
@@ -430,7 +438,8 @@ async def test_nonce_echoed_when_enabled(
     for nonce in (b"\x01", b"0123456789abcdef", b"x" * 128):
         response, body = await post(client, ocsp_request(issued.certificate, ca, nonce=nonce))
         parsed = verify(body, ca)
-        assert parsed.extensions.get_extension_for_class(x509.OCSPNonce).value.nonce == nonce
+        echoed = parsed.extensions.get_extension_for_class(x509.OCSPNonce)
+        assert echoed.value.nonce == nonce and echoed.critical is False
         assert response.headers["Cache-Control"] == "max-age=0, no-cache"
     _, body = await post(client, ocsp_request(issued.certificate, ca, nonce=b"x" * 129))
     assert status_of(body) is ocsp.OCSPResponseStatus.MALFORMED_REQUEST
@@ -539,6 +548,11 @@ async def test_busy_responder_answers_try_later(
     _, body = await post(client, request)
     assert started.is_set()
     assert status_of(body) is ocsp.OCSPResponseStatus.TRY_LATER
+    from ca_core.errors import Unavailable
+
+    with pytest.raises(Unavailable) as raised:
+        await services.ocsp.answer(decode_request(request))
+    assert raised.value.detail == "the responder is busy"
 
 
 # --- revocations by other processes, the cache rules ------------------------------------
@@ -830,3 +844,125 @@ async def test_front_cache_over_redis_shows_another_process_revocation_quickly(
     finally:
         await other.aclose()
         await other_cache.close()
+
+
+@pytest.mark.parametrize(("key_type", "algorithm"), [
+    ("rsa-2048", x509.SignatureAlgorithmOID.RSA_WITH_SHA256),
+    ("ec-p384", x509.SignatureAlgorithmOID.ECDSA_WITH_SHA384),
+])
+async def test_several_cert_ids_signed_with_each_key_type(
+        tmp_path: Path, aiohttp_client: ClientFactory, key_type: str,
+        algorithm: x509.ObjectIdentifier) -> None:
+    """The asn1crypto path (several CertIDs) names the signature algorithm of the
+    responder's key (RFC 6960 4.2.1) and encodes good as [0] NULL and the nonce as a
+    non-critical extension. (Responder keys are RSA or EC: profile ocsp_signing.)"""
+    async with fresh_services(tmp_path, VCC_PKI_ISSUING_KEY_TYPE=key_type,
+                              VCC_PKI_OCSP_NONCE="true") as services:
+        await services.ocsp.load(create=True)
+        first, second = await issue(services), await issue(services)
+        ca = first.chain[0]
+        request = a_ocsp.OCSPRequest({"tbs_request": {
+            "request_list": [{"req_cert": _cert_id(c.certificate, ca)} for c in (first, second)],
+            "request_extensions": [{"extn_id": "nonce", "extn_value": b"abc"}],
+        }}).dump()
+        client = await aiohttp_client(build_http_app(services))
+        _, body = await post(client, request)
+        # Without a nonce the HTTP caching headers are the response's own times.
+        past = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(minutes=30)
+        services.ocsp.clock = lambda: past
+        response, _ = await post(client, multi_request(
+            [(c.certificate, ca) for c in (first, second)]))
+        assert response.headers["Last-Modified"] == formatdate(past.timestamp(), usegmt=True)
+    parsed = ocsp.load_der_ocsp_response(body)
+    assert parsed.signature_algorithm_oid == algorithm
+    (responder,) = parsed.certificates
+    key = responder.public_key()
+    if isinstance(key, rsa.RSAPublicKey):
+        key.verify(parsed.signature, parsed.tbs_response_bytes, padding.PKCS1v15(),
+                   hashes.SHA256())
+    else:
+        assert isinstance(key, ec.EllipticCurvePublicKey)
+        key.verify(parsed.signature, parsed.tbs_response_bytes, ec.ECDSA(hashes.SHA384()))
+    nonce = parsed.extensions.get_extension_for_class(x509.OCSPNonce)
+    assert nonce.critical is False and nonce.value.nonce == b"abc"
+    data = a_ocsp.OCSPResponse.load(body).basic_ocsp_response["tbs_response_data"]
+    assert [single["cert_status"].dump() for single in data["responses"]] == [b"\x80\x00"] * 2
+
+
+async def test_a_live_answer_is_cached_for_the_next_request(
+        services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CertID hashed with SHA-256 is not precomputed: signed live on the first request,
+    the response is stored, and the next request is answered without the store."""
+    issued = await issue(services)
+    request = ocsp_request(issued.certificate, issued.chain[0], hashes.SHA256())
+    first = await services.ocsp.answer(decode_request(request))
+
+    async def fail(*args: object, **kwargs: object) -> Any:
+        raise AssertionError("a cached answer touched the store")
+
+    monkeypatch.setattr(services.store, "certificate_statuses", fail)
+    again = await services.ocsp.answer(decode_request(request))
+    assert again.der == first.der and not again.revoked
+    # a live answer to a nonce is never stored
+    nonce = ocsp_request(issued.certificate, issued.chain[0], hashes.SHA384(), nonce=b"n")
+    monkeypatch.undo()
+    services.ocsp.settings = dataclasses.replace(services.ocsp.settings, nonce=True)
+    await services.ocsp.answer(decode_request(nonce))
+    services.ocsp.settings = dataclasses.replace(services.ocsp.settings, nonce=False)
+    monkeypatch.setattr(services.store, "certificate_statuses", fail)
+    with pytest.raises(AssertionError, match="touched the store"):
+        await services.ocsp.answer(decode_request(
+            ocsp_request(issued.certificate, issued.chain[0], hashes.SHA384())))
+
+
+async def test_live_refusals_say_why(services: Services, monkeypatch: pytest.MonkeyPatch,
+                                     caplog: pytest.LogCaptureFixture) -> None:
+    """What the OCSP log line carries for each refused request (the wire has only the
+    status code)."""
+    from ca_core.errors import CAError
+    from ca_core.ocsp import OcspQuery
+
+    issued = await issue(services)
+    ca = issued.chain[0]
+    await ensure_organization(services.authority, "health", "Health")
+    await services.ocsp.load(create=True)
+    other = await issue(services, org="health")
+    limit = services.ocsp.settings.max_cert_ids
+    own = decode_request(ocsp_request(issued.certificate, ca)).cert_ids[0]
+    unknown_serial = dataclasses.replace(own, serial=own.serial + 1)
+    leaf, foreign = foreign_pair()
+    cases: list[tuple[OcspQuery, str]] = [
+        (OcspQuery(b"", ()), "the request names no certificate"),
+        (OcspQuery(b"", (own,) * (limit + 1)), f"at most {limit} certificates per request"),
+        (decode_request(multi_request([(issued.certificate, ca), (leaf, foreign)])),
+         "this responder does not serve that issuer"),
+        (decode_request(multi_request([(issued.certificate, ca),
+                                       (other.certificate, other.chain[0])])),
+         "ask about one issuer's certificates per request"),
+        (OcspQuery(b"", (own, unknown_serial)), "no certificate with that serial was issued"),
+    ]
+    for query, detail in cases:
+        with pytest.raises(CAError) as raised:
+            await services.ocsp.answer(query)
+        assert raised.value.detail == detail
+    full = await services.ocsp.answer(  # the limit itself
+        decode_request(multi_request([(issued.certificate, ca)] * limit)))
+    assert len(list(ocsp.load_der_ocsp_response(full.der).responses)) == limit
+
+    from ca_core.storage import StoreUnavailable
+
+    async def down(*args: object) -> Any:
+        raise StoreUnavailable("simulated outage")
+
+    monkeypatch.setattr(services.store, "certificate_statuses", down)
+    with caplog.at_level("WARNING", logger="ca_core.ocsp"), \
+            pytest.raises(CAError) as raised:
+        await services.ocsp.answer(OcspQuery(b"", (own, own)))
+    assert raised.value.detail == "the certificate store is not available"
+    assert [r.getMessage() for r in caplog.records] == [
+        "OCSP live answer: store unavailable: simulated outage"]
+    for issuer in services.ocsp._by_ca_id.values():
+        monkeypatch.setattr(issuer, "responder", None)
+    with pytest.raises(CAError) as raised:
+        await services.ocsp.answer(OcspQuery(b"", (own, own)))
+    assert raised.value.detail == "no OCSP responder key is available for that issuer"

@@ -880,3 +880,154 @@ def test_cli_tsa_show_and_chain(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert capsys.readouterr().out.count("BEGIN CERTIFICATE") == 3
     assert main(["ca", "list"]) == 0
     assert " tsa " in capsys.readouterr().out
+
+
+async def test_imprint_algorithm_is_the_requests_each_time(client: TestClient) -> None:
+    """RFC 3161 2.4.2: the token's messageImprint is the request's, hash algorithm and its
+    parameters (absent or NULL) included, for each request in turn (the TSA keeps the
+    encoded forms it has seen)."""
+    seen = []
+    for algorithm, parameters in [("sha256", NULL), ("sha384", NULL), ("sha256", None),
+                                  ("sha512", None), ("sha384", NULL)]:
+        request = tsp.TimeStampReq.load(request_der(algorithm=algorithm, parameters=parameters))
+        reply = await post(client, request.dump())
+        imprint = reply.tst_info["message_imprint"]
+        assert imprint.dump() == request["message_imprint"].dump()
+        seen.append(imprint["hash_algorithm"].dump())
+    assert len(set(seen)) == 4
+
+
+def test_refusals_say_why(services: Services) -> None:
+    """The statusString of a rejection (RFC 3161 2.4.2 PKIFreeText) names the problem."""
+    stamper = TimeStampAuthority(services.authority, services.config.tsa_settings())
+    sha256 = OIDS["sha256"]
+    cases = [
+        (TimeStampQuery(OIDS["sha1"], b"\x00" * 20),
+         "hash algorithm sha1 is not accepted; use one of sha256, sha384, sha512"),
+        (TimeStampQuery("1.2.3.4.5", b"\x00" * 32),
+         "hash algorithm 1.2.3.4.5 is not accepted; use one of sha256, sha384, sha512"),
+        (TimeStampQuery(sha256, b"\x00" * 32, hash_parameters=b"\x04\x01x"),
+         "sha256 takes no parameters, or a DER NULL"),
+        (TimeStampQuery(sha256, b"\x00" * 20), "a sha256 imprint has 32 octets, not 20"),
+        (TimeStampQuery(sha256, b"\x00" * 32, version=2), "unsupported TimeStampReq version 2"),
+        (TimeStampQuery(sha256, b"\x00" * 32, policy="1.2.3"),
+         "policy 1.2.3 is not offered by this TSA"),
+        (TimeStampQuery(sha256, b"\x00" * 32, extensions=("1.2.3.4",)),
+         "unsupported extension 1.2.3.4"),
+        (TimeStampQuery(sha256, b"\x00" * 32, nonce=b"\x02\x02\x00\x01"),
+         "the nonce is not a DER INTEGER"),
+        (TimeStampQuery(sha256, b"\x00" * 32, nonce=b"\x04\x01x"),
+         "the nonce is not a DER INTEGER"),
+        (TimeStampQuery(sha256, b"\x00" * 32, nonce=b"\x02\x05\x01"),
+         "the nonce is not a DER INTEGER"),
+        (TimeStampQuery(sha256, b"\x00" * 32, nonce=b"\x02\x00"),
+         "the nonce is not a DER INTEGER"),
+    ]
+    for query, detail in cases:
+        with pytest.raises(tsa_core.TimeStampRejected) as raised:
+            stamper.check(query)
+        assert raised.value.detail == detail
+
+
+async def test_gen_time_and_the_certificates_validity_bounds(
+        services: Services, caplog: pytest.LogCaptureFixture) -> None:
+    """genTime keeps milliseconds (RFC 3161 2.4.2 accuracy) and drops the rest; a token is
+    granted from the TSA certificate's notBefore up to, not including, its notAfter."""
+    stamper = TimeStampAuthority(services.authority, services.config.tsa_settings(),
+                                 clock_check=lambda: True)
+    with pytest.raises(tsa_core.Unavailable) as raised:
+        await stamper.timestamp(TimeStampQuery(OIDS["sha256"], b"\x00" * 32))
+    assert raised.value.detail == "the time-stamping authority is not open"
+    await stamper.open()
+    certificate = stamper.loaded.certificate
+    start, end = certificate.not_valid_before_utc, certificate.not_valid_after_utc
+    query = TimeStampQuery(OIDS["sha256"], b"\x00" * 32)
+    stamper.clock = lambda: start + dt.timedelta(microseconds=1000)
+    issued = await stamper.timestamp(query)
+    assert issued.record.gen_time == start + dt.timedelta(microseconds=1000)
+    stamper.clock = lambda: start + dt.timedelta(microseconds=1999)
+    assert (await stamper.timestamp(query)).record.gen_time == \
+        start + dt.timedelta(microseconds=1000)
+    stamper.clock = lambda: start
+    await stamper.timestamp(query)
+    stamper.clock = lambda: end
+    with caplog.at_level("ERROR", logger="ca_core.tsa"), \
+            pytest.raises(tsa_core.Unavailable) as raised:
+        await stamper.timestamp(query)
+    assert raised.value.detail == "the TSA certificate is not valid now"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"TSA certificate {stamper.loaded.record.name} is not valid at {end}"]
+    stamper._clock_check = lambda: False
+    with pytest.raises(tsa_core.TimeNotAvailable) as not_synced:
+        await stamper.timestamp(query)
+    assert not_synced.value.detail == "the TSA clock is not synchronised; try again later"
+
+
+def test_hash_algorithm_names() -> None:
+    """Configured hash names: any case, with or without '-' or '_'; broken ones refused."""
+    assert tsa_core.hash_algorithm(" SHA_256 ") == tsa_core.hash_algorithm("sha-256") \
+        == tsa_core.HASH_ALGORITHMS["sha256"]
+    assert tsa_core.hash_algorithm("Sha3_256") == tsa_core.HASH_ALGORITHMS["sha3_256"]
+    with pytest.raises(ValueError, match=r"^MD5 is broken and never accepted for time-stamps$"):
+        tsa_core.hash_algorithm("MD5")
+    with pytest.raises(ValueError) as raised:
+        tsa_core.hash_algorithm("whirlpool")
+    assert str(raised.value) == ("unknown hash algorithm 'whirlpool'; use some of "
+                                 + ", ".join(tsa_core.HASH_ALGORITHMS))
+
+
+def test_der_tags_need_the_low_tag_number_form() -> None:
+    from ca_core import der
+
+    assert der.implicit(30, b"\x04\x00") == b"\x9e\x00"
+    with pytest.raises(ValueError, match=r"^tag number 31 needs the high-tag-number form$"):
+        der.explicit(31, b"\x04\x00")
+
+
+async def test_failures_are_logged_and_say_why(
+        services: Services, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A failed signature or store write is logged with its cause and refused with a
+    reason; serial clashes are logged and retried until the attempts run out."""
+    from ca_core.storage import StoreConflict
+
+    stamper = TimeStampAuthority(services.authority, services.config.tsa_settings(),
+                                 clock_check=lambda: True)
+    await stamper.open()
+    unit = stamper._unit
+    assert unit is not None
+    query = TimeStampQuery(OIDS["sha256"], b"\x00" * 32)
+
+    async def broken_key(*args: Any, **kwargs: Any) -> bytes:
+        raise RuntimeError("token removed")
+
+    with monkeypatch.context() as patch, caplog.at_level("ERROR", logger="ca_core.tsa"):
+        patch.setattr(unit, "sign", broken_key)
+        with pytest.raises(tsa_core.Unavailable) as raised:
+            await stamper.timestamp(query)
+    assert raised.value.detail == "the TSA key is not available"
+    assert [r.getMessage() for r in caplog.records] == [
+        f"signing a time-stamp with {unit.name} failed: token removed"]
+    caplog.clear()
+
+    async def store_down(record: Any) -> None:
+        raise StoreUnavailable("disk gone")
+
+    with monkeypatch.context() as patch, caplog.at_level("ERROR", logger="ca_core.tsa"):
+        patch.setattr(services.store, "add_timestamp", store_down)
+        with pytest.raises(tsa_core.Unavailable) as raised:
+            await stamper.timestamp(query)
+    assert raised.value.detail == "the time-stamp store is not available"
+    assert [r.getMessage() for r in caplog.records] == ["recording a time-stamp failed: disk gone"]
+    caplog.clear()
+
+    async def taken(record: Any) -> None:
+        raise StoreConflict("serial taken")
+
+    with monkeypatch.context() as patch, caplog.at_level("WARNING", logger="ca_core.tsa"):
+        patch.setattr(services.store, "add_timestamp", taken)
+        with pytest.raises(tsa_core.Unavailable) as raised:
+            await stamper.timestamp(query)
+    assert raised.value.detail == "could not allocate a unique serial number"
+    assert [r.getMessage() for r in caplog.records] == [
+        "time-stamp serial collision; drawing a new serial"] * tsa_core._MAX_SERIAL_ATTEMPTS
