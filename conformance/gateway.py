@@ -127,3 +127,14 @@ def softhsm_env(token: Any) -> dict[str, str]:
         "VCC_PKI_PKCS11_TOKEN_LABEL": token.label,
         "VCC_PKI_PKCS11_PIN": token.pin,
     }
+
+
+def token_private_keys(token: Any) -> str:
+    """``pkcs11-tool --list-objects --type privkey`` of a SoftHSM2 token (tests.softhsm):
+    which keys the gateway made there, and their attributes."""
+    return subprocess.run(
+        ["pkcs11-tool", "--module", token.module_path, "--token-label", token.label,
+         "--login", "--pin", token.pin, "--list-objects", "--type", "privkey"],
+        env={"SOFTHSM2_CONF": str(token.conf_path)}, capture_output=True, text=True,
+        check=True,
+    ).stdout

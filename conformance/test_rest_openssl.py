@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from conformance.gateway import run_script, running_gateway, softhsm_env
+from conformance.gateway import run_script, running_gateway, softhsm_env, token_private_keys
 
 SCRIPT = Path(__file__).with_name("rest_openssl.sh")
 
@@ -37,12 +36,7 @@ def test_softhsm_keys_sqlite(tmp_path: Path) -> None:
     # The CA keys (root, intermediate, issuing), the issuing CA's delegated OCSP
     # responder key and the time-stamping authority's key are token objects: sensitive,
     # never extractable.
-    listing = subprocess.run(
-        ["pkcs11-tool", "--module", token.module_path, "--token-label", token.label,
-         "--login", "--pin", token.pin, "--list-objects", "--type", "privkey"],
-        env={"SOFTHSM2_CONF": str(token.conf_path)}, capture_output=True, text=True,
-        check=True,
-    ).stdout
+    listing = token_private_keys(token)
     assert listing.count("Private Key Object") == 5
     assert "never extractable" in listing and "sensitive" in listing
 

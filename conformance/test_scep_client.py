@@ -10,12 +10,17 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from conformance.gateway import assert_clean_log, run_script, running_gateway, softhsm_env
+from conformance.gateway import (
+    assert_clean_log,
+    run_script,
+    running_gateway,
+    softhsm_env,
+    token_private_keys,
+)
 
 SCRIPT = Path(__file__).with_name("scep_client.sh")
 CERTMONGER = Path(__file__).with_name("scep_certmonger.sh")
@@ -59,12 +64,7 @@ def test_softhsm_keys_sqlite(tmp_path: Path) -> None:
     token = make_softhsm_token(tmp_path / "hsm", label="vcc-scep")
     _enroll(tmp_path / "data", softhsm_env(token))
     # The RA key is a token object beside the CA, OCSP and TSA keys: six private keys.
-    listing = subprocess.run(
-        ["pkcs11-tool", "--module", token.module_path, "--token-label", token.label,
-         "--login", "--pin", token.pin, "--list-objects", "--type", "privkey"],
-        env={"SOFTHSM2_CONF": str(token.conf_path)}, capture_output=True, text=True,
-        check=True,
-    ).stdout
+    listing = token_private_keys(token)
     assert listing.count("Private Key Object") == 6
     assert "vcc-scep-ra-default-issuing" in listing
 

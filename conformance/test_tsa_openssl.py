@@ -6,12 +6,11 @@ PKIStatus rejections; with software keys, SoftHSM2 keys and PostgreSQL (RSA TSA 
 from __future__ import annotations
 
 import asyncio
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from conformance.gateway import run_script, running_gateway, softhsm_env
+from conformance.gateway import run_script, running_gateway, softhsm_env, token_private_keys
 
 SCRIPT = Path(__file__).with_name("tsa_openssl.sh")
 
@@ -37,12 +36,7 @@ def test_softhsm_keys_sqlite(tmp_path: Path) -> None:
     listing = _serve_and_check(tmp_path / "data", softhsm_env(token))
     assert "pkcs11" in listing.split(" tsa ", 1)[1].splitlines()[0]
     # The TSA key is a token object like the CA keys: sensitive, never extractable.
-    objects = subprocess.run(
-        ["pkcs11-tool", "--module", token.module_path, "--token-label", token.label,
-         "--login", "--pin", token.pin, "--list-objects", "--type", "privkey"],
-        env={"SOFTHSM2_CONF": str(token.conf_path)}, capture_output=True, text=True,
-        check=True,
-    ).stdout
+    objects = token_private_keys(token)
     tsa_key = next(block for block in objects.split("Private Key Object")
                    if "label:      vcc-tsa-" in block)
     assert "never extractable" in tsa_key and "sensitive" in tsa_key
