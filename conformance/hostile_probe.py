@@ -121,6 +121,12 @@ async def _seeds(gateway: Gateway, session: aiohttp.ClientSession) -> list[Surfa
     acme_path = directory["newAccount"].split("/", 3)[3]
     order_path = directory["newOrder"].split("/", 3)[3]
     jose = "application/jose+json"
+    secret = gateway.cli("est", "secret", "create", "--org", "default").stdout.split()
+    basic = base64.b64encode(
+        f"{secret[secret.index('user') + 1]}:{secret[secret.index('password') + 1]}".encode()
+    ).decode()
+    est_csr = base64.b64encode(
+        x509.load_pem_x509_csr(make_csr()).public_bytes(serialization.Encoding.DER))
     return [
         Surface("rest-issue", "POST", "https", "/api/v1/certificates", rest_body,
                 "application/json", {"Authorization": f"Bearer {token}"}),
@@ -133,6 +139,17 @@ async def _seeds(gateway: Gateway, session: aiohttp.ClientSession) -> list[Surfa
                 b"", "", mutate_path=True),
         Surface("tsa", "POST", "http", "/tsa", tsq, "application/timestamp-query"),
         Surface("crl", "GET", "http", "/crl/default-issuing.crl", b"", "", mutate_path=True),
+        # EST (its own listener): the body of an enrollment, with a real one-time secret,
+        # and the paths; SCEP: PKIOperation bodies and GET query strings.
+        Surface("est-enroll", "POST", "est", "/.well-known/est/simpleenroll", est_csr,
+                "application/pkcs10", {"Authorization": f"Basic {basic}"}),
+        Surface("est-path", "GET", "est", "/.well-known/est/cacerts", b"", "",
+                mutate_path=True),
+        Surface("scep-post", "POST", "http", "/scep?operation=PKIOperation", ocsp_der,
+                "application/x-pki-message"),
+        Surface("scep-get", "GET", "http",
+                "/scep?operation=PKIOperation&message=" + base64.b64encode(ocsp_der).decode(),
+                b"", "", mutate_path=True),
     ]
 
 
@@ -147,11 +164,15 @@ def _mutated_path(rng: random.Random, path: str) -> str:
 
 async def _probe_one(session: aiohttp.ClientSession, gateway: Gateway, surface: Surface,
                      rng: random.Random) -> None:
-    base = gateway.https_url if surface.base == "https" else gateway.http_url
+    base = {"https": gateway.https_url, "http": gateway.http_url,
+            "est": gateway.est_url}[surface.base]
     headers = dict(surface.headers)
     body = surface.seed
     path = surface.path
-    if surface.mutate_path:
+    if surface.mutate_path and "&message=" in path:  # SCEP GET: the message, not the route
+        prefix, message = path.split("&message=", 1)
+        path = prefix + "&message=" + _mutated_path(rng, message).lstrip("/")
+    elif surface.mutate_path:
         path = _mutated_path(rng, path)
     else:
         body = rng.choice(MUTATORS)(rng, surface.seed)
