@@ -351,13 +351,12 @@ def certs_only(
 ) -> bytes:
     """The degenerate SignedData (RFC 5652 5.1: no signers, no content; "certs-only" of
     RFC 7030 4.1.3 and RFC 8894 3.4) carrying these certificates and CRLs (DER ContentInfo)."""
-    if len(certificates) == 1 and not crls:
-        # An enrollment's reply: the same bytes as below, built in Rust in a twentieth of the
-        # time. Not for several certificates: cryptography sorts a SET OF as DER says, and
-        # the order given here (RA certificate first, chain upwards) is what clients expect.
-        single: bytes = pkcs7.serialize_certificates(list(certificates),
-                                                     serialization.Encoding.DER)
-        return single
+    if certificates and not crls:
+        # Every enrollment and CA-certificates reply: the same bytes as below (both sort the
+        # SET OF as DER wants), built in Rust in a twentieth of the time.
+        built: bytes = pkcs7.serialize_certificates(list(certificates),
+                                                    serialization.Encoding.DER)
+        return built
     fields: dict[str, Any] = {
         "version": "v1",
         "digest_algorithms": [],

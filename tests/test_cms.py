@@ -355,14 +355,13 @@ def test_certs_only_is_read_by_openssl_pkcs7(pki: Pki, tmp_path: Path) -> None:
     assert isinstance(only_certs["crls"], core.Void)
 
 
-def test_certs_only_keeps_the_order_given_and_one_certificate_has_the_same_form(pki: Pki
-                                                                               ) -> None:
-    # The RA certificate first, then the chain: SCEP clients read the order given.
+def test_certs_only_sorts_its_set_of_certificates_and_one_has_the_v1_form(pki: Pki) -> None:
+    # DER sorts a SET OF by encoding: the order given does not change the message.
     certificates = [pki.parties["rsa"].certificate, pki.ca.certificate]
-    for order in (certificates, certificates[::-1]):
-        loaded = cms.ContentInfo.load(certs_only(order))["content"]["certificates"]
-        assert [c.chosen.dump() for c in loaded] == [
-            c.public_bytes(serialization.Encoding.DER) for c in order]
+    assert certs_only(certificates) == certs_only(certificates[::-1])
+    loaded = cms.ContentInfo.load(certs_only(certificates))["content"]["certificates"]
+    ders = [c.public_bytes(serialization.Encoding.DER) for c in certificates]
+    assert [c.chosen.dump() for c in loaded] == sorted(ders)
     one = cms.ContentInfo.load(certs_only(certificates[:1]))
     assert one["content_type"].native == "signed_data"
     signed_data = one["content"]
@@ -371,8 +370,7 @@ def test_certs_only_keeps_the_order_given_and_one_certificate_has_the_same_form(
     assert signed_data["encap_content_info"]["content_type"].native == "data"
     assert isinstance(signed_data["encap_content_info"]["content"], core.Void)
     assert isinstance(signed_data["crls"], core.Void)
-    assert [c.chosen.dump() for c in signed_data["certificates"]] == [
-        certificates[0].public_bytes(serialization.Encoding.DER)]
+    assert [c.chosen.dump() for c in signed_data["certificates"]] == ders[:1]
 
 
 # --- EnvelopedData --------------------------------------------------------------------------
