@@ -1,11 +1,13 @@
 """EST enrollment benchmark: enrollments/s with p50 and p99 at ``--concurrency`` clients.
 
-Run ``python -m conformance.bench.est [--seconds N] [--concurrency 16]``. This prints
+Run ``python -m conformance.bench.est [--seconds N] [--concurrency 16] [--workers 1 2]``. This prints
 figures; it never asserts on them (it does report duplicate serials, which must be zero).
 See ``conformance/bench/README.md``.
 
-One ``vcc-pki serve`` (SQLite, software keys; the caller's VCC_PKI_* environment passes
-on), driven from a separate process with aiohttp, in one run:
+One ``vcc-pki serve`` per ``--workers`` value (``VCC_PKI_WORKERS``; default 1 and the number of
+cores, as a Go peer would use them all), SQLite and software keys (the caller's VCC_PKI_*
+environment passes on), driven from a separate process with aiohttp after a 1 s warm-up,
+in one run:
 
 1. ``basic``: simpleenroll with HTTP Basic, one fresh one-time secret per enrollment,
    keep-alive connections (TLS once per connection);
@@ -28,6 +30,7 @@ import base64
 import datetime as dt
 import json
 import multiprocessing
+import os
 import ssl
 import tempfile
 import time
@@ -43,6 +46,7 @@ from cryptography.x509.oid import NameOID
 
 from ca_core.principal import Principal
 from conformance.bench.issuance import percentile
+from conformance.bench.ocsp import rss_kb, with_children
 from conformance.gateway import running_gateway
 from gateway.config import load_config
 from gateway.runtime import open_services
@@ -215,19 +219,14 @@ def measure(mode: str, url: str, auth: list[str], csrs: list[bytes], files: dict
     return result
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--secrets", type=int, default=0,
-                        help="one-time secrets made for the basic mode (default: enough for "
-                        "1000 enrollments/s)")
-    args = parser.parse_args(argv)
+def run_setup(workers: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One gateway with ``workers`` serving processes: every mode, and its memory."""
     with tempfile.TemporaryDirectory(prefix="vcc-bench-est-") as tmp:
         base = Path(tmp)
         manufacturer(base)
         env = {"VCC_PKI_KEY_PASSPHRASE": "bench-passphrase",
-               "VCC_PKI_EST_TRUST_STORE": str(base / "mfg-ca.pem")}
+               "VCC_PKI_EST_TRUST_STORE": str(base / "mfg-ca.pem"),
+               "VCC_PKI_WORKERS": str(workers)}
         csrs = make_csrs(CSR_POOL)
         with running_gateway(base / "data", env) as gateway:
             files = {"root": str(base / "data" / "ca" / "root.pem"),
@@ -236,23 +235,51 @@ def main(argv: list[str] | None = None) -> None:
             count = args.secrets or int(1000 * args.seconds) + 200
             started = time.perf_counter()
             basic_auth = asyncio.run(make_secrets(gateway.env, count))
-            print(f"made {count} one-time secrets in {time.perf_counter() - started:.1f} s")
+            print(f"workers={workers}: made {count} one-time secrets in "
+                  f"{time.perf_counter() - started:.1f} s", flush=True)
             token = gateway.cli("token", "create", "--org", "default", "--role",
                                 "cert_manager").stdout.strip()
             est = f"{gateway.est_url}/.well-known/est/simpleenroll"
             urls = {"basic": est, "cert": est, "cert-handshake": est,
                     "rest": f"{gateway.https_url}/api/v1/certificates"}
             auths = {"basic": basic_auth, "rest": [f"Bearer {token}"]}
-            results = {}
+            results: dict[str, Any] = {}
+            rss_before = rss_kb(with_children(gateway.process.pid))[0]
+            # A short warm-up (imports, caches, SQLite pages) that is not measured.
+            measure("cert", est, [], csrs, files, 1.0, args.concurrency)
             for mode in MODES:
                 results[mode] = measure(mode, urls[mode], auths.get(mode, []), csrs, files,
                                         args.seconds, args.concurrency)
-    print_table(results, args)
+            rss_after, peak = rss_kb(with_children(gateway.process.pid))
+            return {"modes": results, "memory": (rss_before, rss_after, peak)}
 
 
-def print_table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--workers", type=int, nargs="+",
+                        default=sorted({1, os.cpu_count() or 1}),
+                        help="VCC_PKI_WORKERS of the gateway, one run each (default: 1 and "
+                        "the number of cores)")
+    parser.add_argument("--secrets", type=int, default=0,
+                        help="one-time secrets made for the basic mode (default: enough for "
+                        "1000 enrollments/s)")
+    args = parser.parse_args(argv)
+    runs = {workers: run_setup(workers, args) for workers in args.workers}
+    for workers, run in runs.items():
+        print_table(workers, run, args)
+    serials = [s for run in runs.values() for r in run["modes"].values() for s in r["serials"]]
+    duplicates = len(serials) - len(set(serials))
+    print(f"\n{len(serials)} certificates issued over all runs, {duplicates} duplicate serials "
+          "(each run is a fresh PKI: duplicates are counted within a run)")
+
+
+def print_table(workers: int, run: dict[str, Any], args: argparse.Namespace) -> None:
+    results = run["modes"]
     rest_rate = results["rest"]["ok"] / results["rest"]["elapsed"]
-    print(f"\nEST enrollments, {args.concurrency} concurrent clients, {args.seconds:g} s each "
+    print(f"\nEST enrollments, VCC_PKI_WORKERS={workers} on {os.cpu_count()} cores, "
+          f"{args.concurrency} concurrent clients, {args.seconds:g} s each "
           f"(target with keep-alive: >= {TARGET_KEEPALIVE:g}/s)")
     header = f"{'mode':<16} {'per s':>8} {'p50 ms':>8} {'p99 ms':>8} {'ok':>7} " \
              f"{'not 2xx':>8} {'conn err':>8} {'conns':>6} {'vs REST':>8}"
@@ -269,7 +296,9 @@ def print_table(results: dict[str, dict[str, Any]], args: argparse.Namespace) ->
               f"{rate / rest_rate:>8.2f}{note}")
         serials.extend(result["serials"])
     duplicates = len(serials) - len(set(serials))
-    print(f"\n{len(serials)} certificates issued, {duplicates} duplicate serials")
+    before, after, peak = (f"{v / 1024:.0f}" if v else "?" for v in run["memory"])
+    print(f"{len(serials)} certificates issued, {duplicates} duplicate serials; serving "
+          f"process(es) RSS {before} MB before load, {after} MB after, peak {peak} MB")
 
 
 if __name__ == "__main__":
