@@ -50,6 +50,7 @@ from ca_core.metrics import (
     CERT_REQUESTS_TOTAL,
     CERT_REVOCATIONS_TOTAL,
 )
+from ca_core.org_policy import OrgPolicy
 from ca_core.principal import ROLES, Principal
 from ca_core.profiles import BUILTIN_PROFILES, Profile
 from ca_core.records import (
@@ -92,7 +93,6 @@ BACKDATE = dt.timedelta(minutes=5)
 # How far a requested notBefore may lie in the past (client clocks run behind) or the future.
 MAX_REQUESTED_BACKDATE = dt.timedelta(hours=1)
 MAX_REQUESTED_POSTDATE = dt.timedelta(days=90)
-TOKEN_CACHE_SECONDS = 10.0
 
 
 def utcnow() -> dt.datetime:
@@ -181,6 +181,9 @@ class IssuanceRequest:
     ca: str | None = None  # issuing CA name; None: the organization's
     # When not_before/not_after were asked for (an ACME order's creation); None: now
     requested_at: dt.datetime | None = None
+    # The certificate this one renews (same organization; with an empty csr, same key and
+    # names)
+    renews: CertificateRecord | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,7 +289,6 @@ class Authority:
         self._ca_lock = asyncio.Lock()
         self._profiles: dict[str, Profile] = {p.name: p for p in BUILTIN_PROFILES}
         self._orgs: dict[str, Organization] = {}
-        self._tokens: dict[str, tuple[float, Principal]] = {}
         self._listeners: list[CertificateListener] = []
 
     def add_listener(self, listener: CertificateListener) -> None:
@@ -421,16 +423,25 @@ class Authority:
         profile = self.profile(request.profile)
         if not profile.allows_role(principal.role, principal.can("cert:request")):
             await self._refused(principal, profile, request.org)
-        org = await self._org_for(request.org, principal)
+        org = await self._active_org(await self._org_for(request.org, principal))
         if profile.internal_only and principal.actor_type != "system":
             raise Forbidden(f"profile {profile.name} is issued by the CA itself only")
-        csr = request.csr if isinstance(request.csr, x509.CertificateSigningRequest) \
-            else parse_csr(request.csr)
-        public_key = csr.public_key()
-        subject_key = check_subject_key(public_key, profile)
-        sans = x509build.sans_from_csr(csr)
-        reject_control_characters(csr, sans)
-        common_name = _common_name(csr)
+        if request.renews is not None and not request.csr:
+            # A renewal without a CSR certifies the same key for the same names again.
+            old = x509.load_der_x509_certificate(request.renews.certificate_der)
+            public_key = old.public_key()
+            subject_key = check_subject_key(public_key, profile)
+            sans = x509build.SubjectAltNames(**{k: tuple(v) for k, v in
+                                                request.renews.san.items()})
+            common_name = request.renews.common_name
+        else:
+            csr = request.csr if isinstance(request.csr, x509.CertificateSigningRequest) \
+                else parse_csr(request.csr)
+            public_key = csr.public_key()
+            subject_key = check_subject_key(public_key, profile)
+            sans = x509build.sans_from_csr(csr)
+            reject_control_characters(csr, sans)
+            common_name = _common_name(csr)
         named = x509build.common_name_identifier(common_name) \
             if common_name and not sans and profile.require_san else None
         if named is not None:
@@ -450,6 +461,7 @@ class Authority:
         if ca.record.org_id != org.org_id and principal.org_id is not None:
             raise Forbidden("that CA belongs to another organization")
         not_before, not_after = self._validity(request, profile, ca)
+        OrgPolicy.of(org.config).check(profile.name, sans.dns, sans.ip, not_before, not_after)
         subject = x509build.name(common_name, org.name)
         issuer = ca.issuer_context(self.settings)
         for _attempt in range(3):
@@ -477,7 +489,9 @@ class Authority:
                 org_id=org.org_id, resource_type="certificate", resource_id=record.cert_id,
                 data={"serial": record.serial_hex, "ca": ca.record.name,
                       "profile": profile.name, "subject": record.subject_dn,
-                      "san": record.san, "not_after": not_after.isoformat()},
+                      "san": record.san, "not_after": not_after.isoformat(),
+                      **({} if request.renews is None
+                         else {"renews": request.renews.serial_hex})},
             )
             try:
                 await record_with(record, event)
@@ -572,18 +586,46 @@ class Authority:
             raise Forbidden("not permitted for that organization")
         return org
 
+    async def _active_org(self, org: Organization) -> Organization:
+        """The organization as stored now: a disabled one issues nothing, from the moment
+        it is disabled and in every process (one keyed read per issuance; the cached copy
+        only names it). Its policy is read fresh with it."""
+        fresh = await self.store.get_organization_by_id(org.org_id)
+        if fresh is None:
+            raise NotFound("unknown organization")
+        self._orgs[fresh.slug] = fresh
+        if fresh.status != "active":
+            raise Forbidden(f"organization {fresh.slug} is disabled")
+        return fresh
+
+    def forget_organization(self, slug: str) -> None:
+        """Drop the cached copy (after an update in this process)."""
+        self._orgs.pop(slug, None)
+
+    async def denied(self, principal: Principal, action: str, resource_type: str,
+                     resource_id: str | None, detail: dict[str, object] | None = None) -> None:
+        """Audit a refused action (403, or 404 where existence must not leak)."""
+        await self.store.append_audit(AuditEvent(
+            event_type=f"{resource_type}.denied", category="authorization", action=action,
+            actor_type=principal.actor_type, actor_id=principal.actor_id,
+            org_id=principal.org_id, resource_type=resource_type, resource_id=resource_id,
+            status="denied", data={"role": principal.role, **(detail or {})}))
+
     # ------------------------------------------------------------------ lookup, revocation
-    async def find_certificate(self, serial: str, principal: Principal) -> CertificateRecord:
-        """The caller's certificate with this serial; NotFound also for other tenants'."""
-        if not principal.can("cert:read"):
+    async def find_certificate(self, serial: str, principal: Principal,
+                               action: str = "cert:read") -> CertificateRecord:
+        """The caller's certificate with this serial; NotFound also for other tenants' (the
+        scope is part of the query, and the refusal is audited)."""
+        if not principal.can(action):
+            await self.denied(principal, action, "certificate", serial[:80])
             raise Forbidden("this credential may not read certificates")
         wanted = parse_serial(serial)
-        for record in await self.store.find_certificates_by_serial(wanted):
-            if not principal.sees_org(record.org_id):
-                continue
-            if principal.only_own("cert:read") and record.requester != principal.actor_id:
-                continue
-            return record
+        found = await self.store.find_certificates_by_serial(
+            wanted, principal.org_id, principal.requester_scope(action))
+        if found:
+            return found[0]
+        if principal.org_id is not None:
+            await self.denied(principal, action, "certificate", wanted, {"serial": wanted})
         raise NotFound(f"no certificate with serial {serial_display(wanted)}")
 
     async def revoke(
@@ -594,15 +636,16 @@ class Authority:
         invalidity_date: dt.datetime | None = None,
     ) -> CertificateRecord:
         if not principal.can("cert:revoke"):
+            await self.denied(principal, "cert:revoke", "certificate", serial[:80])
             raise Forbidden("this credential may not revoke certificates")
         reason_name = parse_reason(reason)
         wanted = parse_serial(serial)
-        candidates = [
-            r for r in await self.store.find_certificates_by_serial(wanted)
-            if principal.sees_org(r.org_id)
-            and not (principal.only_own("cert:revoke") and r.requester != principal.actor_id)
-        ]
+        candidates = await self.store.find_certificates_by_serial(
+            wanted, principal.org_id, principal.requester_scope("cert:revoke"))
         if not candidates:
+            if principal.org_id is not None:
+                await self.denied(principal, "cert:revoke", "certificate", wanted,
+                                  {"serial": wanted})
             raise NotFound(f"no certificate with serial {serial_display(wanted)}")
         if len(candidates) > 1:
             raise Conflict("several issuers used this serial; revoke through the issuer")
@@ -635,6 +678,17 @@ class Authority:
                 log.exception("certificate listener failed after revoking %s",
                               serial_display(updated.serial_hex))
         return updated
+
+    async def renew(self, serial: str, principal: Principal, csr: bytes = b"",
+                    validity_days: int | None = None) -> IssuedCertificate:
+        """A new certificate for the one with this serial (the caller's, by the scope of
+        ``cert:renew``): same organization and profile; the same key and names unless a
+        CSR brings new ones."""
+        old = await self.find_certificate(serial, principal, action="cert:renew")
+        org = await self.organization_by_id(old.org_id)
+        return await self.issue(IssuanceRequest(
+            csr=csr, profile=old.profile, org=org.slug, validity_days=validity_days,
+            renews=old), principal)
 
     async def status(self, issuer_ca_id: str, serial: int) -> CertificateStatus:
         record = await self.store.get_certificate(issuer_ca_id, serial_hex(serial))
@@ -673,11 +727,11 @@ class Authority:
         return CreatedToken(f"vcc.{token_id}.{secret}", record)
 
     async def authenticate(self, token: str) -> Principal:
-        """The Principal of a bearer token; Unauthorized for anything not a live token."""
-        now = time.monotonic()
-        cached = self._tokens.get(token)
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        """The Principal of a bearer token; Unauthorized for anything not a live token.
+
+        Not cached: one keyed read (the token joined with its organization) per request, so
+        that a revoked token, or a disabled organization's, stops working at once in every
+        process."""
         parts = token.split(".")
         if len(parts) != 3 or parts[0] != "vcc" or not parts[1] or not parts[2]:
             raise Unauthorized("malformed bearer token")
@@ -688,13 +742,11 @@ class Authority:
             raise Unauthorized("unknown bearer token")
         if record.revoked or (record.expires_at is not None and record.expires_at <= self.clock()):
             raise Unauthorized("bearer token expired or revoked")
+        if record.org_status != "active":
+            raise Unauthorized("the token's organization is disabled")
         # super admins of the default organization act across all organizations
         org_scope = None if record.role == "pki_super_admin" else record.org_id
-        principal = Principal("api", f"token:{record.token_id}", org_scope, record.role)
-        if len(self._tokens) > 10_000:
-            self._tokens.clear()
-        self._tokens[token] = (now + TOKEN_CACHE_SECONDS, principal)
-        return principal
+        return Principal("api", f"token:{record.token_id}", org_scope, record.role)
 
     # ------------------------------------------------------------------ templates
     async def publish_profiles(self) -> None:

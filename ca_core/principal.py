@@ -1,7 +1,8 @@
 """Who is asking: principals, roles and their permissions (from the seed RBAC matrix).
 
 Roles are scoped to one organization except ``pki_super_admin``. ``*_own`` permissions
-limit a service account to certificates it requested itself.
+limit a service account to certificates it requested itself; ``area:*`` grants every action
+of an area. ``cert:renew`` follows the seed matrix (cert_manager, service_account's own).
 """
 
 from __future__ import annotations
@@ -10,15 +11,17 @@ from dataclasses import dataclass
 
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "pki_super_admin": frozenset({
-        "ca:*", "cert:request", "cert:read", "cert:revoke", "organization:*",
+        "ca:*", "cert:request", "cert:read", "cert:revoke", "cert:renew", "organization:*",
         "template:*", "audit:read", "token:create",
     }),
     "pki_admin": frozenset({
-        "ca:read", "cert:request", "cert:read", "cert:revoke", "template:manage",
+        "ca:read", "cert:request", "cert:read", "cert:revoke", "cert:renew", "template:manage",
         "audit:read_own_org", "token:create",
     }),
-    "cert_manager": frozenset({"cert:request", "cert:read", "cert:revoke", "template:read"}),
-    "service_account": frozenset({"cert:request_own", "cert:read_own", "cert:revoke_own"}),
+    "cert_manager": frozenset({"cert:request", "cert:read", "cert:revoke", "cert:renew",
+                               "template:read"}),
+    "service_account": frozenset({"cert:request_own", "cert:read_own", "cert:revoke_own",
+                                  "cert:renew_own"}),
     "code_signer": frozenset({"cert:read", "signature:create", "signature:verify"}),
     "auditor": frozenset({"audit:read", "cert:read"}),
 }
@@ -44,11 +47,18 @@ class Principal:
         return ROLE_PERMISSIONS.get(self.role, frozenset())
 
     def can(self, action: str) -> bool:
-        """``action`` like ``cert:revoke``; true for the permission or its ``_own`` form."""
-        return action in self.permissions or f"{action}_own" in self.permissions
+        """``action`` like ``cert:revoke``; true for the permission, its ``_own`` form or
+        its area's ``*``."""
+        permissions = self.permissions
+        return (action in permissions or f"{action}_own" in permissions
+                or f"{action.partition(':')[0]}:*" in permissions)
 
     def only_own(self, action: str) -> bool:
         return action not in self.permissions and f"{action}_own" in self.permissions
+
+    def requester_scope(self, action: str) -> str | None:
+        """The requester a query must be limited to (``*_own`` permissions), or None."""
+        return self.actor_id if self.only_own(action) else None
 
     def sees_org(self, org_id: str) -> bool:
         return self.org_id is None or self.org_id == org_id

@@ -82,6 +82,39 @@ class ApiToken:
     created_at: dt.datetime
     expires_at: dt.datetime | None = None
     revoked: bool = False
+    # Read with the token (a join), not stored with it: a disabled organization's tokens
+    # stop working at the next request, in every process.
+    org_status: str = "active"
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateQuery:
+    """One page of a certificate listing, newest first. ``org_id`` and ``requester`` are
+    the caller's scope (None: unrestricted), applied in the query itself."""
+
+    now: dt.datetime
+    org_id: str | None = None
+    requester: str | None = None
+    status: str | None = None  # active (unrevoked, unexpired) | revoked | expired
+    expiring_before: dt.datetime | None = None
+    profile: str | None = None
+    text: str | None = None  # substring of the subject DN or of a SAN, any case
+    before: tuple[dt.datetime, str] | None = None  # (created_at, cert_id) of the last row seen
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """One page of the audit log in chain order. ``org_id`` is the caller's scope."""
+
+    org_id: str | None = None
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    actor_id: str | None = None
+    action: str | None = None
+    resource_id: str | None = None
+    after_seq: int = 0
+    limit: int = 100
 
 
 @dataclass(frozen=True, slots=True)

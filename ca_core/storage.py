@@ -32,7 +32,9 @@ from ca_core.records import (
     AuditEntry,
     AuditEvent,
     AuditHead,
+    AuditQuery,
     CARecord,
+    CertificateQuery,
     CertificateRecord,
     CertificateStatusRecord,
     CrlHead,
@@ -87,7 +89,18 @@ class TenantStore(Protocol):
 
     async def get_organization_by_id(self, org_id: str) -> Organization | None: ...
 
-    async def list_organizations(self) -> list[Organization]: ...
+    async def list_organizations(
+        self, org_id: str | None = None, after: tuple[dt.datetime, str] | None = None,
+        limit: int = 1000,
+    ) -> list[Organization]:
+        """Organizations (only ``org_id`` when given) by (created_at, org_id), after
+        ``after``."""
+
+    async def update_organization(
+        self, org_id: str, name: str, status: str, config: dict[str, Any], audit: AuditEvent
+    ) -> Organization | None:
+        """Replace name, status and config; the updated row, or None when it does not
+        exist (nothing written)."""
 
     async def update_organization_config(
         self, org_id: str, config: dict[str, Any], audit: AuditEvent
@@ -96,7 +109,19 @@ class TenantStore(Protocol):
 
     async def add_token(self, token: ApiToken, audit: AuditEvent) -> None: ...
 
-    async def get_token(self, token_id: str) -> ApiToken | None: ...
+    async def get_token(self, token_id: str) -> ApiToken | None:
+        """The token with its organization's status (``org_status``)."""
+
+    async def list_tokens(
+        self, org_id: str | None = None, after: tuple[dt.datetime, str] | None = None,
+        limit: int = 100,
+    ) -> list[ApiToken]:
+        """Tokens (of one organization, or all) by (created_at, token_id), after ``after``."""
+
+    async def revoke_token(self, token_id: str, org_id: str | None,
+                           audit: AuditEvent) -> ApiToken | None:
+        """Mark the token revoked if it exists (in ``org_id`` when given) and is not revoked
+        yet; the updated token, or None (nothing written)."""
 
 
 class CaStore(Protocol):
@@ -145,9 +170,15 @@ class CertificateStore(Protocol):
 
     async def get_certificate_by_id(self, cert_id: str) -> CertificateRecord | None: ...
 
-    async def find_certificates_by_serial(self, serial_hex: str) -> list[CertificateRecord]:
+    async def find_certificates_by_serial(
+        self, serial_hex: str, org_id: str | None = None, requester: str | None = None,
+    ) -> list[CertificateRecord]:
         """All certificates with this serial, across issuers (serials are random, so
-        normally one)."""
+        normally one); only those of ``org_id`` / ``requester`` when given (the caller's
+        scope, applied in the query)."""
+
+    async def list_certificates(self, query: CertificateQuery) -> list[CertificateRecord]:
+        """One page of certificates, newest first (see CertificateQuery)."""
 
     async def revoke_certificate(
         self, revocation: Revocation, audit: AuditEvent
@@ -220,6 +251,9 @@ class AuditStore(Protocol):
 
     async def audit_head(self) -> AuditHead | None:
         """The last seq and hash, kept apart from the rows so that a deleted tail shows."""
+
+    async def query_audit(self, query: AuditQuery) -> list[AuditEntry]:
+        """One page of entries matching ``query``, in chain order."""
 
 
 class TimestampStore(Protocol):

@@ -32,7 +32,9 @@ from ca_core.records import (
     AuditEntry,
     AuditEvent,
     AuditHead,
+    AuditQuery,
     CARecord,
+    CertificateQuery,
     CertificateRecord,
     CertificateStatusRecord,
     CrlHead,
@@ -90,6 +92,19 @@ def _now() -> dt.datetime:
 
 def _json(value: Any) -> str:
     return json.dumps(value)
+
+
+def _where(conditions: list[str]) -> str:
+    return " WHERE " + " AND ".join(conditions) if conditions else ""
+
+
+def _keyset(time_column: str, id_column: str, after: tuple[dt.datetime, str] | None, op: str,
+            d: Dialect) -> tuple[list[str], list[Any]]:
+    """A keyset page condition: rows whose (time, id) sort after (``>``) or before (``<``)
+    the last row seen, as one row-value comparison that an index on (time, id) answers."""
+    if after is None:
+        return [], []
+    return [f"({time_column}, {id_column}) {op} (?, ?)"], [d.t(after[0]), after[1]]
 
 
 class Tx:
@@ -284,6 +299,7 @@ class SqlStore:
             secret_hash=row["secret_hash"], name=row["name"],
             created_at=self._d.time(row["created_at"]),
             expires_at=self._d.time_opt(row["expires_at"]), revoked=bool(row["revoked"]),
+            org_status=row["org_status"] if "org_status" in row.keys() else "active",
         )
 
     def _audit(self, row: Any) -> AuditEntry:
@@ -376,10 +392,35 @@ class SqlStore:
         row = await self._lookup(one("SELECT * FROM organizations WHERE org_id = ?", org_id))
         return None if row is None else self._org(row)
 
-    async def list_organizations(self) -> list[Organization]:
+    async def list_organizations(
+        self, org_id: str | None = None, after: tuple[dt.datetime, str] | None = None,
+        limit: int = 1000,
+    ) -> list[Organization]:
+        """Organizations (only ``org_id`` when given) by (created_at, org_id), after
+        ``after``."""
+        where, params = _keyset("created_at", "org_id", after, ">", self._d)
+        if org_id is not None:
+            where.append("org_id = ?")
+            params.append(org_id)
         found = await self._read(rows(
-            'SELECT * FROM organizations ORDER BY created_at, slug COLLATE "C"'))
+            "SELECT * FROM organizations" + _where(where)
+            + " ORDER BY created_at, org_id LIMIT ?", *params, limit))
         return [self._org(r) for r in found]
+
+    async def update_organization(
+        self, org_id: str, name: str, status: str, config: dict[str, Any], audit: AuditEvent
+    ) -> Organization | None:
+        """Replace name, status and config; the updated row, or None when it does not
+        exist (nothing written)."""
+        def write(tx: Tx) -> Body[Organization | None]:
+            row = yield one(
+                "UPDATE organizations SET name = ?, status = ?, config = ? WHERE org_id = ?"
+                " RETURNING *", name, status, _json(config), org_id)
+            if row is None:
+                return None
+            yield from tx.append_audit(audit)
+            return self._org(row)
+        return await self._write(write)
 
     async def update_organization_config(
         self, org_id: str, config: dict[str, Any], audit: AuditEvent
@@ -492,12 +533,54 @@ class SqlStore:
         row = await self._lookup(one("SELECT * FROM certificates WHERE cert_id = ?", cert_id))
         return None if row is None else self._cert(row)
 
-    async def find_certificates_by_serial(self, serial_hex: str) -> list[CertificateRecord]:
+    async def find_certificates_by_serial(
+        self, serial_hex: str, org_id: str | None = None, requester: str | None = None,
+    ) -> list[CertificateRecord]:
         """All certificates with this serial, across issuers (serials are random, so
-        normally one)."""
+        normally one); only those of ``org_id`` / ``requester`` when given."""
+        where, params = ["serial_hex = ?"], [serial_hex]
+        if org_id is not None:
+            where.append("org_id = ?")
+            params.append(org_id)
+        if requester is not None:
+            where.append("requester = ?")
+            params.append(requester)
         found = await self._lookup(rows(
-            "SELECT * FROM certificates WHERE serial_hex = ? ORDER BY created_at, cert_id",
-            serial_hex))
+            "SELECT * FROM certificates" + _where(where) + " ORDER BY created_at, cert_id",
+            *params))
+        return [self._cert(r) for r in found]
+
+    async def list_certificates(self, query: CertificateQuery) -> list[CertificateRecord]:
+        """One page of certificates, newest first (see CertificateQuery)."""
+        d = self._d
+        where, params = _keyset("created_at", "cert_id", query.before, "<", d)
+        for column, value in (("org_id", query.org_id), ("requester", query.requester),
+                              ("profile", query.profile)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if query.status == "revoked":
+            where.append("status = 'revoked'")
+        elif query.status == "active":
+            where.append("status = 'active' AND not_after > ?")
+            params.append(d.t(query.now))
+        elif query.status == "expired":
+            where.append("status = 'active' AND not_after <= ?")
+            params.append(d.t(query.now))
+        if query.expiring_before is not None:
+            where.append("not_after < ?")
+            params.append(d.t(query.expiring_before))
+        if query.text:
+            # LIKE with its wildcards escaped: the text is a plain substring. The SAN column
+            # is JSON (JSONB on PostgreSQL): searched as its text form.
+            pattern = "%" + (query.text.lower().replace("\\", "\\\\").replace("%", "\\%")
+                             .replace("_", "\\_")) + "%"
+            where.append("(LOWER(subject_dn) LIKE ? ESCAPE '\\'"
+                         " OR LOWER(CAST(san AS TEXT)) LIKE ? ESCAPE '\\')")
+            params += [pattern, pattern]
+        found = await self._read(rows(
+            "SELECT * FROM certificates" + _where(where)
+            + " ORDER BY created_at DESC, cert_id DESC LIMIT ?", *params, query.limit))
         return [self._cert(r) for r in found]
 
     async def revoke_certificate(
@@ -715,8 +798,43 @@ class SqlStore:
         await self._write(write)
 
     async def get_token(self, token_id: str) -> ApiToken | None:
-        row = await self._lookup(one("SELECT * FROM api_tokens WHERE token_id = ?", token_id))
+        """The token with its organization's status (``org_status``)."""
+        row = await self._lookup(one(
+            "SELECT t.*, o.status AS org_status FROM api_tokens t"
+            " JOIN organizations o ON o.org_id = t.org_id WHERE t.token_id = ?", token_id))
         return None if row is None else self._token(row)
+
+    async def list_tokens(
+        self, org_id: str | None = None, after: tuple[dt.datetime, str] | None = None,
+        limit: int = 100,
+    ) -> list[ApiToken]:
+        """Tokens (of one organization, or all) by (created_at, token_id), after ``after``."""
+        where, params = _keyset("created_at", "token_id", after, ">", self._d)
+        if org_id is not None:
+            where.append("org_id = ?")
+            params.append(org_id)
+        found = await self._read(rows(
+            "SELECT * FROM api_tokens" + _where(where)
+            + " ORDER BY created_at, token_id LIMIT ?", *params, limit))
+        return [self._token(r) for r in found]
+
+    async def revoke_token(self, token_id: str, org_id: str | None,
+                           audit: AuditEvent) -> ApiToken | None:
+        """Mark the token revoked if it exists (in ``org_id`` when given) and is not revoked
+        yet; the updated token, or None (nothing written)."""
+        where, params = ["token_id = ?", "revoked = ?"], [token_id, False]
+        if org_id is not None:
+            where.append("org_id = ?")
+            params.append(org_id)
+
+        def write(tx: Tx) -> Body[ApiToken | None]:
+            row = yield one("UPDATE api_tokens SET revoked = ?" + _where(where)
+                            + " RETURNING *", True, *params)
+            if row is None:
+                return None
+            yield from tx.append_audit(audit)
+            return self._token(row)
+        return await self._write(write)
 
     # audit log ---------------------------------------------------------------------------
 
@@ -737,6 +855,27 @@ class SqlStore:
         row = await self._read(one("SELECT seq, audit_hash FROM audit_head WHERE id = 1"))
         # seq 0 is the genesis row the migrations create: no entry yet.
         return None if row is None or row[0] == 0 else AuditHead(row[0], row[1])
+
+    async def query_audit(self, query: AuditQuery) -> list[AuditEntry]:
+        """One page of entries matching ``query``, in chain order."""
+        d = self._d
+        where: list[str] = ["seq > ?"]
+        params: list[Any] = [query.after_seq]
+        for column, value in (("org_id", query.org_id), ("actor_id", query.actor_id),
+                              ("action", query.action), ("resource_id", query.resource_id)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if query.since is not None:
+            where.append("timestamp >= ?")
+            params.append(d.t(query.since))
+        if query.until is not None:
+            where.append("timestamp < ?")
+            params.append(d.t(query.until))
+        found = await self._read(rows(
+            "SELECT * FROM audit_log" + _where(where) + " ORDER BY seq LIMIT ?",
+            *params, query.limit))
+        return [self._audit(r) for r in found]
 
     # RFC 3161 time-stamp tokens ----------------------------------------------------------
 

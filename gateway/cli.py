@@ -21,6 +21,13 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
+from ca_core.admin import (
+    AuditFilters,
+    CertificateFilters,
+    OrganizationChange,
+    audit_document,
+    organization_document,
+)
 from ca_core.authority import (
     REVOCATION_REASONS,
     IssuanceRequest,
@@ -39,7 +46,6 @@ from ca_core.keys import KeySpec
 from ca_core.principal import ROLES, Principal
 from ca_core.profiles import BUILTIN_PROFILES
 from ca_core.tsa import TimeStampAuthority, find_timestamp
-from db.audit_chain import verify_chain
 from gateway.config import Config, ConfigError, load_config
 from gateway.runtime import Services, open_services, require_cas
 from gateway.tls import ensure_server_certificate, export_ca_files
@@ -243,21 +249,134 @@ async def cmd_token_create(config: Config, args: argparse.Namespace) -> int:
 
 async def cmd_audit_verify(config: Config, args: argparse.Namespace) -> int:
     async def run(services: Services) -> int:
-        entries = []
-        after = 0
-        while True:
-            batch = await services.store.audit_entries(after_seq=after, limit=10_000)
-            if not batch:
-                break
-            entries.extend(batch)
-            after = batch[-1].seq
-        problems = verify_chain(entries, await services.store.audit_head())
-        if problems:
-            for p in problems:
+        result = await services.admin.verify_audit(CLI)
+        if not result.intact:
+            for p in result.problems:
                 print(f"seq {p.seq}: {p.problem}")
-            print(f"audit log BROKEN: {len(problems)} problem(s) in {len(entries)} entries")
+            print(f"audit log BROKEN: {len(result.problems)} problem(s) in {result.entries} "
+                  "entries")
             return 1
-        print(f"audit log intact: {len(entries)} entries, chain verified")
+        print(f"audit log intact: {result.entries} entries, chain verified")
+        return 0
+    return await _with_services(config, run)
+
+
+def _time_arg(text: str) -> dt.datetime:
+    """An RFC 3339 time (a date alone is its midnight UTC)."""
+    try:
+        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an RFC 3339 time: {text!r}") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+def _audit_filters(args: argparse.Namespace) -> AuditFilters:
+    return AuditFilters(since=args.since, until=args.until, actor=args.actor,
+                        action=args.action, resource=args.resource)
+
+
+async def cmd_audit_list(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        page = await services.admin.query_audit(CLI, _audit_filters(args), args.cursor,
+                                                args.limit)
+        print(f"{'SEQ':>7} {'TIME':<20} {'ACTION':<22} {'STATUS':<8} {'ACTOR':<28} RESOURCE")
+        for entry in page.items:
+            event = entry.event
+            print(f"{entry.seq:>7} {entry.timestamp:%Y-%m-%d %H:%M:%S} {event.action[:22]:<22} "
+                  f"{event.status[:8]:<8} {(event.actor_id or '-')[:28]:<28} "
+                  f"{event.resource_type or '-'}:{event.resource_id or '-'}")
+        if page.next:
+            print(f"more: --cursor {page.next}", file=sys.stderr)
+        return 0
+    return await _with_services(config, run)
+
+
+async def cmd_audit_export(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        async for entry in await services.admin.export_audit(CLI, _audit_filters(args)):
+            sys.stdout.write(json.dumps(audit_document(entry), ensure_ascii=False) + "\n")
+        return 0
+    return await _with_services(config, run)
+
+
+async def cmd_token_list(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        orgs = {o.org_id: o.slug for o in await services.store.list_organizations()}
+        print(f"{'ID':<18} {'ORG':<16} {'ROLE':<16} {'STATE':<8} {'EXPIRES':<17} NAME")
+        cursor = None
+        while True:
+            page = await services.admin.list_tokens(CLI, args.org, cursor, 500)
+            for token in page.items:
+                state = "revoked" if token.revoked else "active"
+                expires = f"{token.expires_at:%Y-%m-%d %H:%M}" if token.expires_at else "never"
+                print(f"{token.token_id:<18} {orgs.get(token.org_id, '?'):<16} "
+                      f"{token.role:<16} {state:<8} {expires:<17} {token.name}")
+            if page.next is None:
+                return 0
+            cursor = page.next
+    return await _with_services(config, run)
+
+
+async def cmd_token_revoke(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        token = await services.admin.revoke_token(CLI, args.token_id)
+        print(f"token {token.token_id} revoked; it stops working at once")
+        return 0
+    return await _with_services(config, run)
+
+
+async def cmd_org_list(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        print(f"{'SLUG':<16} {'STATUS':<9} {'ISOLATION':<14} NAME")
+        for org in (await services.admin.list_organizations(CLI, limit=500)).items:
+            document = organization_document(org)
+            print(f"{org.slug:<16} {org.status:<9} {document['isolation']:<14} {org.name}")
+        return 0
+    return await _with_services(config, run)
+
+
+def _csv(text: str | None) -> list[str] | None:
+    return None if text is None else [v.strip() for v in text.split(",") if v.strip()]
+
+
+async def cmd_org_update(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        policy: dict[str, Any] = {}
+        for key, value in (("allowed_names", _csv(args.allowed_names)),
+                           ("allowed_ip_ranges", _csv(args.allowed_ip_ranges)),
+                           ("profiles", _csv(args.profiles))):
+            if value is not None:
+                policy[key] = value
+        if args.max_validity_days is not None:
+            policy["max_validity_days"] = args.max_validity_days
+        org = await services.admin.update_organization(CLI, args.slug, OrganizationChange(
+            name=args.name, status=args.status, isolation=args.isolation,
+            policy=policy or None))
+        print(json.dumps(organization_document(org), indent=2))
+        return 0
+    return await _with_services(config, run)
+
+
+async def cmd_org_disable(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        org = await services.admin.disable_organization(CLI, args.slug)
+        print(f"organization {org.slug} disabled: its tokens and issuance stop at once")
+        return 0
+    return await _with_services(config, run)
+
+
+async def cmd_cert_list(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        page = await services.admin.list_certificates(CLI, CertificateFilters(
+            status=args.status, expiring_before=args.expiring_before, profile=args.profile,
+            organization=args.org, text=args.search), args.cursor, args.limit)
+        print(f"{'SERIAL':<42} {'STATUS':<8} {'PROFILE':<22} {'NOT AFTER':<17} SUBJECT")
+        for record in page.items:
+            print(f"{serial_display(record.serial_hex):<42} {record.status:<8} "
+                  f"{record.profile[:22]:<22} {record.not_after:%Y-%m-%d %H:%M} "
+                  f"{record.subject_dn}")
+        if page.next:
+            print(f"more: --cursor {page.next}", file=sys.stderr)
         return 0
     return await _with_services(config, run)
 
@@ -589,6 +708,30 @@ def build_parser() -> argparse.ArgumentParser:
     chains.add_argument("name", help="an issuing CA, e.g. default-issuing")
 
     org = group("org", "organizations (tenants), each with its own issuing CA")
+    command(org, "list", "every organization: slug, status, isolation level, name",
+            cmd_org_list)
+    org_update = command(org, "update", "change an organization's name, status, isolation "
+                         "level or issuance policy (the options given replace those values)",
+                         cmd_org_update)
+    org_update.add_argument("slug", help="the organization")
+    org_update.add_argument("--name", help="display name")
+    org_update.add_argument("--status", choices=("active", "disabled"),
+                            help="disabled: its tokens and issuance stop at once")
+    org_update.add_argument("--isolation", choices=("strict", "collaborative", "federated"),
+                            help="isolation level (every level isolates as strict for now)")
+    org_update.add_argument("--allowed-names", metavar="D,..",
+                            help="DNS suffixes its certificates may name, comma-separated "
+                            "(empty: any)")
+    org_update.add_argument("--allowed-ip-ranges", metavar="CIDR,..",
+                            help="IP ranges its certificates may name, comma-separated")
+    org_update.add_argument("--profiles", metavar="P,..",
+                            help="profiles it may use, comma-separated (empty: any)")
+    org_update.add_argument("--max-validity-days", type=int, metavar="N",
+                            help="longest validity it may be issued")
+    org_disable = command(org, "disable", "disable an organization: its tokens stop working "
+                          "and it is issued nothing, at once, in every gateway process",
+                          cmd_org_disable)
+    org_disable.add_argument("slug", help="the organization")
     org_create = command(org, "create", "create an organization and its issuing CA "
                          "(<slug>-issuing); nothing if they exist", cmd_org_create)
     org_create.add_argument("slug", help="short name used in CA names and URLs: lowercase "
@@ -638,10 +781,43 @@ def build_parser() -> argparse.ArgumentParser:
     token_create.add_argument("--role", required=True, choices=ROLES, metavar="ROLE",
                               help="what it may do: " + ", ".join(ROLES))
     token_create.add_argument("--name", help="a label to recognise the token by")
+    token_list = command(token, "list", "tokens: id, organization, role, state, expiry, name "
+                         "(never the secret)", cmd_token_list)
+    token_list.add_argument("--org", metavar="SLUG", help="only this organization's")
+    token_revoke = command(token, "revoke", "revoke a token; it stops working at once, in "
+                           "every gateway process", cmd_token_revoke)
+    token_revoke.add_argument("token_id", metavar="ID", help="as `token list` shows it")
 
     audit = group("audit", "the hash-chained audit log")
     command(audit, "verify", "verify the audit log's hash chain (exit 1 when broken)",
             cmd_audit_verify)
+    audit_list = command(audit, "list", "audit entries in chain order (one page)",
+                         cmd_audit_list)
+    audit_export = command(audit, "export", "every matching audit entry as JSON Lines, with "
+                           "its hashes", cmd_audit_export)
+    for audit_command in (audit_list, audit_export):
+        audit_command.add_argument("--since", type=_time_arg, metavar="TIME",
+                                   help="from this RFC 3339 time")
+        audit_command.add_argument("--until", type=_time_arg, metavar="TIME",
+                                   help="before this RFC 3339 time")
+        audit_command.add_argument("--actor", help="actor id, e.g. token:0123abcd")
+        audit_command.add_argument("--action", help="e.g. revoke, issue, create_token")
+        audit_command.add_argument("--resource", help="resource id")
+    audit_list.add_argument("--limit", type=int, default=100, help="page size (at most 500)")
+    audit_list.add_argument("--cursor", help="the next page, as the last page printed")
+
+    cert = group("cert", "issued certificates")
+    cert_list = command(cert, "list", "certificates, newest first (one page)", cmd_cert_list)
+    cert_list.add_argument("--status", choices=("active", "revoked", "expired"),
+                           help="active (unrevoked, unexpired), revoked or expired")
+    cert_list.add_argument("--org", metavar="SLUG", help="only this organization's")
+    cert_list.add_argument("--profile", help="only this profile's")
+    cert_list.add_argument("--expiring-before", type=_time_arg, metavar="TIME",
+                           help="notAfter before this RFC 3339 time")
+    cert_list.add_argument("--search", metavar="TEXT",
+                           help="substring of the subject or a SAN, any case")
+    cert_list.add_argument("--limit", type=int, default=100, help="page size (at most 500)")
+    cert_list.add_argument("--cursor", help="the next page, as the last page printed")
 
     acme = group("acme", "ACME (RFC 8555): External Account Binding keys, identifier "
                  "policies")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ca_core.acme import AcmeService
 from ca_core.acme_state import AcmeState
+from ca_core.admin import AdminService
 from ca_core.authority import Authority
 from ca_core.crl import CrlPublisher, CrlSettings
 from ca_core.est import EstService
@@ -24,6 +25,7 @@ from ca_core.signers.base import KeyBackend, KeyBackendError
 from ca_core.signers.software import SoftwareKeyBackend
 from ca_core.storage import Store
 from db.acme_state import MemoryAcmeState, RedisAcmeState
+from db.audit_chain import verify_chain
 from db.cache import MemoryResponseCache, RedisResponseCache
 from gateway.config import Config, ConfigError
 from va.validator import Validator
@@ -141,6 +143,7 @@ class Services:
     acme: AcmeService
     est: EstService
     scep: ScepService
+    admin: AdminService  # the CLI's and the REST API's one admin service (ca_core.admin)
 
 
 @asynccontextmanager
@@ -171,7 +174,8 @@ async def open_services(config: Config, create: bool = False) -> AsyncIterator[S
             scep = ScepService(authority, store, config.scep_settings())
             try:
                 yield Services(config, store, keys, authority, cache, ocsp,
-                               CrlPublisher(authority, crl_settings(config)), acme, est, scep)
+                               CrlPublisher(authority, crl_settings(config)), acme, est, scep,
+                               admin=AdminService(authority, verify_chain))
             finally:
                 await acme.aclose()
                 await acme_state.close()

@@ -1291,3 +1291,82 @@ async def test_scep_transaction_race_yields_one_certificate(
         assert stored is not None and stored.cert_id == recorded[0].cert_id
     finally:
         await other.close()
+
+
+# --- admin API queries (issue 13) --------------------------------------------------------
+
+async def test_list_certificates_scoped_filtered_keyset(store: Store, seed: Seed) -> None:
+    from ca_core.records import CertificateQuery
+
+    other = make_org("globex")
+    await store.add_organization(other, event("organization.created"))
+    certs = []
+    for n in range(5):
+        cert = replace(make_cert(seed.issuing, seed.org, cn=f"host{n}.acme.example",
+                                 profile="tls-server" if n % 2 else "tls-client"),
+                       created_at=T0 + dt.timedelta(seconds=n))
+        await store.add_certificate(cert, event())
+        certs.append(cert)
+    foreign = replace(make_cert(seed.issuing, other, cn="secret.globex.example"),
+                      created_at=T0 + dt.timedelta(seconds=9))
+    await store.add_certificate(foreign, event())
+    now = T0 + dt.timedelta(days=1)
+
+    async def ids(**kw: Any) -> list[str]:
+        return [c.cert_id for c in await store.list_certificates(
+            CertificateQuery(**{"now": now, **kw}))]
+
+    newest_first = [c.cert_id for c in reversed(certs)]
+    assert await ids(org_id=seed.org.org_id) == newest_first
+    assert await ids() == [foreign.cert_id, *newest_first]
+    page = await store.list_certificates(CertificateQuery(now=now, org_id=seed.org.org_id,
+                                                          limit=2))
+    after = (page[-1].created_at, page[-1].cert_id)
+    assert page[-1].created_at is not None
+    assert await ids(org_id=seed.org.org_id, before=after) == newest_first[2:]
+    assert await ids(org_id=seed.org.org_id, profile="tls-server") == [
+        certs[3].cert_id, certs[1].cert_id]
+    assert await ids(text="HOST2") == [certs[2].cert_id]  # subject, any case
+    assert await ids(text="www.host4.acme") == [certs[4].cert_id]  # a SAN
+    assert await ids(text="%") == [] and await ids(text="_") == []  # no wildcards
+    assert await ids(org_id=seed.org.org_id, text="globex") == []  # scope holds
+    assert await ids(status="revoked") == []
+    assert len(await ids(status="active")) == 6
+    assert await ids(status="expired", now=T0 + dt.timedelta(days=91)) != []
+    assert await ids(expiring_before=T0) == []
+    assert await ids(requester="nobody") == []
+    assert await store.find_certificates_by_serial(foreign.serial_hex,
+                                                   org_id=seed.org.org_id) == []
+
+
+async def test_tokens_list_revoke_and_org_status(store: Store, seed: Seed) -> None:
+    from ca_core.records import AuditQuery
+
+    other = make_org("globex")
+    await store.add_organization(other, event("organization.created"))
+    mine = ApiToken(token_id="t1", org_id=seed.org.org_id, role="pki_admin",
+                    secret_hash="h", name="a", created_at=T0)
+    theirs = replace(mine, token_id="t2", org_id=other.org_id,
+                     created_at=T0 + dt.timedelta(seconds=1))
+    await store.add_token(mine, event("token.created"))
+    await store.add_token(theirs, event("token.created"))
+    assert [t.token_id for t in await store.list_tokens()] == ["t1", "t2"]
+    assert [t.token_id for t in await store.list_tokens(seed.org.org_id)] == ["t1"]
+    assert [t.token_id for t in await store.list_tokens(after=(T0, "t1"))] == ["t2"]
+    assert await store.revoke_token("t2", seed.org.org_id, event("token.revoked")) is None
+    revoked = await store.revoke_token("t2", None, event("token.revoked"))
+    assert revoked is not None and revoked.revoked
+    assert await store.revoke_token("t2", None, event("token.revoked")) is None
+    updated = await store.update_organization(other.org_id, "Globex", "disabled",
+                                              {"isolation": "strict"}, event("org.updated"))
+    assert updated is not None and updated.status == "disabled"
+    got = await store.get_token("t2")
+    assert got is not None and got.org_status == "disabled"
+    assert await store.update_organization("missing", "x", "active", {},
+                                           event("org.updated")) is None
+    assert [o.slug for o in await store.list_organizations(other.org_id)] == ["globex"]
+    entries = await store.query_audit(AuditQuery(action="revoked"))
+    assert [e.event.event_type for e in entries] == ["token.revoked"]
+    assert await store.query_audit(AuditQuery(org_id="nobody")) == []
+    assert len(await store.query_audit(AuditQuery(limit=2))) == 2
+    assert await chain_ok(store) == len(await store.audit_entries())

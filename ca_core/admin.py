@@ -1,0 +1,461 @@
+"""The admin service: what operators do to certificates, tokens, organizations and the audit
+log, for the CLI (``vcc-pki token|org|audit|cert ...``) and the REST API (``/api/v1``) alike,
+so that the two cannot drift.
+
+Every call takes the acting Principal. Permission checks (``Principal.can``) and tenant
+scoping live here and nowhere else: a caller scoped to an organization has that scope
+passed into the store query itself (``org_id`` filters), never applied to an unscoped
+result afterwards. A refusal is audited (``<resource>.denied``) and raised as Forbidden
+(403), or as NotFound (404) where existence must not leak (another organization's
+certificate, token or organization).
+
+Who may do what (the seed RBAC matrix, ``ca_core.principal``):
+
+- certificates: ``cert:read`` to list and fetch (``cert:read_own``: only those it requested),
+  ``cert:renew`` to renew; issuing and revoking are the Authority's.
+- tokens: ``token:create`` to create, list and revoke tokens of one's organization (a super
+  admin: of any).
+- organizations: ``organization:*`` (super admin) to list all, create, update and disable;
+  an organization's ``pki_admin`` (``ca:read``) reads its own.
+- audit: ``audit:read`` (the auditor of an organization: its entries; a super admin: all)
+  or ``audit:read_own_org`` (pki_admin) to query and export; the chain verification result
+  needs ``audit:read``.
+
+Lists are pages: ``Page.items`` and an opaque ``Page.next`` cursor (base64url of the sort
+key of the last item) or None.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from ca_core.authority import Authority, CreatedToken, IssuedCertificate
+from ca_core.errors import BadRequest, Conflict, Forbidden, NotFound
+from ca_core.hierarchy import ensure_organization
+from ca_core.keys import KeySpec
+from ca_core.org_policy import ISOLATION_LEVELS, ORG_STATUSES, OrgPolicy, isolation_of
+from ca_core.principal import Principal
+from ca_core.records import (
+    ApiToken,
+    AuditEntry,
+    AuditEvent,
+    AuditHead,
+    AuditQuery,
+    CertificateQuery,
+    CertificateRecord,
+    Organization,
+)
+from ca_core.storage import StoreInvalid
+
+T = TypeVar("T")
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 500
+CERTIFICATE_STATUSES = ("active", "revoked", "expired")
+MAX_TOKEN_DAYS = 3650
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    next: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateFilters:
+    status: str | None = None
+    expiring_before: dt.datetime | None = None
+    profile: str | None = None
+    organization: str | None = None  # slug
+    text: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilters:
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    actor: str | None = None
+    action: str | None = None
+    resource: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChainProblemView:
+    seq: int
+    problem: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuditVerification:
+    intact: bool
+    entries: int
+    head_seq: int
+    problems: tuple[ChainProblemView, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OrganizationChange:
+    """A PATCH: the fields given (None: unchanged)."""
+
+    name: str | None = None
+    status: str | None = None
+    isolation: str | None = None
+    policy: dict[str, Any] | None = None
+
+
+# The chain verifier (db.audit_chain.verify_chain): entries and head -> (seq, problem) pairs.
+# Declared here and handed in, because the hash is the store's.
+ChainVerifier = Callable[[list[AuditEntry], AuditHead | None], Sequence[Any]]
+
+
+def encode_cursor(*key: Any) -> str:
+    text = json.dumps([k.isoformat() if isinstance(k, dt.datetime) else k for k in key],
+                      separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def _decode(cursor: str) -> list[Any]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        value = json.loads(raw)
+    except (binascii.Error, ValueError, UnicodeDecodeError):
+        raise BadRequest("invalid cursor") from None
+    if not isinstance(value, list):
+        raise BadRequest("invalid cursor")
+    return value
+
+
+def time_id_cursor(cursor: str | None) -> tuple[dt.datetime, str] | None:
+    if cursor is None:
+        return None
+    value = _decode(cursor)
+    try:
+        when, ident = value
+        parsed = dt.datetime.fromisoformat(when)
+    except (TypeError, ValueError):
+        raise BadRequest("invalid cursor") from None
+    if parsed.tzinfo is None or not isinstance(ident, str):
+        raise BadRequest("invalid cursor")
+    return parsed, ident
+
+
+def seq_cursor(cursor: str | None) -> int:
+    if cursor is None:
+        return 0
+    value = _decode(cursor)
+    if len(value) != 1 or not isinstance(value[0], int) or isinstance(value[0], bool) \
+            or not 0 <= value[0] < 2**62:
+        raise BadRequest("invalid cursor")
+    return value[0]
+
+
+def page_limit(limit: int | None) -> int:
+    if limit is None:
+        return DEFAULT_LIMIT
+    if not 1 <= limit <= MAX_LIMIT:
+        raise BadRequest(f"limit must be between 1 and {MAX_LIMIT}")
+    return limit
+
+
+class AdminService:
+    """See the module docstring."""
+
+    def __init__(self, authority: Authority, verify_chain: ChainVerifier) -> None:
+        self.authority = authority
+        self.store = authority.store
+        self._verify_chain = verify_chain
+
+    async def _deny(self, principal: Principal, action: str, resource_type: str,
+                    resource_id: str | None, message: str, *, hide: bool = False) -> None:
+        await self.authority.denied(principal, action, resource_type, resource_id)
+        if hide:
+            raise NotFound(message)
+        raise Forbidden(message)
+
+    async def _require(self, principal: Principal, action: str, resource_type: str) -> None:
+        if not principal.can(action):
+            await self._deny(principal, action, resource_type, None,
+                             f"this credential may not do {action}")
+
+    # ------------------------------------------------------------------ certificates
+    async def list_certificates(self, principal: Principal, filters: CertificateFilters,
+                                cursor: str | None = None, limit: int | None = None
+                                ) -> Page[CertificateRecord]:
+        await self._require(principal, "cert:read", "certificate")
+        size = page_limit(limit)
+        if filters.status is not None and filters.status not in CERTIFICATE_STATUSES:
+            raise BadRequest(f"status must be one of {', '.join(CERTIFICATE_STATUSES)}")
+        org_id = principal.org_id
+        if filters.organization is not None:
+            org = await self._visible_org(principal, filters.organization, "cert:read")
+            org_id = org.org_id
+        query = CertificateQuery(
+            now=self.authority.clock(), org_id=org_id,
+            requester=principal.requester_scope("cert:read"), status=filters.status,
+            expiring_before=filters.expiring_before, profile=filters.profile,
+            text=filters.text or None, before=time_id_cursor(cursor), limit=size + 1)
+        found = await self.store.list_certificates(query)
+        last = found[size - 1] if len(found) > size else None
+        return Page(found[:size], None if last is None else
+                    encode_cursor(last.created_at, last.cert_id))
+
+    async def get_certificate(self, principal: Principal, serial: str) -> CertificateRecord:
+        return await self.authority.find_certificate(serial, principal)
+
+    async def renew_certificate(self, principal: Principal, serial: str, csr: bytes = b"",
+                                validity_days: int | None = None) -> IssuedCertificate:
+        return await self.authority.renew(serial, principal, csr, validity_days)
+
+    async def certificate_chain(self, record: CertificateRecord) -> tuple[Any, ...]:
+        """The issuing CA's chain (issuer first, below the root) of a certificate."""
+        return (await self.authority.ca_by_id(record.issuer_ca_id)).chain
+
+    # ------------------------------------------------------------------ tokens
+    async def create_token(self, principal: Principal, organization: str, role: str,
+                           name: str = "", expires_in_days: int | None = None
+                           ) -> CreatedToken:
+        if expires_in_days is not None and not 1 <= expires_in_days <= MAX_TOKEN_DAYS:
+            raise BadRequest(f"expires_in_days must be between 1 and {MAX_TOKEN_DAYS}")
+        if not principal.can("token:create"):
+            await self._deny(principal, "token:create", "api_token", None,
+                             "this credential may not create tokens")
+        await self._visible_org(principal, organization, "token:create")
+        expires = None if expires_in_days is None else \
+            self.authority.clock() + dt.timedelta(days=expires_in_days)
+        return await self.authority.create_token(organization, role, name,
+                                                 principal=principal, expires_at=expires)
+
+    async def list_tokens(self, principal: Principal, organization: str | None = None,
+                          cursor: str | None = None, limit: int | None = None
+                          ) -> Page[ApiToken]:
+        await self._require(principal, "token:create", "api_token")
+        size = page_limit(limit)
+        org_id = principal.org_id
+        if organization is not None:
+            org_id = (await self._visible_org(principal, organization, "token:create")).org_id
+        found = await self.store.list_tokens(org_id, time_id_cursor(cursor), size + 1)
+        last = found[size - 1] if len(found) > size else None
+        return Page(found[:size], None if last is None else
+                    encode_cursor(last.created_at, last.token_id))
+
+    async def revoke_token(self, principal: Principal, token_id: str) -> ApiToken:
+        """Revoke a token of the caller's organization (any, for a super admin). Another
+        organization's token is NotFound; an already revoked one is NotFound too."""
+        await self._require(principal, "token:create", "api_token")
+        event = AuditEvent(
+            event_type="token.revoked", category="authentication", action="revoke_token",
+            actor_type=principal.actor_type, actor_id=principal.actor_id,
+            org_id=principal.org_id, resource_type="api_token", resource_id=token_id[:80])
+        try:
+            revoked = await self.store.revoke_token(token_id, principal.org_id, event)
+        except StoreInvalid:
+            revoked = None
+        if revoked is None:
+            await self._deny(principal, "token:revoke", "api_token", token_id[:80],
+                             "no such token", hide=True)
+            raise AssertionError("unreachable")
+        return revoked
+
+    # ------------------------------------------------------------------ organizations
+    async def _org(self, ident: str) -> Organization | None:
+        """By slug, else by id; None for text the store cannot hold."""
+        try:
+            return (await self.store.get_organization(ident)
+                    or await self.store.get_organization_by_id(ident))
+        except StoreInvalid:
+            return None
+
+    async def _visible_org(self, principal: Principal, ident: str, action: str
+                           ) -> Organization:
+        """An organization the principal's scope covers; another one is 404 (audited)."""
+        org = await self._org(ident)
+        if org is None or not principal.sees_org(org.org_id):
+            await self._deny(principal, action, "organization", ident[:80],
+                             f"no organization {ident[:80]!r}", hide=True)
+            raise AssertionError("unreachable")
+        return org
+
+    async def list_organizations(self, principal: Principal, cursor: str | None = None,
+                                 limit: int | None = None) -> Page[Organization]:
+        if not (principal.can("organization:read") or principal.can("ca:read")):
+            await self._deny(principal, "organization:read", "organization", None,
+                             "this credential may not read organizations")
+        size = page_limit(limit)
+        found = await self.store.list_organizations(principal.org_id, time_id_cursor(cursor),
+                                                    size + 1)
+        last = found[size - 1] if len(found) > size else None
+        return Page(found[:size], None if last is None or last.created_at is None else
+                    encode_cursor(last.created_at, last.org_id))
+
+    async def get_organization(self, principal: Principal, ident: str) -> Organization:
+        if not (principal.can("organization:read") or principal.can("ca:read")):
+            await self._deny(principal, "organization:read", "organization", ident[:80],
+                             "this credential may not read organizations")
+        return await self._visible_org(principal, ident, "organization:read")
+
+    async def create_organization(self, principal: Principal, slug: str, name: str | None,
+                                  change: OrganizationChange | None = None,
+                                  key: KeySpec | None = None) -> Organization:
+        """A new organization and its issuing CA (Conflict if the slug exists)."""
+        await self._require(principal, "organization:create", "organization")
+        if await self._org(slug) is not None:
+            raise Conflict(f"organization {slug} exists")
+        config = self._config({}, change) if change is not None else {}
+        await ensure_organization(self.authority, slug, name, principal, key)
+        org = await self.authority.organization(slug)
+        if config:
+            org = await self._store_update(principal, org, org.name, org.status, config)
+        return org
+
+    async def update_organization(self, principal: Principal, ident: str,
+                                  change: OrganizationChange) -> Organization:
+        await self._require(principal, "organization:update", "organization")
+        org = await self._visible_org(principal, ident, "organization:update")
+        if change.status is not None and change.status not in ORG_STATUSES:
+            raise BadRequest(f"status must be one of {', '.join(ORG_STATUSES)}")
+        if change.name is not None and not 1 <= len(change.name.strip()) <= 200:
+            raise BadRequest("name must be 1 to 200 characters")
+        if change.status == "disabled" and org.org_id == await self._own_org(principal):
+            raise Conflict("a token cannot disable its own organization (it would stop "
+                           "working itself)")
+        return await self._store_update(
+            principal, org, change.name.strip() if change.name else org.name,
+            change.status or org.status, self._config(org.config, change))
+
+    async def disable_organization(self, principal: Principal, ident: str) -> Organization:
+        return await self.update_organization(principal, ident,
+                                              OrganizationChange(status="disabled"))
+
+    async def _own_org(self, principal: Principal) -> str | None:
+        """The organization a token principal's record belongs to."""
+        if not principal.actor_id.startswith("token:"):
+            return None
+        token = await self.store.get_token(principal.actor_id.removeprefix("token:"))
+        return None if token is None else token.org_id
+
+    @staticmethod
+    def _config(config: dict[str, Any], change: OrganizationChange) -> dict[str, Any]:
+        updated = dict(config)
+        if change.isolation is not None:
+            if change.isolation not in ISOLATION_LEVELS:
+                raise BadRequest(f"isolation must be one of {', '.join(ISOLATION_LEVELS)}")
+            updated["isolation"] = change.isolation
+        if change.policy is not None:
+            current = OrgPolicy.parse(config.get("policy")).to_json()
+            merged = {k: v for k, v in {**current, **change.policy}.items() if v is not None}
+            updated["policy"] = OrgPolicy.parse(merged).to_json()
+        return updated
+
+    async def _store_update(self, principal: Principal, org: Organization, name: str,
+                            status: str, config: dict[str, Any]) -> Organization:
+        event = AuditEvent(
+            event_type="organization.updated", category="configuration",
+            action="disable_organization" if status == "disabled" != org.status
+            else "update_organization",
+            actor_type=principal.actor_type, actor_id=principal.actor_id, org_id=org.org_id,
+            resource_type="organization", resource_id=org.org_id,
+            data={"name": name, "status": status, "config": config})
+        updated = await self.store.update_organization(org.org_id, name, status, config, event)
+        if updated is None:
+            raise NotFound(f"no organization {org.slug!r}")
+        self.authority.forget_organization(org.slug)
+        return updated
+
+    # ------------------------------------------------------------------ audit
+    async def _audit_scope(self, principal: Principal) -> str | None:
+        if principal.can("audit:read") or principal.can("audit:read_own_org"):
+            return principal.org_id
+        await self._deny(principal, "audit:read", "audit_log", None,
+                         "this credential may not read the audit log")
+        raise AssertionError("unreachable")
+
+    def _audit_query(self, scope: str | None, filters: AuditFilters, after: int,
+                     limit: int) -> AuditQuery:
+        return AuditQuery(org_id=scope, since=filters.since, until=filters.until,
+                          actor_id=filters.actor, action=filters.action,
+                          resource_id=filters.resource, after_seq=after, limit=limit)
+
+    async def query_audit(self, principal: Principal, filters: AuditFilters,
+                          cursor: str | None = None, limit: int | None = None
+                          ) -> Page[AuditEntry]:
+        scope = await self._audit_scope(principal)
+        size = page_limit(limit)
+        found = await self.store.query_audit(
+            self._audit_query(scope, filters, seq_cursor(cursor), size + 1))
+        last = found[size - 1] if len(found) > size else None
+        return Page(found[:size], None if last is None else encode_cursor(last.seq))
+
+    async def export_audit(self, principal: Principal, filters: AuditFilters
+                           ) -> AsyncIterator[AuditEntry]:
+        """Every matching entry in chain order, read page by page (for streaming)."""
+        scope = await self._audit_scope(principal)
+        return self._pages(lambda after: self.store.query_audit(
+            self._audit_query(scope, filters, after, 1000)))
+
+    @staticmethod
+    async def _pages(fetch: Callable[[int], Awaitable[list[AuditEntry]]]
+                     ) -> AsyncIterator[AuditEntry]:
+        after = 0
+        while True:
+            batch = await fetch(after)
+            for entry in batch:
+                yield entry
+            if len(batch) < 1000:
+                return
+            after = batch[-1].seq
+
+    async def verify_audit(self, principal: Principal) -> AuditVerification:
+        """The whole chain verified (it is one chain across organizations)."""
+        if not principal.can("audit:read"):
+            await self._deny(principal, "audit:verify", "audit_log", None,
+                             "this credential may not verify the audit log")
+        entries: list[AuditEntry] = []
+        after = 0
+        while True:
+            batch = await self.store.audit_entries(after_seq=after, limit=10_000)
+            if not batch:
+                break
+            entries.extend(batch)
+            after = batch[-1].seq
+        head = await self.store.audit_head()
+        problems = tuple(ChainProblemView(p.seq, p.problem)
+                         for p in self._verify_chain(entries, head))
+        return AuditVerification(not problems, len(entries), 0 if head is None else head.seq,
+                                 problems)
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def audit_document(entry: AuditEntry) -> dict[str, Any]:
+    """An audit entry as JSON (one line of an export, one item of a query), the same for
+    the CLI and the REST API; with its hashes, so an export can be re-verified."""
+    event = entry.event
+    return {
+        "seq": entry.seq, "id": entry.audit_id, "timestamp": _iso(entry.timestamp),
+        "event_type": event.event_type, "category": event.category, "action": event.action,
+        "actor_type": event.actor_type, "actor_id": event.actor_id,
+        "organization_id": event.org_id, "resource_type": event.resource_type,
+        "resource_id": event.resource_id, "status": event.status, "data": event.data,
+        "previous_hash": entry.previous_hash, "hash": entry.audit_hash,
+    }
+
+
+def token_document(token: ApiToken) -> dict[str, Any]:
+    """A token as listed (never its secret or hash)."""
+    return {"id": token.token_id, "organization_id": token.org_id, "role": token.role,
+            "name": token.name, "created_at": _iso(token.created_at),
+            "expires_at": _iso(token.expires_at), "revoked": token.revoked}
+
+
+def organization_document(org: Organization) -> dict[str, Any]:
+    return {"id": org.org_id, "slug": org.slug, "name": org.name, "status": org.status,
+            "isolation": isolation_of(org.config),
+            "policy": OrgPolicy.of(org.config).to_json(), "created_at": _iso(org.created_at)}

@@ -1,0 +1,110 @@
+"""An organization's issuance policy and isolation level (issue 13), kept in its config
+document (``config["policy"]``, ``config["isolation"]``) and enforced by the Authority on
+every issuance, whatever the protocol.
+
+Policy fields (all optional; absent or empty means "no limit beyond the profile's"):
+``allowed_names`` (DNS suffixes: ``example.org`` allows it and every name below it),
+``allowed_ip_ranges`` (CIDR), ``profiles`` (profile names) and ``max_validity_days``.
+
+Isolation level, as in the seed schema: ``strict`` (the default: nothing crosses),
+``collaborative`` and ``federated``. This slice stores the level; every level isolates as
+``strict`` does until cross-organization sharing is built.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+from ca_core.errors import BadRequest, PolicyViolation, ValidityTooLong
+
+ISOLATION_LEVELS = ("strict", "collaborative", "federated")
+ORG_STATUSES = ("active", "disabled")
+
+
+@dataclass(frozen=True, slots=True)
+class OrgPolicy:
+    allowed_names: tuple[str, ...] = ()
+    allowed_ip_ranges: tuple[str, ...] = ()
+    profiles: tuple[str, ...] = ()
+    max_validity_days: int | None = None
+
+    @classmethod
+    def parse(cls, document: Any) -> OrgPolicy:
+        """A policy from JSON; BadRequest naming the field that is wrong."""
+        if document is None:
+            return cls()
+        if not isinstance(document, dict):
+            raise BadRequest("policy must be an object")
+        unknown = set(document) - {"allowed_names", "allowed_ip_ranges", "profiles",
+                                   "max_validity_days"}
+        if unknown:
+            raise BadRequest(f"unknown policy field(s): {', '.join(sorted(unknown))}")
+        names = _strings(document, "allowed_names")
+        for name in names:
+            if not name or len(name) > 253 or " " in name or name.startswith("*"):
+                raise BadRequest(f"policy.allowed_names: not a DNS suffix: {name[:80]!r}")
+        ranges = _strings(document, "allowed_ip_ranges")
+        for text in ranges:
+            try:
+                ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                raise BadRequest(f"policy.allowed_ip_ranges: not a CIDR range: {text[:80]!r}"
+                                 ) from None
+        days = document.get("max_validity_days")
+        if days is not None and (not isinstance(days, int) or isinstance(days, bool)
+                                 or not 0 < days <= 36500):
+            raise BadRequest("policy.max_validity_days must be an integer from 1 to 36500")
+        return cls(tuple(n.lower().strip(".") for n in names), tuple(ranges),
+                   _strings(document, "profiles"), days)
+
+    @classmethod
+    def of(cls, config: dict[str, Any]) -> OrgPolicy:
+        """The stored policy (validated when it was stored)."""
+        try:
+            return cls.parse(config.get("policy"))
+        except BadRequest:
+            return cls()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"allowed_names": list(self.allowed_names),
+                "allowed_ip_ranges": list(self.allowed_ip_ranges),
+                "profiles": list(self.profiles), "max_validity_days": self.max_validity_days}
+
+    def check(self, profile: str, dns: tuple[str, ...], ips: tuple[str, ...],
+              not_before: dt.datetime, not_after: dt.datetime) -> None:
+        """PolicyViolation / ValidityTooLong when an issuance leaves the policy."""
+        if self.profiles and profile not in self.profiles:
+            raise PolicyViolation(f"the organization's policy does not allow profile {profile}")
+        if self.allowed_names:
+            for name in dns:
+                bare = name.lower().removeprefix("*.")
+                if not any(bare == s or bare.endswith("." + s) for s in self.allowed_names):
+                    raise PolicyViolation(f"the organization's policy does not allow {name}")
+        if self.allowed_ip_ranges:
+            networks = [ipaddress.ip_network(r, strict=False) for r in self.allowed_ip_ranges]
+            for text in ips:
+                address = ipaddress.ip_address(text.split("/")[0])
+                if not any(address in n for n in networks):
+                    raise PolicyViolation(f"the organization's policy does not allow {text}")
+        if self.max_validity_days is not None and (
+                not_after - not_before > dt.timedelta(days=self.max_validity_days, minutes=5)):
+            raise ValidityTooLong(
+                f"the organization's policy allows at most {self.max_validity_days} days")
+
+
+def isolation_of(config: dict[str, Any]) -> str:
+    level = config.get("isolation")
+    return level if level in ISOLATION_LEVELS else "strict"
+
+
+def _strings(document: dict[str, Any], name: str) -> tuple[str, ...]:
+    value = document.get(name)
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value) \
+            or len(value) > 1000:
+        raise BadRequest(f"policy.{name} must be a list of strings")
+    return tuple(value)

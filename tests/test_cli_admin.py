@@ -1,0 +1,74 @@
+"""The operator's admin commands (issue 13): token list/revoke, org list/update/disable,
+audit list/export, cert list. They run the same AdminService as the REST API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main
+from tests.helpers import make_csr
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("VCC_PKI_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("VCC_PKI_CONFIG", raising=False)
+    monkeypatch.delenv("VCC_PKI_KEY_PASSPHRASE", raising=False)
+    return tmp_path / "data"
+
+
+def test_admin_commands(env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["init"]) == 0
+    assert main(["org", "create", "health", "--name", "Health"]) == 0
+    csr = tmp_path / "svc.csr"
+    csr.write_bytes(make_csr(cn="web.health.example", dns=("web.health.example",)))
+    assert main(["issue", "--csr", str(csr), "--org", "health"]) == 0
+    capsys.readouterr()
+
+    assert main(["cert", "list", "--org", "health", "--search", "WEB.health"]) == 0
+    listing = capsys.readouterr().out
+    assert "CN=web.health.example" in listing and listing.count("\n") == 2
+    assert main(["cert", "list", "--status", "revoked"]) == 0
+    assert capsys.readouterr().out.count("\n") == 1  # the header only
+
+    assert main(["token", "create", "--org", "health", "--role", "auditor"]) == 0
+    token_id = capsys.readouterr().err.split()[1]
+    assert main(["token", "list", "--org", "health"]) == 0
+    assert token_id in capsys.readouterr().out
+    assert main(["token", "revoke", token_id]) == 0
+    assert "revoked" in capsys.readouterr().out
+    assert main(["token", "revoke", token_id]) == 1  # already revoked: not found
+    assert main(["token", "list"]) == 0
+    assert f"{token_id} " in capsys.readouterr().out
+
+    assert main(["org", "update", "health", "--isolation", "collaborative",
+                 "--allowed-names", "health.example", "--max-validity-days", "30"]) == 0
+    updated = json.loads(capsys.readouterr().out)
+    assert updated["isolation"] == "collaborative"
+    assert updated["policy"]["allowed_names"] == ["health.example"]
+    csr.write_bytes(make_csr(cn="x.other.example", dns=("x.other.example",)))
+    assert main(["issue", "--csr", str(csr), "--org", "health"]) == 1
+    assert "policy does not allow x.other.example" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["org", "update", "health", "--isolation", "porous"])
+    capsys.readouterr()
+
+    assert main(["org", "disable", "health"]) == 0
+    capsys.readouterr()
+    assert main(["org", "list"]) == 0
+    assert "disabled" in capsys.readouterr().out
+    csr.write_bytes(make_csr(cn="web.health.example", dns=("web.health.example",)))
+    assert main(["issue", "--csr", str(csr), "--org", "health"]) == 1
+    assert "disabled" in capsys.readouterr().err
+
+    assert main(["audit", "list", "--action", "revoke_token"]) == 0
+    assert token_id in capsys.readouterr().out
+    assert main(["audit", "export"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [e["seq"] for e in lines] == list(range(1, len(lines) + 1))
+    assert {"certificate.issued", "token.revoked", "organization.updated"} <= {
+        e["event_type"] for e in lines}
+    assert main(["audit", "verify"]) == 0
