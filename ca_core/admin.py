@@ -307,7 +307,10 @@ class AdminService:
         if await self._org(slug) is not None:
             raise Conflict(f"organization {slug} exists")
         config = self._config({}, change) if change is not None else {}
-        await ensure_organization(self.authority, slug, name, principal, key)
+        # The new CA's own certificates (its OCSP responder) are issued by the CA itself:
+        # as the system, on behalf of the (checked) caller, whom the audit events name.
+        await ensure_organization(self.authority, slug, name,
+                                  Principal.system(principal.actor_id), key)
         org = await self.authority.organization(slug)
         if config:
             org = await self._store_update(principal, org, org.name, org.status, config)

@@ -9,6 +9,7 @@ then returns it.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import functools
 import hashlib
@@ -460,8 +461,14 @@ class Authority:
             raise Forbidden(f"CA {ca.record.name} does not issue end-entity certificates")
         if ca.record.org_id != org.org_id and principal.org_id is not None:
             raise Forbidden("that CA belongs to another organization")
+        policy = OrgPolicy.of(org.config)
+        if policy.max_validity_days is not None and request.validity_days is None \
+                and request.not_after is None:
+            # The default validity, like the profile's, stays within the organization's.
+            request = dataclasses.replace(request, validity_days=min(
+                profile.default_validity_days, policy.max_validity_days))
         not_before, not_after = self._validity(request, profile, ca)
-        OrgPolicy.of(org.config).check(profile.name, sans.dns, sans.ip, not_before, not_after)
+        policy.check(profile.name, sans.dns, sans.ip, not_before, not_after)
         subject = x509build.name(common_name, org.name)
         issuer = ca.issuer_context(self.settings)
         for _attempt in range(3):

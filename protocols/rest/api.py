@@ -1,7 +1,11 @@
-"""Minimal REST admin API (``/api/v1``): issue, fetch and revoke certificates.
+"""The REST admin API (``/api/v1``): certificates, tokens, organizations and the audit log.
 
-Decode JSON -> call the Authority -> encode JSON. Authentication is a bearer token
-created by ``vcc-pki token create``; authorization and tenant scoping are the Authority's.
+Decode JSON or query parameters -> call the Authority or the AdminService (``ca_core.admin``,
+the CLI's too) -> encode JSON. Authentication is a bearer token (``vcc-pki token create`` or
+``POST /api/v1/tokens``); authorization and tenant scoping are the core's. Errors are
+problem+json (``protocols.rest.problems``). A list answers ``{"items": [...], "next":
+CURSOR-or-null}``; pass ``cursor=NEXT`` for the next page. The OpenAPI 3.1 description of
+all of it is ``/api/v1/openapi.json`` (``protocols.rest.openapi``).
 """
 
 from __future__ import annotations
@@ -12,13 +16,26 @@ import ssl
 from typing import Any
 
 from aiohttp import web
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
+from ca_core import cms
+from ca_core.admin import (
+    AdminService,
+    AuditFilters,
+    CertificateFilters,
+    OrganizationChange,
+    audit_document,
+    organization_document,
+    token_document,
+)
 from ca_core.authority import Authority, IssuanceRequest, serial_display
 from ca_core.errors import BadRequest, Unauthorized
 from ca_core.principal import Principal
 from ca_core.records import CertificateRecord
 
 AUTHORITY = web.AppKey("authority", Authority)
+ADMIN = web.AppKey("admin", AdminService)
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -41,6 +58,12 @@ def certificate_json(record: CertificateRecord, chain_pem: str | None = None) ->
     }
     if chain_pem is not None:
         body["chain_pem"] = chain_pem
+    return body
+
+
+def _list_item(record: CertificateRecord) -> dict[str, Any]:
+    body = certificate_json(record)
+    body["organization_id"] = record.org_id
     return body
 
 
@@ -112,14 +135,6 @@ async def issue_certificate(request: web.Request) -> web.Response:
     return response
 
 
-async def get_certificate(request: web.Request) -> web.Response:
-    principal = await _principal(request)
-    record = await request.app[AUTHORITY].find_certificate(
-        request.match_info["serial"], principal
-    )
-    return web.json_response(certificate_json(record))
-
-
 async def revoke_certificate(request: web.Request) -> web.Response:
     principal = await _principal(request)
     body = await _json_body(request) if request.can_read_body else {}
@@ -132,7 +147,224 @@ async def revoke_certificate(request: web.Request) -> web.Response:
     return web.json_response(certificate_json(record))
 
 
+# --- query parameters ------------------------------------------------------------------
+
+def _param(request: web.Request, name: str) -> str | None:
+    value = request.query.get(name)
+    if value is None:
+        return None
+    if len(value) > 1000:
+        raise BadRequest(f"parameter {name!r} is too long")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadRequest(f"parameter {name!r} is not valid Unicode text") from None
+    if "\x00" in value:
+        raise BadRequest(f"parameter {name!r} holds a NUL character")
+    return value
+
+
+def _time_param(request: web.Request, name: str) -> dt.datetime | None:
+    text = _param(request, name)
+    if text is None:
+        return None
+    try:
+        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(f"parameter {name!r} must be an RFC 3339 time") from None
+    if value.tzinfo is None:
+        raise BadRequest(f"parameter {name!r} needs a time zone")
+    return value
+
+
+def _limit(request: web.Request) -> int | None:
+    text = _param(request, "limit")
+    if text is None:
+        return None
+    if not text.isascii() or not text.isdigit() or len(text) > 6:
+        raise BadRequest("parameter 'limit' must be an integer")
+    return int(text)
+
+
+def _page(items: list[dict[str, Any]], next_cursor: str | None) -> web.Response:
+    return web.json_response({"items": items, "next": next_cursor})
+
+
+# --- certificates --------------------------------------------------------------------------
+
+async def list_certificates(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    page = await request.app[ADMIN].list_certificates(principal, CertificateFilters(
+        status=_param(request, "status"), expiring_before=_time_param(request,
+                                                                      "expiring_before"),
+        profile=_param(request, "profile"), organization=_param(request, "organization"),
+        text=_param(request, "q")), _param(request, "cursor"), _limit(request))
+    return _page([_list_item(r) for r in page.items], page.next)
+
+
+_FORMATS = {"json", "pem", "der", "pkcs7"}
+
+
+async def get_certificate(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    wanted = _param(request, "format") or "json"
+    if wanted not in _FORMATS:
+        raise BadRequest("format must be json, pem, der or pkcs7")
+    record = await request.app[ADMIN].get_certificate(principal, request.match_info["serial"])
+    if wanted == "json":
+        return web.json_response(certificate_json(record))
+    name = serial_display(record.serial_hex)
+    if wanted == "der":
+        return web.Response(body=record.certificate_der, content_type="application/pkix-cert",
+                            headers={"Content-Disposition": f'attachment; filename="{name}.cer"'})
+    chain = await request.app[ADMIN].certificate_chain(record)
+    if wanted == "pem":
+        text = ssl.DER_cert_to_PEM_cert(record.certificate_der) + "".join(
+            c.public_bytes(serialization.Encoding.PEM).decode() for c in chain)
+        return web.Response(text=text, content_type="application/pem-certificate-chain")
+    certificate = x509.load_der_x509_certificate(record.certificate_der)
+    return web.Response(body=cms.certs_only([certificate, *chain]),
+                        content_type="application/pkcs7-mime",
+                        headers={"Content-Disposition": f'attachment; filename="{name}.p7c"'})
+
+
+async def renew_certificate(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    body = await _json_body(request) if request.can_read_body else {}
+    csr = _field(body, "csr", str)
+    issued = await request.app[ADMIN].renew_certificate(
+        principal, request.match_info["serial"], (csr or "").encode(),
+        _field(body, "validity_days", int))
+    response = web.json_response(certificate_json(issued.record, issued.chain_pem),
+                                 status=201)
+    response.headers["Location"] = f"/api/v1/certificates/{issued.serial}"
+    return response
+
+
+# --- tokens --------------------------------------------------------------------------------
+
+async def list_tokens(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    page = await request.app[ADMIN].list_tokens(
+        principal, _param(request, "organization"), _param(request, "cursor"),
+        _limit(request))
+    return _page([token_document(t) for t in page.items], page.next)
+
+
+async def create_token(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    body = await _json_body(request)
+    created = await request.app[ADMIN].create_token(
+        principal, _field(body, "organization", str, required=True),
+        _field(body, "role", str, required=True), _field(body, "name", str) or "",
+        _field(body, "expires_in_days", int))
+    document = {**token_document(created.record), "token": created.token}
+    response = web.json_response(document, status=201)
+    response.headers["Location"] = f"/api/v1/tokens/{created.record.token_id}"
+    return response
+
+
+async def revoke_token(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    token = await request.app[ADMIN].revoke_token(principal, request.match_info["token_id"])
+    return web.json_response(token_document(token))
+
+
+# --- organizations -------------------------------------------------------------------------
+
+async def list_organizations(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    page = await request.app[ADMIN].list_organizations(principal, _param(request, "cursor"),
+                                                       _limit(request))
+    return _page([organization_document(o) for o in page.items], page.next)
+
+
+def _change(body: dict[str, Any]) -> OrganizationChange:
+    policy = body.get("policy")
+    if policy is not None and not isinstance(policy, dict):
+        raise BadRequest("field 'policy' must be an object")
+    return OrganizationChange(name=_field(body, "name", str), status=_field(body, "status", str),
+                              isolation=_field(body, "isolation", str), policy=policy)
+
+
+async def create_organization(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    body = await _json_body(request)
+    org = await request.app[ADMIN].create_organization(
+        principal, _field(body, "slug", str, required=True), _field(body, "name", str),
+        _change({k: v for k, v in body.items() if k in ("isolation", "policy")}))
+    response = web.json_response(organization_document(org), status=201)
+    response.headers["Location"] = f"/api/v1/organizations/{org.slug}"
+    return response
+
+
+async def get_organization(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    org = await request.app[ADMIN].get_organization(principal, request.match_info["org"])
+    return web.json_response(organization_document(org))
+
+
+async def update_organization(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    body = await _json_body(request)
+    org = await request.app[ADMIN].update_organization(principal, request.match_info["org"],
+                                                       _change(body))
+    return web.json_response(organization_document(org))
+
+
+# --- audit ---------------------------------------------------------------------------------
+
+def _audit_filters(request: web.Request) -> AuditFilters:
+    return AuditFilters(since=_time_param(request, "since"),
+                        until=_time_param(request, "until"), actor=_param(request, "actor"),
+                        action=_param(request, "action"),
+                        resource=_param(request, "resource"))
+
+
+async def query_audit(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    page = await request.app[ADMIN].query_audit(principal, _audit_filters(request),
+                                                _param(request, "cursor"), _limit(request))
+    return _page([audit_document(e) for e in page.items], page.next)
+
+
+async def verify_audit(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    result = await request.app[ADMIN].verify_audit(principal)
+    return web.json_response({
+        "intact": result.intact, "entries": result.entries, "head_seq": result.head_seq,
+        "problems": [{"seq": p.seq, "problem": p.problem} for p in result.problems]})
+
+
+async def export_audit(request: web.Request) -> web.StreamResponse:
+    """JSON Lines, streamed page by page: memory stays flat however long the log is."""
+    principal = await _principal(request)
+    entries = await request.app[ADMIN].export_audit(principal, _audit_filters(request))
+    response = web.StreamResponse(headers={"Content-Type": "application/jsonl"})
+    await response.prepare(request)
+    async for entry in entries:
+        await response.write(json.dumps(audit_document(entry), ensure_ascii=False).encode()
+                             + b"\n")
+    await response.write_eof()
+    return response
+
+
 def add_routes(app: web.Application) -> None:
+    from protocols.rest import openapi
+
+    app.router.add_get("/api/v1/openapi.json", openapi.serve)
+    app.router.add_get("/api/v1/certificates", list_certificates)
     app.router.add_post("/api/v1/certificates", issue_certificate)
     app.router.add_get("/api/v1/certificates/{serial}", get_certificate)
     app.router.add_post("/api/v1/certificates/{serial}/revoke", revoke_certificate)
+    app.router.add_post("/api/v1/certificates/{serial}/renew", renew_certificate)
+    app.router.add_get("/api/v1/tokens", list_tokens)
+    app.router.add_post("/api/v1/tokens", create_token)
+    app.router.add_delete("/api/v1/tokens/{token_id}", revoke_token)
+    app.router.add_get("/api/v1/organizations", list_organizations)
+    app.router.add_post("/api/v1/organizations", create_organization)
+    app.router.add_get("/api/v1/organizations/{org}", get_organization)
+    app.router.add_patch("/api/v1/organizations/{org}", update_organization)
+    app.router.add_get("/api/v1/audit", query_audit)
+    app.router.add_get("/api/v1/audit/verify", verify_audit)
+    app.router.add_get("/api/v1/audit/export", export_audit)

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ca_core.errors import CAError
+from ca_core.errors import BadRequest, CAError, Conflict, Forbidden, NotFound, Unauthorized
 
 PROBLEM_JSON = "application/problem+json"
 
@@ -49,7 +49,14 @@ def problem(status: int, kind: str, detail: str, **extra: Any) -> web.Response:
     return response
 
 
+# A kind without an entry of its own answers as the nearest class it derives from.
+_BY_CLASS: tuple[tuple[type[CAError], int], ...] = (
+    (BadRequest, 400), (Unauthorized, 401), (Forbidden, 403), (NotFound, 404), (Conflict, 409),
+)
+
+
 def problem_from_error(error: CAError) -> web.Response:
-    status = _STATUS.get(error.kind, 500)
+    status = _STATUS.get(error.kind) or next(
+        (code for cls, code in _BY_CLASS if isinstance(error, cls)), 500)
     detail = error.detail if status < 500 or status == 503 else "internal error"
     return problem(status, error.kind, detail)

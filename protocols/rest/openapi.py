@@ -1,0 +1,296 @@
+"""The OpenAPI 3.1 description of the REST admin API, served at ``/api/v1/openapi.json``.
+
+Written here by hand beside the handlers (``protocols.rest.api``), small helpers keeping it
+short; ``tests/test_rest_openapi.py`` checks it with openapi-spec-validator, checks that
+every route of the app is described (and nothing else), and runs schemathesis against a
+gateway started the normal way, which must find no 5xx and no response that breaks it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any
+
+from aiohttp import web
+
+from ca_core.admin import CERTIFICATE_STATUSES, MAX_LIMIT, MAX_TOKEN_DAYS
+from ca_core.org_policy import ISOLATION_LEVELS, ORG_STATUSES
+from ca_core.principal import ROLES
+
+JSON = "application/json"
+PROBLEM = "application/problem+json"
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def _problems(*statuses: int) -> dict[str, Any]:
+    meaning = {400: "bad input", 401: "no valid bearer token", 403: "not permitted",
+               404: "not found (or not the caller's to see)", 405: "method not allowed",
+               409: "conflict", 413: "body too large", 415: "not application/json",
+               503: "the store or key backend is unavailable"}
+    return {str(s): {"description": meaning[s], "content": {PROBLEM: {"schema":
+                                                                      _ref("Problem")}}}
+            for s in (*statuses, 401, 503)}
+
+
+def _query(name: str, description: str, schema: dict[str, Any] | None = None
+           ) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description,
+            "schema": schema or {"type": "string"}}
+
+
+def _path(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "description": description,
+            "schema": {"type": "string"}}
+
+
+def _body(schema: dict[str, Any], required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {JSON: {"schema": schema}}}
+
+
+def _page_of(item: str) -> dict[str, Any]:
+    return {"type": "object", "required": ["items", "next"], "properties": {
+        "items": {"type": "array", "items": _ref(item)},
+        "next": {"type": ["string", "null"],
+                 "description": "cursor of the next page; null on the last"}}}
+
+
+_PAGING = [
+    _query("cursor", "the `next` of the previous page"),
+    _query("limit", f"page size, 1 to {MAX_LIMIT} (default 100)",
+           {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT}),
+]
+_TIME = {"type": "string", "format": "date-time"}
+_NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
+
+_SCHEMAS: dict[str, Any] = {
+    "Problem": {"type": "object", "required": ["type", "title", "status", "detail"],
+                "properties": {"type": {"type": "string"}, "title": {"type": "string"},
+                               "status": {"type": "integer"}, "detail": {"type": "string"},
+                               "request_id": {"type": "string"}}},
+    "Certificate": {"type": "object", "required": [
+        "serial", "subject", "common_name", "profile", "san", "not_before", "not_after",
+        "status", "revoked_at", "revocation_reason", "certificate_pem"], "properties": {
+        "serial": {"type": "string", "description": "hex, as openssl prints it"},
+        "subject": {"type": "string"}, "common_name": {"type": "string"},
+        "profile": {"type": "string"},
+        "san": {"type": "object", "additionalProperties": {
+            "type": "array", "items": {"type": "string"}}},
+        "not_before": _TIME, "not_after": _TIME,
+        "status": {"type": "string", "enum": ["active", "revoked"]},
+        "revoked_at": _NULLABLE_TIME, "revocation_reason": {"type": ["string", "null"]},
+        "certificate_pem": {"type": "string"}, "chain_pem": {"type": "string"},
+        "organization_id": {"type": "string"}}},
+    "IssueRequest": {"type": "object", "required": ["csr"], "properties": {
+        "csr": {"type": "string", "description": "PEM PKCS#10"},
+        "profile": {"type": "string", "default": "vcc_service"},
+        "organization": {"type": "string", "description": "slug (default: the token's)"},
+        "validity_days": {"type": "integer"}}},
+    "RevokeRequest": {"type": "object", "properties": {
+        "reason": {"type": "string", "default": "unspecified"},
+        "invalidity_date": _TIME}},
+    "RenewRequest": {"type": "object", "properties": {
+        "csr": {"type": "string", "description": "a new key's CSR; without: the same key"},
+        "validity_days": {"type": "integer"}}},
+    "Token": {"type": "object", "required": [
+        "id", "organization_id", "role", "name", "created_at", "expires_at", "revoked"],
+        "properties": {
+        "id": {"type": "string"}, "organization_id": {"type": "string"},
+        "role": {"type": "string"}, "name": {"type": "string"}, "created_at": _TIME,
+        "expires_at": _NULLABLE_TIME, "revoked": {"type": "boolean"},
+        "token": {"type": "string", "description": "the bearer secret, in the answer to "
+                  "its creation only"}}},
+    "TokenRequest": {"type": "object", "required": ["organization", "role"], "properties": {
+        "organization": {"type": "string"}, "role": {"type": "string", "enum": list(ROLES)},
+        "name": {"type": "string"},
+        "expires_in_days": {"type": "integer", "minimum": 1, "maximum": MAX_TOKEN_DAYS}}},
+    "Policy": {"type": "object", "properties": {
+        "allowed_names": {"type": "array", "items": {"type": "string"}},
+        "allowed_ip_ranges": {"type": "array", "items": {"type": "string"}},
+        "profiles": {"type": "array", "items": {"type": "string"}},
+        "max_validity_days": {"type": ["integer", "null"]}}},
+    "Organization": {"type": "object", "required": [
+        "id", "slug", "name", "status", "isolation", "policy", "created_at"], "properties": {
+        "id": {"type": "string"}, "slug": {"type": "string"}, "name": {"type": "string"},
+        "status": {"type": "string", "enum": list(ORG_STATUSES)},
+        "isolation": {"type": "string", "enum": list(ISOLATION_LEVELS)},
+        "policy": _ref("Policy"), "created_at": _NULLABLE_TIME}},
+    "OrganizationRequest": {"type": "object", "required": ["slug"], "properties": {
+        "slug": {"type": "string", "description": "lowercase letters, digits and '-'"},
+        "name": {"type": "string"},
+        "isolation": {"type": "string", "enum": list(ISOLATION_LEVELS)},
+        "policy": _ref("Policy")}},
+    "OrganizationChange": {"type": "object", "properties": {
+        "name": {"type": "string"}, "status": {"type": "string", "enum": list(ORG_STATUSES)},
+        "isolation": {"type": "string", "enum": list(ISOLATION_LEVELS)},
+        "policy": _ref("Policy")}},
+    "AuditEntry": {"type": "object", "required": [
+        "seq", "id", "timestamp", "event_type", "category", "action", "actor_type",
+        "status", "data", "previous_hash", "hash"], "properties": {
+        "seq": {"type": "integer"}, "id": {"type": "string"}, "timestamp": _TIME,
+        "event_type": {"type": "string"}, "category": {"type": "string"},
+        "action": {"type": "string"}, "actor_type": {"type": "string"},
+        "actor_id": {"type": ["string", "null"]},
+        "organization_id": {"type": ["string", "null"]},
+        "resource_type": {"type": ["string", "null"]},
+        "resource_id": {"type": ["string", "null"]}, "status": {"type": "string"},
+        "data": {"type": "object"}, "previous_hash": {"type": "string"},
+        "hash": {"type": "string"}}},
+    "AuditVerification": {"type": "object", "required": [
+        "intact", "entries", "head_seq", "problems"], "properties": {
+        "intact": {"type": "boolean"}, "entries": {"type": "integer"},
+        "head_seq": {"type": "integer"},
+        "problems": {"type": "array", "items": {"type": "object", "properties": {
+            "seq": {"type": "integer"}, "problem": {"type": "string"}}}}}},
+}
+
+_SERIAL = _path("serial", "hex serial (0A1B..., 0a:1b:..., 0x0a1b...)")
+_ORG = _path("org", "slug or id")
+_AUDIT_FILTERS = [
+    _query("since", "entries at or after this time", _TIME),
+    _query("until", "entries before this time", _TIME),
+    _query("actor", "actor id, e.g. token:0123abcd"),
+    _query("action", "e.g. issue, revoke, create_token"),
+    _query("resource", "resource id"),
+]
+
+
+def _op(summary: str, responses: dict[str, Any], *, parameters: list[Any] | None = None,
+        body: dict[str, Any] | None = None, tag: str) -> dict[str, Any]:
+    operation: dict[str, Any] = {"summary": summary, "tags": [tag], "responses": responses}
+    if parameters:
+        operation["parameters"] = parameters
+    if body is not None:
+        operation["requestBody"] = body
+    return operation
+
+
+def document() -> dict[str, Any]:
+    cert = "certificates"
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "VCC-PKI admin API", "version": "1",
+                 "description": "Certificates, tokens, organizations and the audit log. "
+                 "Errors are RFC 9457 problem+json."},
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+                       "schemas": _SCHEMAS},
+        "paths": {
+            "/api/v1/certificates": {
+                "get": _op("list certificates, newest first", {
+                    "200": _json(_page_of("Certificate"), "one page"), **_problems(400, 403)},
+                    parameters=[
+                        _query("status", "active, revoked or expired",
+                               {"type": "string", "enum": list(CERTIFICATE_STATUSES)}),
+                        _query("expiring_before", "notAfter before this time", _TIME),
+                        _query("profile", "profile name"),
+                        _query("organization", "organization slug"),
+                        _query("q", "substring of the subject or a SAN, any case"),
+                        *_PAGING], tag=cert),
+                "post": _op("issue a certificate from a CSR", {
+                    "201": _json(_ref("Certificate"), "issued"),
+                    **_problems(400, 403, 404, 409, 413, 415)},
+                    body=_body(_ref("IssueRequest")), tag=cert),
+            },
+            "/api/v1/certificates/{serial}": {
+                "get": _op("one certificate: JSON, or PEM (with its chain), DER or PKCS#7", {
+                    "200": {"description": "the certificate", "content": {
+                        JSON: {"schema": _ref("Certificate")},
+                        "application/pem-certificate-chain": {"schema": {"type": "string"}},
+                        "application/pkix-cert": {"schema": {"type": "string",
+                                                             "format": "binary"}},
+                        "application/pkcs7-mime": {"schema": {"type": "string",
+                                                              "format": "binary"}}}},
+                    **_problems(400, 403, 404)},
+                    parameters=[_SERIAL, _query("format", "json (default), pem, der or pkcs7",
+                                                {"type": "string", "enum": [
+                                                    "json", "pem", "der", "pkcs7"]})],
+                    tag=cert),
+            },
+            "/api/v1/certificates/{serial}/revoke": {
+                "post": _op("revoke a certificate", {
+                    "200": _json(_ref("Certificate"), "revoked"),
+                    **_problems(400, 403, 404, 409, 413, 415)},
+                    parameters=[_SERIAL], body=_body(_ref("RevokeRequest"), False), tag=cert),
+            },
+            "/api/v1/certificates/{serial}/renew": {
+                "post": _op("a new certificate for the same names, organization and profile",
+                            {"201": _json(_ref("Certificate"), "issued"),
+                             **_problems(400, 403, 404, 409, 413, 415)},
+                            parameters=[_SERIAL], body=_body(_ref("RenewRequest"), False),
+                            tag=cert),
+            },
+            "/api/v1/tokens": {
+                "get": _op("list tokens (never their secrets)", {
+                    "200": _json(_page_of("Token"), "one page"), **_problems(400, 403, 404)},
+                    parameters=[_query("organization", "organization slug"), *_PAGING],
+                    tag="tokens"),
+                "post": _op("create a token; its secret is in this answer only", {
+                    "201": _json(_ref("Token"), "created"),
+                    **_problems(400, 403, 404, 409, 413, 415)},
+                    body=_body(_ref("TokenRequest")), tag="tokens"),
+            },
+            "/api/v1/tokens/{token_id}": {
+                "delete": _op("revoke a token: it stops working at once", {
+                    "200": _json(_ref("Token"), "revoked"), **_problems(403, 404)},
+                    parameters=[_path("token_id", "token id")], tag="tokens"),
+            },
+            "/api/v1/organizations": {
+                "get": _op("list organizations (an organization's admin: its own)", {
+                    "200": _json(_page_of("Organization"), "one page"),
+                    **_problems(400, 403)}, parameters=_PAGING, tag="organizations"),
+                "post": _op("create an organization and its issuing CA", {
+                    "201": _json(_ref("Organization"), "created"),
+                    **_problems(400, 403, 409, 413, 415)},
+                    body=_body(_ref("OrganizationRequest")), tag="organizations"),
+            },
+            "/api/v1/organizations/{org}": {
+                "get": _op("one organization", {
+                    "200": _json(_ref("Organization"), "the organization"),
+                    **_problems(403, 404)}, parameters=[_ORG], tag="organizations"),
+                "patch": _op("change name, status (disabled: its credentials stop at once), "
+                             "isolation level or policy", {
+                                 "200": _json(_ref("Organization"), "updated"),
+                                 **_problems(400, 403, 404, 409, 413, 415)},
+                             parameters=[_ORG], body=_body(_ref("OrganizationChange")),
+                             tag="organizations"),
+            },
+            "/api/v1/audit": {
+                "get": _op("audit entries in chain order", {
+                    "200": _json(_page_of("AuditEntry"), "one page"), **_problems(400, 403)},
+                    parameters=[*_AUDIT_FILTERS, *_PAGING], tag="audit"),
+            },
+            "/api/v1/audit/verify": {
+                "get": _op("verify the hash chain of the whole log", {
+                    "200": _json(_ref("AuditVerification"), "the result"),
+                    **_problems(403)}, tag="audit"),
+            },
+            "/api/v1/audit/export": {
+                "get": _op("every matching entry as JSON Lines (streamed)", {
+                    "200": {"description": "one AuditEntry per line",
+                            "content": {"application/jsonl": {"schema": {"type": "string"}}}},
+                    **_problems(400, 403)}, parameters=_AUDIT_FILTERS, tag="audit"),
+            },
+            "/api/v1/openapi.json": {
+                "get": {"summary": "this document", "tags": ["meta"], "security": [],
+                        "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")}},
+            },
+        },
+    }
+
+
+@functools.cache
+def _encoded() -> bytes:
+    return json.dumps(document(), indent=1).encode()
+
+
+async def serve(request: web.Request) -> web.Response:
+    return web.Response(body=_encoded(), content_type=JSON)

@@ -1,0 +1,240 @@
+"""The admin REST API (issue 13): certificate listing and downloads, renewal, tokens,
+organizations and the audit log, each with its bad inputs as problem+json."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from asn1crypto import cms as asn1_cms
+from cryptography import x509
+
+from ca_core.principal import Principal
+from gateway.app import build_https_app
+from gateway.runtime import Services
+from tests.helpers import make_csr
+
+ClientFactory = Callable[..., Any]
+ADMIN = Principal.system("test")
+
+
+@pytest.fixture
+async def client(services: Services, aiohttp_client: ClientFactory) -> TestClient:
+    return await aiohttp_client(build_https_app(services))  # type: ignore[no-any-return]
+
+
+async def _token(services: Services, role: str = "pki_super_admin", org: str = "default"
+                 ) -> str:
+    return (await services.authority.create_token(org, role, principal=ADMIN)).token
+
+
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def _problem(response: Any, status: int) -> dict[str, Any]:
+    assert response.status == status, await response.text()
+    assert response.content_type == "application/problem+json"
+    body: dict[str, Any] = json.loads(await response.text())
+    assert set(body) >= {"type", "title", "status", "detail"} and body["status"] == status
+    return body
+
+
+async def _issue(client: TestClient, token: str, cn: str, **extra: Any) -> dict[str, Any]:
+    response = await client.post("/api/v1/certificates", headers=_auth(token), json={
+        "csr": make_csr(cn=cn, dns=(cn,)).decode(), **extra})
+    assert response.status == 201, await response.text()
+    body: dict[str, Any] = await response.json()
+    return body
+
+
+async def test_list_filter_page_and_download(client: TestClient, services: Services) -> None:
+    token = await _token(services, "cert_manager")
+    serials = [(await _issue(client, token, f"host{n}.example.test"))["serial"]
+               for n in range(5)]
+    await client.post(f"/api/v1/certificates/{serials[0]}/revoke", headers=_auth(token))
+    seen: list[str] = []
+    cursor = None
+    while True:
+        query = {"limit": "2", "q": "host", **({"cursor": cursor} if cursor else {})}
+        response = await client.get("/api/v1/certificates", headers=_auth(token), params=query)
+        assert response.status == 200, await response.text()
+        page = await response.json()
+        seen += [c["serial"] for c in page["items"]]
+        cursor = page["next"]
+        if cursor is None:
+            break
+    assert seen == serials[::-1]  # newest first, each once
+    for params, expected in [
+        ({"status": "revoked"}, [serials[0]]),
+        ({"status": "active", "q": "HOST3"}, [serials[3]]),
+        ({"q": "host4.example"}, [serials[4]]),
+        ({"profile": "tls_client"}, []),
+        ({"expiring_before": "2000-01-01T00:00:00Z"}, []),
+        ({"organization": "default", "q": "host1"}, [serials[1]]),
+    ]:
+        response = await client.get("/api/v1/certificates", headers=_auth(token), params=params)
+        assert [c["serial"] for c in (await response.json())["items"]] == expected, params
+
+    pem = await client.get(f"/api/v1/certificates/{serials[1]}", headers=_auth(token),
+                           params={"format": "pem"})
+    assert pem.status == 200 and (await pem.text()).count("BEGIN CERTIFICATE") == 3
+    der = await client.get(f"/api/v1/certificates/{serials[1]}", headers=_auth(token),
+                           params={"format": "der"})
+    certificate = x509.load_der_x509_certificate(await der.read())
+    assert format(certificate.serial_number, "X").zfill(len(serials[1])) == serials[1]
+    p7 = await client.get(f"/api/v1/certificates/{serials[1]}", headers=_auth(token),
+                          params={"format": "pkcs7"})
+    signed = asn1_cms.ContentInfo.load(await p7.read())["content"]
+    assert len(signed["certificates"]) == 3
+
+    for path, params in [
+        ("/api/v1/certificates", {"limit": "0"}), ("/api/v1/certificates", {"limit": "501"}),
+        ("/api/v1/certificates", {"limit": "x"}), ("/api/v1/certificates", {"cursor": "!!"}),
+        ("/api/v1/certificates", {"cursor": "WzFd"}), ("/api/v1/certificates",
+                                                       {"status": "sleeping"}),
+        ("/api/v1/certificates", {"expiring_before": "tomorrow"}),
+        ("/api/v1/certificates", {"expiring_before": "2030-01-01T00:00:00"}),
+        (f"/api/v1/certificates/{serials[1]}", {"format": "xml"}),
+        ("/api/v1/certificates/zz", {}),
+        ("/api/v1/certificates", {"q": "a\x00b"}),
+    ]:
+        await _problem(await client.get(path, headers=_auth(token), params=params), 400)
+    await _problem(await client.get("/api/v1/certificates", headers=_auth(token),
+                                    params={"organization": "nowhere"}), 404)
+
+
+async def test_renew_same_key_or_new_csr(client: TestClient, services: Services) -> None:
+    token = await _token(services, "cert_manager")
+    old = await _issue(client, token, "renew.example.test")
+    response = await client.post(f"/api/v1/certificates/{old['serial']}/renew",
+                                 headers=_auth(token))
+    assert response.status == 201, await response.text()
+    renewed = await response.json()
+    assert renewed["serial"] != old["serial"] and renewed["san"] == old["san"]
+    key_of = [x509.load_pem_x509_certificate(c["certificate_pem"].encode()).public_key()
+              for c in (old, renewed)]
+    assert key_of[0] == key_of[1]
+    response = await client.post(f"/api/v1/certificates/{old['serial']}/renew",
+                                 headers=_auth(token), json={"csr": make_csr().decode()})
+    assert response.status == 201
+    await _problem(await client.post("/api/v1/certificates/0A0A/renew", headers=_auth(token)),
+                   404)
+    await _problem(await client.post(f"/api/v1/certificates/{old['serial']}/renew",
+                                     headers=_auth(token), json={"csr": "junk"}), 400)
+    auditor = await _token(services, "auditor")
+    await _problem(await client.post(f"/api/v1/certificates/{old['serial']}/renew",
+                                     headers=_auth(auditor)), 403)
+
+
+async def test_tokens_create_list_revoke_at_once(client: TestClient,
+                                                 services: Services) -> None:
+    admin = await _token(services, "pki_admin")
+    response = await client.post("/api/v1/tokens", headers=_auth(admin), json={
+        "organization": "default", "role": "auditor", "name": "ci", "expires_in_days": 7})
+    assert response.status == 201, await response.text()
+    created = await response.json()
+    assert created["token"].startswith("vcc.") and created["expires_at"]
+    listed = await (await client.get("/api/v1/tokens", headers=_auth(admin))).json()
+    assert created["id"] in [t["id"] for t in listed["items"]]
+    assert all("token" not in t and "secret_hash" not in t for t in listed["items"])
+    fresh = _auth(created["token"])
+    assert (await client.get("/api/v1/audit", headers=fresh)).status == 200
+    revoked = await client.delete(f"/api/v1/tokens/{created['id']}", headers=_auth(admin))
+    assert revoked.status == 200 and (await revoked.json())["revoked"] is True
+    await _problem(await client.get("/api/v1/audit", headers=fresh), 401)  # at once
+    await _problem(await client.delete(f"/api/v1/tokens/{created['id']}",
+                                       headers=_auth(admin)), 404)
+    for body, status in [({"organization": "default"}, 400),
+                         ({"organization": "default", "role": "king"}, 400),
+                         ({"organization": "default", "role": "auditor",
+                           "expires_in_days": 0}, 400),
+                         ({"organization": "nowhere", "role": "auditor"}, 404),
+                         ({"organization": "default", "role": "pki_super_admin"}, 403)]:
+        await _problem(await client.post("/api/v1/tokens", headers=_auth(admin), json=body),
+                       status)
+
+
+async def test_organizations_and_disable(client: TestClient, services: Services) -> None:
+    root = await _token(services)
+    response = await client.post("/api/v1/organizations", headers=_auth(root), json={
+        "slug": "health", "name": "Health", "isolation": "collaborative",
+        "policy": {"allowed_names": ["health.example"], "max_validity_days": 30}})
+    assert response.status == 201, await response.text()
+    org = await response.json()
+    assert org["isolation"] == "collaborative" and org["policy"]["max_validity_days"] == 30
+    await _problem(await client.post("/api/v1/organizations", headers=_auth(root),
+                                     json={"slug": "health"}), 409)
+    manager = await _token(services, "cert_manager", "health")
+    await _issue(client, manager, "web.health.example")
+    refused = await client.post("/api/v1/certificates", headers=_auth(manager), json={
+        "csr": make_csr(cn="x.other.example", dns=("x.other.example",)).decode()})
+    assert "policy" in (await _problem(refused, 400))["detail"]
+    too_long = await client.post("/api/v1/certificates", headers=_auth(manager), json={
+        "csr": make_csr(cn="a.health.example", dns=("a.health.example",)).decode(),
+        "validity_days": 60})
+    await _problem(too_long, 400)
+    for body in ({"isolation": "porous"}, {"status": "gone"}, {"policy": {"colour": 1}},
+                 {"policy": {"allowed_ip_ranges": ["10.0.0.0/33"]}}, {"policy": []},
+                 {"name": ""}):
+        await _problem(await client.patch("/api/v1/organizations/health", headers=_auth(root),
+                                          json=body), 400)
+    patched = await client.patch(f"/api/v1/organizations/{org['id']}", headers=_auth(root),
+                                 json={"status": "disabled"})
+    assert patched.status == 200 and (await patched.json())["status"] == "disabled"
+    await _problem(await client.get("/api/v1/certificates", headers=_auth(manager)), 401)
+    # the issuance path refuses it too, for a super admin as well
+    refused = await client.post("/api/v1/certificates", headers=_auth(root), json={
+        "csr": make_csr(cn="b.health.example", dns=("b.health.example",)).decode(),
+        "organization": "health"})
+    assert "disabled" in (await _problem(refused, 403))["detail"]
+    await _problem(await client.patch("/api/v1/organizations/default", headers=_auth(root),
+                                      json={"status": "disabled"}), 409)  # its own
+    listed = await (await client.get("/api/v1/organizations", headers=_auth(root))).json()
+    assert [o["slug"] for o in listed["items"]] == ["default", "health"]
+    admin = await _token(services, "pki_admin")
+    own = await (await client.get("/api/v1/organizations", headers=_auth(admin))).json()
+    assert [o["slug"] for o in own["items"]] == ["default"]
+    await _problem(await client.get("/api/v1/organizations/health", headers=_auth(admin)), 404)
+    await _problem(await client.patch("/api/v1/organizations/default", headers=_auth(admin),
+                                      json={"name": "mine"}), 403)
+
+
+async def test_audit_query_verify_export(client: TestClient, services: Services) -> None:
+    root = await _token(services)
+    manager = await _token(services, "cert_manager")
+    issued = await _issue(client, manager, "audit.example.test")
+    response = await client.get("/api/v1/audit", headers=_auth(root),
+                                params={"action": "issue", "limit": "1"})
+    page = await response.json()
+    assert len(page["items"]) == 1 and page["next"] is not None  # the CA issuances too
+    entries = []
+    cursor = None
+    while True:
+        params = {"action": "issue", **({"cursor": cursor} if cursor else {})}
+        page = await (await client.get("/api/v1/audit", headers=_auth(root),
+                                       params=params)).json()
+        entries += page["items"]
+        if not (cursor := page["next"]):
+            break
+    assert issued["serial"].lower().lstrip("0") in [e["data"].get("serial") for e in entries]
+    verified = await (await client.get("/api/v1/audit/verify", headers=_auth(root))).json()
+    assert verified["intact"] is True and verified["entries"] == verified["head_seq"] > 0
+    export = await client.get("/api/v1/audit/export", headers=_auth(root))
+    assert export.status == 200 and export.content_type == "application/jsonl"
+    lines = [json.loads(line) for line in (await export.text()).splitlines()]
+    assert [e["seq"] for e in lines] == list(range(1, len(lines) + 1))
+    recent = await client.get("/api/v1/audit/export", headers=_auth(root),
+                              params={"since": lines[-1]["timestamp"]})
+    assert lines[-1] in [json.loads(x) for x in (await recent.text()).splitlines()]
+    await _problem(await client.get("/api/v1/audit", headers=_auth(manager)), 403)
+    await _problem(await client.get("/api/v1/audit/verify", headers=_auth(manager)), 403)
+    for params in ({"since": "yesterday"}, {"cursor": "WyJ4Il0"}, {"cursor": "W3RydWVd"}):
+        await _problem(await client.get("/api/v1/audit", headers=_auth(root), params=params),
+                       400)
+    denied = await (await client.get("/api/v1/audit", headers=_auth(root),
+                                     params={"action": "audit:read"})).json()
+    assert denied["items"][-1]["status"] == "denied"  # the refusal above was audited
