@@ -151,7 +151,7 @@ async def revoke_certificate(request: web.Request) -> web.Response:
 
 def _param(request: web.Request, name: str) -> str | None:
     value = request.query.get(name)
-    if value is None:
+    if not value:  # absent or empty: no filter
         return None
     if len(value) > 1000:
         raise BadRequest(f"parameter {name!r} is too long")

@@ -186,7 +186,8 @@ def document() -> dict[str, Any]:
         "paths": {
             "/api/v1/certificates": {
                 "get": _op("list certificates, newest first", {
-                    "200": _json(_page_of("Certificate"), "one page"), **_problems(400, 403)},
+                    "200": _json(_page_of("Certificate"), "one page"),
+                    **_problems(400, 403, 404)},
                     parameters=[
                         _query("status", "active, revoked or expired",
                                {"type": "string", "enum": list(CERTIFICATE_STATUSES)}),
@@ -279,6 +280,12 @@ def document() -> dict[str, Any]:
                             "content": {"application/jsonl": {"schema": {"type": "string"}}}},
                     **_problems(400, 403)}, parameters=_AUDIT_FILTERS, tag="audit"),
             },
+            **{f"/api/v1/health{part}": {"get": {
+                "summary": f"health{part.replace('/', ' of the ')}", "tags": ["meta"],
+                "security": [], "responses": {
+                    "200": _json({"type": "object"}, "healthy"),
+                    "503": _json({"type": "object"}, "unhealthy")}}}
+               for part in ("", "/database", "/hsm")},
             "/api/v1/openapi.json": {
                 "get": {"summary": "this document", "tags": ["meta"], "security": [],
                         "responses": {"200": _json({"type": "object"}, "OpenAPI 3.1")}},
