@@ -578,7 +578,10 @@ class Authority:
             raise Forbidden(f"role {principal.role} may not request profile {profile.name}")
         raise Forbidden("this credential may not request certificates")
 
-    async def _org_for(self, slug: str | None, principal: Principal) -> Organization:
+    async def _org_for(self, slug: str | None, principal: Principal,
+                       action: str = "cert:request") -> Organization:
+        """The organization a request names (or the principal's own); another tenant's is
+        Forbidden, and audited."""
         if slug is None:
             if principal.org_id is not None:
                 return await self.organization_by_id(principal.org_id)
@@ -587,9 +590,11 @@ class Authority:
             org = await self.organization(slug)
         except NotFound:
             if principal.org_id is not None:
+                await self.denied(principal, action, "organization", slug[:80])
                 raise Forbidden("not permitted for that organization") from None
             raise
         if not principal.sees_org(org.org_id):
+            await self.denied(principal, action, "organization", org.org_id)
             raise Forbidden("not permitted for that organization")
         return org
 
@@ -714,7 +719,7 @@ class Authority:
             raise BadRequest(f"unknown role {role!r}; use one of {', '.join(ROLES)}")
         if not principal.can("token:create"):
             raise Forbidden("this credential may not create tokens")
-        org = await self._org_for(org_slug, principal)
+        org = await self._org_for(org_slug, principal, "token:create")
         if role == "pki_super_admin" and principal.org_id is not None:
             raise Forbidden("only a super admin creates super-admin tokens")
         token_id = secrets.token_hex(8)

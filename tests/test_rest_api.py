@@ -98,7 +98,11 @@ async def test_bad_issue_requests(
     response = await client.post("/api/v1/certificates", headers=_auth(token), json=body)
     problem = await _problem(response, status)
     assert problem["type"] == f"urn:vcc-pki:problem:{kind}"
-    assert await _audit_len(services) == before
+    # Bad input writes nothing; a refusal (403) is audited, once (issue 13).
+    entries = await services.store.audit_entries()
+    assert len(entries) == before + (status == 403)
+    if status == 403:
+        assert entries[-1].event.status == "denied"
 
 
 async def test_http_level_faults(client: TestClient, services: Services) -> None:

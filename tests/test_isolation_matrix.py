@@ -1,0 +1,200 @@
+"""The isolation matrix (issue 13): for every role x REST endpoint x (own organization,
+other organization), the expected outcome comes from the one table MATRIX below and is
+asserted; every refusal (403 or 404) must also be audited as ``denied``.
+
+Outcomes: ``allow`` (2xx, and the target is in the answer), ``empty`` (200, the target is
+not in the answer: the scope of a list), ``hide`` (404: existence must not leak), ``deny``
+(403). Tokens act from organization "alpha"; "beta" is the other organization. The target
+certificate of each case was requested by the CA itself, so a service_account (``*_own``
+permissions) never sees it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from ca_core.authority import IssuanceRequest
+from ca_core.hierarchy import ensure_organization
+from ca_core.principal import ROLES, Principal
+from gateway.app import build_https_app
+from gateway.runtime import Services
+from tests.helpers import make_csr
+
+ClientFactory = Callable[..., Any]
+SYSTEM = Principal.system("matrix")
+OWN, OTHER = "alpha", "beta"
+
+A, E, H, D = "allow", "empty", "hide", "deny"
+# endpoint -> role -> (own organization, other organization). The one table.
+MATRIX: dict[str, dict[str, tuple[str, str]]] = {
+    "certificates.list": {
+        "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (A, H),
+        "service_account": (E, H), "code_signer": (A, H), "auditor": (A, H)},
+    "certificates.get": {
+        "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (A, H),
+        "service_account": (H, H), "code_signer": (A, H), "auditor": (A, H)},
+    "certificates.issue": {
+        "pki_super_admin": (A, A), "pki_admin": (A, D), "cert_manager": (A, D),
+        "service_account": (A, D), "code_signer": (D, D), "auditor": (D, D)},
+    "certificates.revoke": {
+        "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (A, H),
+        "service_account": (H, H), "code_signer": (D, D), "auditor": (D, D)},
+    "certificates.renew": {
+        "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (A, H),
+        "service_account": (H, H), "code_signer": (D, D), "auditor": (D, D)},
+    "tokens.list": {
+        "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (D, D),
+        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+    "tokens.create": {
+        "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (D, D),
+        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+    "tokens.revoke": {
+        "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (D, D),
+        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+    "organizations.get": {
+        "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (D, D),
+        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+    "organizations.update": {
+        "pki_super_admin": (A, A), "pki_admin": (D, D), "cert_manager": (D, D),
+        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+    "audit.query": {
+        "pki_super_admin": (A, A), "pki_admin": (A, E), "cert_manager": (D, D),
+        "service_account": (D, D), "code_signer": (D, D), "auditor": (A, E)},
+    "audit.export": {
+        "pki_super_admin": (A, A), "pki_admin": (A, E), "cert_manager": (D, D),
+        "service_account": (D, D), "code_signer": (D, D), "auditor": (A, E)},
+}
+
+
+@dataclass
+class Target:
+    """The resources of one organization a case acts on (fresh for mutating endpoints)."""
+
+    slug: str
+    serial: str
+    cert_id: str
+    common_name: str
+    token_id: str
+
+
+@dataclass
+class Answer:
+    status: int
+    text: str
+
+
+Call = Callable[[TestClient, dict[str, str], Target], Awaitable[Answer]]
+
+
+async def _answer(response: Any) -> Answer:
+    return Answer(response.status, await response.text())
+
+
+def _items(answer: Answer, endpoint: str) -> list[dict[str, Any]]:
+    if endpoint == "audit.export":  # JSON Lines
+        return [json.loads(line) for line in answer.text.splitlines()]
+    items: list[dict[str, Any]] = json.loads(answer.text)["items"]
+    return items
+
+
+def _contains(answer: Answer, target: Target, endpoint: str) -> bool:
+    """Whether a 2xx answer shows the target (lists) or is about it (single resources)."""
+    if endpoint == "certificates.list":
+        return target.serial in [c["serial"] for c in _items(answer, endpoint)]
+    if endpoint.startswith("audit."):
+        return target.cert_id in [e["resource_id"] for e in _items(answer, endpoint)]
+    if endpoint == "tokens.list":
+        return target.token_id in [t["id"] for t in _items(answer, endpoint)]
+    return True
+
+
+async def _get(client: TestClient, auth: dict[str, str], path: str,
+               **params: str) -> Answer:
+    return await _answer(await client.get(path, headers=auth, params=params))
+
+
+CALLS: dict[str, Call] = {
+    "certificates.list": lambda c, h, t: _get(c, h, "/api/v1/certificates",
+                                              organization=t.slug, q=t.common_name),
+    "certificates.get": lambda c, h, t: _get(c, h, f"/api/v1/certificates/{t.serial}"),
+    "certificates.issue": lambda c, h, t: _post(c, h, "/api/v1/certificates", {
+        "csr": make_csr(cn="new.example.test", dns=("new.example.test",)).decode(),
+        "organization": t.slug}),
+    "certificates.revoke": lambda c, h, t: _post(c, h,
+                                                 f"/api/v1/certificates/{t.serial}/revoke"),
+    "certificates.renew": lambda c, h, t: _post(c, h,
+                                                f"/api/v1/certificates/{t.serial}/renew"),
+    "tokens.list": lambda c, h, t: _get(c, h, "/api/v1/tokens", organization=t.slug),
+    "tokens.create": lambda c, h, t: _post(c, h, "/api/v1/tokens", {
+        "organization": t.slug, "role": "auditor"}),
+    "tokens.revoke": lambda c, h, t: _delete(c, h, f"/api/v1/tokens/{t.token_id}"),
+    "organizations.get": lambda c, h, t: _get(c, h, f"/api/v1/organizations/{t.slug}"),
+    "organizations.update": lambda c, h, t: _patch(c, h, f"/api/v1/organizations/{t.slug}",
+                                                   {"name": f"{t.slug} renamed"}),
+    "audit.query": lambda c, h, t: _get(c, h, "/api/v1/audit", resource=t.cert_id),
+    "audit.export": lambda c, h, t: _get(c, h, "/api/v1/audit/export", resource=t.cert_id),
+}
+
+
+async def _post(client: TestClient, auth: dict[str, str], path: str,
+                body: dict[str, Any] | None = None) -> Answer:
+    return await _answer(await client.post(path, headers=auth, json=body or {}))
+
+
+async def _delete(client: TestClient, auth: dict[str, str], path: str) -> Answer:
+    return await _answer(await client.delete(path, headers=auth))
+
+
+async def _patch(client: TestClient, auth: dict[str, str], path: str,
+                 body: dict[str, Any]) -> Answer:
+    return await _answer(await client.patch(path, headers=auth, json=body))
+
+
+async def _target(services: Services, slug: str, n: int) -> Target:
+    common_name = f"m{n}.{slug}.example.test"
+    issued = await services.authority.issue(IssuanceRequest(
+        csr=make_csr(cn=common_name, dns=(common_name,)), profile="vcc_service", org=slug),
+        SYSTEM)
+    token = await services.authority.create_token(slug, "auditor", principal=SYSTEM)
+    return Target(slug, issued.serial, issued.record.cert_id, common_name,
+                  token.record.token_id)
+
+
+async def _denials(services: Services) -> int:
+    return sum(e.event.status == "denied" for e in await services.store.audit_entries())
+
+
+async def test_isolation_matrix(services: Services, aiohttp_client: ClientFactory) -> None:
+    assert set(MATRIX) == set(CALLS)
+    assert all(set(row) == set(ROLES) for row in MATRIX.values())
+    for slug in (OWN, OTHER):
+        await ensure_organization(services.authority, slug, slug.title(), SYSTEM)
+    client = await aiohttp_client(build_https_app(services))
+    tokens = {role: (await services.authority.create_token(OWN, role, principal=SYSTEM)).token
+              for role in ROLES}
+    mismatches: list[str] = []
+    n = 0
+    for endpoint, row in MATRIX.items():
+        for role, expected_pair in row.items():
+            for slug, expected in zip((OWN, OTHER), expected_pair, strict=True):
+                n += 1
+                target = await _target(services, slug, n)
+                before = await _denials(services)
+                answer = await CALLS[endpoint](
+                    client, {"Authorization": f"Bearer {tokens[role]}"}, target)
+                if 200 <= answer.status < 300:
+                    got = A if _contains(answer, target, endpoint) else E
+                else:
+                    got = {403: D, 404: H}.get(answer.status, f"status {answer.status}")
+                    if await _denials(services) == before:
+                        mismatches.append(f"{endpoint} {role} {slug}: refusal not audited")
+                if got != expected:
+                    mismatches.append(f"{endpoint} {role} {slug}: expected {expected}, "
+                                      f"got {got}: {answer.text[:160]}")
+    assert not mismatches, "\n".join(mismatches)
+    assert n == len(MATRIX) * len(ROLES) * 2
