@@ -354,7 +354,15 @@ class AcmeService:
         default = org.slug == self.authority.settings.default_org
         if key.org_id != org.org_id and not default:
             raise Unauthorized("the EAB key belongs to another organization")
+        await self._require_active(key.org_id)
         return key
+
+    async def _require_active(self, org_id: str) -> None:
+        """A disabled organization registers no accounts (read fresh: in every process at
+        once; its existing accounts' orders are refused at issuance by the Authority)."""
+        owner = await self.store.get_organization_by_id(org_id)
+        if owner is None or owner.status != "active":
+            raise Unauthorized("the organization is disabled")
 
     async def set_policy(self, org_slug: str, allow_all: bool | None = None,
                          domains: Sequence[str] | None = None,
@@ -416,6 +424,7 @@ class AcmeService:
             raise UserActionRequired("agree to the terms of service")
         checked = self._check_contact(contact)
         org_id = eab.org_id if eab is not None else org.org_id
+        await self._require_active(org_id)
         await self._rate(f"accounts:{org_id}", self.settings.accounts_per_org_per_hour,
                          "new accounts for this organization")
         account = AcmeAccount(

@@ -1177,3 +1177,28 @@ def test_jws_verify_refusals() -> None:
             forged = jose.Jws(good.protected, good.payload, signature, good.signing_input)
             _refused(lambda forged=forged, public=public: jose.verify(forged, public),
                      "malformed", "the JWS signature is invalid")
+
+
+async def test_disabled_organization_registers_no_account(eab_world: World) -> None:
+    """Issue 13: a disabled organization's EAB keys stop working at once (its accounts'
+    orders are refused at issuance by the Authority, tests/test_rest_admin.py)."""
+    from ca_core.admin import OrganizationChange
+    from ca_core.hierarchy import ensure_organization
+    from ca_core.principal import Principal
+
+    world = eab_world
+    system = Principal.system("test")
+    await ensure_organization(world.services.authority, "health", "Health", system)
+    key = await world.services.acme.create_eab_key("health")
+    await world.services.admin.update_organization(system, "health",
+                                                   OrganizationChange(status="disabled"))
+    client = world.client()
+    directory = await client.load()
+    binding = mac_jws(key.kid, key.hmac_key, client.key.jwk, directory["newAccount"])
+    body = await _problem(await client.register(externalAccountBinding=binding),
+                          "unauthorized", 401)
+    assert body["detail"] == "the organization is disabled"
+    await world.services.admin.update_organization(system, "health",
+                                                   OrganizationChange(status="active"))
+    response = await client.register(externalAccountBinding=binding)
+    assert response.status == 201, await response.text()
