@@ -33,7 +33,7 @@ import datetime as dt
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
 from ca_core.authority import Authority, CreatedToken, IssuedCertificate
 from ca_core.errors import BadRequest, Conflict, Forbidden, NotFound
@@ -142,7 +142,10 @@ def time_id_cursor(cursor: str | None) -> tuple[dt.datetime, str] | None:
         raise BadRequest("invalid cursor") from None
     if parsed.tzinfo is None or not isinstance(ident, str):
         raise BadRequest("invalid cursor")
-    return parsed, ident
+    try:
+        return parsed.astimezone(dt.UTC), ident
+    except OverflowError:
+        raise BadRequest("invalid cursor") from None
 
 
 def seq_cursor(cursor: str | None) -> int:
@@ -172,7 +175,7 @@ class AdminService:
         self._verify_chain = verify_chain
 
     async def _deny(self, principal: Principal, action: str, resource_type: str,
-                    resource_id: str | None, message: str, *, hide: bool = False) -> None:
+                    resource_id: str | None, message: str, *, hide: bool = False) -> NoReturn:
         await self.authority.denied(principal, action, resource_type, resource_id)
         if hide:
             raise NotFound(message)
@@ -259,7 +262,6 @@ class AdminService:
         if revoked is None:
             await self._deny(principal, "token:revoke", "api_token", token_id[:80],
                              "no such token", hide=True)
-            raise AssertionError("unreachable")
         return revoked
 
     # ------------------------------------------------------------------ organizations
@@ -278,7 +280,6 @@ class AdminService:
         if org is None or not principal.sees_org(org.org_id):
             await self._deny(principal, action, "organization", ident[:80],
                              f"no organization {ident[:80]!r}", hide=True)
-            raise AssertionError("unreachable")
         return org
 
     async def list_organizations(self, principal: Principal, cursor: str | None = None,
@@ -376,7 +377,6 @@ class AdminService:
             return principal.org_id
         await self._deny(principal, "audit:read", "audit_log", None,
                          "this credential may not read the audit log")
-        raise AssertionError("unreachable")
 
     def _audit_query(self, scope: str | None, filters: AuditFilters, after: int,
                      limit: int) -> AuditQuery:

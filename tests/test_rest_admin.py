@@ -101,6 +101,8 @@ async def test_list_filter_page_and_download(client: TestClient, services: Servi
         (f"/api/v1/certificates/{serials[1]}", {"format": "xml"}),
         ("/api/v1/certificates/zz", {}),
         ("/api/v1/certificates", {"q": "a\x00b"}),
+        ("/api/v1/certificates", {"expiring_before": "0001-01-01T00:00:00+01:00"}),
+        ("/api/v1/certificates", {"cursor": "WyIwMDAxLTAxLTAxVDAwOjAwOjAwKzAxOjAwIiwieCJd"}),
     ]:
         await _problem(await client.get(path, headers=_auth(token), params=params), 400)
     await _problem(await client.get("/api/v1/certificates", headers=_auth(token),
@@ -125,6 +127,9 @@ async def test_renew_same_key_or_new_csr(client: TestClient, services: Services)
                    404)
     await _problem(await client.post(f"/api/v1/certificates/{old['serial']}/renew",
                                      headers=_auth(token), json={"csr": "junk"}), 400)
+    await _problem(await client.post(f"/api/v1/certificates/{old['serial']}/revoke",
+                                     headers=_auth(token), json={
+                                         "invalidity_date": "0001-01-01T00:00:00+01:00"}), 400)
     auditor = await _token(services, "auditor")
     await _problem(await client.post(f"/api/v1/certificates/{old['serial']}/renew",
                                      headers=_auth(auditor)), 403)

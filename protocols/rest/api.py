@@ -113,7 +113,10 @@ def _date(body: dict[str, Any], name: str) -> dt.datetime | None:
         raise BadRequest(f"field {name!r} must be an RFC 3339 time") from None
     if value.tzinfo is None:
         raise BadRequest(f"field {name!r} needs a time zone")
-    return value
+    try:
+        return value.astimezone(dt.UTC)
+    except OverflowError:  # before the first UTC instant
+        raise BadRequest(f"field {name!r} is out of range") from None
 
 
 async def issue_certificate(request: web.Request) -> web.Response:
@@ -174,7 +177,10 @@ def _time_param(request: web.Request, name: str) -> dt.datetime | None:
         raise BadRequest(f"parameter {name!r} must be an RFC 3339 time") from None
     if value.tzinfo is None:
         raise BadRequest(f"parameter {name!r} needs a time zone")
-    return value
+    try:
+        return value.astimezone(dt.UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 lies before the first UTC instant
+        raise BadRequest(f"parameter {name!r} is out of range") from None
 
 
 def _limit(request: web.Request) -> int | None:
