@@ -35,7 +35,7 @@ SELECT md5(i::text), 'ca', 'org' || (i % $2), to_hex(i) || 'ab', 'CN=host' || i 
   'host' || i || '.example', CASE WHEN i % 3 = 0 THEN 'tls_client' ELSE 'vcc_service' END,
   '\\x3082'::bytea, 'ec', 256, jsonb_build_object('dns', jsonb_build_array('host' || i
   || '.example')), $3::timestamptz, $3::timestamptz + (i % 400 + 1) * interval '1 day',
-  'token:x', CASE WHEN i % 50 = 0 THEN 'revoked' ELSE 'active' END,
+  'token:x', CASE WHEN i % 47 = 0 THEN 'revoked' ELSE 'active' END,
   $3::timestamptz + i * interval '1 second', 0
 FROM generate_series(1, $1) AS i
 """
