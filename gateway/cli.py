@@ -455,7 +455,8 @@ _SERVE_SETTINGS: tuple[tuple[str, str, str | None], ...] = (
     ("redis_url", "Redis for caches shared by several processes", "unset: in-process"),
     ("key_backend", "software (encrypted key files) or pkcs11 (an HSM)", None),
     ("key_passphrase", "passphrase of software keys", "read from <data_dir>/passphrase"),
-    ("workers", "serving processes sharing the ports (SO_REUSEPORT)", None),
+    ("workers", "serving processes sharing the ports (SO_REUSEPORT); auto: one per core",
+     None),
     ("event_loop", "auto (uvloop when installed), uvloop or asyncio", None),
 )
 # Accepted by load_config but read by nothing: not offered in help.

@@ -229,8 +229,18 @@ _BOOL_FIELDS.add("scep_accept_single_des")
 _TUPLE_FIELDS.add("est_trusted_proxies")
 
 
+def cores() -> int:
+    """The CPUs this process may run on (its affinity, as a container's cpuset limits it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no sched_getaffinity on this platform
+        return os.cpu_count() or 1
+
+
 def _coerce(name: str, value: Any) -> Any:
     try:
+        if name == "workers" and str(value).strip().lower() == "auto":
+            return cores()  # as many serving processes as cores
         if name in _INT_FIELDS:
             return int(value)
         if name in _BOOL_FIELDS:
@@ -291,6 +301,8 @@ def load_config(environ: Mapping[str, str] | None = None, path: str | None = Non
         if env_value is not None and env_value != "":
             values[name] = _coerce(name, env_value)
     config = replace(Config(), **values, extra=extra)
+    if not 1 <= config.workers <= 256:
+        raise ConfigError("VCC_PKI_WORKERS must be 1..256, or auto (one per core)")
     if config.key_backend not in ("software", "pkcs11"):
         raise ConfigError("VCC_PKI_KEY_BACKEND must be 'software' or 'pkcs11'")
     config.ca_settings()
