@@ -39,17 +39,19 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from asn1crypto import core, parser
 from asn1crypto import csr as asn1_csr
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
-from cryptography.x509.oid import NameOID
+from cryptography.x509 import verification
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ca_core import der, x509build
 from ca_core.authority import (
@@ -75,7 +77,7 @@ from ca_core.errors import (
 )
 from ca_core.keys import KeySpec
 from ca_core.principal import Principal
-from ca_core.records import AuditEvent, CertificateRecord
+from ca_core.records import AuditEvent, CARecord, CertificateRecord
 from ca_core.signers.software import generate_private_key
 from ca_core.storage import EnrollmentStore, StoreConflict
 
@@ -83,6 +85,11 @@ from ca_core.storage import EnrollmentStore, StoreConflict
 # store, and the wire front-end with its listener).
 
 DEFAULT_LABEL = ""  # the unlabelled /.well-known/est/ paths
+# How long an issuer name that is none of this PKI's CAs is believed to stay so (a CA
+# another process creates is found after at most this long), and how many such names are
+# remembered.
+UNKNOWN_ISSUER_TTL = 60.0
+_UNKNOWN_ISSUERS_KEPT = 1024
 
 
 class AuthMethod(enum.StrEnum):
@@ -179,8 +186,15 @@ class EstCredentials:
     basic_password: str | None = None
     client_certificate: x509.Certificate | None = None  # the TLS peer's (or the proxy's)
     client_chain: tuple[x509.Certificate, ...] = ()
-    tls_unique: bytes | None = None  # RFC 7030 3.5; None on TLS 1.3
+    tls_unique: bytes | None = None  # RFC 7030 3.5 (RFC 5929); TLS 1.2 only
+    tls_exporter: bytes | None = None  # RFC 9266 tls-exporter; TLS 1.3 only
     remote: str = ""
+
+    @property
+    def channel_binding(self) -> bytes | None:
+        """The session's channel binding value: tls-unique (TLS 1.2) or tls-exporter (TLS
+        1.3), whichever the front-end could get."""
+        return self.tls_unique if self.tls_unique is not None else self.tls_exporter
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,6 +350,10 @@ class EstService:
         self.store: EnrollmentStore = store if store is not None else authority.store
         self.settings = settings or EstSettings()
         self.clock: Clock = clock or authority.clock
+        self._trust_store: verification.Store | None = None  # built on first use
+        self._issuers: dict[str, tuple[CARecord, ...]] = {}  # see _issuing_cas
+        self._issuers_loaded = -1
+        self._unknown_issuers: dict[str, float] = {}
 
     # --- wire operations (protocols/est calls these) ----------------------------------
 
@@ -712,6 +730,9 @@ class EstService:
         if record is not None:
             self._check_live(record)
             return record
+        if self._issuers.get(certificate.issuer.rfc4514_string()):
+            raise Unauthorized("the client certificate names an issuing CA of this PKI as "
+                               "its issuer but is not a certificate it issued")
         self._check_trusted(certificate, credentials.client_chain)
         return None
 
@@ -719,18 +740,38 @@ class EstService:
         """The record of a certificate this PKI issued: found by issuer and serial, and
         the stored DER is the presented one (a forged certificate naming our issuer and a
         real serial is not ours)."""
-        cas = [ca.record for ca in self.authority.loaded_cas()]
-        if not any(ca.subject_dn == certificate.issuer.rfc4514_string() for ca in cas):
-            cas = await self.authority.store.list_cas()  # a CA created since start
+        issuer = certificate.issuer.rfc4514_string()
         der = certificate.public_bytes(serialization.Encoding.DER)
-        for ca in cas:
-            if ca.ca_type != "issuing" or ca.subject_dn != certificate.issuer.rfc4514_string():
-                continue
+        for ca in await self._issuing_cas(issuer):
             record = await self.authority.store.get_certificate(
                 ca.ca_id, serial_hex(certificate.serial_number))
             if record is not None and record.certificate_der == der:
                 return record
         return None
+
+    async def _issuing_cas(self, subject_dn: str) -> tuple[CARecord, ...]:
+        """This PKI's issuing CAs named ``subject_dn``, from a map rebuilt when the
+        Authority loads another CA; a name not in it is looked up in the store (a CA
+        created since, by another process) at most once per ``UNKNOWN_ISSUER_TTL``, so a
+        trust-store certificate's enrollment does not list the CAs each time."""
+        loaded = self.authority.loaded_cas()
+        if len(loaded) != self._issuers_loaded:
+            self._issuers = _by_subject(ca.record for ca in loaded)
+            self._issuers_loaded = len(loaded)
+            self._unknown_issuers.clear()
+        found = self._issuers.get(subject_dn)
+        if found is not None:
+            return found
+        now = time.monotonic()
+        checked = self._unknown_issuers.get(subject_dn)
+        if checked is not None and now - checked < UNKNOWN_ISSUER_TTL:
+            return ()
+        listed = _by_subject(await self.authority.store.list_cas())
+        self._issuers = {**self._issuers, **listed}
+        if len(self._unknown_issuers) >= _UNKNOWN_ISSUERS_KEPT:
+            self._unknown_issuers.clear()  # bounded: any client picks the issuer name
+        self._unknown_issuers[subject_dn] = now
+        return self._issuers.get(subject_dn, ())
 
     def _check_live(self, record: CertificateRecord) -> None:
         if record.status == "revoked":
@@ -741,58 +782,62 @@ class EstService:
 
     def _check_trusted(self, certificate: x509.Certificate,
                        presented: tuple[x509.Certificate, ...]) -> None:
-        """Path to a trust-store certificate (manufacturer or bootstrap CAs): each
-        signature verifies, each certificate is within its validity, each issuer is a CA."""
+        """Path to a trust-store certificate (manufacturer or bootstrap CAs) by
+        cryptography's RFC 5280 path validation: each signature verifies, each certificate
+        is within its validity at the core's clock, each issuer is a CA (basicConstraints,
+        path length, name constraints). Not the Web PKI's extension profile (device
+        certificates often lack an authorityKeyIdentifier, manufacturer CAs a keyUsage);
+        instead a keyUsage or extendedKeyUsage present must allow TLS client use."""
         anchors = self.settings.trust_store
         if not anchors:
             raise Unauthorized("the client certificate was not issued by this PKI, and no "
                                "other CA is trusted for EST (VCC_PKI_EST_TRUST_STORE)")
         now = self.clock()
-        current = certificate
-        pool = [*presented, *anchors]
-        for _depth in range(8):
-            if not current.not_valid_before_utc <= now <= current.not_valid_after_utc:
-                raise Unauthorized("the client certificate (or a CA above it) is expired or "
-                                   "not yet valid")
-            if current in anchors:
-                return
-            for issuer in pool:
-                if issuer.subject != current.issuer or issuer == current \
-                        or not _is_ca(issuer):
-                    continue
-                try:
-                    current.verify_directly_issued_by(issuer)
-                except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-                    continue
-                current = issuer
-                break
-            else:
-                raise Unauthorized("the client certificate does not chain to a trusted CA")
-        raise Unauthorized("the client certificate's chain is too long")
+        if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
+            raise Unauthorized("the client certificate is expired or not yet valid")
+        try:
+            self._verifier(now).verify(certificate, list(presented))
+        except verification.VerificationError as exc:
+            raise Unauthorized(f"the client certificate does not chain to a trusted CA "
+                               f"({_verification_reason(exc)})") from None
+        _check_client_use(certificate)
+
+    def _verifier(self, now: dt.datetime) -> verification.ClientVerifier:
+        store = self._trust_store
+        if store is None:
+            store = self._trust_store = verification.Store(list(self.settings.trust_store))
+        ca_policy = verification.ExtensionPolicy.permit_all().require_present(
+            x509.BasicConstraints, verification.Criticality.AGNOSTIC, None)
+        return (verification.PolicyBuilder().store(store).time(now).max_chain_depth(8)
+                .extension_policies(ca_policy=ca_policy,
+                                    ee_policy=verification.ExtensionPolicy.permit_all())
+                .build_client_verifier())
 
     def _check_binding(self, label: EstLabel, attributes: dict[str, list[bytes]],
                        credentials: EstCredentials) -> None:
-        """RFC 7030 3.5: the challengePassword holds base64(tls-unique) of this session.
-        Required by the label; checked whenever the CSR carries one and the session has
-        a tls-unique value."""
+        """RFC 7030 3.5: the challengePassword holds base64 of this session's channel
+        binding: tls-unique on TLS 1.2, tls-exporter (RFC 9266) on TLS 1.3. Required by
+        the label; checked whenever the CSR carries one and the session has a value."""
         values = attributes.get(CHALLENGE_PASSWORD, [])
         password = _text(values[0]) if values else None
         if values and password is None:
             raise BadCSR("the CSR's challengePassword is not text")
+        binding = credentials.channel_binding
         if label.require_channel_binding:
-            if credentials.tls_unique is None:
+            if binding is None:
                 raise BadRequest(
-                    "this label requires tls-unique channel binding (RFC 7030 3.5), which "
-                    "TLS 1.3 does not have: connect with TLS 1.2")
+                    "this label requires channel binding (RFC 7030 3.5), and this TLS "
+                    "session has no binding value: connect with TLS 1.2 (tls-unique) or "
+                    "TLS 1.3 (tls-exporter, RFC 9266) directly to the EST listener")
             if password is None:
                 raise BadRequest("this label requires channel binding: the CSR's "
                                  "challengePassword must hold base64 of the TLS session's "
-                                 "tls-unique value (RFC 7030 3.5)")
-        if password is not None and credentials.tls_unique is not None:
-            expected = base64.b64encode(credentials.tls_unique).decode()
+                                 f"{_binding_name(credentials)} value (RFC 7030 3.5)")
+        if password is not None and binding is not None:
+            expected = base64.b64encode(binding).decode()
             if not hmac.compare_digest(password.strip().encode(), expected.encode()):
                 raise BadRequest("the CSR's challengePassword is not this TLS session's "
-                                 "tls-unique value (RFC 7030 3.5)")
+                                 f"{_binding_name(credentials)} value (RFC 7030 3.5)")
 
     def _check_same_identity(self, csr: x509.CertificateSigningRequest,
                              record: CertificateRecord, label: EstLabel) -> None:
@@ -854,15 +899,50 @@ class EstService:
                            caller.secret.secret_id, {"label": label.label})
 
 
+def _binding_name(credentials: EstCredentials) -> str:
+    return "tls-unique" if credentials.tls_unique is not None else "tls-exporter (RFC 9266)"
+
+
 def _fingerprint(certificate: x509.Certificate) -> str:
     return certificate.fingerprint(hashes.SHA256()).hex()
 
 
-def _is_ca(certificate: x509.Certificate) -> bool:
+def _by_subject(cas: Iterable[CARecord]) -> dict[str, tuple[CARecord, ...]]:
+    """Issuing CAs by subject DN (RFC 4514)."""
+    found: dict[str, tuple[CARecord, ...]] = {}
+    for ca in cas:
+        if ca.ca_type == "issuing":
+            found[ca.subject_dn] = (*found.get(ca.subject_dn, ()), ca)
+    return found
+
+
+def _verification_reason(error: verification.VerificationError) -> str:
+    """cryptography's reason without the certificate repr it appends."""
+    reason = str(error).split(" (encountered processing", 1)[0]
+    reason = reason.removeprefix("validation failed: ")
+    if "no interior errors" in reason:  # no certificate at all named the issuer
+        return "no trusted CA, and no CA in the chain sent, issued it"
+    return reason[:200]
+
+
+def _check_client_use(certificate: x509.Certificate) -> None:
+    """A keyUsage present allows digitalSignature (the TLS CertificateVerify), an
+    extendedKeyUsage present allows clientAuth (RFC 5280 4.2.1.3, 4.2.1.12)."""
     try:
-        return certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+        if not usage.digital_signature:
+            raise Unauthorized("the client certificate's keyUsage does not allow "
+                               "digitalSignature")
     except x509.ExtensionNotFound:
-        return False
+        pass
+    try:
+        purposes = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        if not {ExtendedKeyUsageOID.CLIENT_AUTH,
+                ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE} & set(purposes):
+            raise Unauthorized("the client certificate's extendedKeyUsage does not allow "
+                               "TLS client authentication")
+    except x509.ExtensionNotFound:
+        pass
 
 
 def _request_for_key(csr: x509.CertificateSigningRequest,
