@@ -109,6 +109,9 @@ class EstLabel:
     require_channel_binding: bool = False  # tls-unique in challengePassword (TLS 1.2 only)
     require_approval: bool = False  # 202 + Retry-After until an operator approves
     allow_subject_change: bool = False  # on simplereenroll
+    # simplereenroll with a new key revokes the renewed certificate (reason superseded) in
+    # the transaction that records the new one
+    supersede_on_reenroll: bool = False
     key_type: str = "ec-p256"  # csrattrs and serverkeygen
     created_at: dt.datetime | None = None
 
@@ -120,6 +123,7 @@ class EstLabel:
             "require_channel_binding": self.require_channel_binding,
             "require_approval": self.require_approval,
             "allow_subject_change": self.allow_subject_change,
+            "supersede_on_reenroll": self.supersede_on_reenroll,
             "key_type": self.key_type,
         }
 
@@ -135,6 +139,7 @@ class EstLabel:
             require_channel_binding=bool(policy.get("require_channel_binding", False)),
             require_approval=bool(policy.get("require_approval", False)),
             allow_subject_change=bool(policy.get("allow_subject_change", False)),
+            supersede_on_reenroll=bool(policy.get("supersede_on_reenroll", False)),
             key_type=str(policy.get("key_type", defaults.key_type)),
             created_at=created_at,
         )
@@ -435,7 +440,32 @@ class EstService:
             self._check_same_identity(csr, record, found)
         caller = _Caller(requester=f"certificate:{_fingerprint(presented)}",
                          certificate=record)
-        return await self._enroll(found, csr_der, csr, caller, credentials)
+        if not found.supersede_on_reenroll or found.require_approval or \
+                _same_key(csr, presented):
+            return await self._enroll(found, csr_der, csr, caller, credentials)
+        # Re-key on a label that supersedes: the renewed certificate is revoked
+        # (superseded) by the transaction that records the new one, so there is never a
+        # moment with both or neither; two re-keys of one certificate at once yield one.
+        self._check_binding(found, _csr_attributes(csr_der), credentials)
+        revocation, revoke_event = self.authority.revocation_of(
+            record, "superseded", caller.principal(found.org_id))
+        store = self.authority.store
+        superseded: list[CertificateRecord] = []
+
+        async def record_with(cert: CertificateRecord, audit: AuditEvent) -> None:
+            revoked = await store.add_certificate_superseding(cert, audit, revocation,
+                                                              revoke_event)
+            if revoked is None:
+                raise Unauthorized("the client certificate is revoked")
+            superseded.append(revoked)
+
+        org = await self.authority.organization_by_id(found.org_id)
+        issued = await self.authority.issue(
+            IssuanceRequest(csr=csr, profile=found.profile, org=org.slug),
+            caller.principal(found.org_id), record_with=record_with)
+        for revoked in superseded:
+            await self.authority.announce_revoked(revoked)
+        return EnrollmentResult(certificate=issued.certificate, chain=issued.chain)
 
     async def server_keygen(self, label: str, csr_der: bytes, credentials: EstCredentials
                             ) -> EnrollmentResult:
@@ -897,6 +927,13 @@ class EstService:
         assert caller.secret is not None
         return self._event(caller, label, "est.secret_used", "use_secret", "est_secret",
                            caller.secret.secret_id, {"label": label.label})
+
+
+def _same_key(csr: x509.CertificateSigningRequest, certificate: x509.Certificate) -> bool:
+    """Whether the request is for the certificate's own key (a renewal, not a re-key)."""
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    return bool(csr.public_key().public_bytes(serialization.Encoding.DER, spki)
+                == certificate.public_key().public_bytes(serialization.Encoding.DER, spki))
 
 
 def _binding_name(credentials: EstCredentials) -> str:

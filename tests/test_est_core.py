@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from cryptography.x509 import ocsp
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import AttributeOID, NameOID
 
@@ -50,6 +51,7 @@ from ca_core.est import (
 )
 from ca_core.hierarchy import ensure_organization
 from ca_core.keys import KeySpec
+from ca_core.ocsp import cache_key
 from ca_core.principal import Principal
 from ca_core.signers.base import SoftwareSigner
 from ca_core.storage import StoreUnavailable
@@ -472,6 +474,82 @@ async def test_reenroll_with_the_certificate_being_renewed(pki: Services) -> Non
     with pytest.raises(Unauthorized, match="revoked"):  # nor does it enroll
         await est.enroll("", csr(), mine)
     assert await certificates(pki) == count
+
+
+async def test_rekey_supersedes_on_a_label_that_says_so(pki: Services) -> None:
+    """simplereenroll with a new key on a ``supersede_on_reenroll`` label revokes the
+    renewed certificate (superseded) with the new one's write; OCSP says so at once. A
+    renewal with the same key, or a label without the flag, leaves it valid."""
+    await pki.ocsp.load(create=True)
+    est = service(pki)
+    await label(est, pki, "rekey", supersede_on_reenroll=True)
+    secret = await est.create_secret("default", "", None, None, ADMIN)
+    old_key = make_key()
+    first = await est.enroll("rekey", csr(key=old_key), basic(secret))
+    assert first.certificate is not None
+    mine = EstCredentials(client_certificate=first.certificate)
+    # the same key: a renewal, the old certificate stays valid
+    renewed = await est.reenroll("rekey", csr(key=old_key), mine)
+    assert renewed.certificate is not None
+    assert (await _status(pki, first.certificate)) == "active"
+    # a new key: superseded
+    before = len(await pki.store.audit_entries())
+    rekeyed = await est.reenroll("rekey", csr(key=make_key()), mine)
+    assert rekeyed.certificate is not None
+    status = await pki.authority.status(_issuer_id(pki, first.certificate),
+                                        first.certificate.serial_number)
+    assert status.status == "revoked" and status.record is not None
+    assert status.record.revocation_reason == "superseded"
+    assert (await _status(pki, rekeyed.certificate)) == "active"
+    events = [e.event for e in (await pki.store.audit_entries())[before:]]
+    assert {(e.event_type, e.data.get("reason")) for e in events} >= {
+        ("certificate.revoked", "superseded"), ("certificate.issued", None)}
+    revoked_event = next(e for e in events if e.event_type == "certificate.revoked")
+    assert revoked_event.actor_id.startswith("est:certificate:")
+    crl = await pki.store.list_revocations(_issuer_id(pki, first.certificate))
+    assert [r.reason for r in crl] == ["superseded"]
+    # OCSP follows: the precomputed response says revoked, superseded
+    issuer = pki.ocsp._by_ca_id[_issuer_id(pki, first.certificate)]
+    entry = await pki.cache.get(cache_key("sha1", issuer.key_id,
+                                          first.certificate.serial_number))
+    assert entry is not None and entry.revoked
+    answer = ocsp.load_der_ocsp_response(entry.der)
+    assert answer.certificate_status is ocsp.OCSPCertStatus.REVOKED
+    assert answer.revocation_reason is x509.ReasonFlags.superseded
+    # the superseded certificate re-keys no more, and issues nothing
+    count = await certificates(pki)
+    with pytest.raises(Unauthorized, match="revoked"):
+        await est.reenroll("rekey", csr(key=make_key()), mine)
+    assert await certificates(pki) == count
+    # a label without the flag: a re-key leaves the old certificate valid
+    assert rekeyed.certificate is not None
+    await est.reenroll("", csr(key=make_key()), EstCredentials(
+        client_certificate=rekeyed.certificate))
+    assert (await _status(pki, rekeyed.certificate)) == "active"
+
+
+async def test_two_rekeys_of_one_certificate_at_once_yield_one(pki: Services) -> None:
+    est = service(pki)
+    await label(est, pki, "rekey", supersede_on_reenroll=True)
+    secret = await est.create_secret("default", "", None, None, ADMIN)
+    first = await est.enroll("rekey", csr(), basic(secret))
+    mine = EstCredentials(client_certificate=first.certificate)
+    count = await certificates(pki)
+    results = await asyncio.gather(
+        *(est.reenroll("rekey", csr(key=make_key()), mine) for _ in range(2)),
+        return_exceptions=True)
+    assert sorted(type(r).__name__ for r in results) == ["EnrollmentResult", "Unauthorized"]
+    assert await certificates(pki) == count  # one new, one superseded
+
+
+def _issuer_id(pki: Services, certificate: x509.Certificate) -> str:
+    return next(ca.record.ca_id for ca in pki.authority.loaded_cas()
+                if ca.certificate.subject == certificate.issuer)
+
+
+async def _status(pki: Services, certificate: x509.Certificate) -> str:
+    found = await pki.authority.status(_issuer_id(pki, certificate), certificate.serial_number)
+    return "revoked" if found.status == "revoked" else "active"
 
 
 async def test_certificate_of_another_organization(pki: Services) -> None:
