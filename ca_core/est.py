@@ -65,7 +65,7 @@ from ca_core.authority import (
     parse_csr,
     serial_hex,
 )
-from ca_core.cms import encrypt_enveloped
+from ca_core.cms import SignedDataSigner, encrypt_enveloped
 from ca_core.errors import (
     BadCSR,
     BadRequest,
@@ -78,6 +78,7 @@ from ca_core.errors import (
 from ca_core.keys import KeySpec
 from ca_core.principal import Principal
 from ca_core.records import AuditEvent, CARecord, CertificateRecord
+from ca_core.signers.base import SoftwareSigner
 from ca_core.signers.software import generate_private_key
 from ca_core.storage import EnrollmentStore, StoreConflict
 
@@ -484,6 +485,10 @@ class EstService:
         self._check_secret(caller, found, csr)
         recipient = self._key_recipient(attributes, credentials)
         spec = KeySpec.parse(found.key_type)
+        if recipient is not None and spec.hash_algorithm is None:
+            raise BadRequest(f"an encrypted server-generated key is signed with itself "
+                             f"(RFC 7030 4.4.2), which CMS here cannot do with {spec} keys: "
+                             "ask without encryption, or on a label with EC or RSA keys")
         key = await asyncio.to_thread(generate_private_key, spec)
         request = await asyncio.to_thread(_request_for_key, csr, key)
         issued = await self._issue(found, request, caller)
@@ -493,9 +498,7 @@ class EstService:
         if recipient is None:
             return EnrollmentResult(certificate=issued.certificate, chain=issued.chain,
                                     private_key_pkcs8=pkcs8)
-        # RFC 5958 2: AsymmetricKeyPackage ::= SEQUENCE OF OneAsymmetricKey (PKCS#8 v1)
-        package = der.sequence(pkcs8)
-        encrypted = encrypt_enveloped(package, [recipient], content_type=A_KEY_PACKAGE)
+        encrypted = await _key_package(key, spec, pkcs8, issued, recipient)
         return EnrollmentResult(certificate=issued.certificate, chain=issued.chain,
                                 encrypted_key=encrypted)
 
@@ -894,10 +897,11 @@ class EstService:
                              "renewed")
 
     def _key_recipient(self, attributes: dict[str, list[bytes]],
-                       credentials: EstCredentials) -> x509.Certificate | None:
-        """RFC 7030 4.4.1.2: asymmetric key encryption goes to the client's certificate
-        (an RSA key: CMS key transport). Symmetric (4.4.1.1) needs a shared key this
-        server does not hold."""
+                       credentials: EstCredentials) -> _Recipient | None:
+        """RFC 7030 4.4.1.2: asymmetric key encryption goes to the key the
+        AsymmetricDecryptKeyIdentifier names, which must be the TLS client certificate's
+        (the one certificate of the client this server knows; an RSA key: CMS key
+        transport). Symmetric (4.4.1.1) needs a shared key this server does not hold."""
         if DECRYPT_KEY_ID in attributes:
             raise BadRequest("symmetric encryption of the server-generated key "
                              "(DecryptKeyIdentifier, RFC 7030 4.4.1.1) is not supported: "
@@ -912,7 +916,20 @@ class EstService:
         if not isinstance(recipient.public_key(), rsa.RSAPublicKey):
             raise BadRequest("the server-generated key is encrypted to the client "
                              "certificate's key, which must be RSA (CMS key transport)")
-        return recipient
+        wanted = _octet_string(attributes[ASYMM_DECRYPT_KEY_ID][0])
+        try:
+            stated: bytes | None = recipient.extensions.get_extension_for_class(
+                x509.SubjectKeyIdentifier).value.digest
+        except x509.ExtensionNotFound:
+            stated = None
+        computed = x509.SubjectKeyIdentifier.from_public_key(recipient.public_key()).digest
+        if wanted not in (stated, computed):
+            raise BadRequest("the AsymmetricDecryptKeyIdentifier (RFC 7030 4.4.1.2) names "
+                             "another key than the TLS client certificate's: the "
+                             "server-generated key is encrypted only to that certificate")
+        # RFC 7030 4.4.2: the rid is the identifier asked for when the certificate states
+        # it, else the certificate's issuerAndSerialNumber
+        return _Recipient(recipient, by_key_identifier=wanted == stated)
 
     def _event(self, caller: _Caller, label: EstLabel, event_type: str, action: str,
                resource_type: str, resource_id: str, data: dict[str, Any]) -> AuditEvent:
@@ -927,6 +944,43 @@ class EstService:
         assert caller.secret is not None
         return self._event(caller, label, "est.secret_used", "use_secret", "est_secret",
                            caller.secret.secret_id, {"label": label.label})
+
+
+@dataclass(frozen=True, slots=True)
+class _Recipient:
+    certificate: x509.Certificate
+    by_key_identifier: bool
+
+
+def _octet_string(value: bytes) -> bytes:
+    """An attribute value that must be an OCTET STRING (AsymmetricDecryptKeyIdentifier)."""
+    try:
+        return bytes(core.OctetString.load(value).native)
+    except (ValueError, TypeError):
+        raise BadCSR("the AsymmetricDecryptKeyIdentifier is not an OCTET STRING") from None
+
+
+async def _key_package(key: CertificateIssuerPrivateKeyTypes, spec: KeySpec, pkcs8: bytes,
+                       issued: IssuedCertificate, recipient: _Recipient) -> bytes:
+    """RFC 7030 4.4.2 with RFC 5958 4: the AsymmetricKeyPackage (a SEQUENCE OF one
+    OneAsymmetricKey, PKCS#8 v1) in a SignedData, that in an EnvelopedData to the client.
+
+    The SignedData is signed with the generated key itself under the certificate just
+    issued for it (carried with its chain): no CA key signs anything but certificates,
+    CRLs and OCSP responses here, and the gateway has no EST signing key of its own. The
+    signature shows the package and the certificate belong together, and the certificate
+    chains to the CA of /cacerts; the TLS session authenticated the server."""
+    package = der.sequence(pkcs8)
+    signer = SoftwareSigner(key, spec, "est-serverkeygen")
+    signed_info = await SignedDataSigner(
+        signer, issued.certificate, certificates=[issued.certificate, *issued.chain]
+    ).sign(package, A_KEY_PACKAGE)
+    # The EnvelopedData's content is the SignedData value, not its ContentInfo (RFC 5652
+    # 6.1: encryptedContentInfo names the type).
+    _, explicit = _elements(parser.parse(signed_info)[4])
+    signed_data = parser.parse(explicit)[4]
+    return encrypt_enveloped(signed_data, [recipient.certificate], content_type="signed_data",
+                             by_key_identifier=recipient.by_key_identifier)
 
 
 def _same_key(csr: x509.CertificateSigningRequest, certificate: x509.Certificate) -> bool:

@@ -26,7 +26,8 @@ from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import AttributeOID, NameOID
 
 from ca_core.authority import hash_secret
-from ca_core.cms import decrypt_enveloped
+from ca_core.cms import decrypt_enveloped, verify_signed
+from ca_core.der import sequence as der_sequence
 from ca_core.errors import (
     BadCSR,
     BadCSRSignature,
@@ -616,32 +617,66 @@ async def test_server_keygen(pki: Services) -> None:
     assert isinstance(rsa_key, rsa.RSAPrivateKey) and rsa_key.key_size == 2048
 
 
-async def test_server_keygen_encrypted_to_the_client(pki: Services) -> None:
+async def test_server_keygen_encrypted_to_the_client(pki: Services, tmp_path: Path) -> None:
+    """RFC 7030 4.4.2: EnvelopedData (to the key the AsymmetricDecryptKeyIdentifier names,
+    the TLS client certificate's) of a SignedData of the AsymmetricKeyPackage, signed with
+    the new key under its new certificate; openssl cms decrypts and verifies it."""
     maker_key, maker = bridge_root("Maker Device CA")
     client_key, device = leaf(maker_key, maker, key=make_key("rsa-2048"))
+    ski = x509.SubjectKeyIdentifier.from_public_key(device.public_key()).digest
     est = service(pki, trust_store=(maker,))
-    asks = ((ASYMM_DECRYPT_KEY_ID, b"\x04\x02ab"),)
+    asks = ((ASYMM_DECRYPT_KEY_ID, ski),)  # csr() wraps it in an OCTET STRING
     result = await est.server_keygen(
         "", csr(attributes=asks), EstCredentials(client_certificate=device))
     assert result.private_key_pkcs8 is None and result.encrypted_key is not None
     assert result.certificate is not None
     info = asn1_cms.ContentInfo.load(result.encrypted_key)
     assert info["content_type"].native == "enveloped_data"
-    assert info["content"]["encrypted_content_info"]["content_type"].dotted == \
-        "2.16.840.1.101.2.1.2.78.5"  # id-ct-KP-aKeyPackage
+    [recipient] = info["content"]["recipient_infos"]
+    # no subjectKeyIdentifier extension in the device certificate: issuerAndSerialNumber
+    assert recipient.chosen["rid"].name == "issuer_and_serial_number"
+    assert info["content"]["encrypted_content_info"]["content_type"].native == "signed_data"
     signer = SoftwareSigner(client_key, KeySpec.parse("rsa-2048"), "client")
-    package = await decrypt_enveloped(result.encrypted_key, signer, device)
+    signed_data = await decrypt_enveloped(result.encrypted_key, signer, device)
+    signed = asn1_cms.SignedData.load(signed_data)
+    assert signed["encap_content_info"]["content_type"].dotted == \
+        "2.16.840.1.101.2.1.2.78.5"  # id-ct-KP-aKeyPackage
+    signed_info = asn1_cms.ContentInfo({"content_type": "signed_data",
+                                        "content": signed}).dump()
+    package = verify_signed(signed_info, certificates=[result.certificate]).content
     [pkcs8] = _children(package)  # AsymmetricKeyPackage of one key
     key = serialization.load_der_private_key(pkcs8, None)
     assert key.public_key() == result.certificate.public_key()
+    await _openssl_opens(tmp_path, result.encrypted_key, client_key, device,
+                         await est.ca_certificates(""), pkcs8)
+    # a device certificate that states its key identifier is named by it
+    stated = (x509.CertificateBuilder().subject_name(device.subject)
+              .issuer_name(maker.subject).public_key(device.public_key())
+              .serial_number(x509.random_serial_number())
+              .not_valid_before(device.not_valid_before_utc)
+              .not_valid_after(device.not_valid_after_utc)
+              .add_extension(x509.SubjectKeyIdentifier(ski), critical=False)
+              .sign(maker_key, hashes.SHA256()))
+    again = await est.server_keygen("", csr(attributes=asks),
+                                    EstCredentials(client_certificate=stated))
+    assert again.encrypted_key is not None
+    [recipient] = asn1_cms.ContentInfo.load(again.encrypted_key)["content"]["recipient_infos"]
+    assert recipient.chosen["rid"].chosen.native == ski
+    assert await decrypt_enveloped(again.encrypted_key, signer, stated)
     count = await certificates(pki)
     _, ec_device = leaf(maker_key, maker)
-    for body, credentials in (
-            (csr(attributes=asks), EstCredentials(client_certificate=ec_device)),
-            (csr(attributes=((DECRYPT_KEY_ID, b"\x04\x02ab"),)),
-             EstCredentials(client_certificate=device))):
+    await label(est, pki, "edwards", key_type="ed25519")
+    for where, body, credentials in (
+            ("", csr(attributes=asks), EstCredentials(client_certificate=ec_device)),
+            ("", csr(attributes=((DECRYPT_KEY_ID, b"\x04\x02ab"),)),
+             EstCredentials(client_certificate=device)),
+            ("", csr(attributes=((ASYMM_DECRYPT_KEY_ID, b"\x04\x02ab"),)),
+             EstCredentials(client_certificate=device)),
+            ("", csr(attributes=((ASYMM_DECRYPT_KEY_ID, b"\x0c\x02ab"),)),
+             EstCredentials(client_certificate=device)),
+            ("edwards", csr(attributes=asks), EstCredentials(client_certificate=device))):
         with pytest.raises(BadRequest):
-            await est.server_keygen("", body, credentials)
+            await est.server_keygen(where, body, credentials)
     secret = await est.create_secret("default", "", None, None, ADMIN)
     with pytest.raises(BadRequest, match="client's certificate"):
         await est.server_keygen("", csr(attributes=asks), basic(secret))
@@ -649,6 +684,37 @@ async def test_server_keygen_encrypted_to_the_client(pki: Services) -> None:
     with pytest.raises(Forbidden):
         await est.server_keygen("approved", csr(), basic(secret))
     assert not await spent(pki, secret) and await certificates(pki) == count
+
+
+async def _openssl_opens(tmp_path: Path, enveloped: bytes, client_key: Any,
+                         device: x509.Certificate, cas: tuple[x509.Certificate, ...],
+                         pkcs8: bytes) -> None:
+    """openssl cms -decrypt with the client's key, then -verify of the SignedData inside
+    against the PKI's root: the package it prints is the key."""
+    pem = serialization.Encoding.PEM
+    (tmp_path / "client.key").write_bytes(client_key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (tmp_path / "client.pem").write_bytes(device.public_bytes(pem))
+    (tmp_path / "key.p7m").write_bytes(enveloped)
+    (tmp_path / "root.pem").write_bytes(cas[-1].public_bytes(pem))
+    await _run("openssl", "cms", "-decrypt", "-inform", "DER", "-in", str(tmp_path / "key.p7m"),
+               "-recip", str(tmp_path / "client.pem"), "-inkey", str(tmp_path / "client.key"),
+               "-out", str(tmp_path / "signed.der"))
+    # the decrypted content is the SignedData value: openssl reads it as a ContentInfo
+    signed = (tmp_path / "signed.der").read_bytes()
+    (tmp_path / "signed.p7m").write_bytes(asn1_cms.ContentInfo(
+        {"content_type": "signed_data", "content": asn1_cms.SignedData.load(signed)}).dump())
+    await _run("openssl", "cms", "-verify", "-inform", "DER", "-in",
+               str(tmp_path / "signed.p7m"), "-CAfile", str(tmp_path / "root.pem"),
+               "-purpose", "any", "-out", str(tmp_path / "package.der"))
+    assert (tmp_path / "package.der").read_bytes() == der_sequence(pkcs8)
+
+
+async def _run(*argv: str) -> None:
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await process.communicate()
+    assert process.returncode == 0, (argv, out, err)
 
 
 # --- manual approval --------------------------------------------------------------------
