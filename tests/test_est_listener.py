@@ -22,6 +22,7 @@ from aiohttp import web
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 from cryptography.x509.oid import NameOID
 
 from ca_core.authority import IssuanceRequest
@@ -429,3 +430,60 @@ async def test_https_listener_never_asks_for_a_certificate(services: Services,
             client = _client_context(listener, tmp_path, version, cert)
             assert (await _get(port, client, "simpleenroll"))[0] == 200
             assert registrar.calls[-1][3].client_certificate is None
+
+
+# --- RFC 9266 tls-exporter ---------------------------------------------------------------
+
+def _hkdf_expand_label(secret: bytes, label: bytes, context: bytes, length: int,
+                       algorithm: hashes.HashAlgorithm) -> bytes:
+    """RFC 8446 7.1 HKDF-Expand-Label."""
+    full = b"tls13 " + label
+    info = length.to_bytes(2, "big") + bytes([len(full)]) + full + bytes([len(context)]) \
+        + context
+    return HKDFExpand(algorithm, length, info).derive(secret)
+
+
+def _exporter_from_keylog(keylog: Path, cipher: str) -> bytes:
+    """RFC 8446 7.5 TLS-Exporter("EXPORTER-Channel-Binding", no context, 32) from the
+    session's exporter_master_secret as the client logged it: the client's own view,
+    computed without the shim."""
+    algorithm: hashes.HashAlgorithm = hashes.SHA384() if cipher.endswith("SHA384") \
+        else hashes.SHA256()
+    [line] = [x for x in keylog.read_text().splitlines() if x.startswith("EXPORTER_SECRET ")]
+    secret = bytes.fromhex(line.split()[2])
+
+    def digest(data: bytes) -> bytes:
+        h = hashes.Hash(algorithm)
+        h.update(data)
+        return h.finalize()
+
+    derived = _hkdf_expand_label(secret, b"EXPORTER-Channel-Binding", digest(b""),
+                                 algorithm.digest_size, algorithm)
+    return _hkdf_expand_label(derived, b"exporter", digest(b""), 32, algorithm)
+
+
+@pytest.mark.parametrize("version", [TLS12, TLS13])
+async def test_channel_binding_reaches_the_core(listener: Listener, tmp_path: Path,
+                                                version: ssl.TLSVersion) -> None:
+    """TLS 1.3: tls-exporter, equal to what the client derives from its own key log; TLS
+    1.2: tls-unique and no exporter (RFC 9266 wants the extended master secret there)."""
+    context = _client_context(listener, tmp_path, version)
+    keylog = tmp_path / f"keylog-{version.name}"
+    context.keylog_filename = str(keylog)
+    seen: dict[str, str] = {}
+
+    def body(ssl_object: ssl.SSLObject) -> bytes:
+        cipher = ssl_object.cipher()
+        assert cipher is not None
+        seen["cipher"] = cipher[0]
+        return make_csr(pem=False)
+
+    status, _, _ = await _exchange(listener.port, context, "simpleenroll", body)
+    assert status == 200
+    credentials = listener.registrar.calls[-1][3]
+    if version == TLS13:
+        assert credentials.tls_unique is None
+        assert credentials.tls_exporter == _exporter_from_keylog(keylog, seen["cipher"])
+        assert credentials.channel_binding == credentials.tls_exporter
+    else:
+        assert credentials.tls_exporter is None and credentials.tls_unique is not None
