@@ -773,3 +773,32 @@ async def test_rejected_request(pki: Services) -> None:
     with pytest.raises(Conflict):
         await est.decide(waiting.request_id, True, ADMIN)
     assert await certificates(pki) == 0
+
+
+async def test_issuer_names_are_looked_up_once_and_a_new_ca_is_found(
+        pki: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """_issued_here keeps this PKI's issuing CAs by name: manufacturer certificates do not
+    list the CAs per request; a CA the Authority loads later is found at once."""
+    maker_key, maker = bridge_root("Maker Device CA")
+    est = service(pki, trust_store=(maker,))
+    listed = 0
+    real = pki.store.list_cas
+
+    async def counting() -> Any:
+        nonlocal listed
+        listed += 1
+        return await real()
+
+    monkeypatch.setattr(pki.store, "list_cas", counting)
+    for _ in range(3):
+        assert (await est.enroll("", csr(), EstCredentials(
+            client_certificate=leaf(maker_key, maker)[1]))).certificate is not None
+    assert listed == 1  # the maker's name, once
+    await ensure_organization(pki.authority, "globex")
+    globex = await pki.authority.organization("globex")
+    await est.set_label(EstLabel("globex", globex.org_id, "vcc_service"), ADMIN)
+    secret = await est.create_secret("globex", "", None, None, ADMIN)
+    first = await est.enroll("globex", csr(), basic(secret))  # loads globex's issuing CA
+    renewed = await est.reenroll("globex", csr(), EstCredentials(
+        client_certificate=first.certificate))
+    assert renewed.certificate is not None
