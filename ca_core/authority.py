@@ -612,29 +612,46 @@ class Authority:
         now = self.clock()
         if invalidity_date is not None and invalidity_date > now:
             raise BadRequest("the invalidity date lies in the future")
+        revocation, event = self.revocation_of(target, reason_name, principal,
+                                               invalidity_date)
+        updated = await self.store.revoke_certificate(revocation, event)
+        if updated is None:
+            raise Conflict(f"certificate {serial_display(wanted)} is already revoked")
+        await self.announce_revoked(updated)
+        return updated
+
+    def revocation_of(self, target: CertificateRecord, reason: str, principal: Principal,
+                      invalidity_date: dt.datetime | None = None
+                      ) -> tuple[Revocation, AuditEvent]:
+        """The revocation of ``target`` now (``reason`` a CRL reason name) and its audit
+        event, for the store to write; ``announce_revoked`` once written. ``revoke`` uses
+        it, and a registrar that revokes as part of another write (EST re-key superseding
+        the renewed certificate) decides who may, and uses it too."""
         revocation = Revocation(
             ca_id=target.issuer_ca_id, serial_hex=target.serial_hex, cert_id=target.cert_id,
-            revoked_at=now.replace(microsecond=0), reason=reason_name,
+            revoked_at=self.clock().replace(microsecond=0), reason=reason,
             invalidity_date=invalidity_date, crl_partition=target.crl_partition,
         )
         event = AuditEvent(
             event_type="certificate.revoked", category="certificate", action="revoke",
             actor_type=principal.actor_type, actor_id=principal.actor_id,
             org_id=target.org_id, resource_type="certificate", resource_id=target.cert_id,
-            data={"serial": target.serial_hex, "reason": reason_name},
+            data={"serial": target.serial_hex, "reason": reason},
         )
-        updated = await self.store.revoke_certificate(revocation, event)
-        if updated is None:
-            raise Conflict(f"certificate {serial_display(wanted)} is already revoked")
+        return revocation, event
+
+    async def announce_revoked(self, updated: CertificateRecord) -> None:
+        """After the store revoked ``updated``: metrics, then the listeners (the OCSP
+        responses and the CRL), awaited so that OCSP shows it when this returns."""
         org = await self.organization_by_id(updated.org_id)
-        CERT_REVOCATIONS_TOTAL.labels(org.slug, reason_name).inc()
+        CERT_REVOCATIONS_TOTAL.labels(org.slug, updated.revocation_reason or "unspecified"
+                                      ).inc()
         for listener in self._listeners:
             try:
                 await listener.certificate_revoked(updated)
             except Exception:
                 log.exception("certificate listener failed after revoking %s",
                               serial_display(updated.serial_hex))
-        return updated
 
     async def status(self, issuer_ca_id: str, serial: int) -> CertificateStatus:
         record = await self.store.get_certificate(issuer_ca_id, serial_hex(serial))

@@ -155,6 +155,15 @@ class CertificateStore(Protocol):
         """Mark revoked and add the CRL entry. Returns the updated record, or None when
         the certificate is unknown or already revoked (nothing changes then)."""
 
+    async def add_certificate_superseding(
+        self, cert: CertificateRecord, audit: AuditEvent, revocation: Revocation,
+        revocation_audit: AuditEvent,
+    ) -> CertificateRecord | None:
+        """``revoke_certificate`` of the certificate ``cert`` replaces, and
+        ``add_certificate``, in one transaction: the revoked record, or None (nothing
+        written) when that certificate is unknown or revoked already; StoreConflict
+        (nothing written) when (issuer, serial) of ``cert`` exists."""
+
     async def list_revocations(
         self, ca_id: str, crl_partition: int | None = None
     ) -> list[Revocation]:

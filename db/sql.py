@@ -505,25 +505,45 @@ class SqlStore:
     ) -> CertificateRecord | None:
         """Mark revoked and add the CRL entry. Returns the updated record, or None when
         the certificate is unknown or already revoked (nothing changes then)."""
-        d = self._d
-
         def write(tx: Tx) -> Body[CertificateRecord | None]:
-            row = yield one(
-                "UPDATE certificates SET status = 'revoked', revoked_at = ?,"
-                " revocation_reason = ?, invalidity_date = ?"
-                " WHERE issuer_ca_id = ? AND serial_hex = ? AND status = 'active' RETURNING *",
-                d.t(revocation.revoked_at), revocation.reason,
-                d.t_opt(revocation.invalidity_date), revocation.ca_id, revocation.serial_hex)
-            if row is None:
+            return (yield from self._revoke(tx, revocation, audit))
+        return await self._write(write)
+
+    def _revoke(self, tx: Tx, revocation: Revocation, audit: AuditEvent
+                ) -> Body[CertificateRecord | None]:
+        d = self._d
+        row = yield one(
+            "UPDATE certificates SET status = 'revoked', revoked_at = ?,"
+            " revocation_reason = ?, invalidity_date = ?"
+            " WHERE issuer_ca_id = ? AND serial_hex = ? AND status = 'active' RETURNING *",
+            d.t(revocation.revoked_at), revocation.reason,
+            d.t_opt(revocation.invalidity_date), revocation.ca_id, revocation.serial_hex)
+        if row is None:
+            return None
+        yield run(
+            "INSERT INTO crl_entries (ca_id, serial_hex, cert_id, revoked_at, reason,"
+            " invalidity_date, crl_partition) VALUES (?,?,?,?,?,?,?)",
+            revocation.ca_id, revocation.serial_hex, revocation.cert_id,
+            d.t(revocation.revoked_at), revocation.reason,
+            d.t_opt(revocation.invalidity_date), row["crl_partition"])
+        yield from tx.append_audit(audit)
+        return self._cert(row)
+
+    async def add_certificate_superseding(
+        self, cert: CertificateRecord, audit: AuditEvent, revocation: Revocation,
+        revocation_audit: AuditEvent,
+    ) -> CertificateRecord | None:
+        """``revoke_certificate`` of the certificate ``cert`` replaces, and
+        ``add_certificate``, in one transaction: the revoked record, or None (nothing
+        written) when that certificate is unknown or revoked already; StoreConflict
+        (nothing written) when (issuer, serial) of ``cert`` exists."""
+        def write(tx: Tx) -> Body[CertificateRecord | None]:
+            revoked = yield from self._revoke(tx, revocation, revocation_audit)
+            if revoked is None:
                 return None
-            yield run(
-                "INSERT INTO crl_entries (ca_id, serial_hex, cert_id, revoked_at, reason,"
-                " invalidity_date, crl_partition) VALUES (?,?,?,?,?,?,?)",
-                revocation.ca_id, revocation.serial_hex, revocation.cert_id,
-                d.t(revocation.revoked_at), revocation.reason,
-                d.t_opt(revocation.invalidity_date), row["crl_partition"])
+            yield self._insert_certificate(cert)
             yield from tx.append_audit(audit)
-            return self._cert(row)
+            return revoked
         return await self._write(write)
 
     async def list_revocations(

@@ -297,7 +297,8 @@ async def cmd_est_label_set(config: Config, args: argparse.Namespace) -> int:
             label=args.label, org_id=org.org_id, profile=args.profile, accept=args.accept,
             require_both=args.require_both, require_channel_binding=args.require_channel_binding,
             require_approval=args.require_approval,
-            allow_subject_change=args.allow_subject_change, key_type=args.key_type)
+            allow_subject_change=args.allow_subject_change,
+            supersede_on_reenroll=args.supersede, key_type=args.key_type)
         await services.est.set_label(label, CLI)
         stored = await services.est.resolve_label(args.label)
         print(json.dumps({"label": stored.label, "org": org.slug, "profile": stored.profile,
@@ -312,7 +313,8 @@ async def cmd_est_label_list(config: Config, args: argparse.Namespace) -> int:
         for label in await services.est.list_labels():
             org = await services.authority.organization_by_id(label.org_id)
             flags = [name for name in ("require_both", "require_channel_binding",
-                                       "require_approval", "allow_subject_change")
+                                       "require_approval", "allow_subject_change",
+                                       "supersede_on_reenroll")
                      if getattr(label, name)]
             accept = ",".join(sorted(m.value for m in label.accept))
             print(f"{label.label or '(default)':<20} {org.slug:<16} {label.profile:<22} "
@@ -695,13 +697,17 @@ def build_parser() -> argparse.ArgumentParser:
     label_set.add_argument("--require-both", action="store_true",
                            help="a secret and a client certificate on every enrollment")
     label_set.add_argument("--require-channel-binding", action="store_true",
-                           help="the CSR's challengePassword must hold the TLS 1.2 "
-                           "tls-unique value (RFC 7030 3.5); refuses TLS 1.3 clients")
+                           help="the CSR's challengePassword must hold the session's "
+                           "channel binding: tls-unique on TLS 1.2 (RFC 7030 3.5), "
+                           "tls-exporter on TLS 1.3 (RFC 9266)")
     label_set.add_argument("--require-approval", action="store_true",
                            help="answer 202 until an operator runs `vcc-pki est pending "
                            "approve`")
     label_set.add_argument("--allow-subject-change", action="store_true",
                            help="let simplereenroll change subject and subjectAltName")
+    label_set.add_argument("--supersede", action="store_true",
+                           help="simplereenroll with a new key revokes the certificate "
+                           "being renewed (reason superseded)")
     label_set.add_argument("--key-type", default="ec-p256", choices=KEY_TYPES,
                            metavar="TYPE", help="key type of csrattrs and serverkeygen: "
                            + ", ".join(KEY_TYPES) + " (default ec-p256)")

@@ -453,6 +453,40 @@ async def test_revoke_unknown(store: Store, seed: Seed) -> None:
     assert await chain_ok(store) == 3
 
 
+async def test_add_certificate_superseding(store: Store, seed: Seed) -> None:
+    """The new certificate and the old one's revocation in one transaction: both or
+    neither."""
+    old = make_cert(seed.issuing, seed.org)
+    await store.add_certificate(old, event(serial=old.serial_hex))
+    revocation = Revocation(seed.issuing.ca_id, old.serial_hex, old.cert_id, T0,
+                            "superseded")
+    new = make_cert(seed.issuing, seed.org)
+    revoked = await store.add_certificate_superseding(
+        new, event(serial=new.serial_hex), revocation, event("certificate.revoked"))
+    assert revoked is not None and revoked.cert_id == old.cert_id
+    assert revoked.status == "revoked" and revoked.revocation_reason == "superseded"
+    assert await store.get_certificate(seed.issuing.ca_id, new.serial_hex) is not None
+    assert await store.list_revocations(seed.issuing.ca_id) == [revocation]
+    assert await chain_ok(store) == 6
+    # the old one revoked already: nothing is written
+    newer = make_cert(seed.issuing, seed.org)
+    assert await store.add_certificate_superseding(
+        newer, event(), revocation, event("certificate.revoked")) is None
+    assert await store.get_certificate(seed.issuing.ca_id, newer.serial_hex) is None
+    # a serial clash of the new one: nothing is written, the old one stays active
+    live = make_cert(seed.issuing, seed.org)
+    await store.add_certificate(live, event())
+    clash = make_cert(seed.issuing, seed.org, serial_hex=new.serial_hex)
+    with pytest.raises(StoreConflict):
+        await store.add_certificate_superseding(
+            clash, event(), Revocation(seed.issuing.ca_id, live.serial_hex, live.cert_id, T0,
+                                       "superseded"), event("certificate.revoked"))
+    still = await store.get_certificate(seed.issuing.ca_id, live.serial_hex)
+    assert still is not None and still.status == "active"
+    assert await store.list_revocations(seed.issuing.ca_id) == [revocation]
+    assert await chain_ok(store) == 7
+
+
 async def test_count_active_certificates(store: Store, seed: Seed) -> None:
     now = T0 + dt.timedelta(days=30)
     other = make_org("globex")
