@@ -38,6 +38,7 @@ from ca_core.signers.base import RsaOaep, RsaPadding, SoftwareSigner
 from gateway.app import build_http_app
 from gateway.runtime import Services
 from tests.helpers import fresh_services
+from tests.pg import create_throwaway_database, drop_database, require_postgres
 
 STATIC = "static-secret"
 
@@ -55,9 +56,24 @@ def _certs(der: bytes) -> list[x509.Certificate]:
     return [x509.load_der_x509_certificate(c.chosen.dump()) for c in signed["certificates"]]
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def database(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, str]]:
+    """The store every test here runs on: SQLite, and a throwaway PostgreSQL database."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    require_postgres()
+    dsn = await create_throwaway_database()
+    try:
+        yield {"VCC_PKI_DATABASE_URL": dsn}
+    finally:
+        await drop_database(dsn)
+
+
 @pytest.fixture
-async def world(tmp_path: Any, aiohttp_client: Any) -> AsyncIterator[World]:
-    async with fresh_services(tmp_path, VCC_PKI_SCEP_CHALLENGE=STATIC) as services:
+async def world(tmp_path: Any, aiohttp_client: Any, database: dict[str, str]
+                ) -> AsyncIterator[World]:
+    async with fresh_services(tmp_path, VCC_PKI_SCEP_CHALLENGE=STATIC, **database) as services:
         client = await aiohttp_client(build_http_app(services))
         response = await client.get("/scep", params={"operation": "GetCACert"})
         assert response.status == 200

@@ -41,7 +41,7 @@ class ScepRegistrationAuthority(Protocol):
     async def endpoint(self, org: str | None = None, profile: str | None = None
                        ) -> Endpoint: ...
 
-    def capabilities(self) -> tuple[str, ...]: ...
+    async def capabilities(self, endpoint: Endpoint) -> tuple[str, ...]: ...
 
     async def ca_certificates(self, endpoint: Endpoint) -> bytes: ...
 
@@ -129,8 +129,8 @@ async def _operate(request: web.Request, operation: str) -> web.Response:
     org = request.match_info.get("org")
     profile = request.match_info.get("profile")
     if operation == "GetCACaps":
-        await service.endpoint(org, profile)
-        return web.Response(text="\n".join(service.capabilities()), content_type="text/plain")
+        caps = await service.capabilities(await service.endpoint(org, profile))
+        return web.Response(text="\n".join(caps), content_type="text/plain")
     if operation == "GetCACert":
         body = await service.ca_certificates(await service.endpoint(org, profile))
         return web.Response(body=body, content_type=CA_RA_CERT)
