@@ -32,6 +32,7 @@ from ca_core.cms import (
     sign_data,
     verify_signed,
 )
+from ca_core.errors import BadRequest, Conflict, Forbidden, NotFound
 from ca_core.keys import spec_of
 from ca_core.principal import Principal
 from ca_core.signers.base import RsaOaep, RsaPadding, SoftwareSigner
@@ -513,3 +514,222 @@ async def test_request_to_the_previous_ra_certificate_still_decrypts(world: Worl
     reply = await enroll(replace(world, ra=current), who,
                          await pki_message(who, world.ra, csr_for(who, STATIC)))
     assert reply.status == "0"  # signed by the current RA, decrypted by the old one
+
+
+# --- manual approval: PENDING, CertPoll, `scep pending approve|reject` ---------------------
+
+def issuer_and_subject(issuer: x509.Certificate, cn: str = "device") -> bytes:
+    loaded = asn1_x509.Certificate.load(issuer.public_bytes(serialization.Encoding.DER))
+    subject = asn1_x509.Name.build({"common_name": cn})
+    return bytes(sa.IssuerAndSubject({"issuer": loaded.subject, "subject": subject}).dump())
+
+
+async def poll(world: World, who: Requester, transaction_id: str,
+               nonce: bytes | None = None) -> CertRep:
+    return await enroll(world, who, await pki_message(
+        who, world.ra, issuer_and_subject(world.chain[0]), transaction_id=transaction_id,
+        nonce=nonce, message_type="20"))
+
+
+async def require_approval(world: World, profile: str | None = None) -> None:
+    await world.services.scep.configure("default", profile, _ADMIN, require_approval=True)
+
+
+async def test_pending_until_approved_then_certpoll_gets_the_certificate(
+        world: World) -> None:
+    await require_approval(world)
+    who = requester()
+    nonce = secrets.token_bytes(16)
+    message = await pki_message(who, world.ra, csr_for(who, await challenge(world)),
+                                transaction_id="tid-pending", nonce=nonce)
+    response = await post(world, message)
+    signed = verify_signed(await response.read(), content=b"")
+    attrs = signed.signed_attrs
+    assert sa.read_text(attrs, sa.PKI_STATUS) == "3"  # PENDING (RFC 8894 3.3.2)
+    assert sa.read_text(attrs, sa.TRANSACTION_ID) == "tid-pending"
+    assert sa.read_octets(attrs, sa.RECIPIENT_NONCE) == nonce
+    sender_nonce = sa.read_octets(attrs, sa.SENDER_NONCE)
+    assert sender_nonce is not None and sender_nonce != nonce
+    assert signed.content == b""  # no pkcsPKIEnvelope
+    # the same PKCSReq again (its challenge spent by now), and polls: PENDING, no issuance
+    assert (await enroll(world, who, message)).status == "3"
+    poll_nonce = secrets.token_bytes(16)
+    polled = await poll(world, who, "tid-pending", poll_nonce)
+    assert (polled.status, polled.recipient_nonce) == ("3", poll_nonce)
+    assert await issued(world) == 0
+    (waiting,) = await world.services.scep.pending()
+    assert waiting.transaction_id == "tid-pending" and waiting.profile == "external_integration"
+    assert waiting.requester is not None and waiting.requester.startswith("challenge:")
+    assert await world.services.scep.pending("default") == [waiting]
+
+    decided = await world.services.scep.decide("tid-pending", True, _ADMIN)
+    assert decided.status == "success" and decided.cert_id is not None
+    assert await world.services.scep.pending() == []
+    reply = await poll(world, who, "tid-pending")
+    assert reply.status == "0" and reply.certificate is not None
+    assert reply.certificate.public_key() == who.key.public_key()
+    assert reply.certificate.subject.rfc4514_string().startswith("CN=device")
+    again = await enroll(world, who, message)  # the PKCSReq resent: the same certificate
+    assert again.status == "0" and again.certificate == reply.certificate
+    assert await issued(world) == 1
+    with pytest.raises(Conflict):
+        await world.services.scep.decide("tid-pending", False, _ADMIN)
+
+
+async def test_rejected_request_polls_failure_and_nothing_is_issued(world: World) -> None:
+    await require_approval(world)
+    who = requester()
+    message = await pki_message(who, world.ra, csr_for(who, STATIC), transaction_id="tid-no")
+    assert (await enroll(world, who, message)).status == "3"
+    rejected = await world.services.scep.decide("tid-no", False, _ADMIN)
+    assert (rejected.status, rejected.fail_info) == ("rejected", "2")
+    for reply in (await poll(world, who, "tid-no"), await enroll(world, who, message)):
+        assert (reply.status, reply.fail_info) == ("2", "2")
+    with pytest.raises(Conflict):
+        await world.services.scep.decide("tid-no", True, _ADMIN)
+    assert await issued(world) == 0
+
+
+async def test_certpoll_bad_input(world: World) -> None:
+    await require_approval(world)
+    who, stranger = requester(), requester("stranger")
+    assert (await enroll(world, who, await pki_message(
+        who, world.ra, csr_for(who, STATIC), transaction_id="tid-poll"))).status == "3"
+    # no such transaction: badCertId; another key's transaction: badRequest
+    assert (await poll(world, who, "tid-unknown")).fail_info == "4"
+    assert (await poll(world, stranger, "tid-poll")).fail_info == "2"
+    # not an IssuerAndSubject: badRequest
+    reply = await enroll(world, who, await pki_message(
+        who, world.ra, b"\x04\x01x", transaction_id="tid-poll", message_type="20"))
+    assert (reply.status, reply.fail_info) == ("2", "2")
+    # another endpoint (profile) than the one the request waits at: badCertId
+    response = await post(world, await pki_message(
+        who, world.ra, issuer_and_subject(world.chain[0]), transaction_id="tid-poll",
+        message_type="20"), "/scep/default/vcc_service")
+    assert (await read_reply(world, who, await response.read())).fail_info == "4"
+    # still waiting, nothing issued; a changed request under the waiting transactionID is
+    # refused rather than replacing what the operator sees
+    assert (await poll(world, who, "tid-poll")).status == "3"
+    reply = await enroll(world, who, await pki_message(
+        who, world.ra, csr_for(who, STATIC, cn="other"), transaction_id="tid-poll"))
+    assert (reply.status, reply.fail_info) == ("2", "2")
+    (waiting,) = await world.services.scep.pending()
+    assert x509.load_der_x509_csr(waiting.csr_der or b"").subject.rfc4514_string() == \
+        "CN=device"
+    assert await issued(world) == 0
+
+
+async def test_queued_request_spends_its_challenge(world: World) -> None:
+    await require_approval(world)
+    password = await challenge(world)
+    first, second = requester(), requester()
+    assert (await enroll(world, first, await pki_message(
+        first, world.ra, csr_for(first, password)))).status == "3"
+    reply = await enroll(world, second, await pki_message(
+        second, world.ra, csr_for(second, password)))
+    assert (reply.status, reply.fail_info) == ("2", "2")
+    assert len(await world.services.scep.pending()) == 1
+
+
+async def test_approval_is_per_endpoint_and_can_be_turned_off(world: World) -> None:
+    await require_approval(world, "vcc_service")
+    who = requester()
+    assert (await enroll(world, who, await pki_message(
+        who, world.ra, csr_for(who, STATIC)))).status == "0"  # /scep: no approval
+    policy = await world.services.scep.configure("default", "vcc_service", _ADMIN,
+                                                 require_approval=False)
+    assert not policy.require_approval
+    with pytest.raises(Forbidden):
+        await world.services.scep.configure(
+            "default", None, Principal("api", "t", None, "pki_operator"),
+            require_approval=True)
+    with pytest.raises(NotFound):
+        await world.services.scep.decide("nope", True, _ADMIN)
+
+
+# --- per-endpoint static challenge ------------------------------------------------------
+
+async def test_static_challenge_per_endpoint_is_stored_hashed(world: World) -> None:
+    secret = "profile-secret-42"
+    await world.services.scep.configure("default", "vcc_service", _ADMIN, secret=secret)
+    stored = await world.services.store.get_scep_endpoint(
+        (await world.services.authority.organization("default")).org_id, "vcc_service")
+    assert stored is not None and stored.secret_hash is not None
+    assert stored.secret_hash.startswith("scrypt$") and secret not in stored.secret_hash
+    path = "/scep/default/vcc_service"
+    for n in range(2):  # static: usable again (the second time from the process's cache)
+        who = requester()
+        response = await post(world, await pki_message(
+            who, world.ra, csr_for(who, secret, dns=f"d{n}.example")), path)
+        assert (await read_reply(world, who, await response.read())).status == "0"
+    # a wrong one, the endpoint's secret at another endpoint, the env one at this endpoint
+    for password, where in [("profile-secret-43", path), (secret, "/scep"), (STATIC, path)]:
+        who = requester()
+        response = await post(world, await pki_message(
+            who, world.ra, csr_for(who, password, dns="x.example")), where)
+        assert (await read_reply(world, who, await response.read())).fail_info == "2"
+    await world.services.scep.configure("default", "vcc_service", _ADMIN, clear_secret=True)
+    world.services.scep._static_ok.clear()
+    who = requester()
+    response = await post(world, await pki_message(
+        who, world.ra, csr_for(who, secret, dns="y.example")), path)
+    assert (await read_reply(world, who, await response.read())).fail_info == "2"
+    assert await issued(world) == 0  # vcc_service certificates are not counted there
+    for bad in ("short", "x" * 256, "tab\there!"):
+        with pytest.raises(BadRequest):
+            await world.services.scep.configure("default", None, _ADMIN, secret=bad)
+
+
+# --- capabilities -----------------------------------------------------------------------
+
+async def test_des3_is_offered_only_when_configured(tmp_path: Any, aiohttp_client: Any
+                                                    ) -> None:
+    async with fresh_services(tmp_path, VCC_PKI_SCEP_ADVERTISE_DES3="true") as services:
+        client = await aiohttp_client(build_http_app(services))
+        response = await client.get("/scep", params={"operation": "GetCACaps"})
+        caps = (await response.text()).split("\n")
+        assert "DES3" in caps and "DES" not in caps and "AES" in caps
+
+
+async def test_des3_is_not_offered_by_default(world: World) -> None:
+    response = await world.client.get("/scep", params={"operation": "GetCACaps"})
+    assert "DES3" not in (await response.text()).split("\n")
+
+
+# --- failures are remembered ------------------------------------------------------------
+
+async def test_failed_request_gets_the_same_failure_again(world: World) -> None:
+    secret = "set-too-late-secret"
+    who = requester()
+    path = "/scep/default/vcc_service"
+    message = await pki_message(who, world.ra, csr_for(who, secret, dns="late.example"),
+                                transaction_id="tid-fail")
+    first = await read_reply(world, who, await (await post(world, message, path)).read())
+    assert (first.status, first.fail_info) == ("2", "2")
+    stored = await world.services.store.get_scep_transaction("tid-fail")
+    assert stored is not None and (stored.status, stored.fail_info) == ("failure", "2")
+    # the secret exists now, but this very request keeps its answer
+    await world.services.scep.configure("default", "vcc_service", _ADMIN, secret=secret)
+    again = await read_reply(world, who, await (await post(world, message, path)).read())
+    assert (again.status, again.fail_info) == ("2", "2")
+    # another key under the failed transactionID stays refused
+    other = requester()
+    reply = await read_reply(world, other, await (await post(world, await pki_message(
+        other, world.ra, csr_for(other, secret, dns="o.example"),
+        transaction_id="tid-fail"), path)).read())
+    assert (reply.status, reply.fail_info) == ("2", "2")
+    assert (await world.services.store.get_scep_transaction("tid-fail")) == stored
+    # the same key with a new request under that transactionID is decided afresh
+    fresh = await read_reply(world, who, await (await post(world, await pki_message(
+        who, world.ra, csr_for(who, secret, dns="late2.example"),
+        transaction_id="tid-fail"), path)).read())
+    assert fresh.status == "0"
+
+
+async def test_not_a_csr_failure_is_remembered(world: World) -> None:
+    who = requester()
+    message = await pki_message(who, world.ra, b"\x30\x00", transaction_id="tid-csr")
+    reply = await enroll(world, who, message)
+    assert (reply.status, reply.fail_info) == ("2", "2")  # not a PKCS#10
+    stored = await world.services.store.get_scep_transaction("tid-csr")
+    assert stored is not None and stored.status == "failure"
