@@ -499,11 +499,7 @@ class ScepService:
         transaction = ScepTransaction(
             transaction_id=request.transaction_id,
             key_fingerprint=hashlib.sha256(requester_key).hexdigest(),
-            # The same request is the same PKCS#10 under the same signer certificate: a
-            # RenewalReq of the certificate this transaction got is a new request.
-            request_fingerprint=hashlib.sha256(
-                opened.content + signed.signer.public_bytes(serialization.Encoding.DER)
-            ).hexdigest(),
+            request_fingerprint=_request_fingerprint(request, signed, opened),
             org_id=endpoint.org_id, status="success", profile=endpoint.profile,
             created_at=now, updated_at=now)
         known = await self._known(transaction)
@@ -833,9 +829,10 @@ class ScepService:
         ]
         if fail is not None:
             signed_attrs.append(attrs.printable(attrs.FAIL_INFO, fail))
-        # FAILURE and PENDING carry no pkcsPKIEnvelope (3.3.2): no eContent.
-        return await ra.cms.sign(content, "data", signed_attrs=signed_attrs,
-                                 detached=not content)
+        # FAILURE and PENDING carry no pkcsPKIEnvelope (3.3.2): an empty eContent. Not
+        # none at all: OpenSSL's PKCS7_verify (certmonger's scep-submit) refuses a
+        # SignedData without eContent ("no content") and reads the reply as unreachable.
+        return await ra.cms.sign(content, "data", signed_attrs=signed_attrs)
 
     # --- the RA certificate -------------------------------------------------------------
 
@@ -905,6 +902,19 @@ class ScepService:
                   "key": str(spec), "key_backend": backend.name,
                   "not_after": record.not_after.isoformat()}))
         return record, signer
+
+
+def _request_fingerprint(request: _Request, signed: SignedContent, opened: Opened) -> str:
+    """What makes two messages of one transactionID (and key) the same request: the
+    PKCS#10, and for RenewalReq the certificate that signs it (the credential: a RenewalReq
+    of the certificate this transaction got is a new request; PKCS#1 v1.5 signatures are
+    deterministic, so its PKCS#10 may be byte for byte the first one). A PKCSReq's
+    self-signed certificate is not part of it: certmonger makes a new one for every
+    message, also when it resends the request while it is PENDING."""
+    digest = hashlib.sha256(opened.content)
+    if request.message_type == MessageType.RENEWAL_REQ:
+        digest.update(signed.signer.public_bytes(serialization.Encoding.DER))
+    return digest.hexdigest()
 
 
 def _enrollee(requester: str, org_id: str) -> Principal:

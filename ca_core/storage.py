@@ -398,7 +398,8 @@ class ScepStore(Protocol):
     ) -> ScepRecorded:
         """A transaction without a certificate (pending, failure), under the rules of
         ``add_certificate_for_scep`` (the challenge spent, the same transactionID and key
-        only, another request than the stored one). A pending row is never replaced."""
+        only, another request than the stored one). A pending row is never replaced, and a
+        failure replaces only a failure."""
 
     async def list_scep_transactions(self, org_id: str | None = None,
                                      status: str | None = "pending"

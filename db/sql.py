@@ -1165,7 +1165,8 @@ class SqlStore:
         """Record ``t``: a new transactionID, or one of the same key whose stored request
         is another one and is not waiting for an operator; RETURNING a row when written.
         A row of another key, of this very request (recorded by a concurrent twin) or
-        pending is left alone."""
+        pending is left alone, and a failure replaces only a failure (a certificate or a
+        decision stays what the transaction answers)."""
         d = self._d
         return one(
             "INSERT INTO scep_transactions (transaction_id, key_fingerprint,"
@@ -1182,6 +1183,7 @@ class SqlStore:
             " WHERE scep_transactions.key_fingerprint = excluded.key_fingerprint"
             " AND scep_transactions.request_fingerprint <> excluded.request_fingerprint"
             " AND scep_transactions.status <> 'pending'"
+            " AND (excluded.status <> 'failure' OR scep_transactions.status = 'failure')"
             " RETURNING 1",
             t.transaction_id, t.key_fingerprint, t.request_fingerprint, t.org_id,
             t.status, t.cert_id, t.fail_info, d.t(t.created_at or _now()),

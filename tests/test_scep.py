@@ -104,13 +104,16 @@ class Requester:
 
 def requester(cn: str = "device") -> Requester:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return Requester(key, _self_signed(key, cn))
+
+
+def _self_signed(key: rsa.RSAPrivateKey, cn: str) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     now = dt.datetime.now(dt.UTC)
-    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - dt.timedelta(minutes=5))
-                   .not_valid_after(now + dt.timedelta(days=1)).sign(key, hashes.SHA256()))
-    return Requester(key, certificate)
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1)).sign(key, hashes.SHA256()))
 
 
 def csr_for(who: Requester, challenge: str | None, cn: str = "device",
@@ -733,3 +736,35 @@ async def test_not_a_csr_failure_is_remembered(world: World) -> None:
     assert (reply.status, reply.fail_info) == ("2", "2")  # not a PKCS#10
     stored = await world.services.store.get_scep_transaction("tid-csr")
     assert stored is not None and stored.status == "failure"
+
+
+async def test_a_failure_does_not_replace_an_issued_transaction(world: World) -> None:
+    who = requester()
+    message = await pki_message(who, world.ra, csr_for(who, STATIC), transaction_id="tid-ok")
+    first = await enroll(world, who, message)
+    assert first.status == "0"
+    # the same key, another request under that transactionID, refused (wrong challenge)
+    reply = await enroll(world, who, await pki_message(
+        who, world.ra, csr_for(who, "wrong", cn="other"), transaction_id="tid-ok"))
+    assert (reply.status, reply.fail_info) == ("2", "2")
+    again = await enroll(world, who, message)  # still answered with its certificate
+    assert again.status == "0" and again.certificate == first.certificate
+    assert await issued(world) == 1
+
+
+async def test_pending_request_resent_with_a_new_signer_certificate_is_the_same(
+        world: World) -> None:
+    """certmonger signs every message with a new self-signed certificate of the same key:
+    the PKCS#10 (and key) make the request, not that certificate."""
+    await require_approval(world)
+    who = requester()
+    csr = csr_for(who, await challenge(world))
+    assert (await enroll(world, who, await pki_message(
+        who, world.ra, csr, transaction_id="tid-cm"))).status == "3"
+    resigned = Requester(who.key, _self_signed(who.key, "device"))
+    assert resigned.certificate != who.certificate
+    assert (await enroll(world, resigned, await pki_message(
+        resigned, world.ra, csr, transaction_id="tid-cm"))).status == "3"
+    await world.services.scep.decide("tid-cm", True, _ADMIN)
+    reply = await poll(world, resigned, "tid-cm")
+    assert reply.status == "0" and reply.certificate is not None
