@@ -64,7 +64,6 @@ from ca_core.authority import (
     IssuanceRequest,
     LoadedCA,
     hash_secret,
-    issuing_ca_name,
     parse_csr,
     serial_hex,
 )
@@ -247,8 +246,12 @@ class Endpoint:
     org_id: str
     org_slug: str
     profile: str
-    ca_name: str
+    ca_name: str  # the organization's active issuing CA: it issues, its RA answers
     is_default: bool
+    # every issuing CA of the organization (active, retired, next): GetCert, GetCRL and
+    # RenewalReq know certificates of a CA retired by a rollover
+    ca_names: tuple[str, ...] = ()
+    next_ca: str | None = None  # a rollover successor, offered by GetNextCACert
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,15 +302,18 @@ class ScepService:
         if found.internal_only:
             raise NotFound(f"no SCEP profile {name[:64]!r}")
         organization = await self.authority.organization(slug)
-        return Endpoint(organization.org_id, organization.slug, found.name,
-                        issuing_ca_name(organization.slug),
-                        slug == default_org and name == self.settings.default_profile)
+        cas = await self.authority.issuing_cas(organization)
+        return Endpoint(organization.org_id, organization.slug, found.name, cas.active,
+                        slug == default_org and name == self.settings.default_profile,
+                        cas.all, cas.next)
 
     async def capabilities(self, endpoint: Endpoint) -> tuple[str, ...]:
         """GetCACaps (RFC 8894 3.5.2): DES3 where configured, never single DES."""
         caps = list(CAPABILITIES)
         if self.settings.advertise_des3:
             caps.append("DES3")
+        if endpoint.next_ca is not None:
+            caps.append("GetNextCACert")
         return tuple(caps)
 
     async def ca_certificates(self, endpoint: Endpoint) -> bytes:
@@ -320,6 +326,18 @@ class ScepService:
             top = await self.authority.ca_by_id(top.record.parent_ca_id)
         chain = ca.chain if top.certificate in ca.chain else (*ca.chain, top.certificate)
         return certs_only([ra.certificate, *chain])
+
+    async def next_ca_certificates(self, endpoint: Endpoint) -> bytes:
+        """GetNextCACert (RFC 8894 4.7): a SignedData signed by the current RA key whose
+        content is a certs-only SignedData of the rollover successor and its RA
+        certificate; NotFound when the organization has no "next" CA."""
+        if endpoint.next_ca is None:
+            raise NotFound("no next CA: GetNextCACert is offered during a rollover only")
+        current = await self._ra(await self.authority.ca(endpoint.ca_name))
+        successor = await self.authority.ca(endpoint.next_ca)
+        upcoming = await self._ra(successor)
+        content = certs_only([upcoming.certificate, *successor.chain])
+        return await current.cms.sign(content, "data")
 
     async def ra_certificate(self, endpoint: Endpoint) -> x509.Certificate:
         return (await self._ra(await self.authority.ca(endpoint.ca_name))).certificate
@@ -492,7 +510,7 @@ class ScepService:
                       request: _Request) -> bytes:
         """PKCSReq, RenewalReq: an answer the transaction has for this very request, or a
         new decision; a FAILURE decided here is remembered with the transaction."""
-        opened = await self._open(ra, signed.content)
+        opened = await self._open(endpoint, ra, signed.content)
         requester_key = signed.signer.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         now = self.clock()
@@ -608,7 +626,7 @@ class ScepService:
         """CertPoll (RFC 8894 3.3.3, GetCertInitial): the state of the transaction its
         transactionID names, asked by the key that made it; the IssuerAndSubject content
         must parse, the transactionID is what identifies the request."""
-        opened = await self._open(ra, signed.content)
+        opened = await self._open(endpoint, ra, signed.content)
         try:
             attrs.IssuerAndSubject.load(opened.content, strict=True).native  # noqa: B018
         except Exception:  # asn1crypto reports malformed input in many types
@@ -648,21 +666,23 @@ class ScepService:
         """GetCert (3.3.3): the certificate an IssuerAndSerialNumber names; GetCRL
         (3.3.4): the full CRL of the CA that issued it. Both are public information, as on
         /ca and /crl; the reply is encrypted to the requester all the same (3.3.2)."""
-        opened = await self._open(ra, signed.content)
+        opened = await self._open(endpoint, ra, signed.content)
         try:
             wanted = asn1_cms.IssuerAndSerialNumber.load(opened.content, strict=True)
             issuer, serial = wanted["issuer"], wanted["serial_number"].native
         except Exception:  # asn1crypto reports malformed input in many types
             raise ScepFailure(FailInfo.BAD_REQUEST,
                               "not an IssuerAndSerialNumber") from None
-        ca = await self.authority.ca(endpoint.ca_name)
-        ca_name = asn1_x509.Name.load(
-            ca.certificate.subject.public_bytes(serialization.Encoding.DER))
-        record = None
-        if issuer == ca_name and isinstance(serial, int) and serial > 0:
+        record, ca = None, None
+        for name in endpoint.ca_names or (endpoint.ca_name,):
+            candidate = await self.authority.ca(name)
+            if issuer == asn1_x509.Name.load(
+                    candidate.certificate.subject.public_bytes(serialization.Encoding.DER)):
+                ca = candidate
+        if ca is not None and isinstance(serial, int) and serial > 0:
             record = await self.authority.store.get_certificate(ca.record.ca_id,
                                                                 serial_hex(serial))
-        if record is None or record.org_id != endpoint.org_id:
+        if ca is None or record is None or record.org_id != endpoint.org_id:
             raise ScepFailure(FailInfo.BAD_CERT_ID, "no such certificate of this CA")
         if request.message_type == MessageType.GET_CERT:
             content = certs_only([x509.load_der_x509_certificate(record.certificate_der)])
@@ -695,11 +715,15 @@ class ScepService:
     async def _renewable(self, endpoint: Endpoint, signer: x509.Certificate
                          ) -> CertificateRecord | None:
         """RenewalReq (RFC 8894 3.3.1.2): the record of the signer certificate when this
-        endpoint's CA issued it (the stored DER is the presented one) to this organization
-        and it is neither revoked nor expired; None otherwise (a challenge is then needed,
-        as for PKCSReq)."""
-        ca = await self.authority.ca(endpoint.ca_name)
-        if signer.issuer != ca.certificate.subject:
+        endpoint's CA (or one it replaced in a rollover) issued it (the stored DER is the
+        presented one) to this organization and it is neither revoked nor expired; None
+        otherwise (a challenge is then needed, as for PKCSReq)."""
+        ca = None
+        for name in endpoint.ca_names or (endpoint.ca_name,):
+            candidate = await self.authority.ca(name)
+            if signer.issuer == candidate.certificate.subject:
+                ca = candidate
+        if ca is None:
             return None
         record = await self.authority.store.get_certificate(
             ca.record.ca_id, serial_hex(signer.serial_number))
@@ -759,15 +783,16 @@ class ScepService:
         self._static_ok[stored] = quick
         return True
 
-    async def _open(self, ra: _Ra, content: bytes) -> Opened:
+    async def _open(self, endpoint: Endpoint, ra: _Ra, content: bytes) -> Opened:
         """The envelope decrypted by the current RA key, or by an older RA certificate of
-        the CA that is still valid (a client that fetched GetCACert before a renewal)."""
+        the organization's CAs that is still valid (a client that fetched GetCACert before
+        a renewal of the RA, or before a rollover of the CA)."""
         try:
             try:
                 return await open_enveloped(content, ra.signer, ra.certificate,
                                             allow_des=self.settings.accept_single_des)
             except NoRecipient:
-                for older, signer in await self._older_ras(ra):
+                for older, signer in await self._older_ras(endpoint, ra):
                     try:
                         return await open_enveloped(
                             content, signer, older,
@@ -780,11 +805,17 @@ class ScepService:
         except (NoRecipient, DecryptFailed, CmsError) as exc:
             raise ScepFailure(FailInfo.BAD_MESSAGE_CHECK, str(exc)) from None
 
-    async def _older_ras(self, ra: _Ra) -> list[tuple[x509.Certificate, Signer]]:
+    async def _older_ras(self, endpoint: Endpoint, ra: _Ra
+                         ) -> list[tuple[x509.Certificate, Signer]]:
         backend = self.authority.keys
         now = self.clock()
         found = []
-        for record in await self.store.list_scep_ra(ra.record.ca_id):
+        records = list(await self.store.list_scep_ra(ra.record.ca_id))
+        for name in endpoint.ca_names:
+            other = (await self.authority.ca(name)).record.ca_id
+            if other != ra.record.ca_id:
+                records += await self.store.list_scep_ra(other)
+        for record in records:
             if record.ra_id == ra.record.ra_id or record.key_backend != backend.name or \
                     record.not_after <= now:
                 continue

@@ -117,6 +117,12 @@ class CaStore(Protocol):
 
     async def list_cas(self) -> list[CARecord]: ...
 
+    async def activate_issuing_ca(self, org_id: str, ca_id: str, audit: AuditEvent) -> bool:
+        """An issuing CA rollover (``ca_core.hierarchy.activate_issuing_ca``): in one
+        transaction the CA ``ca_id`` goes from "next" to "active" and the organization's
+        other active issuing CAs to "retired"; False (nothing changes) when that CA is not
+        the organization's "next" one."""
+
     async def add_cross_certificate(self, cross: CrossCertificateRecord,
                                         audit: AuditEvent) -> None:
         """Record a cross-certificate chain; StoreConflict when that cross-certificate is

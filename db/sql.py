@@ -432,6 +432,25 @@ class SqlStore:
             'SELECT * FROM certificate_authorities ORDER BY created_at, name COLLATE "C"'))
         return [self._ca(r) for r in found]
 
+    async def activate_issuing_ca(self, org_id: str, ca_id: str, audit: AuditEvent) -> bool:
+        """An issuing CA rollover: "next" -> "active", the organization's other active
+        issuing CAs -> "retired", in one transaction; False (nothing changes) when ``ca_id``
+        is not the organization's "next" issuing CA."""
+        def write(tx: Tx) -> Body[bool]:
+            moved = yield one(
+                "UPDATE certificate_authorities SET status = 'active' WHERE ca_id = ?"
+                " AND org_id = ? AND ca_type = 'issuing' AND status = 'next' RETURNING 1",
+                ca_id, org_id)
+            if moved is None:
+                return False
+            yield run(
+                "UPDATE certificate_authorities SET status = 'retired' WHERE org_id = ?"
+                " AND ca_type = 'issuing' AND status = 'active' AND ca_id <> ?",
+                org_id, ca_id)
+            yield from tx.append_audit(audit)
+            return True
+        return await self._write(write)
+
     async def add_cross_certificate(self, cross: CrossCertificateRecord,
                                     audit: AuditEvent) -> None:
         """Record a cross-certificate chain; StoreConflict when that cross-certificate is

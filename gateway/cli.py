@@ -22,6 +22,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from ca_core.authority import (
+    ISSUING_CA_REFRESH_SECONDS,
     REVOCATION_REASONS,
     IssuanceRequest,
     parse_reason,
@@ -34,7 +35,12 @@ from ca_core.cross import (
 )
 from ca_core.errors import BadCSR, BadPublicKey, BadRequest, CAError
 from ca_core.est import AuthMethod, EstLabel
-from ca_core.hierarchy import ensure_hierarchy, ensure_organization
+from ca_core.hierarchy import (
+    activate_issuing_ca,
+    ensure_hierarchy,
+    ensure_organization,
+    rollover_issuing_ca,
+)
 from ca_core.keys import KeySpec
 from ca_core.principal import ROLES, Principal
 from ca_core.profiles import BUILTIN_PROFILES
@@ -78,11 +84,34 @@ async def _with_services(config: Config, fn: Callable[[Services], Awaitable[int]
 
 async def cmd_ca_list(config: Config, args: argparse.Namespace) -> int:
     async def run(services: Services) -> int:
-        print(f"{'NAME':<24} {'TYPE':<13} {'KEY':<9} {'BACKEND':<9} {'NOT AFTER':<20} SUBJECT")
+        print(f"{'NAME':<24} {'TYPE':<13} {'STATUS':<8} {'KEY':<9} {'BACKEND':<9} "
+              f"{'NOT AFTER':<20} SUBJECT")
         for ca in await services.store.list_cas():
             key = f"{ca.key_algorithm}-{ca.key_size}"
-            print(f"{ca.name:<24} {ca.ca_type:<13} {key:<9} {ca.key_backend:<9} "
+            print(f"{ca.name:<24} {ca.ca_type:<13} {ca.status:<8} {key:<9} {ca.key_backend:<9} "
                   f"{ca.not_after:%Y-%m-%d %H:%M}     {ca.subject_dn}")
+        return 0
+    return await _with_services(config, run)
+
+
+async def cmd_ca_rollover(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        await services.authority.load()
+        created = await rollover_issuing_ca(services.authority, args.org, CLI, args.key)
+        print(f"{created.name}: next issuing CA of {args.org} ({created.subject}); it issues "
+              f"nothing until `vcc-pki ca activate {created.name}`, SCEP clients get it by "
+              "GetNextCACert")
+        return 0
+    return await _with_services(config, run)
+
+
+async def cmd_ca_activate(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        await services.authority.load()
+        retired = await activate_issuing_ca(services.authority, args.name, CLI)
+        print(f"{args.name} is active: it issues from now on (a running gateway follows "
+              f"within {ISSUING_CA_REFRESH_SECONDS:g} s); {retired} is retired and keeps "
+              "answering OCSP and publishing CRLs for what it issued")
         return 0
     return await _with_services(config, run)
 
@@ -678,6 +707,15 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_ca_add_cross)
     add_cross.add_argument("name", help="the CA the cross-certificate certifies")
     add_cross.add_argument("file", help="PEM file, or - for standard input")
+    rollover = command(ca, "rollover", "create the successor of an organization's issuing CA "
+                       "(status next: it issues nothing until `ca activate`)", cmd_ca_rollover)
+    rollover.add_argument("--org", required=True, metavar="SLUG", help="the organization")
+    rollover.add_argument("--key", type=_key_spec, metavar="TYPE",
+                          help=f"its key: {', '.join(KEY_TYPES)} (default: the current CA's)")
+    activate = command(ca, "activate", "make a rollover's next CA the one that issues; the "
+                       "previous one is retired (still OCSP and CRLs)", cmd_ca_activate)
+    activate.add_argument("name", help="the next CA, as `ca rollover` printed it, e.g. "
+                          "default-issuing-g2")
     chains = command(ca, "chains", "the chains (default and alternate) of the certificates "
                      "a CA issues", cmd_ca_chains)
     chains.add_argument("name", help="an issuing CA, e.g. default-issuing")

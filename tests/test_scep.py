@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import secrets
+import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, modes
 from cryptography.x509.oid import AttributeOID, NameOID
 
 from ca_core import scep_attributes as sa
+from ca_core.authority import IssuanceRequest
 from ca_core.cms import (
     ContentCipher,
     decrypt_enveloped,
@@ -33,6 +35,7 @@ from ca_core.cms import (
     verify_signed,
 )
 from ca_core.errors import BadRequest, Conflict, Forbidden, NotFound
+from ca_core.hierarchy import activate_issuing_ca, rollover_issuing_ca
 from ca_core.keys import spec_of
 from ca_core.principal import Principal
 from ca_core.signers.base import RsaOaep, RsaPadding, SoftwareSigner
@@ -768,3 +771,93 @@ async def test_pending_request_resent_with_a_new_signer_certificate_is_the_same(
     await world.services.scep.decide("tid-cm", True, _ADMIN)
     reply = await poll(world, resigned, "tid-cm")
     assert reply.status == "0" and reply.certificate is not None
+
+
+# --- issuing CA rollover: GetNextCACert, activation --------------------------------------
+
+async def ocsp_status(world: World, certificate: x509.Certificate,
+                      issuer: x509.Certificate) -> Any:
+    request = x509.ocsp.OCSPRequestBuilder().add_certificate(
+        certificate, issuer, hashes.SHA1()).build()
+    response = await world.client.post(
+        "/ocsp", data=request.public_bytes(serialization.Encoding.DER),
+        headers={"Content-Type": "application/ocsp-request"})
+    return x509.ocsp.load_der_ocsp_response(await response.read()).certificate_status
+
+
+async def test_rollover_get_next_ca_cert_then_activation(world: World, tmp_path: Any) -> None:
+    services = world.services
+    old_ca = world.chain[0]
+    who = requester()
+    before = await enroll(world, who, await pki_message(who, world.ra, csr_for(who, STATIC)))
+    assert before.certificate is not None and before.certificate.issuer == old_ca.subject
+    response = await world.client.get("/scep", params={"operation": "GetNextCACert"})
+    assert (response.status, response.content_type) == (404, "text/plain")
+
+    created = await rollover_issuing_ca(services.authority, "default")
+    assert created.name == "default-issuing-g2"
+    with pytest.raises(Conflict):  # one rollover at a time
+        await rollover_issuing_ca(services.authority, "default")
+    response = await world.client.get("/scep", params={"operation": "GetCACaps"})
+    assert "GetNextCACert" in (await response.text()).split("\n")
+    response = await world.client.get("/scep", params={"operation": "GetNextCACert"})
+    assert response.status == 200
+    assert response.content_type == "application/x-x509-next-ca-cert"
+    body = await response.read()
+    signed = verify_signed(body)
+    assert signed.signer == world.ra  # signed by the current RA key
+    upcoming = _certs(signed.content)
+    successor = (await services.authority.ca("default-issuing-g2")).certificate
+    assert successor in upcoming and successor.subject != old_ca.subject
+    (next_ra,) = [c for c in upcoming if not _is_ca(c)]
+    assert next_ra.issuer == successor.subject
+    # what openssl makes of it: the signature verifies, the content is the certificates
+    (tmp_path / "next.der").write_bytes(body)
+    (tmp_path / "ra.pem").write_bytes(world.ra.public_bytes(serialization.Encoding.PEM))
+    verified = subprocess.run(
+        ["openssl", "cms", "-verify", "-inform", "DER", "-in", str(tmp_path / "next.der"),
+         "-noverify", "-certfile", str(tmp_path / "ra.pem"), "-binary",
+         "-out", str(tmp_path / "inner.der")], capture_output=True, text=True, check=False)
+    assert verified.returncode == 0, verified.stderr
+    printed = subprocess.run(
+        ["openssl", "pkcs7", "-inform", "DER", "-in", str(tmp_path / "inner.der"),
+         "-print_certs", "-noout"], capture_output=True, text=True, check=True).stdout
+    assert "Issuing CA default G2" in printed and "SCEP RA default-issuing-g2" in printed
+
+    # "next" issues nothing: enrollments still come from the active CA
+    again = requester()
+    reply = await enroll(world, again, await pki_message(again, world.ra,
+                                                         csr_for(again, STATIC)))
+    assert reply.certificate is not None and reply.certificate.issuer == old_ca.subject
+    with pytest.raises(Forbidden):
+        await services.authority.issue(IssuanceRequest(
+            csr=csr_for(again, None), profile="external_integration", org="default",
+            ca="default-issuing-g2"), Principal("api", "t", None, "pki_admin"))
+
+    assert await activate_issuing_ca(services.authority, "default-issuing-g2") == \
+        "default-issuing"
+    statuses = {ca.name: ca.status for ca in await services.store.list_cas()}
+    assert (statuses["default-issuing"], statuses["default-issuing-g2"]) == (
+        "retired", "active")
+    response = await world.client.get("/scep", params={"operation": "GetCACaps"})
+    assert "GetNextCACert" not in (await response.text()).split("\n")
+    response = await world.client.get("/scep", params={"operation": "GetCACert"})
+    (new_ra,) = [c for c in _certs(await response.read()) if not _is_ca(c)]
+    assert new_ra == next_ra
+    fresh = requester()
+    after = await enroll(replace(world, ra=new_ra), fresh, await pki_message(
+        fresh, new_ra, csr_for(fresh, STATIC)))
+    assert after.certificate is not None and after.certificate.issuer == successor.subject
+    # a device of the retired CA renews without a challenge, through the new RA
+    holder = Requester(who.key, before.certificate)
+    renewed = await enroll(replace(world, ra=new_ra), holder, await pki_message(
+        holder, new_ra, csr_for(holder, None), message_type="17"))
+    assert renewed.certificate is not None and renewed.certificate.issuer == successor.subject
+    # the retired CA still answers OCSP for what it issued (the periodic job loads CAs)
+    await services.ocsp.maintain()
+    assert await ocsp_status(world, before.certificate, old_ca) == \
+        x509.ocsp.OCSPCertStatus.GOOD
+    assert await ocsp_status(world, after.certificate, successor) == \
+        x509.ocsp.OCSPCertStatus.GOOD
+    with pytest.raises(Conflict):
+        await activate_issuing_ca(services.authority, "default-issuing-g2")
