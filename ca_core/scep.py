@@ -1,40 +1,52 @@
 """SCEP (RFC 8894) decisions: the RA certificate of each issuing CA, capabilities, challenge
-passwords, PKCSReq, RenewalReq, GetCert and GetCRL, transactions and the CertRep (CertPoll
-and PENDING: not yet, a FAILURE badRequest).
+passwords (one-time, and a static one per endpoint), manual approval (PENDING, CertPoll),
+PKCSReq, RenewalReq, GetCert, GetCRL, GetNextCACert, transactions and the CertRep.
 
 ``protocols/scep`` decodes HTTP (operation, message in a query or body) into the calls
 below and sends their bytes back; every rule lives here, every record in the store
 (``ca_core.storage.ScepStore``), every certificate comes from ``Authority.issue``.
 
+An endpoint is an organization and a profile (``/scep/{org}/{profile}``); its CA is the
+organization's active issuing CA (``Authority.issuing_ca``: after a rollover, the new
+one; certificates of the CAs it replaced still count for GetCert, GetCRL and renewal).
+Its policy (``ScepEndpointPolicy``, `vcc-pki scep profile|secret set`): manual approval
+and a static challenge password (a scrypt hash; VCC_PKI_SCEP_CHALLENGE sets the default
+endpoint's).
+
 A pkiMessage (3.2) is a SignedData whose signer is the requester (its self-signed
-certificate, or for RenewalReq the certificate being renewed) and whose content is an
+certificate, or for a renewal the certificate being renewed) and whose content is an
 EnvelopedData (the pkcsPKIEnvelope, 3.2.2) encrypted to the RA certificate: its key
 lives in the issuing CA's key backend (in the token with PKCS#11), generated to decrypt.
 The CertRep (3.3.2) is signed by the RA key; SUCCESS carries a certs-only SignedData of
 the new certificate encrypted to the requester's certificate in the request's cipher
-(single DES is never used in a reply: AES-256 instead), FAILURE a failInfo:
+(single DES is never used in a reply: AES-256 instead); PENDING nothing (an endpoint with
+manual approval: the client polls with CertPoll, 3.3.3, or sends the request again until
+an operator decides with `vcc-pki scep pending approve|reject`); FAILURE a failInfo:
 
     badAlg            an algorithm (digest, signature, key transport, cipher) not supported
     badMessageCheck   the signature does not verify, or the envelope does not decrypt with
                       the RA key (encrypted to another certificate, or damaged)
-    badRequest        not a PKCS#10 request, a wrong/used/expired challenge (a RenewalReq
-                      signed by a live certificate of the endpoint's CA and organization
-                      needs none), a request the
-                      profile refuses, a transactionID that is another key's, an operation
-                      this server does not perform
-    badCertId         GetCert or GetCRL naming no certificate of the endpoint's CA and
-                      organization
+    badRequest        not a PKCS#10 request, a wrong/used/expired challenge (a renewal
+                      signed by a live certificate of the organization's CAs needs none),
+                      a request the profile refuses, a transactionID that is another key's
+                      (or waits for an operator with another request), a request an
+                      operator rejected, an operation this server does not perform
+    badCertId         GetCert or GetCRL naming no certificate of the organization's CAs;
+                      CertPoll naming no transaction of the endpoint
 
 Faults below SCEP (a message that is not CMS at all, an unknown organization or profile)
 are ``BadRequest``/``NotFound`` for the front-end to answer with a 4xx; a failing store or
 key backend is ``Unavailable``. Nothing is issued on any failure.
 
-Transactions: a transactionID is bound to the key that signed its first message. The same
-request (same transactionID, signer certificate and PKCS#10) sent again gets the
-certificate issued for it (a RenewalReq signed by that certificate is a new request); the
-same transactionID from another key is refused (badRequest). A challenge is spent in the
-same store transaction as the certificate's INSERT. RenewalReq (3.3.1.2) signed by a live
-certificate that the endpoint's CA issued to its organization needs no challenge.
+Transactions: a transactionID is bound to the key that signed its first message, and the
+same transactionID from another key is refused (badRequest). The same request (same
+transactionID and PKCS#10; for a renewal also the same signer certificate) sent again
+gets the same answer: its certificate, PENDING, or the FAILURE it got (a failure is
+remembered; it never replaces a certificate or a pending request). A challenge is spent
+in the same store transaction as the certificate's INSERT, or as the pending request's.
+A renewal (RenewalReq, 3.3.1.2, or a PKCSReq signed by a certificate that is not
+self-issued, as sscep sends it) signed by a live certificate that one of the
+organization's CAs issued to it needs no challenge.
 """
 
 from __future__ import annotations
@@ -539,7 +551,7 @@ class ScepService:
             raise ScepFailure(FailInfo.BAD_REQUEST, f"not a PKCS#10 request: {exc}") from None
         policy = await self.store.get_scep_endpoint(endpoint.org_id, endpoint.profile)
         renewing = None
-        if request.message_type == MessageType.RENEWAL_REQ:
+        if _renewal_like(request, signed.signer):
             renewing = await self._renewable(endpoint, signed.signer)
         if renewing is not None:  # signed by a live certificate of ours: no challenge
             consume, requester = None, f"certificate:{renewing.serial_hex}"
@@ -714,7 +726,8 @@ class ScepService:
 
     async def _renewable(self, endpoint: Endpoint, signer: x509.Certificate
                          ) -> CertificateRecord | None:
-        """RenewalReq (RFC 8894 3.3.1.2): the record of the signer certificate when this
+        """RenewalReq (RFC 8894 3.3.1.2), or a PKCSReq signed the same way (sscep): the
+        record of the signer certificate when this
         endpoint's CA (or one it replaced in a rollover) issued it (the stored DER is the
         presented one) to this organization and it is neither revoked nor expired; None
         otherwise (a challenge is then needed, as for PKCSReq)."""
@@ -943,9 +956,16 @@ def _request_fingerprint(request: _Request, signed: SignedContent, opened: Opene
     self-signed certificate is not part of it: certmonger makes a new one for every
     message, also when it resends the request while it is PENDING."""
     digest = hashlib.sha256(opened.content)
-    if request.message_type == MessageType.RENEWAL_REQ:
+    if _renewal_like(request, signed.signer):
         digest.update(signed.signer.public_bytes(serialization.Encoding.DER))
     return digest.hexdigest()
+
+
+def _renewal_like(request: _Request, signer: x509.Certificate) -> bool:
+    """A RenewalReq, or a PKCSReq signed by a certificate that is not self-issued: sscep
+    renews that way (PKCSReq signed with -O/-K, the old certificate and key), as the SCEP
+    drafts before RFC 8894 described renewal."""
+    return request.message_type == MessageType.RENEWAL_REQ or signer.issuer != signer.subject
 
 
 def _enrollee(requester: str, org_id: str) -> Principal:

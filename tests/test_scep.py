@@ -861,3 +861,19 @@ async def test_rollover_get_next_ca_cert_then_activation(world: World, tmp_path:
         x509.ocsp.OCSPCertStatus.GOOD
     with pytest.raises(Conflict):
         await activate_issuing_ca(services.authority, "default-issuing-g2")
+
+
+async def test_pkcsreq_signed_by_a_live_certificate_renews_as_sscep_does(world: World) -> None:
+    """sscep renews with a PKCSReq signed by the old certificate and key (-O, -K), and keeps
+    the key: the same PKCS#10 under a new signer certificate is a new request."""
+    who = requester()
+    csr = csr_for(who, STATIC)
+    first = await enroll(world, who, await pki_message(who, world.ra, csr,
+                                                       transaction_id="tid-sscep"))
+    assert first.status == "0" and first.certificate is not None
+    holder = Requester(who.key, first.certificate)
+    renewed = await enroll(world, holder, await pki_message(
+        holder, world.ra, csr, transaction_id="tid-sscep"))
+    assert renewed.status == "0" and renewed.certificate is not None
+    assert renewed.certificate.serial_number != first.certificate.serial_number
+    assert await issued(world) == 2
