@@ -659,8 +659,9 @@ class ScepService:
         FAILURE."""
         if transaction.status == "pending":
             return await self._reply(ra, request, PkiStatus.PENDING, b"")
-        if transaction.status == "success" and transaction.cert_id is not None:
-            record = await self.authority.store.get_certificate_by_id(transaction.cert_id)
+        if transaction.status == "success":
+            record = None if transaction.cert_id is None else \
+                await self.authority.store.get_certificate_by_id(transaction.cert_id)
             if record is None:  # the store lost a row it committed: not the client's fault
                 raise Unavailable("the issued certificate cannot be read")
             return await self._success(ra, request, requester, opened,
