@@ -265,7 +265,23 @@ class CreatedToken:
 
 
 def issuing_ca_name(org_slug: str) -> str:
+    """The name of an organization's first issuing CA (a rollover successor has its own
+    name: ``Authority.issuing_ca`` finds the active one)."""
     return f"{org_slug}-issuing"
+
+
+# How long a process keeps which issuing CA of an organization is active (and which one is
+# "next"): `vcc-pki ca activate` in another process reaches every replica within this.
+ISSUING_CA_REFRESH_SECONDS = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class IssuingCas:
+    """An organization's issuing CAs by status, as ``Authority.issuing_cas`` reads them."""
+
+    active: str  # the name of the CA that issues
+    next: str | None  # a rollover successor not yet activated (GetNextCACert)
+    all: tuple[str, ...]  # active, retired and next: whose certificates are the org's
 
 
 class Authority:
@@ -288,6 +304,7 @@ class Authority:
         self._orgs: dict[str, Organization] = {}
         self._tokens: dict[str, tuple[float, Principal]] = {}
         self._listeners: list[CertificateListener] = []
+        self._issuing: dict[str, tuple[float, IssuingCas]] = {}  # by org_id
 
     def add_listener(self, listener: CertificateListener) -> None:
         self._listeners.append(listener)
@@ -354,6 +371,32 @@ class Authority:
         if record is None:
             raise NotFound("unknown CA")
         return await self._load_ca(record)
+
+    async def issuing_cas(self, org: Organization) -> IssuingCas:
+        """The organization's issuing CAs: the active one (``{slug}-issuing`` until a
+        rollover successor is activated), the "next" one, and all; read again from the
+        store every ISSUING_CA_REFRESH_SECONDS."""
+        now = time.monotonic()
+        cached = self._issuing.get(org.org_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        records = [r for r in await self.store.list_cas()
+                   if r.org_id == org.org_id and r.ca_type == "issuing"]  # oldest first
+        active = [r.name for r in records if r.status == "active"]
+        waiting = [r.name for r in records if r.status == "next"]
+        found = IssuingCas(active=active[-1] if active else issuing_ca_name(org.slug),
+                           next=waiting[-1] if waiting else None,
+                           all=tuple(r.name for r in records))
+        self._issuing[org.org_id] = (now + ISSUING_CA_REFRESH_SECONDS, found)
+        return found
+
+    async def issuing_ca(self, org: Organization) -> LoadedCA:
+        """The CA that issues the organization's certificates."""
+        return await self.ca((await self.issuing_cas(org)).active)
+
+    def forget_issuing_cas(self, org_id: str) -> None:
+        """After a rollover or an activation in this process: read them again."""
+        self._issuing.pop(org_id, None)
 
     def loaded_cas(self) -> list[LoadedCA]:
         return list(self._cas.values())
@@ -444,11 +487,17 @@ class Authority:
         if not common_name and not sans:
             raise PolicyViolation("the request names no subject: give a CN or a SAN")
 
-        ca = await self.ca(request.ca or issuing_ca_name(org.slug))
+        ca = await self.issuing_ca(org) if request.ca is None else await self.ca(request.ca)
         if ca.record.ca_type != "issuing":
             raise Forbidden(f"CA {ca.record.name} does not issue end-entity certificates")
         if ca.record.org_id != org.org_id and principal.org_id is not None:
             raise Forbidden("that CA belongs to another organization")
+        # A rollover successor ("next") issues only the CA's own certificates (its OCSP
+        # responder, its SCEP RA) until it is activated; a retired CA, only those too.
+        if request.ca is not None and principal.actor_type != "system" and \
+                ca.record.org_id == org.org_id and \
+                ca.record.name != (await self.issuing_cas(org)).active:
+            raise Forbidden(f"CA {ca.record.name} is not the organization's active CA")
         not_before, not_after = self._validity(request, profile, ca)
         subject = x509build.name(common_name, org.name)
         issuer = ca.issuer_context(self.settings)

@@ -1325,3 +1325,90 @@ async def test_scep_transaction_race_yields_one_certificate(
         assert stored is not None and stored.cert_id == recorded[0].cert_id
     finally:
         await other.close()
+
+
+async def test_scep_pending_failure_and_decisions(store: Store, seed: Seed) -> None:
+    pending = replace(make_transaction(seed.org, tid="tid-p"), status="pending",
+                      profile="external_integration", csr_der=b"\x30\x00",
+                      requester="static")
+    challenge = make_challenge(seed.org)
+    await store.add_scep_challenge(challenge, event("scep.challenge_created"))
+    assert await store.record_scep_transaction(
+        pending, event("scep.request_pending"),
+        (challenge.challenge_id, T0, event("scep.challenge_used"))) == "recorded"
+    assert (await store.find_scep_challenge(challenge.secret_hash) or challenge).used_at == T0
+    assert await store.get_scep_transaction("tid-p") == pending
+    assert await store.list_scep_transactions(seed.org.org_id) == [pending]
+    assert await store.list_scep_transactions(str(uuid.uuid4())) == []
+    # a pending row is never replaced, not even by the same key with another request
+    assert await store.record_scep_transaction(
+        replace(pending, request_fingerprint="req-2"), event("scep.request_pending")
+    ) == "transaction_taken"
+    # approving: only the pending row of this very request moves, with its certificate
+    cert = make_cert(seed.issuing, seed.org)
+    assert not await store.add_certificate_for_scep_pending(
+        cert, event(), "tid-p", "req-other", T0, event("scep.request_approved"))
+    assert await store.get_certificate_by_id(cert.cert_id) is None
+    assert await store.add_certificate_for_scep_pending(
+        cert, event(), "tid-p", "req-1", T0, event("scep.request_approved"))
+    approved = await store.get_scep_transaction("tid-p")
+    assert approved is not None and (approved.status, approved.cert_id) == (
+        "success", cert.cert_id)
+    assert not await store.add_certificate_for_scep_pending(
+        make_cert(seed.issuing, seed.org), event(), "tid-p", "req-1", T0,
+        event("scep.request_approved"))
+    assert await store.reject_scep_pending("tid-p", "2", T0, event("scep.request_rejected")) \
+        is None
+    # a failure replaces only a failure of the same key
+    failed = replace(make_transaction(seed.org, tid="tid-f"), status="failure", fail_info="2")
+    assert await store.record_scep_transaction(failed, event("scep.request_failed")) == \
+        "recorded"
+    assert await store.record_scep_transaction(
+        replace(failed, request_fingerprint="req-2", fail_info="0"),
+        event("scep.request_failed")) == "recorded"
+    assert (await store.get_scep_transaction("tid-f") or failed).fail_info == "0"
+    assert await store.record_scep_transaction(
+        replace(failed, key_fingerprint="key-b", request_fingerprint="req-3"),
+        event("scep.request_failed")) == "transaction_taken"
+    assert await store.record_scep_transaction(
+        replace(failed, transaction_id="tid-p", request_fingerprint="req-9"),
+        event("scep.request_failed")) == "transaction_taken"  # tid-p holds a certificate
+    rejecting = replace(pending, transaction_id="tid-r")
+    await store.record_scep_transaction(rejecting, event("scep.request_pending"))
+    rejected = await store.reject_scep_pending("tid-r", "2", T0, event("scep.request_rejected"))
+    assert rejected is not None and (rejected.status, rejected.fail_info, rejected.decided_at) \
+        == ("rejected", "2", T0)
+
+
+async def test_scep_endpoint_policy(store: Store, seed: Seed) -> None:
+    org = seed.org.org_id
+    assert await store.get_scep_endpoint(org, "p") is None
+    await store.set_scep_secret(org, "p", "scrypt$x", T0, event("scep.secret_set"))
+    await store.set_scep_approval(org, "p", True, T0, event("scep.endpoint_set"))
+    found = await store.get_scep_endpoint(org, "p")
+    assert found is not None and (found.require_approval, found.secret_hash) == (
+        True, "scrypt$x")
+    await store.set_scep_secret(org, "p", None, T0, event("scep.secret_cleared"))
+    found = await store.get_scep_endpoint(org, "p")
+    assert found is not None and (found.require_approval, found.secret_hash) == (True, None)
+    assert [e.profile for e in await store.list_scep_endpoints()] == ["p"]
+    with pytest.raises(StoreConflict):  # no such organization
+        await store.set_scep_approval(str(uuid.uuid4()), "p", True, T0, event("scep.x"))
+
+
+async def test_issuing_ca_activation(store: Store, seed: Seed) -> None:
+    intermediate = make_ca("int-x", "intermediate", None, seed.root)
+    await store.add_ca(intermediate, event("ca.created"))
+    successor = replace(make_ca("org-issuing-g2", "issuing", seed.org, intermediate),
+                        status="next")
+    await store.add_ca(successor, event("ca.created"))
+    before = await chain_ok(store)
+    assert not await store.activate_issuing_ca(seed.org.org_id, seed.issuing.ca_id,
+                                               event("ca.activated"))  # not "next"
+    assert await store.activate_issuing_ca(seed.org.org_id, successor.ca_id,
+                                           event("ca.activated"))
+    statuses = {ca.ca_id: ca.status for ca in await store.list_cas()}
+    assert (statuses[seed.issuing.ca_id], statuses[successor.ca_id]) == ("retired", "active")
+    assert not await store.activate_issuing_ca(seed.org.org_id, successor.ca_id,
+                                               event("ca.activated"))
+    assert await chain_ok(store) == before + 1
