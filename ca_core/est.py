@@ -61,7 +61,6 @@ from ca_core.authority import (
     IssuanceRequest,
     IssuedCertificate,
     hash_secret,
-    issuing_ca_name,
     parse_csr,
     serial_hex,
 )
@@ -378,10 +377,11 @@ class EstService:
         return EstLabel("", org.org_id, self.settings.default_profile)
 
     async def ca_certificates(self, label: str) -> tuple[x509.Certificate, ...]:
-        """/cacerts (RFC 7030 4.1): the label's issuing CA, its chain and the root."""
+        """/cacerts (RFC 7030 4.1): the label's issuing CA (the active one after a rollover:
+        the one that signs what this label enrolls), its chain and the root."""
         found = await self.resolve_label(label)
         org = await self.authority.organization_by_id(found.org_id)
-        ca = await self.authority.ca(issuing_ca_name(org.slug))
+        ca = await self.authority.issuing_ca(org)
         top = ca
         while top.record.parent_ca_id is not None:
             top = await self.authority.ca_by_id(top.record.parent_ca_id)

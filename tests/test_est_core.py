@@ -50,7 +50,7 @@ from ca_core.est import (
     EstService,
     EstSettings,
 )
-from ca_core.hierarchy import ensure_organization
+from ca_core.hierarchy import activate_issuing_ca, ensure_organization, rollover_issuing_ca
 from ca_core.keys import KeySpec
 from ca_core.ocsp import cache_key
 from ca_core.principal import Principal
@@ -151,6 +151,20 @@ async def test_default_label_cacerts_and_unknown_labels(pki: Services) -> None:
             await est.resolve_label(unknown)
         with pytest.raises(NotFound):
             await est.ca_certificates(unknown)
+
+
+async def test_cacerts_follow_an_issuing_ca_rollover(pki: Services) -> None:
+    # /cacerts names the CA that signs what the label enrolls: the active one.
+    est = service(pki)
+    await rollover_issuing_ca(pki.authority, "default")
+    assert "Issuing CA default" in (await est.ca_certificates(""))[0].subject.rfc4514_string()
+    await activate_issuing_ca(pki.authority, "default-issuing-g2")
+    chain = await est.ca_certificates("")
+    assert "Issuing CA default G2" in chain[0].subject.rfc4514_string()
+    secret = await est.create_secret("default", "", None, None, ADMIN)
+    result = await est.enroll("", csr(), basic(secret))
+    assert result.certificate is not None
+    assert result.certificate.issuer == chain[0].subject
 
 
 async def test_set_label_checks_and_audits(pki: Services) -> None:
