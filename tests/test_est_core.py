@@ -25,6 +25,7 @@ from cryptography.x509 import ocsp
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import AttributeOID, NameOID
 
+from ca_core import authority as authority_module
 from ca_core.authority import hash_secret
 from ca_core.cms import decrypt_enveloped, verify_signed
 from ca_core.der import sequence as der_sequence
@@ -795,6 +796,10 @@ async def test_issuer_names_are_looked_up_once_and_a_new_ca_is_found(
     list the CAs per request; a CA the Authority loads later is found at once."""
     maker_key, maker = bridge_root("Maker Device CA")
     est = service(pki, trust_store=(maker,))
+    # The Authority reads the organization's issuing CAs (rollover) every few seconds with
+    # list_cas too: read once before counting, and not again however slow this machine.
+    monkeypatch.setattr(authority_module, "ISSUING_CA_REFRESH_SECONDS", 3600.0)
+    await pki.authority.issuing_cas(await pki.authority.organization("default"))
     listed = 0
     real = pki.store.list_cas
 
