@@ -269,7 +269,23 @@ class CreatedToken:
 
 
 def issuing_ca_name(org_slug: str) -> str:
+    """The name of an organization's first issuing CA (a rollover successor has its own
+    name: ``Authority.issuing_ca`` finds the active one)."""
     return f"{org_slug}-issuing"
+
+
+# How long a process keeps which issuing CA of an organization is active (and which one is
+# "next"): `vcc-pki ca activate` in another process reaches every replica within this.
+ISSUING_CA_REFRESH_SECONDS = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class IssuingCas:
+    """An organization's issuing CAs by status, as ``Authority.issuing_cas`` reads them."""
+
+    active: str  # the name of the CA that issues
+    next: str | None  # a rollover successor not yet activated (GetNextCACert)
+    all: tuple[str, ...]  # active, retired and next: whose certificates are the org's
 
 
 class Authority:
@@ -291,6 +307,7 @@ class Authority:
         self._profiles: dict[str, Profile] = {p.name: p for p in BUILTIN_PROFILES}
         self._orgs: dict[str, Organization] = {}
         self._listeners: list[CertificateListener] = []
+        self._issuing: dict[str, tuple[float, IssuingCas]] = {}  # by org_id
 
     def add_listener(self, listener: CertificateListener) -> None:
         self._listeners.append(listener)
@@ -357,6 +374,32 @@ class Authority:
         if record is None:
             raise NotFound("unknown CA")
         return await self._load_ca(record)
+
+    async def issuing_cas(self, org: Organization) -> IssuingCas:
+        """The organization's issuing CAs: the active one (``{slug}-issuing`` until a
+        rollover successor is activated), the "next" one, and all; read again from the
+        store every ISSUING_CA_REFRESH_SECONDS."""
+        now = time.monotonic()
+        cached = self._issuing.get(org.org_id)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        records = [r for r in await self.store.list_cas()
+                   if r.org_id == org.org_id and r.ca_type == "issuing"]  # oldest first
+        active = [r.name for r in records if r.status == "active"]
+        waiting = [r.name for r in records if r.status == "next"]
+        found = IssuingCas(active=active[-1] if active else issuing_ca_name(org.slug),
+                           next=waiting[-1] if waiting else None,
+                           all=tuple(r.name for r in records))
+        self._issuing[org.org_id] = (now + ISSUING_CA_REFRESH_SECONDS, found)
+        return found
+
+    async def issuing_ca(self, org: Organization) -> LoadedCA:
+        """The CA that issues the organization's certificates."""
+        return await self.ca((await self.issuing_cas(org)).active)
+
+    def forget_issuing_cas(self, org_id: str) -> None:
+        """After a rollover or an activation in this process: read them again."""
+        self._issuing.pop(org_id, None)
 
     def loaded_cas(self) -> list[LoadedCA]:
         return list(self._cas.values())
@@ -456,7 +499,7 @@ class Authority:
         if not common_name and not sans:
             raise PolicyViolation("the request names no subject: give a CN or a SAN")
 
-        ca = await self.ca(request.ca or issuing_ca_name(org.slug))
+        ca = await self.issuing_ca(org) if request.ca is None else await self.ca(request.ca)
         if ca.record.ca_type != "issuing":
             raise Forbidden(f"CA {ca.record.name} does not issue end-entity certificates")
         if ca.record.org_id != org.org_id and principal.org_id is not None:
@@ -467,6 +510,12 @@ class Authority:
             # The default validity, like the profile's, stays within the organization's.
             request = dataclasses.replace(request, validity_days=min(
                 profile.default_validity_days, policy.max_validity_days))
+        # A rollover successor ("next") issues only the CA's own certificates (its OCSP
+        # responder, its SCEP RA) until it is activated; a retired CA, only those too.
+        if request.ca is not None and principal.actor_type != "system" and \
+                ca.record.org_id == org.org_id and \
+                ca.record.name != (await self.issuing_cas(org)).active:
+            raise Forbidden(f"CA {ca.record.name} is not the organization's active CA")
         not_before, not_after = self._validity(request, profile, ca)
         policy.check(profile.name, sans.dns, sans.ip, not_before, not_after)
         subject = x509build.name(common_name, org.name)
@@ -667,29 +716,46 @@ class Authority:
         now = self.clock()
         if invalidity_date is not None and invalidity_date > now:
             raise BadRequest("the invalidity date lies in the future")
+        revocation, event = self.revocation_of(target, reason_name, principal,
+                                               invalidity_date)
+        updated = await self.store.revoke_certificate(revocation, event)
+        if updated is None:
+            raise Conflict(f"certificate {serial_display(wanted)} is already revoked")
+        await self.announce_revoked(updated)
+        return updated
+
+    def revocation_of(self, target: CertificateRecord, reason: str, principal: Principal,
+                      invalidity_date: dt.datetime | None = None
+                      ) -> tuple[Revocation, AuditEvent]:
+        """The revocation of ``target`` now (``reason`` a CRL reason name) and its audit
+        event, for the store to write; ``announce_revoked`` once written. ``revoke`` uses
+        it, and a registrar that revokes as part of another write (EST re-key superseding
+        the renewed certificate) decides who may, and uses it too."""
         revocation = Revocation(
             ca_id=target.issuer_ca_id, serial_hex=target.serial_hex, cert_id=target.cert_id,
-            revoked_at=now.replace(microsecond=0), reason=reason_name,
+            revoked_at=self.clock().replace(microsecond=0), reason=reason,
             invalidity_date=invalidity_date, crl_partition=target.crl_partition,
         )
         event = AuditEvent(
             event_type="certificate.revoked", category="certificate", action="revoke",
             actor_type=principal.actor_type, actor_id=principal.actor_id,
             org_id=target.org_id, resource_type="certificate", resource_id=target.cert_id,
-            data={"serial": target.serial_hex, "reason": reason_name},
+            data={"serial": target.serial_hex, "reason": reason},
         )
-        updated = await self.store.revoke_certificate(revocation, event)
-        if updated is None:
-            raise Conflict(f"certificate {serial_display(wanted)} is already revoked")
+        return revocation, event
+
+    async def announce_revoked(self, updated: CertificateRecord) -> None:
+        """After the store revoked ``updated``: metrics, then the listeners (the OCSP
+        responses and the CRL), awaited so that OCSP shows it when this returns."""
         org = await self.organization_by_id(updated.org_id)
-        CERT_REVOCATIONS_TOTAL.labels(org.slug, reason_name).inc()
+        CERT_REVOCATIONS_TOTAL.labels(org.slug, updated.revocation_reason or "unspecified"
+                                      ).inc()
         for listener in self._listeners:
             try:
                 await listener.certificate_revoked(updated)
             except Exception:
                 log.exception("certificate listener failed after revoking %s",
                               serial_display(updated.serial_hex))
-        return updated
 
     async def renew(self, serial: str, principal: Principal, csr: bytes = b"",
                     validity_days: int | None = None) -> IssuedCertificate:

@@ -615,13 +615,17 @@ def encrypt_enveloped(
     key_transport: RsaPadding = "pkcs1v15",
     cipher: ContentCipher = "aes256_cbc",
     content_type: str = "data",
+    by_key_identifier: bool = False,
 ) -> bytes:
     """EnvelopedData (DER ContentInfo, RFC 5652 6) of ``content`` for RSA ``recipients``:
     a fresh content-encryption key and IV, the content AES-CBC (or, to answer an old SCEP
     client in its own cipher, DES-EDE3-CBC) encrypted with PKCS #7
     padding, the key RSA-encrypted for each recipient (``"pkcs1v15"`` or ``RsaOaep(...)``),
-    recipients named by issuerAndSerialNumber. UnsupportedAlgorithm for a non-RSA
-    recipient (a key-transport recipient needs an RSA key)."""
+    recipients named by issuerAndSerialNumber, or with ``by_key_identifier`` by their
+    certificate's subjectKeyIdentifier (ValueError for a certificate without one).
+    UnsupportedAlgorithm for a non-RSA recipient (a key-transport recipient needs an RSA
+    key). ``content_type`` names what ``content`` is (a nested SignedData: its value, not
+    a ContentInfo, RFC 5652 6.1)."""
     if not recipients:
         raise ValueError("EnvelopedData needs at least one recipient")
     if cipher not in ("aes128_cbc", "aes192_cbc", "aes256_cbc", "tripledes_3key"):
@@ -641,15 +645,28 @@ def encrypt_enveloped(
             raise UnsupportedAlgorithm(
                 f"recipient {recipient.subject.rfc4514_string()} has no RSA key")
         cert = asn1_x509.Certificate.load(recipient.public_bytes(serialization.Encoding.DER))
+        rid: dict[str, Any]
+        if by_key_identifier:
+            try:
+                ski = recipient.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+            except x509.ExtensionNotFound:
+                raise ValueError("the recipient's certificate has no "
+                                 "subjectKeyIdentifier") from None
+            # RFC 5652 6.2.1: version 2 with a subjectKeyIdentifier
+            version, rid = "v2", {"subject_key_identifier": ski.value.digest}
+        else:
+            version, rid = "v0", {"issuer_and_serial_number": {
+                "issuer": cert.issuer, "serial_number": cert.serial_number}}
         infos.append(cms.RecipientInfo({"ktri": {
-            "version": "v0",  # issuerAndSerialNumber (RFC 5652 6.2.1)
-            "rid": {"issuer_and_serial_number": {"issuer": cert.issuer,
-                                                 "serial_number": cert.serial_number}},
+            "version": version,
+            "rid": rid,
             "key_encryption_algorithm": algorithm,
             "encrypted_key": public_key.encrypt(key, chosen),
         }}))
     enveloped = cms.EnvelopedData({
-        "version": "v0",  # no originatorInfo or unprotectedAttrs, only v0 ktri (6.1)
+        # RFC 5652 6.1: v0 without originatorInfo or unprotectedAttrs when every
+        # RecipientInfo is v0, else v2
+        "version": "v2" if by_key_identifier else "v0",
         "recipient_infos": infos,
         "encrypted_content_info": {
             "content_type": content_type,

@@ -39,17 +39,19 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from asn1crypto import core, parser
 from asn1crypto import csr as asn1_csr
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
-from cryptography.x509.oid import NameOID
+from cryptography.x509 import verification
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ca_core import der, x509build
 from ca_core.authority import (
@@ -59,11 +61,10 @@ from ca_core.authority import (
     IssuanceRequest,
     IssuedCertificate,
     hash_secret,
-    issuing_ca_name,
     parse_csr,
     serial_hex,
 )
-from ca_core.cms import encrypt_enveloped
+from ca_core.cms import SignedDataSigner, encrypt_enveloped
 from ca_core.errors import (
     BadCSR,
     BadRequest,
@@ -75,7 +76,8 @@ from ca_core.errors import (
 )
 from ca_core.keys import KeySpec
 from ca_core.principal import Principal
-from ca_core.records import AuditEvent, CertificateRecord
+from ca_core.records import AuditEvent, CARecord, CertificateRecord
+from ca_core.signers.base import SoftwareSigner
 from ca_core.signers.software import generate_private_key
 from ca_core.storage import EnrollmentStore, StoreConflict
 
@@ -83,6 +85,11 @@ from ca_core.storage import EnrollmentStore, StoreConflict
 # store, and the wire front-end with its listener).
 
 DEFAULT_LABEL = ""  # the unlabelled /.well-known/est/ paths
+# How long an issuer name that is none of this PKI's CAs is believed to stay so (a CA
+# another process creates is found after at most this long), and how many such names are
+# remembered.
+UNKNOWN_ISSUER_TTL = 60.0
+_UNKNOWN_ISSUERS_KEPT = 1024
 
 
 class AuthMethod(enum.StrEnum):
@@ -102,6 +109,9 @@ class EstLabel:
     require_channel_binding: bool = False  # tls-unique in challengePassword (TLS 1.2 only)
     require_approval: bool = False  # 202 + Retry-After until an operator approves
     allow_subject_change: bool = False  # on simplereenroll
+    # simplereenroll with a new key revokes the renewed certificate (reason superseded) in
+    # the transaction that records the new one
+    supersede_on_reenroll: bool = False
     key_type: str = "ec-p256"  # csrattrs and serverkeygen
     created_at: dt.datetime | None = None
 
@@ -113,6 +123,7 @@ class EstLabel:
             "require_channel_binding": self.require_channel_binding,
             "require_approval": self.require_approval,
             "allow_subject_change": self.allow_subject_change,
+            "supersede_on_reenroll": self.supersede_on_reenroll,
             "key_type": self.key_type,
         }
 
@@ -128,6 +139,7 @@ class EstLabel:
             require_channel_binding=bool(policy.get("require_channel_binding", False)),
             require_approval=bool(policy.get("require_approval", False)),
             allow_subject_change=bool(policy.get("allow_subject_change", False)),
+            supersede_on_reenroll=bool(policy.get("supersede_on_reenroll", False)),
             key_type=str(policy.get("key_type", defaults.key_type)),
             created_at=created_at,
         )
@@ -179,8 +191,15 @@ class EstCredentials:
     basic_password: str | None = None
     client_certificate: x509.Certificate | None = None  # the TLS peer's (or the proxy's)
     client_chain: tuple[x509.Certificate, ...] = ()
-    tls_unique: bytes | None = None  # RFC 7030 3.5; None on TLS 1.3
+    tls_unique: bytes | None = None  # RFC 7030 3.5 (RFC 5929); TLS 1.2 only
+    tls_exporter: bytes | None = None  # RFC 9266 tls-exporter; TLS 1.3 only
     remote: str = ""
+
+    @property
+    def channel_binding(self) -> bytes | None:
+        """The session's channel binding value: tls-unique (TLS 1.2) or tls-exporter (TLS
+        1.3), whichever the front-end could get."""
+        return self.tls_unique if self.tls_unique is not None else self.tls_exporter
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,6 +355,10 @@ class EstService:
         self.store: EnrollmentStore = store if store is not None else authority.store
         self.settings = settings or EstSettings()
         self.clock: Clock = clock or authority.clock
+        self._trust_store: verification.Store | None = None  # built on first use
+        self._issuers: dict[str, tuple[CARecord, ...]] = {}  # see _issuing_cas
+        self._issuers_loaded = -1
+        self._unknown_issuers: dict[str, float] = {}
 
     # --- wire operations (protocols/est calls these) ----------------------------------
 
@@ -354,10 +377,11 @@ class EstService:
         return EstLabel("", org.org_id, self.settings.default_profile)
 
     async def ca_certificates(self, label: str) -> tuple[x509.Certificate, ...]:
-        """/cacerts (RFC 7030 4.1): the label's issuing CA, its chain and the root."""
+        """/cacerts (RFC 7030 4.1): the label's issuing CA (the active one after a rollover:
+        the one that signs what this label enrolls), its chain and the root."""
         found = await self.resolve_label(label)
         org = await self.authority.organization_by_id(found.org_id)
-        ca = await self.authority.ca(issuing_ca_name(org.slug))
+        ca = await self.authority.issuing_ca(org)
         top = ca
         while top.record.parent_ca_id is not None:
             top = await self.authority.ca_by_id(top.record.parent_ca_id)
@@ -417,7 +441,32 @@ class EstService:
             self._check_same_identity(csr, record, found)
         caller = _Caller(requester=f"certificate:{_fingerprint(presented)}",
                          certificate=record)
-        return await self._enroll(found, csr_der, csr, caller, credentials)
+        if not found.supersede_on_reenroll or found.require_approval or \
+                _same_key(csr, presented):
+            return await self._enroll(found, csr_der, csr, caller, credentials)
+        # Re-key on a label that supersedes: the renewed certificate is revoked
+        # (superseded) by the transaction that records the new one, so there is never a
+        # moment with both or neither; two re-keys of one certificate at once yield one.
+        self._check_binding(found, _csr_attributes(csr_der), credentials)
+        revocation, revoke_event = self.authority.revocation_of(
+            record, "superseded", caller.principal(found.org_id))
+        store = self.authority.store
+        superseded: list[CertificateRecord] = []
+
+        async def record_with(cert: CertificateRecord, audit: AuditEvent) -> None:
+            revoked = await store.add_certificate_superseding(cert, audit, revocation,
+                                                              revoke_event)
+            if revoked is None:
+                raise Unauthorized("the client certificate is revoked")
+            superseded.append(revoked)
+
+        org = await self.authority.organization_by_id(found.org_id)
+        issued = await self.authority.issue(
+            IssuanceRequest(csr=csr, profile=found.profile, org=org.slug),
+            caller.principal(found.org_id), record_with=record_with)
+        for revoked in superseded:
+            await self.authority.announce_revoked(revoked)
+        return EnrollmentResult(certificate=issued.certificate, chain=issued.chain)
 
     async def server_keygen(self, label: str, csr_der: bytes, credentials: EstCredentials
                             ) -> EnrollmentResult:
@@ -436,6 +485,10 @@ class EstService:
         self._check_secret(caller, found, csr)
         recipient = self._key_recipient(attributes, credentials)
         spec = KeySpec.parse(found.key_type)
+        if recipient is not None and spec.hash_algorithm is None:
+            raise BadRequest(f"an encrypted server-generated key is signed with itself "
+                             f"(RFC 7030 4.4.2), which CMS here cannot do with {spec} keys: "
+                             "ask without encryption, or on a label with EC or RSA keys")
         key = await asyncio.to_thread(generate_private_key, spec)
         request = await asyncio.to_thread(_request_for_key, csr, key)
         issued = await self._issue(found, request, caller)
@@ -445,9 +498,7 @@ class EstService:
         if recipient is None:
             return EnrollmentResult(certificate=issued.certificate, chain=issued.chain,
                                     private_key_pkcs8=pkcs8)
-        # RFC 5958 2: AsymmetricKeyPackage ::= SEQUENCE OF OneAsymmetricKey (PKCS#8 v1)
-        package = der.sequence(pkcs8)
-        encrypted = encrypt_enveloped(package, [recipient], content_type=A_KEY_PACKAGE)
+        encrypted = await _key_package(key, spec, pkcs8, issued, recipient)
         return EnrollmentResult(certificate=issued.certificate, chain=issued.chain,
                                 encrypted_key=encrypted)
 
@@ -712,6 +763,9 @@ class EstService:
         if record is not None:
             self._check_live(record)
             return record
+        if self._issuers.get(certificate.issuer.rfc4514_string()):
+            raise Unauthorized("the client certificate names an issuing CA of this PKI as "
+                               "its issuer but is not a certificate it issued")
         self._check_trusted(certificate, credentials.client_chain)
         return None
 
@@ -719,18 +773,38 @@ class EstService:
         """The record of a certificate this PKI issued: found by issuer and serial, and
         the stored DER is the presented one (a forged certificate naming our issuer and a
         real serial is not ours)."""
-        cas = [ca.record for ca in self.authority.loaded_cas()]
-        if not any(ca.subject_dn == certificate.issuer.rfc4514_string() for ca in cas):
-            cas = await self.authority.store.list_cas()  # a CA created since start
+        issuer = certificate.issuer.rfc4514_string()
         der = certificate.public_bytes(serialization.Encoding.DER)
-        for ca in cas:
-            if ca.ca_type != "issuing" or ca.subject_dn != certificate.issuer.rfc4514_string():
-                continue
+        for ca in await self._issuing_cas(issuer):
             record = await self.authority.store.get_certificate(
                 ca.ca_id, serial_hex(certificate.serial_number))
             if record is not None and record.certificate_der == der:
                 return record
         return None
+
+    async def _issuing_cas(self, subject_dn: str) -> tuple[CARecord, ...]:
+        """This PKI's issuing CAs named ``subject_dn``, from a map rebuilt when the
+        Authority loads another CA; a name not in it is looked up in the store (a CA
+        created since, by another process) at most once per ``UNKNOWN_ISSUER_TTL``, so a
+        trust-store certificate's enrollment does not list the CAs each time."""
+        loaded = self.authority.loaded_cas()
+        if len(loaded) != self._issuers_loaded:
+            self._issuers = _by_subject(ca.record for ca in loaded)
+            self._issuers_loaded = len(loaded)
+            self._unknown_issuers.clear()
+        found = self._issuers.get(subject_dn)
+        if found is not None:
+            return found
+        now = time.monotonic()
+        checked = self._unknown_issuers.get(subject_dn)
+        if checked is not None and now - checked < UNKNOWN_ISSUER_TTL:
+            return ()
+        listed = _by_subject(await self.authority.store.list_cas())
+        self._issuers = {**self._issuers, **listed}
+        if len(self._unknown_issuers) >= _UNKNOWN_ISSUERS_KEPT:
+            self._unknown_issuers.clear()  # bounded: any client picks the issuer name
+        self._unknown_issuers[subject_dn] = now
+        return self._issuers.get(subject_dn, ())
 
     def _check_live(self, record: CertificateRecord) -> None:
         if record.status == "revoked":
@@ -741,58 +815,62 @@ class EstService:
 
     def _check_trusted(self, certificate: x509.Certificate,
                        presented: tuple[x509.Certificate, ...]) -> None:
-        """Path to a trust-store certificate (manufacturer or bootstrap CAs): each
-        signature verifies, each certificate is within its validity, each issuer is a CA."""
+        """Path to a trust-store certificate (manufacturer or bootstrap CAs) by
+        cryptography's RFC 5280 path validation: each signature verifies, each certificate
+        is within its validity at the core's clock, each issuer is a CA (basicConstraints,
+        path length, name constraints). Not the Web PKI's extension profile (device
+        certificates often lack an authorityKeyIdentifier, manufacturer CAs a keyUsage);
+        instead a keyUsage or extendedKeyUsage present must allow TLS client use."""
         anchors = self.settings.trust_store
         if not anchors:
             raise Unauthorized("the client certificate was not issued by this PKI, and no "
                                "other CA is trusted for EST (VCC_PKI_EST_TRUST_STORE)")
         now = self.clock()
-        current = certificate
-        pool = [*presented, *anchors]
-        for _depth in range(8):
-            if not current.not_valid_before_utc <= now <= current.not_valid_after_utc:
-                raise Unauthorized("the client certificate (or a CA above it) is expired or "
-                                   "not yet valid")
-            if current in anchors:
-                return
-            for issuer in pool:
-                if issuer.subject != current.issuer or issuer == current \
-                        or not _is_ca(issuer):
-                    continue
-                try:
-                    current.verify_directly_issued_by(issuer)
-                except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-                    continue
-                current = issuer
-                break
-            else:
-                raise Unauthorized("the client certificate does not chain to a trusted CA")
-        raise Unauthorized("the client certificate's chain is too long")
+        if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
+            raise Unauthorized("the client certificate is expired or not yet valid")
+        try:
+            self._verifier(now).verify(certificate, list(presented))
+        except verification.VerificationError as exc:
+            raise Unauthorized(f"the client certificate does not chain to a trusted CA "
+                               f"({_verification_reason(exc)})") from None
+        _check_client_use(certificate)
+
+    def _verifier(self, now: dt.datetime) -> verification.ClientVerifier:
+        store = self._trust_store
+        if store is None:
+            store = self._trust_store = verification.Store(list(self.settings.trust_store))
+        ca_policy = verification.ExtensionPolicy.permit_all().require_present(
+            x509.BasicConstraints, verification.Criticality.AGNOSTIC, None)
+        return (verification.PolicyBuilder().store(store).time(now).max_chain_depth(8)
+                .extension_policies(ca_policy=ca_policy,
+                                    ee_policy=verification.ExtensionPolicy.permit_all())
+                .build_client_verifier())
 
     def _check_binding(self, label: EstLabel, attributes: dict[str, list[bytes]],
                        credentials: EstCredentials) -> None:
-        """RFC 7030 3.5: the challengePassword holds base64(tls-unique) of this session.
-        Required by the label; checked whenever the CSR carries one and the session has
-        a tls-unique value."""
+        """RFC 7030 3.5: the challengePassword holds base64 of this session's channel
+        binding: tls-unique on TLS 1.2, tls-exporter (RFC 9266) on TLS 1.3. Required by
+        the label; checked whenever the CSR carries one and the session has a value."""
         values = attributes.get(CHALLENGE_PASSWORD, [])
         password = _text(values[0]) if values else None
         if values and password is None:
             raise BadCSR("the CSR's challengePassword is not text")
+        binding = credentials.channel_binding
         if label.require_channel_binding:
-            if credentials.tls_unique is None:
+            if binding is None:
                 raise BadRequest(
-                    "this label requires tls-unique channel binding (RFC 7030 3.5), which "
-                    "TLS 1.3 does not have: connect with TLS 1.2")
+                    "this label requires channel binding (RFC 7030 3.5), and this TLS "
+                    "session has no binding value: connect with TLS 1.2 (tls-unique) or "
+                    "TLS 1.3 (tls-exporter, RFC 9266) directly to the EST listener")
             if password is None:
                 raise BadRequest("this label requires channel binding: the CSR's "
                                  "challengePassword must hold base64 of the TLS session's "
-                                 "tls-unique value (RFC 7030 3.5)")
-        if password is not None and credentials.tls_unique is not None:
-            expected = base64.b64encode(credentials.tls_unique).decode()
+                                 f"{_binding_name(credentials)} value (RFC 7030 3.5)")
+        if password is not None and binding is not None:
+            expected = base64.b64encode(binding).decode()
             if not hmac.compare_digest(password.strip().encode(), expected.encode()):
                 raise BadRequest("the CSR's challengePassword is not this TLS session's "
-                                 "tls-unique value (RFC 7030 3.5)")
+                                 f"{_binding_name(credentials)} value (RFC 7030 3.5)")
 
     def _check_same_identity(self, csr: x509.CertificateSigningRequest,
                              record: CertificateRecord, label: EstLabel) -> None:
@@ -819,10 +897,11 @@ class EstService:
                              "renewed")
 
     def _key_recipient(self, attributes: dict[str, list[bytes]],
-                       credentials: EstCredentials) -> x509.Certificate | None:
-        """RFC 7030 4.4.1.2: asymmetric key encryption goes to the client's certificate
-        (an RSA key: CMS key transport). Symmetric (4.4.1.1) needs a shared key this
-        server does not hold."""
+                       credentials: EstCredentials) -> _Recipient | None:
+        """RFC 7030 4.4.1.2: asymmetric key encryption goes to the key the
+        AsymmetricDecryptKeyIdentifier names, which must be the TLS client certificate's
+        (the one certificate of the client this server knows; an RSA key: CMS key
+        transport). Symmetric (4.4.1.1) needs a shared key this server does not hold."""
         if DECRYPT_KEY_ID in attributes:
             raise BadRequest("symmetric encryption of the server-generated key "
                              "(DecryptKeyIdentifier, RFC 7030 4.4.1.1) is not supported: "
@@ -837,7 +916,20 @@ class EstService:
         if not isinstance(recipient.public_key(), rsa.RSAPublicKey):
             raise BadRequest("the server-generated key is encrypted to the client "
                              "certificate's key, which must be RSA (CMS key transport)")
-        return recipient
+        wanted = _octet_string(attributes[ASYMM_DECRYPT_KEY_ID][0])
+        try:
+            stated: bytes | None = recipient.extensions.get_extension_for_class(
+                x509.SubjectKeyIdentifier).value.digest
+        except x509.ExtensionNotFound:
+            stated = None
+        computed = x509.SubjectKeyIdentifier.from_public_key(recipient.public_key()).digest
+        if wanted not in (stated, computed):
+            raise BadRequest("the AsymmetricDecryptKeyIdentifier (RFC 7030 4.4.1.2) names "
+                             "another key than the TLS client certificate's: the "
+                             "server-generated key is encrypted only to that certificate")
+        # RFC 7030 4.4.2: the rid is the identifier asked for when the certificate states
+        # it, else the certificate's issuerAndSerialNumber
+        return _Recipient(recipient, by_key_identifier=wanted == stated)
 
     def _event(self, caller: _Caller, label: EstLabel, event_type: str, action: str,
                resource_type: str, resource_id: str, data: dict[str, Any]) -> AuditEvent:
@@ -854,15 +946,94 @@ class EstService:
                            caller.secret.secret_id, {"label": label.label})
 
 
+@dataclass(frozen=True, slots=True)
+class _Recipient:
+    certificate: x509.Certificate
+    by_key_identifier: bool
+
+
+def _octet_string(value: bytes) -> bytes:
+    """An attribute value that must be an OCTET STRING (AsymmetricDecryptKeyIdentifier)."""
+    try:
+        return bytes(core.OctetString.load(value).native)
+    except (ValueError, TypeError):
+        raise BadCSR("the AsymmetricDecryptKeyIdentifier is not an OCTET STRING") from None
+
+
+async def _key_package(key: CertificateIssuerPrivateKeyTypes, spec: KeySpec, pkcs8: bytes,
+                       issued: IssuedCertificate, recipient: _Recipient) -> bytes:
+    """RFC 7030 4.4.2 with RFC 5958 4: the AsymmetricKeyPackage (a SEQUENCE OF one
+    OneAsymmetricKey, PKCS#8 v1) in a SignedData, that in an EnvelopedData to the client.
+
+    The SignedData is signed with the generated key itself under the certificate just
+    issued for it (carried with its chain): no CA key signs anything but certificates,
+    CRLs and OCSP responses here, and the gateway has no EST signing key of its own. The
+    signature shows the package and the certificate belong together, and the certificate
+    chains to the CA of /cacerts; the TLS session authenticated the server."""
+    package = der.sequence(pkcs8)
+    signer = SoftwareSigner(key, spec, "est-serverkeygen")
+    signed_info = await SignedDataSigner(
+        signer, issued.certificate, certificates=[issued.certificate, *issued.chain]
+    ).sign(package, A_KEY_PACKAGE)
+    # The EnvelopedData's content is the SignedData value, not its ContentInfo (RFC 5652
+    # 6.1: encryptedContentInfo names the type).
+    _, explicit = _elements(parser.parse(signed_info)[4])
+    signed_data = parser.parse(explicit)[4]
+    return encrypt_enveloped(signed_data, [recipient.certificate], content_type="signed_data",
+                             by_key_identifier=recipient.by_key_identifier)
+
+
+def _same_key(csr: x509.CertificateSigningRequest, certificate: x509.Certificate) -> bool:
+    """Whether the request is for the certificate's own key (a renewal, not a re-key)."""
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    return bool(csr.public_key().public_bytes(serialization.Encoding.DER, spki)
+                == certificate.public_key().public_bytes(serialization.Encoding.DER, spki))
+
+
+def _binding_name(credentials: EstCredentials) -> str:
+    return "tls-unique" if credentials.tls_unique is not None else "tls-exporter (RFC 9266)"
+
+
 def _fingerprint(certificate: x509.Certificate) -> str:
     return certificate.fingerprint(hashes.SHA256()).hex()
 
 
-def _is_ca(certificate: x509.Certificate) -> bool:
+def _by_subject(cas: Iterable[CARecord]) -> dict[str, tuple[CARecord, ...]]:
+    """Issuing CAs by subject DN (RFC 4514)."""
+    found: dict[str, tuple[CARecord, ...]] = {}
+    for ca in cas:
+        if ca.ca_type == "issuing":
+            found[ca.subject_dn] = (*found.get(ca.subject_dn, ()), ca)
+    return found
+
+
+def _verification_reason(error: verification.VerificationError) -> str:
+    """cryptography's reason without the certificate repr it appends."""
+    reason = str(error).split(" (encountered processing", 1)[0]
+    reason = reason.removeprefix("validation failed: ")
+    if "no interior errors" in reason:  # no certificate at all named the issuer
+        return "no trusted CA, and no CA in the chain sent, issued it"
+    return reason[:200]
+
+
+def _check_client_use(certificate: x509.Certificate) -> None:
+    """A keyUsage present allows digitalSignature (the TLS CertificateVerify), an
+    extendedKeyUsage present allows clientAuth (RFC 5280 4.2.1.3, 4.2.1.12)."""
     try:
-        return certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+        if not usage.digital_signature:
+            raise Unauthorized("the client certificate's keyUsage does not allow "
+                               "digitalSignature")
     except x509.ExtensionNotFound:
-        return False
+        pass
+    try:
+        purposes = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        if not {ExtendedKeyUsageOID.CLIENT_AUTH,
+                ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE} & set(purposes):
+            raise Unauthorized("the client certificate's extendedKeyUsage does not allow "
+                               "TLS client authentication")
+    except x509.ExtensionNotFound:
+        pass
 
 
 def _request_for_key(csr: x509.CertificateSigningRequest,

@@ -25,7 +25,7 @@ from ca_core.authority import (
     issuing_ca_name,
     serial_hex,
 )
-from ca_core.errors import BadRequest, Conflict
+from ca_core.errors import BadRequest, Conflict, NotFound
 from ca_core.keys import KeySpec
 from ca_core.principal import Principal
 from ca_core.records import AuditEvent, CARecord, OcspResponderRecord, Organization
@@ -62,6 +62,7 @@ async def _create_ca(
     parent: LoadedCA | None,
     org: Organization | None,
     principal: Principal,
+    status: str = "active",
 ) -> CreatedCA:
     settings = authority.settings
     label = f"vcc-{name}-{secrets.token_hex(4)}"
@@ -91,7 +92,7 @@ async def _create_ca(
         key_ref=signer.key_ref, key_backend=authority.keys.name,
         key_algorithm=spec.algorithm.value, key_size=spec.size,
         not_before=certificate.not_valid_before_utc, not_after=certificate.not_valid_after_utc,
-        created_at=authority.clock(),
+        status=status, created_at=authority.clock(),
     )
     event = AuditEvent(
         event_type="ca.created", category="ca", action="create_ca",
@@ -99,7 +100,7 @@ async def _create_ca(
         org_id=record.org_id, resource_type="certificate_authority", resource_id=record.ca_id,
         data={"name": name, "type": ca_type, "subject": record.subject_dn,
               "key": str(spec), "key_backend": authority.keys.name,
-              "not_after": record.not_after.isoformat()},
+              "not_after": record.not_after.isoformat(), "status": status},
     )
     await authority.store.add_ca(record, event)
     return CreatedCA(name, ca_type, record.subject_dn)
@@ -141,6 +142,58 @@ async def ensure_organization(
         ))
     await ensure_ocsp_responder(authority, ca_name, principal=principal)
     return created
+
+
+async def rollover_issuing_ca(authority: Authority, slug: str,
+                              principal: Principal | None = None,
+                              key: KeySpec | None = None) -> CreatedCA:
+    """`vcc-pki ca rollover --org SLUG`: the successor of the organization's issuing CA (a
+    new key in the same key backend, signed by the intermediate, ``{slug}-issuing-gN`` with
+    a subject of its own so that name-based lookups never confuse the two) with status
+    "next" and its OCSP responder. It issues nothing but its own certificates until
+    ``activate_issuing_ca``; SCEP offers it through GetNextCACert meanwhile."""
+    principal = principal or Principal.system("vcc-pki ca rollover")
+    org = await authority.organization(slug)
+    cas = await authority.issuing_cas(org)
+    if cas.next is not None:
+        raise Conflict(f"{cas.next} is the next CA of {slug} already: activate it first")
+    current = await authority.ca(cas.active)
+    generation = len(cas.all) + 1
+    name = f"{issuing_ca_name(slug)}-g{generation}"
+    settings = authority.settings
+    created = await _create_ca(
+        authority, name, "issuing",
+        f"{settings.organization_name} Issuing CA {slug} G{generation}",
+        key or current.signer.key_spec, settings.issuing_validity_days,
+        await authority.ca(INTERMEDIATE), org, principal, status="next")
+    authority.forget_issuing_cas(org.org_id)
+    await ensure_ocsp_responder(authority, name, principal=principal)
+    return created
+
+
+async def activate_issuing_ca(authority: Authority, name: str,
+                              principal: Principal | None = None) -> str:
+    """`vcc-pki ca activate NAME`: the "next" issuing CA issues from now on (every process
+    within ISSUING_CA_REFRESH_SECONDS); the one it replaces is "retired" and keeps
+    answering OCSP and publishing CRLs for what it issued. Returns the retired CA's
+    name."""
+    principal = principal or Principal.system("vcc-pki ca activate")
+    record = await authority.store.get_ca(name)
+    if record is None or record.ca_type != "issuing" or record.org_id is None:
+        raise NotFound(f"no issuing CA named {name!r}")
+    if record.status != "next":
+        raise Conflict(f"CA {name} is {record.status}: only a rollover's next CA activates")
+    org = await authority.organization_by_id(record.org_id)
+    previous = (await authority.issuing_cas(org)).active
+    event = AuditEvent(
+        event_type="ca.activated", category="ca", action="activate_ca",
+        actor_type=principal.actor_type, actor_id=principal.actor_id, org_id=org.org_id,
+        resource_type="certificate_authority", resource_id=record.ca_id,
+        data={"name": name, "retired": previous})
+    if not await authority.store.activate_issuing_ca(org.org_id, record.ca_id, event):
+        raise Conflict(f"CA {name} was activated meanwhile")
+    authority.forget_issuing_cas(org.org_id)
+    return previous
 
 
 async def ensure_hierarchy(

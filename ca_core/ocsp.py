@@ -248,7 +248,10 @@ class OcspResponder:
         responders that are missing or about to expire (see ``maintain``)."""
         async with self._load_lock:
             for record in await self.store.list_cas():
-                if record.ca_type != "issuing" or record.status != "active":
+                # A rollover's retired CA keeps answering for what it issued, and its next
+                # CA answers from the start (its responder and RA certificates).
+                if record.ca_type != "issuing" or \
+                        record.status not in ("active", "next", "retired"):
                     continue
                 ca = await self.authority.ca(record.name)
                 issuer = self._by_ca_id.get(record.ca_id)

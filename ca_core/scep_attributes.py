@@ -11,15 +11,18 @@ asn1crypto names, no global registration):
     senderNonce      2.16.840.1.113733.1.9.5   OCTET STRING      (3.2.1.5)
     recipientNonce   2.16.840.1.113733.1.9.6   OCTET STRING      (3.2.1.5)
     failInfoText     1.3.6.1.5.5.7.24.1        UTF8String        (3.2.1.4)
+
+and the one message content asn1crypto lacks, CertPoll's IssuerAndSubject (3.3.3).
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 from asn1crypto import core, parser
+from asn1crypto import x509 as asn1_x509
 
 from ca_core.cms import attribute
 
@@ -59,6 +62,13 @@ class FailInfo(enum.StrEnum):
     BAD_REQUEST = "2"
     BAD_TIME = "3"
     BAD_CERT_ID = "4"
+
+
+class IssuerAndSubject(core.Sequence):  # type: ignore[misc]  # asn1crypto is untyped
+    """RFC 8894 3.3.3: the CertPoll content, ``SEQUENCE { issuer Name, subject Name }``."""
+
+    _fields: ClassVar[list[tuple[str, type[core.Asn1Value]]]] = [
+        ("issuer", asn1_x509.Name), ("subject", asn1_x509.Name)]
 
 
 def printable(oid: str, text: str) -> Any:

@@ -51,7 +51,13 @@ from ca_core.records import (
 
 if TYPE_CHECKING:  # ca_core.est and ca_core.scep import this module
     from ca_core.est import EnrollmentSecretRecord, EstLabel, PendingEnrollment
-    from ca_core.scep import ScepChallenge, ScepRaRecord, ScepRecorded, ScepTransaction
+    from ca_core.scep import (
+        ScepChallenge,
+        ScepEndpointPolicy,
+        ScepRaRecord,
+        ScepRecorded,
+        ScepTransaction,
+    )
 
 
 class StoreError(CAError):
@@ -136,6 +142,12 @@ class CaStore(Protocol):
 
     async def list_cas(self) -> list[CARecord]: ...
 
+    async def activate_issuing_ca(self, org_id: str, ca_id: str, audit: AuditEvent) -> bool:
+        """An issuing CA rollover (``ca_core.hierarchy.activate_issuing_ca``): in one
+        transaction the CA ``ca_id`` goes from "next" to "active" and the organization's
+        other active issuing CAs to "retired"; False (nothing changes) when that CA is not
+        the organization's "next" one."""
+
     async def add_cross_certificate(self, cross: CrossCertificateRecord,
                                         audit: AuditEvent) -> None:
         """Record a cross-certificate chain; StoreConflict when that cross-certificate is
@@ -185,6 +197,15 @@ class CertificateStore(Protocol):
     ) -> CertificateRecord | None:
         """Mark revoked and add the CRL entry. Returns the updated record, or None when
         the certificate is unknown or already revoked (nothing changes then)."""
+
+    async def add_certificate_superseding(
+        self, cert: CertificateRecord, audit: AuditEvent, revocation: Revocation,
+        revocation_audit: AuditEvent,
+    ) -> CertificateRecord | None:
+        """``revoke_certificate`` of the certificate ``cert`` replaces, and
+        ``add_certificate``, in one transaction: the revoked record, or None (nothing
+        written) when that certificate is unknown or revoked already; StoreConflict
+        (nothing written) when (issuer, serial) of ``cert`` exists."""
 
     async def list_revocations(
         self, ca_id: str, crl_partition: int | None = None
@@ -419,6 +440,50 @@ class ScepStore(Protocol):
         ``transaction`` (new, or replacing a row of the same transactionID and key for
         another request; "transaction_taken" and nothing written otherwise) and add
         ``cert``. StoreConflict (nothing written) when (issuer, serial) exists."""
+
+    async def record_scep_transaction(
+        self, transaction: ScepTransaction, audit: AuditEvent,
+        consume: tuple[str, dt.datetime, AuditEvent] | None = None,
+    ) -> ScepRecorded:
+        """A transaction without a certificate (pending, failure), under the rules of
+        ``add_certificate_for_scep`` (the challenge spent, the same transactionID and key
+        only, another request than the stored one). A pending row is never replaced, and a
+        failure replaces only a failure."""
+
+    async def list_scep_transactions(self, org_id: str | None = None,
+                                     status: str | None = "pending"
+                                     ) -> list[ScepTransaction]:
+        """Transactions (of one organization, in one status; None: all), oldest first."""
+
+    async def add_certificate_for_scep_pending(
+        self, cert: CertificateRecord, audit: AuditEvent, transaction_id: str,
+        request_fingerprint: str, now: dt.datetime, pending_audit: AuditEvent,
+    ) -> bool:
+        """Move a pending transaction (of this request) to success with ``cert``'s id,
+        decided at ``now``, and add ``cert``, in one transaction; False (nothing written)
+        when it is not pending (decided meanwhile) or holds another request."""
+
+    async def reject_scep_pending(self, transaction_id: str, fail_info: str,
+                                  now: dt.datetime, audit: AuditEvent
+                                  ) -> ScepTransaction | None:
+        """Move a pending transaction to rejected with ``fail_info``; the updated row, or
+        None (nothing changes) when it is not pending."""
+
+    async def get_scep_endpoint(self, org_id: str, profile: str
+                                ) -> ScepEndpointPolicy | None: ...
+
+    async def list_scep_endpoints(self) -> list[ScepEndpointPolicy]:
+        """Every endpoint an operator configured, by organization and profile."""
+
+    async def set_scep_approval(self, org_id: str, profile: str, require_approval: bool,
+                                now: dt.datetime, audit: AuditEvent) -> None:
+        """Set an endpoint's manual approval (creating its row; its secret unchanged).
+        StoreConflict when the organization does not exist."""
+
+    async def set_scep_secret(self, org_id: str, profile: str, secret_hash: str | None,
+                              now: dt.datetime, audit: AuditEvent) -> None:
+        """Set (None: clear) an endpoint's static challenge hash (creating its row; its
+        approval unchanged). StoreConflict when the organization does not exist."""
 
 
 class Store(TenantStore, CaStore, CertificateStore, CrlStore, LeaseStore, AuditStore,

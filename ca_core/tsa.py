@@ -58,7 +58,6 @@ from ca_core.authority import (
     Authority,
     IssuanceRequest,
     LoadedCA,
-    issuing_ca_name,
     parse_serial,
     serial_display,
     serial_hex,
@@ -355,10 +354,12 @@ def current_tsa(records: Iterable[CARecord], now: dt.datetime) -> CARecord | Non
 async def ensure_tsa(authority: Authority, settings: TsaSettings | None = None
                      ) -> CreatedTsa | None:
     """Create the TSA (key, certificate, record) when there is none valid, or renew it within
-    RENEW_BEFORE of expiry; None when the current one stays. Needs the default issuing CA."""
+    RENEW_BEFORE of expiry; None when the current one stays. Needs the default organization's
+    issuing CA (the active one: after a rollover the retired CA certifies no new TSA)."""
     settings = settings or TsaSettings()
     now = authority.clock()
-    issuer = await authority.ca(issuing_ca_name(authority.settings.default_org))
+    issuer = await authority.issuing_ca(
+        await authority.organization(authority.settings.default_org))
     current = current_tsa(await authority.store.list_cas(), now)
     if current is not None:
         if current.not_after - now > RENEW_BEFORE:

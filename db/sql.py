@@ -48,7 +48,13 @@ from ca_core.records import (
     TemplateRecord,
     TimeStampRecord,
 )
-from ca_core.scep import ScepChallenge, ScepRaRecord, ScepRecorded, ScepTransaction
+from ca_core.scep import (
+    ScepChallenge,
+    ScepEndpointPolicy,
+    ScepRaRecord,
+    ScepRecorded,
+    ScepTransaction,
+)
 from ca_core.storage import StoreConflict, StoreUnavailable
 from db.acme_rows import (
     challenges_from_json,
@@ -467,6 +473,25 @@ class SqlStore:
             'SELECT * FROM certificate_authorities ORDER BY created_at, name COLLATE "C"'))
         return [self._ca(r) for r in found]
 
+    async def activate_issuing_ca(self, org_id: str, ca_id: str, audit: AuditEvent) -> bool:
+        """An issuing CA rollover: "next" -> "active", the organization's other active
+        issuing CAs -> "retired", in one transaction; False (nothing changes) when ``ca_id``
+        is not the organization's "next" issuing CA."""
+        def write(tx: Tx) -> Body[bool]:
+            moved = yield one(
+                "UPDATE certificate_authorities SET status = 'active' WHERE ca_id = ?"
+                " AND org_id = ? AND ca_type = 'issuing' AND status = 'next' RETURNING 1",
+                ca_id, org_id)
+            if moved is None:
+                return False
+            yield run(
+                "UPDATE certificate_authorities SET status = 'retired' WHERE org_id = ?"
+                " AND ca_type = 'issuing' AND status = 'active' AND ca_id <> ?",
+                org_id, ca_id)
+            yield from tx.append_audit(audit)
+            return True
+        return await self._write(write)
+
     async def add_cross_certificate(self, cross: CrossCertificateRecord,
                                     audit: AuditEvent) -> None:
         """Record a cross-certificate chain; StoreConflict when that cross-certificate is
@@ -588,25 +613,45 @@ class SqlStore:
     ) -> CertificateRecord | None:
         """Mark revoked and add the CRL entry. Returns the updated record, or None when
         the certificate is unknown or already revoked (nothing changes then)."""
-        d = self._d
-
         def write(tx: Tx) -> Body[CertificateRecord | None]:
-            row = yield one(
-                "UPDATE certificates SET status = 'revoked', revoked_at = ?,"
-                " revocation_reason = ?, invalidity_date = ?"
-                " WHERE issuer_ca_id = ? AND serial_hex = ? AND status = 'active' RETURNING *",
-                d.t(revocation.revoked_at), revocation.reason,
-                d.t_opt(revocation.invalidity_date), revocation.ca_id, revocation.serial_hex)
-            if row is None:
+            return (yield from self._revoke(tx, revocation, audit))
+        return await self._write(write)
+
+    def _revoke(self, tx: Tx, revocation: Revocation, audit: AuditEvent
+                ) -> Body[CertificateRecord | None]:
+        d = self._d
+        row = yield one(
+            "UPDATE certificates SET status = 'revoked', revoked_at = ?,"
+            " revocation_reason = ?, invalidity_date = ?"
+            " WHERE issuer_ca_id = ? AND serial_hex = ? AND status = 'active' RETURNING *",
+            d.t(revocation.revoked_at), revocation.reason,
+            d.t_opt(revocation.invalidity_date), revocation.ca_id, revocation.serial_hex)
+        if row is None:
+            return None
+        yield run(
+            "INSERT INTO crl_entries (ca_id, serial_hex, cert_id, revoked_at, reason,"
+            " invalidity_date, crl_partition) VALUES (?,?,?,?,?,?,?)",
+            revocation.ca_id, revocation.serial_hex, revocation.cert_id,
+            d.t(revocation.revoked_at), revocation.reason,
+            d.t_opt(revocation.invalidity_date), row["crl_partition"])
+        yield from tx.append_audit(audit)
+        return self._cert(row)
+
+    async def add_certificate_superseding(
+        self, cert: CertificateRecord, audit: AuditEvent, revocation: Revocation,
+        revocation_audit: AuditEvent,
+    ) -> CertificateRecord | None:
+        """``revoke_certificate`` of the certificate ``cert`` replaces, and
+        ``add_certificate``, in one transaction: the revoked record, or None (nothing
+        written) when that certificate is unknown or revoked already; StoreConflict
+        (nothing written) when (issuer, serial) of ``cert`` exists."""
+        def write(tx: Tx) -> Body[CertificateRecord | None]:
+            revoked = yield from self._revoke(tx, revocation, revocation_audit)
+            if revoked is None:
                 return None
-            yield run(
-                "INSERT INTO crl_entries (ca_id, serial_hex, cert_id, revoked_at, reason,"
-                " invalidity_date, crl_partition) VALUES (?,?,?,?,?,?,?)",
-                revocation.ca_id, revocation.serial_hex, revocation.cert_id,
-                d.t(revocation.revoked_at), revocation.reason,
-                d.t_opt(revocation.invalidity_date), row["crl_partition"])
+            yield self._insert_certificate(cert)
             yield from tx.append_audit(audit)
-            return self._cert(row)
+            return revoked
         return await self._write(write)
 
     async def list_revocations(
@@ -1282,7 +1327,60 @@ class SqlStore:
             request_fingerprint=row["request_fingerprint"], org_id=row["org_id"],
             status=row["status"], cert_id=row["cert_id"], fail_info=row["fail_info"],
             created_at=d.time(row["created_at"]), updated_at=d.time(row["updated_at"]),
+            profile=row["profile"],
+            csr_der=None if row["csr_der"] is None else bytes(row["csr_der"]),
+            requester=row["requester"], decided_at=d.time_opt(row["decided_at"]),
         )
+
+    def _scep_endpoint(self, row: Any) -> ScepEndpointPolicy:
+        return ScepEndpointPolicy(
+            org_id=row["org_id"], profile=row["profile"],
+            require_approval=bool(row["require_approval"]), secret_hash=row["secret_hash"],
+            updated_at=self._d.time(row["updated_at"]),
+        )
+
+    def _upsert_scep_transaction(self, t: ScepTransaction) -> Stmt:
+        """Record ``t``: a new transactionID, or one of the same key whose stored request
+        is another one and is not waiting for an operator; RETURNING a row when written.
+        A row of another key, of this very request (recorded by a concurrent twin) or
+        pending is left alone, and a failure replaces only a failure (a certificate or a
+        decision stays what the transaction answers)."""
+        d = self._d
+        return one(
+            "INSERT INTO scep_transactions (transaction_id, key_fingerprint,"
+            " request_fingerprint, org_id, status, cert_id, fail_info, created_at,"
+            " updated_at, profile, csr_der, requester, decided_at)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT (transaction_id) DO UPDATE SET"
+            " request_fingerprint = excluded.request_fingerprint,"
+            " org_id = excluded.org_id, status = excluded.status,"
+            " cert_id = excluded.cert_id, fail_info = excluded.fail_info,"
+            " updated_at = excluded.updated_at, profile = excluded.profile,"
+            " csr_der = excluded.csr_der, requester = excluded.requester,"
+            " decided_at = excluded.decided_at"
+            " WHERE scep_transactions.key_fingerprint = excluded.key_fingerprint"
+            " AND scep_transactions.request_fingerprint <> excluded.request_fingerprint"
+            " AND scep_transactions.status <> 'pending'"
+            " AND (excluded.status <> 'failure' OR scep_transactions.status = 'failure')"
+            " RETURNING 1",
+            t.transaction_id, t.key_fingerprint, t.request_fingerprint, t.org_id,
+            t.status, t.cert_id, t.fail_info, d.t(t.created_at or _now()),
+            d.t(t.updated_at or _now()), t.profile, t.csr_der, t.requester,
+            d.t_opt(t.decided_at))
+
+    def _spend_scep_challenge(self, tx: Tx, consume: tuple[str, dt.datetime, AuditEvent]
+                              ) -> Body[bool]:
+        challenge_id, now, challenge_audit = consume
+        d = self._d
+        # The conditional UPDATE is the lock (see _consume).
+        spent = yield one(
+            "UPDATE scep_challenges SET used_at = ? WHERE challenge_id = ?"
+            " AND used_at IS NULL AND expires_at > ? RETURNING 1",
+            d.t(now), challenge_id, d.t(now))
+        if spent is None:
+            return False
+        yield from tx.append_audit(challenge_audit)
+        return True
 
     async def add_scep_ra(self, ra: ScepRaRecord, audit: AuditEvent) -> None:
         """Record an RA certificate (already stored in ``certificates``)."""
@@ -1340,36 +1438,11 @@ class SqlStore:
         ``transaction`` (new, or replacing a row of the same transactionID and key for
         another request; "transaction_taken" and nothing written otherwise) and add
         ``cert``. StoreConflict (nothing written) when (issuer, serial) exists."""
-        d, t = self._d, transaction
-
         def write(tx: Tx) -> Body[ScepRecorded]:
-            if consume is not None:
-                challenge_id, now, challenge_audit = consume
-                # The conditional UPDATE is the lock (see _consume).
-                spent = yield one(
-                    "UPDATE scep_challenges SET used_at = ? WHERE challenge_id = ?"
-                    " AND used_at IS NULL AND expires_at > ? RETURNING 1",
-                    d.t(now), challenge_id, d.t(now))
-                if spent is None:
-                    return "challenge_spent"
-                yield from tx.append_audit(challenge_audit)
-            # A transactionID is its key's: a row of another key, or of this very request
-            # (recorded by a concurrent twin), is left alone and nothing here is kept.
-            kept = yield one(
-                "INSERT INTO scep_transactions (transaction_id, key_fingerprint,"
-                " request_fingerprint, org_id, status, cert_id, fail_info, created_at,"
-                " updated_at) VALUES (?,?,?,?,?,?,?,?,?)"
-                " ON CONFLICT (transaction_id) DO UPDATE SET"
-                " request_fingerprint = excluded.request_fingerprint,"
-                " org_id = excluded.org_id, status = excluded.status,"
-                " cert_id = excluded.cert_id, fail_info = excluded.fail_info,"
-                " updated_at = excluded.updated_at"
-                " WHERE scep_transactions.key_fingerprint = excluded.key_fingerprint"
-                " AND scep_transactions.request_fingerprint <> excluded.request_fingerprint"
-                " RETURNING 1",
-                t.transaction_id, t.key_fingerprint, t.request_fingerprint, t.org_id,
-                t.status, t.cert_id, t.fail_info, d.t(t.created_at or _now()),
-                d.t(t.updated_at or _now()))
+            if consume is not None and not (yield from self._spend_scep_challenge(tx,
+                                                                                  consume)):
+                return "challenge_spent"
+            kept = yield self._upsert_scep_transaction(transaction)
             if kept is None:
                 raise _Refused("transaction_taken")  # rolls the challenge's spend back
             yield self._insert_certificate(cert)
@@ -1380,3 +1453,121 @@ class SqlStore:
         except _Refused as refused:
             return "transaction_taken" if refused.outcome == "transaction_taken" \
                 else "challenge_spent"
+
+    async def record_scep_transaction(
+        self, transaction: ScepTransaction, audit: AuditEvent,
+        consume: tuple[str, dt.datetime, AuditEvent] | None = None,
+    ) -> ScepRecorded:
+        """A transaction without a certificate (pending, failure), under the rules of
+        ``add_certificate_for_scep`` (the challenge spent, the same transactionID and key
+        only, another request than the stored one). A pending row is never replaced."""
+        def write(tx: Tx) -> Body[ScepRecorded]:
+            if consume is not None and not (yield from self._spend_scep_challenge(tx,
+                                                                                  consume)):
+                return "challenge_spent"
+            kept = yield self._upsert_scep_transaction(transaction)
+            if kept is None:
+                raise _Refused("transaction_taken")
+            yield from tx.append_audit(audit)
+            return "recorded"
+        try:
+            return await self._write(write)
+        except _Refused:
+            return "transaction_taken"
+
+    async def list_scep_transactions(self, org_id: str | None = None,
+                                     status: str | None = "pending"
+                                     ) -> list[ScepTransaction]:
+        """Transactions (of one organization, in one status; None: all), oldest first."""
+        query, args = "SELECT * FROM scep_transactions WHERE 1 = 1", list[str]()
+        if org_id is not None:
+            query, args = query + " AND org_id = ?", [*args, org_id]
+        if status is not None:
+            query, args = query + " AND status = ?", [*args, status]
+        found = await self._read(rows(query + " ORDER BY created_at, transaction_id", *args))
+        return [self._scep_transaction(r) for r in found]
+
+    async def add_certificate_for_scep_pending(
+        self, cert: CertificateRecord, audit: AuditEvent, transaction_id: str,
+        request_fingerprint: str, now: dt.datetime, pending_audit: AuditEvent,
+    ) -> bool:
+        """Move a pending transaction (of this request) to success with ``cert``'s id,
+        decided at ``now``, and add ``cert``, in one transaction; False (nothing written)
+        when it is not pending (decided meanwhile) or holds another request."""
+        d = self._d
+
+        def write(tx: Tx) -> Body[bool]:
+            moved = yield one(
+                "UPDATE scep_transactions SET status = 'success', cert_id = ?,"
+                " decided_at = ?, updated_at = ? WHERE transaction_id = ?"
+                " AND status = 'pending' AND request_fingerprint = ? RETURNING 1",
+                cert.cert_id, d.t(now), d.t(now), transaction_id, request_fingerprint)
+            if moved is None:
+                return False
+            yield from tx.append_audit(pending_audit)
+            yield self._insert_certificate(cert)
+            yield from tx.append_audit(audit)
+            return True
+        return await self._write(write)
+
+    async def reject_scep_pending(self, transaction_id: str, fail_info: str,
+                                  now: dt.datetime, audit: AuditEvent
+                                  ) -> ScepTransaction | None:
+        """Move a pending transaction to rejected with ``fail_info``; the updated row, or
+        None (nothing changes) when it is not pending."""
+        d = self._d
+
+        def write(tx: Tx) -> Body[ScepTransaction | None]:
+            row = yield one(
+                "UPDATE scep_transactions SET status = 'rejected', fail_info = ?,"
+                " decided_at = ?, updated_at = ? WHERE transaction_id = ?"
+                " AND status = 'pending' RETURNING *",
+                fail_info, d.t(now), d.t(now), transaction_id)
+            if row is None:
+                return None
+            yield from tx.append_audit(audit)
+            return self._scep_transaction(row)
+        return await self._write(write)
+
+    async def get_scep_endpoint(self, org_id: str, profile: str
+                                ) -> ScepEndpointPolicy | None:
+        row = await self._lookup(one(
+            "SELECT * FROM scep_endpoints WHERE org_id = ? AND profile = ?", org_id, profile))
+        return None if row is None else self._scep_endpoint(row)
+
+    async def list_scep_endpoints(self) -> list[ScepEndpointPolicy]:
+        """Every endpoint an operator configured, by organization and profile."""
+        found = await self._read(rows(
+            "SELECT * FROM scep_endpoints ORDER BY org_id, profile"))
+        return [self._scep_endpoint(r) for r in found]
+
+    async def set_scep_approval(self, org_id: str, profile: str, require_approval: bool,
+                                now: dt.datetime, audit: AuditEvent) -> None:
+        """Set an endpoint's manual approval (creating its row; its secret unchanged).
+        StoreConflict when the organization does not exist."""
+        d = self._d
+
+        def write(tx: Tx) -> Body[None]:
+            yield run(
+                "INSERT INTO scep_endpoints (org_id, profile, require_approval, secret_hash,"
+                " updated_at) VALUES (?,?,?,NULL,?) ON CONFLICT (org_id, profile) DO UPDATE"
+                " SET require_approval = excluded.require_approval,"
+                " updated_at = excluded.updated_at",
+                org_id, profile, require_approval, d.t(now))
+            yield from tx.append_audit(audit)
+        await self._write(write)
+
+    async def set_scep_secret(self, org_id: str, profile: str, secret_hash: str | None,
+                              now: dt.datetime, audit: AuditEvent) -> None:
+        """Set (None: clear) an endpoint's static challenge hash (creating its row; its
+        approval unchanged). StoreConflict when the organization does not exist."""
+        d = self._d
+
+        def write(tx: Tx) -> Body[None]:
+            yield run(
+                "INSERT INTO scep_endpoints (org_id, profile, require_approval, secret_hash,"
+                " updated_at) VALUES (?,?,?,?,?) ON CONFLICT (org_id, profile) DO UPDATE"
+                " SET secret_hash = excluded.secret_hash, updated_at = excluded.updated_at",
+                org_id, profile, False, secret_hash, d.t(now))
+            yield from tx.append_audit(audit)
+        await self._write(write)

@@ -29,6 +29,7 @@ from ca_core.admin import (
     organization_document,
 )
 from ca_core.authority import (
+    ISSUING_CA_REFRESH_SECONDS,
     REVOCATION_REASONS,
     IssuanceRequest,
     parse_reason,
@@ -41,7 +42,12 @@ from ca_core.cross import (
 )
 from ca_core.errors import BadCSR, BadPublicKey, BadRequest, CAError
 from ca_core.est import AuthMethod, EstLabel
-from ca_core.hierarchy import ensure_hierarchy, ensure_organization
+from ca_core.hierarchy import (
+    activate_issuing_ca,
+    ensure_hierarchy,
+    ensure_organization,
+    rollover_issuing_ca,
+)
 from ca_core.keys import KeySpec
 from ca_core.principal import ROLES, Principal
 from ca_core.profiles import BUILTIN_PROFILES
@@ -84,11 +90,34 @@ async def _with_services(config: Config, fn: Callable[[Services], Awaitable[int]
 
 async def cmd_ca_list(config: Config, args: argparse.Namespace) -> int:
     async def run(services: Services) -> int:
-        print(f"{'NAME':<24} {'TYPE':<13} {'KEY':<9} {'BACKEND':<9} {'NOT AFTER':<20} SUBJECT")
+        print(f"{'NAME':<24} {'TYPE':<13} {'STATUS':<8} {'KEY':<9} {'BACKEND':<9} "
+              f"{'NOT AFTER':<20} SUBJECT")
         for ca in await services.store.list_cas():
             key = f"{ca.key_algorithm}-{ca.key_size}"
-            print(f"{ca.name:<24} {ca.ca_type:<13} {key:<9} {ca.key_backend:<9} "
+            print(f"{ca.name:<24} {ca.ca_type:<13} {ca.status:<8} {key:<9} {ca.key_backend:<9} "
                   f"{ca.not_after:%Y-%m-%d %H:%M}     {ca.subject_dn}")
+        return 0
+    return await _with_services(config, run)
+
+
+async def cmd_ca_rollover(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        await services.authority.load()
+        created = await rollover_issuing_ca(services.authority, args.org, CLI, args.key)
+        print(f"{created.name}: next issuing CA of {args.org} ({created.subject}); it issues "
+              f"nothing until `vcc-pki ca activate {created.name}`, SCEP clients get it by "
+              "GetNextCACert")
+        return 0
+    return await _with_services(config, run)
+
+
+async def cmd_ca_activate(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        await services.authority.load()
+        retired = await activate_issuing_ca(services.authority, args.name, CLI)
+        print(f"{args.name} is active: it issues from now on (a running gateway follows "
+              f"within {ISSUING_CA_REFRESH_SECONDS:g} s); {retired} is retired and keeps "
+              "answering OCSP and publishing CRLs for what it issued")
         return 0
     return await _with_services(config, run)
 
@@ -416,7 +445,8 @@ async def cmd_est_label_set(config: Config, args: argparse.Namespace) -> int:
             label=args.label, org_id=org.org_id, profile=args.profile, accept=args.accept,
             require_both=args.require_both, require_channel_binding=args.require_channel_binding,
             require_approval=args.require_approval,
-            allow_subject_change=args.allow_subject_change, key_type=args.key_type)
+            allow_subject_change=args.allow_subject_change,
+            supersede_on_reenroll=args.supersede, key_type=args.key_type)
         await services.est.set_label(label, CLI)
         stored = await services.est.resolve_label(args.label)
         print(json.dumps({"label": stored.label, "org": org.slug, "profile": stored.profile,
@@ -431,7 +461,8 @@ async def cmd_est_label_list(config: Config, args: argparse.Namespace) -> int:
         for label in await services.est.list_labels():
             org = await services.authority.organization_by_id(label.org_id)
             flags = [name for name in ("require_both", "require_channel_binding",
-                                       "require_approval", "allow_subject_change")
+                                       "require_approval", "allow_subject_change",
+                                       "supersede_on_reenroll")
                      if getattr(label, name)]
             accept = ",".join(sorted(m.value for m in label.accept))
             print(f"{label.label or '(default)':<20} {org.slug:<16} {label.profile:<22} "
@@ -463,6 +494,100 @@ async def cmd_scep_challenge_create(config: Config, args: argparse.Namespace) ->
               "only once", file=sys.stderr)
         return 0
     return await _with_services(config, run)
+
+
+def _endpoint_json(policy: Any, org_slug: str) -> str:
+    return json.dumps({"org": org_slug, "profile": policy.profile,
+                       "require_approval": policy.require_approval,
+                       "static_challenge": policy.secret_hash is not None}, indent=2)
+
+
+async def cmd_scep_profile_set(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        policy = await services.scep.configure(args.org, args.profile, CLI,
+                                               require_approval=args.require_approval)
+        print(_endpoint_json(policy, args.org))
+        return 0
+    return await _with_services(config, run)
+
+
+async def cmd_scep_profile_list(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        print(f"{'ORG':<16} {'PROFILE':<24} {'APPROVAL':<10} STATIC CHALLENGE")
+        for policy in await services.scep.endpoints():
+            org = await services.authority.organization_by_id(policy.org_id)
+            print(f"{org.slug:<16} {policy.profile:<24} "
+                  f"{'required' if policy.require_approval else 'no':<10} "
+                  f"{'set' if policy.secret_hash else 'none'}")
+        return 0
+    return await _with_services(config, run)
+
+
+def _read_secret() -> str:
+    """The secret from standard input (its first line) when it is not a terminal, else
+    typed twice without echo: never from the command line, where `ps` shows it."""
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    import getpass
+
+    first = getpass.getpass("static challenge: ")
+    if getpass.getpass("again: ") != first:
+        raise BadRequest("the two entries differ")
+    return first
+
+
+async def cmd_scep_secret_set(config: Config, args: argparse.Namespace) -> int:
+    secret = None if args.clear else _read_secret()
+
+    async def run(services: Services) -> int:
+        policy = await services.scep.configure(args.org, args.profile, CLI, secret=secret,
+                                               clear_secret=args.clear)
+        print(f"static challenge of {args.org}/{policy.profile} "
+              f"{'cleared' if args.clear else 'set (stored as a scrypt hash)'}")
+        return 0
+    return await _with_services(config, run)
+
+
+async def cmd_scep_pending_list(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        print(f"{'TRANSACTION':<40} {'ORG':<12} {'PROFILE':<22} {'CREATED':<20} "
+              f"{'REQUESTER':<28} SUBJECT")
+        for pending in await services.scep.pending(args.org):
+            try:
+                subject = x509.load_der_x509_csr(pending.csr_der or b"").subject
+                shown = subject.rfc4514_string()
+            except ValueError:
+                shown = "(unreadable)"
+            org = await services.authority.organization_by_id(pending.org_id)
+            created = f"{pending.created_at:%Y-%m-%d %H:%M:%S}" if pending.created_at else ""
+            print(f"{pending.transaction_id:<40} {org.slug:<12} {pending.profile or '':<22} "
+                  f"{created:<20} {(pending.requester or '')[:28]:<28} {shown}")
+        return 0
+    return await _with_services(config, run)
+
+
+async def _scep_decide(config: Config, args: argparse.Namespace, approve: bool) -> int:
+    async def run(services: Services) -> int:
+        await services.authority.load()
+        decided = await services.scep.decide(args.transaction_id, approve, CLI)
+        if decided.status == "success":
+            record = await services.store.get_certificate_by_id(decided.cert_id or "")
+            serial = serial_display(record.serial_hex) if record else decided.cert_id
+            print(f"request {decided.transaction_id} approved: certificate {serial} issued; "
+                  "the client receives it on its next CertPoll")
+        else:
+            print(f"request {decided.transaction_id} rejected: its polls get FAILURE "
+                  "badRequest")
+        return 0
+    return await _with_services(config, run)
+
+
+async def cmd_scep_pending_approve(config: Config, args: argparse.Namespace) -> int:
+    return await _scep_decide(config, args, True)
+
+
+async def cmd_scep_pending_reject(config: Config, args: argparse.Namespace) -> int:
+    return await _scep_decide(config, args, False)
 
 
 async def cmd_est_pending_list(config: Config, args: argparse.Namespace) -> int:
@@ -574,7 +699,8 @@ _SERVE_SETTINGS: tuple[tuple[str, str, str | None], ...] = (
     ("redis_url", "Redis for caches shared by several processes", "unset: in-process"),
     ("key_backend", "software (encrypted key files) or pkcs11 (an HSM)", None),
     ("key_passphrase", "passphrase of software keys", "read from <data_dir>/passphrase"),
-    ("workers", "serving processes sharing the ports (SO_REUSEPORT)", None),
+    ("workers", "serving processes sharing the ports (SO_REUSEPORT); auto: one per core",
+     None),
     ("event_loop", "auto (uvloop when installed), uvloop or asyncio", None),
 )
 # Accepted by load_config but read by nothing: not offered in help.
@@ -703,6 +829,15 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_ca_add_cross)
     add_cross.add_argument("name", help="the CA the cross-certificate certifies")
     add_cross.add_argument("file", help="PEM file, or - for standard input")
+    rollover = command(ca, "rollover", "create the successor of an organization's issuing CA "
+                       "(status next: it issues nothing until `ca activate`)", cmd_ca_rollover)
+    rollover.add_argument("--org", required=True, metavar="SLUG", help="the organization")
+    rollover.add_argument("--key", type=_key_spec, metavar="TYPE",
+                          help=f"its key: {', '.join(KEY_TYPES)} (default: the current CA's)")
+    activate = command(ca, "activate", "make a rollover's next CA the one that issues; the "
+                       "previous one is retired (still OCSP and CRLs)", cmd_ca_activate)
+    activate.add_argument("name", help="the next CA, as `ca rollover` printed it, e.g. "
+                          "default-issuing-g2")
     chains = command(ca, "chains", "the chains (default and alternate) of the certificates "
                      "a CA issues", cmd_ca_chains)
     chains.add_argument("name", help="an issuing CA, e.g. default-issuing")
@@ -870,13 +1005,17 @@ def build_parser() -> argparse.ArgumentParser:
     label_set.add_argument("--require-both", action="store_true",
                            help="a secret and a client certificate on every enrollment")
     label_set.add_argument("--require-channel-binding", action="store_true",
-                           help="the CSR's challengePassword must hold the TLS 1.2 "
-                           "tls-unique value (RFC 7030 3.5); refuses TLS 1.3 clients")
+                           help="the CSR's challengePassword must hold the session's "
+                           "channel binding: tls-unique on TLS 1.2 (RFC 7030 3.5), "
+                           "tls-exporter on TLS 1.3 (RFC 9266)")
     label_set.add_argument("--require-approval", action="store_true",
                            help="answer 202 until an operator runs `vcc-pki est pending "
                            "approve`")
     label_set.add_argument("--allow-subject-change", action="store_true",
                            help="let simplereenroll change subject and subjectAltName")
+    label_set.add_argument("--supersede", action="store_true",
+                           help="simplereenroll with a new key revokes the certificate "
+                           "being renewed (reason superseded)")
     label_set.add_argument("--key-type", default="ec-p256", choices=KEY_TYPES,
                            metavar="TYPE", help="key type of csrattrs and serverkeygen: "
                            + ", ".join(KEY_TYPES) + " (default ec-p256)")
@@ -913,7 +1052,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "get 403", cmd_est_pending_reject)
     reject.add_argument("request_id", metavar="ID", help="as `est pending list` shows it")
 
-    scep = group("scep", "SCEP (RFC 8894) enrollment: one-time challenge passwords")
+    scep = group("scep", "SCEP (RFC 8894) enrollment: one-time challenge passwords, "
+                 "endpoints (approval, static challenge), requests awaiting approval")
     scep_challenge = scep.add_parser("challenge", help="one-time challenge passwords",
                                      description="one-time challenge passwords (the CSR's "
                                      "challengePassword)")
@@ -929,6 +1069,51 @@ def build_parser() -> argparse.ArgumentParser:
                                   help="certificate profile (default external_integration)")
     challenge_create.add_argument("--expires", type=_duration, metavar="DURATION",
                                   help="lifetime, e.g. 90m, 24h, 7d (default 1h, at most 30d)")
+    endpoint_help = ("certificate profile of the endpoint /scep/SLUG/PROFILE (default "
+                     "external_integration, which /scep serves for the default organization)")
+    scep_profile = scep.add_parser("profile", help="endpoints: manual approval",
+                                   description="SCEP endpoints (an organization and a "
+                                   "profile): manual approval")
+    scep_profile.set_defaults(parser=scep_profile)
+    scep_profile_sub = scep_profile.add_subparsers(dest="profile_command",
+                                                   metavar="SUBCOMMAND", title="subcommands")
+    profile_set = command(scep_profile_sub, "set", "set an endpoint's policy (what is not "
+                          "given stays as it is)", cmd_scep_profile_set)
+    profile_set.add_argument("--org", required=True, metavar="SLUG", help="organization")
+    profile_set.add_argument("--profile", metavar="PROFILE", help=endpoint_help)
+    profile_set.add_argument("--require-approval", action=argparse.BooleanOptionalAction,
+                             help="answer PENDING until an operator runs `vcc-pki scep "
+                             "pending approve` (the client polls with CertPoll)")
+    command(scep_profile_sub, "list", "endpoints with a policy: approval, static challenge",
+            cmd_scep_profile_list)
+    scep_secret = scep.add_parser("secret", help="an endpoint's static challenge password",
+                                  description="an endpoint's static challenge password "
+                                  "(stored as a scrypt hash)")
+    scep_secret.set_defaults(parser=scep_secret)
+    scep_secret_sub = scep_secret.add_subparsers(dest="secret_command", metavar="SUBCOMMAND",
+                                                 title="subcommands")
+    secret_set = command(scep_secret_sub, "set", "set it from standard input (its first "
+                         "line) or, on a terminal, as typed twice; --clear removes it",
+                         cmd_scep_secret_set)
+    secret_set.add_argument("--org", required=True, metavar="SLUG", help="organization")
+    secret_set.add_argument("--profile", metavar="PROFILE", help=endpoint_help)
+    secret_set.add_argument("--clear", action="store_true", help="remove the static challenge")
+    scep_pending = scep.add_parser("pending", help="requests waiting for approval",
+                                   description="SCEP requests waiting for approval")
+    scep_pending.set_defaults(parser=scep_pending)
+    scep_pending_sub = scep_pending.add_subparsers(dest="pending_command",
+                                                   metavar="SUBCOMMAND", title="subcommands")
+    scep_list = command(scep_pending_sub, "list", "requests waiting for approval, oldest "
+                        "first", cmd_scep_pending_list)
+    scep_list.add_argument("--org", metavar="SLUG", help="only this organization's")
+    scep_approve = command(scep_pending_sub, "approve", "issue the certificate; the client "
+                           "gets it on its next CertPoll", cmd_scep_pending_approve)
+    scep_approve.add_argument("transaction_id", metavar="TRANSACTION",
+                              help="the transactionID, as `scep pending list` shows it")
+    scep_reject = command(scep_pending_sub, "reject", "refuse the request; the client's polls "
+                          "get FAILURE badRequest", cmd_scep_pending_reject)
+    scep_reject.add_argument("transaction_id", metavar="TRANSACTION",
+                             help="the transactionID, as `scep pending list` shows it")
 
     crl = group("crl", "certificate revocation lists")
     crl_publish = command(crl, "publish", "make and store every CRL now (the gateway also "

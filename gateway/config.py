@@ -109,6 +109,9 @@ class Config:
     # accept SCEP requests encrypted with single DES (legacy clients such as micromdm's
     # scepclient 2.1); replies are AES-256 then, never single DES
     scep_accept_single_des: bool = False
+    # offer DES3 in GetCACaps, for legacy clients that know no AES (DES3 requests are read
+    # and answered in DES3 either way)
+    scep_advertise_des3: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)  # sections later features read
 
     @property
@@ -201,7 +204,8 @@ class Config:
 
     def scep_settings(self) -> ScepSettings:
         return ScepSettings(static_challenge=self.scep_challenge,
-                            accept_single_des=self.scep_accept_single_des)
+                            accept_single_des=self.scep_accept_single_des,
+                            advertise_des3=self.scep_advertise_des3)
 
 
 def _host(bind: str) -> str:
@@ -225,12 +229,22 @@ _INT_FIELDS |= {"acme_http01_port", "acme_tlsalpn01_port", "acme_validation_atte
                 "acme_accounts_per_org_per_hour"}
 _BOOL_FIELDS.add("acme_eab_required")
 _INT_FIELDS |= {"est_port", "est_max_body_bytes"}
-_BOOL_FIELDS.add("scep_accept_single_des")
+_BOOL_FIELDS |= {"scep_accept_single_des", "scep_advertise_des3"}
 _TUPLE_FIELDS.add("est_trusted_proxies")
+
+
+def cores() -> int:
+    """The CPUs this process may run on (its affinity, as a container's cpuset limits it)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no sched_getaffinity on this platform
+        return os.cpu_count() or 1
 
 
 def _coerce(name: str, value: Any) -> Any:
     try:
+        if name == "workers" and str(value).strip().lower() == "auto":
+            return cores()  # as many serving processes as cores
         if name in _INT_FIELDS:
             return int(value)
         if name in _BOOL_FIELDS:
@@ -291,6 +305,8 @@ def load_config(environ: Mapping[str, str] | None = None, path: str | None = Non
         if env_value is not None and env_value != "":
             values[name] = _coerce(name, env_value)
     config = replace(Config(), **values, extra=extra)
+    if not 1 <= config.workers <= 256:
+        raise ConfigError("VCC_PKI_WORKERS must be 1..256, or auto (one per core)")
     if config.key_backend not in ("software", "pkcs11"):
         raise ConfigError("VCC_PKI_KEY_BACKEND must be 'software' or 'pkcs11'")
     config.ca_settings()

@@ -13,7 +13,6 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from ca_core.authority import issuing_ca_name
 from gateway.keys import SERVICES
 
 log = logging.getLogger(__name__)
@@ -40,13 +39,15 @@ async def _database(request: web.Request) -> dict[str, Any]:
 
 
 async def _signer(request: web.Request) -> dict[str, Any]:
-    """Sign a probe with the default issuing CA's key and verify it with its public key."""
+    """Sign a probe with the default organization's active issuing CA key (the one in use
+    after a rollover) and verify it with its public key."""
     services = request.app[SERVICES]
     authority = services.authority
     started = time.perf_counter()
     try:
         details = await asyncio.to_thread(services.keys.check)
-        ca = await authority.ca(issuing_ca_name(authority.settings.default_org))
+        ca = await authority.issuing_ca(
+            await authority.organization(authority.settings.default_org))
         signature = await ca.signer.sign(_PROBE)
         public_key = ca.signer.public_key
         algorithm = ca.signer.key_spec.hash_algorithm or hashes.SHA256()

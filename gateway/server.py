@@ -29,6 +29,7 @@ from gateway.config import Config, ConfigError
 from gateway.runtime import Services, open_services
 from gateway.status_jobs import run_status_jobs
 from gateway.tls import ensure_server_certificate, export_ca_files
+from protocols.est import tls_shim
 
 log = logging.getLogger("vcc_pki.server")
 
@@ -96,12 +97,18 @@ def _ssl_context(services: Services) -> ssl.SSLContext:
 async def est_ssl_context(services: Services,
                           trust_store: Sequence[x509.Certificate] = ()) -> ssl.SSLContext:
     """The EST listener's TLS (RFC 7030 3.3): TLS 1.2 and 1.3, the same server certificate,
-    and a client certificate *requested* (CERT_OPTIONAL), never required. OpenSSL verifies
-    a presented certificate against this PKI's CAs (re-enrollment) and the EST trust store
-    (manufacturer and bootstrap CAs) and ends the handshake on one that does not chain (an
-    "unknown ca" or "certificate expired" alert); the core re-checks revocation and expiry.
-    The 8443 listener's context never asks for a certificate."""
+    and a client certificate *requested* (CERT_OPTIONAL), never required. The 8443
+    listener's context never asks for a certificate.
+
+    The handshake accepts any client certificate (``protocols.est.tls_shim``): the EST core
+    verifies it (chain to this PKI's CAs or the EST trust store, validity, revocation) and
+    refuses a bad one with a 401 and a plain-text reason. Where the shim is unavailable
+    (logged once), OpenSSL verifies a presented certificate against this PKI's CAs and the
+    trust store as before and ends the handshake on one that does not chain (an "unknown
+    ca" or "certificate expired" alert); the core still checks it."""
     context = _ssl_context(services)
+    if tls_shim.accept_any_client_certificate(context):
+        return context
     anchors = [x509.load_der_x509_certificate(r.certificate_der)
                for r in await services.store.list_cas()]
     anchors = [c for c in anchors if _is_ca(c)] + list(trust_store)

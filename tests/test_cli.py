@@ -9,7 +9,7 @@ import pytest
 
 from gateway import runtime
 from gateway.cli import main
-from gateway.config import ConfigError, load_config
+from gateway.config import ConfigError, cores, load_config
 from tests.helpers import fail_certificate_writes, make_csr
 
 
@@ -97,6 +97,12 @@ def test_config_file_and_environment(tmp_path: Path) -> None:
         load_config({"VCC_PKI_EVENT_LOOP": "trio"})
     with pytest.raises(ConfigError):
         load_config({"VCC_PKI_CRL_PARTITIONS": "100000"})
+    assert load_config({}).workers == 1
+    assert load_config({"VCC_PKI_WORKERS": "auto"}).workers == cores() >= 1
+    assert load_config({"VCC_PKI_WORKERS": " AUTO "}).workers == cores()
+    for bad in ("0", "-2", "257", "many"):
+        with pytest.raises(ConfigError, match=r"(?i)workers"):
+            load_config({"VCC_PKI_WORKERS": bad})
 
 
 def test_file_errors_are_one_line_and_issue_nothing(

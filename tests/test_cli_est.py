@@ -52,11 +52,17 @@ def test_labels_secrets_and_approval(env: Path, capsys: pytest.CaptureFixture[st
     assert shown == {"label": "routers", "org": "default", "profile": "vcc_service",
                      "accept": ["basic"], "require_both": False,
                      "require_channel_binding": False, "require_approval": True,
-                     "allow_subject_change": False, "key_type": "ec-p384"}
+                     "allow_subject_change": False, "supersede_on_reenroll": False,
+                     "key_type": "ec-p384"}
+    assert main(["est", "label", "set", "rekey", "--org", "default", "--profile",
+                 "vcc_service", "--supersede"]) == 0
+    assert json.loads(capsys.readouterr().out)["supersede_on_reenroll"] is True
     assert main(["est", "label", "list"]) == 0
-    [row] = capsys.readouterr().out.splitlines()[1:]
-    assert row.split() == ["routers", "default", "vcc_service", "basic", "key", "ec-p384",
-                           "require_approval"]
+    rekey, routers = capsys.readouterr().out.splitlines()[1:]
+    assert routers.split() == ["routers", "default", "vcc_service", "basic", "key",
+                               "ec-p384", "require_approval"]
+    assert rekey.split() == ["rekey", "default", "vcc_service", "basic,certificate", "key",
+                             "ec-p256", "supersede_on_reenroll"]
 
     assert main(["est", "secret", "create", "--org", "default", "--label", "routers",
                  "--subject", "CN=svc.example.test", "--expires", "2h"]) == 0

@@ -21,11 +21,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
+from cryptography.x509 import ocsp
 from cryptography.x509.name import _ASN1Type
 from cryptography.x509.oid import AttributeOID, NameOID
 
+from ca_core import authority as authority_module
 from ca_core.authority import hash_secret
-from ca_core.cms import decrypt_enveloped
+from ca_core.cms import decrypt_enveloped, verify_signed
+from ca_core.der import sequence as der_sequence
 from ca_core.errors import (
     BadCSR,
     BadCSRSignature,
@@ -48,8 +51,9 @@ from ca_core.est import (
     EstService,
     EstSettings,
 )
-from ca_core.hierarchy import ensure_organization
+from ca_core.hierarchy import activate_issuing_ca, ensure_organization, rollover_issuing_ca
 from ca_core.keys import KeySpec
+from ca_core.ocsp import cache_key
 from ca_core.principal import Principal
 from ca_core.signers.base import SoftwareSigner
 from ca_core.storage import StoreUnavailable
@@ -148,6 +152,20 @@ async def test_default_label_cacerts_and_unknown_labels(pki: Services) -> None:
             await est.resolve_label(unknown)
         with pytest.raises(NotFound):
             await est.ca_certificates(unknown)
+
+
+async def test_cacerts_follow_an_issuing_ca_rollover(pki: Services) -> None:
+    # /cacerts names the CA that signs what the label enrolls: the active one.
+    est = service(pki)
+    await rollover_issuing_ca(pki.authority, "default")
+    assert "Issuing CA default" in (await est.ca_certificates(""))[0].subject.rfc4514_string()
+    await activate_issuing_ca(pki.authority, "default-issuing-g2")
+    chain = await est.ca_certificates("")
+    assert "Issuing CA default G2" in chain[0].subject.rfc4514_string()
+    secret = await est.create_secret("default", "", None, None, ADMIN)
+    result = await est.enroll("", csr(), basic(secret))
+    assert result.certificate is not None
+    assert result.certificate.issuer == chain[0].subject
 
 
 async def test_set_label_checks_and_audits(pki: Services) -> None:
@@ -474,6 +492,82 @@ async def test_reenroll_with_the_certificate_being_renewed(pki: Services) -> Non
     assert await certificates(pki) == count
 
 
+async def test_rekey_supersedes_on_a_label_that_says_so(pki: Services) -> None:
+    """simplereenroll with a new key on a ``supersede_on_reenroll`` label revokes the
+    renewed certificate (superseded) with the new one's write; OCSP says so at once. A
+    renewal with the same key, or a label without the flag, leaves it valid."""
+    await pki.ocsp.load(create=True)
+    est = service(pki)
+    await label(est, pki, "rekey", supersede_on_reenroll=True)
+    secret = await est.create_secret("default", "", None, None, ADMIN)
+    old_key = make_key()
+    first = await est.enroll("rekey", csr(key=old_key), basic(secret))
+    assert first.certificate is not None
+    mine = EstCredentials(client_certificate=first.certificate)
+    # the same key: a renewal, the old certificate stays valid
+    renewed = await est.reenroll("rekey", csr(key=old_key), mine)
+    assert renewed.certificate is not None
+    assert (await _status(pki, first.certificate)) == "active"
+    # a new key: superseded
+    before = len(await pki.store.audit_entries())
+    rekeyed = await est.reenroll("rekey", csr(key=make_key()), mine)
+    assert rekeyed.certificate is not None
+    status = await pki.authority.status(_issuer_id(pki, first.certificate),
+                                        first.certificate.serial_number)
+    assert status.status == "revoked" and status.record is not None
+    assert status.record.revocation_reason == "superseded"
+    assert (await _status(pki, rekeyed.certificate)) == "active"
+    events = [e.event for e in (await pki.store.audit_entries())[before:]]
+    assert {(e.event_type, e.data.get("reason")) for e in events} >= {
+        ("certificate.revoked", "superseded"), ("certificate.issued", None)}
+    revoked_event = next(e for e in events if e.event_type == "certificate.revoked")
+    assert revoked_event.actor_id.startswith("est:certificate:")
+    crl = await pki.store.list_revocations(_issuer_id(pki, first.certificate))
+    assert [r.reason for r in crl] == ["superseded"]
+    # OCSP follows: the precomputed response says revoked, superseded
+    issuer = pki.ocsp._by_ca_id[_issuer_id(pki, first.certificate)]
+    entry = await pki.cache.get(cache_key("sha1", issuer.key_id,
+                                          first.certificate.serial_number))
+    assert entry is not None and entry.revoked
+    answer = ocsp.load_der_ocsp_response(entry.der)
+    assert answer.certificate_status is ocsp.OCSPCertStatus.REVOKED
+    assert answer.revocation_reason is x509.ReasonFlags.superseded
+    # the superseded certificate re-keys no more, and issues nothing
+    count = await certificates(pki)
+    with pytest.raises(Unauthorized, match="revoked"):
+        await est.reenroll("rekey", csr(key=make_key()), mine)
+    assert await certificates(pki) == count
+    # a label without the flag: a re-key leaves the old certificate valid
+    assert rekeyed.certificate is not None
+    await est.reenroll("", csr(key=make_key()), EstCredentials(
+        client_certificate=rekeyed.certificate))
+    assert (await _status(pki, rekeyed.certificate)) == "active"
+
+
+async def test_two_rekeys_of_one_certificate_at_once_yield_one(pki: Services) -> None:
+    est = service(pki)
+    await label(est, pki, "rekey", supersede_on_reenroll=True)
+    secret = await est.create_secret("default", "", None, None, ADMIN)
+    first = await est.enroll("rekey", csr(), basic(secret))
+    mine = EstCredentials(client_certificate=first.certificate)
+    count = await certificates(pki)
+    results = await asyncio.gather(
+        *(est.reenroll("rekey", csr(key=make_key()), mine) for _ in range(2)),
+        return_exceptions=True)
+    assert sorted(type(r).__name__ for r in results) == ["EnrollmentResult", "Unauthorized"]
+    assert await certificates(pki) == count  # one new, one superseded
+
+
+def _issuer_id(pki: Services, certificate: x509.Certificate) -> str:
+    return next(ca.record.ca_id for ca in pki.authority.loaded_cas()
+                if ca.certificate.subject == certificate.issuer)
+
+
+async def _status(pki: Services, certificate: x509.Certificate) -> str:
+    found = await pki.authority.status(_issuer_id(pki, certificate), certificate.serial_number)
+    return "revoked" if found.status == "revoked" else "active"
+
+
 async def test_certificate_of_another_organization(pki: Services) -> None:
     est = service(pki)
     await ensure_organization(pki.authority, "globex")
@@ -538,32 +632,66 @@ async def test_server_keygen(pki: Services) -> None:
     assert isinstance(rsa_key, rsa.RSAPrivateKey) and rsa_key.key_size == 2048
 
 
-async def test_server_keygen_encrypted_to_the_client(pki: Services) -> None:
+async def test_server_keygen_encrypted_to_the_client(pki: Services, tmp_path: Path) -> None:
+    """RFC 7030 4.4.2: EnvelopedData (to the key the AsymmetricDecryptKeyIdentifier names,
+    the TLS client certificate's) of a SignedData of the AsymmetricKeyPackage, signed with
+    the new key under its new certificate; openssl cms decrypts and verifies it."""
     maker_key, maker = bridge_root("Maker Device CA")
     client_key, device = leaf(maker_key, maker, key=make_key("rsa-2048"))
+    ski = x509.SubjectKeyIdentifier.from_public_key(device.public_key()).digest
     est = service(pki, trust_store=(maker,))
-    asks = ((ASYMM_DECRYPT_KEY_ID, b"\x04\x02ab"),)
+    asks = ((ASYMM_DECRYPT_KEY_ID, ski),)  # csr() wraps it in an OCTET STRING
     result = await est.server_keygen(
         "", csr(attributes=asks), EstCredentials(client_certificate=device))
     assert result.private_key_pkcs8 is None and result.encrypted_key is not None
     assert result.certificate is not None
     info = asn1_cms.ContentInfo.load(result.encrypted_key)
     assert info["content_type"].native == "enveloped_data"
-    assert info["content"]["encrypted_content_info"]["content_type"].dotted == \
-        "2.16.840.1.101.2.1.2.78.5"  # id-ct-KP-aKeyPackage
+    [recipient] = info["content"]["recipient_infos"]
+    # no subjectKeyIdentifier extension in the device certificate: issuerAndSerialNumber
+    assert recipient.chosen["rid"].name == "issuer_and_serial_number"
+    assert info["content"]["encrypted_content_info"]["content_type"].native == "signed_data"
     signer = SoftwareSigner(client_key, KeySpec.parse("rsa-2048"), "client")
-    package = await decrypt_enveloped(result.encrypted_key, signer, device)
+    signed_data = await decrypt_enveloped(result.encrypted_key, signer, device)
+    signed = asn1_cms.SignedData.load(signed_data)
+    assert signed["encap_content_info"]["content_type"].dotted == \
+        "2.16.840.1.101.2.1.2.78.5"  # id-ct-KP-aKeyPackage
+    signed_info = asn1_cms.ContentInfo({"content_type": "signed_data",
+                                        "content": signed}).dump()
+    package = verify_signed(signed_info, certificates=[result.certificate]).content
     [pkcs8] = _children(package)  # AsymmetricKeyPackage of one key
     key = serialization.load_der_private_key(pkcs8, None)
     assert key.public_key() == result.certificate.public_key()
+    await _openssl_opens(tmp_path, result.encrypted_key, client_key, device,
+                         await est.ca_certificates(""), pkcs8)
+    # a device certificate that states its key identifier is named by it
+    stated = (x509.CertificateBuilder().subject_name(device.subject)
+              .issuer_name(maker.subject).public_key(device.public_key())
+              .serial_number(x509.random_serial_number())
+              .not_valid_before(device.not_valid_before_utc)
+              .not_valid_after(device.not_valid_after_utc)
+              .add_extension(x509.SubjectKeyIdentifier(ski), critical=False)
+              .sign(maker_key, hashes.SHA256()))
+    again = await est.server_keygen("", csr(attributes=asks),
+                                    EstCredentials(client_certificate=stated))
+    assert again.encrypted_key is not None
+    [recipient] = asn1_cms.ContentInfo.load(again.encrypted_key)["content"]["recipient_infos"]
+    assert recipient.chosen["rid"].chosen.native == ski
+    assert await decrypt_enveloped(again.encrypted_key, signer, stated)
     count = await certificates(pki)
     _, ec_device = leaf(maker_key, maker)
-    for body, credentials in (
-            (csr(attributes=asks), EstCredentials(client_certificate=ec_device)),
-            (csr(attributes=((DECRYPT_KEY_ID, b"\x04\x02ab"),)),
-             EstCredentials(client_certificate=device))):
+    await label(est, pki, "edwards", key_type="ed25519")
+    for where, body, credentials in (
+            ("", csr(attributes=asks), EstCredentials(client_certificate=ec_device)),
+            ("", csr(attributes=((DECRYPT_KEY_ID, b"\x04\x02ab"),)),
+             EstCredentials(client_certificate=device)),
+            ("", csr(attributes=((ASYMM_DECRYPT_KEY_ID, b"\x04\x02ab"),)),
+             EstCredentials(client_certificate=device)),
+            ("", csr(attributes=((ASYMM_DECRYPT_KEY_ID, b"\x0c\x02ab"),)),
+             EstCredentials(client_certificate=device)),
+            ("edwards", csr(attributes=asks), EstCredentials(client_certificate=device))):
         with pytest.raises(BadRequest):
-            await est.server_keygen("", body, credentials)
+            await est.server_keygen(where, body, credentials)
     secret = await est.create_secret("default", "", None, None, ADMIN)
     with pytest.raises(BadRequest, match="client's certificate"):
         await est.server_keygen("", csr(attributes=asks), basic(secret))
@@ -571,6 +699,37 @@ async def test_server_keygen_encrypted_to_the_client(pki: Services) -> None:
     with pytest.raises(Forbidden):
         await est.server_keygen("approved", csr(), basic(secret))
     assert not await spent(pki, secret) and await certificates(pki) == count
+
+
+async def _openssl_opens(tmp_path: Path, enveloped: bytes, client_key: Any,
+                         device: x509.Certificate, cas: tuple[x509.Certificate, ...],
+                         pkcs8: bytes) -> None:
+    """openssl cms -decrypt with the client's key, then -verify of the SignedData inside
+    against the PKI's root: the package it prints is the key."""
+    pem = serialization.Encoding.PEM
+    (tmp_path / "client.key").write_bytes(client_key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (tmp_path / "client.pem").write_bytes(device.public_bytes(pem))
+    (tmp_path / "key.p7m").write_bytes(enveloped)
+    (tmp_path / "root.pem").write_bytes(cas[-1].public_bytes(pem))
+    await _run("openssl", "cms", "-decrypt", "-inform", "DER", "-in", str(tmp_path / "key.p7m"),
+               "-recip", str(tmp_path / "client.pem"), "-inkey", str(tmp_path / "client.key"),
+               "-out", str(tmp_path / "signed.der"))
+    # the decrypted content is the SignedData value: openssl reads it as a ContentInfo
+    signed = (tmp_path / "signed.der").read_bytes()
+    (tmp_path / "signed.p7m").write_bytes(asn1_cms.ContentInfo(
+        {"content_type": "signed_data", "content": asn1_cms.SignedData.load(signed)}).dump())
+    await _run("openssl", "cms", "-verify", "-inform", "DER", "-in",
+               str(tmp_path / "signed.p7m"), "-CAfile", str(tmp_path / "root.pem"),
+               "-purpose", "any", "-out", str(tmp_path / "package.der"))
+    assert (tmp_path / "package.der").read_bytes() == der_sequence(pkcs8)
+
+
+async def _run(*argv: str) -> None:
+    process = await asyncio.create_subprocess_exec(
+        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await process.communicate()
+    assert process.returncode == 0, (argv, out, err)
 
 
 # --- manual approval --------------------------------------------------------------------
@@ -629,3 +788,36 @@ async def test_rejected_request(pki: Services) -> None:
     with pytest.raises(Conflict):
         await est.decide(waiting.request_id, True, ADMIN)
     assert await certificates(pki) == 0
+
+
+async def test_issuer_names_are_looked_up_once_and_a_new_ca_is_found(
+        pki: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    """_issued_here keeps this PKI's issuing CAs by name: manufacturer certificates do not
+    list the CAs per request; a CA the Authority loads later is found at once."""
+    maker_key, maker = bridge_root("Maker Device CA")
+    est = service(pki, trust_store=(maker,))
+    # The Authority reads the organization's issuing CAs (rollover) every few seconds with
+    # list_cas too: read once before counting, and not again however slow this machine.
+    monkeypatch.setattr(authority_module, "ISSUING_CA_REFRESH_SECONDS", 3600.0)
+    await pki.authority.issuing_cas(await pki.authority.organization("default"))
+    listed = 0
+    real = pki.store.list_cas
+
+    async def counting() -> Any:
+        nonlocal listed
+        listed += 1
+        return await real()
+
+    monkeypatch.setattr(pki.store, "list_cas", counting)
+    for _ in range(3):
+        assert (await est.enroll("", csr(), EstCredentials(
+            client_certificate=leaf(maker_key, maker)[1]))).certificate is not None
+    assert listed == 1  # the maker's name, once
+    await ensure_organization(pki.authority, "globex")
+    globex = await pki.authority.organization("globex")
+    await est.set_label(EstLabel("globex", globex.org_id, "vcc_service"), ADMIN)
+    secret = await est.create_secret("globex", "", None, None, ADMIN)
+    first = await est.enroll("globex", csr(), basic(secret))  # loads globex's issuing CA
+    renewed = await est.reenroll("globex", csr(), EstCredentials(
+        client_certificate=first.certificate))
+    assert renewed.certificate is not None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import secrets
+import subprocess
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, modes
 from cryptography.x509.oid import AttributeOID, NameOID
 
 from ca_core import scep_attributes as sa
+from ca_core.authority import IssuanceRequest
 from ca_core.cms import (
     ContentCipher,
     decrypt_enveloped,
@@ -32,12 +34,15 @@ from ca_core.cms import (
     sign_data,
     verify_signed,
 )
+from ca_core.errors import BadRequest, Conflict, Forbidden, NotFound
+from ca_core.hierarchy import activate_issuing_ca, rollover_issuing_ca
 from ca_core.keys import spec_of
 from ca_core.principal import Principal
 from ca_core.signers.base import RsaOaep, RsaPadding, SoftwareSigner
 from gateway.app import build_http_app
 from gateway.runtime import Services
 from tests.helpers import fresh_services
+from tests.pg import create_throwaway_database, drop_database, require_postgres
 
 STATIC = "static-secret"
 
@@ -55,9 +60,24 @@ def _certs(der: bytes) -> list[x509.Certificate]:
     return [x509.load_der_x509_certificate(c.chosen.dump()) for c in signed["certificates"]]
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def database(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, str]]:
+    """The store every test here runs on: SQLite, and a throwaway PostgreSQL database."""
+    if request.param == "sqlite":
+        yield {}
+        return
+    require_postgres()
+    dsn = await create_throwaway_database()
+    try:
+        yield {"VCC_PKI_DATABASE_URL": dsn}
+    finally:
+        await drop_database(dsn)
+
+
 @pytest.fixture
-async def world(tmp_path: Any, aiohttp_client: Any) -> AsyncIterator[World]:
-    async with fresh_services(tmp_path, VCC_PKI_SCEP_CHALLENGE=STATIC) as services:
+async def world(tmp_path: Any, aiohttp_client: Any, database: dict[str, str]
+                ) -> AsyncIterator[World]:
+    async with fresh_services(tmp_path, VCC_PKI_SCEP_CHALLENGE=STATIC, **database) as services:
         client = await aiohttp_client(build_http_app(services))
         response = await client.get("/scep", params={"operation": "GetCACert"})
         assert response.status == 200
@@ -87,13 +107,16 @@ class Requester:
 
 def requester(cn: str = "device") -> Requester:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return Requester(key, _self_signed(key, cn))
+
+
+def _self_signed(key: rsa.RSAPrivateKey, cn: str) -> x509.Certificate:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     now = dt.datetime.now(dt.UTC)
-    certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-                   .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                   .not_valid_before(now - dt.timedelta(minutes=5))
-                   .not_valid_after(now + dt.timedelta(days=1)).sign(key, hashes.SHA256()))
-    return Requester(key, certificate)
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=1)).sign(key, hashes.SHA256()))
 
 
 def csr_for(who: Requester, challenge: str | None, cn: str = "device",
@@ -497,3 +520,360 @@ async def test_request_to_the_previous_ra_certificate_still_decrypts(world: Worl
     reply = await enroll(replace(world, ra=current), who,
                          await pki_message(who, world.ra, csr_for(who, STATIC)))
     assert reply.status == "0"  # signed by the current RA, decrypted by the old one
+
+
+# --- manual approval: PENDING, CertPoll, `scep pending approve|reject` ---------------------
+
+def issuer_and_subject(issuer: x509.Certificate, cn: str = "device") -> bytes:
+    loaded = asn1_x509.Certificate.load(issuer.public_bytes(serialization.Encoding.DER))
+    subject = asn1_x509.Name.build({"common_name": cn})
+    return bytes(sa.IssuerAndSubject({"issuer": loaded.subject, "subject": subject}).dump())
+
+
+async def poll(world: World, who: Requester, transaction_id: str,
+               nonce: bytes | None = None) -> CertRep:
+    return await enroll(world, who, await pki_message(
+        who, world.ra, issuer_and_subject(world.chain[0]), transaction_id=transaction_id,
+        nonce=nonce, message_type="20"))
+
+
+async def require_approval(world: World, profile: str | None = None) -> None:
+    await world.services.scep.configure("default", profile, _ADMIN, require_approval=True)
+
+
+async def test_pending_until_approved_then_certpoll_gets_the_certificate(
+        world: World) -> None:
+    await require_approval(world)
+    who = requester()
+    nonce = secrets.token_bytes(16)
+    message = await pki_message(who, world.ra, csr_for(who, await challenge(world)),
+                                transaction_id="tid-pending", nonce=nonce)
+    response = await post(world, message)
+    signed = verify_signed(await response.read(), content=b"")
+    attrs = signed.signed_attrs
+    assert sa.read_text(attrs, sa.PKI_STATUS) == "3"  # PENDING (RFC 8894 3.3.2)
+    assert sa.read_text(attrs, sa.TRANSACTION_ID) == "tid-pending"
+    assert sa.read_octets(attrs, sa.RECIPIENT_NONCE) == nonce
+    sender_nonce = sa.read_octets(attrs, sa.SENDER_NONCE)
+    assert sender_nonce is not None and sender_nonce != nonce
+    assert signed.content == b""  # no pkcsPKIEnvelope
+    # the same PKCSReq again (its challenge spent by now), and polls: PENDING, no issuance
+    assert (await enroll(world, who, message)).status == "3"
+    poll_nonce = secrets.token_bytes(16)
+    polled = await poll(world, who, "tid-pending", poll_nonce)
+    assert (polled.status, polled.recipient_nonce) == ("3", poll_nonce)
+    assert await issued(world) == 0
+    (waiting,) = await world.services.scep.pending()
+    assert waiting.transaction_id == "tid-pending" and waiting.profile == "external_integration"
+    assert waiting.requester is not None and waiting.requester.startswith("challenge:")
+    assert await world.services.scep.pending("default") == [waiting]
+
+    decided = await world.services.scep.decide("tid-pending", True, _ADMIN)
+    assert decided.status == "success" and decided.cert_id is not None
+    assert await world.services.scep.pending() == []
+    reply = await poll(world, who, "tid-pending")
+    assert reply.status == "0" and reply.certificate is not None
+    assert reply.certificate.public_key() == who.key.public_key()
+    assert reply.certificate.subject.rfc4514_string().startswith("CN=device")
+    again = await enroll(world, who, message)  # the PKCSReq resent: the same certificate
+    assert again.status == "0" and again.certificate == reply.certificate
+    assert await issued(world) == 1
+    with pytest.raises(Conflict):
+        await world.services.scep.decide("tid-pending", False, _ADMIN)
+
+
+async def test_rejected_request_polls_failure_and_nothing_is_issued(world: World) -> None:
+    await require_approval(world)
+    who = requester()
+    message = await pki_message(who, world.ra, csr_for(who, STATIC), transaction_id="tid-no")
+    assert (await enroll(world, who, message)).status == "3"
+    rejected = await world.services.scep.decide("tid-no", False, _ADMIN)
+    assert (rejected.status, rejected.fail_info) == ("rejected", "2")
+    for reply in (await poll(world, who, "tid-no"), await enroll(world, who, message)):
+        assert (reply.status, reply.fail_info) == ("2", "2")
+    with pytest.raises(Conflict):
+        await world.services.scep.decide("tid-no", True, _ADMIN)
+    assert await issued(world) == 0
+
+
+async def test_certpoll_bad_input(world: World) -> None:
+    await require_approval(world)
+    who, stranger = requester(), requester("stranger")
+    assert (await enroll(world, who, await pki_message(
+        who, world.ra, csr_for(who, STATIC), transaction_id="tid-poll"))).status == "3"
+    # no such transaction: badCertId; another key's transaction: badRequest
+    assert (await poll(world, who, "tid-unknown")).fail_info == "4"
+    assert (await poll(world, stranger, "tid-poll")).fail_info == "2"
+    # not an IssuerAndSubject: badRequest
+    reply = await enroll(world, who, await pki_message(
+        who, world.ra, b"\x04\x01x", transaction_id="tid-poll", message_type="20"))
+    assert (reply.status, reply.fail_info) == ("2", "2")
+    # another endpoint (profile) than the one the request waits at: badCertId
+    response = await post(world, await pki_message(
+        who, world.ra, issuer_and_subject(world.chain[0]), transaction_id="tid-poll",
+        message_type="20"), "/scep/default/vcc_service")
+    assert (await read_reply(world, who, await response.read())).fail_info == "4"
+    # still waiting, nothing issued; a changed request under the waiting transactionID is
+    # refused rather than replacing what the operator sees
+    assert (await poll(world, who, "tid-poll")).status == "3"
+    reply = await enroll(world, who, await pki_message(
+        who, world.ra, csr_for(who, STATIC, cn="other"), transaction_id="tid-poll"))
+    assert (reply.status, reply.fail_info) == ("2", "2")
+    (waiting,) = await world.services.scep.pending()
+    assert x509.load_der_x509_csr(waiting.csr_der or b"").subject.rfc4514_string() == \
+        "CN=device"
+    assert await issued(world) == 0
+
+
+async def test_queued_request_spends_its_challenge(world: World) -> None:
+    await require_approval(world)
+    password = await challenge(world)
+    first, second = requester(), requester()
+    assert (await enroll(world, first, await pki_message(
+        first, world.ra, csr_for(first, password)))).status == "3"
+    reply = await enroll(world, second, await pki_message(
+        second, world.ra, csr_for(second, password)))
+    assert (reply.status, reply.fail_info) == ("2", "2")
+    assert len(await world.services.scep.pending()) == 1
+
+
+async def test_approval_is_per_endpoint_and_can_be_turned_off(world: World) -> None:
+    await require_approval(world, "vcc_service")
+    who = requester()
+    assert (await enroll(world, who, await pki_message(
+        who, world.ra, csr_for(who, STATIC)))).status == "0"  # /scep: no approval
+    policy = await world.services.scep.configure("default", "vcc_service", _ADMIN,
+                                                 require_approval=False)
+    assert not policy.require_approval
+    with pytest.raises(Forbidden):
+        await world.services.scep.configure(
+            "default", None, Principal("api", "t", None, "pki_operator"),
+            require_approval=True)
+    with pytest.raises(NotFound):
+        await world.services.scep.decide("nope", True, _ADMIN)
+
+
+# --- per-endpoint static challenge ------------------------------------------------------
+
+async def test_static_challenge_per_endpoint_is_stored_hashed(world: World) -> None:
+    secret = "profile-secret-42"
+    await world.services.scep.configure("default", "vcc_service", _ADMIN, secret=secret)
+    stored = await world.services.store.get_scep_endpoint(
+        (await world.services.authority.organization("default")).org_id, "vcc_service")
+    assert stored is not None and stored.secret_hash is not None
+    assert stored.secret_hash.startswith("scrypt$") and secret not in stored.secret_hash
+    path = "/scep/default/vcc_service"
+    for n in range(2):  # static: usable again (the second time from the process's cache)
+        who = requester()
+        response = await post(world, await pki_message(
+            who, world.ra, csr_for(who, secret, dns=f"d{n}.example")), path)
+        assert (await read_reply(world, who, await response.read())).status == "0"
+    # a wrong one, the endpoint's secret at another endpoint, the env one at this endpoint
+    for password, where in [("profile-secret-43", path), (secret, "/scep"), (STATIC, path)]:
+        who = requester()
+        response = await post(world, await pki_message(
+            who, world.ra, csr_for(who, password, dns="x.example")), where)
+        assert (await read_reply(world, who, await response.read())).fail_info == "2"
+    await world.services.scep.configure("default", "vcc_service", _ADMIN, clear_secret=True)
+    world.services.scep._static_ok.clear()
+    who = requester()
+    response = await post(world, await pki_message(
+        who, world.ra, csr_for(who, secret, dns="y.example")), path)
+    assert (await read_reply(world, who, await response.read())).fail_info == "2"
+    assert await issued(world) == 0  # vcc_service certificates are not counted there
+    for bad in ("short", "x" * 256, "tab\there!"):
+        with pytest.raises(BadRequest):
+            await world.services.scep.configure("default", None, _ADMIN, secret=bad)
+
+
+# --- capabilities -----------------------------------------------------------------------
+
+async def test_des3_is_offered_only_when_configured(tmp_path: Any, aiohttp_client: Any
+                                                    ) -> None:
+    async with fresh_services(tmp_path, VCC_PKI_SCEP_ADVERTISE_DES3="true") as services:
+        client = await aiohttp_client(build_http_app(services))
+        response = await client.get("/scep", params={"operation": "GetCACaps"})
+        caps = (await response.text()).split("\n")
+        assert "DES3" in caps and "DES" not in caps and "AES" in caps
+
+
+async def test_des3_is_not_offered_by_default(world: World) -> None:
+    response = await world.client.get("/scep", params={"operation": "GetCACaps"})
+    assert "DES3" not in (await response.text()).split("\n")
+
+
+# --- failures are remembered ------------------------------------------------------------
+
+async def test_failed_request_gets_the_same_failure_again(world: World) -> None:
+    secret = "set-too-late-secret"
+    who = requester()
+    path = "/scep/default/vcc_service"
+    message = await pki_message(who, world.ra, csr_for(who, secret, dns="late.example"),
+                                transaction_id="tid-fail")
+    first = await read_reply(world, who, await (await post(world, message, path)).read())
+    assert (first.status, first.fail_info) == ("2", "2")
+    stored = await world.services.store.get_scep_transaction("tid-fail")
+    assert stored is not None and (stored.status, stored.fail_info) == ("failure", "2")
+    # the secret exists now, but this very request keeps its answer
+    await world.services.scep.configure("default", "vcc_service", _ADMIN, secret=secret)
+    again = await read_reply(world, who, await (await post(world, message, path)).read())
+    assert (again.status, again.fail_info) == ("2", "2")
+    # another key under the failed transactionID stays refused
+    other = requester()
+    reply = await read_reply(world, other, await (await post(world, await pki_message(
+        other, world.ra, csr_for(other, secret, dns="o.example"),
+        transaction_id="tid-fail"), path)).read())
+    assert (reply.status, reply.fail_info) == ("2", "2")
+    assert (await world.services.store.get_scep_transaction("tid-fail")) == stored
+    # the same key with a new request under that transactionID is decided afresh
+    fresh = await read_reply(world, who, await (await post(world, await pki_message(
+        who, world.ra, csr_for(who, secret, dns="late2.example"),
+        transaction_id="tid-fail"), path)).read())
+    assert fresh.status == "0"
+
+
+async def test_not_a_csr_failure_is_remembered(world: World) -> None:
+    who = requester()
+    message = await pki_message(who, world.ra, b"\x30\x00", transaction_id="tid-csr")
+    reply = await enroll(world, who, message)
+    assert (reply.status, reply.fail_info) == ("2", "2")  # not a PKCS#10
+    stored = await world.services.store.get_scep_transaction("tid-csr")
+    assert stored is not None and stored.status == "failure"
+
+
+async def test_a_failure_does_not_replace_an_issued_transaction(world: World) -> None:
+    who = requester()
+    message = await pki_message(who, world.ra, csr_for(who, STATIC), transaction_id="tid-ok")
+    first = await enroll(world, who, message)
+    assert first.status == "0"
+    # the same key, another request under that transactionID, refused (wrong challenge)
+    reply = await enroll(world, who, await pki_message(
+        who, world.ra, csr_for(who, "wrong", cn="other"), transaction_id="tid-ok"))
+    assert (reply.status, reply.fail_info) == ("2", "2")
+    again = await enroll(world, who, message)  # still answered with its certificate
+    assert again.status == "0" and again.certificate == first.certificate
+    assert await issued(world) == 1
+
+
+async def test_pending_request_resent_with_a_new_signer_certificate_is_the_same(
+        world: World) -> None:
+    """certmonger signs every message with a new self-signed certificate of the same key:
+    the PKCS#10 (and key) make the request, not that certificate."""
+    await require_approval(world)
+    who = requester()
+    csr = csr_for(who, await challenge(world))
+    assert (await enroll(world, who, await pki_message(
+        who, world.ra, csr, transaction_id="tid-cm"))).status == "3"
+    resigned = Requester(who.key, _self_signed(who.key, "device"))
+    assert resigned.certificate != who.certificate
+    assert (await enroll(world, resigned, await pki_message(
+        resigned, world.ra, csr, transaction_id="tid-cm"))).status == "3"
+    await world.services.scep.decide("tid-cm", True, _ADMIN)
+    reply = await poll(world, resigned, "tid-cm")
+    assert reply.status == "0" and reply.certificate is not None
+
+
+# --- issuing CA rollover: GetNextCACert, activation --------------------------------------
+
+async def ocsp_status(world: World, certificate: x509.Certificate,
+                      issuer: x509.Certificate) -> Any:
+    request = x509.ocsp.OCSPRequestBuilder().add_certificate(
+        certificate, issuer, hashes.SHA1()).build()
+    response = await world.client.post(
+        "/ocsp", data=request.public_bytes(serialization.Encoding.DER),
+        headers={"Content-Type": "application/ocsp-request"})
+    return x509.ocsp.load_der_ocsp_response(await response.read()).certificate_status
+
+
+async def test_rollover_get_next_ca_cert_then_activation(world: World, tmp_path: Any) -> None:
+    services = world.services
+    old_ca = world.chain[0]
+    who = requester()
+    before = await enroll(world, who, await pki_message(who, world.ra, csr_for(who, STATIC)))
+    assert before.certificate is not None and before.certificate.issuer == old_ca.subject
+    response = await world.client.get("/scep", params={"operation": "GetNextCACert"})
+    assert (response.status, response.content_type) == (404, "text/plain")
+
+    created = await rollover_issuing_ca(services.authority, "default")
+    assert created.name == "default-issuing-g2"
+    with pytest.raises(Conflict):  # one rollover at a time
+        await rollover_issuing_ca(services.authority, "default")
+    response = await world.client.get("/scep", params={"operation": "GetCACaps"})
+    assert "GetNextCACert" in (await response.text()).split("\n")
+    response = await world.client.get("/scep", params={"operation": "GetNextCACert"})
+    assert response.status == 200
+    assert response.content_type == "application/x-x509-next-ca-cert"
+    body = await response.read()
+    signed = verify_signed(body)
+    assert signed.signer == world.ra  # signed by the current RA key
+    upcoming = _certs(signed.content)
+    successor = (await services.authority.ca("default-issuing-g2")).certificate
+    assert successor in upcoming and successor.subject != old_ca.subject
+    (next_ra,) = [c for c in upcoming if not _is_ca(c)]
+    assert next_ra.issuer == successor.subject
+    # what openssl makes of it: the signature verifies, the content is the certificates
+    (tmp_path / "next.der").write_bytes(body)
+    (tmp_path / "ra.pem").write_bytes(world.ra.public_bytes(serialization.Encoding.PEM))
+    verified = subprocess.run(
+        ["openssl", "cms", "-verify", "-inform", "DER", "-in", str(tmp_path / "next.der"),
+         "-noverify", "-certfile", str(tmp_path / "ra.pem"), "-binary",
+         "-out", str(tmp_path / "inner.der")], capture_output=True, text=True, check=False)
+    assert verified.returncode == 0, verified.stderr
+    printed = subprocess.run(
+        ["openssl", "pkcs7", "-inform", "DER", "-in", str(tmp_path / "inner.der"),
+         "-print_certs", "-noout"], capture_output=True, text=True, check=True).stdout
+    assert "Issuing CA default G2" in printed and "SCEP RA default-issuing-g2" in printed
+
+    # "next" issues nothing: enrollments still come from the active CA
+    again = requester()
+    reply = await enroll(world, again, await pki_message(again, world.ra,
+                                                         csr_for(again, STATIC)))
+    assert reply.certificate is not None and reply.certificate.issuer == old_ca.subject
+    with pytest.raises(Forbidden):
+        await services.authority.issue(IssuanceRequest(
+            csr=csr_for(again, None), profile="external_integration", org="default",
+            ca="default-issuing-g2"), Principal("api", "t", None, "pki_admin"))
+
+    assert await activate_issuing_ca(services.authority, "default-issuing-g2") == \
+        "default-issuing"
+    statuses = {ca.name: ca.status for ca in await services.store.list_cas()}
+    assert (statuses["default-issuing"], statuses["default-issuing-g2"]) == (
+        "retired", "active")
+    response = await world.client.get("/scep", params={"operation": "GetCACaps"})
+    assert "GetNextCACert" not in (await response.text()).split("\n")
+    response = await world.client.get("/scep", params={"operation": "GetCACert"})
+    (new_ra,) = [c for c in _certs(await response.read()) if not _is_ca(c)]
+    assert new_ra == next_ra
+    fresh = requester()
+    after = await enroll(replace(world, ra=new_ra), fresh, await pki_message(
+        fresh, new_ra, csr_for(fresh, STATIC)))
+    assert after.certificate is not None and after.certificate.issuer == successor.subject
+    # a device of the retired CA renews without a challenge, through the new RA
+    holder = Requester(who.key, before.certificate)
+    renewed = await enroll(replace(world, ra=new_ra), holder, await pki_message(
+        holder, new_ra, csr_for(holder, None), message_type="17"))
+    assert renewed.certificate is not None and renewed.certificate.issuer == successor.subject
+    # the retired CA still answers OCSP for what it issued (the periodic job loads CAs)
+    await services.ocsp.maintain()
+    assert await ocsp_status(world, before.certificate, old_ca) == \
+        x509.ocsp.OCSPCertStatus.GOOD
+    assert await ocsp_status(world, after.certificate, successor) == \
+        x509.ocsp.OCSPCertStatus.GOOD
+    with pytest.raises(Conflict):
+        await activate_issuing_ca(services.authority, "default-issuing-g2")
+
+
+async def test_pkcsreq_signed_by_a_live_certificate_renews_as_sscep_does(world: World) -> None:
+    """sscep renews with a PKCSReq signed by the old certificate and key (-O, -K), and keeps
+    the key: the same PKCS#10 under a new signer certificate is a new request."""
+    who = requester()
+    csr = csr_for(who, STATIC)
+    first = await enroll(world, who, await pki_message(who, world.ra, csr,
+                                                       transaction_id="tid-sscep"))
+    assert first.status == "0" and first.certificate is not None
+    holder = Requester(who.key, first.certificate)
+    renewed = await enroll(world, holder, await pki_message(
+        holder, world.ra, csr, transaction_id="tid-sscep"))
+    assert renewed.status == "0" and renewed.certificate is not None
+    assert renewed.certificate.serial_number != first.certificate.serial_number
+    assert await issued(world) == 2

@@ -453,6 +453,40 @@ async def test_revoke_unknown(store: Store, seed: Seed) -> None:
     assert await chain_ok(store) == 3
 
 
+async def test_add_certificate_superseding(store: Store, seed: Seed) -> None:
+    """The new certificate and the old one's revocation in one transaction: both or
+    neither."""
+    old = make_cert(seed.issuing, seed.org)
+    await store.add_certificate(old, event(serial=old.serial_hex))
+    revocation = Revocation(seed.issuing.ca_id, old.serial_hex, old.cert_id, T0,
+                            "superseded")
+    new = make_cert(seed.issuing, seed.org)
+    revoked = await store.add_certificate_superseding(
+        new, event(serial=new.serial_hex), revocation, event("certificate.revoked"))
+    assert revoked is not None and revoked.cert_id == old.cert_id
+    assert revoked.status == "revoked" and revoked.revocation_reason == "superseded"
+    assert await store.get_certificate(seed.issuing.ca_id, new.serial_hex) is not None
+    assert await store.list_revocations(seed.issuing.ca_id) == [revocation]
+    assert await chain_ok(store) == 6
+    # the old one revoked already: nothing is written
+    newer = make_cert(seed.issuing, seed.org)
+    assert await store.add_certificate_superseding(
+        newer, event(), revocation, event("certificate.revoked")) is None
+    assert await store.get_certificate(seed.issuing.ca_id, newer.serial_hex) is None
+    # a serial clash of the new one: nothing is written, the old one stays active
+    live = make_cert(seed.issuing, seed.org)
+    await store.add_certificate(live, event())
+    clash = make_cert(seed.issuing, seed.org, serial_hex=new.serial_hex)
+    with pytest.raises(StoreConflict):
+        await store.add_certificate_superseding(
+            clash, event(), Revocation(seed.issuing.ca_id, live.serial_hex, live.cert_id, T0,
+                                       "superseded"), event("certificate.revoked"))
+    still = await store.get_certificate(seed.issuing.ca_id, live.serial_hex)
+    assert still is not None and still.status == "active"
+    assert await store.list_revocations(seed.issuing.ca_id) == [revocation]
+    assert await chain_ok(store) == 7
+
+
 async def test_count_active_certificates(store: Store, seed: Seed) -> None:
     now = T0 + dt.timedelta(days=30)
     other = make_org("globex")
@@ -1370,3 +1404,90 @@ async def test_tokens_list_revoke_and_org_status(store: Store, seed: Seed) -> No
     assert await store.query_audit(AuditQuery(org_id="nobody")) == []
     assert len(await store.query_audit(AuditQuery(limit=2))) == 2
     assert await chain_ok(store) == len(await store.audit_entries())
+
+
+async def test_scep_pending_failure_and_decisions(store: Store, seed: Seed) -> None:
+    pending = replace(make_transaction(seed.org, tid="tid-p"), status="pending",
+                      profile="external_integration", csr_der=b"\x30\x00",
+                      requester="static")
+    challenge = make_challenge(seed.org)
+    await store.add_scep_challenge(challenge, event("scep.challenge_created"))
+    assert await store.record_scep_transaction(
+        pending, event("scep.request_pending"),
+        (challenge.challenge_id, T0, event("scep.challenge_used"))) == "recorded"
+    assert (await store.find_scep_challenge(challenge.secret_hash) or challenge).used_at == T0
+    assert await store.get_scep_transaction("tid-p") == pending
+    assert await store.list_scep_transactions(seed.org.org_id) == [pending]
+    assert await store.list_scep_transactions(str(uuid.uuid4())) == []
+    # a pending row is never replaced, not even by the same key with another request
+    assert await store.record_scep_transaction(
+        replace(pending, request_fingerprint="req-2"), event("scep.request_pending")
+    ) == "transaction_taken"
+    # approving: only the pending row of this very request moves, with its certificate
+    cert = make_cert(seed.issuing, seed.org)
+    assert not await store.add_certificate_for_scep_pending(
+        cert, event(), "tid-p", "req-other", T0, event("scep.request_approved"))
+    assert await store.get_certificate_by_id(cert.cert_id) is None
+    assert await store.add_certificate_for_scep_pending(
+        cert, event(), "tid-p", "req-1", T0, event("scep.request_approved"))
+    approved = await store.get_scep_transaction("tid-p")
+    assert approved is not None and (approved.status, approved.cert_id) == (
+        "success", cert.cert_id)
+    assert not await store.add_certificate_for_scep_pending(
+        make_cert(seed.issuing, seed.org), event(), "tid-p", "req-1", T0,
+        event("scep.request_approved"))
+    assert await store.reject_scep_pending("tid-p", "2", T0, event("scep.request_rejected")) \
+        is None
+    # a failure replaces only a failure of the same key
+    failed = replace(make_transaction(seed.org, tid="tid-f"), status="failure", fail_info="2")
+    assert await store.record_scep_transaction(failed, event("scep.request_failed")) == \
+        "recorded"
+    assert await store.record_scep_transaction(
+        replace(failed, request_fingerprint="req-2", fail_info="0"),
+        event("scep.request_failed")) == "recorded"
+    assert (await store.get_scep_transaction("tid-f") or failed).fail_info == "0"
+    assert await store.record_scep_transaction(
+        replace(failed, key_fingerprint="key-b", request_fingerprint="req-3"),
+        event("scep.request_failed")) == "transaction_taken"
+    assert await store.record_scep_transaction(
+        replace(failed, transaction_id="tid-p", request_fingerprint="req-9"),
+        event("scep.request_failed")) == "transaction_taken"  # tid-p holds a certificate
+    rejecting = replace(pending, transaction_id="tid-r")
+    await store.record_scep_transaction(rejecting, event("scep.request_pending"))
+    rejected = await store.reject_scep_pending("tid-r", "2", T0, event("scep.request_rejected"))
+    assert rejected is not None and (rejected.status, rejected.fail_info, rejected.decided_at) \
+        == ("rejected", "2", T0)
+
+
+async def test_scep_endpoint_policy(store: Store, seed: Seed) -> None:
+    org = seed.org.org_id
+    assert await store.get_scep_endpoint(org, "p") is None
+    await store.set_scep_secret(org, "p", "scrypt$x", T0, event("scep.secret_set"))
+    await store.set_scep_approval(org, "p", True, T0, event("scep.endpoint_set"))
+    found = await store.get_scep_endpoint(org, "p")
+    assert found is not None and (found.require_approval, found.secret_hash) == (
+        True, "scrypt$x")
+    await store.set_scep_secret(org, "p", None, T0, event("scep.secret_cleared"))
+    found = await store.get_scep_endpoint(org, "p")
+    assert found is not None and (found.require_approval, found.secret_hash) == (True, None)
+    assert [e.profile for e in await store.list_scep_endpoints()] == ["p"]
+    with pytest.raises(StoreConflict):  # no such organization
+        await store.set_scep_approval(str(uuid.uuid4()), "p", True, T0, event("scep.x"))
+
+
+async def test_issuing_ca_activation(store: Store, seed: Seed) -> None:
+    intermediate = make_ca("int-x", "intermediate", None, seed.root)
+    await store.add_ca(intermediate, event("ca.created"))
+    successor = replace(make_ca("org-issuing-g2", "issuing", seed.org, intermediate),
+                        status="next")
+    await store.add_ca(successor, event("ca.created"))
+    before = await chain_ok(store)
+    assert not await store.activate_issuing_ca(seed.org.org_id, seed.issuing.ca_id,
+                                               event("ca.activated"))  # not "next"
+    assert await store.activate_issuing_ca(seed.org.org_id, successor.ca_id,
+                                           event("ca.activated"))
+    statuses = {ca.ca_id: ca.status for ca in await store.list_cas()}
+    assert (statuses[seed.issuing.ca_id], statuses[successor.ca_id]) == ("retired", "active")
+    assert not await store.activate_issuing_ca(seed.org.org_id, successor.ca_id,
+                                               event("ca.activated"))
+    assert await chain_ok(store) == before + 1

@@ -31,6 +31,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ca_core import tsa as tsa_core
 from ca_core.authority import serial_hex
+from ca_core.hierarchy import activate_issuing_ca, rollover_issuing_ca
 from ca_core.keys import KeySpec
 from ca_core.records import TimeStampRecord
 from ca_core.storage import StoreUnavailable
@@ -747,6 +748,24 @@ async def test_ensure_tsa_is_idempotent_and_renews_before_expiry(services: Servi
     assert stamper.loaded.record.name == renewed.name
     events = [e.event.event_type for e in await services.store.audit_entries()]
     assert events.count("tsa.created") == 1 and events.count("tsa.renewed") == 1
+
+
+async def test_a_renewed_tsa_is_certified_by_the_active_issuing_ca(services: Services) -> None:
+    authority = services.authority
+    first = current_tsa(await services.store.list_cas(), authority.clock())
+    assert first is not None
+    await rollover_issuing_ca(authority, "default")
+    await activate_issuing_ca(authority, "default-issuing-g2")
+    later = first.not_after - RENEW_BEFORE + dt.timedelta(days=1)
+    authority.clock = lambda: later
+    renewed = await ensure_tsa(authority)
+    assert renewed is not None
+    record = await services.store.get_ca(renewed.name)
+    assert record is not None
+    active = (await authority.ca("default-issuing-g2")).record
+    assert record.parent_ca_id == active.ca_id
+    x509.load_der_x509_certificate(record.certificate_der).verify_directly_issued_by(
+        x509.load_der_x509_certificate(active.certificate_der))
 
 
 async def test_no_valid_tsa_certificate_refuses_to_start(services: Services) -> None:

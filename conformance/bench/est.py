@@ -1,7 +1,8 @@
 """EST enrollment benchmark: enrollments/s with p50 and p99 at ``--concurrency`` clients.
 
-Run ``python -m conformance.bench.est [--seconds N] [--concurrency 16] [--workers 1 2]``. This prints
-figures; it never asserts on them (it does report duplicate serials, which must be zero).
+Run ``python -m conformance.bench.est [--seconds N] [--concurrency 16] [--workers 1 2]``.
+This prints figures; it never asserts on them (it does report duplicate serials, which must
+be zero).
 See ``conformance/bench/README.md``.
 
 One ``vcc-pki serve`` per ``--workers`` value (``VCC_PKI_WORKERS``; default 1 and the number of

@@ -1,8 +1,11 @@
 """SCEP enrollment benchmark (issue 12): PKCSReq enrollments per second, with p50 and p99
-latency, at --concurrency clients against `vcc-pki serve` (SQLite), with the RA key in
-software and in SoftHSM2. A benchmark, not a test: it prints figures and never fails.
+latency, at --concurrency clients against `vcc-pki serve`, with the RA key in software and
+in SoftHSM2, on SQLite and PostgreSQL (a throwaway database), with VCC_PKI_WORKERS 1 and the
+number of cores; the serving processes' memory beside. A benchmark, not a test: it prints
+figures and never fails.
 
-    .venv/bin/python -m conformance.bench.scep --seconds 5 --concurrency 16
+    .venv/bin/python -m conformance.bench.scep --seconds 5 --concurrency 16 \
+        [--only software|softhsm2] [--stores sqlite postgres] [--workers 1 2]
 
 Setup, not measured: `vcc-pki init` + `serve` (conformance.gateway.running_gateway) with a
 static challenge; the RA certificate from GetCACert; pkiMessages made in advance (16 RSA
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import os
 import secrets
 import statistics
 import tempfile
@@ -34,6 +38,8 @@ from ca_core import scep_attributes as sa
 from ca_core.cms import encrypt_enveloped, sign_data, unverified_signed_attributes
 from ca_core.keys import spec_of
 from ca_core.signers.base import SoftwareSigner
+from conformance.bench.issuance import Postgres
+from conformance.bench.ocsp import rss_kb, with_children
 from conformance.gateway import running_gateway, softhsm_env
 
 CHALLENGE = "bench-static-challenge"
@@ -80,7 +86,7 @@ async def _ra_certificate(session: aiohttp.ClientSession, url: str) -> x509.Cert
     raise RuntimeError("no RA certificate in GetCACert")
 
 
-async def _run(url: str, seconds: float, concurrency: int) -> None:
+async def _run(url: str, seconds: float, concurrency: int, pid: int) -> str:
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
         ra = await _ra_certificate(session, url)
@@ -101,15 +107,18 @@ async def _run(url: str, seconds: float, concurrency: int) -> None:
                 else:
                     failures += 1
 
+        rss_before = rss_kb(with_children(pid))[0]
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
+        rss_after, peak = rss_kb(with_children(pid))
     latencies.sort()
     p50 = statistics.median(latencies) * 1000
     p99 = latencies[int(len(latencies) * 0.99) - 1] * 1000
-    print(f"  {len(latencies) / elapsed:7.1f} enrollments/s  p50 {p50:6.1f} ms  "
-          f"p99 {p99:6.1f} ms  ({len(latencies)} in {elapsed:.1f} s, {failures} failures"
-          f"{', ran out of messages' if not messages else ''})")
+    before, after, high = (f"{v / 1024:.0f}" if v else "?" for v in (rss_before, rss_after, peak))
+    return (f"{len(latencies) / elapsed:7.1f} {p50:7.1f} {p99:7.1f} {len(latencies):6} "
+            f"{failures:5} {before:>5}/{after:>5}/{high:>5}"
+            f"{'  (ran out of messages)' if not messages else ''}")
 
 
 async def _enroll(session: aiohttp.ClientSession, url: str, message: bytes) -> bool:
@@ -126,25 +135,51 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--only", choices=("software", "softhsm2"))
+    parser.add_argument("--stores", nargs="+", choices=("sqlite", "postgres"),
+                        default=["sqlite", "postgres"])
+    parser.add_argument("--workers", type=int, nargs="+",
+                        default=sorted({1, os.cpu_count() or 1}))
     args = parser.parse_args()
     env = {"VCC_PKI_SCEP_CHALLENGE": CHALLENGE}
-    for backend in ("software", "softhsm2"):
-        if args.only not in (None, backend):
-            continue
-        print(f"RA key in {backend}, SQLite, {args.concurrency} clients:")
-        with tempfile.TemporaryDirectory() as tmp:
-            extra = {**env, "VCC_PKI_KEY_PASSPHRASE": "bench"}
-            if backend == "softhsm2":
-                from tests.softhsm import make_softhsm_token
+    pg = Postgres()
+    pg_reason = asyncio.run(pg.available()) if "postgres" in args.stores else ""
+    print(f"SCEP PKCSReq enrollments (AES-256, RSA-2048 requesters), {args.concurrency} "
+          f"clients, {args.seconds:g} s each, {os.cpu_count()} cores; target >= 200/s")
+    print(f"{'RA key':<9} {'store':<9} {'workers':>7} {'per s':>7} {'p50 ms':>7} "
+          f"{'p99 ms':>7} {'ok':>6} {'fail':>5} {'RSS MB before/after/peak':>24}", flush=True)
+    try:
+        for backend in ("software", "softhsm2"):
+            if args.only not in (None, backend):
+                continue
+            for store in args.stores:
+                for workers in args.workers:
+                    row = f"{backend:<9} {store:<9} {workers:>7} "
+                    if store == "postgres" and pg_reason:
+                        print(row + f"skipped: {pg_reason}")
+                        continue
+                    print(row + _setup(backend, store, workers, env, pg, args), flush=True)
+    finally:
+        asyncio.run(pg.drop_all())
 
-                try:
-                    token = make_softhsm_token(Path(tmp) / "hsm", label="vcc-bench-scep")
-                except Exception as exc:  # no SoftHSM2 here: say so, go on
-                    print(f"  skipped: {exc}")
-                    continue
-                extra = {**env, **softhsm_env(token)}
-            with running_gateway(Path(tmp) / "data", extra) as gateway:
-                asyncio.run(_run(f"{gateway.http_url}/scep", args.seconds, args.concurrency))
+
+def _setup(backend: str, store: str, workers: int, env: dict[str, str], pg: Postgres,
+           args: argparse.Namespace) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        extra = {**env, "VCC_PKI_KEY_PASSPHRASE": "bench", "VCC_PKI_WORKERS": str(workers)}
+        if backend == "softhsm2":
+            from tests.softhsm import make_softhsm_token
+
+            try:
+                token = make_softhsm_token(Path(tmp) / "hsm", label="vcc-bench-scep")
+            except Exception as exc:  # no SoftHSM2 here: say so, go on
+                return f"skipped: {exc}"
+            extra = {**extra, **softhsm_env(token)}
+        if store == "postgres":
+            extra["VCC_PKI_DATABASE_URL"] = asyncio.run(
+                pg.create(f"scep_{backend}_w{workers}"))
+        with running_gateway(Path(tmp) / "data", extra) as gateway:
+            return asyncio.run(_run(f"{gateway.http_url}/scep", args.seconds,
+                                    args.concurrency, gateway.process.pid))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from prometheus_client import Counter
 
 from ca_core.errors import CAError, Forbidden, Unauthorized
 from ca_core.est import DEFAULT_LABEL, EnrollmentResult, EstCredentials, EstSettings
+from protocols.est import tls_shim
 from protocols.est.codec import (
     BASE64_HEADERS,
     CSRATTRS,
@@ -161,19 +162,39 @@ def _label(request: web.Request) -> str:
     return request.match_info.get("label", DEFAULT_LABEL)
 
 
-def _tls_peer(request: web.Request) -> tuple[x509.Certificate | None, bytes | None]:
-    """The TLS client certificate (verified by OpenSSL against the PKI's CAs and the EST
-    trust store: the listener requests one, CERT_OPTIONAL) and tls-unique (RFC 5929; TLS
-    1.2 only: TLS 1.3 has none, RFC 8446 C.5)."""
+@dataclass(frozen=True, slots=True)
+class _Peer:
+    certificate: x509.Certificate | None = None
+    chain: tuple[x509.Certificate, ...] = ()
+    tls_unique: bytes | None = None
+    tls_exporter: bytes | None = None
+
+
+def _tls_peer(request: web.Request) -> _Peer:
+    """The TLS client certificate and the chain it came with (unverified: the core verifies
+    them; where the TLS shim is unavailable OpenSSL verified them in the handshake), and
+    the channel binding: tls-unique on TLS 1.2 (RFC 5929), tls-exporter on TLS 1.3 (RFC
+    9266; TLS 1.3 has no tls-unique, RFC 8446 C.5)."""
     transport = request.transport
     ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
     if not isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket):
-        return None, None
+        return _Peer()
     der = ssl_object.getpeercert(binary_form=True)
-    certificate = x509.load_der_x509_certificate(der) if der else None
-    tls_unique = (ssl_object.get_channel_binding("tls-unique")
-                  if ssl_object.version() == "TLSv1.2" else None)
-    return certificate, tls_unique
+    certificate = chain = None
+    if der:
+        try:
+            certificate = x509.load_der_x509_certificate(der)
+            chain = tuple(x509.load_der_x509_certificate(c)
+                          for c in tls_shim.peer_chain(ssl_object))
+        except ValueError:
+            raise Unauthorized("the TLS client certificate (or its chain) does not "
+                               "parse") from None
+    version = ssl_object.version()
+    return _Peer(
+        certificate=certificate, chain=chain or (),
+        tls_unique=(ssl_object.get_channel_binding("tls-unique")
+                    if version == "TLSv1.2" else None),
+        tls_exporter=tls_shim.tls_exporter(ssl_object) if version == "TLSv1.3" else None)
 
 
 def credentials(request: web.Request) -> EstCredentials:
@@ -189,19 +210,19 @@ def credentials(request: web.Request) -> EstCredentials:
             raise Unauthorized("the Authorization header is not HTTP Basic (RFC 7617) with "
                                "an enrollment secret") from None
     header = request.headers.get(CLIENT_CERT_HEADER, "").strip()
-    chain: Sequence[x509.Certificate] = ()
     if address_in(request.remote, front.trusted_proxies):
-        chain = parse_header_certificate(header) if header else ()
-        certificate, tls_unique = (chain[0] if chain else None), None
+        chain: Sequence[x509.Certificate] = parse_header_certificate(header) if header else ()
+        peer = _Peer(certificate=chain[0] if chain else None, chain=tuple(chain[1:]))
     elif header:
         raise Forbidden(f"{CLIENT_CERT_HEADER} is accepted only from a trusted proxy "
                         "(VCC_PKI_EST_TRUSTED_PROXIES); present the certificate in the TLS "
                         "handshake")
     else:
-        certificate, tls_unique = _tls_peer(request)
+        peer = _tls_peer(request)
     return EstCredentials(basic_user=user, basic_password=password,
-                          client_certificate=certificate, client_chain=tuple(chain[1:]),
-                          tls_unique=tls_unique, remote=request.remote or "")
+                          client_certificate=peer.certificate, client_chain=peer.chain,
+                          tls_unique=peer.tls_unique, tls_exporter=peer.tls_exporter,
+                          remote=request.remote or "")
 
 
 async def _pkcs10_body(request: web.Request, operation: str) -> bytes | web.Response:

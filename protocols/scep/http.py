@@ -3,6 +3,8 @@
 
 Operations: GetCACaps (4.6: text, one capability a line), GetCACert (4.2: a certs-only
 SignedData of the RA certificate and the CA chain, ``application/x-x509-ca-ra-cert``),
+GetNextCACert (4.7: during an issuing CA rollover, a SignedData of the successor and its RA
+certificate signed by the current RA, ``application/x-x509-next-ca-cert``; 404 otherwise),
 PKIOperation (4.3: GET with the base64 message in the query, or POST with the DER body;
 the reply is ``application/x-pki-message``). A GET message is read from the raw query
 string as well, because clients send ``+`` and ``/`` unescaped (a ``+`` that a form
@@ -33,6 +35,7 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 64 * 1024
 PKI_MESSAGE = "application/x-pki-message"
 CA_RA_CERT = "application/x-x509-ca-ra-cert"
+NEXT_CA_CERT = "application/x-x509-next-ca-cert"
 
 
 class ScepRegistrationAuthority(Protocol):
@@ -41,9 +44,11 @@ class ScepRegistrationAuthority(Protocol):
     async def endpoint(self, org: str | None = None, profile: str | None = None
                        ) -> Endpoint: ...
 
-    def capabilities(self) -> tuple[str, ...]: ...
+    async def capabilities(self, endpoint: Endpoint) -> tuple[str, ...]: ...
 
     async def ca_certificates(self, endpoint: Endpoint) -> bytes: ...
+
+    async def next_ca_certificates(self, endpoint: Endpoint) -> bytes: ...
 
     async def pki_operation(self, endpoint: Endpoint, message: bytes) -> bytes: ...
 
@@ -109,7 +114,8 @@ class _TooLarge(Exception):
 
 async def scep(request: web.Request) -> web.Response:
     operation = _raw_query_value(request.rel_url.raw_query_string, "operation") or ""
-    label = operation if operation in ("GetCACaps", "GetCACert", "PKIOperation") else "other"
+    label = operation if operation in ("GetCACaps", "GetCACert", "GetNextCACert",
+                                       "PKIOperation") else "other"
     try:
         response = await _operate(request, operation)
     except _TooLarge:
@@ -129,11 +135,14 @@ async def _operate(request: web.Request, operation: str) -> web.Response:
     org = request.match_info.get("org")
     profile = request.match_info.get("profile")
     if operation == "GetCACaps":
-        await service.endpoint(org, profile)
-        return web.Response(text="\n".join(service.capabilities()), content_type="text/plain")
+        caps = await service.capabilities(await service.endpoint(org, profile))
+        return web.Response(text="\n".join(caps), content_type="text/plain")
     if operation == "GetCACert":
         body = await service.ca_certificates(await service.endpoint(org, profile))
         return web.Response(body=body, content_type=CA_RA_CERT)
+    if operation == "GetNextCACert":
+        body = await service.next_ca_certificates(await service.endpoint(org, profile))
+        return web.Response(body=body, content_type=NEXT_CA_CERT)
     if operation == "PKIOperation":
         if request.method == "POST":
             message = await _message_from_body(request)
@@ -143,7 +152,7 @@ async def _operate(request: web.Request, operation: str) -> web.Response:
         reply = await service.pki_operation(endpoint, message)
         return web.Response(body=reply, content_type=PKI_MESSAGE,
                             headers={"Cache-Control": "no-store"})
-    raise BadRequest("operation must be GetCACaps, GetCACert or PKIOperation")
+    raise BadRequest("operation must be GetCACaps, GetCACert, GetNextCACert or PKIOperation")
 
 
 def add_routes(app: web.Application, service: ScepRegistrationAuthority) -> None:
