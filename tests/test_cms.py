@@ -732,3 +732,21 @@ async def test_signing_time_encoding_and_each_messages_own_time(pki: Pki) -> Non
         # the same second again: the same attribute
         assert signing_time(await signer.sign(b"y", signing_time=when.replace(
             microsecond=0)))[1] == when.astimezone(dt.UTC).replace(microsecond=0)
+
+
+def test_signer_and_recipient_names_match_by_encoding_or_as_rfc_5280_compares(pki: Pki
+                                                                             ) -> None:
+    certificate = pki.parties["rsa"].certificate
+    serial = certificate.serial_number
+    same = asn1_x509.Name.load(certificate.issuer.public_bytes())
+    assert cms_core._matches(certificate, same, serial, None)
+    # Another encoding of the same name (PrintableString, other case and spacing) is the
+    # same issuer (RFC 5280 7.1); another name, or another serial, is not.
+    folded = asn1_x509.Name.build({"organization_name": "vcc  CMS test",
+                                   "common_name": "  cms   TEST ca "}, use_printable=True)
+    assert folded.dump() != same.dump()
+    assert cms_core._matches(certificate, folded, serial, None)
+    other = asn1_x509.Name.build({"organization_name": "VCC CMS Test",
+                                  "common_name": "CMS Test CA 2"})
+    assert not cms_core._matches(certificate, other, serial, None)
+    assert not cms_core._matches(certificate, same, serial + 1, None)
