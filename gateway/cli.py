@@ -553,11 +553,7 @@ async def cmd_scep_pending_list(config: Config, args: argparse.Namespace) -> int
         print(f"{'TRANSACTION':<40} {'ORG':<12} {'PROFILE':<22} {'CREATED':<20} "
               f"{'REQUESTER':<28} SUBJECT")
         for pending in await services.scep.pending(args.org):
-            try:
-                subject = x509.load_der_x509_csr(pending.csr_der or b"").subject
-                shown = subject.rfc4514_string()
-            except ValueError:
-                shown = "(unreadable)"
+            shown = _csr_subject(pending.csr_der)
             org = await services.authority.organization_by_id(pending.org_id)
             created = f"{pending.created_at:%Y-%m-%d %H:%M:%S}" if pending.created_at else ""
             print(f"{pending.transaction_id:<40} {org.slug:<12} {pending.profile or '':<22} "
@@ -566,13 +562,26 @@ async def cmd_scep_pending_list(config: Config, args: argparse.Namespace) -> int
     return await _with_services(config, run)
 
 
+def _csr_subject(csr_der: bytes | None) -> str:
+    """A queued request's subject for a listing (its DER was checked when it came)."""
+    try:
+        return x509.load_der_x509_csr(csr_der or b"").subject.rfc4514_string()
+    except ValueError:
+        return "(unreadable)"
+
+
+async def _issued_serial(services: Services, cert_id: str | None) -> str | None:
+    """The serial (hex, colons) of an approved request's certificate."""
+    record = await services.store.get_certificate_by_id(cert_id or "")
+    return serial_display(record.serial_hex) if record else cert_id
+
+
 async def _scep_decide(config: Config, args: argparse.Namespace, approve: bool) -> int:
     async def run(services: Services) -> int:
         await services.authority.load()
         decided = await services.scep.decide(args.transaction_id, approve, CLI)
         if decided.status == "success":
-            record = await services.store.get_certificate_by_id(decided.cert_id or "")
-            serial = serial_display(record.serial_hex) if record else decided.cert_id
+            serial = await _issued_serial(services, decided.cert_id)
             print(f"request {decided.transaction_id} approved: certificate {serial} issued; "
                   "the client receives it on its next CertPoll")
         else:
@@ -594,10 +603,7 @@ async def cmd_est_pending_list(config: Config, args: argparse.Namespace) -> int:
     async def run(services: Services) -> int:
         print(f"{'REQUEST':<18} {'LABEL':<16} {'CREATED':<20} {'REQUESTER':<30} SUBJECT")
         for pending in await services.est.pending(args.org):
-            try:
-                subject = x509.load_der_x509_csr(pending.csr_der).subject.rfc4514_string()
-            except ValueError:
-                subject = "(unreadable)"
+            subject = _csr_subject(pending.csr_der)
             created = f"{pending.created_at:%Y-%m-%d %H:%M:%S}" if pending.created_at else ""
             print(f"{pending.request_id:<18} {pending.label or '(default)':<16} "
                   f"{created:<20} {pending.requester[:30]:<30} {subject}")
@@ -610,8 +616,7 @@ async def _est_decide(config: Config, args: argparse.Namespace, approve: bool) -
         await services.authority.load()
         decided = await services.est.decide(args.request_id, approve, CLI)
         if decided.status == "issued":
-            record = await services.store.get_certificate_by_id(decided.cert_id or "")
-            serial = serial_display(record.serial_hex) if record else decided.cert_id
+            serial = await _issued_serial(services, decided.cert_id)
             print(f"request {decided.request_id} approved: certificate {serial} issued; the "
                   "client receives it on its next identical request")
         else:
