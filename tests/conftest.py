@@ -44,3 +44,15 @@ async def services(tmp_path: Path) -> AsyncIterator[Services]:
     """Gateway services on a fresh PKI (SQLite, software keys), as `vcc-pki init` makes it."""
     async with fresh_services(tmp_path) as opened:
         yield opened
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """For CLI tests: VCC_PKI_DATA_DIR in this test's directory, and no config file or
+    passphrase, database, key backend or workers from the caller's environment. The data
+    directory's path."""
+    monkeypatch.setenv("VCC_PKI_DATA_DIR", str(tmp_path / "data"))
+    for name in ("VCC_PKI_CONFIG", "VCC_PKI_KEY_PASSPHRASE", "VCC_PKI_DATABASE_URL",
+                 "VCC_PKI_KEY_BACKEND", "VCC_PKI_WORKERS"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path / "data"

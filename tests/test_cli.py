@@ -13,14 +13,6 @@ from gateway.config import ConfigError, cores, load_config
 from tests.helpers import fail_certificate_writes, make_csr
 
 
-@pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("VCC_PKI_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.delenv("VCC_PKI_CONFIG", raising=False)
-    monkeypatch.delenv("VCC_PKI_KEY_PASSPHRASE", raising=False)
-    return tmp_path / "data"
-
-
 def test_init_issue_revoke_and_audit(env: Path, tmp_path: Path,
                                      capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["init"]) == 0

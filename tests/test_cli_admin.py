@@ -12,14 +12,6 @@ from gateway.cli import main
 from tests.helpers import make_csr
 
 
-@pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("VCC_PKI_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.delenv("VCC_PKI_CONFIG", raising=False)
-    monkeypatch.delenv("VCC_PKI_KEY_PASSPHRASE", raising=False)
-    return tmp_path / "data"
-
-
 def test_admin_commands(env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["init"]) == 0
     assert main(["org", "create", "health", "--name", "Health"]) == 0

@@ -17,14 +17,6 @@ from gateway.runtime import open_services
 from tests.helpers import bridge_root, make_csr, pem
 
 
-@pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("VCC_PKI_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.delenv("VCC_PKI_CONFIG", raising=False)
-    monkeypatch.delenv("VCC_PKI_KEY_PASSPHRASE", raising=False)
-    return tmp_path / "data"
-
-
 def enroll(label: str, csr: bytes, user: str, password: str) -> EnrollmentResult:
     async def run() -> EnrollmentResult:
         async with open_services(load_config()) as services:

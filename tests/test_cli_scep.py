@@ -20,14 +20,6 @@ from gateway.runtime import open_services
 from tests.test_scep import Requester, csr_for, issuer_and_subject, pki_message, requester
 
 
-@pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("VCC_PKI_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.delenv("VCC_PKI_CONFIG", raising=False)
-    monkeypatch.delenv("VCC_PKI_KEY_PASSPHRASE", raising=False)
-    return tmp_path / "data"
-
-
 def send(who: Requester, content: bytes, transaction_id: str, message_type: str = "19",
          profile: str | None = None) -> tuple[str | None, str | None]:
     """(pkiStatus, failInfo) of the CertRep the gateway's SCEP service answers."""

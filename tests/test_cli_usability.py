@@ -130,15 +130,6 @@ def test_banner_names_every_service() -> None:
     assert "HTTPS  https://[::1]:8443" in public and "http://[::1]:8080/ocsp" in public
 
 
-@pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("VCC_PKI_DATA_DIR", str(tmp_path / "data"))
-    for name in ("VCC_PKI_CONFIG", "VCC_PKI_KEY_PASSPHRASE", "VCC_PKI_DATABASE_URL",
-                 "VCC_PKI_KEY_BACKEND", "VCC_PKI_WORKERS"):
-        monkeypatch.delenv(name, raising=False)
-    return tmp_path / "data"
-
-
 def _listening() -> socket.socket:
     taken = socket.socket()
     taken.bind(("127.0.0.1", 0))
