@@ -5,6 +5,7 @@ which answers 127.0.0.1 and serves the dns-01 TXT records lego's exec hook write
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -42,7 +43,27 @@ class AcmeSetup:
 
 
 @pytest.fixture
-def acme(tmp_path: Path) -> Iterator[AcmeSetup]:
+def acme(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[AcmeSetup]:
+    """A gateway for the ACME clients; ``request.param`` (indirect) adds VCC_PKI_* settings
+    (several workers, PostgreSQL)."""
+    extra: dict[str, str] = dict(getattr(request, "param", None) or {})
+    dsn = ""
+    if extra.pop("database", "") == "postgres":
+        from tests.pg import create_throwaway_database, require_postgres
+
+        require_postgres()
+        dsn = asyncio.run(create_throwaway_database())
+        extra["VCC_PKI_DATABASE_URL"] = dsn
+    try:
+        yield from _acme(tmp_path, extra)
+    finally:
+        if dsn:
+            from tests.pg import drop_database
+
+            asyncio.run(drop_database(dsn))
+
+
+def _acme(tmp_path: Path, extra: dict[str, str]) -> Iterator[AcmeSetup]:
     dns_port, http01, tlsalpn01 = _free_udp_tcp_port(), free_port(), free_port()
     txt = tmp_path / "txt"
     txt.mkdir()
@@ -53,7 +74,7 @@ def acme(tmp_path: Path) -> Iterator[AcmeSetup]:
         env = {"VCC_PKI_KEY_PASSPHRASE": "conformance",
                "VCC_PKI_ACME_HTTP01_PORT": str(http01),
                "VCC_PKI_ACME_TLSALPN01_PORT": str(tlsalpn01),
-               "VCC_PKI_ACME_DNS_RESOLVER": f"127.0.0.1:{dns_port}"}
+               "VCC_PKI_ACME_DNS_RESOLVER": f"127.0.0.1:{dns_port}", **extra}
         with running_gateway(tmp_path / "data", env) as gateway:
             https_port = gateway.https_url.rsplit(":", 1)[1]
             yield AcmeSetup(gateway, {
@@ -114,3 +135,21 @@ def test_a_missing_client_skips_here_and_fails_in_ci(monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("CI")
     with pytest.raises(pytest.skip.Exception, match="certbot is not installed"):
         require_client("certbot")
+
+
+# Two serving processes share the ports (SO_REUSEPORT): each connection a client opens may
+# land on either, so nonces, accounts, orders and challenges must hold across processes
+# through the store alone (no Redis here), on SQLite and on PostgreSQL.
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("acme", [{"VCC_PKI_WORKERS": "2"}], indirect=True,
+                         ids=["sqlite-2-workers"])
+def test_certbot_on_two_workers(acme: AcmeSetup) -> None:
+    _run("certbot", acme)
+
+
+@pytest.mark.postgres
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("acme", [{"VCC_PKI_WORKERS": "2", "database": "postgres"}],
+                         indirect=True, ids=["postgres-2-workers"])
+def test_lego_on_two_workers(acme: AcmeSetup) -> None:
+    _run("lego", acme)
