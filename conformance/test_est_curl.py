@@ -5,9 +5,11 @@ certificate header, and every kind of bad input as a plain-text 4xx that issues 
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -42,10 +44,28 @@ def _manufacturer_ca(directory: Path) -> Path:
 
 
 def test_est_with_curl_and_openssl(tmp_path: Path) -> None:
+    _est_script(tmp_path, {})
+
+
+@pytest.mark.postgres
+def test_est_on_two_workers_postgresql(tmp_path: Path) -> None:
+    """The same script against two serving processes (SO_REUSEPORT) on PostgreSQL: secrets,
+    labels, pending requests and re-enrollment hold across them through the store."""
+    from tests.pg import create_throwaway_database, drop_database, require_postgres
+
+    require_postgres()
+    dsn = asyncio.run(create_throwaway_database())
+    try:
+        _est_script(tmp_path, {"VCC_PKI_DATABASE_URL": dsn, "VCC_PKI_WORKERS": "2"})
+    finally:
+        asyncio.run(drop_database(dsn))
+
+
+def _est_script(tmp_path: Path, extra: dict[str, str]) -> None:
     mfg = _manufacturer_ca(tmp_path / "mfg")
     env = {"VCC_PKI_KEY_PASSPHRASE": "conformance",
            "VCC_PKI_EST_TRUST_STORE": str(mfg / "mfg-ca.pem"),
-           "VCC_PKI_EST_TRUSTED_PROXIES": "127.0.0.2"}
+           "VCC_PKI_EST_TRUSTED_PROXIES": "127.0.0.2", **extra}
     with running_gateway(tmp_path / "data", env) as gateway:
         output = run_script(SCRIPT, gateway, MFG_DIR=str(mfg))
         pending = gateway.cli("est", "pending", "list").stdout

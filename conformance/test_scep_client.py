@@ -70,13 +70,15 @@ def test_softhsm_keys_sqlite(tmp_path: Path) -> None:
 
 
 @pytest.mark.postgres
-def test_software_keys_postgresql(tmp_path: Path) -> None:
+def test_software_keys_postgresql_two_workers(tmp_path: Path) -> None:
+    # Two serving processes (SO_REUSEPORT): challenges, transactions, approvals and the RA
+    # key hold across them through the store.
     from tests.pg import create_throwaway_database, drop_database, require_postgres
 
     require_postgres()
     dsn = asyncio.run(create_throwaway_database())
     try:
         _enroll(tmp_path / "data", {"VCC_PKI_KEY_PASSPHRASE": "conformance",
-                                    "VCC_PKI_DATABASE_URL": dsn})
+                                    "VCC_PKI_DATABASE_URL": dsn, "VCC_PKI_WORKERS": "2"})
     finally:
         asyncio.run(drop_database(dsn))
