@@ -56,3 +56,35 @@ def test_rsa_tsa_key_postgresql(tmp_path: Path) -> None:
         assert "RSA-2048" in listing.split(" tsa ", 1)[1].splitlines()[0]
     finally:
         asyncio.run(drop_database(dsn))
+
+
+def test_two_workers_stamp_with_distinct_serials(tmp_path: Path) -> None:
+    """Two serving processes (SO_REUSEPORT), a new connection per query so that either may
+    answer, both loading the one TSA key: every query granted, every token's serial
+    distinct (RFC 3161 2.4.2; 159 random bits, recorded in the store)."""
+    import hashlib
+    import urllib.request
+
+    from asn1crypto import tsp
+
+    serials: set[int] = set()
+    answered = 0
+    with running_gateway(tmp_path / "data", {"VCC_PKI_KEY_PASSPHRASE": "conformance",
+                                             "VCC_PKI_WORKERS": "2"}) as gateway:
+        for number in range(300):
+            query = tsp.TimeStampReq({
+                "version": "v1",
+                "message_imprint": {
+                    "hash_algorithm": {"algorithm": "sha256"},
+                    "hashed_message": hashlib.sha256(str(number).encode()).digest()},
+                "cert_req": False}).dump()
+            request = urllib.request.Request(
+                f"{gateway.http_url}/tsa", data=query,
+                headers={"Content-Type": "application/timestamp-query"})
+            with urllib.request.urlopen(request, timeout=30) as response:
+                reply = tsp.TimeStampResp.load(response.read())
+            assert reply["status"]["status"].native == "granted"
+            info = reply["time_stamp_token"]["content"]["encap_content_info"]["content"]
+            serials.add(info.parsed["serial_number"].native)
+            answered += 1
+    assert answered == 300 and len(serials) == 300
