@@ -106,7 +106,7 @@ expect "certificate revoked" "$out"
 if [ -n "$PARTITIONED" ]; then
   step "the full CRL lists it as well"
   curl -fsS "$HTTP_URL/crl/$ORG-issuing.crl" -o full.der
-  openssl crl -inform DER -in full.der -noout -text | grep -q "Serial Number: $HEX" \
+  openssl crl -inform DER -in full.der -noout -text | has "Serial Number: $HEX" \
     || fail "not in the full CRL"
 fi
 

@@ -153,12 +153,12 @@ expect "supk.pem: good" "$(ocsp_status supk.pem)"
 # ... and the next CRL (an audit event of its own: wait for it before counting)
 for _ in $(seq 1 100); do
   curl -fsS "$HTTP_URL/crl/$ORG-issuing.crl" -o sup.crl \
-    && openssl crl -inform DER -in sup.crl -noout -text | grep -qi "$(serial_of sup.pem)" \
+    && openssl crl -inform DER -in sup.crl -noout -text | has -i "$(serial_of sup.pem)" \
     && break
   sleep 0.1  # polling interval
 done
 openssl crl -inform DER -in sup.crl -noout -text | grep -A5 -i "$(serial_of sup.pem)" \
-  | grep -q "Superseded" || fail "the superseded certificate never reached the CRL"
+  | has "Superseded" || fail "the superseded certificate never reached the CRL"
 csr supk2 sup.example.test
 refused 401 "the client certificate is revoked" \
   "${POST[@]}" --cert sup.pem --key sup.key --data-binary @supk2.b64 "$EST/rekey/simplereenroll"
@@ -174,11 +174,11 @@ step "simplereenroll with a revoked certificate: 401, nothing issued"
 # the CRL lists it, so that the audit count below measures the refused request alone.
 for _ in $(seq 1 100); do
   curl -fsS "$HTTP_URL/crl/$ORG-issuing.crl" -o dev2.crl \
-    && openssl crl -inform DER -in dev2.crl -noout -text | grep -qi "$(serial_of dev2.pem)" \
+    && openssl crl -inform DER -in dev2.crl -noout -text | has -i "$(serial_of dev2.pem)" \
     && break
   sleep 0.1  # polling interval
 done
-openssl crl -inform DER -in dev2.crl -noout -text | grep -qi "$(serial_of dev2.pem)" \
+openssl crl -inform DER -in dev2.crl -noout -text | has -i "$(serial_of dev2.pem)" \
   || fail "the revocation never reached the CRL"
 csr dev2r dev2.example.test dev2.key
 refused 401 "the client certificate is revoked" \

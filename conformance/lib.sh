@@ -11,11 +11,14 @@ cd "$work"
 step() { printf '== %s\n' "$*"; }
 json() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
+# grep -q stops reading at the first match: with `set -o pipefail` the writer then dies of
+# SIGPIPE and the pipeline fails although the line was there. has reads to the end.
+has() { grep "$@" >/dev/null; }
 expect() {  # expect <pattern> <output>
-  printf '%s\n' "$2" | grep -q "$1" || { printf '%s\n' "$2"; fail "expected '$1'"; }
+  grep -q -- "$1" <<<"$2" || { printf '%s\n' "$2"; fail "expected '$1'"; }
 }
 expect_line() {  # expect_line <line> <output>: a line that is exactly <line> (outer blanks aside)
-  printf '%s\n' "$2" | sed 's/^[[:space:]]*//; s/[[:space:]]*$//' | grep -qxF -- "$1" \
+  sed 's/^[[:space:]]*//; s/[[:space:]]*$//' <<<"$2" | has -xF -- "$1" \
     || { printf '%s\n' "$2"; fail "expected the line '$1'"; }
 }
 openssl_time() {  # openssl_time <ISO 8601 UTC>: the form openssl prints ("Mar  4 09:26:53 2025 GMT")

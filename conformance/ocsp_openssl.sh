@@ -16,7 +16,7 @@ source "$(dirname "$0")/lib.sh"
 ms() { local t=${EPOCHREALTIME/./}; echo $((t / 1000)); }  # wall clock in ms, no subprocess
 
 issue_from_rest ocsp.example.test
-openssl x509 -in svc.pem -noout -ocsp_uri | grep -q "/ocsp$" || fail "no OCSP URL in the AIA"
+openssl x509 -in svc.pem -noout -ocsp_uri | has "/ocsp$" || fail "no OCSP URL in the AIA"
 OCSP_URL="$HTTP_URL/ocsp"
 echo "serial $SERIAL, responder $OCSP_URL"
 
@@ -88,7 +88,7 @@ revoked() {  # revoked <ask options...>: ask until revoked; fail on a late good
   while :; do
     sent=$(ms)
     out=$(ask "$@")
-    if printf '%s\n' "$out" | grep -qxF "svc.pem: revoked"; then return 0; fi
+    if printf '%s\n' "$out" | has -xF "svc.pem: revoked"; then return 0; fi
     if (( sent - returned >= 1000 )); then
       printf '%s\n' "$out"
       fail "not revoked for a request sent $((sent - returned)) ms after the revoke returned"

@@ -7,6 +7,8 @@
 # Needs: curl, openssl, python3 (JSON only), `vcc-pki` on PATH (or VCC_PKI_BIN).
 # Env: HTTP_URL (default http://127.0.0.1:8080), HTTPS_URL (default https://localhost:8443).
 set -euo pipefail
+# grep -q would stop reading at the first match: the writer then dies of SIGPIPE.
+has() { grep "$@" >/dev/null; }
 
 HTTP_URL=${HTTP_URL:-http://127.0.0.1:8080}
 HTTPS_URL=${HTTPS_URL:-https://localhost:8443}
@@ -69,7 +71,7 @@ curl -fsS --cacert root.pem -H "Authorization: Bearer $TOKEN" -H "Content-Type: 
 
 step "the audit log: query, verify, export (JSON Lines)"
 api "$HTTPS_URL/api/v1/audit?action=revoke&limit=5" | json '["items"][-1]["event_type"]'
-api "$HTTPS_URL/api/v1/audit/verify" | json '["intact"]' | grep -qx True
+api "$HTTPS_URL/api/v1/audit/verify" | json '["intact"]' | has -x True
 api "$HTTPS_URL/api/v1/audit/export" -o audit.jsonl
 test "$(wc -l < audit.jsonl)" -gt 5
 

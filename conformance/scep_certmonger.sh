@@ -22,7 +22,7 @@ expect_line SHA-256 "$caps"
 step "scep-submit -C (GetCACert): the RA certificate first, then the CA chain"
 "$SUBMIT" -u "$SCEP_URL" -C > cacerts.pem
 awk '/BEGIN/{n++} n{print > ("ca" n ".pem")}' cacerts.pem
-openssl x509 -in ca1.pem -noout -subject | grep -q "SCEP RA" || fail "the first is not the RA"
+openssl x509 -in ca1.pem -noout -subject | has "SCEP RA" || fail "the first is not the RA"
 cat ca[2-9].pem > chain.pem
 curl -fsS "$HTTP_URL/ca/root.pem" -o root.pem
 openssl verify -CAfile root.pem -untrusted chain.pem ca1.pem >/dev/null
@@ -57,11 +57,12 @@ mkdir -p "$state/requests" "$state/cas" "$state/local" "$state/tmp"
 export -p | grep -E ' (VCC_PKI_[A-Z0-9_]*|SOFTHSM2_CONF)=' > settings.sh
 cat > approval.sh <<INNER
 source "$work/settings.sh"
+has() { grep "\$@" >/dev/null; }  # as in lib.sh: this script runs in a shell of its own
 getcert add-scep-ca -s -c vcc -u "$SCEP_URL" -r "$work/ca1.pem" -I "$work/chain.pem"
 getcert request -s -c vcc -k "$work/waiting.key" -f "$work/waiting.pem" -L "$challenge" \
   -N CN=cm-waiting -I waiting
 for i in \$(seq 300); do
-  getcert list -s -i waiting | grep -q "status: CA_WORKING" && break; sleep 0.2
+  getcert list -s -i waiting | has "status: CA_WORKING" && break; sleep 0.2
 done
 getcert list -s -i waiting | grep status:
 "$VCC_PKI" scep pending list --org "$ORG" < /dev/null > pending.txt
@@ -70,7 +71,7 @@ echo "pending: \$tid"
 "$VCC_PKI" scep pending approve "\$tid" < /dev/null
 getcert refresh -s -i waiting
 for i in \$(seq 300); do
-  getcert list -s -i waiting | grep -q "status: MONITORING" && break; sleep 0.2
+  getcert list -s -i waiting | has "status: MONITORING" && break; sleep 0.2
 done
 getcert list -s -i waiting
 INNER

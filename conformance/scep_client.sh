@@ -21,7 +21,7 @@ caps=$(curl -fsS "$SCEP_URL?operation=GetCACaps")
 expect_line AES "$caps"
 expect_line SHA-256 "$caps"
 expect_line POSTPKIOperation "$caps"
-printf '%s\n' "$caps" | grep -qx 'DES' && fail "single DES advertised"
+printf '%s\n' "$caps" | has -x 'DES' && fail "single DES advertised"
 
 step "GetCACert: the RA certificate and the CA chain, certs-only"
 curl -fsS -D headers.txt "$SCEP_URL?operation=GetCACert" -o cacerts.p7
@@ -31,10 +31,10 @@ awk '/BEGIN/{n++} n{print > ("ca" n ".pem")}' cacerts.pem
 ra=""
 for f in ca*.pem; do
   [ "$f" = cacerts.pem ] && continue
-  if openssl x509 -in "$f" -noout -subject | grep -q "SCEP RA"; then ra=$f; fi
+  if openssl x509 -in "$f" -noout -subject | has "SCEP RA"; then ra=$f; fi
 done
 [ -n "$ra" ] || fail "no RA certificate in GetCACert"
-openssl x509 -in "$ra" -noout -ext keyUsage | grep -q "Digital Signature, Key Encipherment" \
+openssl x509 -in "$ra" -noout -ext keyUsage | has "Digital Signature, Key Encipherment" \
   || fail "the RA certificate lacks digitalSignature and keyEncipherment"
 ra_fp=$(openssl x509 -in "$ra" -outform DER | sha256sum | cut -d' ' -f1)
 curl -fsS "$HTTP_URL/ca/root.pem" -o root.pem
@@ -54,7 +54,7 @@ expect "server returned a certificate" "$out"
 openssl verify -CAfile root.pem -untrusted cacerts.pem device-1/cert.pem
 subject=$(openssl x509 -in device-1/cert.pem -noout -subject)
 expect "CN = device-1" "$subject"
-openssl x509 -in device-1/cert.pem -noout -ext extendedKeyUsage | grep -q "Client Authentication" \
+openssl x509 -in device-1/cert.pem -noout -ext extendedKeyUsage | has "Client Authentication" \
   || fail "no clientAuth"
 
 step "the spent challenge with a new key: FAILURE badRequest, nothing issued"
