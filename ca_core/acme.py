@@ -337,16 +337,6 @@ class AcmeService:
             raise BadNonce("the nonce is unknown, used or expired")
 
     # ------------------------------------------------------------------ EAB
-    async def create_eab_key(self, org_slug: str, actor: str = "vcc-pki cli") -> EabKey:
-        org = await self.authority.organization(org_slug)
-        key = EabKey(kid=f"kid-{secrets.token_hex(8)}", org_id=org.org_id,
-                     hmac_key=secrets.token_bytes(32), created_at=self._now())
-        await self.store.add_eab_key(key, AuditEvent(
-            event_type="acme.eab_created", category="acme", action="eab_created",
-            actor_type="system", actor_id=actor, org_id=org.org_id,
-            resource_type="acme_eab_key", resource_id=key.kid, data={"org": org.slug}))
-        return key
-
     async def eab_key(self, kid: str, org: Organization) -> EabKey:
         key = await self.store.get_eab_key(kid)
         if key is None or key.account_id is not None:

@@ -31,6 +31,7 @@ import base64
 import binascii
 import datetime as dt
 import json
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, NoReturn, TypeVar
@@ -42,6 +43,7 @@ from ca_core.keys import KeySpec
 from ca_core.org_policy import ISOLATION_LEVELS, ORG_STATUSES, OrgPolicy, isolation_of
 from ca_core.principal import Principal
 from ca_core.records import (
+    AcmeAccount,
     ApiToken,
     AuditEntry,
     AuditEvent,
@@ -49,6 +51,7 @@ from ca_core.records import (
     AuditQuery,
     CertificateQuery,
     CertificateRecord,
+    EabKey,
     Organization,
 )
 from ca_core.storage import StoreInvalid
@@ -264,6 +267,95 @@ class AdminService:
                              "no such token", hide=True)
         return revoked
 
+    # ------------------------------------------------------------------ ACME EAB, accounts
+    # EAB keys are credentials that bind an ACME account to an organization, and accounts
+    # are what they made: both are managed as tokens are (``token:create``: an
+    # organization's pki_admin for its own, a super admin for any).
+    async def create_eab_key(self, principal: Principal, organization: str) -> EabKey:
+        """A new EAB key id and HMAC key (RFC 8555 7.3.4) for an organization; the key is
+        returned here once and never listed."""
+        await self._require(principal, "token:create", "acme_eab_key")
+        org = await self._visible_org(principal, organization, "token:create")
+        key = EabKey(kid=f"kid-{secrets.token_hex(8)}", org_id=org.org_id,
+                     hmac_key=secrets.token_bytes(32), created_at=self.authority.clock())
+        await self.store.add_eab_key(key, AuditEvent(
+            event_type="acme.eab_created", category="acme", action="eab_created",
+            actor_type=principal.actor_type, actor_id=principal.actor_id, org_id=org.org_id,
+            resource_type="acme_eab_key", resource_id=key.kid, data={"org": org.slug}))
+        return key
+
+    async def list_eab_keys(self, principal: Principal, organization: str | None = None,
+                            cursor: str | None = None, limit: int | None = None
+                            ) -> Page[EabKey]:
+        await self._require(principal, "token:create", "acme_eab_key")
+        size = page_limit(limit)
+        org_id = principal.org_id
+        if organization is not None:
+            org_id = (await self._visible_org(principal, organization, "token:create")).org_id
+        found = await self.store.list_eab_keys(org_id, time_id_cursor(cursor), size + 1)
+        last = found[size - 1] if len(found) > size else None
+        return Page(found[:size], None if last is None else
+                    encode_cursor(last.created_at, last.kid))
+
+    async def revoke_eab_key(self, principal: Principal, kid: str) -> EabKey:
+        """Delete an unused EAB key of the caller's organization (any, for a super admin).
+        Unknown or another organization's: NotFound (audited); one already bound to an
+        account: Conflict (deactivate the account instead)."""
+        await self._require(principal, "token:create", "acme_eab_key")
+        event = AuditEvent(
+            event_type="acme.eab_revoked", category="acme", action="eab_revoked",
+            actor_type=principal.actor_type, actor_id=principal.actor_id,
+            org_id=principal.org_id, resource_type="acme_eab_key", resource_id=kid[:80])
+        try:
+            deleted = await self.store.delete_eab_key(kid, principal.org_id, event)
+        except StoreInvalid:
+            deleted = None
+        if deleted is not None:
+            return deleted
+        try:
+            found = await self.store.get_eab_key(kid)
+        except StoreInvalid:
+            found = None
+        if found is not None and principal.sees_org(found.org_id) and \
+                found.account_id is not None:
+            raise Conflict(f"EAB key {kid} is bound to account {found.account_id}: "
+                           "deactivate the account")
+        await self._deny(principal, "acme_eab:revoke", "acme_eab_key", kid[:80],
+                         "no such EAB key", hide=True)
+
+    async def list_acme_accounts(self, principal: Principal, organization: str | None = None,
+                                 cursor: str | None = None, limit: int | None = None
+                                 ) -> Page[AcmeAccount]:
+        await self._require(principal, "token:create", "acme_account")
+        size = page_limit(limit)
+        org_id = principal.org_id
+        if organization is not None:
+            org_id = (await self._visible_org(principal, organization, "token:create")).org_id
+        found = await self.store.list_acme_accounts(org_id, time_id_cursor(cursor), size + 1)
+        last = found[size - 1] if len(found) > size else None
+        return Page(found[:size], None if last is None or last.created_at is None else
+                    encode_cursor(last.created_at, last.account_id))
+
+    async def deactivate_acme_account(self, principal: Principal, account_id: str
+                                      ) -> AcmeAccount:
+        """RFC 8555 7.3.6 done by an operator: the account is refused from its next request
+        on. Another organization's, unknown or not valid: NotFound (audited)."""
+        await self._require(principal, "token:create", "acme_account")
+        event = AuditEvent(
+            event_type="acme.account_deactivated", category="acme",
+            action="account_deactivated", actor_type=principal.actor_type,
+            actor_id=principal.actor_id, org_id=principal.org_id,
+            resource_type="acme_account", resource_id=account_id[:80])
+        try:
+            updated = await self.store.deactivate_acme_account(account_id, principal.org_id,
+                                                               event)
+        except StoreInvalid:
+            updated = None
+        if updated is None:
+            await self._deny(principal, "acme_account:deactivate", "acme_account",
+                             account_id[:80], "no such valid account", hide=True)
+        return updated
+
     # ------------------------------------------------------------------ organizations
     async def _org(self, ident: str) -> Organization | None:
         """By slug, else by id; None for text the store cannot hold."""
@@ -462,3 +554,16 @@ def organization_document(org: Organization) -> dict[str, Any]:
     return {"id": org.org_id, "slug": org.slug, "name": org.name, "status": org.status,
             "isolation": isolation_of(org.config),
             "policy": OrgPolicy.of(org.config).to_json(), "created_at": _iso(org.created_at)}
+
+
+def eab_key_document(key: EabKey) -> dict[str, Any]:
+    """An EAB key as listed (never its HMAC key)."""
+    return {"kid": key.kid, "organization_id": key.org_id, "created_at": _iso(key.created_at),
+            "account_id": key.account_id, "used": key.account_id is not None}
+
+
+def acme_account_document(account: AcmeAccount) -> dict[str, Any]:
+    return {"id": account.account_id, "organization_id": account.org_id,
+            "status": account.status, "contact": list(account.contact),
+            "eab_kid": account.eab_kid, "key_thumbprint": account.key_thumbprint,
+            "created_at": _iso(account.created_at)}

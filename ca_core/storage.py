@@ -305,6 +305,26 @@ class AcmeStore(Protocol):
 
     async def get_eab_key(self, kid: str) -> EabKey | None: ...
 
+    async def list_eab_keys(self, org_id: str | None = None,
+                            after: tuple[dt.datetime, str] | None = None, limit: int = 100
+                            ) -> list[EabKey]:
+        """EAB keys (of one organization, or all) by (created_at, kid), after ``after``."""
+
+    async def delete_eab_key(self, kid: str, org_id: str | None, audit: AuditEvent
+                             ) -> EabKey | None:
+        """Delete an unused key (in ``org_id`` when given); the deleted key, or None
+        (nothing written: unknown, another organization's, or bound to an account)."""
+
+    async def list_acme_accounts(self, org_id: str | None = None,
+                                 after: tuple[dt.datetime, str] | None = None,
+                                 limit: int = 100) -> list[AcmeAccount]:
+        """Accounts (of one organization, or all) by (created_at, account_id)."""
+
+    async def deactivate_acme_account(self, account_id: str, org_id: str | None,
+                                      audit: AuditEvent) -> AcmeAccount | None:
+        """Set a valid account (in ``org_id`` when given) deactivated; the updated account,
+        or None (nothing written)."""
+
     async def add_acme_order(
         self, order: AcmeOrder, new_authorizations: Sequence[AcmeAuthorization],
         audit: AuditEvent | None = None,

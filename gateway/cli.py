@@ -412,7 +412,7 @@ async def cmd_cert_list(config: Config, args: argparse.Namespace) -> int:
 
 async def cmd_acme_eab_create(config: Config, args: argparse.Namespace) -> int:
     async def run(services: Services) -> int:
-        key = await services.acme.create_eab_key(args.org)
+        key = await services.admin.create_eab_key(CLI, args.org)
         secret = b64url(key.hmac_key)
         if args.json:
             print(json.dumps({"kid": key.kid, "hmac_key": secret, "org": args.org}))

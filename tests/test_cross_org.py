@@ -113,7 +113,7 @@ async def acme(tmp_path: Path, aiohttp_client: ClientFactory) -> AsyncIterator[A
 
 
 async def _account_in(world: AcmeWorld, org: str) -> Any:
-    key = await world.services.acme.create_eab_key(org)
+    key = await world.services.admin.create_eab_key(SYSTEM, org)
     client = world.client(directory=f"/acme/{org}/directory")
     directory = await client.load()
     binding = mac_jws(key.kid, key.hmac_key, client.key.jwk, directory["newAccount"])
@@ -136,7 +136,7 @@ async def test_acme_account_of_a_cannot_revoke_bs_certificate(acme: AcmeWorld) -
 
 
 async def test_eab_key_of_a_cannot_register_into_b(acme: AcmeWorld) -> None:
-    key = await acme.services.acme.create_eab_key(A)
+    key = await acme.services.admin.create_eab_key(SYSTEM, A)
     client = acme.client(directory=f"/acme/{B}/directory")
     directory = await client.load()
     binding = mac_jws(key.kid, key.hmac_key, client.key.jwk, directory["newAccount"])
