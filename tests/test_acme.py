@@ -380,7 +380,8 @@ async def test_external_account_binding_checks(eab_world: World) -> None:
         "acme", "eab_created", "system", "ops-desk", key.org_id, "acme_eab_key", key.kid,
         {"org": "default"})
     assert len(key.kid) == len("kid-") + 16
-    health_key = await world.services.admin.create_eab_key(Principal.system("vcc-pki cli"), "health")
+    health_key = await world.services.admin.create_eab_key(
+        Principal.system("vcc-pki cli"), "health")
     assert health_key.org_id == health.org_id != key.org_id
     (event,) = [e.event for e in await world.services.store.audit_entries()
                 if e.event.resource_id == health_key.kid]

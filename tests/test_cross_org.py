@@ -305,3 +305,36 @@ async def test_disabled_organizations_scep_static_secret_stops_at_once(
     await _set_status(services, A, "active")
     reply = await _scep_enroll(at_a, A, "alpha-static-secret", "s.example.test")
     assert reply.status == "0"
+
+
+async def test_eab_from_rest_registers_and_rest_deactivation_stops_the_account(
+        acme: AcmeWorld) -> None:
+    """The REST EAB key binds an account to its organization; an admin of another
+    organization neither lists nor deactivates it; its own admin's deactivation stops it."""
+    import base64
+
+    authority = acme.services.authority
+    mine = (await authority.create_token(A, "pki_admin", principal=SYSTEM)).token
+    theirs = (await authority.create_token(B, "pki_admin", principal=SYSTEM)).token
+    created = await acme.http.post("/api/v1/acme/eab", json={"organization": A},
+                                   headers={"Authorization": f"Bearer {mine}"})
+    assert created.status == 201
+    key = await created.json()
+    hmac_key = base64.urlsafe_b64decode(key["hmac_key"] + "=" * (-len(key["hmac_key"]) % 4))
+    client = acme.client(directory=f"/acme/{A}/directory")
+    directory = await client.load()
+    response = await client.register(externalAccountBinding=mac_jws(
+        key["kid"], hmac_key, client.key.jwk, directory["newAccount"]))
+    assert response.status == 201
+    account_id = (client.account_url or "").rsplit("/", 1)[1]
+    other = {"Authorization": f"Bearer {theirs}"}
+    listed = await (await acme.http.get("/api/v1/acme/accounts", headers=other)).json()
+    assert account_id not in [a["id"] for a in listed["items"]]
+    denied = await acme.http.post(f"/api/v1/acme/accounts/{account_id}/deactivate",
+                                  headers=other)
+    assert denied.status == 404
+    done = await acme.http.post(f"/api/v1/acme/accounts/{account_id}/deactivate",
+                                headers={"Authorization": f"Bearer {mine}"})
+    assert done.status == 200
+    await acme_problem(await client.post(client.directory["newOrder"], {
+        "identifiers": [{"type": "dns", "value": "x.example.test"}]}), "unauthorized", 401)

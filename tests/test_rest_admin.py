@@ -243,3 +243,66 @@ async def test_audit_query_verify_export(client: TestClient, services: Services)
     denied = await (await client.get("/api/v1/audit", headers=_auth(root),
                                      params={"action": "audit:read"})).json()
     assert denied["items"][-1]["status"] == "denied"  # the refusal above was audited
+
+
+async def test_acme_eab_keys_and_accounts_over_rest(services: Services,
+                                                   client: TestClient) -> None:
+    """/api/v1/acme/eab (create: kid + HMAC key once; list; revoke) and
+    /api/v1/acme/accounts (list; deactivate), with their bad inputs."""
+    import base64
+
+    token = await _token(services, "pki_admin")
+    created = await client.post("/api/v1/acme/eab", headers=_auth(token),
+                                json={"organization": "default"})
+    assert created.status == 201, await created.text()
+    key = await created.json()
+    assert key["used"] is False and key["account_id"] is None
+    assert created.headers["Location"] == f"/api/v1/acme/eab/{key['kid']}"
+    hmac_key = base64.urlsafe_b64decode(key["hmac_key"] + "=" * (-len(key["hmac_key"]) % 4))
+    stored = await services.store.get_eab_key(key["kid"])
+    assert stored is not None and stored.hmac_key == hmac_key
+    listed = await (await client.get("/api/v1/acme/eab", headers=_auth(token))).json()
+    assert [k["kid"] for k in listed["items"]] == [key["kid"]] and listed["next"] is None
+    assert "hmac_key" not in listed["items"][0]  # shown once, at creation
+    revoked = await client.delete(f"/api/v1/acme/eab/{key['kid']}", headers=_auth(token))
+    assert revoked.status == 200 and (await revoked.json())["kid"] == key["kid"]
+    assert await services.store.get_eab_key(key["kid"]) is None
+    await _problem(await client.delete(f"/api/v1/acme/eab/{key['kid']}",
+                                       headers=_auth(token)), 404)
+    for body in ({}, {"organization": 7}, {"organization": "nope"}):
+        response = await client.post("/api/v1/acme/eab", headers=_auth(token), json=body)
+        assert response.status in (400, 404), (body, response.status)
+        await _problem(response, response.status)
+    await _problem(await client.get("/api/v1/acme/eab", headers=_auth(token),
+                                    params={"cursor": "%%%"}), 400)
+    await _problem(await client.get("/api/v1/acme/accounts", headers=_auth(token),
+                                    params={"limit": "0"}), 400)
+    # accounts: one bound to an EAB key (stored as the ACME service binds it)
+    import datetime as dt
+
+    from ca_core.records import AcmeAccount, AuditEvent
+
+    bound = await services.admin.create_eab_key(ADMIN, "default")
+    org = await services.authority.organization("default")
+    account = AcmeAccount(account_id="acct-rest", org_id=org.org_id, key_thumbprint="tp",
+                          jwk={"kty": "EC"}, eab_kid=bound.kid,
+                          created_at=dt.datetime.now(dt.UTC))
+    await services.store.add_acme_account(account, AuditEvent(
+        event_type="acme.account_created", category="acme", action="account_created",
+        actor_type="system", actor_id="test", org_id=org.org_id,
+        resource_type="acme_account", resource_id=account.account_id))
+    conflict = await _problem(await client.delete(f"/api/v1/acme/eab/{bound.kid}",
+                                                  headers=_auth(token)), 409)
+    assert "acct-rest" in conflict["detail"]
+    page = await (await client.get("/api/v1/acme/accounts", headers=_auth(token))).json()
+    assert [(a["id"], a["status"], a["eab_kid"]) for a in page["items"]] == [
+        ("acct-rest", "valid", bound.kid)]
+    done = await client.post("/api/v1/acme/accounts/acct-rest/deactivate",
+                             headers=_auth(token))
+    assert done.status == 200 and (await done.json())["status"] == "deactivated"
+    await _problem(await client.post("/api/v1/acme/accounts/acct-rest/deactivate",
+                                     headers=_auth(token)), 404)  # not valid any more
+    await _problem(await client.post("/api/v1/acme/accounts/nope/deactivate",
+                                     headers=_auth(token)), 404)
+    auditor = await _token(services, "auditor")
+    await _problem(await client.get("/api/v1/acme/accounts", headers=_auth(auditor)), 403)

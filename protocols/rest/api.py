@@ -1,4 +1,5 @@
-"""The REST admin API (``/api/v1``): certificates, tokens, organizations and the audit log.
+"""The REST admin API (``/api/v1``): certificates, tokens, ACME EAB keys and accounts,
+organizations and the audit log.
 
 Decode JSON or query parameters -> call the Authority or the AdminService (``ca_core.admin``,
 the CLI's too) -> encode JSON. Authentication is a bearer token (``vcc-pki token create`` or
@@ -10,6 +11,7 @@ all of it is ``/api/v1/openapi.json`` (``protocols.rest.openapi``).
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import ssl
@@ -25,7 +27,9 @@ from ca_core.admin import (
     AuditFilters,
     CertificateFilters,
     OrganizationChange,
+    acme_account_document,
     audit_document,
+    eab_key_document,
     organization_document,
     token_document,
 )
@@ -276,6 +280,50 @@ async def revoke_token(request: web.Request) -> web.Response:
     return web.json_response(token_document(token))
 
 
+# --- ACME EAB keys and accounts ------------------------------------------------------------
+
+async def list_eab_keys(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    page = await request.app[ADMIN].list_eab_keys(
+        principal, _param(request, "organization"), _param(request, "cursor"),
+        _limit(request))
+    return _page([eab_key_document(k) for k in page.items], page.next)
+
+
+async def create_eab_key(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    body = await _json_body(request)
+    key = await request.app[ADMIN].create_eab_key(
+        principal, _field(body, "organization", str, required=True))
+    # RFC 8555 7.3.4: the HMAC key as base64url without padding, as certbot's
+    # --eab-hmac-key and lego's --eab.hmac take it; in this answer only.
+    secret = base64.urlsafe_b64encode(key.hmac_key).decode().rstrip("=")
+    response = web.json_response({**eab_key_document(key), "hmac_key": secret}, status=201)
+    response.headers["Location"] = f"/api/v1/acme/eab/{key.kid}"
+    return response
+
+
+async def revoke_eab_key(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    key = await request.app[ADMIN].revoke_eab_key(principal, request.match_info["kid"])
+    return web.json_response(eab_key_document(key))
+
+
+async def list_acme_accounts(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    page = await request.app[ADMIN].list_acme_accounts(
+        principal, _param(request, "organization"), _param(request, "cursor"),
+        _limit(request))
+    return _page([acme_account_document(a) for a in page.items], page.next)
+
+
+async def deactivate_acme_account(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    account = await request.app[ADMIN].deactivate_acme_account(
+        principal, request.match_info["account_id"])
+    return web.json_response(acme_account_document(account))
+
+
 # --- organizations -------------------------------------------------------------------------
 
 async def list_organizations(request: web.Request) -> web.Response:
@@ -367,6 +415,12 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/tokens", list_tokens)
     app.router.add_post("/api/v1/tokens", create_token)
     app.router.add_delete("/api/v1/tokens/{token_id}", revoke_token)
+    app.router.add_get("/api/v1/acme/eab", list_eab_keys)
+    app.router.add_post("/api/v1/acme/eab", create_eab_key)
+    app.router.add_delete("/api/v1/acme/eab/{kid}", revoke_eab_key)
+    app.router.add_get("/api/v1/acme/accounts", list_acme_accounts)
+    app.router.add_post("/api/v1/acme/accounts/{account_id}/deactivate",
+                        deactivate_acme_account)
     app.router.add_get("/api/v1/organizations", list_organizations)
     app.router.add_post("/api/v1/organizations", create_organization)
     app.router.add_get("/api/v1/organizations/{org}", get_organization)

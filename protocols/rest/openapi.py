@@ -111,6 +111,23 @@ _SCHEMAS: dict[str, Any] = {
         "organization": {"type": "string"}, "role": {"type": "string", "enum": list(ROLES)},
         "name": {"type": "string"},
         "expires_in_days": {"type": "integer", "minimum": 1, "maximum": MAX_TOKEN_DAYS}}},
+    "EabKey": {"type": "object", "required": [
+        "kid", "organization_id", "created_at", "account_id", "used"], "properties": {
+        "kid": {"type": "string"}, "organization_id": {"type": "string"},
+        "created_at": _TIME, "account_id": {"type": ["string", "null"]},
+        "used": {"type": "boolean"},
+        "hmac_key": {"type": "string", "description": "base64url HMAC key, in the answer "
+                     "to its creation only"}}},
+    "EabKeyRequest": {"type": "object", "required": ["organization"], "properties": {
+        "organization": {"type": "string", "description": "slug"}}},
+    "AcmeAccount": {"type": "object", "required": [
+        "id", "organization_id", "status", "contact", "eab_kid", "key_thumbprint",
+        "created_at"], "properties": {
+        "id": {"type": "string"}, "organization_id": {"type": "string"},
+        "status": {"type": "string", "enum": ["valid", "deactivated", "revoked"]},
+        "contact": {"type": "array", "items": {"type": "string"}},
+        "eab_kid": {"type": ["string", "null"]}, "key_thumbprint": {"type": "string"},
+        "created_at": _NULLABLE_TIME}},
     "Policy": {"type": "object", "properties": {
         "allowed_names": {"type": "array", "items": {"type": "string"}},
         "allowed_ip_ranges": {"type": "array", "items": {"type": "string"}},
@@ -177,7 +194,8 @@ def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "VCC-PKI admin API", "version": "1",
-                 "description": "Certificates, tokens, organizations and the audit log. "
+                 "description": "Certificates, tokens, ACME EAB keys and accounts, "
+                 "organizations and the audit log. "
                  "Errors are RFC 9457 problem+json."},
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
@@ -243,6 +261,35 @@ def document() -> dict[str, Any]:
                 "delete": _op("revoke a token: it stops working at once", {
                     "200": _json(_ref("Token"), "revoked"), **_problems(403, 404)},
                     parameters=[_path("token_id", "token id")], tag="tokens"),
+            },
+            "/api/v1/acme/eab": {
+                "get": _op("list ACME EAB keys (never their HMAC keys)", {
+                    "200": _json(_page_of("EabKey"), "one page"), **_problems(400, 403, 404)},
+                    parameters=[_query("organization", "organization slug"), *_PAGING],
+                    tag="acme"),
+                "post": _op("create an EAB key; its HMAC key is in this answer only", {
+                    "201": _json(_ref("EabKey"), "created"),
+                    **_problems(400, 403, 404, 413, 415)},
+                    body=_body(_ref("EabKeyRequest")), tag="acme"),
+            },
+            "/api/v1/acme/eab/{kid}": {
+                "delete": _op("revoke an unused EAB key (a used one: deactivate its account)",
+                              {"200": _json(_ref("EabKey"), "revoked"),
+                               **_problems(403, 404, 409)},
+                              parameters=[_path("kid", "EAB key id")], tag="acme"),
+            },
+            "/api/v1/acme/accounts": {
+                "get": _op("list ACME accounts", {
+                    "200": _json(_page_of("AcmeAccount"), "one page"),
+                    **_problems(400, 403, 404)},
+                    parameters=[_query("organization", "organization slug"), *_PAGING],
+                    tag="acme"),
+            },
+            "/api/v1/acme/accounts/{account_id}/deactivate": {
+                "post": _op("deactivate an ACME account: refused from its next request on", {
+                    "200": _json(_ref("AcmeAccount"), "deactivated"),
+                    **_problems(403, 404)},
+                    parameters=[_path("account_id", "ACME account id")], tag="acme"),
             },
             "/api/v1/organizations": {
                 "get": _op("list organizations (an organization's admin: its own)", {
