@@ -36,12 +36,16 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, NoReturn, TypeVar
 
-from ca_core.authority import Authority, CreatedToken, IssuedCertificate
-from ca_core.errors import BadRequest, Conflict, Forbidden, NotFound
-from ca_core.hierarchy import ensure_organization
+from cryptography import x509
+
+from ca_core.authority import Authority, CreatedToken, IssuedCertificate, issuing_ca_name
+from ca_core.cross import alternate_chains
+from ca_core.errors import BadRequest, CAError, Conflict, Forbidden, NotFound
+from ca_core.hierarchy import activate_issuing_ca, ensure_organization, rollover_issuing_ca
 from ca_core.keys import KeySpec
 from ca_core.org_policy import ISOLATION_LEVELS, ORG_STATUSES, OrgPolicy, isolation_of
 from ca_core.principal import Principal
+from ca_core.profiles import Profile
 from ca_core.records import (
     AcmeAccount,
     ApiToken,
@@ -49,6 +53,7 @@ from ca_core.records import (
     AuditEvent,
     AuditHead,
     AuditQuery,
+    CARecord,
     CertificateQuery,
     CertificateRecord,
     EabKey,
@@ -218,9 +223,18 @@ class AdminService:
                                 validity_days: int | None = None) -> IssuedCertificate:
         return await self.authority.renew(serial, principal, csr, validity_days)
 
-    async def certificate_chain(self, record: CertificateRecord) -> tuple[Any, ...]:
-        """The issuing CA's chain (issuer first, below the root) of a certificate."""
-        return (await self.authority.ca_by_id(record.issuer_ca_id)).chain
+    async def certificate_chain(self, record: CertificateRecord, alternate: bool = False
+                                ) -> tuple[Any, ...]:
+        """The issuing CA's chain (issuer first, below the root) of a certificate; with
+        ``alternate``, the first chain through a cross-certificate (``vcc-pki ca chains``;
+        ACME's rel="alternate"), NotFound when there is none."""
+        issuer = await self.authority.ca_by_id(record.issuer_ca_id)
+        if not alternate:
+            return issuer.chain
+        chains = await alternate_chains(self.authority, issuer)
+        if not chains:
+            raise NotFound("this certificate has no alternate chain")
+        return chains[0]
 
     # ------------------------------------------------------------------ tokens
     async def create_token(self, principal: Principal, organization: str, role: str,
@@ -355,6 +369,89 @@ class AdminService:
             await self._deny(principal, "acme_account:deactivate", "acme_account",
                              account_id[:80], "no such valid account", hide=True)
         return updated
+
+    # ------------------------------------------------------------------ CAs
+    async def list_cas(self, principal: Principal, cursor: str | None = None,
+                       limit: int | None = None) -> Page[CARecord]:
+        """The CAs a principal's scope covers: its organization's issuing CAs and the
+        shared hierarchy (``ca:read``: pki_admin; a super admin: all)."""
+        await self._require(principal, "ca:read", "certificate_authority")
+        size = page_limit(limit)
+        found = await self.store.list_cas_page(principal.org_id, time_id_cursor(cursor),
+                                               size + 1)
+        last = found[size - 1] if len(found) > size else None
+        return Page(found[:size], None if last is None or last.created_at is None else
+                    encode_cursor(last.created_at, last.ca_id))
+
+    async def _visible_ca(self, principal: Principal, name: str, action: str) -> CARecord:
+        try:
+            record = await self.store.get_ca(name)
+        except StoreInvalid:
+            record = None
+        if record is None or (record.org_id is not None
+                              and not principal.sees_org(record.org_id)):
+            await self._deny(principal, action, "certificate_authority", name[:80],
+                             f"no CA named {name[:80]!r}", hide=True)
+        return record
+
+    async def ca_chain(self, principal: Principal, name: str) -> tuple[x509.Certificate, ...]:
+        """A CA's certificate, the CAs above it and the root (the root last)."""
+        await self._require(principal, "ca:read", "certificate_authority")
+        record = await self._visible_ca(principal, name, "ca:read")
+        ca = await self.authority.ca(record.name)
+        top = ca
+        while top.record.parent_ca_id is not None:
+            top = await self.authority.ca_by_id(top.record.parent_ca_id)
+        return ca.chain if top.certificate in ca.chain else (*ca.chain, top.certificate)
+
+    async def create_issuing_ca(self, principal: Principal, organization: str,
+                                key: KeySpec | None = None) -> CARecord:
+        """An issuing CA for an organization: its first (as ``vcc-pki org create`` makes
+        it) or, when it has one, the rollover's successor in status "next" (as ``vcc-pki
+        ca rollover``), which issues once activated. Super admin only (``ca:create``)."""
+        await self._require(principal, "ca:create", "certificate_authority")
+        org = await self._visible_org(principal, organization, "ca:create")
+        as_system = Principal.system(principal.actor_id)
+        if await self.store.get_ca(issuing_ca_name(org.slug)) is None:
+            await ensure_organization(self.authority, org.slug, org.name, as_system, key)
+            name = issuing_ca_name(org.slug)
+        else:
+            name = (await rollover_issuing_ca(self.authority, org.slug, as_system, key)).name
+        created = await self.store.get_ca(name)
+        if created is None:  # the store lost what it committed: not the caller's fault
+            raise NotFound(f"no CA named {name!r}")
+        return created
+
+    async def activate_ca(self, principal: Principal, name: str) -> CARecord:
+        """``vcc-pki ca activate``: a rollover's "next" issuing CA issues from now on."""
+        await self._require(principal, "ca:create", "certificate_authority")
+        await self._visible_ca(principal, name, "ca:create")
+        await activate_issuing_ca(self.authority, name, Principal.system(principal.actor_id))
+        activated = await self.store.get_ca(name)
+        if activated is None:
+            raise NotFound(f"no CA named {name!r}")
+        return activated
+
+    # ------------------------------------------------------------------ templates
+    def _require_template_read(self, principal: Principal) -> bool:
+        return principal.can("template:read") or principal.can("template:manage")
+
+    async def list_templates(self, principal: Principal) -> list[Profile]:
+        """The certificate profiles (templates). They are code (``ca_core.profiles``,
+        published to the store by ``init`` for reading): read-only here."""
+        if not self._require_template_read(principal):
+            await self._deny(principal, "template:read", "certificate_template", None,
+                             "this credential may not read templates")
+        return self.authority.profiles()
+
+    async def get_template(self, principal: Principal, name: str) -> Profile:
+        if not self._require_template_read(principal):
+            await self._deny(principal, "template:read", "certificate_template", name[:80],
+                             "this credential may not read templates")
+        try:
+            return self.authority.profile(name)
+        except CAError:
+            raise NotFound(f"no template {name[:80]!r}") from None
 
     # ------------------------------------------------------------------ organizations
     async def _org(self, ident: str) -> Organization | None:
@@ -567,3 +664,19 @@ def acme_account_document(account: AcmeAccount) -> dict[str, Any]:
             "status": account.status, "contact": list(account.contact),
             "eab_kid": account.eab_kid, "key_thumbprint": account.key_thumbprint,
             "created_at": _iso(account.created_at)}
+
+
+def ca_document(record: CARecord) -> dict[str, Any]:
+    return {"name": record.name, "id": record.ca_id, "type": record.ca_type,
+            "organization_id": record.org_id, "status": record.status,
+            "subject": record.subject_dn, "serial": record.serial_hex,
+            "key": f"{record.key_algorithm}-{record.key_size}",
+            "key_backend": record.key_backend, "not_before": _iso(record.not_before),
+            "not_after": _iso(record.not_after), "created_at": _iso(record.created_at)}
+
+
+def template_document(profile: Profile) -> dict[str, Any]:
+    """A profile as the API shows it (read-only: profiles are code)."""
+    definition = profile.to_definition()
+    return {**{k: list(v) if isinstance(v, tuple) else v for k, v in definition.items()},
+            "read_only": True}

@@ -142,6 +142,12 @@ class CaStore(Protocol):
 
     async def list_cas(self) -> list[CARecord]: ...
 
+    async def list_cas_page(self, org_id: str | None = None,
+                            after: tuple[dt.datetime, str] | None = None, limit: int = 100
+                            ) -> list[CARecord]:
+        """CAs by (created_at, ca_id) after ``after``: with ``org_id``, that organization's
+        and the shared ones (root, intermediates, TSA: no organization)."""
+
     async def activate_issuing_ca(self, org_id: str, ca_id: str, audit: AuditEvent) -> bool:
         """An issuing CA rollover (``ca_core.hierarchy.activate_issuing_ca``): in one
         transaction the CA ``ca_id`` goes from "next" to "active" and the organization's

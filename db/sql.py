@@ -473,6 +473,18 @@ class SqlStore:
             'SELECT * FROM certificate_authorities ORDER BY created_at, name COLLATE "C"'))
         return [self._ca(r) for r in found]
 
+    async def list_cas_page(self, org_id: str | None = None,
+                            after: tuple[dt.datetime, str] | None = None, limit: int = 100
+                            ) -> list[CARecord]:
+        where, params = _keyset("created_at", "ca_id", after, ">", self._d)
+        if org_id is not None:
+            where.append("(org_id = ? OR org_id IS NULL)")
+            params.append(org_id)
+        found = await self._read(rows(
+            "SELECT * FROM certificate_authorities" + _where(where)
+            + " ORDER BY created_at, ca_id LIMIT ?", *params, limit))
+        return [self._ca(r) for r in found]
+
     async def activate_issuing_ca(self, org_id: str, ca_id: str, audit: AuditEvent) -> bool:
         """An issuing CA rollover: "next" -> "active", the organization's other active
         issuing CAs -> "retired", in one transaction; False (nothing changes) when ``ca_id``
