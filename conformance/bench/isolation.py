@@ -1,0 +1,116 @@
+"""A/B benchmark of the tenant isolation checks' cost on REST issuance (issue 13: less than
+5% of the REST issuance rate, measured A/B in one run).
+
+Run ``python -m conformance.bench.isolation [--seconds 5] [--rounds 6] [--concurrency 16]``.
+Prints figures; asserts nothing. See ``conformance/bench/README.md``.
+
+Two gateways are started the normal way on the same machine, each on its own SQLite store
+(software ECDSA P-256 keys, like ``make run``): A is ``vcc-pki serve``; B is the same server
+with the isolation checks of issuance bypassed (``conformance.bench.no_isolation``, bench
+only). ``POST /api/v1/certificates`` with a cert_manager token is driven from a separate
+process (``wrk`` when installed, else an aiohttp client process), in rounds ABBA BAAB ... so
+that slow phases of a noisy machine fall on both. Reported: the median rate of each side,
+the per-round ratio A/B (paired by round) and its median, and the cost = 1 - ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from conformance.bench.issuance import Rate, make_csrs, probe_rest, rest_body, run_rest
+from conformance.gateway import Gateway, running_gateway
+
+PASSPHRASE = "bench-passphrase"
+
+
+def _env(data_dir: Path) -> dict[str, str]:
+    return {"VCC_PKI_DATA_DIR": str(data_dir), "VCC_PKI_KEY_PASSPHRASE": PASSPHRASE,
+            "VCC_PKI_KEY_BACKEND": "software", "VCC_PKI_ROOT_KEY_TYPE": "ec-p256",
+            "VCC_PKI_INTERMEDIATE_KEY_TYPE": "ec-p256", "VCC_PKI_ISSUING_KEY_TYPE": "ec-p256",
+            "VCC_PKI_LOG_LEVEL": "WARNING"}
+
+
+def _token(gateway: Gateway) -> str:
+    created = gateway.cli("token", "create", "--org", "default", "--role", "cert_manager")
+    return created.stdout.split()[0]
+
+
+def _crossing_status(gateway: Gateway, url: str, body: str) -> int:
+    """A token of another organization issuing into the default one: 403 with the checks,
+    201 without; proves which side is which before anything is measured."""
+    gateway.cli("org", "create", "elsewhere")
+    token = gateway.cli("token", "create", "--org", "elsewhere", "--role",
+                        "cert_manager").stdout.split()[0]
+    crossing = json.dumps({**json.loads(body), "organization": "default"})
+    try:
+        probe_rest(url, token, crossing)
+    except RuntimeError as exc:
+        return int(str(exc).split()[2].rstrip(":"))
+    return 201
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m conformance.bench.isolation")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
+    parser.add_argument("--rounds", type=int, default=6, help="each runs A and B once")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--loadgen", choices=("wrk", "aiohttp"), default=None)
+    args = parser.parse_args(argv)
+    loadgen = args.loadgen or ("wrk" if shutil.which("wrk") else "aiohttp")
+    body = rest_body(make_csrs(1)[0])
+    with tempfile.TemporaryDirectory(prefix="vcc-bench-isolation-") as tmp, \
+            contextlib.ExitStack() as stack:
+        base = Path(tmp)
+        sides: dict[str, tuple[str, str]] = {}
+        for side, serve in (("A checks", None),
+                            ("B bypass", [sys.executable, "-m",
+                                          "conformance.bench.no_isolation", "serve"])):
+            data_dir = base / side.split()[0]
+            data_dir.mkdir()
+            gateway = stack.enter_context(running_gateway(data_dir, _env(data_dir), serve))
+            url = f"{gateway.https_url}/api/v1/certificates"
+            token = _token(gateway)
+            probe_rest(url, token, body)
+            crossing = _crossing_status(gateway, url, body)
+            if crossing != (403 if serve is None else 201):
+                raise SystemExit(f"{side}: a crossing request answered {crossing}")
+            print(f"{side}: another organization's token issuing here answers {crossing}")
+            sides[side] = (url, token)
+        names = list(sides)
+        runs: dict[str, list[Rate]] = {name: [] for name in names}
+        ratios: list[float] = []
+        for number in range(args.rounds):
+            # ABBA, then BAAB: each side goes first as often as the other
+            order = names + names[::-1] if number % 2 == 0 else names[::-1] + names
+            got: dict[str, list[float]] = {name: [] for name in names}
+            for name in order:
+                url, token = sides[name]
+                rate = run_rest(loadgen, url, token, body, args.seconds, args.concurrency,
+                                base, warm=True)
+                runs[name].append(rate)
+                got[name].append(rate.rate)
+                print(f"round {number + 1} {name}: {rate.rate:8.1f}/s "
+                      f"p50 {rate.p50_ms or 0:.1f} ms p99 {rate.p99_ms or 0:.1f} ms "
+                      f"errors {rate.errors}", flush=True)
+            ratios.append(statistics.mean(got[names[0]]) / statistics.mean(got[names[1]]))
+    print(f"\nREST issuance, {loadgen}, concurrency {args.concurrency}, {args.rounds} rounds "
+          f"of {args.seconds:g} s per side x2")
+    for name in names:
+        rates = [r.rate for r in runs[name]]
+        print(f"  {name}: median {statistics.median(rates):8.1f}/s "
+              f"(min {min(rates):.1f}, max {max(rates):.1f})")
+    ratio = statistics.median(ratios)
+    print(f"  A/B per round: {', '.join(f'{r:.3f}' for r in ratios)}")
+    print(f"  median A/B {ratio:.3f}: the isolation checks cost {(1 - ratio) * 100:.1f}% "
+          "of the REST issuance rate")
+
+
+if __name__ == "__main__":
+    main()
