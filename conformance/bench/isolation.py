@@ -4,18 +4,21 @@
 Run ``python -m conformance.bench.isolation [--seconds 5] [--rounds 6] [--concurrency 16]``.
 Prints figures; asserts nothing. See ``conformance/bench/README.md``.
 
-Two gateways are started the normal way on the same machine, each on its own SQLite store
-(software ECDSA P-256 keys, like ``make run``): A is ``vcc-pki serve``; B is the same server
-with the isolation checks of issuance bypassed (``conformance.bench.no_isolation``, bench
-only). ``POST /api/v1/certificates`` with a cert_manager token is driven from a separate
-process (``wrk`` when installed, else an aiohttp client process), in rounds ABBA BAAB ... so
-that slow phases of a noisy machine fall on both. Reported: the median rate of each side,
-the per-round ratio A/B (paired by round) and its median, and the cost = 1 - ratio.
+First the same A/B in one process through ``Authority.issue`` (less noise: no HTTP, no load
+generator), then REST: two gateways are started the normal way on the same machine, each on
+its own SQLite store (software ECDSA P-256 keys, like ``make run``): A is ``vcc-pki serve``;
+B is the same server with the isolation checks of issuance bypassed
+(``conformance.bench.no_isolation``, bench only). ``POST /api/v1/certificates`` with a
+cert_manager token is driven from a separate process (``wrk`` when installed, else an
+aiohttp client process), in rounds ABBA BAAB ... so that slow phases of a noisy machine
+fall on both. Reported: the median rate of each side, the per-round ratio A/B (paired by
+round) and its median, and the cost = 1 - ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import shutil
@@ -23,9 +26,24 @@ import statistics
 import sys
 import tempfile
 from pathlib import Path
+from types import MethodType
 
-from conformance.bench.issuance import Rate, make_csrs, probe_rest, rest_body, run_rest
+from ca_core.authority import IssuanceRequest
+from ca_core.hierarchy import ensure_hierarchy
+from ca_core.principal import Principal
+from conformance.bench.issuance import (
+    PROFILE,
+    Rate,
+    make_csrs,
+    measure_concurrent,
+    probe_rest,
+    rest_body,
+    run_rest,
+)
+from conformance.bench.no_isolation import _cached_org, _org_unchecked
 from conformance.gateway import Gateway, running_gateway
+from gateway.config import load_config
+from gateway.runtime import open_services
 
 PASSPHRASE = "bench-passphrase"
 
@@ -56,13 +74,64 @@ def _crossing_status(gateway: Gateway, url: str, body: str) -> int:
     return 201
 
 
+async def direct_ab(base: Path, seconds: float, rounds: int, concurrency: int
+                    ) -> list[float]:
+    """The same A/B in one process through ``Authority.issue`` (no HTTP, no load
+    generator: less noise), switching the bypass on and off on one Authority."""
+    config = load_config(environ=_env(base / "direct"))
+    async with open_services(config, create=True) as services:
+        authority = services.authority
+        await ensure_hierarchy(authority)
+        await authority.load()
+        org = await authority.organization(config.default_org)
+        principal = Principal("api", "token:bench", org.org_id, "cert_manager")
+        requests = [IssuanceRequest(csr=csr, profile=PROFILE) for csr in make_csrs(64)]
+
+        async def measure(bypass: bool) -> float:
+            if bypass:
+                authority._org_for = MethodType(_org_unchecked, authority)  # type: ignore[method-assign]
+                authority._active_org = MethodType(_cached_org, authority)  # type: ignore[method-assign]
+            try:
+                rate = await measure_concurrent(
+                    lambda i: authority.issue(requests[i % len(requests)], principal),
+                    seconds, concurrency)
+            finally:
+                if bypass:
+                    del authority._org_for, authority._active_org
+            if rate.errors:
+                raise SystemExit(f"direct issuance failed: {rate.note}")
+            return rate.rate
+
+        await measure(False)  # warm-up
+        ratios = []
+        for number in range(rounds):
+            order = [False, True, True, False] if number % 2 == 0 else [True, False, False,
+                                                                        True]
+            got: dict[bool, list[float]] = {False: [], True: []}
+            for bypass in order:
+                got[bypass].append(await measure(bypass))
+            ratios.append(statistics.mean(got[False]) / statistics.mean(got[True]))
+            print(f"direct round {number + 1}: checks {statistics.mean(got[False]):.1f}/s "
+                  f"bypass {statistics.mean(got[True]):.1f}/s A/B {ratios[-1]:.3f}", flush=True)
+        return ratios
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m conformance.bench.isolation")
     parser.add_argument("--seconds", type=float, default=5.0, help="per measurement")
     parser.add_argument("--rounds", type=int, default=6, help="each runs A and B once")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--loadgen", choices=("wrk", "aiohttp"), default=None)
+    parser.add_argument("--no-rest", action="store_true", help="only the direct A/B")
     args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="vcc-bench-isolation-") as tmp:
+        direct = asyncio.run(direct_ab(Path(tmp), args.seconds, args.rounds,
+                                       args.concurrency))
+    print(f"\nAuthority.issue, concurrency {args.concurrency}: median A/B "
+          f"{statistics.median(direct):.3f}: the isolation checks cost "
+          f"{(1 - statistics.median(direct)) * 100:.1f}% of the direct issuance rate\n")
+    if args.no_rest:
+        return
     loadgen = args.loadgen or ("wrk" if shutil.which("wrk") else "aiohttp")
     body = rest_body(make_csrs(1)[0])
     with tempfile.TemporaryDirectory(prefix="vcc-bench-isolation-") as tmp, \
