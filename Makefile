@@ -71,6 +71,7 @@ bench: $(STAMP) system-deps bench-deps
 	$(BIN)/python -m conformance.bench.tsa
 	$(BIN)/python -m conformance.bench.acme
 	$(BIN)/python -m conformance.bench.scep
+	$(BIN)/python -m conformance.bench.isolation
 
 clean:
 	rm -rf $(VENV) $(DATA_DIR) *.egg-info mutants mutants.log

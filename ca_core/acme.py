@@ -337,16 +337,6 @@ class AcmeService:
             raise BadNonce("the nonce is unknown, used or expired")
 
     # ------------------------------------------------------------------ EAB
-    async def create_eab_key(self, org_slug: str, actor: str = "vcc-pki cli") -> EabKey:
-        org = await self.authority.organization(org_slug)
-        key = EabKey(kid=f"kid-{secrets.token_hex(8)}", org_id=org.org_id,
-                     hmac_key=secrets.token_bytes(32), created_at=self._now())
-        await self.store.add_eab_key(key, AuditEvent(
-            event_type="acme.eab_created", category="acme", action="eab_created",
-            actor_type="system", actor_id=actor, org_id=org.org_id,
-            resource_type="acme_eab_key", resource_id=key.kid, data={"org": org.slug}))
-        return key
-
     async def eab_key(self, kid: str, org: Organization) -> EabKey:
         key = await self.store.get_eab_key(kid)
         if key is None or key.account_id is not None:
@@ -358,11 +348,10 @@ class AcmeService:
         return key
 
     async def _require_active(self, org_id: str) -> None:
-        """A disabled organization registers no accounts (read fresh: in every process at
-        once; its existing accounts' orders are refused at issuance by the Authority)."""
-        owner = await self.store.get_organization_by_id(org_id)
-        if owner is None or owner.status != "active":
-            raise Unauthorized("the organization is disabled")
+        """A disabled organization registers no accounts, and its existing accounts are
+        refused at the account lookup of every JWS request (read fresh: in every process
+        at once; issuance checks again)."""
+        await self.authority.credential_org(org_id)
 
     async def set_policy(self, org_slug: str, allow_all: bool | None = None,
                          domains: Sequence[str] | None = None,
@@ -402,7 +391,12 @@ class AcmeService:
 
     # ------------------------------------------------------------------ accounts
     async def find_account(self, thumbprint: str) -> AcmeAccount | None:
-        return await self.store.find_acme_account(thumbprint)
+        """The account of this key (lookup by jwk: new-account, onlyReturnExisting);
+        Unauthorized for an account of a disabled organization, as ``account`` (by kid)."""
+        found = await self.store.find_acme_account(thumbprint)
+        if found is not None:
+            await self._require_active(found.org_id)
+        return found
 
     async def account(self, account_id: str) -> AcmeAccount:
         account = await self.store.get_acme_account(account_id)
@@ -410,6 +404,7 @@ class AcmeService:
             raise AccountDoesNotExist("no such account")
         if account.status != "valid":
             raise Unauthorized(f"the account is {account.status}")
+        await self._require_active(account.org_id)
         return account
 
     async def new_account(self, org: Organization, key: AccountKey,

@@ -31,24 +31,32 @@ import base64
 import binascii
 import datetime as dt
 import json
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, NoReturn, TypeVar
 
-from ca_core.authority import Authority, CreatedToken, IssuedCertificate
-from ca_core.errors import BadRequest, Conflict, Forbidden, NotFound
-from ca_core.hierarchy import ensure_organization
+from cryptography import x509
+
+from ca_core.authority import Authority, CreatedToken, IssuedCertificate, issuing_ca_name
+from ca_core.cross import alternate_chains
+from ca_core.errors import BadRequest, CAError, Conflict, Forbidden, NotFound
+from ca_core.hierarchy import activate_issuing_ca, ensure_organization, rollover_issuing_ca
 from ca_core.keys import KeySpec
 from ca_core.org_policy import ISOLATION_LEVELS, ORG_STATUSES, OrgPolicy, isolation_of
 from ca_core.principal import Principal
+from ca_core.profiles import Profile
 from ca_core.records import (
+    AcmeAccount,
     ApiToken,
     AuditEntry,
     AuditEvent,
     AuditHead,
     AuditQuery,
+    CARecord,
     CertificateQuery,
     CertificateRecord,
+    EabKey,
     Organization,
 )
 from ca_core.storage import StoreInvalid
@@ -215,9 +223,18 @@ class AdminService:
                                 validity_days: int | None = None) -> IssuedCertificate:
         return await self.authority.renew(serial, principal, csr, validity_days)
 
-    async def certificate_chain(self, record: CertificateRecord) -> tuple[Any, ...]:
-        """The issuing CA's chain (issuer first, below the root) of a certificate."""
-        return (await self.authority.ca_by_id(record.issuer_ca_id)).chain
+    async def certificate_chain(self, record: CertificateRecord, alternate: bool = False
+                                ) -> tuple[Any, ...]:
+        """The issuing CA's chain (issuer first, below the root) of a certificate; with
+        ``alternate``, the first chain through a cross-certificate (``vcc-pki ca chains``;
+        ACME's rel="alternate"), NotFound when there is none."""
+        issuer = await self.authority.ca_by_id(record.issuer_ca_id)
+        if not alternate:
+            return issuer.chain
+        chains = await alternate_chains(self.authority, issuer)
+        if not chains:
+            raise NotFound("this certificate has no alternate chain")
+        return chains[0]
 
     # ------------------------------------------------------------------ tokens
     async def create_token(self, principal: Principal, organization: str, role: str,
@@ -263,6 +280,178 @@ class AdminService:
             await self._deny(principal, "token:revoke", "api_token", token_id[:80],
                              "no such token", hide=True)
         return revoked
+
+    # ------------------------------------------------------------------ ACME EAB, accounts
+    # EAB keys are credentials that bind an ACME account to an organization, and accounts
+    # are what they made: both are managed as tokens are (``token:create``: an
+    # organization's pki_admin for its own, a super admin for any).
+    async def create_eab_key(self, principal: Principal, organization: str) -> EabKey:
+        """A new EAB key id and HMAC key (RFC 8555 7.3.4) for an organization; the key is
+        returned here once and never listed."""
+        await self._require(principal, "token:create", "acme_eab_key")
+        org = await self._visible_org(principal, organization, "token:create")
+        key = EabKey(kid=f"kid-{secrets.token_hex(8)}", org_id=org.org_id,
+                     hmac_key=secrets.token_bytes(32), created_at=self.authority.clock())
+        await self.store.add_eab_key(key, AuditEvent(
+            event_type="acme.eab_created", category="acme", action="eab_created",
+            actor_type=principal.actor_type, actor_id=principal.actor_id, org_id=org.org_id,
+            resource_type="acme_eab_key", resource_id=key.kid, data={"org": org.slug}))
+        return key
+
+    async def list_eab_keys(self, principal: Principal, organization: str | None = None,
+                            cursor: str | None = None, limit: int | None = None
+                            ) -> Page[EabKey]:
+        await self._require(principal, "token:create", "acme_eab_key")
+        size = page_limit(limit)
+        org_id = principal.org_id
+        if organization is not None:
+            org_id = (await self._visible_org(principal, organization, "token:create")).org_id
+        found = await self.store.list_eab_keys(org_id, time_id_cursor(cursor), size + 1)
+        last = found[size - 1] if len(found) > size else None
+        return Page(found[:size], None if last is None else
+                    encode_cursor(last.created_at, last.kid))
+
+    async def revoke_eab_key(self, principal: Principal, kid: str) -> EabKey:
+        """Delete an unused EAB key of the caller's organization (any, for a super admin).
+        Unknown or another organization's: NotFound (audited); one already bound to an
+        account: Conflict (deactivate the account instead)."""
+        await self._require(principal, "token:create", "acme_eab_key")
+        event = AuditEvent(
+            event_type="acme.eab_revoked", category="acme", action="eab_revoked",
+            actor_type=principal.actor_type, actor_id=principal.actor_id,
+            org_id=principal.org_id, resource_type="acme_eab_key", resource_id=kid[:80])
+        try:
+            deleted = await self.store.delete_eab_key(kid, principal.org_id, event)
+        except StoreInvalid:
+            deleted = None
+        if deleted is not None:
+            return deleted
+        try:
+            found = await self.store.get_eab_key(kid)
+        except StoreInvalid:
+            found = None
+        if found is not None and principal.sees_org(found.org_id) and \
+                found.account_id is not None:
+            raise Conflict(f"EAB key {kid} is bound to account {found.account_id}: "
+                           "deactivate the account")
+        await self._deny(principal, "acme_eab:revoke", "acme_eab_key", kid[:80],
+                         "no such EAB key", hide=True)
+
+    async def list_acme_accounts(self, principal: Principal, organization: str | None = None,
+                                 cursor: str | None = None, limit: int | None = None
+                                 ) -> Page[AcmeAccount]:
+        await self._require(principal, "token:create", "acme_account")
+        size = page_limit(limit)
+        org_id = principal.org_id
+        if organization is not None:
+            org_id = (await self._visible_org(principal, organization, "token:create")).org_id
+        found = await self.store.list_acme_accounts(org_id, time_id_cursor(cursor), size + 1)
+        last = found[size - 1] if len(found) > size else None
+        return Page(found[:size], None if last is None or last.created_at is None else
+                    encode_cursor(last.created_at, last.account_id))
+
+    async def deactivate_acme_account(self, principal: Principal, account_id: str
+                                      ) -> AcmeAccount:
+        """RFC 8555 7.3.6 done by an operator: the account is refused from its next request
+        on. Another organization's, unknown or not valid: NotFound (audited)."""
+        await self._require(principal, "token:create", "acme_account")
+        event = AuditEvent(
+            event_type="acme.account_deactivated", category="acme",
+            action="account_deactivated", actor_type=principal.actor_type,
+            actor_id=principal.actor_id, org_id=principal.org_id,
+            resource_type="acme_account", resource_id=account_id[:80])
+        try:
+            updated = await self.store.deactivate_acme_account(account_id, principal.org_id,
+                                                               event)
+        except StoreInvalid:
+            updated = None
+        if updated is None:
+            await self._deny(principal, "acme_account:deactivate", "acme_account",
+                             account_id[:80], "no such valid account", hide=True)
+        return updated
+
+    # ------------------------------------------------------------------ CAs
+    async def list_cas(self, principal: Principal, cursor: str | None = None,
+                       limit: int | None = None) -> Page[CARecord]:
+        """The CAs a principal's scope covers: its organization's issuing CAs and the
+        shared hierarchy (``ca:read``: pki_admin; a super admin: all)."""
+        await self._require(principal, "ca:read", "certificate_authority")
+        size = page_limit(limit)
+        found = await self.store.list_cas_page(principal.org_id, time_id_cursor(cursor),
+                                               size + 1)
+        last = found[size - 1] if len(found) > size else None
+        return Page(found[:size], None if last is None or last.created_at is None else
+                    encode_cursor(last.created_at, last.ca_id))
+
+    async def _visible_ca(self, principal: Principal, name: str, action: str) -> CARecord:
+        try:
+            record = await self.store.get_ca(name)
+        except StoreInvalid:
+            record = None
+        if record is None or (record.org_id is not None
+                              and not principal.sees_org(record.org_id)):
+            await self._deny(principal, action, "certificate_authority", name[:80],
+                             f"no CA named {name[:80]!r}", hide=True)
+        return record
+
+    async def ca_chain(self, principal: Principal, name: str) -> tuple[x509.Certificate, ...]:
+        """A CA's certificate, the CAs above it and the root (the root last)."""
+        await self._require(principal, "ca:read", "certificate_authority")
+        record = await self._visible_ca(principal, name, "ca:read")
+        ca = await self.authority.ca(record.name)
+        top = ca
+        while top.record.parent_ca_id is not None:
+            top = await self.authority.ca_by_id(top.record.parent_ca_id)
+        return ca.chain if top.certificate in ca.chain else (*ca.chain, top.certificate)
+
+    async def create_issuing_ca(self, principal: Principal, organization: str,
+                                key: KeySpec | None = None) -> CARecord:
+        """An issuing CA for an organization: its first (as ``vcc-pki org create`` makes
+        it) or, when it has one, the rollover's successor in status "next" (as ``vcc-pki
+        ca rollover``), which issues once activated. Super admin only (``ca:create``)."""
+        await self._require(principal, "ca:create", "certificate_authority")
+        org = await self._visible_org(principal, organization, "ca:create")
+        as_system = Principal.system(principal.actor_id)
+        if await self.store.get_ca(issuing_ca_name(org.slug)) is None:
+            await ensure_organization(self.authority, org.slug, org.name, as_system, key)
+            name = issuing_ca_name(org.slug)
+        else:
+            name = (await rollover_issuing_ca(self.authority, org.slug, as_system, key)).name
+        created = await self.store.get_ca(name)
+        if created is None:  # the store lost what it committed: not the caller's fault
+            raise NotFound(f"no CA named {name!r}")
+        return created
+
+    async def activate_ca(self, principal: Principal, name: str) -> CARecord:
+        """``vcc-pki ca activate``: a rollover's "next" issuing CA issues from now on."""
+        await self._require(principal, "ca:create", "certificate_authority")
+        await self._visible_ca(principal, name, "ca:create")
+        await activate_issuing_ca(self.authority, name, Principal.system(principal.actor_id))
+        activated = await self.store.get_ca(name)
+        if activated is None:
+            raise NotFound(f"no CA named {name!r}")
+        return activated
+
+    # ------------------------------------------------------------------ templates
+    def _require_template_read(self, principal: Principal) -> bool:
+        return principal.can("template:read") or principal.can("template:manage")
+
+    async def list_templates(self, principal: Principal) -> list[Profile]:
+        """The certificate profiles (templates). They are code (``ca_core.profiles``,
+        published to the store by ``init`` for reading): read-only here."""
+        if not self._require_template_read(principal):
+            await self._deny(principal, "template:read", "certificate_template", None,
+                             "this credential may not read templates")
+        return self.authority.profiles()
+
+    async def get_template(self, principal: Principal, name: str) -> Profile:
+        if not self._require_template_read(principal):
+            await self._deny(principal, "template:read", "certificate_template", name[:80],
+                             "this credential may not read templates")
+        try:
+            return self.authority.profile(name)
+        except CAError:
+            raise NotFound(f"no template {name[:80]!r}") from None
 
     # ------------------------------------------------------------------ organizations
     async def _org(self, ident: str) -> Organization | None:
@@ -462,3 +651,32 @@ def organization_document(org: Organization) -> dict[str, Any]:
     return {"id": org.org_id, "slug": org.slug, "name": org.name, "status": org.status,
             "isolation": isolation_of(org.config),
             "policy": OrgPolicy.of(org.config).to_json(), "created_at": _iso(org.created_at)}
+
+
+def eab_key_document(key: EabKey) -> dict[str, Any]:
+    """An EAB key as listed (never its HMAC key)."""
+    return {"kid": key.kid, "organization_id": key.org_id, "created_at": _iso(key.created_at),
+            "account_id": key.account_id, "used": key.account_id is not None}
+
+
+def acme_account_document(account: AcmeAccount) -> dict[str, Any]:
+    return {"id": account.account_id, "organization_id": account.org_id,
+            "status": account.status, "contact": list(account.contact),
+            "eab_kid": account.eab_kid, "key_thumbprint": account.key_thumbprint,
+            "created_at": _iso(account.created_at)}
+
+
+def ca_document(record: CARecord) -> dict[str, Any]:
+    return {"name": record.name, "id": record.ca_id, "type": record.ca_type,
+            "organization_id": record.org_id, "status": record.status,
+            "subject": record.subject_dn, "serial": record.serial_hex,
+            "key": f"{record.key_algorithm}-{record.key_size}",
+            "key_backend": record.key_backend, "not_before": _iso(record.not_before),
+            "not_after": _iso(record.not_after), "created_at": _iso(record.created_at)}
+
+
+def template_document(profile: Profile) -> dict[str, Any]:
+    """A profile as the API shows it (read-only: profiles are code)."""
+    definition = profile.to_definition()
+    return {**{k: list(v) if isinstance(v, tuple) else v for k, v in definition.items()},
+            "read_only": True}

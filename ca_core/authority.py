@@ -659,6 +659,18 @@ class Authority:
             raise Forbidden(f"organization {fresh.slug} is disabled")
         return fresh
 
+    async def credential_org(self, org_id: str) -> Organization:
+        """The organization a credential (an EST secret or label, a SCEP challenge or
+        static secret, an ACME account) resolved to, as stored now: Unauthorized when it is
+        disabled or gone. Read fresh, as ``authenticate`` reads a token's, so a disabled
+        organization's credentials stop at once in every process, and before anything
+        is queued or spent (issuance checks it again in ``_active_org``)."""
+        fresh = await self.store.get_organization_by_id(org_id)
+        if fresh is None or fresh.status != "active":
+            raise Unauthorized("the organization is disabled")
+        self._orgs[fresh.slug] = fresh
+        return fresh
+
     def forget_organization(self, slug: str) -> None:
         """Drop the cached copy (after an update in this process)."""
         self._orgs.pop(slug, None)

@@ -437,6 +437,7 @@ class EstService:
         self._check_live(record)
         if record.org_id != found.org_id:
             raise Forbidden("the certificate belongs to another organization than the label")
+        await self.authority.credential_org(found.org_id)
         if not found.allow_subject_change:
             self._check_same_identity(csr, record, found)
         caller = _Caller(requester=f"certificate:{_fingerprint(presented)}",
@@ -701,6 +702,9 @@ class EstService:
         (or without both when both are required), Forbidden for another organization's.
         A secret is checked here by its hash only: whether it is still usable is decided
         by ``_check_secret`` (a queued request's retry comes with its spent secret)."""
+        # The label's organization as stored now (a secret or certificate must be of
+        # that organization): a disabled one's credentials stop at once, in every process.
+        await self.authority.credential_org(label.org_id)
         has_basic = credentials.basic_user is not None
         has_certificate = credentials.client_certificate is not None
         if not has_basic and not has_certificate:

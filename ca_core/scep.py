@@ -94,7 +94,15 @@ from ca_core.cms import (
     unverified_signed_attributes,
     verify_signed,
 )
-from ca_core.errors import BadRequest, CAError, Conflict, Forbidden, NotFound, Unavailable
+from ca_core.errors import (
+    BadRequest,
+    CAError,
+    Conflict,
+    Forbidden,
+    NotFound,
+    Unauthorized,
+    Unavailable,
+)
 from ca_core.keys import KeyAlgorithm, KeySpec
 from ca_core.principal import Principal
 from ca_core.records import AuditEvent, CertificateRecord
@@ -550,6 +558,14 @@ class ScepService:
         except CAError as exc:
             raise ScepFailure(FailInfo.BAD_REQUEST, f"not a PKCS#10 request: {exc}") from None
         policy = await self.store.get_scep_endpoint(endpoint.org_id, endpoint.profile)
+        # The endpoint's organization as stored now: a disabled one's challenges, static
+        # secrets and renewals stop at once, in every process, before a challenge is spent
+        # or a request queued. Not remembered: the same request works once it is enabled.
+        try:
+            await self.authority.credential_org(endpoint.org_id)
+        except Unauthorized:
+            raise ScepFailure(FailInfo.BAD_REQUEST, "the organization is disabled",
+                              remember=False) from None
         renewing = None
         if _renewal_like(request, signed.signer):
             renewing = await self._renewable(endpoint, signed.signer)

@@ -142,6 +142,12 @@ class CaStore(Protocol):
 
     async def list_cas(self) -> list[CARecord]: ...
 
+    async def list_cas_page(self, org_id: str | None = None,
+                            after: tuple[dt.datetime, str] | None = None, limit: int = 100
+                            ) -> list[CARecord]:
+        """CAs by (created_at, ca_id) after ``after``: with ``org_id``, that organization's
+        and the shared ones (root, intermediates, TSA: no organization)."""
+
     async def activate_issuing_ca(self, org_id: str, ca_id: str, audit: AuditEvent) -> bool:
         """An issuing CA rollover (``ca_core.hierarchy.activate_issuing_ca``): in one
         transaction the CA ``ca_id`` goes from "next" to "active" and the organization's
@@ -304,6 +310,26 @@ class AcmeStore(Protocol):
     async def add_eab_key(self, key: EabKey, audit: AuditEvent) -> None: ...
 
     async def get_eab_key(self, kid: str) -> EabKey | None: ...
+
+    async def list_eab_keys(self, org_id: str | None = None,
+                            after: tuple[dt.datetime, str] | None = None, limit: int = 100
+                            ) -> list[EabKey]:
+        """EAB keys (of one organization, or all) by (created_at, kid), after ``after``."""
+
+    async def delete_eab_key(self, kid: str, org_id: str | None, audit: AuditEvent
+                             ) -> EabKey | None:
+        """Delete an unused key (in ``org_id`` when given); the deleted key, or None
+        (nothing written: unknown, another organization's, or bound to an account)."""
+
+    async def list_acme_accounts(self, org_id: str | None = None,
+                                 after: tuple[dt.datetime, str] | None = None,
+                                 limit: int = 100) -> list[AcmeAccount]:
+        """Accounts (of one organization, or all) by (created_at, account_id)."""
+
+    async def deactivate_acme_account(self, account_id: str, org_id: str | None,
+                                      audit: AuditEvent) -> AcmeAccount | None:
+        """Set a valid account (in ``org_id`` when given) deactivated; the updated account,
+        or None (nothing written)."""
 
     async def add_acme_order(
         self, order: AcmeOrder, new_authorizations: Sequence[AcmeAuthorization],

@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +68,10 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 60)
 
 
 @contextmanager
-def running_gateway(data_dir: Path, extra_env: dict[str, str] | None = None) -> Iterator[Gateway]:
+def running_gateway(data_dir: Path, extra_env: dict[str, str] | None = None,
+                    serve: Sequence[str] | None = None) -> Iterator[Gateway]:
+    """``vcc-pki init`` then ``vcc-pki serve`` (or the ``serve`` command given: a bench's
+    variant of the same server) on free ports; stopped on exit."""
     http_port, https_port, est_port = free_port(), free_port(), free_port()
     env = {
         **os.environ,
@@ -81,7 +84,8 @@ def running_gateway(data_dir: Path, extra_env: dict[str, str] | None = None) -> 
     }
     subprocess.run([str(BIN), "init"], env=env, check=True, capture_output=True, timeout=300)
     log = open(data_dir / "serve.log", "wb")
-    process = subprocess.Popen([str(BIN), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(list(serve) if serve else [str(BIN), "serve"], env=env,
+                               stdout=log, stderr=subprocess.STDOUT)
     try:
         _wait_ready(f"http://127.0.0.1:{http_port}/ready", process)
         yield Gateway(env, data_dir, f"http://127.0.0.1:{http_port}",

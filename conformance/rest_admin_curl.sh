@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The README's "Admin API" curl examples, run against a serving gateway (issue 13):
-# organizations, tokens, certificate listing and downloads, renewal, the audit log.
+# organizations, tokens, ACME EAB keys and accounts, certificate listing and downloads, renewal, the audit log.
 #
 #   VCC_PKI_DATA_DIR=vcc-pki-data conformance/rest_admin_curl.sh
 #
@@ -74,6 +74,14 @@ api "$HTTPS_URL/api/v1/audit?action=revoke&limit=5" | json '["items"][-1]["event
 api "$HTTPS_URL/api/v1/audit/verify" | json '["intact"]' | has -x True
 api "$HTTPS_URL/api/v1/audit/export" -o audit.jsonl
 test "$(wc -l < audit.jsonl)" -gt 5
+
+step "ACME EAB keys: create (HMAC key once), list, revoke; accounts: list"
+KID=$(api -H "Content-Type: application/json" -d '{"organization": "health"}' \
+  "$HTTPS_URL/api/v1/acme/eab" | json '["kid"]')
+api "$HTTPS_URL/api/v1/acme/eab?organization=health" | json '["items"][0]["kid"]' \
+  | grep -qx "$KID"
+api -X DELETE "$HTTPS_URL/api/v1/acme/eab/$KID" | json '["kid"]'
+api "$HTTPS_URL/api/v1/acme/accounts?organization=health" | json '["items"]'
 
 step "disable the organization: its token stops at once"
 api -X PATCH -H "Content-Type: application/json" -d '{"status": "disabled"}' \

@@ -473,6 +473,18 @@ class SqlStore:
             'SELECT * FROM certificate_authorities ORDER BY created_at, name COLLATE "C"'))
         return [self._ca(r) for r in found]
 
+    async def list_cas_page(self, org_id: str | None = None,
+                            after: tuple[dt.datetime, str] | None = None, limit: int = 100
+                            ) -> list[CARecord]:
+        where, params = _keyset("created_at", "ca_id", after, ">", self._d)
+        if org_id is not None:
+            where.append("(org_id = ? OR org_id IS NULL)")
+            params.append(org_id)
+        found = await self._read(rows(
+            "SELECT * FROM certificate_authorities" + _where(where)
+            + " ORDER BY created_at, ca_id LIMIT ?", *params, limit))
+        return [self._ca(r) for r in found]
+
     async def activate_issuing_ca(self, org_id: str, ca_id: str, audit: AuditEvent) -> bool:
         """An issuing CA rollover: "next" -> "active", the organization's other active
         issuing CAs -> "retired", in one transaction; False (nothing changes) when ``ca_id``
@@ -1013,10 +1025,67 @@ class SqlStore:
 
     async def get_eab_key(self, kid: str) -> EabKey | None:
         row = await self._lookup(one("SELECT * FROM acme_eab_keys WHERE kid = ?", kid))
-        if row is None:
-            return None
+        return None if row is None else self._eab_key(row)
+
+    def _eab_key(self, row: Any) -> EabKey:
         return EabKey(kid=row["kid"], org_id=row["org_id"], hmac_key=bytes(row["hmac_key"]),
                       created_at=self._d.time(row["created_at"]), account_id=row["account_id"])
+
+    async def list_eab_keys(self, org_id: str | None = None,
+                            after: tuple[dt.datetime, str] | None = None, limit: int = 100
+                            ) -> list[EabKey]:
+        where, params = _keyset("created_at", "kid", after, ">", self._d)
+        if org_id is not None:
+            where.append("org_id = ?")
+            params.append(org_id)
+        found = await self._read(rows(
+            "SELECT * FROM acme_eab_keys" + _where(where)
+            + " ORDER BY created_at, kid LIMIT ?", *params, limit))
+        return [self._eab_key(r) for r in found]
+
+    async def delete_eab_key(self, kid: str, org_id: str | None, audit: AuditEvent
+                             ) -> EabKey | None:
+        where, params = ["kid = ?", "account_id IS NULL"], [kid]
+        if org_id is not None:
+            where.append("org_id = ?")
+            params.append(org_id)
+
+        def write(tx: Tx) -> Body[EabKey | None]:
+            row = yield one("DELETE FROM acme_eab_keys" + _where(where) + " RETURNING *",
+                            *params)
+            if row is None:
+                return None
+            yield from tx.append_audit(audit)
+            return self._eab_key(row)
+        return await self._write(write)
+
+    async def list_acme_accounts(self, org_id: str | None = None,
+                                 after: tuple[dt.datetime, str] | None = None,
+                                 limit: int = 100) -> list[AcmeAccount]:
+        where, params = _keyset("created_at", "account_id", after, ">", self._d)
+        if org_id is not None:
+            where.append("org_id = ?")
+            params.append(org_id)
+        found = await self._read(rows(
+            "SELECT * FROM acme_accounts" + _where(where)
+            + " ORDER BY created_at, account_id LIMIT ?", *params, limit))
+        return [self._acme_account(r) for r in found]
+
+    async def deactivate_acme_account(self, account_id: str, org_id: str | None,
+                                      audit: AuditEvent) -> AcmeAccount | None:
+        where, params = ["account_id = ?", "status = ?"], [account_id, "valid"]
+        if org_id is not None:
+            where.append("org_id = ?")
+            params.append(org_id)
+
+        def write(tx: Tx) -> Body[AcmeAccount | None]:
+            row = yield one("UPDATE acme_accounts SET status = ?" + _where(where)
+                            + " RETURNING *", "deactivated", *params)
+            if row is None:
+                return None
+            yield from tx.append_audit(audit)
+            return self._acme_account(row)
+        return await self._write(write)
 
     async def add_acme_order(
         self, order: AcmeOrder, new_authorizations: Sequence[AcmeAuthorization],

@@ -410,9 +410,58 @@ async def cmd_cert_list(config: Config, args: argparse.Namespace) -> int:
     return await _with_services(config, run)
 
 
+async def cmd_acme_eab_list(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        orgs = {o.org_id: o.slug for o in await services.store.list_organizations()}
+        print(f"{'KID':<22} {'ORG':<16} {'CREATED':<17} ACCOUNT")
+        cursor = None
+        while True:
+            page = await services.admin.list_eab_keys(CLI, args.org, cursor, 500)
+            for key in page.items:
+                print(f"{key.kid:<22} {orgs.get(key.org_id, '?'):<16} "
+                      f"{key.created_at:%Y-%m-%d %H:%M} {key.account_id or '-'}")
+            if page.next is None:
+                return 0
+            cursor = page.next
+    return await _with_services(config, run)
+
+
+async def cmd_acme_eab_revoke(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        key = await services.admin.revoke_eab_key(CLI, args.kid)
+        print(f"EAB key {key.kid} revoked; it registers no account")
+        return 0
+    return await _with_services(config, run)
+
+
+async def cmd_acme_account_list(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        orgs = {o.org_id: o.slug for o in await services.store.list_organizations()}
+        print(f"{'ID':<18} {'ORG':<16} {'STATUS':<12} {'EAB KID':<22} CONTACT")
+        cursor = None
+        while True:
+            page = await services.admin.list_acme_accounts(CLI, args.org, cursor, 500)
+            for account in page.items:
+                print(f"{account.account_id:<18} {orgs.get(account.org_id, '?'):<16} "
+                      f"{account.status:<12} {account.eab_kid or '-':<22} "
+                      f"{','.join(account.contact)}")
+            if page.next is None:
+                return 0
+            cursor = page.next
+    return await _with_services(config, run)
+
+
+async def cmd_acme_account_deactivate(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        account = await services.admin.deactivate_acme_account(CLI, args.account_id)
+        print(f"ACME account {account.account_id} deactivated; it is refused from now on")
+        return 0
+    return await _with_services(config, run)
+
+
 async def cmd_acme_eab_create(config: Config, args: argparse.Namespace) -> int:
     async def run(services: Services) -> int:
-        key = await services.acme.create_eab_key(args.org)
+        key = await services.admin.create_eab_key(CLI, args.org)
         secret = b64url(key.hmac_key)
         if args.json:
             print(json.dumps({"kid": key.kid, "hmac_key": secret, "org": args.org}))
@@ -971,6 +1020,23 @@ def build_parser() -> argparse.ArgumentParser:
                             help="organization the accounts will belong to")
     eab_create.add_argument("--json", action="store_true",
                             help="print {kid, hmac_key, org} as JSON")
+    eab_list = command(eab_sub, "list", "EAB keys (never their HMAC keys) and the account "
+                       "each bound", cmd_acme_eab_list)
+    eab_list.add_argument("--org", metavar="SLUG", help="only this organization's")
+    eab_revoke = command(eab_sub, "revoke", "revoke an unused EAB key (a used one: "
+                         "deactivate its account)", cmd_acme_eab_revoke)
+    eab_revoke.add_argument("kid", help="the EAB key id")
+    accounts = acme.add_parser("account", help="ACME accounts",
+                               description="ACME accounts")
+    accounts.set_defaults(parser=accounts)
+    account_sub = accounts.add_subparsers(dest="account_command", metavar="SUBCOMMAND",
+                                          title="subcommands")
+    account_list = command(account_sub, "list", "ACME accounts", cmd_acme_account_list)
+    account_list.add_argument("--org", metavar="SLUG", help="only this organization's")
+    account_deactivate = command(account_sub, "deactivate", "deactivate an ACME account: "
+                                 "refused from its next request on",
+                                 cmd_acme_account_deactivate)
+    account_deactivate.add_argument("account_id", help="the account id (the end of its URL)")
     policy = command(acme, "policy", "show or set the identifiers an organization's ACME "
                      "accounts may order (the options given replace those lists)",
                      cmd_acme_policy)

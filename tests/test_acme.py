@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ca_core.acme import key_authorization
 from ca_core.authority import serial_hex
+from ca_core.principal import Principal
 from conformance import testdns
 from conformance.gateway import free_port
 from gateway.app import build_https_app
@@ -330,7 +331,7 @@ async def test_external_account_binding(eab_world: World) -> None:
     assert directory["meta"]["externalAccountRequired"] is True
     await _problem(await client.register(), "externalAccountRequired", 400)
 
-    key = await world.services.acme.create_eab_key("default")
+    key = await world.services.admin.create_eab_key(Principal.system("test"), "default")
     url = directory["newAccount"]
     for alg in ("HS256", "HS512"):
         binding = mac_jws(key.kid, b"wrong-key" * 4, client.key.jwk, url, alg)
@@ -370,7 +371,7 @@ async def test_external_account_binding_checks(eab_world: World) -> None:
     await ensure_organization(world.services.authority, "health", "Health",
                               Principal.system("test"))
     health = await world.services.authority.organization("health")
-    key = await world.services.acme.create_eab_key("default", actor="ops-desk")
+    key = await world.services.admin.create_eab_key(Principal.system("ops-desk"), "default")
     assert key.kid.startswith("kid-") and len(key.hmac_key) == 32 and key.account_id is None
     (event,) = [e.event for e in await world.services.store.audit_entries()
                 if e.event.event_type == "acme.eab_created"]
@@ -379,7 +380,8 @@ async def test_external_account_binding_checks(eab_world: World) -> None:
         "acme", "eab_created", "system", "ops-desk", key.org_id, "acme_eab_key", key.kid,
         {"org": "default"})
     assert len(key.kid) == len("kid-") + 16
-    health_key = await world.services.acme.create_eab_key("health")
+    health_key = await world.services.admin.create_eab_key(
+        Principal.system("vcc-pki cli"), "health")
     assert health_key.org_id == health.org_id != key.org_id
     (event,) = [e.event for e in await world.services.store.audit_entries()
                 if e.event.resource_id == health_key.kid]
@@ -443,7 +445,7 @@ async def test_external_account_binding_checks(eab_world: World) -> None:
     await third.load()
     reached = str(world.http.make_url(urllib.parse.urlsplit(url).path))
     assert reached != url
-    spare = await world.services.acme.create_eab_key("default")
+    spare = await world.services.admin.create_eab_key(Principal.system("test"), "default")
     binding = mac_jws(spare.kid, spare.hmac_key, third.key.jwk, reached)
     response = await third.register(externalAccountBinding=binding)
     assert response.status == 201, await response.text()
@@ -1191,7 +1193,7 @@ async def test_disabled_organization_registers_no_account(eab_world: World) -> N
     world = eab_world
     system = Principal.system("test")
     await ensure_organization(world.services.authority, "health", "Health", system)
-    key = await world.services.acme.create_eab_key("health")
+    key = await world.services.admin.create_eab_key(Principal.system("test"), "health")
     await world.services.admin.update_organization(system, "health",
                                                    OrganizationChange(status="disabled"))
     client = world.client()

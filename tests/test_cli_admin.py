@@ -64,3 +64,22 @@ def test_admin_commands(env: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     assert {"certificate.issued", "token.revoked", "organization.updated"} <= {
         e["event_type"] for e in lines}
     assert main(["audit", "verify"]) == 0
+
+
+def test_acme_eab_and_account_commands(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`vcc-pki acme eab create|list|revoke` and `acme account list|deactivate`: the same
+    AdminService calls as /api/v1/acme/eab and /api/v1/acme/accounts."""
+    import json
+
+    assert main(["init"]) == 0
+    capsys.readouterr()
+    assert main(["acme", "eab", "create", "--org", "default", "--json"]) == 0
+    kid = json.loads(capsys.readouterr().out)["kid"]
+    assert main(["acme", "eab", "list"]) == 0
+    assert kid in capsys.readouterr().out
+    assert main(["acme", "eab", "revoke", kid]) == 0
+    assert main(["acme", "eab", "revoke", kid]) == 1  # gone: not found
+    assert "no such EAB key" in capsys.readouterr().err
+    assert main(["acme", "account", "list"]) == 0
+    assert main(["acme", "account", "deactivate", "no-such-account"]) == 1
+    assert main(["acme", "account"]) == 2

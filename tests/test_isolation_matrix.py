@@ -11,6 +11,7 @@ permissions) never sees it.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,8 +20,9 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from ca_core.authority import IssuanceRequest
-from ca_core.hierarchy import ensure_organization
+from ca_core.hierarchy import ensure_organization, rollover_issuing_ca
 from ca_core.principal import ROLES, Principal
+from ca_core.records import AcmeAccount, AuditEvent
 from gateway.app import build_https_app
 from gateway.runtime import Services
 from tests.helpers import make_csr
@@ -56,6 +58,40 @@ MATRIX: dict[str, dict[str, tuple[str, str]]] = {
     "tokens.revoke": {
         "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (D, D),
         "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+    "cas.list": {
+        "pki_super_admin": (A, A), "pki_admin": (A, E), "cert_manager": (D, D),
+        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+    "cas.chain": {
+        "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (D, D),
+        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+    "cas.create": {
+        "pki_super_admin": (A, A), "pki_admin": (D, D), "cert_manager": (D, D),
+        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+    "cas.activate": {
+        "pki_super_admin": (A, A), "pki_admin": (D, D), "cert_manager": (D, D),
+        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+    # templates are the same for every organization (profiles are code): no "other"
+    "templates.list": {
+        "pki_super_admin": (A, A), "pki_admin": (A, A), "cert_manager": (A, A),
+        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+    "templates.get": {
+        "pki_super_admin": (A, A), "pki_admin": (A, A), "cert_manager": (A, A),
+        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+    "acme_eab.list": {
+        "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (D, D),
+        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+    "acme_eab.create": {
+        "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (D, D),
+        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+    "acme_eab.revoke": {
+        "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (D, D),
+        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+    "acme_accounts.list": {
+        "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (D, D),
+        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+    "acme_accounts.deactivate": {
+        "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (D, D),
+        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
     "organizations.get": {
         "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (D, D),
         "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
@@ -80,6 +116,10 @@ class Target:
     cert_id: str
     common_name: str
     token_id: str
+    eab_kid: str
+    account_id: str
+    ca_name: str  # the organization's active issuing CA
+    next_ca: str = ""  # a rollover's next CA (made for cas.activate only)
 
 
 @dataclass
@@ -110,6 +150,12 @@ def _contains(answer: Answer, target: Target, endpoint: str) -> bool:
         return target.cert_id in [e["resource_id"] for e in _items(answer, endpoint)]
     if endpoint == "tokens.list":
         return target.token_id in [t["id"] for t in _items(answer, endpoint)]
+    if endpoint == "cas.list":
+        return target.ca_name in [c["name"] for c in _items(answer, endpoint)]
+    if endpoint == "acme_eab.list":
+        return target.eab_kid in [k["kid"] for k in _items(answer, endpoint)]
+    if endpoint == "acme_accounts.list":
+        return target.account_id in [a["id"] for a in _items(answer, endpoint)]
     return True
 
 
@@ -133,6 +179,21 @@ CALLS: dict[str, Call] = {
     "tokens.create": lambda c, h, t: _post(c, h, "/api/v1/tokens", {
         "organization": t.slug, "role": "auditor"}),
     "tokens.revoke": lambda c, h, t: _delete(c, h, f"/api/v1/tokens/{t.token_id}"),
+    "cas.list": lambda c, h, t: _get(c, h, "/api/v1/cas", limit="500"),
+    "cas.chain": lambda c, h, t: _get(c, h, f"/api/v1/cas/{t.ca_name}/chain"),
+    "cas.create": lambda c, h, t: _post(c, h, "/api/v1/cas", {"organization": t.slug}),
+    "cas.activate": lambda c, h, t: _post(c, h, f"/api/v1/cas/{t.next_ca}/activate"),
+    "templates.list": lambda c, h, t: _get(c, h, "/api/v1/templates"),
+    "templates.get": lambda c, h, t: _get(c, h, "/api/v1/templates/vcc_service"),
+    "acme_eab.list": lambda c, h, t: _get(c, h, "/api/v1/acme/eab", organization=t.slug,
+                                          limit="500"),
+    "acme_eab.create": lambda c, h, t: _post(c, h, "/api/v1/acme/eab",
+                                             {"organization": t.slug}),
+    "acme_eab.revoke": lambda c, h, t: _delete(c, h, f"/api/v1/acme/eab/{t.eab_kid}"),
+    "acme_accounts.list": lambda c, h, t: _get(c, h, "/api/v1/acme/accounts",
+                                               organization=t.slug, limit="500"),
+    "acme_accounts.deactivate": lambda c, h, t: _post(
+        c, h, f"/api/v1/acme/accounts/{t.account_id}/deactivate"),
     "organizations.get": lambda c, h, t: _get(c, h, f"/api/v1/organizations/{t.slug}"),
     "organizations.update": lambda c, h, t: _patch(c, h, f"/api/v1/organizations/{t.slug}",
                                                    {"name": f"{t.slug} renamed"}),
@@ -155,14 +216,27 @@ async def _patch(client: TestClient, auth: dict[str, str], path: str,
     return await _answer(await client.patch(path, headers=auth, json=body))
 
 
-async def _target(services: Services, slug: str, n: int) -> Target:
+async def _target(services: Services, slug: str, n: int, endpoint: str) -> Target:
     common_name = f"m{n}.{slug}.example.test"
     issued = await services.authority.issue(IssuanceRequest(
         csr=make_csr(cn=common_name, dns=(common_name,)), profile="vcc_service", org=slug),
         SYSTEM)
     token = await services.authority.create_token(slug, "auditor", principal=SYSTEM)
+    eab = await services.admin.create_eab_key(SYSTEM, slug)
+    org = await services.authority.organization(slug)
+    account = AcmeAccount(account_id=f"acct{n}", org_id=org.org_id,
+                          key_thumbprint=f"thumbprint-{n}", jwk={"kty": "EC"},
+                          created_at=dt.datetime.now(dt.UTC))
+    await services.store.add_acme_account(account, AuditEvent(
+        event_type="acme.account_created", category="acme", action="account_created",
+        actor_type="system", actor_id="matrix", org_id=org.org_id,
+        resource_type="acme_account", resource_id=account.account_id))
+    cas = await services.authority.issuing_cas(org)
+    next_ca = cas.next or ""
+    if endpoint == "cas.activate" and not next_ca:
+        next_ca = (await rollover_issuing_ca(services.authority, slug, SYSTEM)).name
     return Target(slug, issued.serial, issued.record.cert_id, common_name,
-                  token.record.token_id)
+                  token.record.token_id, eab.kid, account.account_id, cas.active, next_ca)
 
 
 async def _denials(services: Services) -> int:
@@ -183,7 +257,7 @@ async def test_isolation_matrix(services: Services, aiohttp_client: ClientFactor
         for role, expected_pair in row.items():
             for slug, expected in zip((OWN, OTHER), expected_pair, strict=True):
                 n += 1
-                target = await _target(services, slug, n)
+                target = await _target(services, slug, n, endpoint)
                 before = await _denials(services)
                 answer = await CALLS[endpoint](
                     client, {"Authorization": f"Bearer {tokens[role]}"}, target)

@@ -3,6 +3,7 @@ organizations and the audit log, each with its bad inputs as problem+json."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 from typing import Any
@@ -243,3 +244,156 @@ async def test_audit_query_verify_export(client: TestClient, services: Services)
     denied = await (await client.get("/api/v1/audit", headers=_auth(root),
                                      params={"action": "audit:read"})).json()
     assert denied["items"][-1]["status"] == "denied"  # the refusal above was audited
+
+
+async def test_acme_eab_keys_and_accounts_over_rest(services: Services,
+                                                   client: TestClient) -> None:
+    """/api/v1/acme/eab (create: kid + HMAC key once; list; revoke) and
+    /api/v1/acme/accounts (list; deactivate), with their bad inputs."""
+    import base64
+
+    token = await _token(services, "pki_admin")
+    created = await client.post("/api/v1/acme/eab", headers=_auth(token),
+                                json={"organization": "default"})
+    assert created.status == 201, await created.text()
+    key = await created.json()
+    assert key["used"] is False and key["account_id"] is None
+    assert created.headers["Location"] == f"/api/v1/acme/eab/{key['kid']}"
+    hmac_key = base64.urlsafe_b64decode(key["hmac_key"] + "=" * (-len(key["hmac_key"]) % 4))
+    stored = await services.store.get_eab_key(key["kid"])
+    assert stored is not None and stored.hmac_key == hmac_key
+    listed = await (await client.get("/api/v1/acme/eab", headers=_auth(token))).json()
+    assert [k["kid"] for k in listed["items"]] == [key["kid"]] and listed["next"] is None
+    assert "hmac_key" not in listed["items"][0]  # shown once, at creation
+    revoked = await client.delete(f"/api/v1/acme/eab/{key['kid']}", headers=_auth(token))
+    assert revoked.status == 200 and (await revoked.json())["kid"] == key["kid"]
+    assert await services.store.get_eab_key(key["kid"]) is None
+    await _problem(await client.delete(f"/api/v1/acme/eab/{key['kid']}",
+                                       headers=_auth(token)), 404)
+    for body in ({}, {"organization": 7}, {"organization": "nope"}):
+        response = await client.post("/api/v1/acme/eab", headers=_auth(token), json=body)
+        assert response.status in (400, 404), (body, response.status)
+        await _problem(response, response.status)
+    await _problem(await client.get("/api/v1/acme/eab", headers=_auth(token),
+                                    params={"cursor": "%%%"}), 400)
+    await _problem(await client.get("/api/v1/acme/accounts", headers=_auth(token),
+                                    params={"limit": "0"}), 400)
+    # accounts: one bound to an EAB key (stored as the ACME service binds it)
+    import datetime as dt
+
+    from ca_core.records import AcmeAccount, AuditEvent
+
+    bound = await services.admin.create_eab_key(ADMIN, "default")
+    org = await services.authority.organization("default")
+    account = AcmeAccount(account_id="acct-rest", org_id=org.org_id, key_thumbprint="tp",
+                          jwk={"kty": "EC"}, eab_kid=bound.kid,
+                          created_at=dt.datetime.now(dt.UTC))
+    await services.store.add_acme_account(account, AuditEvent(
+        event_type="acme.account_created", category="acme", action="account_created",
+        actor_type="system", actor_id="test", org_id=org.org_id,
+        resource_type="acme_account", resource_id=account.account_id))
+    conflict = await _problem(await client.delete(f"/api/v1/acme/eab/{bound.kid}",
+                                                  headers=_auth(token)), 409)
+    assert "acct-rest" in conflict["detail"]
+    page = await (await client.get("/api/v1/acme/accounts", headers=_auth(token))).json()
+    assert [(a["id"], a["status"], a["eab_kid"]) for a in page["items"]] == [
+        ("acct-rest", "valid", bound.kid)]
+    done = await client.post("/api/v1/acme/accounts/acct-rest/deactivate",
+                             headers=_auth(token))
+    assert done.status == 200 and (await done.json())["status"] == "deactivated"
+    await _problem(await client.post("/api/v1/acme/accounts/acct-rest/deactivate",
+                                     headers=_auth(token)), 404)  # not valid any more
+    await _problem(await client.post("/api/v1/acme/accounts/nope/deactivate",
+                                     headers=_auth(token)), 404)
+    auditor = await _token(services, "auditor")
+    await _problem(await client.get("/api/v1/acme/accounts", headers=_auth(auditor)), 403)
+
+
+async def test_cas_chain_export_rollover_and_templates(services: Services,
+                                                       client: TestClient) -> None:
+    """/api/v1/cas (list; chain as PEM; create = rollover's next CA; activate) and
+    /api/v1/templates (read-only), with their bad inputs."""
+    from ca_core.hierarchy import ensure_organization
+
+    await ensure_organization(services.authority, "health", "Health", ADMIN)
+    admin = await _token(services)
+    health = await _token(services, "pki_admin", "health")
+    page = await (await client.get("/api/v1/cas", headers=_auth(health))).json()
+    names = {c["name"]: c for c in page["items"]}
+    assert "health-issuing" in names and "default-issuing" not in names  # scoped
+    assert names["health-issuing"]["status"] == "active" and page["next"] is None
+    assert {c["type"] for c in page["items"]} >= {"root", "intermediate", "issuing"}
+    chain = await client.get("/api/v1/cas/health-issuing/chain", headers=_auth(health))
+    assert chain.status == 200 and chain.content_type == "application/pem-certificate-chain"
+    certificates = x509.load_pem_x509_certificates(await chain.read())
+    assert len(certificates) == 3 and certificates[-1].subject == certificates[-1].issuer
+    for lower, upper in itertools.pairwise(certificates):
+        lower.verify_directly_issued_by(upper)
+    await _problem(await client.get("/api/v1/cas/default-issuing/chain",
+                                    headers=_auth(health)), 404)  # another org's
+    await _problem(await client.get("/api/v1/cas/nope/chain", headers=_auth(admin)), 404)
+    first = await (await client.get("/api/v1/cas", headers=_auth(admin),
+                                    params={"limit": "1"})).json()
+    assert len(first["items"]) == 1 and first["next"]
+    second = await (await client.get("/api/v1/cas", headers=_auth(admin),
+                                     params={"limit": "1", "cursor": first["next"]})).json()
+    assert second["items"][0]["name"] != first["items"][0]["name"]
+    # create: the organization's next issuing CA (pki_admin may not)
+    await _problem(await client.post("/api/v1/cas", headers=_auth(health),
+                                     json={"organization": "health"}), 403)
+    for body, status in [({}, 400), ({"organization": "health", "key": "dsa-1024"}, 400),
+                         ({"organization": "nope"}, 404), ({"organization": ["x"]}, 400)]:
+        await _problem(await client.post("/api/v1/cas", headers=_auth(admin), json=body),
+                       status)
+    created = await client.post("/api/v1/cas", headers=_auth(admin),
+                                json={"organization": "health", "key": "ec-p384"})
+    assert created.status == 201, await created.text()
+    new = await created.json()
+    assert (new["status"], new["type"], new["key"]) == ("next", "issuing", "ECDSA-384")
+    await _problem(await client.post("/api/v1/cas", headers=_auth(admin),
+                                     json={"organization": "health"}), 409)  # one next
+    await _problem(await client.post("/api/v1/cas/health-issuing/activate",
+                                     headers=_auth(admin)), 409)  # active, not next
+    activated = await client.post(f"/api/v1/cas/{new['name']}/activate",
+                                  headers=_auth(admin))
+    assert activated.status == 200 and (await activated.json())["status"] == "active"
+    # templates: read-only profiles
+    listed = await (await client.get("/api/v1/templates", headers=_auth(health))).json()
+    assert "vcc_service" in [t["name"] for t in listed["items"]] and listed["next"] is None
+    assert all(t["read_only"] for t in listed["items"])
+    one = await (await client.get("/api/v1/templates/vcc_service",
+                                  headers=_auth(health))).json()
+    assert one["name"] == "vcc_service" and "serverAuth" in one["extended_key_usage"]
+    await _problem(await client.get("/api/v1/templates/nope", headers=_auth(health)), 404)
+    auditor = await _token(services, "auditor", "health")
+    await _problem(await client.get("/api/v1/templates", headers=_auth(auditor)), 403)
+    await _problem(await client.get("/api/v1/cas", headers=_auth(auditor)), 403)
+
+
+async def test_alternate_chain_of_a_certificate(services: Services,
+                                                client: TestClient) -> None:
+    """GET /api/v1/certificates/{serial}?chain=alternate: the chain through a
+    cross-certificate (``vcc-pki ca chains``), 404 while there is none."""
+    from ca_core.cross import add_cross_certificate, cross_certification_request
+    from tests.helpers import bridge_root, cross_certify, pem
+
+    token = await _token(services, "cert_manager")
+    serial = (await _issue(client, token, "alt.example.test"))["serial"]
+    url = f"/api/v1/certificates/{serial}"
+    await _problem(await client.get(url, headers=_auth(token),
+                                    params={"chain": "alternate"}), 404)
+    await _problem(await client.get(url, headers=_auth(token),
+                                    params={"chain": "sideways"}), 400)
+    authority = services.authority
+    bridge_key, bridge = bridge_root()
+    cross = cross_certify(await cross_certification_request(authority, "intermediate"),
+                          bridge_key, bridge)
+    await add_cross_certificate(authority, "intermediate", pem(cross, bridge), ADMIN)
+    default = x509.load_pem_x509_certificates(await (await client.get(
+        url, headers=_auth(token), params={"format": "pem"})).read())
+    alternate = x509.load_pem_x509_certificates(await (await client.get(
+        url, headers=_auth(token), params={"format": "pem", "chain": "alternate"})).read())
+    assert alternate == [*default[:2], cross]
+    document = await (await client.get(url, headers=_auth(token),
+                                       params={"chain": "alternate"})).json()
+    assert x509.load_pem_x509_certificates(document["chain_pem"].encode()) == alternate[1:]

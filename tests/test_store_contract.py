@@ -888,6 +888,60 @@ async def test_acme_accounts_and_eab(store: Store, seed: Seed) -> None:
     assert await chain_ok(store) == 3 + 4
 
 
+async def test_admin_lists_of_eab_keys_accounts_and_cas(store: Store, seed: Seed) -> None:
+    """The admin API's queries (issue 13): scoped by org_id in the query, keyset pages by
+    (created_at, id); an EAB key is revoked (deleted) only while unused; an account is
+    deactivated only while valid; each write audited with it, none when nothing changed."""
+    other = make_org("globex")
+    await store.add_organization(other, event("organization.created"))
+    keys = [EabKey(kid=f"kid-{n}", org_id=(seed.org if n < 3 else other).org_id,
+                   hmac_key=secrets.token_bytes(32), created_at=T0 + dt.timedelta(seconds=n))
+            for n in range(4)]
+    for key in keys:
+        await store.add_eab_key(key, event("acme.eab_created"))
+    assert [k.kid for k in await store.list_eab_keys()] == ["kid-0", "kid-1", "kid-2", "kid-3"]
+    mine = await store.list_eab_keys(seed.org.org_id, limit=2)
+    assert [k.kid for k in mine] == ["kid-0", "kid-1"]
+    rest = await store.list_eab_keys(seed.org.org_id, (mine[-1].created_at, mine[-1].kid))
+    assert [k.kid for k in rest] == ["kid-2"]
+    bound = replace(make_account(seed.org, eab_kid="kid-1"), created_at=T0)
+    await store.add_acme_account(bound, event("acme.account_created"))
+    before = await chain_ok(store)
+    # another organization's, then one bound to an account: nothing written
+    assert await store.delete_eab_key("kid-3", seed.org.org_id, event("acme.admin")) is None
+    assert await store.delete_eab_key("kid-1", None, event("acme.admin")) is None
+    assert await chain_ok(store) == before
+    assert await store.delete_eab_key("kid-0", seed.org.org_id, event("acme.admin")) == keys[0]
+    assert await store.get_eab_key("kid-0") is None and await chain_ok(store) == before + 1
+
+    theirs = replace(make_account(other), created_at=T0 + dt.timedelta(seconds=1))
+    await store.add_acme_account(theirs, event("acme.account_created"))
+    assert [a.account_id for a in await store.list_acme_accounts()] == [
+        bound.account_id, theirs.account_id]
+    assert [a.account_id for a in await store.list_acme_accounts(other.org_id)] == [
+        theirs.account_id]
+    assert await store.list_acme_accounts(None, (theirs.created_at or T0,
+                                                 theirs.account_id)) == []
+    before = await chain_ok(store)
+    assert await store.deactivate_acme_account(theirs.account_id, seed.org.org_id,
+                                               event("acme.admin")) is None
+    done = await store.deactivate_acme_account(theirs.account_id, None, event("acme.admin"))
+    assert done == replace(theirs, status="deactivated")
+    assert await store.deactivate_acme_account(theirs.account_id, None, event("acme.admin")) is None
+    assert await chain_ok(store) == before + 1
+
+    theirs_ca = make_ca("Globex Issuing", "issuing", other, seed.root,
+                        created_at=T0 + dt.timedelta(seconds=2))
+    await store.add_ca(theirs_ca, event("ca.created"))
+    everything = await store.list_cas_page()
+    assert [c.name for c in everything] == [seed.root.name, seed.issuing.name, theirs_ca.name]
+    assert [c.name for c in await store.list_cas_page(seed.org.org_id)] == [
+        seed.root.name, seed.issuing.name]
+    first = await store.list_cas_page(None, None, 1)
+    assert [c.name for c in await store.list_cas_page(
+        None, (first[0].created_at or T0, first[0].ca_id), 1)] == [seed.issuing.name]
+
+
 async def test_acme_orders_and_authorizations(store: Store, seed: Seed) -> None:
     account = make_account(seed.org)
     await store.add_acme_account(account, event("acme.account_created"))

@@ -1,4 +1,5 @@
-"""The REST admin API (``/api/v1``): certificates, tokens, organizations and the audit log.
+"""The REST admin API (``/api/v1``): certificates, CAs, templates (read-only: profiles are
+code), tokens, ACME EAB keys and accounts, organizations and the audit log.
 
 Decode JSON or query parameters -> call the Authority or the AdminService (``ca_core.admin``,
 the CLI's too) -> encode JSON. Authentication is a bearer token (``vcc-pki token create`` or
@@ -10,6 +11,7 @@ all of it is ``/api/v1/openapi.json`` (``protocols.rest.openapi``).
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import ssl
@@ -25,12 +27,17 @@ from ca_core.admin import (
     AuditFilters,
     CertificateFilters,
     OrganizationChange,
+    acme_account_document,
     audit_document,
+    ca_document,
+    eab_key_document,
     organization_document,
+    template_document,
     token_document,
 )
 from ca_core.authority import Authority, IssuanceRequest, serial_display
 from ca_core.errors import BadRequest, Unauthorized
+from ca_core.keys import KeySpec
 from ca_core.principal import Principal
 from ca_core.records import CertificateRecord
 
@@ -209,6 +216,11 @@ async def list_certificates(request: web.Request) -> web.Response:
 
 
 _FORMATS = {"json", "pem", "der", "pkcs7"}
+_CHAINS = {"default", "alternate"}
+
+
+def _pem(certificates: tuple[x509.Certificate, ...]) -> str:
+    return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certificates)
 
 
 async def get_certificate(request: web.Request) -> web.Response:
@@ -216,14 +228,19 @@ async def get_certificate(request: web.Request) -> web.Response:
     wanted = _param(request, "format") or "json"
     if wanted not in _FORMATS:
         raise BadRequest("format must be json, pem, der or pkcs7")
+    which = _param(request, "chain") or "default"
+    if which not in _CHAINS:
+        raise BadRequest("chain must be default or alternate")
     record = await request.app[ADMIN].get_certificate(principal, request.match_info["serial"])
-    if wanted == "json":
+    if wanted == "json" and which == "default":
         return web.json_response(certificate_json(record))
     name = serial_display(record.serial_hex)
     if wanted == "der":
         return web.Response(body=record.certificate_der, content_type="application/pkix-cert",
                             headers={"Content-Disposition": f'attachment; filename="{name}.cer"'})
-    chain = await request.app[ADMIN].certificate_chain(record)
+    chain = await request.app[ADMIN].certificate_chain(record, alternate=which == "alternate")
+    if wanted == "json":
+        return web.json_response(certificate_json(record, _pem(chain)))
     if wanted == "pem":
         text = ssl.DER_cert_to_PEM_cert(record.certificate_der) + "".join(
             c.public_bytes(serialization.Encoding.PEM).decode() for c in chain)
@@ -274,6 +291,98 @@ async def revoke_token(request: web.Request) -> web.Response:
     principal = await _principal(request)
     token = await request.app[ADMIN].revoke_token(principal, request.match_info["token_id"])
     return web.json_response(token_document(token))
+
+
+# --- CAs and templates ---------------------------------------------------------------------
+
+async def list_cas(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    page = await request.app[ADMIN].list_cas(principal, _param(request, "cursor"),
+                                             _limit(request))
+    return _page([ca_document(c) for c in page.items], page.next)
+
+
+async def create_ca(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    body = await _json_body(request)
+    organization = _field(body, "organization", str, required=True)
+    key_text = _field(body, "key", str)
+    try:
+        key = None if key_text is None else KeySpec.parse(key_text)
+    except ValueError as exc:
+        raise BadRequest(str(exc)[:200]) from None
+    record = await request.app[ADMIN].create_issuing_ca(principal, organization, key)
+    response = web.json_response(ca_document(record), status=201)
+    response.headers["Location"] = f"/api/v1/cas/{record.name}/chain"
+    return response
+
+
+async def ca_chain(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    chain = await request.app[ADMIN].ca_chain(principal, request.match_info["name"])
+    return web.Response(text=_pem(chain), content_type="application/pem-certificate-chain")
+
+
+async def activate_ca(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    record = await request.app[ADMIN].activate_ca(principal, request.match_info["name"])
+    return web.json_response(ca_document(record))
+
+
+async def list_templates(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    profiles = await request.app[ADMIN].list_templates(principal)
+    return _page([template_document(p) for p in profiles], None)  # a dozen: one page
+
+
+async def get_template(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    profile = await request.app[ADMIN].get_template(principal, request.match_info["name"])
+    return web.json_response(template_document(profile))
+
+
+# --- ACME EAB keys and accounts ------------------------------------------------------------
+
+async def list_eab_keys(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    page = await request.app[ADMIN].list_eab_keys(
+        principal, _param(request, "organization"), _param(request, "cursor"),
+        _limit(request))
+    return _page([eab_key_document(k) for k in page.items], page.next)
+
+
+async def create_eab_key(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    body = await _json_body(request)
+    key = await request.app[ADMIN].create_eab_key(
+        principal, _field(body, "organization", str, required=True))
+    # RFC 8555 7.3.4: the HMAC key as base64url without padding, as certbot's
+    # --eab-hmac-key and lego's --eab.hmac take it; in this answer only.
+    secret = base64.urlsafe_b64encode(key.hmac_key).decode().rstrip("=")
+    response = web.json_response({**eab_key_document(key), "hmac_key": secret}, status=201)
+    response.headers["Location"] = f"/api/v1/acme/eab/{key.kid}"
+    return response
+
+
+async def revoke_eab_key(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    key = await request.app[ADMIN].revoke_eab_key(principal, request.match_info["kid"])
+    return web.json_response(eab_key_document(key))
+
+
+async def list_acme_accounts(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    page = await request.app[ADMIN].list_acme_accounts(
+        principal, _param(request, "organization"), _param(request, "cursor"),
+        _limit(request))
+    return _page([acme_account_document(a) for a in page.items], page.next)
+
+
+async def deactivate_acme_account(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    account = await request.app[ADMIN].deactivate_acme_account(
+        principal, request.match_info["account_id"])
+    return web.json_response(acme_account_document(account))
 
 
 # --- organizations -------------------------------------------------------------------------
@@ -367,6 +476,18 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/tokens", list_tokens)
     app.router.add_post("/api/v1/tokens", create_token)
     app.router.add_delete("/api/v1/tokens/{token_id}", revoke_token)
+    app.router.add_get("/api/v1/cas", list_cas)
+    app.router.add_post("/api/v1/cas", create_ca)
+    app.router.add_get("/api/v1/cas/{name}/chain", ca_chain)
+    app.router.add_post("/api/v1/cas/{name}/activate", activate_ca)
+    app.router.add_get("/api/v1/templates", list_templates)
+    app.router.add_get("/api/v1/templates/{name}", get_template)
+    app.router.add_get("/api/v1/acme/eab", list_eab_keys)
+    app.router.add_post("/api/v1/acme/eab", create_eab_key)
+    app.router.add_delete("/api/v1/acme/eab/{kid}", revoke_eab_key)
+    app.router.add_get("/api/v1/acme/accounts", list_acme_accounts)
+    app.router.add_post("/api/v1/acme/accounts/{account_id}/deactivate",
+                        deactivate_acme_account)
     app.router.add_get("/api/v1/organizations", list_organizations)
     app.router.add_post("/api/v1/organizations", create_organization)
     app.router.add_get("/api/v1/organizations/{org}", get_organization)

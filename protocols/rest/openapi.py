@@ -111,6 +111,54 @@ _SCHEMAS: dict[str, Any] = {
         "organization": {"type": "string"}, "role": {"type": "string", "enum": list(ROLES)},
         "name": {"type": "string"},
         "expires_in_days": {"type": "integer", "minimum": 1, "maximum": MAX_TOKEN_DAYS}}},
+    "CA": {"type": "object", "required": [
+        "name", "id", "type", "organization_id", "status", "subject", "serial", "key",
+        "key_backend", "not_before", "not_after", "created_at"], "properties": {
+        "name": {"type": "string"}, "id": {"type": "string"},
+        "type": {"type": "string", "enum": ["root", "intermediate", "issuing", "tsa"]},
+        "organization_id": {"type": ["string", "null"],
+                            "description": "null: shared by every organization"},
+        "status": {"type": "string", "description": "active, next (a rollover's, until "
+                   "activated) or retired"},
+        "subject": {"type": "string"}, "serial": {"type": "string"},
+        "key": {"type": "string"}, "key_backend": {"type": "string"},
+        "not_before": _TIME, "not_after": _TIME, "created_at": _NULLABLE_TIME}},
+    "CARequest": {"type": "object", "required": ["organization"], "properties": {
+        "organization": {"type": "string", "description": "slug"},
+        "key": {"type": "string", "description": "ec-p256, ec-p384, rsa-2048, rsa-3072, "
+                "rsa-4096 (default: the configured issuing key type)"}}},
+    "Template": {"type": "object", "required": [
+        "name", "description", "key_usage", "extended_key_usage", "max_validity_days",
+        "default_validity_days", "allowed_keys", "san_types", "require_san",
+        "allowed_roles", "read_only"], "properties": {
+        "name": {"type": "string"}, "description": {"type": "string"},
+        "key_usage": {"type": "array", "items": {"type": "string"}},
+        "extended_key_usage": {"type": "array", "items": {"type": "string"}},
+        "max_validity_days": {"type": "integer"},
+        "default_validity_days": {"type": "integer"},
+        "allowed_keys": {"type": "array", "items": {"type": "string"}},
+        "san_types": {"type": "array", "items": {"type": "string"}},
+        "require_san": {"type": "boolean"}, "eku_critical": {"type": "boolean"},
+        "ocsp_no_check": {"type": "boolean"}, "internal_only": {"type": "boolean"},
+        "allowed_roles": {"type": "array", "items": {"type": "string"}},
+        "read_only": {"type": "boolean", "description": "profiles are code: always true"}}},
+    "EabKey": {"type": "object", "required": [
+        "kid", "organization_id", "created_at", "account_id", "used"], "properties": {
+        "kid": {"type": "string"}, "organization_id": {"type": "string"},
+        "created_at": _TIME, "account_id": {"type": ["string", "null"]},
+        "used": {"type": "boolean"},
+        "hmac_key": {"type": "string", "description": "base64url HMAC key, in the answer "
+                     "to its creation only"}}},
+    "EabKeyRequest": {"type": "object", "required": ["organization"], "properties": {
+        "organization": {"type": "string", "description": "slug"}}},
+    "AcmeAccount": {"type": "object", "required": [
+        "id", "organization_id", "status", "contact", "eab_kid", "key_thumbprint",
+        "created_at"], "properties": {
+        "id": {"type": "string"}, "organization_id": {"type": "string"},
+        "status": {"type": "string", "enum": ["valid", "deactivated", "revoked"]},
+        "contact": {"type": "array", "items": {"type": "string"}},
+        "eab_kid": {"type": ["string", "null"]}, "key_thumbprint": {"type": "string"},
+        "created_at": _NULLABLE_TIME}},
     "Policy": {"type": "object", "properties": {
         "allowed_names": {"type": "array", "items": {"type": "string"}},
         "allowed_ip_ranges": {"type": "array", "items": {"type": "string"}},
@@ -153,6 +201,7 @@ _SCHEMAS: dict[str, Any] = {
 
 _SERIAL = _path("serial", "hex serial (0A1B..., 0a:1b:..., 0x0a1b...)")
 _ORG = _path("org", "slug or id")
+_CA = _path("name", "CA name (GET /api/v1/cas)")
 _AUDIT_FILTERS = [
     _query("since", "entries at or after this time", _TIME),
     _query("until", "entries before this time", _TIME),
@@ -177,7 +226,9 @@ def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "VCC-PKI admin API", "version": "1",
-                 "description": "Certificates, tokens, organizations and the audit log. "
+                 "description": "Certificates, CAs, templates, tokens, ACME EAB keys and "
+                 "accounts, "
+                 "organizations and the audit log. "
                  "Errors are RFC 9457 problem+json."},
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],
@@ -213,7 +264,11 @@ def document() -> dict[str, Any]:
                     **_problems(400, 403, 404)},
                     parameters=[_SERIAL, _query("format", "json (default), pem, der or pkcs7",
                                                 {"type": "string", "enum": [
-                                                    "json", "pem", "der", "pkcs7"]})],
+                                                    "json", "pem", "der", "pkcs7"]}),
+                                _query("chain", "default, or alternate: the chain through "
+                                       "a cross-certificate (404 when there is none); in "
+                                       "JSON as chain_pem",
+                                       {"type": "string", "enum": ["default", "alternate"]})],
                     tag=cert),
             },
             "/api/v1/certificates/{serial}/revoke": {
@@ -243,6 +298,67 @@ def document() -> dict[str, Any]:
                 "delete": _op("revoke a token: it stops working at once", {
                     "200": _json(_ref("Token"), "revoked"), **_problems(403, 404)},
                     parameters=[_path("token_id", "token id")], tag="tokens"),
+            },
+            "/api/v1/cas": {
+                "get": _op("list CAs: the caller's organization's and the shared hierarchy", {
+                    "200": _json(_page_of("CA"), "one page"), **_problems(400, 403)},
+                    parameters=_PAGING, tag="cas"),
+                "post": _op("create an issuing CA for an organization: its first, or the "
+                            "successor of a rollover (status next, issues once activated)", {
+                                "201": _json(_ref("CA"), "created"),
+                                **_problems(400, 403, 404, 409, 413, 415)},
+                            body=_body(_ref("CARequest")), tag="cas"),
+            },
+            "/api/v1/cas/{name}/chain": {
+                "get": _op("the CA's certificate, the CAs above it and the root, as PEM", {
+                    "200": {"description": "PEM certificates, the root last", "content": {
+                        "application/pem-certificate-chain": {"schema": {"type": "string"}}}},
+                    **_problems(403, 404)}, parameters=[_CA], tag="cas"),
+            },
+            "/api/v1/cas/{name}/activate": {
+                "post": _op("activate a rollover's next issuing CA (the one it replaces is "
+                            "retired)", {"200": _json(_ref("CA"), "activated"),
+                                         **_problems(403, 404, 409)},
+                            parameters=[_CA], tag="cas"),
+            },
+            "/api/v1/templates": {
+                "get": _op("certificate templates (profiles); read-only: they are code", {
+                    "200": _json(_page_of("Template"), "all of them, one page"),
+                    **_problems(403)}, tag="templates"),
+            },
+            "/api/v1/templates/{name}": {
+                "get": _op("one template", {
+                    "200": _json(_ref("Template"), "the template"), **_problems(403, 404)},
+                    parameters=[_path("name", "profile name")], tag="templates"),
+            },
+            "/api/v1/acme/eab": {
+                "get": _op("list ACME EAB keys (never their HMAC keys)", {
+                    "200": _json(_page_of("EabKey"), "one page"), **_problems(400, 403, 404)},
+                    parameters=[_query("organization", "organization slug"), *_PAGING],
+                    tag="acme"),
+                "post": _op("create an EAB key; its HMAC key is in this answer only", {
+                    "201": _json(_ref("EabKey"), "created"),
+                    **_problems(400, 403, 404, 413, 415)},
+                    body=_body(_ref("EabKeyRequest")), tag="acme"),
+            },
+            "/api/v1/acme/eab/{kid}": {
+                "delete": _op("revoke an unused EAB key (a used one: deactivate its account)",
+                              {"200": _json(_ref("EabKey"), "revoked"),
+                               **_problems(403, 404, 409)},
+                              parameters=[_path("kid", "EAB key id")], tag="acme"),
+            },
+            "/api/v1/acme/accounts": {
+                "get": _op("list ACME accounts", {
+                    "200": _json(_page_of("AcmeAccount"), "one page"),
+                    **_problems(400, 403, 404)},
+                    parameters=[_query("organization", "organization slug"), *_PAGING],
+                    tag="acme"),
+            },
+            "/api/v1/acme/accounts/{account_id}/deactivate": {
+                "post": _op("deactivate an ACME account: refused from its next request on", {
+                    "200": _json(_ref("AcmeAccount"), "deactivated"),
+                    **_problems(403, 404)},
+                    parameters=[_path("account_id", "ACME account id")], tag="acme"),
             },
             "/api/v1/organizations": {
                 "get": _op("list organizations (an organization's admin: its own)", {

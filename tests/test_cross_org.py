@@ -1,0 +1,340 @@
+"""Issue 13: cross-organization access through every protocol is denied, and a disabled
+organization's credentials stop at once (read fresh where the credential resolves).
+
+Organizations "alpha" and "beta" beside the default one; every credential below is alpha's
+and every target beta's. Each refusal leaves nothing issued, revoked, queued or spent.
+Per-protocol detail lives in the protocol's own tests (test_acme, test_est_core,
+test_scep, test_rest_admin, test_isolation_matrix); this file is the cross-protocol list.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from ca_core.admin import OrganizationChange
+from ca_core.authority import IssuanceRequest, IssuedCertificate, hash_secret
+from ca_core.errors import Forbidden, Unauthorized
+from ca_core.est import EstCredentials, EstLabel, EstService, EstSettings
+from ca_core.hierarchy import ensure_organization
+from ca_core.principal import Principal
+from gateway.app import build_http_app, build_https_app
+from gateway.runtime import Services
+from tests import test_scep as scep_t
+from tests.acme_client import b64, mac_jws
+from tests.helpers import make_csr
+from tests.test_acme import World as AcmeWorld
+from tests.test_acme import _problem as acme_problem
+from tests.test_acme import _world as acme_world
+
+ClientFactory = Callable[..., Any]
+SYSTEM = Principal.system("test")
+A, B = "alpha", "beta"
+
+
+async def _orgs(services: Services) -> None:
+    for slug in (A, B):
+        await ensure_organization(services.authority, slug, slug.title(), SYSTEM)
+
+
+async def _issue_in(services: Services, org: str, cn: str = "svc.example.test"
+                    ) -> IssuedCertificate:
+    return await services.authority.issue(IssuanceRequest(
+        csr=make_csr(cn=cn, dns=(cn,)), profile="vcc_service", org=org), SYSTEM)
+
+
+def _der_csr(name: str) -> bytes:
+    return x509.load_pem_x509_csr(make_csr(cn=name, dns=(name,))).public_bytes(
+        serialization.Encoding.DER)
+
+
+async def _status(services: Services, issued: IssuedCertificate) -> str:
+    (record,) = await services.store.find_certificates_by_serial(issued.record.serial_hex)
+    return record.status
+
+
+async def _set_status(services: Services, org: str, status: str) -> None:
+    await services.admin.update_organization(SYSTEM, org, OrganizationChange(status=status))
+
+
+async def _issued_count(services: Services) -> int:
+    return sum(n for _, profile, n in await services.store.count_active_certificates(
+        dt.datetime.now(dt.UTC)) if profile not in ("ocsp_signing", "timestamp_authority"))
+
+
+# --- REST: a token of A reads, lists and revokes none of B's certificates ---------------
+
+@pytest.mark.parametrize("role", ["pki_admin", "cert_manager", "auditor"])
+async def test_token_of_a_cannot_read_list_or_revoke_bs_certificates(
+        services: Services, aiohttp_client: ClientFactory, role: str) -> None:
+    await _orgs(services)
+    theirs = await _issue_in(services, B, "theirs.example.test")
+    mine = await _issue_in(services, A, "mine.example.test")
+    client: TestClient = await aiohttp_client(build_https_app(services))
+    token = (await services.authority.create_token(A, role, principal=SYSTEM)).token
+    auth = {"Authorization": f"Bearer {token}"}
+    serial = theirs.record.serial_hex
+    got = await client.get(f"/api/v1/certificates/{serial}", headers=auth)
+    assert got.status == 404 and got.content_type == "application/problem+json"
+    listed = await client.get("/api/v1/certificates", headers=auth)
+    assert listed.status == 200
+    serials = {int(c["serial"], 16) for c in (await listed.json())["items"]}
+    assert int(mine.record.serial_hex, 16) in serials  # (display pads to whole bytes)
+    assert int(serial, 16) not in serials
+    for params in ({"organization": B}, {"q": "theirs"}):
+        response = await client.get("/api/v1/certificates", headers=auth, params=params)
+        assert response.status in (200, 404), await response.text()
+        if response.status == 200:
+            assert (await response.json())["items"] == []
+    revoked = await client.post(f"/api/v1/certificates/{serial}/revoke", headers=auth)
+    assert revoked.status in (403, 404), await revoked.text()
+    renewed = await client.post(f"/api/v1/certificates/{serial}/renew", headers=auth)
+    assert renewed.status in (403, 404), await renewed.text()
+    assert await _status(services, theirs) == "active"
+    denied = [e for e in await services.store.audit_entries(after_seq=0, limit=10_000)
+              if e.event.status == "denied" and e.event.actor_id.startswith("token:")]
+    assert denied  # every refusal is audited
+
+
+# --- ACME: an account of A revokes nothing of B's; an EAB key of A registers not in B -----
+
+@pytest.fixture
+async def acme(tmp_path: Path, aiohttp_client: ClientFactory) -> AsyncIterator[AcmeWorld]:
+    async for world in acme_world(tmp_path, aiohttp_client, VCC_PKI_ACME_EAB_REQUIRED="true"):
+        await _orgs(world.services)
+        yield world
+
+
+async def _account_in(world: AcmeWorld, org: str) -> Any:
+    key = await world.services.admin.create_eab_key(SYSTEM, org)
+    client = world.client(directory=f"/acme/{org}/directory")
+    directory = await client.load()
+    binding = mac_jws(key.kid, key.hmac_key, client.key.jwk, directory["newAccount"])
+    response = await client.register(externalAccountBinding=binding)
+    assert response.status == 201, await response.text()
+    return client
+
+
+async def test_acme_account_of_a_cannot_revoke_bs_certificate(acme: AcmeWorld) -> None:
+    theirs = await _issue_in(acme.services, B)
+    client = await _account_in(acme, A)
+    der = theirs.certificate.public_bytes(serialization.Encoding.DER)
+    await acme_problem(await client.post(client.directory["revokeCert"],
+                                         {"certificate": b64(der)}), "unauthorized", 403)
+    # through B's own directory URL the account is still A's
+    response = await client.post(f"{client.directory['revokeCert'].replace(A, B)}",
+                                 {"certificate": b64(der)})
+    assert response.status >= 400
+    assert await _status(acme.services, theirs) == "active"
+
+
+async def test_eab_key_of_a_cannot_register_into_b(acme: AcmeWorld) -> None:
+    key = await acme.services.admin.create_eab_key(SYSTEM, A)
+    client = acme.client(directory=f"/acme/{B}/directory")
+    directory = await client.load()
+    binding = mac_jws(key.kid, key.hmac_key, client.key.jwk, directory["newAccount"])
+    body = await acme_problem(await client.register(externalAccountBinding=binding),
+                              "unauthorized", 401)
+    assert body["detail"] == "the EAB key belongs to another organization"
+    assert await acme.services.store.find_acme_account(client.key.thumbprint) is None
+    stored = await acme.services.store.get_eab_key(key.kid)
+    assert stored is not None and stored.account_id is None  # not spent
+
+
+async def test_disabled_organizations_acme_accounts_are_refused_at_lookup(
+        acme: AcmeWorld) -> None:
+    client = await _account_in(acme, A)
+    await acme.services.acme.set_policy(A, allow_all=True)
+    await _set_status(acme.services, A, "disabled")
+    # by kid (every JWS request after new-account) and by key (onlyReturnExisting)
+    body = await acme_problem(await client.post(client.directory["newOrder"], {
+        "identifiers": [{"type": "dns", "value": "a.example.test"}]}), "unauthorized", 401)
+    assert body["detail"] == "the organization is disabled"
+    await acme_problem(await client.register(onlyReturnExisting=True), "unauthorized", 401)
+    await _set_status(acme.services, A, "active")
+    response = await client.post(client.directory["newOrder"], {
+        "identifiers": [{"type": "dns", "value": "a.example.test"}]})
+    assert response.status == 201, await response.text()
+
+
+# --- EST: a secret (or label, or certificate) of A enrolls nothing into B ----------------
+
+def _est(services: Services) -> EstService:
+    return EstService(services.authority, services.store, EstSettings())
+
+
+async def _label(services: Services, est: EstService, name: str, org: str, **policy: Any
+                 ) -> EstLabel:
+    owner = await services.authority.organization(org)
+    await est.set_label(EstLabel(name, owner.org_id, "vcc_service", **policy), SYSTEM)
+    return await est.resolve_label(name)
+
+
+async def test_est_secret_and_certificate_of_a_cannot_enroll_into_b(services: Services
+                                                                     ) -> None:
+    await _orgs(services)
+    est = _est(services)
+    await _label(services, est, "alpha-routers", A)
+    await _label(services, est, "beta-routers", B)
+    for label in ("", "alpha-routers"):  # a secret for any label of A, and for A's label
+        secret = await est.create_secret(A, label, None, None, SYSTEM)
+        before = await _issued_count(services)
+        with pytest.raises(Forbidden):
+            await est.enroll("beta-routers", _der_csr("r1.example.test"), EstCredentials(
+                basic_user=secret.user, basic_password=secret.password))
+        assert await _issued_count(services) == before
+        stored = await services.store.get_enrollment_secret(secret.user)
+        assert stored is not None and stored.used_at is None
+    # a certificate of A (issued here) presented at B's label
+    mine = await _issue_in(services, A, "dev.example.test")
+    presented = EstCredentials(client_certificate=mine.certificate)
+    with pytest.raises(Forbidden):
+        await est.enroll("beta-routers", _der_csr("r2.example.test"), presented)
+    with pytest.raises(Forbidden):
+        await est.reenroll("beta-routers", _der_csr("dev.example.test"), presented)
+
+
+@pytest.mark.parametrize("approval", [False, True])
+async def test_disabled_organizations_est_secrets_stop_at_once(services: Services,
+                                                               approval: bool) -> None:
+    await _orgs(services)
+    est = _est(services)
+    await _label(services, est, "alpha-cams", A, require_approval=approval)
+    secret = await est.create_secret(A, "alpha-cams", None, None, SYSTEM)
+    basic = EstCredentials(basic_user=secret.user, basic_password=secret.password)
+    await _set_status(services, A, "disabled")
+    with pytest.raises(Unauthorized, match="disabled"):
+        await est.enroll("alpha-cams", _der_csr("c.example.test"),
+                         basic)
+    stored = await services.store.get_enrollment_secret(secret.user)
+    assert stored is not None and stored.used_at is None  # neither spent nor queued
+    assert await services.store.list_pending_enrollments(None) == []
+    await _set_status(services, A, "active")
+    result = await est.enroll("alpha-cams", _der_csr("c.example.test"), basic)
+    assert (result.certificate is not None) != approval
+
+
+async def test_disabled_organizations_est_reenrollment_stops(services: Services) -> None:
+    await _orgs(services)
+    est = _est(services)
+    await _label(services, est, "alpha-re", A)
+    mine = await _issue_in(services, A, "re.example.test")
+    await _set_status(services, A, "disabled")
+    with pytest.raises(Unauthorized, match="disabled"):
+        await est.reenroll("alpha-re", _der_csr("re.example.test"),
+                           EstCredentials(client_certificate=mine.certificate))
+
+
+# --- SCEP: a challenge of A enrolls nothing at B's /scep/{org}/{profile} -----------------
+
+async def _scep_world(services: Services, client: TestClient, org: str) -> scep_t.World:
+    response = await client.get(f"/scep/{org}/vcc_service", params={"operation": "GetCACert"})
+    assert response.status == 200
+    certificates = scep_t._certs(await response.read())
+    (ra,) = [c for c in certificates if not scep_t._is_ca(c)]
+    return scep_t.World(services, client, ra, [])
+
+
+async def _scep_enroll(world: scep_t.World, org: str, password: str, dns: str
+                       ) -> scep_t.CertRep:
+    who = scep_t.requester()
+    message = await scep_t.pki_message(who, world.ra, scep_t.csr_for(who, password, dns=dns))
+    response = await scep_t.post(world, message, f"/scep/{org}/vcc_service")
+    assert response.status == 200
+    return await scep_t.read_reply(world, who, await response.read())
+
+
+@pytest.fixture
+async def scep(tmp_path: Path, aiohttp_client: ClientFactory
+               ) -> AsyncIterator[tuple[Services, TestClient]]:
+    from tests.helpers import fresh_services
+
+    async with fresh_services(tmp_path) as services:
+        await _orgs(services)
+        yield services, await aiohttp_client(build_http_app(services))
+
+
+async def test_scep_challenge_of_a_cannot_enroll_at_b(
+        scep: tuple[Services, TestClient]) -> None:
+    services, client = scep
+    created = await services.scep.create_challenge(A, "vcc_service", None, SYSTEM)
+    at_b = await _scep_world(services, client, B)
+    before = await _issued_count(services)
+    reply = await _scep_enroll(at_b, B, created.password, "b.example.test")
+    assert (reply.status, reply.fail_info) == ("2", "2")  # FAILURE, badRequest
+    assert await _issued_count(services) == before
+    # unspent: it still works where it belongs
+    at_a = await _scep_world(services, client, A)
+    reply = await _scep_enroll(at_a, A, created.password, "a.example.test")
+    assert reply.status == "0" and reply.certificate is not None
+
+
+async def test_disabled_organizations_scep_challenges_stop_at_once(
+        scep: tuple[Services, TestClient]) -> None:
+    services, client = scep
+    created = await services.scep.create_challenge(A, "vcc_service", None, SYSTEM)
+    at_a = await _scep_world(services, client, A)
+    await _set_status(services, A, "disabled")
+    reply = await _scep_enroll(at_a, A, created.password, "a.example.test")
+    assert (reply.status, reply.fail_info) == ("2", "2")
+    challenge = await services.store.find_scep_challenge(hash_secret(created.password))
+    assert challenge is not None and challenge.used_at is None
+    await _set_status(services, A, "active")
+    reply = await _scep_enroll(at_a, A, created.password, "a.example.test")
+    assert reply.status == "0" and reply.certificate is not None
+    assert isinstance(reply.certificate, x509.Certificate)
+
+
+async def test_disabled_organizations_scep_static_secret_stops_at_once(
+        scep: tuple[Services, TestClient]) -> None:
+    services, client = scep
+    await services.scep.configure(A, "vcc_service", SYSTEM, secret="alpha-static-secret")
+    at_a = await _scep_world(services, client, A)
+    await _set_status(services, A, "disabled")
+    before = await _issued_count(services)
+    reply = await _scep_enroll(at_a, A, "alpha-static-secret", "s.example.test")
+    assert (reply.status, reply.fail_info) == ("2", "2")
+    assert await _issued_count(services) == before
+    await _set_status(services, A, "active")
+    reply = await _scep_enroll(at_a, A, "alpha-static-secret", "s.example.test")
+    assert reply.status == "0"
+
+
+async def test_eab_from_rest_registers_and_rest_deactivation_stops_the_account(
+        acme: AcmeWorld) -> None:
+    """The REST EAB key binds an account to its organization; an admin of another
+    organization neither lists nor deactivates it; its own admin's deactivation stops it."""
+    import base64
+
+    authority = acme.services.authority
+    mine = (await authority.create_token(A, "pki_admin", principal=SYSTEM)).token
+    theirs = (await authority.create_token(B, "pki_admin", principal=SYSTEM)).token
+    created = await acme.http.post("/api/v1/acme/eab", json={"organization": A},
+                                   headers={"Authorization": f"Bearer {mine}"})
+    assert created.status == 201
+    key = await created.json()
+    hmac_key = base64.urlsafe_b64decode(key["hmac_key"] + "=" * (-len(key["hmac_key"]) % 4))
+    client = acme.client(directory=f"/acme/{A}/directory")
+    directory = await client.load()
+    response = await client.register(externalAccountBinding=mac_jws(
+        key["kid"], hmac_key, client.key.jwk, directory["newAccount"]))
+    assert response.status == 201
+    account_id = (client.account_url or "").rsplit("/", 1)[1]
+    other = {"Authorization": f"Bearer {theirs}"}
+    listed = await (await acme.http.get("/api/v1/acme/accounts", headers=other)).json()
+    assert account_id not in [a["id"] for a in listed["items"]]
+    denied = await acme.http.post(f"/api/v1/acme/accounts/{account_id}/deactivate",
+                                  headers=other)
+    assert denied.status == 404
+    done = await acme.http.post(f"/api/v1/acme/accounts/{account_id}/deactivate",
+                                headers={"Authorization": f"Bearer {mine}"})
+    assert done.status == 200
+    await acme_problem(await client.post(client.directory["newOrder"], {
+        "identifiers": [{"type": "dns", "value": "x.example.test"}]}), "unauthorized", 401)
