@@ -293,7 +293,9 @@ def load_config(environ: Mapping[str, str] | None = None, path: str | None = Non
             document = tomllib.loads(Path(config_path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file {config_path} not found") from None
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            # TOML is UTF-8 (toml.io 1.0): another encoding is a config error, not a
+            # traceback at start-up (found by fuzz/targets.py config).
             raise ConfigError(f"config file {config_path}: {exc}") from None
         for key, value in _flatten(document).items():
             if key in known:

@@ -1,0 +1,96 @@
+"""Run one fuzz target (fuzz/targets.py) under atheris, or replay a corpus without it.
+
+    python -m fuzz.run TARGET --seconds 300          # make fuzz: coverage-guided, long
+    python -m fuzz.run TARGET --runs 2000 --seed 1   # make test: bounded, deterministic
+    python -m fuzz.run TARGET --replay               # the corpus and crashes, no atheris
+
+The corpus of a target is fuzz/corpus/TARGET (seeds from fuzz/make_seeds.py, plus what a
+long run found worth keeping); libFuzzer writes the inputs it finds to a scratch directory
+first (fuzz/corpus-new/TARGET, not committed), so a short run never changes the repository.
+A crash is written to fuzz/crashes/ and the process exits non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+def corpus_dir(target: str) -> Path:
+    return HERE / "corpus" / target
+
+
+def replay(name: str) -> int:
+    from fuzz.targets import TARGETS
+
+    target = TARGETS[name]
+    failures = 0
+    files = sorted(corpus_dir(name).glob("*")) + sorted((HERE / "regressions" / name).glob("*"))
+    for path in files:
+        try:
+            target(path.read_bytes())
+        except Exception:
+            failures += 1
+            print(f"{path}:", file=sys.stderr)
+            traceback.print_exc()
+    print(f"{name}: {len(files)} inputs replayed, {failures} crashes")
+    return 1 if failures else 0
+
+
+def fuzz(name: str, seconds: int | None, runs: int | None, seed: int | None,
+         max_len: int, scratch: Path | None, light: bool = False) -> int:
+    import atheris  # type: ignore[import-untyped]  # no stubs
+
+    # The libraries whose parsers the targets drive are instrumented too, except in the
+    # short runs of make test, where instrumenting them costs seconds per target.
+    packages = ["ca_core", "protocols", "gateway", "fuzz"]
+    if not light:
+        packages += ["asn1crypto", "josepy"]
+    with atheris.instrument_imports(include=packages):
+        from fuzz.targets import TARGETS
+    target = TARGETS[name]
+    scratch = scratch or HERE / "corpus-new" / name
+    scratch.mkdir(parents=True, exist_ok=True)
+    crashes = scratch.parent / "crashes" if scratch != HERE / "corpus-new" / name \
+        else HERE / "crashes"
+    crashes.mkdir(exist_ok=True)
+    argv = [sys.argv[0], str(scratch), str(corpus_dir(name)),
+            f"-artifact_prefix={crashes}/{name}-", f"-max_len={max_len}",
+            "-rss_limit_mb=2048", "-timeout=20", "-print_final_stats=1"]
+    if seconds is not None:
+        argv.append(f"-max_total_time={seconds}")
+    if runs is not None:
+        argv.append(f"-runs={runs}")
+    if seed is not None:
+        argv.append(f"-seed={seed}")
+    atheris.Setup(argv, target)
+    atheris.Fuzz()  # exits the process: 0 when the budget ran out without a crash
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("target")
+    parser.add_argument("--seconds", type=int)
+    parser.add_argument("--runs", type=int)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--max-len", type=int, default=16384)
+    parser.add_argument("--replay", action="store_true")
+    parser.add_argument("--light", action="store_true",
+                        help="instrument only this project's packages (quick start)")
+    parser.add_argument("--scratch", type=Path,
+                        help="where new inputs go (default fuzz/corpus-new/TARGET)")
+    args = parser.parse_args()
+    if args.replay:
+        return replay(args.target)
+    return fuzz(args.target, args.seconds, args.runs, args.seed, args.max_len, args.scratch,
+                args.light)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
