@@ -260,7 +260,7 @@ def _coerce(name: str, value: Any) -> Any:
             if isinstance(value, str):
                 return tuple(v.strip() for v in value.split(",") if v.strip())
             return tuple(str(v) for v in value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int(inf)
         raise ConfigError(f"invalid value for {name}: {value!r}") from exc
     if not isinstance(value, str):
         raise ConfigError(f"{name} must be a string")

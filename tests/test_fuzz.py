@@ -7,6 +7,7 @@ output. Each crash found so far is also a named regression test below.
 
 from __future__ import annotations
 
+import base64
 import os
 import subprocess
 import sys
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from ca_core import admin
+from ca_core.errors import BadRequest
 from fuzz import targets
 from fuzz.run import HERE, corpus_dir
 from gateway.config import ConfigError, load_config
@@ -56,3 +59,19 @@ def test_config_file_not_utf8_is_a_config_error(tmp_path: Path) -> None:
     path.write_bytes(b'data_dir = "caf\xe9"\n')
     with pytest.raises(ConfigError, match="config file"):
         load_config(environ={}, path=str(path))
+
+
+def test_config_integer_infinity_is_a_config_error(tmp_path: Path) -> None:
+    # fuzz/regressions/config/int-infinity: int(inf) raised OverflowError at start-up.
+    path = tmp_path / "config.toml"
+    path.write_text("workers = inf\n")
+    with pytest.raises(ConfigError, match="invalid value for workers"):
+        load_config(environ={}, path=str(path))
+
+
+def test_deeply_nested_cursor_is_bad_request() -> None:
+    # fuzz/regressions/rest/nested-cursor: json.loads raised RecursionError (a 500).
+    cursor = base64.urlsafe_b64encode(b"[" * 50000).decode()
+    for decode in (admin.seq_cursor, admin.time_id_cursor):
+        with pytest.raises(BadRequest, match="invalid cursor"):
+            decode(cursor)
