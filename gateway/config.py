@@ -59,6 +59,17 @@ class Config:
     http_max_line_bytes: int = 8190
     http_max_field_bytes: int = 8190
     http_max_headers: int = 128
+    # Slow and greedy clients (issue 16). A connection whose request headers have not all
+    # arrived, or that sits idle between requests, is closed after keepalive seconds
+    # (aiohttp keeps one timer for both: slowloris headers end there); a request body not
+    # complete within body_timeout seconds closes the connection; one client address may
+    # hold at most max_connections_per_client connections to a listener (0: no limit).
+    http_keepalive_seconds: int = 75
+    http_body_timeout_seconds: int = 30
+    http_max_connections_per_client: int = 256
+    # Signatures of this process being made at once (certificates, OCSP, CRLs, tokens);
+    # one more is refused at once as unavailable (503, OCSP tryLater), never queued.
+    max_signatures_in_flight: int = 256
     workers: int = 1  # serving processes sharing the ports (SO_REUSEPORT)
     event_loop: str = "auto"  # auto (uvloop when installed) | uvloop | asyncio
     log_level: str = "INFO"
@@ -219,7 +230,9 @@ _INT_FIELDS = {"http_port", "https_port", "pkcs11_max_sessions", "max_body_bytes
                "ocsp_responder_validity_days", "ocsp_refresh_interval_seconds",
                "revocation_poll_ms", "crl_next_update_hours", "crl_debounce_ms",
                "crl_partitions", "ocsp_front_cache_ms", "http_max_line_bytes",
-               "http_max_field_bytes", "http_max_headers"}
+               "http_max_field_bytes", "http_max_headers", "http_keepalive_seconds",
+               "http_body_timeout_seconds", "http_max_connections_per_client",
+               "max_signatures_in_flight"}
 _BOOL_FIELDS = {"ocsp_nonce", "ocsp_warm", "bench_routes"}
 _INT_FIELDS.add("tsa_accuracy_ms")
 _BOOL_FIELDS |= {"tsa_include_tsa_name", "tsa_legacy_ess_cert_id"}
@@ -331,6 +344,12 @@ def load_config(environ: Mapping[str, str] | None = None, path: str | None = Non
             raise ConfigError(f"VCC_PKI_{name.upper()} must be 1024..65536")
     if not 16 <= config.http_max_headers <= 1024:
         raise ConfigError("VCC_PKI_HTTP_MAX_HEADERS must be 16..1024")
+    for name, low, high in (("http_keepalive_seconds", 1, 7200),
+                            ("http_body_timeout_seconds", 1, 3600),
+                            ("http_max_connections_per_client", 0, 1_000_000),
+                            ("max_signatures_in_flight", 1, 1_000_000)):
+        if not low <= getattr(config, name) <= high:
+            raise ConfigError(f"VCC_PKI_{name.upper()} must be {low}..{high}")
     if not 1024 <= config.est_max_body_bytes <= config.max_body_bytes:
         raise ConfigError("VCC_PKI_EST_MAX_BODY_BYTES must be 1024..VCC_PKI_MAX_BODY_BYTES")
     try:
