@@ -104,7 +104,24 @@ def main() -> None:
     eab = {"protected": _b64u(json.dumps({"alg": "HS256", "kid": "kid-1",
                                           "url": f"{url}/new-account"}).encode()),
            "payload": _b64u(json.dumps(jwk).encode()), "signature": mac}
+    def parts(protected: dict[str, object], payload: bytes) -> bytes:
+        return json.dumps(protected).encode() + b"\x00" + payload + b"\x00" + b"\x01" * 64
+
     _write("acme_jws", {
+        "parts-new-account": parts({"alg": "ES256", "jwk": jwk, "nonce": "abc",
+                                    "url": f"{url}/new-account"},
+                                   json.dumps({"contact": ["mailto:a@example.org"],
+                                               "externalAccountBinding": eab}).encode()),
+        "parts-eab-hmac": parts({"alg": "HS256", "jwk": jwk, "url": f"{url}/new-account"},
+                                b"{}"),
+        "parts-finalize": parts({"alg": "ES256", "kid": f"{url}/acct/1", "nonce": "abc",
+                                 "url": f"{url}/order/1/finalize"},
+                                json.dumps({"csr": _b64u(csr_der)}).encode()),
+        "parts-rsa-jwk": parts({"alg": "RS256", "jwk": {
+            "kty": "RSA", "e": "AQAB",
+            "n": _b64u(rsa_key.public_key().public_numbers().n.to_bytes(256, "big"))}}, b""),
+        "parts-okp-jwk": parts({"alg": "EdDSA", "jwk": {
+            "kty": "OKP", "crv": "Ed25519", "x": _b64u(b"\x11" * 32)}}, b""),
         "new-account": _jws(ec_key, {"alg": "ES256", "jwk": jwk, "nonce": "abc",
                                      "url": f"{url}/new-account"},
                             json.dumps({"termsOfServiceAgreed": True,

@@ -14,6 +14,7 @@ Keys and certificates the targets need (the SCEP RA) are fixed test fixtures und
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from yarl import URL
 
 from ca_core import admin
 from ca_core.authority import parse_csr
@@ -69,8 +71,21 @@ def _csr(data: bytes) -> None:
 
 # --- ACME -----------------------------------------------------------------------------
 
+def _structured_jws(data: bytes) -> bytes:
+    # Byte mutations of a whole JWS rarely survive base64url, so most inputs spell its
+    # parts in the clear (protected header NUL payload NUL signature) and are encoded here:
+    # the fuzzer then mutates the JSON the parser reads after decoding.
+    protected, _, rest = data.partition(b"\x00")
+    payload, _, signature = rest.partition(b"\x00")
+    return json.dumps({"protected": jws.b64url(protected), "payload": jws.b64url(payload),
+                       "signature": jws.b64url(signature)}).encode()
+
+
 def acme_jws(data: bytes) -> None:
-    """A flattened JWS, its protected header's key, its payload and a CSR inside it."""
+    """A flattened JWS, its protected header's key, its payload and a CSR inside it; an
+    input starting with "{" is the JWS as sent, any other its parts (_structured_jws)."""
+    if not data.startswith(b"{"):
+        data = _structured_jws(data)
     try:
         parsed = jws.parse(data)
         header = parsed.protected
@@ -203,6 +218,14 @@ def _run(coroutine: Any) -> Any:
     raise AssertionError("the coroutine suspended")
 
 
+class _Query:
+    """What the parameter readers use of an aiohttp request: its query, parsed by yarl as
+    aiohttp parses it (make_mocked_request is 30 times slower)."""
+
+    def __init__(self, text: str) -> None:
+        self.query = URL("/api/v1/certificates?" + text).query
+
+
 _FIELDS: tuple[tuple[str, type], ...] = (
     ("csr", str), ("validity_days", int), ("profile", str), ("organization", str),
     ("reason", str), ("role", str), ("name", str), ("expires_in_days", int), ("slug", str),
@@ -215,8 +238,6 @@ _QUERY = ("status", "profile", "organization", "q", "cursor", "format", "actor",
 def rest(data: bytes) -> None:
     """A JSON body with every field the handlers read, then the same bytes as a query
     string with every parameter, the cursors included."""
-    from aiohttp.test_utils import make_mocked_request
-
     try:
         body = _run(rest_api._json_body(_Body(data)))  # type: ignore[arg-type]
         for name, kind in _FIELDS:
@@ -227,14 +248,14 @@ def rest(data: bytes) -> None:
             OrgPolicy.parse(body["policy"])
     except BadRequest:
         pass
-    request = make_mocked_request("GET", "/api/v1/certificates?" + _text(data))
+    request = _Query(_text(data))
     try:
         for name in _QUERY:
-            rest_api._param(request, name)
+            rest_api._param(request, name)  # type: ignore[arg-type]
         for name in ("expiring_before", "since", "until"):
-            rest_api._time_param(request, name)
-        admin.page_limit(rest_api._limit(request))
-        cursor = rest_api._param(request, "cursor")
+            rest_api._time_param(request, name)  # type: ignore[arg-type]
+        admin.page_limit(rest_api._limit(request))  # type: ignore[arg-type]
+        cursor = rest_api._param(request, "cursor")  # type: ignore[arg-type]
         try:
             admin.time_id_cursor(cursor)
         finally:

@@ -24,7 +24,7 @@ from gateway.config import ConfigError, load_config
 # Runs per target: about a second of fuzzing each after a start-up of two (instrumenting
 # the project's packages). SCEP decrypts with RSA on every input and is the slowest.
 RUNS = {"acme_jws": 3000, "est": 5000, "scep": 300, "ocsp_der": 3000, "ocsp_get": 3000,
-        "tsa": 3000, "rest": 1500, "config": 1000}
+        "tsa": 3000, "rest": 5000, "config": 1000}
 
 
 def test_every_target_has_seeds_and_a_budget() -> None:
