@@ -49,6 +49,7 @@ from protocols.ocsp import codec as ocsp_codec
 from protocols.ocsp import http as ocsp_http
 from protocols.rest import api as rest_api
 from protocols.tsa import codec as tsa_codec
+from va.validator import Validator
 
 KEYS = Path(__file__).parent / "keys"
 
@@ -281,6 +282,7 @@ def config(data: bytes) -> None:
     # The settings objects the gateway builds at start-up from a loaded configuration.
     try:
         loaded.acme_settings()
+        Validator(loaded.acme_validation_settings())
         loaded.est_settings()
         loaded.scep_settings()
     except (ConfigError, CAError):

@@ -6,6 +6,7 @@ a container is configured by environment alone. See ``deploy/vcc-pki.example.tom
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -295,6 +296,20 @@ def _flatten(document: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def _check_resolver(text: str) -> None:
+    """host:port of the ACME DNS resolver, as va.validator reads it: an IP address (dnspython
+    takes no names) and a port of ASCII digits (str.isdigit() admits "²", which int()
+    refuses: a ValueError at start-up, found by fuzz/targets.py config)."""
+    host, _, port = text.rpartition(":")
+    try:
+        ipaddress.ip_address(host.strip("[]") or "127.0.0.1")
+    except ValueError:
+        raise ConfigError("VCC_PKI_ACME_DNS_RESOLVER must be ip:port (an IP address, "
+                          "IPv6 in brackets)") from None
+    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise ConfigError("VCC_PKI_ACME_DNS_RESOLVER must be host:port (port 1..65535)")
+
+
 def load_config(environ: Mapping[str, str] | None = None, path: str | None = None) -> Config:
     env = os.environ if environ is None else environ
     known = {f.name for f in fields(Config)} - {"extra"}
@@ -333,8 +348,8 @@ def load_config(environ: Mapping[str, str] | None = None, path: str | None = Non
                           "validity and be at most 90 days")
     if config.event_loop not in ("auto", "uvloop", "asyncio"):
         raise ConfigError("VCC_PKI_EVENT_LOOP must be auto, uvloop or asyncio")
-    if config.acme_dns_resolver and not config.acme_dns_resolver.rpartition(":")[2].isdigit():
-        raise ConfigError("VCC_PKI_ACME_DNS_RESOLVER must be host:port")
+    if config.acme_dns_resolver:
+        _check_resolver(config.acme_dns_resolver)
     if not 0 <= config.crl_partitions <= 1024 or config.crl_next_update_hours < 1:
         # Each partition is one more distribution point built into every issuing context.
         raise ConfigError("VCC_PKI_CRL_PARTITIONS must be 0..1024 and "

@@ -75,3 +75,14 @@ def test_deeply_nested_cursor_is_bad_request() -> None:
     for decode in (admin.seq_cursor, admin.time_id_cursor):
         with pytest.raises(BadRequest, match="invalid cursor"):
             decode(cursor)
+
+
+@pytest.mark.parametrize("resolver", ["127.0.0.1:\u00b2", "127.0.0.1:99999", "127.0.0.1:0",
+                                      "localhost:53", "127.0.0.1:"])
+def test_acme_dns_resolver_is_checked_at_load(resolver: str) -> None:
+    # fuzz/regressions/config/resolver-superscript-port: "²".isdigit() passed the check,
+    # then int() raised ValueError when the validator was built; a host name did the same
+    # in dnspython.
+    with pytest.raises(ConfigError, match="VCC_PKI_ACME_DNS_RESOLVER"):
+        load_config(environ={"VCC_PKI_ACME_DNS_RESOLVER": resolver})
+    load_config(environ={"VCC_PKI_ACME_DNS_RESOLVER": "[::1]:5353"})
