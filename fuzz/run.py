@@ -3,6 +3,7 @@
     python -m fuzz.run TARGET --seconds 300          # make fuzz: coverage-guided, long
     python -m fuzz.run TARGET --runs 2000 --seed 1   # make test: bounded, deterministic
     python -m fuzz.run TARGET --replay               # the corpus and crashes, no atheris
+    python -m fuzz.run TARGET --merge                # keep what a long run found
 
 The corpus of a target is fuzz/corpus/TARGET (seeds from fuzz/make_seeds.py, plus what a
 long run found worth keeping); libFuzzer writes the inputs it finds to a scratch directory
@@ -13,9 +14,13 @@ A crash is written to fuzz/crashes/ and the process exits non-zero.
 from __future__ import annotations
 
 import argparse
+import shlex
+import shutil
+import subprocess
 import sys
 import traceback
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).parent
 
@@ -41,8 +46,7 @@ def replay(name: str) -> int:
     return 1 if failures else 0
 
 
-def fuzz(name: str, seconds: int | None, runs: int | None, seed: int | None,
-         max_len: int, scratch: Path | None, light: bool = False) -> int:
+def _instrumented(name: str, light: bool) -> Any:
     import atheris  # type: ignore[import-untyped]  # no stubs
 
     # The libraries whose parsers the targets drive are instrumented too, except in the
@@ -52,7 +56,34 @@ def fuzz(name: str, seconds: int | None, runs: int | None, seed: int | None,
         packages += ["asn1crypto", "josepy"]
     with atheris.instrument_imports(include=packages):
         from fuzz.targets import TARGETS
-    target = TARGETS[name]
+    return atheris, TARGETS[name]
+
+
+def libfuzzer(name: str, arguments: list[str]) -> int:
+    """libFuzzer with these arguments as given: what -merge=1 runs in its child processes,
+    which it starts as ``<argv[0]> <arguments>`` through the shell."""
+    atheris, target = _instrumented(name, light=False)
+    command = f"{shlex.quote(sys.executable)} -m fuzz.run {shlex.quote(name)} --libfuzzer"
+    atheris.Setup([command, *arguments], target)
+    atheris.Fuzz()
+    return 0
+
+
+def merge(name: str) -> int:
+    """Add to fuzz/corpus/TARGET the inputs of fuzz/corpus-new/TARGET that reach coverage
+    the corpus does not (libFuzzer -merge=1), then empty corpus-new/TARGET."""
+    found = HERE / "corpus-new" / name
+    arguments = ["-merge=1", str(corpus_dir(name)), str(found)]
+    result = subprocess.run([sys.executable, "-m", "fuzz.run", name, "--libfuzzer",
+                             *arguments], cwd=HERE.parent, check=False)
+    if result.returncode == 0:
+        shutil.rmtree(found, ignore_errors=True)
+    return result.returncode
+
+
+def fuzz(name: str, seconds: int | None, runs: int | None, seed: int | None,
+         max_len: int, scratch: Path | None, light: bool = False) -> int:
+    atheris, target = _instrumented(name, light)
     scratch = scratch or HERE / "corpus-new" / name
     scratch.mkdir(parents=True, exist_ok=True)
     crashes = scratch.parent / "crashes" if scratch != HERE / "corpus-new" / name \
@@ -85,9 +116,19 @@ def main() -> int:
                         help="instrument only this project's packages (quick start)")
     parser.add_argument("--scratch", type=Path,
                         help="where new inputs go (default fuzz/corpus-new/TARGET)")
-    args = parser.parse_args()
+    parser.add_argument("--merge", action="store_true",
+                        help="merge what corpus-new/TARGET adds into corpus/TARGET")
+    parser.add_argument("--libfuzzer", action="store_true",
+                        help="pass the remaining arguments to libFuzzer as they are")
+    args, rest = parser.parse_known_args()
+    if args.libfuzzer:
+        return libfuzzer(args.target, rest)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.replay:
         return replay(args.target)
+    if args.merge:
+        return merge(args.target)
     return fuzz(args.target, args.seconds, args.runs, args.seed, args.max_len, args.scratch,
                 args.light)
 

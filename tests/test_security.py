@@ -38,7 +38,7 @@ from ca_core.errors import BadCSR, BadPublicKey, BadRequest, PolicyViolation
 from ca_core.hierarchy import ensure_organization
 from ca_core.principal import Principal
 from conformance.gateway import free_port
-from gateway.app import build_http_app, build_https_app
+from gateway.app import build_est_app, build_http_app, build_https_app
 from gateway.runtime import Services
 from gateway.server import _ssl_context
 from gateway.tls import ensure_server_certificate
@@ -241,6 +241,16 @@ async def test_organization_slugs_cannot_name_paths(
     assert response.status == 400, await response.text()
     with pytest.raises(BadRequest):
         await ensure_organization(services.authority, slug)
+
+
+async def test_est_label_traversal_finds_nothing(services: Services,
+                                                 aiohttp_client: ClientFactory) -> None:
+    client: TestClient = await aiohttp_client(
+        build_est_app(services, services.est, services.est.settings))
+    for label in ("..", "%2E%2E", "..%2F..", "%2e%2e%2fkeys", "x%00", "x%0A"):
+        response = await client.get(f"/.well-known/est/{label}/cacerts")
+        assert response.status in (400, 404), (label, response.status)
+        assert b"PRIVATE KEY" not in await response.read()
 
 
 def test_est_labels_cannot_name_paths() -> None:
