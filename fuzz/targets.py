@@ -267,12 +267,14 @@ def rest(data: bytes) -> None:
 
 # --- configuration ----------------------------------------------------------------------
 
-_CONFIG_DIR = tempfile.mkdtemp(prefix="vcc-fuzz-config-")
+_CONFIG_DIR: list[str] = []  # made on first use, not on import
 
 
 def config(data: bytes) -> None:
     """The TOML configuration file: ConfigError, or a configuration."""
-    path = os.path.join(_CONFIG_DIR, "config.toml")
+    if not _CONFIG_DIR:
+        _CONFIG_DIR.append(tempfile.mkdtemp(prefix="vcc-fuzz-config-"))
+    path = os.path.join(_CONFIG_DIR[0], "config.toml")
     with open(path, "wb") as handle:
         handle.write(data)
     try:
