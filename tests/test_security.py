@@ -367,3 +367,31 @@ async def test_tls_below_1_2_is_refused(services: Services) -> None:
         assert good.returncode == 0 and "Protocol  : TLSv1.2" in good.stdout, good.stdout
     finally:
         await runner.cleanup()
+
+
+async def test_est_secrets_stay_out_of_error_bodies_and_logs(
+        services: Services, aiohttp_client: ClientFactory,
+        caplog: pytest.LogCaptureFixture) -> None:
+    import base64
+
+    caplog.set_level(logging.DEBUG)
+    client: TestClient = await aiohttp_client(
+        build_est_app(services, services.est, services.est.settings))
+    created = await services.est.create_secret("default", "", None, None, ADMIN)
+    csr = base64.b64encode(x509.load_pem_x509_csr(make_csr()).public_bytes(
+        serialization.Encoding.DER))
+    wrong = created.password[:-2] + ("xy" if not created.password.endswith("xy") else "zz")
+    bodies = []
+    for user, password in ((created.user, wrong), (created.user, created.password),
+                           (created.user, created.password), ("nobody", created.password)):
+        basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+        response = await client.post("/.well-known/est/simpleenroll", data=csr, headers={
+            "Content-Type": "application/pkcs10", "Authorization": f"Basic {basic}"})
+        assert response.status in (200, 401), await response.text()
+        if response.status != 200:
+            bodies.append(await response.text())
+    assert len(bodies) == 3  # wrong, spent, unknown user
+    logged = "\n".join(r.getMessage() + (r.exc_text or "") for r in caplog.records)
+    for secret in (created.password, wrong):
+        assert secret not in logged
+        assert all(secret not in body for body in bodies)
