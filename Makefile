@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA_DIR ?= vcc-pki-data
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run init test lint bench bench-deps conformance mutation system-deps test-services clean
+.PHONY: run init test lint bench bench-deps conformance mutation fuzz system-deps test-services clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,19 @@ lint: $(STAMP)
 
 conformance: $(STAMP) system-deps test-services
 	$(BIN)/pytest -m conformance
+
+# Coverage-guided fuzzing of every wire parser (issue 16; fuzz/targets.py), FUZZ_SECONDS
+# each. make test runs the same targets for a few seconds (tests/test_fuzz.py). What adds
+# coverage is merged into fuzz/corpus/TARGET (commit it); crashes go to fuzz/crashes/:
+# keep one as fuzz/regressions/TARGET/NAME with its fix (fuzz/README.md).
+FUZZ_SECONDS ?= 300
+FUZZ_TARGETS ?= acme_jws est scep ocsp_der ocsp_get tsa rest config
+fuzz: $(STAMP)
+	@for target in $(FUZZ_TARGETS); do \
+	  echo "== $$target ($(FUZZ_SECONDS) s)"; \
+	  PYTHONHASHSEED=0 $(BIN)/python -m fuzz.run $$target --seconds $(FUZZ_SECONDS) || exit 1; \
+	  $(BIN)/python -m fuzz.run $$target --merge || exit 1; \
+	done
 
 # Mutation testing of issuance/revocation, OCSP and CRL building, the TSA token, the audit
 # chain, the JWS/EAB checks and tenant scoping (issue 19; pyproject [tool.mutation]). About

@@ -132,7 +132,8 @@ def _decode(cursor: str) -> list[Any]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         value = json.loads(raw)
-    except (binascii.Error, ValueError, UnicodeDecodeError):
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError):
+        # RecursionError: a cursor of many nested arrays (a 500 before; issue 16)
         raise BadRequest("invalid cursor") from None
     if not isinstance(value, list):
         raise BadRequest("invalid cursor")

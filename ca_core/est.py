@@ -231,7 +231,7 @@ class EstSettings:
 # operation, never the label "cacerts".
 OPERATIONS = frozenset({"cacerts", "simpleenroll", "simplereenroll", "csrattrs",
                         "serverkeygen", "fullcmc"})
-_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")  # \Z: "$" lets a final "\n" in
 
 # PKCS#9 challengePassword; RFC 7030 4.4.1.1 / 4.4.1.2 key-encryption requests (RFC 5652 /
 # RFC 7030 3.x attribute OIDs, id-aa-decryptKeyID and id-aa-asymmDecryptKeyID).

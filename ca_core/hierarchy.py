@@ -34,7 +34,7 @@ from ca_core.tsa import TSA_CA_TYPE, TsaSettings, ensure_tsa
 
 ROOT = "root"
 INTERMEDIATE = "intermediate"
-_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")  # \Z: "$" lets a final "\n" in
 # Path segments the ACME server uses after /acme/: an organization of that name would have
 # its directory shadowed (/acme/cert/new-order is a certificate URL).
 RESERVED_SLUGS = frozenset({"acct", "order", "authz", "chall", "cert", "directory",

@@ -37,6 +37,33 @@ class KeyUsageRefused(Unavailable):
     CA, so the request is refused as unavailable (and logged), never signed."""
 
 
+class SigningBusy(Unavailable):
+    """More signatures are being made than the process allows: the request is refused at
+    once (503, OCSP tryLater, SCEP/EST 503) rather than queued behind them, so that a flood
+    cannot grow a queue without bound or hold every client's connection open."""
+
+
+class SignatureLimit:
+    """How many signatures this process makes at once, over every key and purpose. The
+    event loop is single-threaded: a plain counter needs no lock."""
+
+    __slots__ = ("in_flight", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_flight = 0
+
+
+# The gateway sets the limit from VCC_PKI_MAX_SIGNATURES_IN_FLIGHT (limit_signatures).
+SIGNATURES = SignatureLimit(256)
+
+
+def limit_signatures(limit: int) -> None:
+    if limit < 1:
+        raise ValueError("the signature limit must be at least 1")
+    SIGNATURES.limit = limit
+
+
 def allowed_purposes(certificate: x509.Certificate) -> frozenset[Purpose]:
     """The signatures the certificate's key may make. An absent key usage extension allows
     every key usage (RFC 5280 4.2.1.3); an absent extended key usage allows no EKU-bound use
@@ -105,11 +132,17 @@ class SigningKey:
                 CA_SIGNING_OPERATIONS.labels(self.name, purpose.value, "success"),
                 CA_SIGNING_OPERATIONS.labels(self.name, purpose.value, "error"))
             self._key_usage = CA_KEY_USAGE.labels(self.name, str(self.signer.hsm_backed).lower())
+        limit = SIGNATURES
+        if limit.in_flight >= limit.limit:
+            raise SigningBusy(f"{limit.limit} signatures are already being made; retry shortly")
+        limit.in_flight += 1
         try:
             result = await work()
         except Exception:
             counters[1].inc()
             raise
+        finally:
+            limit.in_flight -= 1
         counters[0].inc()
         self._key_usage.inc()
         return result

@@ -24,8 +24,13 @@ from ca_core.errors import PolicyViolation
 from ca_core.keys import KeySpec
 from ca_core.profiles import Profile
 
-_DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# \Z, not $: "$" also matches before a final newline, which let "a.test\n" through as a
+# DNS name and "a@b.test\n" as an address (issue 16, SAN injection).
+_DNS_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)\Z")
+# No whitespace and no control characters (a NUL ends the name for C clients that compare
+# it: "a@b.test\0@evil.test").
+_EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+\Z")
+_URI_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f]")  # RFC 3986 has no place for either
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +127,8 @@ def check_sans(sans: SubjectAltNames, profile: Profile) -> None:
     for uri in sans.uri:
         if ":" not in uri or uri.startswith(":"):
             raise PolicyViolation(f"SAN URI must be absolute: {uri!r}")
+        if _URI_FORBIDDEN.search(uri):
+            raise PolicyViolation(f"SAN URI holds whitespace or a control character: {uri!r}")
     if len(sans.dns) + len(sans.ip) + len(sans.email) + len(sans.uri) > 100:
         raise PolicyViolation("at most 100 subject alternative names")
     if profile.require_san and not sans:

@@ -18,6 +18,7 @@ from ca_core.errors import CAError, Unavailable
 from ca_core.est import EstSettings
 from ca_core.tsa import TimeStampAuthority
 from gateway import health
+from gateway.guard import body_deadline
 from gateway.keys import SERVICES
 from gateway.runtime import Services
 from protocols import certs, crl
@@ -63,12 +64,14 @@ def _internal_error(listener: str, request_id: str) -> web.Response:
     return problem(500, "internal", "internal error", request_id=request_id)
 
 
-def _middleware(listener: str) -> Middleware:
+def _middleware(listener: str, body_timeout: float = 0) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Request ids, metrics and the last line of defence: no traceback on the wire."""
+        """Request ids, metrics, the body deadline (gateway.guard) and the last line of
+        defence: no traceback on the wire."""
         started = time.perf_counter()
         request_id = request.headers.get("X-Request-ID", "")[:64] or _next_request_id()
+        disarm = body_deadline(request, body_timeout) if body_timeout else None
         try:
             response = await handler(request)
         except CAError as exc:
@@ -86,9 +89,17 @@ def _middleware(listener: str) -> Middleware:
                 _observe(listener, request, exc.status, started)
                 raise
         except Exception:
+            if disarm is not None and disarm():
+                # The body deadline closed the connection under the handler's read: the
+                # client is gone and was told nothing; not a fault of this server.
+                _observe(listener, request, 408, started)
+                raise web.HTTPRequestTimeout() from None
             log.exception("unhandled error in %s %s (request %s)", request.method,
                           request.path, request_id)
             response = _internal_error(listener, request_id)
+        finally:
+            if disarm is not None:
+                disarm()
         response.headers["X-Request-ID"] = request_id
         _observe(listener, request, response.status, started)
         return response
@@ -104,7 +115,8 @@ def _observe(listener: str, request: web.Request, status: int, started: float) -
 
 def build_http_app(services: Services) -> web.Application:
     app = web.Application(
-        middlewares=[_middleware("http")], client_max_size=services.config.max_body_bytes
+        middlewares=[_middleware("http", services.config.http_body_timeout_seconds)],
+        client_max_size=services.config.max_body_bytes
     )
     app[SERVICES] = services
     health.add_routes(app, with_api=False)
@@ -131,7 +143,8 @@ async def _bench_fixed(request: web.Request) -> web.Response:
 
 def build_https_app(services: Services) -> web.Application:
     app = web.Application(
-        middlewares=[_middleware("https")], client_max_size=services.config.max_body_bytes
+        middlewares=[_middleware("https", services.config.http_body_timeout_seconds)],
+        client_max_size=services.config.max_body_bytes
     )
     app[SERVICES] = services
     app[rest_api.AUTHORITY] = services.authority
@@ -147,7 +160,8 @@ def build_est_app(services: Services, registrar: est_http.EstRegistrar,
                   settings: EstSettings) -> web.Application:
     """The EST listener's app (RFC 7030): only ``/.well-known/est/``, on a port of its own so
     that only EST clients are asked for a certificate."""
-    app = web.Application(middlewares=[_middleware("est")],
+    app = web.Application(middlewares=[_middleware("est",
+                                                   services.config.http_body_timeout_seconds)],
                           client_max_size=settings.max_body_bytes)
     app[SERVICES] = services
     est_http.add_routes(app, registrar, settings)

@@ -6,6 +6,7 @@ a container is configured by environment alone. See ``deploy/vcc-pki.example.tom
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -59,6 +60,17 @@ class Config:
     http_max_line_bytes: int = 8190
     http_max_field_bytes: int = 8190
     http_max_headers: int = 128
+    # Slow and greedy clients (issue 16). A connection whose request headers have not all
+    # arrived, or that sits idle between requests, is closed after keepalive seconds
+    # (aiohttp keeps one timer for both: slowloris headers end there); a request body not
+    # complete within body_timeout seconds closes the connection; one client address may
+    # hold at most max_connections_per_client connections to a listener (0: no limit).
+    http_keepalive_seconds: int = 75
+    http_body_timeout_seconds: int = 30
+    http_max_connections_per_client: int = 256
+    # Signatures of this process being made at once (certificates, OCSP, CRLs, tokens);
+    # one more is refused at once as unavailable (503, OCSP tryLater), never queued.
+    max_signatures_in_flight: int = 256
     workers: int = 1  # serving processes sharing the ports (SO_REUSEPORT)
     event_loop: str = "auto"  # auto (uvloop when installed) | uvloop | asyncio
     log_level: str = "INFO"
@@ -219,7 +231,9 @@ _INT_FIELDS = {"http_port", "https_port", "pkcs11_max_sessions", "max_body_bytes
                "ocsp_responder_validity_days", "ocsp_refresh_interval_seconds",
                "revocation_poll_ms", "crl_next_update_hours", "crl_debounce_ms",
                "crl_partitions", "ocsp_front_cache_ms", "http_max_line_bytes",
-               "http_max_field_bytes", "http_max_headers"}
+               "http_max_field_bytes", "http_max_headers", "http_keepalive_seconds",
+               "http_body_timeout_seconds", "http_max_connections_per_client",
+               "max_signatures_in_flight"}
 _BOOL_FIELDS = {"ocsp_nonce", "ocsp_warm", "bench_routes"}
 _INT_FIELDS.add("tsa_accuracy_ms")
 _BOOL_FIELDS |= {"tsa_include_tsa_name", "tsa_legacy_ess_cert_id"}
@@ -260,7 +274,7 @@ def _coerce(name: str, value: Any) -> Any:
             if isinstance(value, str):
                 return tuple(v.strip() for v in value.split(",") if v.strip())
             return tuple(str(v) for v in value)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:  # OverflowError: int(inf)
         raise ConfigError(f"invalid value for {name}: {value!r}") from exc
     if not isinstance(value, str):
         raise ConfigError(f"{name} must be a string")
@@ -282,6 +296,20 @@ def _flatten(document: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def _check_resolver(text: str) -> None:
+    """host:port of the ACME DNS resolver, as va.validator reads it: an IP address (dnspython
+    takes no names) and a port of ASCII digits (str.isdigit() admits "²", which int()
+    refuses: a ValueError at start-up, found by fuzz/targets.py config)."""
+    host, _, port = text.rpartition(":")
+    try:
+        ipaddress.ip_address(host.strip("[]") or "127.0.0.1")
+    except ValueError:
+        raise ConfigError("VCC_PKI_ACME_DNS_RESOLVER must be ip:port (an IP address, "
+                          "IPv6 in brackets)") from None
+    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise ConfigError("VCC_PKI_ACME_DNS_RESOLVER must be host:port (port 1..65535)")
+
+
 def load_config(environ: Mapping[str, str] | None = None, path: str | None = None) -> Config:
     env = os.environ if environ is None else environ
     known = {f.name for f in fields(Config)} - {"extra"}
@@ -293,7 +321,9 @@ def load_config(environ: Mapping[str, str] | None = None, path: str | None = Non
             document = tomllib.loads(Path(config_path).read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"config file {config_path} not found") from None
-        except tomllib.TOMLDecodeError as exc:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            # TOML is UTF-8 (toml.io 1.0): another encoding is a config error, not a
+            # traceback at start-up (found by fuzz/targets.py config).
             raise ConfigError(f"config file {config_path}: {exc}") from None
         for key, value in _flatten(document).items():
             if key in known:
@@ -318,8 +348,8 @@ def load_config(environ: Mapping[str, str] | None = None, path: str | None = Non
                           "validity and be at most 90 days")
     if config.event_loop not in ("auto", "uvloop", "asyncio"):
         raise ConfigError("VCC_PKI_EVENT_LOOP must be auto, uvloop or asyncio")
-    if config.acme_dns_resolver and not config.acme_dns_resolver.rpartition(":")[2].isdigit():
-        raise ConfigError("VCC_PKI_ACME_DNS_RESOLVER must be host:port")
+    if config.acme_dns_resolver:
+        _check_resolver(config.acme_dns_resolver)
     if not 0 <= config.crl_partitions <= 1024 or config.crl_next_update_hours < 1:
         # Each partition is one more distribution point built into every issuing context.
         raise ConfigError("VCC_PKI_CRL_PARTITIONS must be 0..1024 and "
@@ -329,6 +359,12 @@ def load_config(environ: Mapping[str, str] | None = None, path: str | None = Non
             raise ConfigError(f"VCC_PKI_{name.upper()} must be 1024..65536")
     if not 16 <= config.http_max_headers <= 1024:
         raise ConfigError("VCC_PKI_HTTP_MAX_HEADERS must be 16..1024")
+    for name, low, high in (("http_keepalive_seconds", 1, 7200),
+                            ("http_body_timeout_seconds", 1, 3600),
+                            ("http_max_connections_per_client", 0, 1_000_000),
+                            ("max_signatures_in_flight", 1, 1_000_000)):
+        if not low <= getattr(config, name) <= high:
+            raise ConfigError(f"VCC_PKI_{name.upper()} must be {low}..{high}")
     if not 1024 <= config.est_max_body_bytes <= config.max_body_bytes:
         raise ConfigError("VCC_PKI_EST_MAX_BODY_BYTES must be 1024..VCC_PKI_MAX_BODY_BYTES")
     try:

@@ -23,9 +23,11 @@ from cryptography.hazmat.primitives import serialization
 
 from ca_core.errors import CAError
 from ca_core.metrics import ACTIVE_CERTIFICATES
+from ca_core.signing import limit_signatures
 from ca_core.tsa import ensure_tsa
 from gateway.app import build_est_app, build_http_app, build_https_app
 from gateway.config import Config, ConfigError
+from gateway.guard import ConnectionLimiter, GuardedSite
 from gateway.runtime import Services, open_services
 from gateway.status_jobs import run_status_jobs
 from gateway.tls import ensure_server_certificate, export_ca_files
@@ -81,6 +83,9 @@ def runner_options(config: Config) -> dict[str, Any]:
     """What every listener's AppRunner gets: no access log, a bounded shutdown, the
     parsing limits of the configuration and the quiet protocol logger."""
     return {"access_log": None, "shutdown_timeout": 10, "logger": HTTP_PROTOCOL_LOG,
+            # aiohttp's keep-alive timer also closes a connection whose request headers
+            # are still incomplete when it fires: the slowloris bound (gateway.guard).
+            "keepalive_timeout": config.http_keepalive_seconds,
             "max_line_size": config.http_max_line_bytes,
             "max_field_size": config.http_max_field_bytes,
             "max_headers": config.http_max_headers}
@@ -161,8 +166,10 @@ async def _listen(runner: web.AppRunner, config: Config, port: int, setting: str
     """Bind one listener; a port that cannot be had is a configuration error naming the
     setting that chose it (the OSError alone says only "address already in use")."""
     try:
-        await web.TCPSite(runner, config.bind, port, ssl_context=ssl_context,
-                          reuse_port=reuse_port).start()
+        await GuardedSite(runner, config.bind, port, ssl_context=ssl_context,
+                          reuse_port=reuse_port,
+                          limiter=ConnectionLimiter(config.http_max_connections_per_client)
+                          ).start()
     except OSError as exc:
         where = f"{config.bind}:{port}"
         if exc.errno == errno.EADDRINUSE:
@@ -202,6 +209,7 @@ def _stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
 
 async def run_server(config: Config, ready: asyncio.Event | None = None) -> None:
     is_child = os.environ.get(WORKER_ENV) == "1"
+    limit_signatures(config.max_signatures_in_flight)
     async with open_services(config) as services:
         authority = services.authority
         await authority.load()

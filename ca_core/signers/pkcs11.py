@@ -58,7 +58,7 @@ from ca_core.signers.base import (
 T = TypeVar("T")
 
 # Same rule as software key labels; it also keeps ';' and '=' out of the key reference.
-_LABEL = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+_LABEL = re.compile(r"^[A-Za-z0-9._-]{1,100}\Z")  # \Z: "$" lets a final "\n" in
 _KEY_ID_BYTES = 16
 _RSA_SIZES = (2048, 3072, 4096)
 # How long a caller outside the backend's executor waits for a free session.

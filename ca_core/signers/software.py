@@ -24,7 +24,7 @@ from ca_core.signers.base import (
     UnsupportedKeyOperation,
 )
 
-_LABEL = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+_LABEL = re.compile(r"^[A-Za-z0-9._-]{1,100}\Z")  # \Z: "$" lets a final "\n" in
 
 
 def generate_private_key(spec: KeySpec) -> CertificateIssuerPrivateKeyTypes:
