@@ -398,19 +398,28 @@ class SqlStore:
         row = await self._lookup(one("SELECT * FROM organizations WHERE org_id = ?", org_id))
         return None if row is None else self._org(row)
 
+    async def _page(self, table: str, id_column: str, org_id: str | None,
+                    after: tuple[dt.datetime, str] | None, limit: int,
+                    org_condition: str = "org_id = ?") -> list[Any]:
+        """One keyset page of ``table`` by (created_at, ``id_column``), after ``after``,
+        scoped in the query by ``org_condition`` when ``org_id`` is given. The table and
+        columns are this module's constants, never a caller's input."""
+        where, params = _keyset("created_at", id_column, after, ">", self._d)
+        if org_id is not None:
+            where.append(org_condition)
+            params.append(org_id)
+        found: list[Any] = await self._read(rows(
+            f"SELECT * FROM {table}" + _where(where)
+            + f" ORDER BY created_at, {id_column} LIMIT ?", *params, limit))
+        return found
+
     async def list_organizations(
         self, org_id: str | None = None, after: tuple[dt.datetime, str] | None = None,
         limit: int = 1000,
     ) -> list[Organization]:
         """Organizations (only ``org_id`` when given) by (created_at, org_id), after
         ``after``."""
-        where, params = _keyset("created_at", "org_id", after, ">", self._d)
-        if org_id is not None:
-            where.append("org_id = ?")
-            params.append(org_id)
-        found = await self._read(rows(
-            "SELECT * FROM organizations" + _where(where)
-            + " ORDER BY created_at, org_id LIMIT ?", *params, limit))
+        found = await self._page("organizations", "org_id", org_id, after, limit)
         return [self._org(r) for r in found]
 
     async def update_organization(
@@ -476,13 +485,8 @@ class SqlStore:
     async def list_cas_page(self, org_id: str | None = None,
                             after: tuple[dt.datetime, str] | None = None, limit: int = 100
                             ) -> list[CARecord]:
-        where, params = _keyset("created_at", "ca_id", after, ">", self._d)
-        if org_id is not None:
-            where.append("(org_id = ? OR org_id IS NULL)")
-            params.append(org_id)
-        found = await self._read(rows(
-            "SELECT * FROM certificate_authorities" + _where(where)
-            + " ORDER BY created_at, ca_id LIMIT ?", *params, limit))
+        found = await self._page("certificate_authorities", "ca_id", org_id, after, limit,
+                                 org_condition="(org_id = ? OR org_id IS NULL)")
         return [self._ca(r) for r in found]
 
     async def activate_issuing_ca(self, org_id: str, ca_id: str, audit: AuditEvent) -> bool:
@@ -866,13 +870,7 @@ class SqlStore:
         limit: int = 100,
     ) -> list[ApiToken]:
         """Tokens (of one organization, or all) by (created_at, token_id), after ``after``."""
-        where, params = _keyset("created_at", "token_id", after, ">", self._d)
-        if org_id is not None:
-            where.append("org_id = ?")
-            params.append(org_id)
-        found = await self._read(rows(
-            "SELECT * FROM api_tokens" + _where(where)
-            + " ORDER BY created_at, token_id LIMIT ?", *params, limit))
+        found = await self._page("api_tokens", "token_id", org_id, after, limit)
         return [self._token(r) for r in found]
 
     async def revoke_token(self, token_id: str, org_id: str | None,
@@ -1034,13 +1032,7 @@ class SqlStore:
     async def list_eab_keys(self, org_id: str | None = None,
                             after: tuple[dt.datetime, str] | None = None, limit: int = 100
                             ) -> list[EabKey]:
-        where, params = _keyset("created_at", "kid", after, ">", self._d)
-        if org_id is not None:
-            where.append("org_id = ?")
-            params.append(org_id)
-        found = await self._read(rows(
-            "SELECT * FROM acme_eab_keys" + _where(where)
-            + " ORDER BY created_at, kid LIMIT ?", *params, limit))
+        found = await self._page("acme_eab_keys", "kid", org_id, after, limit)
         return [self._eab_key(r) for r in found]
 
     async def delete_eab_key(self, kid: str, org_id: str | None, audit: AuditEvent
@@ -1062,13 +1054,7 @@ class SqlStore:
     async def list_acme_accounts(self, org_id: str | None = None,
                                  after: tuple[dt.datetime, str] | None = None,
                                  limit: int = 100) -> list[AcmeAccount]:
-        where, params = _keyset("created_at", "account_id", after, ">", self._d)
-        if org_id is not None:
-            where.append("org_id = ?")
-            params.append(org_id)
-        found = await self._read(rows(
-            "SELECT * FROM acme_accounts" + _where(where)
-            + " ORDER BY created_at, account_id LIMIT ?", *params, limit))
+        found = await self._page("acme_accounts", "account_id", org_id, after, limit)
         return [self._acme_account(r) for r in found]
 
     async def deactivate_acme_account(self, account_id: str, org_id: str | None,
