@@ -44,7 +44,7 @@ def _self_signed(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, cn: str
 
 
 def _ra() -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
-    keys = HERE / "keys"
+    keys = HERE.parent / "tests" / "fixtures" / "fuzz"
     keys.mkdir(exist_ok=True)
     if not (keys / "scep_ra.key").exists():
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)

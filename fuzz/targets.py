@@ -51,7 +51,8 @@ from protocols.rest import api as rest_api
 from protocols.tsa import codec as tsa_codec
 from va.validator import Validator
 
-KEYS = Path(__file__).parent / "keys"
+# A test fixture (no secret): the SCEP seeds in corpus/ are encrypted to this RA key.
+KEYS = Path(__file__).parent.parent / "tests" / "fixtures" / "fuzz"
 
 Target = Callable[[bytes], None]
 
