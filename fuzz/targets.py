@@ -8,7 +8,7 @@ front-end glues two parsers (the EST body is base64 around a PKCS#10 request), t
 glues them the same way.
 
 Keys and certificates the targets need (the SCEP RA) are fixed test fixtures under
-``fuzz/keys``, so that the seeds made by ``fuzz/make_seeds.py`` decrypt.
+``tests/fixtures/fuzz``, so that the seeds made by ``fuzz/make_seeds.py`` decrypt.
 """
 
 from __future__ import annotations
