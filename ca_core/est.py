@@ -281,10 +281,6 @@ def acting_enrollee(requester: str, org_id: str) -> Principal:
     return Principal("service", f"est:{requester}", org_id, "service_account")
 
 
-def _may_administer(principal: Principal, org_id: str) -> bool:
-    return principal.role in ("pki_super_admin", "pki_admin") and principal.sees_org(org_id)
-
-
 def _elements(contents: bytes) -> list[bytes]:
     """The encoded elements of a constructed value's contents."""
     found = []
@@ -511,7 +507,7 @@ class EstService:
             raise BadRequest(
                 "a label is 1-63 letters, digits, '.', '_' or '-' (starting with a letter or "
                 f"digit) and not an operation name ({', '.join(sorted(OPERATIONS))})")
-        if not _may_administer(principal, label.org_id):
+        if not principal.administers(label.org_id):
             raise Forbidden("only an administrator of the organization sets EST labels")
         org = await self.authority.organization_by_id(label.org_id)
         profile = self.authority.profile(label.profile)
@@ -545,7 +541,7 @@ class EstService:
         ``org`` is the organization's slug; ``label`` "" makes a secret for any label of
         the organization; ``subject`` (RFC 4514) pins the CSR's subject."""
         organization = await self.authority.organization(org)
-        if not _may_administer(principal, organization.org_id):
+        if not principal.administers(organization.org_id):
             raise Forbidden("only an administrator of the organization creates EST secrets")
         if label:
             found = await self.resolve_label(label)
@@ -588,7 +584,7 @@ class EstService:
         found = await self.store.get_pending_enrollment(request_id)
         if found is None or not principal.sees_org(found.org_id):
             raise NotFound(f"no pending EST request {request_id[:64]!r}")
-        if not _may_administer(principal, found.org_id):
+        if not principal.administers(found.org_id):
             raise Forbidden("only an administrator of the organization decides EST requests")
         if found.status != "pending":
             raise Conflict(f"request {request_id} is {found.status} already")

@@ -62,3 +62,8 @@ class Principal:
 
     def sees_org(self, org_id: str) -> bool:
         return self.org_id is None or self.org_id == org_id
+
+    def administers(self, org_id: str) -> bool:
+        """An administrator of ``org_id``: the one who configures its enrollment (EST labels
+        and secrets, SCEP endpoints and challenges) and decides queued requests."""
+        return self.role in ("pki_super_admin", "pki_admin") and self.sees_org(org_id)

@@ -400,8 +400,7 @@ class ScepService:
         """``vcc-pki scep challenge create``: a one-time challenge password for ``org``
         (slug) and ``profile`` (None: the default SCEP profile); audited."""
         endpoint = await self.endpoint(org, profile)
-        if principal.role not in ("pki_super_admin", "pki_admin") or \
-                not principal.sees_org(endpoint.org_id):
+        if not principal.administers(endpoint.org_id):
             raise Forbidden("only an administrator of the organization creates challenges")
         lifetime = lifetime if lifetime is not None else \
             self.settings.default_challenge_lifetime
@@ -508,8 +507,7 @@ class ScepService:
 
     @staticmethod
     def _check_admin(principal: Principal, org_id: str) -> None:
-        if principal.role not in ("pki_super_admin", "pki_admin") or \
-                not principal.sees_org(org_id):
+        if not principal.administers(org_id):
             raise Forbidden("only an administrator of the organization configures SCEP")
 
     # --- the rules ----------------------------------------------------------------------
