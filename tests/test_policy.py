@@ -213,3 +213,15 @@ async def test_a_csr_of_another_version_is_bad_csr(client: TestClient,
         json={"csr": pem.decode(), "profile": "vcc_service"})
     assert response.status == 400, await response.text()
     assert json.loads(await response.text())["type"] == "urn:vcc-pki:problem:bad_csr"
+
+
+def test_who_administers_an_organizations_enrollment() -> None:
+    from ca_core.principal import ROLES, Principal
+
+    for role in ROLES:
+        own = Principal("api", "t", "org-a", role)
+        expected = role in ("pki_super_admin", "pki_admin")
+        assert own.administers("org-a") is expected, role
+        assert not own.administers("org-b"), role  # never another organization's
+    assert Principal.system().administers("org-b")  # org_id None: every organization
+    assert not Principal("api", "t", None, "cert_manager").administers("org-a")
