@@ -16,7 +16,7 @@ from cryptography import x509
 from ca_core.principal import Principal
 from gateway.app import build_https_app
 from gateway.runtime import Services
-from tests.helpers import make_csr
+from tests.helpers import make_csr, make_key
 
 ClientFactory = Callable[..., Any]
 ADMIN = Principal.system("test")
@@ -121,9 +121,15 @@ async def test_renew_same_key_or_new_csr(client: TestClient, services: Services)
     key_of = [x509.load_pem_x509_certificate(c["certificate_pem"].encode()).public_key()
               for c in (old, renewed)]
     assert key_of[0] == key_of[1]
-    response = await client.post(f"/api/v1/certificates/{old['serial']}/renew",
-                                 headers=_auth(token), json={"csr": make_csr().decode()})
-    assert response.status == 201
+    new_key = make_key()
+    response = await client.post(
+        f"/api/v1/certificates/{old['serial']}/renew", headers=_auth(token),
+        json={"csr": make_csr("renew.example.test", ("renew.example.test",),
+                              key=new_key).decode()})
+    assert response.status == 201, await response.text()
+    rekeyed = x509.load_pem_x509_certificate(
+        (await response.json())["certificate_pem"].encode()).public_key()
+    assert rekeyed == new_key.public_key() and rekeyed != key_of[0]  # the CSR's key
     await _problem(await client.post("/api/v1/certificates/0A0A/renew", headers=_auth(token)),
                    404)
     await _problem(await client.post(f"/api/v1/certificates/{old['serial']}/renew",
