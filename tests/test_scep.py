@@ -637,14 +637,35 @@ async def test_queued_request_spends_its_challenge(world: World) -> None:
     assert len(await world.services.scep.pending()) == 1
 
 
+async def issued_at(world: World, profile: str) -> int:
+    return sum(n for _, p, n in await world.services.store.count_active_certificates(
+        dt.datetime.now(dt.UTC)) if p == profile)
+
+
 async def test_approval_is_per_endpoint_and_can_be_turned_off(world: World) -> None:
     await require_approval(world, "vcc_service")
+    path = "/scep/default/vcc_service"
     who = requester()
     assert (await enroll(world, who, await pki_message(
         who, world.ra, csr_for(who, STATIC)))).status == "0"  # /scep: no approval
+    # the endpoint that requires it queues: PENDING, nothing issued there
+    password = await challenge(world, profile="vcc_service")
+    waiting = requester()
+    response = await post(world, await pki_message(
+        waiting, world.ra, csr_for(waiting, password, dns="w.example")), path)
+    assert (await read_reply(world, waiting, await response.read())).status == "3"
+    assert len(await world.services.scep.pending()) == 1
+    assert await issued_at(world, "vcc_service") == 0
     policy = await world.services.scep.configure("default", "vcc_service", _ADMIN,
                                                  require_approval=False)
     assert not policy.require_approval
+    # turned off: the next request there is issued at once
+    password = await challenge(world, profile="vcc_service")
+    direct = requester()
+    response = await post(world, await pki_message(
+        direct, world.ra, csr_for(direct, password, dns="d.example")), path)
+    assert (await read_reply(world, direct, await response.read())).status == "0"
+    assert await issued_at(world, "vcc_service") == 1
     with pytest.raises(Forbidden):
         await world.services.scep.configure(
             "default", None, Principal("api", "t", None, "pki_operator"),
@@ -673,14 +694,17 @@ async def test_static_challenge_per_endpoint_is_stored_hashed(world: World) -> N
         who = requester()
         response = await post(world, await pki_message(
             who, world.ra, csr_for(who, password, dns="x.example")), where)
-        assert (await read_reply(world, who, await response.read())).fail_info == "2"
+        reply = await read_reply(world, who, await response.read())
+        assert (reply.status, reply.fail_info) == ("2", "2")
     await world.services.scep.configure("default", "vcc_service", _ADMIN, clear_secret=True)
     world.services.scep._static_ok.clear()
     who = requester()
     response = await post(world, await pki_message(
         who, world.ra, csr_for(who, secret, dns="y.example")), path)
-    assert (await read_reply(world, who, await response.read())).fail_info == "2"
-    assert await issued(world) == 0  # vcc_service certificates are not counted there
+    reply = await read_reply(world, who, await response.read())
+    assert (reply.status, reply.fail_info) == ("2", "2")
+    assert await issued_at(world, "vcc_service") == 2  # the two good ones, no more
+    assert await issued(world) == 0
     for bad in ("short", "x" * 256, "tab\there!"):
         with pytest.raises(BadRequest):
             await world.services.scep.configure("default", None, _ADMIN, secret=bad)
