@@ -773,8 +773,12 @@ class Authority:
                     validity_days: int | None = None) -> IssuedCertificate:
         """A new certificate for the one with this serial (the caller's, by the scope of
         ``cert:renew``): same organization and profile; the same key and names unless a
-        CSR brings new ones."""
+        CSR brings new ones. A revoked certificate is not renewed: its key may be the
+        compromised one, and its names may be the ones taken away."""
         old = await self.find_certificate(serial, principal, action="cert:renew")
+        if old.status == "revoked":
+            raise Conflict(f"certificate {serial_display(old.serial_hex)} is revoked: "
+                           "request a new one instead of renewing it")
         org = await self.organization_by_id(old.org_id)
         return await self.issue(IssuanceRequest(
             csr=csr, profile=old.profile, org=org.slug, validity_days=validity_days,

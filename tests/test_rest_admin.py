@@ -3,6 +3,7 @@ organizations and the audit log, each with its bad inputs as problem+json."""
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import json
 from collections.abc import Callable
@@ -132,6 +133,18 @@ async def test_renew_same_key_or_new_csr(client: TestClient, services: Services)
     assert rekeyed == new_key.public_key() and rekeyed != key_of[0]  # the CSR's key
     await _problem(await client.post("/api/v1/certificates/0A0A/renew", headers=_auth(token)),
                    404)
+    # a revoked certificate is not renewed, with its key or another: 409, nothing issued
+    revoked = await _issue(client, token, "gone.example.test")
+    assert (await client.post(f"/api/v1/certificates/{revoked['serial']}/revoke",
+                              headers=_auth(token), json={"reason": "key_compromise"})
+            ).status == 200
+    count = sum(n for _, _, n in await services.store.count_active_certificates(
+        dt.datetime.now(dt.UTC)))
+    for body in ({}, {"csr": make_csr("gone.example.test", ("gone.example.test",)).decode()}):
+        await _problem(await client.post(f"/api/v1/certificates/{revoked['serial']}/renew",
+                                         headers=_auth(token), json=body), 409)
+    assert sum(n for _, _, n in await services.store.count_active_certificates(
+        dt.datetime.now(dt.UTC))) == count
     await _problem(await client.post(f"/api/v1/certificates/{old['serial']}/renew",
                                      headers=_auth(token), json={"csr": "junk"}), 400)
     await _problem(await client.post(f"/api/v1/certificates/{old['serial']}/revoke",
