@@ -416,3 +416,34 @@ async def test_alternate_chain_of_a_certificate(services: Services,
     document = await (await client.get(url, headers=_auth(token),
                                        params={"chain": "alternate"})).json()
     assert x509.load_pem_x509_certificates(document["chain_pem"].encode()) == alternate[1:]
+
+
+async def test_an_audit_export_cut_by_a_failing_store_never_looks_complete(
+        client: TestClient, services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    import aiohttp
+
+    from ca_core.errors import Unavailable
+
+    root = await _token(services)
+    real = services.store.query_audit
+    calls = 0
+
+    async def failing(*args: Any, **kwargs: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls > limit:
+            raise Unavailable("the store went away")
+        found = await real(*args, **kwargs)
+        return (found * 1000)[:1000]  # a full page: the export reads the next one
+
+    monkeypatch.setattr(services.store, "query_audit", failing)
+    # The first read fails: a plain problem+json 503, nothing streamed.
+    limit = 0
+    await _problem(await client.get("/api/v1/audit/export", headers=_auth(root)), 503)
+    # A later page fails: the 200 stream is cut (no final chunk), not ended cleanly with an
+    # error response written into its body.
+    calls, limit = 0, 1
+    response = await client.get("/api/v1/audit/export", headers=_auth(root))
+    assert response.status == 200
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await response.read()

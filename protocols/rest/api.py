@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import logging
 import ssl
 from typing import Any
 
@@ -39,7 +40,9 @@ from ca_core.authority import Authority, IssuanceRequest, serial_display
 from ca_core.errors import BadRequest, Unauthorized
 from ca_core.keys import KeySpec
 from ca_core.principal import Principal
-from ca_core.records import CertificateRecord
+from ca_core.records import AuditEntry, CertificateRecord
+
+log = logging.getLogger(__name__)
 
 AUTHORITY = web.AppKey("authority", Authority)
 ADMIN = web.AppKey("admin", AdminService)
@@ -455,13 +458,28 @@ async def export_audit(request: web.Request) -> web.StreamResponse:
     """JSON Lines, streamed page by page: memory stays flat however long the log is."""
     principal = await _principal(request)
     entries = await request.app[ADMIN].export_audit(principal, _audit_filters(request))
+    # The first entry is read before the 200 goes out, so that a failing store is still a
+    # problem+json 503. A failure after it cuts the connection without the final chunk: an
+    # error response written into the open body would read as a complete export.
+    first = await anext(entries, None)
     response = web.StreamResponse(headers={"Content-Type": "application/jsonl"})
     await response.prepare(request)
-    async for entry in entries:
-        await response.write(json.dumps(audit_document(entry), ensure_ascii=False).encode()
-                             + b"\n")
+    try:
+        if first is not None:
+            await response.write(_jsonl(first))
+            async for entry in entries:
+                await response.write(_jsonl(entry))
+    except Exception:
+        log.exception("audit export cut off")
+        if request.transport is not None:
+            request.transport.abort()
+        return response
     await response.write_eof()
     return response
+
+
+def _jsonl(entry: AuditEntry) -> bytes:
+    return json.dumps(audit_document(entry), ensure_ascii=False).encode() + b"\n"
 
 
 def add_routes(app: web.Application) -> None:
