@@ -83,7 +83,14 @@ def _middleware(listener: str, body_timeout: float = 0) -> Middleware:
                 response.headers["Retry-After"] = "5"
         except web.HTTPException as exc:
             if exc.status >= 400 and request.path.startswith("/api/"):
-                response = problem(exc.status, "http", exc.reason)
+                # The handler's own text when it gave one ("application/json required"),
+                # and the headers the status needs (Allow on a 405, RFC 9110 15.5.6).
+                detail = exc.text if exc.text and exc.text != f"{exc.status}: {exc.reason}" \
+                    else exc.reason
+                response = problem(exc.status, "http", detail or exc.reason)
+                for name in ("Allow", "WWW-Authenticate", "Retry-After"):
+                    if name in exc.headers:
+                        response.headers[name] = exc.headers[name]
             else:
                 exc.headers["X-Request-ID"] = request_id
                 _observe(listener, request, exc.status, started)

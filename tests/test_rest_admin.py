@@ -447,3 +447,15 @@ async def test_an_audit_export_cut_by_a_failing_store_never_looks_complete(
     assert response.status == 200
     with pytest.raises(aiohttp.ClientPayloadError):
         await response.read()
+
+
+async def test_http_level_problems_keep_their_headers_and_reason(client: TestClient,
+                                                                 services: Services) -> None:
+    token = await _token(services)
+    response = await client.delete("/api/v1/certificates", headers=_auth(token))
+    body = await _problem(response, 405)
+    assert set(response.headers["Allow"].split(",")) >= {"GET", "POST"}, response.headers
+    assert body["type"] == "urn:vcc-pki:problem:http"
+    response = await client.post("/api/v1/certificates", headers=_auth(token), data=b"{}")
+    body = await _problem(response, 415)
+    assert "application/json" in body["detail"]
