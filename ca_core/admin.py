@@ -400,10 +400,7 @@ class AdminService:
         await self._require(principal, "ca:read", "certificate_authority")
         record = await self._visible_ca(principal, name, "ca:read")
         ca = await self.authority.ca(record.name)
-        top = ca
-        while top.record.parent_ca_id is not None:
-            top = await self.authority.ca_by_id(top.record.parent_ca_id)
-        return ca.chain if top.certificate in ca.chain else (*ca.chain, top.certificate)
+        return await self.authority.chain_with_root(ca)
 
     async def create_issuing_ca(self, principal: Principal, organization: str,
                                 key: KeySpec | None = None) -> CARecord:

@@ -375,6 +375,15 @@ class Authority:
             raise NotFound("unknown CA")
         return await self._load_ca(record)
 
+    async def chain_with_root(self, ca: LoadedCA) -> tuple[x509.Certificate, ...]:
+        """``ca``'s certificate and the CAs above it, ending with the root (a chain kept for
+        issued certificates stops below it): what EST /cacerts, SCEP GetCACert and the
+        admin API's chain export hand out."""
+        top = ca
+        while top.record.parent_ca_id is not None:
+            top = await self.ca_by_id(top.record.parent_ca_id)
+        return ca.chain if top.certificate in ca.chain else (*ca.chain, top.certificate)
+
     async def issuing_cas(self, org: Organization) -> IssuingCas:
         """The organization's issuing CAs: the active one (``{slug}-issuing`` until a
         rollover successor is activated), the "next" one, and all; read again from the

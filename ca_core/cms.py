@@ -711,17 +711,6 @@ def _oaep_of(parameters: Any) -> RsaOaep:
     return RsaOaep(hash_name, mgf_hash)
 
 
-def _elements(contents: bytes) -> list[bytes]:
-    """The encoded elements of a constructed value's contents (BER)."""
-    found = []
-    while contents:
-        _, _, _, header, inner, trailer = parser.parse(contents)
-        size = len(header) + len(inner) + len(trailer)
-        found.append(contents[:size])
-        contents = contents[size:]
-    return found
-
-
 def _ber_octets(encoded: bytes, depth: int = 0) -> bytes:
     """The octets of a BER OCTET STRING whatever its tag: primitive, or constructed of
     segments (X.690 8.7.3), definite or indefinite length."""
@@ -730,7 +719,7 @@ def _ber_octets(encoded: bytes, depth: int = 0) -> bytes:
         return bytes(contents)
     if depth > 8:
         raise CmsError("an OCTET STRING nested too deeply")
-    return b"".join(_ber_octets(e, depth + 1) for e in _elements(contents))
+    return b"".join(_ber_octets(e, depth + 1) for e in der.elements(contents))
 
 
 def _parse_enveloped(data: bytes, certificate: x509.Certificate, allow_des: bool = False
@@ -773,7 +762,7 @@ def _parse_enveloped(data: bytes, certificate: x509.Certificate, allow_des: bool
         # Read from the encoding: the [0] IMPLICIT OCTET STRING may be constructed (BER),
         # as Go's pkcs7 (micromdm's scepclient) writes it even with a definite length, and
         # asn1crypto refuses that form of a tagged OCTET STRING.
-        children = _elements(content_info.contents or b"")
+        children = der.elements(content_info.contents or b"")
         if len(children) < 3:
             raise CmsError("the EnvelopedData has no encrypted content")
         return _Envelope(

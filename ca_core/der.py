@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from asn1crypto import parser
+
 SEQUENCE = 0x30
 SET = 0x31
 OCTET_STRING = 0x04
@@ -69,3 +71,15 @@ def _tag_number(number: int) -> int:
     if not 0 <= number < 31:
         raise ValueError(f"tag number {number} needs the high-tag-number form")
     return number
+
+
+def elements(contents: bytes) -> list[bytes]:
+    """The encoded elements (DER or BER) of a constructed value's contents, in order;
+    ValueError when they do not parse."""
+    found = []
+    while contents:
+        _, _, _, header, inner, trailer = parser.parse(contents)
+        size = len(header) + len(inner) + len(trailer)
+        found.append(contents[:size])
+        contents = contents[size:]
+    return found

@@ -281,17 +281,6 @@ def acting_enrollee(requester: str, org_id: str) -> Principal:
     return Principal("service", f"est:{requester}", org_id, "service_account")
 
 
-def _elements(contents: bytes) -> list[bytes]:
-    """The encoded elements of a constructed value's contents."""
-    found = []
-    while contents:
-        _, _, _, header, inner, trailer = parser.parse(contents, strict=False)
-        size = len(header) + len(inner) + len(trailer)
-        found.append(contents[:size])
-        contents = contents[size:]
-    return found
-
-
 def _csr_attributes(csr_der: bytes) -> dict[str, list[bytes]]:
     """The CSR's attributes (RFC 2986 4.1) by dotted OID, each value still encoded. Read
     with asn1crypto's parser, not its typed specs or cryptography, neither of which reads
@@ -300,10 +289,10 @@ def _csr_attributes(csr_der: bytes) -> dict[str, list[bytes]]:
         request = asn1_csr.CertificationRequest.load(csr_der)
         attributes = request["certification_request_info"]["attributes"]
         found: dict[str, list[bytes]] = {}
-        for attribute in _elements(attributes.contents or b""):
-            kind, values = _elements(parser.parse(attribute)[4])
+        for attribute in der.elements(attributes.contents or b""):
+            kind, values = der.elements(parser.parse(attribute)[4])
             oid = core.ObjectIdentifier.load(kind).dotted
-            found.setdefault(oid, []).extend(_elements(parser.parse(values)[4]))
+            found.setdefault(oid, []).extend(der.elements(parser.parse(values)[4]))
         return found
     except (ValueError, TypeError, KeyError) as exc:
         raise BadCSR(f"the CSR's attributes do not parse: {type(exc).__name__}") from None
@@ -378,11 +367,8 @@ class EstService:
         found = await self.resolve_label(label)
         org = await self.authority.organization_by_id(found.org_id)
         ca = await self.authority.issuing_ca(org)
-        top = ca
-        while top.record.parent_ca_id is not None:
-            top = await self.authority.ca_by_id(top.record.parent_ca_id)
         # RFC 7030 4.1.3: the current root CA certificate is included.
-        return ca.chain if top.certificate in ca.chain else (*ca.chain, top.certificate)
+        return await self.authority.chain_with_root(ca)
 
     async def csr_attributes(self, label: str) -> bytes:
         """/csrattrs (RFC 7030 4.5): DER CsrAttrs naming the profile's required attributes
@@ -977,7 +963,7 @@ async def _key_package(key: CertificateIssuerPrivateKeyTypes, spec: KeySpec, pkc
     ).sign(package, A_KEY_PACKAGE)
     # The EnvelopedData's content is the SignedData value, not its ContentInfo (RFC 5652
     # 6.1: encryptedContentInfo names the type).
-    _, explicit = _elements(parser.parse(signed_info)[4])
+    _, explicit = der.elements(parser.parse(signed_info)[4])
     signed_data = parser.parse(explicit)[4]
     return encrypt_enveloped(signed_data, [recipient.certificate], content_type="signed_data",
                              by_key_identifier=recipient.by_key_identifier)

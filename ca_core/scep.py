@@ -341,11 +341,7 @@ class ScepService:
         issuing CA and its chain up to the root."""
         ca = await self.authority.ca(endpoint.ca_name)
         ra = await self._ra(ca)
-        top = ca
-        while top.record.parent_ca_id is not None:
-            top = await self.authority.ca_by_id(top.record.parent_ca_id)
-        chain = ca.chain if top.certificate in ca.chain else (*ca.chain, top.certificate)
-        return certs_only([ra.certificate, *chain])
+        return certs_only([ra.certificate, *await self.authority.chain_with_root(ca)])
 
     async def next_ca_certificates(self, endpoint: Endpoint) -> bytes:
         """GetNextCACert (RFC 8894 4.7): a SignedData signed by the current RA key whose
