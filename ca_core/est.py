@@ -270,15 +270,7 @@ class _Caller:
     certificate: CertificateRecord | None = None  # a certificate this PKI issued
 
     def principal(self, org_id: str) -> Principal:
-        return acting_enrollee(self.requester, org_id)
-
-
-def acting_enrollee(requester: str, org_id: str) -> Principal:
-    """Who an EST client is to the Authority: a service account of the label's organization
-    (the role for automated enrollment: ``cert:request_own``), so the Authority's tenant
-    and profile rules apply to it as to any API caller, and the certificates it gets name
-    it as their requester."""
-    return Principal("service", f"est:{requester}", org_id, "service_account")
+        return Principal.enrollee("est", self.requester, org_id)
 
 
 def _csr_attributes(csr_der: bytes) -> dict[str, list[bytes]]:
@@ -599,7 +591,7 @@ class EstService:
         issued = await self.authority.issue(
             IssuanceRequest(csr=parse_csr(found.csr_der), profile=label.profile,
                             org=(await self.authority.organization_by_id(found.org_id)).slug),
-            acting_enrollee(found.requester, found.org_id), record_with=record_with)
+            Principal.enrollee("est", found.requester, found.org_id), record_with=record_with)
         return replace(found, status="issued", cert_id=issued.record.cert_id, decided_at=now)
 
     # --- the rules --------------------------------------------------------------------

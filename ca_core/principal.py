@@ -42,6 +42,14 @@ class Principal:
     def system(cls, actor_id: str = "vcc-pki") -> Principal:
         return cls("system", actor_id, None, "pki_super_admin")
 
+    @classmethod
+    def enrollee(cls, protocol: str, requester: str, org_id: str) -> Principal:
+        """Who an EST or SCEP client is to the Authority: a service account of the
+        organization it enrolls in (the role for automated enrollment: ``cert:request_own``),
+        so the tenant and profile rules apply to it as to any API caller, and its
+        certificates name it (``est:...``, ``scep:...``) as their requester."""
+        return cls("service", f"{protocol}:{requester}", org_id, "service_account")
+
     @property
     def permissions(self) -> frozenset[str]:
         return ROLE_PERMISSIONS.get(self.role, frozenset())

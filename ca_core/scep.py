@@ -497,7 +497,8 @@ class ScepService:
         org = await self.authority.organization_by_id(found.org_id)
         issued = await self.authority.issue(
             IssuanceRequest(csr=parse_csr(found.csr_der), profile=found.profile, org=org.slug),
-            _enrollee(found.requester or "unknown", found.org_id), record_with=record_with)
+            Principal.enrollee("scep", found.requester or "unknown", found.org_id),
+            record_with=record_with)
         return replace(found, status="success", cert_id=issued.record.cert_id,
                        decided_at=now, updated_at=now)
 
@@ -572,7 +573,7 @@ class ScepService:
                 transaction, status="pending", csr_der=opened.content, requester=requester),
                 consume)
         store = self.store
-        principal = _enrollee(requester, endpoint.org_id)
+        principal = Principal.enrollee("scep", requester, endpoint.org_id)
 
         async def record_with(cert: CertificateRecord, audit: AuditEvent) -> None:
             now = self.clock()
@@ -977,11 +978,6 @@ def _renewal_like(request: _Request, signer: x509.Certificate) -> bool:
     renews that way (PKCSReq signed with -O/-K, the old certificate and key), as the SCEP
     drafts before RFC 8894 described renewal."""
     return request.message_type == MessageType.RENEWAL_REQ or signer.issuer != signer.subject
-
-
-def _enrollee(requester: str, org_id: str) -> Principal:
-    """Who a SCEP certificate is issued to, as the audit log names it."""
-    return Principal("service", f"scep:{requester}", org_id, "service_account")
 
 
 def _check_static_secret(secret: str) -> None:
