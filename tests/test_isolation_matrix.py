@@ -239,6 +239,23 @@ async def _target(services: Services, slug: str, n: int, endpoint: str) -> Targe
                   token.record.token_id, eab.kid, account.account_id, cas.active, next_ca)
 
 
+async def _state(services: Services, target: Target) -> tuple[Any, ...]:
+    """What a call on ``target`` could change: a refused call changes none of it."""
+    store = services.store
+    cert = await store.get_certificate_by_id(target.cert_id)
+    token = await store.get_token(target.token_id)
+    account = await store.get_acme_account(target.account_id)
+    next_ca = await store.get_ca(target.next_ca) if target.next_ca else None
+    org = await store.get_organization(target.slug)
+    return (cert and cert.status, token and token.revoked,
+            await store.get_eab_key(target.eab_kid) is not None, account and account.status,
+            next_ca and next_ca.status, org and (org.name, org.status),
+            sum(n for _, _, n in await store.count_active_certificates(
+                dt.datetime.now(dt.UTC))),
+            len(await store.list_cas()), len(await store.list_tokens(limit=10_000)),
+            len(await store.list_eab_keys(limit=10_000)))
+
+
 async def _denials(services: Services) -> int:
     return sum(e.event.status == "denied" for e in await services.store.audit_entries())
 
@@ -259,6 +276,7 @@ async def test_isolation_matrix(services: Services, aiohttp_client: ClientFactor
                 n += 1
                 target = await _target(services, slug, n, endpoint)
                 before = await _denials(services)
+                state = await _state(services, target)
                 answer = await CALLS[endpoint](
                     client, {"Authorization": f"Bearer {tokens[role]}"}, target)
                 if 200 <= answer.status < 300:
@@ -267,6 +285,8 @@ async def test_isolation_matrix(services: Services, aiohttp_client: ClientFactor
                     got = {403: D, 404: H}.get(answer.status, f"status {answer.status}")
                     if await _denials(services) == before:
                         mismatches.append(f"{endpoint} {role} {slug}: refusal not audited")
+                    if await _state(services, target) != state:
+                        mismatches.append(f"{endpoint} {role} {slug}: refused, yet changed")
                 if got != expected:
                     mismatches.append(f"{endpoint} {role} {slug}: expected {expected}, "
                                       f"got {got}: {answer.text[:160]}")
