@@ -41,7 +41,12 @@ from cryptography import x509
 from ca_core.authority import Authority, CreatedToken, IssuedCertificate, issuing_ca_name
 from ca_core.cross import alternate_chains
 from ca_core.errors import BadRequest, CAError, Conflict, Forbidden, NotFound
-from ca_core.hierarchy import activate_issuing_ca, ensure_organization, rollover_issuing_ca
+from ca_core.hierarchy import (
+    activate_issuing_ca,
+    create_intermediate_ca,
+    ensure_organization,
+    rollover_issuing_ca,
+)
 from ca_core.keys import KeySpec
 from ca_core.org_policy import ISOLATION_LEVELS, ORG_STATUSES, OrgPolicy, isolation_of
 from ca_core.principal import Principal
@@ -67,6 +72,8 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 500
 CERTIFICATE_STATUSES = ("active", "revoked", "expired")
 MAX_TOKEN_DAYS = 3650
+MAX_CA_VALIDITY_DAYS = 36525  # a century: the parent's end caps it anyway
+CA_CREATION_TYPES = ("issuing", "intermediate")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +98,24 @@ class AuditFilters:
     actor: str | None = None
     action: str | None = None
     resource: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CaCreation:
+    """What ``AdminService.create_ca`` is asked to make (see there)."""
+
+    ca_type: str = "issuing"
+    organization: str | None = None  # slug or id
+    name: str | None = None  # intermediates only
+    parent: str | None = None  # the intermediate signing an issuing CA
+    key: KeySpec | None = None
+    validity_days: int | None = None  # intermediates only
+
+
+@dataclass(frozen=True, slots=True)
+class ActivatedCA:
+    record: CARecord
+    retired: str  # the name of the CA it replaces
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,33 +427,75 @@ class AdminService:
         ca = await self.authority.ca(record.name)
         return await self.authority.chain_with_root(ca)
 
-    async def create_issuing_ca(self, principal: Principal, organization: str,
-                                key: KeySpec | None = None) -> CARecord:
-        """An issuing CA for an organization: its first (as ``vcc-pki org create`` makes
-        it) or, when it has one, the rollover's successor in status "next" (as ``vcc-pki
-        ca rollover``), which issues once activated. Super admin only (``ca:create``)."""
+    async def create_ca(self, principal: Principal, request: CaCreation) -> CARecord:
+        """``POST /api/v1/cas`` and ``vcc-pki ca create|rollover``.
+
+        - ``issuing``: an organization's first issuing CA or, when it has one, the
+          rollover's successor in status "next" (issues once activated), signed by
+          ``parent`` (a shared or the organization's own intermediate; default: the current
+          CA's). Super admin only (``ca:create``): it decides who issues.
+        - ``intermediate``: a CA under the root, the organization's own (``ca:
+          create_intermediate``: the seed gives it to an organization's pki_admin) or, with
+          no organization, shared (super admin only).
+        """
+        if request.ca_type not in CA_CREATION_TYPES:
+            raise BadRequest(f"type must be one of {', '.join(CA_CREATION_TYPES)}")
+        if request.validity_days is not None and \
+                not 1 <= request.validity_days <= MAX_CA_VALIDITY_DAYS:
+            raise BadRequest(f"validity_days must be between 1 and {MAX_CA_VALIDITY_DAYS}")
+        if request.ca_type == "intermediate":
+            return await self._create_intermediate(principal, request)
         await self._require(principal, "ca:create", "certificate_authority")
-        org = await self._visible_org(principal, organization, "ca:create")
+        if request.organization is None:
+            raise BadRequest("an issuing CA needs an organization")
+        if request.name is not None or request.validity_days is not None:
+            raise BadRequest("an issuing CA's name and validity follow from its organization "
+                             "and the settings")
+        org = await self._visible_org(principal, request.organization, "ca:create")
         as_system = Principal.system(principal.actor_id)
         if await self.store.get_ca(issuing_ca_name(org.slug)) is None:
-            await ensure_organization(self.authority, org.slug, org.name, as_system, key)
+            await ensure_organization(self.authority, org.slug, org.name, as_system,
+                                      request.key, request.parent)
             name = issuing_ca_name(org.slug)
         else:
-            name = (await rollover_issuing_ca(self.authority, org.slug, as_system, key)).name
+            name = (await rollover_issuing_ca(self.authority, org.slug, as_system,
+                                              request.key, request.parent)).name
+        return await self._created(name)
+
+    async def _create_intermediate(self, principal: Principal, request: CaCreation
+                                   ) -> CARecord:
+        await self._require(principal, "ca:create_intermediate", "certificate_authority")
+        if request.parent not in (None, "root"):
+            raise BadRequest("an intermediate CA is signed by the root")
+        org = None
+        if request.organization is not None:
+            org = await self._visible_org(principal, request.organization,
+                                          "ca:create_intermediate")
+        elif principal.org_id is not None:
+            await self._deny(principal, "ca:create_intermediate", "certificate_authority",
+                             request.name, "only a super admin creates a shared intermediate: "
+                             "name your organization")
+        name = request.name or (f"{org.slug}-intermediate" if org is not None else None)
+        if name is None:
+            raise BadRequest("a shared intermediate CA needs a name")
+        await create_intermediate_ca(self.authority, name, org,
+                                     Principal.system(principal.actor_id), request.key,
+                                     request.validity_days)
+        return await self._created(name)
+
+    async def _created(self, name: str) -> CARecord:
         created = await self.store.get_ca(name)
         if created is None:  # the store lost what it committed: not the caller's fault
             raise NotFound(f"no CA named {name!r}")
         return created
 
-    async def activate_ca(self, principal: Principal, name: str) -> CARecord:
+    async def activate_ca(self, principal: Principal, name: str) -> ActivatedCA:
         """``vcc-pki ca activate``: a rollover's "next" issuing CA issues from now on."""
         await self._require(principal, "ca:create", "certificate_authority")
         await self._visible_ca(principal, name, "ca:create")
-        await activate_issuing_ca(self.authority, name, Principal.system(principal.actor_id))
-        activated = await self.store.get_ca(name)
-        if activated is None:
-            raise NotFound(f"no CA named {name!r}")
-        return activated
+        retired = await activate_issuing_ca(self.authority, name,
+                                            Principal.system(principal.actor_id))
+        return ActivatedCA(await self._created(name), retired)
 
     # ------------------------------------------------------------------ templates
     def _require_template_read(self, principal: Principal) -> bool:
@@ -666,8 +733,8 @@ def acme_account_document(account: AcmeAccount) -> dict[str, Any]:
 
 def ca_document(record: CARecord) -> dict[str, Any]:
     return {"name": record.name, "id": record.ca_id, "type": record.ca_type,
-            "organization_id": record.org_id, "status": record.status,
-            "subject": record.subject_dn, "serial": record.serial_hex,
+            "organization_id": record.org_id, "parent_id": record.parent_ca_id,
+            "status": record.status, "subject": record.subject_dn, "serial": record.serial_hex,
             "key": f"{record.key_algorithm}-{record.key_size}",
             "key_backend": record.key_backend, "not_before": _iso(record.not_before),
             "not_after": _iso(record.not_after), "created_at": _iso(record.created_at)}

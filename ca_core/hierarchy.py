@@ -109,8 +109,10 @@ async def _create_ca(
 async def ensure_organization(
     authority: Authority, slug: str, name: str | None = None,
     principal: Principal | None = None, key: KeySpec | None = None,
+    parent: str | None = None,
 ) -> list[CreatedCA]:
-    """The organization and its issuing CA, created when missing."""
+    """The organization and its issuing CA (signed by ``parent``, an intermediate: the
+    shared one by default), created when missing."""
     principal = principal or Principal.system()
     if not _SLUG.match(slug):
         raise BadRequest("organization slugs are lowercase letters, digits and '-'")
@@ -133,7 +135,7 @@ async def ensure_organization(
             raise Conflict(f"organization {slug} exists") from None
     ca_name = issuing_ca_name(slug)
     if await authority.store.get_ca(ca_name) is None:
-        intermediate = await authority.ca(INTERMEDIATE)
+        intermediate = await _intermediate_for(authority, org, parent or INTERMEDIATE)
         settings = authority.settings
         created.append(await _create_ca(
             authority, ca_name, "issuing", f"{settings.organization_name} Issuing CA {slug}",
@@ -144,20 +146,64 @@ async def ensure_organization(
     return created
 
 
+async def _intermediate_for(authority: Authority, org: Organization, name: str) -> LoadedCA:
+    """The intermediate that is to sign an issuing CA of ``org``: an active intermediate that
+    is shared or the organization's own (another organization's is NotFound, as if absent)."""
+    record = await authority.store.get_ca(name)
+    if record is None or record.ca_type != "intermediate" or \
+            record.org_id not in (None, org.org_id):
+        raise NotFound(f"no intermediate CA named {name!r}")
+    if record.status != "active":
+        raise Conflict(f"intermediate CA {name} is {record.status}")
+    return await authority.ca(name)
+
+
+async def create_intermediate_ca(authority: Authority, name: str, org: Organization | None,
+                                 principal: Principal, key: KeySpec | None = None,
+                                 validity_days: int | None = None) -> CreatedCA:
+    """An intermediate CA under the root: shared (``org`` None) or one organization's, whose
+    issuing CAs it may then sign (``rollover_issuing_ca(parent=...)``). Its subject names it,
+    so that it is never confused with the shared intermediate."""
+    if not _SLUG.match(name) or name in (ROOT, INTERMEDIATE):
+        raise BadRequest("a CA name is lowercase letters, digits and '-', and not "
+                         "'root' or 'intermediate'")
+    if await authority.store.get_ca(name) is not None:
+        raise Conflict(f"a CA named {name} exists")
+    settings = authority.settings
+    try:
+        return await _create_ca(
+            authority, name, "intermediate",
+            f"{settings.organization_name} Intermediate CA {name}",
+            key or settings.intermediate_key,
+            validity_days or settings.intermediate_validity_days,
+            await authority.ca(ROOT), org, principal)
+    except StoreConflict:  # made by a concurrent call meanwhile
+        raise Conflict(f"a CA named {name} exists") from None
+
+
 async def rollover_issuing_ca(authority: Authority, slug: str,
                               principal: Principal | None = None,
-                              key: KeySpec | None = None) -> CreatedCA:
+                              key: KeySpec | None = None,
+                              parent: str | None = None) -> CreatedCA:
     """`vcc-pki ca rollover --org SLUG`: the successor of the organization's issuing CA (a
-    new key in the same key backend, signed by the intermediate, ``{slug}-issuing-gN`` with
-    a subject of its own so that name-based lookups never confuse the two) with status
-    "next" and its OCSP responder. It issues nothing but its own certificates until
-    ``activate_issuing_ca``; SCEP offers it through GetNextCACert meanwhile."""
+    new key in the same key backend, ``{slug}-issuing-gN`` with a subject of its own so
+    that name-based lookups never confuse the two) with status "next" and its OCSP
+    responder. ``parent`` names the intermediate that signs it (an organization moves under
+    its own intermediate this way); by default the current CA's. It issues nothing but its
+    own certificates until ``activate_issuing_ca``; SCEP offers it through GetNextCACert
+    meanwhile."""
     principal = principal or Principal.system("vcc-pki ca rollover")
     org = await authority.organization(slug)
     cas = await authority.issuing_cas(org)
     if cas.next is not None:
         raise Conflict(f"{cas.next} is the next CA of {slug} already: activate it first")
     current = await authority.ca(cas.active)
+    if parent is not None:
+        signer = await _intermediate_for(authority, org, parent)
+    elif current.record.parent_ca_id is not None:
+        signer = await authority.ca_by_id(current.record.parent_ca_id)
+    else:
+        signer = await authority.ca(INTERMEDIATE)
     generation = len(cas.all) + 1
     name = f"{issuing_ca_name(slug)}-g{generation}"
     settings = authority.settings
@@ -165,7 +211,7 @@ async def rollover_issuing_ca(authority: Authority, slug: str,
         authority, name, "issuing",
         f"{settings.organization_name} Issuing CA {slug} G{generation}",
         key or current.signer.key_spec, settings.issuing_validity_days,
-        await authority.ca(INTERMEDIATE), org, principal, status="next")
+        signer, org, principal, status="next")
     authority.forget_issuing_cas(org.org_id)
     await ensure_ocsp_responder(authority, name, principal=principal)
     return created

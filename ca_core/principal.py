@@ -15,8 +15,8 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
         "template:*", "audit:read", "token:create",
     }),
     "pki_admin": frozenset({
-        "ca:read", "cert:request", "cert:read", "cert:revoke", "cert:renew", "template:manage",
-        "audit:read_own_org", "token:create",
+        "ca:read", "ca:create_intermediate", "cert:request", "cert:read", "cert:revoke",
+        "cert:renew", "template:manage", "audit:read_own_org", "token:create",
     }),
     "cert_manager": frozenset({"cert:request", "cert:read", "cert:revoke", "cert:renew",
                                "template:read"}),

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import serialization
 
 from ca_core.admin import (
     AuditFilters,
+    CaCreation,
     CertificateFilters,
     OrganizationChange,
     audit_document,
@@ -43,10 +44,8 @@ from ca_core.cross import (
 from ca_core.errors import BadCSR, BadPublicKey, BadRequest, CAError
 from ca_core.est import AuthMethod, EstLabel
 from ca_core.hierarchy import (
-    activate_issuing_ca,
     ensure_hierarchy,
     ensure_organization,
-    rollover_issuing_ca,
 )
 from ca_core.keys import KeySpec
 from ca_core.principal import ROLES, Principal
@@ -103,10 +102,25 @@ async def cmd_ca_list(config: Config, args: argparse.Namespace) -> int:
 async def cmd_ca_rollover(config: Config, args: argparse.Namespace) -> int:
     async def run(services: Services) -> int:
         await services.authority.load()
-        created = await rollover_issuing_ca(services.authority, args.org, CLI, args.key)
-        print(f"{created.name}: next issuing CA of {args.org} ({created.subject}); it issues "
-              f"nothing until `vcc-pki ca activate {created.name}`, SCEP clients get it by "
-              "GetNextCACert")
+        created = await services.admin.create_ca(CLI, CaCreation(
+            "issuing", organization=args.org, parent=args.parent, key=args.key))
+        print(f"{created.name}: next issuing CA of {args.org} ({created.subject_dn}); it "
+              f"issues nothing until `vcc-pki ca activate {created.name}`, SCEP clients get "
+              "it by GetNextCACert")
+        return 0
+    return await _with_services(config, run)
+
+
+async def cmd_ca_intermediate(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        await services.authority.load()
+        created = await services.admin.create_ca(CLI, CaCreation(
+            "intermediate", organization=args.org, name=args.name, key=args.key,
+            validity_days=args.validity_days))
+        owner = f"of {args.org}" if args.org else "shared"
+        print(f"{created.name}: intermediate CA {owner} ({created.subject_dn}), valid until "
+              f"{created.not_after:%Y-%m-%d}; move an organization under it with `vcc-pki ca "
+              f"rollover --org SLUG --parent {created.name}` then `vcc-pki ca activate`")
         return 0
     return await _with_services(config, run)
 
@@ -114,9 +128,9 @@ async def cmd_ca_rollover(config: Config, args: argparse.Namespace) -> int:
 async def cmd_ca_activate(config: Config, args: argparse.Namespace) -> int:
     async def run(services: Services) -> int:
         await services.authority.load()
-        retired = await activate_issuing_ca(services.authority, args.name, CLI)
+        activated = await services.admin.activate_ca(CLI, args.name)
         print(f"{args.name} is active: it issues from now on (a running gateway follows "
-              f"within {ISSUING_CA_REFRESH_SECONDS:g} s); {retired} is retired and keeps "
+              f"within {ISSUING_CA_REFRESH_SECONDS:g} s); {activated.retired} is retired and keeps "
               "answering OCSP and publishing CRLs for what it issued")
         return 0
     return await _with_services(config, run)
@@ -888,6 +902,19 @@ def build_parser() -> argparse.ArgumentParser:
     rollover.add_argument("--org", required=True, metavar="SLUG", help="the organization")
     rollover.add_argument("--key", type=_key_spec, metavar="TYPE",
                           help=f"its key: {', '.join(KEY_TYPES)} (default: the current CA's)")
+    rollover.add_argument("--parent", metavar="NAME",
+                          help="the intermediate that signs it: shared or the organization's "
+                          "own (default: the current CA's)")
+    intermediate = command(ca, "intermediate", "create an intermediate CA under the root: an "
+                           "organization's own (--org) or shared (--name)", cmd_ca_intermediate)
+    intermediate.add_argument("--org", metavar="SLUG", help="the organization that owns it")
+    intermediate.add_argument("--name", help="its name (default: SLUG-intermediate)")
+    intermediate.add_argument("--key", type=_key_spec, metavar="TYPE",
+                              help=f"its key: {', '.join(KEY_TYPES)} (default: the "
+                              "configured intermediate key type)")
+    intermediate.add_argument("--validity-days", type=int, metavar="DAYS",
+                              help="its validity (default: the configured one; capped by "
+                              "the root's)")
     activate = command(ca, "activate", "make a rollover's next CA the one that issues; the "
                        "previous one is retired (still OCSP and CRLs)", cmd_ca_activate)
     activate.add_argument("name", help="the next CA, as `ca rollover` printed it, e.g. "

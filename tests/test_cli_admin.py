@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from gateway.cli import main
 from tests.helpers import make_csr
@@ -83,3 +84,37 @@ def test_acme_eab_and_account_commands(env: Path, capsys: pytest.CaptureFixture[
     assert main(["acme", "account", "list"]) == 0
     assert main(["acme", "account", "deactivate", "no-such-account"]) == 1
     assert main(["acme", "account"]) == 2
+
+
+def test_ca_intermediate_rollover_and_activate(env: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """``vcc-pki ca intermediate|rollover|activate`` go through the AdminService (as POST
+    /api/v1/cas does): an organization moved under its own intermediate."""
+    assert main(["init"]) == 0
+    assert main(["org", "create", "health"]) == 0
+    capsys.readouterr()
+    assert main(["ca", "intermediate", "--org", "health", "--key", "ec-p256"]) == 0
+    assert capsys.readouterr().out.startswith("health-intermediate: intermediate CA of health")
+    assert main(["ca", "intermediate", "--org", "health"]) == 1  # exists
+    assert "exists" in capsys.readouterr().err
+    assert main(["ca", "intermediate"]) == 1  # a shared one needs a name
+    capsys.readouterr()
+    assert main(["ca", "rollover", "--org", "health", "--parent", "nope"]) == 1
+    assert "no intermediate CA named 'nope'" in capsys.readouterr().err
+    assert main(["ca", "rollover", "--org", "health", "--parent",
+                 "health-intermediate"]) == 0
+    assert capsys.readouterr().out.startswith("health-issuing-g2: next issuing CA of health")
+    assert main(["ca", "activate", "health-issuing-g2"]) == 0
+    assert "health-issuing is retired" in capsys.readouterr().out
+    csr = tmp_path / "svc.csr"
+    csr.write_bytes(make_csr(cn="web.health.example", dns=("web.health.example",)))
+    assert main(["issue", "--csr", str(csr), "--org", "health", "--out",
+                 str(tmp_path / "svc.pem")]) == 0
+    assert main(["ca", "export", "health-intermediate"]) == 0
+    intermediate = x509.load_pem_x509_certificate(capsys.readouterr().out.encode())
+    assert main(["ca", "export", "health-issuing-g2"]) == 0
+    issuing = x509.load_pem_x509_certificate(capsys.readouterr().out.encode())
+    leaf = x509.load_pem_x509_certificate((tmp_path / "svc.pem").read_bytes())
+    leaf.verify_directly_issued_by(issuing)
+    issuing.verify_directly_issued_by(intermediate)
+    assert main(["audit", "verify"]) == 0

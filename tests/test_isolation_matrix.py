@@ -67,6 +67,9 @@ MATRIX: dict[str, dict[str, tuple[str, str]]] = {
     "cas.create": {
         "pki_super_admin": (A, A), "pki_admin": (D, D), "cert_manager": (D, D),
         "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+    "cas.create_intermediate": {
+        "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (D, D),
+        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
     "cas.activate": {
         "pki_super_admin": (A, A), "pki_admin": (D, D), "cert_manager": (D, D),
         "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
@@ -182,6 +185,9 @@ CALLS: dict[str, Call] = {
     "cas.list": lambda c, h, t: _get(c, h, "/api/v1/cas", limit="500"),
     "cas.chain": lambda c, h, t: _get(c, h, f"/api/v1/cas/{t.ca_name}/chain"),
     "cas.create": lambda c, h, t: _post(c, h, "/api/v1/cas", {"organization": t.slug}),
+    "cas.create_intermediate": lambda c, h, t: _post(c, h, "/api/v1/cas", {
+        "type": "intermediate", "organization": t.slug,
+        "name": f"{t.common_name.partition('.')[0]}-{t.slug}-intermediate"}),
     "cas.activate": lambda c, h, t: _post(c, h, f"/api/v1/cas/{t.next_ca}/activate"),
     "templates.list": lambda c, h, t: _get(c, h, "/api/v1/templates"),
     "templates.get": lambda c, h, t: _get(c, h, "/api/v1/templates/vcc_service"),

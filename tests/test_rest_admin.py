@@ -459,3 +459,72 @@ async def test_http_level_problems_keep_their_headers_and_reason(client: TestCli
     response = await client.post("/api/v1/certificates", headers=_auth(token), data=b"{}")
     body = await _problem(response, 415)
     assert "application/json" in body["detail"]
+
+
+async def test_intermediate_cas_and_an_organization_moved_under_its_own(
+        services: Services, client: TestClient) -> None:
+    """POST /api/v1/cas {"type": "intermediate"}: an organization's own intermediate (its
+    pki_admin may: ca:create_intermediate) or a shared one (super admin only); then a
+    rollover signed by it (``parent``) and activated: the organization's certificates chain
+    through its own intermediate to the root."""
+    from ca_core.hierarchy import ensure_organization
+
+    await ensure_organization(services.authority, "health", "Health", ADMIN)
+    admin = await _token(services)
+    health = await _token(services, "pki_admin", "health")
+    own = await client.post("/api/v1/cas", headers=_auth(health),
+                            json={"type": "intermediate", "organization": "health",
+                                  "validity_days": 1000})
+    assert own.status == 201, await own.text()
+    intermediate = await own.json()
+    root = next(c for c in (await (await client.get(
+        "/api/v1/cas", headers=_auth(admin))).json())["items"] if c["type"] == "root")
+    assert (intermediate["name"], intermediate["type"], intermediate["parent_id"]) == (
+        "health-intermediate", "intermediate", root["id"])
+    assert intermediate["organization_id"] is not None
+    shared = await client.post("/api/v1/cas", headers=_auth(admin),
+                               json={"type": "intermediate", "name": "shared-2"})
+    assert shared.status == 201 and (await shared.json())["organization_id"] is None
+    for token, body, status in [
+        (health, {"type": "intermediate", "name": "mine"}, 403),  # shared: super admin only
+        (health, {"type": "intermediate", "organization": "default"}, 404),  # another org
+        (await _token(services, "cert_manager", "health"),
+         {"type": "intermediate", "organization": "health", "name": "x"}, 403),
+        (admin, {"type": "intermediate"}, 400),  # a shared one needs a name
+        (admin, {"type": "intermediate", "name": "root"}, 400),
+        (admin, {"type": "intermediate", "name": "Not A Slug"}, 400),
+        (admin, {"type": "intermediate", "name": "shared-2"}, 409),
+        (admin, {"type": "intermediate", "name": "z", "validity_days": 0}, 400),
+        (admin, {"type": "intermediate", "name": "z", "parent": "default-issuing"}, 400),
+        (admin, {"type": "root", "name": "z"}, 400),
+        (admin, {"organization": "health", "name": "z"}, 400),  # an issuing CA's name
+        (admin, {"organization": "default", "parent": "health-intermediate"}, 404),
+        (admin, {"organization": "health", "parent": "default-issuing"}, 404),
+        (admin, {"organization": "health", "parent": "nope"}, 404),
+    ]:
+        await _problem(await client.post("/api/v1/cas", headers=_auth(token), json=body),
+                       status)
+    await _problem(await client.get("/api/v1/cas/health-intermediate/chain",
+                                    headers=_auth(await _token(services, "pki_admin"))), 404)
+    moved = await client.post("/api/v1/cas", headers=_auth(admin), json={
+        "organization": "health", "parent": "health-intermediate"})
+    assert moved.status == 201, await moved.text()
+    successor = await moved.json()
+    assert successor["parent_id"] == intermediate["id"] and successor["status"] == "next"
+    activated = await client.post(f"/api/v1/cas/{successor['name']}/activate",
+                                  headers=_auth(admin))
+    assert activated.status == 200, await activated.text()
+    services.authority.forget_issuing_cas(successor["organization_id"])
+    issued = await _issue(client, await _token(services, "cert_manager", "health"),
+                          "svc.health.example.test")
+    leaf = x509.load_pem_x509_certificate(issued["certificate_pem"].encode())
+    chain = x509.load_pem_x509_certificates(await (await client.get(
+        f"/api/v1/cas/{successor['name']}/chain", headers=_auth(health))).read())
+    assert [c.subject.rfc4514_string() for c in chain[:2]] == [
+        successor["subject"], intermediate["subject"]] and len(chain) == 3
+    for lower, upper in itertools.pairwise([leaf, *chain]):
+        lower.verify_directly_issued_by(upper)
+    # a later rollover keeps the organization under its own intermediate by default
+    later = await (await client.post("/api/v1/cas", headers=_auth(admin),
+                                     json={"organization": "health"})).json()
+    assert later["parent_id"] == intermediate["id"]

@@ -26,6 +26,7 @@ from ca_core import cms
 from ca_core.admin import (
     AdminService,
     AuditFilters,
+    CaCreation,
     CertificateFilters,
     OrganizationChange,
     acme_account_document,
@@ -308,13 +309,16 @@ async def list_cas(request: web.Request) -> web.Response:
 async def create_ca(request: web.Request) -> web.Response:
     principal = await _principal(request)
     body = await _json_body(request)
-    organization = _field(body, "organization", str, required=True)
     key_text = _field(body, "key", str)
     try:
         key = None if key_text is None else KeySpec.parse(key_text)
     except ValueError as exc:
         raise BadRequest(str(exc)[:200]) from None
-    record = await request.app[ADMIN].create_issuing_ca(principal, organization, key)
+    record = await request.app[ADMIN].create_ca(principal, CaCreation(
+        ca_type=_field(body, "type", str) or "issuing",
+        organization=_field(body, "organization", str), name=_field(body, "name", str),
+        parent=_field(body, "parent", str), key=key,
+        validity_days=_field(body, "validity_days", int)))
     response = web.json_response(ca_document(record), status=201)
     response.headers["Location"] = f"/api/v1/cas/{record.name}/chain"
     return response
@@ -328,8 +332,8 @@ async def ca_chain(request: web.Request) -> web.Response:
 
 async def activate_ca(request: web.Request) -> web.Response:
     principal = await _principal(request)
-    record = await request.app[ADMIN].activate_ca(principal, request.match_info["name"])
-    return web.json_response(ca_document(record))
+    activated = await request.app[ADMIN].activate_ca(principal, request.match_info["name"])
+    return web.json_response(ca_document(activated.record))
 
 
 async def list_templates(request: web.Request) -> web.Response:

@@ -112,9 +112,11 @@ _SCHEMAS: dict[str, Any] = {
         "name": {"type": "string"},
         "expires_in_days": {"type": "integer", "minimum": 1, "maximum": MAX_TOKEN_DAYS}}},
     "CA": {"type": "object", "required": [
-        "name", "id", "type", "organization_id", "status", "subject", "serial", "key",
-        "key_backend", "not_before", "not_after", "created_at"], "properties": {
+        "name", "id", "type", "organization_id", "parent_id", "status", "subject", "serial",
+        "key", "key_backend", "not_before", "not_after", "created_at"], "properties": {
         "name": {"type": "string"}, "id": {"type": "string"},
+        "parent_id": {"type": ["string", "null"],
+                      "description": "the id of the CA that signed it; null: a root"},
         "type": {"type": "string", "enum": ["root", "intermediate", "issuing", "tsa"]},
         "organization_id": {"type": ["string", "null"],
                             "description": "null: shared by every organization"},
@@ -123,10 +125,20 @@ _SCHEMAS: dict[str, Any] = {
         "subject": {"type": "string"}, "serial": {"type": "string"},
         "key": {"type": "string"}, "key_backend": {"type": "string"},
         "not_before": _TIME, "not_after": _TIME, "created_at": _NULLABLE_TIME}},
-    "CARequest": {"type": "object", "required": ["organization"], "properties": {
-        "organization": {"type": "string", "description": "slug"},
+    "CARequest": {"type": "object", "properties": {
+        "type": {"type": "string", "enum": ["issuing", "intermediate"],
+                 "description": "default issuing"},
+        "organization": {"type": "string", "description": "slug; required for an issuing "
+                         "CA; for an intermediate, absent means shared (super admin only)"},
+        "name": {"type": "string", "description": "intermediate only (default "
+                 "SLUG-intermediate); lowercase letters, digits and '-'"},
+        "parent": {"type": "string", "description": "issuing only: the intermediate that "
+                   "signs it (shared or the organization's own; default: the current "
+                   "issuing CA's)"},
+        "validity_days": {"type": "integer", "minimum": 1, "maximum": 36525,
+                          "description": "intermediate only; capped by the root's end"},
         "key": {"type": "string", "description": "ec-p256, ec-p384, rsa-2048, rsa-3072, "
-                "rsa-4096 (default: the configured issuing key type)"}}},
+                "rsa-4096 (default: the configured key type, or the current CA's)"}}},
     "Template": {"type": "object", "required": [
         "name", "description", "key_usage", "extended_key_usage", "max_validity_days",
         "default_validity_days", "allowed_keys", "san_types", "require_san",
@@ -303,7 +315,8 @@ def document() -> dict[str, Any]:
                 "get": _op("list CAs: the caller's organization's and the shared hierarchy", {
                     "200": _json(_page_of("CA"), "one page"), **_problems(400, 403)},
                     parameters=_PAGING, tag="cas"),
-                "post": _op("create an issuing CA for an organization: its first, or the "
+                "post": _op("create an intermediate CA under the root (an organization's or "
+                            "shared) or an issuing CA for an organization: its first, or the "
                             "successor of a rollover (status next, issues once activated)", {
                                 "201": _json(_ref("CA"), "created"),
                                 **_problems(400, 403, 404, 409, 413, 415)},
