@@ -65,7 +65,13 @@ from ca_core.records import (
 )
 from ca_core.signers.base import KeyBackend, KeyBackendError, Signer
 from ca_core.signing import Purpose, SigningKey
-from ca_core.storage import Store, StoreConflict, StoreError, StoreInvalid
+from ca_core.storage import (
+    Store,
+    StoreConflict,
+    StoreError,
+    StoreInvalid,
+    StoreOrganizationInactive,
+)
 
 log = logging.getLogger(__name__)
 
@@ -277,6 +283,9 @@ def issuing_ca_name(org_slug: str) -> str:
 # How long a process keeps which issuing CA of an organization is active (and which one is
 # "next"): `vcc-pki ca activate` in another process reaches every replica within this.
 ISSUING_CA_REFRESH_SECONDS = 2.0
+# How long an issuance may use an organization's policy as this process last read it. Its
+# status is not a matter of this: the certificate's write checks it (db.sql).
+ORG_POLICY_REFRESH_SECONDS = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +317,7 @@ class Authority:
         self._orgs: dict[str, Organization] = {}
         self._listeners: list[CertificateListener] = []
         self._issuing: dict[str, tuple[float, IssuingCas]] = {}  # by org_id
+        self._org_read: dict[str, float] = {}  # org_id -> when its policy is read again
 
     def add_listener(self, listener: CertificateListener) -> None:
         self._listeners.append(listener)
@@ -563,6 +573,9 @@ class Authority:
             except StoreConflict:
                 log.warning("serial collision on CA %s; drawing a new serial", ca.record.name)
                 continue
+            except StoreOrganizationInactive:
+                self.forget_organization(org.slug)
+                raise Forbidden(f"organization {org.slug} is disabled") from None
             except StoreError as exc:
                 log.error("storing an issued certificate failed: %s", exc)
                 raise Unavailable("the certificate store is not available") from exc
@@ -657,13 +670,21 @@ class Authority:
         return org
 
     async def _active_org(self, org: Organization) -> Organization:
-        """The organization as stored now: a disabled one issues nothing, from the moment
-        it is disabled and in every process (one keyed read per issuance; the cached copy
-        only names it). Its policy is read fresh with it."""
+        """The organization an issuance goes by: its policy as read at most
+        ORG_POLICY_REFRESH_SECONDS ago (by this process; at once after a change made here).
+        That it is active is checked again, authoritatively, by the certificate's write
+        (StoreOrganizationInactive), so a disabled organization issues nothing from the
+        moment it is disabled, in every process, without a read per issuance."""
+        now = time.monotonic()
+        cached = self._orgs.get(org.slug)
+        if cached is not None and cached.org_id == org.org_id and cached.status == "active" \
+                and self._org_read.get(org.org_id, 0.0) > now:
+            return cached
         fresh = await self.store.get_organization_by_id(org.org_id)
         if fresh is None:
             raise NotFound("unknown organization")
         self._orgs[fresh.slug] = fresh
+        self._org_read[fresh.org_id] = now + ORG_POLICY_REFRESH_SECONDS
         if fresh.status != "active":
             raise Forbidden(f"organization {fresh.slug} is disabled")
         return fresh
@@ -682,7 +703,9 @@ class Authority:
 
     def forget_organization(self, slug: str) -> None:
         """Drop the cached copy (after an update in this process)."""
-        self._orgs.pop(slug, None)
+        forgotten = self._orgs.pop(slug, None)
+        if forgotten is not None:
+            self._org_read.pop(forgotten.org_id, None)
 
     async def denied(self, principal: Principal, action: str, resource_type: str,
                      resource_id: str | None, detail: dict[str, object] | None = None) -> None:

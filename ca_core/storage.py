@@ -23,7 +23,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ca_core.errors import BadRequest, CAError, Conflict, Unavailable
+from ca_core.errors import BadRequest, CAError, Conflict, Forbidden, Unavailable
 from ca_core.records import (
     AcmeAccount,
     AcmeAuthorization,
@@ -80,6 +80,12 @@ class StoreConflict(StoreError, Conflict):
 class StoreInvalid(StoreError, BadRequest):
     public_detail = ("the request holds a value that cannot be stored (invalid text or out "
                      "of range)")
+
+
+class StoreOrganizationInactive(StoreError, Forbidden):
+    """A certificate of an organization that is disabled (or gone) as the write saw it."""
+
+    public_detail = "the organization is disabled"
 
 
 class StoreUnavailable(StoreError, Unavailable):

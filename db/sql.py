@@ -55,7 +55,7 @@ from ca_core.scep import (
     ScepRecorded,
     ScepTransaction,
 )
-from ca_core.storage import StoreConflict, StoreUnavailable
+from ca_core.storage import StoreConflict, StoreOrganizationInactive, StoreUnavailable
 from db.acme_rows import (
     challenges_from_json,
     challenges_to_json,
@@ -547,22 +547,29 @@ class SqlStore:
     async def add_certificate(self, cert: CertificateRecord, audit: AuditEvent) -> None:
         """Record an issued certificate; StoreConflict if (issuer, serial) exists."""
         def write(tx: Tx) -> Body[None]:
-            yield self._insert_certificate(cert)
+            yield from self._insert_certificate(cert)
             yield from tx.append_audit(audit)
         await self._write(write)
 
-    def _insert_certificate(self, cert: CertificateRecord) -> Stmt:
+    def _insert_certificate(self, cert: CertificateRecord) -> Body[None]:
+        """Insert ``cert`` if its organization is active as this transaction sees it, else
+        StoreOrganizationInactive (the transaction rolls back): the authoritative check that
+        a disabled organization issues nothing, from the moment it is disabled and in
+        every process, without a read of its own before the write."""
         d = self._d
-        return run(
+        inserted = yield one(
             "INSERT INTO certificates (cert_id, issuer_ca_id, org_id, serial_hex,"
             " subject_dn, common_name, profile, certificate_der, key_algorithm, key_size,"
             " san, not_before, not_after, requester, status, created_at, crl_partition)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,? WHERE EXISTS (SELECT 1 FROM"
+            " organizations WHERE org_id = ? AND status = 'active') RETURNING cert_id",
             cert.cert_id, cert.issuer_ca_id, cert.org_id, cert.serial_hex,
             cert.subject_dn, cert.common_name, cert.profile, cert.certificate_der,
             cert.key_algorithm, cert.key_size, _json(cert.san), d.t(cert.not_before),
             d.t(cert.not_after), cert.requester, cert.status,
-            d.t(cert.created_at or _now()), cert.crl_partition)
+            d.t(cert.created_at or _now()), cert.crl_partition, cert.org_id)
+        if inserted is None:
+            raise StoreOrganizationInactive(f"organization {cert.org_id} is not active")
 
     async def get_certificate(self, issuer_ca_id: str, serial_hex: str) -> CertificateRecord | None:
         row = await self._lookup(one(
@@ -665,7 +672,7 @@ class SqlStore:
             revoked = yield from self._revoke(tx, revocation, revocation_audit)
             if revoked is None:
                 return None
-            yield self._insert_certificate(cert)
+            yield from self._insert_certificate(cert)
             yield from tx.append_audit(audit)
             return revoked
         return await self._write(write)
@@ -1263,7 +1270,7 @@ class SqlStore:
         def write(tx: Tx) -> Body[bool]:
             if (yield from self._consume(tx, secret_id, now, secret_audit)) is None:
                 return False
-            yield self._insert_certificate(cert)
+            yield from self._insert_certificate(cert)
             yield from tx.append_audit(audit)
             return True
         return await self._write(write)
@@ -1335,7 +1342,7 @@ class SqlStore:
             if moved is None:
                 return False
             yield from tx.append_audit(pending_audit)
-            yield self._insert_certificate(cert)
+            yield from self._insert_certificate(cert)
             yield from tx.append_audit(audit)
             return True
         return await self._write(write)
@@ -1500,7 +1507,7 @@ class SqlStore:
             kept = yield self._upsert_scep_transaction(transaction)
             if kept is None:
                 raise _Refused("transaction_taken")  # rolls the challenge's spend back
-            yield self._insert_certificate(cert)
+            yield from self._insert_certificate(cert)
             yield from tx.append_audit(audit)
             return "recorded"
         try:
@@ -1560,7 +1567,7 @@ class SqlStore:
             if moved is None:
                 return False
             yield from tx.append_audit(pending_audit)
-            yield self._insert_certificate(cert)
+            yield from self._insert_certificate(cert)
             yield from tx.append_audit(audit)
             return True
         return await self._write(write)

@@ -344,3 +344,23 @@ async def test_eab_from_rest_registers_and_rest_deactivation_stops_the_account(
     assert done.status == 200
     await acme_problem(await client.post(client.directory["newOrder"], {
         "identifiers": [{"type": "dns", "value": "x.example.test"}]}), "unauthorized", 401)
+
+
+async def test_a_disable_in_another_process_stops_issuance_at_once(services: Services) -> None:
+    """Another process (a second Authority on the same store) disables A while this one
+    holds A's policy read a moment ago: the very next issuance here is refused by the
+    certificate's write, nothing is stored, and enabling A again lets it issue."""
+    from ca_core.authority import Authority
+
+    await _orgs(services)
+    await _issue_in(services, A, "warm.alpha.example.test")  # A's policy is cached now
+    other = Authority(services.store, services.keys, services.authority.settings)
+    other_admin = type(services.admin)(other, verify_chain=lambda *_: ())
+    before = await _issued_count(services)
+    await other_admin.update_organization(SYSTEM, A, OrganizationChange(status="disabled"))
+    with pytest.raises(Forbidden, match="alpha is disabled"):
+        await _issue_in(services, A, "late.alpha.example.test")
+    assert await _issued_count(services) == before
+    await other_admin.update_organization(SYSTEM, A, OrganizationChange(status="active"))
+    await _issue_in(services, A, "again.alpha.example.test")
+    assert await _issued_count(services) == before + 1

@@ -5,6 +5,7 @@ on the backend's own connection, never through the store."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -39,7 +40,12 @@ from ca_core.records import (
     TimeStampRecord,
 )
 from ca_core.scep import ScepChallenge, ScepRaRecord, ScepTransaction
-from ca_core.storage import StoreConflict, StoreInvalid, StoreUnavailable
+from ca_core.storage import (
+    StoreConflict,
+    StoreInvalid,
+    StoreOrganizationInactive,
+    StoreUnavailable,
+)
 from db.audit_chain import verify_chain
 from db.migrations import migrations
 from db.postgres import OUTAGE, PostgresStore
@@ -376,9 +382,30 @@ async def test_duplicate_serial_conflicts_and_leaves_audit_alone(
 
 async def test_unknown_references_conflict(store: Store, seed: Seed) -> None:
     orphan = make_cert(seed.issuing, make_org("ghost"))
-    with pytest.raises(StoreConflict):
+    with pytest.raises(StoreOrganizationInactive):  # an unknown organization is not active
         await store.add_certificate(orphan, event())
+    unknown_issuer = dataclasses.replace(seed.issuing, ca_id=str(uuid.uuid4()))
+    with pytest.raises(StoreConflict):
+        await store.add_certificate(make_cert(unknown_issuer, seed.org), event())
     assert await chain_ok(store) == 3
+
+
+async def test_a_disabled_organization_gets_no_certificate(store: Store, seed: Seed) -> None:
+    """The certificate's write itself checks that its organization is active (the
+    Authority keeps no read of its own per issuance): disabled, nothing is written, by
+    every write that adds a certificate; enabled again, it is."""
+    await store.update_organization(seed.org.org_id, seed.org.name, "disabled",
+                                    seed.org.config, event("organization.updated"))
+    refused = make_cert(seed.issuing, seed.org)
+    with pytest.raises(StoreOrganizationInactive):
+        await store.add_certificate(refused, event())
+    assert await store.get_certificate_by_id(refused.cert_id) is None
+    assert await chain_ok(store) == 4
+    await store.update_organization(seed.org.org_id, seed.org.name, "active",
+                                    seed.org.config, event("organization.updated"))
+    await store.add_certificate(refused, event())
+    assert await store.get_certificate_by_id(refused.cert_id) is not None
+    assert await chain_ok(store) == 6
 
 
 async def test_same_serial_under_two_issuers(store: Store, seed: Seed) -> None:
