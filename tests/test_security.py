@@ -2,8 +2,8 @@
 and extensions, SAN injection, path traversal, timing-safe secret comparison, secrets in
 error bodies and logs, and the TLS floor. (Already tested elsewhere: JWS alg none/HS256
 with an EC key, jwk and kid together, URL mismatch, nonce replay in
-test_acme.test_bad_jws_requests; RSA-1024 and P-521 CSRs in test_authority; EAB MACs in
-test_acme.)"""
+test_acme.test_bad_jws_requests, and across replicas in test_replica_nonces; RSA-1024 and
+P-521 CSRs in test_authority; EAB MACs in test_acme.)"""
 
 from __future__ import annotations
 
