@@ -67,6 +67,13 @@ def test_softhsm_keys_sqlite(tmp_path: Path) -> None:
     listing = token_private_keys(token)
     assert listing.count("Private Key Object") == 6
     assert "vcc-scep-ra-default-issuing" in listing
+    # Issue 16: every one of them (CAs, OCSP responder, TSA, RA) is sensitive and was never
+    # extractable, as pkcs11-tool reads the token's attributes.
+    for block in listing.split("Private Key Object")[1:]:
+        access = next(line for line in block.splitlines() if "Access:" in line)
+        flags = {flag.strip() for flag in access.partition(":")[2].split(",")}
+        assert {"sensitive", "always sensitive", "never extractable"} <= flags, block
+        assert "extractable" not in flags, block
 
 
 @pytest.mark.postgres

@@ -395,3 +395,28 @@ async def test_est_secrets_stay_out_of_error_bodies_and_logs(
     for secret in (created.password, wrong):
         assert secret not in logged
         assert all(secret not in body for body in bodies)
+
+
+def test_software_keys_are_encrypted_and_private(env: Path, tmp_path: Path) -> None:
+    """Issue 16: every software key `vcc-pki init` and `org create` make (CAs, OCSP
+    responders, the TSA) is an encrypted PKCS#8 file of mode 0600 in a 0700 directory, and
+    cannot be read without the passphrase. Also the HTTPS server key."""
+    from gateway.cli import main
+
+    assert main(["init"]) == 0
+    assert main(["org", "create", "health"]) == 0
+    key_dir = env / "keys"
+    assert key_dir.stat().st_mode & 0o777 == 0o700
+    files = sorted(key_dir.iterdir())
+    assert len(files) >= 6  # root, intermediate, two issuing CAs, their responders, TSA
+    for path in files:
+        assert path.stat().st_mode & 0o777 == 0o600, path
+        pem = path.read_bytes()
+        assert pem.startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----"), path
+        with pytest.raises(TypeError):  # "Password was not given but private key is
+            serialization.load_pem_private_key(pem, password=None)  # encrypted"
+    server_keys = [p for p in env.rglob("*.pem") if b"PRIVATE KEY" in p.read_bytes()
+                   and key_dir not in p.parents]
+    assert server_keys  # the HTTPS listeners' key
+    for path in server_keys:
+        assert path.stat().st_mode & 0o777 == 0o600, path
