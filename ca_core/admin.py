@@ -303,6 +303,7 @@ class AdminService:
         ``service_account``; any organization-scoped role). BadRequest for a certificate
         that is no client's (``mtls.check_bindable``) or was revoked here; Conflict when
         the certificate is bound already (to one live service account at most)."""
+        await self._require(principal, "token:create", "service_account")
         role = role or "service_account"
         if role not in ROLES or role == "pki_super_admin":
             raise BadRequest("role must be one of "
@@ -310,7 +311,6 @@ class AdminService:
         name = name.strip()
         if not 1 <= len(name) <= 200:
             raise BadRequest("name must be 1 to 200 characters")
-        await self._require(principal, "token:create", "service_account")
         org = await self._visible_org(principal, organization, "token:create")
         parsed = mtls.load_certificate(certificate)
         now = self.authority.clock()
