@@ -37,8 +37,16 @@ from dataclasses import dataclass
 from typing import Any, Generic, NoReturn, TypeVar
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
-from ca_core.authority import Authority, CreatedToken, IssuedCertificate, issuing_ca_name
+from ca_core import mtls
+from ca_core.authority import (
+    Authority,
+    CreatedToken,
+    IssuedCertificate,
+    issuing_ca_name,
+    serial_display,
+)
 from ca_core.cross import alternate_chains
 from ca_core.errors import BadRequest, CAError, Conflict, Forbidden, NotFound
 from ca_core.hierarchy import (
@@ -49,7 +57,7 @@ from ca_core.hierarchy import (
 )
 from ca_core.keys import KeySpec
 from ca_core.org_policy import ISOLATION_LEVELS, ORG_STATUSES, OrgPolicy, isolation_of
-from ca_core.principal import Principal
+from ca_core.principal import ROLES, Principal
 from ca_core.profiles import Profile
 from ca_core.records import (
     AcmeAccount,
@@ -63,8 +71,9 @@ from ca_core.records import (
     CertificateRecord,
     EabKey,
     Organization,
+    ServiceAccount,
 )
-from ca_core.storage import StoreInvalid
+from ca_core.storage import StoreConflict, StoreInvalid
 
 T = TypeVar("T")
 
@@ -306,6 +315,91 @@ class AdminService:
             await self._deny(principal, "token:revoke", "api_token", token_id[:80],
                              "no such token", hide=True)
         return revoked
+
+    # ------------------------------------------------------------------ service accounts
+    # Client certificates bound to an organization's credential (mTLS on the EST listener,
+    # ``Authority.authenticate_certificate``), managed as tokens are (``token:create``: an
+    # organization's pki_admin for its own, a super admin for any).
+    async def create_service_account(self, principal: Principal, organization: str,
+                                     name: str, certificate: bytes,
+                                     role: str | None = None) -> ServiceAccount:
+        """Bind a client certificate (PEM or DER; any CA's: it is pinned by its SHA-256
+        fingerprint) to a new service account of ``organization`` with ``role`` (default
+        ``service_account``; any organization-scoped role). BadRequest for a certificate
+        that is no client's (``mtls.check_bindable``) or was revoked here; Conflict when
+        the certificate is bound already (to one live service account at most)."""
+        await self._require(principal, "token:create", "service_account")
+        role = role or "service_account"
+        if role not in ROLES or role == "pki_super_admin":
+            raise BadRequest("role must be one of "
+                             + ", ".join(r for r in ROLES if r != "pki_super_admin"))
+        name = name.strip()
+        if not 1 <= len(name) <= 200:
+            raise BadRequest("name must be 1 to 200 characters")
+        org = await self._visible_org(principal, organization, "token:create")
+        parsed = mtls.load_certificate(certificate)
+        now = self.authority.clock()
+        mtls.check_bindable(parsed, now)
+        der = parsed.public_bytes(serialization.Encoding.DER)
+        if await self.authority.revoked_here(der, parsed.serial_number):
+            raise BadRequest("the certificate is revoked")
+        subject, issuer, serial = mtls.describe(parsed)
+        account = ServiceAccount(
+            account_id=f"sa-{secrets.token_hex(8)}", org_id=org.org_id, role=role,
+            name=name, fingerprint=mtls.fingerprint(der), subject_dn=subject,
+            issuer_dn=issuer, serial_hex=serial, not_after=parsed.not_valid_after_utc,
+            created_at=now)
+        try:
+            await self.store.add_service_account(account, AuditEvent(
+                event_type="service_account.created", category="authentication",
+                action="create_service_account", actor_type=principal.actor_type,
+                actor_id=principal.actor_id, org_id=org.org_id,
+                resource_type="service_account", resource_id=account.account_id,
+                data={"name": name, "role": role, "fingerprint": account.fingerprint,
+                      "subject": subject, "issuer": issuer}))
+        except StoreConflict:
+            raise Conflict("this certificate is bound to a service account already: revoke "
+                           "that one first") from None
+        return account
+
+    async def list_service_accounts(self, principal: Principal,
+                                    organization: str | None = None,
+                                    cursor: str | None = None, limit: int | None = None
+                                    ) -> Page[ServiceAccount]:
+        await self._require(principal, "token:create", "service_account")
+        size = page_limit(limit)
+        org_id = principal.org_id
+        if organization is not None:
+            org_id = (await self._visible_org(principal, organization, "token:create")).org_id
+        found = await self.store.list_service_accounts(org_id, time_id_cursor(cursor),
+                                                       size + 1)
+        last = found[size - 1] if len(found) > size else None
+        return Page(found[:size], None if last is None else
+                    encode_cursor(last.created_at, last.account_id))
+
+    async def revoke_service_account(self, principal: Principal, account_id: str
+                                     ) -> ServiceAccount:
+        """Revoke a binding of the caller's organization (any, for a super admin): its
+        certificate stops authenticating at once, in every process. Unknown, another
+        organization's or already revoked: NotFound (audited)."""
+        await self._require(principal, "token:create", "service_account")
+        try:
+            found = await self.store.get_service_account(account_id)
+        except StoreInvalid:
+            found = None
+        updated = None
+        if found is not None and principal.sees_org(found.org_id):
+            updated = await self.store.revoke_service_account(
+                account_id, principal.org_id, AuditEvent(
+                    event_type="service_account.revoked", category="authentication",
+                    action="revoke_service_account", actor_type=principal.actor_type,
+                    actor_id=principal.actor_id, org_id=found.org_id,
+                    resource_type="service_account", resource_id=account_id,
+                    data={"name": found.name, "fingerprint": found.fingerprint}))
+        if updated is None:
+            await self._deny(principal, "service_account:revoke", "service_account",
+                             account_id[:80], "no such live service account", hide=True)
+        return updated
 
     # ------------------------------------------------------------------ ACME EAB, accounts
     # EAB keys are credentials that bind an ACME account to an organization, and accounts
@@ -710,6 +804,16 @@ def token_document(token: ApiToken) -> dict[str, Any]:
     return {"id": token.token_id, "organization_id": token.org_id, "role": token.role,
             "name": token.name, "created_at": _iso(token.created_at),
             "expires_at": _iso(token.expires_at), "revoked": token.revoked}
+
+
+def service_account_document(account: ServiceAccount) -> dict[str, Any]:
+    """A service account binding as listed (the certificate's identity, not the
+    certificate)."""
+    return {"id": account.account_id, "organization_id": account.org_id,
+            "role": account.role, "name": account.name, "fingerprint": account.fingerprint,
+            "subject": account.subject_dn, "issuer": account.issuer_dn,
+            "serial": serial_display(account.serial_hex), "not_after": _iso(account.not_after),
+            "created_at": _iso(account.created_at), "revoked": account.revoked}
 
 
 def organization_document(org: Organization) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NoReturn, Protocol
 
@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import NameOID
 
-from ca_core import x509build
+from ca_core import mtls, x509build
 from ca_core.errors import (
     BadCSR,
     BadCSRSignature,
@@ -61,6 +61,7 @@ from ca_core.records import (
     CertificateRecord,
     Organization,
     Revocation,
+    ServiceAccount,
     TemplateRecord,
 )
 from ca_core.signers.base import KeyBackend, KeyBackendError, Signer
@@ -873,6 +874,60 @@ class Authority:
         # super admins of the default organization act across all organizations
         org_scope = None if record.role == "pki_super_admin" else record.org_id
         return Principal("api", f"token:{record.token_id}", org_scope, record.role)
+
+    # ------------------------------------------------------------------ mTLS service accounts
+    async def revoked_here(self, certificate_der: bytes, serial: int) -> bool:
+        """Whether this PKI issued exactly this certificate and has revoked it (found by
+        serial, compared by DER: a certificate of another CA, or a forgery naming one of
+        our serials, is not ours)."""
+        for record in await self.store.find_certificates_by_serial(serial_hex(serial)):
+            if record.certificate_der == certificate_der:
+                return record.status == "revoked"
+        return False
+
+    async def authenticate_certificate(self, chain_der: Sequence[bytes]) -> Principal:
+        """The Principal of a TLS client certificate (``chain_der[0]``; the rest is the
+        chain the client sent, unused: the binding pins the certificate itself) bound to a
+        service account; Unauthorized otherwise, audited as ``authentication.failed``.
+
+        Read per request, not cached, as ``authenticate`` reads a token: a revoked binding,
+        a certificate revoked here or a disabled organization stops working at once in
+        every process. The TLS handshake proved possession of the certificate's key."""
+        leaf = chain_der[0] if chain_der else b""
+        digest = mtls.fingerprint(leaf)
+        binding: ServiceAccount | None = None
+        try:
+            try:
+                certificate = x509.load_der_x509_certificate(leaf)
+            except ValueError:
+                raise Unauthorized("the TLS client certificate does not parse") from None
+            binding = await self.store.find_service_account(digest)
+            if binding is None:
+                raise Unauthorized("no service account is bound to this client certificate")
+            now = self.clock()
+            if not (certificate.not_valid_before_utc <= now
+                    < certificate.not_valid_after_utc):
+                raise Unauthorized("the client certificate is expired or not yet valid")
+            if await self.revoked_here(leaf, certificate.serial_number):
+                raise Unauthorized("the client certificate is revoked")
+            if binding.org_status != "active":
+                raise Unauthorized("the service account's organization is disabled")
+        except Unauthorized as refused:
+            await self._authentication_failed(digest, binding, refused.detail)
+            raise
+        return Principal("service", f"mtls:{binding.account_id}", binding.org_id,
+                         binding.role)
+
+    async def _authentication_failed(self, digest: str, binding: ServiceAccount | None,
+                                     reason: str) -> None:
+        await self.store.append_audit(AuditEvent(
+            event_type="authentication.failed", category="authentication",
+            action="authenticate_certificate", actor_type="service",
+            actor_id=None if binding is None else f"mtls:{binding.account_id}",
+            org_id=None if binding is None else binding.org_id,
+            resource_type="service_account",
+            resource_id=None if binding is None else binding.account_id, status="failed",
+            data={"reason": reason, "fingerprint": digest}))
 
     # ------------------------------------------------------------------ templates
     async def publish_profiles(self) -> None:

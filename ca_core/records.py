@@ -88,6 +88,28 @@ class ApiToken:
 
 
 @dataclass(frozen=True, slots=True)
+class ServiceAccount:
+    """A service account binding: an organization's credential pinned to one client
+    certificate by the SHA-256 fingerprint of its DER (lowercase hex). Subject, issuer,
+    serial and notAfter describe the certificate for operators."""
+
+    account_id: str
+    org_id: str
+    role: str
+    name: str
+    fingerprint: str
+    subject_dn: str
+    issuer_dn: str
+    serial_hex: str
+    not_after: dt.datetime
+    created_at: dt.datetime
+    revoked: bool = False
+    # Read with the binding (a join), not stored with it, as for tokens: a disabled
+    # organization's service accounts stop at the next request, in every process.
+    org_status: str = "active"
+
+
+@dataclass(frozen=True, slots=True)
 class CertificateQuery:
     """One page of a certificate listing, newest first. ``org_id`` and ``requester`` are
     the caller's scope (None: unrestricted), applied in the query itself."""

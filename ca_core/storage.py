@@ -45,6 +45,7 @@ from ca_core.records import (
     Organization,
     Revocation,
     RevocationEvent,
+    ServiceAccount,
     TemplateRecord,
     TimeStampRecord,
 )
@@ -134,6 +135,33 @@ class TenantStore(Protocol):
                            audit: AuditEvent) -> ApiToken | None:
         """Mark the token revoked if it exists (in ``org_id`` when given) and is not revoked
         yet; the updated token, or None (nothing written)."""
+
+
+class ServiceAccountStore(Protocol):
+    """Service accounts (client certificates pinned by fingerprint): the Authority
+    (authentication) and the AdminService (management)."""
+
+    async def add_service_account(self, account: ServiceAccount, audit: AuditEvent) -> None:
+        """StoreConflict when a live binding of the same fingerprint exists or the
+        organization does not."""
+
+    async def get_service_account(self, account_id: str) -> ServiceAccount | None:
+        """The binding (live or revoked) with its organization's status."""
+
+    async def find_service_account(self, fingerprint: str) -> ServiceAccount | None:
+        """The live binding of a certificate fingerprint, with its organization's status."""
+
+    async def list_service_accounts(
+        self, org_id: str | None = None, after: tuple[dt.datetime, str] | None = None,
+        limit: int = 100,
+    ) -> list[ServiceAccount]:
+        """Bindings (of one organization, or all) by (created_at, account_id), after
+        ``after``."""
+
+    async def revoke_service_account(self, account_id: str, org_id: str | None,
+                                     audit: AuditEvent) -> ServiceAccount | None:
+        """Mark the binding revoked if it exists (in ``org_id`` when given) and is live; the
+        updated binding, or None (nothing written)."""
 
 
 class CaStore(Protocol):
@@ -518,8 +546,9 @@ class ScepStore(Protocol):
         approval unchanged). StoreConflict when the organization does not exist."""
 
 
-class Store(TenantStore, CaStore, CertificateStore, CrlStore, LeaseStore, AuditStore,
-            TimestampStore, AcmeStore, EnrollmentStore, ScepStore, Protocol):
+class Store(TenantStore, ServiceAccountStore, CaStore, CertificateStore, CrlStore,
+            LeaseStore, AuditStore, TimestampStore, AcmeStore, EnrollmentStore, ScepStore,
+            Protocol):
     """Every aggregate at once, as the gateway wires it (``db.store`` implements it), plus
     the lifecycle."""
 

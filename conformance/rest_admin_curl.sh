@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # The README's "Admin API" curl examples, run against a serving gateway (issue 13):
-# organizations, tokens, ACME EAB keys and accounts, certificate listing and downloads, renewal, the audit log.
+# organizations, tokens, service accounts (mTLS), ACME EAB keys and accounts, certificate
+# listing and downloads, renewal, the audit log.
 #
 #   VCC_PKI_DATA_DIR=vcc-pki-data conformance/rest_admin_curl.sh
 #
 # Needs: curl, openssl, python3 (JSON only), `vcc-pki` on PATH (or VCC_PKI_BIN).
-# Env: HTTP_URL (default http://127.0.0.1:8080), HTTPS_URL (default https://localhost:8443).
+# Env: HTTP_URL (default http://127.0.0.1:8080), HTTPS_URL (default https://localhost:8443),
+# EST_URL (the port that requests client certificates; default https://localhost:8444).
 set -euo pipefail
 # grep -q would stop reading at the first match: the writer then dies of SIGPIPE.
 has() { grep "$@" >/dev/null; }
 
 HTTP_URL=${HTTP_URL:-http://127.0.0.1:8080}
 HTTPS_URL=${HTTPS_URL:-https://localhost:8443}
+EST_URL=${EST_URL:-https://localhost:8444}
 VCC_PKI=${VCC_PKI_BIN:-vcc-pki}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -82,6 +85,25 @@ api "$HTTPS_URL/api/v1/acme/eab?organization=health" | json '["items"][0]["kid"]
   | grep -qx "$KID"
 api -X DELETE "$HTTPS_URL/api/v1/acme/eab/$KID" | json '["kid"]'
 api "$HTTPS_URL/api/v1/acme/accounts?organization=health" | json '["items"]'
+
+step "a service account: a client certificate of any CA, pinned, works on the EST port"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout robot.key \
+  -out robot.pem -days 30 -subj "/CN=robot.health.example" \
+  -addext "basicConstraints=critical,CA:FALSE" -addext "extendedKeyUsage=clientAuth" 2>/dev/null
+python3 -c "import json; print(json.dumps({'organization': 'health', 'name': 'robot',
+  'role': 'cert_manager', 'certificate': open('robot.pem').read()}))" |
+  api -H "Content-Type: application/json" --data @- "$HTTPS_URL/api/v1/service-accounts" \
+  | json '["id"]' > robot.id
+curl -fsS --cacert root.pem --cert robot.pem --key robot.key \
+  "$EST_URL/api/v1/certificates?q=web.health" | json '["items"][0]["subject"]'
+code=$(curl -sS -o /dev/null -w '%{http_code}' --cacert root.pem --cert robot.pem \
+  --key robot.key "$HTTPS_URL/api/v1/certificates")
+test "$code" = 401  # 8443 never asks for a client certificate
+api -X DELETE "$HTTPS_URL/api/v1/service-accounts/$(cat robot.id)" | json '["revoked"]' \
+  | has -x True
+code=$(curl -sS -o /dev/null -w '%{http_code}' --cacert root.pem --cert robot.pem \
+  --key robot.key "$EST_URL/api/v1/certificates")
+test "$code" = 401  # revoked: at once
 
 step "disable the organization: its token stops at once"
 api -X PATCH -H "Content-Type: application/json" -d '{"status": "disabled"}' \

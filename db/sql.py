@@ -45,6 +45,7 @@ from ca_core.records import (
     Organization,
     Revocation,
     RevocationEvent,
+    ServiceAccount,
     TemplateRecord,
     TimeStampRecord,
 )
@@ -896,6 +897,78 @@ class SqlStore:
                 return None
             yield from tx.append_audit(audit)
             return self._token(row)
+        return await self._write(write)
+
+    # service accounts (client certificates pinned by fingerprint) ---------------------------
+
+    def _service_account(self, row: Any) -> ServiceAccount:
+        d = self._d
+        return ServiceAccount(
+            account_id=row["account_id"], org_id=row["org_id"], role=row["role"],
+            name=row["name"], fingerprint=row["fingerprint"], subject_dn=row["subject_dn"],
+            issuer_dn=row["issuer_dn"], serial_hex=row["serial_hex"],
+            not_after=d.time(row["not_after"]), created_at=d.time(row["created_at"]),
+            revoked=bool(row["revoked"]),
+            org_status=row["org_status"] if "org_status" in row.keys() else "active",
+        )
+
+    async def add_service_account(self, account: ServiceAccount, audit: AuditEvent) -> None:
+        """StoreConflict when a live binding of the same fingerprint exists or the
+        organization does not."""
+        d = self._d
+
+        def write(tx: Tx) -> Body[None]:
+            yield run(
+                "INSERT INTO service_accounts (account_id, org_id, role, name, fingerprint,"
+                " subject_dn, issuer_dn, serial_hex, not_after, created_at, revoked)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                account.account_id, account.org_id, account.role, account.name,
+                account.fingerprint, account.subject_dn, account.issuer_dn, account.serial_hex,
+                d.t(account.not_after), d.t(account.created_at), account.revoked)
+            yield from tx.append_audit(audit)
+        await self._write(write)
+
+    async def get_service_account(self, account_id: str) -> ServiceAccount | None:
+        """The binding (live or revoked) with its organization's status."""
+        row = await self._lookup(one(
+            "SELECT s.*, o.status AS org_status FROM service_accounts s"
+            " JOIN organizations o ON o.org_id = s.org_id WHERE s.account_id = ?", account_id))
+        return None if row is None else self._service_account(row)
+
+    async def find_service_account(self, fingerprint: str) -> ServiceAccount | None:
+        """The live binding of a certificate fingerprint, with its organization's status
+        (one keyed read per mTLS request: the partial unique index on live fingerprints)."""
+        row = await self._lookup(one(
+            "SELECT s.*, o.status AS org_status FROM service_accounts s"
+            " JOIN organizations o ON o.org_id = s.org_id"
+            " WHERE s.fingerprint = ? AND s.revoked = ?", fingerprint, False))
+        return None if row is None else self._service_account(row)
+
+    async def list_service_accounts(
+        self, org_id: str | None = None, after: tuple[dt.datetime, str] | None = None,
+        limit: int = 100,
+    ) -> list[ServiceAccount]:
+        """Bindings (of one organization, or all) by (created_at, account_id), after
+        ``after``."""
+        found = await self._page("service_accounts", "account_id", org_id, after, limit)
+        return [self._service_account(r) for r in found]
+
+    async def revoke_service_account(self, account_id: str, org_id: str | None,
+                                     audit: AuditEvent) -> ServiceAccount | None:
+        """Mark the binding revoked if it exists (in ``org_id`` when given) and is live; the
+        updated binding, or None (nothing written)."""
+        where, params = ["account_id = ?", "revoked = ?"], [account_id, False]
+        if org_id is not None:
+            where.append("org_id = ?")
+            params.append(org_id)
+
+        def write(tx: Tx) -> Body[ServiceAccount | None]:
+            row = yield one("UPDATE service_accounts SET revoked = ?" + _where(where)
+                            + " RETURNING *", True, *params)
+            if row is None:
+                return None
+            yield from tx.append_audit(audit)
+            return self._service_account(row)
         return await self._write(write)
 
     # audit log ---------------------------------------------------------------------------

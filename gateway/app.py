@@ -1,6 +1,7 @@
 """aiohttp application factory: the HTTP app (OCSP, CRL, CA certificates, health, metrics),
 the HTTPS app (REST API, ACME) and the EST app (its own listener, which requests client
-certificates), sharing one set of Services."""
+certificates: EST, and the REST API for mTLS service accounts), sharing one set of
+Services."""
 
 from __future__ import annotations
 
@@ -58,8 +59,10 @@ def _route_name(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
-def _internal_error(listener: str, request_id: str) -> web.Response:
-    if listener == "est":  # EST answers in plain text (RFC 7030 4.2.3), never problem+json
+def _internal_error(listener: str, request: web.Request, request_id: str) -> web.Response:
+    if listener == "est" and not request.path.startswith("/api/"):
+        # EST answers in plain text (RFC 7030 4.2.3), never problem+json; the REST API it
+        # also serves (for mTLS service accounts) answers problem+json as on 8443.
         return web.Response(status=500, text=f"internal error (request {request_id})\n")
     return problem(500, "internal", "internal error", request_id=request_id)
 
@@ -103,7 +106,7 @@ def _middleware(listener: str, body_timeout: float = 0) -> Middleware:
                 raise web.HTTPRequestTimeout() from None
             log.exception("unhandled error in %s %s (request %s)", request.method,
                           request.path, request_id)
-            response = _internal_error(listener, request_id)
+            response = _internal_error(listener, request, request_id)
         finally:
             if disarm is not None:
                 disarm()
@@ -165,11 +168,17 @@ def build_https_app(services: Services) -> web.Application:
 
 def build_est_app(services: Services, registrar: est_http.EstRegistrar,
                   settings: EstSettings) -> web.Application:
-    """The EST listener's app (RFC 7030): only ``/.well-known/est/``, on a port of its own so
-    that only EST clients are asked for a certificate."""
+    """The EST listener's app (RFC 7030): ``/.well-known/est/``, on a port of its own so
+    that only its clients are asked for a certificate, and the REST API (``/api/v1``), where
+    a client certificate bound to a service account authenticates as a bearer token does
+    (issue 13: mTLS on the listener that requests client certificates). Bodies are held to
+    the EST limit here, REST ones too: a CSR or a certificate fits."""
     app = web.Application(middlewares=[_middleware("est",
                                                    services.config.http_body_timeout_seconds)],
                           client_max_size=settings.max_body_bytes)
     app[SERVICES] = services
+    app[rest_api.AUTHORITY] = services.authority
+    app[rest_api.ADMIN] = services.admin
     est_http.add_routes(app, registrar, settings)
+    rest_api.add_routes(app)
     return app

@@ -1,5 +1,6 @@
 """The ``vcc-pki`` command line: init, serve, and the operator's commands (ca, org, issue,
-revoke, token, audit, acme, est, crl, tsa). ``DESCRIPTION`` is what ``vcc-pki --help`` says."""
+revoke, token, service-account, audit, acme, est, crl, tsa). ``DESCRIPTION`` is what
+``vcc-pki --help`` says."""
 
 from __future__ import annotations
 
@@ -364,6 +365,54 @@ async def cmd_token_revoke(config: Config, args: argparse.Namespace) -> int:
     async def run(services: Services) -> int:
         token = await services.admin.revoke_token(CLI, args.token_id)
         print(f"token {token.token_id} revoked; it stops working at once")
+        return 0
+    return await _with_services(config, run)
+
+
+async def cmd_service_account_create(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        data = Path(args.cert).read_bytes() if args.cert != "-" else sys.stdin.buffer.read()
+        try:
+            account = await services.admin.create_service_account(
+                CLI, args.org, args.name, data, args.role)
+        except BadRequest as exc:
+            if "certificate" not in exc.detail:
+                raise
+            raise BadRequest(_about_file(args.cert, exc.detail)) from None
+        print(account.account_id)
+        print(f"service account {account.account_id} ({account.name}, role {account.role}) "
+              f"in {args.org}: the client certificate {account.subject_dn} (SHA-256 "
+              f"{account.fingerprint}) authenticates on the EST port "
+              f"{config.est_port}", file=sys.stderr)
+        return 0
+    return await _with_services(config, run)
+
+
+async def cmd_service_account_list(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        orgs = {o.org_id: o.slug for o in await services.store.list_organizations()}
+        print(f"{'ID':<20} {'ORG':<16} {'ROLE':<16} {'STATE':<8} {'NOT AFTER':<17} "
+              f"{'NAME':<20} FINGERPRINT (SHA-256)  SUBJECT")
+        cursor = None
+        while True:
+            page = await services.admin.list_service_accounts(CLI, args.org, cursor, 500)
+            for account in page.items:
+                state = "revoked" if account.revoked else "active"
+                print(f"{account.account_id:<20} {orgs.get(account.org_id, '?'):<16} "
+                      f"{account.role:<16} {state:<8} {account.not_after:%Y-%m-%d %H:%M} "
+                      f"{account.name[:20]:<20} {account.fingerprint[:22]}  "
+                      f"{account.subject_dn}")
+            if page.next is None:
+                return 0
+            cursor = page.next
+    return await _with_services(config, run)
+
+
+async def cmd_service_account_revoke(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        account = await services.admin.revoke_service_account(CLI, args.account_id)
+        print(f"service account {account.account_id} revoked; its certificate stops "
+              "authenticating at once")
         return 0
     return await _with_services(config, run)
 
@@ -755,8 +804,8 @@ subcommands of a group."""
 _SERVE_SETTINGS: tuple[tuple[str, str, str | None], ...] = (
     ("http_port", "HTTP listener: CA certificates, OCSP, CRLs, TSA, /metrics", None),
     ("https_port", "HTTPS listener: REST API, ACME", None),
-    ("est_port", "HTTPS listener for EST (RFC 7030), the only one asking for client "
-     "certificates", None),
+    ("est_port", "HTTPS listener for EST (RFC 7030) and the REST API with client "
+     "certificates (service accounts), the only one asking for them", None),
     ("bind", "listen address (0.0.0.0: every IPv4 interface)", None),
     ("public_http_url", "base of the OCSP, CA-issuer and CRL URLs put into certificates",
      "http://<bind>:<http_port>"),
@@ -1003,6 +1052,29 @@ def build_parser() -> argparse.ArgumentParser:
     token_revoke = command(token, "revoke", "revoke a token; it stops working at once, in "
                            "every gateway process", cmd_token_revoke)
     token_revoke.add_argument("token_id", metavar="ID", help="as `token list` shows it")
+
+    service_account = group("service-account", "client certificates (mTLS) that act as an "
+                            "organization's service account on the REST API of the EST port")
+    sa_create = command(service_account, "create", "bind a client certificate (any CA's; "
+                        "pinned by its SHA-256 fingerprint) to a new service account; its id "
+                        "to stdout", cmd_service_account_create)
+    sa_create.add_argument("--org", required=True, metavar="SLUG",
+                           help="organization the service account acts in")
+    sa_create.add_argument("--name", required=True, help="a label to recognise it by")
+    sa_create.add_argument("--cert", required=True, metavar="FILE",
+                           help="the client certificate, PEM or DER; - for standard input")
+    sa_roles = [r for r in ROLES if r != "pki_super_admin"]
+    sa_create.add_argument("--role", choices=sa_roles, metavar="ROLE",
+                           help="what it may do (default: service_account): "
+                           + ", ".join(sa_roles))
+    sa_list = command(service_account, "list", "service accounts: id, organization, role, "
+                      "state, certificate expiry, name, fingerprint, subject",
+                      cmd_service_account_list)
+    sa_list.add_argument("--org", metavar="SLUG", help="only this organization's")
+    sa_revoke = command(service_account, "revoke", "revoke a service account; its "
+                        "certificate stops authenticating at once, in every gateway process",
+                        cmd_service_account_revoke)
+    sa_revoke.add_argument("account_id", metavar="ID", help="as `service-account list` shows it")
 
     audit = group("audit", "the hash-chained audit log")
     command(audit, "verify", "verify the audit log's hash chain (exit 1 when broken)",

@@ -103,7 +103,11 @@ async def est_ssl_context(services: Services,
                           trust_store: Sequence[x509.Certificate] = ()) -> ssl.SSLContext:
     """The EST listener's TLS (RFC 7030 3.3): TLS 1.2 and 1.3, the same server certificate,
     and a client certificate *requested* (CERT_OPTIONAL), never required. The 8443
-    listener's context never asks for a certificate.
+    listener's context never asks for a certificate. The REST API served on this listener
+    too takes a client certificate bound to a service account (issue 13,
+    ``Authority.authenticate_certificate``: pinned by fingerprint, so any CA's; without the
+    shim, only certificates that chain to this PKI or the EST trust store get through the
+    handshake).
 
     The handshake accepts any client certificate (``protocols.est.tls_shim``): the EST core
     verifies it (chain to this PKI's CAs or the EST trust store, validity, revocation) and
@@ -154,6 +158,8 @@ def banner(config: Config, root_path: Path | None, database: str, key_backend: s
         "/acme/<org>/directory)",
         f"  EST    {est}/.well-known/est/ (RFC 7030; labels: /.well-known/est/<label>/; "
         "client certificates are requested on this port only)",
+        f"  mTLS   {est}/api/v1/certificates (the REST API with a client certificate bound "
+        "to a service account: vcc-pki service-account create)",
         f"  OCSP   {public_http}/ocsp   CRLs {public_http}/crl/<ca>.crl (and .pem)",
         f"  TSA    {public_http}/tsa (RFC 3161; openssl ts)   chain {public_http}/tsa/chain.pem",
         f"  Root certificate: {root_path}",

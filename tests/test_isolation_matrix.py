@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp.test_utils import TestClient
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
 
 from ca_core.authority import IssuanceRequest
 from ca_core.hierarchy import ensure_organization, rollover_issuing_ca
@@ -25,7 +28,7 @@ from ca_core.principal import ROLES, Principal
 from ca_core.records import AcmeAccount, AuditEvent
 from gateway.app import build_https_app
 from gateway.runtime import Services
-from tests.helpers import make_csr
+from tests.helpers import make_csr, make_key
 
 ClientFactory = Callable[..., Any]
 SYSTEM = Principal.system("matrix")
@@ -56,6 +59,15 @@ MATRIX: dict[str, dict[str, tuple[str, str]]] = {
         "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (D, D),
         "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
     "tokens.revoke": {
+        "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (D, D),
+        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+    "service_accounts.list": {
+        "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (D, D),
+        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+    "service_accounts.create": {
+        "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (D, D),
+        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+    "service_accounts.revoke": {
         "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (D, D),
         "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
     "cas.list": {
@@ -122,6 +134,7 @@ class Target:
     eab_kid: str
     account_id: str
     ca_name: str  # the organization's active issuing CA
+    service_account_id: str
     next_ca: str = ""  # a rollover's next CA (made for cas.activate only)
 
 
@@ -153,6 +166,8 @@ def _contains(answer: Answer, target: Target, endpoint: str) -> bool:
         return target.cert_id in [e["resource_id"] for e in _items(answer, endpoint)]
     if endpoint == "tokens.list":
         return target.token_id in [t["id"] for t in _items(answer, endpoint)]
+    if endpoint == "service_accounts.list":
+        return target.service_account_id in [a["id"] for a in _items(answer, endpoint)]
     if endpoint == "cas.list":
         return target.ca_name in [c["name"] for c in _items(answer, endpoint)]
     if endpoint == "acme_eab.list":
@@ -182,6 +197,12 @@ CALLS: dict[str, Call] = {
     "tokens.create": lambda c, h, t: _post(c, h, "/api/v1/tokens", {
         "organization": t.slug, "role": "auditor"}),
     "tokens.revoke": lambda c, h, t: _delete(c, h, f"/api/v1/tokens/{t.token_id}"),
+    "service_accounts.list": lambda c, h, t: _get(c, h, "/api/v1/service-accounts",
+                                                  organization=t.slug, limit="500"),
+    "service_accounts.create": lambda c, h, t: _post(c, h, "/api/v1/service-accounts", {
+        "organization": t.slug, "name": "new", "certificate": _client_pem()}),
+    "service_accounts.revoke": lambda c, h, t: _delete(
+        c, h, f"/api/v1/service-accounts/{t.service_account_id}"),
     "cas.list": lambda c, h, t: _get(c, h, "/api/v1/cas", limit="500"),
     "cas.chain": lambda c, h, t: _get(c, h, f"/api/v1/cas/{t.ca_name}/chain"),
     "cas.create": lambda c, h, t: _post(c, h, "/api/v1/cas", {"organization": t.slug}),
@@ -206,6 +227,21 @@ CALLS: dict[str, Call] = {
     "audit.query": lambda c, h, t: _get(c, h, "/api/v1/audit", resource=t.cert_id),
     "audit.export": lambda c, h, t: _get(c, h, "/api/v1/audit/export", resource=t.cert_id),
 }
+
+
+def _client_pem() -> str:
+    """A fresh client certificate of another CA (self-signed), PEM: one a service account
+    may be bound to."""
+    key = make_key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "matrix client")])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .sign(key, hashes.SHA256()))
+    return certificate.public_bytes(serialization.Encoding.PEM).decode()
 
 
 async def _post(client: TestClient, auth: dict[str, str], path: str,
@@ -237,12 +273,15 @@ async def _target(services: Services, slug: str, n: int, endpoint: str) -> Targe
         event_type="acme.account_created", category="acme", action="account_created",
         actor_type="system", actor_id="matrix", org_id=org.org_id,
         resource_type="acme_account", resource_id=account.account_id))
+    bound = await services.admin.create_service_account(SYSTEM, slug, f"matrix {n}",
+                                                        _client_pem().encode())
     cas = await services.authority.issuing_cas(org)
     next_ca = cas.next or ""
     if endpoint == "cas.activate" and not next_ca:
         next_ca = (await rollover_issuing_ca(services.authority, slug, SYSTEM)).name
     return Target(slug, issued.serial, issued.record.cert_id, common_name,
-                  token.record.token_id, eab.kid, account.account_id, cas.active, next_ca)
+                  token.record.token_id, eab.kid, account.account_id, cas.active,
+                  bound.account_id, next_ca)
 
 
 async def _state(services: Services, target: Target) -> tuple[Any, ...]:
@@ -250,15 +289,17 @@ async def _state(services: Services, target: Target) -> tuple[Any, ...]:
     store = services.store
     cert = await store.get_certificate_by_id(target.cert_id)
     token = await store.get_token(target.token_id)
+    bound = await store.get_service_account(target.service_account_id)
     account = await store.get_acme_account(target.account_id)
     next_ca = await store.get_ca(target.next_ca) if target.next_ca else None
     org = await store.get_organization(target.slug)
-    return (cert and cert.status, token and token.revoked,
+    return (cert and cert.status, token and token.revoked, bound and bound.revoked,
             await store.get_eab_key(target.eab_kid) is not None, account and account.status,
             next_ca and next_ca.status, org and (org.name, org.status),
             sum(n for _, _, n in await store.count_active_certificates(
                 dt.datetime.now(dt.UTC))),
             len(await store.list_cas()), len(await store.list_tokens(limit=10_000)),
+            len(await store.list_service_accounts(limit=10_000)),
             len(await store.list_eab_keys(limit=10_000)))
 
 

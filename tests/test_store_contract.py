@@ -1572,3 +1572,60 @@ async def test_issuing_ca_activation(store: Store, seed: Seed) -> None:
     assert not await store.activate_issuing_ca(seed.org.org_id, successor.ca_id,
                                                event("ca.activated"))
     assert await chain_ok(store) == before + 1
+
+
+async def test_service_accounts(store: Store, seed: Seed) -> None:
+    """Bindings: one live binding per fingerprint (a second is a conflict, a revoked one
+    frees it), keyset pages per organization, a scoped revoke, and the organization's
+    status read with the binding (a disabled organization's stop at once)."""
+    from ca_core.records import ServiceAccount
+
+    other = make_org("globex")
+    await store.add_organization(other, event("organization.created"))
+    mine = ServiceAccount(
+        account_id="sa-1", org_id=seed.org.org_id, role="service_account", name="billing",
+        fingerprint="ab" * 32, subject_dn="CN=billing", issuer_dn="CN=Other CA",
+        serial_hex="0a1b", not_after=T0 + dt.timedelta(days=90), created_at=T0)
+    theirs = replace(mine, account_id="sa-2", org_id=other.org_id, fingerprint="cd" * 32,
+                     role="cert_manager", created_at=T0 + dt.timedelta(seconds=1))
+    await store.add_service_account(mine, event("service_account.created"))
+    await store.add_service_account(theirs, event("service_account.created"))
+    with pytest.raises(StoreConflict):  # the same certificate bound twice
+        await store.add_service_account(replace(mine, account_id="sa-3"),
+                                        event("service_account.created"))
+    with pytest.raises(StoreConflict):  # an organization that does not exist
+        await store.add_service_account(replace(mine, account_id="sa-4", org_id="missing",
+                                                fingerprint="ef" * 32),
+                                        event("service_account.created"))
+    assert await store.get_service_account("sa-1") == mine
+    assert await store.find_service_account("ab" * 32) == mine
+    assert await store.find_service_account("00" * 32) is None
+    assert await store.get_service_account("sa-missing") is None
+    assert [a.account_id for a in await store.list_service_accounts()] == ["sa-1", "sa-2"]
+    assert [a.account_id for a in await store.list_service_accounts(other.org_id)] == ["sa-2"]
+    assert [a.account_id for a in await store.list_service_accounts(
+        after=(T0, "sa-1"))] == ["sa-2"]
+    assert [a.account_id for a in await store.list_service_accounts(limit=1)] == ["sa-1"]
+    # scoped: another organization's binding is not revoked (and nothing is written)
+    length = await chain_ok(store)
+    assert await store.revoke_service_account("sa-2", seed.org.org_id,
+                                              event("service_account.revoked")) is None
+    assert await chain_ok(store) == length
+    revoked = await store.revoke_service_account("sa-1", seed.org.org_id,
+                                                 event("service_account.revoked"))
+    assert revoked is not None and revoked.revoked
+    assert await store.revoke_service_account("sa-1", None,
+                                              event("service_account.revoked")) is None
+    assert await store.find_service_account("ab" * 32) is None
+    got = await store.get_service_account("sa-1")
+    assert got is not None and got.revoked
+    # the revoked binding frees its certificate for a new one
+    await store.add_service_account(replace(mine, account_id="sa-5"),
+                                    event("service_account.created"))
+    found = await store.find_service_account("ab" * 32)
+    assert found is not None and found.account_id == "sa-5"
+    await store.update_organization(other.org_id, "Globex", "disabled", {},
+                                    event("org.updated"))
+    disabled = await store.find_service_account("cd" * 32)
+    assert disabled is not None and disabled.org_status == "disabled"
+    assert await chain_ok(store) == length + 3

@@ -3,7 +3,9 @@ code), tokens, ACME EAB keys and accounts, organizations and the audit log.
 
 Decode JSON or query parameters -> call the Authority or the AdminService (``ca_core.admin``,
 the CLI's too) -> encode JSON. Authentication is a bearer token (``vcc-pki token create`` or
-``POST /api/v1/tokens``); authorization and tenant scoping are the core's. Errors are
+``POST /api/v1/tokens``) or, on the EST listener (which requests client certificates), a
+client certificate bound to a service account (``vcc-pki service-account create``; a bearer
+token wins when both come); authorization and tenant scoping are the core's. Errors are
 problem+json (``protocols.rest.problems``). A list answers ``{"items": [...], "next":
 CURSOR-or-null}``; pass ``cursor=NEXT`` for the next page. The OpenAPI 3.1 description of
 all of it is ``/api/v1/openapi.json`` (``protocols.rest.openapi``).
@@ -34,6 +36,7 @@ from ca_core.admin import (
     ca_document,
     eab_key_document,
     organization_document,
+    service_account_document,
     template_document,
     token_document,
 )
@@ -42,6 +45,7 @@ from ca_core.errors import BadRequest, Unauthorized
 from ca_core.keys import KeySpec
 from ca_core.principal import Principal
 from ca_core.records import AuditEntry, CertificateRecord
+from protocols.est import tls_shim
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +82,32 @@ def _list_item(record: CertificateRecord) -> dict[str, Any]:
     return body
 
 
+def _client_chain(request: web.Request) -> list[bytes]:
+    """The TLS client certificate (DER) and the chain it came with, or [] when none was
+    presented. Only the EST listener asks for one (the 8443 listener never does, so there
+    this is always []); its handshake accepts any chain (``tls_shim``) and the core decides."""
+    transport = request.transport
+    ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+    if not isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket):
+        return []
+    der = ssl_object.getpeercert(binary_form=True)
+    if not der:
+        return []
+    return [der, *tls_shim.peer_chain(ssl_object)]
+
+
 async def _principal(request: web.Request) -> Principal:
+    """A bearer token wins; without one, a client certificate bound to a service account
+    (mTLS, on the listener that requests certificates); without either, 401."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("a bearer token is required (Authorization: Bearer ...)")
-    return await request.app[AUTHORITY].authenticate(token.strip())
+    if scheme.lower() == "bearer" and token.strip():
+        return await request.app[AUTHORITY].authenticate(token.strip())
+    chain = _client_chain(request)
+    if chain:
+        return await request.app[AUTHORITY].authenticate_certificate(chain)
+    raise Unauthorized("a bearer token is required (Authorization: Bearer ...), or a client "
+                       "certificate bound to a service account on the mTLS port")
 
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -297,6 +321,36 @@ async def revoke_token(request: web.Request) -> web.Response:
     return web.json_response(token_document(token))
 
 
+# --- service accounts (mTLS client certificates) -------------------------------------------
+
+async def list_service_accounts(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    page = await request.app[ADMIN].list_service_accounts(
+        principal, _param(request, "organization"), _param(request, "cursor"),
+        _limit(request))
+    return _page([service_account_document(a) for a in page.items], page.next)
+
+
+async def create_service_account(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    body = await _json_body(request)
+    certificate = _field(body, "certificate", str, required=True)
+    account = await request.app[ADMIN].create_service_account(
+        principal, _field(body, "organization", str, required=True),
+        _field(body, "name", str, required=True), certificate.encode(),
+        _field(body, "role", str))
+    response = web.json_response(service_account_document(account), status=201)
+    response.headers["Location"] = f"/api/v1/service-accounts/{account.account_id}"
+    return response
+
+
+async def revoke_service_account(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    account = await request.app[ADMIN].revoke_service_account(
+        principal, request.match_info["account_id"])
+    return web.json_response(service_account_document(account))
+
+
 # --- CAs and templates ---------------------------------------------------------------------
 
 async def list_cas(request: web.Request) -> web.Response:
@@ -498,6 +552,9 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/tokens", list_tokens)
     app.router.add_post("/api/v1/tokens", create_token)
     app.router.add_delete("/api/v1/tokens/{token_id}", revoke_token)
+    app.router.add_get("/api/v1/service-accounts", list_service_accounts)
+    app.router.add_post("/api/v1/service-accounts", create_service_account)
+    app.router.add_delete("/api/v1/service-accounts/{account_id}", revoke_service_account)
     app.router.add_get("/api/v1/cas", list_cas)
     app.router.add_post("/api/v1/cas", create_ca)
     app.router.add_get("/api/v1/cas/{name}/chain", ca_chain)

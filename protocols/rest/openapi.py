@@ -31,7 +31,8 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 def _problems(*statuses: int) -> dict[str, Any]:
-    meaning = {400: "bad input", 401: "no valid bearer token", 403: "not permitted",
+    meaning = {400: "bad input", 401: "no valid bearer token (or client certificate)",
+               403: "not permitted",
                404: "not found (or not the caller's to see)", 405: "method not allowed",
                409: "conflict", 413: "body too large", 415: "not application/json",
                503: "the store or key backend is unavailable"}
@@ -111,6 +112,24 @@ _SCHEMAS: dict[str, Any] = {
         "organization": {"type": "string"}, "role": {"type": "string", "enum": list(ROLES)},
         "name": {"type": "string"},
         "expires_in_days": {"type": "integer", "minimum": 1, "maximum": MAX_TOKEN_DAYS}}},
+    "ServiceAccount": {"type": "object", "required": [
+        "id", "organization_id", "role", "name", "fingerprint", "subject", "issuer",
+        "serial", "not_after", "created_at", "revoked"], "properties": {
+        "id": {"type": "string"}, "organization_id": {"type": "string"},
+        "role": {"type": "string"}, "name": {"type": "string"},
+        "fingerprint": {"type": "string", "description": "SHA-256 of the certificate's "
+                        "DER, lowercase hex"},
+        "subject": {"type": "string"}, "issuer": {"type": "string"},
+        "serial": {"type": "string", "description": "hex, as openssl prints it"},
+        "not_after": _TIME, "created_at": _TIME, "revoked": {"type": "boolean"}}},
+    "ServiceAccountRequest": {"type": "object", "required": [
+        "organization", "name", "certificate"], "properties": {
+        "organization": {"type": "string", "description": "slug"},
+        "name": {"type": "string"},
+        "certificate": {"type": "string", "description": "the client certificate, PEM "
+                        "(any CA's: it is pinned by its SHA-256 fingerprint)"},
+        "role": {"type": "string", "enum": [r for r in ROLES if r != "pki_super_admin"],
+                 "default": "service_account"}}},
     "CA": {"type": "object", "required": [
         "name", "id", "type", "organization_id", "parent_id", "status", "subject", "serial",
         "key", "key_backend", "not_before", "not_after", "created_at"], "properties": {
@@ -238,13 +257,17 @@ def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "VCC-PKI admin API", "version": "1",
-                 "description": "Certificates, CAs, templates, tokens, ACME EAB keys and "
-                 "accounts, "
-                 "organizations and the audit log. "
+                 "description": "Certificates, CAs, templates, tokens, service accounts, "
+                 "ACME EAB keys and accounts, organizations and the audit log. "
+                 "Authentication: a bearer token, or on the EST port a client certificate "
+                 "bound to a service account (mTLS). "
                  "Errors are RFC 9457 problem+json."},
         "servers": [{"url": "/"}],
-        "security": [{"bearer": []}],
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "security": [{"bearer": []}, {"mtls": []}],
+        "components": {"securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer"},
+            "mtls": {"type": "mutualTLS", "description": "a client certificate bound to a "
+                     "service account, on the EST port only (it alone requests one)"}},
                        "schemas": _SCHEMAS},
         "paths": {
             "/api/v1/certificates": {
@@ -310,6 +333,27 @@ def document() -> dict[str, Any]:
                 "delete": _op("revoke a token: it stops working at once", {
                     "200": _json(_ref("Token"), "revoked"), **_problems(403, 404)},
                     parameters=[_path("token_id", "token id")], tag="tokens"),
+            },
+            "/api/v1/service-accounts": {
+                "get": _op("list service accounts (client certificates bound by fingerprint)", {
+                    "200": _json(_page_of("ServiceAccount"), "one page"),
+                    **_problems(400, 403, 404)},
+                    parameters=[_query("organization", "organization slug"), *_PAGING],
+                    tag="service accounts"),
+                "post": _op("bind a client certificate to a new service account: on the EST "
+                            "port it then authenticates (mTLS) as the account's role", {
+                                "201": _json(_ref("ServiceAccount"), "created"),
+                                **_problems(400, 403, 404, 409, 413, 415)},
+                            body=_body(_ref("ServiceAccountRequest")),
+                            tag="service accounts"),
+            },
+            "/api/v1/service-accounts/{account_id}": {
+                "delete": _op("revoke a service account: its certificate stops "
+                              "authenticating at once", {
+                                  "200": _json(_ref("ServiceAccount"), "revoked"),
+                                  **_problems(403, 404)},
+                              parameters=[_path("account_id", "service account id")],
+                              tag="service accounts"),
             },
             "/api/v1/cas": {
                 "get": _op("list CAs: the caller's organization's and the shared hierarchy", {
