@@ -73,6 +73,7 @@ from ca_core.storage import (
     StoreInvalid,
     StoreOrganizationInactive,
 )
+from ca_core.weak_keys import WeakKeys
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +159,7 @@ class CASettings:
     country: str = "DE"
     default_org: str = "default"
     crl_partitions: int = 0  # >0: each new certificate names one of that many CRL partitions
+    weak_keys: WeakKeys = field(default_factory=WeakKeys)  # refused subject keys (Debian)
 
     def crl_url(self, ca_name: str, partition: int = 0) -> str:
         """The full CRL of a CA (partition 0), or one of its partitioned CRLs."""
@@ -494,7 +496,7 @@ class Authority:
             # A renewal without a CSR certifies the same key for the same names again.
             old = x509.load_der_x509_certificate(request.renews.certificate_der)
             public_key = old.public_key()
-            subject_key = check_subject_key(public_key, profile)
+            subject_key = check_subject_key(public_key, profile, self.settings.weak_keys)
             sans = x509build.SubjectAltNames(**{k: tuple(v) for k, v in
                                                 request.renews.san.items()})
             common_name = request.renews.common_name
@@ -502,7 +504,7 @@ class Authority:
             csr = request.csr if isinstance(request.csr, x509.CertificateSigningRequest) \
                 else parse_csr(request.csr)
             public_key = csr.public_key()
-            subject_key = check_subject_key(public_key, profile)
+            subject_key = check_subject_key(public_key, profile, self.settings.weak_keys)
             sans = x509build.sans_from_csr(csr)
             reject_control_characters(csr, sans)
             common_name = _common_name(csr)
@@ -1005,7 +1007,11 @@ def parse_csr(data: bytes) -> x509.CertificateSigningRequest:
     return csr
 
 
-def check_subject_key(public_key: CertificatePublicKeyTypes, profile: Profile) -> KeySpec:
+def check_subject_key(public_key: CertificatePublicKeyTypes, profile: Profile,
+                      weak_keys: WeakKeys | None = None) -> KeySpec:
+    if weak_keys is not None and weak_keys.is_weak(public_key):
+        raise BadPublicKey("this key is on the list of known-weak keys (Debian OpenSSL, "
+                           "CVE-2008-0166): make a new one")
     try:
         spec = spec_of(public_key)
     except ValueError as exc:

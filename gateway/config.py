@@ -22,6 +22,7 @@ from ca_core.est import EstSettings
 from ca_core.keys import KeySpec
 from ca_core.scep import ScepSettings
 from ca_core.tsa import DEFAULT_POLICY_OID, TsaSettings
+from ca_core.weak_keys import WeakKeys
 from protocols.est.codec import parse_networks
 from va.validator import ValidationSettings
 
@@ -112,6 +113,8 @@ class Config:
     acme_accounts_per_org_per_hour: int = 300
     # EST (RFC 7030, RFC 8951); [est] in TOML
     est_port: int = 8444  # the EST listener (requests, never requires, a client certificate)
+    # openssl-blacklist-style list of known-weak RSA keys, refused as subject keys
+    weak_keys_file: str = ""
     est_trust_store: str = ""  # PEM file: manufacturer/bootstrap CAs whose devices may enroll
     est_trusted_proxies: tuple[str, ...] = ()  # addresses/networks whose cert header counts
     est_max_body_bytes: int = 64 * 1024
@@ -159,9 +162,21 @@ class Config:
                 country=self.country,
                 default_org=self.default_org,
                 crl_partitions=self.crl_partitions,
+                weak_keys=self._weak_keys(),
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
+
+    def _weak_keys(self) -> WeakKeys:
+        if not self.weak_keys_file:
+            return WeakKeys()
+        try:
+            return WeakKeys.load(Path(self.weak_keys_file))
+        except OSError as exc:
+            raise ConfigError(f"VCC_PKI_WEAK_KEYS_FILE {self.weak_keys_file}: "
+                              f"{exc.strerror}") from None
+        except ValueError as exc:
+            raise ConfigError(f"VCC_PKI_WEAK_KEYS_FILE: {exc}") from None
 
     def acme_settings(self) -> AcmeSettings:
         return AcmeSettings(

@@ -418,3 +418,43 @@ def test_software_keys_are_encrypted_and_private(env: Path, tmp_path: Path) -> N
     server_key = env / "tls" / "server.key"  # the HTTPS listeners' (a file TLS reads)
     assert b"PRIVATE KEY" in server_key.read_bytes()
     assert server_key.stat().st_mode & 0o777 == 0o600
+
+
+async def test_known_weak_keys_are_refused_when_a_list_is_configured(tmp_path: Path) -> None:
+    """Debian-weak keys (CVE-2008-0166) where a list is available: VCC_PKI_WEAK_KEYS_FILE
+    in openssl-blacklist's format (the entry computed as `openssl rsa -modulus | sha1sum`
+    computes it, checked here against openssl itself). A listed key is badPublicKey;
+    another key of the same kind is issued; a broken list is a configuration error."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from ca_core.errors import BadPublicKey
+    from ca_core.weak_keys import weak_key_fingerprint
+    from gateway.config import ConfigError, load_config
+    from tests.helpers import fresh_services
+
+    weak, fine = (rsa.generate_private_key(65537, 2048) for _ in range(2))
+    key_file = tmp_path / "weak.pem"
+    key_file.write_bytes(weak.private_bytes(serialization.Encoding.PEM,
+                                            serialization.PrivateFormat.TraditionalOpenSSL,
+                                            serialization.NoEncryption()))
+    modulus = subprocess.run(["openssl", "rsa", "-noout", "-modulus", "-in", str(key_file)],
+                             capture_output=True, check=True).stdout
+    assert hashlib.sha1(modulus).hexdigest()[20:] == weak_key_fingerprint(weak.public_key())
+    listing = tmp_path / "blacklist.RSA-2048"
+    listing.write_text(f"# openssl-blacklist style\n\n{'0' * 20}\n"
+                       f"{weak_key_fingerprint(weak.public_key())}\n")
+    async with fresh_services(tmp_path, VCC_PKI_WEAK_KEYS_FILE=str(listing)) as services:
+        assert len(services.authority.settings.weak_keys) == 2
+        with pytest.raises(BadPublicKey, match="known-weak"):
+            await services.authority.issue(IssuanceRequest(
+                csr=make_csr(key=weak), profile="vcc_service"), Principal.system())
+        await services.authority.issue(IssuanceRequest(
+            csr=make_csr(key=fine), profile="vcc_service"), Principal.system())
+    listing.write_text("not-an-entry\n")
+    with pytest.raises(ConfigError, match=r"blacklist\.RSA-2048:1"):
+        load_config(environ={"VCC_PKI_DATA_DIR": str(tmp_path / "d"),
+                             "VCC_PKI_WEAK_KEYS_FILE": str(listing)}).ca_settings()
+    with pytest.raises(ConfigError, match="VCC_PKI_WEAK_KEYS_FILE"):
+        load_config(environ={"VCC_PKI_DATA_DIR": str(tmp_path / "d"),
+                             "VCC_PKI_WEAK_KEYS_FILE": str(tmp_path / "missing")}
+                    ).ca_settings()
