@@ -25,7 +25,9 @@ from ca_core.authority import IssuanceRequest, IssuedCertificate, hash_secret
 from ca_core.errors import BadRequest, Forbidden, NotFound, Unauthorized
 from ca_core.est import EstCredentials, EstLabel, EstService, EstSettings
 from ca_core.hierarchy import ensure_organization
+from ca_core.org_policy import readable_org_ids
 from ca_core.principal import Principal
+from ca_core.records import Organization
 from gateway.app import build_http_app, build_https_app
 from gateway.runtime import Services
 from tests import test_scep as scep_t
@@ -618,3 +620,20 @@ async def test_unsharing_takes_effect_at_once_in_another_process_on_postgresql(
             assert not await second_reads()
     finally:
         await asyncio.to_thread(asyncio.run, drop_database(dsn))
+
+
+def test_readable_org_ids_is_the_one_rule() -> None:
+    def org(slug: str, isolation: str = "strict", partners: tuple[str, ...] = (),
+            status: str = "active") -> Organization:
+        return Organization(slug, slug, slug, status,
+                            {"isolation": isolation, "partners": list(partners)})
+    orgs = [org("a", "federated"), org("b", "federated"), org("c", "collaborative", ("a",)),
+            org("d", "strict", ("a",)), org("e", "federated", status="disabled"),
+            org("f", "collaborative", ("b", "a")), org("g", "porous", ("a",))]
+    assert readable_org_ids("a", orgs) == {"a", "b", "c", "f"}
+    assert readable_org_ids("b", orgs) == {"b", "a", "f"}
+    assert readable_org_ids("c", orgs) == {"c"}  # sharing with a does not make a share back
+    assert readable_org_ids("e", orgs) == {"e"}  # disabled: reads nothing across
+    assert readable_org_ids("unknown", orgs) == {"unknown"}
+    assert readable_org_ids("a", [org("a", "federated"),
+                                  org("x", "collaborative", ("a",), "disabled")]) == {"a"}
