@@ -56,7 +56,14 @@ from ca_core.hierarchy import (
     rollover_issuing_ca,
 )
 from ca_core.keys import KeySpec
-from ca_core.org_policy import ISOLATION_LEVELS, ORG_STATUSES, OrgPolicy, isolation_of
+from ca_core.org_policy import (
+    ISOLATION_LEVELS,
+    ORG_STATUSES,
+    OrgPolicy,
+    isolation_of,
+    parse_partners,
+    partners_of,
+)
 from ca_core.principal import ROLES, Principal
 from ca_core.profiles import Profile
 from ca_core.records import (
@@ -149,6 +156,7 @@ class OrganizationChange:
     status: str | None = None
     isolation: str | None = None
     policy: dict[str, Any] | None = None
+    partners: list[str] | None = None  # slugs; replaces the list ([] clears it)
 
 
 # The chain verifier (db.audit_chain.verify_chain): entries and head -> (seq, problem) pairs.
@@ -237,12 +245,19 @@ class AdminService:
         size = page_limit(limit)
         if filters.status is not None and filters.status not in CERTIFICATE_STATUSES:
             raise BadRequest(f"status must be one of {', '.join(CERTIFICATE_STATUSES)}")
-        org_id = principal.org_id
+        # Scoped in the query to the organizations the caller may read (its own and those
+        # that share with it); the ``organization`` filter may name any of them.
+        readable = await self.authority.readable_orgs(principal)
+        org_id = None
         if filters.organization is not None:
-            org = await self._visible_org(principal, filters.organization, "cert:read")
+            org = await self._org(filters.organization)
+            if org is None or (readable is not None and org.org_id not in readable):
+                await self._deny(principal, "cert:read", "organization",
+                                 filters.organization[:80],
+                                 f"no organization {filters.organization[:80]!r}", hide=True)
             org_id = org.org_id
         query = CertificateQuery(
-            now=self.authority.clock(), org_id=org_id,
+            now=self.authority.clock(), org_id=org_id, org_ids=readable,
             requester=principal.requester_scope("cert:read"), status=filters.status,
             expiring_before=filters.expiring_before, profile=filters.profile,
             text=filters.text or None, before=time_id_cursor(cursor), limit=size + 1)
@@ -656,6 +671,7 @@ class AdminService:
         if await self._org(slug) is not None:
             raise Conflict(f"organization {slug} exists")
         config = self._config({}, change) if change is not None else {}
+        await self._check_partners(slug, partners_of(config))
         # The new CA's own certificates (its OCSP responder) are issued by the CA itself:
         # as the system, on behalf of the (checked) caller, whom the audit events name.
         await ensure_organization(self.authority, slug, name,
@@ -676,9 +692,27 @@ class AdminService:
         if change.status == "disabled" and org.org_id == await self._own_org(principal):
             raise Conflict("a token cannot disable its own organization (it would stop "
                            "working itself)")
+        config = self._config(org.config, change)
+        if change.partners is not None:
+            await self._check_partners(org.slug, partners_of(config))
         return await self._store_update(
             principal, org, change.name.strip() if change.name else org.name,
-            change.status or org.status, self._config(org.config, change))
+            change.status or org.status, config)
+
+    async def _check_partners(self, slug: str, partners: tuple[str, ...]) -> None:
+        """Each partner an active organization other than ``slug`` (BadRequest otherwise);
+        one disabled later is ignored by ``readable_org_ids``, not removed."""
+        for name in partners:
+            if name == slug:
+                raise BadRequest("partners: an organization cannot be its own partner")
+            try:
+                partner = await self.store.get_organization(name)
+            except StoreInvalid:
+                partner = None
+            if partner is None:
+                raise BadRequest(f"partners: no organization {name[:80]!r}")
+            if partner.status != "active":
+                raise BadRequest(f"partners: organization {name} is disabled")
 
     async def disable_organization(self, principal: Principal, ident: str) -> Organization:
         return await self.update_organization(principal, ident,
@@ -698,6 +732,8 @@ class AdminService:
             if change.isolation not in ISOLATION_LEVELS:
                 raise BadRequest(f"isolation must be one of {', '.join(ISOLATION_LEVELS)}")
             updated["isolation"] = change.isolation
+        if change.partners is not None:
+            updated["partners"] = list(parse_partners(change.partners))
         if change.policy is not None:
             current = OrgPolicy.parse(config.get("policy")).to_json()
             merged = {k: v for k, v in {**current, **change.policy}.items() if v is not None}
@@ -818,7 +854,7 @@ def service_account_document(account: ServiceAccount) -> dict[str, Any]:
 
 def organization_document(org: Organization) -> dict[str, Any]:
     return {"id": org.org_id, "slug": org.slug, "name": org.name, "status": org.status,
-            "isolation": isolation_of(org.config),
+            "isolation": isolation_of(org.config), "partners": list(partners_of(org.config)),
             "policy": OrgPolicy.of(org.config).to_json(), "created_at": _iso(org.created_at)}
 
 

@@ -51,7 +51,7 @@ from ca_core.metrics import (
     CERT_REQUESTS_TOTAL,
     CERT_REVOCATIONS_TOTAL,
 )
-from ca_core.org_policy import OrgPolicy
+from ca_core.org_policy import OrgPolicy, readable_org_ids
 from ca_core.principal import ROLES, Principal
 from ca_core.profiles import BUILTIN_PROFILES, Profile
 from ca_core.records import (
@@ -720,16 +720,45 @@ class Authority:
             status="denied", data={"role": principal.role, **(detail or {})}))
 
     # ------------------------------------------------------------------ lookup, revocation
+    async def readable_orgs(self, principal: Principal) -> frozenset[str] | None:
+        """The organizations whose certificates ``principal`` may read (None: every one, a
+        super admin's): its own, and those that share with it by their isolation level
+        (``org_policy.readable_org_ids``). Read fresh on every call (one read of the
+        organizations, a small table), so that a change of isolation level or partners, or
+        a disabling, takes effect at once in every process, as disabling does for tokens.
+        ``cert:read_own`` never crosses: it is about the requester's own certificates."""
+        if principal.org_id is None:
+            return None
+        if principal.only_own("cert:read") or not principal.can("cert:read"):
+            return frozenset({principal.org_id})
+        organizations: list[Organization] = []
+        after: tuple[dt.datetime, str] | None = None
+        while True:
+            batch = await self.store.list_organizations(after=after, limit=1000)
+            organizations += batch
+            last = batch[-1] if batch else None
+            if len(batch) < 1000 or last is None or last.created_at is None:
+                break
+            after = (last.created_at, last.org_id)
+        return readable_org_ids(principal.org_id, organizations)
+
     async def find_certificate(self, serial: str, principal: Principal,
                                action: str = "cert:read") -> CertificateRecord:
         """The caller's certificate with this serial; NotFound also for other tenants' (the
-        scope is part of the query, and the refusal is audited)."""
+        scope is part of the query, and the refusal is audited). Reading (``cert:read``)
+        also finds those of organizations that share with the caller's
+        (``readable_orgs``); any other action finds the caller's own only."""
         if not principal.can(action):
             await self.denied(principal, action, "certificate", serial[:80])
             raise Forbidden("this credential may not read certificates")
         wanted = parse_serial(serial)
-        found = await self.store.find_certificates_by_serial(
-            wanted, principal.org_id, principal.requester_scope(action))
+        if action == "cert:read":  # reading may cross to organizations that share
+            found = await self.store.find_certificates_by_serial(
+                wanted, requester=principal.requester_scope(action),
+                org_ids=await self.readable_orgs(principal))
+        else:  # acting never crosses
+            found = await self.store.find_certificates_by_serial(
+                wanted, principal.org_id, principal.requester_scope(action))
         if found:
             return found[0]
         if principal.org_id is not None:

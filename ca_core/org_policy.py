@@ -6,22 +6,39 @@ Policy fields (all optional; absent or empty means "no limit beyond the profile'
 ``allowed_names`` (DNS suffixes: ``example.org`` allows it and every name below it),
 ``allowed_ip_ranges`` (CIDR), ``profiles`` (profile names) and ``max_validity_days``.
 
-Isolation level, as in the seed schema: ``strict`` (the default: nothing crosses),
-``collaborative`` and ``federated``. This slice stores the level; every level isolates as
-``strict`` does until cross-organization sharing is built.
+Isolation level, as in the seed schema, says whose principals may READ the organization's
+certificates (and their chains) besides its own; acting on them (issue, renew, revoke) and
+everything else (tokens, EAB keys, accounts, CAs, audit) never crosses at any level:
+
+- ``strict`` (the default): nothing crosses.
+- ``collaborative``: the organizations named in ``config["partners"]`` (slugs) may read
+  them. One-way: the partners' own certificates stay theirs unless they name it in turn.
+- ``federated``: every other federated organization may read them, and its principals read
+  every federated organization's; an organization that is not federated neither shares
+  nor sees through the federation.
+
+Only principals with ``cert:read`` itself read across (``cert:read_own`` stays with the
+requester's own certificates), and only between active organizations: a disabled one
+neither shares nor reads. Partners are stored on any level but count only under
+``collaborative`` (so a list can be prepared, and switching to ``strict`` un-shares at once
+without losing it). ``readable_org_ids`` is the one rule; ``Authority.readable_orgs``
+applies it to organizations read fresh from the store.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from ca_core.errors import BadRequest, PolicyViolation, ValidityTooLong
+from ca_core.records import Organization
 
 ISOLATION_LEVELS = ("strict", "collaborative", "federated")
 ORG_STATUSES = ("active", "disabled")
+MAX_PARTNERS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +115,48 @@ class OrgPolicy:
 def isolation_of(config: dict[str, Any]) -> str:
     level = config.get("isolation")
     return level if level in ISOLATION_LEVELS else "strict"
+
+
+def partners_of(config: dict[str, Any]) -> tuple[str, ...]:
+    """The partner slugs stored in ``config`` (validated when stored; anything else: none)."""
+    value = config.get("partners")
+    if not isinstance(value, list):
+        return ()
+    return tuple(v for v in value if isinstance(v, str))
+
+
+def parse_partners(value: Any) -> tuple[str, ...]:
+    """A partner list from JSON: slugs, each once, in the order given; BadRequest for any
+    other shape. Whether each names an active organization is the caller's check."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadRequest("partners must be a list of organization slugs")
+    if len(value) > MAX_PARTNERS:
+        raise BadRequest(f"partners: at most {MAX_PARTNERS} organizations")
+    for slug in value:
+        if not slug or len(slug) > 100 or not slug.isprintable():
+            raise BadRequest(f"partners: not an organization slug: {slug[:80]!r}")
+    return tuple(dict.fromkeys(value))
+
+
+def readable_org_ids(reader_org_id: str, organizations: Iterable[Organization]
+                     ) -> frozenset[str]:
+    """The organizations whose certificates principals of ``reader_org_id`` (with
+    ``cert:read``) may read: their own, and every active one that shares with the reader
+    by its isolation level (see the module docstring). ``organizations``: all of them."""
+    orgs = list(organizations)
+    reader = next((o for o in orgs if o.org_id == reader_org_id), None)
+    readable = {reader_org_id}
+    if reader is None or reader.status != "active":
+        return frozenset(readable)
+    reader_federated = isolation_of(reader.config) == "federated"
+    for org in orgs:
+        if org.org_id == reader_org_id or org.status != "active":
+            continue
+        level = isolation_of(org.config)
+        if (level == "collaborative" and reader.slug in partners_of(org.config)) or \
+                (level == "federated" and reader_federated):
+            readable.add(org.org_id)
+    return frozenset(readable)
 
 
 def _strings(document: dict[str, Any], name: str) -> tuple[str, ...]:

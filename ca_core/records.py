@@ -111,11 +111,13 @@ class ServiceAccount:
 
 @dataclass(frozen=True, slots=True)
 class CertificateQuery:
-    """One page of a certificate listing, newest first. ``org_id`` and ``requester`` are
-    the caller's scope (None: unrestricted), applied in the query itself."""
+    """One page of a certificate listing, newest first. ``org_ids`` (the organizations the
+    caller may read) and ``requester`` are the caller's scope, ``org_id`` a filter (None:
+    unrestricted); all applied in the query itself."""
 
     now: dt.datetime
     org_id: str | None = None
+    org_ids: frozenset[str] | None = None
     requester: str | None = None
     status: str | None = None  # active (unrevoked, unexpired) | revoked | expired
     expiring_before: dt.datetime | None = None

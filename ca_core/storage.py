@@ -224,10 +224,11 @@ class CertificateStore(Protocol):
 
     async def find_certificates_by_serial(
         self, serial_hex: str, org_id: str | None = None, requester: str | None = None,
+        org_ids: frozenset[str] | None = None,
     ) -> list[CertificateRecord]:
         """All certificates with this serial, across issuers (serials are random, so
-        normally one); only those of ``org_id`` / ``requester`` when given (the caller's
-        scope, applied in the query)."""
+        normally one); only those of ``org_id`` / ``requester`` / one of ``org_ids`` when
+        given (the caller's scope, applied in the query)."""
 
     async def list_certificates(self, query: CertificateQuery) -> list[CertificateRecord]:
         """One page of certificates, newest first (see CertificateQuery)."""

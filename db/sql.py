@@ -105,6 +105,16 @@ def _where(conditions: list[str]) -> str:
     return " WHERE " + " AND ".join(conditions) if conditions else ""
 
 
+def _org_in(org_ids: frozenset[str], where: list[str], params: list[Any]) -> None:
+    """``org_id IN (...)``: a caller's scope of several organizations, in the query (sorted,
+    so the statement text is the same for the same set; an empty set matches nothing)."""
+    if not org_ids:
+        where.append("1 = 0")
+        return
+    where.append(f"org_id IN ({', '.join('?' * len(org_ids))})")
+    params.extend(sorted(org_ids))
+
+
 def _keyset(time_column: str, id_column: str, after: tuple[dt.datetime, str] | None, op: str,
             d: Dialect) -> tuple[list[str], list[Any]]:
     """A keyset page condition: rows whose (time, id) sort after (``>``) or before (``<``)
@@ -584,10 +594,14 @@ class SqlStore:
 
     async def find_certificates_by_serial(
         self, serial_hex: str, org_id: str | None = None, requester: str | None = None,
+        org_ids: frozenset[str] | None = None,
     ) -> list[CertificateRecord]:
         """All certificates with this serial, across issuers (serials are random, so
-        normally one); only those of ``org_id`` / ``requester`` when given."""
+        normally one); only those of ``org_id`` / ``requester`` / one of ``org_ids`` when
+        given."""
         where, params = ["serial_hex = ?"], [serial_hex]
+        if org_ids is not None:
+            _org_in(org_ids, where, params)
         if org_id is not None:
             where.append("org_id = ?")
             params.append(org_id)
@@ -603,6 +617,8 @@ class SqlStore:
         """One page of certificates, newest first (see CertificateQuery)."""
         d = self._d
         where, params = _keyset("created_at", "cert_id", query.before, "<", d)
+        if query.org_ids is not None:
+            _org_in(query.org_ids, where, params)
         for column, value in (("org_id", query.org_id), ("requester", query.requester),
                               ("profile", query.profile)):
             if value is not None:

@@ -422,7 +422,10 @@ async def cmd_org_list(config: Config, args: argparse.Namespace) -> int:
         print(f"{'SLUG':<16} {'STATUS':<9} {'ISOLATION':<14} NAME")
         for org in (await services.admin.list_organizations(CLI, limit=500)).items:
             document = organization_document(org)
-            print(f"{org.slug:<16} {org.status:<9} {document['isolation']:<14} {org.name}")
+            level = document["isolation"]
+            if level == "collaborative" and document["partners"]:
+                level += f" ({','.join(document['partners'])})"
+            print(f"{org.slug:<16} {org.status:<9} {level:<14} {org.name}")
         return 0
     return await _with_services(config, run)
 
@@ -441,9 +444,10 @@ async def cmd_org_update(config: Config, args: argparse.Namespace) -> int:
                 policy[key] = value
         if args.max_validity_days is not None:
             policy["max_validity_days"] = args.max_validity_days
+        partners = [] if args.no_partners else args.partner
         org = await services.admin.update_organization(CLI, args.slug, OrganizationChange(
             name=args.name, status=args.status, isolation=args.isolation,
-            policy=policy or None))
+            policy=policy or None, partners=partners))
         print(json.dumps(organization_document(org), indent=2))
         return 0
     return await _with_services(config, run)
@@ -983,7 +987,16 @@ def build_parser() -> argparse.ArgumentParser:
     org_update.add_argument("--status", choices=("active", "disabled"),
                             help="disabled: its tokens and issuance stop at once")
     org_update.add_argument("--isolation", choices=("strict", "collaborative", "federated"),
-                            help="isolation level (every level isolates as strict for now)")
+                            help="who may read its certificates besides itself: nobody "
+                            "(strict, the default), its --partner organizations "
+                            "(collaborative), every federated organization (federated); "
+                            "acting on them never crosses")
+    org_partners = org_update.add_mutually_exclusive_group()
+    org_partners.add_argument("--partner", action="append", metavar="SLUG",
+                              help="an organization that may read its certificates when it "
+                              "is collaborative (repeatable; the ones given replace the list)")
+    org_partners.add_argument("--no-partners", action="store_true",
+                              help="clear the partner list")
     org_update.add_argument("--allowed-names", metavar="D,..",
                             help="DNS suffixes its certificates may name, comma-separated "
                             "(empty: any)")

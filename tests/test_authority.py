@@ -657,9 +657,11 @@ async def test_find_certificate_skips_only_what_the_caller_may_not_see(
     shared = [mine_a.record, of_one.record, mine_b.record, of_two.record]
 
     async def same_serial(serial: str, org_id: str | None = None,
-                          requester: str | None = None) -> list[Any]:
+                          requester: str | None = None,
+                          org_ids: frozenset[str] | None = None) -> list[Any]:
         # The scope is the store query's (as db.sql applies it in its WHERE clause)
         return [r for r in shared if org_id in (None, r.org_id)
+                and (org_ids is None or r.org_id in org_ids)
                 and requester in (None, r.requester)]
 
     monkeypatch.setattr(pki.store, "find_certificates_by_serial", same_serial)

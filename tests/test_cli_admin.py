@@ -48,6 +48,19 @@ def test_admin_commands(env: Path, tmp_path: Path, capsys: pytest.CaptureFixture
     with pytest.raises(SystemExit):
         main(["org", "update", "health", "--isolation", "porous"])
     capsys.readouterr()
+    # partners: repeatable, replacing the list; validated; cleared with --no-partners
+    assert main(["org", "update", "health", "--partner", "default", "--partner",
+                 "default"]) == 0
+    assert json.loads(capsys.readouterr().out)["partners"] == ["default"]
+    assert main(["org", "list"]) == 0
+    assert "collaborative (default)" in capsys.readouterr().out
+    assert main(["org", "update", "health", "--partner", "nowhere"]) == 1
+    assert "no organization 'nowhere'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["org", "update", "health", "--partner", "default", "--no-partners"])
+    capsys.readouterr()
+    assert main(["org", "update", "health", "--no-partners"]) == 0
+    assert json.loads(capsys.readouterr().out)["partners"] == []
 
     assert main(["org", "disable", "health"]) == 0
     capsys.readouterr()

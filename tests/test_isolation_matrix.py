@@ -1,12 +1,17 @@
 """The isolation matrix (issue 13): for every role x REST endpoint x (own organization,
-other organization), the expected outcome comes from the one table MATRIX below and is
-asserted; every refusal (403 or 404) must also be audited as ``denied``.
+other organization, sharing organization), the expected outcome comes from the one table
+MATRIX below and is asserted; every refusal (403 or 404) must also be audited as
+``denied``, and must change nothing.
 
 Outcomes: ``allow`` (2xx, and the target is in the answer), ``empty`` (200, the target is
 not in the answer: the scope of a list), ``hide`` (404: existence must not leak), ``deny``
-(403). Tokens act from organization "alpha"; "beta" is the other organization. The target
-certificate of each case was requested by the CA itself, so a service_account (``*_own``
-permissions) never sees it.
+(403). Tokens act from organization "alpha". "beta" is the other organization: it shares
+its certificates, but with "gamma" only. "gamma" is the sharing organization: it shares
+its certificates with alpha, by the isolation level the test is run with (collaborative:
+alpha is its partner; federated: alpha and gamma are federated). Sharing lets principals
+with ``cert:read`` read certificates; nothing else crosses. The target certificate of each
+case was requested by the CA itself, so a service_account (``*_own`` permissions) never
+sees it.
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
+from ca_core.admin import OrganizationChange
 from ca_core.authority import IssuanceRequest
 from ca_core.hierarchy import ensure_organization, rollover_issuing_ca
 from ca_core.principal import ROLES, Principal
@@ -32,93 +39,94 @@ from tests.helpers import make_csr, make_key
 
 ClientFactory = Callable[..., Any]
 SYSTEM = Principal.system("matrix")
-OWN, OTHER = "alpha", "beta"
+OWN, OTHER, SHARING = "alpha", "beta", "gamma"
 
 A, E, H, D = "allow", "empty", "hide", "deny"
-# endpoint -> role -> (own organization, other organization). The one table.
-MATRIX: dict[str, dict[str, tuple[str, str]]] = {
+# endpoint -> role -> (own organization, other organization, sharing organization).
+# The one table.
+MATRIX: dict[str, dict[str, tuple[str, str, str]]] = {
     "certificates.list": {
-        "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (A, H),
-        "service_account": (E, H), "code_signer": (A, H), "auditor": (A, H)},
+        "pki_super_admin": (A, A, A), "pki_admin": (A, H, A), "cert_manager": (A, H, A),
+        "service_account": (E, H, H), "code_signer": (A, H, A), "auditor": (A, H, A)},
     "certificates.get": {
-        "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (A, H),
-        "service_account": (H, H), "code_signer": (A, H), "auditor": (A, H)},
+        "pki_super_admin": (A, A, A), "pki_admin": (A, H, A), "cert_manager": (A, H, A),
+        "service_account": (H, H, H), "code_signer": (A, H, A), "auditor": (A, H, A)},
     "certificates.issue": {
-        "pki_super_admin": (A, A), "pki_admin": (A, D), "cert_manager": (A, D),
-        "service_account": (A, D), "code_signer": (D, D), "auditor": (D, D)},
+        "pki_super_admin": (A, A, A), "pki_admin": (A, D, D), "cert_manager": (A, D, D),
+        "service_account": (A, D, D), "code_signer": (D, D, D), "auditor": (D, D, D)},
     "certificates.revoke": {
-        "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (A, H),
-        "service_account": (H, H), "code_signer": (D, D), "auditor": (D, D)},
+        "pki_super_admin": (A, A, A), "pki_admin": (A, H, H), "cert_manager": (A, H, H),
+        "service_account": (H, H, H), "code_signer": (D, D, D), "auditor": (D, D, D)},
     "certificates.renew": {
-        "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (A, H),
-        "service_account": (H, H), "code_signer": (D, D), "auditor": (D, D)},
+        "pki_super_admin": (A, A, A), "pki_admin": (A, H, H), "cert_manager": (A, H, H),
+        "service_account": (H, H, H), "code_signer": (D, D, D), "auditor": (D, D, D)},
     "tokens.list": {
-        "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (D, D),
-        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+        "pki_super_admin": (A, A, A), "pki_admin": (A, H, H), "cert_manager": (D, D, D),
+        "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (D, D, D)},
     "tokens.create": {
-        "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (D, D),
-        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+        "pki_super_admin": (A, A, A), "pki_admin": (A, H, H), "cert_manager": (D, D, D),
+        "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (D, D, D)},
     "tokens.revoke": {
-        "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (D, D),
-        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+        "pki_super_admin": (A, A, A), "pki_admin": (A, H, H), "cert_manager": (D, D, D),
+        "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (D, D, D)},
     "service_accounts.list": {
-        "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (D, D),
-        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+        "pki_super_admin": (A, A, A), "pki_admin": (A, H, H), "cert_manager": (D, D, D),
+        "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (D, D, D)},
     "service_accounts.create": {
-        "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (D, D),
-        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+        "pki_super_admin": (A, A, A), "pki_admin": (A, H, H), "cert_manager": (D, D, D),
+        "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (D, D, D)},
     "service_accounts.revoke": {
-        "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (D, D),
-        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+        "pki_super_admin": (A, A, A), "pki_admin": (A, H, H), "cert_manager": (D, D, D),
+        "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (D, D, D)},
     "cas.list": {
-        "pki_super_admin": (A, A), "pki_admin": (A, E), "cert_manager": (D, D),
-        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+        "pki_super_admin": (A, A, A), "pki_admin": (A, E, E), "cert_manager": (D, D, D),
+        "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (D, D, D)},
     "cas.chain": {
-        "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (D, D),
-        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+        "pki_super_admin": (A, A, A), "pki_admin": (A, H, H), "cert_manager": (D, D, D),
+        "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (D, D, D)},
     "cas.create": {
-        "pki_super_admin": (A, A), "pki_admin": (D, D), "cert_manager": (D, D),
-        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+        "pki_super_admin": (A, A, A), "pki_admin": (D, D, D), "cert_manager": (D, D, D),
+        "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (D, D, D)},
     "cas.create_intermediate": {
-        "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (D, D),
-        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+        "pki_super_admin": (A, A, A), "pki_admin": (A, H, H), "cert_manager": (D, D, D),
+        "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (D, D, D)},
     "cas.activate": {
-        "pki_super_admin": (A, A), "pki_admin": (D, D), "cert_manager": (D, D),
-        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+        "pki_super_admin": (A, A, A), "pki_admin": (D, D, D), "cert_manager": (D, D, D),
+        "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (D, D, D)},
     # templates are the same for every organization (profiles are code): no "other"
     "templates.list": {
-        "pki_super_admin": (A, A), "pki_admin": (A, A), "cert_manager": (A, A),
-        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+        "pki_super_admin": (A, A, A), "pki_admin": (A, A, A), "cert_manager": (A, A, A),
+        "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (D, D, D)},
     "templates.get": {
-        "pki_super_admin": (A, A), "pki_admin": (A, A), "cert_manager": (A, A),
-        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+        "pki_super_admin": (A, A, A), "pki_admin": (A, A, A), "cert_manager": (A, A, A),
+        "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (D, D, D)},
     "acme_eab.list": {
-        "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (D, D),
-        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+        "pki_super_admin": (A, A, A), "pki_admin": (A, H, H), "cert_manager": (D, D, D),
+        "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (D, D, D)},
     "acme_eab.create": {
-        "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (D, D),
-        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+        "pki_super_admin": (A, A, A), "pki_admin": (A, H, H), "cert_manager": (D, D, D),
+        "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (D, D, D)},
     "acme_eab.revoke": {
-        "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (D, D),
-        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+        "pki_super_admin": (A, A, A), "pki_admin": (A, H, H), "cert_manager": (D, D, D),
+        "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (D, D, D)},
     "acme_accounts.list": {
-        "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (D, D),
-        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+        "pki_super_admin": (A, A, A), "pki_admin": (A, H, H), "cert_manager": (D, D, D),
+        "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (D, D, D)},
     "acme_accounts.deactivate": {
-        "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (D, D),
-        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+        "pki_super_admin": (A, A, A), "pki_admin": (A, H, H), "cert_manager": (D, D, D),
+        "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (D, D, D)},
     "organizations.get": {
-        "pki_super_admin": (A, A), "pki_admin": (A, H), "cert_manager": (D, D),
-        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+        "pki_super_admin": (A, A, A), "pki_admin": (A, H, H), "cert_manager": (D, D, D),
+        "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (D, D, D)},
     "organizations.update": {
-        "pki_super_admin": (A, A), "pki_admin": (D, D), "cert_manager": (D, D),
-        "service_account": (D, D), "code_signer": (D, D), "auditor": (D, D)},
+        "pki_super_admin": (A, A, A), "pki_admin": (D, D, D), "cert_manager": (D, D, D),
+        "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (D, D, D)},
     "audit.query": {
-        "pki_super_admin": (A, A), "pki_admin": (A, E), "cert_manager": (D, D),
-        "service_account": (D, D), "code_signer": (D, D), "auditor": (A, E)},
+        "pki_super_admin": (A, A, A), "pki_admin": (A, E, E), "cert_manager": (D, D, D),
+        "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (A, E, E)},
     "audit.export": {
-        "pki_super_admin": (A, A), "pki_admin": (A, E), "cert_manager": (D, D),
-        "service_account": (D, D), "code_signer": (D, D), "auditor": (A, E)},
+        "pki_super_admin": (A, A, A), "pki_admin": (A, E, E), "cert_manager": (D, D, D),
+        "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (A, E, E)},
 }
 
 
@@ -307,19 +315,36 @@ async def _denials(services: Services) -> int:
     return sum(e.event.status == "denied" for e in await services.store.audit_entries())
 
 
-async def test_isolation_matrix(services: Services, aiohttp_client: ClientFactory) -> None:
+async def _share(services: Services, level: str) -> None:
+    """gamma shares with alpha at ``level``; beta shares with gamma only (collaborative):
+    naming another partner, or federating without beta, shows alpha nothing of beta's."""
+    for slug in (OWN, OTHER, SHARING):
+        await ensure_organization(services.authority, slug, slug.title(), SYSTEM)
+    await services.admin.update_organization(SYSTEM, OTHER, OrganizationChange(
+        isolation="collaborative", partners=[SHARING]))
+    if level == "collaborative":
+        await services.admin.update_organization(SYSTEM, SHARING, OrganizationChange(
+            isolation="collaborative", partners=[OWN]))
+    else:
+        for slug in (OWN, SHARING):
+            await services.admin.update_organization(SYSTEM, slug, OrganizationChange(
+                isolation="federated"))
+
+
+@pytest.mark.parametrize("level", ["collaborative", "federated"])
+async def test_isolation_matrix(services: Services, aiohttp_client: ClientFactory,
+                                level: str) -> None:
     assert set(MATRIX) == set(CALLS)
     assert all(set(row) == set(ROLES) for row in MATRIX.values())
-    for slug in (OWN, OTHER):
-        await ensure_organization(services.authority, slug, slug.title(), SYSTEM)
+    await _share(services, level)
     client = await aiohttp_client(build_https_app(services))
     tokens = {role: (await services.authority.create_token(OWN, role, principal=SYSTEM)).token
               for role in ROLES}
     mismatches: list[str] = []
     n = 0
     for endpoint, row in MATRIX.items():
-        for role, expected_pair in row.items():
-            for slug, expected in zip((OWN, OTHER), expected_pair, strict=True):
+        for role, expected_row in row.items():
+            for slug, expected in zip((OWN, OTHER, SHARING), expected_row, strict=True):
                 n += 1
                 target = await _target(services, slug, n, endpoint)
                 before = await _denials(services)
@@ -338,4 +363,4 @@ async def test_isolation_matrix(services: Services, aiohttp_client: ClientFactor
                     mismatches.append(f"{endpoint} {role} {slug}: expected {expected}, "
                                       f"got {got}: {answer.text[:160]}")
     assert not mismatches, "\n".join(mismatches)
-    assert n == len(MATRIX) * len(ROLES) * 2
+    assert n == len(MATRIX) * len(ROLES) * 3

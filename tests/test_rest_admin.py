@@ -204,7 +204,8 @@ async def test_organizations_and_disable(client: TestClient, services: Services)
     await _problem(too_long, 400)
     for body in ({"isolation": "porous"}, {"status": "gone"}, {"policy": {"colour": 1}},
                  {"policy": {"allowed_ip_ranges": ["10.0.0.0/33"]}}, {"policy": []},
-                 {"name": ""}):
+                 {"name": ""}, {"partners": ["nowhere"]}, {"partners": ["health"]},
+                 {"partners": "default"}):
         await _problem(await client.patch("/api/v1/organizations/health", headers=_auth(root),
                                           json=body), 400)
     patched = await client.patch(f"/api/v1/organizations/{org['id']}", headers=_auth(root),

@@ -1452,6 +1452,20 @@ async def test_list_certificates_scoped_filtered_keyset(store: Store, seed: Seed
     assert await ids(requester="nobody") == []
     assert await store.find_certificates_by_serial(foreign.serial_hex,
                                                    org_id=seed.org.org_id) == []
+    # a scope of several organizations (a reader's own and those sharing with it)
+    both = frozenset({seed.org.org_id, other.org_id})
+    assert await ids(org_ids=both) == [foreign.cert_id, *newest_first]
+    assert await ids(org_ids=frozenset({other.org_id})) == [foreign.cert_id]
+    assert await ids(org_ids=frozenset({other.org_id}), org_id=seed.org.org_id) == []
+    assert await ids(org_ids=frozenset()) == []
+    assert await ids(org_ids=frozenset({"no-such-org"})) == []
+    assert await ids(org_ids=both, org_id=other.org_id, text="secret") == [foreign.cert_id]
+    assert [c.cert_id for c in await store.find_certificates_by_serial(
+        foreign.serial_hex, org_ids=both)] == [foreign.cert_id]
+    assert await store.find_certificates_by_serial(
+        foreign.serial_hex, org_ids=frozenset({seed.org.org_id})) == []
+    assert await store.find_certificates_by_serial(foreign.serial_hex,
+                                                   org_ids=frozenset()) == []
 
 
 async def test_tokens_list_revoke_and_org_status(store: Store, seed: Seed) -> None:

@@ -6,7 +6,11 @@ a throwaway database (``vcc_pki_test_*``, dropped at the end), bulk-loads ``--ro
 certificates spread over ``--orgs`` organizations with ``generate_series`` (dummy DER: the
 query never reads it back into X.509), ANALYZEs, and prints p50/p99 of the first page and of
 a deep cursor page (the page after row ``rows/orgs/2`` of one organization) for unfiltered
-and filtered lists, scoped to an organization and unscoped. Prints figures; asserts nothing.
+and filtered lists, scoped to an organization and unscoped. Then the cost of isolation
+levels: ``Authority.readable_orgs`` (the fresh read of the organizations every certificate
+list and read makes; half of them federated), and the first page scoped by an org set
+(``org_id IN (...)``) of 1 and of ``orgs/2`` organizations beside ``org_id = ?``. Prints
+figures; asserts nothing.
 """
 
 from __future__ import annotations
@@ -15,13 +19,18 @@ import argparse
 import asyncio
 import datetime as dt
 import statistics
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 
+from ca_core.authority import Authority
+from ca_core.principal import Principal
 from ca_core.records import CertificateQuery
+from ca_core.signers.software import SoftwareKeyBackend
 from db.postgres import PostgresStore
 from tests.pg import create_throwaway_database, drop_database
 
@@ -108,9 +117,44 @@ async def main() -> None:
                 CertificateQuery(now=now, limit=101, before=deep, **f)), args.queries)
             print(f"{name:<28} {first[0]:>10.2f} {first[1]:>10.2f} {later[0]:>10.2f} "
                   f"{later[1]:>10.2f}")
+        await _sharing(dsn, store, args, now)
     finally:
         await store.close()
         await drop_database(dsn)
+
+
+async def _sharing(dsn: str, store: PostgresStore, args: argparse.Namespace,
+                   now: dt.datetime) -> None:
+    """What isolation levels add to a certificate list: one read of the organizations
+    (``readable_orgs``) and an ``IN`` scope instead of ``=``."""
+    half = max(1, args.orgs // 2)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("UPDATE organizations SET config = '{\"isolation\": \"federated\"}'"
+                           " WHERE org_id = ANY($1::text[])", [f"org{n}" for n in range(half)])
+    finally:
+        await conn.close()
+    with tempfile.TemporaryDirectory() as keys:
+        authority = Authority(store, SoftwareKeyBackend(Path(keys), b"bench"))
+        reader = Principal("api", "token:bench", "org1", "auditor")
+        readable = await authority.readable_orgs(reader)
+        assert readable is not None and len(readable) == half
+        rows = {
+            "readable_orgs (org read)": lambda: authority.readable_orgs(reader),
+            "list org_id = org1": lambda: store.list_certificates(CertificateQuery(
+                now=now, limit=101, org_id="org1")),
+            "list org_ids {org1}": lambda: store.list_certificates(CertificateQuery(
+                now=now, limit=101, org_ids=frozenset({"org1"}))),
+            f"list org_ids ({half} orgs)": lambda: store.list_certificates(CertificateQuery(
+                now=now, limit=101, org_ids=readable)),
+            f"q=host12345, {half} orgs": lambda: store.list_certificates(CertificateQuery(
+                now=now, limit=101, org_ids=readable, text="host12345")),
+        }
+        print(f"\n{'isolation levels':<28} {'p50':>10} {'p99':>10}  (ms, {args.orgs} "
+              f"organizations, {half} federated, {args.queries} calls each)")
+        for name, call in rows.items():
+            p50, p99 = await _timed(call, args.queries)
+            print(f"{name:<28} {p50:>10.2f} {p99:>10.2f}")
 
 
 if __name__ == "__main__":

@@ -460,7 +460,8 @@ def _change(body: dict[str, Any]) -> OrganizationChange:
     if policy is not None and not isinstance(policy, dict):
         raise BadRequest("field 'policy' must be an object")
     return OrganizationChange(name=_field(body, "name", str), status=_field(body, "status", str),
-                              isolation=_field(body, "isolation", str), policy=policy)
+                              isolation=_field(body, "isolation", str), policy=policy,
+                              partners=_field(body, "partners", list))
 
 
 async def create_organization(request: web.Request) -> web.Response:
@@ -468,7 +469,8 @@ async def create_organization(request: web.Request) -> web.Response:
     body = await _json_body(request)
     org = await request.app[ADMIN].create_organization(
         principal, _field(body, "slug", str, required=True), _field(body, "name", str),
-        _change({k: v for k, v in body.items() if k in ("isolation", "policy")}))
+        _change({k: v for k, v in body.items()
+                 if k in ("isolation", "policy", "partners")}))
     response = web.json_response(organization_document(org), status=201)
     response.headers["Location"] = f"/api/v1/organizations/{org.slug}"
     return response

@@ -15,7 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from ca_core.admin import CERTIFICATE_STATUSES, MAX_LIMIT, MAX_TOKEN_DAYS
-from ca_core.org_policy import ISOLATION_LEVELS, ORG_STATUSES
+from ca_core.org_policy import ISOLATION_LEVELS, MAX_PARTNERS, ORG_STATUSES
 from ca_core.principal import ROLES
 
 JSON = "application/json"
@@ -70,6 +70,12 @@ _PAGING = [
 ]
 _TIME = {"type": "string", "format": "date-time"}
 _NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
+_ISOLATION = {"type": "string", "enum": list(ISOLATION_LEVELS), "description":
+              "who may read its certificates: strict (its own only), collaborative (also "
+              "its partners), federated (also every federated organization)"}
+_PARTNERS = {"type": "array", "maxItems": MAX_PARTNERS, "items": {"type": "string"},
+             "description": "slugs of active organizations that may read its certificates "
+             "when collaborative (one-way; kept but inert at other levels)"}
 
 _SCHEMAS: dict[str, Any] = {
     "Problem": {"type": "object", "required": ["type", "title", "status", "detail"],
@@ -196,20 +202,19 @@ _SCHEMAS: dict[str, Any] = {
         "profiles": {"type": "array", "items": {"type": "string"}},
         "max_validity_days": {"type": ["integer", "null"]}}},
     "Organization": {"type": "object", "required": [
-        "id", "slug", "name", "status", "isolation", "policy", "created_at"], "properties": {
+        "id", "slug", "name", "status", "isolation", "partners", "policy", "created_at"],
+        "properties": {
         "id": {"type": "string"}, "slug": {"type": "string"}, "name": {"type": "string"},
         "status": {"type": "string", "enum": list(ORG_STATUSES)},
-        "isolation": {"type": "string", "enum": list(ISOLATION_LEVELS)},
+        "isolation": _ISOLATION, "partners": _PARTNERS,
         "policy": _ref("Policy"), "created_at": _NULLABLE_TIME}},
     "OrganizationRequest": {"type": "object", "required": ["slug"], "properties": {
         "slug": {"type": "string", "description": "lowercase letters, digits and '-'"},
-        "name": {"type": "string"},
-        "isolation": {"type": "string", "enum": list(ISOLATION_LEVELS)},
+        "name": {"type": "string"}, "isolation": _ISOLATION, "partners": _PARTNERS,
         "policy": _ref("Policy")}},
     "OrganizationChange": {"type": "object", "properties": {
         "name": {"type": "string"}, "status": {"type": "string", "enum": list(ORG_STATUSES)},
-        "isolation": {"type": "string", "enum": list(ISOLATION_LEVELS)},
-        "policy": _ref("Policy")}},
+        "isolation": _ISOLATION, "partners": _PARTNERS, "policy": _ref("Policy")}},
     "AuditEntry": {"type": "object", "required": [
         "seq", "id", "timestamp", "event_type", "category", "action", "actor_type",
         "status", "data", "previous_hash", "hash"], "properties": {
@@ -271,7 +276,8 @@ def document() -> dict[str, Any]:
                        "schemas": _SCHEMAS},
         "paths": {
             "/api/v1/certificates": {
-                "get": _op("list certificates, newest first", {
+                "get": _op("list certificates, newest first: the caller's organization's "
+                           "and those that share with it by their isolation level", {
                     "200": _json(_page_of("Certificate"), "one page"),
                     **_problems(400, 403, 404)},
                     parameters=[
@@ -279,7 +285,8 @@ def document() -> dict[str, Any]:
                                {"type": "string", "enum": list(CERTIFICATE_STATUSES)}),
                         _query("expiring_before", "notAfter before this time", _TIME),
                         _query("profile", "profile name"),
-                        _query("organization", "organization slug"),
+                        _query("organization", "organization slug: the caller's, or one "
+                               "that shares its certificates with it (its isolation level)"),
                         _query("q", "substring of the subject or a SAN, any case"),
                         *_PAGING], tag=cert),
                 "post": _op("issue a certificate from a CSR", {
