@@ -480,9 +480,10 @@ class Authority:
         that is not a StoreError to refuse, and the certificate is then never returned),
         tell the listeners, return."""
         started = time.perf_counter()
-        # Metrics label: a built-in's name; a template's is not known before it resolves,
-        # and operator-chosen names would grow the label set without bound.
-        purpose = request.profile if request.profile in self._profiles else "template"
+        # Metrics label: a built-in's name; operator-chosen template names would grow the
+        # label set without bound, so an issued template is "template" (a refused unknown
+        # name: "unknown").
+        purpose = request.profile if request.profile in self._profiles else "unknown"
         org_label = request.org or "unknown"
         try:
             issued = await self._issue(request, principal, record_with or
@@ -494,6 +495,7 @@ class Authority:
             CERT_REQUESTS_TOTAL.labels(org_label, purpose, "error").inc()
             raise
         org = (await self.organization_by_id(issued.record.org_id)).slug
+        purpose = purpose if purpose != "unknown" else "template"
         CERT_REQUESTS_TOTAL.labels(org, purpose, "issued").inc()
         CERT_ISSUANCE_DURATION.labels(org, purpose).observe(time.perf_counter() - started)
         for listener in self._listeners:
