@@ -23,9 +23,9 @@ from ca_core.authority import IssuanceRequest
 from ca_core.hierarchy import ensure_organization, rollover_issuing_ca
 from ca_core.principal import ROLES, Principal
 from ca_core.records import AcmeAccount, AuditEvent
+from ca_core.templates import TemplateSpec
 from gateway.app import build_https_app
 from gateway.runtime import Services
-from ca_core.templates import TemplateSpec
 from tests.helpers import make_csr
 
 ClientFactory = Callable[..., Any]
