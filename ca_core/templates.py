@@ -40,7 +40,7 @@ NOT_BASES = frozenset(p.name for p in BUILTIN_PROFILES if p.internal_only) | {
 TEMPLATE_STATUSES = ("active", "disabled")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 _LISTS = ("key_usage", "extended_key_usage", "allowed_keys", "san_types", "allowed_roles")
-FIELDS = frozenset({"base", "description", "max_validity_days", "default_validity_days",
+SPEC_FIELDS = frozenset({"base", "description", "max_validity_days", "default_validity_days",
                     "require_san", "status", *_LISTS})
 MAX_DESCRIPTION = 500
 
@@ -75,10 +75,10 @@ class TemplateSpec:
         ``ignore`` (a request's ``name``, ``organization``) are the caller's."""
         if not isinstance(document, dict):
             raise BadRequest("a template must be a JSON object")
-        unknown = set(document) - FIELDS - ignore
+        unknown = set(document) - SPEC_FIELDS - ignore
         if unknown:
             raise TemplateInvalid(sorted(unknown)[0][:40],
-                                  f"unknown field; use {', '.join(sorted(FIELDS))}")
+                                  f"unknown field; use {', '.join(sorted(SPEC_FIELDS))}")
         texts = {name: _text(document, name) for name in ("base", "description", "status")}
         days = {name: _integer(document, name)
                 for name in ("max_validity_days", "default_validity_days")}
