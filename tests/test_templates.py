@@ -164,11 +164,12 @@ async def _audited(services: Services, event_type: str) -> list[Any]:
 async def test_crud_over_rest(client: TestClient, services: Services) -> None:
     admin = await _token(services, "pki_admin")
     web = {"name": "web-short", "base": "vcc_service", "max_validity_days": 30,
+           "organization": "health",
            "allowed_keys": ["ec-p256"], "extended_key_usage": ["serverAuth"],
            "description": "30-day web servers"}
     created = await client.post("/api/v1/templates", headers=admin, json=web)
     assert created.status == 201, await created.text()
-    assert created.headers["Location"] == "/api/v1/templates/web-short"
+    assert created.headers["Location"] == "/api/v1/templates/web-short?organization=health"
     body = await created.json()
     health = await services.authority.organization("health")
     assert body["organization_id"] == health.org_id and body["base"] == "vcc_service"

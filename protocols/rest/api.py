@@ -18,6 +18,7 @@ import json
 import logging
 import ssl
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 from cryptography import x509
@@ -357,11 +358,13 @@ async def create_template(request: web.Request) -> web.Response:
     principal = await _principal(request)
     body = await _json_body(request)
     name = _field(body, "name", str, required=True)
+    organization = _field(body, "organization", str)
     spec = TemplateSpec.parse(body, ignore=frozenset({"name", "organization"}))
-    template = await request.app[ADMIN].create_template(
-        principal, name, spec, _field(body, "organization", str))
+    template = await request.app[ADMIN].create_template(principal, name, spec, organization)
     response = web.json_response(template_document(template), status=201)
-    response.headers["Location"] = f"/api/v1/templates/{template.profile.name}"
+    # a super admin reaches an organization's template only by naming the organization
+    scope = "" if organization is None else "?" + urlencode({"organization": organization})
+    response.headers["Location"] = f"/api/v1/templates/{template.profile.name}{scope}"
     return response
 
 
