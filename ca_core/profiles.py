@@ -5,6 +5,8 @@ external_integration, timestamp_authority) plus ocsp_signing for delegated OCSP 
 A profile fixes key usages, extended key usages, the maximum validity, the key types a
 subject may use and which SAN types it may carry. Built-in profiles are written to the
 store's certificate_templates table by ``vcc-pki init`` so an operator can read them there.
+Operators' templates, named narrowings of these, are ``ca_core.templates``; a requested
+name resolves through ``Authority.resolve_profile``.
 """
 
 from __future__ import annotations

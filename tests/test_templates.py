@@ -4,6 +4,7 @@ applied, whatever the front-end), and a template seen by a second worker process
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from collections.abc import Callable
@@ -15,12 +16,14 @@ from aiohttp.test_utils import TestClient
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from ca_core.acme import AcmeService
 from ca_core.authority import IssuanceRequest
 from ca_core.errors import UnknownProfile, ValidityTooLong
 from ca_core.est import EstCredentials, EstLabel, EstService, EstSettings
 from ca_core.hierarchy import ensure_organization
 from ca_core.org_policy import OrgPolicy
 from ca_core.principal import Principal
+from ca_core.records import AcmeAccount, AuditEvent
 from ca_core.templates import TemplateInvalid, TemplateSpec, narrow
 from gateway.app import build_https_app
 from gateway.runtime import Services, open_services
@@ -443,3 +446,31 @@ async def test_a_template_reaches_another_worker(tmp_path: Path) -> None:
     finally:
         await drop_database(dsn)
 
+
+
+async def test_acme_profiles_may_name_templates(services: Services) -> None:
+    """An ACME profile (AcmeSettings.profiles) mapped to a template: a new order resolves it
+    for the account's organization, and its requested validity is the template's to limit."""
+    await services.admin.create_template(SYSTEM, "acme-short", TemplateSpec(
+        base="vcc_service", max_validity_days=10), "default")
+    base = services.acme
+    acme = AcmeService(services.authority, base.state, base.validator, dataclasses.replace(
+        base.settings, profiles=(("tlsserver", "vcc_service"), ("short", "acme-short"))))
+    org = await services.authority.organization("default")
+    account = AcmeAccount(account_id="tpl-acct", org_id=org.org_id, key_thumbprint="t",
+                          jwk={"kty": "EC"}, created_at=dt.datetime.now(dt.UTC))
+    await services.store.add_acme_account(account, AuditEvent(
+        event_type="acme.account_created", category="acme", action="account_created",
+        actor_type="system", actor_id="test", org_id=org.org_id,
+        resource_type="acme_account", resource_id=account.account_id))
+    names = [{"type": "dns", "value": "a.example.test"}]
+    order, _ = await acme.new_order(account, names, None, None, "short", None)
+    assert order.profile == "short"
+    now = dt.datetime.now(dt.UTC)
+    with pytest.raises(ValidityTooLong, match="10 days"):
+        await acme.new_order(account, names, None, now + dt.timedelta(days=11), "short",
+                             None)
+    await services.admin.delete_template(SYSTEM, "acme-short", "default")
+    with pytest.raises(UnknownProfile):
+        await acme.new_order(account, names, None, None, "short", None)
+    await acme.aclose()
