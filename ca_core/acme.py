@@ -277,7 +277,13 @@ class AcmeService:
         return [name for name, _ in self.settings.profiles]
 
     def profile_description(self, name: str) -> str:
-        return self.authority.profile(self._profiles[name]).description
+        """The directory's description of an ACME profile: its built-in's, or for a
+        certificate template (resolved per organization at order time) its name."""
+        target = self._profiles[name]
+        try:
+            return self.authority.profile(target).description
+        except UnknownProfile:
+            return f"certificate template {target}"
 
     # ------------------------------------------------------------------ helpers
     async def organization(self, slug: str) -> Organization:
@@ -508,7 +514,8 @@ class AcmeService:
         if profile_name not in self._profiles:
             raise UnknownProfile(f"unknown profile {profile_name!r}; "
                                  f"offered: {', '.join(self.profile_names)}")
-        ca_profile = self.authority.profile(self._profiles[profile_name])
+        ca_profile = await self.authority.resolve_profile(self._profiles[profile_name],
+                                                          org.org_id)
         now = self._now()
         self.authority.check_requested_validity(ca_profile, not_before, not_after)
         if replaces is not None:

@@ -17,6 +17,7 @@ Who may do what (the seed RBAC matrix, ``ca_core.principal``):
   admin: of any).
 - organizations: ``organization:*`` (super admin) to list all, create, update and disable;
   an organization's ``pki_admin`` (``ca:read``) reads its own.
+- templates: see the templates section of AdminService.
 - audit: ``audit:read`` (the auditor of an organization: its entries; a super admin: all)
   or ``audit:read_own_org`` (pki_admin) to query and export; the chain verification result
   needs ``audit:read``.
@@ -29,9 +30,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import datetime as dt
 import json
 import secrets
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, NoReturn, TypeVar
@@ -48,7 +51,7 @@ from ca_core.authority import (
     serial_display,
 )
 from ca_core.cross import alternate_chains
-from ca_core.errors import BadRequest, CAError, Conflict, Forbidden, NotFound
+from ca_core.errors import BadRequest, Conflict, Forbidden, NotFound
 from ca_core.hierarchy import (
     activate_issuing_ca,
     create_intermediate_ca,
@@ -79,8 +82,10 @@ from ca_core.records import (
     EabKey,
     Organization,
     ServiceAccount,
+    TemplateRecord,
 )
 from ca_core.storage import StoreConflict, StoreInvalid
+from ca_core.templates import BUILTIN_NAMES, Template, TemplateSpec, narrow
 
 T = TypeVar("T")
 
@@ -607,25 +612,166 @@ class AdminService:
         return ActivatedCA(await self._created(name), retired)
 
     # ------------------------------------------------------------------ templates
-    def _require_template_read(self, principal: Principal) -> bool:
+    # Reading needs ``template:read`` (cert_manager, auditor) or ``template:manage``
+    # (pki_admin: its organization's templates; a super admin's ``template:*``: global ones
+    # and any organization's). Another organization's template is NotFound (audited), as if
+    # it did not exist. Built-ins are code: a write naming one is Conflict (409), not 403:
+    # the caller may manage templates, it is the resource that cannot change (create a
+    # template with the built-in as its base instead).
+    def _may_read_templates(self, principal: Principal) -> bool:
         return principal.can("template:read") or principal.can("template:manage")
 
-    async def list_templates(self, principal: Principal) -> list[Profile]:
-        """The certificate profiles (templates). They are code (``ca_core.profiles``,
-        published to the store by ``init`` for reading): read-only here."""
-        if not self._require_template_read(principal):
+    async def _template_scope(self, principal: Principal, organization: str | None,
+                              action: str) -> Organization | None:
+        """The organization a call names (None: the caller's own; for a super admin:
+        global). Another organization is NotFound (audited)."""
+        if organization is not None:
+            return await self._visible_org(principal, organization, action)
+        if principal.org_id is None:
+            return None
+        return await self.authority.organization_by_id(principal.org_id)
+
+    def _view(self, record: TemplateRecord) -> Template:
+        builtin = record.base is None
+        profile = self.authority.profile(record.slug) if builtin and \
+            record.slug in BUILTIN_NAMES else Profile.from_definition(record.definition)
+        return Template(profile, record.org_id, builtin, record.status, record.template_id,
+                        record.created_by, record.created_at, record.updated_at)
+
+    async def list_templates(self, principal: Principal, organization: str | None = None,
+                             cursor: str | None = None, limit: int | None = None
+                             ) -> Page[Template]:
+        """The built-ins, the global templates and the organization's (a super admin
+        without ``organization``: every organization's), oldest first."""
+        if not self._may_read_templates(principal):
             await self._deny(principal, "template:read", "certificate_template", None,
                              "this credential may not read templates")
-        return self.authority.profiles()
+        size = page_limit(limit)
+        org = await self._template_scope(principal, organization, "template:read")
+        found = await self.store.list_templates_page(
+            None if org is None else org.org_id, time_id_cursor(cursor), size + 1)
+        items = []
+        for record in found[:size]:
+            try:
+                items.append(self._view(record))
+            except (TypeError, ValueError):  # a corrupt row hides, it does not fail a list
+                continue
+        last = found[size - 1] if len(found) > size else None
+        return Page(items, None if last is None or last.created_at is None else
+                    encode_cursor(last.created_at, last.template_id))
 
-    async def get_template(self, principal: Principal, name: str) -> Profile:
-        if not self._require_template_read(principal):
+    async def _find_template(self, principal: Principal, name: str,
+                             org: Organization | None, action: str) -> TemplateRecord:
+        """What ``name`` resolves to for ``org`` (its template, a global one, a built-in);
+        for a super admin without an organization, global and built-ins only."""
+        try:
+            record = None
+            if org is not None:
+                record = await self.store.get_template(name, org.org_id)
+            if record is None:
+                record = await self.store.get_template(name, None)
+        except StoreInvalid:
+            record = None
+        if record is None:
+            await self._deny(principal, action, "certificate_template", name[:80],
+                             f"no template {name[:80]!r}", hide=True)
+        return record
+
+    async def get_template(self, principal: Principal, name: str,
+                           organization: str | None = None) -> Template:
+        if not self._may_read_templates(principal):
             await self._deny(principal, "template:read", "certificate_template", name[:80],
                              "this credential may not read templates")
+        org = await self._template_scope(principal, organization, "template:read")
+        return self._view(await self._find_template(principal, name, org, "template:read"))
+
+    async def _require_manage(self, principal: Principal, name: str | None) -> None:
+        if not principal.can("template:manage"):
+            await self._deny(principal, "template:manage", "certificate_template",
+                             None if name is None else name[:80],
+                             "this credential may not manage templates")
+
+    async def _writable(self, principal: Principal, name: str, organization: str | None,
+                        action: str) -> tuple[TemplateRecord, Organization | None]:
+        """The operator template ``name`` a write acts on, in the scope the caller names:
+        a built-in is Conflict; a global one written by an organization's admin is
+        Forbidden (audited)."""
+        await self._require_manage(principal, name)
+        org = await self._template_scope(principal, organization, action)
+        record = await self._find_template(principal, name, org, action)
+        if record.base is None:
+            raise Conflict(f"{name} is a built-in profile and read-only: create a template "
+                           "with it as the base instead")
+        if record.org_id is None and principal.org_id is not None:
+            await self._deny(principal, action, "certificate_template", record.template_id,
+                             "only a super admin changes global templates")
+        return record, org
+
+    def _template_event(self, principal: Principal, kind: str, record: TemplateRecord
+                        ) -> AuditEvent:
+        return AuditEvent(
+            event_type=f"template.{kind}", category="configuration",
+            action={"created": "create_template", "updated": "update_template",
+                    "deleted": "delete_template"}[kind], actor_type=principal.actor_type,
+            actor_id=principal.actor_id, org_id=record.org_id,
+            resource_type="certificate_template", resource_id=record.template_id,
+            data={"name": record.slug, "base": record.base, "status": record.status,
+                  "definition": record.definition})
+
+    async def create_template(self, principal: Principal, name: str, spec: TemplateSpec,
+                              organization: str | None = None) -> Template:
+        """A template for ``organization`` (an organization's admin: its own, the
+        default; a super admin: None makes a global one). TemplateInvalid (400) for what
+        does not narrow the base and the organization's policy; Conflict when the scope
+        has that name."""
+        await self._require_manage(principal, name)
+        org = await self._template_scope(principal, organization, "template:manage")
+        policy = OrgPolicy() if org is None else OrgPolicy.of(org.config)
+        profile = narrow(name, spec, policy)
+        now = self.authority.clock()
+        record = TemplateRecord(
+            slug=name, name=name, purpose=profile.purpose, definition=profile.to_definition(),
+            org_id=None if org is None else org.org_id, template_id=str(uuid.uuid4()),
+            base=profile.base, description=profile.description,
+            status=spec.status or "active", created_by=principal.actor_id, created_at=now,
+            updated_at=now)
         try:
-            return self.authority.profile(name)
-        except CAError:
-            raise NotFound(f"no template {name[:80]!r}") from None
+            await self.store.add_template(record, self._template_event(principal, "created",
+                                                                       record))
+        except StoreConflict:
+            raise Conflict(f"template {name} exists "
+                           f"{'globally' if org is None else 'in ' + org.slug}") from None
+        return self._view(record)
+
+    async def update_template(self, principal: Principal, name: str, spec: TemplateSpec,
+                              organization: str | None = None) -> Template:
+        """Replace what ``spec`` names (the rest is kept), validated as at creation."""
+        current, _ = await self._writable(principal, name, organization, "template:manage")
+        org = None if current.org_id is None else \
+            await self.authority.organization_by_id(current.org_id)
+        policy = OrgPolicy() if org is None else OrgPolicy.of(org.config)
+        profile = narrow(name, spec.over(Profile.from_definition(current.definition)),
+                         policy)
+        changed = dataclasses.replace(
+            current, purpose=profile.purpose, definition=profile.to_definition(),
+            base=profile.base, description=profile.description,
+            status=spec.status or current.status, updated_at=self.authority.clock())
+        updated = await self.store.update_template(
+            changed, self._template_event(principal, "updated", changed))
+        if updated is None:  # deleted meanwhile
+            raise NotFound(f"no template {name[:80]!r}")
+        return self._view(updated)
+
+    async def delete_template(self, principal: Principal, name: str,
+                              organization: str | None = None) -> Template:
+        """Delete a template: requests naming it fail from now on, in every process.
+        Certificates issued from it keep its name as their profile (renewing one then
+        needs a template or profile of that name again)."""
+        current, _ = await self._writable(principal, name, organization, "template:manage")
+        if not await self.store.delete_template(
+                current.template_id, self._template_event(principal, "deleted", current)):
+            raise NotFound(f"no template {name[:80]!r}")
+        return self._view(current)
 
     # ------------------------------------------------------------------ organizations
     async def _org(self, ident: str) -> Organization | None:
@@ -880,8 +1026,12 @@ def ca_document(record: CARecord) -> dict[str, Any]:
             "not_after": _iso(record.not_after), "created_at": _iso(record.created_at)}
 
 
-def template_document(profile: Profile) -> dict[str, Any]:
-    """A profile as the API shows it (read-only: profiles are code)."""
-    definition = profile.to_definition()
+def template_document(template: Template) -> dict[str, Any]:
+    """A template as the API and the CLI show it: its resolved profile (a built-in's
+    ``base`` is ""), its scope and whether it can be changed."""
+    definition = template.profile.to_definition()
     return {**{k: list(v) if isinstance(v, tuple) else v for k, v in definition.items()},
-            "read_only": True}
+            "organization_id": template.org_id, "builtin": template.builtin,
+            "read_only": template.builtin, "status": template.status,
+            "created_by": template.created_by, "created_at": _iso(template.created_at),
+            "updated_at": _iso(template.updated_at)}

@@ -327,8 +327,13 @@ class Authority:
 
     # ------------------------------------------------------------------ loading
     async def load(self) -> None:
-        """Read profiles from the store (falling back to the built-ins) and open CA keys."""
+        """Read the built-in profiles as published in the store (falling back to the code's)
+        and open CA keys. Operator templates are not kept here: ``resolve_profile`` reads
+        them at issuance, so one created or deleted in another process applies at once."""
         for template in await self.store.list_templates():
+            if template.base is not None or template.org_id is not None \
+                    or template.slug not in self._profiles:
+                continue
             try:
                 self._profiles[template.slug] = Profile.from_definition(template.definition)
             except (TypeError, ValueError) as exc:
@@ -427,15 +432,40 @@ class Authority:
         return list(self._cas.values())
 
     def profile(self, name: str) -> Profile:
+        """A built-in profile (ones the CA issues itself: OCSP responders, SCEP RAs, the
+        TSA). What a requester names goes through ``resolve_profile``."""
         try:
             return self._profiles[name]
         except KeyError:
             raise UnknownProfile(
-                f"unknown profile {name!r}; available: {', '.join(sorted(self._profiles))}"
+                f"unknown profile {name[:64]!r}; built-in: {', '.join(sorted(self._profiles))}"
             ) from None
 
     def profiles(self) -> list[Profile]:
         return sorted(self._profiles.values(), key=lambda p: p.name)
+
+    async def resolve_profile(self, name: str, org_id: str) -> Profile:
+        """THE resolution of a profile name for an organization, for every front-end (REST,
+        CLI, EST labels, SCEP endpoints, ACME profiles): the organization's template, else
+        a global template, else a built-in. Built-ins are answered from memory (a template
+        never shadows one); a template is one indexed read, so a template created, changed
+        or deleted in another worker process applies to the next request here."""
+        builtin = self._profiles.get(name)
+        if builtin is not None:
+            return builtin
+        try:
+            record = await self.store.resolve_template(name, org_id)
+        except StoreInvalid:  # a name the store cannot hold (a NUL) names no template
+            record = None
+        if record is not None:
+            try:
+                return Profile.from_definition(record.definition)
+            except (TypeError, ValueError) as exc:
+                log.error("template %s (%s) is invalid: %s", record.slug,
+                          record.template_id, exc)
+        raise UnknownProfile(
+            f"unknown profile or template {name[:64]!r}; built-in: "
+            f"{', '.join(sorted(self._profiles))}")
 
     async def organization(self, slug: str) -> Organization:
         org = self._orgs.get(slug)
@@ -463,6 +493,9 @@ class Authority:
         that is not a StoreError to refuse, and the certificate is then never returned),
         tell the listeners, return."""
         started = time.perf_counter()
+        # Metrics label: a built-in's name; operator-chosen template names would grow the
+        # label set without bound, so an issued template is "template" (a refused unknown
+        # name: "unknown").
         purpose = request.profile if request.profile in self._profiles else "unknown"
         org_label = request.org or "unknown"
         try:
@@ -475,6 +508,7 @@ class Authority:
             CERT_REQUESTS_TOTAL.labels(org_label, purpose, "error").inc()
             raise
         org = (await self.organization_by_id(issued.record.org_id)).slug
+        purpose = purpose if purpose != "unknown" else "template"
         CERT_REQUESTS_TOTAL.labels(org, purpose, "issued").inc()
         CERT_ISSUANCE_DURATION.labels(org, purpose).observe(time.perf_counter() - started)
         for listener in self._listeners:
@@ -486,10 +520,11 @@ class Authority:
 
     async def _issue(self, request: IssuanceRequest, principal: Principal,
                      record_with: RecordCertificate) -> IssuedCertificate:
-        profile = self.profile(request.profile)
+        requested_org = await self._org_for(request.org, principal)
+        profile = await self.resolve_profile(request.profile, requested_org.org_id)
         if not profile.allows_role(principal.role, principal.can("cert:request")):
             await self._refused(principal, profile, request.org)
-        org = await self._active_org(await self._org_for(request.org, principal))
+        org = await self._active_org(requested_org)
         if profile.internal_only and principal.actor_type != "system":
             raise Forbidden(f"profile {profile.name} is issued by the CA itself only")
         if request.renews is not None and not request.csr:
@@ -539,7 +574,7 @@ class Authority:
                 ca.record.name != (await self.issuing_cas(org)).active:
             raise Forbidden(f"CA {ca.record.name} is not the organization's active CA")
         not_before, not_after = self._validity(request, profile, ca)
-        policy.check(profile.name, sans.dns, sans.ip, not_before, not_after)
+        policy.check(profile.name, sans.dns, sans.ip, not_before, not_after, profile.base)
         subject = x509build.name(common_name, org.name)
         issuer = ca.issuer_context(self.settings)
         for _attempt in range(3):

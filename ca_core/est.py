@@ -366,7 +366,7 @@ class EstService:
         """/csrattrs (RFC 7030 4.5): DER CsrAttrs naming the profile's required attributes
         and the key type (RFC 8951 / RFC 9908 style, as openssl asn1parse shows it)."""
         found = await self.resolve_label(label)
-        profile = self.authority.profile(found.profile)
+        profile = await self.authority.resolve_profile(found.profile, found.org_id)
         # CsrAttrs ::= SEQUENCE SIZE (0..MAX) OF AttrOrOID (an OID, or an Attribute)
         items: list[bytes] = []
         if found.require_channel_binding:
@@ -413,7 +413,7 @@ class EstService:
             raise Forbidden("the certificate belongs to another organization than the label")
         await self.authority.credential_org(found.org_id)
         if not found.allow_subject_change:
-            self._check_same_identity(csr, record, found)
+            await self._check_same_identity(csr, record, found)
         caller = _Caller(requester=f"certificate:{_fingerprint(presented)}",
                          certificate=record)
         if not found.supersede_on_reenroll or found.require_approval or \
@@ -488,7 +488,7 @@ class EstService:
         if not principal.administers(label.org_id):
             raise Forbidden("only an administrator of the organization sets EST labels")
         org = await self.authority.organization_by_id(label.org_id)
-        profile = self.authority.profile(label.profile)
+        profile = await self.authority.resolve_profile(label.profile, label.org_id)
         if profile.internal_only:
             raise BadRequest(f"profile {profile.name} is issued by the CA itself only")
         try:
@@ -850,7 +850,7 @@ class EstService:
                 raise BadRequest("the CSR's challengePassword is not this TLS session's "
                                  f"{_binding_name(credentials)} value (RFC 7030 3.5)")
 
-    def _check_same_identity(self, csr: x509.CertificateSigningRequest,
+    async def _check_same_identity(self, csr: x509.CertificateSigningRequest,
                              record: CertificateRecord, label: EstLabel) -> None:
         """RFC 7030 4.2.2: subject and subjectAltName as in the certificate being renewed.
         The CSR's subject may repeat the certificate's or name only its common name (the
@@ -865,7 +865,8 @@ class EstService:
                 f"the CSR's subject {csr.subject.rfc4514_string()!r} differs from the "
                 f"certificate being renewed ({current.subject.rfc4514_string()!r})")
         sans = x509build.sans_from_csr(csr)
-        if not sans and self.authority.profile(label.profile).require_san:
+        if not sans and (await self.authority.resolve_profile(label.profile, label.org_id)
+                         ).require_san:
             named = x509build.common_name_identifier(record.common_name)
             if named is not None:  # the Authority carries a CN-only name into the SAN
                 sans = x509build.SubjectAltNames(dns=(named[1],)) if named[0] == "dns" \

@@ -91,9 +91,10 @@ class OrgPolicy:
                 "profiles": list(self.profiles), "max_validity_days": self.max_validity_days}
 
     def check(self, profile: str, dns: tuple[str, ...], ips: tuple[str, ...],
-              not_before: dt.datetime, not_after: dt.datetime) -> None:
-        """PolicyViolation / ValidityTooLong when an issuance leaves the policy."""
-        if self.profiles and profile not in self.profiles:
+              not_before: dt.datetime, not_after: dt.datetime, base: str = "") -> None:
+        """PolicyViolation / ValidityTooLong when an issuance leaves the policy. A template
+        (``base``: the built-in it narrows) is allowed where its base or its own name is."""
+        if self.profiles and profile not in self.profiles and base not in self.profiles:
             raise PolicyViolation(f"the organization's policy does not allow profile {profile}")
         if self.allowed_names:
             for name in dns:

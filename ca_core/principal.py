@@ -23,7 +23,8 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "service_account": frozenset({"cert:request_own", "cert:read_own", "cert:revoke_own",
                                   "cert:renew_own"}),
     "code_signer": frozenset({"cert:read", "signature:create", "signature:verify"}),
-    "auditor": frozenset({"audit:read", "cert:read"}),
+    # template:read: an auditor reviews what the organization's templates allow.
+    "auditor": frozenset({"audit:read", "cert:read", "template:read"}),
 }
 
 ROLES = tuple(ROLE_PERMISSIONS)

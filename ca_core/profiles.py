@@ -5,6 +5,8 @@ external_integration, timestamp_authority) plus ocsp_signing for delegated OCSP 
 A profile fixes key usages, extended key usages, the maximum validity, the key types a
 subject may use and which SAN types it may carry. Built-in profiles are written to the
 store's certificate_templates table by ``vcc-pki init`` so an operator can read them there.
+Operators' templates, named narrowings of these, are ``ca_core.templates``; a requested
+name resolves through ``Authority.resolve_profile``.
 """
 
 from __future__ import annotations
@@ -55,6 +57,14 @@ class Profile:
     # The roles that may request it (the seed's role matrix); empty: every role that may
     # request certificates. pki_super_admin may request every profile.
     allowed_roles: tuple[str, ...] = ()
+    # An operator template (ca_core.templates): the built-in profile it narrows; "" for a
+    # built-in. Metrics and an organization's policy.profiles see a template as its base.
+    base: str = ""
+
+    @property
+    def purpose(self) -> str:
+        """The built-in profile this one is (or narrows)."""
+        return self.base or self.name
 
     def allows_role(self, role: str, may_request: bool) -> bool:
         """Whether a principal of ``role`` may request this profile (``may_request``: its

@@ -143,11 +143,23 @@ class AuditQuery:
 
 @dataclass(frozen=True, slots=True)
 class TemplateRecord:
+    """A row of certificate_templates: a built-in profile as published (``base`` None) or
+    an operator template, a narrowing of the built-in ``base`` for one organization
+    (``org_id``) or for all (``org_id`` None). ``definition`` is the resolved profile
+    (``Profile.to_definition``) under the template's own name."""
+
     slug: str
     name: str
     purpose: str
     definition: dict[str, Any]
     org_id: str | None = None
+    template_id: str = ""  # "" for a built-in: the store derives "/{slug}"
+    base: str | None = None
+    description: str = ""
+    status: str = "active"  # active | disabled (a disabled template issues nothing)
+    created_by: str | None = None
+    created_at: dt.datetime | None = None
+    updated_at: dt.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -315,13 +315,13 @@ class ScepService:
         default_org = self.authority.settings.default_org
         slug = org if org is not None else default_org
         name = profile if profile is not None else self.settings.default_profile
+        organization = await self.authority.organization(slug)
         try:
-            found = self.authority.profile(name)
+            found = await self.authority.resolve_profile(name, organization.org_id)
         except CAError:
             raise NotFound(f"no SCEP profile {name[:64]!r}") from None
         if found.internal_only:
             raise NotFound(f"no SCEP profile {name[:64]!r}")
-        organization = await self.authority.organization(slug)
         cas = await self.authority.issuing_cas(organization)
         return Endpoint(organization.org_id, organization.slug, found.name, cas.active,
                         slug == default_org and name == self.settings.default_profile,

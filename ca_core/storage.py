@@ -204,9 +204,40 @@ class CaStore(Protocol):
     async def list_ocsp_responders(self, ca_id: str | None = None) -> list[OcspResponderRecord]:
         """Responders of one CA (or all), the longest-lived first (by not_after)."""
 
-    async def upsert_template(self, template: TemplateRecord) -> None: ...
+    async def upsert_template(self, template: TemplateRecord) -> None:
+        """Publish a built-in profile: insert or replace the row of its (scope, slug)."""
 
-    async def list_templates(self) -> list[TemplateRecord]: ...
+    async def list_templates(self) -> list[TemplateRecord]:
+        """Every row (built-ins and all organizations' templates), by slug."""
+
+
+class TemplateStore(Protocol):
+    """Operator certificate templates (``ca_core.templates``): the AdminService writes them,
+    the Authority resolves a profile name through them at issuance."""
+
+    async def list_templates_page(
+        self, org_id: str | None = None, after: tuple[dt.datetime, str] | None = None,
+        limit: int = 100,
+    ) -> list[TemplateRecord]:
+        """By (created_at, template_id) after ``after``; with ``org_id``, only what that
+        organization sees (its own, the global ones and the built-ins)."""
+
+    async def get_template(self, slug: str, org_id: str | None) -> TemplateRecord | None:
+        """The row of exactly this scope (None: global or built-in)."""
+
+    async def resolve_template(self, slug: str, org_id: str) -> TemplateRecord | None:
+        """The active template an organization issues from: its own, else the global one."""
+
+    async def add_template(self, template: TemplateRecord, audit: AuditEvent) -> None:
+        """StoreConflict when the scope has that slug already."""
+
+    async def update_template(self, template: TemplateRecord,
+                              audit: AuditEvent) -> TemplateRecord | None:
+        """Replace an operator template's base, description, status and definition (by
+        template_id); None when there is none."""
+
+    async def delete_template(self, template_id: str, audit: AuditEvent) -> bool:
+        """Delete an operator template; False when there is none."""
 
 
 class CertificateStore(Protocol):
@@ -547,9 +578,9 @@ class ScepStore(Protocol):
         approval unchanged). StoreConflict when the organization does not exist."""
 
 
-class Store(TenantStore, ServiceAccountStore, CaStore, CertificateStore, CrlStore,
-            LeaseStore, AuditStore, TimestampStore, AcmeStore, EnrollmentStore, ScepStore,
-            Protocol):
+class Store(TenantStore, ServiceAccountStore, CaStore, TemplateStore, CertificateStore,
+            CrlStore, LeaseStore, AuditStore, TimestampStore, AcmeStore, EnrollmentStore,
+            ScepStore, Protocol):
     """Every aggregate at once, as the gateway wires it (``db.store`` implements it), plus
     the lifecycle."""
 

@@ -853,22 +853,115 @@ class SqlStore:
     # templates and API tokens ------------------------------------------------------------
 
     async def upsert_template(self, template: TemplateRecord) -> None:
+        """Publish a built-in profile (``vcc-pki init``): insert, or replace the definition
+        of the row with the same (organization, slug)."""
+        now = self._d.t(_now())
+
         def write(tx: Tx) -> Body[None]:
             yield run(
-                "INSERT INTO certificate_templates (slug, org_id, name, purpose, definition,"
-                " updated_at) VALUES (?,?,?,?,?,?) ON CONFLICT (slug) DO UPDATE SET"
-                " org_id = excluded.org_id, name = excluded.name, purpose = excluded.purpose,"
+                "INSERT INTO certificate_templates (template_id, org_id, slug, name, purpose,"
+                " base, description, status, definition, created_by, created_at, updated_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT ((COALESCE(org_id, '')), slug) DO UPDATE SET"
+                " name = excluded.name, purpose = excluded.purpose,"
                 " definition = excluded.definition, updated_at = excluded.updated_at",
-                template.slug, template.org_id, template.name, template.purpose,
-                json.dumps(template.definition, sort_keys=True), self._d.t(_now()))
+                template.template_id or f"{template.org_id or ''}/{template.slug}",
+                template.org_id, template.slug, template.name, template.purpose,
+                template.base, template.description, template.status,
+                json.dumps(template.definition, sort_keys=True), template.created_by, now, now)
         await self._write(write)
 
     async def list_templates(self) -> list[TemplateRecord]:
+        """Every row (built-ins and operator templates of all organizations), by slug."""
         found = await self._read(rows(
-            'SELECT * FROM certificate_templates ORDER BY slug COLLATE "C"'))
-        return [TemplateRecord(slug=r["slug"], name=r["name"], purpose=r["purpose"],
-                               definition=json.loads(r["definition"]), org_id=r["org_id"])
-                for r in found]
+            'SELECT * FROM certificate_templates ORDER BY slug COLLATE "C", template_id'))
+        return [self._template(r) for r in found]
+
+    async def list_templates_page(
+        self, org_id: str | None = None, after: tuple[dt.datetime, str] | None = None,
+        limit: int = 100,
+    ) -> list[TemplateRecord]:
+        """Templates by (created_at, template_id), after ``after``: all, or those an
+        organization sees (its own, the global ones and the built-ins) when ``org_id``."""
+        found = await self._page("certificate_templates", "template_id", org_id, after, limit,
+                                 "(org_id IS NULL OR org_id = ?)")
+        return [self._template(r) for r in found]
+
+    async def get_template(self, slug: str, org_id: str | None) -> TemplateRecord | None:
+        """The template ``slug`` of exactly this scope (an organization, or None: global or
+        built-in)."""
+        row = await self._lookup(one(
+            "SELECT * FROM certificate_templates WHERE COALESCE(org_id, '') = ? AND slug = ?",
+            org_id or "", slug))
+        return None if row is None else self._template(row)
+
+    async def resolve_template(self, slug: str, org_id: str) -> TemplateRecord | None:
+        """The active template ``slug`` an organization issues from: its own, else the
+        global one. One probe of the (organization, slug) index."""
+        row = await self._lookup(one(
+            "SELECT * FROM certificate_templates WHERE COALESCE(org_id, '') IN (?, '')"
+            " AND slug = ? AND status = 'active' ORDER BY (org_id IS NULL) LIMIT 1",
+            org_id, slug))
+        return None if row is None else self._template(row)
+
+    async def add_template(self, template: TemplateRecord, audit: AuditEvent) -> None:
+        """Record an operator template; StoreConflict if its scope has that slug."""
+        d = self._d
+
+        def write(tx: Tx) -> Body[None]:
+            yield run(
+                "INSERT INTO certificate_templates (template_id, org_id, slug, name, purpose,"
+                " base, description, status, definition, created_by, created_at, updated_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                template.template_id, template.org_id, template.slug, template.name,
+                template.purpose, template.base, template.description, template.status,
+                json.dumps(template.definition, sort_keys=True), template.created_by,
+                d.t(template.created_at or _now()), d.t(template.updated_at or _now()))
+            yield from tx.append_audit(audit)
+        await self._write(write)
+
+    async def update_template(self, template: TemplateRecord,
+                              audit: AuditEvent) -> TemplateRecord | None:
+        """Replace base, description, status and definition of the operator template
+        ``template.template_id``; the updated row, or None (nothing written) when there is
+        none (a built-in is never updated here)."""
+        d = self._d
+
+        def write(tx: Tx) -> Body[TemplateRecord | None]:
+            row = yield one(
+                "UPDATE certificate_templates SET purpose = ?, base = ?, description = ?,"
+                " status = ?, definition = ?, updated_at = ?"
+                " WHERE template_id = ? AND base IS NOT NULL RETURNING *",
+                template.purpose, template.base, template.description, template.status,
+                json.dumps(template.definition, sort_keys=True),
+                d.t(template.updated_at or _now()), template.template_id)
+            if row is None:
+                return None
+            yield from tx.append_audit(audit)
+            return self._template(row)
+        return await self._write(write)
+
+    async def delete_template(self, template_id: str, audit: AuditEvent) -> bool:
+        """Delete an operator template; False (nothing written) when there is none."""
+        def write(tx: Tx) -> Body[bool]:
+            row = yield one("DELETE FROM certificate_templates WHERE template_id = ?"
+                            " AND base IS NOT NULL RETURNING template_id", template_id)
+            if row is None:
+                return False
+            yield from tx.append_audit(audit)
+            return True
+        return await self._write(write)
+
+    def _template(self, row: Any) -> TemplateRecord:
+        d = self._d
+        definition = row["definition"]
+        return TemplateRecord(
+            slug=row["slug"], name=row["name"], purpose=row["purpose"],
+            definition=json.loads(definition) if isinstance(definition, str) else definition,
+            org_id=row["org_id"], template_id=row["template_id"], base=row["base"],
+            description=row["description"], status=row["status"],
+            created_by=row["created_by"], created_at=d.time(row["created_at"]),
+            updated_at=d.time(row["updated_at"]))
 
     async def add_token(self, token: ApiToken, audit: AuditEvent) -> None:
         d = self._d

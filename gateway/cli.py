@@ -1,5 +1,5 @@
-"""The ``vcc-pki`` command line: init, serve, and the operator's commands (ca, org, issue,
-revoke, token, service-account, audit, acme, est, crl, tsa). ``DESCRIPTION`` is what
+"""The ``vcc-pki`` command line: init, serve, and the operator's commands (ca, org, template,
+issue, revoke, token, service-account, audit, acme, est, crl, tsa). ``DESCRIPTION`` is what
 ``vcc-pki --help`` says."""
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from ca_core.admin import (
     OrganizationChange,
     audit_document,
     organization_document,
+    template_document,
 )
 from ca_core.authority import (
     ISSUING_CA_REFRESH_SECONDS,
@@ -50,7 +51,15 @@ from ca_core.hierarchy import (
 )
 from ca_core.keys import KeySpec
 from ca_core.principal import ROLES, Principal
-from ca_core.profiles import BUILTIN_PROFILES
+from ca_core.profiles import BUILTIN_PROFILES, EKU_NAMES, KEY_USAGE_NAMES, SAN_TYPES
+from ca_core.templates import (
+    BUILTIN_NAMES,
+    NOT_BASES,
+    SPEC_FIELDS,
+    TEMPLATE_STATUSES,
+    Template,
+    TemplateSpec,
+)
 from ca_core.tsa import TimeStampAuthority, find_timestamp
 from gateway.config import Config, ConfigError, load_config
 from gateway.runtime import Services, open_services, require_cas
@@ -449,6 +458,89 @@ async def cmd_org_update(config: Config, args: argparse.Namespace) -> int:
             name=args.name, status=args.status, isolation=args.isolation,
             policy=policy or None, partners=partners))
         print(json.dumps(organization_document(org), indent=2))
+        return 0
+    return await _with_services(config, run)
+
+
+def _template_spec(args: argparse.Namespace) -> TemplateSpec:
+    """From ``--from FILE.json`` (a template document, as `template show` prints it, or
+    the REST body), then the options given, which override the file's fields."""
+    document: dict[str, Any] = {}
+    if args.from_file:
+        text = Path(args.from_file).read_text(encoding="utf-8") if args.from_file != "-" \
+            else sys.stdin.read()
+        try:
+            loaded = json.loads(text)
+        except ValueError:
+            raise BadRequest(_about_file(args.from_file, "not valid JSON")) from None
+        if not isinstance(loaded, dict):
+            raise BadRequest(_about_file(args.from_file, "not a JSON object"))
+        # a `template show` document: keep only what a template may say
+        document = {k: v for k, v in loaded.items() if k in SPEC_FIELDS}
+    for field, value in (("base", args.base), ("description", args.description),
+                         ("max_validity_days", args.max_validity_days),
+                         ("default_validity_days", args.default_validity_days),
+                         ("key_usage", _csv(args.key_usage)),
+                         ("extended_key_usage", _csv(args.extended_key_usage)),
+                         ("allowed_keys", _csv(args.allowed_keys)),
+                         ("san_types", _csv(args.san_types)),
+                         ("allowed_roles", _csv(args.allowed_roles)),
+                         ("require_san", args.require_san), ("status", args.status)):
+        if value is not None:
+            document[field] = value
+    return TemplateSpec.parse(document)
+
+
+def _print_template(template: Template) -> None:
+    print(json.dumps(template_document(template), indent=2))
+
+
+async def cmd_template_list(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        page = await services.admin.list_templates(CLI, args.org, args.cursor, args.limit)
+        print(f"{'NAME':<24} {'BASE':<20} {'SCOPE':<12} {'STATUS':<9} {'DAYS':>5}  "
+              "DESCRIPTION")
+        for item in page.items:
+            scope = "built-in" if item.builtin else "global" if item.org_id is None else \
+                (await services.authority.organization_by_id(item.org_id)).slug
+            profile = item.profile
+            print(f"{profile.name:<24} {profile.base or '-':<20} {scope:<12} "
+                  f"{item.status:<9} {profile.max_validity_days:>5}  {profile.description}")
+        if page.next:
+            print(f"next page: --cursor {page.next}", file=sys.stderr)
+        return 0
+    return await _with_services(config, run)
+
+
+async def cmd_template_show(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        _print_template(await services.admin.get_template(CLI, args.name, args.org))
+        return 0
+    return await _with_services(config, run)
+
+
+async def cmd_template_create(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        _print_template(await services.admin.create_template(
+            CLI, args.name, _template_spec(args), args.org))
+        return 0
+    return await _with_services(config, run)
+
+
+async def cmd_template_update(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        _print_template(await services.admin.update_template(
+            CLI, args.name, _template_spec(args), args.org))
+        return 0
+    return await _with_services(config, run)
+
+
+async def cmd_template_delete(config: Config, args: argparse.Namespace) -> int:
+    async def run(services: Services) -> int:
+        deleted = await services.admin.delete_template(CLI, args.name, args.org)
+        scope = "global" if deleted.org_id is None else args.org or "its organization"
+        print(f"template {deleted.profile.name} ({scope}) deleted: requests naming it fail "
+              "from now on")
         return 0
     return await _with_services(config, run)
 
@@ -1020,6 +1112,58 @@ def build_parser() -> argparse.ArgumentParser:
                             help=f"issuing CA key: {', '.join(KEY_TYPES)} (default: "
                             f"VCC_PKI_ISSUING_KEY_TYPE, {defaults.issuing_key_type})")
 
+    template = group("template", "certificate templates: the built-in profiles (read-only) "
+                     "and named narrowings of them, per organization or global")
+    template_list = command(template, "list", "templates an organization sees: built-ins, "
+                            "global ones and its own (without --org: every one)",
+                            cmd_template_list)
+    template_list.add_argument("--org", metavar="SLUG", help="as this organization sees them")
+    template_list.add_argument("--limit", type=int, default=100,
+                               help="page size (at most 500)")
+    template_list.add_argument("--cursor", help="the next page, as the last page printed")
+    template_show = command(template, "show", "one template as JSON (--org: as that "
+                            "organization resolves the name)", cmd_template_show)
+    bases = ", ".join(sorted(BUILTIN_NAMES - NOT_BASES))
+    template_create = command(
+        template, "create", "create a template: a built-in (--base) narrowed by the options "
+        "given (what is left out is the base's); it may never allow more than the base or "
+        "the organization's policy", cmd_template_create)
+    template_update = command(template, "update", "change a template: the options given "
+                              "replace those values, the rest is kept", cmd_template_update)
+    template_delete = command(template, "delete", "delete a template (built-ins cannot be)",
+                              cmd_template_delete)
+    for each in (template_show, template_create, template_update, template_delete):
+        each.add_argument("name", help="template name: lowercase letters, digits, '_', '.' "
+                          "or '-'")
+        each.add_argument("--org", metavar="SLUG", help="the organization's template "
+                          "(default: a global one)")
+    for each in (template_create, template_update):
+        each.add_argument("--from", dest="from_file", metavar="FILE.json",
+                          help="a JSON template document (as `template show` prints it); "
+                          "the options override its fields; - for standard input")
+        each.add_argument("--base", metavar="PROFILE", help=f"the built-in it narrows: "
+                          f"{bases}")
+        each.add_argument("--description", help="what it is for, shown in lists")
+        each.add_argument("--max-validity-days", type=int, metavar="N",
+                          help="longest validity: at most the base's and the organization "
+                          "policy's")
+        each.add_argument("--default-validity-days", type=int, metavar="N",
+                          help="validity when a request names none (at most the maximum)")
+        each.add_argument("--key-usage", metavar="KU,..", help="subset of the base's: "
+                          + ", ".join(KEY_USAGE_NAMES))
+        each.add_argument("--extended-key-usage", "--eku", metavar="EKU,..",
+                          help="subset of the base's: " + ", ".join(EKU_NAMES))
+        each.add_argument("--allowed-keys", metavar="TYPE,..", help="subset of the base's: "
+                          + ", ".join(KEY_TYPES))
+        each.add_argument("--san-types", metavar="TYPE,..", help="subset of the base's: "
+                          + ", ".join(SAN_TYPES))
+        each.add_argument("--allowed-roles", metavar="ROLE,..", help="who may request it: "
+                          + ", ".join(ROLES))
+        each.add_argument("--require-san", action=argparse.BooleanOptionalAction,
+                          default=None, help="a subjectAltName is required")
+        each.add_argument("--status", choices=TEMPLATE_STATUSES,
+                          help="disabled: it issues nothing until active again")
+
     service = BUILTIN_PROFILES[0]
     issue = command(sub, "issue", "issue a certificate from a PKCS#10 CSR (the certificate "
                     "PEM to stdout or --out, its serial to stderr)", cmd_issue)
@@ -1029,7 +1173,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"certificate profile (default: {service.name}); built in: "
                        + ", ".join(f"{p.name} ({', '.join(p.extended_key_usage)})"
                                    for p in _PROFILES)
-                       + "; profiles defined in the store are accepted too")
+                       + "; or a template (`vcc-pki template list`)")
     issue.add_argument("--org", metavar="SLUG",
                        help="organization whose issuing CA signs (default: "
                        f"VCC_PKI_DEFAULT_ORG, {defaults.default_org})")

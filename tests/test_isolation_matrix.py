@@ -33,6 +33,7 @@ from ca_core.authority import IssuanceRequest
 from ca_core.hierarchy import ensure_organization, rollover_issuing_ca
 from ca_core.principal import ROLES, Principal
 from ca_core.records import AcmeAccount, AuditEvent
+from ca_core.templates import TemplateSpec
 from gateway.app import build_https_app
 from gateway.runtime import Services
 from tests.helpers import make_csr, make_key
@@ -93,12 +94,24 @@ MATRIX: dict[str, dict[str, tuple[str, str, str]]] = {
     "cas.activate": {
         "pki_super_admin": (A, A, A), "pki_admin": (D, D, D), "cert_manager": (D, D, D),
         "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (D, D, D)},
-    # templates are the same for every organization (profiles are code): no "other"
+    # each organization's own template (the built-ins are everyone's: test_templates.py)
     "templates.list": {
-        "pki_super_admin": (A, A, A), "pki_admin": (A, A, A), "cert_manager": (A, A, A),
-        "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (D, D, D)},
+        "pki_super_admin": (A, A, A), "pki_admin": (A, H, H), "cert_manager": (A, H, H),
+        "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (A, H, H)},
     "templates.get": {
-        "pki_super_admin": (A, A, A), "pki_admin": (A, A, A), "cert_manager": (A, A, A),
+        "pki_super_admin": (A, A, A), "pki_admin": (A, H, H), "cert_manager": (A, H, H),
+        "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (A, H, H)},
+    "templates.get_unscoped": {  # by name alone: another organization's is not found
+        "pki_super_admin": (H, H, H), "pki_admin": (A, H, H), "cert_manager": (A, H, H),
+        "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (A, H, H)},
+    "templates.create": {
+        "pki_super_admin": (A, A, A), "pki_admin": (A, H, H), "cert_manager": (D, D, D),
+        "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (D, D, D)},
+    "templates.update": {
+        "pki_super_admin": (A, A, A), "pki_admin": (A, H, H), "cert_manager": (D, D, D),
+        "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (D, D, D)},
+    "templates.delete": {
+        "pki_super_admin": (A, A, A), "pki_admin": (A, H, H), "cert_manager": (D, D, D),
         "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (D, D, D)},
     "acme_eab.list": {
         "pki_super_admin": (A, A, A), "pki_admin": (A, H, H), "cert_manager": (D, D, D),
@@ -143,6 +156,7 @@ class Target:
     account_id: str
     ca_name: str  # the organization's active issuing CA
     service_account_id: str
+    template: str  # a template of the organization
     next_ca: str = ""  # a rollover's next CA (made for cas.activate only)
 
 
@@ -180,6 +194,8 @@ def _contains(answer: Answer, target: Target, endpoint: str) -> bool:
         return target.ca_name in [c["name"] for c in _items(answer, endpoint)]
     if endpoint == "acme_eab.list":
         return target.eab_kid in [k["kid"] for k in _items(answer, endpoint)]
+    if endpoint == "templates.list":
+        return target.template in [t["name"] for t in _items(answer, endpoint)]
     if endpoint == "acme_accounts.list":
         return target.account_id in [a["id"] for a in _items(answer, endpoint)]
     return True
@@ -218,8 +234,19 @@ CALLS: dict[str, Call] = {
         "type": "intermediate", "organization": t.slug,
         "name": f"{t.common_name.partition('.')[0]}-{t.slug}-intermediate"}),
     "cas.activate": lambda c, h, t: _post(c, h, f"/api/v1/cas/{t.next_ca}/activate"),
-    "templates.list": lambda c, h, t: _get(c, h, "/api/v1/templates"),
-    "templates.get": lambda c, h, t: _get(c, h, "/api/v1/templates/vcc_service"),
+    "templates.list": lambda c, h, t: _get(c, h, "/api/v1/templates", organization=t.slug,
+                                           limit="500"),
+    "templates.get": lambda c, h, t: _get(c, h, f"/api/v1/templates/{t.template}",
+                                          organization=t.slug),
+    "templates.get_unscoped": lambda c, h, t: _get(c, h, f"/api/v1/templates/{t.template}"),
+    "templates.create": lambda c, h, t: _post(c, h, "/api/v1/templates", {
+        "name": f"new-{t.template}", "base": "vcc_service", "organization": t.slug,
+        "max_validity_days": 30}),
+    "templates.update": lambda c, h, t: _put(
+        c, h, f"/api/v1/templates/{t.template}?organization={t.slug}",
+        {"description": "changed", "max_validity_days": 20}),
+    "templates.delete": lambda c, h, t: _delete(
+        c, h, f"/api/v1/templates/{t.template}?organization={t.slug}"),
     "acme_eab.list": lambda c, h, t: _get(c, h, "/api/v1/acme/eab", organization=t.slug,
                                           limit="500"),
     "acme_eab.create": lambda c, h, t: _post(c, h, "/api/v1/acme/eab",
@@ -261,6 +288,11 @@ async def _delete(client: TestClient, auth: dict[str, str], path: str) -> Answer
     return await _answer(await client.delete(path, headers=auth))
 
 
+async def _put(client: TestClient, auth: dict[str, str], path: str,
+               body: dict[str, Any]) -> Answer:
+    return await _answer(await client.put(path, headers=auth, json=body))
+
+
 async def _patch(client: TestClient, auth: dict[str, str], path: str,
                  body: dict[str, Any]) -> Answer:
     return await _answer(await client.patch(path, headers=auth, json=body))
@@ -283,13 +315,16 @@ async def _target(services: Services, slug: str, n: int, endpoint: str) -> Targe
         resource_type="acme_account", resource_id=account.account_id))
     bound = await services.admin.create_service_account(SYSTEM, slug, f"matrix {n}",
                                                         _client_pem().encode())
+    template = (await services.admin.create_template(
+        SYSTEM, f"t{n}-{slug}", TemplateSpec(base="vcc_service", max_validity_days=90),
+        slug)).profile.name
     cas = await services.authority.issuing_cas(org)
     next_ca = cas.next or ""
     if endpoint == "cas.activate" and not next_ca:
         next_ca = (await rollover_issuing_ca(services.authority, slug, SYSTEM)).name
     return Target(slug, issued.serial, issued.record.cert_id, common_name,
                   token.record.token_id, eab.kid, account.account_id, cas.active,
-                  bound.account_id, next_ca)
+                  bound.account_id, template, next_ca)
 
 
 async def _state(services: Services, target: Target) -> tuple[Any, ...]:
@@ -301,7 +336,10 @@ async def _state(services: Services, target: Target) -> tuple[Any, ...]:
     account = await store.get_acme_account(target.account_id)
     next_ca = await store.get_ca(target.next_ca) if target.next_ca else None
     org = await store.get_organization(target.slug)
-    return (cert and cert.status, token and token.revoked, bound and bound.revoked,
+    template = await store.get_template(target.template, org and org.org_id)
+    return (template and (template.definition, template.status),
+            len(await store.list_templates()), cert and cert.status,
+            token and token.revoked, bound and bound.revoked,
             await store.get_eab_key(target.eab_kid) is not None, account and account.status,
             next_ca and next_ca.status, org and (org.name, org.status),
             sum(n for _, _, n in await store.count_active_certificates(

@@ -377,7 +377,7 @@ async def test_cas_chain_export_rollover_and_templates(services: Services,
     activated = await client.post(f"/api/v1/cas/{new['name']}/activate",
                                   headers=_auth(admin))
     assert activated.status == 200 and (await activated.json())["status"] == "active"
-    # templates: read-only profiles
+    # templates: the built-in profiles are read-only (tests/test_templates.py: CRUD)
     listed = await (await client.get("/api/v1/templates", headers=_auth(health))).json()
     assert "vcc_service" in [t["name"] for t in listed["items"]] and listed["next"] is None
     assert all(t["read_only"] for t in listed["items"])
@@ -386,7 +386,9 @@ async def test_cas_chain_export_rollover_and_templates(services: Services,
     assert one["name"] == "vcc_service" and "serverAuth" in one["extended_key_usage"]
     await _problem(await client.get("/api/v1/templates/nope", headers=_auth(health)), 404)
     auditor = await _token(services, "auditor", "health")
-    await _problem(await client.get("/api/v1/templates", headers=_auth(auditor)), 403)
+    assert (await client.get("/api/v1/templates", headers=_auth(auditor))).status == 200
+    service = await _token(services, "service_account", "health")
+    await _problem(await client.get("/api/v1/templates", headers=_auth(service)), 403)
     await _problem(await client.get("/api/v1/cas", headers=_auth(auditor)), 403)
 
 

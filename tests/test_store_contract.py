@@ -545,6 +545,7 @@ async def test_count_active_certificates(store: Store, seed: Seed) -> None:
 # --- templates, tokens ------------------------------------------------------------------
 
 async def test_templates_upsert(store: Store, seed: Seed) -> None:
+    """Built-ins are published (and re-published) per (scope, slug); not audited."""
     server = TemplateRecord(
         slug="tls-server", name="TLS server", purpose="server",
         definition={"key_usage": ["digitalSignature"], "eku": ["serverAuth"],
@@ -556,12 +557,126 @@ async def test_templates_upsert(store: Store, seed: Seed) -> None:
     )
     await store.upsert_template(server)
     await store.upsert_template(client)
-    assert await store.list_templates() == [client, server]
+
+    def key(r: TemplateRecord) -> tuple[Any, ...]:
+        return (r.slug, r.name, r.purpose, r.definition, r.org_id, r.base, r.status)
+    assert [key(r) for r in await store.list_templates()] == [key(client), key(server)]
     changed = replace(server, name="TLS server (short)",
                       definition={**server.definition, "max_validity_days": 90})
     await store.upsert_template(changed)
-    assert await store.list_templates() == [client, changed]
+    listed = await store.list_templates()
+    assert [key(r) for r in listed] == [key(client), key(changed)]
+    assert listed[1].template_id == "/tls-server" and listed[1].created_at is not None
     assert await chain_ok(store) == 3  # templates are configuration, not audited here
+
+
+def make_template(slug: str, org: Organization | None, n: int = 0,
+                  **changes: Any) -> TemplateRecord:
+    record = TemplateRecord(
+        slug=slug, name=slug, purpose="vcc_service",
+        definition={"name": slug, "max_validity_days": 30 + n}, org_id=org and org.org_id,
+        template_id=f"tpl-{slug}-{org.slug if org else 'global'}", base="vcc_service",
+        description=f"{slug} {n}", created_by="token:ops",
+        created_at=T0 + dt.timedelta(seconds=n), updated_at=T0 + dt.timedelta(seconds=n))
+    return replace(record, **changes)
+
+
+async def test_operator_templates(store: Store, seed: Seed) -> None:
+    """Per-organization names, global ones, the resolution order (the organization's,
+    else the global one; never another organization's), status, update and delete, each
+    write audited in its transaction."""
+    other = make_org("other", T0)
+    await store.add_organization(other, event("organization.created", slug="other"))
+    builtin = TemplateRecord(slug="vcc_service", name="vcc_service", purpose="vcc_service",
+                             definition={"name": "vcc_service"})
+    await store.upsert_template(builtin)
+    mine = make_template("web", seed.org, 1)
+    theirs = make_template("web", other, 2)
+    shared = make_template("web", None, 3)
+    only_global = make_template("db", None, 4)
+    for record in (mine, theirs, shared, only_global):
+        await store.add_template(record, event("template.created", name=record.slug))
+    with pytest.raises(StoreConflict):  # one name per scope, NULL (global) included
+        await store.add_template(replace(shared, template_id="tpl-dup"),
+                                 event("template.created"))
+    with pytest.raises(StoreConflict):
+        await store.add_template(replace(mine, template_id="tpl-dup"),
+                                 event("template.created"))
+
+    found = await store.get_template("web", seed.org.org_id)
+    assert found == mine
+    assert await store.get_template("web", None) == shared
+    assert await store.get_template("db", seed.org.org_id) is None  # exact scope only
+    assert await store.resolve_template("web", seed.org.org_id) == mine
+    assert await store.resolve_template("web", other.org_id) == theirs
+    assert await store.resolve_template("db", seed.org.org_id) == only_global
+    assert await store.resolve_template("nope", seed.org.org_id) is None
+    assert await store.resolve_template("web", "no-such-org") == shared
+
+    # lists: an organization sees its own, the global ones and the built-ins
+    visible = await store.list_templates_page(seed.org.org_id)
+    assert {r.template_id for r in visible} == {"/vcc_service", mine.template_id,
+                                                shared.template_id, only_global.template_id}
+    everything = await store.list_templates_page(None, limit=100)
+    assert len(everything) == 5
+    first = await store.list_templates_page(None, limit=2)
+    rest = await store.list_templates_page(
+        None, (first[-1].created_at, first[-1].template_id), 100)  # type: ignore[arg-type]
+    assert [r.template_id for r in first + rest] == [r.template_id for r in everything]
+
+    # a disabled template resolves no more: the global one of that name applies
+    disabled = await store.update_template(
+        replace(mine, status="disabled", description="off",
+                updated_at=T0 + dt.timedelta(hours=1)), event("template.updated"))
+    assert disabled is not None and disabled.status == "disabled"
+    assert disabled.description == "off" and disabled.created_at == mine.created_at
+    assert await store.resolve_template("web", seed.org.org_id) == shared
+    # built-ins are not written through update/delete
+    assert await store.update_template(
+        replace(builtin, template_id="/vcc_service"), event("template.updated")) is None
+    assert await store.delete_template("/vcc_service", event("template.deleted")) is False
+
+    assert await store.delete_template(shared.template_id, event("template.deleted"))
+    assert not await store.delete_template(shared.template_id, event("template.deleted"))
+    assert await store.resolve_template("web", seed.org.org_id) is None
+    assert await store.resolve_template("web", other.org_id) == theirs
+    # seed: 3; other org: 1; 4 created, 1 updated, 1 deleted; refusals wrote nothing
+    assert await chain_ok(store) == 10
+
+
+@pytest.mark.parametrize(
+    "store", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+async def test_template_migration_keeps_published_profiles(
+        store: str, location: Location, monkeypatch: pytest.MonkeyPatch) -> None:
+    """0013 rebuilds certificate_templates (slug was its primary key): a store migrated
+    from 0012 keeps its rows as built-ins (global, no base) under the new unique index."""
+    import db.postgres
+    import db.sqlite
+    if location.backend == "postgresql":
+        await reset_schema(location.target)
+    for module in (db.sqlite, db.postgres):
+        monkeypatch.setattr(module, "migrations",
+                            lambda dialect: [m for m in migrations(dialect) if m[0] < 13])
+    old = make_store(location)
+    await old.open()
+    await old.close()
+    await raw_sql(location, "INSERT INTO certificate_templates (slug, org_id, name, purpose,"
+                  " definition, updated_at) VALUES ('vcc_service', NULL, 'vcc_service',"
+                  " 'vcc_service', '{\"name\": \"vcc_service\"}', '2025-03-14T09:26:53Z')")
+    monkeypatch.undo()
+    migrated = make_store(location)
+    await migrated.open()
+    try:
+        [row] = await migrated.list_templates()
+        assert (row.slug, row.org_id, row.base, row.status, row.template_id) == (
+            "vcc_service", None, None, "active", "/vcc_service")
+        assert row.definition == {"name": "vcc_service"}
+        await migrated.upsert_template(replace(row, definition={"name": "vcc_service",
+                                                                "v": 2}))
+        [row] = await migrated.list_templates()
+        assert row.definition["v"] == 2
+    finally:
+        await migrated.close()
 
 
 async def test_tokens(store: Store, seed: Seed) -> None:

@@ -1,5 +1,6 @@
-"""The REST admin API (``/api/v1``): certificates, CAs, templates (read-only: profiles are
-code), tokens, ACME EAB keys and accounts, organizations and the audit log.
+"""The REST admin API (``/api/v1``): certificates, CAs, certificate templates (the
+built-in profiles, read-only, and operators' narrowings of them), tokens, ACME EAB keys
+and accounts, organizations and the audit log.
 
 Decode JSON or query parameters -> call the Authority or the AdminService (``ca_core.admin``,
 the CLI's too) -> encode JSON. Authentication is a bearer token (``vcc-pki token create`` or
@@ -19,6 +20,7 @@ import json
 import logging
 import ssl
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 from cryptography import x509
@@ -45,6 +47,7 @@ from ca_core.errors import BadRequest, Unauthorized
 from ca_core.keys import KeySpec
 from ca_core.principal import Principal
 from ca_core.records import AuditEntry, CertificateRecord
+from ca_core.templates import TemplateSpec
 from protocols.est import tls_shim
 
 log = logging.getLogger(__name__)
@@ -159,9 +162,13 @@ async def issue_certificate(request: web.Request) -> web.Response:
     body = await _json_body(request)
     csr = _field(body, "csr", str, required=True)
     days = _field(body, "validity_days", int)
+    profile, template = _field(body, "profile", str), _field(body, "template", str)
+    if profile and template and profile != template:
+        raise BadRequest("give 'profile' or 'template' (the same thing), not two different "
+                         "names")
     issued = await request.app[AUTHORITY].issue(
         IssuanceRequest(
-            csr=csr.encode(), profile=_field(body, "profile", str) or "vcc_service",
+            csr=csr.encode(), profile=profile or template or "vcc_service",
             org=_field(body, "organization", str), validity_days=days,
         ),
         principal,
@@ -392,14 +399,47 @@ async def activate_ca(request: web.Request) -> web.Response:
 
 async def list_templates(request: web.Request) -> web.Response:
     principal = await _principal(request)
-    profiles = await request.app[ADMIN].list_templates(principal)
-    return _page([template_document(p) for p in profiles], None)  # a dozen: one page
+    page = await request.app[ADMIN].list_templates(
+        principal, _param(request, "organization"), _param(request, "cursor"),
+        _limit(request))
+    return _page([template_document(t) for t in page.items], page.next)
 
 
 async def get_template(request: web.Request) -> web.Response:
     principal = await _principal(request)
-    profile = await request.app[ADMIN].get_template(principal, request.match_info["name"])
-    return web.json_response(template_document(profile))
+    template = await request.app[ADMIN].get_template(
+        principal, request.match_info["name"], _param(request, "organization"))
+    return web.json_response(template_document(template))
+
+
+async def create_template(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    body = await _json_body(request)
+    name = _field(body, "name", str, required=True)
+    organization = _field(body, "organization", str)
+    spec = TemplateSpec.parse(body, ignore=frozenset({"name", "organization"}))
+    template = await request.app[ADMIN].create_template(principal, name, spec, organization)
+    response = web.json_response(template_document(template), status=201)
+    # a super admin reaches an organization's template only by naming the organization
+    scope = "" if organization is None else "?" + urlencode({"organization": organization})
+    response.headers["Location"] = f"/api/v1/templates/{template.profile.name}{scope}"
+    return response
+
+
+async def update_template(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    body = await _json_body(request)
+    template = await request.app[ADMIN].update_template(
+        principal, request.match_info["name"], TemplateSpec.parse(body),
+        _param(request, "organization"))
+    return web.json_response(template_document(template))
+
+
+async def delete_template(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    template = await request.app[ADMIN].delete_template(
+        principal, request.match_info["name"], _param(request, "organization"))
+    return web.json_response(template_document(template))
 
 
 # --- ACME EAB keys and accounts ------------------------------------------------------------
@@ -562,7 +602,10 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/cas/{name}/chain", ca_chain)
     app.router.add_post("/api/v1/cas/{name}/activate", activate_ca)
     app.router.add_get("/api/v1/templates", list_templates)
+    app.router.add_post("/api/v1/templates", create_template)
     app.router.add_get("/api/v1/templates/{name}", get_template)
+    app.router.add_put("/api/v1/templates/{name}", update_template)
+    app.router.add_delete("/api/v1/templates/{name}", delete_template)
     app.router.add_get("/api/v1/acme/eab", list_eab_keys)
     app.router.add_post("/api/v1/acme/eab", create_eab_key)
     app.router.add_delete("/api/v1/acme/eab/{kid}", revoke_eab_key)

@@ -17,6 +17,7 @@ from aiohttp import web
 from ca_core.admin import CERTIFICATE_STATUSES, MAX_LIMIT, MAX_TOKEN_DAYS
 from ca_core.org_policy import ISOLATION_LEVELS, MAX_PARTNERS, ORG_STATUSES
 from ca_core.principal import ROLES
+from ca_core.templates import TEMPLATE_STATUSES
 
 JSON = "application/json"
 PROBLEM = "application/problem+json"
@@ -77,6 +78,20 @@ _PARTNERS = {"type": "array", "maxItems": MAX_PARTNERS, "items": {"type": "strin
              "description": "slugs of active organizations that may read its certificates "
              "when collaborative (one-way; kept but inert at other levels)"}
 
+_STRINGS = {"type": "array", "items": {"type": "string"}}
+_TEMPLATE_FIELDS: dict[str, Any] = {
+    "base": {"type": "string", "description": "a built-in profile (not ocsp_signing, "
+             "scep_ra or timestamp_authority)"},
+    "description": {"type": "string"},
+    "key_usage": _STRINGS, "extended_key_usage": _STRINGS, "allowed_keys": _STRINGS,
+    "san_types": _STRINGS, "allowed_roles": _STRINGS,
+    "max_validity_days": {"type": "integer", "description": "at most the base's and the "
+                          "organization policy's"},
+    "default_validity_days": {"type": "integer"},
+    "require_san": {"type": "boolean"},
+    "status": {"type": "string", "enum": list(TEMPLATE_STATUSES)},
+}
+
 _SCHEMAS: dict[str, Any] = {
     "Problem": {"type": "object", "required": ["type", "title", "status", "detail"],
                 "properties": {"type": {"type": "string"}, "title": {"type": "string"},
@@ -97,7 +112,10 @@ _SCHEMAS: dict[str, Any] = {
         "organization_id": {"type": "string"}}},
     "IssueRequest": {"type": "object", "required": ["csr"], "properties": {
         "csr": {"type": "string", "description": "PEM PKCS#10"},
-        "profile": {"type": "string", "default": "vcc_service"},
+        "profile": {"type": "string", "default": "vcc_service",
+                    "description": "a built-in profile or a template name"},
+        "template": {"type": "string", "description": "the same as profile (both given "
+                     "and different: 400)"},
         "organization": {"type": "string", "description": "slug (default: the token's)"},
         "validity_days": {"type": "integer"}}},
     "RevokeRequest": {"type": "object", "properties": {
@@ -167,7 +185,8 @@ _SCHEMAS: dict[str, Any] = {
     "Template": {"type": "object", "required": [
         "name", "description", "key_usage", "extended_key_usage", "max_validity_days",
         "default_validity_days", "allowed_keys", "san_types", "require_san",
-        "allowed_roles", "read_only"], "properties": {
+        "allowed_roles", "base", "organization_id", "builtin", "read_only", "status"],
+        "properties": {
         "name": {"type": "string"}, "description": {"type": "string"},
         "key_usage": {"type": "array", "items": {"type": "string"}},
         "extended_key_usage": {"type": "array", "items": {"type": "string"}},
@@ -178,7 +197,24 @@ _SCHEMAS: dict[str, Any] = {
         "require_san": {"type": "boolean"}, "eku_critical": {"type": "boolean"},
         "ocsp_no_check": {"type": "boolean"}, "internal_only": {"type": "boolean"},
         "allowed_roles": {"type": "array", "items": {"type": "string"}},
-        "read_only": {"type": "boolean", "description": "profiles are code: always true"}}},
+        "base": {"type": "string", "description": "the built-in it narrows; \"\" for a "
+                 "built-in"},
+        "organization_id": {"type": ["string", "null"],
+                            "description": "null: global (or a built-in)"},
+        "builtin": {"type": "boolean"},
+        "read_only": {"type": "boolean", "description": "built-ins are code"},
+        "status": {"type": "string", "enum": list(TEMPLATE_STATUSES)},
+        "created_by": {"type": ["string", "null"]}, "created_at": _NULLABLE_TIME,
+        "updated_at": _NULLABLE_TIME}},
+    "TemplateChange": {"type": "object", "description": "what a template narrows; what "
+                       "it leaves out is the base's (on update: kept)",
+                       "properties": _TEMPLATE_FIELDS},
+    "TemplateRequest": {"type": "object", "required": ["name", "base"], "properties": {
+        "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_.-]{0,62}$",
+                 "description": "not a built-in's name"},
+        "organization": {"type": "string", "description": "slug; default: the token's "
+                         "(a super admin without it: a global template)"},
+        **_TEMPLATE_FIELDS}},
     "EabKey": {"type": "object", "required": [
         "kid", "organization_id", "created_at", "account_id", "used"], "properties": {
         "kid": {"type": "string"}, "organization_id": {"type": "string"},
@@ -238,6 +274,9 @@ _SCHEMAS: dict[str, Any] = {
 _SERIAL = _path("serial", "hex serial (0A1B..., 0a:1b:..., 0x0a1b...)")
 _ORG = _path("org", "slug or id")
 _CA = _path("name", "CA name (GET /api/v1/cas)")
+_TEMPLATE = _path("name", "template or built-in profile name")
+_TEMPLATE_ORG = _query("organization", "organization slug (default: the token's; a super "
+                       "admin without it: global templates)")
 _AUDIT_FILTERS = [
     _query("since", "entries at or after this time", _TIME),
     _query("until", "entries before this time", _TIME),
@@ -386,14 +425,31 @@ def document() -> dict[str, Any]:
                             parameters=[_CA], tag="cas"),
             },
             "/api/v1/templates": {
-                "get": _op("certificate templates (profiles); read-only: they are code", {
-                    "200": _json(_page_of("Template"), "all of them, one page"),
-                    **_problems(403)}, tag="templates"),
+                "get": _op("certificate templates: the built-ins (read-only), the global "
+                           "ones and the organization's", {
+                               "200": _json(_page_of("Template"), "one page"),
+                               **_problems(400, 403, 404)},
+                           parameters=[_TEMPLATE_ORG, *_PAGING], tag="templates"),
+                "post": _op("create a template narrowing a built-in profile", {
+                    "201": _json(_ref("Template"), "created"),
+                    **_problems(400, 403, 404, 409, 413, 415)},
+                    body=_body(_ref("TemplateRequest")), tag="templates"),
             },
             "/api/v1/templates/{name}": {
-                "get": _op("one template", {
-                    "200": _json(_ref("Template"), "the template"), **_problems(403, 404)},
-                    parameters=[_path("name", "profile name")], tag="templates"),
+                "get": _op("one template, as the organization resolves the name (its own, "
+                           "else global, else built-in)", {
+                               "200": _json(_ref("Template"), "the template"),
+                               **_problems(400, 403, 404)},
+                           parameters=[_TEMPLATE, _TEMPLATE_ORG], tag="templates"),
+                "put": _op("change a template (built-ins: 409)", {
+                    "200": _json(_ref("Template"), "updated"),
+                    **_problems(400, 403, 404, 409, 413, 415)},
+                    parameters=[_TEMPLATE, _TEMPLATE_ORG], body=_body(_ref("TemplateChange")),
+                    tag="templates"),
+                "delete": _op("delete a template (built-ins: 409)", {
+                    "200": _json(_ref("Template"), "deleted"),
+                    **_problems(400, 403, 404, 409)},
+                    parameters=[_TEMPLATE, _TEMPLATE_ORG], tag="templates"),
             },
             "/api/v1/acme/eab": {
                 "get": _op("list ACME EAB keys (never their HMAC keys)", {
