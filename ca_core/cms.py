@@ -569,6 +569,14 @@ def unverified_signed_attributes(data: bytes) -> Mapping[str, tuple[Any, ...]]:
     return _parse_signed(data, b"")[3].signed_attrs
 
 
+def signer_digest_algorithm(data: bytes) -> str:
+    """The digestAlgorithm (asn1crypto name, e.g. sha256) of a SignedData's one SignerInfo,
+    NOT verified: which hash of the content to compute before verifying. CmsError when it
+    cannot be read."""
+    digest: str = _parse_signed(data, b"")[3].digest
+    return digest
+
+
 def unverified_signer_certificate(data: bytes) -> x509.Certificate:
     """The certificate a SignedData (one SignerInfo) names as its signer, among those it
     carries, NOT verified: only to find whose signature it claims to be (to scope a lookup

@@ -40,7 +40,7 @@ import logging
 import secrets
 import string
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -203,6 +203,8 @@ def validate_path(leaf: x509.Certificate, intermediates: Sequence[x509.Certifica
         verifier.verify(leaf, [c for c in intermediates if c != leaf])
     except verification.VerificationError as exc:
         raise ValueError(str(exc).split(" (encountered", 1)[0]) from None
+    except Exception as exc:  # a certificate the verifier cannot read at all
+        raise ValueError(f"the certificate path cannot be checked: {exc}") from None
 
 
 def _signing_time(signed: cms_core.SignedDigest) -> dt.datetime | None:
@@ -324,6 +326,34 @@ def revocation_in_crl(certificate: x509.Certificate,
                 invalidity = extension.value.invalidity_date_utc
         return RevocationInfo(entry.revocation_date_utc, reason, invalidity)
     return None
+
+
+def check_signature_offline(signature: bytes, content_hash: Callable[[str], bytes],
+                            roots: Sequence[x509.Certificate], now: dt.datetime,
+                            crls: Sequence[x509.CertificateRevocationList] = ()
+                            ) -> tuple[str, Verdict]:
+    """``check_signature`` for a relying party with the file, the root and perhaps CRLs
+    (``vcc-pki verify``): ``content_hash(name)`` hashes the file with the signature's own
+    hash (sha256 or sha512); revocation is what ``crls`` say. Returns the hash used."""
+    try:
+        hash_algorithm = cms_core.signer_digest_algorithm(signature)
+    except cms_core.CmsError as exc:
+        return "", Verdict("invalid", (f"not a CMS signature: {exc}",))
+    if hash_algorithm not in DIGEST_LENGTHS:
+        return hash_algorithm, Verdict("invalid", (f"unsupported hash {hash_algorithm}",))
+    digest = content_hash(hash_algorithm)
+    verdict = check_signature(signature, digest, hash_algorithm, roots, now)
+    if verdict.signer is None or not crls:
+        return hash_algorithm, verdict
+    try:
+        carried = cms_core.verify_signed_digest(signature, digest, hash_algorithm).certificates
+    except cms_core.CmsError:
+        return hash_algorithm, verdict
+    revocation = revocation_in_crl(verdict.signer, crls, [*carried, *roots])
+    if revocation is None:
+        return hash_algorithm, verdict
+    return hash_algorithm, check_signature(signature, digest, hash_algorithm, roots, now,
+                                           revocation)
 
 
 # ---------------------------------------------------------------------------- the service
