@@ -13,8 +13,8 @@ what ``openssl cms -verify -binary -content FILE`` checks.
 Each organization has one code-signing key at a time (``code_signers``): made in the key
 backend (software or PKCS#11, the CA keys' backend) on first use or by ``vcc-pki signer
 ensure``, certified by the organization's issuing CA with the ``code_signing`` profile
-(EKU codeSigning), and replaced by a new key and certificate within RENEW_BEFORE of expiry.
-Every signature is recorded (``vcc_code_signatures``) with its audit event.
+(EKU codeSigning), and replaced by a new key and certificate within RENEW_BEFORE of expiry or
+once revoked. Every signature is recorded (``vcc_code_signatures``) with its audit event.
 
 ``check_signature`` is the one verification, used by the REST verify endpoint and offline by
 ``vcc-pki verify``: the CMS signature over the hash, the signer's path to a trusted root
@@ -405,9 +405,11 @@ class CodeSigningService:
         async with self._lock:
             now = self.authority.clock()
             current = await self.store.list_code_signers(org.org_id)
-            if current and current[0].not_before <= now and \
-                    current[0].not_after - now > self.renew_before:
-                return current[0], False
+            for candidate in current:
+                if candidate.not_before <= now and \
+                        candidate.not_after - now > self.renew_before and \
+                        await self._active(candidate):
+                    return candidate, False
             spec = SIGNER_KEY
             signer = await asyncio.to_thread(
                 self.authority.keys.generate, spec,
@@ -440,7 +442,9 @@ class CodeSigningService:
     async def _signer(self, org: Organization) -> _OrgSigner:
         now = self.authority.clock()
         loaded = self._signers.get(org.org_id)
-        if loaded is not None and loaded.record.not_after - now > self.renew_before:
+        # One keyed read per signature: a revocation in any process stops the key at once.
+        if loaded is not None and loaded.record.not_after - now > self.renew_before and \
+                await self._active(loaded.record):
             return loaded
         record, _ = await self.ensure_signer(org)
         cert = await self.store.get_certificate_by_id(record.cert_id)
@@ -460,6 +464,12 @@ class CodeSigningService:
             SigningKey(f"code-signing:{org.slug}", key, certificate))
         self._signers[org.org_id] = loaded
         return loaded
+
+    async def _active(self, signer: CodeSignerRecord) -> bool:
+        """Whether the signer's certificate is not revoked (a revoked one signs nothing
+        more: the next signature gets a new key and certificate)."""
+        cert = await self.store.get_certificate_by_id(signer.cert_id)
+        return cert is not None and cert.status == "active"
 
     async def _time_stamp(self, signature: bytes) -> tuple[bytes, str, str]:
         """An RFC 3161 token over the signature value (RFC 3161 Appendix A), with certReq
