@@ -541,10 +541,15 @@ def _parse_signed(data: bytes, detached_content: bytes | None
                     raise CmsError(f"signed attribute {oid} appears twice")
                 attributes[oid] = tuple(attr["values"])
         unsigned: dict[str, tuple[Any, ...]] = {}
-        if not isinstance(info["unsigned_attrs"], core.Void):
-            for attr in info["unsigned_attrs"]:
-                unsigned[attr["type"].dotted] = (
-                    *unsigned.get(attr["type"].dotted, ()), *attr["values"])
+        try:
+            if not isinstance(info["unsigned_attrs"], core.Void):
+                for attr in info["unsigned_attrs"]:
+                    unsigned[attr["type"].dotted] = (
+                        *unsigned.get(attr["type"].dotted, ()), *attr["values"])
+        except _PARSE_ERRORS:
+            # Unsigned attributes are outside the signature, and most readers (SCEP, EST)
+            # never look at them: malformed ones do not make the message unreadable.
+            unsigned = {}
         parsed = _ParsedSigner(
             sid_issuer=issuer, sid_serial=serial, sid_key_id=key_id,
             digest=info["digest_algorithm"]["algorithm"].native,

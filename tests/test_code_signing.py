@@ -485,3 +485,33 @@ async def test_signing_key_in_a_pkcs11_token(tmp_path: Path, aiohttp_client: Any
                             "DER", "-in", str(p7s), "-CAfile", str(root), "-purpose", "any",
                             "-out", "/dev/null")
         assert "Verification successful" in verified.stderr, verified.stderr
+
+
+def test_cli_signer_ensure_is_idempotent_and_verify_reads_pem(
+        env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["init"]) == 0
+    capsys.readouterr()
+    assert cli.main(["signer", "ensure"]) == 0
+    assert "code-signing certificate of default created" in capsys.readouterr().out
+    assert cli.main(["signer", "ensure", "--org", "default"]) == 0
+    assert "already valid" in capsys.readouterr().out
+    assert cli.main(["signer", "ensure", "--org", "nope"]) == 1
+    assert "no organization 'nope'" in capsys.readouterr().err
+
+    # verify: a PEM signature is read too; no root where it is looked for is an error.
+    monkeypatch.delenv("VCC_PKI_CA_BUNDLE", raising=False)
+    artifact = tmp_path / "ui.tar"
+    artifact.write_bytes(b"bundle")
+    pem = tmp_path / "ui.tar.p7s"
+    pem.write_text("-----BEGIN CMS-----\n" + base64.encodebytes(b"0\x03\x02\x01\x01").decode()
+                   + "-----END CMS-----\n")
+    assert cli.main(["verify", str(artifact), str(pem)]) == 1
+    assert "NOT valid" in capsys.readouterr().out
+    monkeypatch.setenv("VCC_PKI_CA_BUNDLE", str(tmp_path / "missing.pem"))
+    assert cli.main(["verify", str(artifact), str(pem)]) == 1
+    assert "no trusted root" in capsys.readouterr().err
+    # sign: without a token nothing is asked
+    monkeypatch.delenv("VCC_PKI_TOKEN", raising=False)
+    assert cli.main(["sign", str(artifact), "--type", "ui_bundle"]) == 1
+    assert "VCC_PKI_TOKEN" in capsys.readouterr().err
