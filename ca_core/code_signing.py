@@ -129,7 +129,8 @@ class SignRequest:
         if not self.name or len(self.name) > MAX_NAME or not self.name.isprintable():
             raise InvalidArtifact(f"name must be 1 to {MAX_NAME} printable characters")
         try:
-            encoded = json.dumps(self.metadata, ensure_ascii=False).encode()
+            # allow_nan=False: NaN and Infinity are not JSON (PostgreSQL's jsonb refuses them)
+            encoded = json.dumps(self.metadata, ensure_ascii=False, allow_nan=False).encode()
         except (TypeError, ValueError, UnicodeEncodeError, RecursionError):
             raise InvalidArtifact("metadata must be a JSON object of text") from None
         if len(encoded) > MAX_METADATA_BYTES or "\\u0000" in encoded.decode():

@@ -325,6 +325,7 @@ async def test_signer_is_made_once_and_renewed_before_expiry(services: Services)
     ({"name": "x" * 1001}, "printable"),
     ({"metadata": ["not", "an", "object"]}, "must be an object"),
     ({"metadata": {"k": "\x00"}}, "NUL"),
+    ({"metadata": {"k": float("nan")}}, "JSON object"),
     ({"metadata": {"k": "x" * 9000}}, "at most 8192 bytes"),
 ])
 async def test_bad_sign_requests_are_400_and_sign_nothing(
@@ -515,3 +516,24 @@ def test_cli_signer_ensure_is_idempotent_and_verify_reads_pem(
     monkeypatch.delenv("VCC_PKI_TOKEN", raising=False)
     assert cli.main(["sign", str(artifact), "--type", "ui_bundle"]) == 1
     assert "VCC_PKI_TOKEN" in capsys.readouterr().err
+
+
+@pytest.mark.postgres
+async def test_sign_and_verify_on_postgresql(tmp_path: Path, aiohttp_client: Any) -> None:
+    from tests.pg import create_throwaway_database, drop_database, require_postgres
+
+    require_postgres()
+    dsn = await create_throwaway_database()
+    try:
+        async with fresh_services(tmp_path, VCC_PKI_DATABASE_URL=dsn) as services:
+            client = await _client(services, aiohttp_client)
+            auth = await _token(services)
+            status, signed = await _sign(client, auth, metadata={"modell": "clara-ü", "n": 1})
+            assert status == 201, signed
+            status, verdict = await _verify(client, auth, signed["signature"], ARTIFACT)
+            assert status == 200 and verdict["status"] == "valid"
+            assert verdict["verified_count"] == 1
+            record = await services.store.get_code_signature(signed["id"])
+            assert record is not None and record.metadata == {"modell": "clara-ü", "n": 1}
+    finally:
+        await drop_database(dsn)
