@@ -9,6 +9,10 @@ CA certificate lists (RFC 7030 4.1.3, 4.4.2) and code signatures are CMS. This m
   any others the caller passes) and unsigned attributes. The signer is identified by
   issuerAndSerialNumber (SignerInfo v1, what PKCS#7 tools such as ``openssl ts`` read) or by
   subjectKeyIdentifier (v3). The signature covers the DER SET OF signed attributes (5.4).
+  ``sign_digest`` signs a digest the caller made (a detached code signature: the file
+  never reaches the server) and takes unsigned attributes made over the signature value
+  (an RFC 3161 signatureTimeStampToken); ``verify_signed_digest`` checks one against a
+  digest.
   ``certs_only`` is the degenerate SignedData (5.1, 5.2 "no signers"): certificates and CRLs
   only. ``verify_signed`` checks a SignedData with one signer against a certificate it
   carries; it does no path validation (whom to trust is the caller's decision).
@@ -53,7 +57,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -227,6 +231,7 @@ class SignedDataSigner:
             version = 1
         self._signer_info_v3 = version == 3
         digest_algorithm = algos.DigestAlgorithm({"algorithm": self.digest_name}).dump()
+        self._digest_algorithm = digest_algorithm
         self._digest_algorithms = der.set_of([digest_algorithm])
         # SignerInfo: version, sid, digestAlgorithm, (signedAttrs), signatureAlgorithm, ...
         self._signer_info_head = (
@@ -321,6 +326,71 @@ class SignedDataSigner:
             self._digest_algorithms,
             der.sequence(oid, None if detached else der.explicit(0, der.octet_string(content))),
             self._certificates if include_certificates else None,
+            der.set_of([signer_info]),
+        )
+        return der.sequence(self._signed_data_type, der.explicit(0, signed_data))
+
+    async def sign_digest(
+        self,
+        digest: bytes,
+        digest_name: str,
+        *,
+        signing_time: dt.datetime | None = None,
+        countersign: Callable[[bytes], Awaitable[Sequence[Any]]] | None = None,
+    ) -> bytes:
+        """A detached SignedData (DER ContentInfo) over content of type id-data that the
+        caller hashed: ``digest`` is its ``digest_name`` hash (sha256, sha384, sha512) and
+        becomes the messageDigest attribute (RFC 5652 11.2); the signed attributes are
+        signed with the same hash, as RFC 5652 5.4 and OpenSSL's verifier want (the
+        SignerInfo's one digestAlgorithm covers both). ``countersign`` receives the
+        signature value and returns unsigned attributes over it (an RFC 3161
+        signatureTimeStampToken, RFC 3161 Appendix A)."""
+        chosen = _HASHES.get(digest_name)
+        if chosen is None or digest_name not in ("sha256", "sha384", "sha512"):
+            raise UnsupportedAlgorithm(f"digest algorithm {digest_name} is not supported")
+        size = chosen().digest_size
+        if len(digest) != size:
+            raise CmsError(f"a {digest_name} digest has {size} octets, "
+                           f"not {len(digest)}")
+        spec = self.signer.key_spec
+        digest_algorithm = algos.DigestAlgorithm({"algorithm": digest_name}).dump()
+        signature_algorithm = algos.SignedDigestAlgorithm(
+            {"algorithm": f"{digest_name}_ecdsa"} if spec.algorithm is KeyAlgorithm.ECDSA
+            else {"algorithm": "rsassa_pkcs1v15", "parameters": core.Null()}).dump()
+        oid, content_type_attr = self._content_type("data")
+        attrs = [content_type_attr,
+                 der.sequence(_MESSAGE_DIGEST, der.set_of([der.octet_string(digest)])),
+                 *self._constant_attrs]
+        if signing_time is not None:
+            attrs.append(self._signing_time_attribute(signing_time))
+        signed = der.set_of(attrs)
+        key = self.signer.builder_key()
+        if isinstance(key, ec.EllipticCurvePrivateKey):
+            ec_key = key
+            signature = await self.signer.run(
+                lambda: ec_key.sign(signed, ec.ECDSA(chosen())))
+        elif isinstance(key, rsa.RSAPrivateKey):
+            rsa_key = key
+            signature = await self.signer.run(
+                lambda: rsa_key.sign(signed, rsa_padding.PKCS1v15(), chosen()))
+        else:  # pragma: no cover - refused in __init__
+            raise UnsupportedAlgorithm(f"CMS signatures need an RSA or ECDSA key, not {spec}")
+        unsigned = list(await countersign(signature)) if countersign is not None else []
+        # SignerInfo: version, sid, digestAlgorithm, signedAttrs, signatureAlgorithm,
+        # signature, unsignedAttrs (RFC 5652 5.3).
+        head = self._signer_info_head[:-len(self._digest_algorithm)] + digest_algorithm
+        signer_info = der.sequence(
+            head,
+            der.implicit(0, signed),
+            signature_algorithm,
+            der.octet_string(signature),
+            der.implicit(1, der.set_of(a.dump() for a in unsigned)) if unsigned else None,
+        )
+        signed_data = der.sequence(
+            _V3 if self._signer_info_v3 else _V1,
+            der.set_of([digest_algorithm]),
+            der.sequence(oid, None),  # detached: no eContent (5.2)
+            self._certificates,
             der.set_of([signer_info]),
         )
         return der.sequence(self._signed_data_type, der.explicit(0, signed_data))
@@ -426,6 +496,7 @@ class _ParsedSigner:
     signed_attrs_der: bytes | None  # with the SET OF tag, as signed
     signed_attrs: dict[str, tuple[Any, ...]]
     signature: bytes
+    unsigned_attrs: dict[str, tuple[Any, ...]]
 
 
 def _parse_signed(data: bytes, detached_content: bytes | None
@@ -469,12 +540,23 @@ def _parse_signed(data: bytes, detached_content: bytes | None
                 if oid in attributes:
                     raise CmsError(f"signed attribute {oid} appears twice")
                 attributes[oid] = tuple(attr["values"])
+        unsigned: dict[str, tuple[Any, ...]] = {}
+        try:
+            if not isinstance(info["unsigned_attrs"], core.Void):
+                for attr in info["unsigned_attrs"]:
+                    unsigned[attr["type"].dotted] = (
+                        *unsigned.get(attr["type"].dotted, ()), *attr["values"])
+        except _PARSE_ERRORS:
+            # Unsigned attributes are outside the signature, and most readers (SCEP, EST)
+            # never look at them: malformed ones do not make the message unreadable.
+            unsigned = {}
         parsed = _ParsedSigner(
             sid_issuer=issuer, sid_serial=serial, sid_key_id=key_id,
             digest=info["digest_algorithm"]["algorithm"].native,
             signature_algo=signature_algo, signature_hash=signature_hash,
             signed_attrs_der=attrs_der, signed_attrs=attributes,
             signature=info["signature"].native,
+            unsigned_attrs=unsigned,
         )
     except CmsError:
         raise
@@ -490,6 +572,26 @@ def unverified_signed_attributes(data: bytes) -> Mapping[str, tuple[Any, ...]]:
     address a reply to a message whose signature failed (SCEP's FAILURE badMessageCheck,
     RFC 8894 3.3.2.2). CmsError when the structure cannot be read."""
     return _parse_signed(data, b"")[3].signed_attrs
+
+
+def signer_digest_algorithm(data: bytes) -> str:
+    """The digestAlgorithm (asn1crypto name, e.g. sha256) of a SignedData's one SignerInfo,
+    NOT verified: which hash of the content to compute before verifying. CmsError when it
+    cannot be read."""
+    digest: str = _parse_signed(data, b"")[3].digest
+    return digest
+
+
+def unverified_signer_certificate(data: bytes) -> x509.Certificate:
+    """The certificate a SignedData (one SignerInfo) names as its signer, among those it
+    carries, NOT verified: only to find whose signature it claims to be (to scope a lookup
+    before verifying). CmsError when it cannot be read or the certificate is missing."""
+    _, _, carried, signer = _parse_signed(data, b"")
+    certificate = next((c for c in carried if _matches(
+        c, signer.sid_issuer, signer.sid_serial, signer.sid_key_id)), None)
+    if certificate is None:
+        raise CmsError("the signer's certificate is not in the message")
+    return certificate
 
 
 def _matches(certificate: x509.Certificate, issuer: Any, serial: int | None,
@@ -555,6 +657,53 @@ def verify_signed(data: bytes, *, certificates: Sequence[x509.Certificate] = (),
         signed = signer.signed_attrs_der
     _verify_signature(certificate, signer, signed)
     return SignedContent(content_type, body, certificate, signer.signed_attrs, tuple(carried))
+
+
+@dataclass(frozen=True, slots=True)
+class SignedDigest:
+    """A detached SignedData whose one signature verified over a digest
+    (``verify_signed_digest``)."""
+
+    signer: x509.Certificate
+    digest_name: str
+    signature: bytes  # the SignerInfo's signature value (what a time-stamp covers)
+    signed_attrs: Mapping[str, tuple[Any, ...]]
+    unsigned_attrs: Mapping[str, tuple[Any, ...]]
+    certificates: tuple[x509.Certificate, ...]  # all that the SignedData carries
+
+
+def verify_signed_digest(data: bytes, digest: bytes, digest_name: str, *,
+                         certificates: Sequence[x509.Certificate] = ()) -> SignedDigest:
+    """Verify a detached SignedData of id-data content (one SignerInfo) over content whose
+    ``digest_name`` hash is ``digest``: the digestAlgorithm must be that hash, the
+    messageDigest attribute that digest, and the signature over the signed attributes
+    must verify (RFC 5652 5.4, 5.6). No path validation. CmsError when anything fails."""
+    content_type, _, carried, signer = _parse_signed(data, b"")
+    candidates = [*carried, *certificates]
+    certificate = next((c for c in candidates if _matches(
+        c, signer.sid_issuer, signer.sid_serial, signer.sid_key_id)), None)
+    if certificate is None:
+        raise CmsError("the signer's certificate is not in the message")
+    if content_type != _DATA:
+        raise CmsError("not a signature over data (eContentType is not id-data)")
+    if signer.digest != digest_name:
+        raise BadSignature(f"signed with {signer.digest}, not {digest_name}")
+    if signer.signed_attrs_der is None:
+        raise CmsError("a detached signature needs signed attributes (5.3)")
+    (found_type,) = signer.signed_attrs.get("1.2.840.113549.1.9.3", (None,))
+    (found_digest,) = signer.signed_attrs.get("1.2.840.113549.1.9.4", (None,))
+    try:
+        type_ok = found_type is not None and found_type.dotted == content_type
+        digest_ok = found_digest is not None and found_digest.native == digest
+    except _PARSE_ERRORS as exc:
+        raise CmsError("malformed contentType or messageDigest attribute") from exc
+    if not type_ok:
+        raise BadSignature("the contentType attribute does not match the content")
+    if not digest_ok:
+        raise BadSignature("the messageDigest does not match the content")
+    _verify_signature(certificate, signer, signer.signed_attrs_der)
+    return SignedDigest(certificate, signer.digest, signer.signature, signer.signed_attrs,
+                        signer.unsigned_attrs, tuple(carried))
 
 
 def _verify_signature(certificate: x509.Certificate, signer: _ParsedSigner, signed: bytes

@@ -355,3 +355,44 @@ class AcmeOrder:
     error: dict[str, Any] | None = None
     cert_id: str | None = None
     created_at: dt.datetime | None = None
+
+
+# --- code signing (issue 14) -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CodeSignerRecord:
+    """An organization's code-signing key: its certificate is a ``certificates`` row
+    (profile code_signing), its private key is ``key_ref`` in the key backend."""
+
+    signer_id: str
+    org_id: str
+    cert_id: str
+    key_ref: str
+    key_backend: str
+    not_before: dt.datetime
+    not_after: dt.datetime
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CodeSignatureRecord:
+    """A detached CMS signature over an artifact's hash (the seed's vcc_code_signatures)."""
+
+    signature_id: str
+    org_id: str
+    cert_id: str  # the code-signing certificate
+    artifact_type: str
+    artifact_name: str  # the seed's artifact_path
+    artifact_hash: str  # lowercase hex
+    hash_algorithm: str  # sha256 | sha512
+    signature_der: bytes  # DER ContentInfo(SignedData), detached
+    signature_algorithm: str  # e.g. ecdsa-with-SHA256
+    timestamp_token: bytes | None  # the RFC 3161 token in the unsigned attribute
+    tsa_ca_id: str | None
+    metadata: dict[str, Any]
+    signed_at: dt.datetime
+    created_at: dt.datetime
+    service_id: str | None = None
+    verified_count: int = 0
+    last_verified_at: dt.datetime | None = None

@@ -1,5 +1,5 @@
 """One signing path for every CA signature: certificates, CRLs, OCSP responses and time-stamp
-tokens all go through ``SigningKey.sign``.
+tokens (and code signatures) all go through ``SigningKey.sign``.
 
 It checks that the certificate of the key allows the use (RFC 5280 4.2.1.3 key usage,
 4.2.1.9 basic constraints, 4.2.1.12 extended key usage; RFC 6960 4.2.2.2 for a delegated
@@ -30,6 +30,7 @@ class Purpose(enum.StrEnum):
     CRL = "crl"
     OCSP = "ocsp"
     TIMESTAMP = "timestamp"
+    CODE = "code"  # a code signature (ca_core.code_signing)
 
 
 class KeyUsageRefused(Unavailable):
@@ -95,6 +96,8 @@ def allowed_purposes(certificate: x509.Certificate) -> frozenset[Purpose]:
     if (signs or (usage is not None and usage.content_commitment)) and \
             ExtendedKeyUsageOID.TIME_STAMPING in extended:
         allowed.add(Purpose.TIMESTAMP)
+    if signs and ExtendedKeyUsageOID.CODE_SIGNING in extended:
+        allowed.add(Purpose.CODE)
     return frozenset(allowed)
 
 

@@ -37,6 +37,8 @@ from ca_core.records import (
     CertificateQuery,
     CertificateRecord,
     CertificateStatusRecord,
+    CodeSignatureRecord,
+    CodeSignerRecord,
     CrlHead,
     CrlRecord,
     CrossCertificateRecord,
@@ -578,9 +580,34 @@ class ScepStore(Protocol):
         approval unchanged). StoreConflict when the organization does not exist."""
 
 
+class CodeSigningStore(Protocol):
+    """Organizations' code-signing keys and the signatures they made (issue 14)."""
+
+    async def add_code_signer(self, signer: CodeSignerRecord, audit: AuditEvent) -> None:
+        """Record a code-signing key whose certificate is already stored."""
+
+    async def list_code_signers(self, org_id: str) -> list[CodeSignerRecord]:
+        """The organization's signers, the longest-lived first (by not_after)."""
+
+    async def add_code_signature(self, record: CodeSignatureRecord, audit: AuditEvent
+                                 ) -> None:
+        """Record a signature; StoreConflict when its (artifact_hash, cert_id) exists."""
+
+    async def find_code_signature(self, artifact_hash: str, cert_id: str
+                                  ) -> CodeSignatureRecord | None:
+        """The signature of this artifact hash by this certificate, if recorded."""
+
+    async def get_code_signature(self, signature_id: str) -> CodeSignatureRecord | None: ...
+
+    async def record_code_verification(self, signature_id: str, when: dt.datetime,
+                                       audit: AuditEvent) -> CodeSignatureRecord | None:
+        """Count one verification (verified_count + 1, last_verified_at = ``when``); the
+        updated record, or None when it does not exist (nothing written)."""
+
+
 class Store(TenantStore, ServiceAccountStore, CaStore, TemplateStore, CertificateStore,
             CrlStore, LeaseStore, AuditStore, TimestampStore, AcmeStore, EnrollmentStore,
-            ScepStore, Protocol):
+            ScepStore, CodeSigningStore, Protocol):
     """Every aggregate at once, as the gateway wires it (``db.store`` implements it), plus
     the lifecycle."""
 

@@ -1,10 +1,11 @@
 """schemathesis (PyPI) against `vcc-pki serve` started the normal way: it generates requests
 from /api/v1/openapi.json (examples, coverage and fuzzing phases, bounded) with a super
-admin's and a cert_manager's bearer token, and fails on any 5xx and on any response that
-breaks the document (status code, content type, schema). The super admin's run leaves out
-DELETE /api/v1/tokens/{token_id}: schemathesis finds the token's own id in GET /api/v1/tokens
-and revokes it, after which every request is 401 (the cert_manager's run covers that
-operation, refused; tests/test_rest_admin.py covers revocation)."""
+admin's, a cert_manager's and a code_signer's (the one role that signs) bearer token, and
+fails on any 5xx and on any response that breaks the document (status code, content type,
+schema). The super admin's run leaves out DELETE /api/v1/tokens/{token_id}: schemathesis
+finds the token's own id in GET /api/v1/tokens and revokes it, after which every request is
+401 (the cert_manager's run covers that operation, refused; tests/test_rest_admin.py covers
+revocation)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,"
           "response_schema_conformance,response_headers_conformance")
 
 
-@pytest.mark.parametrize("role", ["pki_super_admin", "cert_manager"])
+@pytest.mark.parametrize("role", ["pki_super_admin", "cert_manager", "code_signer"])
 def test_schemathesis_finds_no_5xx_and_no_schema_violation(tmp_path: Path, role: str) -> None:
     exclude = ["--exclude-method", "DELETE"] if role == "pki_super_admin" else []
     with running_gateway(tmp_path / "data") as gateway:

@@ -37,6 +37,8 @@ from ca_core.records import (
     CertificateQuery,
     CertificateRecord,
     CertificateStatusRecord,
+    CodeSignatureRecord,
+    CodeSignerRecord,
     CrlHead,
     CrlRecord,
     CrossCertificateRecord,
@@ -1154,6 +1156,101 @@ class SqlStore:
             gen_time=self._d.time(row["gen_time"]), has_nonce=bool(row["has_nonce"]),
             cert_req=bool(row["cert_req"]),
         )
+
+    # code signing (issue 14): signers and signatures -------------------------------------
+
+    def _code_signer(self, row: Any) -> CodeSignerRecord:
+        d = self._d
+        return CodeSignerRecord(
+            signer_id=row["signer_id"], org_id=row["org_id"], cert_id=row["cert_id"],
+            key_ref=row["key_ref"], key_backend=row["key_backend"],
+            not_before=d.time(row["not_before"]), not_after=d.time(row["not_after"]),
+            created_at=d.time(row["created_at"]))
+
+    def _code_signature(self, row: Any) -> CodeSignatureRecord:
+        d = self._d
+        token = row["timestamp_token"]
+        return CodeSignatureRecord(
+            signature_id=row["signature_id"], org_id=row["org_id"], cert_id=row["cert_id"],
+            artifact_type=row["artifact_type"], artifact_name=row["artifact_path"],
+            artifact_hash=row["artifact_hash"], hash_algorithm=row["hash_algorithm"],
+            signature_der=bytes(row["signature_data"]),
+            signature_algorithm=row["signature_algorithm"],
+            timestamp_token=None if token is None else bytes(token),
+            tsa_ca_id=row["timestamp_authority_id"], metadata=json.loads(row["vcc_metadata"]),
+            signed_at=d.time(row["signed_at"]), created_at=d.time(row["created_at"]),
+            service_id=row["service_id"], verified_count=row["verified_count"],
+            last_verified_at=d.time_opt(row["last_verified_at"]))
+
+    async def add_code_signer(self, signer: CodeSignerRecord, audit: AuditEvent) -> None:
+        """Record a code-signing key whose certificate is already stored."""
+        d = self._d
+
+        def write(tx: Tx) -> Body[None]:
+            yield run(
+                "INSERT INTO code_signers (signer_id, org_id, cert_id, key_ref, key_backend,"
+                " not_before, not_after, created_at) VALUES (?,?,?,?,?,?,?,?)",
+                signer.signer_id, signer.org_id, signer.cert_id, signer.key_ref,
+                signer.key_backend, d.t(signer.not_before), d.t(signer.not_after),
+                d.t(signer.created_at))
+            yield from tx.append_audit(audit)
+        await self._write(write)
+
+    async def list_code_signers(self, org_id: str) -> list[CodeSignerRecord]:
+        """The organization's signers, the longest-lived first (by not_after)."""
+        found = await self._read(rows(
+            "SELECT * FROM code_signers WHERE org_id = ?"
+            " ORDER BY not_after DESC, created_at DESC", org_id))
+        return [self._code_signer(r) for r in found]
+
+    async def add_code_signature(self, record: CodeSignatureRecord, audit: AuditEvent
+                                 ) -> None:
+        """Record a signature; StoreConflict when its (artifact_hash, cert_id) exists."""
+        d = self._d
+
+        def write(tx: Tx) -> Body[None]:
+            yield run(
+                "INSERT INTO vcc_code_signatures (signature_id, cert_id, service_id, org_id,"
+                " artifact_type, artifact_path, artifact_hash, hash_algorithm, signature_data,"
+                " signature_algorithm, timestamp_token, timestamp_authority_id, vcc_metadata,"
+                " signed_at, verified_count, last_verified_at, created_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                record.signature_id, record.cert_id, record.service_id, record.org_id,
+                record.artifact_type, record.artifact_name, record.artifact_hash,
+                record.hash_algorithm, record.signature_der, record.signature_algorithm,
+                record.timestamp_token, record.tsa_ca_id, _json(record.metadata),
+                d.t(record.signed_at), record.verified_count,
+                None if record.last_verified_at is None else d.t(record.last_verified_at),
+                d.t(record.created_at))
+            yield from tx.append_audit(audit)
+        await self._write(write)
+
+    async def find_code_signature(self, artifact_hash: str, cert_id: str
+                                  ) -> CodeSignatureRecord | None:
+        """The signature of this artifact hash by this certificate, if recorded."""
+        row = await self._lookup(one(
+            "SELECT * FROM vcc_code_signatures WHERE artifact_hash = ? AND cert_id = ?",
+            artifact_hash, cert_id))
+        return None if row is None else self._code_signature(row)
+
+    async def get_code_signature(self, signature_id: str) -> CodeSignatureRecord | None:
+        row = await self._lookup(one(
+            "SELECT * FROM vcc_code_signatures WHERE signature_id = ?", signature_id))
+        return None if row is None else self._code_signature(row)
+
+    async def record_code_verification(self, signature_id: str, when: dt.datetime,
+                                       audit: AuditEvent) -> CodeSignatureRecord | None:
+        """Count one verification; the updated record, or None when it does not exist."""
+        def write(tx: Tx) -> Body[CodeSignatureRecord | None]:
+            row = yield one(
+                "UPDATE vcc_code_signatures SET verified_count = verified_count + 1,"
+                " last_verified_at = ? WHERE signature_id = ? RETURNING *",
+                self._d.t(when), signature_id)
+            if row is None:
+                return None
+            yield from tx.append_audit(audit)
+            return self._code_signature(row)
+        return await self._write(write)
 
     # ACME (RFC 8555): accounts, EAB keys, orders and authorizations ----------------------
 

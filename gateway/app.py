@@ -159,6 +159,7 @@ def build_https_app(services: Services) -> web.Application:
     app[SERVICES] = services
     app[rest_api.AUTHORITY] = services.authority
     app[rest_api.ADMIN] = services.admin
+    app[rest_api.SIGNATURES] = services.signatures
     health.add_routes(app, with_api=True)
     rest_api.add_routes(app)
     certs.add_routes(app, services.authority)

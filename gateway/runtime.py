@@ -16,6 +16,7 @@ from ca_core.acme import AcmeService
 from ca_core.acme_state import AcmeState
 from ca_core.admin import AdminService
 from ca_core.authority import Authority
+from ca_core.code_signing import CodeSigningService
 from ca_core.crl import CrlPublisher, CrlSettings
 from ca_core.est import EstService
 from ca_core.ocsp import OcspResponder, OcspSettings
@@ -24,6 +25,7 @@ from ca_core.scep import ScepService
 from ca_core.signers.base import KeyBackend, KeyBackendError
 from ca_core.signers.software import SoftwareKeyBackend
 from ca_core.storage import Store
+from ca_core.tsa import TimeStampAuthority
 from db.acme_state import MemoryAcmeState, RedisAcmeState
 from db.audit_chain import verify_chain
 from db.cache import MemoryResponseCache, RedisResponseCache
@@ -144,6 +146,7 @@ class Services:
     est: EstService
     scep: ScepService
     admin: AdminService  # the CLI's and the REST API's one admin service (ca_core.admin)
+    signatures: CodeSigningService  # code signing with time-stamps (issue 14)
 
 
 @asynccontextmanager
@@ -175,7 +178,9 @@ async def open_services(config: Config, create: bool = False) -> AsyncIterator[S
             try:
                 yield Services(config, store, keys, authority, cache, ocsp,
                                CrlPublisher(authority, crl_settings(config)), acme, est, scep,
-                               admin=AdminService(authority, verify_chain))
+                               admin=AdminService(authority, verify_chain),
+                               signatures=CodeSigningService(authority, TimeStampAuthority(
+                                   authority, config.tsa_settings())))
             finally:
                 await acme.aclose()
                 await acme_state.close()

@@ -16,7 +16,9 @@ sees it.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ from cryptography.x509.oid import NameOID
 
 from ca_core.admin import OrganizationChange
 from ca_core.authority import IssuanceRequest
+from ca_core.code_signing import SignRequest
 from ca_core.hierarchy import ensure_organization, rollover_issuing_ca
 from ca_core.principal import ROLES, Principal
 from ca_core.records import AcmeAccount, AuditEvent
@@ -140,6 +143,13 @@ MATRIX: dict[str, dict[str, tuple[str, str, str]]] = {
     "audit.export": {
         "pki_super_admin": (A, A, A), "pki_admin": (A, E, E), "cert_manager": (D, D, D),
         "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (A, E, E)},
+    # the seed gives signature:create and signature:verify to code_signer alone
+    "signatures.create": {
+        "pki_super_admin": (D, D, D), "pki_admin": (D, D, D), "cert_manager": (D, D, D),
+        "service_account": (D, D, D), "code_signer": (A, D, D), "auditor": (D, D, D)},
+    "signatures.verify": {
+        "pki_super_admin": (D, D, D), "pki_admin": (D, D, D), "cert_manager": (D, D, D),
+        "service_account": (D, D, D), "code_signer": (A, H, H), "auditor": (D, D, D)},
 }
 
 
@@ -158,6 +168,9 @@ class Target:
     service_account_id: str
     template: str  # a template of the organization
     next_ca: str = ""  # a rollover's next CA (made for cas.activate only)
+    signature_id: str = ""  # a code signature (made for signatures.verify only)
+    signature: str = ""  # its base64 DER
+    signed_hash: str = ""
 
 
 @dataclass
@@ -198,6 +211,9 @@ def _contains(answer: Answer, target: Target, endpoint: str) -> bool:
         return target.template in [t["name"] for t in _items(answer, endpoint)]
     if endpoint == "acme_accounts.list":
         return target.account_id in [a["id"] for a in _items(answer, endpoint)]
+    if endpoint == "signatures.verify":
+        verdict = json.loads(answer.text)
+        return bool(verdict["valid"] and verdict["signature_id"] == target.signature_id)
     return True
 
 
@@ -261,6 +277,12 @@ CALLS: dict[str, Call] = {
                                                    {"name": f"{t.slug} renamed"}),
     "audit.query": lambda c, h, t: _get(c, h, "/api/v1/audit", resource=t.cert_id),
     "audit.export": lambda c, h, t: _get(c, h, "/api/v1/audit/export", resource=t.cert_id),
+    "signatures.create": lambda c, h, t: _post(c, h, "/api/v1/signatures", {
+        "hash": hashlib.sha256(t.common_name.encode()).hexdigest(),
+        "artifact_type": "python_package", "name": f"{t.common_name}.whl",
+        "organization": t.slug}),
+    "signatures.verify": lambda c, h, t: _post(c, h, "/api/v1/signatures/verify", {
+        "signature": t.signature, "hash": t.signed_hash}),
 }
 
 
@@ -322,9 +344,18 @@ async def _target(services: Services, slug: str, n: int, endpoint: str) -> Targe
     next_ca = cas.next or ""
     if endpoint == "cas.activate" and not next_ca:
         next_ca = (await rollover_issuing_ca(services.authority, slug, SYSTEM)).name
-    return Target(slug, issued.serial, issued.record.cert_id, common_name,
-                  token.record.token_id, eab.kid, account.account_id, cas.active,
-                  bound.account_id, template, next_ca)
+    target = Target(slug, issued.serial, issued.record.cert_id, common_name,
+                    token.record.token_id, eab.kid, account.account_id, cas.active,
+                    bound.account_id, template, next_ca)
+    if endpoint == "signatures.verify":
+        signed_hash = hashlib.sha256(common_name.encode()).hexdigest()
+        signed = await services.signatures.sign(
+            SignRequest(signed_hash, "helm_chart", f"{common_name}.tgz"),
+            Principal("api", f"matrix-signer-{slug}", org.org_id, "code_signer"))
+        target.signature_id = signed.record.signature_id
+        target.signature = base64.b64encode(signed.record.signature_der).decode()
+        target.signed_hash = signed_hash
+    return target
 
 
 async def _state(services: Services, target: Target) -> tuple[Any, ...]:

@@ -32,6 +32,8 @@ from ca_core.records import (
     AuditEvent,
     CARecord,
     CertificateRecord,
+    CodeSignatureRecord,
+    CodeSignerRecord,
     CrossCertificateRecord,
     EabKey,
     Organization,
@@ -42,6 +44,7 @@ from ca_core.records import (
 from ca_core.scep import ScepChallenge, ScepRaRecord, ScepTransaction
 from ca_core.storage import (
     StoreConflict,
+    StoreError,
     StoreInvalid,
     StoreOrganizationInactive,
     StoreUnavailable,
@@ -1758,3 +1761,77 @@ async def test_service_accounts(store: Store, seed: Seed) -> None:
     disabled = await store.find_service_account("cd" * 32)
     assert disabled is not None and disabled.org_status == "disabled"
     assert await chain_ok(store) == length + 3
+
+
+# --- code signing (issue 14) -------------------------------------------------------------
+
+def make_signature(cert: CertificateRecord, artifact_hash: str, **changes: Any
+                   ) -> CodeSignatureRecord:
+    record = CodeSignatureRecord(
+        signature_id=str(uuid.uuid4()), org_id=cert.org_id, cert_id=cert.cert_id,
+        artifact_type="lora_adapter", artifact_name="adapters/clara-de-v3.safetensors",
+        artifact_hash=artifact_hash, hash_algorithm="sha256",
+        signature_der=b"\x30\x82\x05\x00" + secrets.token_bytes(1280),
+        signature_algorithm="ecdsa-with-SHA256", timestamp_token=secrets.token_bytes(900),
+        tsa_ca_id=None, metadata={"model": "clara", "größe": 3, "tags": ["de", "legal"]},
+        signed_at=T0.astimezone(CEST), created_at=T0)
+    return replace(record, **changes)
+
+
+async def test_code_signers_and_signatures(store: Store, seed: Seed) -> None:
+    cert = make_cert(seed.issuing, seed.org, profile="code_signing", cn="Acme Code Signing")
+    renewed = make_cert(seed.issuing, seed.org, profile="code_signing", cn="Acme Code Signing",
+                        not_after=T0 + dt.timedelta(days=400))
+    for c in (cert, renewed):
+        await store.add_certificate(c, event("certificate.issued", serial=c.serial_hex))
+    signers = [CodeSignerRecord(
+        signer_id=str(uuid.uuid4()), org_id=seed.org.org_id, cert_id=c.cert_id,
+        key_ref=f"pkcs11:object=codesign-{n}", key_backend="pkcs11", not_before=c.not_before,
+        not_after=c.not_after, created_at=T0) for n, c in enumerate((cert, renewed))]
+    for signer in signers:
+        await store.add_code_signer(signer, event("code_signer.created"))
+    assert await store.list_code_signers(seed.org.org_id) == signers[::-1]  # longest first
+    assert await store.list_code_signers(str(uuid.uuid4())) == []
+
+    digest = hashlib.sha256(b"adapter").hexdigest()
+    record = make_signature(cert, digest)
+    await store.add_code_signature(record, event("code_signature.created"))
+    stored = await store.get_code_signature(record.signature_id)
+    assert stored == replace(record, signed_at=T0)  # read back in UTC
+    assert await store.find_code_signature(digest, cert.cert_id) == stored
+    assert await store.find_code_signature(digest, renewed.cert_id) is None
+    length = await chain_ok(store)
+
+    # The seed's UNIQUE (artifact_hash, cert_id): a second row is refused, nothing written.
+    with pytest.raises(StoreConflict):
+        await store.add_code_signature(make_signature(cert, digest), event("code_signature.x"))
+    assert await chain_ok(store) == length
+    # The same hash by another certificate is another signature.
+    other = make_signature(renewed, digest, hash_algorithm="sha256", metadata={})
+    await store.add_code_signature(other, event("code_signature.created"))
+
+    later = T0 + dt.timedelta(hours=1)
+    counted = await store.record_code_verification(record.signature_id, later,
+                                                   event("code_signature.verified"))
+    assert counted is not None
+    assert (counted.verified_count, counted.last_verified_at) == (1, later)
+    counted = await store.record_code_verification(record.signature_id, later,
+                                                   event("code_signature.verified"))
+    assert counted is not None and counted.verified_count == 2
+    assert await store.record_code_verification(str(uuid.uuid4()), later,
+                                                event("code_signature.verified")) is None
+    assert await chain_ok(store) == length + 3  # other, and two counted verifications
+
+
+@pytest.mark.parametrize("change", [{"artifact_type": "firmware"},
+                                    {"hash_algorithm": "md5"}])
+async def test_code_signature_check_constraints(store: Store, seed: Seed,
+                                                change: dict[str, str]) -> None:
+    cert = make_cert(seed.issuing, seed.org, profile="code_signing")
+    await store.add_certificate(cert, event("certificate.issued"))
+    length = await chain_ok(store)
+    # The core refuses these before the store; the table holds the seed's lists too.
+    with pytest.raises(StoreError):
+        await store.add_code_signature(make_signature(cert, "ab" * 32, **change),
+                                       event("code_signature.created"))
+    assert await chain_ok(store) == length

@@ -1,6 +1,6 @@
 """The REST admin API (``/api/v1``): certificates, CAs, certificate templates (the
-built-in profiles, read-only, and operators' narrowings of them), tokens, ACME EAB keys
-and accounts, organizations and the audit log.
+built-in profiles, read-only, and operators' narrowings of them), tokens, service accounts,
+ACME EAB keys and accounts, organizations, the audit log and code signatures.
 
 Decode JSON or query parameters -> call the Authority or the AdminService (``ca_core.admin``,
 the CLI's too) -> encode JSON. Authentication is a bearer token (``vcc-pki token create`` or
@@ -42,7 +42,8 @@ from ca_core.admin import (
     template_document,
     token_document,
 )
-from ca_core.authority import Authority, IssuanceRequest, serial_display
+from ca_core.authority import Authority, IssuanceRequest, serial_display, serial_hex
+from ca_core.code_signing import CodeSigningService, SignedArtifact, SignRequest, Verification
 from ca_core.errors import BadRequest, Unauthorized
 from ca_core.keys import KeySpec
 from ca_core.principal import Principal
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 
 AUTHORITY = web.AppKey("authority", Authority)
 ADMIN = web.AppKey("admin", AdminService)
+SIGNATURES = web.AppKey("signatures", CodeSigningService)
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -582,6 +584,83 @@ def _jsonl(entry: AuditEntry) -> bytes:
     return json.dumps(audit_document(entry), ensure_ascii=False).encode() + b"\n"
 
 
+# --- code signatures (issue 14) ------------------------------------------------------------
+
+def _signature_json(signed: SignedArtifact) -> dict[str, Any]:
+    record, certificate = signed.record, signed.certificate
+    return {
+        "id": record.signature_id,
+        "organization_id": record.org_id,
+        "artifact_type": record.artifact_type,
+        "name": record.artifact_name,
+        "hash": record.artifact_hash,
+        "hash_algorithm": record.hash_algorithm,
+        "metadata": record.metadata,
+        "signature": base64.b64encode(record.signature_der).decode(),
+        "signature_algorithm": record.signature_algorithm,
+        "signed_at": _iso(record.signed_at),
+        "signer": {"serial": serial_display(serial_hex(certificate.serial_number)),
+                   "subject": certificate.subject.rfc4514_string(),
+                   "not_after": _iso(certificate.not_valid_after_utc)},
+        "timestamped": record.timestamp_token is not None,
+        "verified_count": record.verified_count,
+        "last_verified_at": _iso(record.last_verified_at),
+    }
+
+
+def _verification_json(checked: Verification) -> dict[str, Any]:
+    verdict, record = checked.verdict, checked.record
+    signer = verdict.signer
+    stamp = verdict.time_stamp
+    return {
+        "valid": verdict.valid,
+        "status": verdict.status,
+        # Proven by its time-stamp: valid then, whether or not it still is now.
+        "valid_at_signing_time": verdict.valid and stamp is not None,
+        "reasons": list(verdict.reasons),
+        "signer": None if signer is None else {
+            "serial": serial_display(serial_hex(signer.serial_number)),
+            "subject": signer.subject.rfc4514_string(),
+            "not_after": _iso(signer.not_valid_after_utc)},
+        "signing_time": _iso(verdict.signing_time),
+        "time_stamp": None if stamp is None else {
+            "time": _iso(stamp.time), "serial": stamp.serial, "tsa": stamp.tsa},
+        "signature_id": None if record is None else record.signature_id,
+        "verified_count": None if record is None else record.verified_count,
+        "last_verified_at": None if record is None else _iso(record.last_verified_at),
+    }
+
+
+async def create_signature(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    body = await _json_body(request)
+    metadata = body.get("metadata")
+    if metadata is not None and not isinstance(metadata, dict):
+        raise BadRequest("field 'metadata' must be an object")
+    signed = await request.app[SIGNATURES].sign(SignRequest(
+        hash_hex=_field(body, "hash", str, required=True).lower(),
+        hash_algorithm=_field(body, "hash_algorithm", str) or "sha256",
+        artifact_type=_field(body, "artifact_type", str, required=True),
+        name=_field(body, "name", str, required=True), metadata=metadata or {},
+        organization=_field(body, "organization", str)), principal)
+    response = web.json_response(_signature_json(signed), status=201 if signed.created else 200)
+    return response
+
+
+async def verify_signature(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    body = await _json_body(request)
+    text = _field(body, "signature", str, required=True)
+    try:
+        signature = base64.b64decode(text, validate=True)
+    except ValueError:  # binascii.Error
+        raise BadRequest("field 'signature' must be base64 (the DER CMS signature)") from None
+    checked = await request.app[SIGNATURES].verify(
+        signature, _field(body, "hash", str, required=True).lower(),
+        _field(body, "hash_algorithm", str) or "sha256", principal)
+    return web.json_response(_verification_json(checked))
+
+
 def add_routes(app: web.Application) -> None:
     from protocols.rest import openapi
 
@@ -619,3 +698,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/audit", query_audit)
     app.router.add_get("/api/v1/audit/verify", verify_audit)
     app.router.add_get("/api/v1/audit/export", export_audit)
+    app.router.add_post("/api/v1/signatures", create_signature)
+    app.router.add_post("/api/v1/signatures/verify", verify_signature)

@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from ca_core.admin import CERTIFICATE_STATUSES, MAX_LIMIT, MAX_TOKEN_DAYS
+from ca_core.code_signing import ARTIFACT_TYPES, DIGEST_LENGTHS, MAX_NAME
 from ca_core.org_policy import ISOLATION_LEVELS, MAX_PARTNERS, ORG_STATUSES
 from ca_core.principal import ROLES
 from ca_core.templates import TEMPLATE_STATUSES
@@ -269,6 +270,59 @@ _SCHEMAS: dict[str, Any] = {
         "head_seq": {"type": "integer"},
         "problems": {"type": "array", "items": {"type": "object", "properties": {
             "seq": {"type": "integer"}, "problem": {"type": "string"}}}}}},
+    "SignatureRequest": {"type": "object", "required": ["hash", "artifact_type", "name"],
+                         "properties": {
+        "hash": {"type": "string", "description": "the artifact's hash, hex (64 digits for "
+                 "sha256, 128 for sha512)"},
+        "hash_algorithm": {"type": "string", "enum": list(DIGEST_LENGTHS),
+                           "default": "sha256"},
+        "artifact_type": {"type": "string", "enum": list(ARTIFACT_TYPES)},
+        "name": {"type": "string", "maxLength": MAX_NAME,
+                 "description": "the artifact's name or path"},
+        "metadata": {"type": "object", "description": "stored with the signature"},
+        "organization": {"type": "string", "description": "slug (default: the token's)"}}},
+    "Signer": {"type": "object", "required": ["serial", "subject", "not_after"],
+               "properties": {"serial": {"type": "string"}, "subject": {"type": "string"},
+                              "not_after": _TIME}},
+    "Signature": {"type": "object", "required": [
+        "id", "organization_id", "artifact_type", "name", "hash", "hash_algorithm",
+        "metadata", "signature", "signature_algorithm", "signed_at", "signer",
+        "timestamped", "verified_count", "last_verified_at"], "properties": {
+        "id": {"type": "string"}, "organization_id": {"type": "string"},
+        "artifact_type": {"type": "string", "enum": list(ARTIFACT_TYPES)},
+        "name": {"type": "string"}, "hash": {"type": "string"},
+        "hash_algorithm": {"type": "string", "enum": list(DIGEST_LENGTHS)},
+        "metadata": {"type": "object"},
+        "signature": {"type": "string", "description": "base64 of the DER CMS SignedData "
+                      "(detached; signingTime; RFC 3161 signatureTimeStampToken): the "
+                      "content of FILE.p7s"},
+        "signature_algorithm": {"type": "string"}, "signed_at": _TIME,
+        "signer": _ref("Signer"), "timestamped": {"type": "boolean"},
+        "verified_count": {"type": "integer"}, "last_verified_at": _NULLABLE_TIME}},
+    "VerifyRequest": {"type": "object", "required": ["signature", "hash"], "properties": {
+        "signature": {"type": "string", "description": "base64 of the DER signature"},
+        "hash": {"type": "string", "description": "the artifact's hash, hex"},
+        "hash_algorithm": {"type": "string", "enum": list(DIGEST_LENGTHS),
+                           "default": "sha256"}}},
+    "Verification": {"type": "object", "required": [
+        "valid", "status", "valid_at_signing_time", "reasons", "signer", "signing_time",
+        "time_stamp", "signature_id", "verified_count", "last_verified_at"], "properties": {
+        "valid": {"type": "boolean", "description": "valid now, or at signing time"},
+        "status": {"type": "string",
+                   "enum": ["valid", "valid_at_signing_time", "invalid"],
+                   "description": "valid_at_signing_time: the certificate expired or was "
+                   "revoked after the signature's time-stamp"},
+        "valid_at_signing_time": {"type": "boolean",
+                                  "description": "proven by the signature's time-stamp"},
+        "reasons": {"type": "array", "items": {"type": "string"}},
+        "signer": {"oneOf": [_ref("Signer"), {"type": "null"}]},
+        "signing_time": _NULLABLE_TIME,
+        "time_stamp": {"oneOf": [{"type": "null"}, {"type": "object", "required": [
+            "time", "serial", "tsa"], "properties": {
+            "time": _TIME, "serial": {"type": "string"}, "tsa": {"type": "string"}}}]},
+        "signature_id": {"type": ["string", "null"]},
+        "verified_count": {"type": ["integer", "null"]},
+        "last_verified_at": _NULLABLE_TIME}},
 }
 
 _SERIAL = _path("serial", "hex serial (0A1B..., 0a:1b:..., 0x0a1b...)")
@@ -302,9 +356,9 @@ def document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "VCC-PKI admin API", "version": "1",
                  "description": "Certificates, CAs, templates, tokens, service accounts, "
-                 "ACME EAB keys and accounts, organizations and the audit log. "
-                 "Authentication: a bearer token, or on the EST port a client certificate "
-                 "bound to a service account (mTLS). "
+                 "ACME EAB keys and accounts, organizations, the audit log and code "
+                 "signatures. Authentication: a bearer token, or on the EST port a client "
+                 "certificate bound to a service account (mTLS). "
                  "Errors are RFC 9457 problem+json."},
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}, {"mtls": []}],
@@ -515,6 +569,23 @@ def document() -> dict[str, Any]:
                     "200": {"description": "one AuditEntry per line",
                             "content": {"application/jsonl": {"schema": {"type": "string"}}}},
                     **_problems(400, 403)}, parameters=_AUDIT_FILTERS, tag="audit"),
+            },
+            "/api/v1/signatures": {
+                "post": _op("sign an artifact's hash (role code_signer, own organization): a "
+                            "detached CMS signature with signingTime and an RFC 3161 "
+                            "time-stamp; the same hash again answers the stored one (200)", {
+                                "201": _json(_ref("Signature"), "signed"),
+                                "200": _json(_ref("Signature"),
+                                             "signed before with the same certificate"),
+                                **_problems(400, 403, 404, 409, 413, 415)},
+                            body=_body(_ref("SignatureRequest")), tag="signatures"),
+            },
+            "/api/v1/signatures/verify": {
+                "post": _op("verify a signature of the caller's organization against the "
+                            "artifact's hash (counts verified_count when valid)", {
+                                "200": _json(_ref("Verification"), "the verdict"),
+                                **_problems(400, 403, 404, 413, 415)},
+                            body=_body(_ref("VerifyRequest")), tag="signatures"),
             },
             **{f"/api/v1/health{part}": {"get": {
                 "summary": f"health{part.replace('/', ' of the ')}", "tags": ["meta"],
