@@ -82,7 +82,13 @@ Clock = Callable[[], dt.datetime]
 # caller may put its own state change into the same transaction (EST spends a secret).
 RecordCertificate = Callable[[CertificateRecord, AuditEvent], Awaitable[None]]
 
+# What a request that names no profile (REST, CLI) gets, and a revocation that names no
+# reason: decided here once, not by each front-end.
+DEFAULT_PROFILE = "vcc_service"
+DEFAULT_REVOCATION_REASON = "unspecified"
+
 # RFC 5280 5.3.1 reason codes, by the names operators type (snake_case) and the RFC's.
+
 REVOCATION_REASONS: dict[str, x509.ReasonFlags] = {
     "unspecified": x509.ReasonFlags.unspecified,
     "key_compromise": x509.ReasonFlags.key_compromise,
@@ -130,7 +136,10 @@ def parse_serial(text: str) -> str:
     return serial_hex(value)
 
 
-def parse_reason(text: str) -> str:
+def parse_reason(text: str | None) -> str:
+    """A revocation reason by its name (RFC 5280 names or ours); none given: unspecified."""
+    if not text:
+        return DEFAULT_REVOCATION_REASON
     key = text.strip().lower().replace("-", "_")
     if key in REVOCATION_REASONS:
         return key
@@ -183,7 +192,7 @@ class CASettings:
 class IssuanceRequest:
     # PEM or DER PKCS#10, or a request parse_csr returned (checked; not parsed again)
     csr: bytes | x509.CertificateSigningRequest
-    profile: str
+    profile: str = DEFAULT_PROFILE  # a profile or template name
     org: str | None = None  # organization slug; None: the principal's own
     validity_days: int | None = None
     not_before: dt.datetime | None = None
@@ -803,7 +812,7 @@ class Authority:
     async def revoke(
         self,
         serial: str,
-        reason: str,
+        reason: str | None,
         principal: Principal,
         invalidity_date: dt.datetime | None = None,
     ) -> CertificateRecord:

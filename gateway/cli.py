@@ -32,6 +32,8 @@ from ca_core.admin import (
     template_document,
 )
 from ca_core.authority import (
+    DEFAULT_PROFILE,
+    DEFAULT_REVOCATION_REASON,
     ISSUING_CA_REFRESH_SECONDS,
     REVOCATION_REASONS,
     IssuanceRequest,
@@ -1166,7 +1168,7 @@ def build_parser() -> argparse.ArgumentParser:
         each.add_argument("--status", choices=TEMPLATE_STATUSES,
                           help="disabled: it issues nothing until active again")
 
-    service = BUILTIN_PROFILES[0]
+    service = next(p for p in BUILTIN_PROFILES if p.name == DEFAULT_PROFILE)
     issue = command(sub, "issue", "issue a certificate from a PKCS#10 CSR (the certificate "
                     "PEM to stdout or --out, its serial to stderr)", cmd_issue)
     issue.add_argument("--csr", required=True, metavar="FILE",
@@ -1192,7 +1194,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "and CRLs follow within seconds)", cmd_revoke)
     revoke.add_argument("serial", help="hex serial as `openssl x509 -serial` prints it "
                         "(0A1B..., 0a:1b:..., 0x0a1b... or serial=0A1B...)")
-    revoke.add_argument("--reason", default="unspecified", type=_reason,
+    revoke.add_argument("--reason", default=DEFAULT_REVOCATION_REASON, type=_reason,
                         choices=tuple(REVOCATION_REASONS), metavar="REASON",
                         help="RFC 5280 reason: " + ", ".join(REVOCATION_REASONS)
                         + " (default: unspecified; keyCompromise-style names work too)")

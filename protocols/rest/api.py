@@ -42,7 +42,13 @@ from ca_core.admin import (
     template_document,
     token_document,
 )
-from ca_core.authority import Authority, IssuanceRequest, serial_display, serial_hex
+from ca_core.authority import (
+    DEFAULT_PROFILE,
+    Authority,
+    IssuanceRequest,
+    serial_display,
+    serial_hex,
+)
 from ca_core.code_signing import CodeSigningService, SignedArtifact, SignRequest, Verification
 from ca_core.errors import BadRequest, Unauthorized
 from ca_core.keys import KeySpec
@@ -170,7 +176,7 @@ async def issue_certificate(request: web.Request) -> web.Response:
                          "names")
     issued = await request.app[AUTHORITY].issue(
         IssuanceRequest(
-            csr=csr.encode(), profile=profile or template or "vcc_service",
+            csr=csr.encode(), profile=profile or template or DEFAULT_PROFILE,
             org=_field(body, "organization", str), validity_days=days,
         ),
         principal,
@@ -187,7 +193,7 @@ async def revoke_certificate(request: web.Request) -> web.Response:
     body = await _json_body(request) if request.can_read_body else {}
     record = await request.app[AUTHORITY].revoke(
         request.match_info["serial"],
-        _field(body, "reason", str) or "unspecified",
+        _field(body, "reason", str),
         principal,
         invalidity_date=_date(body, "invalidity_date"),
     )

@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from ca_core.admin import CERTIFICATE_STATUSES, MAX_LIMIT, MAX_TOKEN_DAYS
+from ca_core.authority import DEFAULT_PROFILE, DEFAULT_REVOCATION_REASON
 from ca_core.code_signing import ARTIFACT_TYPES, DIGEST_LENGTHS, MAX_NAME
 from ca_core.org_policy import ISOLATION_LEVELS, MAX_PARTNERS, ORG_STATUSES
 from ca_core.principal import ROLES
@@ -113,14 +114,14 @@ _SCHEMAS: dict[str, Any] = {
         "organization_id": {"type": "string"}}},
     "IssueRequest": {"type": "object", "required": ["csr"], "properties": {
         "csr": {"type": "string", "description": "PEM PKCS#10"},
-        "profile": {"type": "string", "default": "vcc_service",
+        "profile": {"type": "string", "default": DEFAULT_PROFILE,
                     "description": "a built-in profile or a template name"},
         "template": {"type": "string", "description": "the same as profile (both given "
                      "and different: 400)"},
         "organization": {"type": "string", "description": "slug (default: the token's)"},
         "validity_days": {"type": "integer"}}},
     "RevokeRequest": {"type": "object", "properties": {
-        "reason": {"type": "string", "default": "unspecified"},
+        "reason": {"type": "string", "default": DEFAULT_REVOCATION_REASON},
         "invalidity_date": _TIME}},
     "RenewRequest": {"type": "object", "properties": {
         "csr": {"type": "string", "description": "a new key's CSR; without: the same key"},
