@@ -234,6 +234,33 @@ async def test_migrations_are_idempotent(store: Store, seed: Seed, location: Loc
 
 
 @pytest.mark.postgres
+async def test_certificate_search_uses_trigram_indexes_on_postgresql() -> None:
+    """The admin list's substring search (q) has pg_trgm indexes on PostgreSQL (migration
+    0016), and the planner takes them for a search over many certificates."""
+    require_postgres()
+    dsn = await asyncio.to_thread(asyncio.run, create_throwaway_database())
+    try:
+        store = PostgresStore(dsn, min_size=1, max_size=2)
+        await store.open()
+        await store.close()
+        conn = await asyncpg.connect(dsn)
+        try:
+            indexes = {r["indexname"] for r in await conn.fetch(
+                "SELECT indexname FROM pg_indexes WHERE tablename = 'certificates'")}
+            assert {"idx_certificates_subject_trgm", "idx_certificates_san_trgm"} <= indexes
+            await conn.execute("SET enable_seqscan = off")
+            plan = "\n".join(r[0] for r in await conn.fetch(
+                "EXPLAIN SELECT * FROM certificates WHERE LOWER(subject_dn) LIKE $1"
+                " ESCAPE '\\' OR LOWER(CAST(san AS TEXT)) LIKE $1 ESCAPE '\\'",
+                "%host12345%"))
+            assert "idx_certificates_subject_trgm" in plan, plan
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(dsn)
+
+
+@pytest.mark.postgres
 async def test_concurrent_open_applies_migrations_once() -> None:
     """Gateway processes starting together: the advisory lock lets one migrate."""
     require_postgres()
