@@ -761,6 +761,7 @@ TAMPERING = {
 
 
 @pytest.mark.parametrize("tampering", list(TAMPERING))
+@pytest.mark.tampers_audit
 async def test_tampering_is_detected(
     store: Store, seed: Seed, location: Location, tampering: str
 ) -> None:
@@ -806,6 +807,7 @@ async def _audit_columns(where: Location) -> set[str]:
                " WHERE table_schema = 'public' AND table_name = 'audit_log'")}
 
 
+@pytest.mark.tampers_audit
 async def test_every_audit_column_is_tampered(store: Store, location: Location) -> None:
     assert await _audit_columns(location) == set(AUDIT_COLUMN_EDITS)
 
@@ -831,6 +833,7 @@ async def _tamper_audit_column(where: Location, case: str) -> None:
 
 
 @pytest.mark.parametrize("case", AUDIT_CASES)
+@pytest.mark.tampers_audit
 async def test_an_edit_of_any_audit_column_is_detected(
     store: Store, seed: Seed, location: Location, case: str
 ) -> None:
