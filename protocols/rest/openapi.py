@@ -238,7 +238,10 @@ _SCHEMAS: dict[str, Any] = {
         "allowed_names": {"type": "array", "items": {"type": "string"}},
         "allowed_ip_ranges": {"type": "array", "items": {"type": "string"}},
         "profiles": {"type": "array", "items": {"type": "string"}},
-        "max_validity_days": {"type": ["integer", "null"]}}},
+        "max_validity_days": {"type": ["integer", "null"]},
+        "idn": {"type": "string", "enum": ["single-script", "refuse", "allow"],
+                "description": "internationalized (xn--) names: one script per label (the "
+                "default; mixed-script look-alikes refused), none, or not examined"}}},
     "Organization": {"type": "object", "required": [
         "id", "slug", "name", "status", "isolation", "partners", "policy", "created_at"],
         "properties": {
