@@ -500,7 +500,7 @@ async def test_idn_policy_is_validated(pki: Pki) -> None:
 
     await ensure_organization(pki.authority, "idn", "IDN", Principal.system())
     admin = AdminService(pki.authority, verify_chain)
-    with pytest.raises(BadRequest, match="policy.idn must be one of"):
+    with pytest.raises(BadRequest, match=r"policy\.idn must be one of"):
         await admin.update_organization(Principal.system(), "idn",
                                         OrganizationChange(policy={"idn": "sometimes"}))
     org = await admin.get_organization(Principal.system(), "idn")
