@@ -410,23 +410,23 @@ async def test_service_uses_its_own_certificate_over_mtls(listeners: Listeners,
             slug.title(), slug, organization="alpha"), (f"{slug}.alpha.test",), ()), out)
     key = serialization.load_pem_private_key((out / "clara" / "key.pem").read_bytes(), None)
     cert = x509.load_pem_x509_certificate((out / "clara" / "cert.pem").read_bytes())
-    identity = (key, cert)
-    answer = await curl(listeners, "/api/v1/services/clara/heartbeat", identity,  # type: ignore[arg-type]
+    identity: Any = (key, cert)  # a KeyAndCert (the key type is known by its file)
+    answer = await curl(listeners, "/api/v1/services/clara/heartbeat", identity,
                         body={"status": "healthy", "version": "9"})
     assert answer.status == 200, answer.body
     assert answer.body["health_status"] == "healthy"
-    answer = await curl(listeners, "/api/v1/services/clara", identity)  # type: ignore[arg-type]
+    answer = await curl(listeners, "/api/v1/services/clara", identity)
     assert answer.status == 200 and answer.body["reported_version"] == "9"
-    listed = await curl(listeners, "/api/v1/services", identity)  # type: ignore[arg-type]
+    listed = await curl(listeners, "/api/v1/services", identity)
     assert [s["slug"] for s in listed.body["items"]] == ["clara"]
     before = await _denials(services)
-    other = await curl(listeners, "/api/v1/services/covina/heartbeat", identity,  # type: ignore[arg-type]
+    other = await curl(listeners, "/api/v1/services/covina/heartbeat", identity,
                        body={"status": "unhealthy"})
     assert other.status == 404 and other.content_type.startswith("application/problem+json")
     assert await _denials(services) == before + 1
     assert (await services.registry.get(SYSTEM, "covina", "alpha")).health_status is None
     # not on 8443: no client certificate is asked for there
-    plain = await curl(listeners, "/api/v1/services/clara", identity,  # type: ignore[arg-type]
+    plain = await curl(listeners, "/api/v1/services/clara", identity,
                        port=listeners.https_port)
     assert plain.status == 401
     assert await _issuances(services) >= 2
