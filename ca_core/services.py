@@ -128,7 +128,8 @@ def _text(value: str | None, name: str, limit: int, required: bool = False) -> s
             raise BadRequest(f"{name} is required")
         return None
     value = value.strip()
-    if not 1 <= len(value) <= limit or any(ord(c) < 32 for c in value):
+    if not 1 <= len(value) <= limit or any(ord(c) < 32 or 0xD800 <= ord(c) < 0xE000
+                                           for c in value):
         raise BadRequest(f"{name} must be 1 to {limit} printable characters")
     return value
 
@@ -155,9 +156,12 @@ def _metadata(value: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise BadRequest("metadata must be a JSON object")
     try:
-        text = json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError):
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+        text.encode()  # a lone surrogate from a \ud800 escape
+    except (TypeError, ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
         raise BadRequest("metadata must be plain JSON (no NaN or Infinity)") from None
+    if "\\u0000" in text:  # PostgreSQL's JSONB holds no NUL character
+        raise BadRequest("metadata must not hold a NUL character")
     if len(text.encode()) > MAX_METADATA_BYTES:
         raise BadRequest(f"metadata: at most {MAX_METADATA_BYTES} bytes of JSON")
     loaded: dict[str, Any] = json.loads(text)
@@ -331,6 +335,8 @@ class ServiceRegistry:
                 principal, "registered", record, {"name": record.name,
                                                   "type": record.service_type}),
                 principal.actor_id if grant == "self" else None)
+        except StoreInvalid:
+            raise BadRequest("a field holds text the store cannot keep") from None
         except StoreConflict:
             raise Conflict(f"service {spec.slug} exists in organization {org.slug}"
                            ) from None
@@ -489,13 +495,14 @@ class ServiceRegistry:
     async def renew_due(self, principal: Principal, days: int,
                         organization: str | None = None
                         ) -> list[tuple[ServiceRecord, IssuedCertificate]]:
-        renewed = []
-        for service in await self.due(principal, days, organization):
-            if self._grant(principal, "service:update") != "all":
-                await self._require(principal, "service:update")
-                break
-            renewed.append((service, await self._renew(principal, service)))
-        return renewed
+        """Renew every due service certificate (an operator's: ``service:update`` on all of
+        the organization's services, and ``cert:request``)."""
+        if self._grant(principal, "service:update") != "all" or \
+                not principal.can("cert:request"):
+            await self._deny(principal, "service:update", None,
+                             "renewing every due service needs service:* and cert:request")
+        return [(service, await self._renew(principal, service))
+                for service in await self.due(principal, days, organization)]
 
     async def expiring(self) -> dict[tuple[str, str, int], int]:
         """(organization slug, service slug, days) -> certificates of the service ending

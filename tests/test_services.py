@@ -205,6 +205,27 @@ async def test_heartbeat_audits_changes_only(orgs: Services) -> None:
 
 
 async def test_rest_routes(orgs: Services, aiohttp_client: ClientFactory) -> None:
+    await _rest_routes(orgs, aiohttp_client)
+
+
+@pytest.mark.postgres
+async def test_rest_routes_on_postgresql(tmp_path: Path, aiohttp_client: ClientFactory
+                                         ) -> None:
+    from tests.helpers import fresh_services
+    from tests.pg import create_throwaway_database, drop_database, require_postgres
+
+    require_postgres()
+    dsn = await create_throwaway_database()
+    try:
+        async with fresh_services(tmp_path, VCC_PKI_DATABASE_URL=dsn) as services:
+            for slug in ("alpha", "beta"):
+                await ensure_organization(services.authority, slug, slug.title(), SYSTEM)
+            await _rest_routes(services, aiohttp_client)
+    finally:
+        await drop_database(dsn)
+
+
+async def _rest_routes(orgs: Services, aiohttp_client: ClientFactory) -> None:
     client = await aiohttp_client(build_https_app(orgs))
     admin = _auth(await _token(orgs, "alpha", "pki_admin"))
     robot = _auth(await _token(orgs, "alpha", "service_account"))
@@ -225,6 +246,15 @@ async def test_rest_routes(orgs: Services, aiohttp_client: ClientFactory) -> Non
         answer = await client.post("/api/v1/services", headers=admin, json=bad)
         assert answer.status == 400, bad
         assert answer.content_type == "application/problem+json"
+    for raw in ('{"name": "x", "slug": "y", "metadata": {"a": "\\u0000"}}',
+                '{"name": "x", "slug": "y", "metadata": {"a": "\\ud800"}}',
+                '{"name": "x\\ud800", "slug": "y"}',
+                '{"name": "x", "slug": "y", "endpoints": ["https://a\\ud800"]}',
+                '{"name": "x", "slug": "y", "metadata": {"a": NaN}}'):
+        answer = await client.post(
+            "/api/v1/services", headers={**admin, "Content-Type": "application/json"},
+            data=raw)
+        assert answer.status == 400, (raw, await answer.text())
     dup = await client.post("/api/v1/services", headers=admin, json={"name": "C",
                                                                      "slug": "clara"})
     assert dup.status == 409
