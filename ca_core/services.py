@@ -228,8 +228,8 @@ class ServiceRegistry:
     # ------------------------------------------------------------------ authorization
     @staticmethod
     def _grant(principal: Principal, action: str) -> str | None:
-        """"all" (the permission or its area's *), "self" (the ``_self``/``_own`` form: the
-        principal's own service only) or None."""
+        """Either "all" (the permission or its area's *), "self" (the ``_self``/``_own``
+        form: the principal's own service only) or None."""
         permissions = principal.permissions
         if action in permissions or "service:*" in permissions:
             return "all"
