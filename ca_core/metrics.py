@@ -26,3 +26,10 @@ CA_KEY_USAGE = Counter("pki_ca_key_usage_total", "CA key usage counter", ["ca_id
 CERT_REVOCATIONS_TOTAL = Counter(
     "pki_cert_revocations_total", "Certificates revoked", ["org_id", "reason"]
 )
+# Certificates of registered services ending within 7, 30 or 90 days (not yet ended), by
+# organization (slug) and service (slug): ServiceRegistry.expiring, the query of
+# `vcc-pki service renew --due`; refreshed with pki_active_certificates.
+CERTIFICATES_EXPIRING = Gauge(
+    "pki_certificates_expiring", "Service certificates ending within the given days",
+    ["organization", "service", "days"]
+)

@@ -22,7 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ca_core.errors import CAError
-from ca_core.metrics import ACTIVE_CERTIFICATES
+from ca_core.metrics import ACTIVE_CERTIFICATES, CERTIFICATES_EXPIRING
 from ca_core.signing import limit_signatures
 from ca_core.tsa import ensure_tsa
 from gateway.app import build_est_app, build_http_app, build_https_app
@@ -55,7 +55,20 @@ async def _refresh_active_gauge(services: Services) -> None:
                 ACTIVE_CERTIFICATES.labels(orgs.get(org_id, org_id), profile).set(count)
         except Exception as exc:  # a failed refresh must not stop the gateway
             log.warning("refreshing pki_active_certificates failed: %s", exc)
+        try:
+            await refresh_expiring_gauge(services)
+        except Exception as exc:
+            log.warning("refreshing pki_certificates_expiring failed: %s", exc)
         await asyncio.sleep(ACTIVE_GAUGE_INTERVAL)
+
+
+async def refresh_expiring_gauge(services: Services) -> None:
+    """pki_certificates_expiring from the registry's due query (in every process, as the
+    gauge above: each process's /metrics answers for itself; one indexed read a minute)."""
+    counts = await services.registry.expiring()
+    CERTIFICATES_EXPIRING.clear()
+    for (org, service, days), count in counts.items():
+        CERTIFICATES_EXPIRING.labels(org, service, str(days)).set(count)
 
 
 class _BadRequestLines(logging.Filter):
