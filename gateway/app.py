@@ -181,6 +181,7 @@ def build_est_app(services: Services, registrar: est_http.EstRegistrar,
     app[SERVICES] = services
     app[rest_api.AUTHORITY] = services.authority
     app[rest_api.ADMIN] = services.admin
+    app[rest_api.SIGNATURES] = services.signatures
     app[rest_api.REGISTRY] = services.registry  # services register over mTLS here
     est_http.add_routes(app, registrar, settings)
     rest_api.add_routes(app)
