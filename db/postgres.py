@@ -212,7 +212,7 @@ class PostgresDialect(Dialect):
                 " name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
             )
             done = {row[0] for row in await conn.fetch("SELECT version FROM schema_migrations")}
-            for version, name, sql in migrations(self.migrations):
+            for version, name, sql in migrations(self.migrations, self.migrate_upto):
                 if version in done:
                     continue
                 await conn.execute(sql)  # no arguments: simple protocol, several statements

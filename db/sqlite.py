@@ -177,7 +177,7 @@ class SqliteDialect(Dialect):
                 " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
             )
             done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
-            for version, name, sql in migrations(self.migrations):
+            for version, name, sql in migrations(self.migrations, self.migrate_upto):
                 if version in done:
                     continue
                 for statement in sql.split(";\n"):

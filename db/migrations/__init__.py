@@ -41,11 +41,13 @@ def _files(folder: str) -> dict[int, tuple[str, str]]:
     return found
 
 
-def migrations(dialect: str) -> list[tuple[int, str, str]]:
-    """(version, name, sql) of every migration of a dialect, in order."""
+def migrations(dialect: str, upto: int | None = None) -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every migration of a dialect (up to ``upto``), in order."""
     own, common = _files(dialect), _files("common")
     merged: list[tuple[int, str, str]] = []
     for version in sorted(own.keys() | common.keys()):
+        if upto is not None and version > upto:
+            break
         if version in common:
             name, sql = common[version]
             extra = own.get(version)
@@ -54,3 +56,9 @@ def migrations(dialect: str) -> list[tuple[int, str, str]]:
         else:
             merged.append((version, *own[version]))
     return merged
+
+
+def common_versions() -> list[int]:
+    """Versions of the migrations written for both dialects: the ones that shape the tables
+    (a dialect's own files add triggers and indexes). ``db.backup`` names a schema by them."""
+    return sorted(_files("common"))
