@@ -526,6 +526,8 @@ def _sqlite_load(path: str, plan: LoadPlan, progress: Progress | None) -> dict[s
                     where = " AND ".join(f"{k} = ?" for k in key)
                     conn.executemany(f'UPDATE "{table.name}" SET {column} = ? WHERE {where}',
                                      _fixups(table, file, "sqlite"))
+                if progress is not None and done == 0:
+                    progress(table.name, 0, 0)
                 loaded[table.name] = done
             conn.execute("COMMIT")
         except BaseException:
@@ -594,6 +596,8 @@ async def _pg_load(dsn: str, plan: LoadPlan, progress: Progress | None) -> dict[
                     await conn.executemany(
                         f'UPDATE "{table.name}" SET {column} = $1 WHERE {where}',
                         list(_fixups(table, file, "postgresql")))
+                if progress is not None and done == 0:
+                    progress(table.name, 0, 0)
                 loaded[table.name] = done
             # Sequences behind serial/identity columns, past the loaded rows.
             for record in await conn.fetch(

@@ -34,6 +34,7 @@ from gateway.runtime import open_services
 from protocols.ocsp.codec import decode_request
 from tests.helpers import make_csr
 from tests.pg import create_throwaway_database, drop_database, require_postgres
+from tests.softhsm import session_token
 
 SYSTEM = Principal.system("test")
 PASSPHRASE = "backup-test-passphrase"
@@ -473,3 +474,53 @@ async def test_not_an_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     assert "not a readable backup archive" in capsys.readouterr().err
     assert await cli(target, monkeypatch, "restore", str(tmp_path / "absent.tgz")) == 1
     assert "No such file" in capsys.readouterr().err
+
+
+@pytest.mark.softhsm
+async def test_pkcs11_keys_are_referenced_not_copied(
+        tmp_path: Path, tmp_path_factory: pytest.TempPathFactory,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    token = session_token(tmp_path_factory)
+    hsm = {"VCC_PKI_KEY_BACKEND": "pkcs11", "VCC_PKI_PKCS11_MODULE": token.module_path,
+           "VCC_PKI_PKCS11_TOKEN_LABEL": token.label, "VCC_PKI_PKCS11_PIN": token.pin}
+    source = Instance(_environment(tmp_path / "source", None) | hsm)
+    populated = await populate(source)
+    archive = tmp_path / "hsm.tar.gz"
+    assert await cli(source, monkeypatch, "backup", "--out", str(archive)) == 0
+    assert "PKCS#11 key(s) are referenced, not copied" in capsys.readouterr().out
+    manifest = json.loads(_member(archive, "manifest.json"))
+    refs = manifest["keys"]["pkcs11"]
+    assert {r["table"] for r in refs} >= {"certificate_authorities", "ocsp_responders"}
+    assert all(r["key_ref"].startswith("pkcs11:") for r in refs), refs
+    assert "token" in manifest["keys"]["pkcs11_note"]
+    assert not [n for n in manifest["members"] if n.startswith("files/keys/")]
+    # Restored against the same token: a warning names it, and the keys sign.
+    target = Instance(_environment(tmp_path / "target", None) | hsm)
+    assert await cli(target, monkeypatch, "restore", str(archive)) == 0
+    err = capsys.readouterr().err
+    assert f"token {token.label!r}" in err and "must hold them" in err
+    await check_signing(source, target, populated)
+
+
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgresql",
+                                                             marks=pytest.mark.postgres)])
+async def test_dump_reads_one_snapshot(database: str, tmp_path: Path,
+                                       pg_urls: list[str]) -> None:
+    """Writes made while a dump runs are not in it: every table is read in the same
+    transaction, so the certificates and the audit chain that records them agree."""
+    source = Instance(_environment(tmp_path / "source", await pg_database(pg_urls)
+                                   if database == "postgresql" else None))
+    await populate(source)
+    url = source.config.effective_database_url
+    async with dump_io.snapshot(url) as snap, open_services(source.config) as services:
+        tables = {t.name: t for t in await snap.tables()}
+        before = await snap.count(tables["certificates"])
+        await services.authority.load()
+        await services.authority.issue(IssuanceRequest(
+            csr=make_csr("during.example.test", ("during.example.test",)),
+            profile="vcc_service"), SYSTEM)
+        assert await snap.count(tables["certificates"]) == before
+        head = [row async for row in snap.rows(tables["audit_head"])][0][0]
+        log = [row async for row in snap.rows(tables["audit_log"])]
+        assert max(r[0] for batch in log for r in batch) == head[1]
+    assert (await dump_io.count_rows(url))["certificates"] == before + 1
