@@ -197,7 +197,8 @@ async def cmd_backup(config: Config, args: argparse.Namespace) -> int:
         }
         partial = out.with_name(out.name + ".partial")
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
+        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz",
+                                                               compresslevel=6) as tar:
             body = json.dumps(manifest, indent=2, sort_keys=True).encode()
             info = tarfile.TarInfo("manifest.json")
             info.size, info.mode, info.mtime = len(body), 0o600, int(dt.datetime.now().timestamp())

@@ -520,7 +520,8 @@ async def test_dump_reads_one_snapshot(database: str, tmp_path: Path,
             csr=make_csr("during.example.test", ("during.example.test",)),
             profile="vcc_service"), SYSTEM)
         assert await snap.count(tables["certificates"]) == before
-        head = [row async for row in snap.rows(tables["audit_head"])][0][0]
+        heads = [batch async for batch in snap.rows(tables["audit_head"])]
+        head = heads[0][0]
         log = [row async for row in snap.rows(tables["audit_log"])]
         assert max(r[0] for batch in log for r in batch) == head[1]
     assert (await dump_io.count_rows(url))["certificates"] == before + 1
