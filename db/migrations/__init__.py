@@ -41,13 +41,11 @@ def _files(folder: str) -> dict[int, tuple[str, str]]:
     return found
 
 
-def migrations(dialect: str, upto: int | None = None) -> list[tuple[int, str, str]]:
-    """(version, name, sql) of every migration of a dialect (up to ``upto``), in order."""
+def migrations(dialect: str) -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every migration of a dialect, in order."""
     own, common = _files(dialect), _files("common")
     merged: list[tuple[int, str, str]] = []
     for version in sorted(own.keys() | common.keys()):
-        if upto is not None and version > upto:
-            break
         if version in common:
             name, sql = common[version]
             extra = own.get(version)
