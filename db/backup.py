@@ -164,22 +164,57 @@ def _encoders(columns: Iterable[Column]) -> list[tuple[int, Callable[[Any], Any]
     return found
 
 
+def _integer(value: Any) -> int:
+    if isinstance(value, int):  # bool too: SQLite keeps booleans as 0/1
+        return int(value)
+    raise ValueError(f"{value!r} is not an integer")
+
+
+def _real(value: Any) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise ValueError(f"{value!r} is not a number")
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    raise ValueError(f"{value!r} is not text")
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool) or value in (0, 1):
+        return bool(value)
+    raise ValueError(f"{value!r} is not a boolean")
+
+
+def _moment(value: Any) -> dt.datetime:
+    moment = dt.datetime.fromisoformat(_text(value))
+    if moment.tzinfo is None:
+        raise ValueError(f"{value!r} has no time zone")
+    return moment.astimezone(dt.UTC)
+
+
+def _json_text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def _decode_for(kind: Kind, dialect: str) -> Callable[[Any], Any]:
+    """How a dumped value of a target column of ``kind`` becomes a parameter. A value of
+    the wrong type is refused (ValueError), not stored as whatever SQLite would take."""
     if kind == "bytes":
-        return lambda v: base64.b64decode(v, validate=True)
-    if dialect == "sqlite":
-        return lambda v: v
-    if kind == "time":
-        return lambda v: dt.datetime.fromisoformat(v).astimezone(dt.UTC)
-    if kind == "bool":
-        return bool
+        return lambda v: base64.b64decode(_text(v), validate=True)
     if kind == "int":
-        return int
+        return _integer
     if kind == "float":
-        return float
-    if kind == "json":
-        return lambda v: v if isinstance(v, str) else json.dumps(v)
-    return lambda v: v
+        return _real
+    if dialect == "sqlite" or kind == "text":
+        return _text  # SQLite keeps times and JSON as text too
+    if kind == "time":
+        return _moment
+    if kind == "bool":
+        return _boolean
+    return _json_text
 
 
 # --- sources and targets --------------------------------------------------------------------
@@ -624,7 +659,8 @@ async def _pg_load(dsn: str, plan: LoadPlan, progress: Progress | None) -> dict[
                 await conn.execute(
                     f"SELECT setval(pg_get_serial_sequence('\"{table_name}\"', '{column}'),"
                     f' COALESCE((SELECT MAX("{column}") FROM "{table_name}"), 0) + 1, false)')
-    except asyncpg.PostgresError as exc:
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, ValueError, TypeError) as exc:
+        # InterfaceError includes asyncpg's DataError: a value of the wrong type for COPY.
         raise BackupError(f"loading into PostgreSQL: {exc}") from exc
     finally:
         await conn.close()

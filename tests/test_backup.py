@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import io
 import json
 import tarfile
@@ -525,3 +526,67 @@ async def test_dump_reads_one_snapshot(database: str, tmp_path: Path,
         log = [row async for row in snap.rows(tables["audit_log"])]
         assert max(r[0] for batch in log for r in batch) == head[1]
     assert (await dump_io.count_rows(url))["certificates"] == before + 1
+
+
+async def test_restore_of_an_older_schema_migrates(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """An archive of schema 14 (made before migration 15 added the code-signing tables):
+    restore makes the target at 14, loads, then migrates it to the newest schema."""
+    source, archive = await _backup(tmp_path, monkeypatch)
+    manifest = json.loads(_member(archive, "manifest.json"))
+    later = ("code_signers", "vcc_code_signatures")
+    assert all(t["rows"] == 0 for t in manifest["tables"] if t["name"] in later)
+    manifest["source"]["schema_version"] = 14
+    manifest["tables"] = [t for t in manifest["tables"] if t["name"] not in later]
+    for name in later:
+        del manifest["members"][f"data/{name}.jsonl"]
+    _rewrite(archive, {"manifest.json": json.dumps(manifest).encode(),
+                       **{f"data/{name}.jsonl": None for name in later}})
+    capsys.readouterr()
+    target = Instance(_environment(tmp_path / "target", None))
+    assert await cli(target, monkeypatch, "restore", str(archive)) == 0
+    out = capsys.readouterr().out
+    assert f"migrated the schema from version 14 to {dump_io.latest_schema_version()}" in out
+    assert "audit log intact" in out
+    counts = await dump_io.count_rows(target.config.effective_database_url)
+    assert counts["code_signers"] == 0
+    await check_same(source, target)
+
+
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgresql",
+                                                             marks=pytest.mark.postgres)])
+@pytest.mark.parametrize("bad", ["wrong-type", "not-json", "unknown-column", "bad-base64"])
+async def test_bad_data_with_matching_hashes_is_refused(
+        database: str, bad: str, tmp_path: Path, pg_urls: list[str],
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """An archive whose data is wrong but whose manifest was made to match (hashes and
+    all): a one-line error, and the target database stays empty."""
+    _, archive = await _backup(tmp_path, monkeypatch)
+    lines = _member(archive, "data/certificates.jsonl").decode().splitlines()
+    row = json.loads(lines[0])
+    if bad == "wrong-type":
+        row["key_size"] = "big"
+        row["subject_dn"] = 7
+    elif bad == "unknown-column":
+        row["planted"] = "x"
+    elif bad == "bad-base64":
+        row["certificate_der"] = "***"
+    lines[0] = "{not json" if bad == "not-json" else json.dumps(row)
+    body = ("\n".join(lines) + "\n").encode()
+    manifest = json.loads(_member(archive, "manifest.json"))
+    manifest["members"]["data/certificates.jsonl"] = {
+        "sha256": hashlib.sha256(body).hexdigest(), "size": len(body)}
+    _rewrite(archive, {"data/certificates.jsonl": body,
+                       "manifest.json": json.dumps(manifest).encode()})
+    capsys.readouterr()
+    target = Instance(_environment(tmp_path / "target", await pg_database(pg_urls)
+                                   if database == "postgresql" else None))
+    assert await cli(target, monkeypatch, "restore", str(archive)) == 1
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "certificates" in errors[0], err
+    assert "Traceback" not in err
+    counts = await dump_io.count_rows(target.config.effective_database_url)
+    assert sum(n for name, n in counts.items() if name not in dump_io.SEEDED) == 0
+    assert not (tmp_path / "target" / "keys").exists()
