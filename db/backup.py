@@ -120,17 +120,19 @@ def _parents_first(table: Table, rows: list[dict[str, Any]]) -> list[dict[str, A
     """Rows of a table that refers to itself, each after the row it refers to."""
     if not table.self_refs:
         return rows
+    present = {(ref, row.get(ref)) for row in rows for _, ref in table.self_refs}
     placed: set[tuple[str, Any]] = set()
     ordered: list[dict[str, Any]] = []
     pending = rows
     while pending:
         later = []
         for row in pending:
-            if all(row[col] is None or (ref, row[col]) in placed
-                   or not any(r[ref] == row[col] for r in rows)
+            # A reference to a row not in the dump is left to the foreign key to refuse.
+            if all(row.get(col) is None or (ref, row.get(col)) in placed
+                   or (ref, row.get(col)) not in present
                    for col, ref in table.self_refs):
                 ordered.append(row)
-                placed.update((ref, row[ref]) for _, ref in table.self_refs)
+                placed.update((ref, row.get(ref)) for _, ref in table.self_refs)
             else:
                 later.append(row)
         if len(later) == len(pending):
@@ -501,7 +503,10 @@ def _batches(table: Table, path: Path, dialect: str) -> Iterator[list[tuple[Any,
     decoders = [_decode_for(c.kind, dialect) for c in table.columns]
     source: Iterable[dict[str, Any]] = _read_rows(path)
     if table.self_refs:
-        source = _parents_first(table, list(source))
+        try:
+            source = _parents_first(table, list(source))
+        except TypeError:  # a list or object where a key belongs
+            raise BackupError(f"{table.name}: a key column holds a list or object") from None
     batch: list[tuple[Any, ...]] = []
     for row in source:
         if set(row) != set(names):

@@ -197,15 +197,20 @@ async def cmd_backup(config: Config, args: argparse.Namespace) -> int:
         }
         partial = out.with_name(out.name + ".partial")
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz",
-                                                               compresslevel=6) as tar:
-            body = json.dumps(manifest, indent=2, sort_keys=True).encode()
-            info = tarfile.TarInfo("manifest.json")
-            info.size, info.mode, info.mtime = len(body), 0o600, int(dt.datetime.now().timestamp())
-            tar.addfile(info, io.BytesIO(body))
-            for path, name in members:
-                tar.add(path, arcname=name, recursive=False)
-        partial.replace(out)
+        try:
+            with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz",
+                                                          compresslevel=6) as tar:
+                body = json.dumps(manifest, indent=2, sort_keys=True).encode()
+                info = tarfile.TarInfo("manifest.json")
+                info.size, info.mode = len(body), 0o600
+                info.mtime = int(dt.datetime.now().timestamp())
+                tar.addfile(info, io.BytesIO(body))
+                for path, name in members:
+                    tar.add(path, arcname=name, recursive=False)
+            partial.replace(out)
+        except BaseException:
+            partial.unlink(missing_ok=True)  # never leave half an archive behind
+            raise
     for note in notes:
         print(f"warning: {note}", file=sys.stderr)
     total = sum(counts.values())
