@@ -43,11 +43,15 @@ def _manufacturer_ca(directory: Path) -> Path:
     return directory
 
 
+# The script runs `vcc-pki audit verify` around every refusal (~60 CLI starts): about a
+# minute on a quiet machine, more under load.
+@pytest.mark.timeout(300)
 def test_est_with_curl_and_openssl(tmp_path: Path) -> None:
     _est_script(tmp_path, {})
 
 
 @pytest.mark.postgres
+@pytest.mark.timeout(300)
 def test_est_on_two_workers_postgresql(tmp_path: Path) -> None:
     """The same script against two serving processes (SO_REUSEPORT) on PostgreSQL: secrets,
     labels, pending requests and re-enrollment hold across them through the store."""
