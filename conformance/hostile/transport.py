@@ -1,0 +1,216 @@
+"""The transport attacks, per protocol, each with the protocol's valid control request
+answered correctly while the attack holds the gateway:
+
+- huge bodies: the route's limit plus one, with a Content-Length and chunked without one:
+  413 in the protocol's form; for a GET route a URL beyond the request-line limit: 4xx;
+- slow bodies: a body that stops arriving is cut off (VCC_PKI_HTTP_BODY_TIMEOUT_SECONDS),
+  without an answer;
+- abandoned bodies: half a body, then the client hangs up;
+- slowloris headers: headers that never end are cut off (VCC_PKI_HTTP_KEEPALIVE_SECONDS);
+- many connections from one address: the ones over VCC_PKI_HTTP_MAX_CONNECTIONS_PER_CLIENT
+  are closed at once, and a client at another address (127.0.0.2 here: all of 127/8 is
+  loopback) is still served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from conformance.hostile.forms import CHECKS, Answer
+from conformance.hostile.surfaces import Control, Surface
+
+CUT_OFF_WITHIN = 60.0  # seconds: a failure bound on a loaded machine, not a timing assert
+OTHER_ADDRESS = "127.0.0.2"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    protocol: str
+    attack: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a listener is and how to reach it."""
+
+    host: str
+    port: int
+    tls: ssl.SSLContext | None
+
+
+@dataclass
+class Attacker:
+    session: aiohttp.ClientSession
+    urls: dict[str, str]  # listener -> base URL
+    tls: ssl.SSLContext
+    control: Callable[[Control], Awaitable[str | None]]  # None when answered correctly
+    connections_per_client: int
+    workers: int
+
+    def target(self, listener: str) -> Target:
+        parts = urlsplit(self.urls[listener])
+        assert parts.hostname is not None and parts.port is not None
+        return Target("127.0.0.1", parts.port, self.tls if parts.scheme == "https" else None)
+
+    async def _open(self, target: Target, local: str = "127.0.0.1"
+                    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection(
+            target.host, target.port, ssl=target.tls,
+            server_hostname="localhost" if target.tls else None, local_addr=(local, 0))
+
+    async def _meanwhile(self, control: Control) -> str | None:
+        return await self.control(control)
+
+    # --------------------------------------------------------------- huge bodies
+    async def huge_bodies(self, surface: Surface) -> list[Outcome]:
+        base = self.urls[surface.listener]
+        headers = {**surface.headers, "Content-Type": surface.content_type}
+        outcomes = []
+        if not surface.body_limit:
+            url = base + surface.path + surface.tail + "A" * 9000
+            async with self.session.get(url, headers=surface.headers) as response:
+                await response.read()
+                ok = 400 <= response.status < 500
+            outcomes.append(Outcome(surface.protocol, f"{surface.name}: URL of 9 KiB", ok,
+                                    "" if ok else f"answered {response.status}"))
+            return outcomes
+        body = b"0" * (surface.body_limit + 1)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(16):  # 16 x the limit, never announced
+                yield b"0" * surface.body_limit
+
+        for label, data in (("Content-Length limit+1", body), ("chunked 16 x limit", None)):
+            try:
+                async with self.session.post(base + surface.path, headers=headers,
+                                             data=data if data is not None else chunks()
+                                             ) as response:
+                    answer = Answer(response.status, response.content_type,
+                                    await response.read())
+            except aiohttp.ClientError as exc:
+                outcomes.append(Outcome(surface.protocol, f"{surface.name}: {label}", False,
+                                        f"no answer: {exc!r}"))
+                continue
+            fault = CHECKS[surface.protocol](answer)
+            ok = answer.status == 413 and fault is None
+            outcomes.append(Outcome(surface.protocol, f"{surface.name}: {label}", ok,
+                                    "" if ok else f"{answer.status} {fault or ''}"))
+        return outcomes
+
+    # --------------------------------------------------------------- held connections
+    async def _cut_off(self, name: str, protocol: str, listener: str, opening: bytes,
+                       control: Control) -> Outcome:
+        """Send ``opening`` and nothing more: the gateway must close the connection without
+        an answer, and serve the control request meanwhile."""
+        reader, writer = await self._open(self.target(listener))
+        try:
+            writer.write(opening)
+            await writer.drain()
+            served = await self._meanwhile(control)
+            try:
+                data = await asyncio.wait_for(reader.read(), CUT_OFF_WITHIN)
+            except (ConnectionError, ssl.SSLError):
+                data = b""
+            except TimeoutError:
+                return Outcome(protocol, name, False, f"still open after {CUT_OFF_WITHIN} s")
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError, ssl.SSLError, TimeoutError):
+                await asyncio.wait_for(writer.wait_closed(), 5)
+        if data:
+            return Outcome(protocol, name, False, f"answered {data[:40]!r}")
+        if served is not None:
+            return Outcome(protocol, name, False, f"control meanwhile: {served}")
+        return Outcome(protocol, name, True)
+
+    async def slow_body(self, surface: Surface, control: Control) -> Outcome:
+        head = (f"POST {surface.path} HTTP/1.1\r\nHost: localhost\r\n"
+                f"Content-Type: {surface.content_type}\r\n"
+                + "".join(f"{k}: {v}\r\n" for k, v in surface.headers.items())
+                + f"Content-Length: {len(surface.seed) + 1000}\r\n\r\n").encode()
+        return await self._cut_off(f"{surface.name}: slow body", surface.protocol,
+                                   surface.listener, head + surface.seed[:10], control)
+
+    async def abandoned_body(self, surface: Surface, control: Control) -> Outcome:
+        """Half a body, then the client hangs up: nothing to answer, nothing to log above
+        INFO (checked in the log), the control served."""
+        head = (f"POST {surface.path} HTTP/1.1\r\nHost: localhost\r\n"
+                f"Content-Type: {surface.content_type}\r\n"
+                + "".join(f"{k}: {v}\r\n" for k, v in surface.headers.items())
+                + f"Content-Length: {len(surface.seed) + 1000}\r\n\r\n").encode()
+        _, writer = await self._open(self.target(surface.listener))
+        writer.write(head + surface.seed[:10])
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            await writer.drain()
+        writer.transport.abort()
+        served = await self._meanwhile(control)
+        return Outcome(surface.protocol, f"{surface.name}: abandoned body", served is None,
+                       "" if served is None else f"control meanwhile: {served}")
+
+    async def slowloris(self, surface: Surface, control: Control) -> Outcome:
+        opening = (f"GET {surface.path} HTTP/1.1\r\nHost: localhost\r\nX-Slow: a").encode()
+        return await self._cut_off(f"{surface.name}: slowloris headers", surface.protocol,
+                                   surface.listener, opening, control)
+
+    async def many_connections(self, protocol: str, listener: str, control: Control
+                               ) -> Outcome:
+        """Connections from OTHER_ADDRESS up to the limit (each answers a request), then
+        more: with one serving process the next is closed at once; with several (the
+        kernel spreads connections between them) at least one of limit x workers + workers
+        is. A client at 127.0.0.1 is served throughout."""
+        target = self.target(listener)
+        limit = self.connections_per_client
+        request = (f"{control.method} {control.path} HTTP/1.1\r\nHost: localhost\r\n"
+                   "\r\n").encode()
+        held: list[asyncio.StreamWriter] = []
+        refused = 0
+        try:
+            for _ in range(limit * self.workers + self.workers):
+                reader, writer = await self._open(target, OTHER_ADDRESS)
+                held.append(writer)
+                try:
+                    writer.write(request)
+                    await writer.drain()
+                    head = await asyncio.wait_for(reader.read(12), CUT_OFF_WITHIN)
+                except (ConnectionError, ssl.SSLError):
+                    head = b""
+                if not head.startswith(b"HTTP/1.1 "):
+                    refused += 1
+                    if self.workers == 1:
+                        break
+            served = await self._meanwhile(control)
+        finally:
+            for writer in held:
+                writer.close()
+            for writer in held:
+                with contextlib.suppress(ConnectionError, ssl.SSLError, TimeoutError):
+                    await asyncio.wait_for(writer.wait_closed(), 5)
+        name = f"{protocol}: {len(held)} connections from {OTHER_ADDRESS}"
+        expected = len(held) == limit + 1 if self.workers == 1 else refused >= 1
+        if not refused or not expected:
+            return Outcome(protocol, name, False,
+                           f"{refused} refused of {len(held)} (limit {limit})")
+        if served is not None:
+            return Outcome(protocol, name, False, f"control meanwhile: {served}")
+        return Outcome(protocol, name, True)
+
+    async def run(self, protocol: str, surfaces: list[Surface], control: Control
+                  ) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        for surface in surfaces:
+            outcomes += await self.huge_bodies(surface)
+            if surface.body_limit:
+                outcomes.append(await self.slow_body(surface, control))
+                outcomes.append(await self.abandoned_body(surface, control))
+        outcomes.append(await self.slowloris(surfaces[0], control))
+        outcomes.append(await self.many_connections(protocol, surfaces[0].listener, control))
+        return outcomes
