@@ -39,8 +39,8 @@ from conformance.hostile.watch import Memory, StoreState, log_faults, store_stat
 RUN_ENV = {
     "VCC_PKI_KEY_PASSPHRASE": "hostile",
     "VCC_PKI_HTTP_BODY_TIMEOUT_SECONDS": "1",
-    "VCC_PKI_HTTP_KEEPALIVE_SECONDS": "2",
-    "VCC_PKI_HTTP_MAX_CONNECTIONS_PER_CLIENT": "48",
+    "VCC_PKI_HTTP_KEEPALIVE_SECONDS": "5",
+    "VCC_PKI_HTTP_MAX_CONNECTIONS_PER_CLIENT": "32",
 }
 REQUEST_TIMEOUT = 120.0  # a request not answered in this long is a failure, not a wait
 MEMORY_GROWTH_LIMIT = 0.10
@@ -210,9 +210,8 @@ async def attack(gateway: Gateway, requests: int, seed: int, concurrency: int,
         for result in results:
             await runner.control(seeds.controls[result.name])
             await _stream(session, runner.urls, result.surfaces, warm, rng, concurrency)
-            result.transport += await runner.attacker.run(result.name, result.surfaces,
-                                                          seeds.controls[result.name])
             memory.sample()
+        await _transport_round(runner, results, seeds.controls)
         memory.baseline = memory.sample()
         sampler = asyncio.create_task(_sample(memory))
         for result in results:
@@ -231,15 +230,24 @@ async def attack(gateway: Gateway, requests: int, seed: int, concurrency: int,
         sampler.cancel()
         # The end: a last round of transport attacks (held connections leave no state
         # behind), then the memory after it.
-        for result in results:
-            result.transport += await runner.attacker.run(result.name, result.surfaces,
-                                                          seeds.controls[result.name])
+        await _transport_round(runner, results, seeds.controls)
         memory.sample()
         after = await store_state(session, gateway.https_url, admin)
     accepted_issuing = sum(s.accepted for r in results for s in r.surfaces if _issuing(s))
     return RunResult(results, memory, before, after, runner.controls_issued,
                      runner.control_failures, accepted_issuing, time.monotonic() - started,
                      gateway.process.poll() is None)
+
+
+async def _transport_round(runner: Runner, results: list[ProtocolResult],
+                           controls: dict[str, Control]) -> None:
+    """The transport attacks of every protocol at once, each protocol's many connections
+    from an address of its own (127.0.0.2 and up)."""
+    rounds = await asyncio.gather(*(
+        runner.attacker.run(r.name, r.surfaces, controls[r.name], f"127.0.0.{2 + i}")
+        for i, r in enumerate(results)))
+    for result, outcomes in zip(results, rounds, strict=True):
+        result.transport += outcomes
 
 
 async def _sample(memory: Memory) -> None:
