@@ -9,7 +9,8 @@ answered correctly while the attack holds the gateway:
 - slowloris headers: headers that never end are cut off (VCC_PKI_HTTP_KEEPALIVE_SECONDS);
 - many connections from one address: the ones over VCC_PKI_HTTP_MAX_CONNECTIONS_PER_CLIENT
   are closed at once, and a client at another address is still served (the attacker is
-  at 127.0.0.2 and up, one address per protocol: all of 127/8 is loopback).
+  at 127.0.0.2 and up, one address per protocol: all of 127/8 is loopback; the other
+  attacks of a protocol come from 127.0.1.N).
 
 The attacks of one round run at once, all protocols together: what one holds, the others
 must be served through.
@@ -29,6 +30,7 @@ import aiohttp
 from conformance.hostile.forms import CHECKS, Answer
 from conformance.hostile.surfaces import Control, Surface
 
+APP_LIMIT = 256 * 1024  # VCC_PKI_MAX_BODY_BYTES: every app's client_max_size
 CUT_OFF_WITHIN = 60.0  # seconds: a failure bound on a loaded machine, not a timing assert
 
 
@@ -88,10 +90,11 @@ class Attacker:
         body = b"0" * (surface.body_limit + 1)
 
         async def chunks() -> AsyncIterator[bytes]:
-            for _ in range(16):  # 16 x the limit, never announced
+            # Never announced, and beyond the app's client_max_size (256 KiB) too.
+            for _ in range(max(2, APP_LIMIT // surface.body_limit + 1)):
                 yield b"0" * surface.body_limit
 
-        for label, data in (("Content-Length limit+1", body), ("chunked 16 x limit", None)):
+        for label, data in (("Content-Length limit+1", body), ("chunked", None)):
             try:
                 async with self.session.post(base + surface.path, headers=headers,
                                              data=data if data is not None else chunks()
@@ -110,10 +113,10 @@ class Attacker:
 
     # --------------------------------------------------------------- held connections
     async def _cut_off(self, name: str, protocol: str, listener: str, opening: bytes,
-                       control: Control) -> Outcome:
+                       control: Control, address: str) -> Outcome:
         """Send ``opening`` and nothing more: the gateway must close the connection without
         an answer, and serve the control request meanwhile."""
-        reader, writer = await self._open(self.target(listener))
+        reader, writer = await self._open(self.target(listener), address)
         try:
             writer.write(opening)
             await writer.drain()
@@ -134,22 +137,24 @@ class Attacker:
             return Outcome(protocol, name, False, f"control meanwhile: {served}")
         return Outcome(protocol, name, True)
 
-    async def slow_body(self, surface: Surface, control: Control) -> Outcome:
+    async def slow_body(self, surface: Surface, control: Control, address: str) -> Outcome:
         head = (f"POST {surface.path} HTTP/1.1\r\nHost: localhost\r\n"
                 f"Content-Type: {surface.content_type}\r\n"
                 + "".join(f"{k}: {v}\r\n" for k, v in surface.headers.items())
                 + f"Content-Length: {len(surface.seed) + 1000}\r\n\r\n").encode()
         return await self._cut_off(f"{surface.name}: slow body", surface.protocol,
-                                   surface.listener, head + surface.seed[:10], control)
+                                   surface.listener, head + surface.seed[:10], control,
+                                   address)
 
-    async def abandoned_body(self, surface: Surface, control: Control) -> Outcome:
+    async def abandoned_body(self, surface: Surface, control: Control, address: str
+                             ) -> Outcome:
         """Half a body, then the client hangs up: nothing to answer, nothing to log above
         INFO (checked in the log), the control served."""
         head = (f"POST {surface.path} HTTP/1.1\r\nHost: localhost\r\n"
                 f"Content-Type: {surface.content_type}\r\n"
                 + "".join(f"{k}: {v}\r\n" for k, v in surface.headers.items())
                 + f"Content-Length: {len(surface.seed) + 1000}\r\n\r\n").encode()
-        _, writer = await self._open(self.target(surface.listener))
+        _, writer = await self._open(self.target(surface.listener), address)
         writer.write(head + surface.seed[:10])
         with contextlib.suppress(ConnectionError, ssl.SSLError):
             await writer.drain()
@@ -158,10 +163,10 @@ class Attacker:
         return Outcome(surface.protocol, f"{surface.name}: abandoned body", served is None,
                        "" if served is None else f"control meanwhile: {served}")
 
-    async def slowloris(self, surface: Surface, control: Control) -> Outcome:
+    async def slowloris(self, surface: Surface, control: Control, address: str) -> Outcome:
         opening = (f"GET {surface.path} HTTP/1.1\r\nHost: localhost\r\nX-Slow: a").encode()
         return await self._cut_off(f"{surface.name}: slowloris headers", surface.protocol,
-                                   surface.listener, opening, control)
+                                   surface.listener, opening, control, address)
 
     async def _answered(self, target: Target, address: str, request: bytes
                         ) -> tuple[asyncio.StreamWriter | None, bool]:
@@ -222,15 +227,17 @@ class Attacker:
         return Outcome(protocol, name, False, detail)
 
     async def run(self, protocol: str, surfaces: list[Surface], control: Control,
-                  address: str) -> list[Outcome]:
-        """Every attack on ``protocol`` at once; many connections come from ``address``."""
+                  address: str, held_address: str) -> list[Outcome]:
+        """Every attack on ``protocol`` at once: many connections from ``address``, the
+        held ones (slow, abandoned, slowloris) from ``held_address``, so that neither counts
+        against the other nor against the controls' own client at 127.0.0.1."""
         jobs: list[Awaitable[Outcome | list[Outcome]]] = []
         for surface in surfaces:
             jobs.append(self.huge_bodies(surface))
             if surface.body_limit:
-                jobs += [self.slow_body(surface, control),
-                         self.abandoned_body(surface, control)]
-        jobs += [self.slowloris(surfaces[0], control),
+                jobs += [self.slow_body(surface, control, held_address),
+                         self.abandoned_body(surface, control, held_address)]
+        jobs += [self.slowloris(surfaces[0], control, held_address),
                  self.many_connections(protocol, surfaces[0].listener, control, address)]
         outcomes: list[Outcome] = []
         for done in await asyncio.gather(*jobs):
