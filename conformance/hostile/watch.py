@@ -41,6 +41,7 @@ def rss_bytes(pid: int) -> int:
 @dataclass
 class Memory:
     pid: int
+    start: int = 0  # before the first mutated request
     baseline: int = 0  # after warm-up
     peak: int = 0
     last: int = 0
