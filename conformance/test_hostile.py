@@ -18,6 +18,7 @@ from conformance.hostile.forms import CHECKS, Answer, tsa
 from tests.pg import create_throwaway_database, drop_database, require_postgres
 
 
+@pytest.mark.timeout(300)  # about 35 s on an idle machine; the bound is for a loaded one
 def test_hostile_sqlite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = run(250, 7, {}, tmp_path / "data")
     out = capsys.readouterr().out
@@ -26,6 +27,7 @@ def test_hostile_sqlite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 
 
 @pytest.mark.postgres
+@pytest.mark.timeout(300)
 def test_hostile_postgresql(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     require_postgres()
     dsn = asyncio.run(create_throwaway_database())
