@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DATA_DIR ?= vcc-pki-data
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run init test lint bench bench-deps conformance mutation fuzz system-deps test-services clean
+.PHONY: run init test lint bench bench-deps conformance mutation fuzz hostile system-deps test-services clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,13 @@ fuzz: $(STAMP)
 	  PYTHONHASHSEED=0 $(BIN)/python -m fuzz.run $$target --seconds $(FUZZ_SECONDS) || exit 1; \
 	  $(BIN)/python -m fuzz.run $$target --merge || exit 1; \
 	done
+
+# The black-box hostile run (issue 16; docs/hostile.md): HOSTILE_REQUESTS mutated requests
+# per protocol and the transport attacks against `vcc-pki serve` on SQLite. About half an
+# hour at 100,000 on two cores; make test runs a short one (conformance/test_hostile.py).
+HOSTILE_REQUESTS ?= 100000
+hostile: $(STAMP)
+	$(BIN)/python -m conformance.hostile --requests $(HOSTILE_REQUESTS) --progress
 
 # Mutation testing of issuance/revocation, OCSP and CRL building, the TSA token, the audit
 # chain, the JWS/EAB checks and tenant scoping (issue 19; pyproject [tool.mutation]). About

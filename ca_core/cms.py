@@ -635,6 +635,14 @@ def verify_signed(data: bytes, *, certificates: Sequence[x509.Certificate] = (),
         c, signer.sid_issuer, signer.sid_serial, signer.sid_key_id)), None)
     if certificate is None:
         raise CmsError("the signer's certificate is not in the message")
+    try:
+        # cryptography parses a certificate's fields when they are first read: a malformed
+        # name or extension would raise later, in whoever reads it (SCEP's renewal check
+        # did, a 503 found by conformance/hostile). The signer's certificate is read whole.
+        certificate.subject, certificate.issuer, certificate.extensions  # noqa: B018
+        certificate.not_valid_before_utc, certificate.not_valid_after_utc  # noqa: B018
+    except _PARSE_ERRORS as exc:
+        raise CmsError("the signer's certificate is malformed") from exc
     if signer.digest not in _HASHES:
         raise UnsupportedAlgorithm(f"digest algorithm {signer.digest} is not supported")
     if signer.signed_attrs_der is None:

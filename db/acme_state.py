@@ -9,8 +9,14 @@ Errors::
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets
 import time
-from collections import OrderedDict
+from collections import deque
+from collections.abc import Callable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -19,31 +25,91 @@ from ca_core.acme_state import AcmeState, StateUnavailable, new_nonce
 
 NONCE_TTL_SECONDS = 3600
 MAX_MEMORY_NONCES = 100_000
+_COUNTER_BYTES = 8
+_MAC_BYTES = 16  # 128 bits: what makes a nonce unguessable (RFC 8555 6.5.1)
+_NONCE_CHARS = 4 * (_COUNTER_BYTES + _MAC_BYTES) // 3  # base64url, no padding needed
 
 
 class MemoryAcmeState(AcmeState):
+    """Nonces of one process. A nonce is a counter and its MAC under a key of this process,
+    so what must be remembered is only which outstanding counters are still unused: one bit
+    each. Every ACME answer carries a fresh nonce, errors too, so a client sending garbage
+    makes the gateway issue them as fast as it can send; a dictionary entry per nonce (about
+    190 bytes) grew the process by 18 MiB until the bound, the bitmap costs max_nonces / 8
+    bytes from the start (issue 16, the hostile run). Beyond the bound or after
+    NONCE_TTL_SECONDS the oldest go first; a client holding one retries on badNonce (RFC
+    8555 6.5)."""
+
     name = "memory"
 
-    def __init__(self, max_nonces: int = MAX_MEMORY_NONCES) -> None:
-        self._nonces: OrderedDict[str, float] = OrderedDict()
+    def __init__(self, max_nonces: int = MAX_MEMORY_NONCES,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._key = secrets.token_bytes(32)
         self._max = max_nonces
+        self._clock = clock
+        self._next = 0  # the counter of the next nonce
+        self._floor = 0  # counters below it are expired or evicted
+        self._unused = bytearray((max_nonces + 7) // 8)  # a ring: bit n % max for counter n
+        # (first counter, its expiry), at most one a second: counters from one entry up to
+        # the next expire together (up to a second late, never early).
+        self._issued: deque[tuple[int, float]] = deque()
         self._windows: dict[str, tuple[float, int]] = {}
 
+    def _mac(self, counter: bytes) -> bytes:
+        return hmac.new(self._key, counter, hashlib.sha256).digest()[:_MAC_BYTES]
+
+    def _bit(self, counter: int) -> tuple[int, int]:
+        slot = counter % self._max
+        return slot >> 3, 1 << (slot & 7)
+
+    def _drop_below(self, counter: int) -> None:
+        if counter - self._floor >= self._max:  # all of them (after a long idle time)
+            self._unused[:] = bytes(len(self._unused))
+            self._floor = counter
+        while self._floor < counter:
+            at, mask = self._bit(self._floor)
+            self._unused[at] &= ~mask
+            self._floor += 1
+
+    def _expire(self, now: float) -> None:
+        while self._issued and self._issued[0][1] + 1 <= now:
+            self._issued.popleft()
+            self._drop_below(self._issued[0][0] if self._issued else self._next)
+
     async def issue_nonce(self) -> str:
-        nonce = new_nonce()
-        now = time.monotonic()
-        self._nonces[nonce] = now + NONCE_TTL_SECONDS
-        # Oldest first: drop expired ones, and the oldest beyond the bound.
-        while self._nonces:
-            oldest, expires = next(iter(self._nonces.items()))
-            if expires > now and len(self._nonces) <= self._max:
-                break
-            del self._nonces[oldest]
-        return nonce
+        now = self._clock()
+        self._expire(now)
+        counter = self._next
+        self._next += 1
+        self._drop_below(self._next - self._max)  # the oldest beyond the bound
+        at, mask = self._bit(counter)
+        self._unused[at] |= mask
+        expires = now + NONCE_TTL_SECONDS
+        if not self._issued or self._issued[-1][1] + 1 <= expires:
+            self._issued.append((counter, expires))
+        raw = counter.to_bytes(_COUNTER_BYTES, "big")
+        return base64.urlsafe_b64encode(raw + self._mac(raw)).decode("ascii")
 
     async def consume_nonce(self, nonce: str) -> bool:
-        expires = self._nonces.pop(nonce, None)
-        return expires is not None and expires > time.monotonic()
+        if len(nonce) != _NONCE_CHARS or not nonce.isascii():
+            return False
+        try:
+            # validate: no character skipped, so one nonce has exactly one spelling.
+            raw = base64.b64decode(nonce, altchars=b"-_", validate=True)
+        except (ValueError, binascii.Error):
+            return False
+        counter_bytes, mac = raw[:_COUNTER_BYTES], raw[_COUNTER_BYTES:]
+        if not hmac.compare_digest(mac, self._mac(counter_bytes)):
+            return False
+        self._expire(self._clock())
+        counter = int.from_bytes(counter_bytes, "big")
+        if not self._floor <= counter < self._next:
+            return False
+        at, mask = self._bit(counter)
+        if not self._unused[at] & mask:
+            return False
+        self._unused[at] &= ~mask
+        return True
 
     async def hit(self, key: str, limit: int, window_seconds: int) -> float | None:
         now = time.time()

@@ -98,12 +98,19 @@ def _middleware(listener: str, body_timeout: float = 0) -> Middleware:
                 exc.headers["X-Request-ID"] = request_id
                 _observe(listener, request, exc.status, started)
                 raise
-        except Exception:
+        except Exception as exc:
             if disarm is not None and disarm():
                 # The body deadline closed the connection under the handler's read: the
                 # client is gone and was told nothing; not a fault of this server.
                 _observe(listener, request, 408, started)
                 raise web.HTTPRequestTimeout() from None
+            if isinstance(exc, ConnectionResetError) and _client_gone(request):
+                # The client hung up before its body was complete: one INFO line, as any
+                # bad input gets; a client must not be able to write ERROR lines at will.
+                log.info("%s %s (request %s): the client closed the connection before its "
+                         "request was complete", request.method, request.path, request_id)
+                _observe(listener, request, 499, started)  # nginx's "client closed request"
+                raise web.HTTPBadRequest() from None
             log.exception("unhandled error in %s %s (request %s)", request.method,
                           request.path, request_id)
             response = _internal_error(listener, request, request_id)
@@ -115,6 +122,11 @@ def _middleware(listener: str, body_timeout: float = 0) -> Middleware:
         return response
 
     return middleware
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def _observe(listener: str, request: web.Request, status: int, started: float) -> None:

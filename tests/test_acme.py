@@ -515,6 +515,16 @@ async def test_bad_jws_requests(world: World) -> None:
     response = await world.http.post("/acme/default/new-order", data=big,
                                      headers={"Content-Type": "application/jose+json"})
     await _problem(response, "malformed", 413)
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(8):
+            yield b" " * (64 * 1024)
+
+    # Chunked (no Content-Length to refuse first) and beyond the app's client_max_size of
+    # 256 KiB: still an ACME problem, not aiohttp's text (found by conformance/hostile).
+    response = await world.http.post("/acme/default/new-order", data=chunks(),
+                                     headers={"Content-Type": "application/jose+json"})
+    await _problem(response, "malformed", 413)
     # newAccount must carry the key; other requests the account
     await _problem(await client.post(url, payload, use_jwk=True), "malformed")
     await _problem(await client.post(

@@ -134,6 +134,81 @@ async def test_connections_per_client_are_bounded(
         await _close(each)
 
 
+# --- the gateway's own routes (found by conformance/hostile) -------------------------------
+
+# A POST route of the protocols that read a body before they authenticate (REST answers
+# a request without a token at once), with its media type.
+BODY_ROUTES = [
+    ("https", "/acme/default/new-order", "application/jose+json"),
+    ("http", "/scep?operation=PKIOperation", "application/x-pki-message"),
+    ("http", "/ocsp", "application/ocsp-request"),
+    ("http", "/tsa", "application/timestamp-query"),
+]
+
+
+@pytest.fixture
+async def gateway_ports(tmp_path: Path) -> AsyncIterator[dict[str, int]]:
+    """The HTTP and HTTPS apps as serve builds them (without TLS: the apps are tested), a
+    body deadline of 1 s."""
+    async with fresh_services(tmp_path, VCC_PKI_HTTP_BODY_TIMEOUT_SECONDS="1") as services:
+        ports: dict[str, int] = {}
+        runners = []
+        for name, app in (("http", build_http_app(services)),
+                          ("https", build_https_app(services))):
+            runner = web.AppRunner(app, **runner_options(services.config))
+            await runner.setup()
+            ports[name] = free_port()
+            await web.TCPSite(runner, "127.0.0.1", ports[name]).start()
+            runners.append(runner)
+        yield ports
+        for runner in runners:
+            await runner.cleanup()
+
+
+def _partial(path: str, content_type: str) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: {content_type}\r\n"
+            "Content-Length: 100\r\n\r\n0123456789").encode()
+
+
+@pytest.mark.parametrize(("listener", "path", "content_type"), BODY_ROUTES)
+async def test_slow_body_on_every_protocol_is_cut_off_quietly(
+        gateway_ports: dict[str, int], caplog: pytest.LogCaptureFixture, listener: str,
+        path: str, content_type: str) -> None:
+    # ACME's and SCEP's own last-resort handlers logged the reset under their read as an
+    # internal error (ERROR and a traceback) before the app middleware could see it.
+    caplog.set_level(logging.INFO)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gateway_ports[listener])
+    writer.write(_partial(path, content_type))
+    await writer.drain()
+    assert await _closed_without_answer(reader)
+    await _close(writer)
+    for _ in range(WAIT * 100):  # the handler sees the close asynchronously: poll
+        if any("did not arrive" in r.getMessage() for r in caplog.records):
+            break
+        await asyncio.sleep(0.01)
+    _no_trouble_logged(caplog)
+    assert any("did not arrive" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(("listener", "path", "content_type"), BODY_ROUTES)
+async def test_client_that_hangs_up_mid_body_is_one_info_line(
+        gateway_ports: dict[str, int], caplog: pytest.LogCaptureFixture, listener: str,
+        path: str, content_type: str) -> None:
+    # A client must not be able to write ERROR lines (and tracebacks) into the log at will.
+    caplog.set_level(logging.INFO)
+    _, writer = await asyncio.open_connection("127.0.0.1", gateway_ports[listener])
+    writer.write(_partial(path, content_type))
+    await writer.drain()
+    writer.transport.abort()
+    gone = "closed the connection before its request was complete"
+    for _ in range(WAIT * 100):  # the handler sees the close asynchronously: poll
+        if any(gone in r.getMessage() for r in caplog.records):
+            break
+        await asyncio.sleep(0.01)
+    _no_trouble_logged(caplog)
+    assert any(gone in r.getMessage() for r in caplog.records)
+
+
 def test_limits_are_bounded_settings() -> None:
     for name, value in (("VCC_PKI_HTTP_KEEPALIVE_SECONDS", "0"),
                         ("VCC_PKI_HTTP_BODY_TIMEOUT_SECONDS", "99999"),

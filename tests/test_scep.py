@@ -319,6 +319,28 @@ async def test_signature_that_does_not_match_is_bad_message_check(world: World) 
     assert await issued(world) == 0
 
 
+async def test_signer_certificate_with_a_malformed_subject_is_bad_message_check(
+        world: World) -> None:
+    # Found by conformance/hostile: cryptography parses a name when it is first read, so a
+    # carried certificate whose subject is not a Name (here a BOOLEAN where the common
+    # name's string is) passed the signature check and raised in the renewal check: a 503.
+    who = requester()
+    der = who.certificate.public_bytes(serialization.Encoding.DER)
+    utf8_cn = b"\x0c\x06device"
+    assert der.count(utf8_cn) == 2  # the issuer, then the subject
+    at = der.rindex(utf8_cn)
+    broken = x509.load_der_x509_certificate(der[:at] + b"\x01" + der[at + 1:])
+    envelope = encrypt_enveloped(csr_for(who, STATIC), [world.ra])
+    message = await sign_data(who.signer, broken, envelope, certificates=[broken],
+                              signed_attrs=[
+                                  sa.printable(sa.TRANSACTION_ID, secrets.token_hex(16)),
+                                  sa.printable(sa.MESSAGE_TYPE, "19"),
+                                  sa.octets(sa.SENDER_NONCE, secrets.token_bytes(16))])
+    response = await post(world, message)  # no certificate to answer to: 400, as garbage
+    assert response.status == 400 and response.content_type == "text/plain"
+    assert await issued(world) == 0
+
+
 async def test_unsupported_cipher_is_bad_alg(world: World) -> None:
     who = requester()
     envelope = bytearray(encrypt_enveloped(csr_for(who, STATIC), [world.ra],

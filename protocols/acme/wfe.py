@@ -169,7 +169,9 @@ def acme_handler(handler: Handler) -> Handler:
             if mapped.status >= 500:
                 log.warning("ACME %s %s: %s", request.method, request.path, exc)
             response = _problem_response(mapped)
-        except web.HTTPException:
+        except (web.HTTPException, ConnectionResetError):
+            # A reset: the client went away (or the body deadline cut it off) while its
+            # body was read; nobody is left to answer, the app middleware records it.
             raise
         except Exception:
             log.exception("ACME %s %s failed", request.method, request.path)
@@ -188,8 +190,11 @@ async def _verified(request: web.Request, allow_jwk: bool = False,
         raise AcmeProblem("malformed", f"send {JOSE_JSON}", 415)
     if (request.content_length or 0) > MAX_BODY:
         raise AcmeProblem("malformed", "the request is too large", 413)
-    body = await request.read()
-    if len(body) > MAX_BODY:
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:  # chunked, beyond the app's client_max_size
+        raise AcmeProblem("malformed", "the request is too large", 413) from None
+    if len(body) > MAX_BODY:  # chunked: no Content-Length to check first
         raise AcmeProblem("malformed", "the request is too large", 413)
     parsed = jose.parse(body)
     protected = parsed.protected

@@ -123,6 +123,8 @@ async def scep(request: web.Request) -> web.Response:
     except CAError as exc:
         log.info("SCEP %s refused: %s", label, exc.detail)
         response = _http_error(exc)
+    except ConnectionResetError:
+        raise  # the client went away during its body: no one to answer (app middleware)
     except Exception:  # a key backend failure, or a bug: never a 500
         log.exception("SCEP %s failed", label)
         response = _text(503, "the SCEP service is unavailable, retry later")
