@@ -958,9 +958,8 @@ class AdminService:
             entries.extend(batch)
             after = batch[-1].seq
         head = await self.store.audit_head()
-        # Hashing every entry takes seconds on a large log: off the event loop, so the
-        # gateway's hourly check (pki_audit_chain_intact) and GET /audit/verify do not
-        # stall OCSP and the other requests meanwhile.
+        # Hashing every entry takes seconds on a large log: off the event loop, so GET
+        # /audit/verify does not stall OCSP and the other requests meanwhile.
         found = await asyncio.to_thread(self._verify_chain, entries, head)
         problems = tuple(ChainProblemView(p.seq, p.problem) for p in found)
         return AuditVerification(not problems, len(entries), 0 if head is None else head.seq,
