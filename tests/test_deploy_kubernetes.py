@@ -9,6 +9,7 @@ kinds only, so it is the one kind checked by hand here (its fields) instead."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -128,7 +129,11 @@ def test_probes_and_security(rendered: tuple[str, list[dict[str, Any]]]) -> None
     assert spec["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "http"}
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["securityContext"]["runAsUser"] != 0
+    # the user the image (deploy/container/Containerfile) runs as
+    [user] = re.findall(r"^USER (\d+):(\d+)$",
+                        (DEPLOY / "container" / "Containerfile").read_text(), re.M)
+    assert (str(pod["securityContext"]["runAsUser"]),
+            str(pod["securityContext"]["runAsGroup"])) == user != ("0", "0")
     assert spec["securityContext"]["allowPrivilegeEscalation"] is False
     assert spec["securityContext"]["readOnlyRootFilesystem"] is True
     assert spec["securityContext"]["capabilities"]["drop"] == ["ALL"]
