@@ -36,7 +36,7 @@ from ca_core.authority import REVOCATION_REASONS, Authority, LoadedCA
 from ca_core.errors import NotFound, Unavailable
 from ca_core.principal import Principal
 from ca_core.records import AuditEvent, CrlHead, CrlRecord, Revocation, RevocationEvent
-from ca_core.signing import Purpose
+from ca_core.signing import Purpose, upkeep
 from ca_core.storage import CertificateStore, CrlStore, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -196,6 +196,7 @@ class CrlPublisher:
         wanted.update(p for (ca_id, p) in heads if ca_id == ca.record.ca_id)
         return sorted(wanted)
 
+    @upkeep
     async def generate(
         self, ca: LoadedCA, partition: int = 0, principal: Principal | None = None
     ) -> PublishedCrl | None:

@@ -57,7 +57,7 @@ from ca_core.keys import KeyAlgorithm
 from ca_core.records import CertificateRecord, OcspResponderRecord, RevocationEvent
 from ca_core.response_cache import CachedResponse, CacheUnavailable, ResponseCache
 from ca_core.signers.base import KeyBackendError, Signer
-from ca_core.signing import Purpose, SigningKey
+from ca_core.signing import Purpose, SigningKey, upkeep
 from ca_core.storage import CaStore, CertificateStore, LeaseStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -570,6 +570,7 @@ class OcspResponder:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    @upkeep
     async def _precompute(self, ca_id: str, serial_hex: str) -> None:
         if not await self._ready():
             return
@@ -595,6 +596,7 @@ class OcspResponder:
         status = _Status(int(record.serial_hex, 16), record.revoked_at, record.revocation_reason)
         await self._publish_revoked(record.issuer_ca_id, status)
 
+    @upkeep
     async def _publish_revoked(self, ca_id: str, status: _Status) -> bool:
         issuer = self._by_ca_id.get(ca_id)
         if issuer is None:
@@ -654,6 +656,7 @@ class OcspResponder:
         return ok
 
     # ------------------------------------------------------------------ refresh, warm
+    @upkeep
     async def refresh_due(self, limit: int = 500) -> int:
         """Re-sign cached responses past their refresh time; returns how many."""
         now = self.clock()

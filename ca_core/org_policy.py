@@ -4,7 +4,9 @@ every issuance, whatever the protocol.
 
 Policy fields (all optional; absent or empty means "no limit beyond the profile's"):
 ``allowed_names`` (DNS suffixes: ``example.org`` allows it and every name below it),
-``allowed_ip_ranges`` (CIDR), ``profiles`` (profile names) and ``max_validity_days``.
+``allowed_ip_ranges`` (CIDR), ``profiles`` (profile names), ``max_validity_days`` and
+``idn`` (internationalized names: ``single-script``, the default, ``refuse`` or ``allow``;
+see ca_core.idn).
 
 Isolation level, as in the seed schema, says whose principals may READ the organization's
 certificates (and their chains) besides its own; acting on them (issue, renew, revoke) and
@@ -34,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ca_core.errors import BadRequest, PolicyViolation, ValidityTooLong
+from ca_core.idn import IDN_MODES, check_names
 from ca_core.records import Organization
 
 ISOLATION_LEVELS = ("strict", "collaborative", "federated")
@@ -47,6 +50,7 @@ class OrgPolicy:
     allowed_ip_ranges: tuple[str, ...] = ()
     profiles: tuple[str, ...] = ()
     max_validity_days: int | None = None
+    idn: str = "single-script"  # internationalized names: ca_core.idn
 
     @classmethod
     def parse(cls, document: Any) -> OrgPolicy:
@@ -56,7 +60,7 @@ class OrgPolicy:
         if not isinstance(document, dict):
             raise BadRequest("policy must be an object")
         unknown = set(document) - {"allowed_names", "allowed_ip_ranges", "profiles",
-                                   "max_validity_days"}
+                                   "max_validity_days", "idn"}
         if unknown:
             raise BadRequest(f"unknown policy field(s): {', '.join(sorted(unknown))}")
         names = _strings(document, "allowed_names")
@@ -74,8 +78,13 @@ class OrgPolicy:
         if days is not None and (not isinstance(days, int) or isinstance(days, bool)
                                  or not 0 < days <= 36500):
             raise BadRequest("policy.max_validity_days must be an integer from 1 to 36500")
+        idn_mode = document.get("idn")
+        if idn_mode is None:
+            idn_mode = "single-script"
+        if idn_mode not in IDN_MODES:
+            raise BadRequest(f"policy.idn must be one of {', '.join(IDN_MODES)}")
         return cls(tuple(n.lower().strip(".") for n in names), tuple(ranges),
-                   _strings(document, "profiles"), days)
+                   _strings(document, "profiles"), days, idn_mode)
 
     @classmethod
     def of(cls, config: dict[str, Any]) -> OrgPolicy:
@@ -88,7 +97,8 @@ class OrgPolicy:
     def to_json(self) -> dict[str, Any]:
         return {"allowed_names": list(self.allowed_names),
                 "allowed_ip_ranges": list(self.allowed_ip_ranges),
-                "profiles": list(self.profiles), "max_validity_days": self.max_validity_days}
+                "profiles": list(self.profiles), "max_validity_days": self.max_validity_days,
+                "idn": self.idn}
 
     def check(self, profile: str, dns: tuple[str, ...], ips: tuple[str, ...],
               not_before: dt.datetime, not_after: dt.datetime, base: str = "") -> None:
@@ -96,6 +106,7 @@ class OrgPolicy:
         (``base``: the built-in it narrows) is allowed where its base or its own name is."""
         if self.profiles and profile not in self.profiles and base not in self.profiles:
             raise PolicyViolation(f"the organization's policy does not allow profile {profile}")
+        check_names(dns, self.idn)
         if self.allowed_names:
             for name in dns:
                 bare = name.lower().removeprefix("*.")

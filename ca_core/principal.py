@@ -1,8 +1,9 @@
 """Who is asking: principals, roles and their permissions (from the seed RBAC matrix).
 
 Roles are scoped to one organization except ``pki_super_admin``. ``*_own`` permissions
-limit a service account to certificates it requested itself; ``area:*`` grants every action
-of an area. ``cert:renew`` follows the seed matrix (cert_manager, service_account's own).
+limit a service account to certificates it requested itself, ``service:*_self`` to the
+service it acts for (``ca_core.services``); ``area:*`` grants every action of an area.
+``cert:renew`` follows the seed matrix (cert_manager, service_account's own).
 """
 
 from __future__ import annotations
@@ -12,19 +13,21 @@ from dataclasses import dataclass
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "pki_super_admin": frozenset({
         "ca:*", "cert:request", "cert:read", "cert:revoke", "cert:renew", "organization:*",
-        "template:*", "audit:read", "token:create",
+        "template:*", "audit:read", "token:create", "service:*",
     }),
     "pki_admin": frozenset({
         "ca:read", "ca:create_intermediate", "cert:request", "cert:read", "cert:revoke",
-        "cert:renew", "template:manage", "audit:read_own_org", "token:create",
+        "cert:renew", "template:manage", "audit:read_own_org", "token:create", "service:*",
     }),
     "cert_manager": frozenset({"cert:request", "cert:read", "cert:revoke", "cert:renew",
-                               "template:read"}),
+                               "template:read", "service:read"}),
+    # service:read_own (not in the seed): a service reads its own registration back.
     "service_account": frozenset({"cert:request_own", "cert:read_own", "cert:revoke_own",
-                                  "cert:renew_own"}),
+                                  "cert:renew_own", "service:register_self",
+                                  "service:update_self", "service:read_own"}),
     "code_signer": frozenset({"cert:read", "signature:create", "signature:verify"}),
     # template:read: an auditor reviews what the organization's templates allow.
-    "auditor": frozenset({"audit:read", "cert:read", "template:read"}),
+    "auditor": frozenset({"audit:read", "cert:read", "template:read", "service:read"}),
 }
 
 ROLES = tuple(ROLE_PERMISSIONS)

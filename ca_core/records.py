@@ -396,3 +396,36 @@ class CodeSignatureRecord:
     service_id: str | None = None
     verified_count: int = 0
     last_verified_at: dt.datetime | None = None
+
+
+# --- service registry (issue 14) ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceRecord:
+    """A registered service (the seed's vcc_services) with what the store joins to it: its
+    last heartbeat (service_registry) and its active certificate's validity and status."""
+
+    service_id: str
+    org_id: str
+    name: str
+    slug: str  # unique per organization
+    service_type: str  # api | orchestrator | processor | ui | gateway
+    endpoints: list[Any]
+    health_check_url: str | None
+    version: str | None
+    environment: str
+    metadata: dict[str, Any]
+    created_by: str  # the actor_id that registered it
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    status: str = "active"
+    active_cert_id: str | None = None
+    # joined: the active certificate
+    cert_serial_hex: str | None = None
+    cert_not_after: dt.datetime | None = None
+    cert_status: str | None = None  # active | revoked
+    # joined: the last heartbeat
+    last_seen: dt.datetime | None = None
+    health_status: str | None = None
+    reported_version: str | None = None

@@ -10,9 +10,12 @@ in a token (``Signer.run``), and counts it (``pki_ca_signing_operations_total``,
 
 from __future__ import annotations
 
+import contextlib
 import enum
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+import functools
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from contextvars import ContextVar
+from typing import Any, ParamSpec, TypeVar
 
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -23,6 +26,7 @@ from ca_core.metrics import CA_KEY_USAGE, CA_SIGNING_OPERATIONS
 from ca_core.signers.base import Signer
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class Purpose(enum.StrEnum):
@@ -57,6 +61,32 @@ class SignatureLimit:
 
 # The gateway sets the limit from VCC_PKI_MAX_SIGNATURES_IN_FLIGHT (limit_signatures).
 SIGNATURES = SignatureLimit(256)
+
+
+# Set while the CA's own upkeep signs (OCSP refresh and precompute, the revoked response of
+# a revocation, CRLs): that work is bounded by its own jobs (sequential, or a semaphore),
+# and refusing it under client load would let OCSP responses and CRLs go stale. It counts
+# in ``in_flight`` (clients see fewer free slots) but is never refused.
+_UPKEEP: ContextVar[bool] = ContextVar("vcc_pki_upkeep_signing", default=False)
+
+
+@contextlib.contextmanager
+def upkeep_signing() -> Iterator[None]:
+    """Signatures made inside (and in tasks started inside) are upkeep: never SigningBusy."""
+    token = _UPKEEP.set(True)
+    try:
+        yield
+    finally:
+        _UPKEEP.reset(token)
+
+
+def upkeep(call: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """An async method whose signatures are upkeep (see ``upkeep_signing``)."""
+    @functools.wraps(call)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        with upkeep_signing():
+            return await call(*args, **kwargs)
+    return run
 
 
 def limit_signatures(limit: int) -> None:
@@ -136,7 +166,7 @@ class SigningKey:
                 CA_SIGNING_OPERATIONS.labels(self.name, purpose.value, "error"))
             self._key_usage = CA_KEY_USAGE.labels(self.name, str(self.signer.hsm_backed).lower())
         limit = SIGNATURES
-        if limit.in_flight >= limit.limit:
+        if limit.in_flight >= limit.limit and not _UPKEEP.get():
             raise SigningBusy(f"{limit.limit} signatures are already being made; retry shortly")
         limit.in_flight += 1
         try:

@@ -48,6 +48,7 @@ from ca_core.records import (
     Revocation,
     RevocationEvent,
     ServiceAccount,
+    ServiceRecord,
     TemplateRecord,
     TimeStampRecord,
 )
@@ -605,9 +606,64 @@ class CodeSigningStore(Protocol):
         updated record, or None when it does not exist (nothing written)."""
 
 
+class ServiceRegistryStore(Protocol):
+    """Registered services, who acts for them, their certificates and heartbeats (issue 14).
+    Every ``ServiceRecord`` read joins its active certificate and its last heartbeat."""
+
+    async def add_service(self, service: ServiceRecord, audit: AuditEvent,
+                          acting: str | None = None) -> None:
+        """Record a service and (``acting``) a principal that acts for it; StoreConflict
+        when the slug exists in the organization, or when that principal acts for another
+        service already."""
+
+    async def get_service(self, org_id: str, slug: str) -> ServiceRecord | None: ...
+
+    async def get_service_by_id(self, service_id: str) -> ServiceRecord | None: ...
+
+    async def list_services(self, org_id: str | None = None,
+                            after: tuple[dt.datetime, str] | None = None,
+                            limit: int = 100) -> list[ServiceRecord]:
+        """Services (of one organization, or all) by (created_at, service_id), after
+        ``after``."""
+
+    async def update_service(self, service: ServiceRecord, audit: AuditEvent
+                             ) -> ServiceRecord | None:
+        """Replace the descriptive fields (name, type, endpoints, health-check URL, version,
+        environment, metadata, status, updated_at); the updated record or None."""
+
+    async def service_of_actor(self, actor_id: str) -> str | None:
+        """The service_id an actor acts for, or None."""
+
+    async def add_service_principal(self, service_id: str, actor_id: str, when: dt.datetime,
+                                    audit: AuditEvent) -> None:
+        """Let ``actor_id`` act for the service; StoreConflict when it acts for one
+        already."""
+
+    async def add_service_certificate(self, service_id: str, cert: CertificateRecord,
+                                      audit: AuditEvent, link_audit: AuditEvent) -> None:
+        """Record an issued certificate (as ``add_certificate``) and make it the service's
+        active certificate, in one transaction (the old one stays valid)."""
+
+    async def record_heartbeat(self, service_id: str, when: dt.datetime, status: str,
+                               version: str | None, audit: AuditEvent | None) -> None:
+        """Upsert the service's last heartbeat; ``audit`` is appended when given (a change of
+        the reported status)."""
+
+    async def services_due(self, now: dt.datetime, before: dt.datetime,
+                           org_id: str | None = None) -> list[ServiceRecord]:
+        """Services whose active, unrevoked certificate ends before ``before`` (those
+        expired already too), the soonest first: the one query behind ``service renew
+        --due``, the registry's renewal state and ``pki_certificates_expiring``."""
+
+    async def certificates_without_service(self, org_id: str | None, now: dt.datetime,
+                                           limit: int = 100) -> tuple[int, list[str]]:
+        """Unrevoked, unexpired end-entity certificates (of ``org_id``, or all) never issued
+        for a registered service: their count and up to ``limit`` cert_ids (oldest first)."""
+
+
 class Store(TenantStore, ServiceAccountStore, CaStore, TemplateStore, CertificateStore,
             CrlStore, LeaseStore, AuditStore, TimestampStore, AcmeStore, EnrollmentStore,
-            ScepStore, CodeSigningStore, Protocol):
+            ScepStore, CodeSigningStore, ServiceRegistryStore, Protocol):
     """Every aggregate at once, as the gateway wires it (``db.store`` implements it), plus
     the lifecycle."""
 

@@ -71,6 +71,9 @@ class Dialect(abc.ABC):
     lock_head_first: bool  # lock the audit head at the start of every write transaction
     autocommit_single: bool  # a lone audit-free insert needs no transaction of its own
     max_list: int  # the most values any_of() takes at once
+    # open() applies migrations up to this version only (None: all). A restore of an older
+    # archive loads it into the schema it was made with, then migrates (db.backup).
+    migrate_upto: int | None = None
 
     def __init__(self) -> None:
         self._prepared: dict[str, str] = {}

@@ -212,8 +212,9 @@ class PostgresDialect(Dialect):
                 " name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL)"
             )
             done = {row[0] for row in await conn.fetch("SELECT version FROM schema_migrations")}
+            upto = self.migrate_upto
             for version, name, sql in migrations(self.migrations):
-                if version in done:
+                if version in done or (upto is not None and version > upto):
                     continue
                 await conn.execute(sql)  # no arguments: simple protocol, several statements
                 await conn.execute(

@@ -48,6 +48,7 @@ from ca_core.records import (
     Revocation,
     RevocationEvent,
     ServiceAccount,
+    ServiceRecord,
     TemplateRecord,
     TimeStampRecord,
 )
@@ -1251,6 +1252,172 @@ class SqlStore:
             yield from tx.append_audit(audit)
             return self._code_signature(row)
         return await self._write(write)
+
+    # service registry (issue 14): services, who acts for them, certificates, heartbeats --
+
+    _SERVICE_SELECT = (
+        "SELECT s.*, c.serial_hex AS cert_serial_hex, c.not_after AS cert_not_after,"
+        " c.status AS cert_status, r.last_seen AS last_seen, r.status AS health_status,"
+        " r.version AS reported_version FROM vcc_services s"
+        " LEFT JOIN certificates c ON c.cert_id = s.active_cert_id"
+        " LEFT JOIN service_registry r ON r.service_id = s.service_id")
+
+    def _service(self, row: Any) -> ServiceRecord:
+        d = self._d
+        return ServiceRecord(
+            service_id=row["service_id"], org_id=row["org_id"], name=row["service_name"],
+            slug=row["service_slug"], service_type=row["service_type"],
+            endpoints=json.loads(row["endpoints"]), health_check_url=row["health_check_url"],
+            version=row["version"], environment=row["environment"],
+            metadata=json.loads(row["metadata"]), created_by=row["created_by"],
+            created_at=d.time(row["created_at"]), updated_at=d.time(row["updated_at"]),
+            status=row["status"], active_cert_id=row["active_cert_id"],
+            cert_serial_hex=row["cert_serial_hex"],
+            cert_not_after=d.time_opt(row["cert_not_after"]), cert_status=row["cert_status"],
+            last_seen=d.time_opt(row["last_seen"]), health_status=row["health_status"],
+            reported_version=row["reported_version"])
+
+    async def add_service(self, service: ServiceRecord, audit: AuditEvent,
+                          acting: str | None = None) -> None:
+        """StoreConflict when the slug exists in the organization or the registering
+        principal acts for another service already."""
+        d = self._d
+
+        def write(tx: Tx) -> Body[None]:
+            yield run(
+                "INSERT INTO vcc_services (service_id, org_id, service_name, service_slug,"
+                " service_type, endpoints, health_check_url, active_cert_id, version,"
+                " environment, metadata, status, created_by, created_at, updated_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                service.service_id, service.org_id, service.name, service.slug,
+                service.service_type, _json(service.endpoints), service.health_check_url,
+                service.active_cert_id, service.version, service.environment,
+                _json(service.metadata), service.status, service.created_by,
+                d.t(service.created_at), d.t(service.updated_at))
+            if acting is not None:
+                yield run("INSERT INTO vcc_service_principals (actor_id, service_id,"
+                          " created_at) VALUES (?,?,?)", acting, service.service_id,
+                          d.t(service.created_at))
+            yield from tx.append_audit(audit)
+        await self._write(write)
+
+    async def get_service(self, org_id: str, slug: str) -> ServiceRecord | None:
+        row = await self._lookup(one(
+            self._SERVICE_SELECT + " WHERE s.org_id = ? AND s.service_slug = ?", org_id, slug))
+        return None if row is None else self._service(row)
+
+    async def get_service_by_id(self, service_id: str) -> ServiceRecord | None:
+        row = await self._lookup(one(self._SERVICE_SELECT + " WHERE s.service_id = ?",
+                                     service_id))
+        return None if row is None else self._service(row)
+
+    async def list_services(self, org_id: str | None = None,
+                            after: tuple[dt.datetime, str] | None = None,
+                            limit: int = 100) -> list[ServiceRecord]:
+        """Services (of one organization, or all) by (created_at, service_id)."""
+        where, params = _keyset("s.created_at", "s.service_id", after, ">", self._d)
+        if org_id is not None:
+            where.append("s.org_id = ?")
+            params.append(org_id)
+        found = await self._read(rows(
+            self._SERVICE_SELECT + _where(where)
+            + " ORDER BY s.created_at, s.service_id LIMIT ?", *params, limit))
+        return [self._service(r) for r in found]
+
+    async def update_service(self, service: ServiceRecord, audit: AuditEvent
+                             ) -> ServiceRecord | None:
+        """Replace the descriptive fields; the updated record, or None (nothing written)."""
+        d = self._d
+
+        def write(tx: Tx) -> Body[bool]:
+            row = yield one(
+                "UPDATE vcc_services SET service_name = ?, service_type = ?, endpoints = ?,"
+                " health_check_url = ?, version = ?, environment = ?, metadata = ?,"
+                " status = ?, updated_at = ? WHERE service_id = ? RETURNING service_id",
+                service.name, service.service_type, _json(service.endpoints),
+                service.health_check_url, service.version, service.environment,
+                _json(service.metadata), service.status, d.t(service.updated_at),
+                service.service_id)
+            if row is None:
+                return False
+            yield from tx.append_audit(audit)
+            return True
+        if not await self._write(write):
+            return None
+        return await self.get_service_by_id(service.service_id)
+
+    async def service_of_actor(self, actor_id: str) -> str | None:
+        row = await self._lookup(one(
+            "SELECT service_id FROM vcc_service_principals WHERE actor_id = ?", actor_id))
+        return None if row is None else str(row["service_id"])
+
+    async def add_service_principal(self, service_id: str, actor_id: str, when: dt.datetime,
+                                    audit: AuditEvent) -> None:
+        """StoreConflict when ``actor_id`` acts for a service already."""
+        def write(tx: Tx) -> Body[None]:
+            yield run("INSERT INTO vcc_service_principals (actor_id, service_id, created_at)"
+                      " VALUES (?,?,?)", actor_id, service_id, self._d.t(when))
+            yield from tx.append_audit(audit)
+        await self._write(write)
+
+    async def add_service_certificate(self, service_id: str, cert: CertificateRecord,
+                                      audit: AuditEvent, link_audit: AuditEvent) -> None:
+        """``add_certificate`` and the link, in one transaction."""
+        def write(tx: Tx) -> Body[None]:
+            yield from self._insert_certificate(cert)
+            yield from tx.append_audit(audit)
+            linked = yield one(
+                "UPDATE vcc_services SET active_cert_id = ?, updated_at = ?"
+                " WHERE service_id = ? RETURNING service_id",
+                cert.cert_id, self._d.t(cert.created_at or _now()), service_id)
+            if linked is None:
+                raise StoreConflict(f"no service {service_id}")
+            yield run("INSERT INTO vcc_service_certificates (cert_id, service_id, created_at)"
+                      " VALUES (?,?,?)", cert.cert_id, service_id,
+                      self._d.t(cert.created_at or _now()))
+            yield from tx.append_audit(link_audit)
+        await self._write(write)
+
+    async def record_heartbeat(self, service_id: str, when: dt.datetime, status: str,
+                               version: str | None, audit: AuditEvent | None) -> None:
+        def write(tx: Tx) -> Body[None]:
+            yield run(
+                "INSERT INTO service_registry (service_id, last_seen, status, version)"
+                " VALUES (?,?,?,?) ON CONFLICT (service_id) DO UPDATE SET"
+                " last_seen = excluded.last_seen, status = excluded.status,"
+                " version = excluded.version", service_id, self._d.t(when), status, version)
+            if audit is not None:
+                yield from tx.append_audit(audit)
+        await self._write(write)
+
+    async def services_due(self, now: dt.datetime, before: dt.datetime,
+                           org_id: str | None = None) -> list[ServiceRecord]:
+        """Services whose active, unrevoked certificate ends before ``before``."""
+        where, params = ["c.status = 'active'", "c.not_after < ?"], [self._d.t(before)]
+        if org_id is not None:
+            where.append("s.org_id = ?")
+            params.append(org_id)
+        found = await self._read(rows(
+            self._SERVICE_SELECT + _where(where) + " ORDER BY c.not_after, s.service_id",
+            *params))
+        return [self._service(r) for r in found]
+
+    async def certificates_without_service(self, org_id: str | None, now: dt.datetime,
+                                           limit: int = 100) -> tuple[int, list[str]]:
+        """Live certificates never issued for a registered service: count and some ids."""
+        where = ["c.status = 'active'", "c.not_after > ?",
+                 "NOT EXISTS (SELECT 1 FROM vcc_service_certificates v"
+                 " WHERE v.cert_id = c.cert_id)"]
+        params: list[Any] = [self._d.t(now)]
+        if org_id is not None:
+            where.append("c.org_id = ?")
+            params.append(org_id)
+        count = await self._read(one("SELECT COUNT(*) AS n FROM certificates c"
+                                     + _where(where), *params))
+        found = await self._read(rows(
+            "SELECT c.cert_id FROM certificates c" + _where(where)
+            + " ORDER BY c.created_at, c.cert_id LIMIT ?", *params, limit))
+        return int(count["n"]), [str(r["cert_id"]) for r in found]
 
     # ACME (RFC 8555): accounts, EAB keys, orders and authorizations ----------------------
 

@@ -177,8 +177,9 @@ class SqliteDialect(Dialect):
                 " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
             )
             done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+            upto = self.migrate_upto
             for version, name, sql in migrations(self.migrations):
-                if version in done:
+                if version in done or (upto is not None and version > upto):
                     continue
                 for statement in sql.split(";\n"):
                     if statement.strip():

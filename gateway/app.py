@@ -160,6 +160,7 @@ def build_https_app(services: Services) -> web.Application:
     app[rest_api.AUTHORITY] = services.authority
     app[rest_api.ADMIN] = services.admin
     app[rest_api.SIGNATURES] = services.signatures
+    app[rest_api.REGISTRY] = services.registry
     health.add_routes(app, with_api=True)
     rest_api.add_routes(app)
     certs.add_routes(app, services.authority)
@@ -180,6 +181,8 @@ def build_est_app(services: Services, registrar: est_http.EstRegistrar,
     app[SERVICES] = services
     app[rest_api.AUTHORITY] = services.authority
     app[rest_api.ADMIN] = services.admin
+    app[rest_api.SIGNATURES] = services.signatures
+    app[rest_api.REGISTRY] = services.registry  # services register over mTLS here
     est_http.add_routes(app, registrar, settings)
     rest_api.add_routes(app)
     return app

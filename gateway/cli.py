@@ -1,6 +1,7 @@
 """The ``vcc-pki`` command line: init, serve, and the operator's commands (ca, org, template,
 issue, revoke, token, service-account, audit, acme, est, crl, tsa; sign, verify and signer
-from ``gateway.signing_cli``). ``DESCRIPTION`` is what ``vcc-pki --help`` says."""
+from ``gateway.signing_cli``; service from ``gateway.service_cli``; backup and restore
+from ``gateway.backup_cli``). ``DESCRIPTION`` is what ``vcc-pki --help`` says."""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ from ca_core.templates import (
     TemplateSpec,
 )
 from ca_core.tsa import TimeStampAuthority, find_timestamp
-from gateway import signing_cli
+from gateway import backup_cli, service_cli, signing_cli
 from gateway.config import Config, ConfigError, load_config
 from gateway.runtime import Services, open_services, require_cas
 from gateway.tls import ensure_server_certificate, export_ca_files
@@ -1457,6 +1458,8 @@ def build_parser() -> argparse.ArgumentParser:
     command(tsa, "chain", "the TSA certificate and its CAs below the root (PEM), for "
             "`openssl ts -verify -untrusted`", cmd_tsa_chain)
     signing_cli.add_commands(sub, command, group)
+    service_cli.add_commands(sub, command, group)
+    backup_cli.add_commands(sub, command)
     return parser
 
 

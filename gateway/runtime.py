@@ -22,6 +22,7 @@ from ca_core.est import EstService
 from ca_core.ocsp import OcspResponder, OcspSettings
 from ca_core.response_cache import ResponseCache
 from ca_core.scep import ScepService
+from ca_core.services import ServiceRegistry
 from ca_core.signers.base import KeyBackend, KeyBackendError
 from ca_core.signers.software import SoftwareKeyBackend
 from ca_core.storage import Store
@@ -147,6 +148,7 @@ class Services:
     scep: ScepService
     admin: AdminService  # the CLI's and the REST API's one admin service (ca_core.admin)
     signatures: CodeSigningService  # code signing with time-stamps (issue 14)
+    registry: ServiceRegistry  # the service registry (issue 14)
 
 
 @asynccontextmanager
@@ -180,7 +182,8 @@ async def open_services(config: Config, create: bool = False) -> AsyncIterator[S
                                CrlPublisher(authority, crl_settings(config)), acme, est, scep,
                                admin=AdminService(authority, verify_chain),
                                signatures=CodeSigningService(authority, TimeStampAuthority(
-                                   authority, config.tsa_settings())))
+                                   authority, config.tsa_settings())),
+                               registry=ServiceRegistry(authority))
             finally:
                 await acme.aclose()
                 await acme_state.close()

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from ca_core.errors import CAError
 from ca_core.metrics import (
     ACTIVE_CERTIFICATES,
+    ACTIVE_CERTIFICATES_EXPIRING,
     AUDIT_CHAIN_CHECKED,
     AUDIT_CHAIN_INTACT,
     CA_NOT_AFTER,
@@ -76,7 +77,20 @@ async def _refresh_active_gauge(services: Services) -> None:
             await _refresh_status_gauges(services, counts, orgs)
         except Exception as exc:  # a failed refresh must not stop the gateway
             log.warning("refreshing pki_active_certificates failed: %s", exc)
+        try:
+            await refresh_expiring_gauge(services)
+        except Exception as exc:
+            log.warning("refreshing pki_certificates_expiring failed: %s", exc)
         await asyncio.sleep(ACTIVE_GAUGE_INTERVAL)
+
+
+async def refresh_expiring_gauge(services: Services) -> None:
+    """pki_certificates_expiring from the registry's due query (in every process, as the
+    gauge above: each process's /metrics answers for itself; one indexed read a minute)."""
+    counts = await services.registry.expiring()
+    CERTIFICATES_EXPIRING.clear()
+    for (org, service, days), count in counts.items():
+        CERTIFICATES_EXPIRING.labels(org, service, str(days)).set(count)
 
 
 async def _refresh_status_gauges(services: Services, active: list[tuple[str, str, int]],
@@ -86,9 +100,9 @@ async def _refresh_status_gauges(services: Services, active: list[tuple[str, str
     # Still active a window from now, subtracted from active now: expiring within it.
     later = {(o, p): n for o, p, n in await store.count_active_certificates(
         services.authority.clock() + EXPIRY_WINDOW)}
-    CERTIFICATES_EXPIRING.clear()
+    ACTIVE_CERTIFICATES_EXPIRING.clear()
     for org_id, profile, count in active:
-        CERTIFICATES_EXPIRING.labels(orgs.get(org_id, org_id), profile).set(
+        ACTIVE_CERTIFICATES_EXPIRING.labels(orgs.get(org_id, org_id), profile).set(
             count - later.get((org_id, profile), 0))
     cas = await store.list_cas()
     names = {ca.ca_id: ca.name for ca in cas}

@@ -50,6 +50,7 @@ def test_init_issue_revoke_and_audit(env: Path, tmp_path: Path,
     "UPDATE audit_log SET actor_id = 'mallory' WHERE seq = 2",
     "UPDATE audit_log SET timestamp = '2000-01-01T00:00:00.000000Z' WHERE seq = 2",
 ], ids=["changed", "deleted", "reordered", "tail-deleted", "actor-changed", "time-changed"])
+@pytest.mark.tampers_audit
 def test_audit_verify_detects_tampering(env: Path, tamper: str,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["init"]) == 0

@@ -232,3 +232,34 @@ async def test_rest_and_ocsp_beyond_the_limit_answer_in_protocol_form(
         assert ocsp.load_der_ocsp_response(await answer.read()).response_status \
             == ocsp.OCSPResponseStatus.SUCCESSFUL
         assert (await _issue(https, token)).status == 201
+
+
+async def test_the_cas_upkeep_signs_while_clients_are_refused(
+        tmp_path: Path, aiohttp_client: ClientFactory) -> None:
+    """With every signature slot taken by clients, the CA's own upkeep still signs: the
+    revoked OCSP response of a revocation, the OCSP refresh, CRLs (they are bounded by their
+    own jobs; refusing them would let responses and CRLs go stale under load). Clients are
+    still refused at once."""
+    from ca_core.authority import IssuanceRequest
+    from ca_core.ocsp import cache_key
+
+    async with fresh_services(tmp_path) as services:
+        await services.ocsp.load(create=True)
+        system = Principal.system("test")
+        issued = await services.authority.issue(IssuanceRequest(csr=make_csr()), system)
+        with taken_signatures(1, 1):
+            with pytest.raises(SigningBusy):  # a client's issuance
+                await services.authority.issue(IssuanceRequest(csr=make_csr()), system)
+            revoked = await services.authority.revoke(issued.serial, "key_compromise", system)
+            assert revoked.status == "revoked"
+            # the cache holds the signed "revoked" response, not a tombstone
+            issuer = services.ocsp._by_ca_id[issued.record.issuer_ca_id]
+            (cached,) = await services.ocsp.cache.get_many(
+                [cache_key("sha1", issuer.key_id, int(issued.record.serial_hex, 16))])
+            assert cached is not None and cached.revoked and cached.der
+            assert ocsp.load_der_ocsp_response(cached.der).certificate_status \
+                == ocsp.OCSPCertStatus.REVOKED
+            published = await services.crls.publish_all()
+            assert published and all(p is not None for p in published)
+            await services.ocsp.refresh_due()
+        assert SIGNATURES.in_flight == 0

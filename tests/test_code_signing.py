@@ -537,3 +537,23 @@ async def test_sign_and_verify_on_postgresql(tmp_path: Path, aiohttp_client: Any
             assert record is not None and record.metadata == {"modell": "clara-ü", "n": 1}
     finally:
         await drop_database(dsn)
+
+
+async def test_signatures_are_served_on_the_est_listener_too(
+        services: Services, aiohttp_client: Any) -> None:
+    """The REST API is on the EST port as well (for mTLS service accounts): the signature
+    routes work there as on 8443 (they were a 500 before: the app lacked the service)."""
+    import hashlib
+
+    from gateway.app import build_est_app
+
+    client = await aiohttp_client(build_est_app(services, services.est, services.est.settings))
+    token = (await services.authority.create_token(
+        "default", "code_signer", principal=Principal.system("test"))).token
+    unauthenticated = await client.post("/api/v1/signatures", json={})
+    assert unauthenticated.status == 401
+    signed = await client.post("/api/v1/signatures", headers={
+        "Authorization": f"Bearer {token}"}, json={
+        "hash": hashlib.sha256(b"artifact").hexdigest(), "hash_algorithm": "sha256",
+        "artifact_type": "helm_chart", "name": "chart.tgz"})
+    assert signed.status == 201, await signed.text()

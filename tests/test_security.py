@@ -458,3 +458,50 @@ async def test_known_weak_keys_are_refused_when_a_list_is_configured(tmp_path: P
         load_config(environ={"VCC_PKI_DATA_DIR": str(tmp_path / "d"),
                              "VCC_PKI_WEAK_KEYS_FILE": str(tmp_path / "missing")}
                     ).ca_settings()
+
+
+@pytest.mark.parametrize(("name", "mode", "refused"), [
+    ("xn--pypal-4ve.example.test", "single-script", "mixes scripts"),  # Cyrillic a in paypal
+    ("www.xn--bcher-kva.example.test", "single-script", None),  # bücher: Latin only
+    ("xn--r8jz45g.example.test", "single-script", None),  # Han + Hiragana: allowed mix
+    ("xn--3e0bk47br7k.example.test", "single-script", None),  # Hangul
+    ("*.xn--pypal-4ve.example.test", "single-script", "mixes scripts"),
+    ("xn--zz.example.test", "single-script", "not a valid IDNA A-label"),
+    ("xn--bcher-kva.example.test", "refuse", "allows no internationalized names"),
+    ("plain.example.test", "refuse", None),
+    ("xn--pypal-4ve.example.test", "allow", None),
+])
+async def test_idn_confusables_per_policy(pki: Pki, name: str, mode: str,
+                                          refused: str | None) -> None:
+    """Issue 16: internationalized names by the organization's policy (policy.idn): by
+    default one script per label, so a mixed-script look-alike is refused in every
+    protocol (the Authority's policy check); "refuse" allows none; "allow" does not look."""
+    from ca_core.admin import AdminService, OrganizationChange
+    from db.audit_chain import verify_chain
+
+    await ensure_organization(pki.authority, "idn", "IDN", Principal.system())
+    admin = AdminService(pki.authority, verify_chain)
+    if mode != "single-script":
+        await admin.update_organization(Principal.system(), "idn",
+                                        OrganizationChange(policy={"idn": mode}))
+    request = IssuanceRequest(csr=make_csr(cn=None, dns=(name,)), profile="vcc_service",
+                              org="idn")
+    if refused is None:
+        issued = await pki.authority.issue(request, Principal.system())
+        assert issued.record.san["dns"] == [name]
+    else:
+        with pytest.raises(PolicyViolation, match=refused):
+            await pki.authority.issue(request, Principal.system())
+
+
+async def test_idn_policy_is_validated(pki: Pki) -> None:
+    from ca_core.admin import AdminService, OrganizationChange, organization_document
+    from db.audit_chain import verify_chain
+
+    await ensure_organization(pki.authority, "idn", "IDN", Principal.system())
+    admin = AdminService(pki.authority, verify_chain)
+    with pytest.raises(BadRequest, match=r"policy\.idn must be one of"):
+        await admin.update_organization(Principal.system(), "idn",
+                                        OrganizationChange(policy={"idn": "sometimes"}))
+    org = await admin.get_organization(Principal.system(), "idn")
+    assert organization_document(org)["policy"]["idn"] == "single-script"  # the default

@@ -12,10 +12,10 @@ import pytest
 
 from ca_core.authority import IssuanceRequest
 from ca_core.metrics import (
+    ACTIVE_CERTIFICATES_EXPIRING,
     AUDIT_CHAIN_CHECKED,
     AUDIT_CHAIN_INTACT,
     CA_NOT_AFTER,
-    CERTIFICATES_EXPIRING,
     CRL_NEXT_UPDATE,
     CRL_THIS_UPDATE,
 )
@@ -53,7 +53,7 @@ async def test_ca_crl_and_expiry_gauges(services: Services) -> None:
     assert _value(CRL_THIS_UPDATE, "default-issuing", "0") == head.this_update.timestamp()
     assert _value(CRL_NEXT_UPDATE, "default-issuing", "0") == head.next_update.timestamp()
     # one of the three within 30 days
-    assert _value(CERTIFICATES_EXPIRING, "default", "vcc_service") == 1
+    assert _value(ACTIVE_CERTIFICATES_EXPIRING, "default", "vcc_service") == 1
 
 
 async def test_audit_chain_gauge(services: Services) -> None:

@@ -38,6 +38,7 @@ from ca_core.records import (
     EabKey,
     Organization,
     Revocation,
+    ServiceRecord,
     TemplateRecord,
     TimeStampRecord,
 )
@@ -761,6 +762,7 @@ TAMPERING = {
 
 
 @pytest.mark.parametrize("tampering", list(TAMPERING))
+@pytest.mark.tampers_audit
 async def test_tampering_is_detected(
     store: Store, seed: Seed, location: Location, tampering: str
 ) -> None:
@@ -806,6 +808,7 @@ async def _audit_columns(where: Location) -> set[str]:
                " WHERE table_schema = 'public' AND table_name = 'audit_log'")}
 
 
+@pytest.mark.tampers_audit
 async def test_every_audit_column_is_tampered(store: Store, location: Location) -> None:
     assert await _audit_columns(location) == set(AUDIT_COLUMN_EDITS)
 
@@ -831,6 +834,7 @@ async def _tamper_audit_column(where: Location, case: str) -> None:
 
 
 @pytest.mark.parametrize("case", AUDIT_CASES)
+@pytest.mark.tampers_audit
 async def test_an_edit_of_any_audit_column_is_detected(
     store: Store, seed: Seed, location: Location, case: str
 ) -> None:
@@ -1862,3 +1866,102 @@ async def test_code_signature_check_constraints(store: Store, seed: Seed,
         await store.add_code_signature(make_signature(cert, "ab" * 32, **change),
                                        event("code_signature.created"))
     assert await chain_ok(store) == length
+
+
+# --- service registry (issue 14) ----------------------------------------------------------
+
+def make_service(org: Organization, slug: str, created_at: dt.datetime = T0,
+                 by: str = "token:ops") -> ServiceRecord:
+    return ServiceRecord(
+        service_id=str(uuid.uuid4()), org_id=org.org_id, name=slug.title(), slug=slug,
+        service_type="api", endpoints=[f"https://{slug}.example"],
+        health_check_url=f"https://{slug}.example/health", version="1.0",
+        environment="production", metadata={"team": "x", "ü": [1, 2]}, created_by=by,
+        created_at=created_at, updated_at=created_at)
+
+
+async def test_service_registry(store: Store, seed: Seed) -> None:
+    clara = make_service(seed.org, "clara")
+    await store.add_service(clara, event("service.registered"), "mtls:sa-1")
+    assert await store.get_service(seed.org.org_id, "clara") == clara
+    assert await store.get_service_by_id(clara.service_id) == clara
+    assert await store.service_of_actor("mtls:sa-1") == clara.service_id
+    assert await store.service_of_actor("mtls:sa-2") is None
+    with pytest.raises(StoreConflict):  # slug unique per organization
+        await store.add_service(make_service(seed.org, "clara"), event("service.registered"))
+    with pytest.raises(StoreConflict):  # one service per acting principal
+        await store.add_service(make_service(seed.org, "other"), event("service.registered"),
+                                "mtls:sa-1")
+    other_org = make_org("beta")
+    await store.add_organization(other_org, event("organization.created"))
+    covina = make_service(other_org, "clara", T0 + dt.timedelta(seconds=1))  # same slug
+    await store.add_service(covina, event("service.registered"))
+    assert await store.list_services() == [clara, covina]
+    assert await store.list_services(other_org.org_id) == [covina]
+    assert await store.list_services(after=(clara.created_at, clara.service_id)) == [covina]
+    assert await store.list_services(limit=1) == [clara]
+    changed = dataclasses.replace(clara, name="Clara 2", endpoints=[], metadata={},
+                                  version=None, status="inactive",
+                                  updated_at=T0 + dt.timedelta(hours=1))
+    assert await store.update_service(changed, event("service.updated")) == changed
+    assert await store.update_service(make_service(seed.org, "ghost"),
+                                      event("service.updated")) is None
+    await store.add_service_principal(clara.service_id, "token:robot", T0,
+                                      event("service.principal_added"))
+    with pytest.raises(StoreConflict):
+        await store.add_service_principal(covina.service_id, "token:robot", T0,
+                                          event("service.principal_added"))
+
+    # heartbeats: upserted
+    await store.record_heartbeat(clara.service_id, T0, "healthy", "1.1", None)
+    await store.record_heartbeat(clara.service_id, T0 + dt.timedelta(minutes=1), "degraded",
+                                 None, event("service.health_changed"))
+    beat = await store.get_service_by_id(clara.service_id)
+    assert beat is not None
+    assert (beat.last_seen, beat.health_status, beat.reported_version) == (
+        T0 + dt.timedelta(minutes=1), "degraded", None)
+
+    # certificates: at most one active (a link), every one remembered
+    first = make_cert(seed.issuing, seed.org, not_after=T0 + dt.timedelta(days=20))
+    await store.add_service_certificate(clara.service_id, first, event(),
+                                        event("service.certificate_linked"))
+    second = make_cert(seed.issuing, seed.org, not_after=T0 + dt.timedelta(days=200))
+    await store.add_service_certificate(clara.service_id, second, event(),
+                                        event("service.certificate_linked"))
+    linked = await store.get_service_by_id(clara.service_id)
+    assert linked is not None
+    assert (linked.active_cert_id, linked.cert_serial_hex, linked.cert_not_after,
+            linked.cert_status) == (second.cert_id, second.serial_hex, second.not_after,
+                                    "active")
+    with pytest.raises(StoreConflict):  # no such service: the certificate is not stored
+        await store.add_service_certificate(str(uuid.uuid4()), make_cert(
+            seed.issuing, seed.org), event(), event("service.certificate_linked"))
+    third = make_cert(seed.issuing, other_org, not_after=T0 + dt.timedelta(days=10))
+    await store.add_service_certificate(covina.service_id, third, event(),
+                                        event("service.certificate_linked"))
+
+    # the due query: active certificates ending before the bound, soonest first
+    due = await store.services_due(T0, T0 + dt.timedelta(days=30))
+    assert [s.service_id for s in due] == [covina.service_id]
+    due = await store.services_due(T0, T0 + dt.timedelta(days=365))
+    assert [s.service_id for s in due] == [covina.service_id, clara.service_id]
+    assert [s.service_id for s in await store.services_due(
+        T0, T0 + dt.timedelta(days=365), seed.org.org_id)] == [clara.service_id]
+    await store.revoke_certificate(Revocation(
+        ca_id=seed.issuing.ca_id, serial_hex=third.serial_hex, cert_id=third.cert_id,
+        revoked_at=T0, reason="superseded", crl_partition=0), event("certificate.revoked"))
+    assert [s.service_id for s in await store.services_due(
+        T0, T0 + dt.timedelta(days=365))] == [clara.service_id]
+
+    # certificates without a registered service (for compliance reports)
+    loose = [make_cert(seed.issuing, seed.org) for _ in range(3)]
+    for cert in loose:
+        await store.add_certificate(cert, event())
+    count, ids = await store.certificates_without_service(None, T0)
+    assert count == 3 and set(ids) == {c.cert_id for c in loose}
+    count, ids = await store.certificates_without_service(seed.org.org_id, T0, limit=2)
+    assert count == 3 and len(ids) == 2
+    assert await store.certificates_without_service(other_org.org_id, T0) == (0, [])
+    assert (await store.certificates_without_service(None, T0 + dt.timedelta(days=91)))[0] \
+        == 0  # expired ones are not counted
+    await chain_ok(store)

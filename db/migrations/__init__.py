@@ -54,3 +54,9 @@ def migrations(dialect: str) -> list[tuple[int, str, str]]:
         else:
             merged.append((version, *own[version]))
     return merged
+
+
+def common_versions() -> list[int]:
+    """Versions of the migrations written for both dialects: the ones that shape the tables
+    (a dialect's own files add triggers and indexes). ``db.backup`` names a schema by them."""
+    return sorted(_files("common"))

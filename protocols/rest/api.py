@@ -1,6 +1,7 @@
 """The REST admin API (``/api/v1``): certificates, CAs, certificate templates (the
 built-in profiles, read-only, and operators' narrowings of them), tokens, service accounts,
-ACME EAB keys and accounts, organizations, the audit log and code signatures.
+ACME EAB keys and accounts, organizations, the audit log, code signatures and the service
+registry (``protocols.rest.services_api``).
 
 Decode JSON or query parameters -> call the Authority or the AdminService (``ca_core.admin``,
 the CLI's too) -> encode JSON. Authentication is a bearer token (``vcc-pki token create`` or
@@ -54,6 +55,7 @@ from ca_core.errors import BadRequest, Unauthorized
 from ca_core.keys import KeySpec
 from ca_core.principal import Principal
 from ca_core.records import AuditEntry, CertificateRecord
+from ca_core.services import ServiceRegistry
 from ca_core.templates import TemplateSpec
 from protocols.est import tls_shim
 
@@ -62,6 +64,7 @@ log = logging.getLogger(__name__)
 AUTHORITY = web.AppKey("authority", Authority)
 ADMIN = web.AppKey("admin", AdminService)
 SIGNATURES = web.AppKey("signatures", CodeSigningService)
+REGISTRY = web.AppKey("registry", ServiceRegistry)
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -668,7 +671,7 @@ async def verify_signature(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    from protocols.rest import openapi
+    from protocols.rest import openapi, services_api
 
     app.router.add_get("/api/v1/openapi.json", openapi.serve)
     app.router.add_get("/api/v1/certificates", list_certificates)
@@ -706,3 +709,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/v1/audit/export", export_audit)
     app.router.add_post("/api/v1/signatures", create_signature)
     app.router.add_post("/api/v1/signatures/verify", verify_signature)
+    services_api.add_routes(app)

@@ -19,6 +19,13 @@ from ca_core.authority import DEFAULT_PROFILE, DEFAULT_REVOCATION_REASON
 from ca_core.code_signing import ARTIFACT_TYPES, DIGEST_LENGTHS, MAX_NAME
 from ca_core.org_policy import ISOLATION_LEVELS, MAX_PARTNERS, ORG_STATUSES
 from ca_core.principal import ROLES
+from ca_core.services import (
+    HEALTH_STATUSES,
+    MAX_ENDPOINTS,
+    RENEWAL_STATES,
+    SERVICE_PROFILE,
+    SERVICE_TYPES,
+)
 from ca_core.templates import TEMPLATE_STATUSES
 
 JSON = "application/json"
@@ -238,7 +245,10 @@ _SCHEMAS: dict[str, Any] = {
         "allowed_names": {"type": "array", "items": {"type": "string"}},
         "allowed_ip_ranges": {"type": "array", "items": {"type": "string"}},
         "profiles": {"type": "array", "items": {"type": "string"}},
-        "max_validity_days": {"type": ["integer", "null"]}}},
+        "max_validity_days": {"type": ["integer", "null"]},
+        "idn": {"type": "string", "enum": ["single-script", "refuse", "allow"],
+                "description": "internationalized (xn--) names: one script per label (the "
+                "default; mixed-script look-alikes refused), none, or not examined"}}},
     "Organization": {"type": "object", "required": [
         "id", "slug", "name", "status", "isolation", "partners", "policy", "created_at"],
         "properties": {
@@ -326,6 +336,118 @@ _SCHEMAS: dict[str, Any] = {
         "last_verified_at": _NULLABLE_TIME}},
 }
 
+# --- the service registry (issue 14; handlers in protocols.rest.services_api) -------------
+_SERVICE_FIELDS: dict[str, Any] = {
+    "name": {"type": "string", "minLength": 1, "maxLength": 200},
+    "type": {"type": "string", "enum": list(SERVICE_TYPES), "default": "api"},
+    "endpoints": {"type": "array", "maxItems": MAX_ENDPOINTS,
+                  "items": {"type": "string", "description": "http(s) URL"}},
+    "health_check_url": {"type": "string", "description": "http(s) URL"},
+    "version": {"type": "string", "maxLength": 50},
+    "environment": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,50}$",
+                    "default": "production"},
+    "metadata": {"type": "object"},
+}
+_SERVICE_SCHEMAS: dict[str, Any] = {
+    "Service": {"type": "object", "required": [
+        "id", "organization_id", "name", "slug", "type", "endpoints", "health_check_url",
+        "version", "environment", "metadata", "status", "created_by", "created_at",
+        "updated_at", "certificate", "renewal_state", "last_seen", "health_status",
+        "reported_version"], "properties": {
+        "id": {"type": "string"}, "organization_id": {"type": "string"},
+        "name": {"type": "string"}, "slug": {"type": "string"},
+        "type": {"type": "string", "enum": list(SERVICE_TYPES)},
+        "endpoints": {"type": "array"}, "health_check_url": {"type": ["string", "null"]},
+        "version": {"type": ["string", "null"]}, "environment": {"type": "string"},
+        "metadata": {"type": "object"}, "status": {"type": "string"},
+        "created_by": {"type": "string", "description": "the principal that registered it"},
+        "created_at": _TIME, "updated_at": _TIME,
+        "certificate": {"oneOf": [{"type": "null"}, {"type": "object", "required": [
+            "serial", "not_after", "status"], "properties": {
+            "serial": {"type": "string"}, "not_after": _TIME,
+            "status": {"type": ["string", "null"]}}}],
+            "description": "the active certificate (at most one)"},
+        "renewal_state": {"type": "string", "enum": list(RENEWAL_STATES), "description":
+                          "none: no (unrevoked) certificate; due: ends within 30 days"},
+        "last_seen": _NULLABLE_TIME,
+        "health_status": {"type": ["string", "null"], "enum": [*HEALTH_STATUSES, None]},
+        "reported_version": {"type": ["string", "null"]}}},
+    "ServiceRequest": {"type": "object", "required": ["name", "slug"], "properties": {
+        **_SERVICE_FIELDS,
+        "slug": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$",
+                 "description": "unique in the organization; not 'policy'"},
+        "organization": {"type": "string", "description": "slug (default: the caller's)"}}},
+    "ServiceChange": {"type": "object", "properties": {
+        **_SERVICE_FIELDS, "status": {"type": "string", "enum": ["active", "inactive"]}}},
+    "Heartbeat": {"type": "object", "properties": {
+        "status": {"type": "string", "enum": list(HEALTH_STATUSES), "default": "healthy"},
+        "version": {"type": "string", "maxLength": 50}}},
+    "ServiceCertificateRequest": {"type": "object", "required": ["csr"], "properties": {
+        "csr": {"type": "string", "description": "PEM PKCS#10"},
+        "validity_days": {"type": "integer", "minimum": 1}}},
+}
+_SLUG = _path("slug", "the service's slug")
+_SERVICE_ORG = _query("organization", "organization slug (default: the caller's)")
+
+
+def _service_paths() -> dict[str, Any]:
+    tag = "services"
+    scoped = [_SLUG, _SERVICE_ORG]
+    return {
+        "/api/v1/services": {
+            "get": _op("list services with their certificate, expiry and renewal state "
+                       "(a service account: its own service)", {
+                           "200": _json(_page_of("Service"), "one page"),
+                           **_problems(400, 403, 404)},
+                       parameters=[_SERVICE_ORG, *_PAGING], tag=tag),
+            "post": _op("register a service (service:*; a service account registers its "
+                        "own, once)", {
+                            "201": _json(_ref("Service"), "registered"),
+                            **_problems(400, 403, 404, 409, 413, 415)},
+                        body=_body(_ref("ServiceRequest")), tag=tag),
+        },
+        "/api/v1/services/policy": {
+            "get": _op("the seed's service-to-service mTLS policy matrix, as data", {
+                "200": _json({"type": "object", "required": [
+                    "service_communication_policies"]}, "the matrix"),
+                **_problems(403)}, tag=tag),
+        },
+        "/api/v1/services/{slug}": {
+            "get": _op("one service", {"200": _json(_ref("Service"), "the service"),
+                                       **_problems(400, 403, 404)},
+                       parameters=scoped, tag=tag),
+            "patch": _op("change a service's description (a service account: its own)", {
+                "200": _json(_ref("Service"), "updated"),
+                **_problems(400, 403, 404, 413, 415)},
+                parameters=scoped, body=_body(_ref("ServiceChange")), tag=tag),
+        },
+        "/api/v1/services/{slug}/heartbeat": {
+            "post": _op("report health (last_seen = now)", {
+                "200": _json(_ref("Service"), "recorded"),
+                **_problems(400, 403, 404, 413, 415)},
+                parameters=scoped, body=_body(_ref("Heartbeat"), False), tag=tag),
+        },
+        "/api/v1/services/{slug}/certificate": {
+            "get": _op("the service's active certificate", {
+                "200": _json(_ref("Certificate"), "the certificate"),
+                **_problems(400, 403, 404)}, parameters=scoped, tag=tag),
+            "post": _op(f"issue a {SERVICE_PROFILE} certificate for the service: it becomes "
+                        "the active one (the previous stays valid) and authenticates as "
+                        "the service on the mTLS port", {
+                            "201": _json(_ref("Certificate"), "issued"),
+                            **_problems(400, 403, 404, 409, 413, 415)},
+                        parameters=scoped, body=_body(_ref("ServiceCertificateRequest")),
+                        tag=tag),
+        },
+        "/api/v1/services/{slug}/certificate/renew": {
+            "post": _op("renew the active certificate (same key and names)", {
+                "201": _json(_ref("Certificate"), "issued"),
+                **_problems(400, 403, 404, 409, 413, 415)},
+                parameters=scoped, body=_body(_ref("RenewRequest"), False), tag=tag),
+        },
+    }
+
+
 _SERIAL = _path("serial", "hex serial (0A1B..., 0a:1b:..., 0x0a1b...)")
 _ORG = _path("org", "slug or id")
 _CA = _path("name", "CA name (GET /api/v1/cas)")
@@ -357,8 +479,9 @@ def document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "VCC-PKI admin API", "version": "1",
                  "description": "Certificates, CAs, templates, tokens, service accounts, "
-                 "ACME EAB keys and accounts, organizations, the audit log and code "
-                 "signatures. Authentication: a bearer token, or on the EST port a client "
+                 "ACME EAB keys and accounts, organizations, the audit log, code "
+                 "signatures and the service registry. Authentication: a bearer token, or on "
+                 "the EST port a client "
                  "certificate bound to a service account (mTLS). "
                  "Errors are RFC 9457 problem+json."},
         "servers": [{"url": "/"}],
@@ -367,7 +490,7 @@ def document() -> dict[str, Any]:
             "bearer": {"type": "http", "scheme": "bearer"},
             "mtls": {"type": "mutualTLS", "description": "a client certificate bound to a "
                      "service account, on the EST port only (it alone requests one)"}},
-                       "schemas": _SCHEMAS},
+                       "schemas": {**_SCHEMAS, **_SERVICE_SCHEMAS}},
         "paths": {
             "/api/v1/certificates": {
                 "get": _op("list certificates, newest first: the caller's organization's "
@@ -588,6 +711,7 @@ def document() -> dict[str, Any]:
                                 **_problems(400, 403, 404, 413, 415)},
                             body=_body(_ref("VerifyRequest")), tag="signatures"),
             },
+            **_service_paths(),
             **{f"/api/v1/health{part}": {"get": {
                 "summary": f"health{part.replace('/', ' of the ')}", "tags": ["meta"],
                 "security": [], "responses": {
