@@ -20,16 +20,25 @@ run: $(STAMP)
 	VCC_PKI_DATA_DIR=$(DATA_DIR) exec $(BIN)/vcc-pki serve
 
 # softhsm2 (the PKCS#11 token of the tests), opensc (pkcs11-tool), openssl and curl;
-# the ACME clients of the conformance tests: certbot, lego, dehydrated.
+# the ACME clients of the conformance tests: certbot, lego, dehydrated; the checkers of
+# deploy/ (issue 15): kubectl (kustomize), promtool, systemd-analyze.
 system-deps:
 	@if ! command -v softhsm2-util >/dev/null || ! command -v pkcs11-tool >/dev/null \
 	    || ! command -v openssl >/dev/null || ! command -v curl >/dev/null \
 	    || ! command -v certbot >/dev/null || ! command -v lego >/dev/null \
 	    || ! command -v dehydrated >/dev/null || ! command -v scepclient >/dev/null \
-	    || ! command -v certmonger >/dev/null || ! command -v dbus-run-session >/dev/null; then \
+	    || ! command -v certmonger >/dev/null || ! command -v dbus-run-session >/dev/null \
+	    || ! command -v promtool >/dev/null || ! command -v systemd-analyze >/dev/null; then \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq softhsm2 opensc openssl \
-	    curl certbot lego dehydrated scep certmonger dbus; \
+	    curl certbot lego dehydrated scep certmonger dbus prometheus systemd; \
+	fi
+	@# kubectl on its own: another package (Google's kubectl) may own /usr/bin/kubectl, and
+	@# dpkg refuses to overwrite it. Debian's 1.20 bundles kustomize v2.0.3: deploy/kubernetes
+	@# is written for it too.
+	@if ! command -v kubectl >/dev/null; then \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq kubernetes-client; \
 	fi
 
 # PostgreSQL and Redis on loopback, started when one is down (they normally run already).

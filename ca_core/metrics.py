@@ -33,3 +33,24 @@ CERTIFICATES_EXPIRING = Gauge(
     "pki_certificates_expiring", "Service certificates ending within the given days",
     ["organization", "service", "days"]
 )
+
+# Status gauges for the alert rules in deploy/prometheus (issue 15). The seed's per
+# certificate pki_cert_expiry_days would be one series per certificate; these are one per CA
+# or per (organization, profile), as pki_active_certificates. gateway.server refreshes them
+# from the store once a minute.
+CA_NOT_AFTER = Gauge(
+    "pki_ca_not_after_timestamp_seconds", "notAfter of each CA certificate (Unix time)",
+    ["ca", "ca_type", "status"])
+CRL_THIS_UPDATE = Gauge(
+    "pki_crl_this_update_timestamp_seconds", "thisUpdate of the newest CRL (Unix time)",
+    ["ca", "partition"])
+CRL_NEXT_UPDATE = Gauge(
+    "pki_crl_next_update_timestamp_seconds", "nextUpdate of the newest CRL (Unix time)",
+    ["ca", "partition"])
+ACTIVE_CERTIFICATES_EXPIRING = Gauge(
+    "pki_active_certificates_expiring",
+    "Active certificates whose notAfter is within 30 days", ["org_id", "purpose"])
+# 1: the last full verification of the hash-chained audit log found it intact; 0: broken.
+AUDIT_CHAIN_INTACT = Gauge("pki_audit_chain_intact", "Audit chain intact at the last check")
+AUDIT_CHAIN_CHECKED = Gauge(
+    "pki_audit_chain_last_check_timestamp_seconds", "When the audit chain was last verified")

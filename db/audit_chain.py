@@ -11,7 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from ca_core.records import AuditEntry, AuditEvent, AuditHead
 
@@ -56,29 +57,49 @@ class ChainProblem:
 
 def verify_chain(entries: list[AuditEntry], head: AuditHead | None) -> list[ChainProblem]:
     """Every break in the chain; an empty list means the log is intact."""
-    problems: list[ChainProblem] = []
-    previous_hash = GENESIS_HASH
-    expected_seq = 1
-    for entry in entries:
-        if entry.seq != expected_seq:
-            problems.append(
-                ChainProblem(entry.seq, f"sequence gap: expected {expected_seq}")
+    walk = ChainWalk()
+    walk.feed(entries)
+    return walk.finish(head)
+
+
+@dataclass
+class ChainWalk:
+    """verify_chain in pieces: entries fed in seq order, batch by batch, only the last link
+    kept, so a log too large for memory is verified in memory of one batch (the gateway's
+    hourly pki_audit_chain_intact check)."""
+
+    problems: list[ChainProblem] = field(default_factory=list)
+    entries: int = 0
+    last_seq: int = 0
+    previous_hash: str = GENESIS_HASH
+
+    def feed(self, entries: Iterable[AuditEntry]) -> None:
+        for entry in entries:
+            expected_seq = self.last_seq + 1
+            if entry.seq != expected_seq:
+                self.problems.append(
+                    ChainProblem(entry.seq, f"sequence gap: expected {expected_seq}")
+                )
+            if entry.previous_hash != self.previous_hash:
+                self.problems.append(
+                    ChainProblem(entry.seq, "previous hash does not match the chain"))
+            recomputed = chain_hash(
+                entry.seq, entry.audit_id, entry.timestamp, entry.event, entry.previous_hash
             )
-        if entry.previous_hash != previous_hash:
-            problems.append(ChainProblem(entry.seq, "previous hash does not match the chain"))
-        recomputed = chain_hash(
-            entry.seq, entry.audit_id, entry.timestamp, entry.event, entry.previous_hash
-        )
-        if recomputed != entry.audit_hash:
-            problems.append(ChainProblem(entry.seq, "entry was changed (hash mismatch)"))
-        previous_hash = entry.audit_hash
-        expected_seq = entry.seq + 1
-    last_seq = entries[-1].seq if entries else 0
-    if head is None:
-        if entries:
-            problems.append(ChainProblem(last_seq, "chain head is missing"))
-    elif head.seq != last_seq or head.audit_hash != previous_hash:
-        problems.append(
-            ChainProblem(head.seq, f"head says seq {head.seq} but the log ends at {last_seq}")
-        )
-    return problems
+            if recomputed != entry.audit_hash:
+                self.problems.append(
+                    ChainProblem(entry.seq, "entry was changed (hash mismatch)"))
+            self.previous_hash = entry.audit_hash
+            self.last_seq = entry.seq
+            self.entries += 1
+
+    def finish(self, head: AuditHead | None) -> list[ChainProblem]:
+        """The problems found, with the head's: it must name the last entry fed."""
+        problems = list(self.problems)
+        if head is None:
+            if self.entries:
+                problems.append(ChainProblem(self.last_seq, "chain head is missing"))
+        elif head.seq != self.last_seq or head.audit_hash != self.previous_hash:
+            problems.append(ChainProblem(
+                head.seq, f"head says seq {head.seq} but the log ends at {self.last_seq}"))
+        return problems

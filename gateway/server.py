@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import errno
 import logging
 import os
@@ -22,9 +23,20 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ca_core.errors import CAError
-from ca_core.metrics import ACTIVE_CERTIFICATES, CERTIFICATES_EXPIRING
+from ca_core.metrics import (
+    ACTIVE_CERTIFICATES,
+    ACTIVE_CERTIFICATES_EXPIRING,
+    AUDIT_CHAIN_CHECKED,
+    AUDIT_CHAIN_INTACT,
+    CA_NOT_AFTER,
+    CERTIFICATES_EXPIRING,
+    CRL_NEXT_UPDATE,
+    CRL_THIS_UPDATE,
+)
 from ca_core.signing import limit_signatures
+from ca_core.storage import Store
 from ca_core.tsa import ensure_tsa
+from db.audit_chain import ChainProblem, ChainWalk
 from gateway.app import build_est_app, build_http_app, build_https_app
 from gateway.config import Config, ConfigError
 from gateway.guard import ConnectionLimiter, GuardedSite
@@ -36,12 +48,21 @@ from protocols.est import tls_shim
 log = logging.getLogger("vcc_pki.server")
 
 ACTIVE_GAUGE_INTERVAL = 60.0
+# A full audit chain verification reads every entry: once an hour, in one process of all
+# replicas (a lease in the store).
+AUDIT_CHECK_INTERVAL = 3600.0
+AUDIT_LOCK = "audit-verify"
+AUDIT_BATCH = 10_000
+EXPIRY_WINDOW = dt.timedelta(days=30)
 # Set in the environment of the extra worker processes that `serve --workers N` starts.
 WORKER_ENV = "VCC_PKI_WORKER_CHILD"
 
 
 async def _background_jobs(services: Services, primary: bool) -> None:
-    await asyncio.gather(_refresh_active_gauge(services), run_status_jobs(services, primary))
+    jobs = [_refresh_active_gauge(services), run_status_jobs(services, primary)]
+    if primary:
+        jobs.append(_check_audit_chain(services))
+    await asyncio.gather(*jobs)
 
 
 async def _refresh_active_gauge(services: Services) -> None:
@@ -53,6 +74,7 @@ async def _refresh_active_gauge(services: Services) -> None:
             ACTIVE_CERTIFICATES.clear()
             for org_id, profile, count in counts:
                 ACTIVE_CERTIFICATES.labels(orgs.get(org_id, org_id), profile).set(count)
+            await _refresh_status_gauges(services, counts, orgs)
         except Exception as exc:  # a failed refresh must not stop the gateway
             log.warning("refreshing pki_active_certificates failed: %s", exc)
         try:
@@ -69,6 +91,66 @@ async def refresh_expiring_gauge(services: Services) -> None:
     CERTIFICATES_EXPIRING.clear()
     for (org, service, days), count in counts.items():
         CERTIFICATES_EXPIRING.labels(org, service, str(days)).set(count)
+
+
+async def _refresh_status_gauges(services: Services, active: list[tuple[str, str, int]],
+                                  orgs: dict[str, str]) -> None:
+    """CA expiry, CRL freshness and certificates expiring soon (deploy/prometheus alerts)."""
+    store = services.store
+    # Still active a window from now, subtracted from active now: expiring within it.
+    later = {(o, p): n for o, p, n in await store.count_active_certificates(
+        services.authority.clock() + EXPIRY_WINDOW)}
+    ACTIVE_CERTIFICATES_EXPIRING.clear()
+    for org_id, profile, count in active:
+        ACTIVE_CERTIFICATES_EXPIRING.labels(orgs.get(org_id, org_id), profile).set(
+            count - later.get((org_id, profile), 0))
+    cas = await store.list_cas()
+    names = {ca.ca_id: ca.name for ca in cas}
+    CA_NOT_AFTER.clear()
+    for ca in cas:
+        CA_NOT_AFTER.labels(ca.name, ca.ca_type, ca.status).set(ca.not_after.timestamp())
+    CRL_THIS_UPDATE.clear()
+    CRL_NEXT_UPDATE.clear()
+    for head in await store.list_crl_heads():
+        labels = (names.get(head.ca_id, head.ca_id), str(head.partition))
+        CRL_THIS_UPDATE.labels(*labels).set(head.this_update.timestamp())
+        CRL_NEXT_UPDATE.labels(*labels).set(head.next_update.timestamp())
+
+
+async def verify_audit_chain(store: Store) -> list[ChainProblem]:
+    """The whole audit chain, as `vcc-pki audit verify` checks it, but read batch by batch
+    (memory of one batch, not of the log) and hashed off the event loop."""
+    walk = ChainWalk()
+    reread = False
+    while True:
+        batch = await store.audit_entries(after_seq=walk.last_seq, limit=AUDIT_BATCH)
+        if batch:
+            await asyncio.to_thread(walk.feed, batch)
+            reread = False
+            continue
+        head = await store.audit_head()
+        if head is not None and head.seq > walk.last_seq and not reread:
+            reread = True  # entries written since the last batch: read them (once)
+            continue
+        return walk.finish(head)
+
+
+async def _check_audit_chain(services: Services) -> None:
+    """pki_audit_chain_intact, hourly. The lease lets one process of all replicas verify
+    per interval; the others keep their last check time (0 if never), which the alert
+    rules read."""
+    holder = services.ocsp.instance_id
+    while True:
+        try:
+            if await services.store.try_lock(AUDIT_LOCK, holder, AUDIT_CHECK_INTERVAL * 0.9):
+                problems = await verify_audit_chain(services.store)
+                AUDIT_CHAIN_INTACT.set(0 if problems else 1)
+                AUDIT_CHAIN_CHECKED.set_to_current_time()
+                if problems:
+                    log.error("audit chain broken: %s", problems[:5])
+        except Exception as exc:  # a failed check must not stop the gateway
+            log.warning("verifying the audit chain failed: %s", exc)
+        await asyncio.sleep(AUDIT_CHECK_INTERVAL)
 
 
 class _BadRequestLines(logging.Filter):
