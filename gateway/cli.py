@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
 import os
+import secrets
 import sys
 import tempfile
 import textwrap
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -73,8 +75,31 @@ from protocols.acme.jws import b64url
 CLI = Principal.system("vcc-pki cli")
 
 
+INIT_LEASE = "init"
+INIT_LEASE_SECONDS = 600.0  # longer than any init (HSM key generation included)
+
+
+@contextlib.asynccontextmanager
+async def _init_lease(services: Services) -> AsyncIterator[None]:
+    """One ``vcc-pki init`` at a time per store: replicas (or containers) started together
+    on an empty database would otherwise race to create the root CA. The others wait, then
+    find the hierarchy made (init is idempotent)."""
+    holder = f"init-{os.getpid()}-{secrets.token_hex(4)}"
+    waited = False
+    while not await services.store.try_lock(INIT_LEASE, holder, INIT_LEASE_SECONDS):
+        if not waited:
+            print("another vcc-pki init is running on this store; waiting for it",
+                  file=sys.stderr, flush=True)
+            waited = True
+        await asyncio.sleep(0.5)
+    try:
+        yield
+    finally:
+        await services.store.release_lock(INIT_LEASE, holder)
+
+
 async def cmd_init(config: Config, args: argparse.Namespace) -> int:
-    async with open_services(config, create=True) as services:
+    async with open_services(config, create=True) as services, _init_lease(services):
         created = await ensure_hierarchy(services.authority, config.tsa_settings())
         for ca in created:
             print(f"created {ca.ca_type} CA {ca.name}: {ca.subject}")

@@ -163,3 +163,48 @@ def test_certificate_write_failing_is_an_error_and_no_certificate(
     assert [len(a) for a in attempts] == [1, 1]  # type: ignore[arg-type]
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".svc.pem")] == []
+
+
+@pytest.mark.postgres
+def test_concurrent_inits_on_one_database_make_one_hierarchy(tmp_path: Path) -> None:
+    """Replicas started together on an empty database (issue 15's ha-postgres overlay): the
+    init lease lets one create the hierarchy; the others wait and find it. One root CA,
+    every init exits 0. (Replicas share the keys: a PKCS#11 token, or as here, software
+    keys on one volume.)"""
+    import asyncio
+    import subprocess
+    import sys
+
+    import asyncpg
+
+    from tests.pg import create_throwaway_database, drop_database, require_postgres
+
+    require_postgres()
+    dsn = asyncio.run(create_throwaway_database())
+    try:
+        processes = []
+        for _replica in range(3):
+            env = {"PATH": "/usr/bin:/bin", "VCC_PKI_DATA_DIR": str(tmp_path / "shared"),
+                   "VCC_PKI_DATABASE_URL": dsn, "VCC_PKI_KEY_PASSPHRASE": "shared",
+                   "VCC_PKI_ROOT_KEY_TYPE": "ec-p256",
+                   "VCC_PKI_INTERMEDIATE_KEY_TYPE": "ec-p256"}
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "gateway.cli", "init"], env=env,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        results = []
+        for process in processes:
+            out, err = process.communicate(timeout=120)
+            results.append((process.returncode, out, err))
+        assert all(code == 0 for code, _, _ in results), results
+        assert sum("created root CA" in out for _, out, _ in results) == 1, results
+
+        async def roots() -> int:
+            conn = await asyncpg.connect(dsn)
+            try:
+                return int(await conn.fetchval(
+                    "SELECT count(*) FROM certificate_authorities WHERE ca_type = 'root'"))
+            finally:
+                await conn.close()
+        assert asyncio.run(roots()) == 1
+    finally:
+        asyncio.run(drop_database(dsn))
