@@ -555,13 +555,15 @@ class Authority:
                                                 request.renews.san.items()})
             common_name = request.renews.common_name
         else:
-            csr = request.csr if isinstance(request.csr, x509.CertificateSigningRequest) \
-                else parse_csr(request.csr)
-            public_key = csr.public_key()
+            # ``csr.subject`` and ``csr.public_key()`` build new objects on every call: the
+            # ones parse_csr forced are used, not made again.
+            if isinstance(request.csr, x509.CertificateSigningRequest):
+                csr = request.csr
+                csr_subject, public_key = csr.subject, csr.public_key()
+            else:
+                csr, csr_subject, public_key = _parse_csr(request.csr)
             subject_key = check_subject_key(public_key, profile, self.settings.weak_keys)
             sans = x509build.sans_from_csr(csr)
-            # ``csr.subject`` builds a new Name (and its attributes) on every access: once.
-            csr_subject = csr.subject
             reject_control_characters(csr_subject, sans)
             common_name = _common_name(csr_subject)
         named = x509build.common_name_identifier(common_name) \
@@ -1054,6 +1056,12 @@ def reject_control_characters(subject: x509.Name, sans: x509build.SubjectAltName
 def parse_csr(data: bytes) -> x509.CertificateSigningRequest:
     """The request, checked; BadCSR in words a requester can act on. The parser's own text
     (Rust ParseError structures, "Valid PEM but no BEGIN ...") is logged, never returned."""
+    return _parse_csr(data)[0]
+
+
+def _parse_csr(data: bytes) -> tuple[x509.CertificateSigningRequest, x509.Name,
+                                     CertificatePublicKeyTypes]:
+    """parse_csr, and the subject and public key it parsed on the way."""
     if len(data) > 64 * 1024:
         raise BadCSR("the CSR is larger than 64 KiB")
     try:
@@ -1062,9 +1070,10 @@ def parse_csr(data: bytes) -> x509.CertificateSigningRequest:
         else:
             csr = x509.load_der_x509_csr(data)
         # Force the lazy parts so malformed input fails here, not later.
-        csr.subject.rfc4514_string()
+        subject = csr.subject
+        subject.rfc4514_string()
         _ = csr.extensions
-        csr.public_key()
+        public_key = csr.public_key()
     except x509.DuplicateExtension as exc:
         raise BadCSR(f"the CSR has the extension {exc.oid.dotted_string} twice") from None
     except x509.UnsupportedGeneralNameType:
@@ -1090,7 +1099,7 @@ def parse_csr(data: bytes) -> x509.CertificateSigningRequest:
         signature_ok = False
     if not signature_ok:
         raise BadCSRSignature("the CSR signature does not verify")
-    return csr
+    return csr, subject, public_key
 
 
 def check_subject_key(public_key: CertificatePublicKeyTypes, profile: Profile,
