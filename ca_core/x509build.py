@@ -210,6 +210,10 @@ def _extension(value: x509.ExtensionType, critical: bool) -> x509.Extension[x509
     return x509.Extension(value.oid, critical, value)
 
 
+# The same value in every leaf: made once (extensions are immutable values).
+_END_ENTITY = _extension(x509.BasicConstraints(ca=False, path_length=None), True)
+
+
 @dataclass(frozen=True, slots=True)
 class LeafTemplate:
     subject: x509.Name
@@ -232,7 +236,7 @@ def leaf_builder(template: LeafTemplate, issuer: IssuerContext) -> x509.Certific
         raise PolicyViolation("certificate would outlive its issuer")
     profile = template.profile
     extensions: list[x509.Extension[x509.ExtensionType]] = [
-        _extension(x509.BasicConstraints(ca=False, path_length=None), True),
+        _END_ENTITY,
         _extension(profile.key_usage_extension(template.subject_key), True),
         _extension(x509.SubjectKeyIdentifier.from_public_key(template.public_key), False),
         issuer.authority_key_identifier,

@@ -126,6 +126,13 @@ class GuardedSite(web.TCPSite):
             self._bound_port = self._port
 
 
+def _not_fired() -> bool:
+    return False
+
+
+_NOT_FIRED: Callable[[], bool] = _not_fired
+
+
 def body_deadline(request: web.Request, seconds: float) -> Callable[[], bool] | None:
     """Close the connection unless the request's body has fully arrived within ``seconds``
     (whether or not the handler has read it yet). Returns a function that disarms the timer
@@ -133,6 +140,10 @@ def body_deadline(request: web.Request, seconds: float) -> Callable[[], bool] | 
     if not request.body_exists:
         return None
     content = request.content
+    if content.is_eof():
+        # A small body (a CSR in JSON) has arrived with the headers: nothing to wait for,
+        # and no timer to arm and cancel on every request.
+        return _NOT_FIRED
     transport = request.transport
     fired = False
 

@@ -17,6 +17,7 @@ from typing import Any, cast
 import pytest
 from aiohttp.test_utils import TestClient
 from asn1crypto import algos as a_algos
+from asn1crypto import core as a_core
 from asn1crypto import ocsp as a_ocsp
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -26,7 +27,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ca_core.authority import Authority, IssuanceRequest, IssuedCertificate
 from ca_core.hierarchy import ensure_organization
-from ca_core.ocsp import OcspResponder, OcspSettings, cache_key
+from ca_core.ocsp import OcspResponder, OcspSettings, _der, _der_integer, _Status, cache_key
 from ca_core.principal import Principal
 from ca_core.records import AuditEvent, Revocation
 from ca_core.response_cache import CachedResponse, CacheUnavailable, ResponseCache
@@ -284,6 +285,55 @@ async def test_precomputed_at_issuance(services: Services) -> None:
     assert entry is not None and entry.der and not entry.revoked
     assert ocsp.load_der_ocsp_response(entry.der).certificate_status is \
         ocsp.OCSPCertStatus.GOOD
+
+
+async def test_assembled_response_is_what_the_builder_makes(services: Services) -> None:
+    """The single responses an ECDSA responder signs without a nonce (the precompute, the
+    revocation, the refresher, live misses) are assembled from DER pieces: byte for byte
+    the builder's SingleResponse, ResponderID, signatureAlgorithm and certs, in canonical
+    DER, signed over the ResponseData by the responder's key; producedAt is thisUpdate."""
+    clock = Clock()
+    services.ocsp.clock = clock
+    issued = await issue(services)
+    issuer = services.ocsp._by_ca_id[issued.record.issuer_ca_id]
+    responder = issuer.responder
+    assert responder is not None and responder.fixed is not None
+    built = dataclasses.replace(responder, fixed=None)  # the cryptography builder's path
+    serial = issued.certificate.serial_number
+    revoked_at = clock.now.replace(microsecond=0) - dt.timedelta(minutes=3)
+    statuses = [_Status(serial), _Status(serial, revoked_at, "unspecified"),
+                _Status(serial, revoked_at, "key_compromise"),
+                _Status(serial, revoked_at, "certificate_hold"),
+                _Status(2**159 - 1), _Status(0x80), _Status(1)]
+    for algorithm in ("sha1", "sha256", "sha384"):
+        for status in statuses:
+            fast = await services.ocsp._sign(issuer, responder, algorithm, status)
+            slow = await services.ocsp._sign(issuer, built, algorithm, status)
+            parsed = a_ocsp.OCSPResponse.load(fast.der)
+            assert parsed.dump(force=True) == fast.der  # canonical DER
+            mine, theirs = (a_ocsp.OCSPResponse.load(r.der)["response_bytes"]["response"]
+                            .parsed for r in (fast, slow))
+            for name in ("responses", "responder_id"):
+                assert mine["tbs_response_data"][name].dump() == \
+                    theirs["tbs_response_data"][name].dump()
+            for name in ("signature_algorithm", "certs"):
+                assert mine[name].dump() == theirs[name].dump()
+            assert mine["tbs_response_data"]["produced_at"].native == \
+                clock.now.replace(microsecond=0)
+            assert (fast.revoked, fast.this_update, fast.next_update, fast.cert_id) == \
+                (slow.revoked, slow.this_update, slow.next_update, slow.cert_id)
+            loaded = ocsp.load_der_ocsp_response(fast.der)
+            assert loaded.serial_number == status.serial
+            responder.certificate.public_key().verify(  # type: ignore[union-attr]
+                loaded.signature, loaded.tbs_response_bytes,
+                ec.ECDSA(loaded.signature_hash_algorithm))  # type: ignore[arg-type]
+
+
+def test_der_pieces_encode_as_asn1crypto_does() -> None:
+    for value in (0, 1, 0x7F, 0x80, 0xFF, 0x100, 2**63, 2**64 - 1, 2**159, 2**160 - 1):
+        assert _der_integer(value) == a_core.Integer(value).dump()
+    for size in (0, 1, 127, 128, 255, 256, 65535, 65536):
+        assert _der(0x04, b"x" * size) == a_core.OctetString(b"x" * size).dump()
 
 
 async def test_unknown_serial_and_foreign_issuer_are_unauthorized(
