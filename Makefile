@@ -20,16 +20,18 @@ run: $(STAMP)
 	VCC_PKI_DATA_DIR=$(DATA_DIR) exec $(BIN)/vcc-pki serve
 
 # softhsm2 (the PKCS#11 token of the tests), opensc (pkcs11-tool), openssl and curl;
-# the ACME clients of the conformance tests: certbot, lego, dehydrated.
+# the ACME clients of the conformance tests: certbot, lego, dehydrated; chromium renders the
+# HTML compliance report to a screenshot (tests/test_reports.py).
 system-deps:
 	@if ! command -v softhsm2-util >/dev/null || ! command -v pkcs11-tool >/dev/null \
 	    || ! command -v openssl >/dev/null || ! command -v curl >/dev/null \
 	    || ! command -v certbot >/dev/null || ! command -v lego >/dev/null \
 	    || ! command -v dehydrated >/dev/null || ! command -v scepclient >/dev/null \
-	    || ! command -v certmonger >/dev/null || ! command -v dbus-run-session >/dev/null; then \
+	    || ! command -v certmonger >/dev/null || ! command -v dbus-run-session >/dev/null \
+	    || ! command -v chromium >/dev/null; then \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq softhsm2 opensc openssl \
-	    curl certbot lego dehydrated scep certmonger dbus; \
+	    curl certbot lego dehydrated scep certmonger dbus chromium; \
 	fi
 
 # PostgreSQL and Redis on loopback, started when one is down (they normally run already).
@@ -85,6 +87,7 @@ bench: $(STAMP) system-deps bench-deps
 	$(BIN)/python -m conformance.bench.acme
 	$(BIN)/python -m conformance.bench.scep
 	$(BIN)/python -m conformance.bench.isolation
+	$(BIN)/python -m conformance.bench.reports
 
 clean:
 	rm -rf $(VENV) $(DATA_DIR) *.egg-info mutants mutants.log

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "pki_super_admin": frozenset({
         "ca:*", "cert:request", "cert:read", "cert:revoke", "cert:renew", "organization:*",
-        "template:*", "audit:read", "token:create",
+        "template:*", "audit:read", "token:create", "compliance:*",
     }),
     "pki_admin": frozenset({
         "ca:read", "ca:create_intermediate", "cert:request", "cert:read", "cert:revoke",
         "cert:renew", "template:manage", "audit:read_own_org", "token:create",
+        "compliance:read",
     }),
     "cert_manager": frozenset({"cert:request", "cert:read", "cert:revoke", "cert:renew",
                                "template:read"}),
@@ -24,7 +25,7 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
                                   "cert:renew_own"}),
     "code_signer": frozenset({"cert:read", "signature:create", "signature:verify"}),
     # template:read: an auditor reviews what the organization's templates allow.
-    "auditor": frozenset({"audit:read", "cert:read", "template:read"}),
+    "auditor": frozenset({"audit:read", "cert:read", "template:read", "compliance:read"}),
 }
 
 ROLES = tuple(ROLE_PERMISSIONS)
