@@ -36,6 +36,7 @@ from ca_core.code_signing import SignRequest
 from ca_core.hierarchy import ensure_organization, rollover_issuing_ca
 from ca_core.principal import ROLES, Principal
 from ca_core.records import AcmeAccount, AuditEvent
+from ca_core.reports import ReportRequest, ReportService
 from ca_core.templates import TemplateSpec
 from gateway.app import build_https_app
 from gateway.runtime import Services
@@ -150,6 +151,14 @@ MATRIX: dict[str, dict[str, tuple[str, str, str]]] = {
     "signatures.verify": {
         "pki_super_admin": (D, D, D), "pki_admin": (D, D, D), "cert_manager": (D, D, D),
         "service_account": (D, D, D), "code_signer": (A, H, H), "auditor": (D, D, D)},
+    # compliance:read (the seed: auditor and pki_admin of their own organization; sharing
+    # certificates does not share reports)
+    "reports.generate": {
+        "pki_super_admin": (A, A, A), "pki_admin": (A, H, H), "cert_manager": (D, D, D),
+        "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (A, H, H)},
+    "reports.list": {
+        "pki_super_admin": (A, A, A), "pki_admin": (A, H, H), "cert_manager": (D, D, D),
+        "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (A, H, H)},
 }
 
 
@@ -171,6 +180,7 @@ class Target:
     signature_id: str = ""  # a code signature (made for signatures.verify only)
     signature: str = ""  # its base64 DER
     signed_hash: str = ""
+    report_id: str = ""  # a stored report of the organization (made for reports.list only)
 
 
 @dataclass
@@ -211,6 +221,10 @@ def _contains(answer: Answer, target: Target, endpoint: str) -> bool:
         return target.template in [t["name"] for t in _items(answer, endpoint)]
     if endpoint == "acme_accounts.list":
         return target.account_id in [a["id"] for a in _items(answer, endpoint)]
+    if endpoint == "reports.list":
+        return target.report_id in [r["id"] for r in _items(answer, endpoint)]
+    if endpoint == "reports.generate":
+        return bool(json.loads(answer.text)["organization"] == target.slug)
     if endpoint == "signatures.verify":
         verdict = json.loads(answer.text)
         return bool(verdict["valid"] and verdict["signature_id"] == target.signature_id)
@@ -283,6 +297,10 @@ CALLS: dict[str, Call] = {
         "organization": t.slug}),
     "signatures.verify": lambda c, h, t: _post(c, h, "/api/v1/signatures/verify", {
         "signature": t.signature, "hash": t.signed_hash}),
+    "reports.generate": lambda c, h, t: _get(c, h, "/api/v1/reports/certificate_lifecycle",
+                                             organization=t.slug),
+    "reports.list": lambda c, h, t: _get(c, h, "/api/v1/reports", organization=t.slug,
+                                         limit="500"),
 }
 
 
@@ -355,6 +373,9 @@ async def _target(services: Services, slug: str, n: int, endpoint: str) -> Targe
         target.signature_id = signed.record.signature_id
         target.signature = base64.b64encode(signed.record.signature_der).decode()
         target.signed_hash = signed_hash
+    if endpoint == "reports.list":
+        target.report_id = (await ReportService(services.authority).generate(
+            SYSTEM, ReportRequest("crypto_inventory", organization=slug))).record.report_id
     return target
 
 
@@ -377,7 +398,8 @@ async def _state(services: Services, target: Target) -> tuple[Any, ...]:
                 dt.datetime.now(dt.UTC))),
             len(await store.list_cas()), len(await store.list_tokens(limit=10_000)),
             len(await store.list_service_accounts(limit=10_000)),
-            len(await store.list_eab_keys(limit=10_000)))
+            len(await store.list_eab_keys(limit=10_000)),
+            len(await store.list_compliance_reports(limit=10_000)))
 
 
 async def _denials(services: Services) -> int:
