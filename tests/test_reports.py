@@ -26,7 +26,7 @@ from ca_core.code_signing import SignRequest
 from ca_core.errors import BadRequest
 from ca_core.hierarchy import ensure_organization
 from ca_core.principal import Principal
-from ca_core.records import AuditEvent, CertificateRecord, Revocation
+from ca_core.records import AcmeAccount, AcmeOrder, AuditEvent, CertificateRecord, Revocation
 from ca_core.reports import ReportRequest, ReportService, bucket_seconds, parse_bound, period
 from gateway import cli
 from gateway.app import build_https_app
@@ -78,7 +78,8 @@ async def _data_set(services: Services, now: dt.datetime) -> tuple[str, str]:
     for slug in ("alpha", "beta"):
         await ensure_organization(services.authority, slug, slug.title(), SYSTEM)
     t = now + dt.timedelta(hours=1)  # off the day edges of the issuance bars
-    await _add(services, "alpha", created=t - 20 * DAY, days=90, requester="acme:acct1")
+    acme = await _add(services, "alpha", created=t - 20 * DAY, days=90, requester="acme:acct1")
+    await _acme_renewal(services, acme)
     await _add(services, "alpha", created=t - 10 * DAY, days=30, requester="est:device-7")
     await _add(services, "alpha", created=t - 5 * DAY, days=10, profile="mtls_client",
                requester="token:0123abcd")
@@ -98,10 +99,24 @@ async def _data_set(services: Services, now: dt.datetime) -> tuple[str, str]:
     return _iso(now - 30 * DAY), _iso(now + dt.timedelta(minutes=1))
 
 
+async def _acme_renewal(services: Services, cert: CertificateRecord) -> None:
+    """An ACME order naming ``replaces`` (RFC 9773) that issued ``cert``: a renewal."""
+    account = AcmeAccount(account_id="acct1", org_id=cert.org_id, key_thumbprint="tp-acct1",
+                          jwk={"kty": "EC"}, created_at=cert.created_at)
+    event = AuditEvent(event_type="acme.test", category="acme", action="test",
+                       actor_type="system", actor_id="test", org_id=cert.org_id)
+    await services.store.add_acme_account(account, event)
+    await services.store.add_acme_order(AcmeOrder(
+        order_id="order1", account_id="acct1", org_id=cert.org_id, status="valid",
+        expires=services.authority.clock() + DAY, identifiers=(("dns", "a.example"),),
+        authz_ids=(), profile=cert.profile, replaces="aaaa.bbbb", cert_id=cert.cert_id,
+        created_at=cert.created_at), [], event)
+
+
 # The data set's own figures (alpha's report adds what the organization held before it:
 # its OCSP responder's certificate, made with the organization; see _expected).
 DATA_SET: dict[str, Any] = {
-    "issued": 5, "renewed": 1, "revoked": 2,
+    "issued": 5, "renewed": 2, "revoked": 2,
     "revoked_by_reason": {"keyCompromise": 1, "superseded": 1},
     "expired": 1, "expiring": {"30": 2, "60": 2, "90": 4},
     "by_profile": {"code_signing": 1, "mtls_client": 1, "vcc_service": 3},

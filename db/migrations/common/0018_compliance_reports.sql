@@ -6,7 +6,8 @@
 -- period given as dates starts and ends at midnight UTC. The seed's UNIQUE (org_id,
 -- report_type, period) is left out: the same period generated again (later, with more
 -- data, or in another format) is another report, and both stay on record. org_id NULL: a
--- report over every organization (a super admin's).
+-- report over every organization (a super admin's). report_type: the seed's list and
+-- crypto_inventory (the issue's second report; not in the seed).
 CREATE TABLE compliance_reports (
     report_id           TEXT PRIMARY KEY,
     org_id              TEXT REFERENCES organizations(org_id),
