@@ -13,11 +13,12 @@ from dataclasses import dataclass
 ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "pki_super_admin": frozenset({
         "ca:*", "cert:request", "cert:read", "cert:revoke", "cert:renew", "organization:*",
-        "template:*", "audit:read", "token:create", "service:*",
+        "template:*", "audit:read", "token:create", "service:*", "compliance:*",
     }),
     "pki_admin": frozenset({
         "ca:read", "ca:create_intermediate", "cert:request", "cert:read", "cert:revoke",
         "cert:renew", "template:manage", "audit:read_own_org", "token:create", "service:*",
+        "compliance:read",
     }),
     "cert_manager": frozenset({"cert:request", "cert:read", "cert:revoke", "cert:renew",
                                "template:read", "service:read"}),
@@ -27,7 +28,8 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
                                   "service:update_self", "service:read_own"}),
     "code_signer": frozenset({"cert:read", "signature:create", "signature:verify"}),
     # template:read: an auditor reviews what the organization's templates allow.
-    "auditor": frozenset({"audit:read", "cert:read", "template:read", "service:read"}),
+    "auditor": frozenset({"audit:read", "cert:read", "template:read", "service:read",
+                          "compliance:read"}),
 }
 
 ROLES = tuple(ROLE_PERMISSIONS)

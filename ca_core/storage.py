@@ -55,6 +55,12 @@ from ca_core.records import (
 
 if TYPE_CHECKING:  # ca_core.est and ca_core.scep import this module
     from ca_core.est import EnrollmentSecretRecord, EstLabel, PendingEnrollment
+    from ca_core.reports import (
+        LifecycleFigures,
+        LifecycleQuery,
+        ReportRecord,
+        SigningKeyRow,
+    )
     from ca_core.scep import (
         ScepChallenge,
         ScepEndpointPolicy,
@@ -661,9 +667,33 @@ class ServiceRegistryStore(Protocol):
         for a registered service: their count and up to ``limit`` cert_ids (oldest first)."""
 
 
+class ReportStore(Protocol):
+    """Compliance reports (issue 14): the figures, aggregated in the database (never every
+    certificate into Python), and the stored reports."""
+
+    async def lifecycle_figures(self, query: LifecycleQuery) -> LifecycleFigures:
+        """The certificate_lifecycle figures of one period and one organization or all."""
+
+    async def signing_keys(self, org_id: str | None) -> list[SigningKeyRow]:
+        """Every CA and signer an organization's scope covers (None: all), with the last
+        signature the store records of each."""
+
+    async def add_compliance_report(self, report: ReportRecord, audit: AuditEvent) -> None:
+        """Store a generated report (and append ``audit``, which carries its hash)."""
+
+    async def list_compliance_reports(
+        self, org_id: str | None = None, after: tuple[dt.datetime, str] | None = None,
+        limit: int = 1000,
+    ) -> list[ReportRecord]:
+        """Stored reports (of ``org_id`` when given), oldest first by (generated_at,
+        report_id), after ``after``; ``content`` is left empty (b"")."""
+
+    async def get_compliance_report(self, report_id: str) -> ReportRecord | None: ...
+
+
 class Store(TenantStore, ServiceAccountStore, CaStore, TemplateStore, CertificateStore,
             CrlStore, LeaseStore, AuditStore, TimestampStore, AcmeStore, EnrollmentStore,
-            ScepStore, CodeSigningStore, ServiceRegistryStore, Protocol):
+            ScepStore, CodeSigningStore, ServiceRegistryStore, ReportStore, Protocol):
     """Every aggregate at once, as the gateway wires it (``db.store`` implements it), plus
     the lifecycle."""
 

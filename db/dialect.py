@@ -95,6 +95,14 @@ class Dialect(abc.ABC):
     def time(self, value: Any) -> dt.datetime:
         """A time column as an aware UTC datetime."""
 
+    @abc.abstractmethod
+    def epoch(self, column: str) -> str:
+        """SQL for a time column as seconds since the epoch (a float), for aggregates."""
+
+    @abc.abstractmethod
+    def floor(self, expression: str) -> str:
+        """SQL for the integer floor of a non-negative number."""
+
     def t_opt(self, value: dt.datetime | None) -> Any:
         return None if value is None else self.t(value)
 

@@ -131,6 +131,12 @@ class PostgresDialect(Dialect):
         moment: dt.datetime = value.astimezone(dt.UTC)
         return moment
 
+    def epoch(self, column: str) -> str:
+        return f"EXTRACT(EPOCH FROM {column})::float8"
+
+    def floor(self, expression: str) -> str:
+        return f"FLOOR({expression})::bigint"
+
     def any_of(self, column: str, values: Sequence[str]) -> tuple[str, tuple[Any, ...]]:
         return f"{column} = ANY(?::text[])", (list(values),)
 

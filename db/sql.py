@@ -68,6 +68,7 @@ from db.acme_rows import (
 )
 from db.audit_chain import chain_hash
 from db.dialect import Body, Dialect, Stmt, one, rows, run
+from db.reports_sql import ReportQueries
 
 T = TypeVar("T")
 
@@ -169,8 +170,9 @@ class Tx:
         return AuditEntry(seq, audit_id, timestamp, event, previous_hash, digest)
 
 
-class SqlStore:
-    """Every aggregate's storage on one database; see the module docstring."""
+class SqlStore(ReportQueries):
+    """Every aggregate's storage on one database; see the module docstring. (The compliance
+    reports' aggregates are in ``db.reports_sql``.)"""
 
     def __init__(self, dialect: Dialect) -> None:
         self._d = dialect

@@ -81,6 +81,15 @@ class SqliteDialect(Dialect):
     def time(self, value: Any) -> dt.datetime:
         return dt.datetime.fromisoformat(value)
 
+    def epoch(self, column: str) -> str:
+        # julianday reads the stored UTC text; 2440587.5 is the epoch's Julian day.
+        return f"((julianday({column}) - 2440587.5) * 86400.0)"
+
+    def floor(self, expression: str) -> str:
+        # CAST truncates, which is the floor for the non-negative numbers asked for here
+        # (floor() itself is missing from SQLite builds without the math functions).
+        return f"CAST({expression} AS INTEGER)"
+
     def any_of(self, column: str, values: Sequence[str]) -> tuple[str, tuple[Any, ...]]:
         return f"{column} IN ({','.join('?' * len(values))})", tuple(values)
 

@@ -1,7 +1,8 @@
 """The ``vcc-pki`` command line: init, serve, and the operator's commands (ca, org, template,
 issue, revoke, token, service-account, audit, acme, est, crl, tsa; sign, verify and signer
 from ``gateway.signing_cli``; service from ``gateway.service_cli``; backup and restore
-from ``gateway.backup_cli``). ``DESCRIPTION`` is what ``vcc-pki --help`` says."""
+from ``gateway.backup_cli``; report from ``gateway.report_cli``). ``DESCRIPTION`` is what
+``vcc-pki --help`` says."""
 
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ from ca_core.templates import (
     TemplateSpec,
 )
 from ca_core.tsa import TimeStampAuthority, find_timestamp
-from gateway import backup_cli, service_cli, signing_cli
+from gateway import backup_cli, report_cli, service_cli, signing_cli
 from gateway.config import Config, ConfigError, load_config
 from gateway.runtime import Services, open_services, require_cas
 from gateway.tls import ensure_server_certificate, export_ca_files
@@ -914,7 +915,8 @@ async def cmd_tsa_chain(config: Config, args: argparse.Namespace) -> int:
 DESCRIPTION = """\
 Run and operate a VCC-PKI gateway: an on-premise CA (root -> intermediate -> one issuing CA
 per organization) with REST, ACME, OCSP, CRL and RFC 3161 time-stamping front-ends, and
-code signing (`vcc-pki sign FILE`, `vcc-pki verify FILE FILE.p7s`).
+code signing (`vcc-pki sign FILE`, `vcc-pki verify FILE FILE.p7s`) and compliance reports
+(`vcc-pki report certificate_lifecycle|crypto_inventory`).
 
 Start with `vcc-pki init` (creates the PKI in ./vcc-pki-data, or $VCC_PKI_DATA_DIR), then
 `vcc-pki serve`. Every other command works on the PKI that init made, whether or not the
@@ -1485,6 +1487,7 @@ def build_parser() -> argparse.ArgumentParser:
     signing_cli.add_commands(sub, command, group)
     service_cli.add_commands(sub, command, group)
     backup_cli.add_commands(sub, command)
+    report_cli.add_commands(sub, command)
     return parser
 
 

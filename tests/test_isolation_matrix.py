@@ -36,6 +36,7 @@ from ca_core.code_signing import SignRequest
 from ca_core.hierarchy import ensure_organization, rollover_issuing_ca
 from ca_core.principal import ROLES, Principal
 from ca_core.records import AcmeAccount, AuditEvent
+from ca_core.reports import ReportRequest, ReportService
 from ca_core.services import ServiceSpec
 from ca_core.templates import TemplateSpec
 from gateway.app import build_https_app
@@ -172,6 +173,14 @@ MATRIX: dict[str, dict[str, tuple[str, str, str]]] = {
     "services.issue": {
         "pki_super_admin": (A, A, A), "pki_admin": (A, H, H), "cert_manager": (D, D, D),
         "service_account": (H, H, H), "code_signer": (D, D, D), "auditor": (D, D, D)},
+    # compliance:read (the seed: auditor and pki_admin of their own organization; sharing
+    # certificates does not share reports)
+    "reports.generate": {
+        "pki_super_admin": (A, A, A), "pki_admin": (A, H, H), "cert_manager": (D, D, D),
+        "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (A, H, H)},
+    "reports.list": {
+        "pki_super_admin": (A, A, A), "pki_admin": (A, H, H), "cert_manager": (D, D, D),
+        "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (A, H, H)},
 }
 
 
@@ -194,6 +203,7 @@ class Target:
     signature: str = ""  # its base64 DER
     signed_hash: str = ""
     service: str = ""  # a registered service of the organization (services.* only)
+    report_id: str = ""  # a stored report of the organization (made for reports.list only)
 
 
 @dataclass
@@ -236,6 +246,10 @@ def _contains(answer: Answer, target: Target, endpoint: str) -> bool:
         return target.account_id in [a["id"] for a in _items(answer, endpoint)]
     if endpoint == "services.list":
         return target.service in [s["slug"] for s in _items(answer, endpoint)]
+    if endpoint == "reports.list":
+        return target.report_id in [r["id"] for r in _items(answer, endpoint)]
+    if endpoint == "reports.generate":
+        return bool(json.loads(answer.text)["organization"] == target.slug)
     if endpoint == "signatures.verify":
         verdict = json.loads(answer.text)
         return bool(verdict["valid"] and verdict["signature_id"] == target.signature_id)
@@ -323,6 +337,10 @@ CALLS: dict[str, Call] = {
         c, h, f"/api/v1/services/{t.service}/certificate?organization={t.slug}",
         {"csr": make_csr(cn=f"{t.service}.example.test",
                          dns=(f"{t.service}.example.test",)).decode()}),
+    "reports.generate": lambda c, h, t: _get(c, h, "/api/v1/reports/certificate_lifecycle",
+                                             organization=t.slug),
+    "reports.list": lambda c, h, t: _get(c, h, "/api/v1/reports", organization=t.slug,
+                                         limit="500"),
 }
 
 
@@ -399,6 +417,9 @@ async def _target(services: Services, slug: str, n: int, endpoint: str) -> Targe
         target.service = f"svc{n}"
         await services.registry.register(SYSTEM, ServiceSpec(f"Service {n}", target.service,
                                                              organization=slug))
+    if endpoint == "reports.list":
+        target.report_id = (await ReportService(services.authority).generate(
+            SYSTEM, ReportRequest("crypto_inventory", organization=slug))).record.report_id
     return target
 
 

@@ -138,10 +138,29 @@ class Signer(abc.ABC):
         return await self.run(lambda: self.decrypt_sync(ciphertext, padding))
 
 
+@dataclass(frozen=True, slots=True)
+class KeyProtection:
+    """How a key is held, for the crypto inventory (``KeyBackend.describe``). For a token
+    key, ``extractable`` and ``sensitive`` are the token's CKA_EXTRACTABLE and
+    CKA_SENSITIVE; a software key has neither (None)."""
+
+    backend: str
+    summary: str  # one line for people: "software (encrypted file)", "PKCS#11, ..."
+    module: str | None = None  # PKCS#11 module path
+    label: str | None = None  # PKCS#11 token label
+    extractable: bool | None = None
+    sensitive: bool | None = None
+
+
 class KeyBackend(abc.ABC):
     """Where CA keys are generated and found again by their ``key_ref``."""
 
     name: str
+
+    def describe(self, key_ref: str) -> KeyProtection:
+        """How the key ``key_ref`` is held; blocking (a token is asked). KeyBackendError
+        when it cannot be found."""
+        return KeyProtection(backend=self.name, summary=self.name)
 
     @abc.abstractmethod
     def generate(self, spec: KeySpec, label: str, *, decrypt: bool = False) -> Signer:

@@ -46,6 +46,7 @@ from ca_core.signers.base import (
     DecryptionFailed,
     KeyBackend,
     KeyBackendError,
+    KeyProtection,
     RemoteECKey,
     RemoteRSAKey,
     RsaOaep,
@@ -702,6 +703,29 @@ class Pkcs11KeyBackend(KeyBackend):
         signer = Pkcs11Signer(self, key_id, _key_ref(key_id, label), spec, public_key, decrypt)
         self._loaded.add(key_id)
         return signer
+
+    def describe(self, key_ref: str) -> KeyProtection:
+        """The token's own answer for the private key: CKA_EXTRACTABLE, CKA_SENSITIVE and
+        its label (read, not assumed from how this backend generates keys: a key imported
+        by other tools may differ)."""
+        key_id = _parse_key_ref(key_ref)
+        with self._admin_lock, self._session() as pooled:
+            try:
+                private = self._find_private_key(pooled.session, key_id)
+                flags = private.get_attributes(
+                    [Attribute.EXTRACTABLE, Attribute.SENSITIVE, Attribute.LABEL])
+            except p11err.PKCS11Error as exc:
+                raise KeyBackendError(
+                    f"cannot read the attributes of key {key_id.hex()}: {_describe(exc)}"
+                ) from exc
+        extractable = bool(flags[Attribute.EXTRACTABLE])
+        sensitive = bool(flags[Attribute.SENSITIVE])
+        return KeyProtection(
+            backend=self.name, module=self.module_path, label=str(flags[Attribute.LABEL]),
+            extractable=extractable, sensitive=sensitive,
+            summary=f"PKCS#11 token {self.token_label!r}: "
+                    + ("extractable" if extractable else "not extractable")
+                    + (", sensitive" if sensitive else ", NOT sensitive"))
 
     def load(self, key_ref: str) -> Signer:
         key_id = _parse_key_ref(key_ref)

@@ -19,6 +19,7 @@ from ca_core.keys import KeyAlgorithm, KeySpec, spec_of
 from ca_core.signers.base import (
     KeyBackend,
     KeyBackendError,
+    KeyProtection,
     Signer,
     SoftwareSigner,
     UnsupportedKeyOperation,
@@ -83,6 +84,14 @@ class SoftwareKeyBackend(KeyBackend):
         ):
             raise KeyBackendError(f"{path} holds an unsupported key type")
         return SoftwareSigner(key, spec_of(key.public_key()), key_ref)
+
+    def describe(self, key_ref: str) -> KeyProtection:
+        if not key_ref.startswith("file:"):
+            raise KeyBackendError(f"{key_ref!r} is not a software key reference")
+        path = self._path(key_ref.removeprefix("file:"))
+        if not path.exists():
+            raise KeyBackendError(f"key file {path.name} is missing")
+        return KeyProtection(backend=self.name, summary="software (encrypted file)")
 
     def check(self) -> dict[str, object]:
         return {"backend": self.name, "key_dir": str(self._dir), "writable": os.access(

@@ -55,6 +55,7 @@ from ca_core.errors import BadRequest, Unauthorized
 from ca_core.keys import KeySpec
 from ca_core.principal import Principal
 from ca_core.records import AuditEntry, CertificateRecord
+from ca_core.reports import ReportRequest, ReportService, report_summary
 from ca_core.services import ServiceRegistry
 from ca_core.templates import TemplateSpec
 from protocols.est import tls_shim
@@ -670,6 +671,31 @@ async def verify_signature(request: web.Request) -> web.Response:
     return web.json_response(_verification_json(checked))
 
 
+# --- compliance reports (issue 14) ---------------------------------------------------------
+
+async def generate_report(request: web.Request) -> web.Response:
+    """The report's bytes in the asked format; the stored report's id and SHA-256 in the
+    headers (the same hash as in its report.generated audit event)."""
+    principal = await _principal(request)
+    generated = await ReportService(request.app[AUTHORITY]).generate(principal, ReportRequest(
+        name=request.match_info["name"], format=_param(request, "format") or "json",
+        organization=_param(request, "organization"), start=_param(request, "from"),
+        end=_param(request, "to")))
+    record = generated.record
+    return web.Response(body=record.content, headers={
+        "Content-Type": generated.content_type, "X-Report-Id": record.report_id,
+        "X-Report-SHA256": record.content_sha256,
+        "Content-Disposition": f'inline; filename="{record.report_type}-'
+                               f'{record.report_id}.{record.report_format}"'})
+
+
+async def list_reports(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    page = await ReportService(request.app[AUTHORITY]).list_reports(
+        principal, _param(request, "organization"), _param(request, "cursor"), _limit(request))
+    return _page([report_summary(r) for r in page.items], page.next)
+
+
 def add_routes(app: web.Application) -> None:
     from protocols.rest import openapi, services_api
 
@@ -710,3 +736,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/signatures", create_signature)
     app.router.add_post("/api/v1/signatures/verify", verify_signature)
     services_api.add_routes(app)
+    app.router.add_get("/api/v1/reports", list_reports)
+    app.router.add_get("/api/v1/reports/{name}", generate_report)

@@ -19,6 +19,7 @@ from ca_core.authority import DEFAULT_PROFILE, DEFAULT_REVOCATION_REASON
 from ca_core.code_signing import ARTIFACT_TYPES, DIGEST_LENGTHS, MAX_NAME
 from ca_core.org_policy import ISOLATION_LEVELS, MAX_PARTNERS, ORG_STATUSES
 from ca_core.principal import ROLES
+from ca_core.reports import FORMATS, REPORT_NAMES
 from ca_core.services import (
     HEALTH_STATUSES,
     MAX_ENDPOINTS,
@@ -334,6 +335,32 @@ _SCHEMAS: dict[str, Any] = {
         "signature_id": {"type": ["string", "null"]},
         "verified_count": {"type": ["integer", "null"]},
         "last_verified_at": _NULLABLE_TIME}},
+    "ReportSummary": {"type": "object", "required": [
+        "id", "report", "organization_id", "format", "period", "sha256", "size", "status",
+        "generated_at", "generated_by"], "properties": {
+        "id": {"type": "string"}, "report": {"type": "string"},
+        "organization_id": {"type": ["string", "null"],
+                            "description": "null: a report over every organization"},
+        "format": {"type": "string", "enum": list(FORMATS)},
+        "period": {"type": "object", "required": ["from", "to"], "properties": {
+            "from": _TIME, "to": _TIME}},
+        "sha256": {"type": "string", "description": "of the report's bytes, as in its "
+                   "report.generated audit event"},
+        "size": {"type": "integer"}, "status": {"type": "string"},
+        "generated_at": _TIME, "generated_by": {"type": ["string", "null"]}}},
+    "Report": {"type": "object", "required": [
+        "report", "report_id", "organization", "organization_id", "period", "generated_at",
+        "generated_by"], "description": "certificate_lifecycle: figures, charts, "
+        "definitions; crypto_inventory: keys, last_signature_basis", "properties": {
+        "report": {"type": "string", "enum": list(REPORT_NAMES)},
+        "report_id": {"type": "string"}, "organization": {"type": ["string", "null"]},
+        "organization_id": {"type": ["string", "null"]},
+        "period": {"type": "object"}, "generated_at": _TIME,
+        "generated_by": {"type": ["string", "null"]},
+        "figures": {"type": "object"}, "charts": {"type": "object"},
+        "definitions": {"type": "object"},
+        "keys": {"type": "array", "items": {"type": "object"}},
+        "last_signature_basis": {"type": "string"}}},
 }
 
 # --- the service registry (issue 14; handlers in protocols.rest.services_api) -------------
@@ -448,6 +475,16 @@ def _service_paths() -> dict[str, Any]:
     }
 
 
+_REPORT_QUERY = [
+    _query("format", "json (default), csv or html", {"type": "string",
+                                                      "enum": list(FORMATS)}),
+    _query("organization", "slug or id (default: the caller's; a super admin without it: "
+           "every organization)"),
+    _query("from", "period start: a date (midnight UTC) or an RFC 3339 time (default: 30 "
+           "days before to)"),
+    _query("to", "period end, exclusive; a date includes that day (default: now)"),
+]
+
 _SERIAL = _path("serial", "hex serial (0A1B..., 0a:1b:..., 0x0a1b...)")
 _ORG = _path("org", "slug or id")
 _CA = _path("name", "CA name (GET /api/v1/cas)")
@@ -480,9 +517,9 @@ def document() -> dict[str, Any]:
         "info": {"title": "VCC-PKI admin API", "version": "1",
                  "description": "Certificates, CAs, templates, tokens, service accounts, "
                  "ACME EAB keys and accounts, organizations, the audit log, code "
-                 "signatures and the service registry. Authentication: a bearer token, or on "
-                 "the EST port a client "
-                 "certificate bound to a service account (mTLS). "
+                 "signatures, the service registry and compliance reports. Authentication: "
+                 "a bearer token, or on the EST port a client certificate bound to a "
+                 "service account (mTLS). "
                  "Errors are RFC 9457 problem+json."},
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}, {"mtls": []}],
@@ -712,6 +749,27 @@ def document() -> dict[str, Any]:
                             body=_body(_ref("VerifyRequest")), tag="signatures"),
             },
             **_service_paths(),
+            "/api/v1/reports": {
+                "get": _op("stored compliance reports, oldest first (compliance:read: the "
+                           "caller's organization's; a super admin: all or one's)", {
+                    "200": _json(_page_of("ReportSummary"), "one page"),
+                    **_problems(400, 403, 404)},
+                    parameters=[_query("organization", "slug or id"), *_PAGING],
+                    tag="reports"),
+            },
+            "/api/v1/reports/{name}": {
+                "get": _op("generate a compliance report, store it with its SHA-256 and "
+                           "audit it (report.generated); headers X-Report-Id and "
+                           "X-Report-SHA256 name the stored report", {
+                    "200": {"description": "the report in the asked format", "content": {
+                        JSON: {"schema": _ref("Report")},
+                        "text/csv": {"schema": {"type": "string"}},
+                        "text/html": {"schema": {"type": "string"}}}},
+                    **_problems(400, 403, 404)},
+                    parameters=[{**_path("name", "the report"), "schema": {
+                        "type": "string", "enum": list(REPORT_NAMES)}}, *_REPORT_QUERY],
+                    tag="reports"),
+            },
             **{f"/api/v1/health{part}": {"get": {
                 "summary": f"health{part.replace('/', ' of the ')}", "tags": ["meta"],
                 "security": [], "responses": {
