@@ -56,6 +56,7 @@ async def test_ca_crl_and_expiry_gauges(services: Services) -> None:
     assert _value(ACTIVE_CERTIFICATES_EXPIRING, "default", "vcc_service") == 1
 
 
+@pytest.mark.tampers_audit
 async def test_audit_chain_gauge(services: Services) -> None:
     async def one_check() -> None:
         # the lease of the last round would keep this one from checking before the hour
@@ -76,6 +77,7 @@ async def test_audit_chain_gauge(services: Services) -> None:
     assert AUDIT_CHAIN_INTACT._value.get() == 0  # type: ignore[attr-defined]
 
 
+@pytest.mark.tampers_audit
 async def test_audit_chain_read_in_batches(services: Services,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Batch by batch, it finds what `vcc-pki audit verify` finds: intact, then a changed
