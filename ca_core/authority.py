@@ -73,6 +73,7 @@ from ca_core.storage import (
     StoreInvalid,
     StoreOrganizationInactive,
 )
+from ca_core.tracing import traced
 from ca_core.weak_keys import WeakKeys
 
 log = logging.getLogger(__name__)
@@ -496,6 +497,7 @@ class Authority:
         return found
 
     # ------------------------------------------------------------------ issuance
+    @traced("ca.issue")
     async def issue(self, request: IssuanceRequest, principal: Principal,
                     record_with: RecordCertificate | None = None) -> IssuedCertificate:
         """Check, sign, record (through ``record_with`` when given: it raises a CAError
@@ -809,6 +811,7 @@ class Authority:
             await self.denied(principal, action, "certificate", wanted, {"serial": wanted})
         raise NotFound(f"no certificate with serial {serial_display(wanted)}")
 
+    @traced("ca.revoke")
     async def revoke(
         self,
         serial: str,
