@@ -8,7 +8,8 @@ tests switch it on with an in-memory exporter).
 
 Spans follow the request: the gateway's server span (gateway/app.py), ``ca.*`` spans for
 issuance, revocation, OCSP answers and time-stamps (ca_core), ``store.*`` spans for a
-write batch or a read (db/sql.py) and one ``sign`` span per CA signature
+write batch or a read (db/sql.py, inside another span only: not the background jobs'
+polls) and one ``sign`` span per CA signature
 (ca_core/signing.py). Context travels in contextvars, which asyncio tasks and
 ``asyncio.to_thread`` copy: a token signature made in a thread is still the child of its
 request's span. A store write batch (group commit) is the child of the request whose write
@@ -74,23 +75,31 @@ def set_attributes(current: Any, attributes: Mapping[str, str | int | bool]) -> 
         current.set_attributes(attributes)
 
 
-def traced(name: str, attributes: Callable[..., Mapping[str, Any]] | None = None
-           ) -> Callable[[Callable[P, Coroutine[Any, Any, T]]],
-                         Callable[P, Coroutine[Any, Any, T]]]:
+def traced(name: str, attributes: Callable[..., Mapping[str, Any]] | None = None,
+           root: bool = True) -> Callable[[Callable[P, Coroutine[Any, Any, T]]],
+                                          Callable[P, Coroutine[Any, Any, T]]]:
     """Decorate an async function: each call is a span named ``name`` when tracing is on
     (with ``attributes(*args, **kwargs)`` as its attributes when given: called only then),
-    a plain await (one check of a global) when it is off."""
+    a plain await (one check of a global) when it is off. ``root=False``: a span only
+    inside another one (store calls: the background jobs' polls every few hundred
+    milliseconds would otherwise each be a trace of their own)."""
     def wrap(call: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
         @functools.wraps(call)
         async def run(*args: P.args, **kwargs: P.kwargs) -> T:
             tracer = _tracer
-            if tracer is None:
+            if tracer is None or (not root and not _in_span()):
                 return await call(*args, **kwargs)
             with tracer.start_as_current_span(
                     name, attributes=attributes(*args, **kwargs) if attributes else None):
                 return await call(*args, **kwargs)
         return run
     return wrap
+
+
+def _in_span() -> bool:
+    from opentelemetry import trace  # imported already: tracing is on
+
+    return bool(trace.get_current_span().get_span_context().is_valid)
 
 
 def current_ids() -> tuple[str, str] | None:

@@ -241,7 +241,7 @@ class SqlStore:
             return results
         return body
 
-    @traced("store.write", lambda _, writes: {"db.batch_size": len(writes)})
+    @traced("store.write", lambda _, writes: {"db.batch_size": len(writes)}, root=False)
     async def _run_batch(self, writes: list[Write[Any]]) -> list[tuple[bool, Any]]:
         try:
             return [(True, r) for r in await self._d.transaction(self._batch(writes))]
@@ -260,13 +260,13 @@ class SqlStore:
                 outcomes.append((False, exc))
         return outcomes
 
-    @traced("store.read")
+    @traced("store.read", root=False)
     async def _lookup(self, stmt: Stmt) -> Any:
         if not self._open:
             raise StoreUnavailable("store is not open")
         return await self._d.lookup(stmt)
 
-    @traced("store.read")
+    @traced("store.read", root=False)
     async def _read(self, stmt: Stmt) -> Any:
         if not self._open:
             raise StoreUnavailable("store is not open")

@@ -407,3 +407,15 @@ def test_settings() -> None:
 def test_bad_settings_name_the_setting(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=name):
         load_config({name: value})
+
+
+async def test_store_spans_only_inside_another_span(services: Services,
+                                                    spans: InMemorySpanExporter) -> None:
+    """A background job's store poll is no trace of its own; inside a span it is a child."""
+    spans.clear()
+    await services.store.list_cas()
+    assert not spans.get_finished_spans()
+    with tracing.span("job"):
+        await services.store.list_cas()
+    found = list(spans.get_finished_spans())
+    assert _parent_id(_one(found, "store.read")) == _span_id(_one(found, "job"))
