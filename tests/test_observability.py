@@ -12,6 +12,7 @@ import logging
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -391,6 +392,26 @@ def test_settings() -> None:
                           "VCC_PKI_OTLP_ENDPOINT": "http://127.0.0.1:4318"})
     assert config.log_format == "json" and config.otlp_endpoint == "http://127.0.0.1:4318"
     assert load_config({"VCC_PKI_OTLP_ENDPOINT": "console"}).otlp_endpoint == "console"
+
+
+def test_settings_in_toml(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('log_format = "json"\notlp_endpoint = "http://127.0.0.1:4318"\n')
+    config = load_config({}, path=str(path))
+    assert config.log_format == "json" and config.otlp_endpoint == "http://127.0.0.1:4318"
+    path.write_text("otlp_endpoint = 4318\n")
+    with pytest.raises(ConfigError, match="otlp_endpoint"):
+        load_config({}, path=str(path))
+
+
+def test_endpoint_without_the_otel_extra_is_a_config_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "opentelemetry.sdk.resources", None)  # import fails
+    config = load_config({"VCC_PKI_OTLP_ENDPOINT": "console"})
+    with pytest.raises(ConfigError, match=r"VCC_PKI_OTLP_ENDPOINT.*vcc-pki\[otel\]"), \
+            observability.tracing_from(config):
+        pass
+    assert not tracing.enabled()
 
 
 @pytest.mark.parametrize(("name", "value"), [
