@@ -74,6 +74,7 @@ from ca_core.storage import (
     StoreInvalid,
     StoreOrganizationInactive,
 )
+from ca_core.tracing import traced
 from ca_core.weak_keys import WeakKeys
 
 log = logging.getLogger(__name__)
@@ -501,6 +502,7 @@ class Authority:
         return found
 
     # ------------------------------------------------------------------ issuance
+    @traced("ca.issue")
     async def issue(self, request: IssuanceRequest, principal: Principal,
                     record_with: RecordCertificate | None = None) -> IssuedCertificate:
         """Check, sign, record (through ``record_with`` when given: it raises a CAError
@@ -825,6 +827,7 @@ class Authority:
             await self.denied(principal, action, "certificate", wanted, {"serial": wanted})
         raise NotFound(f"no certificate with serial {serial_display(wanted)}")
 
+    @traced("ca.revoke")
     async def revoke(
         self,
         serial: str,

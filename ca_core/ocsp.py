@@ -59,6 +59,7 @@ from ca_core.response_cache import CachedResponse, CacheUnavailable, ResponseCac
 from ca_core.signers.base import KeyBackendError, Signer
 from ca_core.signing import Purpose, SigningKey, upkeep
 from ca_core.storage import CaStore, CertificateStore, LeaseStore, StoreError
+from ca_core.tracing import traced
 
 log = logging.getLogger(__name__)
 
@@ -403,6 +404,7 @@ class OcspResponder:
         return bool(self._pending)
 
     # ------------------------------------------------------------------ answering
+    @traced("ca.ocsp_answer")
     async def answer(self, query: OcspQuery) -> CachedResponse:
         """The response for ``query``: from the cache when it can, else signed live."""
         nonce = query.nonce if self.settings.nonce else None

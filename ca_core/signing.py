@@ -24,6 +24,7 @@ from prometheus_client import Counter
 from ca_core.errors import Unavailable
 from ca_core.metrics import CA_KEY_USAGE, CA_SIGNING_OPERATIONS
 from ca_core.signers.base import Signer
+from ca_core.tracing import span
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -170,7 +171,11 @@ class SigningKey:
             raise SigningBusy(f"{limit.limit} signatures are already being made; retry shortly")
         limit.in_flight += 1
         try:
-            result = await work()
+            with span("sign") as current:
+                if current is not None:  # tracing on: which key, for what, in a token or not
+                    current.set_attributes({"ca.name": self.name, "sign.purpose": purpose.value,
+                                            "key.hsm": self.signer.hsm_backed})
+                result = await work()
         except Exception:
             counters[1].inc()
             raise

@@ -68,6 +68,7 @@ from ca_core.principal import Principal
 from ca_core.records import AuditEvent, CARecord, TimeStampRecord
 from ca_core.signing import Purpose, SigningKey
 from ca_core.storage import CaStore, StoreConflict, StoreError, TimestampStore
+from ca_core.tracing import traced
 
 log = logging.getLogger(__name__)
 
@@ -602,6 +603,7 @@ class TimeStampAuthority:
             log.error("TSA clock check failed: %s", exc)
             return False
 
+    @traced("ca.timestamp")
     async def timestamp(self, query: TimeStampQuery) -> IssuedTimeStamp:
         unit = self._unit
         if unit is None:

@@ -60,6 +60,7 @@ from ca_core.scep import (
     ScepTransaction,
 )
 from ca_core.storage import StoreConflict, StoreOrganizationInactive, StoreUnavailable
+from ca_core.tracing import traced
 from db.acme_rows import (
     challenges_from_json,
     challenges_to_json,
@@ -242,6 +243,7 @@ class SqlStore(ReportQueries):
             return results
         return body
 
+    @traced("store.write", lambda _, writes: {"db.batch_size": len(writes)}, root=False)
     async def _run_batch(self, writes: list[Write[Any]]) -> list[tuple[bool, Any]]:
         try:
             return [(True, r) for r in await self._d.transaction(self._batch(writes))]
@@ -260,11 +262,13 @@ class SqlStore(ReportQueries):
                 outcomes.append((False, exc))
         return outcomes
 
+    @traced("store.read", root=False)
     async def _lookup(self, stmt: Stmt) -> Any:
         if not self._open:
             raise StoreUnavailable("store is not open")
         return await self._d.lookup(stmt)
 
+    @traced("store.read", root=False)
     async def _read(self, stmt: Stmt) -> Any:
         if not self._open:
             raise StoreUnavailable("store is not open")

@@ -15,12 +15,14 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import Counter, Histogram
 
+from ca_core import tracing
 from ca_core.errors import CAError, Unavailable
 from ca_core.est import EstSettings
 from ca_core.tsa import TimeStampAuthority
-from gateway import health
+from gateway import health, observability
 from gateway.guard import body_deadline
 from gateway.keys import SERVICES
+from gateway.observability import ACCESS_LOG
 from gateway.runtime import Services
 from protocols import certs, crl
 from protocols.acme import wfe as acme_wfe
@@ -70,10 +72,19 @@ def _internal_error(listener: str, request: web.Request, request_id: str) -> web
 def _middleware(listener: str, body_timeout: float = 0) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if tracing.enabled():
+            return await _traced(request, handler, serve)
+        return await serve(request, handler)
+
+    async def serve(request: web.Request, handler: Handler) -> web.StreamResponse:
         """Request ids, metrics, the body deadline (gateway.guard) and the last line of
         defence: no traceback on the wire."""
         started = time.perf_counter()
         request_id = request.headers.get("X-Request-ID", "")[:64] or _next_request_id()
+        if observability.STATE.access_log:
+            # For every log line of this request (JSON mode). aiohttp runs each request in
+            # a task of its own, with its own copy of the context: nothing to reset.
+            observability.REQUEST_ID.set(request_id)
         disarm = body_deadline(request, body_timeout) if body_timeout else None
         try:
             response = await handler(request)
@@ -124,6 +135,23 @@ def _middleware(listener: str, body_timeout: float = 0) -> Middleware:
     return middleware
 
 
+async def _traced(request: web.Request, handler: Handler,
+                  serve: Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
+                  ) -> web.StreamResponse:
+    """``serve`` inside the request's SERVER span (tracing on only)."""
+    route = _route_name(request)
+    with observability.server_span(f"{request.method} {route}", request.headers, {
+            "http.request.method": request.method, "http.route": route,
+            "url.path": request.path}) as current:
+        try:
+            response = await serve(request, handler)
+        except web.HTTPException as exc:
+            observability.end_server_span(current, exc.status)
+            raise
+        observability.end_server_span(current, response.status)
+        return response
+
+
 def _client_gone(request: web.Request) -> bool:
     transport = request.transport
     return transport is None or transport.is_closing()
@@ -131,8 +159,13 @@ def _client_gone(request: web.Request) -> bool:
 
 def _observe(listener: str, request: web.Request, status: int, started: float) -> None:
     route = _route_name(request)
+    elapsed = time.perf_counter() - started
     HTTP_REQUESTS.labels(listener, route, request.method, str(status)).inc()
-    HTTP_DURATION.labels(listener, route).observe(time.perf_counter() - started)
+    HTTP_DURATION.labels(listener, route).observe(elapsed)
+    if observability.STATE.access_log:  # JSON logs: one line per request
+        ACCESS_LOG.info("%s %s %d", request.method, request.path, status, extra={
+            "listener": listener, "method": request.method, "path": request.path,
+            "route": route, "status": status, "duration_ms": round(elapsed * 1000, 3)})
 
 
 def build_http_app(services: Services) -> web.Application:

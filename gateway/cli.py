@@ -69,6 +69,7 @@ from ca_core.templates import (
 from ca_core.tsa import TimeStampAuthority, find_timestamp
 from gateway import backup_cli, report_cli, service_cli, signing_cli
 from gateway.config import Config, ConfigError, load_config
+from gateway.observability import configure_logging
 from gateway.runtime import Services, open_services, require_cas
 from gateway.tls import ensure_server_certificate, export_ca_files
 from protocols.acme.jws import b64url
@@ -947,6 +948,10 @@ _SERVE_SETTINGS: tuple[tuple[str, str, str | None], ...] = (
     ("workers", "serving processes sharing the ports (SO_REUSEPORT); auto: one per core",
      None),
     ("event_loop", "auto (uvloop when installed), uvloop or asyncio", None),
+    ("log_format", "text, or json: one JSON object per log line and one line per request, "
+     "with request and trace ids", None),
+    ("otlp_endpoint", "send traces to this OTLP/HTTP collector (http://HOST:4318) or to "
+     "stdout (console); needs the otel extra", "unset: no tracing"),
 )
 # Accepted by load_config but read by nothing: not offered in help.
 _UNUSED_SETTINGS = frozenset({"log_level", "extra"})
@@ -1524,6 +1529,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         config = load_config(path=args.config)
+        configure_logging(config.log_format)
         result: int = run_loop(config, args.fn(config, args))
         return result
     except (CAError, ConfigError) as exc:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography import x509
 
@@ -75,6 +76,10 @@ class Config:
     workers: int = 1  # serving processes sharing the ports (SO_REUSEPORT)
     event_loop: str = "auto"  # auto (uvloop when installed) | uvloop | asyncio
     log_level: str = "INFO"
+    # Observability (issue 15; gateway/observability.py): log lines as text or JSON, and
+    # where traces go (unset: no tracing, at no cost; "console"; an OTLP/HTTP collector URL)
+    log_format: str = "text"  # text | json
+    otlp_endpoint: str = ""
     # OCSP responder and CRLs (RFC 6960, RFC 5019, RFC 5280); [ocsp] and [crl] in TOML
     redis_key_prefix: str = "vcc-pki:"  # keys of this deployment in a shared Redis
     ocsp_validity_days: int = 4  # nextUpdate - thisUpdate of OCSP responses
@@ -325,6 +330,21 @@ def _check_resolver(text: str) -> None:
         raise ConfigError("VCC_PKI_ACME_DNS_RESOLVER must be host:port (port 1..65535)")
 
 
+def _check_otlp_endpoint(text: str) -> None:
+    """``console`` or the http(s) URL of an OTLP/HTTP collector (gateway/observability.py)."""
+    if text == "console":
+        return
+    try:
+        parts = urlsplit(text)
+        port = parts.port  # raises ValueError for a port out of range or not a number
+    except ValueError:
+        parts, port = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname \
+            or parts.query or parts.fragment or (port is not None and port == 0):
+        raise ConfigError("VCC_PKI_OTLP_ENDPOINT must be console or the http(s) URL of an "
+                          "OTLP collector, e.g. http://127.0.0.1:4318")
+
+
 def load_config(environ: Mapping[str, str] | None = None, path: str | None = None) -> Config:
     env = os.environ if environ is None else environ
     known = {f.name for f in fields(Config)} - {"extra"}
@@ -365,6 +385,10 @@ def load_config(environ: Mapping[str, str] | None = None, path: str | None = Non
         raise ConfigError("VCC_PKI_EVENT_LOOP must be auto, uvloop or asyncio")
     if config.acme_dns_resolver:
         _check_resolver(config.acme_dns_resolver)
+    if config.log_format not in ("text", "json"):
+        raise ConfigError("VCC_PKI_LOG_FORMAT must be text or json")
+    if config.otlp_endpoint:
+        _check_otlp_endpoint(config.otlp_endpoint)
     if not 0 <= config.crl_partitions <= 1024 or config.crl_next_update_hours < 1:
         # Each partition is one more distribution point built into every issuing context.
         raise ConfigError("VCC_PKI_CRL_PARTITIONS must be 0..1024 and "

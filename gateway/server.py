@@ -40,6 +40,7 @@ from db.audit_chain import ChainProblem, ChainWalk
 from gateway.app import build_est_app, build_http_app, build_https_app
 from gateway.config import Config, ConfigError
 from gateway.guard import ConnectionLimiter, GuardedSite
+from gateway.observability import tracing_from
 from gateway.runtime import Services, open_services
 from gateway.status_jobs import run_status_jobs
 from gateway.tls import ensure_server_certificate, export_ca_files
@@ -311,6 +312,12 @@ def _stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
 async def run_server(config: Config, ready: asyncio.Event | None = None) -> None:
     is_child = os.environ.get(WORKER_ENV) == "1"
     limit_signatures(config.max_signatures_in_flight)
+    # Each serving process (workers too: they start as `vcc-pki serve`) sends its own spans.
+    with tracing_from(config):
+        await _run_server(config, is_child, ready)
+
+
+async def _run_server(config: Config, is_child: bool, ready: asyncio.Event | None) -> None:
     async with open_services(config) as services:
         authority = services.authority
         await authority.load()
