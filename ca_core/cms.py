@@ -650,18 +650,8 @@ def verify_signed(data: bytes, *, certificates: Sequence[x509.Certificate] = (),
             raise CmsError("signed attributes are required for this content type (5.3)")
         signed = body
     else:
-        (found_type,) = signer.signed_attrs.get("1.2.840.113549.1.9.3", (None,))
-        (found_digest,) = signer.signed_attrs.get("1.2.840.113549.1.9.4", (None,))
-        try:
-            type_ok = found_type is not None and found_type.dotted == content_type
-            digest_ok = found_digest is not None and found_digest.native == \
-                hashlib.new(signer.digest, body).digest()
-        except _PARSE_ERRORS as exc:
-            raise CmsError("malformed contentType or messageDigest attribute") from exc
-        if not type_ok:
-            raise BadSignature("the contentType attribute does not match the content")
-        if not digest_ok:
-            raise BadSignature("the messageDigest does not match the content")
+        _check_content_attributes(signer, content_type,
+                                  hashlib.new(signer.digest, body).digest())
         signed = signer.signed_attrs_der
     _verify_signature(certificate, signer, signed)
     return SignedContent(content_type, body, certificate, signer.signed_attrs, tuple(carried))
@@ -698,6 +688,16 @@ def verify_signed_digest(data: bytes, digest: bytes, digest_name: str, *,
         raise BadSignature(f"signed with {signer.digest}, not {digest_name}")
     if signer.signed_attrs_der is None:
         raise CmsError("a detached signature needs signed attributes (5.3)")
+    _check_content_attributes(signer, content_type, digest)
+    _verify_signature(certificate, signer, signer.signed_attrs_der)
+    return SignedDigest(certificate, signer.digest, signer.signature, signer.signed_attrs,
+                        signer.unsigned_attrs, tuple(carried))
+
+
+def _check_content_attributes(signer: _ParsedSigner, content_type: str,
+                              digest: bytes) -> None:
+    """RFC 5652 5.3/5.4: the signed contentType names the content's type and messageDigest
+    is its digest (``digest``, made with the signer's digest algorithm)."""
     (found_type,) = signer.signed_attrs.get("1.2.840.113549.1.9.3", (None,))
     (found_digest,) = signer.signed_attrs.get("1.2.840.113549.1.9.4", (None,))
     try:
@@ -709,9 +709,6 @@ def verify_signed_digest(data: bytes, digest: bytes, digest_name: str, *,
         raise BadSignature("the contentType attribute does not match the content")
     if not digest_ok:
         raise BadSignature("the messageDigest does not match the content")
-    _verify_signature(certificate, signer, signer.signed_attrs_der)
-    return SignedDigest(certificate, signer.digest, signer.signature, signer.signed_attrs,
-                        signer.unsigned_attrs, tuple(carried))
 
 
 def _verify_signature(certificate: x509.Certificate, signer: _ParsedSigner, signed: bytes
