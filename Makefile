@@ -35,6 +35,11 @@ system-deps:
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq softhsm2 opensc openssl \
 	    curl certbot lego dehydrated scep certmonger dbus prometheus systemd redis-server; \
 	fi
+	@# pg_ctl/initdb (not on PATH): conformance/replicas starts a PostgreSQL of its own.
+	@if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql; \
+	fi
 	@# kubectl on its own: another package (Google's kubectl) may own /usr/bin/kubectl, and
 	@# dpkg refuses to overwrite it. Debian's 1.20 bundles kustomize v2.0.3: deploy/kubernetes
 	@# is written for it too.
