@@ -4,12 +4,15 @@ scratch data directory, a port of its own), never the machine's server on 5432. 
 refuses to run as root, so as root the test runs the PostgreSQL tools as the ``postgres``
 user (``runuser -u postgres``), in a scratch directory that user owns.
 
-While it is down, REST answers 503 with Retry-After, the TSA answers systemFailure, and OCSP
-answers from the cache; the gateway issues again within 5 s of PostgreSQL returning."""
+While it is down (with REST issuance load running all along), REST answers 503 with
+Retry-After, ACME serverInternal with Retry-After, the TSA systemFailure, and OCSP answers
+from the cache; the gateway issues again within 5 s of PostgreSQL returning."""
 
 from __future__ import annotations
 
+import asyncio
 import glob
+import json
 import os
 import shutil
 import subprocess
@@ -115,6 +118,25 @@ async def test_postgres_restart_under_issuance_load(
             request = ocsp_request_der(*chain_certificates(body))
             assert await ocsp_status(session, replica.http_url, request) == "good"
 
+            # Issuance load all along: what it sees is counted, nothing may be a 500.
+            stop_load = asyncio.Event()
+
+            async def load() -> None:
+                csr = make_csr("load.example.test")
+                while not stop_load.is_set():
+                    try:
+                        status, _, headers = await issue(session, replica.https_url, token,
+                                                         csr)
+                    except aiohttp.ClientError as exc:
+                        statuses[f"load {type(exc).__name__}"] += 1
+                        continue
+                    statuses[f"load {status}"] += 1
+                    if status == 503:
+                        assert headers.get("Retry-After"), headers
+                        await asyncio.sleep(0.05)  # a client backing off, not a wait
+
+            loaders = [asyncio.create_task(load()) for _ in range(3)]
+            await poll(lambda: _true(statuses["load 201"] >= 10), timeout=60)
             postgres.stop()
             down: dict[str, object] = {}
             # REST: 503 with Retry-After (poll: the pool notices the lost connections).
@@ -136,6 +158,10 @@ async def test_postgres_restart_under_issuance_load(
                                info["fail_info"].native)
             statuses[f"TSA {down['tsa']}"] += 1
             assert down["tsa"][1] == "rejection" and "system_failure" in down["tsa"][2], down
+            down["acme"] = await _acme_new_account(session, replica.https_url)
+            statuses[f"ACME {down['acme'][0]} {down['acme'][2]}"] += 1
+            assert down["acme"][0] >= 500 and down["acme"][1], down
+            assert down["acme"][2] == "urn:ietf:params:acme:error:serverInternal", down
             ocsp_down = [await ocsp_status(session, replica.http_url, request)
                          for _ in range(20)]
             statuses.update(f"OCSP {s}" for s in ocsp_down)
@@ -154,7 +180,33 @@ async def test_postgres_restart_under_issuance_load(
                 statuses[f"REST {status}"] += 1
                 return status == 201
             recovery = await poll(issuing_again, timeout=30, interval=0.05)
+            stop_load.set()
+            await asyncio.gather(*loaders)
         print(f"\nPostgreSQL stopped and started: while down {down}; requests "
               f"{dict(statuses)}; issuing again {recovery:.2f} s after PostgreSQL was back "
               f"({time.monotonic() - back:.2f} s)")
         assert recovery < 5
+        assert not any(k.startswith("load 5") and k != "load 503" for k in statuses), statuses
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _acme_new_account(session: aiohttp.ClientSession, base_url: str
+                            ) -> tuple[int, str | None, str | None]:
+    """newAccount (a write): status, Retry-After and problem type. The nonce comes from
+    Redis, so the request gets as far as the store."""
+    from tests.acme_client import AccountKey, jws
+
+    async with session.get(f"{base_url}/acme/directory") as response:
+        directory = await response.json()
+    async with session.head(directory["newNonce"]) as response:
+        nonce = response.headers["Replay-Nonce"]
+    key = AccountKey.make()
+    body = jws(key, {"termsOfServiceAgreed": True},
+               {"nonce": nonce, "url": directory["newAccount"], "jwk": key.jwk})
+    async with session.post(directory["newAccount"], data=json.dumps(body),
+                            headers={"Content-Type": "application/jose+json"}) as response:
+        problem = await response.json(content_type=None)
+        return response.status, response.headers.get("Retry-After"), problem.get("type")
