@@ -106,6 +106,7 @@ bench: $(STAMP) system-deps bench-deps
 	$(BIN)/python -m conformance.bench.crl
 	$(BIN)/python -m conformance.bench.tsa
 	$(BIN)/python -m conformance.bench.acme
+	$(BIN)/python -m conformance.bench.replicas
 	$(BIN)/python -m conformance.bench.scep
 	$(BIN)/python -m conformance.bench.isolation
 
