@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import ssl
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import aiohttp
 from aiohttp import web
@@ -28,7 +28,11 @@ class RoundRobinProxy:
     def __init__(self, backends: Sequence[str], server_context: ssl.SSLContext,
                  client_context: ssl.SSLContext) -> None:
         self.backends = list(backends)  # base URLs, https://localhost:PORT
-        self.requests: Counter[str] = Counter()
+        self.requests: Counter[str] = Counter()  # answered, per backend
+        self.refused: Counter[str] = Counter()  # connections refused, per backend
+        self.forwarded = 0
+        # Called with the request's number before it is forwarded (a test's hook).
+        self.before_request: Callable[[int], Awaitable[None]] | None = None
         self._next = itertools.cycle(self.backends)
         self._server_context = server_context
         self._client_context = client_context
@@ -55,12 +59,27 @@ class RoundRobinProxy:
 
     async def _forward(self, request: web.Request) -> web.Response:
         assert self._session is not None
-        backend = next(self._next)
-        self.requests[backend] += 1
+        self.forwarded += 1
+        if self.before_request is not None:
+            await self.before_request(self.forwarded)
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        data = await request.read()
+        for _attempt in range(len(self.backends)):
+            backend = next(self._next)
+            try:
+                return await self._send(backend, request, headers, data)
+            except aiohttp.ClientConnectorError:
+                # Nothing was sent: a balancer skips a replica that refuses connections.
+                self.refused[backend] += 1
+        raise web.HTTPBadGateway()
+
+    async def _send(self, backend: str, request: web.Request, headers: dict[str, str],
+                    data: bytes) -> web.Response:
+        assert self._session is not None
         async with self._session.request(request.method, backend + request.path_qs,
-                                         headers=headers, data=await request.read(),
+                                         headers=headers, data=data,
                                          allow_redirects=False) as answer:
+            self.requests[backend] += 1
             body = await answer.read()
             # A multidict: ACME answers carry several Link headers (index, up).
             out = CIMultiDict((k, v) for k, v in answer.headers.items()
