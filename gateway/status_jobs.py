@@ -60,7 +60,7 @@ async def held_lease(store: LeaseStore, name: str, holder: str,
             except Exception as exc:  # the store is down: the job itself will notice
                 log.warning("renewing lease %s: %s", name, exc)
 
-    renewer = asyncio.create_task(renew())
+    renewer = asyncio.create_task(renew(), name=f"lease-renewal:{name}")
     try:
         yield True
     finally:
