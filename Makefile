@@ -22,7 +22,8 @@ run: $(STAMP)
 # softhsm2 (the PKCS#11 token of the tests), opensc (pkcs11-tool), openssl and curl;
 # the ACME clients of the conformance tests: certbot, lego, dehydrated; the checkers of
 # deploy/ (issue 15): kubectl (kustomize), promtool, systemd-analyze; chromium renders the
-# HTML compliance report to a screenshot (tests/test_reports.py).
+# HTML compliance report and the admin page (tests/test_reports.py, web admin tests);
+# redis-server (the replica tests start one of their own).
 system-deps:
 	@if ! command -v softhsm2-util >/dev/null || ! command -v pkcs11-tool >/dev/null \
 	    || ! command -v openssl >/dev/null || ! command -v curl >/dev/null \
@@ -30,10 +31,16 @@ system-deps:
 	    || ! command -v dehydrated >/dev/null || ! command -v scepclient >/dev/null \
 	    || ! command -v certmonger >/dev/null || ! command -v dbus-run-session >/dev/null \
 	    || ! command -v promtool >/dev/null || ! command -v systemd-analyze >/dev/null \
-	    || ! command -v chromium >/dev/null; then \
+	    || ! command -v chromium >/dev/null || ! command -v redis-server >/dev/null; then \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq softhsm2 opensc openssl \
-	    curl certbot lego dehydrated scep certmonger dbus prometheus systemd chromium; \
+	    curl certbot lego dehydrated scep certmonger dbus prometheus systemd chromium \
+	    redis-server; \
+	fi
+	@# pg_ctl/initdb (not on PATH): conformance/replicas starts a PostgreSQL of its own.
+	@if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql; \
 	fi
 	@# kubectl on its own: another package (Google's kubectl) may own /usr/bin/kubectl, and
 	@# dpkg refuses to overwrite it. Debian's 1.20 bundles kustomize v2.0.3: deploy/kubernetes
@@ -101,6 +108,7 @@ bench: $(STAMP) system-deps bench-deps
 	$(BIN)/python -m conformance.bench.crl
 	$(BIN)/python -m conformance.bench.tsa
 	$(BIN)/python -m conformance.bench.acme
+	$(BIN)/python -m conformance.bench.replicas
 	$(BIN)/python -m conformance.bench.scep
 	$(BIN)/python -m conformance.bench.isolation
 	$(BIN)/python -m conformance.bench.reports

@@ -14,6 +14,10 @@
   new CRL. One process at a time publishes, under a lease in the store.
 
 Each job logs and carries on after an error: a failed round must not stop the gateway.
+
+Leases are short (``LEASE_SECONDS``) and renewed while the job runs (``held_lease``): a
+replica killed while holding one (SIGKILL, OOM, a lost node) blocks the job for at most that
+long, so another replica takes the job over within seconds (issue 15: within 10 s).
 """
 
 from __future__ import annotations
@@ -21,9 +25,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
 
 from ca_core.response_cache import CacheUnavailable
+from ca_core.storage import LeaseStore
 from gateway.runtime import Services
 
 log = logging.getLogger("vcc_pki.status_jobs")
@@ -32,6 +38,36 @@ REFRESH_LOCK = "ocsp-refresh"
 CRL_LOCK = "crl-publish"
 WARM_LOCK = "ocsp-warm"
 REFRESH_BATCH = 500
+# How long a dead holder's lease blocks a job; renewed every third of it while held.
+LEASE_SECONDS = 6.0
+
+
+@asynccontextmanager
+async def held_lease(store: LeaseStore, name: str, holder: str,
+                     ttl: float = LEASE_SECONDS) -> AsyncIterator[bool]:
+    """Take the lease ``name`` (yields False when another holder has it) and renew it every
+    ``ttl / 3`` seconds until the block ends, then release it. A long job keeps its lease; a
+    holder that dies loses it ``ttl`` seconds later at most."""
+    if not await store.try_lock(name, holder, ttl):
+        yield False
+        return
+
+    async def renew() -> None:
+        while True:
+            await asyncio.sleep(ttl / 3)
+            try:
+                await store.try_lock(name, holder, ttl)
+            except Exception as exc:  # the store is down: the job itself will notice
+                log.warning("renewing lease %s: %s", name, exc)
+
+    renewer = asyncio.create_task(renew(), name=f"lease-renewal:{name}")
+    try:
+        yield True
+    finally:
+        renewer.cancel()
+        with suppress(asyncio.CancelledError):
+            await renewer
+        await store.release_lock(name, holder)
 
 
 def _cancelling() -> bool:
@@ -111,24 +147,25 @@ async def refresh_once(services: Services) -> int:
     await ocsp.maintain()
     store = services.store
     shared = services.cache.shared
-    ttl = max(60.0, 3 * services.config.ocsp_refresh_interval_seconds)
-    if shared and not await store.try_lock(REFRESH_LOCK, ocsp.instance_id, ttl):
-        return 0
     refreshed = 0
-    try:
+    async with held_lease(store, REFRESH_LOCK, ocsp.instance_id) if shared else _no_lease() \
+            as held:
+        if not held:
+            return 0
         while True:
             count = await ocsp.refresh_due(REFRESH_BATCH)
             refreshed += count
             if count < REFRESH_BATCH:
                 break
             _stop_if_cancelled()
-            if shared:
-                await store.try_lock(REFRESH_LOCK, ocsp.instance_id, ttl)  # extend
             await asyncio.sleep(0)
-    finally:
-        if shared:
-            await store.release_lock(REFRESH_LOCK, ocsp.instance_id)
     return refreshed
+
+
+@asynccontextmanager
+async def _no_lease() -> AsyncIterator[bool]:
+    """In-process cache: every process refreshes its own, no lease."""
+    yield True
 
 
 async def _every(interval: float, job: str, round_: Callable[[], Awaitable[object]],
@@ -191,13 +228,10 @@ async def publish_crls_once(services: Services) -> int:
     crls = services.crls
     if not await crls.due():
         return 0
-    holder = services.ocsp.instance_id
-    if not await services.store.try_lock(CRL_LOCK, holder, 60):
-        return 0  # another process is publishing; it sees the same revocations
-    try:
+    async with held_lease(services.store, CRL_LOCK, services.ocsp.instance_id) as held:
+        if not held:
+            return 0  # another process is publishing; it sees the same revocations
         published = await crls.publish_due()
-    finally:
-        await services.store.release_lock(CRL_LOCK, holder)
     for crl in published:
         log.info("published CRL %d of %s%s: %d entries, %d bytes, in %.3f s",
                  crl.crl_number, crl.ca_name, f" partition {crl.partition}"

@@ -849,6 +849,9 @@ def test_every_core_error_has_its_acme_problem() -> None:
         assert (problem.acme_type, problem.status) == (acme_type, status), error
     assert problems.from_error(errors.CAError("secret")).detail == "internal error"
     assert problems.from_error(errors.RateLimited("x", 7.0)).retry_after == 7.0
+    # The store down: serverInternal 503 says when to come back, as the REST API does.
+    assert problems.from_error(errors.Unavailable("x")).retry_after == 5.0
+    assert problems.from_error(errors.CAError("secret")).retry_after is None
     rejected = problems.from_error(errors.RejectedIdentifier("x", [("ip", "10.0.0.1", "no")]))
     assert rejected.document()["subproblems"] == [
         {"type": ERR + "rejectedIdentifier", "detail": "no",

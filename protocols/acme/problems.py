@@ -54,6 +54,12 @@ _PROBLEMS: dict[str, tuple[str, int]] = {
 }
 
 
+# The store or key backend is down: when to try again (RFC 8555 6.6 lets a server say so;
+# the REST API and the gateway's own 503s say 5 s too). Found missing by
+# conformance/replicas/test_postgres_restart.py: ACME 503s came without it.
+UNAVAILABLE_RETRY_AFTER = 5.0
+
+
 class AcmeProblem(Exception):
     """An RFC 8555 problem: ``acme_type`` is the part after ``urn:ietf:params:acme:error:``."""
 
@@ -97,7 +103,8 @@ def from_error(error: CAError) -> AcmeProblem:
     subproblems = [_identified(acme_type, why, kind, value)
                    for kind, value, why in error.rejected] \
         if isinstance(error, RejectedIdentifier) else []
-    retry_after = error.retry_after if isinstance(error, RateLimited) else None
+    retry_after = error.retry_after if isinstance(error, RateLimited) else \
+        UNAVAILABLE_RETRY_AFTER if status == 503 else None
     return AcmeProblem(acme_type, detail, status, subproblems, retry_after)
 
 
