@@ -17,12 +17,14 @@ from prometheus_client import Counter, Histogram
 
 from ca_core.errors import CAError, Unavailable
 from ca_core.est import EstSettings
+from ca_core.sessions import WebSessions
 from ca_core.tsa import TimeStampAuthority
 from gateway import health
 from gateway.guard import body_deadline
 from gateway.keys import SERVICES
 from gateway.runtime import Services
 from protocols import certs, crl
+from protocols import web as admin_web
 from protocols.acme import wfe as acme_wfe
 from protocols.est import http as est_http
 from protocols.ocsp import http as ocsp_http
@@ -177,6 +179,8 @@ def build_https_app(services: Services) -> web.Application:
     rest_api.add_routes(app)
     certs.add_routes(app, services.authority)
     acme_wfe.add_routes(app, services.acme, services.config.effective_public_https_url)
+    # The web admin page (issue 17) and its sign-in sessions: on this listener only.
+    admin_web.add_routes(app, WebSessions(services.authority))
     return app
 
 
