@@ -5,6 +5,7 @@ Services."""
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import logging
 import secrets
@@ -17,7 +18,7 @@ from prometheus_client import Counter, Histogram
 
 from ca_core.errors import CAError, Unavailable
 from ca_core.est import EstSettings
-from ca_core.sessions import WebSessions
+from ca_core.sessions import SessionSettings, WebSessions
 from ca_core.tsa import TimeStampAuthority
 from gateway import health
 from gateway.guard import body_deadline
@@ -180,7 +181,10 @@ def build_https_app(services: Services) -> web.Application:
     certs.add_routes(app, services.authority)
     acme_wfe.add_routes(app, services.acme, services.config.effective_public_https_url)
     # The web admin page (issue 17) and its sign-in sessions: on this listener only.
-    admin_web.add_routes(app, WebSessions(services.authority))
+    config = services.config
+    admin_web.add_routes(app, WebSessions(services.authority, SessionSettings(
+        idle=dt.timedelta(seconds=config.admin_session_idle_seconds),
+        lifetime=dt.timedelta(seconds=config.admin_session_lifetime_seconds))))
     return app
 
 
