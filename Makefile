@@ -21,17 +21,19 @@ run: $(STAMP)
 
 # softhsm2 (the PKCS#11 token of the tests), opensc (pkcs11-tool), openssl and curl;
 # the ACME clients of the conformance tests: certbot, lego, dehydrated; the checkers of
-# deploy/ (issue 15): kubectl (kustomize), promtool, systemd-analyze.
+# deploy/ (issue 15): kubectl (kustomize), promtool, systemd-analyze; chromium for the web
+# admin page's browser tests (issue 17; Playwright drives it, it downloads no browser).
 system-deps:
 	@if ! command -v softhsm2-util >/dev/null || ! command -v pkcs11-tool >/dev/null \
 	    || ! command -v openssl >/dev/null || ! command -v curl >/dev/null \
 	    || ! command -v certbot >/dev/null || ! command -v lego >/dev/null \
 	    || ! command -v dehydrated >/dev/null || ! command -v scepclient >/dev/null \
 	    || ! command -v certmonger >/dev/null || ! command -v dbus-run-session >/dev/null \
-	    || ! command -v promtool >/dev/null || ! command -v systemd-analyze >/dev/null; then \
+	    || ! command -v promtool >/dev/null || ! command -v systemd-analyze >/dev/null \
+	    || ! command -v chromium >/dev/null; then \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq softhsm2 opensc openssl \
-	    curl certbot lego dehydrated scep certmonger dbus prometheus systemd; \
+	    curl certbot lego dehydrated scep certmonger dbus prometheus systemd chromium; \
 	fi
 	@# kubectl on its own: another package (Google's kubectl) may own /usr/bin/kubectl, and
 	@# dpkg refuses to overwrite it. Debian's 1.20 bundles kustomize v2.0.3: deploy/kubernetes

@@ -18,7 +18,9 @@ from aiohttp.test_utils import TestClient
 from ca_core.principal import Principal
 from ca_core.sessions import SessionSettings, WebSessions
 from gateway.app import build_https_app
+from gateway.config import ConfigError, load_config
 from gateway.runtime import Services
+from gateway.server import banner
 from protocols.rest.api import SESSION_COOKIE, SESSIONS
 from protocols.web import CSP
 from tests.helpers import make_csr
@@ -72,6 +74,11 @@ async def _status(response: Any, status: int) -> dict[str, Any]:
     assert response.status == status, await response.text()
     body: dict[str, Any] = json.loads(await response.text())
     return body
+
+
+def test_the_banner_names_the_page() -> None:
+    lines = "\n".join(banner(load_config({}), None, "sqlite", "software"))
+    assert "https://127.0.0.1:8443/admin/" in lines
 
 
 async def test_page_and_assets_carry_a_strict_csp(client: TestClient) -> None:
@@ -221,3 +228,13 @@ async def test_the_session_has_the_tokens_rbac_and_tenant(client: TestClient,
     assert (await client.get(f"/api/v1/certificates/{serial}", headers=other)).status == 404
     listed = await _status(await client.get("/api/v1/certificates", headers=other), 200)
     assert serial not in {c["serial"] for c in listed["items"]}
+
+
+def test_session_settings_are_checked() -> None:
+    config = load_config({"VCC_PKI_ADMIN_SESSION_IDLE_SECONDS": "60",
+                          "VCC_PKI_ADMIN_SESSION_LIFETIME_SECONDS": "120"})
+    assert (config.admin_session_idle_seconds, config.admin_session_lifetime_seconds) == (60, 120)
+    for idle, lifetime in (("0", "60"), ("120", "60"), ("x", "60")):
+        with pytest.raises(ConfigError):
+            load_config({"VCC_PKI_ADMIN_SESSION_IDLE_SECONDS": idle,
+                         "VCC_PKI_ADMIN_SESSION_LIFETIME_SECONDS": lifetime})

@@ -178,11 +178,11 @@ async function timeline(section) {
   for (const c of items) counts[Math.min(89, Math.floor((Date.parse(c.not_after) - now) / DAY))] += 1;
   const max = Math.max(1, ...counts);
   const [W, H, L, B, T] = [900, 240, 40, 40, 16];
-  const barW = (W - L - 10) / 90;
+  const barW = (W - L - 30) / 90;  // room on the right for the last date
   const chart = svg('svg', { class: 'timeline', viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-labelledby': 'tl-title tl-desc' },
     svg('title', { id: 'tl-title' }, 'Certificates expiring per day'),
     svg('desc', { id: 'tl-desc' }, `${items.length} active certificates expire in the next 90 days; the busiest day has ${Math.max(...counts)}.`),
-    svg('line', { class: 'axis', x1: L, y1: H - B, x2: W - 10, y2: H - B }),
+    svg('line', { class: 'axis', x1: L, y1: H - B, x2: L + 90 * barW, y2: H - B }),
     svg('line', { class: 'axis', x1: L, y1: T, x2: L, y2: H - B }),
     svg('text', { x: L - 6, y: T + 4, 'text-anchor': 'end' }, String(max)),
     svg('text', { x: L - 6, y: H - B, 'text-anchor': 'end' }, '0'));
