@@ -162,6 +162,11 @@ def test_sign_in_find_revoke_ocsp_audit_and_every_view(browser: Browser, site: S
     counts: dict[str, dict[str, int]] = {}
     _shot(page, "0-sign-in")
     _axe(page, "sign-in", counts)
+    expect(page.get_by_label("Bearer token")).to_be_focused()  # ready to type
+    page.keyboard.press("Shift+Tab")  # the first stop of the page skips to the content
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.locator("main")).to_be_focused()
     _sign_in(page, site.token("pki_super_admin"))
 
     _find(page, "web-revoke.example.test")
@@ -208,6 +213,18 @@ def test_sign_in_find_revoke_ocsp_audit_and_every_view(browser: Browser, site: S
     expect(page.get_by_role("button", name=f"Details of {serial}")).to_be_visible()
     _shot(page, "7-certificates-narrow")
     _axe(page, "certificates-narrow", counts)
+    # nothing wider than the narrow screen but the tables, which scroll in their box
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= NARROW["width"], width
+    page.get_by_label("Status").select_option("revoked")  # filter
+    page.get_by_label("Search (name or serial)").fill("")
+    page.get_by_role("button", name="Search").click()
+    expect(page.get_by_role("button", name=f"Details of {serial}")).to_be_visible()
+    expect(page.locator("#cert-results tbody")).not_to_contain_text("active")
+    page.get_by_role("link", name="Expiry timeline").click()
+    expect(page.get_by_role("img", name="Certificates expiring per day")).to_be_visible()
+    _shot(page, "7-timeline-narrow")
+    page.set_viewport_size(WIDE)
 
     page.get_by_role("button", name="Sign out").click()
     expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
@@ -254,6 +271,11 @@ def test_an_expired_session_goes_back_to_sign_in(browser: Browser,
     with running_gateway(tmp_path / "data", env) as gateway:
         site = Site(gateway, tmp_path)
         page, _ = _open(browser, site)
+        # a wrong token is refused in the form, with nothing signed in
+        page.get_by_label("Bearer token").fill("vcc.nope.nope")
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.locator("#signin-error")).to_contain_text("Sign-in failed (401")
+        expect(page.get_by_role("navigation", name="Views")).to_be_hidden()
         _sign_in(page, site.token("cert_manager"))
         # Navigate between views until the server has ended the session (polling: the
         # page is sent back to sign-in by the first API answer 401 after 2 s).

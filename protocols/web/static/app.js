@@ -67,6 +67,11 @@ async function start() {
     showSignIn('Signed out.');
   });
   window.addEventListener('hashchange', route);
+  // The skip link moves focus only: the fragment names views here.
+  document.querySelector('.skip').addEventListener('click', (event) => {
+    event.preventDefault();
+    $('main').focus();
+  });
   window.addEventListener('vcc-signed-out', () => {
     if (who) showSignIn('Your session has ended. Sign in again.');
   });
