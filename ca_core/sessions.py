@@ -8,9 +8,12 @@ changes need the session's CSRF token (a header the page's script sends; a cross
 cannot set it, nor read it). Sessions end on sign-out, after ``idle`` without use and after
 ``lifetime`` in any case.
 
-The session table is in-process (``MemorySessions``): a session is bound to the gateway
-process that opened it. Behind a load balancer with several replicas, use sticky sessions
-until a shared implementation of ``SessionTable`` (Redis or the store) exists.
+Where sessions live is a ``SessionTable``: in-process by default (``MemorySessions``: a
+session is bound to the process that opened it), in Redis when configured
+(``db.sessions.RedisSessions``: every replica and worker knows every session), as ACME nonces
+do. The table never holds what would let its reader act: entries are keyed by a hash of the
+session id, and the bearer token is sealed (AES-256-GCM) under a key derived from the
+session id, which only the browser's cookie carries.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ import hmac
 import secrets
 from dataclasses import dataclass, replace
 from typing import Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ca_core.authority import Authority, Clock
 from ca_core.errors import Forbidden, Unauthorized
@@ -35,49 +41,87 @@ class SessionSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class Session:
-    session_id: str
-    token: str  # the bearer token, kept server-side only: authenticated again per request
+class StoredSession:
+    """A session as its table holds it: no session id, the token sealed."""
+
+    sealed_token: bytes  # nonce (12 bytes) + AES-GCM ciphertext, under a key from the id
     csrf: str
     created_at: dt.datetime
     last_used: dt.datetime
     expires_at: dt.datetime  # the absolute end; the idle end is last_used + idle
 
 
+@dataclass(frozen=True, slots=True)
+class Session:
+    session_id: str
+    token: str  # the bearer token: authenticated again on every request
+    csrf: str
+    created_at: dt.datetime
+    last_used: dt.datetime
+    expires_at: dt.datetime
+
+
 class SessionTable(Protocol):
-    def get(self, key: str) -> Session | None: ...
-    def put(self, key: str, session: Session) -> None: ...
-    def delete(self, key: str) -> None: ...
-    def prune(self, now: dt.datetime, idle: dt.timedelta) -> None: ...
-    def __len__(self) -> int: ...
+    """Where sessions live. ``put`` gets the time the entry may be forgotten after (its
+    idle or absolute end, whichever is first). ``Unavailable`` when the backend is down."""
+
+    async def get(self, key: str) -> StoredSession | None: ...
+    async def put(self, key: str, session: StoredSession, ttl: dt.timedelta) -> None: ...
+    async def delete(self, key: str) -> None: ...
+    async def close(self) -> None: ...
 
 
 class MemorySessions:
-    """Keyed by a hash of the session id, so that the table never holds the cookie."""
+    """One process's sessions, at most ``max_sessions`` (the oldest-ending go first)."""
 
-    def __init__(self) -> None:
-        self._items: dict[str, Session] = {}
+    def __init__(self, max_sessions: int = 10_000,
+                 clock: Clock | None = None) -> None:
+        self._items: dict[str, tuple[StoredSession, dt.datetime]] = {}
+        self._max = max_sessions
+        self._clock = clock or (lambda: dt.datetime.now(dt.UTC))
 
-    def get(self, key: str) -> Session | None:
-        return self._items.get(key)
+    async def get(self, key: str) -> StoredSession | None:
+        found = self._items.get(key)
+        if found is None or found[1] <= self._clock():
+            return None
+        return found[0]
 
-    def put(self, key: str, session: Session) -> None:
-        self._items[key] = session
+    async def put(self, key: str, session: StoredSession, ttl: dt.timedelta) -> None:
+        now = self._clock()
+        if key not in self._items and len(self._items) >= self._max:
+            self._items = {k: v for k, v in self._items.items() if v[1] > now}
+            while len(self._items) >= self._max:  # a flood of sign-ins: bounded memory
+                del self._items[min(self._items, key=lambda k: self._items[k][1])]
+        self._items[key] = (session, now + ttl)
 
-    def delete(self, key: str) -> None:
+    async def delete(self, key: str) -> None:
         self._items.pop(key, None)
 
-    def prune(self, now: dt.datetime, idle: dt.timedelta) -> None:
-        for key in [k for k, s in self._items.items()
-                    if s.expires_at <= now or s.last_used + idle <= now]:
-            del self._items[key]
+    async def close(self) -> None:
+        self._items.clear()
 
     def __len__(self) -> int:
         return len(self._items)
 
 
 def _key(session_id: str) -> str:
-    return hashlib.sha256(session_id.encode()).hexdigest()
+    return hashlib.sha256(b"vcc-pki session key\0" + session_id.encode()).hexdigest()
+
+
+def _aead(session_id: str) -> AESGCM:
+    return AESGCM(hashlib.sha256(b"vcc-pki session seal\0" + session_id.encode()).digest())
+
+
+def _seal(session_id: str, token: str) -> bytes:
+    nonce = secrets.token_bytes(12)
+    return nonce + _aead(session_id).encrypt(nonce, token.encode(), None)
+
+
+def _unseal(session_id: str, sealed: bytes) -> str | None:
+    try:
+        return _aead(session_id).decrypt(sealed[:12], sealed[12:], None).decode()
+    except (InvalidTag, ValueError, UnicodeDecodeError):
+        return None
 
 
 class WebSessions:
@@ -85,48 +129,60 @@ class WebSessions:
                  table: SessionTable | None = None, clock: Clock | None = None) -> None:
         self.authority = authority
         self.settings = settings or SessionSettings()
-        self.table: SessionTable = table if table is not None else MemorySessions()
         self.clock: Clock = clock or authority.clock
+        self.table: SessionTable = table if table is not None else MemorySessions(
+            self.settings.max_sessions, self.clock)
+
+    def _ttl(self, stored: StoredSession) -> dt.timedelta:
+        end = min(stored.expires_at, stored.last_used + self.settings.idle)
+        return max(end - self.clock(), dt.timedelta(seconds=1))
 
     async def open(self, token: str) -> tuple[Session, Principal]:
         """Sign in: the token must authenticate now (Unauthorized otherwise)."""
         principal = await self.authority.authenticate(token)
         now = self.clock()
-        self.table.prune(now, self.settings.idle)
-        if len(self.table) >= self.settings.max_sessions:
-            raise Unauthorized("too many open sessions; try again later")
-        session = Session(secrets.token_urlsafe(32), token, secrets.token_urlsafe(32), now, now,
-                          now + self.settings.lifetime)
-        self.table.put(_key(session.session_id), session)
-        return session, principal
+        session_id = secrets.token_urlsafe(32)
+        stored = StoredSession(_seal(session_id, token), secrets.token_urlsafe(32), now, now,
+                               now + self.settings.lifetime)
+        await self.table.put(_key(session_id), stored, self._ttl(stored))
+        return self._session(session_id, token, stored), principal
 
-    def _live(self, session_id: str) -> Session:
+    @staticmethod
+    def _session(session_id: str, token: str, stored: StoredSession) -> Session:
+        return Session(session_id, token, stored.csrf, stored.created_at, stored.last_used,
+                       stored.expires_at)
+
+    async def _live(self, session_id: str) -> tuple[StoredSession, str]:
         key = _key(session_id)
-        session = self.table.get(key)
-        now = self.clock()
-        if session is None:
+        stored = await self.table.get(key) if len(session_id) <= 128 else None
+        if stored is None:
             raise Unauthorized("no session: sign in again")
-        if session.expires_at <= now or session.last_used + self.settings.idle <= now:
-            self.table.delete(key)
+        now = self.clock()
+        if stored.expires_at <= now or stored.last_used + self.settings.idle <= now:
+            await self.table.delete(key)
             raise Unauthorized("the session has expired: sign in again")
-        return session
+        token = _unseal(session_id, stored.sealed_token)
+        if token is None:
+            raise Unauthorized("no session: sign in again")
+        return stored, token
 
     async def resolve(self, session_id: str, csrf: str | None, state_changing: bool
                       ) -> tuple[Session, Principal]:
         """The session's Principal, authenticated afresh from its token. A state change
         without the session's CSRF token is refused (403, audited)."""
-        session = self._live(session_id)
+        stored, token = await self._live(session_id)
         try:
-            principal = await self.authority.authenticate(session.token)
+            principal = await self.authority.authenticate(token)
         except Unauthorized:
-            self.table.delete(_key(session_id))  # the token is gone: so is the session
+            await self.table.delete(_key(session_id))  # the token is gone: so is the session
             raise
-        if state_changing and not (csrf and hmac.compare_digest(csrf, session.csrf)):
+        if state_changing and not (csrf and hmac.compare_digest(csrf.encode("utf-8", "replace"),
+                                                                stored.csrf.encode())):
             await self.authority.denied(principal, "session:csrf", "session", None)
             raise Forbidden("a state change needs the session's X-CSRF-Token header")
-        session = replace(session, last_used=self.clock())
-        self.table.put(_key(session_id), session)
-        return session, principal
+        stored = replace(stored, last_used=self.clock())
+        await self.table.put(_key(session_id), stored, self._ttl(stored))
+        return self._session(session_id, token, stored), principal
 
-    def close(self, session_id: str) -> None:
-        self.table.delete(_key(session_id))
+    async def close(self, session_id: str) -> None:
+        await self.table.delete(_key(session_id))

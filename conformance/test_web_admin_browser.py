@@ -10,12 +10,14 @@ Under CI=true a missing chromium or Playwright is a failure, never a skip."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import ssl
 import subprocess
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ import pytest
 
 from conformance.gateway import Gateway, assert_clean_log, running_gateway
 from tests.helpers import make_csr
+from tests.redisutil import REDIS_URL, delete_prefix, require_redis, unique_prefix
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTEFACTS = Path(__file__).resolve().parent.parent / "artefacts" / "web-admin"
@@ -291,3 +294,35 @@ def test_an_expired_session_goes_back_to_sign_in(browser: Browser,
         _shot(page, "10-session-expired")
         page.reload()  # and a reload asks again too
         expect(sign_in).to_be_visible()
+
+
+@pytest.mark.redis
+def test_two_workers_share_sessions_through_redis(browser: Browser, tmp_path: Path) -> None:
+    """With VCC_PKI_WORKERS=2 the kernel spreads connections over both processes; sessions
+    in Redis are known to each (in-process ones would sign the page out at random)."""
+    require_redis()
+    prefix = unique_prefix()
+    env = {"VCC_PKI_KEY_PASSPHRASE": "conformance", "VCC_PKI_WORKERS": "2",
+           "VCC_PKI_REDIS_URL": REDIS_URL, "VCC_PKI_REDIS_KEY_PREFIX": prefix}
+    try:
+        with running_gateway(tmp_path / "data", env) as gateway:
+            site = Site(gateway, tmp_path)
+            first, _ = _open(browser, site)
+            _sign_in(first, site.token("pki_super_admin"))
+            cookies = first.context.cookies()
+            first.context.close()
+            # A new browser context per round: new connections, which the kernel hashes
+            # over both workers; the session cookie alone must keep the page signed in.
+            for _ in range(8):
+                context = browser.new_context(ignore_https_errors=True, viewport=WIDE)  # type: ignore[arg-type]
+                context.add_cookies(cookies)  # type: ignore[arg-type]
+                page = context.new_page()
+                page.goto(f"{gateway.https_url}/admin/#cas")
+                expect(page.locator("#view")).to_contain_text("default-issuing")
+                page.get_by_role("link", name="Audit trail").click()
+                expect(page.locator("#view")).to_contain_text("Hash chain intact")
+                context.close()
+    finally:
+        # Playwright's sync API keeps an event loop in this thread: clean up from another.
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, delete_prefix(prefix)).result()

@@ -13,10 +13,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 
+from ca_core.errors import Forbidden, Unauthorized
 from ca_core.principal import Principal
-from ca_core.sessions import SessionSettings, WebSessions
+from ca_core.sessions import MemorySessions, SessionSettings, WebSessions
+from db.sessions import RedisSessions
 from gateway.app import build_https_app
 from gateway.config import ConfigError, load_config
 from gateway.runtime import Services
@@ -24,6 +27,7 @@ from gateway.server import banner
 from protocols.rest.api import SESSION_COOKIE, SESSIONS
 from protocols.web import CSP
 from tests.helpers import make_csr
+from tests.redisutil import REDIS_URL, delete_prefix, require_redis, unique_prefix
 
 ClientFactory = Callable[..., Any]
 ADMIN = Principal.system("test")
@@ -238,3 +242,75 @@ def test_session_settings_are_checked() -> None:
         with pytest.raises(ConfigError):
             load_config({"VCC_PKI_ADMIN_SESSION_IDLE_SECONDS": idle,
                          "VCC_PKI_ADMIN_SESSION_LIFETIME_SECONDS": lifetime})
+
+
+async def test_the_table_holds_no_usable_token(services: Services, clock: Clock) -> None:
+    table = MemorySessions(clock=clock)
+    sessions = WebSessions(services.authority, table=table, clock=clock)
+    token = await _token(services)
+    session, _ = await sessions.open(token)
+    [(key, (stored, _))] = table._items.items()
+    assert session.session_id not in key and token.encode() not in stored.sealed_token
+    assert token.split(".")[2].encode() not in stored.sealed_token
+
+
+async def test_the_memory_table_is_bounded(services: Services, clock: Clock) -> None:
+    table = MemorySessions(max_sessions=3, clock=clock)
+    sessions = WebSessions(services.authority, table=table, clock=clock)
+    token = await _token(services)
+    opened = [(await sessions.open(token))[0] for _ in range(5)]
+    assert len(table) == 3
+    for gone in opened[:2]:  # the ones ending first made room
+        with pytest.raises(Unauthorized):
+            await sessions.resolve(gone.session_id, None, False)
+    await sessions.resolve(opened[4].session_id, None, False)
+
+
+@pytest.mark.redis
+async def test_sessions_in_redis_are_shared_by_processes(services: Services,
+                                                         clock: Clock) -> None:
+    require_redis()
+    prefix = unique_prefix()
+    one = WebSessions(services.authority, table=RedisSessions(REDIS_URL, prefix), clock=clock)
+    two = WebSessions(services.authority, table=RedisSessions(REDIS_URL, prefix), clock=clock)
+    try:
+        token = await _token(services)
+        session, principal = await one.open(token)
+        # another process (its own client, the same Redis) knows it, CSRF and all
+        _, again = await two.resolve(session.session_id, session.csrf, True)
+        assert again == principal
+        with pytest.raises(Forbidden):
+            await two.resolve(session.session_id, "wrong", True)
+        client = aioredis.Redis.from_url(REDIS_URL)
+        try:
+            keys = [k async for k in client.scan_iter(f"{prefix}*")]
+            assert len(keys) == 1 and session.session_id.encode() not in keys[0]
+            raw = await client.get(keys[0])
+            ttl = await client.pttl(keys[0])
+        finally:
+            await client.aclose()
+        assert token.encode() not in raw and token.split(".")[2].encode() not in raw
+        assert 0 < ttl <= 30 * 60 * 1000  # the idle end: Redis forgets it by itself
+        clock.now += dt.timedelta(minutes=31)
+        with pytest.raises(Unauthorized):
+            await one.resolve(session.session_id, None, False)
+        session, _ = await two.open(token)
+        await one.close(session.session_id)  # sign-out in one process ends it everywhere
+        with pytest.raises(Unauthorized):
+            await two.resolve(session.session_id, None, False)
+    finally:
+        await one.table.close()
+        await two.table.close()
+        await delete_prefix(prefix)
+
+
+async def test_a_redis_outage_is_a_503_not_a_500(services: Services,
+                                                 aiohttp_client: ClientFactory) -> None:
+    app = build_https_app(services)
+    app[SESSIONS] = WebSessions(services.authority, table=RedisSessions(
+        "redis://127.0.0.1:1/0", timeout=0.2))  # nothing listens on port 1
+    client = await aiohttp_client(app, cookie_jar=aiohttp.DummyCookieJar())
+    response = await client.post("/admin/session", json={"token": await _token(services)})
+    assert response.status == 503 and response.content_type == "application/problem+json"
+    forged = {"Cookie": f"{SESSION_COOKIE}=x"}
+    assert (await client.get("/api/v1/certificates", headers=forged)).status == 503

@@ -132,7 +132,7 @@ async def sign_out(request: web.Request) -> web.StreamResponse:
     sessions = request.app[SESSIONS]
     session_id = _cookie(request)
     await sessions.resolve(session_id, request.headers.get(CSRF_HEADER), True)
-    sessions.close(session_id)
+    await sessions.close(session_id)
     response = web.Response(status=204)
     response.del_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True,
                         samesite="Strict")
