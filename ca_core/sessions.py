@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from ca_core.authority import Authority, Clock
 from ca_core.errors import Forbidden, Unauthorized
 from ca_core.principal import Principal
+from ca_core.records import AuditEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,14 +139,33 @@ class WebSessions:
         return max(end - self.clock(), dt.timedelta(seconds=1))
 
     async def open(self, token: str) -> tuple[Session, Principal]:
-        """Sign in: the token must authenticate now (Unauthorized otherwise)."""
-        principal = await self.authority.authenticate(token)
+        """Sign in: the token must authenticate now (Unauthorized otherwise; a refused
+        sign-in is audited, without the token, as a failed mTLS authentication is)."""
+        try:
+            principal = await self.authority.authenticate(token)
+        except Unauthorized as refused:
+            await self.authority.store.append_audit(AuditEvent(
+                event_type="session.refused", category="authentication",
+                action="session:open", actor_type="user", resource_type="session",
+                status="failed", data={"reason": refused.detail}))
+            raise
         now = self.clock()
         session_id = secrets.token_urlsafe(32)
         stored = StoredSession(_seal(session_id, token), secrets.token_urlsafe(32), now, now,
                                now + self.settings.lifetime)
         await self.table.put(_key(session_id), stored, self._ttl(stored))
+        await self._audit("session.opened", "session:open", principal, session_id)
         return self._session(session_id, token, stored), principal
+
+    async def _audit(self, event_type: str, action: str, principal: Principal,
+                     session_id: str) -> None:
+        # The session is named by a prefix of its table key: enough to pair an opening with
+        # its closing, useless for taking the session over.
+        await self.authority.store.append_audit(AuditEvent(
+            event_type=event_type, category="authentication", action=action,
+            actor_type=principal.actor_type, actor_id=principal.actor_id,
+            org_id=principal.org_id, resource_type="session",
+            resource_id=_key(session_id)[:16], data={"role": principal.role}))
 
     @staticmethod
     def _session(session_id: str, token: str, stored: StoredSession) -> Session:
@@ -184,5 +204,8 @@ class WebSessions:
         await self.table.put(_key(session_id), stored, self._ttl(stored))
         return self._session(session_id, token, stored), principal
 
-    async def close(self, session_id: str) -> None:
+    async def close(self, session_id: str, principal: Principal | None = None) -> None:
+        """Sign out (audited when ``principal``, who signs out, is given)."""
         await self.table.delete(_key(session_id))
+        if principal is not None:
+            await self._audit("session.closed", "session:close", principal, session_id)

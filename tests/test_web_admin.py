@@ -153,9 +153,14 @@ async def test_state_changes_need_the_csrf_header(client: TestClient,
 
 async def test_bad_sign_ins_get_problems_not_sessions(client: TestClient,
                                                       services: Services) -> None:
+    before = len(await services.store.audit_entries())
     for body in ({"token": "vcc.nope.nope"}, {"token": "garbage"}):
         response = await client.post("/admin/session", json=body)
         assert response.status == 401 and "Set-Cookie" not in response.headers
+    refused = (await services.store.audit_entries())[before:]
+    assert [(e.event.event_type, e.event.status) for e in refused] == [
+        ("session.refused", "failed")] * 2
+    assert all("nope" not in json.dumps(e.event.data) for e in refused)
     for raw in (b"{", b"[]", b'{"token": 5}', b'{"token": ""}',
                 json.dumps({"token": "x" * 600}).encode(), b'"\\ud800"'):
         response = await client.post("/admin/session", data=raw,
@@ -203,9 +208,17 @@ async def test_a_revoked_token_ends_its_session_at_once(client: TestClient,
 
 
 async def test_sign_out_ends_the_session(client: TestClient, services: Services) -> None:
-    cookie, csrf = await _sign_in(client, await _token(services))
+    token = await _token(services)
+    before = len(await services.store.audit_entries())
+    cookie, csrf = await _sign_in(client, token)
     out = await client.delete("/admin/session", headers={**cookie, "X-CSRF-Token": csrf})
     assert out.status == 204
+    opened, closed = (await services.store.audit_entries())[before:]
+    assert (opened.event.event_type, closed.event.event_type) == ("session.opened",
+                                                                  "session.closed")
+    assert opened.event.resource_id == closed.event.resource_id
+    assert opened.event.resource_id not in cookie["Cookie"]
+    assert opened.event.data == {"role": "cert_manager"}
     assert SimpleCookie(out.headers["Set-Cookie"])[SESSION_COOKIE].value == ""
     assert (await client.get("/api/v1/certificates", headers=cookie)).status == 401
 

@@ -131,8 +131,8 @@ async def current(request: web.Request) -> web.StreamResponse:
 async def sign_out(request: web.Request) -> web.StreamResponse:
     sessions = request.app[SESSIONS]
     session_id = _cookie(request)
-    await sessions.resolve(session_id, request.headers.get(CSRF_HEADER), True)
-    await sessions.close(session_id)
+    _, principal = await sessions.resolve(session_id, request.headers.get(CSRF_HEADER), True)
+    await sessions.close(session_id, principal)
     response = web.Response(status=204)
     response.del_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True,
                         samesite="Strict")
