@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 
 from conformance.gateway import Gateway, assert_clean_log, running_gateway
 from tests.helpers import make_csr
@@ -181,6 +182,11 @@ def test_sign_in_find_revoke_ocsp_audit_and_every_view(browser: Browser, site: S
     expect(page.get_by_role("heading", name=f"Certificate {serial}")).to_be_focused()
     download = page.get_by_role("link", name="Download PEM (with chain)")
     assert download.get_attribute("href") == f"/api/v1/certificates/{serial}?format=pem"
+    with page.expect_download() as downloading:  # the API's DER, with the session cookie
+        page.get_by_role("link", name="Download DER").click()
+    der = Path(downloading.value.path()).read_bytes()
+    assert x509.load_der_x509_certificate(der).serial_number == int(serial, 16)
+    assert downloading.value.suggested_filename == f"{serial}.cer"
     _shot(page, "3-certificate-detail")
     _axe(page, "certificate-detail", counts)
     page.get_by_label("Revocation reason").select_option("key_compromise")
