@@ -22,8 +22,8 @@ run: $(STAMP)
 # softhsm2 (the PKCS#11 token of the tests), opensc (pkcs11-tool), openssl and curl;
 # the ACME clients of the conformance tests: certbot, lego, dehydrated; the checkers of
 # deploy/ (issue 15): kubectl (kustomize), promtool, systemd-analyze; chromium renders the
-# HTML compliance report and the admin page (tests/test_reports.py, web admin tests);
-# redis-server (the replica tests start one of their own).
+# HTML compliance report and drives the web admin page's browser tests (Playwright drives
+# it, it downloads no browser); redis-server (the replica tests start one of their own).
 system-deps:
 	@if ! command -v softhsm2-util >/dev/null || ! command -v pkcs11-tool >/dev/null \
 	    || ! command -v openssl >/dev/null || ! command -v curl >/dev/null \

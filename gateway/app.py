@@ -5,6 +5,7 @@ Services."""
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
 import logging
 import secrets
@@ -18,13 +19,16 @@ from prometheus_client import Counter, Histogram
 from ca_core import tracing
 from ca_core.errors import CAError, Unavailable
 from ca_core.est import EstSettings
+from ca_core.sessions import SessionSettings, WebSessions
 from ca_core.tsa import TimeStampAuthority
+from db.sessions import RedisSessions
 from gateway import health, observability
 from gateway.guard import body_deadline
 from gateway.keys import SERVICES
 from gateway.observability import ACCESS_LOG
 from gateway.runtime import Services
 from protocols import certs, crl
+from protocols import web as admin_web
 from protocols.acme import wfe as acme_wfe
 from protocols.est import http as est_http
 from protocols.ocsp import http as ocsp_http
@@ -210,6 +214,20 @@ def build_https_app(services: Services) -> web.Application:
     rest_api.add_routes(app)
     certs.add_routes(app, services.authority)
     acme_wfe.add_routes(app, services.acme, services.config.effective_public_https_url)
+    # The web admin page (issue 17) and its sign-in sessions: on this listener only.
+    # Sessions in Redis when configured (shared by workers and replicas), else in-process.
+    config = services.config
+    table = RedisSessions(config.redis_url, prefix=f"{config.redis_key_prefix}session:") \
+        if config.redis_url else None
+    sessions = WebSessions(services.authority, SessionSettings(
+        idle=dt.timedelta(seconds=config.admin_session_idle_seconds),
+        lifetime=dt.timedelta(seconds=config.admin_session_lifetime_seconds)), table)
+    admin_web.add_routes(app, sessions)
+
+    async def close_sessions(_: web.Application) -> None:
+        await sessions.table.close()
+
+    app.on_cleanup.append(close_sessions)
     return app
 
 

@@ -123,6 +123,10 @@ class Config:
     est_trust_store: str = ""  # PEM file: manufacturer/bootstrap CAs whose devices may enroll
     est_trusted_proxies: tuple[str, ...] = ()  # addresses/networks whose cert header counts
     est_max_body_bytes: int = 64 * 1024
+    # The web admin page's sign-in sessions (issue 17; ca_core.sessions): they end after
+    # idle seconds without a request and after lifetime seconds in any case.
+    admin_session_idle_seconds: int = 1800
+    admin_session_lifetime_seconds: int = 8 * 3600
     # SCEP (RFC 8894): the static challengePassword of the default organization and SCEP
     # profile at /scep ("": none; one-time challenges come from `vcc-pki scep challenge`)
     scep_challenge: str = ""
@@ -263,6 +267,7 @@ _INT_FIELDS |= {"acme_http01_port", "acme_tlsalpn01_port", "acme_validation_atte
                 "acme_accounts_per_org_per_hour"}
 _BOOL_FIELDS.add("acme_eab_required")
 _INT_FIELDS |= {"est_port", "est_max_body_bytes"}
+_INT_FIELDS |= {"admin_session_idle_seconds", "admin_session_lifetime_seconds"}
 _BOOL_FIELDS |= {"scep_accept_single_des", "scep_advertise_des3"}
 _TUPLE_FIELDS.add("est_trusted_proxies")
 
@@ -372,6 +377,9 @@ def load_config(environ: Mapping[str, str] | None = None, path: str | None = Non
     config = replace(Config(), **values, extra=extra)
     if not 1 <= config.workers <= 256:
         raise ConfigError("VCC_PKI_WORKERS must be 1..256, or auto (one per core)")
+    if not 1 <= config.admin_session_idle_seconds <= config.admin_session_lifetime_seconds:
+        raise ConfigError("VCC_PKI_ADMIN_SESSION_IDLE_SECONDS must be 1.. and at most "
+                          "VCC_PKI_ADMIN_SESSION_LIFETIME_SECONDS")
     if config.key_backend not in ("software", "pkcs11"):
         raise ConfigError("VCC_PKI_KEY_BACKEND must be 'software' or 'pkcs11'")
     config.ca_settings()

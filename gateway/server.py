@@ -250,6 +250,7 @@ def banner(config: Config, root_path: Path | None, database: str, key_backend: s
         f"health {http}/health, metrics {http}/metrics",
         f"  HTTPS  {https}  REST API {public_https}/api/v1/certificates, "
         f"health {https}/api/v1/health",
+        f"  Admin  {public_https}/admin/ (the web admin page: sign in with a bearer token)",
         f"  ACME   {public_https}/acme/directory (RFC 8555; another organization's: "
         "/acme/<org>/directory)",
         f"  EST    {est}/.well-known/est/ (RFC 7030; labels: /.well-known/est/<label>/; "

@@ -57,6 +57,7 @@ from ca_core.principal import Principal
 from ca_core.records import AuditEntry, CertificateRecord
 from ca_core.reports import ReportRequest, ReportService, report_summary
 from ca_core.services import ServiceRegistry
+from ca_core.sessions import WebSessions
 from ca_core.templates import TemplateSpec
 from protocols.est import tls_shim
 
@@ -66,6 +67,12 @@ AUTHORITY = web.AppKey("authority", Authority)
 ADMIN = web.AppKey("admin", AdminService)
 SIGNATURES = web.AppKey("signatures", CodeSigningService)
 REGISTRY = web.AppKey("registry", ServiceRegistry)
+# The web admin page's sessions (protocols.web), on the HTTPS app only: its cookie
+# authenticates the page's calls to this API, with CSRF_HEADER on every state change.
+SESSIONS = web.AppKey("sessions", WebSessions)
+SESSION_COOKIE = "__Host-vcc-admin"
+CSRF_HEADER = "X-CSRF-Token"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -112,12 +119,19 @@ def _client_chain(request: web.Request) -> list[bytes]:
 
 
 async def _principal(request: web.Request) -> Principal:
-    """A bearer token wins; without one, a client certificate bound to a service account
-    (mTLS, on the listener that requests certificates); without either, 401."""
+    """A bearer token wins; then the web admin page's session cookie (HTTPS app only);
+    then a client certificate bound to a service account (mTLS, on the listener that
+    requests certificates); without any, 401."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return await request.app[AUTHORITY].authenticate(token.strip())
+    session_id = request.cookies.get(SESSION_COOKIE)
+    sessions = request.app.get(SESSIONS)
+    if session_id and sessions is not None:
+        _, principal = await sessions.resolve(session_id, request.headers.get(CSRF_HEADER),
+                                              request.method not in _SAFE_METHODS)
+        return principal
     chain = _client_chain(request)
     if chain:
         return await request.app[AUTHORITY].authenticate_certificate(chain)

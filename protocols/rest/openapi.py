@@ -522,9 +522,13 @@ def document() -> dict[str, Any]:
                  "service account (mTLS). "
                  "Errors are RFC 9457 problem+json."},
         "servers": [{"url": "/"}],
-        "security": [{"bearer": []}, {"mtls": []}],
+        "security": [{"bearer": []}, {"mtls": []}, {"session": []}],
         "components": {"securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer"},
+            "session": {"type": "apiKey", "in": "cookie", "name": "__Host-vcc-admin",
+                        "description": "the web admin page's session (POST /admin/session "
+                        "with a bearer token); a state change also needs its X-CSRF-Token "
+                        "header"},
             "mtls": {"type": "mutualTLS", "description": "a client certificate bound to a "
                      "service account, on the EST port only (it alone requests one)"}},
                        "schemas": {**_SCHEMAS, **_SERVICE_SCHEMAS}},
