@@ -73,6 +73,10 @@ class Config:
     # Signatures of this process being made at once (certificates, OCSP, CRLs, tokens);
     # one more is refused at once as unavailable (503, OCSP tryLater), never queued.
     max_signatures_in_flight: int = 256
+    # On SIGTERM, /ready answers 503 for this many seconds while requests are still served
+    # (a load balancer takes the replica out), then the listeners stop accepting and finish
+    # what is in flight. 0 (the default): stop at once, as a single process wants.
+    drain_seconds: int = 0
     workers: int = 1  # serving processes sharing the ports (SO_REUSEPORT)
     event_loop: str = "auto"  # auto (uvloop when installed) | uvloop | asyncio
     log_level: str = "INFO"
@@ -257,7 +261,7 @@ _INT_FIELDS = {"http_port", "https_port", "pkcs11_max_sessions", "max_body_bytes
                "crl_partitions", "ocsp_front_cache_ms", "http_max_line_bytes",
                "http_max_field_bytes", "http_max_headers", "http_keepalive_seconds",
                "http_body_timeout_seconds", "http_max_connections_per_client",
-               "max_signatures_in_flight"}
+               "max_signatures_in_flight", "drain_seconds"}
 _BOOL_FIELDS = {"ocsp_nonce", "ocsp_warm", "bench_routes"}
 _INT_FIELDS.add("tsa_accuracy_ms")
 _BOOL_FIELDS |= {"tsa_include_tsa_name", "tsa_legacy_ess_cert_id"}
@@ -409,7 +413,8 @@ def load_config(environ: Mapping[str, str] | None = None, path: str | None = Non
     for name, low, high in (("http_keepalive_seconds", 1, 7200),
                             ("http_body_timeout_seconds", 1, 3600),
                             ("http_max_connections_per_client", 0, 1_000_000),
-                            ("max_signatures_in_flight", 1, 1_000_000)):
+                            ("max_signatures_in_flight", 1, 1_000_000),
+                            ("drain_seconds", 0, 300)):
         if not low <= getattr(config, name) <= high:
             raise ConfigError(f"VCC_PKI_{name.upper()} must be {low}..{high}")
     if not 1024 <= config.est_max_body_bytes <= config.max_body_bytes:

@@ -81,6 +81,8 @@ async def hsm_health(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
+    if request.app[SERVICES].draining:  # SIGTERM: leave the load balancer first
+        return web.json_response({"status": "draining"}, status=503)
     database, signer = await asyncio.gather(_database(request), _signer(request))
     ok = database["status"] == "healthy" and signer["status"] == "healthy"
     return web.json_response(

@@ -149,6 +149,8 @@ class Services:
     admin: AdminService  # the CLI's and the REST API's one admin service (ca_core.admin)
     signatures: CodeSigningService  # code signing with time-stamps (issue 14)
     registry: ServiceRegistry  # the service registry (issue 14)
+    # Set on SIGTERM with VCC_PKI_DRAIN_SECONDS: /ready answers 503 (still serving).
+    draining: bool = False
 
 
 @asynccontextmanager

@@ -362,14 +362,14 @@ async def _run_server(config: Config, is_child: bool, ready: asyncio.Event | Non
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         if is_child:
-            await _serve_until(stop, runners, gauge_task, [])
+            await _serve_until(stop, runners, gauge_task, [], services)
             return
 
         for line in banner(config, root_path, services.store.backend, services.keys.name):
             print(line, flush=True)
         if ready is not None:
             ready.set()
-        await _serve_until(stop, runners, gauge_task, workers)
+        await _serve_until(stop, runners, gauge_task, workers, services)
 
 
 async def _serve_until(
@@ -377,18 +377,38 @@ async def _serve_until(
     runners: list[web.AppRunner],
     gauge_task: asyncio.Task[None],
     workers: list[subprocess.Popen[bytes]],
+    services: Services,
 ) -> None:
+    """Serve until SIGTERM/SIGINT, then, in the order a load balancer needs: /ready 503 for
+    VCC_PKI_DRAIN_SECONDS while still serving; stop the background jobs (their leases are
+    released as they end); stop accepting and finish what is in flight (bounded by the
+    runners' shutdown_timeout). The worker processes get SIGTERM first and do the same,
+    at the same time."""
     loop = asyncio.get_running_loop()
     try:
         await stop.wait()
     finally:
-        log.info("shutting down")
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        # The workers drain at the same time (each is a `vcc-pki serve` with these settings).
+        stopping = asyncio.create_task(asyncio.to_thread(_stop_workers, workers))
+        drain = services.config.drain_seconds
+        if drain:
+            services.draining = True
+            log.info("draining: /ready answers 503 for %d s, requests are still served",
+                     drain)
+            # A second signal ends the drain at once.
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            stop.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), drain)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        log.info("shutting down")
         gauge_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await gauge_task
-        stopping = asyncio.create_task(asyncio.to_thread(_stop_workers, workers))
         # Stop accepting, let in-flight requests finish (shutdown_timeout), then close.
         for runner in reversed(runners):
             await runner.cleanup()
