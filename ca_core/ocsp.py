@@ -33,7 +33,6 @@ Errors (mapped to OCSP response statuses in exactly one place, ``protocols.ocsp`
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import hashlib
 import logging
@@ -150,28 +149,60 @@ class _Responder:
     asn1_certificate: a_x509.Certificate
     key_hash: bytes  # SHA-1 of the responder's public key: the ResponderID byKey
     signing_key: SigningKey  # the responder's key, counted under the issuing CA's name
-    # Set for ECDSA responders: their responses are built with asn1crypto (``_assemble``).
-    # None: responses are made by cryptography's builder.
+    # The parts of every response that depend on the responder only, as DER: ResponderID,
+    # signatureAlgorithm, certs. None: responses are made by cryptography's builder.
     fixed: tuple[bytes, bytes, bytes] | None = None
 
 
-# ---- A single-response OCSPResponse built with asn1crypto (RFC 6960 4.2.1) ----------------
+# ---- A single-response OCSPResponse assembled from DER pieces (RFC 6960 4.2.1) ------------
 # cryptography's OCSPResponseBuilder encodes the response, parses it back into an object and
 # public_bytes encodes it again: about twice the cost of the ECDSA signature itself, on
-# every issuance (the precompute). ``_assemble`` builds it once with asn1crypto instead (the
-# code of multi-CertID answers); test_ocsp checks the result against the builder's field by
-# field and as canonical DER.
+# every issuance (the precompute). The few fields that vary (serial, times, status) are
+# encoded here and put between the fixed parts; test_ocsp checks the result against the
+# builder's field by field and as canonical DER.
 
+_OCSP_SUCCESSFUL = b"\x0a\x01\x00"  # OCSPResponseStatus successful
+_ID_PKIX_OCSP_BASIC = b"\x06\x09\x2b\x06\x01\x05\x05\x07\x30\x01\x01"
+_CERT_STATUS_GOOD = b"\x80\x00"  # [0] IMPLICIT NULL
+# RFC 5280 5.3.1 CRLReason codes by x509.ReasonFlags (7 is not used).
+_CRL_REASON_CODES: dict[x509.ReasonFlags, int] = {
+    x509.ReasonFlags.unspecified: 0, x509.ReasonFlags.key_compromise: 1,
+    x509.ReasonFlags.ca_compromise: 2, x509.ReasonFlags.affiliation_changed: 3,
+    x509.ReasonFlags.superseded: 4, x509.ReasonFlags.cessation_of_operation: 5,
+    x509.ReasonFlags.certificate_hold: 6, x509.ReasonFlags.remove_from_crl: 8,
+    x509.ReasonFlags.privilege_withdrawn: 9, x509.ReasonFlags.aa_compromise: 10,
+}
+
+
+def _der(tag: int, content: bytes) -> bytes:
+    """One TLV with a definite, minimal length (X.690 8.1.3)."""
+    size = len(content)
+    if size < 0x80:
+        return bytes((tag, size)) + content
+    length = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes((tag, 0x80 | len(length))) + length + content
+
+
+def _der_integer(value: int) -> bytes:
+    """A non-negative INTEGER, minimal two's complement (a leading 0 when the top bit is set)."""
+    return _der(0x02, value.to_bytes(value.bit_length() // 8 + 1, "big"))
+
+
+def _der_time(value: dt.datetime) -> bytes:
+    """GeneralizedTime in UTC, whole seconds (RFC 5280 4.1.2.5.2; RFC 6960 uses it)."""
+    return _der(0x18, value.astimezone(dt.UTC).strftime("%Y%m%d%H%M%SZ").encode("ascii"))
 
 
 def _fixed_parts(signer: Signer, certificate_der: bytes, key_hash: bytes
                  ) -> tuple[bytes, bytes, bytes] | None:
-    """Whether a responder's responses are assembled with asn1crypto (``_assemble``): for
-    ECDSA responder keys, whose AlgorithmIdentifier has no parameters; None for other keys
-    (cryptography's builder signs those)."""
+    """ResponderID byKey, signatureAlgorithm and certs of a responder's responses, for ECDSA
+    responder keys (whose AlgorithmIdentifier has no parameters); None for other keys."""
     if signer.key_spec.algorithm is not KeyAlgorithm.ECDSA:
         return None
-    return key_hash, _signature_algorithm(signer).encode(), certificate_der
+    responder_id = _der(0xA2, _der(0x04, key_hash))  # [2] EXPLICIT KeyHash
+    algorithm = a_algos.SignedDigestAlgorithm({"algorithm": _signature_algorithm(signer)}).dump()
+    certs = _der(0xA0, _der(0x30, certificate_der))  # [0] EXPLICIT SEQUENCE OF Certificate
+    return responder_id, algorithm, certs
 
 
 @dataclass(slots=True)
@@ -463,9 +494,7 @@ class OcspResponder:
     def _cert_id(self, issuer: _Issuer, algorithm: str, serial: int) -> bytes:
         """The DER CertID the precomputed responses carry (parameters NULL, as OpenSSL,
         Go and cryptography encode it)."""
-        body = issuer.cert_id_prefix[algorithm] + a_core.Integer(serial).dump()
-        der: bytes = a_ocsp.CertId(contents=body).dump()
-        return der
+        return _der(0x30, issuer.cert_id_prefix[algorithm] + _der_integer(serial))
 
     def _times(self, responder: _Responder) -> tuple[dt.datetime, dt.datetime]:
         this_update = self.clock().replace(microsecond=0)
@@ -512,12 +541,34 @@ class OcspResponder:
         self, issuer: _Issuer, responder: _Responder, fixed: tuple[bytes, bytes, bytes],
         algorithm: str, status: _Status,
     ) -> CachedResponse:
-        """The response ``_sign`` makes, built with asn1crypto by ``_sign_many`` (one
-        SingleResponse) and signed over the ResponseData through the Signer: what
-        cryptography's builder would encode, without its encode-parse-encode round."""
+        """The response ``_sign`` makes, from DER pieces: what cryptography's builder would
+        encode (producedAt is thisUpdate, as in ``_sign_many``), signed over the
+        ResponseData through the Signer."""
+        responder_id, signature_algorithm, certs = fixed
+        this_update, next_update = self._times(responder)
         cert_id = self._cert_id(issuer, algorithm, status.serial)
-        entry = await self._sign_many(issuer, responder, [cert_id], [status], None)
-        return dataclasses.replace(entry, cert_id=cert_id)
+        if status.revoked_at is None:
+            cert_status = _CERT_STATUS_GOOD
+        else:
+            info = _der_time(status.revoked_at)
+            reason = _reason(status.reason)
+            if reason is not None:  # [0] EXPLICIT CRLReason
+                info += _der(0xA0, bytes((0x0A, 1, _CRL_REASON_CODES[reason])))
+            cert_status = _der(0xA1, info)  # [1] IMPLICIT RevokedInfo
+        this_der = _der_time(this_update)
+        single = _der(0x30, cert_id + cert_status + this_der
+                      + _der(0xA0, _der_time(next_update)))
+        tbs = _der(0x30, responder_id + this_der + _der(0x30, single))
+        signer = responder.signer
+        signature = await responder.signing_key.sign(
+            Purpose.OCSP, lambda: signer.sign_sync(tbs))
+        basic = _der(0x30, tbs + signature_algorithm + _der(0x03, b"\x00" + signature)
+                     + certs)
+        der = _der(0x30, _OCSP_SUCCESSFUL + _der(0xA0, _der(
+            0x30, _ID_PKIX_OCSP_BASIC + _der(0x04, basic))))
+        return CachedResponse(
+            der, status.revoked_at is not None, int(this_update.timestamp()),
+            int(next_update.timestamp()), cert_id, _etag(der))
 
     async def _sign_many(
         self, issuer: _Issuer, responder: _Responder, raw_cert_ids: Sequence[bytes],

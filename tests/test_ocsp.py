@@ -17,6 +17,7 @@ from typing import Any, cast
 import pytest
 from aiohttp.test_utils import TestClient
 from asn1crypto import algos as a_algos
+from asn1crypto import core as a_core
 from asn1crypto import ocsp as a_ocsp
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -26,7 +27,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ca_core.authority import Authority, IssuanceRequest, IssuedCertificate
 from ca_core.hierarchy import ensure_organization
-from ca_core.ocsp import OcspResponder, OcspSettings, _Status, cache_key
+from ca_core.ocsp import OcspResponder, OcspSettings, _der, _der_integer, _Status, cache_key
 from ca_core.principal import Principal
 from ca_core.records import AuditEvent, Revocation
 from ca_core.response_cache import CachedResponse, CacheUnavailable, ResponseCache
@@ -326,6 +327,13 @@ async def test_assembled_response_is_what_the_builder_makes(services: Services) 
             responder.certificate.public_key().verify(  # type: ignore[union-attr]
                 loaded.signature, loaded.tbs_response_bytes,
                 ec.ECDSA(loaded.signature_hash_algorithm))  # type: ignore[arg-type]
+
+
+def test_der_pieces_encode_as_asn1crypto_does() -> None:
+    for value in (0, 1, 0x7F, 0x80, 0xFF, 0x100, 2**63, 2**64 - 1, 2**159, 2**160 - 1):
+        assert _der_integer(value) == a_core.Integer(value).dump()
+    for size in (0, 1, 127, 128, 255, 256, 65535, 65536):
+        assert _der(0x04, b"x" * size) == a_core.OctetString(b"x" * size).dump()
 
 
 async def test_unknown_serial_and_foreign_issuer_are_unauthorized(
