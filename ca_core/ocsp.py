@@ -54,6 +54,7 @@ from ca_core.authority import REVOCATION_REASONS, Authority, IssuedCertificate, 
 from ca_core.errors import BadRequest, NotFound, Unavailable
 from ca_core.hierarchy import OCSP_RESPONDER_VALIDITY_DAYS, ensure_ocsp_responder
 from ca_core.keys import KeyAlgorithm
+from ca_core.leases import held_lease
 from ca_core.records import CertificateRecord, OcspResponderRecord, RevocationEvent
 from ca_core.response_cache import CachedResponse, CacheUnavailable, ResponseCache
 from ca_core.signers.base import KeyBackendError, Signer
@@ -88,6 +89,11 @@ class UnknownIssuer(NotFound):
 
 class UnknownCertificate(NotFound):
     kind = "ocsp_unknown_certificate"
+
+
+def responder_lease(ca_id: str) -> str:
+    """The lease under which one process renews a CA's OCSP responder certificate."""
+    return f"ocsp-responder:{ca_id}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,11 +354,12 @@ class OcspResponder:
         return issuer
 
     async def _ensure_responder(self, issuer: _Issuer) -> None:
-        lock = f"ocsp-responder:{issuer.ca_id}"
-        store = self.store
-        if not await store.try_lock(lock, self.instance_id, 120):
-            return
-        try:
+        # A short lease renewed while the renewal runs (issue 15): a replica killed in the
+        # middle blocks it for LEASE_SECONDS, not for minutes.
+        async with held_lease(self.store, responder_lease(issuer.ca_id),
+                              self.instance_id) as held:
+            if not held:
+                return
             _, created = await ensure_ocsp_responder(
                 self.authority, issuer.ca.record.name,
                 validity_days=self.settings.responder_validity_days,
@@ -360,8 +367,6 @@ class OcspResponder:
             )
             if created:
                 log.info("new OCSP responder certificate for CA %s", issuer.ca.record.name)
-        finally:
-            await store.release_lock(lock, self.instance_id)
 
     async def _load_responder(self, issuer: _Issuer) -> None:
         records = await self.store.list_ocsp_responders(issuer.ca_id)

@@ -15,7 +15,8 @@
 
 Each job logs and carries on after an error: a failed round must not stop the gateway.
 
-Leases are short (``LEASE_SECONDS``) and renewed while the job runs (``held_lease``): a
+Leases are short (``LEASE_SECONDS``) and renewed while the job runs (``held_lease``, in
+ca_core.leases, which the OCSP responder's certificate renewal uses too): a
 replica killed while holding one (SIGKILL, OOM, a lost node) blocks the job for at most that
 long, so another replica takes the job over within seconds (issue 15: within 10 s).
 """
@@ -26,10 +27,10 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 
+from ca_core.leases import LEASE_SECONDS, held_lease  # noqa: F401 (re-exported)
 from ca_core.response_cache import CacheUnavailable
-from ca_core.storage import LeaseStore
 from gateway.runtime import Services
 
 log = logging.getLogger("vcc_pki.status_jobs")
@@ -38,38 +39,6 @@ REFRESH_LOCK = "ocsp-refresh"
 CRL_LOCK = "crl-publish"
 WARM_LOCK = "ocsp-warm"
 REFRESH_BATCH = 500
-# How long a dead holder's lease blocks a job; renewed every third of it while held.
-LEASE_SECONDS = 6.0
-
-
-@asynccontextmanager
-async def held_lease(store: LeaseStore, name: str, holder: str,
-                     ttl: float = LEASE_SECONDS) -> AsyncIterator[bool]:
-    """Take the lease ``name`` (yields False when another holder has it) and renew it every
-    ``ttl / 3`` seconds until the block ends, then release it. A long job keeps its lease; a
-    holder that dies loses it ``ttl`` seconds later at most."""
-    if not await store.try_lock(name, holder, ttl):
-        yield False
-        return
-
-    async def renew() -> None:
-        while True:
-            await asyncio.sleep(ttl / 3)
-            try:
-                await store.try_lock(name, holder, ttl)
-            except Exception as exc:  # the store is down: the job itself will notice
-                log.warning("renewing lease %s: %s", name, exc)
-
-    renewer = asyncio.create_task(renew(), name=f"lease-renewal:{name}")
-    try:
-        yield True
-    finally:
-        renewer.cancel()
-        with suppress(asyncio.CancelledError):
-            await renewer
-        await store.release_lock(name, holder)
-
-
 def _cancelling() -> bool:
     """True when this task has been asked to stop. redis-py's asyncio client (8.1) swallows
     a CancelledError that hits it mid-command and returns normally (measured: 3 of 4
