@@ -68,6 +68,11 @@ class Config:
     # complete within body_timeout seconds closes the connection; one client address may
     # hold at most max_connections_per_client connections to a listener (0: no limit).
     http_keepalive_seconds: int = 75
+    # Behind a layer-4 (TCP, TLS passthrough) balancer a client's keep-alive connection
+    # stays on one replica for as long as it lives. After this many requests on one
+    # connection the response says ``Connection: close`` and the client reconnects, through
+    # the balancer to the next replica (nginx's keepalive_requests). 0: no limit.
+    http_keepalive_requests: int = 0
     http_body_timeout_seconds: int = 30
     http_max_connections_per_client: int = 256
     # Signatures of this process being made at once (certificates, OCSP, CRLs, tokens);
@@ -264,6 +269,7 @@ _INT_FIELDS = {"http_port", "https_port", "pkcs11_max_sessions", "max_body_bytes
                "max_signatures_in_flight", "drain_seconds"}
 _BOOL_FIELDS = {"ocsp_nonce", "ocsp_warm", "bench_routes"}
 _INT_FIELDS.add("tsa_accuracy_ms")
+_INT_FIELDS.add("http_keepalive_requests")
 _BOOL_FIELDS |= {"tsa_include_tsa_name", "tsa_legacy_ess_cert_id"}
 _TUPLE_FIELDS = {"tsa_accepted_policies", "tsa_hash_algorithms", "acme_caa_identities"}
 _INT_FIELDS |= {"acme_http01_port", "acme_tlsalpn01_port", "acme_validation_attempts",
@@ -414,7 +420,8 @@ def load_config(environ: Mapping[str, str] | None = None, path: str | None = Non
                             ("http_body_timeout_seconds", 1, 3600),
                             ("http_max_connections_per_client", 0, 1_000_000),
                             ("max_signatures_in_flight", 1, 1_000_000),
-                            ("drain_seconds", 0, 300)):
+                            ("drain_seconds", 0, 300),
+                            ("http_keepalive_requests", 0, 1_000_000)):
         if not low <= getattr(config, name) <= high:
             raise ConfigError(f"VCC_PKI_{name.upper()} must be {low}..{high}")
     if not 1024 <= config.est_max_body_bytes <= config.max_body_bytes:

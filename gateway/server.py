@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -187,6 +187,26 @@ def runner_options(config: Config) -> dict[str, Any]:
             "max_headers": config.http_max_headers}
 
 
+def limit_keepalive_requests(app: web.Application, limit: int) -> None:
+    """After ``limit`` requests on one connection, the answer carries ``Connection: close``
+    (VCC_PKI_HTTP_KEEPALIVE_REQUESTS; 0: no limit), so that a client behind a layer-4
+    balancer reconnects and may land on another replica. Clients honour it: unlike a
+    connection closed under them, it leaves nothing to retry (Go does not retry a POST)."""
+    if limit <= 0:
+        return
+
+    async def close_after_limit(request: web.BaseRequest, response: web.StreamResponse
+                                ) -> None:
+        # aiohttp counts the requests each connection has carried (its RequestHandler);
+        # tests/test_keepalive_requests.py pins that this still holds.
+        if request.protocol._request_count >= limit:
+            response.force_close()  # the connection ends after this answer
+            # aiohttp (3.14) has made the headers by the time this hook runs: say it.
+            response.headers[hdrs.CONNECTION] = "close"
+
+    app.on_response_prepare.append(close_after_limit)
+
+
 def _ssl_context(services: Services) -> ssl.SSLContext:
     tls_dir = services.config.tls_dir
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -331,11 +351,13 @@ async def _run_server(config: Config, is_child: bool, ready: asyncio.Event | Non
             await ensure_tsa(authority, config.tsa_settings())
         root_path = await export_ca_files(services) if not is_child else None
 
-        http_runner = web.AppRunner(build_http_app(services), **runner_options(config))
-        https_runner = web.AppRunner(build_https_app(services), **runner_options(config))
         est_settings = services.est.settings
-        est_runner = web.AppRunner(build_est_app(services, services.est, est_settings),
-                                   **runner_options(config))
+        apps = [build_http_app(services), build_https_app(services),
+                build_est_app(services, services.est, est_settings)]
+        for app in apps:
+            limit_keepalive_requests(app, config.http_keepalive_requests)
+        http_runner, https_runner, est_runner = (
+            web.AppRunner(app, **runner_options(config)) for app in apps)
         runners = [http_runner, https_runner, est_runner]
         for runner in runners:
             await runner.setup()
