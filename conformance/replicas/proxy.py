@@ -1,87 +1,113 @@
-"""A round-robin proxy for the replica tests: request N goes to replica N mod 3.
+"""A round-robin TCP proxy for the replica tests (issue 15): connection N goes to replica
+N mod 3, its bytes piped both ways untouched (TLS passes through: the client's handshake is
+with the replica), as a layer-4 balancer (Kubernetes Service, an Ingress with TLS
+passthrough, HAProxy in TCP mode) does.
 
-It forwards HTTP requests, not TCP connections. A layer-4 proxy with TLS passed through
-balances connections, and an ACME client keeps one connection alive for a whole order (lego
-made an order over two connections), so the order would not cross replicas. Closing the
-connection after each answer does not help either: Go does not retry a POST that meets a
-connection closed under it (lego failed with ``Post ...: EOF``). So the proxy ends TLS
-with a certificate from the gateway's own CA and opens a new TLS connection to the next
-replica for every request, as an HTTP load balancer in front of the replicas would.
+A layer-4 balancer places connections, not requests: an ACME client keeps one keep-alive
+connection for a whole order. The replicas are therefore started with
+``VCC_PKI_HTTP_KEEPALIVE_REQUESTS=1`` (nginx's keepalive_requests): every answer says
+``Connection: close``, the client opens a new connection for its next request, and that one
+goes to the next replica. A connection the proxy closed under the client instead would not
+do: Go does not retry a POST that meets a connection closed under it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
-import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-
-import aiohttp
-from aiohttp import web
-from multidict import CIMultiDict
-
-_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
-               "proxy-authorization", "proxy-authenticate", "content-length", "host"}
+from dataclasses import dataclass
 
 
-class RoundRobinProxy:
-    def __init__(self, backends: Sequence[str], server_context: ssl.SSLContext,
-                 client_context: ssl.SSLContext) -> None:
-        self.backends = list(backends)  # base URLs, https://localhost:PORT
-        self.requests: Counter[str] = Counter()  # answered, per backend
-        self.refused: Counter[str] = Counter()  # connections refused, per backend
-        self.forwarded = 0
-        # Called with the request's number before it is forwarded (a test's hook).
-        self.before_request: Callable[[int], Awaitable[None]] | None = None
-        self._next = itertools.cycle(self.backends)
-        self._server_context = server_context
-        self._client_context = client_context
-        self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
+@dataclass
+class Piped:
+    """One accepted connection: its number (from 1), the backend it went to (None: every
+    backend refused it) and the bytes each way."""
 
-    async def start(self, port: int) -> None:
-        # force_close: a new connection per request, so nothing sticks to a replica.
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=self._client_context, force_close=True),
-            auto_decompress=False, timeout=aiohttp.ClientTimeout(total=60))
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self._forward)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", port,
-                          ssl_context=self._server_context).start()
+    number: int
+    backend: int | None
+    upstream_bytes: int = 0
+    downstream_bytes: int = 0
+
+
+class TcpRoundRobinProxy:
+    def __init__(self, backends: Sequence[tuple[str, int]]) -> None:
+        self.backends = list(backends)  # (host, port) of each replica's listener
+        self.connections: list[Piped] = []
+        self.refused: Counter[int] = Counter()  # connections refused, per backend index
+        # Called with the connection's number before it is piped (a test's hook).
+        self.before_connection: Callable[[int], Awaitable[None]] | None = None
+        self._next = itertools.cycle(range(len(self.backends)))
+        self._server: asyncio.Server | None = None
+        self._pipes: set[asyncio.Task[None]] = set()
+
+    def per_backend(self) -> Counter[int]:
+        """Connections piped, per backend index."""
+        return Counter(c.backend for c in self.connections if c.backend is not None)
+
+    async def start(self, port: int, host: str = "127.0.0.1") -> None:
+        self._server = await asyncio.start_server(self._accept, host, port)
 
     async def close(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._session is not None:
-            await self._session.close()
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._pipes):
+            task.cancel()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
 
-    async def _forward(self, request: web.Request) -> web.Response:
-        assert self._session is not None
-        self.forwarded += 1
-        if self.before_request is not None:
-            await self.before_request(self.forwarded)
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
-        data = await request.read()
-        for _attempt in range(len(self.backends)):
-            backend = next(self._next)
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+                      ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._pipes.add(task)
+        record = Piped(len(self.connections) + 1, None)
+        self.connections.append(record)
+        try:
+            if self.before_connection is not None:
+                await self.before_connection(record.number)
+            upstream = await self._connect(record)
+            if upstream is None:
+                return
+            up_reader, up_writer = upstream
             try:
-                return await self._send(backend, request, headers, data)
-            except aiohttp.ClientConnectorError:
-                # Nothing was sent: a balancer skips a replica that refuses connections.
-                self.refused[backend] += 1
-        raise web.HTTPBadGateway()
+                await asyncio.gather(self._pipe(reader, up_writer, record, "upstream_bytes"),
+                                     self._pipe(up_reader, writer, record, "downstream_bytes"))
+            finally:
+                up_writer.close()
+        finally:
+            writer.close()
+            self._pipes.discard(task)
 
-    async def _send(self, backend: str, request: web.Request, headers: dict[str, str],
-                    data: bytes) -> web.Response:
-        assert self._session is not None
-        async with self._session.request(request.method, backend + request.path_qs,
-                                         headers=headers, data=data,
-                                         allow_redirects=False) as answer:
-            self.requests[backend] += 1
-            body = await answer.read()
-            # A multidict: ACME answers carry several Link headers (index, up).
-            out = CIMultiDict((k, v) for k, v in answer.headers.items()
-                              if k.lower() not in _HOP_BY_HOP)
-            return web.Response(status=answer.status, body=body, headers=out)
+    async def _connect(self, record: Piped
+                       ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        for _attempt in range(len(self.backends)):
+            index = next(self._next)
+            try:
+                connection = await asyncio.open_connection(*self.backends[index])
+            except OSError:
+                # Nothing was sent yet: a balancer skips a replica that refuses connections.
+                self.refused[index] += 1
+                continue
+            record.backend = index
+            return connection
+        return None
+
+    @staticmethod
+    async def _pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter, record: Piped,
+                    counter: str) -> None:
+        """Copy until end of file, then half-close the other side (TLS close_notify and the
+        FIN pass through as they came)."""
+        try:
+            while data := await source.read(65536):
+                setattr(record, counter, getattr(record, counter) + len(data))
+                sink.write(data)
+                await sink.drain()
+            if sink.can_write_eof():
+                sink.write_eof()
+        except (ConnectionError, OSError):
+            with contextlib.suppress(Exception):
+                sink.close()
