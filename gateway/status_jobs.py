@@ -29,7 +29,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
-from ca_core.leases import LEASE_SECONDS, held_lease  # noqa: F401 (re-exported)
+# Re-exported: the jobs and their tests name them here.
+from ca_core.leases import LEASE_SECONDS as LEASE_SECONDS
+from ca_core.leases import held_lease as held_lease
 from ca_core.response_cache import CacheUnavailable
 from gateway.runtime import Services
 
