@@ -77,11 +77,12 @@ class Cluster:
     def token(self, role: str = "cert_manager") -> str:
         return self.cli("token", "create", "--org", "default", "--role", role).strip()
 
-    def session(self, **connector_options: int) -> aiohttp.ClientSession:
-        """A client trusting the deployment's root (the REST API is on HTTPS only)."""
+    def session(self, limit: int = 100) -> aiohttp.ClientSession:
+        """A client trusting the deployment's root (the REST API is on HTTPS only);
+        ``limit``: its connections at once (0: no limit)."""
         context = ssl.create_default_context(cafile=str(self.data_dir / "ca" / "root.pem"))
         return aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(ssl=context, **connector_options),
+            connector=aiohttp.TCPConnector(ssl=context, limit=limit),
             timeout=aiohttp.ClientTimeout(total=30))
 
 
@@ -153,6 +154,42 @@ async def issue(session: aiohttp.ClientSession, base_url: str, token: str, csr: 
         return response.status, body, dict(response.headers)
 
 
+async def revoke(session: aiohttp.ClientSession, base_url: str, token: str, serial: object,
+                 reason: str = "keyCompromise") -> tuple[int, str]:
+    """Revoke through the REST API: (status, body)."""
+    async with session.post(f"{base_url}/api/v1/certificates/{serial}/revoke",
+                            json={"reason": reason},
+                            headers={"Authorization": f"Bearer {token}"}) as response:
+        return response.status, await response.text()
+
+
+@dataclass
+class Issued:
+    """A certificate a test issued and the OCSP request that asks about it."""
+
+    body: dict[str, object]
+    leaf: x509.Certificate
+    issuer: x509.Certificate
+    ocsp_request: bytes
+
+    @property
+    def serial(self) -> str:
+        return str(self.body["serial"])
+
+
+async def issue_checked(session: aiohttp.ClientSession, base_url: str, token: str,
+                        common_name: str, revoked: bool = False) -> Issued:
+    """Issue a certificate (201 or the test fails), revoke it (keyCompromise) when asked."""
+    status, body, _ = await issue(session, base_url, token, make_csr(common_name))
+    assert status == 201, body
+    leaf, issuer = chain_certificates(body)
+    issued = Issued(body, leaf, issuer, ocsp_request_der(leaf, issuer))
+    if revoked:
+        status, text = await revoke(session, base_url, token, issued.serial)
+        assert status == 200, text
+    return issued
+
+
 def ocsp_request_der(certificate: x509.Certificate, issuer: x509.Certificate) -> bytes:
     return (ocsp.OCSPRequestBuilder().add_certificate(certificate, issuer, hashes.SHA1())
             .build().public_bytes(serialization.Encoding.DER))
@@ -199,6 +236,15 @@ async def poll(check: Callable[[], Awaitable[bool]], timeout: float,
         if time.monotonic() - started > timeout:
             raise TimeoutError(f"not true after {timeout} s")
         await asyncio.sleep(interval)  # polling interval, not a fixed wait
+
+
+async def until(condition: Callable[[], bool], timeout: float) -> float:
+    """``poll`` for a condition that needs no I/O (a counter the load has reached)."""
+
+    async def check() -> bool:
+        return condition()
+
+    return await poll(check, timeout)
 
 
 def chain_certificates(body: dict[str, object]) -> tuple[x509.Certificate, x509.Certificate]:

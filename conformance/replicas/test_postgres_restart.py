@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -29,13 +30,13 @@ from asn1crypto import core, tsp
 
 from conformance.gateway import free_port
 from conformance.replicas.cluster import (
-    chain_certificates,
     issue,
+    issue_checked,
     make_csr,
-    ocsp_request_der,
     ocsp_status,
     poll,
     running_cluster,
+    until,
 )
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
@@ -96,12 +97,13 @@ def scratch_postgres() -> Iterator[ScratchPostgres]:
 def _tsa_query() -> bytes:
     import hashlib
 
-    return tsp.TimeStampReq({
+    request: bytes = tsp.TimeStampReq({
         "version": "v1",
         "message_imprint": {"hash_algorithm": {"algorithm": "sha256"},
                             "hashed_message": hashlib.sha256(b"replicas").digest()},
         "cert_req": True,
     }).dump()
+    return request
 
 
 async def test_postgres_restart_under_issuance_load(
@@ -112,10 +114,8 @@ async def test_postgres_restart_under_issuance_load(
         token = cluster.token()
         statuses: Counter[str] = Counter()
         async with cluster.session() as session:
-            status, body, _ = await issue(session, replica.https_url, token,
-                                          make_csr("cached.example.test"))
-            assert status == 201, body
-            request = ocsp_request_der(*chain_certificates(body))
+            request = (await issue_checked(session, replica.https_url, token,
+                                           "cached.example.test")).ocsp_request
             assert await ocsp_status(session, replica.http_url, request) == "good"
 
             # Issuance load all along: what it sees is counted, nothing may be a 500.
@@ -136,9 +136,9 @@ async def test_postgres_restart_under_issuance_load(
                         await asyncio.sleep(0.05)  # a client backing off, not a wait
 
             loaders = [asyncio.create_task(load()) for _ in range(3)]
-            await poll(lambda: _true(statuses["load 201"] >= 10), timeout=60)
+            await until(lambda: statuses["load 201"] >= 10, timeout=60)
             postgres.stop()
-            down: dict[str, object] = {}
+            down: dict[str, Any] = {}
             # REST: 503 with Retry-After (poll: the pool notices the lost connections).
             async def rest_unavailable() -> bool:
                 status, problem, headers = await issue(session, replica.https_url, token,
@@ -147,7 +147,7 @@ async def test_postgres_restart_under_issuance_load(
                 down["rest"] = (status, headers.get("Retry-After"), problem.get("type"))
                 return status == 503
             await poll(rest_unavailable, timeout=30)
-            assert down["rest"][1], down  # type: ignore[index]
+            assert down["rest"][1], down
             async with session.post(f"{replica.http_url}/tsa", data=_tsa_query(), headers={
                     "Content-Type": "application/timestamp-query"}) as response:
                 # A rejection has no token, which asn1crypto's TimeStampResp requires:
@@ -187,10 +187,6 @@ async def test_postgres_restart_under_issuance_load(
               f"({time.monotonic() - back:.2f} s)")
         assert recovery < 5
         assert not any(k.startswith("load 5") and k != "load 503" for k in statuses), statuses
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 async def _acme_new_account(session: aiohttp.ClientSession, base_url: str

@@ -21,15 +21,7 @@ import pytest
 import redis
 
 from conformance.gateway import free_port
-from conformance.replicas.cluster import (
-    chain_certificates,
-    issue,
-    make_csr,
-    ocsp_request_der,
-    ocsp_status,
-    poll,
-    running_cluster,
-)
+from conformance.replicas.cluster import issue_checked, ocsp_status, running_cluster, until
 
 pytestmark = [pytest.mark.postgres]
 
@@ -86,18 +78,9 @@ async def test_redis_restart_under_ocsp_load(tmp_path: Path, database_url: str) 
         async with cluster.session(limit=0) as session:
             expected: list[tuple[bytes, str]] = []
             for n in range(6):
-                status, body, _ = await issue(session, a.https_url, token,
-                                              make_csr(f"o{n}.example.test"))
-                assert status == 201, body
-                leaf, issuer = chain_certificates(body)
-                if n % 3 == 0:
-                    async with session.post(
-                            f"{a.https_url}/api/v1/certificates/{body['serial']}/revoke",
-                            json={"reason": "keyCompromise"},
-                            headers={"Authorization": f"Bearer {token}"}) as response:
-                        assert response.status == 200
-                expected.append((ocsp_request_der(leaf, issuer),
-                                 "revoked" if n % 3 == 0 else "good"))
+                issued = await issue_checked(session, a.https_url, token,
+                                             f"o{n}.example.test", revoked=n % 3 == 0)
+                expected.append((issued.ocsp_request, "revoked" if n % 3 == 0 else "good"))
 
             answers: Counter[str] = Counter()
             wrong: list[str] = []
@@ -133,9 +116,8 @@ async def test_redis_restart_under_ocsp_load(tmp_path: Path, database_url: str) 
                 """Until ``count`` more answers, and ``seconds`` have passed (a phase long
                 enough for the cache's back-off to come and go several times)."""
                 target, since = total() + count, time.monotonic()
-                await poll(lambda: _true(total() >= target
-                                         and time.monotonic() - since >= seconds),
-                           timeout=60)
+                await until(lambda: total() >= target
+                            and time.monotonic() - since >= seconds, timeout=60)
 
             tasks = [asyncio.create_task(worker()) for _ in range(WORKERS)]
             await after(300)
@@ -155,7 +137,3 @@ async def test_redis_restart_under_ocsp_load(tmp_path: Path, database_url: str) 
               f"{longest_failure[0]:.3f} s")
         assert not wrong, wrong[:10]
         assert longest_failure[0] <= RETRY_INTERVAL
-
-
-async def _true(value: bool) -> bool:
-    return value

@@ -10,15 +10,13 @@ from urllib.parse import urlsplit
 import pytest
 
 from conformance.replicas.cluster import (
-    chain_certificates,
     crl_number,
     crl_url,
     fetch_crl,
-    issue,
-    make_csr,
-    ocsp_request_der,
+    issue_checked,
     ocsp_status,
     poll,
+    revoke,
     running_cluster,
 )
 
@@ -31,10 +29,8 @@ async def test_revocation_through_a_reaches_b_and_c(
         a, b, c = cluster.replicas
         token = cluster.token()
         async with cluster.session() as session:
-            status, body, _ = await issue(session, a.https_url, token, make_csr("r.example.test"))
-            assert status == 201, body
-            leaf, issuer = chain_certificates(body)
-            request = ocsp_request_der(leaf, issuer)
+            issued = await issue_checked(session, a.https_url, token, "r.example.test")
+            leaf, request = issued.leaf, issued.ocsp_request
             crl_path = urlsplit(crl_url(leaf)).path
             requests = 0
             for replica in (a, b, c):  # every replica has answered "good" (and cached it)
@@ -43,10 +39,8 @@ async def test_revocation_through_a_reaches_b_and_c(
             numbers_before = [await crl_number(session, r.http_url + crl_path)
                               for r in (a, b, c)]
 
-            async with session.post(f"{a.https_url}/api/v1/certificates/{body['serial']}"
-                                    "/revoke", json={"reason": "keyCompromise"},
-                                    headers={"Authorization": f"Bearer {token}"}) as response:
-                assert response.status == 200, await response.text()
+            status, text = await revoke(session, a.https_url, token, issued.serial)
+            assert status == 200, text
             revoked_at = time.monotonic()
             answers: dict[str, int] = {}
 

@@ -20,13 +20,15 @@ import pytest
 
 from conformance.replicas.cluster import (
     Replica,
-    chain_certificates,
     crl_url,
     fetch_crl,
     issue,
+    issue_checked,
     make_csr,
     poll,
+    revoke,
     running_cluster,
+    until,
 )
 from gateway.status_jobs import CRL_LOCK, LEASE_SECONDS
 
@@ -75,18 +77,16 @@ async def test_sigkill_under_issuance_load(
                     if serial in revoked_by_the_test:
                         continue
                     replica = a if done % 2 else b
-                    async with session.post(
-                            f"{replica.https_url}/api/v1/certificates/{serial}/revoke",
-                            json={"reason": "superseded"},
-                            headers={"Authorization": f"Bearer {token}"}) as response:
-                        if response.status != 200:
-                            errors[f"revoke {replica.name}: HTTP {response.status}"] += 1
+                    status, _ = await revoke(session, replica.https_url, token, serial,
+                                             "superseded")
+                    if status != 200:
+                        errors[f"revoke {replica.name}: HTTP {status}"] += 1
                 await asyncio.sleep(0.1)  # pacing of the revocations, not a wait for state
 
         async with cluster.session(limit=0) as session:
             tasks = [asyncio.create_task(worker(i, session)) for i in range(WORKERS)]
             tasks.append(asyncio.create_task(revoker(session)))
-            await poll(lambda: _true(len(returned) >= 30), timeout=60)
+            await until(lambda: len(returned) >= 30, timeout=60)
             conn = await asyncpg.connect(database_url)
             try:
                 leases = await conn.fetch("SELECT name, holder FROM job_locks")
@@ -109,15 +109,12 @@ async def test_sigkill_under_issuance_load(
             before_kill = len(returned)
 
             # A certificate issued before the kill, revoked through A after it.
-            status, body, _ = await issue(session, a.https_url, token, make_csr("k.example"))
-            assert status == 201, body
-            revoked_by_the_test.add(str(body["serial"]))
-            returned.append((a.name, str(body["serial"])))
-            leaf, _issuer = chain_certificates(body)
-            async with session.post(f"{a.https_url}/api/v1/certificates/{body['serial']}"
-                                    "/revoke", json={"reason": "keyCompromise"},
-                                    headers={"Authorization": f"Bearer {token}"}) as response:
-                assert response.status == 200, await response.text()
+            issued = await issue_checked(session, a.https_url, token, "k.example")
+            revoked_by_the_test.add(issued.serial)
+            returned.append((a.name, issued.serial))
+            leaf = issued.leaf
+            status, text = await revoke(session, a.https_url, token, issued.serial)
+            assert status == 200, text
             path = urlsplit(crl_url(leaf)).path
 
             async def in_crl() -> bool:
@@ -127,7 +124,7 @@ async def test_sigkill_under_issuance_load(
 
             await poll(in_crl, timeout=30)
             resumed = time.monotonic() - killed_at
-            await poll(lambda: _true(len(returned) >= before_kill + 30), timeout=60)
+            await until(lambda: len(returned) >= before_kill + 30, timeout=60)
             stop.set()
             await asyncio.gather(*tasks)
 
@@ -153,10 +150,6 @@ async def test_sigkill_under_issuance_load(
         assert len(set(serials)) == len(serials) and not duplicates
         assert not any(k.startswith(("A:", "B:", "revoke")) for k in errors), errors
         assert resumed < 10, f"the CRL job resumed after {resumed:.1f} s"
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 def _number(serial: str) -> int:
