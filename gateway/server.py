@@ -197,8 +197,9 @@ def limit_keepalive_requests(app: web.Application, limit: int) -> None:
 
     async def close_after_limit(request: web.BaseRequest, response: web.StreamResponse
                                 ) -> None:
-        # aiohttp counts the requests each connection has carried (its RequestHandler);
-        # tests/test_keepalive_requests.py pins that this still holds.
+        # aiohttp counts the requests each connection has carried (its RequestHandler;
+        # pipelined ones as they arrive, so a pipelining client may see the close early,
+        # which HTTP allows); tests/test_keepalive_requests.py pins that this still holds.
         if request.protocol._request_count >= limit:
             response.force_close()  # the connection ends after this answer
             # aiohttp (3.14) has made the headers by the time this hook runs: say it.
