@@ -17,7 +17,9 @@ prefix per process, then a counter: gateway/app.py). Checked across the two proc
 - OCSP: after a revocation (REST, one process), both processes answer ``revoked`` and,
   once a process has answered ``revoked``, it never answers ``good`` again.
 
-One gateway per configuration serves every test of this module (module-scoped fixture).
+One gateway per configuration serves those tests (module-scoped fixture). A last test has
+a gateway of its own: a worker killed with SIGKILL is replaced by the primary, and a worker
+whose primary was killed stops by itself.
 """
 
 from __future__ import annotations
@@ -94,25 +96,21 @@ class Deployment:
         return len(self.answered.get(protocol, {}))
 
 
-def _every_process_listens(gateway: Gateway, root: Path) -> None:
+async def _every_process_listens(gateway: Gateway, root: Path) -> None:
     """The workers start once the primary listens (and /ready answered): poll every
     listener until both processes have answered there."""
     context = ssl.create_default_context(cafile=str(root))
-
-    async def poll() -> None:
-        connector = aiohttp.TCPConnector(ssl=context, force_close=True)
-        async with aiohttp.ClientSession(connector=connector) as session:
-            for url in (f"{gateway.http_url}/health", f"{gateway.https_url}/health",
-                        f"{gateway.est_url}/.well-known/est/cacerts"):
-                seen: set[str] = set()
-                deadline = time.monotonic() + 60
-                while len(seen) < WORKERS:
-                    assert time.monotonic() < deadline, f"one process only answers {url}"
-                    async with session.get(url) as response:
-                        assert response.status == 200, url
-                        seen.add(response.headers["X-Request-ID"][:16])
-
-    asyncio.run(poll())
+    connector = aiohttp.TCPConnector(ssl=context, force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        for url in (f"{gateway.http_url}/health", f"{gateway.https_url}/health",
+                    f"{gateway.est_url}/.well-known/est/cacerts"):
+            seen: set[str] = set()
+            deadline = time.monotonic() + 60
+            while len(seen) < WORKERS:
+                assert time.monotonic() < deadline, f"one process only answers {url}"
+                async with session.get(url) as response:
+                    assert response.status == 200, url
+                    seen.add(response.headers["X-Request-ID"][:16])
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +141,7 @@ def deployment(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     try:
         with running_gateway(data_dir, env) as gateway:
             root = data_dir / "ca" / "root.pem"
-            _every_process_listens(gateway, root)
+            asyncio.run(_every_process_listens(gateway, root))
             yield Deployment(gateway, http01_port, root)
         log = (data_dir / "serve.log").read_text()
         assert "Traceback" not in log and " ERROR " not in log, log[-4000:]
@@ -465,3 +463,76 @@ async def test_ocsp_revocation_seen_by_every_worker(deployment: Deployment) -> N
         await _poll(lambda: every_process_says("revoked"), "revoked from every process")
     print(f"\nOCSP revoked from both processes {time.monotonic() - revoked_at:.2f} s after "
           f"the revoke call returned ({gateway.env.get('VCC_PKI_DATABASE_URL', 'sqlite')})")
+
+
+# ---------------------------------------------------------------------------- supervision
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited (its parent has not reaped it yet)
+
+
+async def test_a_lost_worker_is_replaced_and_workers_end_with_the_primary(
+        tmp_path: Path) -> None:
+    """SIGKILL of a worker: the primary starts another (a new process answers); SIGKILL of
+    the primary: its worker stops by itself instead of serving on as an orphan. SQLite, no
+    Redis: the supervision does not depend on the configuration."""
+    import os
+    import signal
+
+    env = {"VCC_PKI_KEY_PASSPHRASE": "conformance", "VCC_PKI_WORKERS": str(WORKERS),
+           "VCC_PKI_ROOT_KEY_TYPE": "ec-p256", "VCC_PKI_INTERMEDIATE_KEY_TYPE": "ec-p256",
+           "VCC_PKI_ISSUING_KEY_TYPE": "ec-p256", "VCC_PKI_TSA_KEY_TYPE": "ec-p256"}
+    with running_gateway(tmp_path / "data", env) as gateway:
+        root = tmp_path / "data" / "ca" / "root.pem"
+        await _every_process_listens(gateway, root)
+        primary = gateway.process.pid
+        (worker,) = _children(primary)
+        d = Deployment(gateway, 0, root)
+        async with d.session() as session:
+
+            async def answering() -> set[str]:
+                prefixes = set()
+                for _ in range(8):
+                    async with session.get(f"{gateway.http_url}/health") as response:
+                        assert response.status == 200
+                        prefixes.add(response.headers["X-Request-ID"][:16])
+                return prefixes
+
+            before = await answering()
+            os.kill(worker, signal.SIGKILL)
+            replaced: set[int] = set()
+
+            async def another_worker_serves() -> bool:
+                replaced.clear()
+                replaced.update(p for p in _children(primary) if p != worker and _alive(p))
+                return bool(replaced) and bool(await answering() - before)
+
+            await _poll(another_worker_serves, "a new worker serving", timeout=60)
+        (new_worker,) = replaced
+        os.kill(primary, signal.SIGKILL)
+        gateway.process.wait(10)
+
+        async def worker_gone() -> bool:
+            return not _alive(new_worker)
+
+        await _poll(worker_gone, "the orphaned worker stopping", timeout=30)
+    log = (tmp_path / "data" / "serve.log").read_text()
+    assert "starting another" in log and "this worker stops" in log, log[-3000:]

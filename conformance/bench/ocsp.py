@@ -154,6 +154,9 @@ class Row:
     runs: dict[int, dict[int, Rate]] = field(default_factory=dict)  # conns -> round -> Rate
     signed: dict[int, list[float]] = field(default_factory=dict)  # conns -> per run
     others: list[float] = field(default_factory=list)  # CPU share of other work, per run
+    # CPU time of the serving process(es) per response, in µs, per run: unlike a rate, it
+    # hardly depends on what else the shared machine runs
+    cpu_us: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -349,6 +352,12 @@ def _processes() -> dict[int, _Proc]:
         except (IndexError, ValueError):
             continue
     return found
+
+
+def cpu_jiffies(pids: Sequence[int]) -> int:
+    """utime + stime (+ reaped children's) of ``pids``, from /proc."""
+    processes = _processes()
+    return sum(processes[p].jiffies for p in pids if p in processes)
 
 
 def with_children(pid: int) -> list[int]:
@@ -898,7 +907,7 @@ def setup_store(target: Target, stack: contextlib.ExitStack, base: Path, size: i
     issued = make_issued(leaf, issuing)
     target.base_url = gateway.http_url
     target.metrics_url = gateway.http_url + "/metrics"
-    target.pids = lambda: [gateway.process.pid]
+    target.pids = lambda: with_children(gateway.process.pid)
     target.log = data_dir / "serve.log"
     expect = issued.cert_id + GOOD
     probe_ocsp(gateway.http_url + issued.get_path, None, issued)
@@ -1002,14 +1011,20 @@ def measure(target: Target, row: Row, connections: int, seconds: float, work_dir
     if warm:
         generator(target.base_url, row.load, min(1.0, seconds), connections, work_dir)
     before = signatures(target.metrics_url)
+    pids = target.pids()
+    jiffies0 = cpu_jiffies(pids)
     with others_meter() as others:
         rate = generator(target.base_url, row.load, seconds, connections, work_dir)
+    jiffies1 = cpu_jiffies(pids)
     after = signatures(target.metrics_url)
     row.runs.setdefault(connections, {})[round_no] = rate
     extra = ""
     if others[0] is not None:
         row.others.append(others[0])
         extra += f"  others {others[0]:.0%}"
+    if rate.count and pids:
+        row.cpu_us.append((jiffies1 - jiffies0) / os.sysconf("SC_CLK_TCK") / rate.count * 1e6)
+        extra += f"  server CPU {row.cpu_us[-1]:.0f} µs/resp"
     if before is not None and after is not None and rate.count:
         share = (after - before) / rate.count
         row.signed.setdefault(connections, []).append(share)
@@ -1055,7 +1070,7 @@ def _mb(kb: int | None) -> str:
 def print_table(targets: list[Target], connections: Sequence[int], rounds_done: int) -> None:
     header = ["target", "request", "tool",
               *[f"{c} conns: resp/s (p50/p99 ms)" for c in connections], "bad", "signed/resp",
-              "others CPU"]
+              "server CPU µs/resp", "others CPU"]
     rows: list[list[str]] = []
     for target in targets:
         if not target.measured:
@@ -1074,6 +1089,7 @@ def print_table(targets: list[Target], connections: Sequence[int], rounds_done: 
             rows.append([target.name, row.label, row.tool,
                          *[_cell(row.runs.get(c, {})) for c in connections], str(bad),
                          f"{statistics.median(signed):.2f}" if signed else "-",
+                         f"{statistics.median(row.cpu_us):.0f}" if row.cpu_us else "-",
                          f"{statistics.median(row.others):.0%}" if row.others else "-"])
     print()
     partial = " (interrupted: the last round is partial)" if STOP.is_set() else ""
