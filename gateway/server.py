@@ -388,6 +388,11 @@ async def _run_server(config: Config, is_child: bool, ready: asyncio.Event | Non
         # The other processes start once this one holds its ports (SO_REUSEPORT lets them
         # bind too), so that a port in use stops one process, not a family of them.
         workers = _start_workers(config.workers - 1) if not is_child else []
+        if workers and not config.redis_url:
+            log.warning("%d serving processes without VCC_PKI_REDIS_URL: ACME nonces and rate "
+                        "limits and admin web sessions are each process's own (clients "
+                        "see some badNonce, sign-ins hold in one process only); set "
+                        "VCC_PKI_REDIS_URL, or VCC_PKI_WORKERS=1", config.workers)
         # The gauge and the OCSP/CRL jobs run (and are cancelled) together.
         gauge_task = asyncio.create_task(_background_jobs(services, primary=not is_child))
         stop = asyncio.Event()
