@@ -946,7 +946,7 @@ _SERVE_SETTINGS: tuple[tuple[str, str, str | None], ...] = (
     ("key_backend", "software (encrypted key files) or pkcs11 (an HSM)", None),
     ("key_passphrase", "passphrase of software keys", "read from <data_dir>/passphrase"),
     ("workers", "serving processes sharing the ports (SO_REUSEPORT); auto: one per core",
-     None),
+     "auto with redis_url set, else 1"),
     ("event_loop", "auto (uvloop when installed), uvloop or asyncio", None),
     ("log_format", "text, or json: one JSON object per log line and one line per request, "
      "with request and trace ids", None),

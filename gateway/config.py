@@ -7,6 +7,7 @@ a container is configured by environment alone. See ``deploy/vcc-pki.example.tom
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -82,7 +83,9 @@ class Config:
     # (a load balancer takes the replica out), then the listeners stop accepting and finish
     # what is in flight. 0 (the default): stop at once, as a single process wants.
     drain_seconds: int = 0
-    workers: int = 1  # serving processes sharing the ports (SO_REUSEPORT)
+    # Serving processes sharing the ports (SO_REUSEPORT). Unset, load_config makes it
+    # default_workers(): one per core when Redis is set, else 1 (issue 18).
+    workers: int = 1
     event_loop: str = "auto"  # auto (uvloop when installed) | uvloop | asyncio
     log_level: str = "INFO"
     # Observability (issue 15; gateway/observability.py): log lines as text or JSON, and
@@ -282,12 +285,52 @@ _BOOL_FIELDS |= {"scep_accept_single_des", "scep_advertise_des3"}
 _TUPLE_FIELDS.add("est_trusted_proxies")
 
 
-def cores() -> int:
-    """The CPUs this process may run on (its affinity, as a container's cpuset limits it)."""
+def cores(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """The CPUs this process may use: its affinity (as a container's cpuset limits it), and
+    at most its cgroup's CPU quota rounded up (a Kubernetes CPU limit sets the quota, not
+    the affinity: without this a pod limited to 2 CPUs on a 64-core node would start 64
+    workers)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        count = max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # no sched_getaffinity on this platform
-        return os.cpu_count() or 1
+        count = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota(cgroup_root)
+    return max(1, min(count, math.ceil(quota))) if quota is not None else count
+
+
+def _cgroup_cpu_quota(root: Path) -> float | None:
+    """CPUs allowed by the cgroup's quota (v2 cpu.max of this process's cgroup or, in a
+    container's cgroup namespace, of the root; v1 cpu.cfs_quota_us), or None."""
+    places = [root]
+    try:  # cgroup v2: "0::/system.slice/vcc-pki.service"
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            if line.startswith("0::/") and line != "0::/":
+                places.insert(0, root / line[4:])
+    except OSError:
+        pass
+    for place in places:
+        try:
+            quota, period = (place / "cpu.max").read_text().split()[:2]  # "max 100000"
+            return None if quota == "max" else int(quota) / int(period)
+        except (OSError, ValueError):
+            continue
+    try:
+        v1 = root / "cpu"
+        quota_us = int((v1 / "cpu.cfs_quota_us").read_text())  # -1: none
+        period_us = int((v1 / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+
+
+def default_workers(redis_url: str) -> int:
+    """VCC_PKI_WORKERS when it is not set (issue 18): one serving process per core when
+    Redis is configured, one otherwise. What several processes must agree on (ACME nonces
+    and rate limits, admin web sessions) lives in Redis when it is set and only in the
+    process otherwise, so more than one process without Redis answers some ACME requests
+    with badNonce and loses sign-ins; the production configuration (PostgreSQL, Redis, an
+    HSM) gets every core, a bare `vcc-pki serve` (and `make run`) one process."""
+    return cores() if redis_url else 1
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -385,6 +428,8 @@ def load_config(environ: Mapping[str, str] | None = None, path: str | None = Non
         if env_value is not None and env_value != "":
             values[name] = _coerce(name, env_value)
     config = replace(Config(), **values, extra=extra)
+    if "workers" not in values:
+        config = replace(config, workers=default_workers(config.redis_url))
     if not 1 <= config.workers <= 256:
         raise ConfigError("VCC_PKI_WORKERS must be 1..256, or auto (one per core)")
     if not 1 <= config.admin_session_idle_seconds <= config.admin_session_lifetime_seconds:

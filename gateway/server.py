@@ -13,6 +13,7 @@ import signal
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -331,6 +332,38 @@ def _stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
             worker.kill()
 
 
+# A worker that exits while the gateway serves is started again, at most once per slot in
+# this many seconds (a worker that cannot start at all is not restarted in a tight loop).
+WORKER_RESTART_SECONDS = 5.0
+_SUPERVISE_INTERVAL = 1.0
+
+
+async def _supervise(workers: list[subprocess.Popen[bytes]]) -> None:
+    """Keep ``workers`` (replaced in place) running until cancelled. With workers as the
+    default (issue 18), a worker lost to a crash or the OOM killer would otherwise take its
+    share of the ports' capacity away until the next restart, unnoticed."""
+    started = [time.monotonic()] * len(workers)
+    while True:
+        await asyncio.sleep(_SUPERVISE_INTERVAL)  # poll() is cheap; no SIGCHLD handler
+        for slot, worker in enumerate(workers):
+            code = worker.poll()
+            if code is None or time.monotonic() - started[slot] < WORKER_RESTART_SECONDS:
+                continue
+            log.warning("worker process %d exited with %s; starting another", worker.pid,
+                        code)
+            workers[slot] = _start_workers(1)[0]
+            started[slot] = time.monotonic()
+
+
+async def _exit_with_primary(stop: asyncio.Event, primary: int) -> None:
+    """In a worker: stop when the primary process is gone (SIGKILL, a crash), so that no
+    orphan keeps serving the ports with settings nobody can stop any more."""
+    while os.getppid() == primary:
+        await asyncio.sleep(_SUPERVISE_INTERVAL)
+    log.warning("the primary process %d is gone: this worker stops", primary)
+    stop.set()
+
+
 async def run_server(config: Config, ready: asyncio.Event | None = None) -> None:
     is_child = os.environ.get(WORKER_ENV) == "1"
     limit_signatures(config.max_signatures_in_flight)
@@ -378,6 +411,11 @@ async def _run_server(config: Config, is_child: bool, ready: asyncio.Event | Non
         # The other processes start once this one holds its ports (SO_REUSEPORT lets them
         # bind too), so that a port in use stops one process, not a family of them.
         workers = _start_workers(config.workers - 1) if not is_child else []
+        if workers and not config.redis_url:
+            log.warning("%d serving processes without VCC_PKI_REDIS_URL: ACME nonces and rate "
+                        "limits and admin web sessions are each process's own (clients "
+                        "see some badNonce, sign-ins hold in one process only); set "
+                        "VCC_PKI_REDIS_URL, or VCC_PKI_WORKERS=1", config.workers)
         # The gauge and the OCSP/CRL jobs run (and are cancelled) together.
         gauge_task = asyncio.create_task(_background_jobs(services, primary=not is_child))
         stop = asyncio.Event()
@@ -385,7 +423,11 @@ async def _run_server(config: Config, is_child: bool, ready: asyncio.Event | Non
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         if is_child:
-            await _serve_until(stop, runners, gauge_task, [], services)
+            watch = asyncio.create_task(_exit_with_primary(stop, os.getppid()))
+            try:
+                await _serve_until(stop, runners, gauge_task, [], services)
+            finally:
+                watch.cancel()
             return
 
         for line in banner(config, root_path, services.store.backend, services.keys.name):
@@ -408,11 +450,16 @@ async def _serve_until(
     runners' shutdown_timeout). The worker processes get SIGTERM first and do the same,
     at the same time."""
     loop = asyncio.get_running_loop()
+    supervisor = asyncio.create_task(_supervise(workers)) if workers else None
     try:
         await stop.wait()
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+        if supervisor is not None:  # no restarts from here on
+            supervisor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await supervisor
         # The workers drain at the same time (each is a `vcc-pki serve` with these settings).
         stopping = asyncio.create_task(asyncio.to_thread(_stop_workers, workers))
         drain = services.config.drain_seconds

@@ -67,6 +67,27 @@ def test_errors_are_one_line(env: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert capsys.readouterr().err.startswith("error: no certificate")
 
 
+def test_cores_are_capped_by_the_cgroup_cpu_quota(tmp_path: Path) -> None:
+    """auto: a Kubernetes CPU limit is a cgroup quota, not an affinity mask (issue 18)."""
+    import os
+
+    affinity = len(os.sched_getaffinity(0))
+    assert cores(tmp_path) == affinity  # no quota files: the affinity
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cores(tmp_path) == affinity
+    (tmp_path / "cpu.max").write_text("50000 100000\n")  # half a CPU: one worker
+    assert cores(tmp_path) == 1
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # 1.5 CPUs: rounded up
+    assert cores(tmp_path) == min(affinity, 2)
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()  # cgroup v1
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cores(tmp_path) == 1
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cores(tmp_path) == affinity
+
+
 def test_config_file_and_environment(tmp_path: Path) -> None:
     config_file = tmp_path / "vcc.toml"
     config_file.write_text(
@@ -90,7 +111,11 @@ def test_config_file_and_environment(tmp_path: Path) -> None:
         load_config({"VCC_PKI_EVENT_LOOP": "trio"})
     with pytest.raises(ConfigError):
         load_config({"VCC_PKI_CRL_PARTITIONS": "100000"})
+    # Unset: one per core with Redis (what several processes share lives there), else 1.
     assert load_config({}).workers == 1
+    assert load_config({"VCC_PKI_REDIS_URL": "redis://127.0.0.1:6379/0"}).workers == cores()
+    assert load_config({"VCC_PKI_REDIS_URL": "redis://127.0.0.1:6379/0",
+                        "VCC_PKI_WORKERS": "1"}).workers == 1
     assert load_config({"VCC_PKI_WORKERS": "auto"}).workers == cores() >= 1
     assert load_config({"VCC_PKI_WORKERS": " AUTO "}).workers == cores()
     for bad in ("0", "-2", "257", "many"):

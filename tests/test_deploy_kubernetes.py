@@ -186,6 +186,9 @@ def test_ha_postgres() -> None:
         assert env[secret] == "<secret>"
     assert env["VCC_PKI_KEY_BACKEND"] == "pkcs11"
     assert env["VCC_PKI_PKCS11_MODULE"].startswith("/opt/pkcs11/")
+    # workers: auto with Redis, from the CPU limit (issue 18); the base's memory limit stays
+    assert "VCC_PKI_WORKERS" not in env
+    assert container(docs)["resources"]["limits"] == {"cpu": "2", "memory": "1Gi"}
     mounts = {m["mountPath"]: m for m in container(docs)["volumeMounts"]}
     assert mounts["/opt/pkcs11"]["readOnly"] is True
     egress = {p["port"] for rule in one(docs, "NetworkPolicy")["spec"]["egress"]

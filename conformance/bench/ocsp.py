@@ -1,8 +1,10 @@
 """OCSP responder benchmark: cache hits, live signing, the HTTP ceiling and two peers.
 
 Run ``python -m conformance.bench.ocsp [--seconds 5] [--rounds 2] [--connections 16 64]
-[--store-sizes 10000 1000000] [--only redis memory cfssl openssl stores]``. It prints
-figures and never asserts on them (see ``conformance/bench/README.md``).
+[--store-sizes 10000 1000000] [--workers 1 2] [--only redis memory cfssl openssl stores]``.
+It prints figures and never asserts on them (see ``conformance/bench/README.md``).
+``--workers 1 2`` measures each gateway target with one serving process and with two
+(``VCC_PKI_WORKERS``, SO_REUSEPORT) in the same rounds, so the ratio is taken in one run.
 
 Every responder answers the same kind of question: one certificate, SHA-1 CertID, issued
 by the gateway's issuing CA (P-256) and answered by its delegated responder (P-256). What
@@ -152,12 +154,16 @@ class Row:
     runs: dict[int, dict[int, Rate]] = field(default_factory=dict)  # conns -> round -> Rate
     signed: dict[int, list[float]] = field(default_factory=dict)  # conns -> per run
     others: list[float] = field(default_factory=list)  # CPU share of other work, per run
+    # CPU time of the serving process(es) per response, in µs, per run: unlike a rate, it
+    # hardly depends on what else the shared machine runs
+    cpu_us: list[float] = field(default_factory=list)
 
 
 @dataclass
 class Target:
-    key: str  # redis | memory | cfssl | openssl | store-N
+    key: str  # redis | memory | cfssl | openssl | store-N; redis-wN | memory-wN (N workers)
     name: str
+    workers: int = 1  # VCC_PKI_WORKERS of a gateway target
     measured: bool = True
     skipped: str = ""
     base_url: str = ""
@@ -173,6 +179,12 @@ class Target:
 
     def row(self, key: str) -> Row | None:
         return next((r for r in self.rows if r.key == key), None)
+
+    @property
+    def kind(self) -> str:
+        """redis | memory | cfssl | openssl | store-N: what the target is, whatever its
+        number of workers."""
+        return self.key.partition("-w")[0]
 
 
 @dataclass
@@ -340,6 +352,12 @@ def _processes() -> dict[int, _Proc]:
         except (IndexError, ValueError):
             continue
     return found
+
+
+def cpu_jiffies(pids: Sequence[int]) -> int:
+    """utime + stime (+ reaped children's) of ``pids``, from /proc."""
+    processes = _processes()
+    return sum(processes[p].jiffies for p in pids if p in processes)
 
 
 def with_children(pid: int) -> list[int]:
@@ -647,13 +665,16 @@ def setup_gateway(target: Target, stack: contextlib.ExitStack, base: Path,
                   extra: dict[str, str], hey_tool: str) -> Source:
     data_dir = base / target.key
     data_dir.mkdir(parents=True)
-    env = _env(data_dir, VCC_PKI_BENCH_ROUTES="true", VCC_PKI_OCSP_NONCE="true", **extra)
+    env = _env(data_dir, VCC_PKI_BENCH_ROUTES="true", VCC_PKI_OCSP_NONCE="true",
+               VCC_PKI_WORKERS=str(target.workers), **extra)
     gateway = stack.enter_context(running_gateway(data_dir, env))
     leaf, issuing = issue(gateway, f"ocsp-{target.key}.bench.example.test")
     issued = make_issued(leaf, issuing)
     target.base_url = gateway.http_url
     target.metrics_url = gateway.http_url + "/metrics"
-    target.pids = lambda: [gateway.process.pid]
+    # the primary and the workers it started (each scrape of /metrics reaches one of them,
+    # so signed/resp is a sample of one process when workers > 1)
+    target.pids = lambda: with_children(gateway.process.pid)
     target.log = data_dir / "serve.log"
     if target.measured:
         gateway_rows(target, gateway, issued, nonce=True, ceiling=True, hey_tool=hey_tool)
@@ -886,7 +907,7 @@ def setup_store(target: Target, stack: contextlib.ExitStack, base: Path, size: i
     issued = make_issued(leaf, issuing)
     target.base_url = gateway.http_url
     target.metrics_url = gateway.http_url + "/metrics"
-    target.pids = lambda: [gateway.process.pid]
+    target.pids = lambda: with_children(gateway.process.pid)
     target.log = data_dir / "serve.log"
     expect = issued.cert_id + GOOD
     probe_ocsp(gateway.http_url + issued.get_path, None, issued)
@@ -990,14 +1011,20 @@ def measure(target: Target, row: Row, connections: int, seconds: float, work_dir
     if warm:
         generator(target.base_url, row.load, min(1.0, seconds), connections, work_dir)
     before = signatures(target.metrics_url)
+    pids = target.pids()
+    jiffies0 = cpu_jiffies(pids)
     with others_meter() as others:
         rate = generator(target.base_url, row.load, seconds, connections, work_dir)
+    jiffies1 = cpu_jiffies(pids)
     after = signatures(target.metrics_url)
     row.runs.setdefault(connections, {})[round_no] = rate
     extra = ""
     if others[0] is not None:
         row.others.append(others[0])
         extra += f"  others {others[0]:.0%}"
+    if rate.count and pids:
+        row.cpu_us.append((jiffies1 - jiffies0) / os.sysconf("SC_CLK_TCK") / rate.count * 1e6)
+        extra += f"  server CPU {row.cpu_us[-1]:.0f} µs/resp"
     if before is not None and after is not None and rate.count:
         share = (after - before) / rate.count
         row.signed.setdefault(connections, []).append(share)
@@ -1043,7 +1070,7 @@ def _mb(kb: int | None) -> str:
 def print_table(targets: list[Target], connections: Sequence[int], rounds_done: int) -> None:
     header = ["target", "request", "tool",
               *[f"{c} conns: resp/s (p50/p99 ms)" for c in connections], "bad", "signed/resp",
-              "others CPU"]
+              "server CPU µs/resp", "others CPU"]
     rows: list[list[str]] = []
     for target in targets:
         if not target.measured:
@@ -1062,6 +1089,7 @@ def print_table(targets: list[Target], connections: Sequence[int], rounds_done: 
             rows.append([target.name, row.label, row.tool,
                          *[_cell(row.runs.get(c, {})) for c in connections], str(bad),
                          f"{statistics.median(signed):.2f}" if signed else "-",
+                         f"{statistics.median(row.cpu_us):.0f}" if row.cpu_us else "-",
                          f"{statistics.median(row.others):.0%}" if row.others else "-"])
     print()
     partial = " (interrupted: the last round is partial)" if STOP.is_set() else ""
@@ -1089,16 +1117,24 @@ def print_ratios(targets: list[Target], connections: Sequence[int]) -> None:
     by_key = {t.key: t for t in targets if not t.skipped}
     names = {"redis": "Redis hit", "memory": "in-process hit"}
     lines: list[tuple[str, tuple[str, str], tuple[str, str]]] = []
-    for cache in ("redis", "memory"):
+    for cache in [t.key for t in targets if t.kind in names]:
+        name = names[cache.partition("-w")[0]]
+        workers = by_key[cache].workers if cache in by_key else 1
+        name += f", {workers} workers" if workers > 1 else ""
         lines += [
-            (f"{names[cache]} POST / cfssl ocspserve POST", (cache, "post"), ("cfssl", "post")),
-            (f"{names[cache]} GET / ceiling GET /bench/fixed", (cache, "get"),
+            (f"{name} POST / cfssl ocspserve POST", (cache, "post"), ("cfssl", "post")),
+            (f"{name} GET / ceiling GET /bench/fixed", (cache, "get"),
              (cache, "ceiling")),
-            (f"{names[cache]} POST / openssl ocsp POST (hey)", (cache, "hey"),
+            (f"{name} POST / openssl ocsp POST (hey)", (cache, "hey"),
              ("openssl", "hey")),
-            (f"{names[cache].removesuffix(' hit')}: miss (nonce) / hit POST", (cache, "nonce"),
+            (f"{name.replace(' hit', '')}: miss (nonce) / hit POST", (cache, "nonce"),
              (cache, "post")),
         ]
+    for cache in ("redis", "memory"):
+        for target in targets:
+            if target.kind == cache and target.workers > 1:
+                lines.append((f"{names[cache]}: {target.workers} workers / 1 worker POST",
+                              (target.key, "post"), (cache, "post")))
     lines.append(("cfssl ocspserve POST / ceiling (in-process gw)", ("cfssl", "post"),
                   ("memory", "ceiling")))
     header = ["ratio (per round, then median)", *[f"{c} conns" for c in connections]]
@@ -1120,7 +1156,7 @@ def print_targets(targets: list[Target], connections: Sequence[int]) -> None:
           f"{TARGET_P99_MS:.0f} ms; printed, not judged by the benchmark):")
     width = max(len(t.name) for t in targets)
     for target in targets:
-        gateway = target.key in ("redis", "memory") or target.key.startswith("store-")
+        gateway = target.kind in ("redis", "memory") or target.key.startswith("store-")
         if target.skipped or not gateway:
             continue
         for row in target.rows:
@@ -1176,8 +1212,15 @@ def _client_tool(choice: str) -> str:
 
 def build_targets(args: argparse.Namespace) -> list[Target]:
     kinds = set(args.only or TARGET_KINDS)
-    targets = [Target("redis", "gateway Redis cache", measured="redis" in kinds),
-               Target("memory", "gateway in-process", measured="memory" in kinds)]
+    targets: list[Target] = []
+    for workers in args.workers:
+        suffix, note = ("", "") if workers == 1 else (f"-w{workers}", f", {workers} workers")
+        targets += [Target(f"redis{suffix}", f"gateway Redis cache{note}", workers,
+                           measured="redis" in kinds),
+                    Target(f"memory{suffix}", f"gateway in-process{note}", workers,
+                           measured="memory" in kinds)]
+    if 1 not in args.workers:  # the peers take their CA from a one-worker gateway
+        targets.append(Target("memory", "gateway in-process", measured=False))
     targets += [Target(kind, name) for kind, name in
                 (("cfssl", "cfssl ocspserve"), ("openssl", "openssl ocsp")) if kind in kinds]
     if "stores" in kinds:
@@ -1215,17 +1258,19 @@ def run(args: argparse.Namespace) -> None:
                         continue
                     t0 = time.monotonic()
                     try:
-                        if target.key == "redis":
-                            redis_space.open(args.redis_db)
+                        if target.kind == "redis":
+                            if not redis_space.url:  # one space for every Redis target
+                                redis_space.open(args.redis_db)
                             if redis_space.reason:
                                 raise RuntimeError(redis_space.reason)
                             made = setup_gateway(target, stack, base, {
                                 "VCC_PKI_REDIS_URL": redis_space.url,
                                 "VCC_PKI_REDIS_KEY_PREFIX": redis_space.prefix}, client)
                             source = source or made
-                        elif target.key == "memory":
+                        elif target.kind == "memory":
                             made = setup_gateway(target, stack, base, {}, client)
-                            source = made  # peers use the in-process gateway's CA
+                            if target.workers == 1 or source is None:
+                                source = made  # peers use the in-process gateway's CA
                         elif target.key in ("cfssl", "openssl"):
                             if source is None:
                                 raise RuntimeError("no gateway to take the CA from")
@@ -1300,11 +1345,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--openssl-client", choices=("auto", "hey", "ab"), default="auto",
                         help="load generator of the openssl peer and the hey rows "
                              "(default: hey, else ab)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1],
+                        help="VCC_PKI_WORKERS of the gateway targets; several values are "
+                             "several targets, measured in the same rounds (default 1)")
     parser.add_argument("--redis-db", type=int, default=None,
                         help="Redis database number (default: the highest empty one)")
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.rounds < 1 or min(args.connections) < 1 \
-            or min(args.store_sizes) < 1 or args.openssl_multi < 1:
+            or min(args.store_sizes) < 1 or args.openssl_multi < 1 or min(args.workers) < 1:
         parser.error("--seconds, --rounds, --connections, --store-sizes and --openssl-multi "
                      "must be positive")
     if max(args.store_sizes) >= 2**32:

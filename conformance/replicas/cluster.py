@@ -96,6 +96,9 @@ def base_env(data_dir: Path, database_url: str, extra: dict[str, str] | None = N
         # P-256 everywhere: init and issuance stay cheap on a busy 2-core machine.
         "VCC_PKI_ROOT_KEY_TYPE": "ec-p256",
         "VCC_PKI_INTERMEDIATE_KEY_TYPE": "ec-p256",
+        # a replica is one process (a SIGKILL of it kills all it serves with), whatever
+        # the default with Redis (one per core) would be
+        "VCC_PKI_WORKERS": "1",
         "PATH": f"{BIN.parent}{os.pathsep}{os.environ.get('PATH', '')}",
         **(extra or {}),
     }
