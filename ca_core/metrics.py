@@ -54,3 +54,8 @@ ACTIVE_CERTIFICATES_EXPIRING = Gauge(
 AUDIT_CHAIN_INTACT = Gauge("pki_audit_chain_intact", "Audit chain intact at the last check")
 AUDIT_CHAIN_CHECKED = Gauge(
     "pki_audit_chain_last_check_timestamp_seconds", "When the audit chain was last verified")
+# How the OCSP responder answered (issue 17, the web page's hit ratio): "hit" from the
+# response cache, "miss" signed live for a cacheable request (one CertID, no nonce), "live"
+# signed live because the request cannot be cached (a nonce, or several CertIDs).
+OCSP_CACHE_LOOKUPS = Counter(
+    "pki_ocsp_cache_lookups_total", "OCSP answers by cache outcome", ["result"])

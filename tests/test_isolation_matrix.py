@@ -181,6 +181,10 @@ MATRIX: dict[str, dict[str, tuple[str, str, str]]] = {
     "reports.list": {
         "pki_super_admin": (A, A, A), "pki_admin": (A, H, H), "cert_manager": (D, D, D),
         "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (A, H, H)},
+    # the web page's live counters: compliance:read, scoped as the reports are
+    "stats": {
+        "pki_super_admin": (A, A, A), "pki_admin": (A, H, H), "cert_manager": (D, D, D),
+        "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (A, H, H)},
 }
 
 
@@ -248,6 +252,8 @@ def _contains(answer: Answer, target: Target, endpoint: str) -> bool:
         return target.service in [s["slug"] for s in _items(answer, endpoint)]
     if endpoint == "reports.list":
         return target.report_id in [r["id"] for r in _items(answer, endpoint)]
+    if endpoint == "stats":  # the figures of the organization asked for
+        return bool(json.loads(answer.text)["organization"] == target.slug)
     if endpoint == "reports.generate":
         return bool(json.loads(answer.text)["organization"] == target.slug)
     if endpoint == "signatures.verify":
@@ -341,6 +347,7 @@ CALLS: dict[str, Call] = {
                                              organization=t.slug),
     "reports.list": lambda c, h, t: _get(c, h, "/api/v1/reports", organization=t.slug,
                                          limit="500"),
+    "stats": lambda c, h, t: _get(c, h, "/api/v1/stats", organization=t.slug),
 }
 
 

@@ -58,6 +58,7 @@ from ca_core.records import AuditEntry, CertificateRecord
 from ca_core.reports import ReportRequest, ReportService, report_summary
 from ca_core.services import ServiceRegistry
 from ca_core.sessions import WebSessions
+from ca_core.stats import GatewayStats
 from ca_core.templates import TemplateSpec
 from protocols.est import tls_shim
 
@@ -710,6 +711,17 @@ async def list_reports(request: web.Request) -> web.Response:
     return _page([report_summary(r) for r in page.items], page.next)
 
 
+# --- live counters (issue 17: the web page's rates) -----------------------------------------
+
+async def stats(request: web.Request) -> web.Response:
+    """This process's counters since it started (``ca_core.stats``): a client computes
+    rates from two samples of the same ``process.id``."""
+    principal = await _principal(request)
+    body = await GatewayStats(request.app[AUTHORITY]).sample(
+        principal, _param(request, "organization"))
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
+
+
 def add_routes(app: web.Application) -> None:
     from protocols.rest import openapi, services_api
 
@@ -752,3 +764,4 @@ def add_routes(app: web.Application) -> None:
     services_api.add_routes(app)
     app.router.add_get("/api/v1/reports", list_reports)
     app.router.add_get("/api/v1/reports/{name}", generate_report)
+    app.router.add_get("/api/v1/stats", stats)

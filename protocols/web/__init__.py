@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from importlib import resources
+from pathlib import PurePath
 from typing import Any
 
 from aiohttp import web
@@ -39,14 +40,12 @@ _SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }
-_ASSETS = {
-    "app.js": "text/javascript",
-    "views.js": "text/javascript",
-    "api.js": "text/javascript",
-    "app.css": "text/css",
-    "favicon.svg": "image/svg+xml",
-}
 _STATIC = resources.files(__name__) / "static"
+_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+# Every module and style sheet of static/ (a new view module needs no line here); the name
+# is looked up in this table, never joined to a path from the request.
+_ASSETS = {entry.name: _TYPES[PurePath(entry.name).suffix] for entry in _STATIC.iterdir()
+           if entry.is_file() and PurePath(entry.name).suffix in _TYPES}
 
 
 def _asset(name: str) -> bytes:

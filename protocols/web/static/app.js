@@ -1,6 +1,12 @@
 // The web admin page: sign-in, navigation by URL fragment, and the views (views.js).
 import { call, setCsrf } from './api.js';
 import { VIEWS } from './views.js';
+import { services } from './services.js';
+import { acme } from './acme.js';
+import { reports } from './reports.js';
+import { rates } from './rates.js';
+
+Object.assign(VIEWS, { services, acme, reports, rates });
 
 const $ = (id) => document.getElementById(id);
 let who = null;
