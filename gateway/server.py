@@ -45,6 +45,7 @@ from gateway.runtime import Services, open_services
 from gateway.status_jobs import run_status_jobs
 from gateway.tls import ensure_server_certificate, export_ca_files
 from protocols.est import tls_shim
+from protocols.rest import api as rest_api
 
 log = logging.getLogger("vcc_pki.server")
 
@@ -332,9 +333,11 @@ async def _run_server(config: Config, is_child: bool, ready: asyncio.Event | Non
         root_path = await export_ca_files(services) if not is_child else None
 
         http_runner = web.AppRunner(build_http_app(services), **runner_options(config))
-        https_runner = web.AppRunner(build_https_app(services), **runner_options(config))
+        https_app = build_https_app(services)
+        https_runner = web.AppRunner(https_app, **runner_options(config))
         est_settings = services.est.settings
-        est_runner = web.AppRunner(build_est_app(services, services.est, est_settings),
+        est_runner = web.AppRunner(build_est_app(services, services.est, est_settings,
+                                                 https_app[rest_api.SESSIONS]),
                                    **runner_options(config))
         runners = [http_runner, https_runner, est_runner]
         for runner in runners:
