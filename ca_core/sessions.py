@@ -27,8 +27,8 @@ import datetime as dt
 import hashlib
 import hmac
 import secrets
-from dataclasses import dataclass, replace
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
@@ -181,7 +181,8 @@ class WebSessions:
         await self.authority.store.append_audit(AuditEvent(
             event_type="session.refused", category="authentication",
             action="session:open", actor_type="user", resource_type="session",
-            status="failed", data={"reason": refused.detail, "method": method}))
+            status="failed", data={"reason": refused.detail,
+                                   **({} if method == "token" else {"method": method})}))
 
     async def _start(self, credential: str, principal: Principal, method: str
                      ) -> tuple[Session, Principal]:
@@ -190,8 +191,9 @@ class WebSessions:
         stored = StoredSession(_seal(session_id, credential), secrets.token_urlsafe(32), now,
                                now, now + self.settings.lifetime)
         await self.table.put(_key(session_id), stored, self._ttl(stored))
+        # A token's session, the first kind, is audited as before; others name their kind.
         await self._audit("session.opened", "session:open", principal, session_id,
-                          {"method": method})
+                          None if method == "token" else {"method": method})
         return self._session(session_id, credential, stored), principal
 
     async def _authenticate(self, credential: str) -> Principal:

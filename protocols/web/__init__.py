@@ -11,8 +11,8 @@ through the documented REST API (``/api/v1``), which accepts the session cookie 
   signs in with the connection's TLS client certificate, bound to a service account: on the
   EST listener, which requests one and serves the page too (the 8443 listener never asks).
 - ``GET /admin/session``: who is signed in (and the CSRF token again, for a reload), or
-  ``{"signed_in": false, "client_certificate": bool}`` once the session has ended (whether
-  this connection came with a client certificate to sign in with).
+  ``{"signed_in": false}`` once the session has ended, with ``"client_certificate": true``
+  when this connection came with a client certificate to sign in with.
 - ``DELETE /admin/session``: sign out (needs the CSRF header).
 
 Session rules (expiry, CSRF, re-authentication per request) are ``ca_core.sessions``'.
@@ -130,8 +130,10 @@ async def current(request: web.Request) -> web.StreamResponse:
             pass
         else:
             return _secure(web.json_response(_who(session, principal)))
-    response = web.json_response({"signed_in": False,
-                                  "client_certificate": bool(_client_chain(request))})
+    body: dict[str, Any] = {"signed_in": False}
+    if _client_chain(request):
+        body["client_certificate"] = True
+    response = web.json_response(body)
     if session_id:
         response.del_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True,
                             samesite="Strict")
