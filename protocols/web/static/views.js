@@ -33,7 +33,9 @@ export const when = (iso) => (iso ? iso.replace('T', ' ').replace(/\.\d+/, '').r
 
 export function table(caption, headers, rows) {
   const head = el('tr', {}, ...headers.map(([label, cls]) => el('th', { scope: 'col', class: cls, text: label })));
-  return el('div', { class: 'table-wrap' }, el('table', {},
+  // A table wider than a narrow screen scrolls in its box: the box takes focus, so that
+  // the keyboard can scroll it too (axe: scrollable-region-focusable).
+  return el('div', { class: 'table-wrap', tabindex: '0', role: 'region', 'aria-label': caption }, el('table', {},
     el('caption', { text: caption }), el('thead', {}, head), el('tbody', {}, ...rows)));
 }
 
