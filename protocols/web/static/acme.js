@@ -82,6 +82,7 @@ export async function acme(section, who) {
   const revokeKey = async (kid) => {
     try {
       await call('DELETE', `/api/v1/acme/eab/${encodeURIComponent(kid)}`);
+      if (document.getElementById('eab-kid')?.textContent === kid) created.replaceChildren();
       say(`EAB key ${kid} revoked.`, true);
       await loadKeys();
     } catch (error) { say(`Not revoked: ${error.message}`, false); }
