@@ -456,7 +456,13 @@ def test_services_acme_reports_and_live_rates(browser: Browser, site: Site) -> N
     data = Path(downloading.value.path()).read_bytes()
     assert hashlib.sha256(data).hexdigest() == sha.inner_text()
     assert json.loads(data)["report"] == "crypto_inventory"
-    expect(page.locator("#report-list tbody tr").first).to_contain_text("crypto_inventory")
+    newest = page.locator("#report-list tbody tr").first
+    expect(newest).to_contain_text("crypto_inventory")
+    expect(newest).to_contain_text(sha.inner_text())
+    report_id = page.locator("#report-title").inner_text().removeprefix("Report ")
+    with page.expect_download() as downloading:  # the stored copy, from the list
+        newest.get_by_role("link", name=f"Download report {report_id}").click()
+    assert Path(downloading.value.path()).read_bytes() == data
     _shot(page, "14-reports")
     _axe(page, "reports", counts)
 

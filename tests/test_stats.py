@@ -71,3 +71,26 @@ async def test_counters_move_and_are_scoped(services: Services,
     unknown = await api.get("/api/v1/stats", params={"organization": "nowhere"},
                             headers={"Authorization": f"Bearer {token}"})
     assert unknown.status == 404
+
+
+async def test_a_stored_report_is_served_again(services: Services,
+                                               aiohttp_client: ClientFactory) -> None:
+    """``GET /api/v1/reports/{name}/{id}`` (the web page's open/download of a stored
+    report): the exact bytes and hash of the generation; anything else is a 404."""
+    api = await aiohttp_client(build_https_app(services))
+    token = (await services.authority.create_token("default", "auditor",
+                                                   principal=SYSTEM)).token
+    auth = {"Authorization": f"Bearer {token}"}
+    made = await api.get("/api/v1/reports/crypto_inventory", params={"format": "csv"},
+                         headers=auth)
+    assert made.status == 200
+    report_id = made.headers["X-Report-Id"]
+    again = await api.get(f"/api/v1/reports/crypto_inventory/{report_id}", headers=auth)
+    assert again.status == 200 and await again.read() == await made.read()
+    assert again.headers["X-Report-SHA256"] == made.headers["X-Report-SHA256"]
+    assert again.content_type == "text/csv"
+    for path in (f"certificate_lifecycle/{report_id}", "crypto_inventory/nope",
+                 f"crypto_inventory/{'x' * 300}", "nothing/x"):
+        missing = await api.get(f"/api/v1/reports/{path}", headers=auth)
+        assert missing.status == 404, path
+        assert missing.content_type == "application/problem+json"

@@ -704,6 +704,19 @@ async def generate_report(request: web.Request) -> web.Response:
                                f'{record.report_id}.{record.report_format}"'})
 
 
+async def stored_report(request: web.Request) -> web.Response:
+    """A stored report's bytes again (``GET /api/v1/reports/{name}/{report_id}``)."""
+    principal = await _principal(request)
+    found = await ReportService(request.app[AUTHORITY]).stored(
+        principal, request.match_info["name"], request.match_info["report_id"])
+    record = found.record
+    return web.Response(body=record.content, headers={
+        "Content-Type": found.content_type, "X-Report-Id": record.report_id,
+        "X-Report-SHA256": record.content_sha256,
+        "Content-Disposition": f'inline; filename="{record.report_type}-'
+                               f'{record.report_id}.{record.report_format}"'})
+
+
 async def list_reports(request: web.Request) -> web.Response:
     principal = await _principal(request)
     page = await ReportService(request.app[AUTHORITY]).list_reports(
@@ -764,4 +777,5 @@ def add_routes(app: web.Application) -> None:
     services_api.add_routes(app)
     app.router.add_get("/api/v1/reports", list_reports)
     app.router.add_get("/api/v1/reports/{name}", generate_report)
+    app.router.add_get("/api/v1/reports/{name}/{report_id}", stored_report)
     app.router.add_get("/api/v1/stats", stats)

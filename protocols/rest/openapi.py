@@ -806,6 +806,20 @@ def document() -> dict[str, Any]:
                         "type": "string", "enum": list(REPORT_NAMES)}}, *_REPORT_QUERY],
                     tag="reports"),
             },
+            "/api/v1/reports/{name}/{report_id}": {
+                "get": _op("a stored report again: the exact bytes its report.generated "
+                           "audit event hashed (compliance:read: the caller's "
+                           "organization's; a super admin: any)", {
+                    "200": {"description": "the stored report", "content": {
+                        JSON: {"schema": _ref("Report")},
+                        "text/csv": {"schema": {"type": "string"}},
+                        "text/html": {"schema": {"type": "string"}}}},
+                    **_problems(403, 404)},
+                    parameters=[{**_path("name", "the report"), "schema": {
+                        "type": "string", "enum": list(REPORT_NAMES)}},
+                        _path("report_id", "the id the list and X-Report-Id give")],
+                    tag="reports"),
+            },
             "/api/v1/stats": {
                 "get": _op("live counters of the answering process for the web page's "
                            "rates: certificate requests, revocations, OCSP answers and "

@@ -1,4 +1,5 @@
-// The compliance reports view (issue 17): the stored reports (GET /api/v1/reports) and a
+// The compliance reports view (issue 17): the stored reports (GET /api/v1/reports; each
+// opened or downloaded again from GET /api/v1/reports/{name}/{id}) and a
 // form that generates one (GET /api/v1/reports/{name}: the API stores and audits it and
 // names it in X-Report-Id and X-Report-SHA256); the answer is offered to open or download
 // from the browser's memory (a blob: URL, same origin), so nothing is fetched twice.
@@ -37,11 +38,18 @@ export async function reports(section, who) {
       const items = (await all('/api/v1/reports?limit=100')).reverse();
       list.replaceChildren(table(`${items.length} stored report(s), newest first`,
         [['Generated'], ['Report'], ['Format'], ['Period', 'wide-only'], ['Organization', 'wide-only'],
-          ['Size'], ['SHA-256', 'wide-only'], ['By', 'wide-only']],
-        items.map((r) => el('tr', {}, cell(when(r.generated_at)), cell(r.report), cell(r.format),
-          cell(`${when(r.period.from)} → ${when(r.period.to)}`, 'wide-only'),
-          cell(r.organization_id || 'all', 'wide-only'), cell(size(r.size)),
-          cell(r.sha256, 'mono wide-only'), cell(r.generated_by, 'wide-only')))));
+          ['Size'], ['SHA-256', 'wide-only'], ['By', 'wide-only'], ['Stored copy']],
+        items.map((r) => {
+          // the stored bytes again (GET /api/v1/reports/{name}/{id}), with the session cookie
+          const href = `/api/v1/reports/${encodeURIComponent(r.report)}/${encodeURIComponent(r.id)}`;
+          return el('tr', {}, cell(when(r.generated_at)), cell(r.report), cell(r.format),
+            cell(`${when(r.period.from)} → ${when(r.period.to)}`, 'wide-only'),
+            cell(r.organization_id || 'all', 'wide-only'), cell(size(r.size)),
+            cell(r.sha256, 'mono wide-only'), cell(r.generated_by, 'wide-only'),
+            el('td', { class: 'actions' },
+              el('a', { href, target: '_blank', rel: 'noopener', 'aria-label': `Open report ${r.id}`, text: 'Open' }),
+              el('a', { href, download: `${r.report}-${r.id}.${r.format}`, 'aria-label': `Download report ${r.id}`, text: 'Download' })));
+        })));
     } catch (error) { problem(list, error); }
   };
 
