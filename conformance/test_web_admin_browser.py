@@ -452,7 +452,7 @@ def test_services_acme_reports_and_live_rates(browser: Browser, site: Site) -> N
     sha = page.locator("#report-sha")
     expect(sha).to_have_text(re.compile("^[0-9a-f]{64}$"))
     with page.expect_download() as downloading:
-        page.get_by_role("link", name=re.compile("^Download")).click()
+        page.locator("#report-result").get_by_role("link", name=re.compile("^Download")).click()
     data = Path(downloading.value.path()).read_bytes()
     assert hashlib.sha256(data).hexdigest() == sha.inner_text()
     assert json.loads(data)["report"] == "crypto_inventory"
