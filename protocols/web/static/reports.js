@@ -46,9 +46,9 @@ export async function reports(section, who) {
             cell(`${when(r.period.from)} → ${when(r.period.to)}`, 'wide-only'),
             cell(r.organization_id || 'all', 'wide-only'), cell(size(r.size)),
             cell(r.sha256, 'mono wide-only'), cell(r.generated_by, 'wide-only'),
-            el('td', { class: 'actions' },
+            el('td', {}, el('span', { class: 'actions' },
               el('a', { href, target: '_blank', rel: 'noopener', 'aria-label': `Open report ${r.id}`, text: 'Open' }),
-              el('a', { href, download: `${r.report}-${r.id}.${r.format}`, 'aria-label': `Download report ${r.id}`, text: 'Download' })));
+              el('a', { href, download: `${r.report}-${r.id}.${r.format}`, 'aria-label': `Download report ${r.id}`, text: 'Download' }))));
         })));
     } catch (error) { problem(list, error); }
   };
