@@ -54,7 +54,7 @@ from ca_core.authority import REVOCATION_REASONS, Authority, IssuedCertificate, 
 from ca_core.errors import BadRequest, NotFound, Unavailable
 from ca_core.hierarchy import OCSP_RESPONDER_VALIDITY_DAYS, ensure_ocsp_responder
 from ca_core.keys import KeyAlgorithm
-from ca_core.metrics import OCSP_CACHE_LOOKUPS
+from ca_core.metrics import OCSP_LIVE_ANSWERS
 from ca_core.records import CertificateRecord, OcspResponderRecord, RevocationEvent
 from ca_core.response_cache import CachedResponse, CacheUnavailable, ResponseCache
 from ca_core.signers.base import KeyBackendError, Signer
@@ -62,9 +62,8 @@ from ca_core.signing import Purpose, SigningKey, upkeep
 from ca_core.storage import CaStore, CertificateStore, LeaseStore, StoreError
 from ca_core.tracing import traced
 
-_HIT = OCSP_CACHE_LOOKUPS.labels("hit")
-_MISS = OCSP_CACHE_LOOKUPS.labels("miss")
-_LIVE = OCSP_CACHE_LOOKUPS.labels("live")
+_MISS = OCSP_LIVE_ANSWERS.labels("miss")
+_UNCACHEABLE = OCSP_LIVE_ANSWERS.labels("uncacheable")
 
 log = logging.getLogger(__name__)
 
@@ -433,11 +432,10 @@ class OcspResponder:
                     self._front_put(key, entry)
             if entry is not None and entry.der and entry.cert_id in query.request_der \
                     and entry.next_update > self.clock().timestamp():
-                _HIT.inc()
                 return entry
             _MISS.inc()
             return await self._answer_live(query, None, issuer, key)
-        _LIVE.inc()
+        _UNCACHEABLE.inc()
         return await self._answer_live(query, nonce, None, None)
 
     async def _answer_live(

@@ -2,12 +2,14 @@
 
 The figures are this process's prometheus_client counters, the ones ``/metrics`` exposes
 (``pki_cert_requests_total``, ``pki_cert_revocations_total``, ``pki_ocsp_responses_total``,
-``pki_ocsp_cache_lookups_total``, ``pki_tsa_responses_total``): totals since the process
-started. A rate is the difference of two samples over the time between them, which the
-client computes (the page polls). With ``VCC_PKI_WORKERS`` > 1 each worker counts on its
-own and a request reaches one of them, so the answer names its process (``process.id``,
-``process.started_at``): two samples make a rate only when they come from the same process
-(Prometheus, scraping every worker's ``/metrics``, is the place for gateway-wide sums).
+``pki_ocsp_live_answers_total``, ``pki_tsa_responses_total``): totals since the process
+started. OCSP cache hits are the successful responses less those signed live (a cache hit
+adds no counter of its own: ``ca_core.metrics``). A rate is the difference of two samples
+over the time between them, which the client computes (the page polls). With
+``VCC_PKI_WORKERS`` > 1 each worker counts on its own and a request reaches one of them, so
+the answer names its process (``process.id``, ``process.started_at``): two samples make a
+rate only when they come from the same process (Prometheus, scraping every worker's
+``/metrics``, is the place for gateway-wide sums).
 
 RBAC as for compliance reports (``compliance:read``): a super admin sees every
 organization's issuance, or one's with ``organization``; anyone else their organization's
@@ -100,11 +102,13 @@ class GatewayStats:
             "revocations": int(sum(revoked.values())), "ocsp": None, "tsa": None}
         if principal.org_id is None and slug is None:
             statuses = _totals(families, "pki_ocsp_responses", "status")
-            cache = _totals(families, "pki_ocsp_cache_lookups", "result")
+            live = _totals(families, "pki_ocsp_live_answers", "reason")
+            miss, uncacheable = int(live.get("miss", 0)), int(live.get("uncacheable", 0))
+            hits = max(0, int(statuses.get("successful", 0)) - miss - uncacheable)
             tsa = _totals(families, "pki_tsa_responses", "status")
             body["ocsp"] = {
                 "responses": {k: int(v) for k, v in sorted(statuses.items())},
-                "cache": {k: int(cache.get(k, 0)) for k in ("hit", "miss", "live")}}
+                "cache": {"hit": hits, "miss": miss, "live": uncacheable}}
             body["tsa"] = {"granted": int(tsa.get("granted", 0)),
                            "rejection": int(tsa.get("rejection", 0))}
         return body

@@ -1,8 +1,8 @@
 """``GET /api/v1/stats`` (issue 17, the web page's live rates): this process's counters,
 compliance:read, an organization's principal sees its issuance only and no OCSP or TSA
-figures; the OCSP cache counter (pki_ocsp_cache_lookups_total) tells hits from misses and
-from requests that cannot be cached. The RBAC x organization cases are in the isolation
-matrix (tests/test_isolation_matrix.py)."""
+figures; OCSP answers signed live (pki_ocsp_live_answers_total: misses, requests that
+cannot be cached) tell the cache hits from the successful responses. The RBAC x
+organization cases are in the isolation matrix (tests/test_isolation_matrix.py)."""
 
 from __future__ import annotations
 

@@ -358,9 +358,9 @@ _SCHEMAS: dict[str, Any] = {
                 "responses": {"type": "object", "description": "by OCSPResponseStatus",
                               "additionalProperties": {"type": "integer"}},
                 "cache": {"type": "object", "required": ["hit", "miss", "live"],
-                          "description": "hit: from the response cache; miss: signed live "
-                          "for a cacheable request; live: not cacheable (nonce, several "
-                          "CertIDs)",
+                          "description": "hit: from the response cache (successful "
+                          "responses less those signed live); miss: signed live for a "
+                          "cacheable request; live: not cacheable (nonce, several CertIDs)",
                           "properties": {k: {"type": "integer"}
                                          for k in ("hit", "miss", "live")}}}}]},
         "tsa": {"description": "null unless the caller sees every organization", "oneOf": [
