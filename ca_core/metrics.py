@@ -54,3 +54,11 @@ ACTIVE_CERTIFICATES_EXPIRING = Gauge(
 AUDIT_CHAIN_INTACT = Gauge("pki_audit_chain_intact", "Audit chain intact at the last check")
 AUDIT_CHAIN_CHECKED = Gauge(
     "pki_audit_chain_last_check_timestamp_seconds", "When the audit chain was last verified")
+# OCSP answers signed live rather than served from the response cache (issue 17, the web
+# page's hit ratio): "miss" for a cacheable request (one CertID, no nonce) the cache could
+# not answer, "uncacheable" for a request no cache can answer (a nonce, several CertIDs).
+# Cache hits are not counted here, to keep the hot path at one counter (the responses'):
+# hits = pki_ocsp_responses_total{status="successful"} - these (exact unless a live signing
+# fails, which then counts here but not as successful).
+OCSP_LIVE_ANSWERS = Counter(
+    "pki_ocsp_live_answers_total", "OCSP answers signed live, by why", ["reason"])

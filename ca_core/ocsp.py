@@ -55,12 +55,16 @@ from ca_core.errors import BadRequest, NotFound, Unavailable
 from ca_core.hierarchy import OCSP_RESPONDER_VALIDITY_DAYS, ensure_ocsp_responder
 from ca_core.keys import KeyAlgorithm
 from ca_core.leases import held_lease
+from ca_core.metrics import OCSP_LIVE_ANSWERS
 from ca_core.records import CertificateRecord, OcspResponderRecord, RevocationEvent
 from ca_core.response_cache import CachedResponse, CacheUnavailable, ResponseCache
 from ca_core.signers.base import KeyBackendError, Signer
 from ca_core.signing import Purpose, SigningKey, upkeep
 from ca_core.storage import CaStore, CertificateStore, LeaseStore, StoreError
 from ca_core.tracing import traced
+
+_MISS = OCSP_LIVE_ANSWERS.labels("miss")
+_UNCACHEABLE = OCSP_LIVE_ANSWERS.labels("uncacheable")
 
 log = logging.getLogger(__name__)
 
@@ -434,7 +438,9 @@ class OcspResponder:
             if entry is not None and entry.der and entry.cert_id in query.request_der \
                     and entry.next_update > self.clock().timestamp():
                 return entry
+            _MISS.inc()
             return await self._answer_live(query, None, issuer, key)
+        _UNCACHEABLE.inc()
         return await self._answer_live(query, nonce, None, None)
 
     async def _answer_live(

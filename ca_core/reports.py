@@ -406,6 +406,27 @@ class ReportService:
                     encode_cursor(last.generated_at, last.report_id))
 
 
+    async def stored(self, principal: Principal, name: str, report_id: str
+                     ) -> GeneratedReport:
+        """A stored report's exact bytes (the ones its audit event hashed), to open or
+        download again. Another organization's report, one over every organization for an
+        organization's principal, or another report type: NotFound (audited)."""
+        await self._scope(principal, None, report_id[:80])
+        from ca_core.storage import StoreInvalid
+
+        try:
+            record = await self.store.get_compliance_report(report_id) \
+                if len(report_id) <= 64 else None
+        except StoreInvalid:
+            record = None
+        if record is None or record.report_type != name or not (
+                principal.org_id is None or record.org_id == principal.org_id):
+            await self.authority.denied(principal, PERMISSION, "compliance_report",
+                                        report_id[:80])
+            raise NotFound(f"no stored {name[:80]!r} report {report_id[:80]!r}")
+        return GeneratedReport(record, CONTENT_TYPES[record.report_format])
+
+
 def report_summary(record: ReportRecord) -> dict[str, Any]:
     """A stored report as the list shows it (without its content)."""
     return {

@@ -1,9 +1,12 @@
 """Sign-in sessions of the web admin page (issue 17).
 
-An operator signs in with a bearer token; the page then holds only an opaque session id (an
-HttpOnly cookie, set by ``protocols.web``). The session keeps the token server-side and
-resolves to a Principal by ``Authority.authenticate`` on EVERY request, so a revoked token or
-a disabled organization ends the session at once, and RBAC is exactly the API's. State
+An operator signs in with a bearer token, or with a TLS client certificate bound to a service
+account (on the listener that requests one); the page then holds only an opaque session id
+(an HttpOnly cookie, set by ``protocols.web``). The session keeps the credential server-side
+(the token, or the certificate: ``mtls:`` and its DER in base64) and resolves to a Principal
+by ``Authority.authenticate`` (``authenticate_certificate``) on EVERY request, so a revoked
+token, an unbound or revoked certificate or a disabled organization ends the session at
+once, and RBAC is exactly the API's. State
 changes need the session's CSRF token (a header the page's script sends; a cross-site form
 cannot set it, nor read it). Sessions end on sign-out, after ``idle`` without use and after
 ``lifetime`` in any case.
@@ -18,10 +21,13 @@ session id, which only the browser's cookie carries.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import hashlib
 import hmac
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -55,7 +61,8 @@ class StoredSession:
 @dataclass(frozen=True, slots=True)
 class Session:
     session_id: str
-    token: str  # the bearer token: authenticated again on every request
+    token: str  # the credential (a bearer token, or mtls:<certificate>): authenticated again
+    # on every request
     csrf: str
     created_at: dt.datetime
     last_used: dt.datetime
@@ -125,6 +132,13 @@ def _unseal(session_id: str, sealed: bytes) -> str | None:
         return None
 
 
+_CERTIFICATE = "mtls:"  # a credential that is a client certificate, not a token
+
+
+def _credential_of(chain_der: Sequence[bytes]) -> str:
+    return _CERTIFICATE + base64.b64encode(chain_der[0]).decode()
+
+
 class WebSessions:
     def __init__(self, authority: Authority, settings: SessionSettings | None = None,
                  table: SessionTable | None = None, clock: Clock | None = None) -> None:
@@ -142,30 +156,65 @@ class WebSessions:
         """Sign in: the token must authenticate now (Unauthorized otherwise; a refused
         sign-in is audited, without the token, as a failed mTLS authentication is)."""
         try:
+            if token.startswith(_CERTIFICATE):  # a certificate is not a token
+                raise Unauthorized("the token is not valid")
             principal = await self.authority.authenticate(token)
         except Unauthorized as refused:
-            await self.authority.store.append_audit(AuditEvent(
-                event_type="session.refused", category="authentication",
-                action="session:open", actor_type="user", resource_type="session",
-                status="failed", data={"reason": refused.detail}))
+            await self._refused(refused, "token")
             raise
+        return await self._start(token, principal, "token")
+
+    async def open_certificate(self, chain_der: Sequence[bytes]) -> tuple[Session, Principal]:
+        """Sign in with the TLS client certificate of this connection (``chain_der[0]``;
+        the handshake proved possession of its key): it must be bound to a service account
+        now (``Authority.authenticate_certificate``, which audits a refusal)."""
+        if not chain_der:
+            raise Unauthorized("no client certificate was presented")
+        try:
+            principal = await self.authority.authenticate_certificate(chain_der)
+        except Unauthorized as refused:
+            await self._refused(refused, "certificate")
+            raise
+        return await self._start(_credential_of(chain_der), principal, "certificate")
+
+    async def _refused(self, refused: Unauthorized, method: str) -> None:
+        await self.authority.store.append_audit(AuditEvent(
+            event_type="session.refused", category="authentication",
+            action="session:open", actor_type="user", resource_type="session",
+            status="failed", data={"reason": refused.detail,
+                                   **({} if method == "token" else {"method": method})}))
+
+    async def _start(self, credential: str, principal: Principal, method: str
+                     ) -> tuple[Session, Principal]:
         now = self.clock()
         session_id = secrets.token_urlsafe(32)
-        stored = StoredSession(_seal(session_id, token), secrets.token_urlsafe(32), now, now,
-                               now + self.settings.lifetime)
+        stored = StoredSession(_seal(session_id, credential), secrets.token_urlsafe(32), now,
+                               now, now + self.settings.lifetime)
         await self.table.put(_key(session_id), stored, self._ttl(stored))
-        await self._audit("session.opened", "session:open", principal, session_id)
-        return self._session(session_id, token, stored), principal
+        # A token's session, the first kind, is audited as before; others name their kind.
+        await self._audit("session.opened", "session:open", principal, session_id,
+                          None if method == "token" else {"method": method})
+        return self._session(session_id, credential, stored), principal
+
+    async def _authenticate(self, credential: str) -> Principal:
+        """The Principal of a session's credential, afresh."""
+        if credential.startswith(_CERTIFICATE):
+            try:
+                der = base64.b64decode(credential[len(_CERTIFICATE):], validate=True)
+            except (binascii.Error, ValueError):
+                raise Unauthorized("no session: sign in again") from None
+            return await self.authority.authenticate_certificate([der])
+        return await self.authority.authenticate(credential)
 
     async def _audit(self, event_type: str, action: str, principal: Principal,
-                     session_id: str) -> None:
+                     session_id: str, data: dict[str, str] | None = None) -> None:
         # The session is named by a prefix of its table key: enough to pair an opening with
         # its closing, useless for taking the session over.
         await self.authority.store.append_audit(AuditEvent(
             event_type=event_type, category="authentication", action=action,
             actor_type=principal.actor_type, actor_id=principal.actor_id,
             org_id=principal.org_id, resource_type="session",
-            resource_id=_key(session_id)[:16], data={"role": principal.role}))
+            resource_id=_key(session_id)[:16], data={"role": principal.role, **(data or {})}))
 
     @staticmethod
     def _session(session_id: str, token: str, stored: StoredSession) -> Session:
@@ -192,7 +241,7 @@ class WebSessions:
         without the session's CSRF token is refused (403, audited)."""
         stored, token = await self._live(session_id)
         try:
-            principal = await self.authority.authenticate(token)
+            principal = await self._authenticate(token)
         except Unauthorized:
             await self.table.delete(_key(session_id))  # the token is gone: so is the session
             raise

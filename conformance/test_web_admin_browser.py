@@ -2,7 +2,10 @@
 Playwright), against ``vcc-pki serve`` started the normal way: sign in; issue through the
 API; find the certificate in the page; revoke it there; ``openssl ocsp`` answers revoked;
 the audit row appears. Also: an auditor cannot revoke, another organization's certificate is
-not visible, an expired session goes back to sign-in; axe-core (bundled by
+not visible, an expired session goes back to sign-in. The services, ACME (EAB key shown
+once, an account registered with it and deactivated in the page), reports (generated,
+downloaded, hash checked) and live-rates views; client-certificate sign-in on the EST
+listener (Playwright's client_certificates). axe-core (bundled by
 axe-playwright-python) finds no serious or critical violation in any view; no console
 errors. Screenshots of every view go to ``artefacts/web-admin/`` (git-ignored; printed).
 
@@ -11,8 +14,12 @@ Under CI=true a missing chromium or Playwright is a failure, never a skip."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import datetime as dt
+import hashlib
 import json
 import os
+import re
 import ssl
 import subprocess
 import urllib.request
@@ -23,8 +30,12 @@ from typing import Any
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from conformance.gateway import Gateway, assert_clean_log, running_gateway
+from tests.acme_client import AccountKey, jws, mac_jws
 from tests.helpers import make_csr
 from tests.redisutil import REDIS_URL, delete_prefix, require_redis, unique_prefix
 
@@ -332,3 +343,216 @@ def test_two_workers_share_sessions_through_redis(browser: Browser, tmp_path: Pa
         # Playwright's sync API keeps an event loop in this thread: clean up from another.
         with ThreadPoolExecutor(1) as pool:
             pool.submit(asyncio.run, delete_prefix(prefix)).result()
+
+
+# ------------------------------------------------------------------ services, ACME, reports, rates
+
+def _acme_account(site: Site, kid: str, hmac_key: str) -> str:
+    """Register an ACME account bound to the EAB key (RFC 8555 7.3.4), as certbot would;
+    its account URL."""
+    def send(method: str, url: str, body: dict[str, Any] | None = None) -> Any:
+        request = urllib.request.Request(
+            url, method=method, data=None if body is None else json.dumps(body).encode(),
+            headers={"Content-Type": "application/jose+json"})
+        return urllib.request.urlopen(request, timeout=30, context=site.tls)
+
+    with send("GET", f"{site.gateway.https_url}/acme/directory") as response:
+        directory = json.loads(response.read())
+    with send("HEAD", directory["newNonce"]) as response:
+        nonce = response.headers["Replay-Nonce"]
+    key = AccountKey.make()
+    url = directory["newAccount"]
+    secret = base64.urlsafe_b64decode(hmac_key + "=" * (-len(hmac_key) % 4))
+    payload = {"termsOfServiceAgreed": True, "contact": ["mailto:web@example.org"],
+               "externalAccountBinding": mac_jws(kid, secret, key.jwk, url)}
+    with send("POST", url, jws(key, payload, {"nonce": nonce, "url": url,
+                                              "jwk": key.jwk})) as response:
+        assert response.status == 201
+        location: str = response.headers["Location"]
+        return location
+
+
+def test_services_acme_reports_and_live_rates(browser: Browser, site: Site) -> None:
+    admin = site.token("pki_super_admin")
+    # a service whose certificate is due for renewal (10 days < 30), with a heartbeat, and
+    # one without a certificate
+    site.api("POST", "/api/v1/services", admin,
+             {"name": "Billing API", "slug": "web-billing", "organization": "default"})
+    site.api("POST", "/api/v1/services/web-billing/certificate?organization=default", admin,
+             {"csr": make_csr("web-billing.example.test",
+                              ("web-billing.example.test",)).decode(), "validity_days": 10})
+    site.api("POST", "/api/v1/services/web-billing/heartbeat?organization=default", admin,
+             {"status": "healthy"})
+    site.api("POST", "/api/v1/services", admin,
+             {"name": "Ledger", "slug": "web-ledger", "organization": "default"})
+    issued = site.issue(admin, "web-rates.example.test")
+    assert "leaf.pem: good" in _ocsp(site, issued)  # some OCSP traffic for the rates
+
+    page, console = _open(browser, site)
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    counts: dict[str, dict[str, int]] = {}
+    _sign_in(page, admin)
+
+    page.get_by_role("link", name="Services").click()
+    billing = page.locator("#view tbody tr").filter(has_text="web-billing")
+    expect(billing).to_contain_text("due")
+    expect(billing).to_contain_text(re.compile(r"\d+ s ago"))  # the heartbeat's age
+    expect(billing).to_contain_text("healthy")
+    expect(page.locator("#view tbody tr").filter(has_text="web-ledger")).to_contain_text(
+        "no certificate")
+    expect(page.locator("#renewal-summary")).to_contain_text("1 due for renewal")
+    _shot(page, "11-services")
+    _axe(page, "services", counts)
+    page.set_viewport_size(NARROW)
+    expect(billing).to_be_visible()
+    assert page.evaluate("document.documentElement.scrollWidth") <= NARROW["width"]
+    _shot(page, "11-services-narrow")
+    _axe(page, "services-narrow", counts)
+    page.set_viewport_size(WIDE)
+
+    # ACME: an EAB key is created and its HMAC shown once, copyable
+    page.get_by_role("link", name="ACME").click()
+    page.get_by_label("Organization (slug or id)").fill("default")
+    page.get_by_role("button", name="Create EAB key").click()
+    expect(page.get_by_role("heading", name=re.compile("^New EAB key"))).to_be_focused()
+    kid = page.locator("#eab-kid").inner_text()
+    hmac_key = page.get_by_label("HMAC key (base64url)").input_value()
+    assert len(base64.urlsafe_b64decode(hmac_key + "=" * (-len(hmac_key) % 4))) >= 32
+    page.get_by_role("button", name="Copy HMAC key").click()
+    expect(page.locator("#eab-copied")).to_have_text("Copied.")
+    assert page.evaluate("navigator.clipboard.readText()") == hmac_key
+    keys = page.locator("#eab-keys")
+    expect(keys).to_contain_text(kid)
+    assert hmac_key not in keys.inner_text()  # listed without its HMAC
+    _shot(page, "12-acme-eab-created")
+    _axe(page, "acme", counts)
+    # an ACME client registers with it; the page shows the binding and deactivates it
+    _acme_account(site, kid, hmac_key)
+    page.reload()
+    expect(keys.locator("tr").filter(has_text=kid)).to_contain_text("bound")
+    expect(page.get_by_text("New EAB key")).to_have_count(0)  # shown once: gone
+    account = page.locator("#acme-accounts tbody tr").filter(has_text=kid)
+    expect(account).to_contain_text("valid")
+    account.get_by_role("button", name=re.compile("^Deactivate account")).click()
+    expect(page.locator("#acme-message")).to_contain_text("deactivated")
+    expect(account).to_contain_text("deactivated")
+    # an unused key can be revoked
+    page.get_by_role("button", name="Create EAB key").click()
+    spare = page.locator("#eab-kid").inner_text()
+    page.get_by_role("button", name=f"Revoke EAB key {spare}").click()
+    expect(page.locator("#acme-message")).to_have_text(f"EAB key {spare} revoked.")
+    _shot(page, "13-acme-accounts")
+    _axe(page, "acme-accounts", counts)
+
+    # reports: generate, then download; the bytes are the ones the API hashed
+    page.get_by_role("link", name="Reports").click()
+    page.get_by_label("Report", exact=True).select_option("crypto_inventory")
+    page.get_by_label("Format").select_option("json")
+    page.get_by_role("button", name="Generate").click()
+    sha = page.locator("#report-sha")
+    expect(sha).to_have_text(re.compile("^[0-9a-f]{64}$"))
+    with page.expect_download() as downloading:
+        page.locator("#report-result").get_by_role("link", name=re.compile("^Download")).click()
+    data = Path(downloading.value.path()).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == sha.inner_text()
+    assert json.loads(data)["report"] == "crypto_inventory"
+    newest = page.locator("#report-list tbody tr").first
+    expect(newest).to_contain_text("crypto_inventory")
+    expect(newest).to_contain_text(sha.inner_text())
+    report_id = page.locator("#report-title").inner_text().removeprefix("Report ")
+    with page.expect_download() as downloading:  # the stored copy, from the list
+        newest.get_by_role("link", name=f"Download report {report_id}").click()
+    assert Path(downloading.value.path()).read_bytes() == data
+    _shot(page, "14-reports")
+    _axe(page, "reports", counts)
+
+    # live rates: totals at once, rates from the second sample (the page polls every 5 s)
+    page.get_by_role("link", name="Live rates").click()
+    rates = page.locator("#rates-table")
+    expect(rates).to_contain_text("OCSP cache hit ratio")
+    issued_row = rates.locator("tr").filter(has_text="Certificates issued")
+    assert int(issued_row.locator("td").last.inner_text()) >= 2
+    assert int(rates.locator("tr").filter(has_text="OCSP responses").locator(
+        "td").last.inner_text()) >= 1
+    expect(page.locator("#rates-status")).to_contain_text("rates over the last",
+                                                          timeout=20_000)
+    _shot(page, "15-live-rates")
+    _axe(page, "live-rates", counts)
+    page.get_by_role("link", name="Certificates").click()  # the poller stops with the view
+    print(f"axe violations by impact, per view: {counts}")
+    assert console.errors == [], console.errors
+
+
+def test_views_an_auditor_may_not_use_say_so(browser: Browser, site: Site) -> None:
+    page, console = _open(browser, site)
+    _sign_in(page, site.token("auditor"))
+    page.get_by_role("link", name="ACME").click()
+    expect(page.locator("#view")).to_contain_text("need the token:create permission")
+    page.get_by_role("link", name="Live rates").click()
+    expect(page.locator("#rates-status")).to_contain_text("gateway-wide")
+    expect(page.locator("#rates-table")).not_to_contain_text("OCSP")
+    _shot(page, "16-live-rates-auditor")
+    assert console.errors == [], console.errors  # no 403 asked for
+
+
+def _client_certificate(workdir: Path) -> tuple[Path, Path]:
+    """A self-signed client certificate and its key (a binding pins the certificate)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "web operator")])
+    now = dt.datetime.now(dt.UTC)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
+                       critical=False)
+        .sign(key, hashes.SHA256()))
+    cert_path, key_path = workdir / "operator.pem", workdir / "operator.key"
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_client_certificate_sign_in(browser: Browser, site: Site) -> None:
+    """On the EST listener (it requests client certificates) the page signs in with a
+    certificate bound to a service account; the session is that account's, checked again
+    on every request: revoking the binding sends the page back to sign-in."""
+    cert_path, key_path = _client_certificate(site.workdir)
+    account_id = site.gateway.cli(
+        "service-account", "create", "--org", "default", "--name", "web operator",
+        "--cert", str(cert_path), "--role", "auditor").stdout.strip()
+    context = browser.new_context(  # type: ignore[call-arg]
+        ignore_https_errors=True, viewport=WIDE,  # type: ignore[arg-type]
+        client_certificates=[{"origin": site.gateway.est_url, "certPath": str(cert_path),
+                              "keyPath": str(key_path)}])
+    page = context.new_page()
+    console = Console(page)
+    page.goto(f"{site.gateway.est_url}/admin/")
+    button = page.get_by_role("button", name="Sign in with the client certificate")
+    expect(button).to_be_visible()
+    counts: dict[str, dict[str, int]] = {}
+    _axe(page, "sign-in-certificate", counts)
+    button.click()
+    expect(page.get_by_role("navigation", name="Views")).to_be_visible()
+    expect(page.locator("#who-text")).to_contain_text("auditor")
+    page.get_by_role("link", name="Services").click()
+    expect(page.locator("#renewal-summary")).to_be_visible()
+    _shot(page, "17-client-certificate-session")
+    session = page.request.get(f"{site.gateway.est_url}/admin/session").json()
+    assert session["actor_id"] == f"mtls:{account_id}" and session["role"] == "auditor"
+    assert console.errors == [], console.errors
+    # without a certificate the same listener offers only the token form
+    plain = browser.new_context(ignore_https_errors=True).new_page()
+    plain.goto(f"{site.gateway.est_url}/admin/")
+    expect(plain.get_by_label("Bearer token")).to_be_visible()
+    expect(plain.get_by_role("button", name="Sign in with the client certificate")).to_be_hidden()
+    plain.context.close()
+    site.gateway.cli("service-account", "revoke", account_id)
+    page.get_by_role("link", name="Certificates").click()  # a 401: back to sign-in
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    expect(page.get_by_role("alert")).to_contain_text("Your session has ended")
+    context.close()
+    print(f"axe violations by impact: {counts}")

@@ -214,30 +214,45 @@ def build_https_app(services: Services) -> web.Application:
     rest_api.add_routes(app)
     certs.add_routes(app, services.authority)
     acme_wfe.add_routes(app, services.acme, services.config.effective_public_https_url)
-    # The web admin page (issue 17) and its sign-in sessions: on this listener only.
-    # Sessions in Redis when configured (shared by workers and replicas), else in-process.
-    config = services.config
-    table = RedisSessions(config.redis_url, prefix=f"{config.redis_key_prefix}session:") \
-        if config.redis_url else None
-    sessions = WebSessions(services.authority, SessionSettings(
-        idle=dt.timedelta(seconds=config.admin_session_idle_seconds),
-        lifetime=dt.timedelta(seconds=config.admin_session_lifetime_seconds)), table)
-    admin_web.add_routes(app, sessions)
-
-    async def close_sessions(_: web.Application) -> None:
-        await sessions.table.close()
-
-    app.on_cleanup.append(close_sessions)
+    # The web admin page (issue 17) and its sign-in sessions (also on the EST listener,
+    # for client-certificate sign-in: build_est_app shares these sessions).
+    _add_admin_web(app, _web_sessions(services), owned=True)
     return app
 
 
+def _web_sessions(services: Services) -> WebSessions:
+    """Sessions in Redis when configured (shared by workers and replicas), else
+    in-process."""
+    config = services.config
+    table = RedisSessions(config.redis_url, prefix=f"{config.redis_key_prefix}session:") \
+        if config.redis_url else None
+    return WebSessions(services.authority, SessionSettings(
+        idle=dt.timedelta(seconds=config.admin_session_idle_seconds),
+        lifetime=dt.timedelta(seconds=config.admin_session_lifetime_seconds)), table)
+
+
+def _add_admin_web(app: web.Application, sessions: WebSessions, owned: bool) -> None:
+    admin_web.add_routes(app, sessions)
+    if owned:
+        async def close_sessions(_: web.Application) -> None:
+            await sessions.table.close()
+
+        app.on_cleanup.append(close_sessions)
+
+
 def build_est_app(services: Services, registrar: est_http.EstRegistrar,
-                  settings: EstSettings) -> web.Application:
+                  settings: EstSettings, sessions: WebSessions | None = None
+                  ) -> web.Application:
     """The EST listener's app (RFC 7030): ``/.well-known/est/``, on a port of its own so
     that only its clients are asked for a certificate, and the REST API (``/api/v1``), where
     a client certificate bound to a service account authenticates as a bearer token does
     (issue 13: mTLS on the listener that requests client certificates). Bodies are held to
-    the EST limit here, REST ones too: a CSR or a certificate fits."""
+    the EST limit here, REST ones too: a CSR or a certificate fits.
+
+    The web admin page is served here too, where an operator signs in with a client
+    certificate (issue 17). ``sessions``: the HTTPS app's (``app[rest_api.SESSIONS]``), so
+    that a session opened on either listener is known on both (a cookie is not bound to a
+    port); without it, sessions of its own."""
     app = web.Application(middlewares=[_middleware("est",
                                                    services.config.http_body_timeout_seconds)],
                           client_max_size=settings.max_body_bytes)
@@ -248,4 +263,6 @@ def build_est_app(services: Services, registrar: est_http.EstRegistrar,
     app[rest_api.REGISTRY] = services.registry  # services register over mTLS here
     est_http.add_routes(app, registrar, settings)
     rest_api.add_routes(app)
+    _add_admin_web(app, _web_sessions(services) if sessions is None else sessions,
+                   owned=sessions is None)
     return app

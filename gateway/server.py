@@ -46,6 +46,7 @@ from gateway.runtime import Services, open_services
 from gateway.status_jobs import run_status_jobs
 from gateway.tls import ensure_server_certificate, export_ca_files
 from protocols.est import tls_shim
+from protocols.rest import api as rest_api
 
 log = logging.getLogger("vcc_pki.server")
 
@@ -386,8 +387,10 @@ async def _run_server(config: Config, is_child: bool, ready: asyncio.Event | Non
         root_path = await export_ca_files(services) if not is_child else None
 
         est_settings = services.est.settings
-        apps = [build_http_app(services), build_https_app(services),
-                build_est_app(services, services.est, est_settings)]
+        https_app = build_https_app(services)
+        apps = [build_http_app(services), https_app,
+                build_est_app(services, services.est, est_settings,
+                              https_app[rest_api.SESSIONS])]
         for app in apps:
             limit_keepalive_requests(app, config.http_keepalive_requests)
         http_runner, https_runner, est_runner = (

@@ -181,6 +181,13 @@ MATRIX: dict[str, dict[str, tuple[str, str, str]]] = {
     "reports.list": {
         "pki_super_admin": (A, A, A), "pki_admin": (A, H, H), "cert_manager": (D, D, D),
         "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (A, H, H)},
+    "reports.get": {  # a stored report again
+        "pki_super_admin": (A, A, A), "pki_admin": (A, H, H), "cert_manager": (D, D, D),
+        "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (A, H, H)},
+    # the web page's live counters: compliance:read, scoped as the reports are
+    "stats": {
+        "pki_super_admin": (A, A, A), "pki_admin": (A, H, H), "cert_manager": (D, D, D),
+        "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (A, H, H)},
 }
 
 
@@ -203,7 +210,7 @@ class Target:
     signature: str = ""  # its base64 DER
     signed_hash: str = ""
     service: str = ""  # a registered service of the organization (services.* only)
-    report_id: str = ""  # a stored report of the organization (made for reports.list only)
+    report_id: str = ""  # a stored report of the organization (reports.list and .get only)
 
 
 @dataclass
@@ -248,6 +255,10 @@ def _contains(answer: Answer, target: Target, endpoint: str) -> bool:
         return target.service in [s["slug"] for s in _items(answer, endpoint)]
     if endpoint == "reports.list":
         return target.report_id in [r["id"] for r in _items(answer, endpoint)]
+    if endpoint == "reports.get":
+        return bool(json.loads(answer.text)["report_id"] == target.report_id)
+    if endpoint == "stats":  # the figures of the organization asked for
+        return bool(json.loads(answer.text)["organization"] == target.slug)
     if endpoint == "reports.generate":
         return bool(json.loads(answer.text)["organization"] == target.slug)
     if endpoint == "signatures.verify":
@@ -341,6 +352,9 @@ CALLS: dict[str, Call] = {
                                              organization=t.slug),
     "reports.list": lambda c, h, t: _get(c, h, "/api/v1/reports", organization=t.slug,
                                          limit="500"),
+    "reports.get": lambda c, h, t: _get(
+        c, h, f"/api/v1/reports/crypto_inventory/{t.report_id}"),
+    "stats": lambda c, h, t: _get(c, h, "/api/v1/stats", organization=t.slug),
 }
 
 
@@ -417,7 +431,7 @@ async def _target(services: Services, slug: str, n: int, endpoint: str) -> Targe
         target.service = f"svc{n}"
         await services.registry.register(SYSTEM, ServiceSpec(f"Service {n}", target.service,
                                                              organization=slug))
-    if endpoint == "reports.list":
+    if endpoint in ("reports.list", "reports.get"):
         target.report_id = (await ReportService(services.authority).generate(
             SYSTEM, ReportRequest("crypto_inventory", organization=slug))).record.report_id
     return target

@@ -327,3 +327,32 @@ async def test_a_redis_outage_is_a_503_not_a_500(services: Services,
     assert response.status == 503 and response.content_type == "application/problem+json"
     forged = {"Cookie": f"{SESSION_COOKIE}=x"}
     assert (await client.get("/api/v1/certificates", headers=forged)).status == 503
+
+
+async def test_a_client_certificate_session_is_its_service_account(
+        services: Services, clock: Clock) -> None:
+    """Sign-in with a TLS client certificate (the EST listener's, in the browser test):
+    the session resolves to the bound service account on every request, and ends once the
+    binding is revoked; a token cannot pose as a certificate credential."""
+    from cryptography.hazmat.primitives import serialization
+
+    from tests.helpers import bridge_root, pem
+    from tests.test_service_accounts import foreign_leaf
+
+    _, certificate = foreign_leaf(bridge_root("Operators"), "operator")
+    der = certificate.public_bytes(serialization.Encoding.DER)
+    account = await services.admin.create_service_account(ADMIN, "default", "operator",
+                                                          pem(certificate), "auditor")
+    sessions = WebSessions(services.authority, clock=clock)
+    with pytest.raises(Unauthorized):
+        await sessions.open_certificate([])
+    session, principal = await sessions.open_certificate([der])
+    assert principal.actor_id == f"mtls:{account.account_id}" and principal.role == "auditor"
+    assert (await sessions.resolve(session.session_id, None, False))[1] == principal
+    opened = (await services.store.audit_entries())[-1].event
+    assert opened.event_type == "session.opened" and opened.data["method"] == "certificate"
+    with pytest.raises(Unauthorized):  # the sealed credential's form is no token
+        await sessions.open(session.token)
+    await services.admin.revoke_service_account(ADMIN, account.account_id)
+    with pytest.raises(Unauthorized):
+        await sessions.resolve(session.session_id, None, False)

@@ -58,6 +58,7 @@ from ca_core.records import AuditEntry, CertificateRecord
 from ca_core.reports import ReportRequest, ReportService, report_summary
 from ca_core.services import ServiceRegistry
 from ca_core.sessions import WebSessions
+from ca_core.stats import GatewayStats
 from ca_core.templates import TemplateSpec
 from protocols.est import tls_shim
 
@@ -703,11 +704,35 @@ async def generate_report(request: web.Request) -> web.Response:
                                f'{record.report_id}.{record.report_format}"'})
 
 
+async def stored_report(request: web.Request) -> web.Response:
+    """A stored report's bytes again (``GET /api/v1/reports/{name}/{report_id}``)."""
+    principal = await _principal(request)
+    found = await ReportService(request.app[AUTHORITY]).stored(
+        principal, request.match_info["name"], request.match_info["report_id"])
+    record = found.record
+    return web.Response(body=record.content, headers={
+        "Content-Type": found.content_type, "X-Report-Id": record.report_id,
+        "X-Report-SHA256": record.content_sha256,
+        "Content-Disposition": f'inline; filename="{record.report_type}-'
+                               f'{record.report_id}.{record.report_format}"'})
+
+
 async def list_reports(request: web.Request) -> web.Response:
     principal = await _principal(request)
     page = await ReportService(request.app[AUTHORITY]).list_reports(
         principal, _param(request, "organization"), _param(request, "cursor"), _limit(request))
     return _page([report_summary(r) for r in page.items], page.next)
+
+
+# --- live counters (issue 17: the web page's rates) -----------------------------------------
+
+async def stats(request: web.Request) -> web.Response:
+    """This process's counters since it started (``ca_core.stats``): a client computes
+    rates from two samples of the same ``process.id``."""
+    principal = await _principal(request)
+    body = await GatewayStats(request.app[AUTHORITY]).sample(
+        principal, _param(request, "organization"))
+    return web.json_response(body, headers={"Cache-Control": "no-store"})
 
 
 def add_routes(app: web.Application) -> None:
@@ -752,3 +777,5 @@ def add_routes(app: web.Application) -> None:
     services_api.add_routes(app)
     app.router.add_get("/api/v1/reports", list_reports)
     app.router.add_get("/api/v1/reports/{name}", generate_report)
+    app.router.add_get("/api/v1/reports/{name}/{report_id}", stored_report)
+    app.router.add_get("/api/v1/stats", stats)

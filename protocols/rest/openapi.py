@@ -335,6 +335,38 @@ _SCHEMAS: dict[str, Any] = {
         "signature_id": {"type": ["string", "null"]},
         "verified_count": {"type": ["integer", "null"]},
         "last_verified_at": _NULLABLE_TIME}},
+    "Stats": {"type": "object", "description": "this process's counters since it "
+              "started (ca_core.stats): rates are the difference of two samples of the "
+              "same process.id over the time between them; with several workers each "
+              "counts its own", "required": [
+        "sampled_at", "process", "organization", "issuance", "revocations", "ocsp", "tsa"],
+              "properties": {
+        "sampled_at": _TIME,
+        "process": {"type": "object", "required": ["id", "started_at"], "properties": {
+            "id": {"type": "string"}, "started_at": _TIME}},
+        "organization": {"type": ["string", "null"],
+                         "description": "the organization the issuance figures cover "
+                         "(null: every one)"},
+        "issuance": {"type": "object", "required": ["issued", "rejected", "error"],
+                     "properties": {k: {"type": "integer"}
+                                    for k in ("issued", "rejected", "error")}},
+        "revocations": {"type": "integer"},
+        "ocsp": {"description": "null unless the caller sees every organization (the OCSP "
+                 "counters are not kept per organization)", "oneOf": [
+            {"type": "null"}, {"type": "object", "required": ["responses", "cache"],
+                               "properties": {
+                "responses": {"type": "object", "description": "by OCSPResponseStatus",
+                              "additionalProperties": {"type": "integer"}},
+                "cache": {"type": "object", "required": ["hit", "miss", "live"],
+                          "description": "hit: from the response cache (successful "
+                          "responses less those signed live); miss: signed live for a "
+                          "cacheable request; live: not cacheable (nonce, several CertIDs)",
+                          "properties": {k: {"type": "integer"}
+                                         for k in ("hit", "miss", "live")}}}}]},
+        "tsa": {"description": "null unless the caller sees every organization", "oneOf": [
+            {"type": "null"}, {"type": "object", "required": ["granted", "rejection"],
+                               "properties": {"granted": {"type": "integer"},
+                                              "rejection": {"type": "integer"}}}]}}},
     "ReportSummary": {"type": "object", "required": [
         "id", "report", "organization_id", "format", "period", "sha256", "size", "status",
         "generated_at", "generated_by"], "properties": {
@@ -772,6 +804,31 @@ def document() -> dict[str, Any]:
                     **_problems(400, 403, 404)},
                     parameters=[{**_path("name", "the report"), "schema": {
                         "type": "string", "enum": list(REPORT_NAMES)}}, *_REPORT_QUERY],
+                    tag="reports"),
+            },
+            "/api/v1/reports/{name}/{report_id}": {
+                "get": _op("a stored report again: the exact bytes its report.generated "
+                           "audit event hashed (compliance:read: the caller's "
+                           "organization's; a super admin: any)", {
+                    "200": {"description": "the stored report", "content": {
+                        JSON: {"schema": _ref("Report")},
+                        "text/csv": {"schema": {"type": "string"}},
+                        "text/html": {"schema": {"type": "string"}}}},
+                    **_problems(403, 404)},
+                    parameters=[{**_path("name", "the report"), "schema": {
+                        "type": "string", "enum": list(REPORT_NAMES)}},
+                        _path("report_id", "the id the list and X-Report-Id give")],
+                    tag="reports"),
+            },
+            "/api/v1/stats": {
+                "get": _op("live counters of the answering process for the web page's "
+                           "rates: certificate requests, revocations, OCSP answers and "
+                           "cache hits, time-stamps (compliance:read: the caller's "
+                           "organization's issuance; OCSP and TSA to a super admin)", {
+                    "200": _json(_ref("Stats"), "one sample"),
+                    **_problems(400, 403, 404)},
+                    parameters=[_query("organization", "slug or id (default: the caller's; "
+                                       "a super admin without it: every organization)")],
                     tag="reports"),
             },
             **{f"/api/v1/health{part}": {"get": {

@@ -7,9 +7,12 @@ through the documented REST API (``/api/v1``), which accepts the session cookie 
 
 - ``POST /admin/session`` ``{"token": "vcc...."}``: sign in; sets the session cookie
   (``__Host-`` prefix: Secure, Path=/, no Domain; HttpOnly; SameSite=Strict) and answers the
-  CSRF token the page sends as ``X-CSRF-Token`` on every state change.
+  CSRF token the page sends as ``X-CSRF-Token`` on every state change. ``{}`` (no token)
+  signs in with the connection's TLS client certificate, bound to a service account: on the
+  EST listener, which requests one and serves the page too (the 8443 listener never asks).
 - ``GET /admin/session``: who is signed in (and the CSRF token again, for a reload), or
-  ``{"signed_in": false}`` once the session has ended.
+  ``{"signed_in": false}`` once the session has ended, with ``"client_certificate": true``
+  when this connection came with a client certificate to sign in with.
 - ``DELETE /admin/session``: sign out (needs the CSRF header).
 
 Session rules (expiry, CSRF, re-authentication per request) are ``ca_core.sessions``'.
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import json
 from importlib import resources
+from pathlib import PurePath
 from typing import Any
 
 from aiohttp import web
@@ -26,7 +30,7 @@ from aiohttp import web
 from ca_core.errors import BadRequest, Unauthorized
 from ca_core.principal import Principal
 from ca_core.sessions import Session, WebSessions
-from protocols.rest.api import CSRF_HEADER, SESSION_COOKIE, SESSIONS
+from protocols.rest.api import CSRF_HEADER, SESSION_COOKIE, SESSIONS, _client_chain
 
 # No inline script or style, nothing from another origin; the SVG chart is drawn with DOM
 # calls and attributes only, which this allows.
@@ -39,14 +43,12 @@ _SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Cache-Control": "no-store",
 }
-_ASSETS = {
-    "app.js": "text/javascript",
-    "views.js": "text/javascript",
-    "api.js": "text/javascript",
-    "app.css": "text/css",
-    "favicon.svg": "image/svg+xml",
-}
 _STATIC = resources.files(__name__) / "static"
+_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+# Every module and style sheet of static/ (a new view module needs no line here); the name
+# is looked up in this table, never joined to a path from the request.
+_ASSETS = {entry.name: _TYPES[PurePath(entry.name).suffix] for entry in _STATIC.iterdir()
+           if entry.is_file() and PurePath(entry.name).suffix in _TYPES}
 
 
 def _asset(name: str) -> bytes:
@@ -91,10 +93,17 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
         body = json.loads(await request.read())
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise BadRequest("the body is not valid JSON") from None
-    token = body.get("token") if isinstance(body, dict) else None
-    if not isinstance(token, str) or not token.strip() or len(token) > 512:
-        raise BadRequest("field 'token' (a bearer token) is required")
-    session, principal = await request.app[SESSIONS].open(token.strip())
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    token = body.get("token")
+    sessions = request.app[SESSIONS]
+    if token is None and (chain := _client_chain(request)):
+        session, principal = await sessions.open_certificate(chain)
+    elif not isinstance(token, str) or not token.strip() or len(token) > 512:
+        raise BadRequest("field 'token' (a bearer token) is required, or a client "
+                         "certificate on the mTLS port")
+    else:
+        session, principal = await sessions.open(token.strip())
     response = web.json_response(_who(session, principal))
     lifetime = request.app[SESSIONS].settings.lifetime
     response.set_cookie(SESSION_COOKIE, session.session_id, path="/", secure=True,
@@ -121,7 +130,10 @@ async def current(request: web.Request) -> web.StreamResponse:
             pass
         else:
             return _secure(web.json_response(_who(session, principal)))
-    response = web.json_response({"signed_in": False})
+    body: dict[str, Any] = {"signed_in": False}
+    if _client_chain(request):
+        body["client_certificate"] = True
+    response = web.json_response(body)
     if session_id:
         response.del_cookie(SESSION_COOKIE, path="/", secure=True, httponly=True,
                             samesite="Strict")

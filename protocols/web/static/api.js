@@ -47,3 +47,15 @@ export async function all(path, maxPages = 20) {
   }
   return items;
 }
+
+// A GET whose answer is not JSON (a report's bytes): the Blob and the response headers.
+export async function fetchBlob(path) {
+  const response = await fetch(path, { credentials: 'same-origin' });
+  if (response.status === 401) window.dispatchEvent(new CustomEvent('vcc-signed-out'));
+  if (!response.ok) {
+    let detail = response.statusText;
+    try { detail = (await response.json()).detail || detail; } catch (_) { /* not JSON */ }
+    throw new ApiError(response.status, `${response.status}: ${detail}`);
+  }
+  return { blob: await response.blob(), headers: response.headers };
+}

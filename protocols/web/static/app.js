@@ -1,6 +1,12 @@
 // The web admin page: sign-in, navigation by URL fragment, and the views (views.js).
 import { call, setCsrf } from './api.js';
 import { VIEWS } from './views.js';
+import { services } from './services.js';
+import { acme } from './acme.js';
+import { reports } from './reports.js';
+import { rates } from './rates.js';
+
+Object.assign(VIEWS, { services, acme, reports, rates });
 
 const $ = (id) => document.getElementById(id);
 let who = null;
@@ -62,6 +68,15 @@ async function start() {
       $('signin-error').textContent = `Sign-in failed (${error.message})`;
     }
   });
+  $('cert-signin-button').addEventListener('click', async () => {
+    $('signin-error').textContent = '';
+    try {
+      signedIn(await call('POST', '/admin/session', {}));  // no token: the client certificate
+      $('main').focus();
+    } catch (error) {
+      $('signin-error').textContent = `Sign-in failed (${error.message})`;
+    }
+  });
   $('sign-out').addEventListener('click', async () => {
     try { await call('DELETE', '/admin/session'); } catch (_) { /* already gone */ }
     showSignIn('Signed out.');
@@ -76,6 +91,7 @@ async function start() {
     if (who) showSignIn('Your session has ended. Sign in again.');
   });
   const session = await call('GET', '/admin/session');
+  $('cert-signin').hidden = !session.client_certificate;
   if (session.signed_in) signedIn(session);
   else showSignIn('');
 }

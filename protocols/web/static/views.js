@@ -1,14 +1,15 @@
 // The views of the first slice: CA hierarchy, certificates (search, detail, revoke,
 // download), the expiry timeline (an SVG drawn here) and the audit trail with its chain
-// status. Every value goes into the DOM as text (textContent), never as markup.
+// status. Every value goes into the DOM as text (textContent), never as markup. The small
+// DOM helpers (el, table, cell, ...) are exported for the other view modules.
 import { all, call } from './api.js';
 
 const SVG = 'http://www.w3.org/2000/svg';
-const DAY = 86400000;
+export const DAY = 86400000;
 const REASONS = ['unspecified', 'key_compromise', 'ca_compromise', 'affiliation_changed',
   'superseded', 'cessation_of_operation', 'certificate_hold', 'privilege_withdrawn'];
 
-function el(tag, attrs = {}, ...children) {
+export function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(attrs)) {
     if (value === null || value === undefined || value === false) continue;
@@ -27,12 +28,14 @@ function svg(tag, attrs = {}, ...children) {
   return node;
 }
 
-const day = (iso) => (iso ? iso.slice(0, 10) : '—');
-const when = (iso) => (iso ? iso.replace('T', ' ').replace(/\.\d+/, '').replace('Z', ' UTC') : '—');
+export const day = (iso) => (iso ? iso.slice(0, 10) : '—');
+export const when = (iso) => (iso ? iso.replace('T', ' ').replace(/\.\d+/, '').replace('Z', ' UTC') : '—');
 
-function table(caption, headers, rows) {
+export function table(caption, headers, rows) {
   const head = el('tr', {}, ...headers.map(([label, cls]) => el('th', { scope: 'col', class: cls, text: label })));
-  return el('div', { class: 'table-wrap' }, el('table', {},
+  // A table wider than a narrow screen scrolls in its box: the box takes focus, so that
+  // the keyboard can scroll it too (axe: scrollable-region-focusable).
+  return el('div', { class: 'table-wrap', tabindex: '0', role: 'region', 'aria-label': caption }, el('table', {},
     el('caption', { text: caption }), el('thead', {}, head), el('tbody', {}, ...rows)));
 }
 
@@ -42,9 +45,18 @@ function sanText(san) {
     .map(([kind, values]) => `${kind}: ${values.join(', ')}`).join('; ');
 }
 
-function cell(value, cls) { return el('td', { class: cls, text: value ?? '—' }); }
+// Whether the signed-in principal may do `action` (the API's rule, Principal.can): the
+// permission itself, its _own form or its area's "*". Views ask first, so that the page
+// does not earn 403s (and their audited refusals) for what it could not show anyway.
+export function may(who, action) {
+  const perms = who.permissions || [];
+  return perms.includes(action) || perms.includes(`${action}_own`)
+    || perms.includes(`${action.split(':')[0]}:*`);
+}
 
-function problem(target, error) {
+export function cell(value, cls) { return el('td', { class: cls, text: value ?? '—' }); }
+
+export function problem(target, error) {
   target.replaceChildren(el('p', { class: 'error', role: 'alert', text: error.message }));
 }
 
@@ -81,7 +93,7 @@ async function cas(section) {
 }
 
 // ---------------------------------------------------------------- certificates
-function filterField(label, id, control) {
+export function filterField(label, id, control) {
   control.id = id;
   return el('div', {}, el('label', { for: id, text: label }), control);
 }
