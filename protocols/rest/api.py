@@ -711,7 +711,7 @@ async def list_reports(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    from protocols.rest import openapi, services_api
+    from protocols.rest import enrollment_api, openapi, services_api
 
     app.router.add_get("/api/v1/openapi.json", openapi.serve)
     app.router.add_get("/api/v1/certificates", list_certificates)
@@ -750,5 +750,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/signatures", create_signature)
     app.router.add_post("/api/v1/signatures/verify", verify_signature)
     services_api.add_routes(app)
+    enrollment_api.add_routes(app)
     app.router.add_get("/api/v1/reports", list_reports)
     app.router.add_get("/api/v1/reports/{name}", generate_report)
