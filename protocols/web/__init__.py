@@ -43,6 +43,7 @@ _ASSETS = {
     "app.js": "text/javascript",
     "views.js": "text/javascript",
     "api.js": "text/javascript",
+    "enrollment.js": "text/javascript",
     "app.css": "text/css",
     "favicon.svg": "image/svg+xml",
 }

@@ -1,6 +1,7 @@
 // The web admin page: sign-in, navigation by URL fragment, and the views (views.js).
 import { call, setCsrf } from './api.js';
 import { VIEWS } from './views.js';
+import { ENROLLMENT_VIEWS } from './enrollment.js';
 
 const $ = (id) => document.getElementById(id);
 let who = null;
@@ -31,7 +32,7 @@ function signedIn(session) {
 async function route() {
   if (!who) return;
   const name = (location.hash || '#certificates').slice(1).split('/')[0];
-  const view = VIEWS[name] || VIEWS.certificates;
+  const view = VIEWS[name] || ENROLLMENT_VIEWS[name] || VIEWS.certificates;
   for (const link of document.querySelectorAll('nav a')) {
     if (link.getAttribute('href') === `#${name}`) link.setAttribute('aria-current', 'page');
     else link.removeAttribute('aria-current');
