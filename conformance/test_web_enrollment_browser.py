@@ -116,6 +116,7 @@ def test_create_secret_enroll_approve_reject_and_challenges(browser: web.Browser
     spare, _ = _create_secret(page)
     page.get_by_role("button", name=f"Revoke EST secret {spare}").click()
     web.expect(page.locator("#est-message")).to_contain_text(f"Revoked EST secret {spare}")
+    web.expect(page.locator("#est-created")).to_be_empty()  # its password is gone too
     _shot(page, "15-enrollment-revoked")
     _axe(page, "enrollment-after", counts)
 

@@ -75,6 +75,7 @@ function credentials(spec, who) {
   const revoke = async (ident) => {
     try {
       await call('DELETE', `${path}/${encodeURIComponent(ident)}`);
+      if (created.dataset.shown === ident) created.replaceChildren();  // its password too
       say(message, `Revoked ${noun} ${ident}.`);
     } catch (error) { say(message, `Not revoked: ${error.message}`, false); }
     await load();
@@ -94,7 +95,8 @@ function credentials(spec, who) {
         el('dl', { class: 'detail' }, ...shown(made).flatMap(([k, v]) => [el('dt', { text: k }),
           el('dd', {}, el('code', { class: 'mono', text: v }))])),
         el('p', { class: 'help', text: spec.hint(made) }),
-        el('button', { type: 'button', text: 'Hide it', on: { click: () => created.replaceChildren() } })));
+        el('button', { type: 'button', text: 'Hide it', on: { click: () => { created.replaceChildren(); form.querySelector('button').focus(); } } })));
+      created.dataset.shown = made.id;
       say(message, `Created ${noun} ${made.id}.`);
       heading.focus();
     } catch (error) { say(message, `Not created: ${error.message}`, false); }
