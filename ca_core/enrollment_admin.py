@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 # The seed's permission for enrollment credentials (see the module docstring).
 ENROLLMENT_PERMISSION = "token:create"
 # The longest lifetime an API caller may ask for, in minutes; each service caps it again
-# by its own setting (VCC_PKI_EST_SECRET_MAX_..., the SCEP challenge maximum).
+# by its own maximum (EstSettings.max_secret_lifetime, 90 days; ScepSettings.
+# max_challenge_lifetime, 30 days).
 MAX_LIFETIME_MINUTES = 90 * 24 * 60
 
 
