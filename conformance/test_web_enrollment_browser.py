@@ -46,6 +46,7 @@ def _create_secret(page: web.Page) -> tuple[str, str]:
 def _open_enrollment(page: web.Page) -> None:
     page.get_by_role("link", name="Enrollment").click()
     web.expect(page.get_by_role("heading", name="Enrollment: EST and SCEP")).to_be_visible()
+    web.expect(page.locator("#est-org")).to_have_value("default")  # the slug, not the id
     web.expect(page.locator("#est-pending caption")).to_be_visible()
 
 

@@ -43,7 +43,7 @@ function credentials(spec, who) {
   const { protocol, noun, path, fields, shown } = spec;
   const id = (name) => `${protocol}-${name}`;
   const organization = el('input', { type: 'text', name: 'organization', required: true,
-    value: who.organization_id || 'default', spellcheck: 'false' });
+    value: who.organization_id, spellcheck: 'false' });
   const lifetime = el('input', { type: 'number', name: 'expires_in_minutes', min: '1',
     value: String(spec.minutes) });
   const extra = fields.map(([name, label, help]) => [name, label, help,
@@ -144,6 +144,12 @@ async function enrollment(section, who) {
     section.append(el('p', { class: 'help', text: 'Enrollment secrets, challenges and approvals are for administrators (pki_admin, pki_super_admin).' }));
     return;
   }
+  // The organization field shows the caller's slug (the API takes a slug or an id).
+  let org = who.organization_id ? who.organization_id : 'default';
+  if (who.organization_id) {
+    try { org = (await call('GET', `/api/v1/organizations/${encodeURIComponent(org)}`)).slug; } catch (_) { /* the id works too */ }
+  }
+  const scope = { ...who, organization_id: org };
   const parts = {
     est: credentials({
       protocol: 'est', noun: 'EST secret', path: '/api/v1/est/secrets', minutes: 1440,
@@ -152,7 +158,7 @@ async function enrollment(section, who) {
       columns: [['Label', 'label'], ['Subject', 'subject', 'wide-only']],
       shown: (s) => [['User', s.user], ['Password', s.password]],
       hint: (s) => `HTTP Basic on the EST port, e.g. curl --user ${s.user}:PASSWORD …/.well-known/est/${s.label ? `${s.label}/` : ''}simpleenroll`,
-    }, who),
+    }, scope),
     estQueue: queue({ protocol: 'est', path: '/api/v1/est/pending', label: 'EST', scope: ['Label', 'label'], retry: 'identical request' }),
     scep: credentials({
       protocol: 'scep', noun: 'SCEP challenge', path: '/api/v1/scep/challenges', minutes: 60,
@@ -160,7 +166,7 @@ async function enrollment(section, who) {
       columns: [['Profile', 'profile']],
       shown: (c) => [['Challenge password', c.password]],
       hint: (c) => `The CSR's challengePassword for the endpoint of profile ${c.profile}.`,
-    }, who),
+    }, scope),
     scepQueue: queue({ protocol: 'scep', path: '/api/v1/scep/pending', label: 'SCEP', scope: ['Profile', 'profile'], retry: 'CertPoll' }),
   };
   const refresh = el('button', { type: 'button', text: 'Refresh the lists',
