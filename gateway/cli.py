@@ -820,10 +820,10 @@ async def _all(list_page: Callable[..., Awaitable[Page[T]]], org: str | None) ->
 async def _scep_decide(config: Config, args: argparse.Namespace, approve: bool) -> int:
     async def run(services: Services) -> int:
         await services.authority.load()
-        decided = (await services.admin.enrollment.decide_scep_request(
-            CLI, args.transaction_id, approve)).request
-        if decided.status == "success":
-            serial = await services.admin.enrollment.issued_serial(decided.cert_id)
+        decided = await services.admin.enrollment.decide_scep_request(
+            CLI, args.transaction_id, approve)
+        if decided.request.status == "success":
+            serial = decided.serial
             print(f"request {args.transaction_id} approved: certificate {serial} issued; "
                   "the client receives it on its next CertPoll")
         else:
@@ -856,10 +856,10 @@ async def cmd_est_pending_list(config: Config, args: argparse.Namespace) -> int:
 async def _est_decide(config: Config, args: argparse.Namespace, approve: bool) -> int:
     async def run(services: Services) -> int:
         await services.authority.load()
-        decided = (await services.admin.enrollment.decide_est_request(
-            CLI, args.request_id, approve)).request
-        if decided.status == "issued":
-            serial = await services.admin.enrollment.issued_serial(decided.cert_id)
+        decided = await services.admin.enrollment.decide_est_request(
+            CLI, args.request_id, approve)
+        if decided.request.status == "issued":
+            serial = decided.serial
             print(f"request {args.request_id} approved: certificate {serial} issued; the "
                   "client receives it on its next identical request")
         else:
