@@ -52,7 +52,9 @@ from ca_core.authority import (
     serial_display,
 )
 from ca_core.cross import alternate_chains
+from ca_core.enrollment_admin import EnrollmentAdmin
 from ca_core.errors import BadRequest, Conflict, Forbidden, NotFound
+from ca_core.est import EstService
 from ca_core.hierarchy import (
     activate_issuing_ca,
     create_intermediate_ca,
@@ -85,6 +87,7 @@ from ca_core.records import (
     ServiceAccount,
     TemplateRecord,
 )
+from ca_core.scep import ScepService
 from ca_core.storage import StoreConflict, StoreInvalid
 from ca_core.templates import BUILTIN_NAMES, Template, TemplateSpec, narrow
 
@@ -226,10 +229,30 @@ def page_limit(limit: int | None) -> int:
 class AdminService:
     """See the module docstring."""
 
-    def __init__(self, authority: Authority, verify_chain: ChainVerifier) -> None:
+    def __init__(self, authority: Authority, verify_chain: ChainVerifier,
+                 est: EstService | None = None, scep: ScepService | None = None) -> None:
         self.authority = authority
         self.store = authority.store
         self._verify_chain = verify_chain
+        # EST secrets and SCEP challenges, and their approval queues (issue 17): a module
+        # of its own (ca_core.enrollment_admin), under the same rules as the rest here.
+        self.enrollment = EnrollmentAdmin(
+            authority, est or EstService(authority), scep or ScepService(authority),
+            self._visible_org, self._keyset_page)
+
+    async def _keyset_page(self, fetch: Callable[[tuple[dt.datetime, str] | None, int],
+                                                 Awaitable[list[T]]],
+                           key: Callable[[T], tuple[dt.datetime | None, str]],
+                           cursor: str | None, limit: int | None) -> Page[T]:
+        """One page of a list read by (created_at, id): ``fetch(after, size)`` asks the
+        store for one more than the page, ``key`` is an item's sort key."""
+        size = page_limit(limit)
+        found = await fetch(time_id_cursor(cursor), size + 1)
+        if len(found) <= size:
+            return Page(found, None)
+        when, ident = key(found[size - 1])
+        return Page(found[:size], encode_cursor(when or dt.datetime.min.replace(tzinfo=dt.UTC),
+                                                ident))
 
     async def _deny(self, principal: Principal, action: str, resource_type: str,
                     resource_id: str | None, message: str, *, hide: bool = False) -> NoReturn:

@@ -461,7 +461,20 @@ class EnrollmentStore(Protocol):
                                     audit: AuditEvent) -> None:
         """StoreConflict if the id exists or the organization does not."""
 
-    async def get_enrollment_secret(self, secret_id: str) -> EnrollmentSecretRecord | None: ...
+    async def get_enrollment_secret(self, secret_id: str, org_id: str | None = None
+                                    ) -> EnrollmentSecretRecord | None:
+        """The secret (only if it is ``org_id``'s, when given), whatever its state."""
+
+    async def list_enrollment_secrets(self, org_id: str | None = None,
+                                      after: tuple[dt.datetime, str] | None = None,
+                                      limit: int = 100) -> list[EnrollmentSecretRecord]:
+        """Secrets (of one organization, or all) by (created_at, secret_id), after
+        ``after``, whatever their state."""
+
+    async def delete_enrollment_secret(self, secret_id: str, org_id: str | None,
+                                       audit: AuditEvent) -> EnrollmentSecretRecord | None:
+        """Delete an unused secret (in ``org_id`` when given); the deleted record, or None
+        (nothing written: unknown, another organization's, or used)."""
 
     async def consume_secret(self, secret_id: str, now: dt.datetime, audit: AuditEvent
                              ) -> EnrollmentSecretRecord | None:
@@ -485,7 +498,9 @@ class EnrollmentStore(Protocol):
         when that secret is used or expired; StoreConflict when a request with the same
         CSR fingerprint and requester exists."""
 
-    async def get_pending_enrollment(self, request_id: str) -> PendingEnrollment | None: ...
+    async def get_pending_enrollment(self, request_id: str, org_id: str | None = None
+                                     ) -> PendingEnrollment | None:
+        """The request (only if it is ``org_id``'s, when given), whatever its status."""
 
     async def find_pending_enrollment(self, csr_fingerprint: str, requester: str
                                       ) -> PendingEnrollment | None:
@@ -493,8 +508,10 @@ class EnrollmentStore(Protocol):
 
     async def list_pending_enrollments(
         self, org_id: str | None = None, status: str | None = "pending",
+        after: tuple[dt.datetime, str] | None = None, limit: int | None = None,
     ) -> list[PendingEnrollment]:
-        """Requests (of one organization, in one status; None: all), oldest first."""
+        """Requests (of one organization, in one status; None: all), oldest first: by
+        (created_at, request_id) after ``after``, at most ``limit`` (None: all)."""
 
     async def add_certificate_for_pending(
         self, cert: CertificateRecord, audit: AuditEvent, request_id: str,
@@ -530,7 +547,24 @@ class ScepStore(Protocol):
     async def find_scep_challenge(self, secret_hash: str) -> ScepChallenge | None:
         """The challenge with this password hash, whatever its state."""
 
-    async def get_scep_transaction(self, transaction_id: str) -> ScepTransaction | None: ...
+    async def get_scep_challenge(self, challenge_id: str, org_id: str | None = None
+                                 ) -> ScepChallenge | None:
+        """The challenge by id (only if it is ``org_id``'s, when given)."""
+
+    async def list_scep_challenges(self, org_id: str | None = None,
+                                   after: tuple[dt.datetime, str] | None = None,
+                                   limit: int = 100) -> list[ScepChallenge]:
+        """Challenges (of one organization, or all) by (created_at, challenge_id), after
+        ``after``, whatever their state."""
+
+    async def delete_scep_challenge(self, challenge_id: str, org_id: str | None,
+                                    audit: AuditEvent) -> ScepChallenge | None:
+        """Delete an unused challenge (in ``org_id`` when given); the deleted record, or
+        None (nothing written: unknown, another organization's, or used)."""
+
+    async def get_scep_transaction(self, transaction_id: str, org_id: str | None = None
+                                   ) -> ScepTransaction | None:
+        """The transaction (only if it is ``org_id``'s, when given)."""
 
     async def add_certificate_for_scep(
         self, cert: CertificateRecord, audit: AuditEvent, transaction: ScepTransaction,
@@ -552,9 +586,11 @@ class ScepStore(Protocol):
         failure replaces only a failure."""
 
     async def list_scep_transactions(self, org_id: str | None = None,
-                                     status: str | None = "pending"
-                                     ) -> list[ScepTransaction]:
-        """Transactions (of one organization, in one status; None: all), oldest first."""
+                                     status: str | None = "pending",
+                                     after: tuple[dt.datetime, str] | None = None,
+                                     limit: int | None = None) -> list[ScepTransaction]:
+        """Transactions (of one organization, in one status; None: all), oldest first: by
+        (created_at, transaction_id) after ``after``, at most ``limit`` (None: all)."""
 
     async def add_certificate_for_scep_pending(
         self, cert: CertificateRecord, audit: AuditEvent, transaction_id: str,

@@ -1691,10 +1691,42 @@ class SqlStore(ReportQueries):
             yield from tx.append_audit(audit)
         await self._write(write)
 
-    async def get_enrollment_secret(self, secret_id: str) -> EnrollmentSecretRecord | None:
-        row = await self._lookup(one("SELECT * FROM est_secrets WHERE secret_id = ?",
-                                     secret_id))
+    async def get_enrollment_secret(self, secret_id: str, org_id: str | None = None
+                                    ) -> EnrollmentSecretRecord | None:
+        where, params = ["secret_id = ?"], [secret_id]
+        if org_id is not None:
+            where.append("org_id = ?")
+            params.append(org_id)
+        row = await self._lookup(one("SELECT * FROM est_secrets" + _where(where), *params))
         return None if row is None else self._secret(row)
+
+    async def list_enrollment_secrets(self, org_id: str | None = None,
+                                      after: tuple[dt.datetime, str] | None = None,
+                                      limit: int = 100) -> list[EnrollmentSecretRecord]:
+        """Secrets (of one organization, or all) by (created_at, secret_id), after
+        ``after``; whatever their state."""
+        found = await self._page("est_secrets", "secret_id", org_id, after, limit)
+        return [self._secret(r) for r in found]
+
+    async def delete_enrollment_secret(self, secret_id: str, org_id: str | None,
+                                       audit: AuditEvent) -> EnrollmentSecretRecord | None:
+        """Delete an unused secret (in ``org_id`` when given); the deleted record, or None
+        (nothing written: unknown, another organization's, or used). The DELETE is
+        conditional, like ``_CONSUME_SECRET``: of a revocation and an enrollment with the
+        same secret, one finds the row gone or spent."""
+        where, params = ["secret_id = ?", "used_at IS NULL"], [secret_id]
+        if org_id is not None:
+            where.append("org_id = ?")
+            params.append(org_id)
+
+        def write(tx: Tx) -> Body[EnrollmentSecretRecord | None]:
+            row = yield one("DELETE FROM est_secrets" + _where(where) + " RETURNING *",
+                            *params)
+            if row is None:
+                return None
+            yield from tx.append_audit(audit)
+            return self._secret(row)
+        return await self._write(write)
 
     def _consume(self, tx: Tx, secret_id: str, now: dt.datetime, audit: AuditEvent
                  ) -> Body[EnrollmentSecretRecord | None]:
@@ -1754,9 +1786,13 @@ class SqlStore(ReportQueries):
             return True
         return await self._write(write)
 
-    async def get_pending_enrollment(self, request_id: str) -> PendingEnrollment | None:
-        row = await self._lookup(one("SELECT * FROM est_pending WHERE request_id = ?",
-                                     request_id))
+    async def get_pending_enrollment(self, request_id: str, org_id: str | None = None
+                                     ) -> PendingEnrollment | None:
+        where, params = ["request_id = ?"], [request_id]
+        if org_id is not None:
+            where.append("org_id = ?")
+            params.append(org_id)
+        row = await self._lookup(one("SELECT * FROM est_pending" + _where(where), *params))
         return None if row is None else self._pending_row(row)
 
     async def find_pending_enrollment(self, csr_fingerprint: str, requester: str
@@ -1769,18 +1805,23 @@ class SqlStore(ReportQueries):
 
     async def list_pending_enrollments(
         self, org_id: str | None = None, status: str | None = "pending",
+        after: tuple[dt.datetime, str] | None = None, limit: int | None = None,
     ) -> list[PendingEnrollment]:
-        """Requests (of one organization, in one status; None: all), oldest first."""
-        where, params = ["1 = 1"], []
+        """Requests (of one organization, in one status; None: all), oldest first; a keyset
+        page by (created_at, request_id) after ``after`` when ``limit`` is given."""
+        where, params = _keyset("created_at", "request_id", after, ">", self._d)
+        where.append("1 = 1")
         if org_id is not None:
             where.append("org_id = ?")
             params.append(org_id)
         if status is not None:
             where.append("status = ?")
             params.append(status)
-        found = await self._read(rows(
-            f"SELECT * FROM est_pending WHERE {' AND '.join(where)}"
-            " ORDER BY created_at, request_id", *params))
+        query = f"SELECT * FROM est_pending WHERE {' AND '.join(where)}" \
+            " ORDER BY created_at, request_id"
+        if limit is not None:
+            query, params = query + " LIMIT ?", [*params, limit]
+        found = await self._read(rows(query, *params))
         return [self._pending_row(r) for r in found]
 
     async def add_certificate_for_pending(
@@ -1941,9 +1982,50 @@ class SqlStore(ReportQueries):
                                      secret_hash))
         return None if row is None else self._scep_challenge(row)
 
-    async def get_scep_transaction(self, transaction_id: str) -> ScepTransaction | None:
-        row = await self._lookup(one(
-            "SELECT * FROM scep_transactions WHERE transaction_id = ?", transaction_id))
+    async def get_scep_challenge(self, challenge_id: str, org_id: str | None = None
+                                 ) -> ScepChallenge | None:
+        where, params = ["challenge_id = ?"], [challenge_id]
+        if org_id is not None:
+            where.append("org_id = ?")
+            params.append(org_id)
+        row = await self._lookup(one("SELECT * FROM scep_challenges" + _where(where),
+                                     *params))
+        return None if row is None else self._scep_challenge(row)
+
+    async def list_scep_challenges(self, org_id: str | None = None,
+                                   after: tuple[dt.datetime, str] | None = None,
+                                   limit: int = 100) -> list[ScepChallenge]:
+        """Challenges (of one organization, or all) by (created_at, challenge_id), after
+        ``after``; whatever their state."""
+        found = await self._page("scep_challenges", "challenge_id", org_id, after, limit)
+        return [self._scep_challenge(r) for r in found]
+
+    async def delete_scep_challenge(self, challenge_id: str, org_id: str | None,
+                                    audit: AuditEvent) -> ScepChallenge | None:
+        """Delete an unused challenge (in ``org_id`` when given); the deleted record, or
+        None (nothing written: unknown, another organization's, or used)."""
+        where, params = ["challenge_id = ?", "used_at IS NULL"], [challenge_id]
+        if org_id is not None:
+            where.append("org_id = ?")
+            params.append(org_id)
+
+        def write(tx: Tx) -> Body[ScepChallenge | None]:
+            row = yield one("DELETE FROM scep_challenges" + _where(where) + " RETURNING *",
+                            *params)
+            if row is None:
+                return None
+            yield from tx.append_audit(audit)
+            return self._scep_challenge(row)
+        return await self._write(write)
+
+    async def get_scep_transaction(self, transaction_id: str, org_id: str | None = None
+                                   ) -> ScepTransaction | None:
+        where, params = ["transaction_id = ?"], [transaction_id]
+        if org_id is not None:
+            where.append("org_id = ?")
+            params.append(org_id)
+        row = await self._lookup(one("SELECT * FROM scep_transactions" + _where(where),
+                                     *params))
         return None if row is None else self._scep_transaction(row)
 
     async def add_certificate_for_scep(
@@ -1993,15 +2075,23 @@ class SqlStore(ReportQueries):
             return "transaction_taken"
 
     async def list_scep_transactions(self, org_id: str | None = None,
-                                     status: str | None = "pending"
-                                     ) -> list[ScepTransaction]:
-        """Transactions (of one organization, in one status; None: all), oldest first."""
-        query, args = "SELECT * FROM scep_transactions WHERE 1 = 1", list[str]()
+                                     status: str | None = "pending",
+                                     after: tuple[dt.datetime, str] | None = None,
+                                     limit: int | None = None) -> list[ScepTransaction]:
+        """Transactions (of one organization, in one status; None: all), oldest first; a
+        keyset page by (created_at, transaction_id) after ``after`` when ``limit`` is
+        given."""
+        where, args = _keyset("created_at", "transaction_id", after, ">", self._d)
+        where.append("1 = 1")
         if org_id is not None:
-            query, args = query + " AND org_id = ?", [*args, org_id]
+            where, args = [*where, "org_id = ?"], [*args, org_id]
         if status is not None:
-            query, args = query + " AND status = ?", [*args, status]
-        found = await self._read(rows(query + " ORDER BY created_at, transaction_id", *args))
+            where, args = [*where, "status = ?"], [*args, status]
+        query = "SELECT * FROM scep_transactions" + _where(where) \
+            + " ORDER BY created_at, transaction_id"
+        if limit is not None:
+            query, args = query + " LIMIT ?", [*args, limit]
+        found = await self._read(rows(query, *args))
         return [self._scep_transaction(r) for r in found]
 
     async def add_certificate_for_scep_pending(

@@ -20,17 +20,19 @@ import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from ca_core.admin import (
+    MAX_LIMIT,
     AuditFilters,
     CaCreation,
     CertificateFilters,
     OrganizationChange,
+    Page,
     audit_document,
     organization_document,
     template_document,
@@ -49,6 +51,7 @@ from ca_core.cross import (
     alternate_chains,
     cross_certification_request,
 )
+from ca_core.enrollment_admin import csr_subject
 from ca_core.errors import BadCSR, BadPublicKey, BadRequest, CAError
 from ca_core.est import AuthMethod, EstLabel
 from ca_core.hierarchy import (
@@ -75,6 +78,7 @@ from gateway.tls import ensure_server_certificate, export_ca_files
 from protocols.acme.jws import b64url
 
 CLI = Principal.system("vcc-pki cli")
+T = TypeVar("T")
 
 
 INIT_LEASE = "init"
@@ -712,8 +716,8 @@ async def cmd_est_label_list(config: Config, args: argparse.Namespace) -> int:
 
 async def cmd_est_secret_create(config: Config, args: argparse.Namespace) -> int:
     async def run(services: Services) -> int:
-        created = await services.est.create_secret(args.org, args.label or "", args.subject,
-                                                   args.expires, CLI)
+        created = await services.admin.enrollment.create_est_secret(
+            CLI, args.org, args.label or "", args.subject, args.expires)
         print(f"user     {created.user}")
         print(f"password {created.password}")
         print(f"# one use, until {created.record.expires_at.isoformat(timespec='seconds')}"
@@ -725,8 +729,8 @@ async def cmd_est_secret_create(config: Config, args: argparse.Namespace) -> int
 
 async def cmd_scep_challenge_create(config: Config, args: argparse.Namespace) -> int:
     async def run(services: Services) -> int:
-        created = await services.scep.create_challenge(args.org, args.profile, args.expires,
-                                                       CLI)
+        created = await services.admin.enrollment.create_scep_challenge(
+            CLI, args.org, args.profile, args.expires)
         print(created.password)
         print(f"# challenge {created.challenge_id}: one use, for {created.record.profile}, "
               f"until {created.record.expires_at.isoformat(timespec='seconds')}; shown "
@@ -791,8 +795,8 @@ async def cmd_scep_pending_list(config: Config, args: argparse.Namespace) -> int
     async def run(services: Services) -> int:
         print(f"{'TRANSACTION':<40} {'ORG':<12} {'PROFILE':<22} {'CREATED':<20} "
               f"{'REQUESTER':<28} SUBJECT")
-        for pending in await services.scep.pending(args.org):
-            shown = _csr_subject(pending.csr_der)
+        for pending in await _all(services.admin.enrollment.list_scep_pending, args.org):
+            shown = csr_subject(pending.csr_der)
             org = await services.authority.organization_by_id(pending.org_id)
             created = f"{pending.created_at:%Y-%m-%d %H:%M:%S}" if pending.created_at else ""
             print(f"{pending.transaction_id:<40} {org.slug:<12} {pending.profile or '':<22} "
@@ -801,30 +805,29 @@ async def cmd_scep_pending_list(config: Config, args: argparse.Namespace) -> int
     return await _with_services(config, run)
 
 
-def _csr_subject(csr_der: bytes | None) -> str:
-    """A queued request's subject for a listing (its DER was checked when it came)."""
-    try:
-        return x509.load_der_x509_csr(csr_der or b"").subject.rfc4514_string()
-    except ValueError:
-        return "(unreadable)"
-
-
-async def _issued_serial(services: Services, cert_id: str | None) -> str | None:
-    """The serial (hex, colons) of an approved request's certificate."""
-    record = await services.store.get_certificate_by_id(cert_id or "")
-    return serial_display(record.serial_hex) if record else cert_id
+async def _all(list_page: Callable[..., Awaitable[Page[T]]], org: str | None) -> list[T]:
+    """Every page of an admin list (as the CLI's operator, who sees every organization)."""
+    items: list[T] = []
+    cursor = None
+    while True:
+        page = await list_page(CLI, org, cursor, MAX_LIMIT)
+        items += page.items
+        if page.next is None:
+            return items
+        cursor = page.next
 
 
 async def _scep_decide(config: Config, args: argparse.Namespace, approve: bool) -> int:
     async def run(services: Services) -> int:
         await services.authority.load()
-        decided = await services.scep.decide(args.transaction_id, approve, CLI)
-        if decided.status == "success":
-            serial = await _issued_serial(services, decided.cert_id)
-            print(f"request {decided.transaction_id} approved: certificate {serial} issued; "
+        decided = await services.admin.enrollment.decide_scep_request(
+            CLI, args.transaction_id, approve)
+        if decided.request.status == "success":
+            serial = decided.serial
+            print(f"request {args.transaction_id} approved: certificate {serial} issued; "
                   "the client receives it on its next CertPoll")
         else:
-            print(f"request {decided.transaction_id} rejected: its polls get FAILURE "
+            print(f"request {args.transaction_id} rejected: its polls get FAILURE "
                   "badRequest")
         return 0
     return await _with_services(config, run)
@@ -841,8 +844,8 @@ async def cmd_scep_pending_reject(config: Config, args: argparse.Namespace) -> i
 async def cmd_est_pending_list(config: Config, args: argparse.Namespace) -> int:
     async def run(services: Services) -> int:
         print(f"{'REQUEST':<18} {'LABEL':<16} {'CREATED':<20} {'REQUESTER':<30} SUBJECT")
-        for pending in await services.est.pending(args.org):
-            subject = _csr_subject(pending.csr_der)
+        for pending in await _all(services.admin.enrollment.list_est_pending, args.org):
+            subject = csr_subject(pending.csr_der)
             created = f"{pending.created_at:%Y-%m-%d %H:%M:%S}" if pending.created_at else ""
             print(f"{pending.request_id:<18} {pending.label or '(default)':<16} "
                   f"{created:<20} {pending.requester[:30]:<30} {subject}")
@@ -853,13 +856,14 @@ async def cmd_est_pending_list(config: Config, args: argparse.Namespace) -> int:
 async def _est_decide(config: Config, args: argparse.Namespace, approve: bool) -> int:
     async def run(services: Services) -> int:
         await services.authority.load()
-        decided = await services.est.decide(args.request_id, approve, CLI)
-        if decided.status == "issued":
-            serial = await _issued_serial(services, decided.cert_id)
-            print(f"request {decided.request_id} approved: certificate {serial} issued; the "
+        decided = await services.admin.enrollment.decide_est_request(
+            CLI, args.request_id, approve)
+        if decided.request.status == "issued":
+            serial = decided.serial
+            print(f"request {args.request_id} approved: certificate {serial} issued; the "
                   "client receives it on its next identical request")
         else:
-            print(f"request {decided.request_id} rejected")
+            print(f"request {args.request_id} rejected")
         return 0
     return await _with_services(config, run)
 

@@ -182,7 +182,7 @@ async def open_services(config: Config, create: bool = False) -> AsyncIterator[S
             try:
                 yield Services(config, store, keys, authority, cache, ocsp,
                                CrlPublisher(authority, crl_settings(config)), acme, est, scep,
-                               admin=AdminService(authority, verify_chain),
+                               admin=AdminService(authority, verify_chain, est, scep),
                                signatures=CodeSigningService(authority, TimeStampAuthority(
                                    authority, config.tsa_settings())),
                                registry=ServiceRegistry(authority))

@@ -33,10 +33,12 @@ from cryptography.x509.oid import NameOID
 from ca_core.admin import OrganizationChange
 from ca_core.authority import IssuanceRequest
 from ca_core.code_signing import SignRequest
+from ca_core.est import EstLabel, PendingEnrollment
 from ca_core.hierarchy import ensure_organization, rollover_issuing_ca
 from ca_core.principal import ROLES, Principal
 from ca_core.records import AcmeAccount, AuditEvent
 from ca_core.reports import ReportRequest, ReportService
+from ca_core.scep import ScepTransaction
 from ca_core.services import ServiceSpec
 from ca_core.templates import TemplateSpec
 from gateway.app import build_https_app
@@ -188,6 +190,16 @@ MATRIX: dict[str, dict[str, tuple[str, str, str]]] = {
     "stats": {
         "pki_super_admin": (A, A, A), "pki_admin": (A, H, H), "cert_manager": (D, D, D),
         "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (A, H, H)},
+    # EST secrets and SCEP challenges and their approval queues (issue 17): managed as
+    # tokens and EAB keys are (token:create: admins, their own organization's)
+    **{endpoint: {
+        "pki_super_admin": (A, A, A), "pki_admin": (A, H, H), "cert_manager": (D, D, D),
+        "service_account": (D, D, D), "code_signer": (D, D, D), "auditor": (D, D, D)}
+       for endpoint in ("est_secrets.list", "est_secrets.create", "est_secrets.revoke",
+                        "est_pending.list", "est_pending.approve", "est_pending.reject",
+                        "scep_challenges.list", "scep_challenges.create",
+                        "scep_challenges.revoke", "scep_pending.list",
+                        "scep_pending.approve", "scep_pending.reject")},
 }
 
 
@@ -211,6 +223,11 @@ class Target:
     signed_hash: str = ""
     service: str = ""  # a registered service of the organization (services.* only)
     report_id: str = ""  # a stored report of the organization (reports.list and .get only)
+    # EST and SCEP credentials and queued requests (est_* and scep_* only)
+    est_secret: str = ""
+    est_request: str = ""
+    scep_challenge: str = ""
+    scep_request: str = ""
 
 
 @dataclass
@@ -261,6 +278,11 @@ def _contains(answer: Answer, target: Target, endpoint: str) -> bool:
         return bool(json.loads(answer.text)["organization"] == target.slug)
     if endpoint == "reports.generate":
         return bool(json.loads(answer.text)["organization"] == target.slug)
+    listed = {"est_secrets.list": target.est_secret, "est_pending.list": target.est_request,
+              "scep_challenges.list": target.scep_challenge,
+              "scep_pending.list": target.scep_request}
+    if endpoint in listed:
+        return listed[endpoint] in [i["id"] for i in _items(answer, endpoint)]
     if endpoint == "signatures.verify":
         verdict = json.loads(answer.text)
         return bool(verdict["valid"] and verdict["signature_id"] == target.signature_id)
@@ -355,6 +377,29 @@ CALLS: dict[str, Call] = {
     "reports.get": lambda c, h, t: _get(
         c, h, f"/api/v1/reports/crypto_inventory/{t.report_id}"),
     "stats": lambda c, h, t: _get(c, h, "/api/v1/stats", organization=t.slug),
+    "est_secrets.list": lambda c, h, t: _get(c, h, "/api/v1/est/secrets",
+                                             organization=t.slug, limit="500"),
+    "est_secrets.create": lambda c, h, t: _post(c, h, "/api/v1/est/secrets",
+                                                {"organization": t.slug}),
+    "est_secrets.revoke": lambda c, h, t: _delete(c, h, f"/api/v1/est/secrets/{t.est_secret}"),
+    "est_pending.list": lambda c, h, t: _get(c, h, "/api/v1/est/pending",
+                                             organization=t.slug, limit="500"),
+    "est_pending.approve": lambda c, h, t: _post(
+        c, h, f"/api/v1/est/pending/{t.est_request}/approve"),
+    "est_pending.reject": lambda c, h, t: _post(
+        c, h, f"/api/v1/est/pending/{t.est_request}/reject"),
+    "scep_challenges.list": lambda c, h, t: _get(c, h, "/api/v1/scep/challenges",
+                                                 organization=t.slug, limit="500"),
+    "scep_challenges.create": lambda c, h, t: _post(c, h, "/api/v1/scep/challenges",
+                                                    {"organization": t.slug}),
+    "scep_challenges.revoke": lambda c, h, t: _delete(
+        c, h, f"/api/v1/scep/challenges/{t.scep_challenge}"),
+    "scep_pending.list": lambda c, h, t: _get(c, h, "/api/v1/scep/pending",
+                                              organization=t.slug, limit="500"),
+    "scep_pending.approve": lambda c, h, t: _post(
+        c, h, f"/api/v1/scep/pending/{t.scep_request}/approve"),
+    "scep_pending.reject": lambda c, h, t: _post(
+        c, h, f"/api/v1/scep/pending/{t.scep_request}/reject"),
 }
 
 
@@ -434,7 +479,41 @@ async def _target(services: Services, slug: str, n: int, endpoint: str) -> Targe
     if endpoint in ("reports.list", "reports.get"):
         target.report_id = (await ReportService(services.authority).generate(
             SYSTEM, ReportRequest("crypto_inventory", organization=slug))).record.report_id
+    if endpoint.startswith(("est_", "scep_")):
+        await _enrollment_targets(services, target, org.org_id, n)
     return target
+
+
+async def _enrollment_targets(services: Services, target: Target, org_id: str, n: int
+                              ) -> None:
+    """An EST secret, a queued EST request (of a label that requires approval), a SCEP
+    challenge and a queued SCEP request of the organization."""
+    label = f"matrix-{target.slug}"
+    await services.est.set_label(EstLabel(label, org_id, "vcc_service",
+                                          require_approval=True), SYSTEM)
+    target.est_secret = (await services.admin.enrollment.create_est_secret(
+        SYSTEM, target.slug)).user
+    target.scep_challenge = (await services.admin.enrollment.create_scep_challenge(
+        SYSTEM, target.slug)).challenge_id
+    now = dt.datetime.now(dt.UTC)
+    name = f"e{n}.{target.slug}.example.test"
+    target.est_request = f"est-req-{n}"
+    await services.store.add_pending_enrollment(PendingEnrollment(
+        request_id=target.est_request, label=label, org_id=org_id,
+        csr_der=make_csr(cn=name, dns=(name,), pem=False), requester=f"secret:matrix-{n}",
+        status="pending", created_at=now, csr_fingerprint=f"fp-{n}"), AuditEvent(
+        event_type="est.request_pending", category="est", action="queue",
+        actor_type="service", actor_id="est:matrix", org_id=org_id,
+        resource_type="est_request", resource_id=target.est_request))
+    target.scep_request = f"scep-tid-{n}"
+    await services.store.record_scep_transaction(ScepTransaction(
+        transaction_id=target.scep_request, key_fingerprint=f"key-{n}",
+        request_fingerprint=f"req-{n}", org_id=org_id, status="pending", created_at=now,
+        updated_at=now, profile="external_integration", requester="static",
+        csr_der=make_csr(cn=name, dns=(), pem=False)), AuditEvent(
+        event_type="scep.request_pending", category="scep", action="queue",
+        actor_type="service", actor_id="scep:matrix", org_id=org_id,
+        resource_type="scep_transaction", resource_id=target.scep_request))
 
 
 async def _state(services: Services, target: Target) -> tuple[Any, ...]:
@@ -449,11 +528,18 @@ async def _state(services: Services, target: Target) -> tuple[Any, ...]:
     template = await store.get_template(target.template, org and org.org_id)
     service = await store.get_service(org.org_id, target.service) \
         if org and target.service else None
+    enrollment = None
+    if target.est_secret:
+        est_request = await store.get_pending_enrollment(target.est_request)
+        scep_request = await store.get_scep_transaction(target.scep_request)
+        enrollment = (await store.get_enrollment_secret(target.est_secret) is not None,
+                      await store.get_scep_challenge(target.scep_challenge) is not None,
+                      est_request and est_request.status, scep_request and scep_request.status)
     # The target itself, and counts that are one aggregate each. What else a call could
     # have made (a token, an EAB key, a service account, a template, a service) writes an
     # audit entry: _appended checks that a refused call appended nothing but its denial.
-    return (service and (service.name, service.version, service.health_status,
-                         service.active_cert_id),
+    return (enrollment, service and (service.name, service.version, service.health_status,
+                                     service.active_cert_id),
             template and (template.definition, template.status), cert and cert.status,
             token and token.revoked, bound and bound.revoked,
             await store.get_eab_key(target.eab_kid) is not None, account and account.status,

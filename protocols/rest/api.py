@@ -736,7 +736,7 @@ async def stats(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    from protocols.rest import openapi, services_api
+    from protocols.rest import enrollment_api, openapi, services_api
 
     app.router.add_get("/api/v1/openapi.json", openapi.serve)
     app.router.add_get("/api/v1/certificates", list_certificates)
@@ -775,6 +775,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/v1/signatures", create_signature)
     app.router.add_post("/api/v1/signatures/verify", verify_signature)
     services_api.add_routes(app)
+    enrollment_api.add_routes(app)
     app.router.add_get("/api/v1/reports", list_reports)
     app.router.add_get("/api/v1/reports/{name}", generate_report)
     app.router.add_get("/api/v1/reports/{name}/{report_id}", stored_report)

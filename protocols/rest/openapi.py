@@ -17,6 +17,7 @@ from aiohttp import web
 from ca_core.admin import CERTIFICATE_STATUSES, MAX_LIMIT, MAX_TOKEN_DAYS
 from ca_core.authority import DEFAULT_PROFILE, DEFAULT_REVOCATION_REASON
 from ca_core.code_signing import ARTIFACT_TYPES, DIGEST_LENGTHS, MAX_NAME
+from ca_core.enrollment_admin import MAX_LIFETIME_MINUTES
 from ca_core.org_policy import ISOLATION_LEVELS, MAX_PARTNERS, ORG_STATUSES
 from ca_core.principal import ROLES
 from ca_core.reports import FORMATS, REPORT_NAMES
@@ -507,6 +508,119 @@ def _service_paths() -> dict[str, Any]:
     }
 
 
+# --- EST and SCEP enrollment credentials and queues (issue 17; handlers in
+# protocols.rest.enrollment_api) ------------------------------------------------------------
+_CREDENTIAL_STATUS = {"type": "string", "enum": ["unused", "used", "expired", "revoked"],
+                      "description": "revoked: in the answer of its revocation only (a "
+                      "revoked one is deleted)"}
+_LIFETIME = {"type": "integer", "minimum": 1, "maximum": MAX_LIFETIME_MINUTES,
+             "description": "lifetime in minutes (default and maximum: the gateway's "
+             "settings; EST 24 h and 90 days, SCEP 1 h and 30 days)"}
+_REQUEST_FIELDS: dict[str, Any] = {
+    "id": {"type": "string"}, "organization_id": {"type": "string"},
+    "subject": {"type": "string", "description": "the CSR's subject (RFC 4514)"},
+    "requester": {"type": ["string", "null"], "description": "the credential it came with"},
+    "created_at": _TIME, "decided_at": _NULLABLE_TIME,
+    "serial": {"type": ["string", "null"], "description": "the certificate issued on "
+               "approval (in the answer of the approval)"}}
+_ENROLLMENT_SCHEMAS: dict[str, Any] = {
+    "EstSecret": {"type": "object", "required": [
+        "id", "organization_id", "label", "subject", "expires_at", "used_at", "created_at",
+        "status"], "properties": {
+        "id": {"type": "string", "description": "the HTTP Basic user name"},
+        "organization_id": {"type": "string"},
+        "label": {"type": "string", "description": "\"\": any label of the organization"},
+        "subject": {"type": ["string", "null"],
+                    "description": "the CSR's subject must be exactly this"},
+        "expires_at": _TIME, "used_at": _NULLABLE_TIME, "created_at": _TIME,
+        "status": _CREDENTIAL_STATUS,
+        "user": {"type": "string", "description": "in the creation answer only"},
+        "password": {"type": "string", "description": "in the creation answer only"}}},
+    "EstSecretRequest": {"type": "object", "required": ["organization"], "properties": {
+        "organization": {"type": "string", "description": "slug or id"},
+        "label": {"type": "string", "description": "only this label (default: any of the "
+                  "organization's)"},
+        "subject": {"type": "string", "description": "pin the CSR's subject (RFC 4514)"},
+        "expires_in_minutes": _LIFETIME}},
+    "EstRequest": {"type": "object", "required": [
+        "id", "organization_id", "label", "subject", "requester", "status", "created_at",
+        "decided_at", "serial"], "properties": {
+        **_REQUEST_FIELDS, "label": {"type": "string"},
+        "status": {"type": "string", "enum": ["pending", "issued", "rejected"]}}},
+    "ScepChallenge": {"type": "object", "required": [
+        "id", "organization_id", "profile", "expires_at", "used_at", "created_at",
+        "status"], "properties": {
+        "id": {"type": "string"}, "organization_id": {"type": "string"},
+        "profile": {"type": "string", "description": "its endpoint: /scep/ORG/PROFILE"},
+        "expires_at": _TIME, "used_at": _NULLABLE_TIME, "created_at": _TIME,
+        "status": _CREDENTIAL_STATUS,
+        "password": {"type": "string", "description": "the challengePassword; in the "
+                     "creation answer only"}}},
+    "ScepChallengeRequest": {"type": "object", "required": ["organization"], "properties": {
+        "organization": {"type": "string", "description": "slug or id"},
+        "profile": {"type": "string", "description": "the endpoint's profile (default "
+                    "external_integration)"},
+        "expires_in_minutes": _LIFETIME}},
+    "ScepRequest": {"type": "object", "required": [
+        "id", "organization_id", "profile", "subject", "requester", "status", "created_at",
+        "decided_at", "serial"], "properties": {
+        **_REQUEST_FIELDS,
+        "id": {"type": "string", "description": "the transactionID"},
+        "profile": {"type": ["string", "null"]},
+        "status": {"type": "string", "enum": ["pending", "success", "rejected", "failure"]}}},
+}
+_ENROLLMENT_ORG = _query("organization", "organization slug or id (default: the caller's; "
+                         "a super admin: all)")
+
+
+def _enrollment_paths() -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for protocol, credential, noun, request in (
+            ("est", "secrets", "EstSecret", "EstRequest"),
+            ("scep", "challenges", "ScepChallenge", "ScepRequest")):
+        tag, what = f"{protocol} enrollment", protocol.upper()
+        ident = "secret_id" if protocol == "est" else "challenge_id"
+        request_id = "request_id" if protocol == "est" else "transaction_id"
+        decided = {"200": _json(_ref(request), "decided"), **_problems(403, 404, 409)}
+        paths.update({
+            f"/api/v1/{protocol}/{credential}": {
+                "get": _op(f"list {what} one-time {credential} (never their passwords)", {
+                    "200": _json(_page_of(noun), "one page"), **_problems(400, 403, 404)},
+                    parameters=[_ENROLLMENT_ORG, *_PAGING], tag=tag),
+                "post": _op(f"create a one-time {what} {credential[:-1]}: its password is "
+                            "in this answer only", {
+                                "201": _json(_ref(noun), "created"),
+                                **_problems(400, 403, 404, 409, 413, 415)},
+                            body=_body(_ref(f"{noun}Request")), tag=tag),
+            },
+            f"/api/v1/{protocol}/{credential}/{{{ident}}}": {
+                "delete": _op(f"revoke an unused {credential[:-1]} (deleted; a used one: "
+                              "409, revoke its certificate)", {
+                                  "200": _json(_ref(noun), "revoked"),
+                                  **_problems(403, 404, 409)},
+                              parameters=[_path(ident, f"{credential[:-1]} id")], tag=tag),
+            },
+            f"/api/v1/{protocol}/pending": {
+                "get": _op(f"{what} requests waiting for approval, oldest first", {
+                    "200": _json(_page_of(request), "one page"), **_problems(400, 403, 404)},
+                    parameters=[_ENROLLMENT_ORG, *_PAGING], tag=tag),
+            },
+            f"/api/v1/{protocol}/pending/{{{request_id}}}/approve": {
+                "post": _op("approve: the certificate is issued now and the client gets it "
+                            "on its next " + ("identical request" if protocol == "est"
+                                              else "CertPoll"), decided,
+                            parameters=[_path(request_id, "as the pending list shows it")],
+                            tag=tag),
+            },
+            f"/api/v1/{protocol}/pending/{{{request_id}}}/reject": {
+                "post": _op("reject: the client's retries are refused", decided,
+                            parameters=[_path(request_id, "as the pending list shows it")],
+                            tag=tag),
+            },
+        })
+    return paths
+
+
 _REPORT_QUERY = [
     _query("format", "json (default), csv or html", {"type": "string",
                                                       "enum": list(FORMATS)}),
@@ -563,7 +677,8 @@ def document() -> dict[str, Any]:
                         "header"},
             "mtls": {"type": "mutualTLS", "description": "a client certificate bound to a "
                      "service account, on the EST port only (it alone requests one)"}},
-                       "schemas": {**_SCHEMAS, **_SERVICE_SCHEMAS}},
+                       "schemas": {**_SCHEMAS, **_SERVICE_SCHEMAS,
+                                   **_ENROLLMENT_SCHEMAS}},
         "paths": {
             "/api/v1/certificates": {
                 "get": _op("list certificates, newest first: the caller's organization's "
@@ -785,6 +900,7 @@ def document() -> dict[str, Any]:
                             body=_body(_ref("VerifyRequest")), tag="signatures"),
             },
             **_service_paths(),
+            **_enrollment_paths(),
             "/api/v1/reports": {
                 "get": _op("stored compliance reports, oldest first (compliance:read: the "
                            "caller's organization's; a super admin: all or one's)", {

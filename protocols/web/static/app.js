@@ -5,8 +5,9 @@ import { services } from './services.js';
 import { acme } from './acme.js';
 import { reports } from './reports.js';
 import { rates } from './rates.js';
+import { ENROLLMENT_VIEWS } from './enrollment.js';
 
-Object.assign(VIEWS, { services, acme, reports, rates });
+Object.assign(VIEWS, { services, acme, reports, rates }, ENROLLMENT_VIEWS);
 
 const $ = (id) => document.getElementById(id);
 let who = null;
