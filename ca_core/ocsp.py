@@ -445,8 +445,9 @@ class OcspResponder:
         """The DER CertID the precomputed responses carry (parameters NULL, as OpenSSL,
         Go and cryptography encode it): the fields asn1crypto encoded once per issuer, then
         the serial."""
-        return a_ocsp.CertId(
+        cert_id: bytes = a_ocsp.CertId(
             contents=issuer.cert_id_prefix[algorithm] + a_core.Integer(serial).dump()).dump()
+        return cert_id
 
     def _times(self, responder: _Responder) -> tuple[dt.datetime, dt.datetime]:
         this_update = self.clock().replace(microsecond=0)
