@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestClient
 from asn1crypto import algos as a_algos
 from asn1crypto import core as a_core
 from asn1crypto import ocsp as a_ocsp
+from asn1crypto import x509 as a_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
@@ -27,7 +28,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ca_core.authority import Authority, IssuanceRequest, IssuedCertificate
 from ca_core.hierarchy import ensure_organization
-from ca_core.ocsp import OcspResponder, OcspSettings, _der, _der_integer, _Status, cache_key
+from ca_core.ocsp import OcspResponder, OcspSettings, _Status, cache_key
 from ca_core.principal import Principal
 from ca_core.records import AuditEvent, Revocation
 from ca_core.response_cache import CachedResponse, CacheUnavailable, ResponseCache
@@ -287,18 +288,18 @@ async def test_precomputed_at_issuance(services: Services) -> None:
         ocsp.OCSPCertStatus.GOOD
 
 
-async def test_assembled_response_is_what_the_builder_makes(services: Services) -> None:
-    """The single responses an ECDSA responder signs without a nonce (the precompute, the
-    revocation, the refresher, live misses) are assembled from DER pieces: byte for byte
-    the builder's SingleResponse, ResponderID, signatureAlgorithm and certs, in canonical
-    DER, signed over the ResponseData by the responder's key; producedAt is thisUpdate."""
+async def test_signed_single_responses(services: Services) -> None:
+    """The single responses the responder signs without a nonce (the precompute, the
+    revocation, the refresher, live misses), made by cryptography's builder: each carries
+    the status, reason, times and CertID asked for, and the CertID the cache entry keeps
+    (what a request must contain to be answered from the cache) is byte for byte the one in
+    the response and the one cryptography's request builder encodes."""
     clock = Clock()
     services.ocsp.clock = clock
     issued = await issue(services)
     issuer = services.ocsp._by_ca_id[issued.record.issuer_ca_id]
     responder = issuer.responder
-    assert responder is not None and responder.fixed is not None
-    built = dataclasses.replace(responder, fixed=None)  # the cryptography builder's path
+    assert responder is not None
     serial = issued.certificate.serial_number
     revoked_at = clock.now.replace(microsecond=0) - dt.timedelta(minutes=3)
     statuses = [_Status(serial), _Status(serial, revoked_at, "unspecified"),
@@ -306,34 +307,48 @@ async def test_assembled_response_is_what_the_builder_makes(services: Services) 
                 _Status(serial, revoked_at, "certificate_hold"),
                 _Status(2**159 - 1), _Status(0x80), _Status(1)]
     for algorithm in ("sha1", "sha256", "sha384"):
+        name_hash, key_hash = issuer.hashes[algorithm]
         for status in statuses:
-            fast = await services.ocsp._sign(issuer, responder, algorithm, status)
-            slow = await services.ocsp._sign(issuer, built, algorithm, status)
-            parsed = a_ocsp.OCSPResponse.load(fast.der)
-            assert parsed.dump(force=True) == fast.der  # canonical DER
-            mine, theirs = (a_ocsp.OCSPResponse.load(r.der)["response_bytes"]["response"]
-                            .parsed for r in (fast, slow))
-            for name in ("responses", "responder_id"):
-                assert mine["tbs_response_data"][name].dump() == \
-                    theirs["tbs_response_data"][name].dump()
-            for name in ("signature_algorithm", "certs"):
-                assert mine[name].dump() == theirs[name].dump()
-            assert mine["tbs_response_data"]["produced_at"].native == \
-                clock.now.replace(microsecond=0)
-            assert (fast.revoked, fast.this_update, fast.next_update, fast.cert_id) == \
-                (slow.revoked, slow.this_update, slow.next_update, slow.cert_id)
-            loaded = ocsp.load_der_ocsp_response(fast.der)
+            entry = await services.ocsp._sign(issuer, responder, algorithm, status)
+            parsed = a_ocsp.OCSPResponse.load(entry.der)
+            assert parsed.dump(force=True) == entry.der  # canonical DER
+            single = parsed["response_bytes"]["response"].parsed[
+                "tbs_response_data"]["responses"][0]
+            assert single["cert_id"].dump() == entry.cert_id
+            request = ocsp.OCSPRequestBuilder().add_certificate_by_hash(
+                name_hash, key_hash, status.serial,
+                getattr(hashes, algorithm.upper())()).build().public_bytes(DER)
+            assert entry.cert_id in request
+            loaded = ocsp.load_der_ocsp_response(entry.der)
             assert loaded.serial_number == status.serial
+            assert loaded.this_update_utc == clock.now.replace(microsecond=0)
+            assert (entry.this_update, entry.revoked) == (
+                int(clock.now.replace(microsecond=0).timestamp()), status.revoked_at is not None)
+            if status.revoked_at is None:
+                assert loaded.certificate_status is ocsp.OCSPCertStatus.GOOD
+            else:
+                assert loaded.revocation_time_utc == status.revoked_at
+                reason = loaded.revocation_reason
+                assert (reason.name if reason is not None else "unspecified") == status.reason
+            assert loaded.responder_key_hash == a_x509.Certificate.load(
+                responder.certificate.public_bytes(DER)).public_key.sha1
+            assert loaded.certificates == [responder.certificate]
             responder.certificate.public_key().verify(  # type: ignore[union-attr]
                 loaded.signature, loaded.tbs_response_bytes,
                 ec.ECDSA(loaded.signature_hash_algorithm))  # type: ignore[arg-type]
 
 
-def test_der_pieces_encode_as_asn1crypto_does() -> None:
+def test_cert_id_encodes_as_asn1crypto_does() -> None:
+    """The CertID prefix (per issuer) and the serial make the CertID asn1crypto encodes."""
+    prefix = (a_algos.DigestAlgorithm({"algorithm": "sha1", "parameters": a_core.Null()}).dump()
+              + a_core.OctetString(b"n" * 20).dump() + a_core.OctetString(b"k" * 20).dump())
+    issuer = cast(Any, dataclasses.make_dataclass("I", ["cert_id_prefix"]))({"sha1": prefix})
     for value in (0, 1, 0x7F, 0x80, 0xFF, 0x100, 2**63, 2**64 - 1, 2**159, 2**160 - 1):
-        assert _der_integer(value) == a_core.Integer(value).dump()
-    for size in (0, 1, 127, 128, 255, 256, 65535, 65536):
-        assert _der(0x04, b"x" * size) == a_core.OctetString(b"x" * size).dump()
+        expected = a_ocsp.CertId({
+            "hash_algorithm": {"algorithm": "sha1", "parameters": a_core.Null()},
+            "issuer_name_hash": b"n" * 20, "issuer_key_hash": b"k" * 20,
+            "serial_number": value}).dump()
+        assert OcspResponder._cert_id(cast(Any, None), issuer, "sha1", value) == expected
 
 
 async def test_unknown_serial_and_foreign_issuer_are_unauthorized(
