@@ -18,11 +18,15 @@ import ipaddress
 import logging
 import socket
 import ssl
+import time
 from dataclasses import dataclass
 
 import aiohttp
 import dns.asyncresolver
 import dns.exception
+import dns.name
+import dns.rdataclass
+import dns.rdatatype
 import dns.resolver
 import dns.reversename
 from cryptography import x509
@@ -42,6 +46,23 @@ log = logging.getLogger(__name__)
 ACME_IDENTIFIER_OID = ObjectIdentifier("1.3.6.1.5.5.7.1.31")  # id-pe-acmeIdentifier
 ACME_TLS_ALPN = "acme-tls/1"
 MAX_HTTP_BODY = 8 * 1024
+ADDRESS_CACHE_SIZE = 10_000
+ADDRESS_CACHE_MAX_TTL = 300.0  # seconds: a longer TTL is kept this long at most
+
+
+class AddressCache(dns.resolver.LRUCache):
+    """dnspython's answer cache, for the addresses of names only: A and AAAA answers that
+    hold records, each for its TTL (at most ADDRESS_CACHE_MAX_TTL), so the http-01 and
+    tls-alpn-01 validations of one name (several challenges, retries, renewals) resolve it
+    once. TXT answers (dns-01) and negative answers are never kept: an applicant who has
+    just published or fixed a record is checked against what the DNS says now."""
+
+    def put(self, key: tuple[dns.name.Name, dns.rdatatype.RdataType,
+                             dns.rdataclass.RdataClass], value: dns.resolver.Answer) -> None:
+        if key[1] not in (dns.rdatatype.A, dns.rdatatype.AAAA) or value.rrset is None:
+            return
+        value.expiration = min(value.expiration, time.time() + ADDRESS_CACHE_MAX_TTL)
+        super().put(key, value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +89,7 @@ class Validator:
             resolver.nameservers = [host.strip("[]") or "127.0.0.1"]
             resolver.port = int(port)
             resolver.lifetime = settings.timeout
+            resolver.cache = AddressCache(ADDRESS_CACHE_SIZE)
             self._resolver = resolver
 
     async def validate(self, challenge_type: str, identifier_type: str, value: str,
