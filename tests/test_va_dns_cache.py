@@ -12,7 +12,7 @@ import dns.rdatatype
 
 from conformance import testdns
 from conformance.gateway import free_port
-from va.validator import Validator, ValidationSettings, dns01_digest
+from va.validator import ValidationSettings, Validator, dns01_digest
 
 
 def _key(name: str, rdtype: dns.rdatatype.RdataType
