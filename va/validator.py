@@ -55,6 +55,11 @@ _ADDRESS_DATA: dict[str, type[pycares.ARecordData | pycares.AAAARecordData]] = {
     "A": pycares.ARecordData, "AAAA": pycares.AAAARecordData}
 
 
+def _dns_key(name: str) -> str:
+    """A DNS name as compared (RFC 4343: case-insensitive), without the root's dot."""
+    return name.rstrip(".").lower()
+
+
 @dataclass(frozen=True, slots=True)
 class ValidationSettings:
     http01_port: int = 80
@@ -125,10 +130,16 @@ class Validator:
                 raise DnsFailed(f"DNS lookup of {value} failed") from exc
             except TimeoutError as exc:
                 raise DnsFailed(f"DNS lookup of {value} failed") from exc
-            # The answer may hold a CNAME chain before the addresses: the addresses count.
+            # The answer may hold a CNAME chain before the addresses: the addresses of the
+            # name or of a name it leads to count, nothing else the answer carries.
+            chain = {_dns_key(value)}
+            for record in result.answer:
+                if isinstance(record.data, pycares.CNAMERecordData) \
+                        and _dns_key(record.name) in chain:
+                    chain.add(_dns_key(record.data.cname))
             wanted = _ADDRESS_DATA[rdtype]
             return [str(ipaddress.ip_address(record.data.addr)) for record in result.answer
-                    if isinstance(record.data, wanted)]
+                    if isinstance(record.data, wanted) and _dns_key(record.name) in chain]
 
         # Both at once: the validation waits for one round trip, not two.
         results = await asyncio.gather(lookup("A"), lookup("AAAA"), return_exceptions=True)
