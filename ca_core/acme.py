@@ -154,6 +154,10 @@ class AcmeSettings:
     validation_attempts: int = 3
     validation_retry_seconds: float = 1.0
     finalize_wait_seconds: float = 5.0  # then the order stays processing (Retry-After)
+    # The challenge POST waits this long for its validation (as step-ca validates in the
+    # request): a client's first poll then finds the authorization decided, instead of
+    # polling while it is processing; a slower validation is answered processing.
+    challenge_wait_seconds: float = 2.0
     orders_per_account_per_hour: int = 300
     orders_per_org_per_hour: int = 3000
     accounts_per_org_per_hour: int = 300
@@ -666,19 +670,35 @@ class AcmeService:
                     challenge_status="processing")):
             fresh = await self.authorization(account, authz_id)
             return fresh, next(c for c in fresh.challenges if c.type == challenge_type)
-        # Later requests see "processing" until the validator decides.
-        self._start_validation(account, updated, processing)
+        # Later requests see "processing" until the validator decides; this one waits a
+        # moment for the decision (each poll it saves costs a whole signed request).
+        task = self._start_validation(account, updated, processing)
+        if self.settings.challenge_wait_seconds > 0:
+            try:
+                final = await asyncio.wait_for(asyncio.shield(task),
+                                               self.settings.challenge_wait_seconds)
+            except TimeoutError:
+                final = None
+            except Exception:  # the task's own failure: later reads restart it (stale)
+                log.exception("ACME validation of %s failed", authz.identifier_value)
+                final = None
+            if final is not None:
+                decided = next(c for c in final.challenges if c.type == challenge_type)
+                return final, decided
         return updated, processing
 
     def _start_validation(self, account: AcmeAccount, authz: AcmeAuthorization,
-                          challenge: AcmeChallenge) -> None:
+                          challenge: AcmeChallenge) -> asyncio.Task[AcmeAuthorization | None]:
         key = (authz.authz_id, challenge.type)
         self._validating.add(key)
         task = self._tasks.spawn(self._validate(account, authz, challenge))
         task.add_done_callback(lambda _: self._validating.discard(key))
+        return task
 
     async def _validate(self, account: AcmeAccount, authz: AcmeAuthorization,
-                        challenge: AcmeChallenge) -> None:
+                        challenge: AcmeChallenge) -> AcmeAuthorization | None:
+        """Validate and store the outcome; the authorization as stored, or None when it was
+        not stored (changed meanwhile, or the store failed)."""
         identifier = (authz.identifier_type, authz.identifier_value)
         key_auth = key_authorization(challenge.token, account.key_thumbprint)
         error: dict[str, Any] | None = None
@@ -708,10 +728,12 @@ class AcmeService:
         final = replace(final, challenges=tuple(
             done if c.type == challenge.type else c for c in authz.challenges))
         try:
-            await self.store.update_acme_authorization(final, "pending", self._authz_event(
-                final, account.org_id, challenge=challenge.type))
+            if await self.store.update_acme_authorization(final, "pending", self._authz_event(
+                    final, account.org_id, challenge=challenge.type)):
+                return final
         except StoreError:
             log.exception("storing the validation of %s failed", authz.authz_id)
+        return None
 
     # ------------------------------------------------------------------ finalize
     async def finalize(self, account: AcmeAccount, order_id: str, csr_der: bytes

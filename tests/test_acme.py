@@ -1219,3 +1219,51 @@ async def test_disabled_organization_registers_no_account(eab_world: World) -> N
                                                    OrganizationChange(status="active"))
     response = await client.register(externalAccountBinding=binding)
     assert response.status == 201, await response.text()
+
+
+async def test_the_challenge_post_answers_the_decided_challenge(world: World) -> None:
+    """The challenge POST waits (up to challenge_wait_seconds) for its validation, so a
+    quick one is answered valid at once, the authorization with it; a validation slower
+    than the wait is answered processing, and decided later in the background."""
+    from dataclasses import replace as dc_replace
+
+    client = world.client()
+    await client.load()
+    await client.register()
+    _, order = await _order(client, "quick.test")
+    authz_url = order["authorizations"][0]
+    authz = await (await client.post(authz_url, None)).json()
+    challenge = next(c for c in authz["challenges"] if c["type"] == "http-01")
+    world.tokens[challenge["token"]] = key_authorization(challenge["token"],
+                                                         client.key.thumbprint)
+    answered = await (await client.post(challenge["url"], {})).json()
+    assert answered["status"] == "valid" and "validated" in answered
+    assert (await (await client.post(authz_url, None)).json())["status"] == "valid"
+
+    release = asyncio.Event()
+
+    class Slow:
+        async def validate(self, challenge_type: str, identifier_type: str, value: str,
+                           token: str, key_authorization: str) -> None:
+            await release.wait()
+
+        async def aclose(self) -> None:
+            pass
+
+    service = world.services.acme
+    real, settings = service.validator, service.settings
+    service.validator = Slow()
+    service.settings = dc_replace(settings, challenge_wait_seconds=0.05)
+    try:
+        _, order = await _order(client, "slow.test")
+        authz_url = order["authorizations"][0]
+        authz = await (await client.post(authz_url, None)).json()
+        challenge = next(c for c in authz["challenges"] if c["type"] == "http-01")
+        response = await client.post(challenge["url"], {})
+        assert (await response.json())["status"] == "processing"
+        assert response.headers["Retry-After"] == "1"
+        release.set()
+        authz = await _poll(client, authz_url, lambda d: d["status"] != "pending")
+        assert authz["status"] == "valid"
+    finally:
+        service.validator, service.settings = real, settings

@@ -13,8 +13,8 @@ import ca_core
 # Top-level packages no module under ca_core may import: the HTTP stack and the DNS
 # resolver (network I/O belongs to the validation authority) and the layers above ca_core.
 # Storage is reached through the interfaces ca_core declares (ca_core.storage), never db.
-FORBIDDEN_IN_CORE = frozenset({"aiohttp", "dns", "gateway", "protocols", "va", "db",
-                               "asyncpg", "redis"})
+FORBIDDEN_IN_CORE = frozenset({"aiohttp", "dns", "aiodns", "pycares", "gateway", "protocols",
+                               "va", "db", "asyncpg", "redis"})
 # Front-ends see ca_core's records and errors only: no storage, no key handling.
 FORBIDDEN_IN_PROTOCOLS = frozenset({"db", "asyncpg", "redis", "pkcs11", "sqlite3"})
 

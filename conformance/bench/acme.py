@@ -121,6 +121,15 @@ class Run:
     round_no: int = 0
     deadlock_after: float | None = None  # Pebble: flows got stuck; rate counts until then
 
+    @property
+    def server_ms_per_order(self) -> float | None:
+        """Server CPU (utime + stime of the serving process tree) per complete order, in
+        ms: unlike the rate, it hardly moves with what else the machine runs."""
+        if self.server_cpu is None or not self.count:
+            return None
+        seconds = self.deadlock_after if self.deadlock_after is not None else self.seconds
+        return self.server_cpu * seconds / self.count * 1000
+
 
 @dataclass
 class Target:
@@ -1148,6 +1157,7 @@ def describe(target: Target, variant: str, clients: int, run: Run) -> str:
     text = (f"{target.label:<17} {variant:<13} c={clients:<3} {run.rate:>7.1f} orders/s  "
             f"p50 {run.p50_ms:.0f} ms  p99 {run.p99_ms:.0f} ms  errors {_errors_text(run.errors)}"
             f"  | req/flow {run.requests_per_flow:.1f}  phases p50 ms: {phases}"
+            f"  | server CPU {_fmt(run.server_ms_per_order, 2)} ms/order"
             f"  | cores: server {_cores(run.server_cpu)} clients {_cores(run.client_cpu)}"
             f" responder {_cores(run.responder_cpu)} machine {_cores(run.machine_busy)}")
     if run.machine_busy is not None:
@@ -1178,7 +1188,8 @@ def print_table(targets: list[Target], variants: Sequence[str], clients_list: Se
     pebble = next((t for t in targets if t.name == "pebble"), None)
     deadlocked = False
     header = ["server", "variant", "clients", "orders/s", "p50 ms", "p99 ms", "errors",
-              "vcc/pebble", "ratio per round", "server cores", "client cores", "target"]
+              "vcc/pebble", "ratio per round", "server CPU ms/order", "CPU vcc/pebble",
+              "CPU ratio per round", "server cores", "client cores", "target"]
     rows: list[list[str]] = []
     for variant in variants:
         for clients in clients_list:
@@ -1189,10 +1200,17 @@ def print_table(targets: list[Target], variants: Sequence[str], clients_list: Se
                     rows.append([target.label, variant, str(clients), reason[:120]])
                     continue
                 ratios: list[float] = []
+                cpu_ratios: list[float] = []
                 if target.vcc and pebble is not None:
                     base = {r.round_no: r for r in pebble.runs.get((variant, clients), [])}
                     ratios = [a.rate / base[a.round_no].rate for a in runs
                               if a.round_no in base and base[a.round_no].rate > 0]
+                    for a in runs:
+                        peer = base.get(a.round_no)
+                        mine = a.server_ms_per_order
+                        theirs = None if peer is None else peer.server_ms_per_order
+                        if mine is not None and theirs:
+                            cpu_ratios.append(mine / theirs)
                 mark = ""
                 if any(r.deadlock_after is not None for r in runs):
                     mark, deadlocked = " *", True
@@ -1212,6 +1230,10 @@ def print_table(targets: list[Target], variants: Sequence[str], clients_list: Se
                     _errors_text(errors)[:60],
                     "-" if not ratios else f"{statistics.median(ratios):.2f}",
                     " ".join(f"{r:.2f}" for r in ratios) or "-",
+                    _fmt(_median([m for r in runs
+                                  if (m := r.server_ms_per_order) is not None]), 2),
+                    "-" if not cpu_ratios else f"{statistics.median(cpu_ratios):.2f}",
+                    " ".join(f"{r:.2f}" for r in cpu_ratios) or "-",
                     _fmt(_median([r.server_cpu for r in runs if r.server_cpu is not None]), 2),
                     _fmt(_median([r.client_cpu for r in runs]), 2),
                     target_text,
