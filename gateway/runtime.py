@@ -30,6 +30,7 @@ from ca_core.tsa import TimeStampAuthority
 from db.acme_state import MemoryAcmeState, RedisAcmeState
 from db.audit_chain import verify_chain
 from db.cache import MemoryResponseCache, RedisResponseCache
+from db.nonce_routing import RoutedAcmeState, socket_address
 from gateway.config import Config, ConfigError
 from va.validator import Validator
 
@@ -112,10 +113,15 @@ def make_response_cache(config: Config) -> ResponseCache:
     return MemoryResponseCache(max_entries=config.ocsp_cache_max_entries)
 
 
-def make_acme_state(config: Config) -> AcmeState:
-    """Nonces and rate-limit counters: in Redis when set (shared by replicas)."""
+def make_acme_state(config: Config, worker: int | None = None) -> AcmeState:
+    """Nonces and rate-limit counters: in Redis when set (shared by replicas). Else in the
+    process; for serving worker ``worker`` of several, nonces routed to the worker that
+    issued them (db.nonce_routing; the caller starts its listener)."""
     if config.redis_url:
         return RedisAcmeState(config.redis_url, prefix=f"{config.redis_key_prefix}acme:")
+    if worker is not None and config.workers > 1:
+        return RoutedAcmeState(worker, [socket_address(config.data_dir, i)
+                                        for i in range(config.workers)])
     return MemoryAcmeState()
 
 
@@ -154,9 +160,12 @@ class Services:
 
 
 @asynccontextmanager
-async def open_services(config: Config, create: bool = False) -> AsyncIterator[Services]:
+async def open_services(config: Config, create: bool = False, worker: int | None = None
+                        ) -> AsyncIterator[Services]:
     """Open the store and key backend; ``create`` (init) allows making a new PKI: the data
-    directory, the database, the passphrase file. Without it, NoPki where there is none."""
+    directory, the database, the passphrase file. Without it, NoPki where there is none.
+    ``worker``: the index of this serving process (``serve``; 0 the primary), None in the
+    other commands."""
     if create:
         config.data_dir.mkdir(parents=True, exist_ok=True)
     else:
@@ -173,7 +182,9 @@ async def open_services(config: Config, create: bool = False) -> AsyncIterator[S
             cache = make_response_cache(config)
             ocsp = OcspResponder(authority, cache, ocsp_settings(config))
             authority.add_listener(ocsp)
-            acme_state = make_acme_state(config)
+            acme_state = make_acme_state(config, worker)
+            if isinstance(acme_state, RoutedAcmeState):
+                await acme_state.start()
             acme = AcmeService(authority, acme_state,
                                Validator(config.acme_validation_settings()),
                                config.acme_settings())

@@ -1,0 +1,80 @@
+"""db.nonce_routing: nonces of several workers without a shared store, routed over real
+unix sockets to the worker that issued them (issue 18)."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from db.nonce_routing import RoutedAcmeState, socket_address
+
+
+@pytest.fixture
+async def pair(tmp_path: Path) -> AsyncIterator[tuple[RoutedAcmeState, RoutedAcmeState]]:
+    addresses = [socket_address(tmp_path, i) for i in range(2)]
+    one, two = RoutedAcmeState(0, addresses), RoutedAcmeState(1, addresses)
+    await one.start()
+    await two.start()
+    try:
+        yield one, two
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_a_nonce_is_good_once_on_any_worker(
+        pair: tuple[RoutedAcmeState, RoutedAcmeState]) -> None:
+    one, two = pair
+    for issuer, other in ((one, two), (two, one)):
+        routed, local = await issuer.issue_nonce(), await issuer.issue_nonce()
+        assert await other.consume_nonce(routed)  # asked of its issuer over the socket
+        assert not await other.consume_nonce(routed)
+        assert not await issuer.consume_nonce(routed)
+        assert await issuer.consume_nonce(local)  # its own: in memory
+        assert not await other.consume_nonce(local)
+
+
+async def test_a_forged_prefix_is_refused(
+        pair: tuple[RoutedAcmeState, RoutedAcmeState]) -> None:
+    one, two = pair
+    raw = bytearray(base64.urlsafe_b64decode(await one.issue_nonce()))
+    raw[0] = 1  # claims to be worker 1's: its MAC does not hold there
+    forged = base64.urlsafe_b64encode(bytes(raw)).decode()
+    assert not await one.consume_nonce(forged)
+    assert not await two.consume_nonce(forged)
+    raw[0] = 7  # no such worker
+    assert not await one.consume_nonce(base64.urlsafe_b64encode(bytes(raw)).decode())
+    for junk in ("", "a\nb" * 11, "é" * 32, "x" * 200):
+        assert not await two.consume_nonce(junk)
+
+
+async def test_an_unreachable_owner_means_bad_nonce(tmp_path: Path) -> None:
+    addresses = [socket_address(tmp_path, i) for i in range(2)]
+    one, two = RoutedAcmeState(0, addresses), RoutedAcmeState(1, addresses)
+    await one.start()
+    try:
+        assert not await one.consume_nonce(await two.issue_nonce())  # two never listened
+        await two.start()
+        nonce = await two.issue_nonce()
+        assert await one.consume_nonce(nonce)
+        await two.close()  # a worker restarting: its connection goes, then the socket
+        assert not await one.consume_nonce(await two.issue_nonce())
+        restarted = RoutedAcmeState(1, addresses)
+        await restarted.start()
+        try:
+            assert not await one.consume_nonce(nonce)  # its predecessor's
+            assert await one.consume_nonce(await restarted.issue_nonce())
+        finally:
+            await restarted.close()
+    finally:
+        await one.close()
+
+
+def test_a_long_data_dir_gets_an_abstract_socket(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 120)
+    assert socket_address(deep, 3).startswith("\0vcc-pki-nonce-")
+    assert socket_address(deep, 3) != socket_address(deep, 2)
+    assert socket_address(tmp_path, 0).endswith("/run/nonce-0.sock")
