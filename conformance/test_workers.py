@@ -62,6 +62,9 @@ RACERS = 6
 STAMPS = 120
 
 DEPLOYMENTS = {
+    # No Redis: ACME nonces routed between the workers (db.nonce_routing), admin web
+    # sessions in the database (db.sessions.SqlSessions).
+    "sqlite": pytest.param("sqlite"),
     "sqlite-redis": pytest.param("sqlite-redis", marks=pytest.mark.redis),
     "postgres-redis": pytest.param("postgres-redis",
                                    marks=[pytest.mark.postgres, pytest.mark.redis]),
@@ -216,7 +219,7 @@ async def _challenge_server(port: int, answers: dict[str, str]) -> web.AppRunner
     return runner
 
 
-@deployments("sqlite-redis", "postgres-redis")
+@deployments("sqlite", "sqlite-redis", "postgres-redis")
 async def test_acme_order_across_workers(deployment: Deployment) -> None:
     answers: dict[str, str] = {}
     runner = await _challenge_server(deployment.http01_port, answers)

@@ -23,6 +23,7 @@ from ca_core.ocsp import OcspResponder, OcspSettings
 from ca_core.response_cache import ResponseCache
 from ca_core.scep import ScepService
 from ca_core.services import ServiceRegistry
+from ca_core.sessions import SessionTable
 from ca_core.signers.base import KeyBackend, KeyBackendError
 from ca_core.signers.software import SoftwareKeyBackend
 from ca_core.storage import Store
@@ -31,6 +32,8 @@ from db.acme_state import MemoryAcmeState, RedisAcmeState
 from db.audit_chain import verify_chain
 from db.cache import MemoryResponseCache, RedisResponseCache
 from db.nonce_routing import RoutedAcmeState, socket_address
+from db.sessions import RedisSessions, SqlSessions
+from db.sql import SqlStore
 from gateway.config import Config, ConfigError
 from va.validator import Validator
 
@@ -123,6 +126,17 @@ def make_acme_state(config: Config, worker: int | None = None) -> AcmeState:
         return RoutedAcmeState(worker, [socket_address(config.data_dir, i)
                                         for i in range(config.workers)])
     return MemoryAcmeState()
+
+
+def make_session_table(config: Config, store: Store) -> SessionTable | None:
+    """Where the admin web page's sessions live: Redis when set; the database when several
+    serving processes run without it (a sign-in holds on every worker); else None, the
+    process's memory (ca_core.sessions.MemorySessions)."""
+    if config.redis_url:
+        return RedisSessions(config.redis_url, prefix=f"{config.redis_key_prefix}session:")
+    if config.workers > 1 and isinstance(store, SqlStore):
+        return SqlSessions(store)
+    return None
 
 
 def crl_settings(config: Config) -> CrlSettings:
