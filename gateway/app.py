@@ -217,7 +217,7 @@ def build_https_app(services: Services) -> web.Application:
     # Sessions in Redis when configured (shared by workers and replicas), in the database
     # with several workers without it, else in-process (gateway.runtime.make_session_table).
     config = services.config
-    table = make_session_table(config, services.store)
+    table = make_session_table(services)
     sessions = WebSessions(services.authority, SessionSettings(
         idle=dt.timedelta(seconds=config.admin_session_idle_seconds),
         lifetime=dt.timedelta(seconds=config.admin_session_lifetime_seconds)), table)

@@ -128,13 +128,14 @@ def make_acme_state(config: Config, worker: int | None = None) -> AcmeState:
     return MemoryAcmeState()
 
 
-def make_session_table(config: Config, store: Store) -> SessionTable | None:
+def make_session_table(services: Services) -> SessionTable | None:
     """Where the admin web page's sessions live: Redis when set; the database when several
     serving processes run without it (a sign-in holds on every worker); else None, the
     process's memory (ca_core.sessions.MemorySessions)."""
+    config, store = services.config, services.store
     if config.redis_url:
         return RedisSessions(config.redis_url, prefix=f"{config.redis_key_prefix}session:")
-    if config.workers > 1 and isinstance(store, SqlStore):
+    if services.worker is not None and config.workers > 1 and isinstance(store, SqlStore):
         return SqlSessions(store)
     return None
 
@@ -171,6 +172,9 @@ class Services:
     registry: ServiceRegistry  # the service registry (issue 14)
     # Set on SIGTERM with VCC_PKI_DRAIN_SECONDS: /ready answers 503 (still serving).
     draining: bool = False
+    # This serving process's index among VCC_PKI_WORKERS (0: the primary); None outside
+    # `serve` (the other commands, in-process tests).
+    worker: int | None = None
 
 
 @asynccontextmanager
@@ -210,7 +214,7 @@ async def open_services(config: Config, create: bool = False, worker: int | None
                                admin=AdminService(authority, verify_chain),
                                signatures=CodeSigningService(authority, TimeStampAuthority(
                                    authority, config.tsa_settings())),
-                               registry=ServiceRegistry(authority))
+                               registry=ServiceRegistry(authority), worker=worker)
             finally:
                 await acme.aclose()
                 await acme_state.close()

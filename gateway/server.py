@@ -416,10 +416,9 @@ async def _run_server(config: Config, index: int, ready: asyncio.Event | None) -
         # bind too), so that a port in use stops one process, not a family of them.
         workers = _start_workers(config.workers - 1) if not is_child else []
         if workers and not config.redis_url:
-            log.warning("%d serving processes without VCC_PKI_REDIS_URL: ACME nonces and rate "
-                        "limits and admin web sessions are each process's own (clients "
-                        "see some badNonce, sign-ins hold in one process only); set "
-                        "VCC_PKI_REDIS_URL, or VCC_PKI_WORKERS=1", config.workers)
+            log.info("%d serving processes without VCC_PKI_REDIS_URL: ACME nonces are routed "
+                     "to the process that issued them, admin web sessions are kept in the "
+                     "database, ACME rate limits count per process", config.workers)
         # The gauge and the OCSP/CRL jobs run (and are cancelled) together.
         gauge_task = asyncio.create_task(_background_jobs(services, primary=not is_child))
         stop = asyncio.Event()
