@@ -25,6 +25,7 @@ import hashlib
 import logging
 import os
 import re
+from collections import deque
 from pathlib import Path
 
 from ca_core.acme_state import AcmeState
@@ -61,39 +62,78 @@ def _owner(nonce: str) -> int | None:
         return None
 
 
+class _Connection:
+    """One open connection to another worker: questions are written as they come (many in
+    flight), the answers come back in the same order and are handed out by one reader."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.waiting: deque[asyncio.Future[bool]] = deque()
+        self.task = asyncio.get_running_loop().create_task(self._read(reader))
+
+    async def _read(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while (answer := await reader.readline()) in (b"1\n", b"0\n"):
+                future = self.waiting.popleft()
+                if not future.done():
+                    future.set_result(answer == b"1\n")
+        except (OSError, IndexError, ValueError):
+            pass
+        finally:
+            self.close()
+
+    def ask(self, nonce: str) -> asyncio.Future[bool]:
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.append(future)
+        self.writer.write(nonce.encode("ascii") + b"\n")
+        return future
+
+    @property
+    def closed(self) -> bool:
+        return self.task.done() or self.writer.is_closing()
+
+    def close(self) -> None:
+        self.writer.close()
+        while self.waiting:
+            future = self.waiting.popleft()
+            if not future.done():
+                future.set_exception(ConnectionError("connection closed"))
+
+
 class _Peer:
-    """One connection to another worker, opened on first use and again after a failure;
-    one question at a time on it (the answers come in order)."""
+    """The connection to another worker, opened on first use and again once it fails."""
 
     def __init__(self, address: str) -> None:
         self._address = address
-        self._lock = asyncio.Lock()
-        self._streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._opening = asyncio.Lock()
+        self._connection: _Connection | None = None
+
+    async def _connect(self) -> _Connection:
+        async with self._opening:
+            if self._connection is None or self._connection.closed:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_unix_connection(self._address), ASK_TIMEOUT)
+                self._connection = _Connection(reader, writer)
+            return self._connection
 
     async def ask(self, nonce: str) -> bool:
-        async with self._lock:
-            for attempt in (1, 2):  # a connection the owner closed (it restarted): once more
-                try:
-                    if self._streams is None:
-                        self._streams = await asyncio.wait_for(
-                            asyncio.open_unix_connection(self._address), ASK_TIMEOUT)
-                    reader, writer = self._streams
-                    writer.write(nonce.encode("ascii") + b"\n")
-                    answer = await asyncio.wait_for(reader.readline(), ASK_TIMEOUT)
-                    if answer in (b"1\n", b"0\n"):
-                        return answer == b"1\n"
-                    raise ConnectionError("connection closed")
-                except (OSError, ConnectionError, TimeoutError) as exc:
-                    self.close()
-                    if attempt == 2 or isinstance(exc, TimeoutError):
-                        log.info("nonce owner %s unreachable: %s", self._address, exc)
-                        return False
-            return False
+        for attempt in (1, 2):  # a connection the owner closed (it restarted): once more
+            try:
+                async with asyncio.timeout(ASK_TIMEOUT):  # no task per question
+                    connection = await self._connect()
+                    # shield: a late answer still finds its future (the order holds)
+                    return await asyncio.shield(connection.ask(nonce))
+            except (OSError, ConnectionError, TimeoutError) as exc:
+                if attempt == 2 or isinstance(exc, TimeoutError):
+                    log.info("nonce owner %s unreachable: %r", self._address, exc)
+                    return False
+        return False
 
     def close(self) -> None:
-        if self._streams is not None:
-            self._streams[1].close()
-            self._streams = None
+        if self._connection is not None:
+            self._connection.close()
+            self._connection.task.cancel()
+            self._connection = None
 
 
 class RoutedAcmeState(AcmeState):
@@ -133,7 +173,8 @@ class RoutedAcmeState(AcmeState):
                 nonce = line.rstrip(b"\n").decode("ascii", "replace")
                 used = _owner(nonce) == self.index and await self.local.consume_nonce(nonce)
                 writer.write(b"1\n" if used else b"0\n")
-                await writer.drain()
+                if writer.transport.get_write_buffer_size() > 65536:
+                    await writer.drain()  # a peer that does not read its answers
         except (OSError, ValueError):  # a peer gone, a line over the limit
             pass
         finally:
