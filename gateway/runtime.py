@@ -119,7 +119,8 @@ def make_response_cache(config: Config) -> ResponseCache:
 def make_acme_state(config: Config, worker: int | None = None) -> AcmeState:
     """Nonces and rate-limit counters: in Redis when set (shared by replicas). Else in the
     process; for serving worker ``worker`` of several, nonces routed to the worker that
-    issued them (db.nonce_routing; the caller starts its listener)."""
+    issued them (db.nonce_routing; ``serve`` starts its listener once it holds its ports:
+    a second ``serve`` refused on a port in use must not take a running one's socket)."""
     if config.redis_url:
         return RedisAcmeState(config.redis_url, prefix=f"{config.redis_key_prefix}acme:")
     if worker is not None and config.workers > 1:
@@ -200,9 +201,7 @@ async def open_services(config: Config, create: bool = False, worker: int | None
             cache = make_response_cache(config)
             ocsp = OcspResponder(authority, cache, ocsp_settings(config))
             authority.add_listener(ocsp)
-            acme_state = make_acme_state(config, worker)
-            if isinstance(acme_state, RoutedAcmeState):
-                await acme_state.start()
+            acme_state = make_acme_state(config, worker)  # serve starts a routed one
             acme = AcmeService(authority, acme_state,
                                Validator(config.acme_validation_settings()),
                                config.acme_settings())

@@ -38,6 +38,7 @@ from ca_core.signing import limit_signatures
 from ca_core.storage import Store
 from ca_core.tsa import ensure_tsa
 from db.audit_chain import ChainProblem, ChainWalk
+from db.nonce_routing import RoutedAcmeState
 from gateway.app import build_est_app, build_http_app, build_https_app
 from gateway.config import Config, ConfigError
 from gateway.guard import ConnectionLimiter, GuardedSite
@@ -412,6 +413,9 @@ async def _run_server(config: Config, index: int, ready: asyncio.Event | None) -
             for runner in reversed(runners):
                 await runner.cleanup()
             raise
+        if isinstance(services.acme.state, RoutedAcmeState):
+            # Other workers' questions about this one's nonces (before the workers start).
+            await services.acme.state.start()
         # The other processes start once this one holds its ports (SO_REUSEPORT lets them
         # bind too), so that a port in use stops one process, not a family of them.
         workers = _start_workers(config.workers - 1) if not is_child else []
