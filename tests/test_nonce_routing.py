@@ -3,6 +3,7 @@ unix sockets to the worker that issued them (issue 18)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -78,3 +79,28 @@ def test_a_long_data_dir_gets_an_abstract_socket(tmp_path: Path) -> None:
     assert socket_address(deep, 3).startswith("\0vcc-pki-nonce-")
     assert socket_address(deep, 3) != socket_address(deep, 2)
     assert socket_address(tmp_path, 0).endswith("/run/nonce-0.sock")
+
+
+async def test_many_questions_at_once_share_one_connection(
+        pair: tuple[RoutedAcmeState, RoutedAcmeState]) -> None:
+    one, two = pair
+    nonces = [await two.issue_nonce() for _ in range(200)]
+    answers = await asyncio.gather(*(one.consume_nonce(n) for n in nonces + nonces[:50]))
+    assert sum(answers) == 200  # each once, in whichever order the answers come
+    assert len(one._peers) == 1
+
+
+def test_serve_routes_only_with_several_workers_and_no_redis(tmp_path: Path) -> None:
+    from db.acme_state import MemoryAcmeState, RedisAcmeState
+    from gateway.config import load_config
+    from gateway.runtime import make_acme_state
+
+    config = load_config({"VCC_PKI_DATA_DIR": str(tmp_path), "VCC_PKI_WORKERS": "3"})
+    routed = make_acme_state(config, worker=2)
+    assert isinstance(routed, RoutedAcmeState) and routed.index == 2
+    assert isinstance(make_acme_state(config), MemoryAcmeState)  # not `serve`: no socket
+    single = load_config({"VCC_PKI_DATA_DIR": str(tmp_path), "VCC_PKI_WORKERS": "1"})
+    assert isinstance(make_acme_state(single, worker=0), MemoryAcmeState)
+    redis = load_config({"VCC_PKI_DATA_DIR": str(tmp_path), "VCC_PKI_WORKERS": "3",
+                         "VCC_PKI_REDIS_URL": "redis://127.0.0.1:6379/0"})
+    assert isinstance(make_acme_state(redis, worker=1), RedisAcmeState)
