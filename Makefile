@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 # Demo PKI on the embedded defaults (SQLite, software keys), served on loopback.
 run: $(STAMP)
 	VCC_PKI_DATA_DIR=$(DATA_DIR) $(BIN)/vcc-pki init
-	VCC_PKI_DATA_DIR=$(DATA_DIR) exec $(BIN)/vcc-pki serve
+	VCC_PKI_DATA_DIR=$(DATA_DIR) VCC_PKI_WORKERS=$${VCC_PKI_WORKERS:-1} exec $(BIN)/vcc-pki serve
 
 # softhsm2 (the PKCS#11 token of the tests), opensc (pkcs11-tool), openssl and curl;
 # the ACME clients of the conformance tests: certbot, lego, dehydrated; the checkers of

@@ -80,6 +80,10 @@ def running_gateway(data_dir: Path, extra_env: dict[str, str] | None = None,
         "VCC_PKI_HTTPS_PORT": str(https_port),
         "VCC_PKI_EST_PORT": str(est_port),
         "PATH": f"{BIN.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        # One serving process unless the test asks for more (VCC_PKI_WORKERS unset is one
+        # per core): on a shared machine, what a test measures or counts stays in one
+        # process; conformance/test_workers.py and the *_two_workers tests ask for two.
+        "VCC_PKI_WORKERS": os.environ.get("VCC_PKI_WORKERS") or "1",
         **(extra_env or {}),
     }
     subprocess.run([str(BIN), "init"], env=env, check=True, capture_output=True, timeout=300)

@@ -313,14 +313,18 @@ def test_an_expired_session_goes_back_to_sign_in(browser: Browser,
         expect(sign_in).to_be_visible()
 
 
-@pytest.mark.redis
-def test_two_workers_share_sessions_through_redis(browser: Browser, tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", [pytest.param("redis", marks=pytest.mark.redis),
+                                   "sql"])
+def test_two_workers_share_sessions(browser: Browser, tmp_path: Path, store: str) -> None:
     """With VCC_PKI_WORKERS=2 the kernel spreads connections over both processes; sessions
-    in Redis are known to each (in-process ones would sign the page out at random)."""
-    require_redis()
-    prefix = unique_prefix()
-    env = {"VCC_PKI_KEY_PASSPHRASE": "conformance", "VCC_PKI_WORKERS": "2",
-           "VCC_PKI_REDIS_URL": REDIS_URL, "VCC_PKI_REDIS_KEY_PREFIX": prefix}
+    in Redis, or without Redis in the database (db.sessions.SqlSessions), are known to
+    each (in-process ones would sign the page out at random)."""
+    prefix = ""
+    env = {"VCC_PKI_KEY_PASSPHRASE": "conformance", "VCC_PKI_WORKERS": "2"}
+    if store == "redis":
+        require_redis()
+        prefix = unique_prefix()
+        env |= {"VCC_PKI_REDIS_URL": REDIS_URL, "VCC_PKI_REDIS_KEY_PREFIX": prefix}
     try:
         with running_gateway(tmp_path / "data", env) as gateway:
             site = Site(gateway, tmp_path)
@@ -341,8 +345,9 @@ def test_two_workers_share_sessions_through_redis(browser: Browser, tmp_path: Pa
                 context.close()
     finally:
         # Playwright's sync API keeps an event loop in this thread: clean up from another.
-        with ThreadPoolExecutor(1) as pool:
-            pool.submit(asyncio.run, delete_prefix(prefix)).result()
+        if prefix:
+            with ThreadPoolExecutor(1) as pool:
+                pool.submit(asyncio.run, delete_prefix(prefix)).result()
 
 
 # ------------------------------------------------------------------ services, ACME, reports, rates

@@ -1,9 +1,10 @@
 """Issue 18: every protocol works unchanged with several serving processes.
 
 ``vcc-pki serve`` with ``VCC_PKI_WORKERS=2`` started the normal way (``running_gateway``),
-on SQLite and on PostgreSQL, each with Redis: the configurations in which several workers
-are the default (gateway/config.py ``default_workers``; without Redis, ACME nonces and web
-sessions are known only to their process, so one process is the default). The client
+on SQLite and on PostgreSQL, each with Redis, and without Redis (every test on SQLite, the
+ACME order on PostgreSQL too): several workers are the default on every store
+(gateway/config.py ``default_workers``); without Redis, ACME nonces are routed to the
+worker that issued them (db.nonce_routing). The client
 opens a new connection for every request, so the kernel (SO_REUSEPORT) spreads them over
 both processes; which process answered is read from the ``X-Request-ID`` header (a random
 prefix per process, then a counter: gateway/app.py). Checked across the two processes:
@@ -62,6 +63,10 @@ RACERS = 6
 STAMPS = 120
 
 DEPLOYMENTS = {
+    # No Redis: ACME nonces routed between the workers (db.nonce_routing), admin web
+    # sessions in the database (db.sessions.SqlSessions).
+    "sqlite": pytest.param("sqlite"),
+    "postgres": pytest.param("postgres", marks=pytest.mark.postgres),
     "sqlite-redis": pytest.param("sqlite-redis", marks=pytest.mark.redis),
     "postgres-redis": pytest.param("postgres-redis",
                                    marks=[pytest.mark.postgres, pytest.mark.redis]),
@@ -216,7 +221,7 @@ async def _challenge_server(port: int, answers: dict[str, str]) -> web.AppRunner
     return runner
 
 
-@deployments("sqlite-redis", "postgres-redis")
+@deployments("sqlite", "postgres", "sqlite-redis", "postgres-redis")
 async def test_acme_order_across_workers(deployment: Deployment) -> None:
     answers: dict[str, str] = {}
     runner = await _challenge_server(deployment.http01_port, answers)
@@ -287,7 +292,7 @@ def _est_csr(name: str) -> bytes:
     return base64.b64encode(csr.public_bytes(serialization.Encoding.DER))
 
 
-@deployments("sqlite-redis", "postgres-redis")
+@deployments("sqlite", "sqlite-redis", "postgres-redis")
 async def test_est_secret_spent_once_across_workers(deployment: Deployment) -> None:
     """RACERS clients send the same one-time secret at once: one certificate, the others
     401 (RFC 7030 3.2.3), whichever process each reached."""
@@ -334,7 +339,7 @@ async def _scep_ra(deployment: Deployment, session: aiohttp.ClientSession) -> x5
     return next(c for c in certificates if not is_ca(c))
 
 
-@deployments("sqlite-redis", "postgres-redis")
+@deployments("sqlite", "sqlite-redis", "postgres-redis")
 async def test_scep_challenge_spent_once_across_workers(deployment: Deployment) -> None:
     """RACERS devices (each its own key and transaction) send one one-time challenge at
     once: one SUCCESS, the others FAILURE badRequest (RFC 8894 3.3.2.2)."""
@@ -371,7 +376,7 @@ async def test_scep_challenge_spent_once_across_workers(deployment: Deployment) 
 # ---------------------------------------------------------------------------- TSA
 
 
-@deployments("sqlite-redis", "postgres-redis")
+@deployments("sqlite", "sqlite-redis", "postgres-redis")
 async def test_tsa_serials_unique_across_workers(deployment: Deployment) -> None:
     serials: list[int] = []
     async with deployment.session() as session:
@@ -412,7 +417,7 @@ def _issue_request(csr_pem: str) -> dict[str, Any]:
     return {"csr": csr_pem, "profile": "vcc_service", "validity_days": 30}
 
 
-@deployments("sqlite-redis", "postgres-redis")
+@deployments("sqlite", "sqlite-redis", "postgres-redis")
 async def test_ocsp_revocation_seen_by_every_worker(deployment: Deployment) -> None:
     gateway = deployment.gateway
     token = gateway.cli("token", "create", "--org", "default", "--role",

@@ -42,12 +42,14 @@ class MemoryAcmeState(AcmeState):
     name = "memory"
 
     def __init__(self, max_nonces: int = MAX_MEMORY_NONCES,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, counter_base: int = 0) -> None:
         self._key = secrets.token_bytes(32)
         self._max = max_nonces
         self._clock = clock
-        self._next = 0  # the counter of the next nonce
-        self._floor = 0  # counters below it are expired or evicted
+        # Counters start at counter_base: db.nonce_routing puts a worker's index in the top
+        # byte, inside the MACed counter, so that a nonce names its issuer unforgeably.
+        self._next = counter_base  # the counter of the next nonce
+        self._floor = counter_base  # counters below it are expired or evicted
         self._unused = bytearray((max_nonces + 7) // 8)  # a ring: bit n % max for counter n
         # (first counter, its expiry), at most one a second: counters from one entry up to
         # the next expire together (up to a second late, never early).

@@ -12,7 +12,8 @@ What is read, and how it stays consistent:
 - every table of the schema, found in the database's own catalog (a table added by a later
   migration is dumped without a change here), except ``schema_migrations`` (the archive
   names the schema version instead) and ``job_locks`` (leases of running processes: a
-  restored lease would hold a job back until it expired);
+  restored lease would hold a job back until it expired) and ``web_sessions`` (admin page
+  sign-ins: they end with the gateway they were made on, not with a restore);
 - in ONE read transaction: PostgreSQL ``REPEATABLE READ READ ONLY``, SQLite a read
   transaction (WAL: a snapshot that writers do not disturb), so the certificates, the
   revocations and the audit chain that records them agree.
@@ -45,7 +46,7 @@ from db.migrations import common_versions
 # generation counter).
 SEEDED = ("audit_head", "revocation_state")
 # Not data: the schema version (in the manifest instead) and running processes' leases.
-SKIPPED = ("schema_migrations", "job_locks")
+SKIPPED = ("schema_migrations", "job_locks", "web_sessions")
 # Columns a trigger sets on insert, set back to the dumped value after the load:
 # table -> (column, key columns).
 TRIGGER_SET: dict[str, tuple[str, tuple[str, ...]]] = {

@@ -1,11 +1,13 @@
-"""The web admin page's sessions in Redis (``VCC_PKI_REDIS_URL``): every gateway process
-and replica knows every session, as they know every ACME nonce (``db.acme_state``). An
-entry is what ``ca_core.sessions`` hands over (keyed by a hash of the session id, the token
-sealed under a key derived from it) and expires with the session.
+"""The web admin page's sessions where every gateway process sees them: in Redis
+(``VCC_PKI_REDIS_URL``; every process and replica knows every session, as they know every
+ACME nonce, ``db.acme_state``), or, with several workers and no Redis, in the database
+(``SqlSessions``, table ``web_sessions``). An entry is what ``ca_core.sessions`` hands over
+(keyed by a hash of the session id, the token sealed under a key derived from it) and
+expires with the session.
 
 Errors::
 
-    Unavailable   Redis cannot be reached (the caller answers 503)
+    Unavailable   Redis or the database cannot be reached (the caller answers 503)
 """
 
 from __future__ import annotations
@@ -13,12 +15,19 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+from collections.abc import Callable
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ca_core.errors import Unavailable
 from ca_core.sessions import StoredSession
+from ca_core.storage import StoreUnavailable
+from db.sql import SqlStore
+
+# Rows past their forget time are deleted at most this often, by whichever process puts a
+# session then (a read never returns one, whether deleted yet or not).
+SQL_CLEANUP_SECONDS = 60.0
 
 
 def _dump(session: StoredSession) -> bytes:
@@ -70,3 +79,44 @@ class RedisSessions:
 
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+class SqlSessions:
+    """Sessions in the store's ``web_sessions`` table (migration 0021): what several
+    workers without Redis share. A read per admin request and a write per request that
+    uses a session (its last use); the admin page's traffic, not a protocol's."""
+
+    name = "sql"
+
+    def __init__(self, store: SqlStore,
+                 clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
+        self._store = store
+        self._clock = clock
+        self._cleaned: dt.datetime | None = None
+
+    async def get(self, key: str) -> StoredSession | None:
+        try:
+            return await self._store.get_web_session(key, self._clock())
+        except StoreUnavailable as exc:
+            raise Unavailable(f"session table: {exc}") from exc
+
+    async def put(self, key: str, session: StoredSession, ttl: dt.timedelta) -> None:
+        now = self._clock()
+        due = self._cleaned is None or (now - self._cleaned).total_seconds() \
+            >= SQL_CLEANUP_SECONDS
+        try:
+            await self._store.put_web_session(key, session, now + ttl)
+            if due:
+                self._cleaned = now
+                await self._store.delete_web_sessions(forgotten_before=now)
+        except StoreUnavailable as exc:
+            raise Unavailable(f"session table: {exc}") from exc
+
+    async def delete(self, key: str) -> None:
+        try:
+            await self._store.delete_web_sessions(key=key)
+        except StoreUnavailable as exc:
+            raise Unavailable(f"session table: {exc}") from exc
+
+    async def close(self) -> None:
+        pass  # the store is the gateway's, closed with it

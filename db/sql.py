@@ -59,6 +59,7 @@ from ca_core.scep import (
     ScepRecorded,
     ScepTransaction,
 )
+from ca_core.sessions import StoredSession
 from ca_core.storage import StoreConflict, StoreOrganizationInactive, StoreUnavailable
 from ca_core.tracing import traced
 from db.acme_rows import (
@@ -839,6 +840,49 @@ class SqlStore(ReportQueries):
             "SELECT ca_id, partition, crl_number, this_update, next_update, source_generation,"
             ' entries FROM crls ORDER BY ca_id COLLATE "C", partition'))
         return [self._crl_head(r) for r in found]
+
+    # admin web sessions (db.sessions.SqlSessions) ------------------------------------------
+
+    async def get_web_session(self, key: str, now: dt.datetime) -> StoredSession | None:
+        """The session under ``key`` unless it is past its forget time at ``now``."""
+        d = self._d
+        row = await self._lookup(one(
+            "SELECT sealed_token, csrf, created_at, last_used, expires_at FROM web_sessions"
+            " WHERE session_key = ? AND forget_at > ?", key, d.t(now)))
+        if row is None:
+            return None
+        return StoredSession(bytes(row["sealed_token"]), row["csrf"],
+                             d.time(row["created_at"]), d.time(row["last_used"]),
+                             d.time(row["expires_at"]))
+
+    async def put_web_session(self, key: str, session: StoredSession,
+                              forget_at: dt.datetime) -> None:
+        d = self._d
+
+        def write(tx: Tx) -> Body[None]:
+            yield run(
+                "INSERT INTO web_sessions (session_key, sealed_token, csrf, created_at,"
+                " last_used, expires_at, forget_at) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (session_key) DO UPDATE SET sealed_token = excluded.sealed_token,"
+                " csrf = excluded.csrf, created_at = excluded.created_at,"
+                " last_used = excluded.last_used, expires_at = excluded.expires_at,"
+                " forget_at = excluded.forget_at",
+                key, session.sealed_token, session.csrf, d.t(session.created_at),
+                d.t(session.last_used), d.t(session.expires_at), d.t(forget_at))
+        await self._write(write)
+
+    async def delete_web_sessions(self, key: str | None = None,
+                                  forgotten_before: dt.datetime | None = None) -> None:
+        """Delete the session under ``key``, or every session past its forget time."""
+        d = self._d
+
+        def write(tx: Tx) -> Body[None]:
+            if key is not None:
+                yield run("DELETE FROM web_sessions WHERE session_key = ?", key)
+            if forgotten_before is not None:
+                yield run("DELETE FROM web_sessions WHERE forget_at <= ?",
+                          d.t(forgotten_before))
+        await self._write(write)
 
     # job leases --------------------------------------------------------------------------
 

@@ -21,12 +21,11 @@ from ca_core.errors import CAError, Unavailable
 from ca_core.est import EstSettings
 from ca_core.sessions import SessionSettings, WebSessions
 from ca_core.tsa import TimeStampAuthority
-from db.sessions import RedisSessions
 from gateway import health, observability
 from gateway.guard import body_deadline
 from gateway.keys import SERVICES
 from gateway.observability import ACCESS_LOG
-from gateway.runtime import Services
+from gateway.runtime import Services, make_session_table
 from protocols import certs, crl
 from protocols import web as admin_web
 from protocols.acme import wfe as acme_wfe
@@ -221,14 +220,13 @@ def build_https_app(services: Services) -> web.Application:
 
 
 def _web_sessions(services: Services) -> WebSessions:
-    """Sessions in Redis when configured (shared by workers and replicas), else
-    in-process."""
+    """Sessions in Redis when configured (shared by workers and replicas), in the database
+    with several workers without it, else in-process (gateway.runtime.make_session_table)."""
     config = services.config
-    table = RedisSessions(config.redis_url, prefix=f"{config.redis_key_prefix}session:") \
-        if config.redis_url else None
     return WebSessions(services.authority, SessionSettings(
         idle=dt.timedelta(seconds=config.admin_session_idle_seconds),
-        lifetime=dt.timedelta(seconds=config.admin_session_lifetime_seconds)), table)
+        lifetime=dt.timedelta(seconds=config.admin_session_lifetime_seconds)),
+        make_session_table(services))
 
 
 def _add_admin_web(app: web.Application, sessions: WebSessions, owned: bool) -> None:

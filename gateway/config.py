@@ -84,7 +84,7 @@ class Config:
     # what is in flight. 0 (the default): stop at once, as a single process wants.
     drain_seconds: int = 0
     # Serving processes sharing the ports (SO_REUSEPORT). Unset, load_config makes it
-    # default_workers(): one per core when Redis is set, else 1 (issue 18).
+    # default_workers(): one per core (issue 18).
     workers: int = 1
     event_loop: str = "auto"  # auto (uvloop when installed) | uvloop | asyncio
     log_level: str = "INFO"
@@ -323,14 +323,14 @@ def _cgroup_cpu_quota(root: Path) -> float | None:
     return quota_us / period_us if quota_us > 0 and period_us > 0 else None
 
 
-def default_workers(redis_url: str) -> int:
-    """VCC_PKI_WORKERS when it is not set (issue 18): one serving process per core when
-    Redis is configured, one otherwise. What several processes must agree on (ACME nonces
-    and rate limits, admin web sessions) lives in Redis when it is set and only in the
-    process otherwise, so more than one process without Redis answers some ACME requests
-    with badNonce and loses sign-ins; the production configuration (PostgreSQL, Redis, an
-    HSM) gets every core, a bare `vcc-pki serve` (and `make run`) one process."""
-    return cores() if redis_url else 1
+def default_workers(redis_url: str = "") -> int:
+    """VCC_PKI_WORKERS when it is not set (issue 18): one serving process per core, on every
+    store. What the processes must agree on lives in Redis when it is set; without it, ACME
+    nonces are routed to the worker that issued them (db.nonce_routing) and admin web
+    sessions are kept in the database (db.sessions.SqlSessions); ACME rate limits are then
+    each process's own (a limit is per worker: README). ``redis_url`` no longer matters
+    (kept for callers). At most 256 (the setting's bound, and db.nonce_routing's)."""
+    return min(cores(), 256)
 
 
 def _coerce(name: str, value: Any) -> Any:

@@ -23,6 +23,7 @@ from ca_core.ocsp import OcspResponder, OcspSettings
 from ca_core.response_cache import ResponseCache
 from ca_core.scep import ScepService
 from ca_core.services import ServiceRegistry
+from ca_core.sessions import SessionTable
 from ca_core.signers.base import KeyBackend, KeyBackendError
 from ca_core.signers.software import SoftwareKeyBackend
 from ca_core.storage import Store
@@ -30,6 +31,9 @@ from ca_core.tsa import TimeStampAuthority
 from db.acme_state import MemoryAcmeState, RedisAcmeState
 from db.audit_chain import verify_chain
 from db.cache import MemoryResponseCache, RedisResponseCache
+from db.nonce_routing import RoutedAcmeState, socket_address
+from db.sessions import RedisSessions, SqlSessions
+from db.sql import SqlStore
 from gateway.config import Config, ConfigError
 from va.validator import Validator
 
@@ -112,11 +116,29 @@ def make_response_cache(config: Config) -> ResponseCache:
     return MemoryResponseCache(max_entries=config.ocsp_cache_max_entries)
 
 
-def make_acme_state(config: Config) -> AcmeState:
-    """Nonces and rate-limit counters: in Redis when set (shared by replicas)."""
+def make_acme_state(config: Config, worker: int | None = None) -> AcmeState:
+    """Nonces and rate-limit counters: in Redis when set (shared by replicas). Else in the
+    process; for serving worker ``worker`` of several, nonces routed to the worker that
+    issued them (db.nonce_routing; ``serve`` starts its listener once it holds its ports:
+    a second ``serve`` refused on a port in use must not take a running one's socket)."""
     if config.redis_url:
         return RedisAcmeState(config.redis_url, prefix=f"{config.redis_key_prefix}acme:")
+    if worker is not None and config.workers > 1:
+        return RoutedAcmeState(worker, [socket_address(config.data_dir, i)
+                                        for i in range(config.workers)])
     return MemoryAcmeState()
+
+
+def make_session_table(services: Services) -> SessionTable | None:
+    """Where the admin web page's sessions live: Redis when set; the database when several
+    serving processes run without it (a sign-in holds on every worker); else None, the
+    process's memory (ca_core.sessions.MemorySessions)."""
+    config, store = services.config, services.store
+    if config.redis_url:
+        return RedisSessions(config.redis_url, prefix=f"{config.redis_key_prefix}session:")
+    if services.worker is not None and config.workers > 1 and isinstance(store, SqlStore):
+        return SqlSessions(store)
+    return None
 
 
 def crl_settings(config: Config) -> CrlSettings:
@@ -151,12 +173,18 @@ class Services:
     registry: ServiceRegistry  # the service registry (issue 14)
     # Set on SIGTERM with VCC_PKI_DRAIN_SECONDS: /ready answers 503 (still serving).
     draining: bool = False
+    # This serving process's index among VCC_PKI_WORKERS (0: the primary); None outside
+    # `serve` (the other commands, in-process tests).
+    worker: int | None = None
 
 
 @asynccontextmanager
-async def open_services(config: Config, create: bool = False) -> AsyncIterator[Services]:
+async def open_services(config: Config, create: bool = False, worker: int | None = None
+                        ) -> AsyncIterator[Services]:
     """Open the store and key backend; ``create`` (init) allows making a new PKI: the data
-    directory, the database, the passphrase file. Without it, NoPki where there is none."""
+    directory, the database, the passphrase file. Without it, NoPki where there is none.
+    ``worker``: the index of this serving process (``serve``; 0 the primary), None in the
+    other commands."""
     if create:
         config.data_dir.mkdir(parents=True, exist_ok=True)
     else:
@@ -173,7 +201,7 @@ async def open_services(config: Config, create: bool = False) -> AsyncIterator[S
             cache = make_response_cache(config)
             ocsp = OcspResponder(authority, cache, ocsp_settings(config))
             authority.add_listener(ocsp)
-            acme_state = make_acme_state(config)
+            acme_state = make_acme_state(config, worker)  # serve starts a routed one
             acme = AcmeService(authority, acme_state,
                                Validator(config.acme_validation_settings()),
                                config.acme_settings())
@@ -185,7 +213,7 @@ async def open_services(config: Config, create: bool = False) -> AsyncIterator[S
                                admin=AdminService(authority, verify_chain, est, scep),
                                signatures=CodeSigningService(authority, TimeStampAuthority(
                                    authority, config.tsa_settings())),
-                               registry=ServiceRegistry(authority))
+                               registry=ServiceRegistry(authority), worker=worker)
             finally:
                 await acme.aclose()
                 await acme_state.close()

@@ -38,6 +38,7 @@ from ca_core.signing import limit_signatures
 from ca_core.storage import Store
 from ca_core.tsa import ensure_tsa
 from db.audit_chain import ChainProblem, ChainWalk
+from db.nonce_routing import RoutedAcmeState
 from gateway.app import build_est_app, build_http_app, build_https_app
 from gateway.config import Config, ConfigError
 from gateway.guard import ConnectionLimiter, GuardedSite
@@ -57,7 +58,8 @@ AUDIT_CHECK_INTERVAL = 3600.0
 AUDIT_LOCK = "audit-verify"
 AUDIT_BATCH = 10_000
 EXPIRY_WINDOW = dt.timedelta(days=30)
-# Set in the environment of the extra worker processes that `serve --workers N` starts.
+# Set in the environment of the extra worker processes that `serve --workers N` starts: the
+# worker's index, 1..N-1 (the primary is 0; db.nonce_routing routes nonces by it).
 WORKER_ENV = "VCC_PKI_WORKER_CHILD"
 
 
@@ -312,14 +314,16 @@ async def _listen(runner: web.AppRunner, config: Config, port: int, setting: str
                           f"{setting}") from None
 
 
-def _start_workers(count: int) -> list[subprocess.Popen[bytes]]:
-    """Extra serving processes: each opens its own store connection and key sessions and
+def _start_worker(index: int) -> subprocess.Popen[bytes]:
+    """An extra serving process: it opens its own store connection and key sessions and
     binds the same ports (SO_REUSEPORT); the kernel spreads connections over them."""
-    env = {**os.environ, WORKER_ENV: "1"}
-    return [
-        subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=env)
-        for _ in range(count)
-    ]
+    env = {**os.environ, WORKER_ENV: str(index)}
+    return subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve"], env=env)
+
+
+def _start_workers(count: int) -> list[subprocess.Popen[bytes]]:
+    """Workers 1..count (the primary is worker 0)."""
+    return [_start_worker(index) for index in range(1, count + 1)]
 
 
 def _stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
@@ -352,7 +356,7 @@ async def _supervise(workers: list[subprocess.Popen[bytes]]) -> None:
                 continue
             log.warning("worker process %d exited with %s; starting another", worker.pid,
                         code)
-            workers[slot] = _start_workers(1)[0]
+            workers[slot] = _start_worker(slot + 1)  # the same index: its nonce prefix
             started[slot] = time.monotonic()
 
 
@@ -366,15 +370,16 @@ async def _exit_with_primary(stop: asyncio.Event, primary: int) -> None:
 
 
 async def run_server(config: Config, ready: asyncio.Event | None = None) -> None:
-    is_child = os.environ.get(WORKER_ENV) == "1"
+    index = int(os.environ.get(WORKER_ENV) or 0)
     limit_signatures(config.max_signatures_in_flight)
     # Each serving process (workers too: they start as `vcc-pki serve`) sends its own spans.
     with tracing_from(config):
-        await _run_server(config, is_child, ready)
+        await _run_server(config, index, ready)
 
 
-async def _run_server(config: Config, is_child: bool, ready: asyncio.Event | None) -> None:
-    async with open_services(config) as services:
+async def _run_server(config: Config, index: int, ready: asyncio.Event | None) -> None:
+    is_child = index > 0
+    async with open_services(config, worker=index) as services:
         authority = services.authority
         await authority.load()
         if not authority.loaded_cas():
@@ -411,14 +416,16 @@ async def _run_server(config: Config, is_child: bool, ready: asyncio.Event | Non
             for runner in reversed(runners):
                 await runner.cleanup()
             raise
+        if isinstance(services.acme.state, RoutedAcmeState):
+            # Other workers' questions about this one's nonces (before the workers start).
+            await services.acme.state.start()
         # The other processes start once this one holds its ports (SO_REUSEPORT lets them
         # bind too), so that a port in use stops one process, not a family of them.
         workers = _start_workers(config.workers - 1) if not is_child else []
         if workers and not config.redis_url:
-            log.warning("%d serving processes without VCC_PKI_REDIS_URL: ACME nonces and rate "
-                        "limits and admin web sessions are each process's own (clients "
-                        "see some badNonce, sign-ins hold in one process only); set "
-                        "VCC_PKI_REDIS_URL, or VCC_PKI_WORKERS=1", config.workers)
+            log.info("%d serving processes without VCC_PKI_REDIS_URL: ACME nonces are routed "
+                     "to the process that issued them, admin web sessions are kept in the "
+                     "database, ACME rate limits count per process", config.workers)
         # The gauge and the OCSP/CRL jobs run (and are cancelled) together.
         gauge_task = asyncio.create_task(_background_jobs(services, primary=not is_child))
         stop = asyncio.Event()

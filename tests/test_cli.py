@@ -111,8 +111,9 @@ def test_config_file_and_environment(tmp_path: Path) -> None:
         load_config({"VCC_PKI_EVENT_LOOP": "trio"})
     with pytest.raises(ConfigError):
         load_config({"VCC_PKI_CRL_PARTITIONS": "100000"})
-    # Unset: one per core with Redis (what several processes share lives there), else 1.
-    assert load_config({}).workers == 1
+    # Unset: one per core, with Redis or without (nonces routed between the workers,
+    # sessions in the database).
+    assert load_config({}).workers == min(cores(), 256)
     assert load_config({"VCC_PKI_REDIS_URL": "redis://127.0.0.1:6379/0"}).workers == cores()
     assert load_config({"VCC_PKI_REDIS_URL": "redis://127.0.0.1:6379/0",
                         "VCC_PKI_WORKERS": "1"}).workers == 1
