@@ -186,6 +186,8 @@ def test_ha_postgres() -> None:
         assert env[secret] == "<secret>"
     assert env["VCC_PKI_KEY_BACKEND"] == "pkcs11"
     assert env["VCC_PKI_PKCS11_MODULE"].startswith("/opt/pkcs11/")
+    # Keep-alive connections end after 100 requests, so the Service spreads clients.
+    assert env["VCC_PKI_HTTP_KEEPALIVE_REQUESTS"] == "100"
     mounts = {m["mountPath"]: m for m in container(docs)["volumeMounts"]}
     assert mounts["/opt/pkcs11"]["readOnly"] is True
     egress = {p["port"] for rule in one(docs, "NetworkPolicy")["spec"]["egress"]
