@@ -1,9 +1,25 @@
-"""Scaling figures for replicas (issue 15): REST issuance and OCSP cache hits with 1, 2 and 3
-``vcc-pki serve`` processes on one PostgreSQL database and Redis, and with one process of
-``VCC_PKI_WORKERS=2`` (two serving processes behind one port, SO_REUSEPORT).
+"""Scaling figures for replicas (issue 15): REST issuance, OCSP cache hits and ACME orders
+with 1, 2 and 3 ``vcc-pki serve`` processes on one PostgreSQL database and Redis, and with
+one process of ``VCC_PKI_WORKERS=2`` (two serving processes behind one port, SO_REUSEPORT).
 
-Run ``python -m conformance.bench.replicas [--seconds 10] [--clients 32]``. Each setup gets
-a throwaway database (tests/pg.py) and its own Redis key prefix. REST issuance is driven by
+Run ``python -m conformance.bench.replicas [--seconds 10] [--clients 32] [--kinds issue ocsp
+acme] [--acme-clients 16]``. Each setup gets a throwaway database (tests/pg.py) and its own
+Redis key prefix. Every replica runs with ``VCC_PKI_HTTP_KEEPALIVE_REQUESTS=100``, as in the
+ha-postgres overlay.
+
+ACME orders are conformance/bench/acme.py's: its load processes (whole RFC 8555 flows, the
+reuse-account variant by default: orders only), its test DNS server and http-01 responder
+(one child process for the whole run), a warm-up before the measured window. The clients
+reach the replicas through the round-robin TCP proxy of the replica tests
+(conformance/replicas/proxy.py, in a process of its own), whose address is every replica's
+``VCC_PKI_PUBLIC_HTTPS_URL``: each new connection goes to the next replica, and with the
+keep-alive limit a client's connection is replaced every 100 requests, so the clients'
+requests spread over the replicas. The row gives orders/s, the flow's p50/p99 and the
+server CPU per order (utime + stime of every replica and its workers over the window /
+orders), the figure that moves least with what else runs on the machine, and the
+connections each replica took. The 1-process rows go through the proxy too.
+
+REST issuance is driven by
 one asyncio process here, its requests round-robin over the replicas. OCSP cache hits are
 driven by ``wrk`` (make bench-deps), one wrk process per replica with the clients split
 between them, each answer checked (successful, the CertID, good): a Python client tops out
