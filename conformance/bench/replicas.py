@@ -180,9 +180,11 @@ def running_proxy(port: int, backends: list[tuple[str, int]]
 
 
 async def _acme_orders(cluster: Cluster, label: str, proxy_port: int, args: argparse.Namespace,
-                       tokens: Path, responder_pid: int) -> tuple[acme.Run | None, Counter[int]]:
+                       tokens: Path, responder_pid: int
+                       ) -> tuple[acme.Run | None, Counter[int], str]:
     """ACME orders (acme.py's flows and load processes) through the proxy, every replica
-    behind it; the server CPU is that of all replicas (with their workers)."""
+    behind it; the server CPU is that of all replicas (with their workers). Also acme.py's
+    line for the run (phases, cores of server, clients, responder and the machine)."""
     backends = []
     for replica in cluster.replicas:
         port = urllib.parse.urlsplit(replica.https_url).port
@@ -201,7 +203,9 @@ async def _acme_orders(cluster: Cluster, label: str, proxy_port: int, args: argp
     with running_proxy(proxy_port, backends) as spread:
         run = await acme.measure_target(target, args.acme_variant, args.acme_clients, args,
                                         tokens, responder_pid, round_no=1)
-    return run, spread
+    detail = "" if run is None else acme.describe(target, args.acme_variant,
+                                                   args.acme_clients, run)
+    return run, spread, detail
 
 
 def _ms_per_order(run: acme.Run) -> float | None:
@@ -263,8 +267,8 @@ async def main() -> None:
                         load1 = os.getloadavg()[0]
                         extra = ""
                         if kind == "acme":
-                            run, spread = await _acme_orders(cluster, name, proxy_port, args,
-                                                             tokens, responder_pid)
+                            run, spread, detail = await _acme_orders(
+                                cluster, name, proxy_port, args, tokens, responder_pid)
                             if run is None:
                                 print(f"{name:32} acme   failed", flush=True)
                                 continue
@@ -275,6 +279,7 @@ async def main() -> None:
                                      f"{run.requests_per_flow:.1f} req/order, badNonce "
                                      f"retries {run.bad_nonce_retries}, connections per "
                                      f"replica {'/'.join(str(spread[i]) for i in range(count))}")
+                            extra += f"\n    {detail}"
                             for sample in run.samples:
                                 extra += f"\n    error sample: {sample}"
                         elif kind == "ocsp" and use_wrk:
