@@ -181,10 +181,11 @@ def running_proxy(port: int, backends: list[tuple[str, int]]
 
 async def _acme_orders(cluster: Cluster, label: str, proxy_port: int, args: argparse.Namespace,
                        tokens: Path, responder_pid: int
-                       ) -> tuple[acme.Run | None, Counter[int], str]:
+                       ) -> tuple[acme.Run | None, Counter[int], str, float | None]:
     """ACME orders (acme.py's flows and load processes) through the proxy, every replica
     behind it; the server CPU is that of all replicas (with their workers). Also acme.py's
-    line for the run (phases, cores of server, clients, responder and the machine)."""
+    line for the run (phases, cores of server, clients, responder and the machine) and the
+    cores the replicas used idle (their background jobs) over ``IDLE_SECONDS`` before."""
     backends = []
     for replica in cluster.replicas:
         port = urllib.parse.urlsplit(replica.https_url).port
@@ -200,12 +201,19 @@ async def _acme_orders(cluster: Cluster, label: str, proxy_port: int, args: argp
     # through the store (acme.OrgPool); its Gateway is only read for its environment.
     target.orgs = acme.OrgPool(Gateway(cluster.env, cluster.data_dir, first.http_url,
                                        first.https_url, "", first.process))
+    idle0, t0 = acme._server_cpu(target), time.monotonic()
+    await asyncio.sleep(IDLE_SECONDS)  # a measured idle window, not a wait for a state
+    idle1, t1 = acme._server_cpu(target), time.monotonic()
+    idle = None if idle0 is None or idle1 is None else (idle1 - idle0) / (t1 - t0)
     with running_proxy(proxy_port, backends) as spread:
         run = await acme.measure_target(target, args.acme_variant, args.acme_clients, args,
                                         tokens, responder_pid, round_no=1)
     detail = "" if run is None else acme.describe(target, args.acme_variant,
                                                    args.acme_clients, run)
-    return run, spread, detail
+    return run, spread, detail, idle
+
+
+IDLE_SECONDS = 3.0
 
 
 def _ms_per_order(run: acme.Run) -> float | None:
@@ -267,7 +275,7 @@ async def main() -> None:
                         load1 = os.getloadavg()[0]
                         extra = ""
                         if kind == "acme":
-                            run, spread, detail = await _acme_orders(
+                            run, spread, detail, idle = await _acme_orders(
                                 cluster, name, proxy_port, args, tokens, responder_pid)
                             if run is None:
                                 print(f"{name:32} acme   failed", flush=True)
@@ -279,6 +287,9 @@ async def main() -> None:
                                      f"{run.requests_per_flow:.1f} req/order, badNonce "
                                      f"retries {run.bad_nonce_retries}, connections per "
                                      f"replica {'/'.join(str(spread[i]) for i in range(count))}")
+                            if idle is not None and run.rate:
+                                extra += (f"\n    idle replicas {idle:.3f} cores before the "
+                                          f"load, {idle / run.rate * 1000:.1f} ms/order of it")
                             extra += f"\n    {detail}"
                             for sample in run.samples:
                                 extra += f"\n    error sample: {sample}"
