@@ -11,8 +11,8 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from conformance.bench import acme
-from conformance.bench.replicas import running_proxy
 from conformance.gateway import free_port
+from conformance.replicas.proxy import running_proxy
 
 
 def test_server_cpu_sums_the_replicas() -> None:

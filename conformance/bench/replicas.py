@@ -38,7 +38,6 @@ import argparse
 import asyncio
 import contextlib
 import itertools
-import multiprocessing
 import os
 import shutil
 import statistics
@@ -46,8 +45,6 @@ import tempfile
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import Iterator
-from multiprocessing.connection import Connection
 from pathlib import Path
 
 import aiohttp
@@ -65,7 +62,7 @@ from conformance.replicas.cluster import (
     ocsp_request_der,
     running_cluster,
 )
-from conformance.replicas.proxy import TcpRoundRobinProxy
+from conformance.replicas.proxy import running_proxy
 from tests.pg import create_throwaway_database, drop_database
 from tests.redisutil import REDIS_URL, delete_prefix, unique_prefix
 
@@ -138,45 +135,6 @@ async def _ocsp_wrk(cluster: Cluster, seconds: float, clients: int, work_dir: Pa
 
 
 # ---- ACME orders: conformance/bench/acme.py's flows, behind a round-robin TCP proxy ------
-
-
-def _proxy_main(conn: Connection, port: int, backends: list[tuple[str, int]]) -> None:
-    """Child process: the TCP round-robin proxy (proxy.py) until the parent sends "stop";
-    answers with the connections piped per backend."""
-
-    async def run() -> None:
-        proxy = TcpRoundRobinProxy(backends)
-        await proxy.start(port)
-        conn.send("ready")
-        await asyncio.to_thread(conn.recv)
-        conn.send(dict(proxy.per_backend()))
-        await proxy.close()
-
-    asyncio.run(run())
-
-
-@contextlib.contextmanager
-def running_proxy(port: int, backends: list[tuple[str, int]]
-                  ) -> Iterator[Counter[int]]:
-    """The proxy in its own process (the bench's own loop blocks on the load processes);
-    on exit the yielded counter holds the connections piped per backend."""
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe()
-    process = ctx.Process(target=_proxy_main, args=(child, port, backends), daemon=True)
-    process.start()
-    child.close()
-    spread: Counter[int] = Counter()
-    try:
-        if not parent.poll(60) or parent.recv() != "ready":
-            raise RuntimeError("the TCP proxy did not start")
-        yield spread
-        parent.send("stop")
-        if parent.poll(30):
-            spread.update(parent.recv())
-    finally:
-        process.join(10)
-        if process.is_alive():
-            process.kill()
 
 
 async def _acme_orders(cluster: Cluster, label: str, proxy_port: int, args: argparse.Namespace,
