@@ -189,6 +189,8 @@ def test_ha_postgres() -> None:
     # workers: auto with Redis, from the CPU limit (issue 18); the base's memory limit stays
     assert "VCC_PKI_WORKERS" not in env
     assert container(docs)["resources"]["limits"] == {"cpu": "2", "memory": "1Gi"}
+    # Keep-alive connections end after 100 requests, so the Service spreads clients.
+    assert env["VCC_PKI_HTTP_KEEPALIVE_REQUESTS"] == "100"
     mounts = {m["mountPath"]: m for m in container(docs)["volumeMounts"]}
     assert mounts["/opt/pkcs11"]["readOnly"] is True
     egress = {p["port"] for rule in one(docs, "NetworkPolicy")["spec"]["egress"]

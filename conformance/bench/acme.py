@@ -146,6 +146,7 @@ class Target:
     stalls: list[str] = field(default_factory=list)  # Pebble restarts, with their logs
     runs: dict[tuple[str, int], list[Run]] = field(default_factory=dict)
     best_rate: float = 0.0
+    pids: list[int] = field(default_factory=list)  # replicas (bench/replicas.py): all serve
 
     @property
     def vcc(self) -> bool:
@@ -184,6 +185,14 @@ def _tree_cpu(pid: int | None) -> float | None:
         if fields_[1] == str(pid):
             total += _proc_cpu(int(entry.name)) or 0.0
     return total
+
+
+def _server_cpu(target: Target) -> float | None:
+    """CPU seconds of the serving processes and their children: ``target.pids`` when set
+    (several replicas), else ``target.pid``."""
+    pids: list[int | None] = [*target.pids] or [target.pid]
+    values = [_tree_cpu(pid) for pid in pids]
+    return None if None in values else sum(v or 0.0 for v in values)
 
 
 def _busy_jiffies() -> int:
@@ -934,7 +943,7 @@ async def measure(target: Target, variant: str, clients: int, seconds: float,
             message = pipe.recv()
             if "error" in message:
                 raise RuntimeError(f"load process: {message['error']}")
-        server0, responder0 = _tree_cpu(target.pid), _proc_cpu(responder_pid)
+        server0, responder0 = _server_cpu(target), _proc_cpu(responder_pid)
         busy0 = _busy_jiffies()
         with steal_meter() as steal:
             t0 = time.perf_counter()
@@ -947,7 +956,7 @@ async def measure(target: Target, variant: str, clients: int, seconds: float,
                 results.append(pipe.recv())
             wall = time.perf_counter() - t0
         busy1 = _busy_jiffies()
-        server1, responder1 = _tree_cpu(target.pid), _proc_cpu(responder_pid)
+        server1, responder1 = _server_cpu(target), _proc_cpu(responder_pid)
     finally:
         for pipe in pipes:
             pipe.close()

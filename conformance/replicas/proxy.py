@@ -16,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import multiprocessing
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 
 
 @dataclass
@@ -111,3 +113,45 @@ class TcpRoundRobinProxy:
         except (ConnectionError, OSError):
             with contextlib.suppress(Exception):
                 sink.close()
+
+
+# ---- the proxy in a process of its own (conformance/bench/replicas.py) -----------------
+
+
+def _proxy_main(conn: Connection, port: int, backends: list[tuple[str, int]]) -> None:
+    """Child process: the TCP round-robin proxy until the parent sends "stop";
+    answers with the connections piped per backend."""
+
+    async def run() -> None:
+        proxy = TcpRoundRobinProxy(backends)
+        await proxy.start(port)
+        conn.send("ready")
+        await asyncio.to_thread(conn.recv)
+        conn.send(dict(proxy.per_backend()))
+        await proxy.close()
+
+    asyncio.run(run())
+
+
+@contextlib.contextmanager
+def running_proxy(port: int, backends: list[tuple[str, int]]
+                  ) -> Iterator[Counter[int]]:
+    """The proxy in its own process (the bench's own loop blocks on the load processes);
+    on exit the yielded counter holds the connections piped per backend."""
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    process = ctx.Process(target=_proxy_main, args=(child, port, backends), daemon=True)
+    process.start()
+    child.close()
+    spread: Counter[int] = Counter()
+    try:
+        if not parent.poll(60) or parent.recv() != "ready":
+            raise RuntimeError("the TCP proxy did not start")
+        yield spread
+        parent.send("stop")
+        if parent.poll(30):
+            spread.update(parent.recv())
+    finally:
+        process.join(10)
+        if process.is_alive():
+            process.kill()
