@@ -421,6 +421,32 @@ async def _create_tsa(authority: Authority, settings: TsaSettings, issuer: Loade
 # ---------------------------------------------------------------------------- tokens
 
 
+class GenTimeEncoder:
+    """genTime as asn1crypto encodes it (``core.GeneralizedTime(value).dump()``), from the
+    text its GeneralizedTime.set writes for an aware datetime: UTC, YYYYMMDDHHMMSS, the
+    fraction without trailing zeros, Z. The seconds part is formatted once per second
+    (asn1crypto's strftime and time-zone conversion per value were ~7% of a stamp); the
+    DER is still asn1crypto's."""
+
+    __slots__ = ("_second",)
+
+    def __init__(self) -> None:
+        self._second: tuple[dt.datetime, str] = (dt.datetime.min, "")
+
+    def __call__(self, value: dt.datetime) -> bytes:
+        if value.tzinfo is not dt.UTC:
+            if value.tzinfo is None:
+                raise ValueError("genTime must be timezone aware")
+            value = value.astimezone(dt.UTC)
+        second = value.replace(microsecond=0)
+        cached = self._second
+        if cached[0] != second:
+            cached = self._second = (second, second.strftime("%Y%m%d%H%M%S"))
+        fraction = f".{value.microsecond:06d}".rstrip("0") if value.microsecond else ""
+        encoded: bytes = core.GeneralizedTime(cached[1] + fraction + "Z").dump()
+        return encoded
+
+
 class _TokenSigner:
     """One TSA key and certificate. The CMS layer (ca_core.cms) encodes the SignedData parts
     that never change once (certificates, signer id, algorithms, the ESS attributes); the
@@ -462,6 +488,7 @@ class _TokenSigner:
         self.policies = {oid: core.ObjectIdentifier(oid).dump() for oid in settings.policies}
         self.imprint_algorithms: dict[tuple[str, bytes | None], bytes] = {}
         self.v1 = tsp.Version(1).dump()
+        self._gen_time = GenTimeEncoder()
         self.signing_key = SigningKey(self.name, self.signer, loaded.certificate)
 
     def _imprint_algorithm(self, oid: str, parameters: bytes | None) -> bytes:
@@ -489,7 +516,7 @@ class _TokenSigner:
             self.policies[policy],
             imprint,
             core.Integer(serial).dump(),
-            core.GeneralizedTime(gen_time).dump(),
+            self._gen_time(gen_time),
             self.accuracy,
             None,  # ordering: FALSE is the DEFAULT, so it is absent (DER)
             # The request's own encoding: a client compares the nonce it sent bit for bit.

@@ -13,39 +13,79 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring
+from typing import Any
 
 from ca_core.records import AuditEntry, AuditEvent, AuditHead
 
 GENESIS_HASH = "0" * 64
 
 
+# The canonical form: json.dumps(document, sort_keys=True, separators=(",", ":"),
+# ensure_ascii=False). It is written here piece by piece (the document's keys in sorted
+# order, each value by the json module's own encoders), so that the event data, which the
+# store also keeps, is serialised once for both; tests/test_audit_chain.py holds the two
+# forms byte-identical over awkward values.
+_ENCODE = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+_TEMPLATE = (
+    '{"action":%s,"actor_id":%s,"actor_type":%s,"audit_id":%s,"category":%s,"data":%s,'
+    '"event_type":%s,"org_id":%s,"previous_hash":%s,"resource_id":%s,"resource_type":%s,'
+    '"seq":%s,"status":%s,"timestamp":%s}'
+)
+
+
+def data_json(data: dict[str, Any]) -> str:
+    """The event data as the chain hashes it (sorted keys, compact, UTF-8 text); the stores
+    keep this very text, so hashing an entry and storing it serialise the data once."""
+    text: str = _ENCODE(data)
+    return text
+
+
+def _value(value: object) -> str:
+    """One value as json.dumps writes it (str and int by the encoder's own functions)."""
+    text: str
+    if value is None:
+        text = "null"
+    elif type(value) is str:
+        text = encode_basestring(value)
+    elif type(value) is int:
+        text = int.__repr__(value)
+    else:
+        text = _ENCODE(value)
+    return text
+
+
+def _utc_text(timestamp: dt.datetime) -> str:
+    if timestamp.tzinfo is not dt.UTC:
+        timestamp = timestamp.astimezone(dt.UTC)
+    if timestamp.year < 1000:  # isoformat pads the year to four digits; strftime does not
+        return timestamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return timestamp.isoformat(timespec="microseconds")[:26] + "Z"
+
+
 def canonical_entry(
-    seq: int, audit_id: str, timestamp: dt.datetime, event: AuditEvent, previous_hash: str
+    seq: int, audit_id: str, timestamp: dt.datetime, event: AuditEvent, previous_hash: str,
+    data_text: str | None = None,
 ) -> bytes:
-    document = {
-        "seq": seq,
-        "audit_id": audit_id,
-        "timestamp": timestamp.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "event_type": event.event_type,
-        "category": event.category,
-        "action": event.action,
-        "actor_type": event.actor_type,
-        "actor_id": event.actor_id,
-        "org_id": event.org_id,
-        "resource_type": event.resource_type,
-        "resource_id": event.resource_id,
-        "status": event.status,
-        "data": event.data,
-        "previous_hash": previous_hash,
-    }
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    """The bytes an entry's hash is taken over. ``data_text``: ``data_json(event.data)``
+    when the caller has it already."""
+    if data_text is None:
+        data_text = data_json(event.data)
+    return (_TEMPLATE % (
+        _value(event.action), _value(event.actor_id), _value(event.actor_type),
+        _value(audit_id), _value(event.category), data_text, _value(event.event_type),
+        _value(event.org_id), _value(previous_hash), _value(event.resource_id),
+        _value(event.resource_type), _value(seq), _value(event.status),
+        _value(_utc_text(timestamp)),
+    )).encode()
 
 
 def chain_hash(
-    seq: int, audit_id: str, timestamp: dt.datetime, event: AuditEvent, previous_hash: str
+    seq: int, audit_id: str, timestamp: dt.datetime, event: AuditEvent, previous_hash: str,
+    data_text: str | None = None,
 ) -> str:
     return hashlib.sha256(
-        canonical_entry(seq, audit_id, timestamp, event, previous_hash)
+        canonical_entry(seq, audit_id, timestamp, event, previous_hash, data_text)
     ).hexdigest()
 
 

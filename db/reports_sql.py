@@ -35,8 +35,9 @@ _PROTOCOL = (
     " WHEN requester LIKE 'scep:%' THEN 'scep' WHEN requester LIKE 'token:%' THEN 'token'"
     " WHEN requester LIKE 'mtls:%' THEN 'mtls' ELSE 'other' END")
 
-# What json.dumps(sort_keys=True) writes for the key in the audit event's data.
-_RENEWS = '%"renews": %'
+# The key in the audit event's data as stored: compact ('"renews":', db.audit_chain.data_json)
+# since the chain's own text is stored, '"renews": ' (json.dumps' default) in older rows.
+_RENEWS = '%"renews":%'
 
 _REPORT_COLUMNS = (
     "report_id, org_id, report_type, report_period_start, report_period_end, report_format,"

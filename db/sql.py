@@ -68,7 +68,7 @@ from db.acme_rows import (
     identifiers_from_json,
     identifiers_to_json,
 )
-from db.audit_chain import chain_hash
+from db.audit_chain import chain_hash, data_json
 from db.dialect import Body, Dialect, Stmt, one, rows, run
 from db.reports_sql import ReportQueries
 
@@ -161,12 +161,14 @@ class Tx:
         audit_id = str(uuid.uuid4())
         # Both dialects keep microseconds, as datetime does: the hashed time is the stored one.
         timestamp = _now()
-        digest = chain_hash(seq, audit_id, timestamp, event, previous_hash)
+        # The data serialised once: the hashed text is the stored text.
+        data_text = data_json(event.data)
+        digest = chain_hash(seq, audit_id, timestamp, event, previous_hash, data_text)
         yield run(
             _APPEND_AUDIT, seq, audit_id, self.d.t(timestamp), event.org_id, event.event_type,
             event.category, event.action, event.actor_type, event.actor_id,
             event.resource_type, event.resource_id, event.status,
-            json.dumps(event.data, sort_keys=True), previous_hash, digest,
+            data_text, previous_hash, digest,
         )
         self.head_seq, self.head_hash = seq, digest
         return AuditEntry(seq, audit_id, timestamp, event, previous_hash, digest)

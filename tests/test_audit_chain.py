@@ -6,12 +6,22 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
+import sqlite3
 import time
 
 import pytest
 
 from ca_core.records import AuditEntry, AuditEvent, AuditHead
-from db.audit_chain import GENESIS_HASH, ChainProblem, canonical_entry, chain_hash, verify_chain
+from db.audit_chain import (
+    GENESIS_HASH,
+    ChainProblem,
+    canonical_entry,
+    chain_hash,
+    data_json,
+    verify_chain,
+)
+from db.reports_sql import _RENEWS
 
 T0 = dt.datetime(2026, 1, 2, 3, 4, 5, 6789, tzinfo=dt.UTC)
 
@@ -102,3 +112,64 @@ def test_every_field_is_in_the_hash() -> None:
         '"timestamp":"2026-01-02T03:04:05.006789Z"}').encode()
     assert entry.audit_hash == chain_hash(1, "id-1", entry.timestamp, entry.event,
                                           GENESIS_HASH)
+
+
+def _reference_canonical(seq: int, audit_id: str, timestamp: dt.datetime, event: AuditEvent,
+                         previous_hash: str) -> bytes:
+    """The canonical form as first written (one json.dumps of the whole document): every
+    chain already stored was hashed over this, so the built-up form must match it byte for
+    byte."""
+    document = {
+        "seq": seq, "audit_id": audit_id,
+        "timestamp": timestamp.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        "event_type": event.event_type, "category": event.category, "action": event.action,
+        "actor_type": event.actor_type, "actor_id": event.actor_id, "org_id": event.org_id,
+        "resource_type": event.resource_type, "resource_id": event.resource_id,
+        "status": event.status, "data": event.data, "previous_hash": previous_hash,
+    }
+    return json.dumps(document, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=False).encode()
+
+
+AWKWARD = AuditEvent(
+    event_type="certificate.issued", category="certificate", action="issue",
+    actor_type="api", actor_id='token:"q"\\/', org_id=None, resource_type="certificate",
+    resource_id="ü\u2028\x00\t😀", status="success",
+    data={"z": [1, 2.5, -0.0, 1e300, True, False, None], "a": {"y": "é", "b": "\x7f\u0085"},
+          "serial": "00ff", "n": 10**30})
+
+
+def test_the_canonical_form_is_the_one_stored_chains_were_hashed_over() -> None:
+    """Hashes of rows written before the form was built up piece by piece still verify."""
+    ist = dt.timezone(dt.timedelta(hours=5, minutes=30))
+    # Pinned: computed by the first implementation (one json.dumps of the document).
+    assert chain_hash(42, "3b8c6c36-1b4b-4d4c-9d3e-1c0f0f0f0f0f",
+                      dt.datetime(2026, 12, 7, 1, 2, 3, 0, tzinfo=ist), AWKWARD, "ab" * 32) == (
+        "756f2a1139d64178919a27ba3dc5a68516de0eb01c0f2551c78c76d2b0f19063")
+    events = [AWKWARD, AuditEvent(event_type="e", category="c", action="a"),
+              dataclasses.replace(AWKWARD, data={}),
+              dataclasses.replace(AWKWARD, data={"k": {"nested": [{"b": 1, "a": [None]}]}}),
+              dataclasses.replace(AWKWARD, actor_id="", org_id="o", status="\\u00e9")]
+    times = [T0, T0.replace(microsecond=0), T0.astimezone(ist), T0.replace(tzinfo=None),
+             dt.datetime(999, 1, 1, tzinfo=dt.UTC), dt.datetime(9999, 12, 31, 23, 59, 59,
+                                                                999999, tzinfo=dt.UTC)]
+    for event in events:
+        for when in times:
+            for seq in (1, 10**12):
+                expected = _reference_canonical(seq, "id", when, event, GENESIS_HASH)
+                assert canonical_entry(seq, "id", when, event, GENESIS_HASH) == expected
+                assert canonical_entry(seq, "id", when, event, GENESIS_HASH,
+                                       data_json(event.data)) == expected
+
+
+def test_the_stored_data_text_parses_back_to_the_data_and_renewals_still_match() -> None:
+    text = data_json(AWKWARD.data)
+    assert json.loads(text) == AWKWARD.data
+    # The reports count renewals by a LIKE over the stored text: rows stored before
+    # (json.dumps' default spacing) and after (the compact chain text) both match.
+    db = sqlite3.connect(":memory:")
+    rows = [json.dumps({"renews": "ab", "serial": "cd"}, sort_keys=True),
+            data_json({"renews": "ab", "serial": "cd"}), data_json({"serial": "cd"}),
+            data_json({"note": '"renews": x'})]
+    matched = [db.execute("SELECT ? LIKE ?", (row, _RENEWS)).fetchone()[0] for row in rows]
+    assert matched == [1, 1, 0, 0]

@@ -440,3 +440,36 @@ async def test_store_spans_only_inside_another_span(services: Services,
         await services.store.list_cas()
     found = list(spans.get_finished_spans())
     assert _parent_id(_one(found, "store.read")) == _span_id(_one(found, "job"))
+
+
+async def test_http_metrics_count_each_request_once_per_label_set(
+        aiohttp_client: ClientFactory) -> None:
+    """The middleware's request counter and duration histogram (their children kept per
+    label set, gateway.app._metric_children) count every request under its own labels."""
+    from prometheus_client import REGISTRY
+
+    from gateway.app import _middleware
+
+    async def ok(_: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application(middlewares=[_middleware("metrics-test")])
+    app.router.add_get("/m/{name}", ok)
+    client = await aiohttp_client(app)
+
+    def count(route: str, status: str) -> float:
+        return REGISTRY.get_sample_value("pki_http_requests_total", {
+            "listener": "metrics-test", "route": route, "method": "GET",
+            "status": status}) or 0.0
+
+    def observed(route: str) -> float:
+        return REGISTRY.get_sample_value("pki_http_request_duration_seconds_count", {
+            "listener": "metrics-test", "route": route}) or 0.0
+
+    before = count("/m/{name}", "200"), count("unmatched", "404"), observed("/m/{name}")
+    for name in ("a", "b", "c"):
+        assert (await client.get(f"/m/{name}")).status == 200
+    assert (await client.get("/nowhere")).status == 404
+    assert count("/m/{name}", "200") == before[0] + 3
+    assert count("unmatched", "404") == before[1] + 1
+    assert observed("/m/{name}") == before[2] + 3

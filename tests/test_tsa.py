@@ -1050,3 +1050,22 @@ async def test_failures_are_logged_and_say_why(
     assert raised.value.detail == "could not allocate a unique serial number"
     assert [r.getMessage() for r in caplog.records] == [
         "time-stamp serial collision; drawing a new serial"] * tsa_core._MAX_SERIAL_ATTEMPTS
+
+
+def test_gen_time_encoder_equals_asn1crypto_from_the_datetime() -> None:
+    """The per-second cached genTime text gives asn1crypto's own DER for the datetime."""
+    from ca_core.tsa import GenTimeEncoder
+
+    encode = GenTimeEncoder()
+    base = dt.datetime(2026, 12, 7, 1, 2, 3, tzinfo=dt.UTC)
+    values = [base, base.replace(microsecond=1000), base.replace(microsecond=120000),
+              base.replace(microsecond=999000), base.replace(microsecond=100),
+              base + dt.timedelta(seconds=1), base.replace(microsecond=5000),  # back again
+              base.astimezone(dt.timezone(dt.timedelta(hours=-7), "X")).replace(
+                  microsecond=450000),
+              dt.datetime(1999, 12, 31, 23, 59, 59, 990000, tzinfo=dt.UTC),
+              dt.datetime(2050, 1, 1, tzinfo=dt.UTC)]
+    for value in values:
+        assert encode(value) == core.GeneralizedTime(value).dump(), value
+    with pytest.raises(ValueError, match="aware"):
+        encode(base.replace(tzinfo=None))

@@ -187,6 +187,11 @@ class SoftwareSigner(Signer):
         self._key = key
         self.key_spec = spec
         self.key_ref = key_ref
+        # The signature scheme objects, built once: per signature they cost about as much
+        # Python as the rest of sign_sync (ECDSA.__init__ and the hash, ~3% of a time-stamp).
+        self._algorithm = spec.hash_algorithm
+        self._ecdsa = ec.ECDSA(self._algorithm) if self._algorithm is not None else None
+        self._pkcs1 = padding.PKCS1v15()
 
     @property
     def public_key(self) -> CertificateIssuerPublicKeyTypes:
@@ -197,11 +202,11 @@ class SoftwareSigner(Signer):
 
     def sign_sync(self, data: bytes) -> bytes:
         key = self._key
-        algorithm = self.key_spec.hash_algorithm
-        if isinstance(key, ec.EllipticCurvePrivateKey) and algorithm is not None:
-            return key.sign(data, ec.ECDSA(algorithm))
+        algorithm = self._algorithm
+        if isinstance(key, ec.EllipticCurvePrivateKey) and self._ecdsa is not None:
+            return key.sign(data, self._ecdsa)
         if isinstance(key, rsa.RSAPrivateKey) and algorithm is not None:
-            return key.sign(data, padding.PKCS1v15(), algorithm)
+            return key.sign(data, self._pkcs1, algorithm)
         return key.sign(data)  # type: ignore[call-arg]
 
     @property

@@ -169,7 +169,84 @@ async def direct_run(authority: Authority, requests: list[IssuanceRequest], coun
     return CpuRun(count, cpu1 - cpu0, wall1 - wall0, percentile(latencies, 99) * 1000)
 
 
+def tsa_query(cert_req: bool = True) -> bytes:
+    """A TimeStampReq as ``openssl ts -query -sha256 [-cert]`` makes it (nonce included)."""
+    from asn1crypto import tsp
+
+    return tsp.TimeStampReq({  # type: ignore[no-any-return]
+        "version": 1,
+        "message_imprint": {"hash_algorithm": {"algorithm": "sha256"},
+                            "hashed_message": os.urandom(32)},
+        "nonce": int.from_bytes(os.urandom(8), "big"), "cert_req": cert_req}).dump()
+
+
+async def tsa_run(stamper: object, bodies: list[bytes], count: int,
+                  concurrency: int) -> CpuRun:
+    """In-process time-stamps as ``POST /tsa`` makes them (decode, stamp, encode), without
+    HTTP: the CPU of the TSA's own path."""
+    from protocols.tsa.codec import decode_request, granted
+
+    stamp = stamper.timestamp  # type: ignore[attr-defined]
+    latencies: list[float] = []
+    next_i = 0
+
+    async def worker() -> None:
+        nonlocal next_i
+        while next_i < count:
+            i = next_i
+            next_i += 1
+            t0 = time.perf_counter()
+            issued = await stamp(decode_request(bodies[i % len(bodies)]))
+            granted(issued.token)
+            latencies.append(time.perf_counter() - t0)
+
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    cpu1, wall1 = time.process_time(), time.perf_counter()
+    latencies.sort()
+    return CpuRun(count, cpu1 - cpu0, wall1 - wall0, percentile(latencies, 99) * 1000)
+
+
+async def run_tsa(args: argparse.Namespace) -> None:
+    """``--tsa``: CPU per time-stamp in this process (software P-256 TSA key, SQLite)."""
+    from ca_core.hierarchy import ensure_hierarchy
+    from ca_core.tsa import TimeStampAuthority, ensure_tsa
+
+    base = Path(tempfile.mkdtemp(prefix="vcc-pki-cpu-tsa-"))
+    out = Path(args.speedscope) if args.speedscope else (base / "profiles")
+    if args.profile:
+        out.mkdir(parents=True, exist_ok=True)
+    runs: list[CpuRun] = []
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            config = load_config(environ=_env(CONFIG, base / "tsa", "", None))
+            services = await stack.enter_async_context(open_services(config, create=True))
+            await ensure_hierarchy(services.authority)
+            await services.authority.load()
+            await ensure_tsa(services.authority, config.tsa_settings())
+            stamper = TimeStampAuthority(services.authority, config.tsa_settings())
+            await stamper.open()
+            bodies = [tsa_query() for _ in range(50)]
+            await tsa_run(stamper, bodies, min(500, args.count), args.concurrency)
+            for round_no in range(1, args.rounds + 1):
+                last = round_no == args.rounds
+                with py_spy(os.getpid(), out if args.profile and last else None, "TSA"):
+                    r = await tsa_run(stamper, bodies, args.count, args.concurrency)
+                runs.append(r)
+                print(f"round {round_no} TSA: {r.cpu_ms_per_op * 1000:.0f} CPU us/stamp, "
+                      f"{r.rate:,.0f}/s wall, p99 {r.p99_ms:.1f} ms", flush=True)
+    finally:
+        if not args.speedscope:
+            shutil.rmtree(base, ignore_errors=True)
+    print(f"\nmedian over rounds\n  TSA     "
+          f"{statistics.median(r.cpu_ms_per_op for r in runs) * 1000:.0f} CPU us/stamp  "
+          f"{statistics.median(r.rate for r in runs):,.0f}/s")
+
+
 async def run(args: argparse.Namespace) -> None:
+    if args.tsa:
+        await run_tsa(args)
+        return
     base = Path(tempfile.mkdtemp(prefix="vcc-pki-cpu-"))
     out = Path(args.speedscope) if args.speedscope else (base / "profiles")
     profile_dir = out if args.profile else None
@@ -252,6 +329,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--rest", action="store_true", help="also measure REST issuance")
+    parser.add_argument("--tsa", action="store_true",
+                        help="instead: CPU per RFC 3161 time-stamp in this process "
+                             "(decode, stamp, encode; --count stamps per round)")
     parser.add_argument("--profile", action="store_true",
                         help="py-spy the last round and print the top frames")
     parser.add_argument("--speedscope", metavar="DIR", default="",
