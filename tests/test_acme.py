@@ -1267,3 +1267,16 @@ async def test_the_challenge_post_answers_the_decided_challenge(world: World) ->
         assert authz["status"] == "valid"
     finally:
         service.validator, service.settings = real, settings
+
+
+def test_challenge_wait_seconds_is_a_setting() -> None:
+    """VCC_PKI_ACME_CHALLENGE_WAIT_SECONDS reaches the ACME service's settings; 0..30."""
+    from gateway.config import ConfigError, load_config
+
+    assert load_config(environ={}).acme_settings().challenge_wait_seconds == 2.0
+    for text, seconds in (("0", 0.0), ("0.5", 0.5), ("30", 30.0)):
+        config = load_config(environ={"VCC_PKI_ACME_CHALLENGE_WAIT_SECONDS": text})
+        assert config.acme_settings().challenge_wait_seconds == seconds
+    for bad in ("-1", "31", "nan", "inf", "soon"):
+        with pytest.raises(ConfigError, match=r"ACME_CHALLENGE_WAIT_SECONDS|challenge_wait"):
+            load_config(environ={"VCC_PKI_ACME_CHALLENGE_WAIT_SECONDS": bad})
