@@ -409,12 +409,16 @@ class AcmeService:
         return found
 
     async def account(self, account_id: str) -> AcmeAccount:
-        account = await self.store.get_acme_account(account_id)
-        if account is None:
+        """The account of a kid-signed request, read fresh on every request together with
+        its organization (one read): a deactivation, a key rollover or a disabled
+        organization applies to the next request in every process."""
+        found = await self.store.get_acme_account_with_org(account_id)
+        if found is None:
             raise AccountDoesNotExist("no such account")
+        account, org = found
         if account.status != "valid":
             raise Unauthorized(f"the account is {account.status}")
-        await self._require_active(account.org_id)
+        self.authority.credential_org_read(org)
         return account
 
     async def new_account(self, org: Organization, key: AccountKey,

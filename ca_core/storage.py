@@ -377,6 +377,12 @@ class AcmeStore(Protocol):
 
     async def get_acme_account(self, account_id: str) -> AcmeAccount | None: ...
 
+    async def get_acme_account_with_org(
+        self, account_id: str
+    ) -> tuple[AcmeAccount, Organization | None] | None:
+        """The account and its organization as stored now, in one read; None for no
+        account, (account, None) when its organization is gone."""
+
     async def find_acme_account(self, key_thumbprint: str) -> AcmeAccount | None: ...
 
     async def update_acme_account(self, account: AcmeAccount, audit: AuditEvent) -> None:

@@ -1456,6 +1456,26 @@ class SqlStore(ReportQueries):
             "SELECT * FROM acme_accounts WHERE account_id = ?", account_id))
         return None if row is None else self._acme_account(row)
 
+    async def get_acme_account_with_org(
+        self, account_id: str
+    ) -> tuple[AcmeAccount, Organization | None] | None:
+        """The account and its organization as stored now, in one read (a JOIN): every
+        kid-signed ACME request needs both (the account's status and key, the
+        organization's status); None for no account, (account, None) for an account whose
+        organization is gone."""
+        row = await self._lookup(one(
+            "SELECT a.*, o.slug AS o_slug, o.name AS o_name, o.status AS o_status,"
+            " o.config AS o_config, o.created_at AS o_created_at, o.org_id AS o_org_id"
+            " FROM acme_accounts a LEFT JOIN organizations o ON o.org_id = a.org_id"
+            " WHERE a.account_id = ?", account_id))
+        if row is None:
+            return None
+        org = None if row["o_org_id"] is None else Organization(
+            org_id=row["o_org_id"], slug=row["o_slug"], name=row["o_name"],
+            status=row["o_status"], config=json.loads(row["o_config"]),
+            created_at=self._d.time(row["o_created_at"]))
+        return self._acme_account(row), org
+
     async def find_acme_account(self, key_thumbprint: str) -> AcmeAccount | None:
         row = await self._lookup(one(
             "SELECT * FROM acme_accounts WHERE key_thumbprint = ?", key_thumbprint))

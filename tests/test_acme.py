@@ -1280,3 +1280,42 @@ def test_challenge_wait_seconds_is_a_setting() -> None:
     for bad in ("-1", "31", "nan", "inf", "soon"):
         with pytest.raises(ConfigError, match=r"ACME_CHALLENGE_WAIT_SECONDS|challenge_wait"):
             load_config(environ={"VCC_PKI_ACME_CHALLENGE_WAIT_SECONDS": bad})
+
+
+async def test_account_state_applies_at_once_in_another_process(tmp_path: Path) -> None:
+    """Two gateway processes on one database (two Services, each its own Authority and
+    store): a deactivation, a key rollover or a disabled organization done in one is
+    seen by the other's next account lookup, though it read the account and organization
+    before (the lookup reads both fresh, in one read)."""
+    from ca_core.acme import AccountKey as ServiceKey
+    from ca_core.errors import Unauthorized
+    from ca_core.records import AuditEvent
+    from gateway.config import load_config
+    from gateway.runtime import open_services
+
+    async with fresh_services(tmp_path) as one:
+        config = load_config(environ={"VCC_PKI_DATA_DIR": str(tmp_path / "data"),
+                                      "VCC_PKI_KEY_PASSPHRASE": "test-passphrase"})
+        async with open_services(config) as other:
+            await other.authority.load()
+            org = await one.acme.organization(one.authority.settings.default_org)
+            account, created = await one.acme.new_account(
+                org, ServiceKey({"kty": "EC"}, "thumb-1"), (), True, None)
+            second, _ = await one.acme.new_account(
+                org, ServiceKey({"kty": "EC"}, "thumb-2"), (), True, None)
+            assert created
+            assert (await other.acme.account(account.account_id)).key_thumbprint == "thumb-1"
+            await one.acme.change_key(account, ServiceKey({"kty": "EC", "n": 1}, "thumb-3"))
+            assert (await other.acme.account(account.account_id)).key_thumbprint == "thumb-3"
+            await one.acme.update_account(account, None, deactivate=True)
+            with pytest.raises(Unauthorized, match="deactivated"):
+                await other.acme.account(account.account_id)
+            assert (await other.acme.account(second.account_id)).status == "valid"
+            await one.store.update_organization(
+                org.org_id, org.name, "disabled", org.config, AuditEvent(
+                    event_type="organization.updated", category="organization",
+                    action="update", actor_type="system", actor_id="test",
+                    resource_type="organization", resource_id=org.org_id))
+            with pytest.raises(Unauthorized, match="disabled"):
+                await other.acme.account(second.account_id)
+

@@ -1064,6 +1064,25 @@ async def test_acme_accounts_and_eab(store: Store, seed: Seed) -> None:
     assert await chain_ok(store) == 3 + 4
 
 
+async def test_acme_account_with_its_organization_in_one_read(store: Store,
+                                                               seed: Seed) -> None:
+    """What every kid-signed ACME request reads: the account and its organization as
+    stored now (a deactivation, key rollover or disabled organization shows at once)."""
+    account = make_account(seed.org)
+    await store.add_acme_account(account, event("acme.account_created"))
+    org = await store.get_organization_by_id(seed.org.org_id)
+    assert await store.get_acme_account_with_org(account.account_id) == (account, org)
+    assert await store.get_acme_account_with_org("no-such-account") is None
+    rolled = replace(account, key_thumbprint="rolled", jwk={"kty": "OKP"},
+                     status="deactivated")
+    await store.update_acme_account(rolled, event("acme.account_updated"))
+    assert org is not None
+    disabled = await store.update_organization(org.org_id, org.name, "disabled", org.config,
+                                               event("organization.updated"))
+    assert disabled is not None and disabled.status == "disabled"
+    assert await store.get_acme_account_with_org(account.account_id) == (rolled, disabled)
+
+
 async def test_admin_lists_of_eab_keys_accounts_and_cas(store: Store, seed: Seed) -> None:
     """The admin API's queries (issue 13): scoped by org_id in the query, keyset pages by
     (created_at, id); an EAB key is revoked (deleted) only while unused; an account is
