@@ -765,7 +765,8 @@ async def test_certificate_write_failing_at_finalize_is_server_internal_503(
     assert order["status"] == "ready", order
     listener = ListenerRecorder()
     world.services.authority.add_listener(listener)
-    attempts = fail_certificate_writes(monkeypatch, world.services.store)
+    attempts = fail_certificate_writes(monkeypatch, world.services.store,
+                                       "add_certificate_for_acme_order")
     response = await client.post(order["finalize"], {"csr": b64(csr_for(["down.svc.test"]))})
     problem = await _problem(response, "serverInternal", 503)
     assert "CERTIFICATE" not in json.dumps(problem)
@@ -1319,3 +1320,38 @@ async def test_account_state_applies_at_once_in_another_process(tmp_path: Path) 
             with pytest.raises(Unauthorized, match="disabled"):
                 await other.acme.account(second.account_id)
 
+
+
+async def test_an_order_flow_takes_five_write_transactions(world: World,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """Finalizing a pending order whose authorization is valid (without fetching the
+    order first, as certbot does) stores ready and processing in one write, and the
+    certificate is recorded with the valid order in one: newOrder, challenge processing,
+    challenge valid, finalize, certificate = 5 write transactions (7 before), and the
+    audit log still has every state change of the order."""
+    client = world.client()
+    await client.load()
+    await client.register()
+    store = world.services.store
+    writes: list[str] = []
+    real_write = store._write  # type: ignore[attr-defined]
+
+    async def counting(body: Any) -> Any:
+        writes.append(getattr(body, "__qualname__", "?"))
+        return await real_write(body)
+
+    monkeypatch.setattr(store, "_write", counting)
+    order_url, order = await _order(client, "five.test")
+    await _authorize(world, client, order)
+    response = await client.post(order["finalize"], {"csr": b64(csr_for(["five.test"]))})
+    assert response.status == 200, await response.text()
+    order = await _poll(client, order_url, lambda d: d["status"] != "processing")
+    assert order["status"] == "valid", order
+    assert (await client.post(order["certificate"], None)).status == 200
+    assert len(writes) == 5, writes
+    order_id = order_url.rsplit("/", 1)[1]
+    events = [e.event.event_type for e in await store.audit_entries()
+              if e.event.resource_id == order_id or e.event.event_type == "certificate.issued"]
+    assert events[-5:] == ["acme.order.pending", "acme.order.ready", "acme.order.processing",
+                           "certificate.issued", "acme.order.valid"], events

@@ -1242,6 +1242,48 @@ async def test_acme_state_changes_are_audited_only_when_they_happen(
     await chain_ok(store)
 
 
+async def test_acme_order_merged_writes(store: Store, seed: Seed) -> None:
+    """The ACME service's merged transactions: an order update with several audit events
+    (finalize of a pending order: ready, then processing), and a certificate recorded
+    with the order that names it (only while the order is processing; all or nothing)."""
+    account = make_account(seed.org)
+    await store.add_acme_account(account, event("acme.account_created"))
+    authz = make_authz(account, "merged.acme.example", status="valid")
+    order = AcmeOrder(
+        order_id=secrets.token_urlsafe(12), account_id=account.account_id,
+        org_id=seed.org.org_id, status="pending", expires=T0 + dt.timedelta(days=7),
+        identifiers=(("dns", "merged.acme.example"),), authz_ids=(authz.authz_id,),
+        profile="vcc_service", created_at=T0)
+    await store.add_acme_order(order, [authz], event("acme.order.pending"))
+    before = len(await store.audit_entries())
+    processing = replace(order, status="processing")
+    assert await store.update_acme_order(
+        processing, "pending", [event("acme.order.ready"), event("acme.order.processing")])
+    cert = make_cert(seed.issuing, seed.org, cn="merged.acme.example")
+    valid = replace(processing, status="valid", cert_id=cert.cert_id)
+    assert not await store.add_certificate_for_acme_order(  # not "ready": nothing written
+        cert, event("certificate.issued"), valid, "ready", event("acme.order.valid"))
+    assert await store.get_certificate_by_id(cert.cert_id) is None
+    with pytest.raises(StoreConflict):  # the serial exists: the order stays processing
+        taken = make_cert(seed.issuing, seed.org, serial_hex=cert.serial_hex)
+        await store.add_certificate(taken, event("certificate.issued"))
+        await store.add_certificate_for_acme_order(
+            cert, event("certificate.issued"), valid, "processing", event("acme.order.valid"))
+    assert (await store.get_acme_order(order.order_id)) == processing
+    cert = replace(cert, serial_hex=secrets.token_hex(16))
+    assert await store.add_certificate_for_acme_order(
+        cert, event("certificate.issued"), valid, "processing", event("acme.order.valid"))
+    assert await store.get_acme_order(order.order_id) == valid
+    assert await store.find_acme_order_by_cert(cert.cert_id) == valid
+    stored = await store.get_certificate_by_id(cert.cert_id)
+    assert stored is not None and stored.serial_hex == cert.serial_hex
+    entries = (await store.audit_entries())[before:]
+    assert [e.event.event_type for e in entries] == [
+        "acme.order.ready", "acme.order.processing", "certificate.issued",
+        "certificate.issued", "acme.order.valid"]
+    await chain_ok(store)
+
+
 @pytest.mark.postgres
 async def test_a_postgresql_outage_is_one_warning_each_way_and_no_traceback(
         caplog: pytest.LogCaptureFixture) -> None:
