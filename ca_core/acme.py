@@ -615,7 +615,9 @@ class AcmeService:
                 status = "ready"
         if status != order.status:
             updated = replace(order, status=status, error=error)
-            if not store:
+            if not store or status == "ready":
+                # "ready" is not stored: it follows from the stored authorizations on every
+                # read, and finalize stores it (its event) with "processing" in one write.
                 return updated, authzs
             if await self.store.update_acme_order(updated, order.status,
                                                   self._order_event(updated)):
@@ -750,9 +752,9 @@ class AcmeService:
         stored = await self.store.get_acme_order(order_id)
         if stored is None or stored.account_id != account.account_id:
             raise NotFound("no such order")
-        # A pending order whose authorizations are all valid goes to processing in one
-        # write, its ready event and its processing event with it (a client that finalizes
-        # without fetching the order first, like certbot, saves a write transaction).
+        # A pending order whose authorizations are all valid (ready, which reads do not
+        # store) goes to processing in one write, its ready event and its processing event
+        # with it.
         order, authzs = await self._refresh_order(stored, store=False)
         if order.status != "ready":
             if order.status != stored.status:  # e.g. expired: stored as a read stores it
@@ -764,8 +766,8 @@ class AcmeService:
         events = [self._order_event(order)] if stored.status != "ready" else []
         events.append(self._order_event(processing))
         if not await self.store.update_acme_order(processing, stored.status, events):
-            # Changed meanwhile: a read that stored "ready" (then finalize from there), or
-            # another finalize that got there first.
+            # Changed meanwhile: "ready" stored (by a version that stored it on reads;
+            # then finalize from there), or another finalize got there first.
             if stored.status != "pending" or not await self.store.update_acme_order(
                     processing, "ready", events[-1:]):
                 raise OrderNotReady("the order is being finalized already")

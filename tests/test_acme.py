@@ -1325,11 +1325,11 @@ async def test_account_state_applies_at_once_in_another_process(tmp_path: Path) 
 async def test_an_order_flow_takes_five_write_transactions(world: World,
                                                            monkeypatch: pytest.MonkeyPatch
                                                            ) -> None:
-    """Finalizing a pending order whose authorization is valid (without fetching the
-    order first, as certbot does) stores ready and processing in one write, and the
-    certificate is recorded with the valid order in one: newOrder, challenge processing,
-    challenge valid, finalize, certificate = 5 write transactions (7 before), and the
-    audit log still has every state change of the order."""
+    """Reads of an order do not store "ready" (it follows from its authorizations);
+    finalize stores ready and processing in one write, and the certificate is recorded
+    with the valid order in one: newOrder, challenge processing, challenge valid, finalize,
+    certificate = 5 write transactions (7 before), and the audit log still has every
+    state change of the order, in order."""
     client = world.client()
     await client.load()
     await client.register()
@@ -1344,6 +1344,8 @@ async def test_an_order_flow_takes_five_write_transactions(world: World,
     monkeypatch.setattr(store, "_write", counting)
     order_url, order = await _order(client, "five.test")
     await _authorize(world, client, order)
+    for _ in range(2):
+        assert (await (await client.post(order_url, None)).json())["status"] == "ready"
     response = await client.post(order["finalize"], {"csr": b64(csr_for(["five.test"]))})
     assert response.status == 200, await response.text()
     order = await _poll(client, order_url, lambda d: d["status"] != "processing")
