@@ -410,8 +410,11 @@ class AcmeService:
         return found
 
     async def account(self, account_id: str) -> AcmeAccount:
-        """The account of a kid-signed request, read fresh on every request together with
-        its organization (one read): a deactivation, a key rollover or a disabled
+        return (await self.account_and_org(account_id))[0]
+
+    async def account_and_org(self, account_id: str) -> tuple[AcmeAccount, Organization]:
+        """The account of a kid-signed request and its (active) organization, read fresh
+        on every request in one read: a deactivation, a key rollover or a disabled
         organization applies to the next request in every process."""
         found = await self.store.get_acme_account_with_org(account_id)
         if found is None:
@@ -419,8 +422,7 @@ class AcmeService:
         account, org = found
         if account.status != "valid":
             raise Unauthorized(f"the account is {account.status}")
-        self.authority.credential_org_read(org)
-        return account
+        return account, self.authority.credential_org_read(org)
 
     async def new_account(self, org: Organization, key: AccountKey,
                           contact: Sequence[str], tos_agreed: bool,
@@ -495,8 +497,11 @@ class AcmeService:
     # ------------------------------------------------------------------ orders
     async def new_order(self, account: AcmeAccount, identifiers: Any,
                         not_before: dt.datetime | None, not_after: dt.datetime | None,
-                        profile: str | None, replaces: AriCertId | None
+                        profile: str | None, replaces: AriCertId | None,
+                        org: Organization | None = None
                         ) -> tuple[AcmeOrder, list[AcmeAuthorization]]:
+        """``org``: the account's organization when the caller read it from the store in
+        this request (``account_and_org``); else it is read here."""
         if not isinstance(identifiers, list) or not identifiers:
             raise BadRequest("an order needs identifiers")
         if len(identifiers) > MAX_IDENTIFIERS:
@@ -510,7 +515,8 @@ class AcmeService:
                 wanted.append(pair)
         # From the store, not the Authority's cache: `vcc-pki acme policy` in another process
         # applies to the next order.
-        org = await self.store.get_organization_by_id(account.org_id)
+        if org is None or org.org_id != account.org_id:
+            org = await self.store.get_organization_by_id(account.org_id)
         if org is None:
             raise Forbidden("the account's organization is gone")
         policy = IdentifierPolicy.of(org, self.authority.settings.default_org)
