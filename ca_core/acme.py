@@ -68,6 +68,7 @@ from ca_core.records import (
     AcmeChallenge,
     AcmeOrder,
     AuditEvent,
+    CertificateRecord,
     EabKey,
     Organization,
 )
@@ -409,13 +410,19 @@ class AcmeService:
         return found
 
     async def account(self, account_id: str) -> AcmeAccount:
-        account = await self.store.get_acme_account(account_id)
-        if account is None:
+        return (await self.account_and_org(account_id))[0]
+
+    async def account_and_org(self, account_id: str) -> tuple[AcmeAccount, Organization]:
+        """The account of a kid-signed request and its (active) organization, read fresh
+        on every request in one read: a deactivation, a key rollover or a disabled
+        organization applies to the next request in every process."""
+        found = await self.store.get_acme_account_with_org(account_id)
+        if found is None:
             raise AccountDoesNotExist("no such account")
+        account, org = found
         if account.status != "valid":
             raise Unauthorized(f"the account is {account.status}")
-        await self._require_active(account.org_id)
-        return account
+        return account, self.authority.credential_org_read(org)
 
     async def new_account(self, org: Organization, key: AccountKey,
                           contact: Sequence[str], tos_agreed: bool,
@@ -490,8 +497,11 @@ class AcmeService:
     # ------------------------------------------------------------------ orders
     async def new_order(self, account: AcmeAccount, identifiers: Any,
                         not_before: dt.datetime | None, not_after: dt.datetime | None,
-                        profile: str | None, replaces: AriCertId | None
+                        profile: str | None, replaces: AriCertId | None,
+                        org: Organization | None = None
                         ) -> tuple[AcmeOrder, list[AcmeAuthorization]]:
+        """``org``: the account's organization when the caller read it from the store in
+        this request (``account_and_org``); else it is read here."""
         if not isinstance(identifiers, list) or not identifiers:
             raise BadRequest("an order needs identifiers")
         if len(identifiers) > MAX_IDENTIFIERS:
@@ -505,7 +515,8 @@ class AcmeService:
                 wanted.append(pair)
         # From the store, not the Authority's cache: `vcc-pki acme policy` in another process
         # applies to the next order.
-        org = await self.store.get_organization_by_id(account.org_id)
+        if org is None or org.org_id != account.org_id:
+            org = await self.store.get_organization_by_id(account.org_id)
         if org is None:
             raise Forbidden("the account's organization is gone")
         policy = IdentifierPolicy.of(org, self.authority.settings.default_org)
@@ -583,10 +594,12 @@ class AcmeService:
             raise Forbidden("replaces names a certificate of another account")
 
     async def _refresh_order(self, order: AcmeOrder,
-                             authzs: list[AcmeAuthorization] | None = None
+                             authzs: list[AcmeAuthorization] | None = None,
+                             store: bool = True
                              ) -> tuple[AcmeOrder, list[AcmeAuthorization]]:
         """The order with its status brought up to date from its authorizations (read from
-        the store unless the caller has them). Only a pending order's status depends on
+        the store unless the caller has them), and stored when it changed (unless not
+        ``store``: then the caller stores it). Only a pending order's status depends on
         them: for any other, they are not read and the list is empty."""
         if authzs is None:
             authzs = await self.store.get_acme_authorizations(order.authz_ids) \
@@ -608,6 +621,10 @@ class AcmeService:
                 status = "ready"
         if status != order.status:
             updated = replace(order, status=status, error=error)
+            if not store or status == "ready":
+                # "ready" is not stored: it follows from the stored authorizations on every
+                # read, and finalize stores it (its event) with "processing" in one write.
+                return updated, authzs
             if await self.store.update_acme_order(updated, order.status,
                                                   self._order_event(updated)):
                 order = updated
@@ -738,15 +755,28 @@ class AcmeService:
     # ------------------------------------------------------------------ finalize
     async def finalize(self, account: AcmeAccount, order_id: str, csr_der: bytes
                        ) -> AcmeOrder:
-        order, _ = await self.order(account, order_id)
+        stored = await self.store.get_acme_order(order_id)
+        if stored is None or stored.account_id != account.account_id:
+            raise NotFound("no such order")
+        # A pending order whose authorizations are all valid (ready, which reads do not
+        # store) goes to processing in one write, its ready event and its processing event
+        # with it.
+        order, authzs = await self._refresh_order(stored, store=False)
         if order.status != "ready":
+            if order.status != stored.status:  # e.g. expired: stored as a read stores it
+                order, _ = await self._refresh_order(stored, authzs)
             raise OrderNotReady(f"the order is {order.status}, not ready")
         csr = parse_csr(csr_der)
         self._check_csr_identifiers(csr, order)
         processing = replace(order, status="processing")
-        if not await self.store.update_acme_order(processing, "ready",
-                                                  self._order_event(processing)):
-            raise OrderNotReady("the order is being finalized already")
+        events = [self._order_event(order)] if stored.status != "ready" else []
+        events.append(self._order_event(processing))
+        if not await self.store.update_acme_order(processing, stored.status, events):
+            # Changed meanwhile: "ready" stored (by a version that stored it on reads;
+            # then finalize from there), or another finalize got there first.
+            if stored.status != "pending" or not await self.store.update_acme_order(
+                    processing, "ready", events[-1:]):
+                raise OrderNotReady("the order is being finalized already")
         task = self._tasks.spawn(self._issue(processing, csr))
         try:
             result: AcmeOrder = await asyncio.wait_for(asyncio.shield(task),
@@ -776,11 +806,22 @@ class AcmeService:
     async def _issue(self, order: AcmeOrder, csr: x509.CertificateSigningRequest) -> AcmeOrder:
         org = await self.authority.organization_by_id(order.org_id)
         principal = acting_account(order.account_id, org.org_id)
+        store = self.store
+
+        async def record_with(cert: CertificateRecord, audit: AuditEvent) -> None:
+            # The certificate and the order naming it in one transaction: an order that
+            # changed meanwhile (expired while processing) gets no certificate recorded.
+            valid = replace(order, status="valid", cert_id=cert.cert_id)
+            if not await store.add_certificate_for_acme_order(
+                    cert, audit, valid, "processing", self._order_event(
+                        valid, cert_id=cert.cert_id, serial=cert.serial_hex)):
+                raise OrderNotReady("the order changed while it was being finalized")
+
         try:
             issued = await self.authority.issue(IssuanceRequest(
                 csr=csr, profile=self._profiles[order.profile], org=org.slug,
                 not_before=order.not_before, not_after=order.not_after,
-                requested_at=order.created_at), principal)
+                requested_at=order.created_at), principal, record_with=record_with)
         except UnknownProfile as exc:  # the ACME profile names no CA profile: ours
             log.error("ACME issuance for order %s: %s", order.order_id, exc.detail)
             error: CAError = CAError("issuance failed")
@@ -795,12 +836,7 @@ class AcmeService:
             log.exception("ACME issuance for order %s failed", order.order_id)
             error = CAError("issuance failed")
         else:
-            valid = replace(order, status="valid", cert_id=issued.record.cert_id)
-            if not await self.store.update_acme_order(
-                    valid, "processing", self._order_event(
-                        valid, cert_id=issued.record.cert_id, serial=issued.record.serial_hex)):
-                log.error("order %s changed while it was being finalized", order.order_id)
-            return valid
+            return replace(order, status="valid", cert_id=issued.record.cert_id)
         failed = replace(order, status="invalid", error=error_record(error))
         await self.store.update_acme_order(failed, "processing", self._order_event(failed))
         raise error

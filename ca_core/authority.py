@@ -760,7 +760,11 @@ class Authority:
         disabled or gone. Read fresh, as ``authenticate`` reads a token's, so a disabled
         organization's credentials stop at once in every process, and before anything
         is queued or spent (issuance checks it again in ``_active_org``)."""
-        fresh = await self.store.get_organization_by_id(org_id)
+        return self.credential_org_read(await self.store.get_organization_by_id(org_id))
+
+    def credential_org_read(self, fresh: Organization | None) -> Organization:
+        """``credential_org`` of an organization the caller has just read from the store
+        itself, with the credential in one read (an ACME account: a JOIN), so as fresh."""
         if fresh is None or fresh.status != "active":
             raise Unauthorized("the organization is disabled")
         self._orgs[fresh.slug] = fresh

@@ -377,6 +377,12 @@ class AcmeStore(Protocol):
 
     async def get_acme_account(self, account_id: str) -> AcmeAccount | None: ...
 
+    async def get_acme_account_with_org(
+        self, account_id: str
+    ) -> tuple[AcmeAccount, Organization | None] | None:
+        """The account and its organization as stored now, in one read; None for no
+        account, (account, None) when its organization is gone."""
+
     async def find_acme_account(self, key_thumbprint: str) -> AcmeAccount | None: ...
 
     async def update_acme_account(self, account: AcmeAccount, audit: AuditEvent) -> None:
@@ -414,9 +420,19 @@ class AcmeStore(Protocol):
     async def get_acme_order(self, order_id: str) -> AcmeOrder | None: ...
 
     async def update_acme_order(self, order: AcmeOrder, expect_status: str,
-                                audit: AuditEvent | None = None) -> bool:
-        """Store ``order`` (and append ``audit``) if the stored one still has
-        ``expect_status``; False (and nothing changes) otherwise."""
+                                audit: AuditEvent | Sequence[AuditEvent] | None = None
+                                ) -> bool:
+        """Store ``order`` (and append ``audit``: one event, or several in their order) if
+        the stored one still has ``expect_status``; False (and nothing changes) otherwise."""
+
+    async def add_certificate_for_acme_order(
+        self, cert: CertificateRecord, audit: AuditEvent, order: AcmeOrder,
+        expect_status: str, order_audit: AuditEvent,
+    ) -> bool:
+        """``update_acme_order`` (the order now naming ``cert``) and ``add_certificate`` in
+        one transaction: False (nothing written) when the stored order no longer has
+        ``expect_status``; StoreConflict or StoreOrganizationInactive (nothing written)
+        as ``add_certificate``."""
 
     async def find_acme_order_by_cert(self, cert_id: str) -> AcmeOrder | None: ...
 

@@ -21,6 +21,7 @@ import datetime as dt
 import json
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from ca_core.est import EnrollmentSecretRecord, EstLabel, PendingEnrollment
@@ -1502,6 +1503,26 @@ class SqlStore(ReportQueries):
             "SELECT * FROM acme_accounts WHERE account_id = ?", account_id))
         return None if row is None else self._acme_account(row)
 
+    async def get_acme_account_with_org(
+        self, account_id: str
+    ) -> tuple[AcmeAccount, Organization | None] | None:
+        """The account and its organization as stored now, in one read (a JOIN): every
+        kid-signed ACME request needs both (the account's status and key, the
+        organization's status); None for no account, (account, None) for an account whose
+        organization is gone."""
+        row = await self._lookup(one(
+            "SELECT a.*, o.slug AS o_slug, o.name AS o_name, o.status AS o_status,"
+            " o.config AS o_config, o.created_at AS o_created_at, o.org_id AS o_org_id"
+            " FROM acme_accounts a LEFT JOIN organizations o ON o.org_id = a.org_id"
+            " WHERE a.account_id = ?", account_id))
+        if row is None:
+            return None
+        org = None if row["o_org_id"] is None else Organization(
+            org_id=row["o_org_id"], slug=row["o_slug"], name=row["o_name"],
+            status=row["o_status"], config=json.loads(row["o_config"]),
+            created_at=self._d.time(row["o_created_at"]))
+        return self._acme_account(row), org
+
     async def find_acme_account(self, key_thumbprint: str) -> AcmeAccount | None:
         row = await self._lookup(one(
             "SELECT * FROM acme_accounts WHERE key_thumbprint = ?", key_thumbprint))
@@ -1616,18 +1637,49 @@ class SqlStore(ReportQueries):
         return None if row is None else self._acme_order(row)
 
     async def update_acme_order(self, order: AcmeOrder, expect_status: str,
-                                audit: AuditEvent | None = None) -> bool:
-        """Store ``order`` (and append ``audit``) if the stored one still has
-        ``expect_status``; False (and nothing changes) otherwise."""
+                                audit: AuditEvent | Sequence[AuditEvent] | None = None
+                                ) -> bool:
+        """Store ``order`` (and append ``audit``: one event, or several in their order) if
+        the stored one still has ``expect_status``; False (and nothing changes) otherwise."""
+        events = () if audit is None else (audit,) if isinstance(audit, AuditEvent) \
+            else tuple(audit)
+
         def write(tx: Tx) -> Body[bool]:
-            found = yield one(
-                "UPDATE acme_orders SET status = ?, error = ?, cert_id = ?"
-                " WHERE order_id = ? AND status = ? RETURNING 1",
-                order.status, None if order.error is None else _json(order.error),
-                order.cert_id, order.order_id, expect_status)
-            if found is not None and audit is not None:
-                yield from tx.append_audit(audit)
-            return found is not None
+            found = yield from self._set_acme_order(order, expect_status)
+            if found:
+                for event in events:
+                    yield from tx.append_audit(event)
+            return found
+        return await self._write(write)
+
+    def _set_acme_order(self, order: AcmeOrder, expect_status: str) -> Body[bool]:
+        found = yield one(
+            "UPDATE acme_orders SET status = ?, error = ?, cert_id = ?"
+            " WHERE order_id = ? AND status = ? RETURNING 1",
+            order.status, None if order.error is None else _json(order.error),
+            order.cert_id, order.order_id, expect_status)
+        return found is not None
+
+    async def add_certificate_for_acme_order(
+        self, cert: CertificateRecord, audit: AuditEvent, order: AcmeOrder,
+        expect_status: str, order_audit: AuditEvent,
+    ) -> bool:
+        """``update_acme_order`` (the order now naming ``cert``) and ``add_certificate`` in
+        one transaction: False (nothing written) when the stored order no longer has
+        ``expect_status``; StoreConflict or StoreOrganizationInactive (nothing written)
+        as ``add_certificate``."""
+        def write(tx: Tx) -> Body[bool]:
+            # The compare-and-set first (nothing written when it is lost), the link after
+            # the certificate row (acme_orders.cert_id references it).
+            if not (yield from self._set_acme_order(replace(order, cert_id=None),
+                                                    expect_status)):
+                return False
+            yield from self._insert_certificate(cert)
+            yield run("UPDATE acme_orders SET cert_id = ? WHERE order_id = ?",
+                      order.cert_id, order.order_id)
+            yield from tx.append_audit(audit)
+            yield from tx.append_audit(order_audit)
+            return True
         return await self._write(write)
 
     async def find_acme_order_by_cert(self, cert_id: str) -> AcmeOrder | None:

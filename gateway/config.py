@@ -128,6 +128,9 @@ class Config:
     acme_orders_per_account_per_hour: int = 300
     acme_orders_per_org_per_hour: int = 3000
     acme_accounts_per_org_per_hour: int = 300
+    # How long the challenge POST waits for its validation before answering "processing"
+    # (0: answer at once; the client polls). 0..30 seconds.
+    acme_challenge_wait_seconds: float = 2.0
     # EST (RFC 7030, RFC 8951); [est] in TOML
     est_port: int = 8444  # the EST listener (requests, never requires, a client certificate)
     # openssl-blacklist-style list of known-weak RSA keys, refused as subject keys
@@ -209,6 +212,7 @@ class Config:
             orders_per_account_per_hour=self.acme_orders_per_account_per_hour,
             orders_per_org_per_hour=self.acme_orders_per_org_per_hour,
             accounts_per_org_per_hour=self.acme_accounts_per_org_per_hour,
+            challenge_wait_seconds=self.acme_challenge_wait_seconds,
         )
 
     def acme_validation_settings(self) -> ValidationSettings:
@@ -279,6 +283,7 @@ _INT_FIELDS |= {"acme_http01_port", "acme_tlsalpn01_port", "acme_validation_atte
                 "acme_orders_per_account_per_hour", "acme_orders_per_org_per_hour",
                 "acme_accounts_per_org_per_hour"}
 _BOOL_FIELDS.add("acme_eab_required")
+_FLOAT_FIELDS = {"acme_challenge_wait_seconds"}
 _INT_FIELDS |= {"est_port", "est_max_body_bytes"}
 _INT_FIELDS |= {"admin_session_idle_seconds", "admin_session_lifetime_seconds"}
 _BOOL_FIELDS |= {"scep_accept_single_des", "scep_advertise_des3"}
@@ -339,6 +344,10 @@ def _coerce(name: str, value: Any) -> Any:
             return cores()  # as many serving processes as cores
         if name in _INT_FIELDS:
             return int(value)
+        if name in _FLOAT_FIELDS:
+            if isinstance(value, bool):  # TOML true is no number of seconds
+                raise ValueError(value)
+            return float(value)
         if name in _BOOL_FIELDS:
             if isinstance(value, bool):
                 return value
@@ -469,6 +478,8 @@ def load_config(environ: Mapping[str, str] | None = None, path: str | None = Non
                             ("http_keepalive_requests", 0, 1_000_000)):
         if not low <= getattr(config, name) <= high:
             raise ConfigError(f"VCC_PKI_{name.upper()} must be {low}..{high}")
+    if not 0 <= config.acme_challenge_wait_seconds <= 30:  # also refuses nan
+        raise ConfigError("VCC_PKI_ACME_CHALLENGE_WAIT_SECONDS must be 0..30")
     if not 1024 <= config.est_max_body_bytes <= config.max_body_bytes:
         raise ConfigError("VCC_PKI_EST_MAX_BODY_BYTES must be 1024..VCC_PKI_MAX_BODY_BYTES")
     try:

@@ -123,18 +123,21 @@ async def fresh_services(tmp_path: Path, **env: str) -> AsyncIterator[Services]:
         yield opened
 
 
-def fail_certificate_writes(monkeypatch: pytest.MonkeyPatch, store: Any) -> list[Any]:
+def fail_certificate_writes(monkeypatch: pytest.MonkeyPatch, store: Any,
+                            method: str = "add_certificate") -> list[Any]:
     """Make ``store.add_certificate`` raise StoreUnavailable, as a database lost at exactly
     the issuance write would, while every other call of the store keeps working (closing
     the store instead fails the request long before it reaches that write). Returns the
     records whose write was attempted, so a test can see that issuance got that far."""
     attempts: list[Any] = []
 
-    async def unavailable(cert: Any, audit: Any) -> None:
+    async def unavailable(cert: Any, audit: Any, *more: Any) -> None:
         attempts.append(cert)
         raise StoreUnavailable("simulated: the database went away at the certificate write")
 
-    monkeypatch.setattr(store, "add_certificate", unavailable)
+    # ``method``: another of the store's certificate writes (they all take cert, audit
+    # first), e.g. add_certificate_for_acme_order
+    monkeypatch.setattr(store, method, unavailable)
     return attempts
 
 

@@ -765,7 +765,8 @@ async def test_certificate_write_failing_at_finalize_is_server_internal_503(
     assert order["status"] == "ready", order
     listener = ListenerRecorder()
     world.services.authority.add_listener(listener)
-    attempts = fail_certificate_writes(monkeypatch, world.services.store)
+    attempts = fail_certificate_writes(monkeypatch, world.services.store,
+                                       "add_certificate_for_acme_order")
     response = await client.post(order["finalize"], {"csr": b64(csr_for(["down.svc.test"]))})
     problem = await _problem(response, "serverInternal", 503)
     assert "CERTIFICATE" not in json.dumps(problem)
@@ -1267,3 +1268,92 @@ async def test_the_challenge_post_answers_the_decided_challenge(world: World) ->
         assert authz["status"] == "valid"
     finally:
         service.validator, service.settings = real, settings
+
+
+def test_challenge_wait_seconds_is_a_setting() -> None:
+    """VCC_PKI_ACME_CHALLENGE_WAIT_SECONDS reaches the ACME service's settings; 0..30."""
+    from gateway.config import ConfigError, load_config
+
+    assert load_config(environ={}).acme_settings().challenge_wait_seconds == 2.0
+    for text, seconds in (("0", 0.0), ("0.5", 0.5), ("30", 30.0)):
+        config = load_config(environ={"VCC_PKI_ACME_CHALLENGE_WAIT_SECONDS": text})
+        assert config.acme_settings().challenge_wait_seconds == seconds
+    for bad in ("-1", "31", "nan", "inf", "soon"):
+        with pytest.raises(ConfigError, match=r"ACME_CHALLENGE_WAIT_SECONDS|challenge_wait"):
+            load_config(environ={"VCC_PKI_ACME_CHALLENGE_WAIT_SECONDS": bad})
+
+
+async def test_account_state_applies_at_once_in_another_process(tmp_path: Path) -> None:
+    """Two gateway processes on one database (two Services, each its own Authority and
+    store): a deactivation, a key rollover or a disabled organization done in one is
+    seen by the other's next account lookup, though it read the account and organization
+    before (the lookup reads both fresh, in one read)."""
+    from ca_core.acme import AccountKey as ServiceKey
+    from ca_core.errors import Unauthorized
+    from ca_core.records import AuditEvent
+    from gateway.config import load_config
+    from gateway.runtime import open_services
+
+    async with fresh_services(tmp_path) as one:
+        config = load_config(environ={"VCC_PKI_DATA_DIR": str(tmp_path / "data"),
+                                      "VCC_PKI_KEY_PASSPHRASE": "test-passphrase"})
+        async with open_services(config) as other:
+            await other.authority.load()
+            org = await one.acme.organization(one.authority.settings.default_org)
+            account, created = await one.acme.new_account(
+                org, ServiceKey({"kty": "EC"}, "thumb-1"), (), True, None)
+            second, _ = await one.acme.new_account(
+                org, ServiceKey({"kty": "EC"}, "thumb-2"), (), True, None)
+            assert created
+            assert (await other.acme.account(account.account_id)).key_thumbprint == "thumb-1"
+            await one.acme.change_key(account, ServiceKey({"kty": "EC", "n": 1}, "thumb-3"))
+            assert (await other.acme.account(account.account_id)).key_thumbprint == "thumb-3"
+            await one.acme.update_account(account, None, deactivate=True)
+            with pytest.raises(Unauthorized, match="deactivated"):
+                await other.acme.account(account.account_id)
+            assert (await other.acme.account(second.account_id)).status == "valid"
+            await one.store.update_organization(
+                org.org_id, org.name, "disabled", org.config, AuditEvent(
+                    event_type="organization.updated", category="organization",
+                    action="update", actor_type="system", actor_id="test",
+                    resource_type="organization", resource_id=org.org_id))
+            with pytest.raises(Unauthorized, match="disabled"):
+                await other.acme.account(second.account_id)
+
+
+
+async def test_an_order_flow_takes_five_write_transactions(world: World,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    """Reads of an order do not store "ready" (it follows from its authorizations);
+    finalize stores ready and processing in one write, and the certificate is recorded
+    with the valid order in one: newOrder, challenge processing, challenge valid, finalize,
+    certificate = 5 write transactions (7 before), and the audit log still has every
+    state change of the order, in order."""
+    client = world.client()
+    await client.load()
+    await client.register()
+    store = world.services.store
+    writes: list[str] = []
+    real_write = store._write  # type: ignore[attr-defined]
+
+    async def counting(body: Any) -> Any:
+        writes.append(getattr(body, "__qualname__", "?"))
+        return await real_write(body)
+
+    monkeypatch.setattr(store, "_write", counting)
+    order_url, order = await _order(client, "five.test")
+    await _authorize(world, client, order)
+    for _ in range(2):
+        assert (await (await client.post(order_url, None)).json())["status"] == "ready"
+    response = await client.post(order["finalize"], {"csr": b64(csr_for(["five.test"]))})
+    assert response.status == 200, await response.text()
+    order = await _poll(client, order_url, lambda d: d["status"] != "processing")
+    assert order["status"] == "valid", order
+    assert (await client.post(order["certificate"], None)).status == 200
+    assert len(writes) == 5, writes
+    order_id = order_url.rsplit("/", 1)[1]
+    events = [e.event.event_type for e in await store.audit_entries()
+              if e.event.resource_id == order_id or e.event.event_type == "certificate.issued"]
+    assert events[-5:] == ["acme.order.pending", "acme.order.ready", "acme.order.processing",
+                           "certificate.issued", "acme.order.valid"], events

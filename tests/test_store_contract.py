@@ -1064,6 +1064,25 @@ async def test_acme_accounts_and_eab(store: Store, seed: Seed) -> None:
     assert await chain_ok(store) == 3 + 4
 
 
+async def test_acme_account_with_its_organization_in_one_read(store: Store,
+                                                               seed: Seed) -> None:
+    """What every kid-signed ACME request reads: the account and its organization as
+    stored now (a deactivation, key rollover or disabled organization shows at once)."""
+    account = make_account(seed.org)
+    await store.add_acme_account(account, event("acme.account_created"))
+    org = await store.get_organization_by_id(seed.org.org_id)
+    assert await store.get_acme_account_with_org(account.account_id) == (account, org)
+    assert await store.get_acme_account_with_org("no-such-account") is None
+    rolled = replace(account, key_thumbprint="rolled", jwk={"kty": "OKP"},
+                     status="deactivated")
+    await store.update_acme_account(rolled, event("acme.account_updated"))
+    assert org is not None
+    disabled = await store.update_organization(org.org_id, org.name, "disabled", org.config,
+                                               event("organization.updated"))
+    assert disabled is not None and disabled.status == "disabled"
+    assert await store.get_acme_account_with_org(account.account_id) == (rolled, disabled)
+
+
 async def test_admin_lists_of_eab_keys_accounts_and_cas(store: Store, seed: Seed) -> None:
     """The admin API's queries (issue 13): scoped by org_id in the query, keyset pages by
     (created_at, id); an EAB key is revoked (deleted) only while unused; an account is
@@ -1220,6 +1239,48 @@ async def test_acme_state_changes_are_audited_only_when_they_happen(
     entries = (await store.audit_entries())[before:]
     assert [e.event.event_type for e in entries] == [
         "acme.order.pending", "acme.authorization.valid", "acme.order.ready"]
+    await chain_ok(store)
+
+
+async def test_acme_order_merged_writes(store: Store, seed: Seed) -> None:
+    """The ACME service's merged transactions: an order update with several audit events
+    (finalize of a pending order: ready, then processing), and a certificate recorded
+    with the order that names it (only while the order is processing; all or nothing)."""
+    account = make_account(seed.org)
+    await store.add_acme_account(account, event("acme.account_created"))
+    authz = make_authz(account, "merged.acme.example", status="valid")
+    order = AcmeOrder(
+        order_id=secrets.token_urlsafe(12), account_id=account.account_id,
+        org_id=seed.org.org_id, status="pending", expires=T0 + dt.timedelta(days=7),
+        identifiers=(("dns", "merged.acme.example"),), authz_ids=(authz.authz_id,),
+        profile="vcc_service", created_at=T0)
+    await store.add_acme_order(order, [authz], event("acme.order.pending"))
+    before = len(await store.audit_entries())
+    processing = replace(order, status="processing")
+    assert await store.update_acme_order(
+        processing, "pending", [event("acme.order.ready"), event("acme.order.processing")])
+    cert = make_cert(seed.issuing, seed.org, cn="merged.acme.example")
+    valid = replace(processing, status="valid", cert_id=cert.cert_id)
+    assert not await store.add_certificate_for_acme_order(  # not "ready": nothing written
+        cert, event("certificate.issued"), valid, "ready", event("acme.order.valid"))
+    assert await store.get_certificate_by_id(cert.cert_id) is None
+    with pytest.raises(StoreConflict):  # the serial exists: the order stays processing
+        taken = make_cert(seed.issuing, seed.org, serial_hex=cert.serial_hex)
+        await store.add_certificate(taken, event("certificate.issued"))
+        await store.add_certificate_for_acme_order(
+            cert, event("certificate.issued"), valid, "processing", event("acme.order.valid"))
+    assert (await store.get_acme_order(order.order_id)) == processing
+    cert = replace(cert, serial_hex=secrets.token_hex(16))
+    assert await store.add_certificate_for_acme_order(
+        cert, event("certificate.issued"), valid, "processing", event("acme.order.valid"))
+    assert await store.get_acme_order(order.order_id) == valid
+    assert await store.find_acme_order_by_cert(cert.cert_id) == valid
+    stored = await store.get_certificate_by_id(cert.cert_id)
+    assert stored is not None and stored.serial_hex == cert.serial_hex
+    entries = (await store.audit_entries())[before:]
+    assert [e.event.event_type for e in entries] == [
+        "acme.order.ready", "acme.order.processing", "certificate.issued",
+        "certificate.issued", "acme.order.valid"]
     await chain_ok(store)
 
 

@@ -103,6 +103,7 @@ class Signed:
     account: AcmeAccount | None
     jwk: dict[str, Any] | None
     key: Any
+    org: Organization | None = None  # the account's, read with it in this request
 
 
 def _urls(request: web.Request) -> Urls:
@@ -231,11 +232,11 @@ async def _verified(request: web.Request, allow_jwk: bool = False,
     account_id = kid[len(prefix):]
     if not _RESOURCE_ID.fullmatch(account_id):
         raise AcmeProblem("accountDoesNotExist", "the kid is not an account URL of this server")
-    account = await service.account(account_id)
+    account, org = await service.account_and_org(account_id)
     key = jose.account_public_key(account.key_thumbprint, account.jwk)
     jose.verify(parsed, key)
     await service.use_nonce(nonce)
-    return Signed(parsed, account, None, key)
+    return Signed(parsed, account, None, key, org)
 
 
 def _json(request: web.Request, document: dict[str, Any], status: int = 200,
@@ -449,7 +450,7 @@ async def new_order(request: web.Request) -> web.StreamResponse:
         signed.account, payload.get("identifiers"),
         _parse_time(payload.get("notBefore"), "notBefore"),
         _parse_time(payload.get("notAfter"), "notAfter"), profile,
-        None if replaces is None else ari.parse_cert_id(replaces))
+        None if replaces is None else ari.parse_cert_id(replaces), signed.org)
     urls = _urls(request)
     return _json(request, order_json(urls, order), 201, urls.order(order.order_id))
 
