@@ -53,7 +53,7 @@ from ca_core.authority import (
 )
 from ca_core.cross import alternate_chains
 from ca_core.enrollment_admin import EnrollmentAdmin
-from ca_core.errors import BadRequest, Conflict, Forbidden, NotFound
+from ca_core.errors import BadRequest, Conflict, NotFound
 from ca_core.est import EstService
 from ca_core.hierarchy import (
     activate_issuing_ca,
@@ -256,10 +256,8 @@ class AdminService:
 
     async def _deny(self, principal: Principal, action: str, resource_type: str,
                     resource_id: str | None, message: str, *, hide: bool = False) -> NoReturn:
-        await self.authority.denied(principal, action, resource_type, resource_id)
-        if hide:
-            raise NotFound(message)
-        raise Forbidden(message)
+        await self.authority.refuse(principal, action, resource_type, resource_id, message,
+                                    hide=hide)
 
     async def _require(self, principal: Principal, action: str, resource_type: str) -> None:
         if not principal.can(action):

@@ -785,6 +785,16 @@ class Authority:
             org_id=principal.org_id, resource_type=resource_type, resource_id=resource_id,
             status="denied", data={"role": principal.role, **(detail or {})}))
 
+    async def refuse(self, principal: Principal, action: str, resource_type: str,
+                     resource_id: str | None, message: str, *, hide: bool = False
+                     ) -> NoReturn:
+        """Audit a refused action, then raise: NotFound where existence must not leak
+        (``hide``), else Forbidden. The admin services' one way to say no."""
+        await self.denied(principal, action, resource_type, resource_id)
+        if hide:
+            raise NotFound(message)
+        raise Forbidden(message)
+
     # ------------------------------------------------------------------ lookup, revocation
     async def readable_orgs(self, principal: Principal) -> frozenset[str] | None:
         """The organizations whose certificates ``principal`` may read (None: every one, a

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 from cryptography import x509
 
 from ca_core.authority import Authority, serial_display
-from ca_core.errors import BadRequest, Conflict, Forbidden, NotFound
+from ca_core.errors import BadRequest, Conflict
 from ca_core.est import CreatedSecret, EnrollmentSecretRecord, EstService, PendingEnrollment
 from ca_core.principal import Principal
 from ca_core.records import AuditEvent, Organization
@@ -72,10 +72,8 @@ class EnrollmentAdmin:
 
     async def _deny(self, principal: Principal, action: str, resource_type: str,
                     resource_id: str | None, message: str, *, hide: bool = False) -> NoReturn:
-        await self.authority.denied(principal, action, resource_type, resource_id)
-        if hide:
-            raise NotFound(message)
-        raise Forbidden(message)
+        await self.authority.refuse(principal, action, resource_type, resource_id, message,
+                                    hide=hide)
 
     async def _require(self, principal: Principal, action: str, resource_type: str) -> None:
         if not principal.can(ENROLLMENT_PERMISSION):
