@@ -20,7 +20,6 @@ Session rules (expiry, CSRF, re-authentication per request) are ``ca_core.sessio
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import PurePath
 from typing import Any
@@ -30,7 +29,7 @@ from aiohttp import web
 from ca_core.errors import BadRequest, Unauthorized
 from ca_core.principal import Principal
 from ca_core.sessions import Session, WebSessions
-from protocols.rest.api import CSRF_HEADER, SESSION_COOKIE, SESSIONS, _client_chain
+from protocols.rest.api import CSRF_HEADER, SESSION_COOKIE, SESSIONS, _client_chain, _json_body
 
 # No inline script or style, nothing from another origin; the SVG chart is drawn with DOM
 # calls and attributes only, which this allows.
@@ -87,14 +86,7 @@ def _who(session: Session, principal: Principal) -> dict[str, Any]:
 
 async def sign_in(request: web.Request) -> web.StreamResponse:
     # JSON only: a cross-site form cannot send it without a CORS preflight (login CSRF).
-    if request.content_type != "application/json":
-        raise web.HTTPUnsupportedMediaType(text="application/json required")
-    try:
-        body = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise BadRequest("the body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object")
+    body = await _json_body(request)
     token = body.get("token")
     sessions = request.app[SESSIONS]
     if token is None and (chain := _client_chain(request)):
