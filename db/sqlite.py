@@ -5,12 +5,22 @@ loop never blocks on disk and writes are serialised the way SQLite wants them an
 group commit in ``db.sql`` puts the writes that arrive meanwhile in the same transaction).
 Scans run on a second connection and thread (WAL: readers never wait for the writer), and
 indexed lookups on a third connection on the loop's own thread (see ``lookup``).
+
+Several processes on one file (``VCC_PKI_WORKERS``, a CLI command beside a running gateway)
+queue their write transactions on an ``flock`` of ``<file>.write-lock`` before ``BEGIN
+IMMEDIATE``. Without it a writer that finds the file locked sleeps in SQLite's busy handler
+(1, 2, 5 ... 100 ms steps, whatever the holder's transaction takes): with two workers that
+sleeping was the p99 of every write (time-stamps: 4 ms p50, 70 ms p99). The kernel wakes an
+flock waiter as soon as the holder lets go. The busy timeout stays as the backstop for
+writers that do not take the lock (the sqlite3 shell).
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import fcntl
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -69,6 +79,7 @@ class SqliteDialect(Dialect):
         self._read_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-r")
         self._read_conn: sqlite3.Connection | None = None
         self._lookup_conn: sqlite3.Connection | None = None
+        self._write_lock: int | None = None  # fd of <file>.write-lock, see the module doc
 
     def _rewrite(self, sql: str) -> str:
         return (sql.replace(' COLLATE "C"', "").replace(" FOR UPDATE", "")
@@ -99,20 +110,27 @@ class SqliteDialect(Dialect):
         conn = self._conn
         if conn is None:
             raise StoreUnavailable("store is not open")
-        conn.execute("BEGIN IMMEDIATE")
+        lock = self._write_lock
+        if lock is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            steps = body()
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                stmt = next(steps)
-                while True:
-                    stmt = steps.send(_execute(conn, self.prepare(stmt.sql), stmt))
-            except StopIteration as done:
-                result: T = done.value
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+                steps = body()
+                try:
+                    stmt = next(steps)
+                    while True:
+                        stmt = steps.send(_execute(conn, self.prepare(stmt.sql), stmt))
+                except StopIteration as done:
+                    result: T = done.value
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        finally:
+            if lock is not None:
+                fcntl.flock(lock, fcntl.LOCK_UN)
         return result
 
     async def transaction(self, body: Callable[[], Body[T]]) -> T:
@@ -170,6 +188,8 @@ class SqliteDialect(Dialect):
     def _connect_writer(self) -> sqlite3.Connection:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            self._write_lock = os.open(f"{self.path}.write-lock",
+                                       os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                timeout=30)
         conn.row_factory = sqlite3.Row
@@ -218,6 +238,9 @@ class SqliteDialect(Dialect):
                                                              self._connect_reader)
                 self._lookup_conn = self._connect_reader(0)  # busy: fall back, never wait
         except sqlite3.Error as exc:
+            if self._write_lock is not None:
+                lock, self._write_lock = self._write_lock, None
+                os.close(lock)
             raise StoreUnavailable(f"cannot open {self.path}: {exc}") from exc
 
     async def close(self) -> None:
@@ -233,6 +256,9 @@ class SqliteDialect(Dialect):
             await loop.run_in_executor(self._executor, conn.close)
         self._read_executor.shutdown(wait=True)
         self._executor.shutdown(wait=True)
+        if self._write_lock is not None:
+            lock, self._write_lock = self._write_lock, None
+            os.close(lock)
 
     async def ping(self) -> dict[str, object]:
         started = time.perf_counter()

@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import fcntl
 import hashlib
 import logging
+import os
 import re
 import secrets
 import sqlite3
@@ -1212,6 +1214,40 @@ async def test_sqlite_busy_lookup_moves_to_the_reader_thread(tmp_path: Path) -> 
         assert threads == [loop_thread]  # tried on the loop once, then read elsewhere
     finally:
         await store.close()
+
+
+async def test_sqlite_writers_in_several_processes_queue_on_the_write_lock(
+        tmp_path: Path) -> None:
+    """Two stores on one file (two workers) take turns through ``<file>.write-lock``: a
+    write waits while another holder has the lock, goes ahead when it is released, and
+    writes racing from both stores all land with one unbroken audit chain."""
+    path = tmp_path / "shared.db"
+    first, second = SqliteStore(path), SqliteStore(path)
+    await first.open()
+    await second.open()
+    try:
+        holder = os.open(f"{path}.write-lock", os.O_RDWR)
+        try:
+            fcntl.flock(holder, fcntl.LOCK_EX)
+            org = Organization(org_id=str(uuid.uuid4()), slug="queued", name="Queued")
+            waiting = asyncio.ensure_future(second.add_organization(org, event("org.created")))
+            await asyncio.sleep(0.2)
+            assert not waiting.done()  # queued on the lock, not failed as busy
+            fcntl.flock(holder, fcntl.LOCK_UN)
+            await waiting
+        finally:
+            os.close(holder)
+        await asyncio.gather(*(
+            store.add_organization(
+                Organization(org_id=str(uuid.uuid4()), slug=f"race-{i}", name=f"Race {i}"),
+                event("org.created"))
+            for i in range(40) for store in (first if i % 2 else second,)))
+        slugs = {o.slug for o in await first.list_organizations()}
+        assert {"queued"} | {f"race-{i}" for i in range(40)} <= slugs
+        assert verify_chain(await second.audit_entries(), await second.audit_head()) == []
+    finally:
+        await first.close()
+        await second.close()
 
 
 async def test_acme_state_changes_are_audited_only_when_they_happen(

@@ -53,6 +53,7 @@ import socket
 import ssl
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -156,6 +157,12 @@ class Target:
 # ---------------------------------------------------------------------------- helpers
 
 
+
+
+def _beside_python(name: str) -> str | None:
+    """A console script of this interpreter's environment (a venv not on PATH)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else None
 
 
 def _proc_cpu(pid: int | None) -> float | None:
@@ -1341,7 +1348,8 @@ async def run(args: argparse.Namespace) -> None:
                                 print(f"    error sample: {sample}", flush=True)
                 rounds_done = round_no
             if args.profile and not STOP.is_set():
-                pyspy = args.profile if args.profile != "auto" else shutil.which("py-spy")
+                pyspy = args.profile if args.profile != "auto" else (
+                    shutil.which("py-spy") or _beside_python("py-spy"))
                 if not pyspy:
                     print("--profile: py-spy not found (pip install py-spy)", flush=True)
                 for target in live:

@@ -71,7 +71,9 @@ from protocols.tsa.codec import TimeStampResp
 
 PASSPHRASE = "bench-passphrase"
 HSM_LABEL, HSM_PIN = "vcc-tsa-bench", "1234"
-TARGET_SOFTWARE = 1000.0  # stamps/s, software ECDSA P-256
+TARGET_SOFTWARE = 1000.0  # stamps/s, software ECDSA P-256, one process
+# Issue 18: with VCC_PKI_WORKERS = cores, stamps/s and p99 ms (software ECDSA P-256).
+TARGET_ALL_CORES = (4000.0, 10.0)
 TARGET_HSM_RATIO = 0.5  # stamps / raw sign rate, SoftHSM2
 RAW_TASKS = 16
 
@@ -463,6 +465,8 @@ def _cell(runs: Sequence[Rate]) -> str:
 def _target(target: Setup) -> str:
     if target.config.backend == "pkcs11":
         return f">= {TARGET_HSM_RATIO:.0%} of raw"
+    if target.workers >= (os.cpu_count() or 1):
+        return f">= {TARGET_ALL_CORES[0]:,.0f}/s, p99 < {TARGET_ALL_CORES[1]:.0f} ms"
     return f">= {TARGET_SOFTWARE:,.0f}/s"
 
 
