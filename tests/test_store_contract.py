@@ -1250,6 +1250,39 @@ async def test_sqlite_writers_in_several_processes_queue_on_the_write_lock(
         await second.close()
 
 
+async def test_sqlite_checkpoints_run_off_the_writer(tmp_path: Path) -> None:
+    """Writes commit on the event loop's thread when nothing is in the way, and the
+    writer connection never checkpoints on commit: the checkpoints still happen (the
+    main file takes the rows in while the store stays open) on a thread of their own."""
+    path = tmp_path / "checkpointed.db"
+    store = SqliteStore(path)
+    await store.open()
+    try:
+        loop_thread = threading.get_ident()
+        threads: set[int] = set()
+        real = store.dialect._run_body
+
+        def spy(conn: Any, body: Any) -> Any:
+            threads.add(threading.get_ident())
+            return real(conn, body)
+
+        store.dialect._run_body = spy  # type: ignore[method-assign]
+        size_before = path.stat().st_size
+        for i in range(120):  # one at a time: each its own commit
+            await store.add_organization(
+                Organization(org_id=str(uuid.uuid4()), slug=f"ckpt-{i}", name=f"C {i}"),
+                event("org.created"))
+        assert threads == {loop_thread}
+        for _ in range(200):
+            if path.stat().st_size > size_before:
+                break
+            await asyncio.sleep(0.01)
+        assert path.stat().st_size > size_before
+        assert len(await store.list_organizations()) >= 120
+    finally:
+        await store.close()
+
+
 async def test_acme_state_changes_are_audited_only_when_they_happen(
         store: Store, seed: Seed) -> None:
     """Order and authorization transitions carry their audit event into the same
