@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 _NOW_EPOCH = "((julianday('now') - 2440587.5) * 86400.0)"
 # SQLite's own autocheckpoint runs after about 1,000 WAL pages; a write here dirties 10-50.
 _CHECKPOINT_EVERY = 50
+# Statements a write runs on the loop's thread before the writer thread takes the rest over
+# (a batch of single-row writes is 2-4 statements per write).
+_INLINE_STATEMENTS = 48
 _BUSY_TIMEOUT_MS = 30000
 
 
@@ -131,12 +134,13 @@ class SqliteDialect(Dialect):
 
     # transactions --------------------------------------------------------------------
 
-    def _run_body(self, conn: sqlite3.Connection, body: Callable[[], Body[T]]) -> T:
-        """Run ``body`` in the transaction just begun; commit, or roll back and raise."""
+    def _finish(self, conn: sqlite3.Connection, steps: Body[T], stmt: Stmt | None) -> T:
+        """Run the rest of a begun transaction (from ``stmt``, or the body's first statement
+        when None) and commit; on any failure roll back and raise."""
         try:
-            steps = body()
             try:
-                stmt = next(steps)
+                if stmt is None:
+                    stmt = next(steps)
                 while True:
                     stmt = steps.send(_execute(conn, self.prepare(stmt.sql), stmt))
             except StopIteration as done:
@@ -146,10 +150,13 @@ class SqliteDialect(Dialect):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        self._committed()
+        return result
+
+    def _committed(self) -> None:
         self._commits += 1
         if self._commits % _CHECKPOINT_EVERY == 0:
             self._checkpoint_due = True
-        return result
 
     def _transaction_on_thread(self, body: Callable[[], Body[T]]) -> T:
         with self._conn_lock:
@@ -171,10 +178,23 @@ class SqliteDialect(Dialect):
                         conn.execute("BEGIN IMMEDIATE")
                     finally:
                         conn.execute("PRAGMA busy_timeout=0")
-                return self._run_body(conn, body)
+                return self._finish(conn, body(), None)
             finally:
                 if lock is not None:
                     fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _resume_on_thread(self, steps: Body[T], stmt: Stmt) -> T:
+        """Finish a transaction the loop began (see ``_transaction_inline``): the connection
+        lock and the flock were taken for it there, and are released here."""
+        try:
+            conn = self._conn
+            if conn is None:
+                raise StoreUnavailable("store is not open")
+            return self._finish(conn, steps, stmt)
+        finally:
+            if self._write_lock is not None:
+                fcntl.flock(self._write_lock, fcntl.LOCK_UN)
+            self._conn_lock.release()
 
     def _checkpoint_on_thread(self) -> None:
         self._checkpoint_due = self._checkpoint_queued = False
@@ -192,11 +212,16 @@ class SqliteDialect(Dialect):
             self._checkpoint_queued = True
             loop.run_in_executor(self._checkpoint_executor, self._checkpoint_on_thread)
 
-    def _transaction_inline(self, body: Callable[[], Body[T]]) -> tuple[bool, T | None]:
-        """(True, result) when the transaction ran here, on the loop's thread; (False, None)
-        when it could not start without waiting (nothing was done)."""
+    def _transaction_inline(self, body: Callable[[], Body[T]]
+                            ) -> tuple[str, T | tuple[Body[T], Stmt] | None]:
+        """Begin the transaction on the loop's thread if that needs no waiting, and run up
+        to ``_INLINE_STATEMENTS`` of it here. ("busy", None): it could not begin (nothing
+        was done); ("done", result): committed; ("paused", (steps, stmt)): still open, with
+        the connection lock and the flock held for ``_resume_on_thread`` to finish it (a
+        large batch does not hold the loop up for its whole length)."""
         if not self._conn_lock.acquire(blocking=False):
-            return False, None
+            return "busy", None
+        handed_over = False
         try:
             conn = self._conn
             if conn is None:
@@ -206,18 +231,36 @@ class SqliteDialect(Dialect):
                 try:
                     fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except BlockingIOError:
-                    return False, None
+                    return "busy", None
             try:
                 try:
                     conn.execute("BEGIN IMMEDIATE")  # busy_timeout is 0: never waits here
                 except sqlite3.OperationalError:
-                    return False, None
-                return True, self._run_body(conn, body)
+                    return "busy", None
+                steps = body()
+                try:
+                    try:
+                        stmt = next(steps)
+                        for _ in range(_INLINE_STATEMENTS):
+                            stmt = steps.send(_execute(conn, self.prepare(stmt.sql), stmt))
+                    except StopIteration as done:
+                        result: T = done.value
+                    else:
+                        handed_over = True
+                        return "paused", (steps, stmt)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+                self._committed()
+                return "done", result
             finally:
-                if lock is not None:
+                if lock is not None and not handed_over:
                     fcntl.flock(lock, fcntl.LOCK_UN)
         finally:
-            self._conn_lock.release()
+            if not handed_over:
+                self._conn_lock.release()
 
     async def transaction(self, body: Callable[[], Body[T]]) -> T:
         if self._conn is None:
@@ -225,9 +268,16 @@ class SqliteDialect(Dialect):
         loop = asyncio.get_running_loop()
         try:
             if self._inline:
-                ran, result = self._transaction_inline(body)
-                if ran:
-                    return result  # type: ignore[return-value]  # T, possibly None
+                outcome, value = self._transaction_inline(body)
+                if outcome == "done":
+                    return value  # type: ignore[return-value]  # T, possibly None
+                if outcome == "paused":
+                    steps, stmt = value  # type: ignore[misc]
+                    # Shielded: a queued job that is cancelled never runs, and this one
+                    # must, to end the transaction and release the locks it holds.
+                    resumed: T = await asyncio.shield(loop.run_in_executor(
+                        self._executor, self._resume_on_thread, steps, stmt))
+                    return resumed
             return await loop.run_in_executor(
                 self._executor, self._transaction_on_thread, body)
         except Exception as exc:

@@ -24,6 +24,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+import db.sqlite as sqlite_module
 from ca_core.est import AuthMethod, EnrollmentSecretRecord, EstLabel, PendingEnrollment
 from ca_core.records import (
     AcmeAccount,
@@ -53,6 +54,7 @@ from ca_core.storage import (
     StoreUnavailable,
 )
 from db.audit_chain import verify_chain
+from db.dialect import Stmt
 from db.migrations import migrations
 from db.postgres import OUTAGE, PostgresStore
 from db.sqlite import SqliteStore
@@ -1260,18 +1262,21 @@ async def test_sqlite_checkpoints_run_off_the_writer(tmp_path: Path) -> None:
     try:
         loop_thread = threading.get_ident()
         threads: set[int] = set()
-        real = store.dialect._run_body
+        real = sqlite_module._execute
 
-        def spy(conn: Any, body: Any) -> Any:
+        def spy(conn: Any, sql: str, stmt: Any) -> Any:
             threads.add(threading.get_ident())
-            return real(conn, body)
+            return real(conn, sql, stmt)
 
-        store.dialect._run_body = spy  # type: ignore[method-assign]
         size_before = path.stat().st_size
-        for i in range(120):  # one at a time: each its own commit
-            await store.add_organization(
-                Organization(org_id=str(uuid.uuid4()), slug=f"ckpt-{i}", name=f"C {i}"),
-                event("org.created"))
+        sqlite_module._execute = spy  # type: ignore[assignment]
+        try:
+            for i in range(120):  # one at a time: each its own commit
+                await store.add_organization(
+                    Organization(org_id=str(uuid.uuid4()), slug=f"ckpt-{i}", name=f"C {i}"),
+                    event("org.created"))
+        finally:
+            sqlite_module._execute = real
         assert threads == {loop_thread}
         for _ in range(200):
             if path.stat().st_size > size_before:
@@ -1279,6 +1284,52 @@ async def test_sqlite_checkpoints_run_off_the_writer(tmp_path: Path) -> None:
             await asyncio.sleep(0.01)
         assert path.stat().st_size > size_before
         assert len(await store.list_organizations()) >= 120
+    finally:
+        await store.close()
+
+
+async def test_sqlite_a_long_write_is_finished_by_the_writer_thread(tmp_path: Path) -> None:
+    """A write begun on the loop's thread hands the rest of its transaction to the writer
+    thread after a few dozen statements: one transaction all the same (all or nothing),
+    and the locks it held are free again afterwards."""
+    store = SqliteStore(tmp_path / "long.db")
+    await store.open()
+    try:
+        loop_thread = threading.get_ident()
+        threads: list[int] = []
+        real = sqlite_module._execute
+
+        def spy(conn: Any, sql: str, stmt: Any) -> Any:
+            threads.append(threading.get_ident())
+            return real(conn, sql, stmt)
+
+        sqlite_module._execute = spy  # type: ignore[assignment]
+        try:
+            orgs = [Organization(org_id=str(uuid.uuid4()), slug=f"long-{i}", name=f"L {i}")
+                    for i in range(60)]
+            await asyncio.gather(*(store.add_organization(o, event("org.created"))
+                                   for o in orgs))
+            assert threads[0] == loop_thread and threads[-1] != loop_thread
+
+            def failing(tx: Any) -> Any:  # 80 statements, then a failure: nothing stays
+                for i in range(80):
+                    yield Stmt("INSERT INTO job_locks (name, holder, expires_at)"
+                               " VALUES (?, 'x', 0)", (f"job-{i}",), "none")
+                raise RuntimeError("the body fails after the hand-over")
+
+            with pytest.raises(Exception, match="hand-over"):
+                await store._write(failing)
+        finally:
+            sqlite_module._execute = real
+        assert {o.slug for o in await store.list_organizations()} >= {o.slug for o in orgs}
+        assert tuple(await store._read(Stmt("SELECT COUNT(*) FROM job_locks", (), "one"))) == (0,)
+        # The locks are free: a write runs on the loop's thread again.
+        threads.clear()
+        await store.add_organization(
+            Organization(org_id=str(uuid.uuid4()), slug="after", name="After"),
+            event("org.created"))
+        assert await store.get_organization("after") is not None
+        assert verify_chain(await store.audit_entries(), await store.audit_head()) == []
     finally:
         await store.close()
 
