@@ -155,7 +155,8 @@ class SqliteDialect(Dialect):
 
     def _committed(self) -> None:
         self._commits += 1
-        if self._commits % _CHECKPOINT_EVERY == 0:
+        # A file database only (``_inline``): ":memory:" has no WAL to checkpoint.
+        if self._inline and self._commits % _CHECKPOINT_EVERY == 0:
             self._checkpoint_due = True
 
     def _transaction_on_thread(self, body: Callable[[], Body[T]]) -> T:
