@@ -28,7 +28,9 @@ listener, and ``-dnsserver`` pointing at the test DNS server. It is started afre
 each of its measurements; Debian's Pebble 2.4 deadlocks under concurrent load, so a Pebble
 whose flows get stuck is stopped with a goroutine dump, its rate counted until the deadlock
 and the measurement repeated (see ``measure_target``). ``--only ... sqlite-w2`` adds
-vcc-pki with two serving processes (``VCC_PKI_WORKERS=2``) sharing ACME state in Redis.
+vcc-pki with two serving processes (``VCC_PKI_WORKERS=2``) sharing ACME state in Redis,
+``sqlite-w2-routed`` the same without Redis (the default deployment: nonces routed to the
+worker that issued them, see ``db/nonce_routing.py``).
 
 Rounds alternate the targets (A B A B); the table gives medians over rounds, and the ratio
 vcc-pki/Pebble is taken within each round before its median is taken.
@@ -88,7 +90,7 @@ ACCOUNTS_PER_ORG = 290  # the gateway allows 300 new accounts per organization a
 ERR_PREFIX = "urn:ietf:params:acme:error:"
 TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{16,128}")
 VARIANTS = ("new-account", "reuse-account")
-TARGETS = ("sqlite", "postgres", "pebble", "sqlite-w2")
+TARGETS = ("sqlite", "postgres", "pebble", "sqlite-w2", "sqlite-w2-routed")
 DEFAULT_TARGETS = ("sqlite", "postgres", "pebble")
 TARGET_RATE = 100.0  # complete orders/s, vcc-pki on SQLite
 TARGET_RATIO = 1.0  # vcc-pki / Pebble
@@ -1274,7 +1276,7 @@ async def run(args: argparse.Namespace) -> None:
     started = time.monotonic()
     names = [t for t in TARGETS if t in (args.only or DEFAULT_TARGETS)]
     labels = {"sqlite": "vcc-pki/sqlite", "postgres": "vcc-pki/postgres", "pebble": "pebble",
-              "sqlite-w2": "vcc-pki/sqlite-w2"}
+              "sqlite-w2": "vcc-pki/sqlite-w2", "sqlite-w2-routed": "vcc-pki/sqlite-w2-routed"}
     targets = [Target(n, labels[n]) for n in names]
     base = Path(tempfile.mkdtemp(prefix="vcc-pki-bench-acme-"))
     tokens = _tmpfs_dir("vcc-pki-bench-acme-tokens-")
@@ -1304,6 +1306,9 @@ async def run(args: argparse.Namespace) -> None:
                         redis_url = start_redis(stack, base / "redis")
                         setup_gateway(target, stack, base, "", http01_port, dns_port, {
                             "VCC_PKI_WORKERS": "2", "VCC_PKI_REDIS_URL": redis_url})
+                    elif target.name == "sqlite-w2-routed":
+                        setup_gateway(target, stack, base, "", http01_port, dns_port, {
+                            "VCC_PKI_WORKERS": "2"})
                     else:
                         url = ""
                         if target.name == "postgres":
@@ -1396,7 +1401,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", nargs="+", choices=TARGETS, default=[],
                         help="targets (default: " + ", ".join(DEFAULT_TARGETS) + "; sqlite-w2 "
                              "is vcc-pki on SQLite with 2 serving processes sharing ACME "
-                             "state in a throwaway redis-server)")
+                             "state in a throwaway redis-server; sqlite-w2-routed the same "
+                             "without Redis)")
     parser.add_argument("--load-procs", type=int, default=2,
                         help="load generator processes sharing the clients (default 2)")
     parser.add_argument("--poll-ms", type=float, default=20.0,
