@@ -54,8 +54,12 @@ system-deps:
 test-services:
 	bash scripts/test-services.sh
 
+# Two pytest processes (pytest-xdist), whole test files to each (--dist loadfile: a file's
+# module-scoped gateways and browsers are started once); the audit and secret watches
+# collect the workers' findings. `$(BIN)/pytest` alone runs in one process.
+PYTEST_WORKERS ?= 2
 test: $(STAMP) system-deps test-services
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

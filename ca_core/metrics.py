@@ -58,7 +58,7 @@ AUDIT_CHAIN_CHECKED = Gauge(
 # page's hit ratio): "miss" for a cacheable request (one CertID, no nonce) the cache could
 # not answer, "uncacheable" for a request no cache can answer (a nonce, several CertIDs).
 # Cache hits are not counted here, to keep the hot path at one counter (the responses'):
-# hits = pki_ocsp_responses_total{status="successful"} - these (exact unless a live signing
-# fails, which then counts here but not as successful).
+# hits = pki_ocsp_responses_total{status="successful"} - these (exact: a live answer is
+# counted here once it is made, so one that fails counts in neither).
 OCSP_LIVE_ANSWERS = Counter(
     "pki_ocsp_live_answers_total", "OCSP answers signed live, by why", ["reason"])

@@ -388,10 +388,14 @@ class OcspResponder:
             if entry is not None and entry.der and entry.cert_id in query.request_der \
                     and entry.next_update > self.clock().timestamp():
                 return entry
+            # counted once answered: a live answer that fails (unknown certificate,
+            # tryLater) is no successful response, and hits = successful - these
+            entry = await self._answer_live(query, None, issuer, key)
             _MISS.inc()
-            return await self._answer_live(query, None, issuer, key)
+            return entry
+        entry = await self._answer_live(query, nonce, None, None)
         _UNCACHEABLE.inc()
-        return await self._answer_live(query, nonce, None, None)
+        return entry
 
     async def _answer_live(
         self, query: OcspQuery, nonce: bytes | None, issuer: _Issuer | None, key: str | None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import ssl
@@ -20,20 +21,32 @@ from typing import Any
 BIN = Path(sys.executable).parent / "vcc-pki"
 
 
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (the ports of outgoing connections
+    and of binds to port 0)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
     """A free loopback port for ``kind``; for UDP also free for TCP (a DNS server takes
-    both)."""
+    both). Chosen at random below the ephemeral range: a port the kernel hands out (a
+    bind to port 0, the source port of an outgoing connection) could be taken by another
+    test's connection before the server meant for it binds (seen with two pytest workers:
+    lego's http-01 server failed with EADDRINUSE)."""
+    low = min(_ephemeral_low(), 65536)
+    first = 20000 if low > 21000 else 1024
     while True:
-        with socket.socket(socket.AF_INET, kind) as s:
-            s.bind(("127.0.0.1", 0))
-            port: int = s.getsockname()[1]
-        if kind == socket.SOCK_STREAM:
-            return port
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-            try:
-                t.bind(("127.0.0.1", port))
-            except OSError:
-                continue
+        port = first + secrets.randbelow(low - first)
+        try:
+            for each in ((kind, socket.SOCK_STREAM) if kind != socket.SOCK_STREAM
+                         else (kind,)):
+                with socket.socket(socket.AF_INET, each) as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
         return port
 
 

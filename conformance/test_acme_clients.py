@@ -23,19 +23,6 @@ from conformance.gateway import BIN, Gateway, assert_clean_log, free_port, runni
 HERE = Path(__file__).parent / "acme"
 
 
-def _free_udp_tcp_port() -> int:
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port: int = udp.getsockname()[1]
-        with socket.socket() as tcp:
-            try:
-                tcp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
-
-
 @dataclass
 class AcmeSetup:
     gateway: Gateway
@@ -64,7 +51,7 @@ def acme(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[AcmeSetup]:
 
 
 def _acme(tmp_path: Path, extra: dict[str, str]) -> Iterator[AcmeSetup]:
-    dns_port, http01, tlsalpn01 = _free_udp_tcp_port(), free_port(), free_port()
+    dns_port, http01, tlsalpn01 = free_port(socket.SOCK_DGRAM), free_port(), free_port()
     txt = tmp_path / "txt"
     txt.mkdir()
     dns = subprocess.Popen([sys.executable, "-m", "conformance.testdns", "--port",

@@ -16,7 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -90,18 +90,27 @@ async def _tcp(server: TestDns, reader: asyncio.StreamReader,
         writer.close()
 
 
-async def serve(port: int, records: Path, address: str = "127.0.0.1") -> None:
+async def serve(port: int, records: Path, address: str = "127.0.0.1",
+                ready: Callable[[], None] | None = None) -> None:
+    """Answer on UDP and TCP ``port`` until cancelled; ``ready`` is called once both
+    listen. Each socket is closed however the task ends (a cancel that came while the
+    TCP server was starting left the UDP socket open: a ResourceWarning, later, in
+    whichever test the garbage collector ran)."""
     server = TestDns(records, address)
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(lambda: _Udp(server),
                                                        local_addr=("127.0.0.1", port))
-    tcp = await asyncio.start_server(lambda r, w: _tcp(server, r, w), "127.0.0.1", port)
     try:
-        await asyncio.Event().wait()
+        tcp = await asyncio.start_server(lambda r, w: _tcp(server, r, w), "127.0.0.1", port)
+        try:
+            if ready is not None:
+                ready()
+            await asyncio.Event().wait()
+        finally:
+            tcp.close()
+            await tcp.wait_closed()
     finally:
         transport.close()
-        tcp.close()
-        await tcp.wait_closed()
 
 
 @contextlib.contextmanager
@@ -114,11 +123,13 @@ def running(port: int, records: Path) -> Iterator[None]:
 
     def run() -> None:
         asyncio.set_event_loop(loop)
-        task = loop.create_task(serve(port, records))
-        loop.call_soon(started.set)
-        with contextlib.suppress(asyncio.CancelledError):
-            loop.run_until_complete(task)
-        loop.close()
+        task = loop.create_task(serve(port, records, ready=started.set))
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                loop.run_until_complete(task)
+        finally:
+            started.set()  # a server that could not start: the caller waits no longer
+            loop.close()
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()

@@ -17,9 +17,6 @@ import datetime as dt
 import json
 from collections.abc import Callable
 
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
-
 from ca_core.errors import Unavailable
 from ca_core.sessions import StoredSession
 from ca_core.storage import StoreUnavailable
@@ -53,6 +50,12 @@ class RedisSessions:
 
     def __init__(self, url: str, prefix: str = "vcc-pki:session:", timeout: float = 1.0
                  ) -> None:
+        # redis is imported by the Redis backend alone: every `vcc-pki` command opens the
+        # services, few use Redis, and the import cost each command start ~0.12 s.
+        import redis.asyncio as aioredis
+        from redis.exceptions import RedisError
+
+        self._redis_error: type[Exception] = RedisError
         self._redis = aioredis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=timeout)
         self._prefix = prefix
@@ -60,7 +63,7 @@ class RedisSessions:
     async def get(self, key: str) -> StoredSession | None:
         try:
             raw = await self._redis.get(self._prefix + key)
-        except (RedisError, OSError) as exc:
+        except (self._redis_error, OSError) as exc:
             raise Unavailable(f"session table: {exc}") from exc
         return None if raw is None else _load(raw)
 
@@ -68,13 +71,13 @@ class RedisSessions:
         try:
             await self._redis.set(self._prefix + key, _dump(session),
                                   px=max(1000, int(ttl.total_seconds() * 1000)))
-        except (RedisError, OSError) as exc:
+        except (self._redis_error, OSError) as exc:
             raise Unavailable(f"session table: {exc}") from exc
 
     async def delete(self, key: str) -> None:
         try:
             await self._redis.delete(self._prefix + key)
-        except (RedisError, OSError) as exc:
+        except (self._redis_error, OSError) as exc:
             raise Unavailable(f"session table: {exc}") from exc
 
     async def close(self) -> None:

@@ -76,7 +76,22 @@ def pytest_configure(config: pytest.Config) -> None:
     SqlStore.close = close  # type: ignore[method-assign]
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """pytest-xdist (make test runs two workers): a worker's figures and broken chains
+    join the controller's, which reports them and fails the run."""
+    found = getattr(node, "workeroutput", {}).get("audit_watch")
+    if found:
+        for key, value in found["counts"].items():
+            _counts[key] += value
+        _problems.extend(found["problems"])
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:  # a pytest-xdist worker: the controller reports (above)
+        output["audit_watch"] = {"counts": dict(_counts), "problems": list(_problems)}
+        return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_line(

@@ -102,6 +102,21 @@ def leaks(path: Path) -> list[str]:
     return found
 
 
+# What pytest-xdist workers reported: the secrets each handed out, what they found.
+_worker_secrets: list[int] = []
+_worker_found: list[str] = []
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """pytest-xdist (make test runs two workers): each worker watches its own secrets and
+    logs; what it found joins the controller's, which reports it and fails the run."""
+    found = getattr(node, "workeroutput", {}).get("secret_watch")
+    if found:
+        _worker_secrets.append(found["secrets"])
+        _worker_found.extend(found["found"])
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if _recorder is None:
         return
@@ -111,10 +126,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         found = leaks(_recorder.path)
     finally:
         _recorder.path.unlink(missing_ok=True)
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:  # a pytest-xdist worker: the controller reports (above)
+        output["secret_watch"] = {"secrets": len(_SECRETS), "found": found}
+        return
+    found += _worker_found
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
-        reporter.write_line(f"secret watch: {len(_SECRETS)} secrets handed out, "
-                            f"{len(found)} found in the logs")
+        reporter.write_line(f"secret watch: {len(_SECRETS) + sum(_worker_secrets)} secrets "
+                            f"handed out, {len(found)} found in the logs")
     if found:
         for line in found[:20]:
             if reporter is not None:

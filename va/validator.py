@@ -19,15 +19,8 @@ import logging
 import socket
 import ssl
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import aiodns
-import aiodns.error
-import aiohttp
-import dns.asyncresolver
-import dns.exception
-import dns.resolver
-import dns.reversename
-import pycares
 from cryptography import x509
 from cryptography.x509.oid import ObjectIdentifier
 from josepy import json_util
@@ -40,6 +33,14 @@ from ca_core.errors import (
     ValidationFailed,
 )
 
+# aiohttp, dnspython and c-ares (aiodns, pycares) are imported where a validation uses
+# them: every `vcc-pki` command builds a Validator (gateway.runtime.open_services) and
+# almost none validates, and importing them cost each command start about 0.3 s.
+if TYPE_CHECKING:
+    import aiodns
+    import aiohttp
+    import dns.asyncresolver
+
 log = logging.getLogger(__name__)
 
 ACME_IDENTIFIER_OID = ObjectIdentifier("1.3.6.1.5.5.7.1.31")  # id-pe-acmeIdentifier
@@ -50,9 +51,6 @@ MAX_HTTP_BODY = 8 * 1024
 # machine), and c-ares keeps answers for their TTL (its query cache, on by default).
 # TXT (dns-01) stays with dnspython, uncached: a record an applicant has just published
 # or fixed is read as it is now.
-_NO_RECORDS = (pycares.errno.ARES_ENODATA, pycares.errno.ARES_ENOTFOUND)
-_ADDRESS_DATA: dict[str, type[pycares.ARecordData | pycares.AAAARecordData]] = {
-    "A": pycares.ARecordData, "AAAA": pycares.AAAARecordData}
 
 
 def _dns_key(name: str) -> str:
@@ -80,6 +78,8 @@ class Validator:
         self._resolver: dns.asyncresolver.Resolver | None = None
         self._nameserver = ""  # host:port for c-ares, [host]:port for IPv6
         if settings.dns_resolver:
+            import dns.asyncresolver
+
             host, _, port = settings.dns_resolver.rpartition(":")
             address = host.strip("[]") or "127.0.0.1"
             resolver = dns.asyncresolver.Resolver(configure=False)
@@ -114,6 +114,13 @@ class Validator:
             except (OSError, TimeoutError) as exc:
                 raise DnsFailed(f"cannot resolve {value}") from exc
             return list(dict.fromkeys(str(info[4][0]) for info in infos))
+        import aiodns
+        import aiodns.error
+        import pycares
+
+        no_records = (pycares.errno.ARES_ENODATA, pycares.errno.ARES_ENOTFOUND)
+        address_data: dict[str, type[pycares.ARecordData | pycares.AAAARecordData]] = {
+            "A": pycares.ARecordData, "AAAA": pycares.AAAARecordData}
         if self._ares is None:
             # Two tries, each half the timeout: the whole lookup within it, as before.
             self._ares = aiodns.DNSResolver(nameservers=[self._nameserver],
@@ -125,7 +132,7 @@ class Validator:
                 result = await asyncio.wait_for(ares.query_dns(value, rdtype),
                                                 self.settings.timeout)
             except aiodns.error.DNSError as exc:
-                if exc.args and exc.args[0] in _NO_RECORDS:  # NXDOMAIN, or no such records
+                if exc.args and exc.args[0] in no_records:  # NXDOMAIN, or no such records
                     return []
                 raise DnsFailed(f"DNS lookup of {value} failed") from exc
             except TimeoutError as exc:
@@ -137,7 +144,7 @@ class Validator:
                 if isinstance(record.data, pycares.CNAMERecordData) \
                         and _dns_key(record.name) in chain:
                     chain.add(_dns_key(record.data.cname))
-            wanted = _ADDRESS_DATA[rdtype]
+            wanted = address_data[rdtype]
             return [str(ipaddress.ip_address(record.data.addr)) for record in result.answer
                     if isinstance(record.data, wanted) and _dns_key(record.name) in chain]
 
@@ -175,6 +182,8 @@ class Validator:
     def _http(self) -> aiohttp.ClientSession:
         # One session for all validations; no keep-alive, so that every validation makes
         # its own connection to the applicant's server, as if from a fresh client.
+        import aiohttp
+
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self.settings.timeout),
@@ -190,6 +199,8 @@ class Validator:
             self._ares = None
 
     async def _fetch(self, url: str, host: str) -> str:
+        import aiohttp
+
         try:
             async with self._http().get(url, headers={"Host": host}, allow_redirects=True,
                                         max_redirects=10) as response:
@@ -209,6 +220,10 @@ class Validator:
     async def _dns01(self, value: str, key_authorization: str) -> None:
         name = f"_acme-challenge.{value}"
         expected = dns01_digest(key_authorization)
+        import dns.asyncresolver
+        import dns.exception
+        import dns.resolver
+
         resolver = self._resolver or dns.asyncresolver.Resolver()
         try:
             answer = await resolver.resolve(name, "TXT", lifetime=self.settings.timeout)
@@ -223,6 +238,8 @@ class Validator:
     # ------------------------------------------------------------------ tls-alpn-01
     async def _tls_alpn01(self, identifier_type: str, value: str,
                           key_authorization: str) -> None:
+        import dns.reversename
+
         # RFC 8738 section 6: an IP identifier is named by its reverse-DNS name in SNI.
         server_name = (dns.reversename.from_address(value).to_text(omit_final_dot=True)
                        if identifier_type == "ip" else value)

@@ -17,6 +17,7 @@ import datetime as dt
 import itertools
 import json
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -32,7 +33,7 @@ import pytest
 from conformance.gateway import free_port
 from conformance.replicas.cluster import Cluster, Replica, issue, make_csr, running_cluster
 from conformance.replicas.proxy import TcpRoundRobinProxy
-from conformance.test_acme_clients import _free_udp_tcp_port, require_client
+from conformance.test_acme_clients import require_client
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -92,7 +93,7 @@ def _cross_replica_nonces(cluster: Cluster) -> tuple[int, int]:
 
 @contextmanager
 def _dns(tmp_path: Path) -> Iterator[int]:
-    port = _free_udp_tcp_port()
+    port = free_port(socket.SOCK_DGRAM)
     txt = tmp_path / "txt"
     txt.mkdir()
     dns = subprocess.Popen([sys.executable, "-m", "conformance.testdns", "--port",
