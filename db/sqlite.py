@@ -134,23 +134,35 @@ class SqliteDialect(Dialect):
 
     # transactions --------------------------------------------------------------------
 
-    def _finish(self, conn: sqlite3.Connection, steps: Body[T], stmt: Stmt | None) -> T:
-        """Run the rest of a begun transaction (from ``stmt``, or the body's first statement
-        when None) and commit; on any failure roll back and raise."""
+    def _run(self, conn: sqlite3.Connection, steps: Body[T], stmt: Stmt | None,
+             budget: int | None = None) -> tuple[bool, Any]:
+        """Run a begun transaction on from ``stmt`` (the body's first statement when None).
+        (True, result) once the body is done and committed; (False, next statement) when
+        ``budget`` statements ran first (the transaction stays open). Any failure rolls
+        back and is raised."""
         try:
             try:
                 if stmt is None:
                     stmt = next(steps)
-                while True:
+                ran = 0
+                while budget is None or ran < budget:
                     stmt = steps.send(_execute(conn, self.prepare(stmt.sql), stmt))
+                    ran += 1
             except StopIteration as done:
                 result: T = done.value
+            else:
+                return False, stmt
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
         self._committed()
+        return True, result
+
+    def _finish(self, conn: sqlite3.Connection, steps: Body[T], stmt: Stmt | None) -> T:
+        """Run the rest of a begun transaction and commit (see ``_run``)."""
+        result: T = self._run(conn, steps, stmt)[1]
         return result
 
     def _committed(self) -> None:
@@ -239,23 +251,11 @@ class SqliteDialect(Dialect):
                 except sqlite3.OperationalError:
                     return "busy", None
                 steps = body()
-                try:
-                    try:
-                        stmt = next(steps)
-                        for _ in range(_INLINE_STATEMENTS):
-                            stmt = steps.send(_execute(conn, self.prepare(stmt.sql), stmt))
-                    except StopIteration as done:
-                        result: T = done.value
-                    else:
-                        handed_over = True
-                        return "paused", (steps, stmt)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-                self._committed()
-                return "done", result
+                finished, value = self._run(conn, steps, None, _INLINE_STATEMENTS)
+                if finished:
+                    return "done", value
+                handed_over = True
+                return "paused", (steps, value)
             finally:
                 if lock is not None and not handed_over:
                     fcntl.flock(lock, fcntl.LOCK_UN)
