@@ -334,15 +334,26 @@ def test_two_workers_share_sessions(browser: Browser, tmp_path: Path, store: str
             first.context.close()
             # A new browser context per round: new connections, which the kernel hashes
             # over both workers; the session cookie alone must keep the page signed in.
+            # Which process answered each signed-in API call: its X-Request-ID prefix.
+            answered: set[str] = set()
+
+            def record(response: Any) -> None:
+                request_id = response.headers.get("x-request-id", "")
+                if "/api/" in response.url and response.status == 200 and request_id:
+                    answered.add(request_id[:16])
+
             for _ in range(8):
                 context = browser.new_context(ignore_https_errors=True, viewport=WIDE)  # type: ignore[arg-type]
                 context.add_cookies(cookies)  # type: ignore[arg-type]
                 page = context.new_page()
+                page.on("response", record)
                 page.goto(f"{gateway.https_url}/admin/#cas")
                 expect(page.locator("#view")).to_contain_text("default-issuing")
                 page.get_by_role("link", name="Audit trail").click()
                 expect(page.locator("#view")).to_contain_text("Hash chain intact")
                 context.close()
+            # Both processes answered signed-in calls: each knew the session.
+            assert len(answered) == 2, answered
     finally:
         # Playwright's sync API keeps an event loop in this thread: clean up from another.
         if prefix:
