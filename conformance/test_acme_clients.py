@@ -132,6 +132,13 @@ def test_a_missing_client_skips_here_and_fails_in_ci(monkeypatch: pytest.MonkeyP
                          ids=["sqlite-2-workers"])
 def test_certbot_on_two_workers(acme: AcmeSetup) -> None:
     _run("certbot", acme)
+    # certbot retries a badNonce once by itself, so passing alone would not show that nonces
+    # hold across the processes: its debug logs (every response) must hold none.
+    logs = list(Path(acme.env["WORK"]).glob("certbot-*/logs/letsencrypt.log*"))
+    assert logs, "certbot wrote no log"
+    responses = "".join(log.read_text(errors="replace") for log in logs)
+    assert "Received response" in responses
+    assert "badNonce" not in responses
 
 
 @pytest.mark.postgres
