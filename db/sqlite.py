@@ -329,11 +329,28 @@ class SqliteDialect(Dialect):
 
     # lifecycle -----------------------------------------------------------------------
 
+    def _open_write_lock(self) -> int:
+        """``<file>.write-lock``, made on first use. Made by root (a `sudo vcc-pki ...` beside
+        a gateway running as its own user), it is given to the database file's owner, as
+        SQLite does with its -wal and -shm files, so the gateway can still open it."""
+        path = f"{self.path}.write-lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            if os.geteuid() == 0:
+                owner = os.stat(self.path if os.path.exists(self.path)
+                                else os.path.dirname(os.path.abspath(self.path)))
+                lock = os.fstat(fd)
+                if (lock.st_uid, lock.st_gid) != (owner.st_uid, owner.st_gid):
+                    os.fchown(fd, owner.st_uid, owner.st_gid)
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
+
     def _connect_writer(self) -> sqlite3.Connection:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            self._write_lock = os.open(f"{self.path}.write-lock",
-                                       os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._write_lock = self._open_write_lock()
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
                                timeout=30)
         conn.row_factory = sqlite3.Row
@@ -386,7 +403,7 @@ class SqliteDialect(Dialect):
                 self._read_conn = await loop.run_in_executor(self._read_executor,
                                                              self._connect_reader)
                 self._lookup_conn = self._connect_reader(0)  # busy: fall back, never wait
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:  # OSError: the directory or the lock file
             if self._write_lock is not None:
                 lock, self._write_lock = self._write_lock, None
                 os.close(lock)

@@ -1252,6 +1252,30 @@ async def test_sqlite_writers_in_several_processes_queue_on_the_write_lock(
         await second.close()
 
 
+async def test_sqlite_lock_file_belongs_to_the_database_owner(tmp_path: Path) -> None:
+    """The write lock is made beside the file, 0600, owned like the database (made by root,
+    it is handed to the database's owner); one that cannot be opened makes the store
+    unavailable, with the path in the message, not an OSError from deep inside."""
+    path = tmp_path / "owned.db"
+    store = SqliteStore(path)
+    await store.open()
+    await store.close()
+    lock = Path(f"{path}.write-lock")
+    assert lock.stat().st_mode & 0o777 == 0o600
+    assert (lock.stat().st_uid, lock.stat().st_gid) == (path.stat().st_uid, path.stat().st_gid)
+    if os.geteuid() == 0:  # root hands a lock it makes to the database's owner
+        os.chown(path, 4321, 4321)
+        lock.unlink()
+        store = SqliteStore(path)
+        await store.open()
+        await store.close()
+        assert (lock.stat().st_uid, lock.stat().st_gid) == (4321, 4321)
+    blocked = tmp_path / "blocked.db"
+    Path(f"{blocked}.write-lock").mkdir()  # a directory where the lock file should be
+    with pytest.raises(StoreUnavailable, match=r"blocked\.db"):
+        await SqliteStore(blocked).open()
+
+
 async def test_sqlite_checkpoints_run_off_the_writer(tmp_path: Path) -> None:
     """Writes commit on the event loop's thread when nothing is in the way, and the
     writer connection never checkpoints on commit: the checkpoints still happen (the
