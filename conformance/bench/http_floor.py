@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import datetime as dt
 import json
 import multiprocessing
 import os
@@ -35,14 +33,10 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
+from conformance.bench.acme import _probe, make_listener_tls
+from conformance.bench.cpu import proc_cpu_seconds
 from conformance.gateway import free_port
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 # An ACME POST-as-GET or order body signed with ES256, and a typical order document.
 REQUEST_BODY = json.dumps({
     "protected": "eyJhbGciOiJFUzI1NiIsIm5vbmNlIjoi" + "A" * 180,
@@ -55,24 +49,6 @@ ANSWER = {
     "authorizations": ["https://127.0.0.1:8443/acme/default/authz/" + "D" * 22],
     "finalize": "https://127.0.0.1:8443/acme/default/order/" + "E" * 22 + "/finalize",
 }
-
-
-def _tls_files(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_path, key_path
 
 
 def serve(port: int, cert: str, key: str) -> None:
@@ -134,50 +110,33 @@ def _client_main(conn: Connection, url: str, cafile: str, clients: int, seconds:
     conn.close()
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def _wait_ready(url: str, context: ssl.SSLContext, process: subprocess.Popen[bytes]) -> None:
-    import urllib.request
-    for _ in range(300):
-        if process.poll() is not None:
-            raise RuntimeError("the floor server exited")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(url, context=context, timeout=2):
-                return
-        time.sleep(0.05)
-    raise RuntimeError("the floor server did not start")
-
-
 def measure(seconds: float, clients: int, processes: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="vcc-pki-http-floor-") as work:
-        cert, key = _tls_files(Path(work))
+        ca, cert, key = make_listener_tls(Path(work))
         port = free_port()
         server = subprocess.Popen(
             [sys.executable, "-m", "conformance.bench.http_floor", "--serve", str(port),
              str(cert), str(key)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            context = ssl.create_default_context(cafile=str(cert))
-            _wait_ready(f"https://localhost:{port}/ready", context, server)
+            context = ssl.create_default_context(cafile=str(ca))
+            _probe(f"https://localhost:{port}/ready", context, process=server)
             url = f"https://localhost:{port}/floor"
             per = [clients // processes + (1 if i < clients % processes else 0)
                    for i in range(processes)]
             ctx = multiprocessing.get_context("spawn")
             pipes, procs = [], []
-            cpu_before = _cpu_seconds(server.pid)
+            cpu_before = proc_cpu_seconds(server.pid)
             started = time.perf_counter()
             for count in per:
                 ours, theirs = ctx.Pipe()
                 proc = ctx.Process(target=_client_main,
-                                   args=(theirs, url, str(cert), count, seconds))
+                                   args=(theirs, url, str(ca), count, seconds))
                 proc.start()
                 pipes.append(ours)
                 procs.append(proc)
             results = [pipe.recv() for pipe in pipes]
             elapsed = time.perf_counter() - started
-            cpu = _cpu_seconds(server.pid) - cpu_before
+            cpu = proc_cpu_seconds(server.pid) - cpu_before
             for proc in procs:
                 proc.join()
         finally:
