@@ -1664,10 +1664,7 @@ class SqlStore(ReportQueries):
         self, cert: CertificateRecord, audit: AuditEvent, order: AcmeOrder,
         expect_status: str, order_audit: AuditEvent,
     ) -> bool:
-        """``update_acme_order`` (the order now naming ``cert``) and ``add_certificate`` in
-        one transaction: False (nothing written) when the stored order no longer has
-        ``expect_status``; StoreConflict or StoreOrganizationInactive (nothing written)
-        as ``add_certificate``."""
+        # The contract is AcmeStore's (ca_core.storage).
         def write(tx: Tx) -> Body[bool]:
             # The compare-and-set first (nothing written when it is lost), the link after
             # the certificate row (acme_orders.cert_id references it).

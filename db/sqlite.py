@@ -1,10 +1,10 @@
-"""SQLite dialect (the embedded default): WAL mode, one writer connection on one thread.
+"""SQLite dialect (the embedded default): WAL mode, one writer connection.
 
-A write transaction runs whole on the writer thread, in one hop from the event loop, so the
-loop never blocks on disk and writes are serialised the way SQLite wants them anyway (the
-group commit in ``db.sql`` puts the writes that arrive meanwhile in the same transaction).
-Scans run on a second connection and thread (WAL: readers never wait for the writer), and
-indexed lookups on a third connection on the loop's own thread (see ``lookup``).
+Writes are serialised on that connection the way SQLite wants them anyway (the group
+commit in ``db.sql`` puts the writes that arrive meanwhile in the same transaction); where
+a write transaction runs (the loop's thread or the writer thread) is below. Scans run on
+a second connection and thread (WAL: readers never wait for the writer), and indexed
+lookups on a third connection on the loop's own thread (see ``lookup``).
 
 Several processes on one file (``VCC_PKI_WORKERS``, a CLI command beside a running gateway)
 queue their write transactions on an ``flock`` of ``<file>.write-lock`` before ``BEGIN
